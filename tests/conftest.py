@@ -1,0 +1,168 @@
+"""Shared fixtures: real workloads, reaped children, and a guard against stopped or traced leftovers."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+WORKLOADS = HERE / "workloads"
+BIN = WORKLOADS / "bin"
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    # The machine's PID 1 reaps orphans slowly: adopt them ourselves so tests can reap them.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+_become_subreaper()
+
+
+def build_workload(name: str, *extra: str) -> Path:
+    """Compile tests/workloads/NAME.c (once per source change) and return the binary."""
+    src = WORKLOADS / f"{name}.c"
+    BIN.mkdir(exist_ok=True)
+    out = BIN / name
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["gcc", "-O1", "-g", "-pthread", "-o", str(out), str(src), *extra], check=True)
+    return out
+
+
+def proc_state(pid: int, tid: int | None = None) -> tuple[str, int]:
+    """(state letter, tracer pid) of a process or one of its threads, or ('', 0) when gone."""
+    path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
+    try:
+        status = Path(path).read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return "", 0
+    state = tracer = ""
+    for line in status.splitlines():
+        if line.startswith("State:"):
+            state = line.split()[1]
+        elif line.startswith("TracerPid:"):
+            tracer = line.split()[1]
+    return state, int(tracer or 0)
+
+
+def _our_descendants() -> list[int]:
+    me = os.getpid()
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [me]
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _stopped_or_traced() -> list[str]:
+    bad = []
+    for pid in _our_descendants():
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid_entry in tids:
+            state, tracer = proc_state(pid, int(tid_entry))
+            if state in ("t", "T") or tracer:
+                bad.append(f"{pid}/{tid_entry} state={state} tracer={tracer}")
+    return bad
+
+
+def reap_zombies() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """Fail any test that leaves a process stopped, traced or unreaped behind."""
+    yield
+    deadline = time.monotonic() + 2
+    bad = _stopped_or_traced()
+    while bad and time.monotonic() < deadline:
+        time.sleep(0.05)
+        bad = _stopped_or_traced()
+    reap_zombies()
+    alive = [p for p in _our_descendants() if proc_state(p)[0] not in ("", "Z")]
+    for pid in alive:  # clean up, but still fail: a test must reap what it started
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(0.05)
+    reap_zombies()
+    assert not bad, f"left stopped or traced: {bad}"
+    assert not alive, f"left running: {alive}"
+
+
+class Workload:
+    """A started process that is killed and reaped when the test ends."""
+
+    def __init__(self, argv: list[str], ready_line: bool = True, **kw):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, **kw)
+        self.pid = self.proc.pid
+        self.ready = self.proc.stdout.readline().decode().strip() if ready_line else ""
+
+    def send(self, line: str) -> str:
+        """Write one command line to the workload and return its one-line answer."""
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().decode().strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def spawn():
+    """spawn(argv) -> Workload; every workload is killed and reaped at the end of the test."""
+    started: list[Workload] = []
+
+    def start(argv, **kw) -> Workload:
+        w = Workload([str(a) for a in argv], **kw)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
+def workload_bin():
+    return build_workload
+
+
+@pytest.fixture
+def python_exe() -> str:
+    return sys.executable
