@@ -1,0 +1,163 @@
+"""Page-table queries on /proc/PID/pagemap: the PAGEMAP_SCAN ioctl and the plain u64 read.
+
+Results are numpy arrays so that callers never hold one Python object per page.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .libc import check, libc
+
+PAGE_SIZE = mmap.PAGESIZE
+PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
+
+PAGEMAP_SCAN = 0xC0606610
+# Page categories reported and matched by PAGEMAP_SCAN.
+PAGE_IS_WPALLOWED = 1 << 0
+PAGE_IS_WRITTEN = 1 << 1
+PAGE_IS_FILE = 1 << 2
+PAGE_IS_PRESENT = 1 << 3
+PAGE_IS_SWAPPED = 1 << 4
+PAGE_IS_PFNZERO = 1 << 5
+PAGE_IS_HUGE = 1 << 6
+PAGE_IS_SOFT_DIRTY = 1 << 7
+PM_SCAN_WP_MATCHING = 1 << 0
+PM_SCAN_CHECK_WPASYNC = 1 << 1
+
+# Highest user address the ioctl accepts here (1 << 47 gives EFAULT).
+USER_END = 0x7FFFFFFFF000
+
+# Bits of a /proc/PID/pagemap entry.
+PM_PRESENT = 1 << 63
+PM_SWAPPED = 1 << 62
+PM_FILE_OR_SHARED = 1 << 61
+PM_EXCLUSIVE = 1 << 56
+PM_SOFT_DIRTY = 1 << 55
+PM_PFN_MASK = (1 << 55) - 1
+
+REGION_DTYPE = np.dtype([("start", "<u8"), ("end", "<u8"), ("categories", "<u8")])
+
+
+class PmScanArg(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "size", "flags", "start", "end", "walk_end", "vec", "vec_len", "max_pages",
+        "category_inverted", "category_mask", "category_anyof_mask", "return_mask")]
+
+
+_ioctl = libc.ioctl
+_ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_ioctl.restype = ctypes.c_int
+
+
+@dataclass(frozen=True, slots=True)
+class ScanQuery:
+    """Which pages PAGEMAP_SCAN should report (see the kernel's pagemap documentation)."""
+    category_mask: int = 0
+    category_inverted: int = 0
+    category_anyof_mask: int = 0
+    return_mask: int = PAGE_IS_PRESENT
+    flags: int = 0
+    max_pages: int = 0
+
+
+class PagemapScanner:
+    """PAGEMAP_SCAN over one process's pagemap, with a reused result vector."""
+
+    def __init__(self, pagemap_fd: int, vec_len: int = 1 << 15):
+        self.fd = pagemap_fd
+        self._vec = np.zeros(vec_len, dtype=REGION_DTYPE)
+        self._arg = PmScanArg(size=ctypes.sizeof(PmScanArg))
+        self.calls = 0
+
+    def scan(self, start: int, end: int, q: ScanQuery) -> np.ndarray:
+        """Regions of [start, end) matching q, as an (n,) REGION_DTYPE array (copied out)."""
+        arg, vec = self._arg, self._vec
+        arg.flags, arg.max_pages = q.flags, q.max_pages
+        arg.category_inverted, arg.category_mask = q.category_inverted, q.category_mask
+        arg.category_anyof_mask, arg.return_mask = q.category_anyof_mask, q.return_mask
+        arg.vec, arg.vec_len = vec.ctypes.data, len(vec)
+        chunks = []
+        while start < end:
+            arg.start, arg.end, arg.walk_end = start, end, 0
+            self.calls += 1
+            n = check(_ioctl(self.fd, PAGEMAP_SCAN, ctypes.byref(arg)), "PAGEMAP_SCAN")
+            if n:
+                chunks.append(vec[:n].copy())
+            if arg.walk_end <= start:  # defensive: the kernel always makes progress
+                break
+            start = arg.walk_end
+            if q.max_pages:
+                break
+        if not chunks:
+            return np.zeros(0, dtype=REGION_DTYPE)
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+    def reset_written(self, start: int, end: int) -> None:
+        """Write-protect again every written page of [start, end) (vec_len 0 = pure reset)."""
+        arg = self._arg
+        arg.flags, arg.max_pages = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, 0
+        arg.category_inverted = arg.category_anyof_mask = 0
+        arg.category_mask = arg.return_mask = PAGE_IS_WRITTEN
+        arg.vec, arg.vec_len = 0, 0
+        arg.start, arg.end, arg.walk_end = start, end, 0
+        self.calls += 1
+        check(_ioctl(self.fd, PAGEMAP_SCAN, ctypes.byref(arg)), "PAGEMAP_SCAN reset")
+
+
+def open_pagemap(pid: int) -> int:
+    return os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def read_entries(pagemap_fd: int, start: int, end: int) -> np.ndarray:
+    """The raw u64 pagemap entries of [start, end), one pread per call."""
+    n = (end - start) >> PAGE_SHIFT
+    buf = np.empty(n, dtype="<u8")
+    got = os.preadv(pagemap_fd, [memoryview(buf).cast("B")], (start >> PAGE_SHIFT) * 8)
+    return buf[: got // 8]
+
+
+def has_pagemap_scan() -> bool:
+    """True when this kernel offers PAGEMAP_SCAN (probed on our own pagemap)."""
+    fd = open_pagemap(os.getpid())
+    try:
+        probe = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(probe))
+        try:
+            PagemapScanner(fd, 4).scan(addr, addr + PAGE_SIZE, ScanQuery())
+            return True
+        except OSError:
+            return False
+        finally:
+            del addr
+            probe.close()
+    finally:
+        os.close(fd)
+
+
+_zero_pfn: int | None = None
+
+
+def zero_pfn() -> int:
+    """PFN of the shared zero page, learned from a page of our own that maps it."""
+    global _zero_pfn
+    if _zero_pfn is None:
+        probe = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            probe[0]  # a read fault on private anonymous memory maps the zero page
+            buf = (ctypes.c_char * PAGE_SIZE).from_buffer(probe)
+            addr = ctypes.addressof(buf)
+            fd = open_pagemap(os.getpid())
+            try:
+                entry = int(read_entries(fd, addr, addr + PAGE_SIZE)[0])
+            finally:
+                os.close(fd)
+            del buf
+        finally:
+            probe.close()
+        _zero_pfn = entry & PM_PFN_MASK if entry & PM_PRESENT else -1
+    return _zero_pfn

@@ -1,0 +1,107 @@
+"""Parsers of /proc files: typed, cheap, and free of dump policy."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class MapsLine:
+    """One line of /proc/PID/maps."""
+    start: int
+    end: int
+    perms: str          # e.g. "rw-p"
+    offset: int
+    dev: str            # "fd:01"
+    inode: int
+    path: str           # "" for anonymous; "[heap]", "/usr/lib/...", "/dev/zero (deleted)"
+
+    @property
+    def readable(self) -> bool:
+        return self.perms[0] == "r"
+
+    @property
+    def writable(self) -> bool:
+        return self.perms[1] == "w"
+
+    @property
+    def executable(self) -> bool:
+        return self.perms[2] == "x"
+
+    @property
+    def shared(self) -> bool:
+        return self.perms[3] == "s"
+
+
+def parse_maps(text: str) -> list[MapsLine]:
+    out = []
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        lo, hi = parts[0].split("-")
+        out.append(MapsLine(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16), parts[3],
+                            int(parts[4]), parts[5] if len(parts) > 5 else ""))
+    return out
+
+
+def read_maps(pid: int) -> list[MapsLine]:
+    """The task's mappings; 0.2 ms for a small process, unlike smaps (≈9 ms)."""
+    with open(f"/proc/{pid}/maps", "rb") as f:
+        return parse_maps(f.read().decode("utf-8", "surrogateescape"))
+
+
+def list_tids(pid: int) -> list[int]:
+    return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """The fields of /proc/PID/stat that a checkpoint needs (names as in proc(5))."""
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgrp: int
+    session: int
+    flags: int
+    num_threads: int
+    starttime: int
+    start_code: int
+    end_code: int
+    start_stack: int
+    start_data: int
+    end_data: int
+    start_brk: int
+    arg_start: int
+    arg_end: int
+    env_start: int
+    env_end: int
+    exit_code: int
+
+
+def read_stat(pid: int, tid: int | None = None) -> Stat:
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path, "rb") as f:
+        raw = f.read().decode("utf-8", "surrogateescape")
+    lpar, rpar = raw.index("("), raw.rindex(")")
+    comm = raw[lpar + 1:rpar]
+    f = [raw[:lpar].strip(), comm] + raw[rpar + 2:].split()
+    n = lambda i: int(f[i - 1])  # noqa: E731 - proc(5) numbers fields from 1
+    return Stat(pid=int(f[0]), comm=comm, state=f[2], ppid=n(4), pgrp=n(5), session=n(6),
+                flags=n(9), num_threads=n(20), starttime=n(22), start_code=n(26), end_code=n(27),
+                start_stack=n(28), start_data=n(45), end_data=n(46), start_brk=n(47),
+                arg_start=n(48), arg_end=n(49), env_start=n(50), env_end=n(51), exit_code=n(52))
+
+
+def read_status(pid: int, tid: int | None = None) -> dict[str, str]:
+    path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
+    out = {}
+    with open(path) as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+    return out
+
+
+def uptime_us() -> int:
+    with open("/proc/uptime") as f:
+        return int(float(f.read().split()[0]) * 1_000_000)

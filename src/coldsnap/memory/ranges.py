@@ -1,0 +1,94 @@
+"""Page ranges as numpy arrays of [start, end) byte addresses: the currency of plans and scans."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..kernel.pagemap import PAGE_SHIFT
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Sorted, non-overlapping, page-aligned [start, end) ranges."""
+    starts: np.ndarray
+    ends: np.ndarray
+
+    @staticmethod
+    def empty() -> "Ranges":
+        z = np.zeros(0, dtype=np.uint64)
+        return Ranges(z, z.copy())
+
+    @staticmethod
+    def of(pairs) -> "Ranges":
+        arr = np.asarray(list(pairs), dtype=np.uint64).reshape(-1, 2)
+        return Ranges(arr[:, 0].copy(), arr[:, 1].copy())
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def nr_pages(self) -> int:
+        return int(((self.ends - self.starts) >> np.uint64(PAGE_SHIFT)).sum())
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(zip(self.starts.tolist(), self.ends.tolist()))
+
+    def merged(self) -> "Ranges":
+        """Join ranges that touch."""
+        if len(self) < 2:
+            return self
+        keep = np.ones(len(self), dtype=bool)
+        keep[1:] = self.starts[1:] != self.ends[:-1]
+        starts = self.starts[keep]
+        last = np.flatnonzero(np.append(keep[1:], True))
+        return Ranges(starts, self.ends[last])
+
+    def split_at(self, cuts: np.ndarray) -> "Ranges":
+        """Split ranges at the given addresses (e.g. VMA boundaries) so none crosses a cut."""
+        cuts = np.asarray(cuts, dtype=np.uint64)
+        if not len(self) or not len(cuts):
+            return self
+        lo = np.searchsorted(cuts, self.starts, side="right")
+        hi = np.searchsorted(cuts, self.ends, side="left")
+        inner = hi - lo  # number of cuts strictly inside each range
+        if not inner.any():
+            return self
+        points = [self.starts, self.ends]
+        idx = np.repeat(np.arange(len(self)), inner)
+        offs = np.arange(len(idx)) - np.repeat(np.cumsum(inner) - inner, inner)
+        cut_vals = cuts[lo[idx] + offs]
+        starts = np.concatenate([self.starts, cut_vals])
+        ends = np.concatenate([cut_vals, self.ends])
+        return Ranges(np.sort(starts), np.sort(ends))
+
+    def intersect(self, other: "Ranges") -> "Ranges":
+        return _boolean(self, other, lambda a, b: a & b)
+
+    def subtract(self, other: "Ranges") -> "Ranges":
+        return _boolean(self, other, lambda a, b: a & ~b)
+
+    def union(self, other: "Ranges") -> "Ranges":
+        return _boolean(self, other, lambda a, b: a | b)
+
+
+def _boolean(a: Ranges, b: Ranges, op) -> Ranges:
+    """Set operation on two range lists by sweeping their sorted boundaries."""
+    pts = np.unique(np.concatenate([a.starts, a.ends, b.starts, b.ends]))
+    if len(pts) < 2:
+        return Ranges.empty()
+    mids = pts[:-1]
+    in_a = _covers(a, mids)
+    in_b = _covers(b, mids)
+    sel = op(in_a, in_b)
+    return Ranges(mids[sel], pts[1:][sel]).merged()
+
+
+def _covers(r: Ranges, points: np.ndarray) -> np.ndarray:
+    if not len(r):
+        return np.zeros(len(points), dtype=bool)
+    i = np.searchsorted(r.starts, points, side="right") - 1
+    ok = i >= 0
+    res = np.zeros(len(points), dtype=bool)
+    res[ok] = points[ok] < r.ends[i[ok]]
+    return res

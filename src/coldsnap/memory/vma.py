@@ -1,0 +1,112 @@
+"""The VMA model and the dump policy: which areas exist, and which of their pages we save."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from ..kernel.procfs import MapsLine
+
+# vma_entry.status bits of the CRIU image format.
+VMA_AREA_REGULAR = 0x1
+VMA_AREA_STACK = 0x2
+VMA_AREA_VSYSCALL = 0x4
+VMA_AREA_VDSO = 0x8
+VMA_AREA_HEAP = 0x20
+VMA_FILE_PRIVATE = 0x40
+VMA_FILE_SHARED = 0x80
+VMA_ANON_SHARED = 0x100
+VMA_ANON_PRIVATE = 0x200
+VMA_AREA_VVAR = 0x1000
+
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_GROWSDOWN = 0x1, 0x2, 0x20, 0x100
+
+
+class Kind(Enum):
+    ANON_PRIVATE = "anon-private"   # heap, stack, malloc arenas, thread stacks
+    FILE_PRIVATE = "file-private"   # text, .data, .bss of binaries; only COW'd pages matter
+    ANON_SHARED = "anon-shared"     # MAP_SHARED|MAP_ANONYMOUS, memfd, /dev/zero shared
+    FILE_SHARED = "file-shared"     # the file holds the contents
+    VDSO = "vdso"
+    VVAR = "vvar"
+    VSYSCALL = "vsyscall"
+
+
+@dataclass(frozen=True, slots=True)
+class Vma:
+    start: int
+    end: int
+    prot: int
+    kind: Kind
+    pgoff: int
+    path: str
+    inode: int
+    dev: str
+    name: str = ""   # [heap], [stack], [anon:...]
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def saves_pages(self) -> bool:
+        """Whether a pre-dump copies this area's private pages (the dump policy)."""
+        return self.kind in (Kind.ANON_PRIVATE, Kind.FILE_PRIVATE)
+
+    @property
+    def status(self) -> int:
+        status = {
+            Kind.ANON_PRIVATE: VMA_AREA_REGULAR | VMA_ANON_PRIVATE,
+            Kind.FILE_PRIVATE: VMA_AREA_REGULAR | VMA_FILE_PRIVATE,
+            Kind.ANON_SHARED: VMA_AREA_REGULAR | VMA_ANON_SHARED,
+            Kind.FILE_SHARED: VMA_AREA_REGULAR | VMA_FILE_SHARED,
+            Kind.VDSO: VMA_AREA_REGULAR | VMA_AREA_VDSO,
+            Kind.VVAR: VMA_AREA_REGULAR | VMA_AREA_VVAR,
+            Kind.VSYSCALL: VMA_AREA_VSYSCALL,
+        }[self.kind]
+        if self.name == "[stack]":
+            status |= VMA_AREA_STACK
+        elif self.name == "[heap]":
+            status |= VMA_AREA_HEAP
+        return status
+
+    @property
+    def map_flags(self) -> int:
+        shared = self.kind in (Kind.ANON_SHARED, Kind.FILE_SHARED)
+        flags = MAP_SHARED if shared else MAP_PRIVATE
+        if self.kind in (Kind.ANON_PRIVATE, Kind.ANON_SHARED):
+            flags |= MAP_ANONYMOUS
+        if self.name == "[stack]":
+            flags |= MAP_GROWSDOWN
+        return flags
+
+
+_SPECIAL = {"[vdso]": Kind.VDSO, "[vsyscall]": Kind.VSYSCALL, "[vvar]": Kind.VVAR,
+            "[vvar_vclock]": Kind.VVAR}
+
+
+def classify(line: MapsLine) -> Vma:
+    path, name = line.path, ""
+    kind = _SPECIAL.get(path)
+    if kind is None:
+        if path.startswith("[") or not path:
+            name, path = path, ""
+            kind = Kind.ANON_SHARED if line.shared else Kind.ANON_PRIVATE
+        elif line.inode == 0:
+            # e.g. a private mapping of a deleted anon inode: treat as anonymous memory
+            kind = Kind.ANON_SHARED if line.shared else Kind.ANON_PRIVATE
+        elif line.shared:
+            # shmem objects (/dev/zero (deleted), /memfd:..., /SYSV...) hold their own pages
+            anon_like = path.startswith(("/dev/zero", "/memfd:", "/SYSV")) or path.endswith("(deleted)")
+            kind = Kind.ANON_SHARED if anon_like else Kind.FILE_SHARED
+        else:
+            kind = Kind.FILE_PRIVATE
+    else:
+        name, path = path, ""
+    prot = (PROT_READ if line.readable else 0) | (PROT_WRITE if line.writable else 0) | \
+        (PROT_EXEC if line.executable else 0)
+    return Vma(line.start, line.end, prot, kind, line.offset, path, line.inode, line.dev, name)
+
+
+def classify_all(lines: list[MapsLine]) -> list[Vma]:
+    return [classify(line) for line in lines]
