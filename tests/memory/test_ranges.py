@@ -1,0 +1,57 @@
+"""Range algebra against a brute-force model of page sets."""
+import numpy as np
+from hypothesis import given, strategies as st
+
+from coldsnap.memory.ranges import Ranges
+from coldsnap.memory.drain import _split
+
+PG = 4096
+
+
+def page_sets():
+    return st.sets(st.integers(0, 200), max_size=80)
+
+
+def to_ranges(pages: set[int]) -> Ranges:
+    pairs, run = [], None
+    for p in sorted(pages):
+        if run and run[1] == p:
+            run[1] = p + 1
+        else:
+            if run:
+                pairs.append(tuple(run))
+            run = [p, p + 1]
+    if run:
+        pairs.append(tuple(run))
+    return Ranges.of([(a * PG, b * PG) for a, b in pairs]) if pairs else Ranges.empty()
+
+
+def to_pages(r: Ranges) -> set[int]:
+    return {p for s, e in r.pairs() for p in range(s // PG, e // PG)}
+
+
+@given(page_sets(), page_sets())
+def test_set_operations_match_page_sets(a, b):
+    ra, rb = to_ranges(a), to_ranges(b)
+    assert to_pages(ra.union(rb)) == a | b
+    assert to_pages(ra.intersect(rb)) == a & b
+    assert to_pages(ra.subtract(rb)) == a - b
+    assert ra.nr_pages == len(a)
+
+
+@given(page_sets(), st.sets(st.integers(0, 201), max_size=20))
+def test_split_at_keeps_pages_and_cuts(a, cuts):
+    r = to_ranges(a)
+    cut_addrs = np.array(sorted(c * PG for c in cuts), dtype=np.uint64)
+    s = r.split_at(cut_addrs)
+    assert to_pages(s) == a
+    for lo, hi in s.pairs():
+        assert not any(lo < c < hi for c in cut_addrs.tolist())
+    assert to_pages(s.merged()) == a
+
+
+@given(page_sets(), st.integers(1, 7))
+def test_split_into_buffer_sized_pieces(a, pages):
+    starts, ends = _split(to_ranges(a), pages * PG)
+    assert to_pages(Ranges(starts, ends)) == a
+    assert ((ends - starts) <= pages * PG).all()

@@ -1,0 +1,54 @@
+"""The page plan: which pages a pre-dump saves, found two independent ways."""
+import numpy as np
+import pytest
+
+from coldsnap.kernel.pagemap import PAGE_SIZE as PG
+from coldsnap.kernel.procfs import read_maps
+from coldsnap.memory.ranges import Ranges
+from coldsnap.memory.scan import scan_saved_pages
+from coldsnap.memory.vma import Kind, classify_all
+
+
+@pytest.fixture
+def kinds(spawn, workload_bin):
+    w = spawn([workload_bin("mem_kinds")])
+    a, z, f, s = (int(x, 16) for x in w.ready.split()[1:])
+    return w, a, z, f, s
+
+
+def pages_in(plan: Ranges, lo: int, hi: int) -> list[int]:
+    part = plan.intersect(Ranges.of([(lo, hi)]))
+    return [(p - lo) // PG for s, e in part.pairs() for p in range(s, e, PG)]
+
+
+def test_policy_saves_written_private_pages_only(kinds):
+    w, a, z, f, s = kinds
+    vmas = classify_all(read_maps(w.pid))
+    plan, method = scan_saved_pages(w.pid, vmas)
+    assert method == "ioctl"
+    assert pages_in(plan, a, a + 64 * PG) == list(range(0, 64, 2))   # written anon pages
+    assert pages_in(plan, z, z + 16 * PG) == []                       # zero page: nothing
+    assert pages_in(plan, f, f + 2 * PG) == [1]                       # only the COW copy
+    assert pages_in(plan, s, s + 16 * PG) == []                       # shared: not in the plan
+    kinds_at = {v.start: v.kind for v in vmas}
+    assert kinds_at[s] is Kind.ANON_SHARED and kinds_at[f] is Kind.FILE_PRIVATE
+    assert not any(v.kind in (Kind.VDSO, Kind.VVAR) and pages_in(plan, v.start, v.end) for v in vmas)
+
+
+def test_ioctl_and_pagemap_read_agree(kinds, spawn, python_exe):
+    py = spawn([python_exe, "-c", "import sys; b = bytearray(8 << 20); print('ready', flush=True); sys.stdin.read()"])
+    for w in (kinds[0], py):
+        vmas = classify_all(read_maps(w.pid))
+        by_ioctl, _ = scan_saved_pages(w.pid, vmas, "ioctl")
+        by_read, _ = scan_saved_pages(w.pid, vmas, "read")
+        assert by_ioctl.nr_pages > 0
+        assert np.array_equal(by_ioctl.starts, by_read.starts)
+        assert np.array_equal(by_ioctl.ends, by_read.ends)
+
+
+def test_plan_never_crosses_a_vma_boundary(kinds):
+    w = kinds[0]
+    vmas = classify_all(read_maps(w.pid))
+    plan, _ = scan_saved_pages(w.pid, vmas)
+    for lo, hi in plan.pairs():
+        assert any(v.start <= lo and hi <= v.end and v.saves_pages for v in vmas)
