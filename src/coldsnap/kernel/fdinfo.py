@@ -1,0 +1,227 @@
+"""Parsers of a task's fd table in /proc (fd links, fdinfo, /proc/net, sock_diag backlog).
+
+Typed facts only: what kind of object an fd points at and what the kernel says about it.
+Deciding what is supported is the dumper's business.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import struct
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class LinkKind(Enum):
+    """What the target of /proc/PID/fd/N looks like."""
+    PATH = "path"            # "/some/file", maybe with " (deleted)"
+    PIPE = "pipe"            # "pipe:[INO]"
+    SOCKET = "socket"        # "socket:[INO]"
+    ANON = "anon"            # "anon_inode:[eventfd]" or "anon_inode:inotify"
+    OTHER = "other"          # e.g. "net:[4026531840]", "mnt:[...]" (nsfs)
+
+
+@dataclass(frozen=True, slots=True)
+class FdLink:
+    """One parsed /proc/PID/fd/N link."""
+    fd: int
+    raw: str
+    kind: LinkKind
+    path: str = ""           # PATH: the path without the " (deleted)" mark
+    deleted: bool = False    # PATH: the kernel marked the dentry as unlinked
+    inode: int = 0           # PIPE/SOCKET: the inode from the brackets
+    anon: str = ""           # ANON: "eventfd", "eventpoll", "inotify", "signalfd"...
+
+
+_BRACKET = re.compile(r"^(\w+):\[(\d+)\]$")
+_DELETED = " (deleted)"
+
+
+def parse_fd_link(fd: int, raw: str) -> FdLink:
+    if raw.startswith("/"):
+        deleted = raw.endswith(_DELETED)
+        return FdLink(fd, raw, LinkKind.PATH, path=raw[:-len(_DELETED)] if deleted else raw,
+                      deleted=deleted)
+    if raw.startswith("anon_inode:"):
+        return FdLink(fd, raw, LinkKind.ANON, anon=raw[len("anon_inode:"):].strip("[]"))
+    m = _BRACKET.match(raw)
+    if m and m.group(1) == "pipe":
+        return FdLink(fd, raw, LinkKind.PIPE, inode=int(m.group(2)))
+    if m and m.group(1) == "socket":
+        return FdLink(fd, raw, LinkKind.SOCKET, inode=int(m.group(2)))
+    return FdLink(fd, raw, LinkKind.OTHER)
+
+
+def read_fd_link(pid: int, fd: int) -> FdLink:
+    return parse_fd_link(fd, os.readlink(f"/proc/{pid}/fd/{fd}"))
+
+
+def list_fds(pid: int) -> list[int]:
+    """The open descriptor numbers of a task, sorted."""
+    return sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
+
+
+@dataclass(frozen=True, slots=True)
+class EpollTfd:
+    """One `tfd:` line of an epoll fdinfo: a registration of target fd `tfd`."""
+    tfd: int
+    events: int
+    data: int
+    pos: int
+    ino: int
+    sdev: int
+
+
+@dataclass(slots=True)
+class FdInfo:
+    """The parsed content of /proc/PID/fdinfo/N."""
+    pos: int = 0
+    flags: int = 0           # f_flags (octal in the file), O_CLOEXEC added when the fd has it
+    mnt_id: int = -1
+    ino: int = 0
+    eventfd_count: int | None = None
+    eventfd_semaphore: bool | None = None
+    tfds: list[EpollTfd] = field(default_factory=list)
+    other: dict[str, str] = field(default_factory=dict)  # keys we do not interpret
+
+
+_TFD = re.compile(r"tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)\s+"
+                  r"pos:\s*(\d+)\s+ino:\s*([0-9a-f]+)\s+sdev:\s*([0-9a-f]+)")
+
+
+def parse_fdinfo(text: str) -> FdInfo:
+    info = FdInfo()
+    for line in text.splitlines():
+        if line.startswith("tfd:"):
+            m = _TFD.match(line)
+            if m is None:
+                raise ValueError(f"unparsable epoll line {line!r}")
+            tfd, ev, data, pos, ino, sdev = m.groups()
+            info.tfds.append(EpollTfd(int(tfd), int(ev, 16), int(data, 16), int(pos),
+                                      int(ino, 16), int(sdev, 16)))
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        value = value.strip()
+        if key == "pos":
+            info.pos = int(value)
+        elif key == "flags":
+            info.flags = int(value, 8)
+        elif key == "mnt_id":
+            info.mnt_id = int(value)
+        elif key == "ino":
+            info.ino = int(value)
+        elif key == "eventfd-count":
+            info.eventfd_count = int(value, 16)   # printed with %llx
+        elif key == "eventfd-semaphore":
+            info.eventfd_semaphore = value == "1"
+        else:
+            info.other[key] = value
+    return info
+
+
+def read_fdinfo(pid: int, fd: int) -> FdInfo:
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        return parse_fdinfo(f.read())
+
+
+def read_umask(pid: int) -> int:
+    """`Umask:` of /proc/PID/status (octal)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    raise ValueError(f"no Umask in /proc/{pid}/status")
+
+
+# --- /proc/PID/net/{tcp,tcp6,udp,udp6} ----------------------------------------------
+
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+              6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
+              11: "CLOSING"}
+TCP_LISTEN = 10
+
+
+@dataclass(frozen=True, slots=True)
+class NetSock:
+    """One line of /proc/net/{tcp,udp}[6]."""
+    table: str               # "tcp", "tcp6", "udp", "udp6"
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    state: int
+    tx_queue: int
+    rx_queue: int
+    inode: int
+
+
+def _addr(hexaddr: str, v6: bool) -> tuple[str, int]:
+    host, port = hexaddr.split(":")
+    raw = bytes.fromhex(host)
+    # The kernel prints each 32-bit word in host order (little endian here).
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET6 if v6 else socket.AF_INET, raw), int(port, 16)
+
+
+def parse_net_table(table: str, text: str) -> list[NetSock]:
+    v6 = table.endswith("6")
+    out = []
+    for line in text.splitlines()[1:]:
+        p = line.split()
+        if len(p) < 10:
+            continue
+        tx, rx = p[4].split(":")
+        out.append(NetSock(table, _addr(p[1], v6), _addr(p[2], v6), int(p[3], 16),
+                           int(tx, 16), int(rx, 16), int(p[9])))
+    return out
+
+
+def find_net_socket(pid: int, inode: int) -> NetSock | None:
+    """The TCP/UDP socket with this inode in the task's network namespace, if any."""
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                text = f.read()
+        except FileNotFoundError:
+            continue
+        for s in parse_net_table(table, text):
+            if s.inode == inode:
+                return s
+    return None
+
+
+# --- sock_diag: the backlog of a listening socket --------------------------------------
+# Neither getsockopt nor /proc/net shows sk_max_ack_backlog; inet_diag reports it as the
+# "wqueue" of a listening socket (what `ss -l` prints as Send-Q).
+
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST, _NLM_F_DUMP = 1, 0x300
+_NLMSG_DONE, _NLMSG_ERROR = 3, 2
+_NLMSG = struct.Struct("=IHHII")
+_REQ = struct.Struct("=BBBBI")               # family, protocol, ext, pad, states
+_SOCKID = struct.Struct(">HH16s16sI8s")       # sport, dport, src, dst, if, cookie
+_MSG = struct.Struct("=BBBB")                # family, state, timer, retrans
+_MSG_TAIL = struct.Struct("=IIIII")           # expires, rqueue, wqueue, uid, inode
+
+
+def listen_backlog(family: int, inode: int) -> int | None:
+    """sk_max_ack_backlog of the listening TCP socket `inode` (in our net namespace)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as nl:
+        body = _REQ.pack(family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN) + \
+            _SOCKID.pack(0, 0, b"", b"", 0, b"\xff" * 8)
+        nl.send(_NLMSG.pack(_NLMSG.size + len(body), _SOCK_DIAG_BY_FAMILY,
+                            _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + body)
+        while True:
+            buf = nl.recv(65536)
+            off = 0
+            while off + _NLMSG.size <= len(buf):
+                length, mtype, _, _, _ = _NLMSG.unpack_from(buf, off)
+                if mtype in (_NLMSG_DONE, _NLMSG_ERROR) or length < _NLMSG.size:
+                    return None
+                p = off + _NLMSG.size + _MSG.size + _SOCKID.size
+                _, _, wqueue, _, ino = _MSG_TAIL.unpack_from(buf, p)
+                if ino == inode:
+                    return wqueue
+                off += (length + 3) & ~3
