@@ -1,0 +1,398 @@
+"""Dump of a task's fd table, cwd/root/umask and its open file objects.
+
+The target need not be stopped by us here: every fd is reached through /proc and a
+duplicate taken with pidfd_getfd, then inspected with ordinary calls.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import socket
+import stat
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from coldsnap.errors import TargetError
+from coldsnap.kernel import fdinfo as K
+from coldsnap.kernel.libc import libc
+
+
+class FdType(IntEnum):
+    """fd_types of the image format (fdinfo_entry.type / file_entry.type)."""
+    REG = 1
+    PIPE = 2
+    FIFO = 3
+    INETSK = 4
+    UNIXSK = 5
+    EVENTFD = 6
+    EVENTPOLL = 7
+    TTY = 11
+
+
+F_SETSIG, F_GETSIG = 10, 11
+F_SETOWN_EX, F_GETOWN_EX = 15, 16
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
+EFD_SEMAPHORE = 1
+SPLICE_F_NONBLOCK = 2
+DEFAULT_PIPE_SIZE = 65536
+_MEM_DEVICES = {(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)}   # null zero full random urandom
+
+
+@dataclass(slots=True)
+class Fown:
+    """F_SETOWN state of a file description (all zero: no owner)."""
+    uid: int = 0
+    euid: int = 0
+    signum: int = 0
+    pid_type: int = 0
+    pid: int = 0
+
+
+@dataclass(slots=True)
+class RegFile:
+    """A file opened by path: regular file, directory, memory device, or the terminal."""
+    id: int
+    path: str
+    flags: int                    # open flags, without O_CLOEXEC
+    pos: int = 0
+    size: int | None = None       # regular files only
+    mode: int = 0
+    mnt_id: int = -1
+    fown: Fown = field(default_factory=Fown)
+    terminal: bool = False        # a tty: re-attached to the restorer's own, never reopened
+
+    kind = FdType.REG
+
+
+@dataclass(slots=True)
+class PipeFile:
+    """One end of a pipe (or of a FIFO when fifo_path is set). Ends share pipe_id (inode)."""
+    id: int
+    pipe_id: int
+    flags: int
+    fifo_path: str = ""
+    fown: Fown = field(default_factory=Fown)
+
+    @property
+    def kind(self) -> FdType:
+        return FdType.FIFO if self.fifo_path else FdType.PIPE
+
+
+@dataclass(slots=True)
+class EventfdFile:
+    id: int
+    counter: int
+    flags: int                    # open flags (O_NONBLOCK) | EFD_SEMAPHORE
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.EVENTFD
+
+
+@dataclass(slots=True)
+class EpollTarget:
+    tfd: int
+    events: int
+    data: int
+
+
+@dataclass(slots=True)
+class EpollFile:
+    id: int
+    flags: int
+    targets: list[EpollTarget] = field(default_factory=list)
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.EVENTPOLL
+
+
+@dataclass(slots=True)
+class SockOpts:
+    reuseaddr: bool = False
+    reuseport: bool = False
+    rcvbuf: int = 0               # as getsockopt reports it (twice what was set)
+    sndbuf: int = 0
+    keepalive: bool = False
+    broadcast: bool = False
+    nodelay: bool = False         # TCP only
+    v6only: bool = False          # AF_INET6 only
+
+
+@dataclass(slots=True)
+class InetSocket:
+    """A TCP socket that listens or is not connected yet, or an unconnected UDP socket."""
+    id: int
+    family: int
+    type: int                     # SOCK_STREAM / SOCK_DGRAM
+    proto: int
+    state: int                    # K.TCP_LISTEN, or 7 (CLOSE) for anything not listening
+    addr: str
+    port: int
+    flags: int
+    backlog: int = 0
+    inode: int = 0
+    opts: SockOpts = field(default_factory=SockOpts)
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.INETSK
+
+
+FileObj = RegFile | PipeFile | EventfdFile | EpollFile | InetSocket
+
+
+@dataclass(slots=True)
+class FdEntry:
+    fd: int
+    file_id: int
+    cloexec: bool
+
+
+@dataclass(slots=True)
+class PipeData:
+    """Bytes buffered in a pipe or FIFO at dump time (peeked, not consumed), and its capacity."""
+    pipe_id: int
+    data: bytes
+    size: int = DEFAULT_PIPE_SIZE
+
+
+@dataclass(slots=True)
+class FilesSnapshot:
+    pid: int
+    fds: list[FdEntry]
+    files: dict[int, FileObj]
+    cwd_id: int
+    root_id: int
+    umask: int
+    pipe_data: dict[int, PipeData] = field(default_factory=dict)
+
+    @property
+    def cwd(self) -> str:
+        return self.files[self.cwd_id].path      # type: ignore[union-attr]
+
+    @property
+    def root(self) -> str:
+        return self.files[self.root_id].path     # type: ignore[union-attr]
+
+    @property
+    def terminal_fds(self) -> list[int]:
+        return [e.fd for e in self.fds if getattr(self.files[e.file_id], "terminal", False)]
+
+    def file_of(self, fd: int) -> FileObj:
+        return next(self.files[e.file_id] for e in self.fds if e.fd == fd)
+
+
+# --- collection -------------------------------------------------------------------------
+
+def is_terminal_dev(rdev: int) -> bool:
+    """/dev/ttyN (major 4), /dev/pts/N (136-143), /dev/tty and /dev/console (5:0, 5:1)."""
+    major, minor = os.major(rdev), os.minor(rdev)
+    return major == 4 or 136 <= major <= 143 or (major == 5 and minor in (0, 1))
+
+
+def _fown(dup: int) -> Fown:
+    raw = fcntl.fcntl(dup, F_GETOWN_EX, bytes(8))
+    pid_type, pid = struct.unpack("ii", raw)
+    return Fown(signum=fcntl.fcntl(dup, F_GETSIG), pid_type=pid_type if pid else 0, pid=pid)
+
+
+def _inspect_path(fd: int, link: K.FdLink, info: K.FdInfo, dup: int, fid: int,
+                  flags: int) -> FileObj:
+    if link.path.startswith("/memfd:"):
+        raise TargetError(f"fd {fd}: memfd {link.path} is not supported yet")
+    st = os.fstat(dup)
+    if link.deleted and st.st_nlink == 0:
+        raise TargetError(f"fd {fd}: file {link.path} was deleted; deleted files are not supported yet")
+    fown = _fown(dup)
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return RegFile(fid, link.path, flags, info.pos, st.st_size if stat.S_ISREG(st.st_mode) else None,
+                       st.st_mode, info.mnt_id, fown)
+    if stat.S_ISFIFO(st.st_mode):
+        if flags & os.O_DIRECT:
+            raise TargetError(f"fd {fd}: packet-mode (O_DIRECT) FIFO is not supported")
+        return PipeFile(fid, st.st_ino, flags, link.path, fown)
+    if stat.S_ISCHR(st.st_mode):
+        if is_terminal_dev(st.st_rdev):
+            return RegFile(fid, link.path, flags, 0, None, st.st_mode, info.mnt_id, fown, terminal=True)
+        if (os.major(st.st_rdev), os.minor(st.st_rdev)) in _MEM_DEVICES:
+            return RegFile(fid, link.path, flags, info.pos, None, st.st_mode, info.mnt_id, fown)
+        raise TargetError(f"fd {fd}: character device {link.path} "
+                          f"({os.major(st.st_rdev)}:{os.minor(st.st_rdev)}) is not supported")
+    raise TargetError(f"fd {fd}: {stat.filemode(st.st_mode)[0]}-type file {link.path} is not supported")
+
+
+def _inspect_socket(pid: int, fd: int, link: K.FdLink, dup: int, fid: int, flags: int) -> InetSocket:
+    s = socket.socket(fileno=os.dup(dup))
+    try:
+        family = s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+        stype = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        proto = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+        if family == socket.AF_UNIX:
+            raise TargetError(f"fd {fd}: unix socket is not supported yet")
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            name = {socket.AF_NETLINK: "netlink", socket.AF_PACKET: "packet"}.get(family, f"family {family}")
+            raise TargetError(f"fd {fd}: {name} socket is not supported")
+        if stype not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            raise TargetError(f"fd {fd}: raw/other inet socket (type {stype}) is not supported")
+        tcp = stype == socket.SOCK_STREAM
+        kind = "TCP" if tcp else "UDP"
+        listening = tcp and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        if not listening:
+            try:
+                s.getpeername()
+                raise TargetError(f"fd {fd}: connected {kind} socket is not supported yet")
+            except OSError as e:
+                if e.errno != errno.ENOTCONN:
+                    raise
+            seen = K.find_net_socket(pid, link.inode)
+            if tcp and seen is not None and seen.state not in (K.TCP_LISTEN, 7):
+                state = K.TCP_STATES.get(seen.state, str(seen.state))
+                raise TargetError(f"fd {fd}: TCP socket in state {state} is not supported yet")
+        addr, port = s.getsockname()[:2]
+        opts = SockOpts(
+            reuseaddr=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)),
+            reuseport=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)),
+            rcvbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+            sndbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+            keepalive=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)),
+            broadcast=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)),
+            nodelay=tcp and bool(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)),
+            v6only=family == socket.AF_INET6 and bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)))
+        backlog = 0
+        if listening:
+            # Only sock_diag knows the backlog; a task in another net namespace is not
+            # visible to ours, so fall back to the kernel's usual default.
+            backlog = K.listen_backlog(family, link.inode) or 128
+        return InetSocket(fid, family, stype, proto, K.TCP_LISTEN if listening else 7, addr, port,
+                          flags, backlog, link.inode, opts, _fown(dup))
+    finally:
+        s.close()
+
+
+def _inspect(pid: int, fd: int, link: K.FdLink, info: K.FdInfo, dup: int, fid: int) -> FileObj:
+    flags = info.flags & ~os.O_CLOEXEC
+    if link.kind is K.LinkKind.PATH:
+        return _inspect_path(fd, link, info, dup, fid, flags)
+    if link.kind is K.LinkKind.PIPE:
+        if flags & os.O_DIRECT:
+            raise TargetError(f"fd {fd}: packet-mode (O_DIRECT) pipe is not supported")
+        return PipeFile(fid, link.inode, flags, "", _fown(dup))
+    if link.kind is K.LinkKind.SOCKET:
+        return _inspect_socket(pid, fd, link, dup, fid, flags)
+    if link.kind is K.LinkKind.ANON and link.anon == "eventfd":
+        sem = EFD_SEMAPHORE if info.eventfd_semaphore else 0
+        return EventfdFile(fid, info.eventfd_count or 0, flags | sem, _fown(dup))
+    if link.kind is K.LinkKind.ANON and link.anon == "eventpoll":
+        return EpollFile(fid, flags, [EpollTarget(t.tfd, t.events, t.data) for t in info.tfds], _fown(dup))
+    what = link.anon if link.kind is K.LinkKind.ANON else link.raw
+    raise TargetError(f"fd {fd}: {what} is not supported")
+
+
+def _check_epoll(pid: int, fd: int, info: K.FdInfo, open_fds: set[int]) -> None:
+    """Each registration must still be reachable as the fd number it was added with."""
+    for t in info.tfds:
+        ok = t.tfd in open_fds
+        if ok:
+            try:
+                ok = os.stat(f"/proc/{pid}/fd/{t.tfd}").st_ino == t.ino
+            except FileNotFoundError:
+                ok = False
+        if not ok:
+            raise TargetError(f"fd {fd}: epoll watches a file no longer open as fd {t.tfd}; "
+                              "not supported")
+
+
+_tee = libc.tee
+_tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
+_tee.restype = ctypes.c_ssize_t
+
+
+def peek_pipe(rd: int) -> PipeData:
+    """Copy what is buffered in the pipe behind read end `rd` without consuming it (tee)."""
+    size = fcntl.fcntl(rd, F_GETPIPE_SZ)
+    r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        fcntl.fcntl(w, F_SETPIPE_SZ, size)     # same number of slots: tee copies all buffers
+        n = _tee(rd, w, size, SPLICE_F_NONBLOCK)
+        if n < 0:
+            err = ctypes.get_errno()
+            if err != errno.EAGAIN:
+                raise OSError(err, f"tee: {os.strerror(err)}")
+            n = 0
+        data = b""
+        while len(data) < n:
+            data += os.read(r, n - len(data))
+        return PipeData(0, data, size)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _collect_pipe_data(pid: int, pidfd: int, ends: dict[int, list[tuple[int, PipeFile]]]) -> dict[int, PipeData]:
+    out = {}
+    for pipe_id, fds in ends.items():
+        readers = [fd for fd, p in fds if p.flags & os.O_ACCMODE != os.O_WRONLY]
+        if readers:
+            rd = K.pidfd_getfd(pidfd, readers[0])
+        else:
+            # Only the write end is ours: open the same pipe inode for reading through /proc.
+            rd = os.open(f"/proc/{pid}/fd/{fds[0][0]}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            pd = peek_pipe(rd)
+        finally:
+            os.close(rd)
+        pd.pipe_id = pipe_id
+        out[pipe_id] = pd
+    return out
+
+
+def collect_files(pid: int, *, shell_job: bool = False) -> FilesSnapshot:
+    """Capture the fd table of `pid`; TargetError (one line naming the fd) if unsupported."""
+    try:
+        pidfd = K.pidfd_open(pid)
+    except OSError as e:
+        raise TargetError(f"cannot open files of {pid}: {e.strerror}") from e
+    try:
+        fd_numbers = K.list_fds(pid)
+        open_fds = set(fd_numbers)
+        files: dict[int, FileObj] = {}
+        entries: list[FdEntry] = []
+        seen: dict[tuple[str, int], list[tuple[int, int]]] = {}   # (link, ino) -> [(fd, id)]
+        pipe_ends: dict[int, list[tuple[int, PipeFile]]] = {}
+        for fd in fd_numbers:
+            link = K.read_fd_link(pid, fd)
+            info = K.read_fdinfo(pid, fd)
+            cloexec = bool(info.flags & os.O_CLOEXEC)
+            # Same open file description (dup, fork) -> same file id; kcmp is exact.
+            group = seen.setdefault((link.raw, info.ino), [])
+            same = next((fid for other, fid in group if K.same_file(pid, fd, other)), None)
+            if same is not None:
+                entries.append(FdEntry(fd, same, cloexec))
+                continue
+            fid = len(files) + 1
+            dup = K.pidfd_getfd(pidfd, fd)
+            try:
+                obj = _inspect(pid, fd, link, info, dup, fid)
+            finally:
+                os.close(dup)
+            if isinstance(obj, EpollFile):
+                _check_epoll(pid, fd, info, open_fds)
+            if isinstance(obj, PipeFile):
+                pipe_ends.setdefault(obj.pipe_id, []).append((fd, obj))
+            if isinstance(obj, RegFile) and obj.terminal and not shell_job:
+                raise TargetError(f"fd {fd}: terminal {obj.path} is attached (use --shell-job)")
+            files[fid] = obj
+            group.append((fd, fid))
+            entries.append(FdEntry(fd, fid, cloexec))
+        pipe_data = _collect_pipe_data(pid, pidfd, pipe_ends)
+    finally:
+        os.close(pidfd)
+    ids = []
+    for name in ("cwd", "root"):
+        path = os.readlink(f"/proc/{pid}/{name}")
+        st = os.stat(f"/proc/{pid}/{name}")
+        fid = len(files) + 1
+        files[fid] = RegFile(fid, path, os.O_RDONLY | os.O_DIRECTORY | os.O_LARGEFILE, 0, None, st.st_mode)
+        ids.append(fid)
+    return FilesSnapshot(pid, entries, files, ids[0], ids[1], K.read_umask(pid), pipe_data)
