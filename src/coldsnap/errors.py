@@ -11,3 +11,12 @@ class TargetError(CsError):
 
 class ImageError(CsError):
     """An image file or directory is missing, malformed or refused."""
+
+
+class Interrupted(CsError):
+    """coldsnap got SIGINT/SIGTERM while holding a task; the task was resumed first."""
+
+    def __init__(self, signum: int):
+        import signal
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")

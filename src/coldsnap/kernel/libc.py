@@ -62,6 +62,7 @@ class SYS:
     process_vm_writev = 311
     userfaultfd = 323
     rseq = 334
+    pidfd_send_signal = 424
     pidfd_open = 434
     clone3 = 435
     pidfd_getfd = 438
