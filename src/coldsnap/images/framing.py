@@ -1,0 +1,302 @@
+"""How image files are framed: magics, size-prefixed protobuf entries, extra payloads.
+
+Layout (host byte order, i.e. little-endian on x86-64):
+  inventory.img      u32 INVENTORY, one entry
+  regular image      u32 IMG_COMMON, u32 type magic, entries
+  service file       u32 IMG_SERVICE, u32 type magic, entries (stats-*)
+  raw image          bytes only (pages-N.img)
+Entry: u32 length, protobuf bytes, then for pipes-/fifo-data `bytes` raw bytes.
+"""
+from __future__ import annotations
+
+import enum
+import io
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Union
+
+from google.protobuf.message import DecodeError, Message
+
+from ..errors import ImageError
+from .pb import (core_pb2, fdinfo_pb2, fs_pb2, ids_pb2, inventory_pb2, mm_pb2, pagemap_pb2,
+                 pipe_pb2, pstree_pb2, stats_pb2)
+
+# Every magic CRIU defines (name without the _MAGIC suffix, as crit spells them).
+MAGICS: dict[str, int] = {
+    "IMG_COMMON": 0x54564319, "IMG_SERVICE": 0x55105940, "INVENTORY": 0x58313116,
+    "PSTREE": 0x50273030, "CORE": 0x55053847, "IDS": 0x54432030, "MM": 0x57492820,
+    "PAGEMAP": 0x56084025, "FS": 0x51403912, "FDINFO": 0x56213732, "FILES": 0x56303138,
+    "PIPES_DATA": 0x56453709, "FIFO_DATA": 0x59333054, "STATS": 0x57093306,
+    "IRMAP_CACHE": 0x57004059, "REG_FILES": 0x50363636, "PIPES": 0x56513555,
+    "FIFO": 0x58364939, "SIGACT": 0x55344201, "CREDS": 0x54023547, "RLIMIT": 0x57113925,
+    "ITIMERS": 0x57464056, "POSIX_TIMERS": 0x52603957, "VMAS": 0x54123737,
+    "SIGNAL": 0x59255647, "UNIXSK": 0x54373943, "INETSK": 0x56443851,
+    "PACKETSK": 0x60454618, "NETLINK_SK": 0x58005614, "SK_QUEUES": 0x56264026,
+    "TCP_STREAM": 0x51465506, "EVENTFD_FILE": 0x44523722, "EVENTPOLL_FILE": 0x45023858,
+    "EVENTPOLL_TFD": 0x44433746, "SIGNALFD": 0x57323820, "INOTIFY_FILE": 0x48424431,
+    "INOTIFY_WD": 0x54562009, "FANOTIFY_FILE": 0x55096122, "FANOTIFY_MARK": 0x56506035,
+    "TIMERFD": 0x50493712, "TTY_FILES": 0x59433025, "TTY_INFO": 0x59453036,
+    "TTY_DATA": 0x59413026, "FILE_LOCKS": 0x54323616, "REMAP_FPATH": 0x59133954,
+    "GHOST_FILE": 0x52583605, "MEMFD_INODE": 0x48453499, "EXT_FILES": 0x59255641,
+    "NS_FILES": 0x61394011, "TUNFILE": 0x57143751, "UTSNS": 0x54473203,
+    "IPC_VAR": 0x53115007, "IPCNS_SHM": 0x46283044, "IPCNS_MSG": 0x55453737,
+    "IPCNS_SEM": 0x59573019, "MNTS": 0x55563928, "NETDEV": 0x57373951,
+    "NETNS": 0x55933752, "USERNS": 0x55474906, "TIMENS": 0x43114433,
+    "PIDNS": 0x61157326, "CGROUP": 0x59383330, "CPUINFO": 0x61404013,
+    "SECCOMP": 0x64413049, "BINFMT_MISC": 0x67343323, "AUTOFS": 0x49353943,
+    "BPFMAP_FILE": 0x57506142, "BPFMAP_DATA": 0x64324033, "APPARMOR": 0x59423047,
+    "PIDFD": 0x54435556,
+}
+IMG_COMMON = MAGICS["IMG_COMMON"]
+IMG_SERVICE = MAGICS["IMG_SERVICE"]
+RAW_MAGIC = 0  # pages-N.img: no magic at all
+
+_U32 = struct.Struct("=I")  # host order, like CRIU and crit
+
+
+class Frame(enum.Enum):
+    INVENTORY = "inventory"  # type magic only
+    COMMON = "common"        # IMG_COMMON + type magic
+    SERVICE = "service"      # IMG_SERVICE + type magic
+    RAW = "raw"              # no magic, no entries
+
+
+@dataclass(frozen=True)
+class ImageKind:
+    """What a file name means: its magic, entry type and how many entries it holds."""
+    name: str                       # magic name (crit's spelling) or "PAGES"
+    pattern: str                    # file-name regex; one group holds the key if keyed
+    magic: int
+    message: Optional[type]         # protobuf class of the entries (None for raw)
+    array: bool                     # False: exactly one entry
+    frame: Frame = Frame.COMMON
+    head: Optional[type] = None     # class of the first entry when it differs (pagemap_head)
+    payload: Optional[str] = None   # field giving the size of raw bytes after each entry
+
+    def matches(self, file_name: str) -> bool:
+        return re.fullmatch(self.pattern, file_name) is not None
+
+    def file_name(self, key: Optional[int] = None) -> str:
+        """The file name for this kind, e.g. pagemap-{key}.img."""
+        fixed = self.pattern.replace(r"\.", ".").replace(r"(\d+)", "{}")
+        if ("{}" in fixed) != (key is not None):
+            raise ValueError(f"{self.name}: key {'needed' if key is None else 'not used'}")
+        return fixed.format(key) if key is not None else fixed
+
+    def entry_class(self, index: int) -> type:
+        return self.head if (index == 0 and self.head is not None) else self.message
+
+
+KINDS: tuple[ImageKind, ...] = (
+    ImageKind("INVENTORY", r"inventory\.img", MAGICS["INVENTORY"], inventory_pb2.inventory_entry,
+              False, Frame.INVENTORY),
+    ImageKind("PSTREE", r"pstree\.img", MAGICS["PSTREE"], pstree_pb2.pstree_entry, True),
+    ImageKind("CORE", r"core-(\d+)\.img", MAGICS["CORE"], core_pb2.core_entry, False),
+    ImageKind("IDS", r"ids-(\d+)\.img", MAGICS["IDS"], ids_pb2.task_kobj_ids_entry, False),
+    ImageKind("MM", r"mm-(\d+)\.img", MAGICS["MM"], mm_pb2.mm_entry, False),
+    ImageKind("PAGEMAP", r"pagemap-(\d+)\.img", MAGICS["PAGEMAP"], pagemap_pb2.pagemap_entry,
+              True, head=pagemap_pb2.pagemap_head),
+    # Shared-anonymous pagemaps reuse the PAGEMAP magic (crit shows them as PAGEMAP).
+    ImageKind("PAGEMAP", r"pagemap-shmem-(\d+)\.img", MAGICS["PAGEMAP"], pagemap_pb2.pagemap_entry,
+              True, head=pagemap_pb2.pagemap_head),
+    ImageKind("PAGES", r"pages-(\d+)\.img", RAW_MAGIC, None, True, Frame.RAW),
+    ImageKind("FS", r"fs-(\d+)\.img", MAGICS["FS"], fs_pb2.fs_entry, False),
+    ImageKind("FDINFO", r"fdinfo-(\d+)\.img", MAGICS["FDINFO"], fdinfo_pb2.fdinfo_entry, True),
+    ImageKind("FILES", r"files\.img", MAGICS["FILES"], fdinfo_pb2.file_entry, True),
+    ImageKind("PIPES_DATA", r"pipes-data\.img", MAGICS["PIPES_DATA"], pipe_pb2.pipe_data_entry,
+              True, payload="bytes"),
+    ImageKind("FIFO_DATA", r"fifo-data\.img", MAGICS["FIFO_DATA"], pipe_pb2.pipe_data_entry,
+              True, payload="bytes"),
+    # Service files: no .img suffix, IMG_SERVICE in front.
+    ImageKind("STATS", r"stats-dump", MAGICS["STATS"], stats_pb2.stats_entry, False, Frame.SERVICE),
+    ImageKind("STATS", r"stats-restore", MAGICS["STATS"], stats_pb2.stats_entry, False,
+              Frame.SERVICE),
+)
+
+
+def kind_for(path: Union[str, os.PathLike]) -> ImageKind:
+    """The kind of an image from its file name; ImageError for names we do not know."""
+    name = Path(path).name
+    for kind in KINDS:
+        if kind.matches(name):
+            return kind
+    raise ImageError(f"{path}: not an image file coldsnap knows")
+
+
+def _kind(path, kind: Union[ImageKind, str, None]) -> ImageKind:
+    if kind is None:
+        return kind_for(path)
+    if isinstance(kind, str):
+        return kind_for(kind)
+    return kind
+
+
+def _header(kind: ImageKind) -> bytes:
+    if kind.frame is Frame.INVENTORY:
+        return _U32.pack(kind.magic)
+    if kind.frame is Frame.COMMON:
+        return _U32.pack(IMG_COMMON) + _U32.pack(kind.magic)
+    if kind.frame is Frame.SERVICE:
+        return _U32.pack(IMG_SERVICE) + _U32.pack(kind.magic)
+    return b""
+
+
+EntryLike = Union[Message, tuple]  # a message, or (message, payload) for payload kinds
+
+
+class ImageWriter:
+    """Streams entries into one image file.
+
+    The file is created only when the first entry arrives: CRIU treats a missing
+    file as an empty image and never leaves zero-entry images behind.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], kind: Union[ImageKind, str, None] = None):
+        self.path = Path(path)
+        self.kind = _kind(self.path, kind)
+        if self.kind.frame is Frame.RAW:
+            raise ImageError(f"{self.path}: raw image, write its bytes directly")
+        self.count = 0
+        self._out: Optional[io.BufferedWriter] = None
+
+    def write(self, msg: Message, payload: Optional[bytes] = None) -> None:
+        kind = self.kind
+        if self.count and not kind.array:
+            raise ImageError(f"{self.path}: {kind.name} holds exactly one entry")
+        want = kind.entry_class(self.count)
+        if not isinstance(msg, want):
+            raise TypeError(f"{self.path}: entry {self.count} must be {want.__name__}, "
+                            f"not {type(msg).__name__}")
+        missing = msg.FindInitializationErrors()
+        if missing:
+            raise ImageError(f"{self.path}: {want.__name__} lacks required {', '.join(missing)}")
+        if kind.payload is not None:
+            size = getattr(msg, kind.payload)
+            if payload is None or len(payload) != size:
+                got = "none" if payload is None else len(payload)
+                raise ImageError(f"{self.path}: {kind.payload}={size} but payload is {got} bytes")
+        elif payload is not None:
+            raise ImageError(f"{self.path}: {kind.name} entries carry no payload")
+        data = msg.SerializeToString()
+        out = self._open()
+        out.write(_U32.pack(len(data)))
+        out.write(data)
+        if payload:
+            out.write(payload)
+        self.count += 1
+
+    def _open(self) -> io.BufferedWriter:
+        if self._out is None:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                raise ImageError(f"{self.path}: cannot create image: {e.strerror}") from e
+            self._out = open(fd, "wb", buffering=1 << 16)
+            self._out.write(_header(self.kind))
+        return self._out
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def __enter__(self) -> "ImageWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_image(path: Union[str, os.PathLike], kind: Union[ImageKind, str, None],
+                entries: Iterable[EntryLike]) -> int:
+    """Write a whole image; returns the entry count (0: no file was created)."""
+    with ImageWriter(path, kind) as w:
+        for e in entries:
+            if isinstance(e, tuple):
+                w.write(*e)
+            else:
+                w.write(e)
+        return w.count
+
+
+def _load(path: Path, missing_ok: bool) -> Optional[bytes]:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise ImageError(f"{path}: no such image") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read image: {e.strerror}") from e
+
+
+def parse_entries(data: bytes, kind: ImageKind, where: str = "image"
+                  ) -> Iterator[tuple[Message, Optional[bytes]]]:
+    """Yield (message, payload or None) from the bytes of a whole image file."""
+    if kind.frame is Frame.RAW:
+        raise ImageError(f"{where}: raw image ({kind.name}) has no entries")
+    view = memoryview(data)
+    header = _header(kind)
+    if len(view) < len(header):
+        raise ImageError(f"{where}: truncated: {len(view)} bytes, shorter than the magic")
+    if view[:len(header)] != header:
+        got = " ".join(f"{_U32.unpack_from(view, o)[0]:#x}" for o in range(0, len(header), 4))
+        raise ImageError(f"{where}: bad magic {got} for {kind.name}")
+    pos, index = len(header), 0
+    while pos < len(view):
+        if pos + 4 > len(view):
+            raise ImageError(f"{where}: truncated entry {index}: size prefix cut at byte {pos}")
+        (size,) = _U32.unpack_from(view, pos)
+        pos += 4
+        if pos + size > len(view):
+            raise ImageError(f"{where}: truncated entry {index}: {size} bytes announced, "
+                             f"{len(view) - pos} left")
+        cls = kind.entry_class(index)
+        msg = cls()
+        try:
+            msg.ParseFromString(view[pos:pos + size])
+        except DecodeError as e:
+            raise ImageError(f"{where}: entry {index} is not a valid {cls.__name__}: {e}") from e
+        pos += size
+        payload = None
+        if kind.payload is not None:
+            n = getattr(msg, kind.payload)
+            if pos + n > len(view):
+                raise ImageError(f"{where}: truncated payload of entry {index}: {n} bytes "
+                                 f"announced, {len(view) - pos} left")
+            payload = bytes(view[pos:pos + n])
+            pos += n
+        yield msg, payload
+        index += 1
+    if not kind.array and index != 1:
+        raise ImageError(f"{where}: {kind.name} must hold one entry, found {index}")
+    if kind.head is not None and index == 0:
+        raise ImageError(f"{where}: {kind.name} lacks its head entry")
+
+
+def read_entries(path: Union[str, os.PathLike], kind: Union[ImageKind, str, None] = None,
+                 missing_ok: bool = False) -> list[tuple[Message, Optional[bytes]]]:
+    """All (message, payload) pairs of an image; [] for a missing file if missing_ok."""
+    path = Path(path)
+    k = _kind(path, kind)
+    data = _load(path, missing_ok)
+    if data is None:
+        return []
+    return list(parse_entries(data, k, str(path)))
+
+
+def read_image(path: Union[str, os.PathLike], kind: Union[ImageKind, str, None] = None,
+               missing_ok: bool = False) -> list[Message]:
+    """All messages of an image (payloads, if any, dropped: use read_entries)."""
+    return [m for m, _ in read_entries(path, kind, missing_ok)]
+
+
+def read_single(path: Union[str, os.PathLike], kind: Union[ImageKind, str, None] = None) -> Message:
+    """The one entry of a single-entry image (inventory, core, mm, ids, fs, stats)."""
+    msgs = read_image(path, kind)
+    if len(msgs) != 1:
+        raise ImageError(f"{path}: expected one entry, found {len(msgs)}")
+    return msgs[0]
