@@ -192,7 +192,12 @@ def is_terminal_dev(rdev: int) -> bool:
 
 
 def _fown(dup: int) -> Fown:
-    raw = fcntl.fcntl(dup, F_GETOWN_EX, bytes(8))
+    try:
+        raw = fcntl.fcntl(dup, F_GETOWN_EX, bytes(8))
+    except OSError as e:
+        if e.errno == errno.EBADF:      # O_PATH descriptors have no owner
+            return Fown()
+        raise
     pid_type, pid = struct.unpack("ii", raw)
     return Fown(signum=fcntl.fcntl(dup, F_GETSIG), pid_type=pid_type if pid else 0, pid=pid)
 
@@ -284,7 +289,7 @@ def _inspect(pid: int, fd: int, link: K.FdLink, info: K.FdInfo, dup: int, fid: i
         sem = EFD_SEMAPHORE if info.eventfd_semaphore else 0
         return EventfdFile(fid, info.eventfd_count or 0, flags | sem, _fown(dup))
     if link.kind is K.LinkKind.ANON and link.anon == "eventpoll":
-        return EpollFile(fid, flags, [EpollTarget(t.tfd, t.events, t.data) for t in info.tfds], _fown(dup))
+        return EpollFile(fid, flags, [EpollTarget(t.tfd, t.events, t.data) for t in sorted(info.tfds, key=lambda t: t.tfd)], _fown(dup))
     what = link.anon if link.kind is K.LinkKind.ANON else link.raw
     raise TargetError(f"fd {fd}: {what} is not supported")
 

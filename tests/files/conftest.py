@@ -1,0 +1,98 @@
+"""Fixtures of the fd-table tests: a scriptable workload and a rebuild in a forked child."""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+from coldsnap.dump.files import FilesSnapshot, collect_files  # noqa: E402
+from coldsnap.restore.files import rebuild_fds  # noqa: E402
+
+HERE = Path(__file__).parent
+REPORT_FD = 1000      # the child's channel back to the test, far above dumped fds
+
+
+@pytest.fixture
+def pyload(spawn, python_exe):
+    """pyload() -> a Python workload; .run(code) execs one line there, returns eval(repr(out))."""
+    def start():
+        # stderr: pytest's capture file is deleted, which the dumper rightly refuses.
+        w = spawn([python_exe, str(HERE / "files_exec.py")], stderr=subprocess.DEVNULL)
+        assert w.ready == "ready"
+
+        def run(code: str):
+            answer = w.send(code)
+            if answer.startswith("ERR "):
+                raise AssertionError(f"workload: {answer}")
+            return eval(answer)  # noqa: S307 - our own workload's repr
+        w.run = run
+        return w
+    return start
+
+
+class Rebuilt:
+    """A forked child that ran rebuild_fds and now just sleeps."""
+
+    def __init__(self, pid: int, report: str):
+        self.pid, self.report = pid, report
+
+    def snapshot(self) -> FilesSnapshot:
+        return collect_files(self.pid, shell_job=True)
+
+    def stop(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+
+
+def _child(snap: FilesSnapshot, w: int, shell_job: bool) -> None:
+    try:
+        rebuild_fds(snap, shell_job=shell_job, keep_fds={w})
+        os.write(w, b"ok")
+    except BaseException:
+        os.write(w, traceback.format_exc().encode())
+    finally:
+        os.close(w)     # leave exactly the rebuilt table open
+        try:
+            time.sleep(60)
+        finally:
+            os._exit(0)
+
+
+@pytest.fixture
+def rebuild():
+    """rebuild(snap) -> Rebuilt child; killed and reaped at the end of the test."""
+    kids: list[Rebuilt] = []
+
+    def go(snap: FilesSnapshot, *, shell_job: bool = False) -> Rebuilt:
+        r, w0 = os.pipe()
+        w = fcntl.fcntl(w0, fcntl.F_DUPFD_CLOEXEC, REPORT_FD)
+        os.close(w0)
+        pid = os.fork()
+        if pid == 0:
+            _child(snap, w, shell_job)
+        os.close(w)
+        chunks = []
+        while chunk := os.read(r, 65536):
+            chunks.append(chunk)
+        os.close(r)
+        kid = Rebuilt(pid, b"".join(chunks).decode())
+        kids.append(kid)
+        return kid
+
+    yield go
+    for k in kids:
+        k.stop()
