@@ -1,0 +1,225 @@
+"""Images directories: written into a private staging directory, committed by one rename.
+
+A reader therefore sees either no directory or a complete one, never a half-written dump.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+from google.protobuf.message import Message
+
+from ..errors import ImageError
+from .framing import EntryLike, ImageWriter, read_image, read_single, write_image
+from .pb import inventory_pb2
+
+INVENTORY = "inventory.img"
+PARENT_LINK = "parent"
+IMG_VERSION = 2  # "v1.1": images carry IMG_COMMON
+PRE_DUMP_SPLICE, PRE_DUMP_READ = 1, 2
+_PAGEMAP = re.compile(r"pagemap-(\d+)\.img")
+_SHMEM_PAGEMAP = re.compile(r"pagemap-shmem-(\d+)\.img")
+
+PathLike = Union[str, os.PathLike]
+
+
+def new_inventory(*, pre_dump_mode: Optional[int] = None, dump_uptime: Optional[int] = None,
+                  lsmtype: int = inventory_pb2.NO_LSM) -> inventory_pb2.inventory_entry:
+    """An inventory as current CRIU writes it; pre-dumps pass pre_dump_mode and dump_uptime."""
+    inv = inventory_pb2.inventory_entry(img_version=IMG_VERSION, fdinfo_per_id=True,
+                                        ns_per_id=True, lsmtype=lsmtype)
+    if pre_dump_mode is not None:
+        inv.pre_dump_mode = pre_dump_mode
+    if dump_uptime is not None:
+        inv.dump_uptime = dump_uptime
+    return inv
+
+
+def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_target(target: Path) -> None:
+    """Refuse a target that exists and is not an empty directory."""
+    if not os.path.lexists(target):
+        return
+    if not os.path.isdir(target) or os.path.islink(target):
+        raise ImageError(f"{target}: exists and is not a directory")
+    if any(os.scandir(target)):
+        raise ImageError(f"{target}: exists and is not empty; refusing to overwrite images")
+
+
+class ImageDir:
+    """One images directory, either being written (create) or read (open)."""
+
+    def __init__(self, root: Path, *, target: Optional[Path] = None,
+                 parent: Optional["ImageDir"] = None):
+        self.root = root              # where files are right now (staging while writing)
+        self.target = target          # final location while writing; None once readable
+        self.parent = parent          # opened parent images directory, if any
+        self._pages_id = 0
+        self._inventory: Optional[inventory_pb2.inventory_entry] = None
+
+    # ---- creating -------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: PathLike, parent: Optional[PathLike] = None) -> "ImageDir":
+        """Start a new images directory; files go to a 0700 sibling until commit().
+
+        `parent` (a path as usual, relative to the cwd) becomes a relative symlink
+        named `parent`, resolved against the images directory as CRIU does.
+        """
+        target = Path(os.path.abspath(path))
+        where = target.parent
+        if not where.is_dir():
+            raise ImageError(f"{where}: no such directory to create images in")
+        _check_target(target)
+        parent_dir = cls.open(parent) if parent is not None else None
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging",
+                                            dir=where))
+        except OSError as e:
+            raise ImageError(f"{where}: cannot create images here: {e.strerror}") from e
+        d = cls(staging, target=target, parent=parent_dir)
+        if parent_dir is not None:
+            # Relative to the real location of the target, so ".." means what the kernel means.
+            link = os.path.relpath(os.path.realpath(parent_dir.root),
+                                   os.path.join(os.path.realpath(where), target.name))
+            os.symlink(link, staging / PARENT_LINK)
+        return d
+
+    @property
+    def writing(self) -> bool:
+        return self.target is not None
+
+    def next_pages_id(self) -> int:
+        """Next pages-N.img number of this directory (1, 2, ...)."""
+        if not self.writing:
+            raise ImageError(f"{self.root}: opened read-only")
+        self._pages_id += 1
+        return self._pages_id
+
+    def writer(self, name: str) -> ImageWriter:
+        return ImageWriter(self.path(name))
+
+    def write(self, name: str, entries: Iterable[EntryLike]) -> int:
+        return write_image(self.path(name), None, entries)
+
+    def commit(self) -> Path:
+        """fsync everything, then rename the staging directory onto the target."""
+        if not self.writing:
+            raise ImageError(f"{self.root}: nothing to commit")
+        staging, target = self.root, self.target
+        try:
+            for entry in os.scandir(staging):
+                if entry.is_file(follow_symlinks=False):
+                    _fsync_path(Path(entry.path))
+            _fsync_path(staging, os.O_DIRECTORY)
+            _check_target(target)
+            os.rename(staging, target)
+            _fsync_path(target.parent, os.O_DIRECTORY)
+        except OSError as e:
+            self.abort()
+            raise ImageError(f"{target}: cannot commit images: {e.strerror}") from e
+        except ImageError:
+            self.abort()
+            raise
+        self.root, self.target = target, None
+        return target
+
+    def abort(self) -> None:
+        """Drop a directory being written; the target is left untouched."""
+        if self.writing:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "ImageDir":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.writing:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    # ---- reading --------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: PathLike, *, follow_parent: bool = True,
+             _seen: Optional[dict] = None) -> "ImageDir":
+        """Open an existing images directory and (by default) its whole parent chain."""
+        root = Path(os.path.abspath(path))
+        try:
+            st = os.stat(root)
+        except OSError as e:
+            raise ImageError(f"{root}: cannot open images directory: {e.strerror}") from e
+        if not os.path.isdir(root):
+            raise ImageError(f"{root}: not a directory")
+        seen = {} if _seen is None else _seen
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise ImageError(f"{root}: parent chain loops back to {seen[key]}")
+        seen[key] = root
+        d = cls(root)
+        if not (root / INVENTORY).exists():
+            raise ImageError(f"{root}: not an images directory (no {INVENTORY})")
+        d._inventory = read_single(root / INVENTORY)
+        if follow_parent:
+            link = root / PARENT_LINK
+            if os.path.lexists(link):
+                resolved = root / os.readlink(link) if link.is_symlink() else link
+                if not os.path.exists(resolved):
+                    raise ImageError(f"{link}: broken parent link -> {os.readlink(link)}")
+                d.parent = cls.open(resolved, _seen=seen)
+        return d
+
+    def path(self, name: str) -> Path:
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"not an image file name: {name!r}")
+        return self.root / name
+
+    @property
+    def inventory(self) -> inventory_pb2.inventory_entry:
+        if self._inventory is None:
+            self._inventory = read_single(self.path(INVENTORY))
+        return self._inventory
+
+    def read(self, name: str, missing_ok: bool = False) -> list[Message]:
+        return read_image(self.path(name), None, missing_ok)
+
+    def read_single(self, name: str) -> Message:
+        return read_single(self.path(name))
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def _ids(self, pattern: re.Pattern) -> list[int]:
+        return sorted(int(m.group(1)) for m in map(pattern.fullmatch, os.listdir(self.root)) if m)
+
+    def pagemap_ids(self) -> list[int]:
+        """Ids (pids) of the process pagemaps here."""
+        return self._ids(_PAGEMAP)
+
+    def shmem_pagemap_ids(self) -> list[int]:
+        return self._ids(_SHMEM_PAGEMAP)
+
+    def chain(self) -> list["ImageDir"]:
+        """This directory followed by its parent, grandparent, ..."""
+        out, d = [], self
+        while d is not None:
+            out.append(d)
+            d = d.parent
+        return out
+
+    def __repr__(self) -> str:
+        state = f" -> {self.target}" if self.writing else ""
+        return f"ImageDir({str(self.root)!r}{state})"
