@@ -51,11 +51,11 @@ class Rebuilt:
         return collect_files(self.pid, shell_job=True)
 
     def stop(self) -> None:
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if self.pid == 0:
+            return
+        os.kill(self.pid, signal.SIGKILL)   # still our unreaped child: the pid is not reused
         os.waitpid(self.pid, 0)
+        self.pid = 0
 
 
 def _child(snap: FilesSnapshot, w: int, shell_job: bool) -> None:

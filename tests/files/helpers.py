@@ -41,3 +41,34 @@ def assert_same_table(a: FilesSnapshot, b: FilesSnapshot) -> None:
 
 def sockets(snap: FilesSnapshot) -> list[InetSocket]:
     return [f for f in snap.files.values() if isinstance(f, InetSocket)]
+
+
+# Options the image schema cannot carry yet (see SockOpts): not compared after a round trip.
+NOT_IN_IMAGES = ("nodelay", "broadcast")
+
+
+def strip_unstored(snap: FilesSnapshot) -> FilesSnapshot:
+    """A copy of snap without what the images drop, to compare with a read-back snapshot."""
+    import copy
+    out = copy.deepcopy(snap)
+    for f in out.files.values():
+        if isinstance(f, InetSocket):
+            for name in NOT_IN_IMAGES:
+                setattr(f.opts, name, False)
+    return out
+
+
+def through_images(snap: FilesSnapshot, imgdir) -> FilesSnapshot:
+    """Write the images, check crit decodes each of them, read them back."""
+    import subprocess
+    from coldsnap.dump.files import read_files_images, write_files_images
+    imgdir.mkdir(exist_ok=True)
+    write_files_images(snap, imgdir, snap.pid, 1)
+    names = sorted(p.name for p in imgdir.iterdir())
+    assert {"files.img", "fdinfo-1.img", f"fs-{snap.pid}.img"} <= set(names)
+    for name in names:
+        r = subprocess.run(["/usr/bin/crit", "decode", "-i", str(imgdir / name)], capture_output=True, text=True)
+        assert r.returncode == 0, f"crit decode {name}: {r.stderr}"
+    back = read_files_images(imgdir, snap.pid, 1)
+    assert_same_table(strip_unstored(snap), back)
+    return back

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 
 import pytest
 
 from coldsnap.dump.files import EpollFile, EventfdFile, PipeFile, RegFile, collect_files
+from coldsnap.kernel.fdinfo import pidfd_getfd, pidfd_open
 from coldsnap.restore.files import validate_files
 
-from helpers import assert_same_table, sockets
+from helpers import assert_same_table, sockets, strip_unstored, through_images
 
 
 def test_regular_files_dirs_devices(pyload, rebuild, tmp_path):
@@ -37,7 +39,7 @@ def test_regular_files_dirs_devices(pyload, rebuild, tmp_path):
     assert snap.file_of(rw).flags & os.O_NONBLOCK
     assert snap.cwd == str(tmp_path) and snap.root == "/" and snap.umask == 0o027
     validate_files(snap)
-    kid = rebuild(snap)
+    kid = rebuild(through_images(snap, tmp_path / "img"))
     assert kid.report == "ok"
     assert_same_table(snap, kid.snapshot())
     # The append flag really works in the child: a write lands at the end of the file.
@@ -67,7 +69,7 @@ def test_pipes_fifo_data_kept(pyload, rebuild, tmp_path):
     assert ff.kind.name == "FIFO" and ff.fifo_path == str(fifo)
     assert snap.pipe_data[ff.pipe_id].data == b"through the fifo"
     # Peeking did not consume: the original still reads its bytes (after the dump).
-    kid = rebuild(snap)
+    kid = rebuild(through_images(snap, tmp_path / "img"))
     assert kid.report == "ok"
     assert_same_table(snap, kid.snapshot())
     assert w.run(f"out = os.read({r}, 100)") == b"hello pipe"
@@ -79,7 +81,7 @@ def test_pipes_fifo_data_kept(pyload, rebuild, tmp_path):
         assert f.read(100) == b"hello pipe"
 
 
-def test_eventfd_and_epoll(pyload, rebuild):
+def test_eventfd_and_epoll(pyload, rebuild, tmp_path):
     w = pyload()
     e1, e2, ep, r, wr, ls = w.run(
         "e1 = os.eventfd(5, os.EFD_SEMAPHORE | os.EFD_NONBLOCK); e2 = os.eventfd(0); os.eventfd_write(e2, 1 << 40); "
@@ -100,13 +102,13 @@ def test_eventfd_and_epoll(pyload, rebuild):
     ep2 = next(f for f in snap.files.values() if isinstance(f, EpollFile) and f is not epf)
     assert {(t.tfd, t.data) for t in ep2.targets} == {(wr, 0xdeadbeefcafe), (ep, 7)}
     w.stop()    # frees the listening port
-    kid = rebuild(snap)
+    kid = rebuild(through_images(snap, tmp_path / "img"))
     assert kid.report == "ok"
     assert_same_table(snap, kid.snapshot())
 
 
 @pytest.mark.parametrize("family,addr", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
-def test_listening_sockets_survive_the_original(pyload, rebuild, family, addr):
+def test_listening_sockets_survive_the_original(pyload, rebuild, family, addr, tmp_path):
     w = pyload()
     tcp, udp = w.run(
         f"s = socket.socket({int(family)}); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
@@ -127,4 +129,25 @@ def test_listening_sockets_survive_the_original(pyload, rebuild, family, addr):
     assert_same_table(snap, kid.snapshot())
     with socket.create_connection((addr, st.port), timeout=5):
         pass   # completes in the rebuilt listener's backlog
+    kid.stop()
+    # Through the images (TCP_NODELAY is not in the schema yet), then a real accept.
+    kid = rebuild(through_images(snap, tmp_path / "img"))
+    assert kid.report == "ok"
+    assert_same_table(strip_unstored(snap), kid.snapshot())
+    # Accept on the child's own listening socket, reached with pidfd_getfd.
+    pidfd = pidfd_open(kid.pid)
+    lsock = socket.socket(fileno=pidfd_getfd(pidfd, tcp))
+    usock = socket.socket(fileno=pidfd_getfd(pidfd, udp))
+    os.close(pidfd)
+    with lsock, usock, socket.create_connection((addr, st.port), timeout=5) as c:
+        c.sendall(b"ping")
+        assert select.select([lsock], [], [], 5)[0]
+        conn, _ = lsock.accept()
+        with conn:
+            conn.settimeout(5)
+            assert conn.recv(4) == b"ping"
+        with socket.socket(family, socket.SOCK_DGRAM) as u:
+            u.sendto(b"dgram", (addr, su.port))
+        usock.settimeout(5)
+        assert usock.recv(10) == b"dgram"
     assert len(sockets(snap)) == 2

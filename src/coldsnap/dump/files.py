@@ -9,6 +9,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
 import socket
 import stat
 import struct
@@ -115,9 +116,11 @@ class SockOpts:
     rcvbuf: int = 0               # as getsockopt reports it (twice what was set)
     sndbuf: int = 0
     keepalive: bool = False
-    broadcast: bool = False
-    nodelay: bool = False         # TCP only
+    broadcast: bool = False       # not in the image schema yet: lost on write
+    nodelay: bool = False         # TCP only (not in the image schema yet: lost on write)
     v6only: bool = False          # AF_INET6 only
+    snd_tmo: tuple[int, int] = (0, 0)   # SO_SNDTIMEO (sec, usec)
+    rcv_tmo: tuple[int, int] = (0, 0)   # SO_RCVTIMEO
 
 
 @dataclass(slots=True)
@@ -263,7 +266,9 @@ def _inspect_socket(pid: int, fd: int, link: K.FdLink, dup: int, fid: int, flags
             keepalive=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)),
             broadcast=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)),
             nodelay=tcp and bool(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)),
-            v6only=family == socket.AF_INET6 and bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)))
+            v6only=family == socket.AF_INET6 and bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)),
+            snd_tmo=struct.unpack("qq", s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16)),
+            rcv_tmo=struct.unpack("qq", s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)))
         backlog = 0
         if listening:
             # Only sock_diag knows the backlog; a task in another net namespace is not
@@ -401,3 +406,160 @@ def collect_files(pid: int, *, shell_job: bool = False) -> FilesSnapshot:
         files[fid] = RegFile(fid, path, os.O_RDONLY | os.O_DIRECTORY | os.O_LARGEFILE, 0, None, st.st_mode)
         ids.append(fid)
     return FilesSnapshot(pid, entries, files, ids[0], ids[1], K.read_umask(pid), pipe_data)
+
+
+# --- images: files.img, fdinfo-<files_id>.img, fs-<pid>.img, pipes-/fifo-data.img ------
+
+from pathlib import Path  # noqa: E402
+
+from coldsnap.errors import ImageError  # noqa: E402
+from coldsnap.images import framing  # noqa: E402
+from coldsnap.images.pb import (eventfd_pb2, eventpoll_pb2, fdinfo_pb2, fown_pb2, fs_pb2,  # noqa: E402
+                                pipe_pb2, regfile_pb2, sk_inet_pb2, sk_opts_pb2)
+
+FD_CLOEXEC = 1
+_TTY_PATH = re.compile(r"/dev/(pts/\d+|tty\d*|console)")
+
+
+def _fown_pb(f: Fown) -> fown_pb2.fown_entry:
+    return fown_pb2.fown_entry(uid=f.uid, euid=f.euid, signum=f.signum, pid_type=f.pid_type, pid=f.pid)
+
+
+def _fown_of(m: fown_pb2.fown_entry) -> Fown:
+    return Fown(m.uid, m.euid, m.signum, m.pid_type, m.pid)
+
+
+def _addr_words(family: int, addr: str) -> list[int]:
+    # Raw in_addr/in6_addr memory read as host-order u32 words, as the format stores them.
+    raw = socket.inet_pton(family, addr)
+    return list(struct.unpack(f"={len(raw) // 4}I", raw))
+
+
+def _addr_str(family: int, words: list[int]) -> str:
+    return socket.inet_ntop(family, struct.pack(f"={len(words)}I", *words))
+
+
+def file_entries(snap: FilesSnapshot) -> list[fdinfo_pb2.file_entry]:
+    """files.img entries: every object, cwd and root; a FIFO also gets a REG entry for its path."""
+    out = []
+    next_id = max(snap.files) + 1
+    for f in snap.files.values():
+        e = fdinfo_pb2.file_entry(type=int(f.kind), id=f.id)
+        if isinstance(f, RegFile):
+            e.reg.CopyFrom(_reg_pb(f.id, f.path, f.flags, f.pos, f.fown, f.mnt_id, f.size, f.mode))
+        elif isinstance(f, PipeFile) and f.fifo_path:
+            e.fifo.CopyFrom(pipe_pb2.fifo_entry(id=f.id, pipe_id=f.pipe_id, regf_id=next_id))
+            path = fdinfo_pb2.file_entry(type=fdinfo_pb2.REG, id=next_id)
+            path.reg.CopyFrom(_reg_pb(next_id, f.fifo_path, f.flags, 0, f.fown, -1, None, stat.S_IFIFO))
+            out.append(path)
+            next_id += 1
+        elif isinstance(f, PipeFile):
+            e.pipe.CopyFrom(pipe_pb2.pipe_entry(id=f.id, pipe_id=f.pipe_id, flags=f.flags, fown=_fown_pb(f.fown)))
+        elif isinstance(f, EventfdFile):
+            # Eventfd files are always O_RDWR, so bit 0 (O_WRONLY) is free to carry
+            # EFD_SEMAPHORE, which has that very value in eventfd2's flags.
+            e.efd.CopyFrom(eventfd_pb2.eventfd_file_entry(id=f.id, flags=f.flags, pos=0,
+                                                           fown=_fown_pb(f.fown), counter=f.counter))
+        elif isinstance(f, EpollFile):
+            e.epfd.CopyFrom(eventpoll_pb2.eventpoll_file_entry(
+                id=f.id, flags=f.flags, fown=_fown_pb(f.fown),
+                tfd=[eventpoll_pb2.eventpoll_tfd_entry(id=f.id, tfd=t.tfd, events=t.events, data=t.data)
+                     for t in f.targets]))
+        elif isinstance(f, InetSocket):
+            o = f.opts
+            opts = sk_opts_pb2.sk_opts_entry(
+                so_sndbuf=o.sndbuf, so_rcvbuf=o.rcvbuf, so_snd_tmo_sec=o.snd_tmo[0],
+                so_snd_tmo_usec=o.snd_tmo[1], so_rcv_tmo_sec=o.rcv_tmo[0], so_rcv_tmo_usec=o.rcv_tmo[1],
+                reuseaddr=o.reuseaddr, keepalive=o.keepalive, so_reuseport=o.reuseport)
+            e.isk.CopyFrom(sk_inet_pb2.inet_sk_entry(
+                id=f.id, ino=f.inode, family=f.family, type=f.type, proto=f.proto, state=f.state,
+                src_port=f.port, dst_port=0, flags=f.flags, backlog=f.backlog,
+                src_addr=_addr_words(f.family, f.addr), fown=_fown_pb(f.fown), opts=opts, v6only=o.v6only))
+        out.append(e)
+    return out
+
+
+def _reg_pb(fid: int, path: str, flags: int, pos: int, fown: Fown, mnt_id: int, size: int | None,
+            mode: int) -> regfile_pb2.reg_file_entry:
+    m = regfile_pb2.reg_file_entry(id=fid, flags=flags, pos=pos, fown=_fown_pb(fown), name=path,
+                                   mnt_id=mnt_id, mode=mode)
+    if size is not None:
+        m.size = size
+    return m
+
+
+def fdinfo_entries(snap: FilesSnapshot) -> list[fdinfo_pb2.fdinfo_entry]:
+    return [fdinfo_pb2.fdinfo_entry(id=e.file_id, flags=FD_CLOEXEC if e.cloexec else 0,
+                                    type=int(snap.files[e.file_id].kind), fd=e.fd) for e in snap.fds]
+
+
+def write_files_images(snap: FilesSnapshot, imgdir: str | os.PathLike, pid: int, files_id: int) -> None:
+    """Write files.img, fdinfo-<files_id>.img, fs-<pid>.img, pipes-data.img and fifo-data.img."""
+    d = Path(imgdir)
+    framing.write_image(d / "files.img", None, file_entries(snap))
+    framing.write_image(d / f"fdinfo-{files_id}.img", None, fdinfo_entries(snap))
+    framing.write_image(d / f"fs-{pid}.img", None,
+                        [fs_pb2.fs_entry(cwd_id=snap.cwd_id, root_id=snap.root_id, umask=snap.umask)])
+    fifos = {f.pipe_id for f in snap.files.values() if isinstance(f, PipeFile) and f.fifo_path}
+    for name, want_fifo in (("pipes-data.img", False), ("fifo-data.img", True)):
+        # Only pipes with something to restore: an absent entry means empty, default size.
+        framing.write_image(d / name, None, [
+            (pipe_pb2.pipe_data_entry(pipe_id=pd.pipe_id, bytes=len(pd.data), size=pd.size), pd.data)
+            for pd in snap.pipe_data.values()
+            if (pd.pipe_id in fifos) == want_fifo and (pd.data or pd.size != DEFAULT_PIPE_SIZE)])
+
+
+def _file_of(e: fdinfo_pb2.file_entry, regs: dict[int, regfile_pb2.reg_file_entry]) -> FileObj:
+    if e.type == fdinfo_pb2.REG:
+        r = e.reg
+        terminal = stat.S_ISCHR(r.mode) and _TTY_PATH.fullmatch(r.name) is not None
+        return RegFile(r.id, r.name, r.flags, r.pos, r.size if r.HasField("size") else None, r.mode,
+                       r.mnt_id, _fown_of(r.fown), terminal)
+    if e.type == fdinfo_pb2.FIFO:
+        reg = regs.get(e.fifo.regf_id)
+        if reg is None:
+            raise ImageError(f"files.img: FIFO {e.id} refers to missing path entry {e.fifo.regf_id}")
+        return PipeFile(e.id, e.fifo.pipe_id, reg.flags, reg.name, _fown_of(reg.fown))
+    if e.type == fdinfo_pb2.PIPE:
+        return PipeFile(e.id, e.pipe.pipe_id, e.pipe.flags, "", _fown_of(e.pipe.fown))
+    if e.type == fdinfo_pb2.EVENTFD:
+        return EventfdFile(e.id, e.efd.counter, e.efd.flags, _fown_of(e.efd.fown))
+    if e.type == fdinfo_pb2.EVENTPOLL:
+        return EpollFile(e.id, e.epfd.flags, [EpollTarget(t.tfd, t.events, t.data) for t in e.epfd.tfd],
+                         _fown_of(e.epfd.fown))
+    if e.type == fdinfo_pb2.INETSK:
+        k, o = e.isk, e.isk.opts
+        opts = SockOpts(reuseaddr=o.reuseaddr, reuseport=o.so_reuseport, rcvbuf=o.so_rcvbuf,
+                        sndbuf=o.so_sndbuf, keepalive=o.keepalive, v6only=k.v6only,
+                        snd_tmo=(o.so_snd_tmo_sec, o.so_snd_tmo_usec),
+                        rcv_tmo=(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec))
+        return InetSocket(k.id, k.family, k.type, k.proto, k.state, _addr_str(k.family, list(k.src_addr)),
+                          k.src_port, k.flags, k.backlog, k.ino, opts, _fown_of(k.fown))
+    raise ImageError(f"files.img: file {e.id} has type {fdinfo_pb2.fd_types.Name(e.type)}, "
+                     "which coldsnap cannot restore")
+
+
+def read_files_images(imgdir: str | os.PathLike, pid: int, files_id: int) -> FilesSnapshot:
+    """The snapshot of task `pid` back from its images (files.img may hold other tasks' files)."""
+    d = Path(imgdir)
+    all_files = {e.id: e for e in framing.read_image(d / "files.img")}
+    fdinfos = framing.read_image(d / f"fdinfo-{files_id}.img", missing_ok=True)
+    fs = framing.read_single(d / f"fs-{pid}.img")
+    regs = {i: e.reg for i, e in all_files.items() if e.type == fdinfo_pb2.REG}
+    files: dict[int, FileObj] = {}
+    for fid in [fi.id for fi in fdinfos] + [fs.cwd_id, fs.root_id]:
+        if fid not in files:
+            if fid not in all_files:
+                raise ImageError(f"files.img: no file with id {fid}")
+            files[fid] = _file_of(all_files[fid], regs)
+    fds = [FdEntry(fi.fd, fi.id, bool(fi.flags & FD_CLOEXEC)) for fi in fdinfos]
+    pipe_data = {}
+    for name in ("pipes-data.img", "fifo-data.img"):
+        for m, payload in framing.read_entries(d / name, missing_ok=True):
+            pipe_data[m.pipe_id] = PipeData(m.pipe_id, payload or b"", m.size if m.HasField("size")
+                                            else DEFAULT_PIPE_SIZE)
+    for f in files.values():
+        if isinstance(f, PipeFile) and f.pipe_id not in pipe_data:
+            pipe_data[f.pipe_id] = PipeData(f.pipe_id, b"")
+    return FilesSnapshot(pid, fds, files, fs.cwd_id, fs.root_id, fs.umask if fs.HasField("umask") else 0o22,
+                         pipe_data)

@@ -178,6 +178,8 @@ class _Builder:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(o.reuseport))
             s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(o.keepalive))
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, int(o.broadcast))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("qq", *o.snd_tmo))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("qq", *o.rcv_tmo))
             # Set buffer sizes only when they differ from the default: setting them locks
             # them and turns off the kernel's autotuning. The kernel doubles what is set.
             for opt, val in ((socket.SO_RCVBUF, o.rcvbuf), (socket.SO_SNDBUF, o.sndbuf)):
