@@ -1,0 +1,103 @@
+"""The `coldsnap` command: a thin argparse front on the API, CRIU-style options, one-line errors."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import CsError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("b").rstrip("i")
+    mult = units.get(t[-1:], 1)
+    try:
+        return int(t[:-1] if t[-1:] in units else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def _pid(text: str) -> int:
+    try:
+        pid = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
+    if pid <= 0:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}")
+    return pid
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="coldsnap", description="Checkpoint/restore of Linux processes.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pd = sub.add_parser("pre-dump", help="save a running process's memory, keeping it frozen only to plan")
+    pd.add_argument("-t", "--tree", type=_pid, required=True, metavar="PID", help="process to pre-dump")
+    pd.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="new or empty directory for the images")
+    pd.add_argument("--prev-images-dir", metavar="DIR", help="previous images to link as parent")
+    pd.add_argument("--pre-dump-mode", choices=("live", "frozen"), default="live",
+                    help="live: copy pages after resuming (default); frozen: before (baseline)")
+    pd.add_argument("--buffer-size", type=_size, default="4M", metavar="SIZE", help="drain buffer (default 4M)")
+    pd.add_argument("--scan", choices=("auto", "ioctl", "read"), default="auto",
+                    help="page scan: PAGEMAP_SCAN ioctl or /proc/PID/pagemap read")
+
+    sh = sub.add_parser("show", help="summarise an images directory")
+    sh.add_argument("dir", metavar="DIR")
+    sh.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    sub.add_parser("check", help="report which kernel features coldsnap can use here")
+
+    dm = sub.add_parser("demo", help="start a sample workload, pre-dump it, print the stats")
+    dm.add_argument("--size", type=_size, default="256M", metavar="SIZE", help="workload memory (default 256M)")
+    dm.add_argument("-D", "--images-dir", metavar="DIR", help="keep the images here (default: a temporary dir)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "pre-dump":
+        from .dump.predump import pre_dump
+        stats = pre_dump(args.tree, args.images_dir, mode=args.pre_dump_mode,
+                         buffer_size=args.buffer_size, scan=args.scan,
+                         prev_images_dir=args.prev_images_dir)
+        print(f"pre-dump of {args.tree} ({stats.mode}): {stats.pages_written} pages written, "
+              f"{stats.pages_skipped} skipped, frozen {stats.frozen_time / 1000:.2f} ms")
+        return 0
+    if args.command == "show":
+        from .show import describe, render
+        info = describe(args.dir)
+        print(json.dumps(info, indent=2) if args.json else render(info))
+        return 0
+    if args.command == "check":
+        from .kernel.features import FALLBACKS, probe
+        feats = probe().as_dict()
+        for name, ok in feats.items():
+            print(f"{name:16} {'yes' if ok else 'no '}  " + ("" if ok else f"-> {FALLBACKS[name]}"))
+        return 0
+    if args.command == "demo":
+        from .demo import demo
+        return demo(args.size, args.images_dir)
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except CsError as e:
+        print(f"coldsnap: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("coldsnap: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as e:
+        print(f"coldsnap: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Small images every (pre-)dump writes: inventory, mm (VMAs and mm fields), stats."""
+from __future__ import annotations
+
+from ..images.framing import write_image
+from ..images.pb import inventory_pb2, mm_pb2, stats_pb2
+from ..kernel.procfs import Stat, uptime_us
+from ..memory.vma import Vma
+from .stats import DumpStats
+
+PRE_DUMP_MODE_READ = 2   # inventory.pre_dump_mode: pages were read with process_vm_readv
+U32 = 0xFFFFFFFF
+
+
+def write_inventory(imgdir, *, pre_dump: bool) -> None:
+    inv = inventory_pb2.inventory_entry(img_version=2, fdinfo_per_id=True, ns_per_id=True,
+                                        lsmtype=inventory_pb2.NO_LSM, dump_uptime=uptime_us())
+    if pre_dump:
+        inv.pre_dump_mode = PRE_DUMP_MODE_READ
+    write_image(imgdir.path("inventory.img"), None, [inv])
+
+
+def vma_entry(v: Vma, file_id: int = 0) -> mm_pb2.vma_entry:
+    from ..memory.vma import Kind
+    shmid = v.inode if v.kind is Kind.ANON_SHARED else file_id
+    return mm_pb2.vma_entry(start=v.start, end=v.end, pgoff=v.pgoff, shmid=shmid, prot=v.prot,
+                            flags=v.map_flags, status=v.status, fd=-1)
+
+
+def write_mm(imgdir, pid: int, vmas: list[Vma], stat: Stat, *, brk: int | None = None,
+             auxv: list[int] | None = None, exe_file_id: int = 0, file_ids: dict | None = None,
+             dumpable: int | None = None) -> None:
+    heap = next((v for v in vmas if v.name == "[heap]"), None)
+    mm = mm_pb2.mm_entry(
+        mm_start_code=stat.start_code, mm_end_code=stat.end_code,
+        mm_start_data=stat.start_data, mm_end_data=stat.end_data,
+        mm_start_stack=stat.start_stack, mm_start_brk=stat.start_brk,
+        mm_brk=brk if brk is not None else (heap.end if heap else stat.start_brk),
+        mm_arg_start=stat.arg_start, mm_arg_end=stat.arg_end,
+        mm_env_start=stat.env_start, mm_env_end=stat.env_end,
+        exe_file_id=exe_file_id, mm_saved_auxv=auxv or [],
+        vmas=[vma_entry(v, (file_ids or {}).get((v.start, v.end), 0)) for v in vmas])
+    if dumpable is not None:
+        mm.dumpable = dumpable
+    write_image(imgdir.path(f"mm-{pid}.img"), None, [mm])
+
+
+def write_stats(imgdir, s: DumpStats) -> None:
+    d = stats_pb2.dump_stats_entry(
+        freezing_time=min(s.freezing_time, U32), frozen_time=min(s.frozen_time, U32),
+        memdump_time=min(s.memdump_time, U32), memwrite_time=min(s.memwrite_time, U32),
+        pages_scanned=s.pages_scanned, pages_skipped_parent=s.pages_skipped_parent,
+        pages_written=s.pages_written, pages_lazy=0,
+        cs_pages_skipped=s.pages_skipped, cs_track_backend=s.track_backend, cs_mode=s.mode,
+        cs_scan_time=min(s.scan_time, U32))
+    write_image(imgdir.path("stats-dump"), None, [stats_pb2.stats_entry(dump=d)])

@@ -1,0 +1,101 @@
+"""`coldsnap show`: a readable summary of an images directory and its parent chain."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .images.directory import ImageDir
+from .memory.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VVAR,
+                         VMA_FILE_PRIVATE, VMA_FILE_SHARED)
+
+PE_PARENT, PE_PRESENT = 1, 4
+PAGE = 4096
+
+
+def _kind(status: int) -> str:
+    for bit, name in ((VMA_AREA_VDSO, "vdso"), (VMA_AREA_VVAR, "vvar"), (VMA_ANON_PRIVATE, "anon-private"),
+                      (VMA_FILE_PRIVATE, "file-private"), (VMA_ANON_SHARED, "anon-shared"),
+                      (VMA_FILE_SHARED, "file-shared")):
+        if status & bit:
+            return name
+    return "other"
+
+
+def _disk_bytes(root: Path) -> int:
+    total = 0
+    for e in os.scandir(root):
+        if e.is_file(follow_symlinks=False):
+            total += e.stat(follow_symlinks=False).st_blocks * 512
+    return total
+
+
+def _pagemap_summary(d: ImageDir, pid: int) -> dict:
+    msgs = d.read(f"pagemap-{pid}.img")
+    head, entries = msgs[0], msgs[1:]
+    present = parent = 0
+    for e in entries:
+        n = e.nr_pages if e.HasField("nr_pages") else e.compat_nr_pages
+        flags = e.flags if e.HasField("flags") else (PE_PARENT if e.in_parent else PE_PRESENT)
+        if flags & PE_PRESENT:
+            present += n
+        elif flags & PE_PARENT:
+            parent += n
+    skipped = sum(r.nr_pages for r in head.cs_skipped)
+    return {"pages_id": head.pages_id, "entries": len(entries), "pages_present": present,
+            "pages_in_parent": parent, "pages_skipped": skipped,
+            "skipped_runs": [[hex(r.vaddr), r.nr_pages] for r in head.cs_skipped]}
+
+
+def describe_one(d: ImageDir) -> dict:
+    inv = d.inventory
+    info: dict = {"dir": str(d.root), "kind": "pre-dump" if inv.HasField("pre_dump_mode") else "dump",
+                  "disk_bytes": _disk_bytes(d.root), "processes": {}}
+    if d.exists("stats-dump"):
+        s = d.read_single("stats-dump").dump
+        info["stats"] = {
+            "mode": s.cs_mode, "track_backend": s.cs_track_backend,
+            "freezing_time_us": s.freezing_time, "frozen_time_us": s.frozen_time,
+            "scan_time_us": s.cs_scan_time, "memdump_time_us": s.memdump_time,
+            "memwrite_time_us": s.memwrite_time, "pages_scanned": s.pages_scanned,
+            "pages_written": s.pages_written, "pages_skipped_parent": s.pages_skipped_parent,
+            "pages_skipped": s.cs_pages_skipped}
+    for pid in d.pagemap_ids():
+        proc = _pagemap_summary(d, pid)
+        if d.exists(f"mm-{pid}.img"):
+            mm = d.read_single(f"mm-{pid}.img")
+            proc["vmas"] = [{"start": hex(v.start), "end": hex(v.end), "kind": _kind(v.status),
+                             "prot": "".join(c if v.prot & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4))),
+                             "size": v.end - v.start} for v in mm.vmas]
+        info["processes"][str(pid)] = proc
+    return info
+
+
+def describe(path: str) -> dict:
+    chain = ImageDir.open(path).chain()
+    levels = [describe_one(d) for d in chain]
+    return {"chain": levels, "chain_disk_bytes": sum(lv["disk_bytes"] for lv in levels)}
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def render(info: dict) -> str:
+    out = []
+    for depth, lv in enumerate(info["chain"]):
+        label = "images" if depth == 0 else f"parent {depth}"
+        out.append(f"{label}: {lv['dir']} ({lv['kind']}, {_mib(lv['disk_bytes'])} on disk)")
+        st = lv.get("stats")
+        if st:
+            out.append(f"  mode {st['mode'] or '?'}, tracking {st['track_backend'] or 'none'}: "
+                       f"frozen {st['frozen_time_us'] / 1000:.2f} ms, scan {st['scan_time_us'] / 1000:.2f} ms, "
+                       f"drain {(st['memdump_time_us'] + st['memwrite_time_us']) / 1000:.1f} ms")
+        for pid, p in lv["processes"].items():
+            out.append(f"  pid {pid}: {p['pages_present']} pages written ({_mib(p['pages_present'] * PAGE)}), "
+                       f"{p['pages_in_parent']} in parent, {p['pages_skipped']} skipped")
+            if depth == 0 and "vmas" in p:
+                out.append(f"    {'start':>14} {'end':>14} {'prot':4} {'kind':12} size")
+                for v in p["vmas"]:
+                    out.append(f"    {v['start']:>14} {v['end']:>14} {v['prot']:4} {v['kind']:12} {_mib(v['size'])}")
+    out.append(f"chain total on disk: {_mib(info['chain_disk_bytes'])}")
+    return "\n".join(out)
