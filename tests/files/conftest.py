@@ -58,8 +58,11 @@ class Rebuilt:
         self.pid = 0
 
 
-def _child(snap: FilesSnapshot, w: int, shell_job: bool) -> None:
+def _child(snap: FilesSnapshot, w: int, shell_job: bool, tty: int | None) -> None:
     try:
+        if tty is not None:     # stand-in for the terminal a shell gives the restorer
+            for fd in (0, 1, 2):
+                os.dup2(tty, fd)
         rebuild_fds(snap, shell_job=shell_job, keep_fds={w})
         os.write(w, b"ok")
     except BaseException:
@@ -77,13 +80,13 @@ def rebuild():
     """rebuild(snap) -> Rebuilt child; killed and reaped at the end of the test."""
     kids: list[Rebuilt] = []
 
-    def go(snap: FilesSnapshot, *, shell_job: bool = False) -> Rebuilt:
+    def go(snap: FilesSnapshot, *, shell_job: bool = False, tty: int | None = None) -> Rebuilt:
         r, w0 = os.pipe()
         w = fcntl.fcntl(w0, fcntl.F_DUPFD_CLOEXEC, REPORT_FD)
         os.close(w0)
         pid = os.fork()
         if pid == 0:
-            _child(snap, w, shell_job)
+            _child(snap, w, shell_job, tty)
         os.close(w)
         chunks = []
         while chunk := os.read(r, 65536):

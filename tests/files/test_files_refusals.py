@@ -1,0 +1,138 @@
+"""Every unsupported object is refused with one line naming the fd; restores check first."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from coldsnap.dump.files import collect_files
+from coldsnap.errors import ImageError, TargetError
+from coldsnap.restore.files import validate_files
+
+from helpers import assert_same_table, through_images
+
+LIBC = "import ctypes; L = ctypes.CDLL(None); "
+
+
+@pytest.fixture
+def listener():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    yield s
+    s.close()
+
+
+CASES = {
+    "unix socket": ("a, b = socket.socketpair(); out = a.fileno()", r"unix socket is not supported yet"),
+    "connected udp": ("u = socket.socket(type=socket.SOCK_DGRAM); u.connect(('127.0.0.1', 9)); out = u.fileno()",
+                      r"connected UDP socket is not supported yet"),
+    "signalfd": (LIBC + "out = L.signalfd(-1, struct.pack('Q', 1 << 9), 0)", r"signalfd is not supported"),
+    "timerfd": (LIBC + "out = L.timerfd_create(1, 0)", r"timerfd is not supported"),
+    "inotify": (LIBC + "out = L.inotify_init1(0)", r"inotify is not supported"),
+    "memfd": ("out = os.memfd_create('blob', 0)", r"memfd /memfd:blob is not supported yet"),
+    "packet pipe": ("r, w = os.pipe2(os.O_DIRECT); out = w", r"packet-mode \(O_DIRECT\) pipe is not supported"),
+    "raw char device": ("out = os.open('/dev/ptmx', os.O_RDWR | os.O_NOCTTY)",
+                        r"character device /dev/ptmx \(5:2\) is not supported"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_unsupported_kinds_are_refused_naming_the_fd(pyload, case):
+    code, message = CASES[case]
+    w = pyload()
+    fd = w.run(code)
+    assert fd > 2
+    with pytest.raises(TargetError, match=rf"^fd {fd}: {message}$"):
+        collect_files(w.pid)
+
+
+def test_connected_tcp_is_refused(pyload, listener):
+    w = pyload()
+    fd = w.run(f"c = socket.create_connection(('127.0.0.1', {listener.getsockname()[1]})); out = c.fileno()")
+    with pytest.raises(TargetError, match=rf"^fd {fd}: connected TCP socket is not supported yet$"):
+        collect_files(w.pid)
+
+
+def test_deleted_file_is_refused(pyload, tmp_path):
+    gone = tmp_path / "gone"
+    gone.write_text("x")
+    w = pyload()
+    fd = w.run(f"out = os.open({str(gone)!r}, os.O_RDONLY); os.unlink({str(gone)!r})")
+    with pytest.raises(TargetError, match=rf"^fd {fd}: file {gone} was deleted"):
+        collect_files(w.pid)
+
+
+def test_epoll_watching_a_closed_fd_is_refused(pyload):
+    w = pyload()
+    ep, r = w.run("ep = select.epoll(); r, wr = os.pipe(); ep.register(r, select.EPOLLIN); "
+                  "keep = os.dup(r); os.close(r); out = (ep.fileno(), r)")
+    with pytest.raises(TargetError, match=rf"^fd {ep}: epoll watches a file no longer open as fd {r}"):
+        collect_files(w.pid)
+
+
+def test_terminal_needs_shell_job_and_is_reattached(pyload, rebuild, tmp_path):
+    master, slave = os.openpty()
+    try:
+        name = os.ttyname(slave)
+        w = pyload()
+        w.run(f"t = os.open({name!r}, os.O_RDWR | os.O_NOCTTY); os.dup2(t, 0); os.dup2(t, 2); os.close(t)")
+        with pytest.raises(TargetError, match=rf"^fd 0: terminal {name} is attached \(use --shell-job\)$"):
+            collect_files(w.pid)
+        snap = collect_files(w.pid, shell_job=True)
+        assert snap.terminal_fds == [0, 2]
+        back = through_images(snap, tmp_path / "img")
+        assert back.terminal_fds == [0, 2]
+        with pytest.raises(ImageError, match=r"^fd 0: was the terminal .* needs --shell-job$"):
+            validate_files(back)
+        validate_files(back, shell_job=True)
+        # The restorer's own terminal (here another pty) is what the child gets.
+        master2, slave2 = os.openpty()
+        try:
+            kid = rebuild(back, shell_job=True, tty=slave2)
+            assert kid.report == "ok"
+            got = kid.snapshot()
+            assert got.terminal_fds == [0, 2]
+            assert got.file_of(0).path == os.ttyname(slave2)
+            assert os.stat(f"/proc/{kid.pid}/fd/0").st_rdev == os.fstat(slave2).st_rdev
+            assert [e.fd for e in got.fds] == [e.fd for e in snap.fds]
+        finally:
+            os.close(master2)
+            os.close(slave2)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_restore_checks_files_and_ports_first(pyload, rebuild, tmp_path):
+    ro, rw, gone = tmp_path / "ro", tmp_path / "rw", tmp_path / "gone"
+    for p in (ro, rw, gone):
+        p.write_bytes(b"1234")
+    w = pyload()
+    fro, frw, fgone, ls = w.run(
+        f"a = os.open({str(ro)!r}, os.O_RDONLY); b = os.open({str(rw)!r}, os.O_RDWR); "
+        f"c = os.open({str(gone)!r}, os.O_RDONLY); s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+        "out = (a, b, c, s.fileno())")
+    snap = collect_files(w.pid)
+    port = snap.file_of(ls).port
+    with pytest.raises(ImageError, match=rf"^fd {ls}: cannot bind 127.0.0.1:{port}: Address already in use$"):
+        validate_files(snap)       # the original still listens
+    w.stop()
+    validate_files(snap)
+    rw.write_bytes(b"grown, but opened for writing: fine")
+    validate_files(snap)
+    ro.write_bytes(b"12345")
+    with pytest.raises(ImageError, match=rf"^fd {fro}: {ro} changed size \(4 -> 5 bytes\)$"):
+        validate_files(snap)
+    ro.write_bytes(b"1234")
+    gone.unlink()
+    with pytest.raises(ImageError, match=rf"^fd {fgone}: {gone} is gone"):
+        validate_files(snap)
+    kid = rebuild(snap)        # the child refuses too, with the same line
+    assert f"ImageError: fd {fgone}: {gone} is gone" in kid.report
+    gone.write_bytes(b"1234")
+    rw.write_bytes(b"1234")
+    kid = rebuild(snap)
+    assert kid.report == "ok"
+    assert_same_table(snap, kid.snapshot())
