@@ -1,0 +1,340 @@
+"""Freeze every thread of a process with ptrace, and always let it go again.
+
+    with freeze(pid) as task:       # all threads in a ptrace interrupt stop
+        ...                         # task.tids, RemoteCalls(task), ...
+        task.resume()               # optional early resume (idempotent)
+    task.frozen_ns                  # how long the task was held
+
+Why SEIZE + INTERRUPT and no PTRACE_O_TRACECLONE: a thread can only be created by a running
+thread of the group, and a clone completes (child linked into the group) before its parent
+reaches the interrupt stop. So "list /proc/PID/task, seize and stop what is new, repeat until
+a listing brings nothing new" ends with every thread stopped, and we never have to handle
+auto-attached children or clone events.
+
+SIGINT/SIGTERM sent to coldsnap become `Interrupted` while the freeze is held (main thread
+only). State changes (seize, wait, detach, one remote call) run in short critical sections
+where the signal is only recorded and raised at the end, so a ptrace transition is never
+cut in half. If coldsnap is SIGKILLed, the kernel detaches every tracee and it runs on.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from coldsnap.errors import CsError, Interrupted, TargetError
+from coldsnap.kernel import ptrace
+from coldsnap.kernel.libc import SYS, syscall
+from coldsnap.kernel.procfs import list_tids, read_maps, read_stat, read_status
+
+if TYPE_CHECKING:
+    from coldsnap.seize.remote import RemoteCalls
+
+PF_KTHREAD = 0x00200000
+SEIZE_OPTIONS = ptrace.PTRACE_O_TRACESYSGOOD   # never EXITKILL: our death must not kill the target
+
+
+class _SignalGuard:
+    """Turns SIGINT/SIGTERM into Interrupted, deferred while inside critical sections."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: int | None = None
+        self._old: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python only runs handlers in the main thread
+        for sig in self.SIGNALS:
+            self._old[sig] = signal.signal(sig, self._handler)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        self._old.clear()
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.depth:
+            self.pending = signum
+        else:
+            raise Interrupted(signum)
+
+    def __enter__(self) -> None:
+        self.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.pending is not None:
+            sig, self.pending = self.pending, None
+            raise Interrupted(sig)
+
+
+@dataclass
+class _Thread:
+    tid: int
+    stopped: bool = False
+    stop_sig: int = 0        # SIGTRAP for our interrupt, a stop signal if it was group-stopped
+
+
+@dataclass
+class FrozenTask:
+    """A process whose threads are all held in ptrace stops by the calling OS thread."""
+    pid: int
+    timeout: float = 10.0
+    tids: list[int] = field(default_factory=list)
+    frozen_ns: int | None = None
+    resumed: bool = False
+    # signals we had to swallow during injection and re-send at resume: (tid, sig)
+    resend: list[tuple[int, int]] = field(default_factory=list)
+    _threads: dict[int, _Thread] = field(default_factory=dict)
+    _sessions: dict[int, "RemoteCalls"] = field(default_factory=dict)
+    _guard: _SignalGuard = field(default_factory=_SignalGuard)
+    _owner: int = 0
+    _t0: int = 0
+    _gadget: int | None = None
+    _mem_fd: int | None = None
+
+    # -- entering -------------------------------------------------------------------------
+
+    def __enter__(self) -> "FrozenTask":
+        _refuse(self.pid)
+        self._owner = threading.get_ident()
+        self._guard.install()
+        self._t0 = time.monotonic_ns()
+        try:
+            self._seize_all()
+        except BaseException:
+            self.resume()
+            raise
+        self.tids = sorted(self._threads)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.resume()
+
+    def _seize_all(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                listed = list_tids(self.pid)
+            except FileNotFoundError:
+                raise TargetError(f"cannot seize {self.pid}: process exited while seizing") from None
+            new = [t for t in listed if t not in self._threads]
+            if not new:
+                return  # every listed thread is stopped: nothing can create another one
+            for tid in new:
+                self._seize_one(tid)
+            self._collect_stops(deadline)
+            if not self._threads:
+                raise TargetError(f"cannot seize {self.pid}: process exited while seizing")
+
+    def _seize_one(self, tid: int) -> None:
+        with self._guard:
+            try:
+                ptrace.seize(tid, SEIZE_OPTIONS)
+            except OSError as e:
+                if e.errno == errno.ESRCH:
+                    return  # exited between listing and seize
+                if e.errno == errno.EPERM and tid != self.pid and _gone_or_zombie(self.pid, tid):
+                    return
+                if e.errno == errno.EPERM:
+                    tracer = _tracer(self.pid, tid)
+                    if tracer:
+                        raise TargetError(f"cannot seize {self.pid}: thread {tid} already traced by {tracer}") from None
+                    raise TargetError(f"cannot seize {self.pid}: permission denied") from None
+                raise
+            self._threads[tid] = _Thread(tid)
+            try:
+                ptrace.interrupt(tid)
+            except ProcessLookupError:
+                pass  # it is exiting; the wait below collects its exit
+
+    def _collect_stops(self, deadline: float) -> None:
+        pending = [t for t in self._threads.values() if not t.stopped]
+        naps = 0
+        while pending:
+            for th in list(pending):
+                with self._guard:
+                    if self._poll_one(th):
+                        pending.remove(th)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                th = pending[0]
+                state = _state(self.pid, th.tid)
+                raise TargetError(f"cannot seize {self.pid}: thread {th.tid} did not stop "
+                                  f"within {self.timeout:g}s (state {state or '?'})")
+            naps += 1
+            # stops normally arrive within tens of microseconds: spin briefly, then nap
+            time.sleep(0 if naps < 50 else 0.0005)
+
+    def _poll_one(self, th: _Thread) -> bool:
+        """One non-blocking wait; True when the thread is settled (stopped or gone)."""
+        try:
+            st = ptrace.wait_stop(th.tid, nohang=True)
+        except ChildProcessError:
+            del self._threads[th.tid]
+            return True
+        if st is None:
+            return False
+        if st.exited:
+            del self._threads[th.tid]
+            return True
+        if st.is_event_stop:
+            th.stopped, th.stop_sig = True, st.sig
+            return True
+        # a signal-delivery-stop that beat our interrupt: deliver it as it would have been;
+        # the interrupt trap stays pending and comes next
+        ptrace.cont(th.tid, st.sig if st.is_signal_stop else 0)
+        return False
+
+    # -- leaving --------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Undo injected state and detach every thread. Idempotent; safe on any exit path."""
+        if self.resumed:
+            return
+        if self._owner and threading.get_ident() != self._owner:
+            raise CsError("resume() must run on the thread that froze the task")
+        errors: list[BaseException] = []
+        with self._guard:
+            for session in list(self._sessions.values()):
+                try:
+                    session.close()
+                except Exception as e:  # keep detaching the others
+                    errors.append(e)
+                    self._sessions.pop(session.tid, None)
+            for th in list(self._threads.values()):
+                self._release(th)
+            self._threads.clear()
+            if self._mem_fd is not None:
+                os.close(self._mem_fd)
+                self._mem_fd = None
+            for tid, sig in self.resend:
+                try:
+                    _tgkill(self.pid, tid, sig)
+                except ProcessLookupError:
+                    pass
+            self.resumed = True
+            self.frozen_ns = time.monotonic_ns() - self._t0
+            self._guard.restore()
+        if errors:
+            raise errors[0]
+
+    def _release(self, th: _Thread) -> None:
+        if not th.stopped:
+            # seized but its stop not collected yet (we were interrupted): wait for it briefly
+            deadline = time.monotonic() + 1.0
+            while not th.stopped and th.tid in self._threads and time.monotonic() < deadline:
+                if not self._poll_one(th):
+                    time.sleep(0.0005)
+            if th.tid not in self._threads:
+                return
+        try:
+            ptrace.detach(th.tid, 0)
+        except ProcessLookupError:
+            try:  # killed while held: reap the traced thread's exit
+                ptrace.wait_stop(th.tid, nohang=True)
+            except ChildProcessError:
+                pass
+
+    # -- services for remote calls --------------------------------------------------------
+
+    def critical(self) -> _SignalGuard:
+        """`with task.critical():` defers SIGINT/SIGTERM until the block ends."""
+        return self._guard
+
+    def check_usable(self, tid: int) -> None:
+        if self.resumed:
+            raise CsError(f"task {self.pid} was already resumed")
+        if threading.get_ident() != self._owner:
+            raise CsError("ptrace requests must come from the thread that froze the task")
+        th = self._threads.get(tid)
+        if th is None or not th.stopped:
+            raise TargetError(f"thread {tid} of {self.pid} is not held")
+
+    def mem_fd(self) -> int:
+        """An O_RDWR fd on /proc/PID/mem, shared by users of this freeze."""
+        if self._mem_fd is None:
+            self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        return self._mem_fd
+
+    def vdso_gadget(self) -> int:
+        """Address of a `syscall` instruction (0f 05) inside the target's [vdso]."""
+        if self._gadget is None:
+            vdso = next((m for m in read_maps(self.pid) if m.path == "[vdso]"), None)
+            if vdso is None:
+                raise TargetError(f"process {self.pid} has no [vdso]")
+            text = os.pread(self.mem_fd(), vdso.end - vdso.start, vdso.start)
+            at = text.find(b"\x0f\x05")
+            if at < 0:
+                raise TargetError(f"no syscall instruction in the [vdso] of {self.pid}")
+            self._gadget = vdso.start + at
+        return self._gadget
+
+    def forget_thread(self, tid: int) -> None:
+        """A held thread died (e.g. SIGKILL during injection)."""
+        self._threads.pop(tid, None)
+        if tid in self.tids:
+            self.tids.remove(tid)
+
+
+def freeze(pid: int, timeout: float = 10.0) -> FrozenTask:
+    """Context manager that stops all threads of PID; see the module docstring."""
+    return FrozenTask(pid, timeout)
+
+
+# -- checks -------------------------------------------------------------------------------
+
+def _refuse(pid: int) -> None:
+    """Raise TargetError (one line) when PID must not or cannot be seized."""
+    what = f"cannot seize {pid}"
+    if pid <= 0:
+        raise TargetError(f"{what}: no such process")
+    if pid == 1:
+        raise TargetError(f"{what}: it is init (PID 1)")
+    try:
+        status = read_status(pid)
+        flags = read_stat(pid).flags
+    except (FileNotFoundError, ProcessLookupError):
+        raise TargetError(f"{what}: no such process") from None
+    tgid = int(status.get("Tgid", pid))
+    if tgid == os.getpid():
+        raise TargetError(f"{what}: it is coldsnap itself")
+    if status.get("Kthread") == "1" or flags & PF_KTHREAD:
+        raise TargetError(f"{what}: it is a kernel thread")
+    if tgid != pid:
+        raise TargetError(f"{what}: it is a thread of process {tgid}")
+    if status.get("State", "")[:1] in ("Z", "X"):
+        raise TargetError(f"{what}: it is a zombie")
+    tracer = int(status.get("TracerPid", "0"))
+    if tracer:
+        raise TargetError(f"{what}: already traced by {tracer}")
+
+
+def _state(pid: int, tid: int) -> str:
+    try:
+        return read_status(pid, tid).get("State", "")[:1]
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def _gone_or_zombie(pid: int, tid: int) -> bool:
+    return _state(pid, tid) in ("", "Z", "X")
+
+
+def _tracer(pid: int, tid: int) -> int:
+    try:
+        return int(read_status(pid, tid).get("TracerPid", "0"))
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+
+
+def _tgkill(tgid: int, tid: int, sig: int) -> None:
+    syscall(SYS.tgkill, tgid, tid, sig, what="tgkill")
