@@ -1,0 +1,197 @@
+"""Pages across a parent chain (pre-dump iterations), dedup of superseded copies, disk usage.
+
+Every step works per pagemap entry (run), splitting runs where a parent's entries are
+shorter, never per page.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from ..errors import ImageError
+from ..kernel.libc import libc
+from . import _intervals as iv
+from .directory import ImageDir
+from .pages import PAGE_SHIFT, PE_PARENT, PE_PRESENT, PagemapReader, pagemap_name
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+    # Typed at the call: the shared libc handle's attributes are not ours to configure.
+    return libc.fallocate(ctypes.c_int(fd), ctypes.c_int(mode), ctypes.c_long(offset),
+                          ctypes.c_long(length))
+
+
+def _as_dir(d: Union[ImageDir, str, os.PathLike]) -> ImageDir:
+    return d if isinstance(d, ImageDir) else ImageDir.open(d)
+
+
+class PageChain:
+    """Resolves pages of one pagemap id through an images directory and its ancestors."""
+
+    def __init__(self, imgdir: Union[ImageDir, str, os.PathLike], pid: int, shmem: bool = False):
+        self.top = _as_dir(imgdir)
+        self.pid = pid
+        self.shmem = shmem
+        self.dirs = self.top.chain()
+        self._readers: dict[int, PagemapReader] = {}
+        self.reader(0)  # the top directory must have this pagemap
+
+    def reader(self, level: int) -> Optional[PagemapReader]:
+        """The pagemap at chain depth `level`, or None if that directory has none / no such level."""
+        if level >= len(self.dirs):
+            return None
+        if level not in self._readers:
+            d = self.dirs[level]
+            if level and not d.exists(pagemap_name(self.pid, self.shmem)):
+                return None
+            self._readers[level] = PagemapReader(d, self.pid, self.shmem)
+        return self._readers[level]
+
+    # ---- reading bytes ----------------------------------------------------------------
+
+    def lookup(self, vaddr: int, nr_pages: int) -> bytes:
+        """The bytes of nr_pages pages at vaddr, wherever in the chain they live."""
+        buf = bytearray(nr_pages << PAGE_SHIFT)
+        self.lookup_into(vaddr, memoryview(buf))
+        return bytes(buf)
+
+    def lookup_into(self, vaddr: int, buf: memoryview) -> None:
+        if vaddr % (1 << PAGE_SHIFT) or buf.nbytes % (1 << PAGE_SHIFT):
+            raise ValueError("lookups are in whole pages")
+        self._fill(0, vaddr, vaddr + buf.nbytes, buf, vaddr)
+
+    def _fill(self, level: int, start: int, end: int, buf: memoryview, base: int) -> None:
+        r = self.reader(level)
+        if r is None:
+            raise self._uncovered(level, start, end)
+        i = int(np.searchsorted(r.ends, np.uint64(start), side="right"))
+        pos = start
+        while pos < end:
+            if i >= len(r) or int(r.vaddr[i]) > pos:
+                raise self._uncovered(level, pos, min(end, int(r.vaddr[i]) if i < len(r) else end))
+            stop = min(end, int(r.ends[i]))
+            flags = int(r.flags[i])
+            if flags & PE_PRESENT:
+                r.pread_into(int(r.offset[i]) + pos - int(r.vaddr[i]), buf[pos - base:stop - base])
+            elif flags & PE_PARENT:
+                self._fill(level + 1, pos, stop, buf, base)
+            else:
+                raise ImageError(f"{r.path}: pages {pos:#x}-{stop:#x} are lazy, not in the image")
+            pos, i = stop, i + 1
+
+    def _uncovered(self, level: int, start: int, end: int) -> ImageError:
+        if level == 0:
+            return ImageError(f"{self.top.path(pagemap_name(self.pid, self.shmem))}: "
+                              f"pages {start:#x}-{end:#x} are not in the pagemap")
+        child = self.dirs[level - 1].root
+        if level >= len(self.dirs):
+            return ImageError(f"{child}: PE_PARENT run {start:#x}-{end:#x} but the directory "
+                              f"has no parent")
+        parent = self.dirs[level].root
+        what = ("has no " + pagemap_name(self.pid, self.shmem)
+                if self.reader(level) is None else "does not cover it")
+        return ImageError(f"{child}: PE_PARENT run {start:#x}-{end:#x} not covered by parent "
+                          f"{parent}: parent {what}")
+
+    # ---- coverage ---------------------------------------------------------------------
+
+    def covered_ranges(self, level: int = 0) -> iv.Spans:
+        """Byte ranges [start, end) this directory can supply: data here or resolvable below."""
+        r = self.reader(level)
+        if r is None:
+            return iv.empty()
+        present = r.spans(PE_PRESENT)
+        holes = r.spans(PE_PARENT)
+        if len(holes[0]):
+            below = self.covered_ranges(level + 1)
+            s, e, _ = iv.intersect(holes, below)
+            return iv.union(present, (s, e))
+        return iv.merge(*present)
+
+    def check(self) -> None:
+        """Raise ImageError unless every PE_PARENT run resolves to data somewhere below."""
+        for level in range(len(self.dirs)):
+            r = self.reader(level)
+            if r is None:
+                break
+            holes = r.spans(PE_PARENT)
+            if not len(holes[0]):
+                continue
+            missing = iv.subtract(holes, self.covered_ranges(level + 1))
+            if len(missing[0]):
+                raise self._uncovered(level + 1, int(missing[0][0]), int(missing[1][0]))
+
+    def close(self) -> None:
+        for r in self._readers.values():
+            r.close()
+
+    def __enter__(self) -> "PageChain":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _punch(path: Path, offsets: np.ndarray, lengths: np.ndarray) -> int:
+    """One fallocate(PUNCH_HOLE|KEEP_SIZE) per contiguous file run; sizes (and offsets) stay."""
+    if not len(offsets):
+        return 0
+    new = np.ones(len(offsets), bool)
+    new[1:] = offsets[1:] != offsets[:-1] + lengths[:-1]
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], len(offsets)) - 1
+    starts = offsets[first]
+    ends = offsets[last] + lengths[last]
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, s, e - s) != 0:
+                err = ctypes.get_errno()
+                if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise ImageError(f"{path}: file system cannot punch holes (auto-dedup)")
+                raise ImageError(f"{path}: fallocate punch failed: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+    return int((ends - starts).sum())
+
+
+def punch_superseded(parent_dir: Union[ImageDir, str, os.PathLike], pid: int, ranges,
+                     shmem: bool = False) -> int:
+    """Free the page bytes of `ranges` in parent_dir and all its ancestors (--auto-dedup).
+
+    `ranges` are the pages the new image writes again ((starts, ends) or (n, 2) pairs);
+    older copies of them can never be read through the new image. Returns bytes punched.
+    """
+    want = iv.merge(*iv.as_spans(ranges))
+    total = 0
+    for d in _as_dir(parent_dir).chain():
+        if not d.exists(pagemap_name(pid, shmem)):
+            break
+        with PagemapReader(d, pid, shmem) as r:
+            s, e, idx = iv.intersect(r.spans(PE_PRESENT), want)
+            if not len(s):
+                continue
+            present = np.flatnonzero((r.flags & PE_PRESENT) != 0)
+            entry = present[idx]
+            offsets = r.offset[entry] + (s - r.vaddr[entry])
+            total += _punch(r.pages_path, offsets, e - s)
+    return total
+
+
+def disk_usage(path: Union[ImageDir, str, os.PathLike]) -> int:
+    """Bytes really allocated by the files of one directory (st_blocks), parent not included."""
+    root = path.root if isinstance(path, ImageDir) else Path(path)
+    total = 0
+    for entry in os.scandir(root):
+        if entry.is_file(follow_symlinks=False):
+            total += entry.stat(follow_symlinks=False).st_blocks * 512
+    return total

@@ -1,0 +1,306 @@
+"""pagemap-<id>.img + pages-<N>.img: which pages a directory describes and their bytes.
+
+Work is per run (entry), never per page: page bytes go to the pages file straight from
+the caller's buffers, and the pagemap entries are encoded in one vectorised pass.
+"""
+from __future__ import annotations
+
+import os
+from array import array
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import ImageError
+from . import _intervals as iv
+from .framing import read_image, write_image
+from .pb import pagemap_pb2
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+PE_PARENT, PE_LAZY, PE_PRESENT = 1, 2, 4
+_U32_MAX = 0xFFFFFFFF
+
+BytesLike = Union[bytes, bytearray, memoryview, np.ndarray]
+
+
+def pagemap_name(pid: int, shmem: bool = False) -> str:
+    return f"pagemap-shmem-{pid}.img" if shmem else f"pagemap-{pid}.img"
+
+
+def pages_name(pages_id: int) -> str:
+    return f"pages-{pages_id}.img"
+
+
+def _write_all(fd: int, views: list[memoryview]) -> None:
+    """writev until every byte is out (the kernel may write less than asked)."""
+    i = 0
+    while i < len(views):
+        n = os.writev(fd, views[i:i + 1024])  # at most IOV_MAX buffers per call
+        while i < len(views) and n >= views[i].nbytes:
+            n -= views[i].nbytes
+            i += 1
+        if n:
+            views[i] = views[i][n:]
+
+
+_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+
+
+def _varints(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Protobuf varint bytes of each value as an (n, width) matrix plus a validity mask."""
+    v = values.astype(np.uint64)
+    shifts = np.arange(width, dtype=np.uint64) * np.uint64(7)
+    groups = ((v[:, None] >> shifts) & np.uint64(0x7F)).astype(np.uint8)
+    nbytes = 1 + (v[:, None] >= _VARINT_LIMITS[None, :width - 1]).sum(axis=1)
+    cols = np.arange(width)
+    mask = cols[None, :] < nbytes[:, None]
+    groups |= (cols[None, :] < (nbytes[:, None] - 1)).astype(np.uint8) << 7
+    return groups, mask
+
+
+def encode_pagemap_entries(vaddr: np.ndarray, nr: np.ndarray, flags: np.ndarray) -> bytes:
+    """Size-prefixed pagemap_entry messages, byte-identical to protobuf's own encoding."""
+    n = len(vaddr)
+    if n == 0:
+        return b""
+    compat = np.where(nr <= _U32_MAX, nr, 0)  # field 2 is u32; huge runs rely on field 5
+    parts = [(np.full((n, 1), 0x08, np.uint8), np.ones((n, 1), bool)), _varints(vaddr, 10),
+             (np.full((n, 1), 0x10, np.uint8), np.ones((n, 1), bool)), _varints(compat, 5),
+             (np.full((n, 1), 0x20, np.uint8), np.ones((n, 1), bool)), _varints(flags, 5),
+             (np.full((n, 1), 0x28, np.uint8), np.ones((n, 1), bool)), _varints(nr, 10)]
+    body = np.concatenate([p[0] for p in parts], axis=1)
+    mask = np.concatenate([p[1] for p in parts], axis=1)
+    size = mask.sum(axis=1).astype("<u4")
+    full = np.concatenate([size.view(np.uint8).reshape(n, 4), body], axis=1)
+    fmask = np.concatenate([np.ones((n, 4), bool), mask], axis=1)
+    return full[fmask].tobytes()
+
+
+class PagemapWriter:
+    """Writes pagemap-<pid>.img and its pages-<N>.img in one images directory.
+
+    Runs must come in strictly ascending, non-overlapping address order across all
+    add_* calls; adjacent runs with the same flags are merged into one entry.
+    """
+
+    def __init__(self, imgdir, pid: int, shmem: bool = False):
+        self.imgdir = imgdir
+        self.pid = pid
+        self.shmem = shmem
+        self.pages_id: int = imgdir.next_pages_id()
+        self._fd: Optional[int] = None
+        self._vaddr, self._nr, self._flags = array("Q"), array("Q"), array("I")
+        self._skipped: list[tuple[int, int]] = []
+        self._cursor = 0          # end of the last run added, in bytes
+        self.nr_present = self.nr_parent = self.nr_skipped = 0
+        self.closed = False
+
+    def _advance(self, vaddr: int, nr_pages: int) -> None:
+        if self.closed:
+            raise ImageError(f"pagemap {self.pid}: writer is closed")
+        if vaddr % PAGE_SIZE or nr_pages <= 0:
+            raise ValueError(f"bad run {vaddr:#x}+{nr_pages} pages: must be page aligned, non-empty")
+        if vaddr < self._cursor:
+            raise ImageError(f"pagemap {self.pid}: run at {vaddr:#x} is not above the previous "
+                             f"run's end {self._cursor:#x}; runs must be strictly ascending")
+        self._cursor = vaddr + (nr_pages << PAGE_SHIFT)
+
+    def _add(self, vaddr: int, nr_pages: int, flags: int) -> None:
+        if (self._vaddr and self._flags[-1] == flags
+                and self._vaddr[-1] + (self._nr[-1] << PAGE_SHIFT) == vaddr):
+            self._nr[-1] += nr_pages
+        else:
+            self._vaddr.append(vaddr)
+            self._nr.append(nr_pages)
+            self._flags.append(flags)
+
+    def add_present(self, vaddr: int, data: Union[BytesLike, Sequence[BytesLike]],
+                    lazy: bool = False) -> None:
+        """Pages with data: `data` is whole pages (or a list of buffers, back to back)."""
+        bufs = data if isinstance(data, (list, tuple)) else [data]
+        views = [memoryview(b).cast("B") for b in bufs]
+        size = sum(v.nbytes for v in views)
+        if size % PAGE_SIZE:
+            raise ValueError(f"data at {vaddr:#x} is {size} bytes, not whole pages")
+        nr = size >> PAGE_SHIFT
+        self._advance(vaddr, nr)
+        if self._fd is None:
+            path = self.imgdir.path(pages_name(self.pages_id))
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        _write_all(self._fd, views)
+        self._add(vaddr, nr, PE_PRESENT | (PE_LAZY if lazy else 0))
+        self.nr_present += nr
+
+    def add_parent(self, vaddr: int, nr_pages: int) -> None:
+        """Pages whose bytes the parent directory holds (PE_PARENT hole)."""
+        self._advance(vaddr, nr_pages)
+        self._add(vaddr, nr_pages, PE_PARENT)
+        self.nr_parent += nr_pages
+
+    def add_skipped(self, vaddr: int, nr_pages: int) -> None:
+        """Pages planned but unreadable: recorded in the head, never trusted later."""
+        self._advance(vaddr, nr_pages)
+        last = self._skipped[-1] if self._skipped else None
+        if last and last[0] + (last[1] << PAGE_SHIFT) == vaddr:
+            self._skipped[-1] = (last[0], last[1] + nr_pages)
+        else:
+            self._skipped.append((vaddr, nr_pages))
+        self.nr_skipped += nr_pages
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        head = pagemap_pb2.pagemap_head(pages_id=self.pages_id)
+        for v, n in self._skipped:
+            head.cs_skipped.add(vaddr=v, nr_pages=n)
+        path = self.imgdir.path(pagemap_name(self.pid, self.shmem))
+        write_image(path, None, [head])
+        body = encode_pagemap_entries(np.frombuffer(self._vaddr, np.uint64),
+                                      np.frombuffer(self._nr, np.uint64),
+                                      np.frombuffer(self._flags, np.uint32))
+        with open(path, "ab") as f:
+            f.write(body)
+
+    def __enter__(self) -> "PagemapWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass(frozen=True)
+class PageRun:
+    """One pagemap entry; `offset` is its byte offset in pages-N.img (PE_PRESENT only)."""
+    vaddr: int
+    nr_pages: int
+    flags: int
+    offset: int
+
+    @property
+    def end(self) -> int:
+        return self.vaddr + (self.nr_pages << PAGE_SHIFT)
+
+
+class PagemapReader:
+    """The entries of one pagemap as arrays, and reads from its pages file."""
+
+    def __init__(self, imgdir, pid: int, shmem: bool = False):
+        self.imgdir = imgdir
+        self.pid = pid
+        self.path = imgdir.path(pagemap_name(pid, shmem))
+        msgs = read_image(self.path)
+        head, entries = msgs[0], msgs[1:]
+        self.pages_id: int = head.pages_id
+        self.pages_path = imgdir.path(pages_name(self.pages_id))
+        sk = [(r.vaddr, r.vaddr + (r.nr_pages << PAGE_SHIFT)) for r in head.cs_skipped]
+        self.skipped: iv.Spans = iv.as_spans(sk)
+        n = len(entries)
+        self.vaddr = np.fromiter((e.vaddr for e in entries), np.uint64, n)
+        # Field 5 wins; field 2 is the old count. No flags: PE_PRESENT, or PE_PARENT if in_parent.
+        self.nr_pages = np.fromiter(
+            (e.nr_pages if e.HasField("nr_pages") else e.compat_nr_pages for e in entries),
+            np.uint64, n)
+        self.flags = np.fromiter(
+            (e.flags if e.HasField("flags") else (PE_PARENT if e.in_parent else PE_PRESENT)
+             for e in entries), np.uint32, n)
+        self.ends = self.vaddr + (self.nr_pages << np.uint64(PAGE_SHIFT))
+        self._validate()
+        present = (self.flags & PE_PRESENT) != 0
+        sizes = np.where(present, self.nr_pages << np.uint64(PAGE_SHIFT), np.uint64(0))
+        self.offset = np.cumsum(sizes, dtype=np.uint64) - sizes
+        self.pages_bytes = int(sizes.sum())
+        self._check_pages_file()
+        self._fd: Optional[int] = None
+
+    def _validate(self) -> None:
+        bad = np.flatnonzero((self.vaddr % PAGE_SIZE != 0) | (self.nr_pages == 0))
+        if len(bad):
+            raise ImageError(f"{self.path}: entry {bad[0]} is not a page-aligned, non-empty run")
+        if len(self.vaddr) > 1:
+            bad = np.flatnonzero(self.vaddr[1:] < self.ends[:-1])
+            if len(bad):
+                raise ImageError(f"{self.path}: entry {bad[0] + 1} at {int(self.vaddr[bad[0] + 1]):#x} "
+                                 f"overlaps or precedes the previous one")
+
+    def _check_pages_file(self) -> None:
+        try:
+            size = os.stat(self.pages_path).st_size
+        except FileNotFoundError:
+            size = None
+        if self.pages_bytes and size is None:
+            raise ImageError(f"{self.pages_path}: missing, but {self.path.name} lists "
+                             f"{self.pages_bytes >> PAGE_SHIFT} present pages")
+        if size is not None and size < self.pages_bytes:
+            raise ImageError(f"{self.pages_path}: truncated: {size} bytes, "
+                             f"{self.path.name} needs {self.pages_bytes}")
+
+    def __len__(self) -> int:
+        return len(self.vaddr)
+
+    def runs(self) -> list[PageRun]:
+        return [PageRun(*t) for t in zip(self.vaddr.tolist(), self.nr_pages.tolist(),
+                                         self.flags.tolist(), self.offset.tolist())]
+
+    def spans(self, flag: Optional[int] = None) -> iv.Spans:
+        """[start, end) byte ranges of all entries, or of those having `flag`."""
+        if flag is None:
+            return self.vaddr, self.ends
+        sel = (self.flags & flag) != 0
+        return self.vaddr[sel], self.ends[sel]
+
+    def _fileno(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.pages_path, os.O_RDONLY | os.O_CLOEXEC)
+        return self._fd
+
+    def pread_into(self, offset: int, buf: memoryview) -> None:
+        """Fill buf from the pages file at offset."""
+        fd, done = self._fileno(), 0
+        while done < buf.nbytes:
+            n = os.preadv(fd, [buf[done:]], offset + done)
+            if n == 0:
+                raise ImageError(f"{self.pages_path}: truncated at byte {offset + done}")
+            done += n
+
+    def read_pages_into(self, vaddr: int, buf: memoryview) -> None:
+        """Fill buf with the pages at vaddr, which must all be PE_PRESENT here."""
+        end = vaddr + buf.nbytes
+        i = int(np.searchsorted(self.ends, np.uint64(vaddr), side="right"))
+        pos = vaddr
+        while pos < end:
+            if i >= len(self.vaddr) or int(self.vaddr[i]) > pos or not self.flags[i] & PE_PRESENT:
+                raise ImageError(f"{self.path}: page {pos:#x} has no data in {self.pages_path.name}")
+            stop = min(end, int(self.ends[i]))
+            self.pread_into(int(self.offset[i]) + pos - int(self.vaddr[i]),
+                            buf[pos - vaddr:stop - vaddr])
+            pos, i = stop, i + 1
+
+    def read_pages(self, vaddr: int, nr_pages: int) -> bytes:
+        buf = bytearray(nr_pages << PAGE_SHIFT)
+        self.read_pages_into(vaddr, memoryview(buf))
+        return bytes(buf)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "PagemapReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["PAGE_SIZE", "PE_PARENT", "PE_LAZY", "PE_PRESENT", "PageRun", "PagemapReader",
+           "PagemapWriter", "encode_pagemap_entries", "pagemap_name", "pages_name"]
