@@ -8,7 +8,7 @@ from ..errors import CsError
 from ..kernel.procfs import read_maps, read_stat
 from ..memory.drain import DEFAULT_BUFFER, Drain
 from ..memory.ranges import Ranges
-from ..memory.scan import scan_saved_pages
+from ..memory.scan import scan_saved_pages, warm_up
 from ..memory.vma import PROT_READ, Vma, classify_all
 from ..seize.freezer import freeze
 from ..images.directory import ImageDir
@@ -40,6 +40,7 @@ def pre_dump(pid: int, images_dir: str | Path, *, mode: str = "live",
     if mode not in MODES:
         raise CsError(f"unknown pre-dump mode {mode!r} (choose from {', '.join(MODES)})")
     stats = DumpStats(mode=mode)
+    warm_up()
     with ImageDir.create(images_dir, parent=prev_images_dir) as imgdir:
         t0 = time.perf_counter_ns()
         with freeze(pid) as task:

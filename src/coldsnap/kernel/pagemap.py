@@ -5,6 +5,7 @@ Results are numpy arrays so that callers never hold one Python object per page.
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import os
 from dataclasses import dataclass
@@ -121,6 +122,7 @@ def read_entries(pagemap_fd: int, start: int, end: int) -> np.ndarray:
     return buf[: got // 8]
 
 
+@functools.cache
 def has_pagemap_scan() -> bool:
     """True when this kernel offers PAGEMAP_SCAN (probed on our own pagemap)."""
     fd = open_pagemap(os.getpid())

@@ -12,22 +12,31 @@ import numpy as np
 
 from ..kernel import pagemap as pm
 from .ranges import Ranges
-from .vma import Vma
+from .vma import Kind, Vma
 
 # Anything present or swapped that is neither a file page nor the zero page.
 SAVE_QUERY = pm.ScanQuery(
     category_anyof_mask=pm.PAGE_IS_PRESENT | pm.PAGE_IS_SWAPPED,
     category_mask=pm.PAGE_IS_FILE | pm.PAGE_IS_PFNZERO,
     category_inverted=pm.PAGE_IS_FILE | pm.PAGE_IS_PFNZERO,
-    # Asking only for a category that never matches makes the kernel merge all neighbours.
-    return_mask=pm.PAGE_IS_FILE,
+    # Measured here: returning PRESENT is 4x cheaper than returning FILE (which would merge
+    # present and swapped neighbours); merged() joins those afterwards.
+    return_mask=pm.PAGE_IS_PRESENT,
+)
+# Private anonymous areas hold no file pages: dropping the FILE test, which costs a folio
+# lookup per page, makes their scan 3x cheaper (0.8 ms against 2.3 ms per 256 MiB here).
+ANON_QUERY = pm.ScanQuery(
+    category_anyof_mask=pm.PAGE_IS_PRESENT | pm.PAGE_IS_SWAPPED,
+    category_mask=pm.PAGE_IS_PFNZERO,
+    category_inverted=pm.PAGE_IS_PFNZERO,
+    return_mask=pm.PAGE_IS_PRESENT,
 )
 PAGEMAP_BATCH_PAGES = 1 << 16   # 512 KiB of pagemap entries per pread
 
 
-def spans(vmas: Iterable[Vma]) -> Ranges:
-    """Address spans covered by VMAs whose pages we save, adjacent VMAs joined."""
-    pairs = [(v.start, v.end) for v in vmas if v.saves_pages]
+def spans(vmas: Iterable[Vma], kinds: tuple[Kind, ...] = (Kind.ANON_PRIVATE, Kind.FILE_PRIVATE)) -> Ranges:
+    """Address spans covered by VMAs of the given kinds, adjacent VMAs joined."""
+    pairs = [(v.start, v.end) for v in vmas if v.kind in kinds]
     return Ranges.of(pairs).merged() if pairs else Ranges.empty()
 
 
@@ -35,9 +44,10 @@ def vma_cuts(vmas: Iterable[Vma]) -> np.ndarray:
     return np.unique(np.array([a for v in vmas for a in (v.start, v.end)], dtype=np.uint64))
 
 
-def scan_with_ioctl(pagemap_fd: int, where: Ranges, scanner: pm.PagemapScanner | None = None) -> Ranges:
+def scan_with_ioctl(pagemap_fd: int, where: Ranges, scanner: pm.PagemapScanner | None = None,
+                    query: pm.ScanQuery = SAVE_QUERY) -> Ranges:
     scanner = scanner or pm.PagemapScanner(pagemap_fd)
-    parts = [scanner.scan(s, e, SAVE_QUERY) for s, e in where.pairs()]
+    parts = [scanner.scan(s, e, query) for s, e in where.pairs()]
     regions = np.concatenate(parts) if parts else np.zeros(0, dtype=pm.REGION_DTYPE)
     return Ranges(regions["start"].copy(), regions["end"].copy()).merged()
 
@@ -67,14 +77,27 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
 
 
+def warm_up() -> None:
+    """Run the numpy paths once on tiny inputs: their first call costs milliseconds,
+    which must not land inside a frozen window."""
+    a = Ranges.of([(0, 8192), (12288, 16384)])
+    b = Ranges.of([(4096, 12288)])
+    a.union(b).subtract(b).intersect(a).split_at(np.array([4096], dtype=np.uint64)).merged()
+    _runs(np.array([True, False, True]))
+
+
 def scan_saved_pages(pid: int, vmas: list[Vma], method: str = "auto") -> tuple[Ranges, str]:
     """The page plan of a task: ranges to copy, split at VMA boundaries, and the method used."""
     if method == "auto":
         method = "ioctl" if pm.has_pagemap_scan() else "read"
     fd = pm.open_pagemap(pid)
     try:
-        where = spans(vmas)
-        found = scan_with_ioctl(fd, where) if method == "ioctl" else scan_with_read(fd, where)
+        if method == "ioctl":
+            scanner = pm.PagemapScanner(fd)
+            found = scan_with_ioctl(fd, spans(vmas, (Kind.ANON_PRIVATE,)), scanner, ANON_QUERY).union(
+                scan_with_ioctl(fd, spans(vmas, (Kind.FILE_PRIVATE,)), scanner, SAVE_QUERY))
+        else:
+            found = scan_with_read(fd, spans(vmas))
     finally:
         os.close(fd)
     return found.split_at(vma_cuts(vmas)), method
