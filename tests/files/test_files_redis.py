@@ -51,9 +51,10 @@ def kinds(snap) -> dict[str, int]:
 
 
 @pytest.mark.skipif(REDIS is None, reason="redis-server not installed")
-def test_redis_fd_table_is_supported_and_rebuilt(spawn, rebuild, tmp_path):
+@pytest.mark.parametrize("binds", [["127.0.0.1"], ["127.0.0.1", "::1"]])
+def test_redis_fd_table_is_supported_and_rebuilt(spawn, rebuild, tmp_path, binds):
     port = _free_port()
-    redis = spawn([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    redis = spawn([REDIS, "--port", str(port), "--bind", *binds, "--save", "", "--appendonly", "no",
                    "--daemonize", "no", "--dir", str(tmp_path)],
                   ready_line=False, stderr=subprocess.DEVNULL, cwd=tmp_path)
     _wait_listening(port, redis.proc)
@@ -65,12 +66,13 @@ def test_redis_fd_table_is_supported_and_rebuilt(spawn, rebuild, tmp_path):
     found = kinds(snap)
     print(f"redis fds: {[(e.fd, snap.file_of(e.fd).kind.name) for e in snap.fds]} -> {found}")
     listeners = [f for f in snap.files.values() if isinstance(f, InetSocket)]
-    assert [(s.addr, s.port, s.state) for s in listeners] == [("127.0.0.1", port, 10)]
-    assert listeners[0].backlog == 511 and listeners[0].flags & os.O_NONBLOCK   # tcp-backlog default
+    assert sorted((s.addr, s.port, s.state) for s in listeners) == sorted((b, port, 10) for b in binds)
+    for s in listeners:
+        assert s.backlog == 511 and s.flags & os.O_NONBLOCK and s.opts.reuseaddr  # Redis defaults
     assert found.get("EVENTPOLL") == 1
     epoll = next(f for f in snap.files.values() if f.kind.name == "EVENTPOLL")
     listen_fd = next(e.fd for e in snap.fds if snap.files[e.file_id] is listeners[0])
-    assert listen_fd in {t.tfd for t in epoll.targets}
+    assert {e.fd for e in snap.fds if e.file_id in {s.id for s in listeners}} <= {t.tfd for t in epoll.targets}
     back = through_images(snap, tmp_path / "img")
     redis.stop()
     validate_files(back)

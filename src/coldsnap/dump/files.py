@@ -371,8 +371,11 @@ def collect_files(pid: int, *, shell_job: bool = False) -> FilesSnapshot:
         seen: dict[tuple[str, int], list[tuple[int, int]]] = {}   # (link, ino) -> [(fd, id)]
         pipe_ends: dict[int, list[tuple[int, PipeFile]]] = {}
         for fd in fd_numbers:
-            link = K.read_fd_link(pid, fd)
-            info = K.read_fdinfo(pid, fd)
+            try:
+                link = K.read_fd_link(pid, fd)
+                info = K.read_fdinfo(pid, fd)
+            except FileNotFoundError:
+                continue    # closed since the listing: only a running target does that
             cloexec = bool(info.flags & os.O_CLOEXEC)
             # Same open file description (dup, fork) -> same file id; kcmp is exact.
             group = seen.setdefault((link.raw, info.ino), [])
@@ -401,6 +404,8 @@ def collect_files(pid: int, *, shell_job: bool = False) -> FilesSnapshot:
     ids = []
     for name in ("cwd", "root"):
         path = os.readlink(f"/proc/{pid}/{name}")
+        if path.endswith(" (deleted)"):
+            raise TargetError(f"{name}: directory {path[:-10]} was deleted; not supported")
         st = os.stat(f"/proc/{pid}/{name}")
         fid = len(files) + 1
         files[fid] = RegFile(fid, path, os.O_RDONLY | os.O_DIRECTORY | os.O_LARGEFILE, 0, None, st.st_mode)

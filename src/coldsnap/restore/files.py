@@ -94,10 +94,10 @@ def validate_files(snap: FilesSnapshot, *, shell_job: bool = False) -> None:
                 raise ImageError(f"{name}: FIFO {f.fifo_path} is gone") from None
         elif isinstance(f, InetSocket):
             _check_port(name, f)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     need = max([e.fd for e in snap.fds] + [2]) + len(snap.files) + 8
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft != resource.RLIM_INFINITY and need > soft:
-        raise ImageError(f"fd table needs {need} descriptors, RLIMIT_NOFILE is {soft}")
+    if hard != resource.RLIM_INFINITY and need > hard:
+        raise ImageError(f"fd table needs {need} descriptors, RLIMIT_NOFILE hard limit is {hard}")
 
 
 # --- rebuild, inside the blank child ----------------------------------------------------
@@ -265,6 +265,7 @@ def rebuild_fds(snap: FilesSnapshot, *, shell_job: bool = False, keep_fds: Colle
     if keep & targets:
         raise ImageError(f"fd {min(keep & targets)}: needed by the restored task and by coldsnap")
     base = max(targets | keep | {2}) + 1
+    _enough_fds(base + len(snap.files) + 8)
     tty = None
     if snap.terminal_fds:
         if not shell_job:
@@ -289,6 +290,15 @@ def rebuild_fds(snap: FilesSnapshot, *, shell_job: bool = False, keep_fds: Colle
     os.chdir(snap.cwd)      # the cwd path is as seen from our root, so before chroot
     if snap.root != "/":
         os.chroot(snap.root)
+
+
+def _enough_fds(need: int) -> None:
+    """Raise our soft RLIMIT_NOFILE if the table needs it (the task's own limits come later)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise ImageError(f"fd table needs {need} descriptors, RLIMIT_NOFILE hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 def _isatty(fd: int) -> bool:
