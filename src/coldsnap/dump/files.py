@@ -16,7 +16,12 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from coldsnap.errors import TargetError
+from pathlib import Path
+
+from coldsnap.errors import ImageError, TargetError
+from coldsnap.images import framing
+from coldsnap.images.pb import (eventfd_pb2, eventpoll_pb2, fdinfo_pb2, fown_pb2, fs_pb2, pipe_pb2,
+                                regfile_pb2, sk_inet_pb2, sk_opts_pb2)
 from coldsnap.kernel import fdinfo as K
 from coldsnap.kernel.libc import libc
 
@@ -294,7 +299,8 @@ def _inspect(pid: int, fd: int, link: K.FdLink, info: K.FdInfo, dup: int, fid: i
         sem = EFD_SEMAPHORE if info.eventfd_semaphore else 0
         return EventfdFile(fid, info.eventfd_count or 0, flags | sem, _fown(dup))
     if link.kind is K.LinkKind.ANON and link.anon == "eventpoll":
-        return EpollFile(fid, flags, [EpollTarget(t.tfd, t.events, t.data) for t in sorted(info.tfds, key=lambda t: t.tfd)], _fown(dup))
+        targets = [EpollTarget(t.tfd, t.events, t.data) for t in sorted(info.tfds, key=lambda t: t.tfd)]
+        return EpollFile(fid, flags, targets, _fown(dup))
     what = link.anon if link.kind is K.LinkKind.ANON else link.raw
     raise TargetError(f"fd {fd}: {what} is not supported")
 
@@ -330,10 +336,10 @@ def peek_pipe(rd: int) -> PipeData:
             if err != errno.EAGAIN:
                 raise OSError(err, f"tee: {os.strerror(err)}")
             n = 0
-        data = b""
+        data = bytearray()
         while len(data) < n:
             data += os.read(r, n - len(data))
-        return PipeData(0, data, size)
+        return PipeData(0, bytes(data), size)
     finally:
         os.close(r)
         os.close(w)
@@ -384,7 +390,12 @@ def collect_files(pid: int, *, shell_job: bool = False) -> FilesSnapshot:
                 entries.append(FdEntry(fd, same, cloexec))
                 continue
             fid = len(files) + 1
-            dup = K.pidfd_getfd(pidfd, fd)
+            try:
+                dup = K.pidfd_getfd(pidfd, fd)
+            except OSError as e:
+                if e.errno == errno.EBADF:
+                    continue    # closed since the listing, as above
+                raise TargetError(f"fd {fd}: cannot duplicate it: {e.strerror}") from e
             try:
                 obj = _inspect(pid, fd, link, info, dup, fid)
             finally:
@@ -414,13 +425,6 @@ def collect_files(pid: int, *, shell_job: bool = False) -> FilesSnapshot:
 
 
 # --- images: files.img, fdinfo-<files_id>.img, fs-<pid>.img, pipes-/fifo-data.img ------
-
-from pathlib import Path  # noqa: E402
-
-from coldsnap.errors import ImageError  # noqa: E402
-from coldsnap.images import framing  # noqa: E402
-from coldsnap.images.pb import (eventfd_pb2, eventpoll_pb2, fdinfo_pb2, fown_pb2, fs_pb2,  # noqa: E402
-                                pipe_pb2, regfile_pb2, sk_inet_pb2, sk_opts_pb2)
 
 FD_CLOEXEC = 1
 _TTY_PATH = re.compile(r"/dev/(pts/\d+|tty\d*|console)")
