@@ -11,7 +11,8 @@ the thread leaves its stop), arguments in rax/rdi/rsi/rdx/r10/r8/r9, PTRACE_SING
 then wait for the single-step SIGTRAP at gadget+2 and read rax.
 
 Why single-step and not PTRACE_SYSCALL entry/exit stops: one stop per call instead of two;
-median ≈19 µs per getpid() versus ≈24-29 µs on this VM (`python3 tests/seize/measure_remote.py`).
+in interleaved runs on this VM the median getpid() took 19 µs versus 28 µs (59 vs 107 µs in
+a slow run): single-step is 1.5-1.9x cheaper (`python3 tests/seize/measure_remote.py`).
 The entry/exit-stop mode is kept as a fallback ("syscall") for targets that ignore SIGTRAP.
 The price is that between calls the thread sits in a SIGTRAP signal-delivery-stop, where a
 dying tracer would let the SIGTRAP kill it. So close() ends every session by re-parking the
