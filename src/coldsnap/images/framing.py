@@ -260,6 +260,9 @@ def parse_entries(data: bytes, kind: ImageKind, where: str = "image"
             msg.ParseFromString(view[pos:pos + size])
         except DecodeError as e:
             raise ImageError(f"{where}: entry {index} is not a valid {cls.__name__}: {e}") from e
+        if not msg.IsInitialized():  # upb parses partial messages without complaint
+            raise ImageError(f"{where}: entry {index} is not a valid {cls.__name__}: lacks "
+                             f"required {', '.join(msg.FindInitializationErrors())}")
         pos += size
         payload = None
         if kind.payload is not None:
