@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import subprocess
 
 import pytest
 
@@ -151,3 +152,23 @@ def test_listening_sockets_survive_the_original(pyload, rebuild, family, addr, t
         usock.settimeout(5)
         assert usock.recv(10) == b"dgram"
     assert len(sockets(snap)) == 2
+
+
+def test_c_workload_with_every_kind(spawn, workload_bin, rebuild, tmp_path):
+    w = spawn([workload_bin("files_mix"), tmp_path], stderr=subprocess.DEVNULL)
+    port, log, dird, pr, pw, efd, ep, tcp = map(int, w.ready.split()[1:])
+    snap = collect_files(w.pid)
+    assert {snap.file_of(fd).kind.name for fd in (log, dird, 20, pr, efd, ep, tcp)} == \
+        {"REG", "PIPE", "EVENTFD", "EVENTPOLL", "INETSK"}
+    assert snap.file_of(20) is snap.file_of(dird + 1)        # dup2'ed /dev/null
+    assert snap.file_of(pw).flags & os.O_NONBLOCK and snap.file_of(log).flags & os.O_APPEND
+    assert {(t.tfd, t.data) for t in snap.file_of(ep).targets} == {(pr, 0x1122334455667788), (efd, 42), (tcp, tcp)}
+    assert snap.file_of(tcp).backlog == 33 and snap.file_of(tcp).port == port
+    back = through_images(snap, tmp_path / "img")
+    w.stop()
+    validate_files(back)
+    kid = rebuild(back)
+    assert kid.report == "ok"
+    assert_same_table(snap, kid.snapshot())
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
