@@ -15,7 +15,7 @@ from coldsnap.errors import TargetError
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.procfs import list_tids
 from coldsnap.seize.freezer import freeze
-from seize_helpers import SRC, assert_frozen_by_us, assert_running_untraced, thread_states, wait_until
+from seize_helpers import SRC, assert_frozen_by_us, assert_running_untraced, syscall_nr, thread_states, wait_until
 
 
 def test_all_threads_stopped_then_running(spawn, workload_bin):
@@ -200,6 +200,7 @@ def test_refuse_eperm(spawn, workload_bin):
 
 def test_wait_stop_decodes(spawn, workload_bin):
     w = spawn([workload_bin("seize_reader")])
+    wait_until(lambda: syscall_nr(w.pid) == 0, what="target in read()")
     ptrace.seize(w.pid, 0)
     try:
         ptrace.interrupt(w.pid)
