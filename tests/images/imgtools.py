@@ -65,6 +65,9 @@ def mm_entry() -> mm_pb2.mm_entry:
                 fd=-1)
     mm.vmas.add(start=0x600000, end=0x610000, pgoff=0, shmid=0, prot=3, flags=0x22,
                 status=0x201, fd=-1, madv=0)
+    # A last VMA above the pages, as real processes have ([vsyscall]); crit x rss needs one.
+    mm.vmas.add(start=0xffffffffff600000, end=0xffffffffff601000, pgoff=0, shmid=0, prot=4,
+                flags=0x22, status=0x4, fd=-1)
     mm.aios.add(id=0x7f000, nr_req=128, ring_len=4096)
     return mm
 

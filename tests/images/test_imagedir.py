@@ -1,0 +1,131 @@
+"""ImageDir: staging + atomic commit, permissions, parent links and chain errors."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from coldsnap.errors import ImageError
+from coldsnap.images.directory import ImageDir, new_inventory
+from coldsnap.images.pb import pstree_pb2
+from imgtools import make_dir
+
+
+def _inv(d: ImageDir) -> None:
+    d.write("inventory.img", [new_inventory()])
+
+
+def test_commit_is_atomic_and_private(tmp_path):
+    target = tmp_path / "1"
+    with ImageDir.create(target) as d:
+        _inv(d)
+        assert not target.exists()          # nothing visible before commit
+        staging = d.root
+        assert staging.parent == tmp_path and stat.S_IMODE(staging.stat().st_mode) == 0o700
+        assert d.next_pages_id() == 1 and d.next_pages_id() == 2
+    assert not staging.exists()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    assert stat.S_IMODE((target / "inventory.img").stat().st_mode) == 0o600
+    assert d.root == target and d.path("x.img") == target / "x.img"
+    assert ImageDir.open(target).inventory.img_version == 2
+    assert sorted(os.listdir(tmp_path)) == ["1"]
+
+
+def test_failure_leaves_nothing(tmp_path):
+    target = tmp_path / "1"
+    with pytest.raises(RuntimeError):
+        with ImageDir.create(target) as d:
+            _inv(d)
+            raise RuntimeError("dump failed")
+    assert os.listdir(tmp_path) == []
+    # A failure inside an image write (bad entry) cleans up the same way.
+    with pytest.raises(ImageError):
+        with ImageDir.create(target) as d:
+            _inv(d)
+            d.write("pstree.img", [pstree_pb2.pstree_entry(pid=1)])
+    assert os.listdir(tmp_path) == []
+
+
+def test_target_rules(tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "old.img").write_bytes(b"x")
+    with pytest.raises(ImageError, match="not empty"):
+        ImageDir.create(full)
+    assert sorted(os.listdir(tmp_path)) == ["full"]   # refused before writing anything
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ImageError, match="not a directory"):
+        ImageDir.create(tmp_path / "file")
+    with pytest.raises(ImageError, match="no such directory"):
+        ImageDir.create(tmp_path / "missing" / "1")
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o755)
+    with ImageDir.create(empty) as d:
+        _inv(d)
+    assert os.listdir(empty) == ["inventory.img"]
+    assert stat.S_IMODE(empty.stat().st_mode) == 0o700
+
+
+def test_target_filled_during_dump_is_not_clobbered(tmp_path):
+    target = tmp_path / "t"
+    target.mkdir()
+    with pytest.raises(ImageError, match="not empty"):
+        with ImageDir.create(target) as d:
+            _inv(d)
+            (target / "other.img").write_bytes(b"someone else")
+    assert os.listdir(target) == ["other.img"]
+    assert sorted(os.listdir(tmp_path)) == ["t"]
+
+
+def test_unwritable_parent_dir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:
+        # root ignores modes; /proc refuses new directories for everyone
+        where = "/proc/self"
+    else:
+        ro.chmod(0o500)
+        where = ro
+    with pytest.raises(ImageError, match="cannot create images"):
+        ImageDir.create(os.path.join(where, "images"))
+
+
+def test_parent_link_and_listing(tmp_path):
+    make_dir(tmp_path / "1", runs=[("present", 0x1000, 1)])
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    d = make_dir(sub / "2", parent=tmp_path / "1", runs=[("parent", 0x1000, 1)])
+    assert os.readlink(sub / "2" / "parent") == "../../1"   # relative, like --prev-images-dir
+    assert d.parent.root == tmp_path / "1" or os.path.samefile(d.parent.root, tmp_path / "1")
+    assert [x.root.name for x in d.chain()] == ["2", "1"]
+    assert d.pagemap_ids() == [4242] and d.shmem_pagemap_ids() == []
+    with pytest.raises(ImageError, match="read-only"):
+        d.next_pages_id()
+
+
+def test_chain_errors(tmp_path):
+    make_dir(tmp_path / "1")
+    make_dir(tmp_path / "2", parent=tmp_path / "1")
+    make_dir(tmp_path / "3", parent=tmp_path / "2")
+    # Broken link: the parent directory disappeared.
+    os.rename(tmp_path / "1", tmp_path / "gone")
+    with pytest.raises(ImageError, match="broken parent link"):
+        ImageDir.open(tmp_path / "3")
+    assert ImageDir.open(tmp_path / "3", follow_parent=False).parent is None
+    # Loop: 1 -> 3 -> 2 -> 1.
+    os.rename(tmp_path / "gone", tmp_path / "1")
+    os.symlink("../3", tmp_path / "1" / "parent")
+    with pytest.raises(ImageError, match="loops"):
+        ImageDir.open(tmp_path / "3")
+    # Creating on top of a looping chain is refused before anything is written.
+    with pytest.raises(ImageError, match="loops"):
+        ImageDir.create(tmp_path / "4", parent=tmp_path / "3")
+    assert not (tmp_path / "4").exists()
+    # A parent that is not an images directory.
+    os.unlink(tmp_path / "1" / "parent")
+    (tmp_path / "1" / "inventory.img").unlink()
+    with pytest.raises(ImageError, match="not an images directory"):
+        ImageDir.open(tmp_path / "3")
+    with pytest.raises(ImageError, match="cannot open"):
+        ImageDir.open(tmp_path / "nope")
