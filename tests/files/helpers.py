@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from coldsnap.dump.files import FilesSnapshot, InetSocket, PipeFile
+from coldsnap.dump.files import STORED_EXTRA_OPTS, FilesSnapshot, InetSocket, PipeFile
 
 _VOLATILE = {"id", "pipe_id", "inode", "mnt_id", "fown"}
 
@@ -44,7 +44,7 @@ def sockets(snap: FilesSnapshot) -> list[InetSocket]:
 
 
 # Options the image schema cannot carry yet (see SockOpts): not compared after a round trip.
-NOT_IN_IMAGES = ("nodelay", "broadcast")
+NOT_IN_IMAGES = {"nodelay", "broadcast"} - STORED_EXTRA_OPTS
 
 
 def strip_unstored(snap: FilesSnapshot) -> FilesSnapshot:

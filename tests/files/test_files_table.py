@@ -66,6 +66,7 @@ def test_pipes_fifo_data_kept(pyload, rebuild, tmp_path):
     assert big.size == 1 << 20 and big.data == bytes(range(256)) * 400
     assert snap.file_of(big_w).flags & os.O_NONBLOCK
     assert snap.pipe_data[snap.file_of(lone).pipe_id].data == b"last words"
+    assert snap.lone_pipe_fds == [0, 1, lone]     # stdin/stdout lead to the test, outside
     ff = snap.file_of(fr)
     assert ff.kind.name == "FIFO" and ff.fifo_path == str(fifo)
     assert snap.pipe_data[ff.pipe_id].data == b"through the fifo"

@@ -121,8 +121,8 @@ class SockOpts:
     rcvbuf: int = 0               # as getsockopt reports it (twice what was set)
     sndbuf: int = 0
     keepalive: bool = False
-    broadcast: bool = False       # not in the image schema yet: lost on write
-    nodelay: bool = False         # TCP only (not in the image schema yet: lost on write)
+    broadcast: bool = False       # likewise (see _EXTRA_OPTS)
+    nodelay: bool = False         # TCP only; kept in images only if the schema has the field
     v6only: bool = False          # AF_INET6 only
     snd_tmo: tuple[int, int] = (0, 0)   # SO_SNDTIMEO (sec, usec)
     rcv_tmo: tuple[int, int] = (0, 0)   # SO_RCVTIMEO
@@ -186,6 +186,17 @@ class FilesSnapshot:
     @property
     def terminal_fds(self) -> list[int]:
         return [e.fd for e in self.fds if getattr(self.files[e.file_id], "terminal", False)]
+
+    @property
+    def lone_pipe_fds(self) -> list[int]:
+        """Fds of pipes whose other end is not in this table: restored without their peer."""
+        dirs: dict[int, set[bool]] = {}
+        for e in self.fds:
+            f = self.files[e.file_id]
+            if isinstance(f, PipeFile) and not f.fifo_path:
+                dirs.setdefault(f.pipe_id, set()).add(f.flags & os.O_ACCMODE == os.O_RDONLY)
+        return [e.fd for e in self.fds if isinstance(f := self.files[e.file_id], PipeFile)
+                and not f.fifo_path and len(dirs[f.pipe_id]) == 1]
 
     def file_of(self, fd: int) -> FileObj:
         return next(self.files[e.file_id] for e in self.fds if e.fd == fd)
@@ -427,6 +438,11 @@ def collect_files(pid: int, *, shell_job: bool = False) -> FilesSnapshot:
 # --- images: files.img, fdinfo-<files_id>.img, fs-<pid>.img, pipes-/fifo-data.img ------
 
 FD_CLOEXEC = 1
+# SockOpts fields without a CRIU field in sk_opts_entry: written as coldsnap extension
+# fields when the schema has them (field name in the schema -> SockOpts attribute).
+_EXTRA_OPTS = {"tcp_nodelay": "nodelay", "so_broadcast": "broadcast"}
+_OPT_FIELDS = sk_opts_pb2.sk_opts_entry.DESCRIPTOR.fields_by_name
+STORED_EXTRA_OPTS = {attr for name, attr in _EXTRA_OPTS.items() if name in _OPT_FIELDS}
 _TTY_PATH = re.compile(r"/dev/(pts/\d+|tty\d*|console)")
 
 
@@ -480,6 +496,9 @@ def file_entries(snap: FilesSnapshot) -> list[fdinfo_pb2.file_entry]:
                 so_sndbuf=o.sndbuf, so_rcvbuf=o.rcvbuf, so_snd_tmo_sec=o.snd_tmo[0],
                 so_snd_tmo_usec=o.snd_tmo[1], so_rcv_tmo_sec=o.rcv_tmo[0], so_rcv_tmo_usec=o.rcv_tmo[1],
                 reuseaddr=o.reuseaddr, keepalive=o.keepalive, so_reuseport=o.reuseport)
+            for name, attr in _EXTRA_OPTS.items():
+                if name in _OPT_FIELDS:
+                    setattr(opts, name, getattr(o, attr))
             e.isk.CopyFrom(sk_inet_pb2.inet_sk_entry(
                 id=f.id, ino=f.inode, family=f.family, type=f.type, proto=f.proto, state=f.state,
                 src_port=f.port, dst_port=0, flags=f.flags, backlog=f.backlog,
@@ -542,6 +561,9 @@ def _file_of(e: fdinfo_pb2.file_entry, regs: dict[int, regfile_pb2.reg_file_entr
                         sndbuf=o.so_sndbuf, keepalive=o.keepalive, v6only=k.v6only,
                         snd_tmo=(o.so_snd_tmo_sec, o.so_snd_tmo_usec),
                         rcv_tmo=(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec))
+        for name, attr in _EXTRA_OPTS.items():
+            if name in _OPT_FIELDS:
+                setattr(opts, attr, getattr(o, name))
         return InetSocket(k.id, k.family, k.type, k.proto, k.state, _addr_str(k.family, list(k.src_addr)),
                           k.src_port, k.flags, k.backlog, k.ino, opts, _fown_of(k.fown))
     raise ImageError(f"files.img: file {e.id} has type {fdinfo_pb2.fd_types.Name(e.type)}, "
