@@ -209,3 +209,26 @@ def test_remote_in_churning_process(spawn, workload_bin):
                     assert rc.call(SYS.gettid) == tid
         assert_running_untraced(w.pid)
     assert w.send("count").startswith("count ")
+
+
+def _sig_bits(pid: int, key: str) -> int:
+    line = next(ln for ln in open(f"/proc/{pid}/status") if ln.startswith(key + ":"))
+    return int(line.split()[1], 16)
+
+
+@pytest.mark.parametrize("setup, mode", [
+    ("signal.signal(signal.SIGTRAP, lambda *a: None); signal.pthread_sigmask(signal.SIG_BLOCK, range(1, 65))", "step"),
+    ("signal.signal(signal.SIGTRAP, signal.SIG_IGN)", "syscall"),
+])
+def test_sigtrap_disposition_and_mask_survive(spawn, python_exe, setup, mode):
+    code = f"import signal,time; {setup}; print('ready', flush=True); time.sleep(30)"
+    w = spawn([python_exe, "-c", code])
+    wait_until(lambda: syscall_nr(w.pid) is not None, what="python asleep")
+    before = {k: _sig_bits(w.pid, k) for k in ("SigBlk", "SigIgn", "SigCgt")}
+    with freeze(w.pid) as task:
+        with RemoteCalls(task) as rc:
+            assert rc.mode == mode
+            for _ in range(3):
+                assert rc.call(SYS.getpid) == w.pid
+    assert {k: _sig_bits(w.pid, k) for k in ("SigBlk", "SigIgn", "SigCgt")} == before
+    assert_running_untraced(w.pid)

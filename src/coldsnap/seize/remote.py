@@ -20,11 +20,14 @@ thread in a plain interrupt stop (PTRACE_INTERRUPT + PTRACE_CONT discarding the 
 where a tracer's death is harmless, and restores registers there: the kernel then applies
 the normal restart of an interrupted syscall (-512/-513/-514/-516) when the task resumes.
 
-Signal mask: the first call runs with the thread's own mask because the interrupt stop may
-hold a temporary mask (ppoll/pselect/epoll_pwait/sigsuspend keep the real one aside and
-PTRACE_SETSIGMASK would drop it); leaving that stop makes the kernel put the real mask back.
-At the first trap we read the real mask and block everything but SIGTRAP (a forced SIGTRAP
-on a blocked SIGTRAP would reset the target's SIGTRAP handler to SIG_DFL). A signal that
+Signal mask: the interrupt stop may hold a temporary mask (ppoll/pselect/epoll_pwait/
+sigsuspend keep the real one aside, and PTRACE_SETSIGMASK would drop it); leaving that stop
+makes the kernel put the real mask back. So the first call of every session runs through
+PTRACE_SYSCALL stops: at its entry stop we read the real mask and block everything (but
+SIGTRAP in step mode). Not single-stepping that first call matters: the step trap is a
+*forced* SIGTRAP, and forcing a blocked or ignored SIGTRAP makes the kernel unblock it and
+reset the target's SIGTRAP handler to SIG_DFL (seen with threads that block all signals,
+as glibc does around pthread_create). A target that ignores SIGTRAP gets syscall mode. A signal that
 arrives before the block is requeued by the kernel with its siginfo when we resume with it
 while it is blocked; SIGSTOP cannot be blocked and is re-sent at resume instead.
 
@@ -160,10 +163,10 @@ class RemoteCalls:
         with self.task.critical():
             ptrace.set_regs(self.tid, regs)
             self._in_trap = True
-            if self.mode == "step":
+            if self.mode == "step" and self._saved_mask is not None:
                 ptrace.singlestep(self.tid, 0)
                 rax = self._wait_trap().rax
-            else:
+            else:  # syscall mode, and the first call of a step session (see module doc)
                 ptrace.syscall_step(self.tid, 0)
                 self._wait_syscall_stop()                  # entry
                 ptrace.syscall_step(self.tid, 0)
