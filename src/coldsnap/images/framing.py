@@ -233,27 +233,38 @@ def _load(path: Path, missing_ok: bool) -> Optional[bytes]:
         raise ImageError(f"{path}: cannot read image: {e.strerror}") from e
 
 
-def parse_entries(data: bytes, kind: ImageKind, where: str = "image"
-                  ) -> Iterator[tuple[Message, Optional[bytes]]]:
-    """Yield (message, payload or None) from the bytes of a whole image file."""
+def check_header(view: memoryview, kind: ImageKind, where: str) -> int:
+    """Verify the magic(s) of an image; returns the offset of its first entry."""
     if kind.frame is Frame.RAW:
         raise ImageError(f"{where}: raw image ({kind.name}) has no entries")
-    view = memoryview(data)
     header = _header(kind)
     if len(view) < len(header):
         raise ImageError(f"{where}: truncated: {len(view)} bytes, shorter than the magic")
     if view[:len(header)] != header:
         got = " ".join(f"{_U32.unpack_from(view, o)[0]:#x}" for o in range(0, len(header), 4))
         raise ImageError(f"{where}: bad magic {got} for {kind.name}")
-    pos, index = len(header), 0
+    return len(header)
+
+
+def entry_size(view: memoryview, pos: int, index: int, where: str) -> int:
+    """The size prefix of the entry at pos, checked against the end of the data."""
+    if pos + 4 > len(view):
+        raise ImageError(f"{where}: truncated entry {index}: size prefix cut at byte {pos}")
+    (size,) = _U32.unpack_from(view, pos)
+    if pos + 4 + size > len(view):
+        raise ImageError(f"{where}: truncated entry {index}: {size} bytes announced, "
+                         f"{len(view) - pos - 4} left")
+    return size
+
+
+def parse_entries(data: bytes, kind: ImageKind, where: str = "image"
+                  ) -> Iterator[tuple[Message, Optional[bytes]]]:
+    """Yield (message, payload or None) from the bytes of a whole image file."""
+    view = memoryview(data)
+    pos, index = check_header(view, kind, where), 0
     while pos < len(view):
-        if pos + 4 > len(view):
-            raise ImageError(f"{where}: truncated entry {index}: size prefix cut at byte {pos}")
-        (size,) = _U32.unpack_from(view, pos)
+        size = entry_size(view, pos, index, where)
         pos += 4
-        if pos + size > len(view):
-            raise ImageError(f"{where}: truncated entry {index}: {size} bytes announced, "
-                             f"{len(view) - pos} left")
         cls = kind.entry_class(index)
         msg = cls()
         try:

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..errors import ImageError
 from . import _intervals as iv
-from .framing import read_image, write_image
+from .framing import (_U32, check_header, entry_size, kind_for, parse_entries,
+                      write_image)
 from .pb import pagemap_pb2
 
 PAGE_SIZE = 4096
@@ -76,6 +77,67 @@ def encode_pagemap_entries(vaddr: np.ndarray, nr: np.ndarray, flags: np.ndarray)
     full = np.concatenate([size.view(np.uint8).reshape(n, 4), body], axis=1)
     fmask = np.concatenate([np.ones((n, 4), bool), mask], axis=1)
     return full[fmask].tobytes()
+
+
+def _entry_bounds(view: memoryview, pos: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Start and size of every entry body from pos on (the one serial step of reading)."""
+    starts, sizes, end, unpack = array("q"), array("q"), len(view), _U32.unpack_from
+    index = 1
+    while pos < end:
+        size = unpack(view, pos)[0] if pos + 4 <= end else entry_size(view, pos, index, where)
+        if pos + 4 + size > end:
+            entry_size(view, pos, index, where)  # raises the "truncated" error
+        starts.append(pos + 4)
+        sizes.append(size)
+        pos += 4 + size
+        index += 1
+    return np.frombuffer(starts, np.int64), np.frombuffer(sizes, np.int64)
+
+
+def decode_pagemap_entries(data: np.ndarray, starts: np.ndarray, sizes: np.ndarray
+                           ) -> Optional[tuple[np.ndarray, ...]]:
+    """Vectorised decode of pagemap_entry bodies into (vaddr, compat, in_parent, flags,
+    has_flags, nr_pages, has_nr) arrays; None when an entry uses anything but varint
+    fields (the caller then falls back to protobuf)."""
+    n = len(starts)
+    total = int(sizes.sum())
+    if n == 0 or total == 0 or (sizes == 0).any():
+        return None
+    first = np.cumsum(sizes) - sizes                       # body offset of each entry
+    body = data[np.repeat(starts - first, sizes) + np.arange(total)]
+    term = body < 0x80                                      # last byte of a varint
+    if not term[first + sizes - 1].all():
+        return None
+    tpos = np.flatnonzero(term)
+    vstart = np.empty(len(tpos), np.int64)
+    vstart[0] = 0
+    vstart[1:] = tpos[:-1] + 1
+    vlen = tpos - vstart + 1
+    if (vlen > 10).any():
+        return None
+    k = (np.arange(total) - np.repeat(vstart, vlen)).astype(np.uint64) * np.uint64(7)
+    vals = np.add.reduceat((body & 0x7F).astype(np.uint64) << k, vstart)
+    ventry = np.repeat(np.arange(n), sizes)[vstart]
+    counts = np.bincount(ventry, minlength=n)
+    if (counts % 2).any():
+        return None
+    within = np.arange(len(vals)) - np.repeat(np.cumsum(counts) - counts, counts)
+    tags, values, owner = vals[within % 2 == 0], vals[within % 2 == 1], ventry[within % 2 == 0]
+    if (tags & np.uint64(7)).any():
+        return None
+    field = tags >> np.uint64(3)
+    out = []
+    for f in (1, 2, 3, 4, 5):
+        sel = field == f
+        col, has = np.zeros(n, np.uint64), np.zeros(n, bool)
+        col[owner[sel]] = values[sel]
+        has[owner[sel]] = True
+        out.append((col, has))
+    (vaddr, has_v), (compat, has_c), (in_parent, _), (flags, has_f), (nr, has_n) = out
+    if not (has_v.all() and has_c.all()):
+        return None   # let protobuf produce the "missing required field" error
+    mask32 = np.uint64(_U32_MAX)
+    return vaddr, compat & mask32, in_parent != 0, flags & mask32, has_f, nr, has_n
 
 
 class PagemapWriter:
@@ -198,21 +260,11 @@ class PagemapReader:
         self.imgdir = imgdir
         self.pid = pid
         self.path = imgdir.path(pagemap_name(pid, shmem))
-        msgs = read_image(self.path)
-        head, entries = msgs[0], msgs[1:]
+        head = self._load()
         self.pages_id: int = head.pages_id
         self.pages_path = imgdir.path(pages_name(self.pages_id))
         sk = [(r.vaddr, r.vaddr + (r.nr_pages << PAGE_SHIFT)) for r in head.cs_skipped]
         self.skipped: iv.Spans = iv.as_spans(sk)
-        n = len(entries)
-        self.vaddr = np.fromiter((e.vaddr for e in entries), np.uint64, n)
-        # Field 5 wins; field 2 is the old count. No flags: PE_PRESENT, or PE_PARENT if in_parent.
-        self.nr_pages = np.fromiter(
-            (e.nr_pages if e.HasField("nr_pages") else e.compat_nr_pages for e in entries),
-            np.uint64, n)
-        self.flags = np.fromiter(
-            (e.flags if e.HasField("flags") else (PE_PARENT if e.in_parent else PE_PRESENT)
-             for e in entries), np.uint32, n)
         self.ends = self.vaddr + (self.nr_pages << np.uint64(PAGE_SHIFT))
         self._validate()
         present = (self.flags & PE_PRESENT) != 0
@@ -221,6 +273,39 @@ class PagemapReader:
         self.pages_bytes = int(sizes.sum())
         self._check_pages_file()
         self._fd: Optional[int] = None
+
+    def _load(self):
+        """Parse the head with protobuf and the entries with the vectorised decoder."""
+        try:
+            data = self.path.read_bytes()
+        except OSError as e:
+            raise ImageError(f"{self.path}: cannot read pagemap: {e.strerror}") from e
+        view, where, kind = memoryview(data), str(self.path), kind_for(self.path)
+        pos = check_header(view, kind, where)
+        if pos == len(view):
+            raise ImageError(f"{where}: PAGEMAP lacks its head entry")
+        size = entry_size(view, pos, 0, where)
+        head = next(parse_entries(data[:pos + 4 + size], kind, where))[0]
+        starts, sizes = _entry_bounds(view, pos + 4 + size, where)
+        fast = decode_pagemap_entries(np.frombuffer(data, np.uint8), starts, sizes)
+        if fast is not None:
+            vaddr, compat, in_parent, flags, has_f, nr, has_n = fast
+        else:  # unusual encodings (or errors): protobuf, one entry at a time
+            entries = [m for m, _ in parse_entries(data, kind, where)][1:]
+            n = len(entries)
+            vaddr = np.fromiter((e.vaddr for e in entries), np.uint64, n)
+            compat = np.fromiter((e.compat_nr_pages for e in entries), np.uint64, n)
+            in_parent = np.fromiter((e.in_parent for e in entries), bool, n)
+            flags = np.fromiter((e.flags for e in entries), np.uint64, n)
+            has_f = np.fromiter((e.HasField("flags") for e in entries), bool, n)
+            nr = np.fromiter((e.nr_pages for e in entries), np.uint64, n)
+            has_n = np.fromiter((e.HasField("nr_pages") for e in entries), bool, n)
+        self.vaddr = vaddr
+        # Field 5 wins; field 2 is the old count. No flags: PE_PRESENT, or PE_PARENT if in_parent.
+        self.nr_pages = np.where(has_n, nr, compat).astype(np.uint64)
+        legacy = np.where(in_parent, PE_PARENT, PE_PRESENT).astype(np.uint64)
+        self.flags = np.where(has_f, flags, legacy).astype(np.uint32)
+        return head
 
     def _validate(self) -> None:
         bad = np.flatnonzero((self.vaddr % PAGE_SIZE != 0) | (self.nr_pages == 0))
