@@ -9,6 +9,7 @@
  *             PROT_NONE, mremap C elsewhere, shrink D to its first half; print "done"
  *   write N G rewrite N pages of the filler (every FILLER_PAGES/N-th page) with generation G
  *   gen       print the generation of every filler page's first word, as a count
+ *   exit      wait until a tracer attached and left, then exit at once with status 3
  *   quit      exit 0
  */
 #define _GNU_SOURCE
@@ -85,6 +86,12 @@ int main(int argc, char **argv)
 			for (size_t i = 0; i < n; i++)
 				fill(f + i * step * PG, 1, g);
 			printf("wrote %zu\n", n);
+		} else if (!strncmp(line, "exit", 4)) {
+			while (!traced())
+				;
+			while (traced())
+				;
+			_exit(3);
 		} else if (!strncmp(line, "quit", 4)) {
 			return 0;
 		}

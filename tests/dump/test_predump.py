@@ -1,0 +1,184 @@
+"""Live and frozen pre-dumps of real processes: contents, races, refusals, cleanliness."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from coldsnap import TargetError, pre_dump
+from coldsnap.images.directory import ImageDir
+from coldsnap.images.pages import PagemapReader
+
+from conftest import proc_state
+from predump_helpers import PG, coldsnap, image_pages, mismatched_pages, present_runs, wait_quiet
+
+FILLER = 0x100000000000
+VICTIM = 0x200000000000
+
+
+@pytest.fixture
+def pattern(spawn, workload_bin):
+    def start(filler_pages=4096, victim_pages=64):
+        w = spawn([workload_bin("mem_pattern"), filler_pages, victim_pages])
+        wait_quiet(w.pid)
+        return w
+    return start
+
+
+def test_images_hold_the_memory_at_freeze_time(pattern, tmp_path):
+    w = pattern()
+    stats = pre_dump(w.pid, tmp_path / "img")
+    assert stats.pages_written > 4096 + 4 * 64 and stats.pages_skipped == 0
+    assert mismatched_pages(tmp_path / "img", w.pid) == []
+    pages = image_pages(tmp_path / "img", w.pid)
+    assert all(FILLER + i * PG in pages for i in range(4096))
+    assert oct(os.stat(tmp_path / "img").st_mode & 0o777) == "0o700"
+    assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in (tmp_path / "img").iterdir())
+
+
+def test_live_frozen_and_both_scans_give_identical_images(pattern, tmp_path):
+    w = pattern()
+    variants = {"live": dict(mode="live"), "frozen": dict(mode="frozen"),
+                "read": dict(mode="live", scan="read"), "small": dict(mode="live", buffer_size=3 * PG)}
+    for name, opts in variants.items():
+        pre_dump(w.pid, tmp_path / name, **opts)
+    ref = tmp_path / "live"
+    for name in variants:
+        assert present_runs(tmp_path / name, w.pid) == present_runs(ref, w.pid), name
+        assert (tmp_path / name / "pages-1.img").read_bytes() == (ref / "pages-1.img").read_bytes(), name
+
+
+def test_memory_changed_during_the_drain_is_skipped_exactly(pattern, tmp_path):
+    victim = 64
+    w = pattern(filler_pages=32768, victim_pages=victim)
+    w.proc.stdin.write(b"race\n")
+    w.proc.stdin.flush()
+    # A one-page buffer keeps the drain busy in the filler while the target reshapes the victims.
+    stats = pre_dump(w.pid, tmp_path / "img", buffer_size=PG)
+    assert w.proc.stdout.readline().strip() == b"done"
+    vanished = 3 * victim + (victim - victim // 2)   # A unmapped, B PROT_NONE, C moved, D's tail
+    assert stats.pages_skipped == vanished
+    runs = present_runs(tmp_path / "img", w.pid)
+    stride = (victim + 1) * PG
+    gone = [(VICTIM + k * stride, VICTIM + k * stride + victim * PG) for k in range(3)]
+    gone.append((VICTIM + 3 * stride + victim // 2 * PG, VICTIM + 3 * stride + victim * PG))
+    for vaddr, n in runs:
+        assert not any(vaddr < hi and vaddr + n * PG > lo for lo, hi in gone)
+    with PagemapReader(ImageDir.open(tmp_path / "img"), w.pid) as r:
+        starts, ends = r.skipped
+        assert int((ends - starts).sum()) // PG == vanished
+    assert mismatched_pages(tmp_path / "img", w.pid, only=lambda a: a < VICTIM) == []
+    assert FILLER in image_pages(tmp_path / "img", w.pid)
+    assert VICTIM + 3 * stride in image_pages(tmp_path / "img", w.pid)   # D's first half stays
+
+
+def test_target_exiting_during_the_drain_fails_cleanly(pattern, tmp_path):
+    w = pattern(filler_pages=32768)
+    w.proc.stdin.write(b"exit\n")
+    w.proc.stdin.flush()
+    r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "img", "--buffer-size", "4k")
+    assert r.returncode != 0
+    assert r.stderr.count("\n") == 1 and "exited during the pre-dump" in r.stderr, r.stderr
+    assert w.proc.wait(5) == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_multithreaded_target_is_resumed_whole(spawn, workload_bin, tmp_path):
+    w = spawn([workload_bin("seize_threads"), 8])
+    tids = os.listdir(f"/proc/{w.pid}/task")
+    assert len(tids) == 9
+    for mode in ("live", "frozen"):
+        pre_dump(w.pid, tmp_path / mode, mode=mode)
+        for tid in tids:
+            state, tracer = proc_state(w.pid, int(tid))
+            assert state in ("R", "S") and tracer == 0
+    before = int(w.send("sum").split()[-1])
+    time.sleep(0.05)
+    assert int(w.send("sum").split()[-1]) > before
+
+
+def test_sigkill_of_coldsnap_leaves_the_target_running(pattern, tmp_path):
+    w = pattern(filler_pages=65536)
+    cmd = [sys.executable, "-m", "coldsnap", "pre-dump", "-t", str(w.pid), "-D", str(tmp_path / "img"),
+           "--pre-dump-mode", "frozen", "--buffer-size", "4k"]
+    p = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while proc_state(w.pid)[1] == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 2
+    while proc_state(w.pid) != ("S", 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc_state(w.pid)[1] == 0
+    assert w.send("write 1 2") == "wrote 1"        # it still obeys
+    assert not (tmp_path / "img").exists()
+
+
+def _zombie():
+    p = subprocess.Popen(["true"])
+    while proc_state(p.pid)[0] != "Z":
+        time.sleep(0.01)
+    return p
+
+
+@pytest.mark.parametrize("case", ["no-such-pid", "pid-1", "kernel-thread", "zombie", "self",
+                                  "non-empty-dir", "unwritable-dir", "bad-pid"])
+def test_bad_input_gets_one_line_and_nonzero_exit(case, pattern, tmp_path):
+    w = pattern(filler_pages=16)
+    target, images = str(w.pid), tmp_path / "img"
+    zombie = None
+    if case == "no-such-pid":
+        target = "4194304"
+    elif case == "pid-1":
+        target = "1"
+    elif case == "kernel-thread":
+        target = "2"
+    elif case == "zombie":
+        zombie = _zombie()
+        target = str(zombie.pid)
+    elif case == "non-empty-dir":
+        images.mkdir()
+        (images / "keep").write_text("x")
+    elif case == "unwritable-dir":
+        images = Path("/proc/img")
+    elif case == "bad-pid":
+        target = "abc"
+    if case == "self":
+        r = subprocess.run(["sh", "-c", f'exec {sys.executable} -m coldsnap pre-dump -t $$ -D {images}'],
+                           capture_output=True, text=True, timeout=30)
+    else:
+        r = coldsnap("pre-dump", "-t", target, "-D", images)
+    if zombie:
+        zombie.wait()
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 or case == "bad-pid", r.stderr
+    assert "coldsnap" in lines[-1] and "Traceback" not in r.stderr
+    if case == "non-empty-dir":
+        assert [p.name for p in images.iterdir()] == ["keep"]
+    elif case != "unwritable-dir":
+        assert not images.exists()
+    assert proc_state(w.pid) == ("S", 0)
+
+
+def test_crit_decodes_every_image(pattern, tmp_path):
+    crit = shutil.which("crit")
+    if not crit:
+        pytest.skip("crit (Debian package criu) is not installed")
+    w = pattern()
+    pre_dump(w.pid, tmp_path / "img")
+    files = [f for f in (tmp_path / "img").iterdir() if not f.name.startswith("pages-")]
+    assert {f.name for f in files} >= {"inventory.img", f"mm-{w.pid}.img", f"pagemap-{w.pid}.img", "stats-dump"}
+    for f in files:
+        r = subprocess.run([crit, "decode", "-i", str(f)], capture_output=True, text=True)
+        assert r.returncode == 0, (f.name, r.stderr)
+    r = subprocess.run([crit, "decode", "-i", str(tmp_path / "img" / f"pagemap-{w.pid}.img")],
+                       capture_output=True, text=True)
+    assert '"nr_pages"' in r.stdout or "nr_pages" in r.stdout
