@@ -79,7 +79,8 @@ def test_memory_changed_during_the_drain_is_skipped_exactly(pattern, tmp_path):
 
 
 def test_target_exiting_during_the_drain_fails_cleanly(pattern, tmp_path):
-    w = pattern(filler_pages=32768)
+    # 256 MiB through a one-page buffer: the drain outlasts the target's exit by far.
+    w = pattern(filler_pages=65536)
     w.proc.stdin.write(b"exit\n")
     w.proc.stdin.flush()
     r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "img", "--buffer-size", "4k")
