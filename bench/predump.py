@@ -1,0 +1,428 @@
+#!/usr/bin/env python3
+"""Benchmark of coldsnap's live pre-dump against the frozen baseline and a plain copy loop.
+
+    python3 bench/predump.py [--sizes 256M,1G,4G] [--runs 5] [--out bench/RESULTS.md]
+
+For each size a C target (bench/target.c, built into bench/out/) holds that much touched
+private anonymous memory and sleeps in read(0). In each round, for each size, the variants run
+back to back (interleaved, so drift of the shared machine hits them all alike):
+
+  live / frozen    coldsnap.pre_dump into a fresh directory on tmpfs (removed afterwards)
+  readv            a plain process_vm_readv loop over coldsnap's page plan, same buffer size
+  readv+write      the same loop, writing each buffer to a file on the same tmpfs
+  scan ioctl/read  scan_saved_pages with PAGEMAP_SCAN and with a /proc/PID/pagemap read
+  rss              (largest size only) `python3 -m coldsnap pre-dump` in a child; its peak RSS
+
+Medians over the rounds are printed as a Markdown table and written to --out, in the section
+"Live pre-dump (issue 2)" (other sections of the file are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import mmap
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import coldsnap
+from coldsnap.kernel import vm
+from coldsnap.kernel.procfs import read_maps
+from coldsnap.memory.drain import DEFAULT_BUFFER, _split
+from coldsnap.memory.scan import scan_saved_pages, warm_up
+from coldsnap.memory.vma import classify_all
+
+BENCH = Path(__file__).resolve().parent
+OUT_DIR = BENCH / "out"
+TARGET_SRC = BENCH / "target.c"
+TARGET_BIN = OUT_DIR / "target"
+SHM = Path("/dev/shm")
+SECTION = "## Live pre-dump (issue 2)"
+MIB = 1 << 20
+# CRIU 4.2 pre-dump frozen time (ms) on the reference machine: read mode, splice mode.
+CRIU_REF = {256 * MIB: (12, 30), 1024 * MIB: (49, 101), 4096 * MIB: (170, 337)}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def parse_size(text: str) -> int:
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    return int(t[:-1] if t[-1:] in "KMG" else t) * mult
+
+
+def size_name(n: int) -> str:
+    return f"{n >> 30} GiB" if n >= 1 << 30 and n % (1 << 30) == 0 else f"{n >> 20} MiB"
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def build_target() -> Path:
+    OUT_DIR.mkdir(exist_ok=True)
+    if not TARGET_BIN.exists() or TARGET_BIN.stat().st_mtime < TARGET_SRC.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(TARGET_BIN), str(TARGET_SRC)], check=True)
+    return TARGET_BIN
+
+
+def start_target(size: int) -> subprocess.Popen:
+    p = subprocess.Popen([str(TARGET_BIN), str(size)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    if not line.startswith("ready"):
+        p.kill()
+        p.wait()
+        raise RuntimeError(f"target for {size_name(size)} did not start: {line!r}")
+    return p
+
+
+def stop_target(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+
+
+@contextlib.contextmanager
+def scratch_dir():
+    """A fresh directory on tmpfs, removed on exit so 4 GiB images never pile up."""
+    d = tempfile.mkdtemp(prefix="coldsnap-bench-", dir=SHM)
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def page_plan(pid: int, method: str = "auto"):
+    return scan_saved_pages(pid, classify_all(read_maps(pid)), method)
+
+
+# ----------------------------------------------------------------------------- baseline
+
+def batches(plan, bufsize: int):
+    """Pack the plan's pieces (cut to the buffer size) into iovec arrays of at most IOV_MAX
+    entries and bufsize bytes each, before any timing: the timed loop is only system calls."""
+    starts, ends = _split(plan, bufsize)
+    lens = (ends - starts).tolist()
+    out, i, n = [], 0, len(lens)
+    starts = starts.tolist()
+    while i < n:
+        j, total = i, 0
+        while j < n and j - i < vm.IOV_MAX and total + lens[j] <= bufsize:
+            total += lens[j]
+            j += 1
+        iov = vm.new_iov_array(j - i)
+        iov[:, 0] = starts[i:j]
+        iov[:, 1] = lens[i:j]
+        out.append((iov, j - i, total))
+        i = j
+    return out
+
+
+def plain_readv(pid: int, plan_batches, bufsize: int, out_path: Path | None = None) -> dict:
+    """Copy every planned byte with process_vm_readv into one reused buffer (freshly mapped,
+    as coldsnap's drain does); optionally write each buffer to out_path."""
+    buf = mmap.mmap(-1, bufsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    view = memoryview(buf)
+    addr = np.frombuffer(buf, dtype=np.uint8).ctypes.data
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if out_path else -1
+    read_ns = write_ns = copied = 0
+    try:
+        t0 = time.perf_counter_ns()
+        for iov, count, total in plan_batches:
+            t = time.perf_counter_ns()
+            got = vm.readv(pid, addr, total, iov, count)
+            t1 = time.perf_counter_ns()
+            read_ns += t1 - t
+            if got != total:
+                raise RuntimeError(f"short read {got} < {total}: target changed?")
+            if fd >= 0:
+                mv, off = view[:got], 0
+                while off < got:
+                    off += os.write(fd, mv[off:])
+                mv.release()
+                write_ns += time.perf_counter_ns() - t1
+            copied += got
+        elapsed = time.perf_counter_ns() - t0
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        view.release()
+        buf.close()
+    return {"bytes": copied, "ns": elapsed, "read_ns": read_ns, "write_ns": write_ns}
+
+
+# ----------------------------------------------------------------------------- RSS
+
+def run_measured(argv: list[str]) -> tuple[int, int, str]:
+    """Run argv; returns (exit code, peak RSS in KiB of that child alone, output)."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    p.stdout.close()
+    return p.returncode, ru.ru_maxrss, out
+
+
+def child_predump_rss(pid: int) -> int:
+    with scratch_dir() as d:
+        rc, kib, out = run_measured([sys.executable, "-m", "coldsnap", "pre-dump",
+                                     "-t", str(pid), "-D", str(d / "img")])
+    if rc:
+        raise RuntimeError(f"coldsnap pre-dump failed ({rc}): {out.strip()}")
+    return kib
+
+
+def interpreter_rss() -> int:
+    rc, kib, out = run_measured([sys.executable, "-c", "import coldsnap.dump.predump"])
+    if rc:
+        raise RuntimeError(f"import failed: {out.strip()}")
+    return kib
+
+
+# ----------------------------------------------------------------------------- runs
+
+@dataclass
+class SizeResult:
+    size: int
+    runs: int
+    pages_plan: int = 0
+    plan_ranges: int = 0
+    live: list = field(default_factory=list)     # DumpStats
+    frozen: list = field(default_factory=list)   # DumpStats
+    readv: list = field(default_factory=list)    # dicts from plain_readv
+    readv_write: list = field(default_factory=list)
+    scan_ioctl: list = field(default_factory=list)   # ns
+    scan_read: list = field(default_factory=list)    # ns
+    rss_kib: list = field(default_factory=list)
+
+
+def one_predump(pid: int, mode: str, bufsize: int):
+    with scratch_dir() as d:
+        return coldsnap.pre_dump(pid, d / "img", mode=mode, buffer_size=bufsize)
+
+
+def timed_scan(pid: int, method: str) -> int:
+    vmas = classify_all(read_maps(pid))
+    t = time.perf_counter_ns()
+    _, used = scan_saved_pages(pid, vmas, method)
+    ns = time.perf_counter_ns() - t
+    assert used == method, (used, method)
+    return ns
+
+
+def bench_size(res: SizeResult, pid: int, bufsize: int, with_rss: bool, rss_runs: int,
+               log) -> None:
+    plan, _ = page_plan(pid)
+    res.pages_plan = int(((plan.ends - plan.starts) >> 12).sum())
+    res.plan_ranges = len(plan.starts)
+    plan_batches = batches(plan, bufsize)
+    # One unmeasured pass of each kind: first-call costs (imports, numpy paths, page tables
+    # of the bench process, tmpfs first touch) stay out of the medians.
+    one_predump(pid, "live", bufsize)
+    plain_readv(pid, plan_batches, bufsize)
+    for r in range(res.runs):
+        res.live.append(one_predump(pid, "live", bufsize))
+        res.frozen.append(one_predump(pid, "frozen", bufsize))
+        res.readv.append(plain_readv(pid, plan_batches, bufsize))
+        with scratch_dir() as d:
+            res.readv_write.append(plain_readv(pid, plan_batches, bufsize, d / "pages.img"))
+        res.scan_ioctl.append(timed_scan(pid, "ioctl"))
+        res.scan_read.append(timed_scan(pid, "read"))
+        if with_rss and r < rss_runs:
+            res.rss_kib.append(child_predump_rss(pid))
+        lv, fz = res.live[-1], res.frozen[-1]
+        log(f"  {size_name(res.size)} run {r + 1}/{res.runs}: frozen live {lv.frozen_time / 1e3:.2f} ms"
+            f" / frozen {fz.frozen_time / 1e3:.1f} ms, drain live "
+            f"{(lv.memdump_time + lv.memwrite_time) / 1e3:.0f} ms, readv "
+            f"{res.readv[-1]['ns'] / 1e6:.0f} ms")
+
+
+# ----------------------------------------------------------------------------- report
+
+def gbps(nbytes: float, ns: float) -> float:
+    return nbytes / ns if ns else float("nan")   # bytes per ns == GB/s
+
+
+def drain_gbps(s) -> float:
+    return gbps(s.pages_written * 4096, (s.memdump_time + s.memwrite_time) * 1e3)
+
+
+def ms(us: float) -> str:
+    return f"{us / 1e3:.2f}"
+
+
+def report(results: list[SizeResult], py_rss_kib: int, meta: dict) -> str:
+    L = []
+    L.append(SECTION)
+    L.append("")
+    L.append(f"Command: `{meta['cmd']}`  ")
+    L.append(f"Date: {meta['date']}; kernel `{meta['uname']}`; {meta['cpus']} CPUs; "
+             f"THP `{meta['thp']}`; Python {platform.python_version()}; drain buffer "
+             f"{meta['bufsize'] >> 20} MiB; images on tmpfs (/dev/shm).  ")
+    L.append("Target: C program (bench/target.c) with SIZE of private anonymous memory, one byte "
+             "written per page, idle in read(0). Variants interleaved within each round; "
+             "all figures are medians over the rounds (n per row).")
+    L.append("")
+    L.append("### Frozen window")
+    L.append("")
+    L.append("| size | n | pages | live frozen ms | live scan ms | live other ms | "
+             "frozen-mode frozen ms | frozen / live | seize ms (live) | CRIU 4.2 frozen ms read / splice |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        lf = median([s.frozen_time for s in r.live])
+        ls = median([s.scan_time for s in r.live])
+        lo = median([s.frozen_time - s.scan_time for s in r.live])
+        ff = median([s.frozen_time for s in r.frozen])
+        seize = median([s.freezing_time for s in r.live])
+        ref = CRIU_REF.get(r.size)
+        L.append(f"| {size_name(r.size)} | {r.runs} | {median([s.pages_written for s in r.live]):.0f} "
+                 f"| {ms(lf)} | {ms(ls)} | {ms(lo)} | {ms(ff)} | {ff / lf:.0f}x | {ms(seize)} | "
+                 f"{f'{ref[0]} / {ref[1]}' if ref else '-'} |")
+    L.append("")
+    L.append("\"live other\" is the rest of the live frozen window: maps, plan arithmetic, "
+             "drain/sink setup, resume. \"seize\" (freezing_time) comes before the window.")
+    L.append("")
+    L.append("### Drain throughput")
+    L.append("")
+    L.append("| size | live drain GB/s | of which readv ms / sink ms | frozen-mode drain GB/s "
+             "| plain readv GB/s | live / plain readv | readv+write GB/s (read ms / write ms) "
+             "| live / readv+write |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        live_g = median([drain_gbps(s) for s in r.live])
+        froz_g = median([drain_gbps(s) for s in r.frozen])
+        plain_g = median([gbps(d["bytes"], d["ns"]) for d in r.readv])
+        rw_g = median([gbps(d["bytes"], d["ns"]) for d in r.readv_write])
+        L.append(f"| {size_name(r.size)} | {live_g:.2f} | "
+                 f"{ms(median([s.memdump_time for s in r.live]))} / "
+                 f"{ms(median([s.memwrite_time for s in r.live]))} | {froz_g:.2f} | {plain_g:.2f} | "
+                 f"{100 * live_g / plain_g:.0f}% | {rw_g:.2f} "
+                 f"({median([d['read_ns'] for d in r.readv_write]) / 1e6:.1f} / "
+                 f"{median([d['write_ns'] for d in r.readv_write]) / 1e6:.1f}) | "
+                 f"{100 * live_g / rw_g:.0f}% |")
+    L.append("")
+    L.append("GB/s = 10^9 bytes/s. coldsnap's drain = pages_written*4096 / (memdump+memwrite); "
+             "the plain loops copy the same plan, cut to the same buffer size (target >= 80% of "
+             "plain readv).")
+    L.append("")
+    L.append("### Scan: PAGEMAP_SCAN ioctl vs /proc/PID/pagemap read")
+    L.append("")
+    L.append("| size | ioctl ms | read ms | read / ioctl |")
+    L.append("|---|---|---|---|")
+    for r in results:
+        si, sr = median(r.scan_ioctl), median(r.scan_read)
+        L.append(f"| {size_name(r.size)} | {si / 1e6:.2f} | {sr / 1e6:.2f} | {sr / si:.1f}x |")
+    L.append("")
+    L.append("### Peak RSS of `python3 -m coldsnap pre-dump`")
+    L.append("")
+    for r in results:
+        if r.rss_kib:
+            L.append(f"- pre-dump of {size_name(r.size)} (live, default buffer): median "
+                     f"{median(r.rss_kib) / 1024:.1f} MiB, max {max(r.rss_kib) / 1024:.1f} MiB "
+                     f"over {len(r.rss_kib)} runs (target < 64 MiB)")
+    L.append(f"- interpreter baseline `python3 -c 'import coldsnap.dump.predump'`: "
+             f"{py_rss_kib / 1024:.1f} MiB")
+    L.append("")
+    L.append("Peak RSS is ru_maxrss of that child alone (wait4).")
+    L.append("")
+    return "\n".join(L)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace our section of `path` (up to the next level-2 heading), keeping the rest."""
+    old = path.read_text() if path.exists() else ""
+    lines = old.splitlines()
+    try:
+        a = next(i for i, l in enumerate(lines) if l.strip() == SECTION)
+    except StopIteration:
+        head = old if old.strip() else "# Benchmarks\n"
+        path.write_text(head.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
+        return
+    b = next((i for i in range(a + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    new = lines[:a] + section.rstrip("\n").splitlines() + ([""] + lines[b:] if b < len(lines) else [])
+    path.write_text("\n".join(new) + "\n")
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="256M,1G,4G")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs-large", type=int, default=None,
+                    help="rounds for sizes of 4 GiB and more (default: --runs)")
+    ap.add_argument("--rss-runs", type=int, default=3, help="RSS child runs (largest size)")
+    ap.add_argument("--buffer-size", type=parse_size, default=DEFAULT_BUFFER)
+    ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
+    args = ap.parse_args(argv)
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s]
+    log = lambda m: print(m, file=sys.stderr, flush=True)
+
+    # A SIGTERM/SIGHUP must unwind through the finally below so the targets are reaped.
+    def _raise(signum, _frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, _raise)
+    signal.signal(signal.SIGHUP, _raise)
+
+    build_target()
+    warm_up()
+    targets: list[subprocess.Popen] = []
+    results: list[SizeResult] = []
+    t_start = time.monotonic()
+    try:
+        for size in sizes:
+            t = time.monotonic()
+            targets.append(start_target(size))
+            log(f"target {size_name(size)}: pid {targets[-1].pid}, touched in "
+                f"{time.monotonic() - t:.1f} s")
+        py_rss = interpreter_rss()
+        largest = max(sizes)
+        for size, p in zip(sizes, targets):
+            runs = args.runs_large if args.runs_large and size >= 4 << 30 else args.runs
+            res = SizeResult(size, runs)
+            bench_size(res, p.pid, args.buffer_size, size == largest, args.rss_runs, log)
+            results.append(res)
+            if p.poll() is not None:
+                raise RuntimeError(f"target {p.pid} died during the benchmark")
+    finally:
+        for p in targets:
+            stop_target(p)
+    log(f"total {time.monotonic() - t_start:.0f} s")
+
+    meta = {
+        "cmd": "python3 bench/predump.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "uname": platform.release(),
+        "cpus": os.cpu_count(),
+        "thp": _thp(),
+        "bufsize": args.buffer_size,
+    }
+    section = report(results, py_rss, meta)
+    print(section)
+    write_section(Path(args.out), section)
+    return 0
+
+
+def _thp() -> str:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+        return text[text.index("[") + 1:text.index("]")]
+    except (OSError, ValueError):
+        return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
