@@ -1,11 +1,13 @@
 """Live and frozen pre-dumps of real processes: contents, races, refusals, cleanliness."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -56,11 +58,11 @@ def test_live_frozen_and_both_scans_give_identical_images(pattern, tmp_path):
 
 def test_memory_changed_during_the_drain_is_skipped_exactly(pattern, tmp_path):
     victim = 64
-    w = pattern(filler_pages=32768, victim_pages=victim)
-    w.proc.stdin.write(b"race\n")
-    w.proc.stdin.flush()
-    # A one-page buffer keeps the drain busy in the filler while the target reshapes the victims.
-    stats = pre_dump(w.pid, tmp_path / "img", buffer_size=PG)
+    w = pattern(filler_pages=65536, victim_pages=victim)
+    # A one-page buffer keeps the drain busy in the filler (lowest addresses) for a long
+    # while; as soon as it has started, the resumed target reshapes the victims above it.
+    with command_when_draining(w, tmp_path, b"race\n"):
+        stats = pre_dump(w.pid, tmp_path / "img", buffer_size=PG)
     assert w.proc.stdout.readline().strip() == b"done"
     vanished = 3 * victim + (victim - victim // 2)   # A unmapped, B PROT_NONE, C moved, D's tail
     assert stats.pages_skipped == vanished
@@ -77,17 +79,42 @@ def test_memory_changed_during_the_drain_is_skipped_exactly(pattern, tmp_path):
     assert FILLER in image_pages(tmp_path / "img", w.pid)
     assert VICTIM + 3 * stride in image_pages(tmp_path / "img", w.pid)   # D's first half stays
 
+    # Next time B is a PROT_NONE area at freeze time: its pages are skipped up front, in order.
+    again = pre_dump(w.pid, tmp_path / "again", buffer_size=PG)
+    assert again.pages_skipped == victim
+    with PagemapReader(ImageDir.open(tmp_path / "again"), w.pid) as r:
+        starts, ends = r.skipped
+        assert starts.tolist() == [VICTIM + stride] and ends.tolist() == [VICTIM + stride + victim * PG]
+    assert VICTIM + 3 * stride in image_pages(tmp_path / "again", w.pid)
+
 
 def test_target_exiting_during_the_drain_fails_cleanly(pattern, tmp_path):
-    # 256 MiB through a one-page buffer: the drain outlasts the target's exit by far.
     w = pattern(filler_pages=65536)
-    w.proc.stdin.write(b"exit\n")
-    w.proc.stdin.flush()
-    r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "img", "--buffer-size", "4k")
+    with command_when_draining(w, tmp_path, b"exit\n"):
+        r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "img", "--buffer-size", "4k")
     assert r.returncode != 0
     assert r.stderr.count("\n") == 1 and "exited during the pre-dump" in r.stderr, r.stderr
     assert w.proc.wait(5) == 3
     assert list(tmp_path.iterdir()) == []
+
+
+@contextlib.contextmanager
+def command_when_draining(w, where: Path, command: bytes):
+    """Send the workload a command once a drain into `where` has written its first pages."""
+    def watch():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if any(f.stat().st_size for f in where.glob(".*.staging/pages-*.img")):
+                break
+            time.sleep(0.0005)
+        w.proc.stdin.write(command)
+        w.proc.stdin.flush()
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        yield
+    finally:
+        t.join()
 
 
 def test_multithreaded_target_is_resumed_whole(spawn, workload_bin, tmp_path):

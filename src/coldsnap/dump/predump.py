@@ -51,14 +51,13 @@ def pre_dump(pid: int, images_dir: str | Path, *, mode: str = "live",
             t_scanned = time.perf_counter_ns()
             unreadable = plan.intersect(unreadable_ranges(vmas))
             plan = plan.subtract(unreadable)
-            sink = ImageSink(PagemapWriter(imgdir, pid))
+            sink = ImageSink(PagemapWriter(imgdir, pid), unreadable=unreadable)
             drain = Drain(pid, sink, buffer_size)
             t_resumed = 0
             try:
                 if mode == "live":
                     task.resume()
                     t_resumed = time.perf_counter_ns()
-                drain.skip_ranges(unreadable)
                 t_drain = time.perf_counter_ns()
                 dstats = drain.run(plan)
                 t_drained = time.perf_counter_ns()
@@ -73,7 +72,7 @@ def pre_dump(pid: int, images_dir: str | Path, *, mode: str = "live",
         stats.memwrite_time = _us(dstats.sink_ns)
         stats.pages_scanned = sum(v.size for v in vmas if v.saves_pages) >> 12
         stats.pages_written = dstats.pages_read
-        stats.pages_skipped = dstats.pages_skipped
+        stats.pages_skipped = dstats.pages_skipped + unreadable.nr_pages
         stats.vmas = len(vmas)
         stats.read_syscalls = dstats.syscalls
         write_mm(imgdir, pid, vmas, stat)

@@ -16,18 +16,20 @@ class ImageSink:
     known up front. Both go to the pagemap interleaved by address, as CRIU requires.
     """
 
-    def __init__(self, writer, in_parent: Ranges | None = None):
+    def __init__(self, writer, in_parent: Ranges | None = None, unreadable: Ranges | None = None):
         self.writer = writer
-        parent = in_parent if in_parent is not None else Ranges.empty()
-        self._parent = parent.pairs()
+        # Runs known before the drain starts, written when the drain passes their address.
+        known = [(s, e, writer.add_parent) for s, e in (in_parent or Ranges.empty()).pairs()]
+        known += [(s, e, writer.add_skipped) for s, e in (unreadable or Ranges.empty()).pairs()]
+        self._parent = sorted(known, key=lambda run: run[0])
         self._next_parent = 0
         self.write_ns = 0
 
     def _flush_parent_before(self, vaddr: int) -> None:
         runs, i = self._parent, self._next_parent
         while i < len(runs) and runs[i][0] < vaddr:
-            s, e = runs[i]
-            self.writer.add_parent(s, (e - s) >> PAGE_SHIFT)
+            s, e, add = runs[i]
+            add(s, (e - s) >> PAGE_SHIFT)
             i += 1
         self._next_parent = i
 
@@ -42,6 +44,8 @@ class ImageSink:
         self.write_ns += time.perf_counter_ns() - t
 
     def skip(self, vaddr: int, nr_pages: int) -> None:
+        if self._next_parent < len(self._parent):
+            self._flush_parent_before(vaddr)
         self.writer.add_skipped(vaddr, nr_pages)
 
     def close(self) -> None:

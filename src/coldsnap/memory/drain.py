@@ -57,6 +57,7 @@ class Drain:
         self._addr = np.frombuffer(self._buf, dtype=np.uint8).ctypes.data
         self._iov = vm.new_iov_array()
         self.stats = DrainStats()
+        self._last_bad = -1    # where the last skip ended: a failure right there repeats
 
     def close(self) -> None:
         self._view.release()
@@ -67,11 +68,6 @@ class Drain:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def skip_ranges(self, ranges: Ranges) -> None:
-        """Record planned pages that are known unreadable up front (no read permission)."""
-        for s, e in ranges.pairs():
-            self._skip(s, e)
 
     def run(self, plan: Ranges) -> DrainStats:
         """Copy every page of the plan that can still be read."""
@@ -112,8 +108,6 @@ class Drain:
             else:
                 cur = resume
         return self.stats
-
-    _last_bad = -1
 
     def _read(self, count: int, total: int) -> int:
         t = time.perf_counter_ns()
