@@ -228,21 +228,12 @@ def listen_backlog(family: int, inode: int) -> int | None:
 
 
 # --- reaching another task's descriptors -----------------------------------------------
-# Small private copies of three syscalls so this module does not wait on kernel/pidfd.
 
-from coldsnap.kernel.libc import SYS, syscall  # noqa: E402
+from coldsnap.kernel.libc import syscall  # noqa: E402
+from coldsnap.kernel.pidfd import pidfd_getfd, pidfd_open  # noqa: E402,F401  (re-exported)
 
 SYS_KCMP = 312
 KCMP_FILE = 0
-
-
-def pidfd_open(pid: int) -> int:
-    return syscall(SYS.pidfd_open, pid, 0, what=f"pidfd_open({pid})")
-
-
-def pidfd_getfd(pidfd: int, fd: int) -> int:
-    """A duplicate of the target's fd in this process (same open file description, O_CLOEXEC)."""
-    return syscall(SYS.pidfd_getfd, pidfd, fd, 0, what=f"pidfd_getfd(fd {fd})")
 
 
 def same_file(pid: int, fd1: int, fd2: int) -> bool:
