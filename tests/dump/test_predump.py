@@ -149,6 +149,22 @@ def test_sigkill_of_coldsnap_leaves_the_target_running(pattern, tmp_path):
     assert not (tmp_path / "img").exists()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_or_sigterm_of_coldsnap_resumes_the_target(sig, pattern, tmp_path):
+    w = pattern(filler_pages=65536)
+    cmd = [sys.executable, "-m", "coldsnap", "pre-dump", "-t", str(w.pid), "-D", str(tmp_path / "img"),
+           "--pre-dump-mode", "frozen", "--buffer-size", "4k"]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while proc_state(w.pid)[1] == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=10)
+    assert p.returncode != 0 and err.strip() == f"coldsnap: interrupted by {sig.name}"
+    assert proc_state(w.pid) == ("S", 0)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _zombie():
     p = subprocess.Popen(["true"])
     while proc_state(p.pid)[0] != "Z":

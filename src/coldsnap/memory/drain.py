@@ -60,8 +60,11 @@ class Drain:
         self._last_bad = -1    # where the last skip ended: a failure right there repeats
 
     def close(self) -> None:
-        self._view.release()
-        self._buf.close()
+        try:
+            self._view.release()
+            self._buf.close()
+        except BufferError:
+            pass  # a traceback still holds a slice of the buffer: it is freed with the last one
 
     def __enter__(self) -> "Drain":
         return self
