@@ -1,0 +1,465 @@
+"""Per-process and per-thread state of a frozen task, and the core/pstree/ids images.
+
+    with freeze(pid) as task:
+        state = collect_task_state(task)       # everything read while the task is held
+    write_task_images(state, imgdir)            # core-<tid>.img, pstree.img, ids-<pid>.img
+
+or simply `dump_task_state(pid, imgdir)`, which does both and keeps the frozen window short.
+
+Where each value comes from
+  ptrace (every thread)    general registers (fs_base/gs_base included), NT_PRFPREG (FXSAVE,
+                           512 bytes) and NT_X86_XSTATE (kept whole), blocked mask, rseq
+                           registration, private pending signals (PEEKSIGINFO), the 3 GDT
+                           TLS slots (PTRACE_GET_THREAD_AREA, entries 12..14)
+  /proc                    creds/NoNewPrivs/Seccomp/umask (status), comm/flags/pgid/sid/ppid
+                           (stat), personality, auxv, thread names
+  coldsnap itself          rlimits: prlimit64(pid, r, NULL, &old) needs no injection
+  injected (leader)        rt_sigaction x62, getitimer x3, brk(0), PR_GET_DUMPABLE,
+                           PR_GET_CHILD_SUBREAPER, PR_GET_SECUREBITS, get_robust_list(tid)
+                           for every thread, the leader's sigaltstack and PR_GET_TID_ADDRESS
+  injected (other threads) sigaltstack and PR_GET_TID_ADDRESS are about the *calling* thread
+                           only, so every other thread runs these two calls in a short session
+                           of its own; results go to the leader's scratch page (same mm), so
+                           no extra mmap/munmap is needed.
+
+One RemoteCalls session on the leader carries every process-wide injection; it stays open
+while the per-thread sessions run (they write into its scratch page) and closes last.
+
+The blocked mask of a thread is the one its session learned at the first call (the real one,
+even in ppoll/sigsuspend); without a session it is PTRACE_GETSIGMASK at the interrupt stop.
+
+Not collected: posix timers, loginuid, oom_score_adj, sched policy/nice, pdeath_sig, LSM
+labels, seccomp filters (only the mode), cgroups, membarrier registrations, AVX-512/PKRU/CET
+components in the protobuf (they remain in `ThreadState.xstate`). clear_tid_addr is 0 when
+the kernel lacks PR_GET_TID_ADDRESS (CONFIG_CHECKPOINT_RESTORE).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from coldsnap.errors import TargetError
+from coldsnap.kernel import ptrace
+from coldsnap.kernel.libc import SYS, libc, syscall
+from coldsnap.kernel.procfs import read_stat, read_status
+from coldsnap.seize.freezer import FrozenTask, freeze
+from coldsnap.seize.remote import RemoteCalls
+
+NR_getitimer = 36
+NR_prlimit64 = 302
+PR_GET_DUMPABLE = 3
+PR_GET_SECUREBITS = 27
+PR_GET_CHILD_SUBREAPER = 37
+PR_GET_TID_ADDRESS = 40
+PTRACE_GET_THREAD_AREA = 25
+GDT_TLS_ENTRIES = (12, 13, 14)
+RLIM_NLIMITS = 16
+SIGKILL, SIGSTOP = 9, 19
+SIGACTION_SIGNALS = tuple(s for s in range(1, 65) if s not in (SIGKILL, SIGSTOP))
+KSIGACTION = struct.Struct("<QQQQ")  # handler, flags, restorer, mask (kernel struct sigaction)
+XSTATE_BV_OFF = 512
+XFEATURE_AVX = 1 << 2
+AVX_OFF, AVX_SIZE = 576, 256
+ITIMERS = ("real", "virt", "prof")  # ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2
+
+# scratch page layout (leader's page, shared by every session of this dump)
+_OFF_SA = 0                                   # 62 x 32 bytes
+_OFF_ITIMER = 2048                            # 3 x 32 bytes
+_OFF_MISC = 2176                              # subreaper int
+_OFF_THREAD = 2304                            # per thread: 24 sas + 8 tid addr + 16 robust
+
+
+@dataclass
+class FpRegs:
+    cwd: int
+    swd: int
+    twd: int
+    fop: int
+    rip: int
+    rdp: int
+    mxcsr: int
+    mxcsr_mask: int
+    st_space: list[int]
+    xmm_space: list[int]
+
+    @classmethod
+    def from_fxsave(cls, raw: bytes) -> "FpRegs":
+        if len(raw) < 512:
+            raise TargetError(f"NT_PRFPREG returned {len(raw)} bytes, expected 512")
+        cwd, swd, twd, fop, rip, rdp, mxcsr, mask = struct.unpack_from("<HHHHQQII", raw, 0)
+        return cls(cwd, swd, twd, fop, rip, rdp, mxcsr, mask,
+                   list(struct.unpack_from("<32I", raw, 32)), list(struct.unpack_from("<64I", raw, 160)))
+
+
+@dataclass
+class Creds:
+    uids: list[int]           # real, effective, saved, fs
+    gids: list[int]
+    cap_inh: list[int]        # [low, high] words
+    cap_prm: list[int]
+    cap_eff: list[int]
+    cap_bnd: list[int]
+    cap_amb: list[int]
+    groups: list[int]
+    no_new_privs: int
+    secbits: int = 0
+
+
+@dataclass
+class TlsSlot:
+    entry_number: int
+    base_addr: int
+    limit: int
+    seg_32bit: bool
+    contents: int
+    read_exec_only: bool
+    limit_in_pages: bool
+    seg_not_present: bool
+    usable: bool
+
+
+@dataclass
+class ThreadState:
+    tid: int
+    regs: dict[str, int]
+    fpregs: FpRegs
+    xstate: bytes                    # raw NT_X86_XSTATE (b"" when unavailable)
+    xstate_bv: int
+    ymmh_space: list[int]
+    sigmask: int
+    rseq: ptrace.RseqConfiguration | None
+    clear_tid_addr: int
+    robust_list: tuple[int, int]     # (head, len)
+    sigaltstack: tuple[int, int, int]  # (ss_sp, ss_size, ss_flags)
+    pending: list[bytes]             # raw 128-byte siginfos
+    comm: str
+    creds: Creds
+    seccomp_mode: int
+    tls: list[TlsSlot]
+
+
+@dataclass
+class SigAction:
+    signo: int
+    handler: int
+    flags: int
+    restorer: int
+    mask: int
+
+
+@dataclass
+class TaskState:
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    comm: str
+    flags: int
+    personality: int
+    umask: int
+    threads: list[ThreadState]
+    sigactions: list[SigAction]
+    shared_pending: list[bytes]
+    rlimits: list[tuple[int, int]]
+    itimers: dict[str, tuple[int, int, int, int]]   # name -> (isec, iusec, vsec, vusec)
+    brk: int
+    auxv: list[int]
+    dumpable: int
+    child_subreaper: bool
+    secbits: int
+    remote_calls: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tids(self) -> list[int]:
+        return [t.tid for t in self.threads]
+
+    def thread(self, tid: int) -> ThreadState:
+        return next(t for t in self.threads if t.tid == tid)
+
+
+# -- collecting ---------------------------------------------------------------------------
+
+def _peek_all(tid: int, shared: bool) -> list[bytes]:
+    out: list[bytes] = []
+    while True:
+        chunk = ptrace.peek_siginfo(tid, off=len(out), nr=32, shared=shared)
+        out.extend(chunk)
+        if len(chunk) < 32:
+            return out
+
+
+def _cap_words(hexval: str) -> list[int]:
+    v = int(hexval, 16)
+    return [v & 0xFFFFFFFF, v >> 32]
+
+
+def _creds(status: dict[str, str]) -> Creds:
+    return Creds(uids=[int(x) for x in status["Uid"].split()],
+                 gids=[int(x) for x in status["Gid"].split()],
+                 cap_inh=_cap_words(status["CapInh"]), cap_prm=_cap_words(status["CapPrm"]),
+                 cap_eff=_cap_words(status["CapEff"]), cap_bnd=_cap_words(status["CapBnd"]),
+                 cap_amb=_cap_words(status.get("CapAmb", "0")),
+                 groups=[int(x) for x in status.get("Groups", "").split()],
+                 no_new_privs=int(status.get("NoNewPrivs", "0")))
+
+
+class _UserDesc(ctypes.Structure):
+    _fields_ = [("entry_number", ctypes.c_uint32), ("base_addr", ctypes.c_uint32),
+                ("limit", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+def _tls(tid: int) -> list[TlsSlot]:
+    out = []
+    for idx in GDT_TLS_ENTRIES:
+        d = _UserDesc()
+        ptrace.ptrace(PTRACE_GET_THREAD_AREA, tid, idx, ctypes.addressof(d), "PTRACE_GET_THREAD_AREA")
+        f = d.flags
+        out.append(TlsSlot(d.entry_number, d.base_addr, d.limit, bool(f & 1), (f >> 1) & 3,
+                           bool(f & 8), bool(f & 16), bool(f & 32), bool(f & 64)))
+    return out
+
+
+def _xstate(tid: int) -> tuple[bytes, int, list[int]]:
+    try:
+        raw = ptrace.get_regset(tid, ptrace.NT_X86_XSTATE, 16384)
+    except OSError:
+        return b"", 0, []
+    if len(raw) < XSTATE_BV_OFF + 8:
+        return raw, 0, []
+    bv = struct.unpack_from("<Q", raw, XSTATE_BV_OFF)[0]
+    ymmh: list[int] = []
+    if bv & XFEATURE_AVX and len(raw) >= AVX_OFF + AVX_SIZE:
+        ymmh = list(struct.unpack_from("<64I", raw, AVX_OFF))
+    return raw, bv, ymmh
+
+
+def _rseq(tid: int) -> ptrace.RseqConfiguration | None:
+    try:
+        conf = ptrace.get_rseq_configuration(tid)
+    except OSError:
+        return None
+    return conf if conf.rseq_abi_pointer else None
+
+
+def _read_ptrace_side(pid: int, tid: int) -> dict:
+    """Everything of one thread that needs no injection."""
+    status = read_status(pid, tid)
+    xstate, bv, ymmh = _xstate(tid)
+    return dict(tid=tid, regs=ptrace.get_regs(tid).as_dict(),
+                fpregs=FpRegs.from_fxsave(ptrace.get_regset(tid, ptrace.NT_PRFPREG, 512)),
+                xstate=xstate, xstate_bv=bv, ymmh_space=ymmh, sigmask=ptrace.get_sigmask(tid),
+                rseq=_rseq(tid), pending=_peek_all(tid, shared=False),
+                comm=read_stat(pid, tid).comm, creds=_creds(status),
+                seccomp_mode=int(status.get("Seccomp", "0")), tls=_tls(tid))
+
+
+def _rlimits(pid: int) -> list[tuple[int, int]]:
+    old = (ctypes.c_uint64 * 2)()
+    out = []
+    for r in range(RLIM_NLIMITS):
+        syscall(NR_prlimit64, pid, r, 0, ctypes.addressof(old), what=f"prlimit64({pid}, {r})")
+        out.append((old[0], old[1]))
+    return out
+
+
+def _thread_injected(rc: RemoteCalls, base: int, off: int) -> None:
+    """sigaltstack(NULL, base+off) and PR_GET_TID_ADDRESS into base+off+24, in rc's thread."""
+    rc.checked(SYS.sigaltstack, 0, base + off, what="sigaltstack")
+    if rc.call(SYS.prctl, PR_GET_TID_ADDRESS, base + off + 24, 0, 0, 0) < 0:
+        pass  # no CONFIG_CHECKPOINT_RESTORE: the slot stays 0
+
+
+def collect_task_state(task: FrozenTask) -> TaskState:
+    """Read the whole non-memory state of a frozen task (see the module docstring)."""
+    pid = task.pid
+    tids = list(task.tids)
+    if pid not in tids:
+        raise TargetError(f"thread group leader {pid} is not held")
+    stat = read_stat(pid)
+    status = read_status(pid)
+    with open(f"/proc/{pid}/personality") as f:
+        personality = int(f.read().strip(), 16)
+    with open(f"/proc/{pid}/auxv", "rb") as f:
+        raw_auxv = f.read()
+    auxv = list(struct.unpack(f"<{len(raw_auxv) // 8}Q", raw_auxv[:len(raw_auxv) // 8 * 8]))
+    per_thread = {tid: _read_ptrace_side(pid, tid) for tid in tids}   # before any injection
+    shared_pending = _peek_all(pid, shared=True)
+    rlimits = _rlimits(pid)
+    notes: list[str] = []
+    masks: dict[int, int] = {}
+    zero = bytes(_OFF_THREAD + 48 * len(tids))
+    if len(zero) > 4096:
+        raise TargetError(f"too many threads ({len(tids)}) for one scratch page")
+
+    with RemoteCalls(task, tid=pid) as rc:
+        base = rc.write_scratch(zero)             # zeroed: a failing call leaves 0 behind
+        for i, sig in enumerate(SIGACTION_SIGNALS):
+            rc.checked(SYS.rt_sigaction, sig, 0, base + _OFF_SA + 32 * i, 8, what=f"rt_sigaction({sig})")
+        for which in range(3):
+            rc.checked(NR_getitimer, which, base + _OFF_ITIMER + 32 * which, what="getitimer")
+        brk = rc.checked(SYS.brk, 0, what="brk")
+        dumpable = rc.checked(SYS.prctl, PR_GET_DUMPABLE, 0, 0, 0, 0, what="PR_GET_DUMPABLE")
+        rc.checked(SYS.prctl, PR_GET_CHILD_SUBREAPER, base + _OFF_MISC, 0, 0, 0, what="PR_GET_CHILD_SUBREAPER")
+        secbits = rc.call(SYS.prctl, PR_GET_SECUREBITS, 0, 0, 0, 0)
+        if secbits < 0:
+            notes.append(f"PR_GET_SECUREBITS failed ({-secbits}): secbits 0")
+            secbits = 0
+        for i, tid in enumerate(tids):
+            off = _OFF_THREAD + 48 * i
+            rc.checked(SYS.get_robust_list, tid, base + off + 32, base + off + 40, what="get_robust_list")
+        _thread_injected(rc, base, _OFF_THREAD + 48 * tids.index(pid))
+        calls = rc.stats.calls
+        for i, tid in enumerate(tids):
+            if tid == pid:
+                continue
+            with RemoteCalls(task, tid=tid) as trc:
+                _thread_injected(trc, base, _OFF_THREAD + 48 * i)
+                calls += trc.stats.calls
+                if trc._saved_mask is not None:
+                    masks[tid] = trc._saved_mask
+        if rc._saved_mask is not None:
+            masks[pid] = rc._saved_mask
+        blob = rc.read_scratch(len(zero))
+
+    sigactions = [SigAction(sig, *KSIGACTION.unpack_from(blob, _OFF_SA + 32 * i))
+                  for i, sig in enumerate(SIGACTION_SIGNALS)]
+    itimers = {}
+    for which, name in enumerate(ITIMERS):
+        isec, iusec, vsec, vusec = struct.unpack_from("<4Q", blob, _OFF_ITIMER + 32 * which)
+        itimers[name] = (isec, iusec, vsec, vusec)
+    subreaper = struct.unpack_from("<i", blob, _OFF_MISC)[0]
+
+    threads = []
+    has_tid_addr = False
+    for i, tid in enumerate(tids):
+        off = _OFF_THREAD + 48 * i
+        # stack_t {ss_sp u64, ss_flags i32, pad, ss_size u64}, tid address, robust head, len
+        ss_sp, ss_flags, ss_size, tid_addr, rl_head, rl_len = struct.unpack_from("<Qi4xQQQQ", blob, off)
+        d = per_thread[tid]
+        d["sigmask"] = masks.get(tid, d["sigmask"])
+        d["creds"].secbits = secbits
+        has_tid_addr |= tid_addr != 0
+        threads.append(ThreadState(clear_tid_addr=tid_addr, robust_list=(rl_head, rl_len),
+                                   sigaltstack=(ss_sp, ss_size, ss_flags), **d))
+    if not has_tid_addr:
+        notes.append("clear_tid_addr unknown (PR_GET_TID_ADDRESS unavailable): written as 0")
+
+    return TaskState(pid=pid, ppid=stat.ppid, pgid=stat.pgrp, sid=stat.session, comm=stat.comm,
+                     flags=stat.flags, personality=personality, umask=int(status.get("Umask", "0022"), 8),
+                     threads=threads, sigactions=sigactions, shared_pending=shared_pending,
+                     rlimits=rlimits, itimers=itimers, brk=brk, auxv=auxv, dumpable=dumpable,
+                     child_subreaper=bool(subreaper), secbits=secbits, remote_calls=calls, notes=notes)
+
+
+# -- images -------------------------------------------------------------------------------
+
+def _signal_queue(sigs: Iterable[bytes]):
+    from coldsnap.images.pb import siginfo_pb2
+    q = siginfo_pb2.signal_queue_entry()
+    for s in sigs:
+        q.signals.add(siginfo=s)
+    return q
+
+
+def _core_entry(state: TaskState, th: ThreadState):
+    from coldsnap.images.pb import core_pb2, core_x86_pb2
+    core = core_pb2.core_entry(mtype=core_pb2.X86_64)
+    ti = core.thread_info
+    ti.clear_tid_addr = th.clear_tid_addr
+    r = th.regs
+    ti.gpregs.CopyFrom(core_x86_pb2.user_x86_regs_entry(
+        r15=r["r15"], r14=r["r14"], r13=r["r13"], r12=r["r12"], bp=r["rbp"], bx=r["rbx"],
+        r11=r["r11"], r10=r["r10"], r9=r["r9"], r8=r["r8"], ax=r["rax"], cx=r["rcx"], dx=r["rdx"],
+        si=r["rsi"], di=r["rdi"], orig_ax=r["orig_rax"], ip=r["rip"], cs=r["cs"], flags=r["eflags"],
+        sp=r["rsp"], ss=r["ss"], fs_base=r["fs_base"], gs_base=r["gs_base"], ds=r["ds"], es=r["es"],
+        fs=r["fs"], gs=r["gs"], mode=core_x86_pb2.NATIVE))
+    fp = th.fpregs
+    fpe = ti.fpregs
+    fpe.cwd, fpe.swd, fpe.twd, fpe.fop = fp.cwd, fp.swd, fp.twd, fp.fop
+    fpe.rip, fpe.rdp, fpe.mxcsr, fpe.mxcsr_mask = fp.rip, fp.rdp, fp.mxcsr, fp.mxcsr_mask
+    fpe.st_space.extend(fp.st_space)
+    fpe.xmm_space.extend(fp.xmm_space)
+    if th.xstate:
+        fpe.xsave.xstate_bv = th.xstate_bv
+        fpe.xsave.ymmh_space.extend(th.ymmh_space)
+    for slot in th.tls:
+        ti.tls.add(entry_number=slot.entry_number, base_addr=slot.base_addr, limit=slot.limit,
+                   seg_32bit=slot.seg_32bit, contents_h=bool(slot.contents & 2),
+                   contents_l=bool(slot.contents & 1), read_exec_only=slot.read_exec_only,
+                   limit_in_pages=slot.limit_in_pages, seg_not_present=slot.seg_not_present,
+                   usable=slot.usable)
+
+    tc = core.thread_core
+    tc.futex_rla, tc.futex_rla_len = th.robust_list
+    tc.blk_sigset = th.sigmask
+    tc.sas.ss_sp, tc.sas.ss_size, tc.sas.ss_flags = th.sigaltstack[0], th.sigaltstack[1], th.sigaltstack[2] & 0xFFFFFFFF
+    if th.pending:
+        tc.signals_p.CopyFrom(_signal_queue(th.pending))
+    c = th.creds
+    cr = tc.creds
+    cr.uid, cr.euid, cr.suid, cr.fsuid = c.uids
+    cr.gid, cr.egid, cr.sgid, cr.fsgid = c.gids
+    cr.cap_inh.extend(c.cap_inh)
+    cr.cap_prm.extend(c.cap_prm)
+    cr.cap_eff.extend(c.cap_eff)
+    cr.cap_bnd.extend(c.cap_bnd)
+    cr.cap_amb.extend(c.cap_amb)
+    cr.secbits = c.secbits
+    cr.groups.extend(c.groups)
+    cr.no_new_privs = c.no_new_privs
+    tc.seccomp_mode = th.seccomp_mode
+    tc.comm = th.comm
+    if th.rseq is not None:
+        tc.rseq_entry.rseq_abi_pointer = th.rseq.rseq_abi_pointer
+        tc.rseq_entry.rseq_abi_size = th.rseq.rseq_abi_size
+        tc.rseq_entry.signature = th.rseq.signature
+
+    if th.tid == state.pid:
+        t = core.tc
+        t.task_state = 1
+        t.exit_code = 0
+        t.personality = state.personality
+        t.flags = state.flags
+        t.blk_sigset = th.sigmask
+        t.comm = state.comm
+        for name in ITIMERS:
+            isec, iusec, vsec, vusec = state.itimers[name]
+            it = getattr(t.timers, name)
+            it.isec, it.iusec, it.vsec, it.vusec = isec, iusec, vsec, vusec
+        for cur, mx in state.rlimits:
+            t.rlimits.rlimits.add(cur=cur, max=mx)
+        if state.shared_pending:
+            t.signals_s.CopyFrom(_signal_queue(state.shared_pending))
+        for sa in state.sigactions:
+            t.sigactions.add(sigaction=sa.handler, flags=sa.flags, restorer=sa.restorer,
+                             mask=sa.mask, compat_sigaction=False)
+        t.child_subreaper = state.child_subreaper
+    return core
+
+
+def write_task_images(state: TaskState, imgdir) -> list[str]:
+    """Write core-<tid>.img for every thread, pstree.img and ids-<pid>.img; returns the names."""
+    from coldsnap.images.pb import ids_pb2, pstree_pb2
+    names = []
+    for th in state.threads:
+        name = f"core-{th.tid}.img"
+        imgdir.write(name, [_core_entry(state, th)])
+        names.append(name)
+    imgdir.write("pstree.img", [pstree_pb2.pstree_entry(pid=state.pid, ppid=0, pgid=state.pgid,
+                                                        sid=state.sid, threads=state.tids)])
+    imgdir.write(f"ids-{state.pid}.img", [ids_pb2.task_kobj_ids_entry(vm_id=1, files_id=1, fs_id=1,
+                                                                      sighand_id=1)])
+    return names + ["pstree.img", f"ids-{state.pid}.img"]
+
+
+def dump_task_state(pid: int, imgdir) -> TaskState:
+    """Freeze PID once, collect its state, let it go, then write the images."""
+    with freeze(pid) as task:
+        state = collect_task_state(task)
+        task.resume()
+    write_task_images(state, imgdir)
+    return state
