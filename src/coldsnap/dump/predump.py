@@ -29,6 +29,13 @@ def unreadable_ranges(vmas: list[Vma]) -> Ranges:
     return Ranges.of(pairs) if pairs else Ranges.empty()
 
 
+def write_metadata(imgdir: ImageDir, pid: int, vmas: list[Vma], stat, stats: DumpStats) -> None:
+    """The small images of a pre-dump besides the pages: mm, inventory, stats."""
+    write_mm(imgdir, pid, vmas, stat)
+    write_inventory(imgdir, pre_dump=True)
+    write_stats(imgdir, stats)
+
+
 def pre_dump(pid: int, images_dir: str | Path, *, mode: str = "live",
              buffer_size: int = DEFAULT_BUFFER, scan: str = "auto",
              prev_images_dir: str | Path | None = None) -> DumpStats:
@@ -75,7 +82,5 @@ def pre_dump(pid: int, images_dir: str | Path, *, mode: str = "live",
         stats.pages_skipped = dstats.pages_skipped + unreadable.nr_pages
         stats.vmas = len(vmas)
         stats.read_syscalls = dstats.syscalls
-        write_mm(imgdir, pid, vmas, stat)
-        write_inventory(imgdir, pre_dump=True)
-        write_stats(imgdir, stats)
+        write_metadata(imgdir, pid, vmas, stat, stats)
     return stats

@@ -1,0 +1,197 @@
+"""A series of pre-dumps base/1, base/2, ... each linked to the previous one by `parent`.
+
+With track="uffd" the task is frozen once, only to arm the write tracker (two injected
+system calls); every iteration then runs while the task runs:
+
+    maps -> register new VMAs, collect written pages (re-protected atomically)
+         -> scan present pages -> to_read = present & (dirty | not covered by the parent)
+         -> drain to_read, write present - to_read as PE_PARENT runs
+
+A page is always re-protected before it is read, so a write after the read shows up in the
+next collect. Pages the drain could not read are absent from that image, hence not covered
+by the parent, hence read again next time. With track="none" every iteration saves every
+present page (still without freezing).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..errors import CsError
+from ..images.chain import PageChain
+from ..images.directory import ImageDir
+from ..images.pages import PagemapWriter
+from ..kernel.procfs import read_maps, read_stat
+from ..memory.drain import DEFAULT_BUFFER, Drain
+from ..memory.ranges import Ranges
+from ..memory.scan import scan_saved_pages, warm_up
+from ..memory.tracking import TrackingRefused, UffdTracker, refuse_blind_spots
+from ..memory.vma import classify_all
+from .predump import unreadable_ranges, write_metadata
+from .sink import ImageSink
+from .stats import DumpStats
+
+TRACKS = ("uffd", "none")
+
+
+def _us(ns: int) -> int:
+    return ns // 1000
+
+
+class SeriesSink(ImageSink):
+    """ImageSink whose up-front runs are PE_PARENT runs *and* known-unreadable (skipped)
+    runs, all flushed in address order before any later run (drained or skipped)."""
+
+    def __init__(self, writer, in_parent: Ranges, skipped: Ranges):
+        super().__init__(writer)
+        runs = [(s, e, False) for s, e in in_parent.pairs()] + [(s, e, True) for s, e in skipped.pairs()]
+        runs.sort()
+        self._parent = runs
+
+    def _flush_parent_before(self, vaddr: int) -> None:
+        runs, i = self._parent, self._next_parent
+        while i < len(runs) and runs[i][0] < vaddr:
+            s, e, skip = runs[i]
+            if skip:
+                self.writer.add_skipped(s, (e - s) >> 12)
+            else:
+                self.writer.add_parent(s, (e - s) >> 12)
+            i += 1
+        self._next_parent = i
+
+    def skip(self, vaddr: int, nr_pages: int) -> None:
+        self._flush_parent_before(vaddr)
+        super().skip(vaddr, nr_pages)
+
+
+def _covered(parent_dir: Path | None, pid: int) -> Ranges:
+    if parent_dir is None:
+        return Ranges.empty()
+    with PageChain(parent_dir, pid) as chain:
+        s, e = chain.covered_ranges()
+    return Ranges(s.copy(), e.copy()).merged()
+
+
+class PreDumpSeries:
+    """Iterative pre-dumps of one task into base_dir/1, base_dir/2, ..."""
+
+    def __init__(self, pid: int, base_dir: str | Path, *, track: str = "uffd",
+                 buffer_size: int = DEFAULT_BUFFER):
+        if track not in TRACKS:
+            raise CsError(f"unknown tracking {track!r} (choose from {', '.join(TRACKS)})")
+        self.pid = pid
+        self.base = Path(base_dir)
+        self.requested = track
+        self.track = track
+        self.buffer_size = buffer_size
+        self.tracker: UffdTracker | None = None
+        self.n = 0
+        self.prev: Path | None = None
+        self.refused: str = ""          # why tracking fell back to none, if it did
+        self.untracked = Ranges.empty()  # VMAs of the last iteration that could not be tracked
+        self.dirty = Ranges.empty()      # what the last collect reported (tests, diagnostics)
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
+
+    def __enter__(self) -> "PreDumpSeries":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fall_back(self, why: TrackingRefused) -> None:
+        self.close()
+        self.track, self.refused = "none", str(why)
+
+    def step(self) -> DumpStats:
+        """One more pre-dump; returns its stats."""
+        stats = DumpStats(mode="nofreeze")
+        warm_up()
+        if self.n == 0:
+            self.base.mkdir(parents=True, exist_ok=True)
+        if self.track == "uffd" and self.tracker is None and self.n == 0:
+            tracker = UffdTracker()
+            try:
+                arm = tracker.arm(self.pid)
+                self.tracker = tracker
+                stats.freezing_time, stats.frozen_time = _us(arm.freezing_ns), _us(arm.frozen_ns)
+            except TrackingRefused as e:
+                self._fall_back(e)
+        elif self.track == "uffd":
+            try:
+                refuse_blind_spots(self.pid)
+            except TrackingRefused as e:
+                self._fall_back(e)
+        stats.track_backend = self.track
+        path = self.base / str(self.n + 1)
+        with ImageDir.create(path, parent=self.prev) as imgdir:
+            t0 = time.perf_counter_ns()
+            vmas = classify_all(read_maps(self.pid))
+            stat = read_stat(self.pid)
+            dirty = None                      # None: everything present is to be read
+            if self.tracker is not None:
+                try:
+                    if self.n == 0:
+                        self.tracker.register_new(vmas)   # whole present set is dirty
+                        self.tracker._fresh.clear()
+                        self.untracked = Ranges.empty()
+                        for (s, e) in self.tracker.untracked:
+                            self.untracked = self.untracked.union(Ranges.of([(s, e)]))
+                    else:
+                        dirty, self.untracked = self.tracker.collect(vmas)
+                except TrackingRefused as e:
+                    self._fall_back(e)
+                    stats.track_backend = self.track
+                    dirty = None
+            present, stats.scan_method = scan_saved_pages(self.pid, vmas)
+            t_scanned = time.perf_counter_ns()
+            if dirty is None:
+                to_read = present
+            else:
+                self.dirty = dirty
+                uncovered = present.subtract(_covered(self.prev, self.pid))
+                to_read = present.intersect(dirty.union(uncovered))
+            in_parent = present.subtract(to_read)
+            unreadable = to_read.intersect(unreadable_ranges(vmas))
+            to_read = to_read.subtract(unreadable)
+            sink = SeriesSink(PagemapWriter(imgdir, self.pid), in_parent, unreadable)
+            with Drain(self.pid, sink, self.buffer_size) as drain:
+                drain.stats.pages_skipped += unreadable.nr_pages
+                t_drain = time.perf_counter_ns()
+                dstats = drain.run(to_read)
+                t_drained = time.perf_counter_ns()
+            sink.close()
+            stats.scan_time = _us(t_scanned - t0)
+            stats.memdump_time = _us(t_drained - t_drain - dstats.sink_ns)
+            stats.memwrite_time = _us(dstats.sink_ns)
+            stats.pages_scanned = sum(v.size for v in vmas if v.saves_pages) >> 12
+            stats.pages_written = dstats.pages_read
+            stats.pages_skipped = dstats.pages_skipped
+            stats.pages_skipped_parent = in_parent.nr_pages
+            stats.vmas = len(vmas)
+            stats.read_syscalls = dstats.syscalls
+            write_metadata(imgdir, self.pid, vmas, stat, stats)
+        self.n += 1
+        self.prev = path
+        return stats
+
+
+def pre_dump_series(pid: int, base_dir: str | Path, iterations: int, *, track: str = "uffd",
+                    buffer_size: int = DEFAULT_BUFFER,
+                    between: Callable[[int], None] | None = None) -> list[DumpStats]:
+    """Write base_dir/1 .. base_dir/ITERATIONS, each a full images dir whose `parent` is the
+    previous one; returns their stats. `between(i)`, if given, runs after iteration i
+    (1-based) and before the next one (tests use it to make the target write)."""
+    if iterations < 1:
+        raise CsError("a pre-dump series needs at least one iteration")
+    out: list[DumpStats] = []
+    with PreDumpSeries(pid, base_dir, track=track, buffer_size=buffer_size) as series:
+        for i in range(1, iterations + 1):
+            out.append(series.step())
+            if between is not None and i < iterations:
+                between(i)
+    return out

@@ -1,0 +1,317 @@
+"""Write tracking of a running task with userfaultfd write-protect (WP_ASYNC), no soft-dirty.
+
+Only two system calls run inside the target, in one short freeze: `userfaultfd()` and,
+once coldsnap holds its own copy (pidfd_getfd), `close()` of the target's fd. Everything
+else acts from coldsnap on that copy, because uffd ioctls act on the mm that created it:
+
+    tracker = UffdTracker()
+    tracker.arm(pid)                         # freezes only for the two injected calls
+    tracker.register_new(vmas)               # WP-register + reset; these count wholly dirty
+    ... read pages ...
+    dirty, untracked = tracker.collect(vmas) # written since the last reset; re-protected
+    tracker.close()                          # registrations vanish with the last holder
+
+The order that makes it exact: a page is reset (write-protected) *before* coldsnap reads
+it, so any later write is reported by the next collect().
+
+collect() scans one VMA per PAGEMAP_SCAN call with PM_SCAN_CHECK_WPASYNC: a range holding
+an unregistered VMA fails with EPERM after the walk may already have re-protected pages
+of the VMAs before it, and the results of such a call are lost. Per VMA, an EPERM makes
+the whole VMA dirty (which covers anything lost) and it is registered again next time.
+
+Blind spots (see the reference notes): pages changed without a write fault through the
+target's page tables. Shared mappings are not registered (their pages are not saved yet);
+a target with an io_uring instance is refused (TrackingRefused), the caller tracks none.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import CsError, TargetError
+from ..kernel import pagemap as pm
+from ..kernel import uffd
+from ..kernel.libc import SYS
+from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from .ranges import Ranges
+from .vma import Kind, Vma
+
+O_NONBLOCK = 0o4000
+O_CLOEXEC = 0o2000000
+UFFD_FLAGS = O_CLOEXEC | O_NONBLOCK | uffd.UFFD_USER_MODE_ONLY
+FEATURES = uffd.UFFD_FEATURE_WP_ASYNC | uffd.UFFD_FEATURE_WP_UNPOPULATED
+
+IO_URING_LINK = "anon_inode:[io_uring]"
+UFFD_LINK = "anon_inode:[userfaultfd]"
+
+# Written pages, re-protected in the same walk.
+WRITTEN_RESET_QUERY = pm.ScanQuery(
+    category_mask=pm.PAGE_IS_WRITTEN, return_mask=pm.PAGE_IS_WRITTEN,
+    flags=pm.PM_SCAN_WP_MATCHING | pm.PM_SCAN_CHECK_WPASYNC)
+# Registration probe: EPERM when the VMA has no WP_ASYNC registration; a registered VMA
+# (WPALLOWED) does not match, so the kernel skips it without walking its page tables.
+PROBE_QUERY = pm.ScanQuery(
+    category_mask=pm.PAGE_IS_WPALLOWED, category_inverted=pm.PAGE_IS_WPALLOWED,
+    return_mask=pm.PAGE_IS_WPALLOWED, flags=pm.PM_SCAN_CHECK_WPASYNC, max_pages=1)
+
+
+class TrackingRefused(CsError):
+    """Write tracking cannot be trusted for this target; the caller must track none."""
+
+
+def fd_links(pid: int) -> dict[int, str]:
+    """fd number -> readlink of /proc/PID/fd/N (fds closed meanwhile are left out)."""
+    out = {}
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        raise TargetError(f"process {pid} is gone") from None
+    for name in names:
+        try:
+            out[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            pass
+    return out
+
+
+def uffd_fds(pid: int) -> list[int]:
+    """The target's fds that are userfaultfd instances."""
+    return sorted(fd for fd, link in fd_links(pid).items() if link == UFFD_LINK)
+
+
+def refuse_blind_spots(pid: int) -> None:
+    """Raise TrackingRefused when the target's memory can change without write faults."""
+    rings = sorted(fd for fd, link in fd_links(pid).items() if link == IO_URING_LINK)
+    if rings:
+        raise TrackingRefused(f"process {pid} has an io_uring instance (fd {rings[0]}): "
+                              f"kernel writes into its buffers are not tracked")
+
+
+def tracked_vma(v: Vma) -> bool:
+    """VMAs we write-protect: the ones whose pages a pre-dump saves (never shared ones)."""
+    return v.saves_pages and v.kind is not Kind.ANON_SHARED
+
+
+def _ranges(pairs) -> Ranges:
+    """Ranges from possibly unsorted, overlapping (start, end) pairs."""
+    pairs = sorted(set(pairs))
+    if not pairs:
+        return Ranges.empty()
+    one = Ranges.of(pairs[:1])
+    return one.union(Ranges.of(pairs[1:])) if len(pairs) > 1 else one
+
+
+@dataclass
+class ArmStats:
+    freezing_ns: int = 0     # seizing the threads (0 when the caller froze the task)
+    frozen_ns: int = 0       # the task stayed frozen for arming
+    target_fd: int = -1      # the fd number the uffd had in the target (closed again)
+
+
+@dataclass
+class UffdTracker:
+    """Write tracking of one process through a userfaultfd held by coldsnap only."""
+    pid: int = 0
+    fd: int | None = None
+    arm_stats: ArmStats = field(default_factory=ArmStats)
+    untracked: dict[tuple[int, int], str] = field(default_factory=dict)  # (start, end) -> why
+    registrations: int = 0
+    _fresh: list[tuple[int, int]] = field(default_factory=list)  # registered, not yet collected
+    _scanner: pm.PagemapScanner | None = None
+    _pagemap_fd: int | None = None
+
+    # -- arming -----------------------------------------------------------------------
+
+    def arm(self, pid: int, task=None) -> ArmStats:
+        """Create a uffd in the target, keep only our copy of it, enable WP_ASYNC.
+
+        With `task` (a FrozenTask) the calls run in the caller's freeze; otherwise the task
+        is frozen here and resumed at once.
+        """
+        if self.fd is not None:
+            raise CsError("tracker is already armed")
+        refuse_blind_spots(pid)
+        self.pid = pid
+        if task is None:
+            from ..seize.freezer import freeze
+            t0 = time.perf_counter_ns()
+            with freeze(pid) as own:
+                t1 = time.perf_counter_ns()
+                self._inject(own)
+                own.resume()
+                t2 = time.perf_counter_ns()
+            self.arm_stats.freezing_ns, self.arm_stats.frozen_ns = t1 - t0, t2 - t1
+        else:
+            t1 = time.perf_counter_ns()
+            self._inject(task)
+            self.arm_stats.frozen_ns = time.perf_counter_ns() - t1
+        try:
+            self._pagemap_fd = pm.open_pagemap(pid)
+        except OSError as e:
+            self.close()
+            raise TargetError(f"cannot open the pagemap of {pid}: {e.strerror}") from None
+        self._scanner = pm.PagemapScanner(self._pagemap_fd)
+        return self.arm_stats
+
+    def _inject(self, task) -> None:
+        from ..seize.remote import RemoteCalls
+        ours = None
+        with RemoteCalls(task) as rc:
+            try:
+                tfd = rc.checked(SYS.userfaultfd, UFFD_FLAGS, what="userfaultfd")
+            except OSError as e:
+                raise TrackingRefused(f"userfaultfd() failed in {task.pid}: {e.strerror}") from None
+            self.arm_stats.target_fd = tfd
+            try:
+                pidfd = pidfd_open(task.pid)
+                try:
+                    ours = pidfd_getfd(pidfd, tfd)
+                finally:
+                    os.close(pidfd)
+                uffd.api(ours, FEATURES)
+            except OSError as e:
+                if ours is not None:
+                    os.close(ours)
+                raise TrackingRefused(f"cannot set up userfaultfd write tracking of "
+                                      f"{task.pid}: {e.strerror}") from None
+            finally:
+                # nothing of ours stays in the target while we hold the tracker
+                rc.checked(SYS.close, tfd, what="close(uffd)")
+        self.fd = ours
+
+    # -- registering ------------------------------------------------------------------
+
+    def _probe(self, v: Vma) -> bool:
+        """True when [v.start, v.end) is registered with WP_ASYNC (ours, in practice)."""
+        try:
+            self._scanner.scan(v.start, v.end, PROBE_QUERY)
+            return True
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                return False
+            if e.errno in (errno.ESRCH, errno.ENOENT):
+                raise TargetError(f"process {self.pid} exited") from None
+            raise
+
+    def register_new(self, vmas: list[Vma]) -> tuple[Ranges, dict[tuple[int, int], str]]:
+        """WP-register every tracked VMA that is not registered yet, then reset it.
+
+        Returns (newly registered ranges, failures {(start, end): reason}). New ones count
+        wholly dirty at the next collect(); failures are remembered as untracked.
+        """
+        self._need_armed()
+        live = {(v.start, v.end) for v in vmas}
+        for key in [k for k in self.untracked if k not in live]:
+            del self.untracked[key]  # gone: a new VMA at that place gets a fresh try
+        new, failed = [], {}
+        for v in vmas:
+            key = (v.start, v.end)
+            if not tracked_vma(v) or key in self.untracked or self._probe(v):
+                continue
+            try:
+                uffd.register(self.fd, v.start, v.size, uffd.UFFDIO_REGISTER_MODE_WP)
+                # reset before anybody reads these pages: later writes are then reported
+                self._scanner.reset_written(v.start, v.end)
+            except OSError as e:
+                if e.errno == errno.EBUSY:
+                    why = "EBUSY: the target uses userfaultfd on it"
+                else:
+                    why = f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+                if e.errno in (errno.ENOMEM, errno.EINVAL, errno.ENOENT) and not self._alive():
+                    raise TargetError(f"process {self.pid} exited") from None
+                failed[key] = why
+                self.untracked[key] = why
+                continue
+            self.registrations += 1
+            new.append(key)
+        self._fresh.extend(new)
+        return _ranges(new), failed
+
+    # -- collecting -------------------------------------------------------------------
+
+    def collect(self, vmas: list[Vma]) -> tuple[Ranges, Ranges]:
+        """(dirty, untracked) over the tracked VMAs, without freezing the task.
+
+        dirty: pages written since their last reset (re-protected in the same walk), VMAs
+        newly registered (now or since the last collect) and untracked VMAs, whole.
+        untracked: the VMAs that cannot be registered, whole (they are in dirty too).
+        """
+        self._need_armed()
+        if self.pid:
+            refuse_blind_spots(self.pid)
+        self.register_new(vmas)
+        fresh = set(self._fresh)
+        self._fresh = []
+        whole: list[tuple[int, int]] = []
+        untracked: list[tuple[int, int]] = []
+        parts: list[np.ndarray] = []
+        for v in vmas:
+            if not tracked_vma(v):
+                continue
+            key = (v.start, v.end)
+            if key in self.untracked:
+                untracked.append(key)
+                whole.append(key)
+                continue
+            if key in fresh:
+                whole.append(key)
+                # written since the registration reset: reset again, all is dirty anyway
+                self._reset(v)
+                continue
+            try:
+                parts.append(self._scanner.scan(v.start, v.end, WRITTEN_RESET_QUERY))
+            except OSError as e:
+                if e.errno != errno.EPERM:
+                    if not self._alive():
+                        raise TargetError(f"process {self.pid} exited") from None
+                    raise
+                # replaced or moved since register_new: whole, registered next time
+                whole.append(key)
+        # fresh registrations whose VMA changed shape meanwhile: still dirty
+        whole.extend(k for k in fresh if k not in {(v.start, v.end) for v in vmas})
+        found = np.concatenate(parts) if parts else np.zeros(0, dtype=pm.REGION_DTYPE)
+        order = np.argsort(found["start"], kind="stable")
+        dirty = Ranges(found["start"][order].copy(), found["end"][order].copy()).merged()
+        if whole:
+            dirty = dirty.union(_ranges(whole))
+        return dirty, _ranges(untracked)
+
+    def _reset(self, v: Vma) -> None:
+        try:
+            self._scanner.reset_written(v.start, v.end)
+        except OSError as e:
+            if e.errno != errno.EPERM:
+                raise
+
+    # -- closing ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Drop our copy: with the last holder gone every registration vanishes."""
+        if self._pagemap_fd is not None:
+            os.close(self._pagemap_fd)
+            self._pagemap_fd = None
+        self._scanner = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "UffdTracker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _need_armed(self) -> None:
+        if self.fd is None or self._scanner is None:
+            raise CsError("tracker is not armed")
+
+    def _alive(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
