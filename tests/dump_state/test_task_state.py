@@ -82,6 +82,9 @@ def test_threads_registers_tls_rseq(dumped):
                 assert info["mutex"] <= nxt < info["mutex"] + 40
             else:                    # empty list points at itself
                 assert nxt == head
+            if tid == info["w3_tid"] and info["avx"]:   # stw3 parks with a pattern in ymm15's upper half
+                assert th.xstate_bv & 4 and len(th.ymmh_space) == 64
+                assert th.ymmh_space[60:64] == [0xA5A5A5A5, 0xDEADBEEF, 0x01234567, 0xCAFEF00D]
             assert [s.entry_number for s in th.tls] == [12, 13, 14]
             assert all(s.seg_not_present and s.read_exec_only and s.base_addr == 0 for s in th.tls)
     finally:
@@ -169,6 +172,8 @@ def test_images_decode_with_crit(spawn, workload_bin, tmp_path):
         assert int(str(ti["gpregs"]["fs_base"]), 0) == st.thread(tid).regs["fs_base"]
         assert len(ti["fpregs"]["st_space"]) == 32 and len(ti["fpregs"]["xmm_space"]) == 64
         assert "creds" in tc and tc["comm"] == st.thread(tid).comm
+        if st.thread(tid).ymmh_space:
+            assert len(ti["fpregs"]["xsave"]["ymmh_space"]) == 64
         if tid == w.pid:
             assert len(e["tc"]["sigactions"]) == 62
             assert len(e["tc"]["rlimits"]["rlimits"]) == 16

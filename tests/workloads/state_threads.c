@@ -5,7 +5,7 @@
  * SIGUSR2 + SIGRTMIN+1 blocked everywhere, one SIGUSR2 pending for main only,
  * one SIGRTMIN+1 pending process-wide, an ITIMER_REAL with a long interval, a
  * robust mutex held by main, umask 027, RLIMIT_NOFILE soft 777, child subreaper,
- * comm "stmain".
+ * comm "stmain"; stw3 parks with a known pattern in the upper half of ymm15.
  *
  * Prints one line of key=value pairs about itself, then serves stdin:
  *   ping -> pong
@@ -38,6 +38,19 @@ static pthread_mutex_t robust;
 
 struct tinfo { pid_t tid; unsigned long self; };
 static struct tinfo winfo[NWORKERS];
+static volatile int ymm_ready;
+static int have_avx;
+
+/* stw3 parks with a known pattern in the upper half of ymm15 (checked in ymmh_space) */
+__attribute__((target("avx"))) static void park_with_ymm(void)
+{
+    static const uint32_t pat[8] = { 0x11111111, 0x22222222, 0x33333333, 0x44444444,
+                                     0xa5a5a5a5, 0xdeadbeef, 0x01234567, 0xcafef00d };
+    __asm__ volatile("vmovdqu %0, %%ymm15" : : "m"(pat) : "xmm15");
+    __atomic_store_n(&ymm_ready, 1, __ATOMIC_SEQ_CST);
+    for (;;)
+        syscall(SYS_pause);
+}
 
 static void on_usr1(int sig, siginfo_t *si, void *uc)
 {
@@ -66,6 +79,8 @@ static void *worker(void *arg)
     winfo[i].tid = (pid_t)syscall(SYS_gettid);
     winfo[i].self = (unsigned long)pthread_self();
     pthread_barrier_wait(&barrier);
+    if (i == 2 && have_avx)
+        park_with_ymm();
     for (;;)
         pause();
     return NULL;
@@ -82,6 +97,7 @@ int main(void)
     char line[64];
 
     setvbuf(stdout, NULL, _IOLBF, 0);
+    have_avx = !!__builtin_cpu_supports("avx");
     prctl(PR_SET_NAME, "stmain", 0, 0, 0);
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     umask(027);
@@ -120,6 +136,8 @@ int main(void)
     for (int i = 0; i < NWORKERS; i++)
         pthread_create(&th[i], NULL, worker, (void *)(intptr_t)i);
     pthread_barrier_wait(&barrier);
+    while (have_avx && !__atomic_load_n(&ymm_ready, __ATOMIC_SEQ_CST))
+        usleep(1000);
 
     raise(SIGUSR2);                                      /* private to main */
     union sigval v = { .sival_int = 4242 };
@@ -130,12 +148,12 @@ int main(void)
         printf(" w%d_tid=%d w%d_self=%#lx", i + 1, winfo[i].tid, i + 1, winfo[i].self);
     printf(" handler=%#lx mask=%#lx main_alt=%#lx w1_alt=%#lx altsz=%d mutex=%#lx"
            " brk=%#lx entry=%#lx phdr=%#lx pagesz=%lu personality=%#x dumpable=%d"
-           " nofile_max=%lu rseq_offset=%ld sigrtmin=%d\n",
+           " nofile_max=%lu rseq_offset=%ld sigrtmin=%d avx=%d\n",
            (unsigned long)on_usr1, (1UL << (SIGTERM - 1)) | (1UL << (SIGUSR2 - 1)),
            (unsigned long)main_alt, (unsigned long)w1_alt, ALTSZ, (unsigned long)&robust,
            (unsigned long)sbrk(0), getauxval(AT_ENTRY), getauxval(AT_PHDR), getauxval(AT_PAGESZ),
            personality(0xffffffff), prctl(PR_GET_DUMPABLE, 0, 0, 0, 0),
-           (unsigned long)rl.rlim_max, (long)__rseq_offset, SIGRTMIN);
+           (unsigned long)rl.rlim_max, (long)__rseq_offset, SIGRTMIN, have_avx);
 
     while (fgets(line, sizeof line, stdin)) {
         if (!strncmp(line, "ping", 4)) {
