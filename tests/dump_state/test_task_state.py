@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from coldsnap.dump.task_state import SIGACTION_SIGNALS, collect_task_state, dump_task_state, write_task_images
+from coldsnap.dump.task_state import SIGACTION_SIGNALS, collect_task_state, dump_task_state
 from coldsnap.images.directory import ImageDir
 from coldsnap.images.framing import read_single
 from coldsnap.kernel.procfs import read_maps, read_stat
