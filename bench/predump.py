@@ -9,7 +9,9 @@ back to back (interleaved, so drift of the shared machine hits them all alike):
 
   live / frozen    coldsnap.pre_dump into a fresh directory on tmpfs (removed afterwards)
   readv            a plain process_vm_readv loop over coldsnap's page plan, same buffer size
-  readv+write      the same loop, writing each buffer to a file on the same tmpfs
+  readv+write      the same loop, writing each buffer to a new file on the same tmpfs, then a
+                   second pass overwriting that file in place (its tmpfs pages already exist):
+                   the difference is the cost of allocating fresh tmpfs pages
   scan ioctl/read  scan_saved_pages with PAGEMAP_SCAN and with a /proc/PID/pagemap read
   rss              (largest size only) `python3 -m coldsnap pre-dump` in a child; its peak RSS
 
@@ -131,13 +133,16 @@ def batches(plan, bufsize: int):
     return out
 
 
-def plain_readv(pid: int, plan_batches, bufsize: int, out_path: Path | None = None) -> dict:
+def plain_readv(pid: int, plan_batches, bufsize: int, out_path: Path | None = None,
+                overwrite: bool = False) -> dict:
     """Copy every planned byte with process_vm_readv into one reused buffer (freshly mapped,
-    as coldsnap's drain does); optionally write each buffer to out_path."""
+    as coldsnap's drain does); optionally write each buffer to out_path (truncated first,
+    or written over in place with `overwrite`)."""
     buf = mmap.mmap(-1, bufsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     view = memoryview(buf)
     addr = np.frombuffer(buf, dtype=np.uint8).ctypes.data
-    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if out_path else -1
+    flags = os.O_WRONLY | os.O_CREAT | (0 if overwrite else os.O_TRUNC)
+    fd = os.open(out_path, flags, 0o600) if out_path else -1
     read_ns = write_ns = copied = 0
     try:
         t0 = time.perf_counter_ns()
@@ -149,10 +154,11 @@ def plain_readv(pid: int, plan_batches, bufsize: int, out_path: Path | None = No
             if got != total:
                 raise RuntimeError(f"short read {got} < {total}: target changed?")
             if fd >= 0:
-                mv, off = view[:got], 0
-                while off < got:
-                    off += os.write(fd, mv[off:])
-                mv.release()
+                off = 0
+                with view[:got] as mv:
+                    while off < got:
+                        with mv[off:] as rest:
+                            off += os.write(fd, rest)
                 write_ns += time.perf_counter_ns() - t1
             copied += got
         elapsed = time.perf_counter_ns() - t0
@@ -169,10 +175,15 @@ def plain_readv(pid: int, plan_batches, bufsize: int, out_path: Path | None = No
 def run_measured(argv: list[str]) -> tuple[int, int, str]:
     """Run argv; returns (exit code, peak RSS in KiB of that child alone, output)."""
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = p.stdout.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    p.stdout.close()
+    try:
+        out = p.stdout.read()
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        p.stdout.close()
+        if p.returncode is None:     # interrupted: do not leave it running
+            p.kill()
+            p.wait()
     return p.returncode, ru.ru_maxrss, out
 
 
@@ -204,6 +215,7 @@ class SizeResult:
     frozen: list = field(default_factory=list)   # DumpStats
     readv: list = field(default_factory=list)    # dicts from plain_readv
     readv_write: list = field(default_factory=list)
+    readv_overwrite: list = field(default_factory=list)
     scan_ioctl: list = field(default_factory=list)   # ns
     scan_read: list = field(default_factory=list)    # ns
     rss_kib: list = field(default_factory=list)
@@ -223,6 +235,13 @@ def timed_scan(pid: int, method: str) -> int:
     return ns
 
 
+def _write_passes(res: SizeResult, pid: int, plan_batches, bufsize: int) -> None:
+    with scratch_dir() as d:
+        res.readv_write.append(plain_readv(pid, plan_batches, bufsize, d / "pages.img"))
+        res.readv_overwrite.append(plain_readv(pid, plan_batches, bufsize, d / "pages.img",
+                                               overwrite=True))
+
+
 def bench_size(res: SizeResult, pid: int, bufsize: int, with_rss: bool, rss_runs: int,
                log) -> None:
     plan, _ = page_plan(pid)
@@ -234,13 +253,18 @@ def bench_size(res: SizeResult, pid: int, bufsize: int, with_rss: bool, rss_runs
     one_predump(pid, "live", bufsize)
     plain_readv(pid, plan_batches, bufsize)
     for r in range(res.runs):
-        res.live.append(one_predump(pid, "live", bufsize))
-        res.frozen.append(one_predump(pid, "frozen", bufsize))
-        res.readv.append(plain_readv(pid, plan_batches, bufsize))
-        with scratch_dir() as d:
-            res.readv_write.append(plain_readv(pid, plan_batches, bufsize, d / "pages.img"))
-        res.scan_ioctl.append(timed_scan(pid, "ioctl"))
-        res.scan_read.append(timed_scan(pid, "read"))
+        # Alternate the order each round (ABBA) so no variant always follows the same one
+        # (e.g. always lands right after 4 GiB of tmpfs was freed).
+        steps = [
+            lambda: res.live.append(one_predump(pid, "live", bufsize)),
+            lambda: res.frozen.append(one_predump(pid, "frozen", bufsize)),
+            lambda: res.readv.append(plain_readv(pid, plan_batches, bufsize)),
+            lambda: _write_passes(res, pid, plan_batches, bufsize),
+            lambda: res.scan_ioctl.append(timed_scan(pid, "ioctl")),
+            lambda: res.scan_read.append(timed_scan(pid, "read")),
+        ]
+        for step in (steps if r % 2 == 0 else steps[::-1]):
+            step()
         if with_rss and r < rss_runs:
             res.rss_kib.append(child_predump_rss(pid))
         lv, fz = res.live[-1], res.frozen[-1]
@@ -269,6 +293,7 @@ def report(results: list[SizeResult], py_rss_kib: int, meta: dict) -> str:
     L.append(SECTION)
     L.append("")
     L.append(f"Command: `{meta['cmd']}`  ")
+    L.append(f"coldsnap: {meta['rev']}  ")
     L.append(f"Date: {meta['date']}; kernel `{meta['uname']}`; {meta['cpus']} CPUs; "
              f"THP `{meta['thp']}`; Python {platform.python_version()}; drain buffer "
              f"{meta['bufsize'] >> 20} MiB; images on tmpfs (/dev/shm).  ")
@@ -297,26 +322,35 @@ def report(results: list[SizeResult], py_rss_kib: int, meta: dict) -> str:
     L.append("")
     L.append("### Drain throughput")
     L.append("")
-    L.append("| size | live drain GB/s | of which readv ms / sink ms | frozen-mode drain GB/s "
-             "| plain readv GB/s | live / plain readv | readv+write GB/s (read ms / write ms) "
-             "| live / readv+write |")
-    L.append("|---|---|---|---|---|---|---|---|")
+    L.append("| size | live drain GB/s | live memdump ms / memwrite ms | frozen-mode drain GB/s "
+             "| plain readv GB/s | **live / plain readv** | live memdump / plain readv "
+             "| readv+write GB/s (read ms / write ms) | live / readv+write "
+             "| readv+overwrite GB/s (read ms / write ms) |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         live_g = median([drain_gbps(s) for s in r.live])
         froz_g = median([drain_gbps(s) for s in r.frozen])
         plain_g = median([gbps(d["bytes"], d["ns"]) for d in r.readv])
+        copy_g = median([gbps(s.pages_written * 4096, s.memdump_time * 1e3) for s in r.live])
         rw_g = median([gbps(d["bytes"], d["ns"]) for d in r.readv_write])
+        ow_g = median([gbps(d["bytes"], d["ns"]) for d in r.readv_overwrite])
+
+        def split(ds):
+            return (f"({median([d['read_ns'] for d in ds]) / 1e6:.0f} / "
+                    f"{median([d['write_ns'] for d in ds]) / 1e6:.0f})")
         L.append(f"| {size_name(r.size)} | {live_g:.2f} | "
                  f"{ms(median([s.memdump_time for s in r.live]))} / "
                  f"{ms(median([s.memwrite_time for s in r.live]))} | {froz_g:.2f} | {plain_g:.2f} | "
-                 f"{100 * live_g / plain_g:.0f}% | {rw_g:.2f} "
-                 f"({median([d['read_ns'] for d in r.readv_write]) / 1e6:.1f} / "
-                 f"{median([d['write_ns'] for d in r.readv_write]) / 1e6:.1f}) | "
-                 f"{100 * live_g / rw_g:.0f}% |")
+                 f"**{100 * live_g / plain_g:.0f}%** | {100 * copy_g / plain_g:.0f}% | "
+                 f"{rw_g:.2f} {split(r.readv_write)} | {100 * live_g / rw_g:.0f}% | "
+                 f"{ow_g:.2f} {split(r.readv_overwrite)} |")
     L.append("")
     L.append("GB/s = 10^9 bytes/s. coldsnap's drain = pages_written*4096 / (memdump+memwrite); "
-             "the plain loops copy the same plan, cut to the same buffer size (target >= 80% of "
-             "plain readv).")
+             "the plain loops copy the same plan, cut to the same buffer size, without Python "
+             "work between calls (target: live >= 80% of plain readv). \"live memdump / plain "
+             "readv\" compares the copying part alone (memdump_time). readv+write writes to a "
+             "new tmpfs file as coldsnap does; readv+overwrite writes the same bytes again over "
+             "that file, whose pages tmpfs already holds.")
     L.append("")
     L.append("### Scan: PAGEMAP_SCAN ioctl vs /proc/PID/pagemap read")
     L.append("")
@@ -409,11 +443,25 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "thp": _thp(),
         "bufsize": args.buffer_size,
+        "rev": _revision(),
     }
     section = report(results, py_rss, meta)
     print(section)
     write_section(Path(args.out), section)
     return 0
+
+
+def _revision() -> str:
+    """HEAD of the tree coldsnap is imported from, and whether its sources differ from it."""
+    src = Path(coldsnap.__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes in src/coldsnap" if dirty else "")
 
 
 def _thp() -> str:
