@@ -148,6 +148,8 @@ class PreDumpSeries:
                     stats.track_backend = self.track
                     dirty = None
             present, stats.scan_method = scan_saved_pages(self.pid, vmas)
+            if self.tracker is not None:
+                present = self.tracker.drop_markers(present)
             t_scanned = time.perf_counter_ns()
             if dirty is None:
                 to_read = present

@@ -25,7 +25,9 @@ a target with an io_uring instance is refused (TrackingRefused), the caller trac
 """
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,10 +37,13 @@ import numpy as np
 from ..errors import CsError, TargetError
 from ..kernel import pagemap as pm
 from ..kernel import uffd
-from ..kernel.libc import SYS
+from ..kernel.libc import SYS, syscall
 from ..kernel.pidfd import pidfd_getfd, pidfd_open
 from .ranges import Ranges
-from .vma import Kind, Vma
+from .scan import PAGEMAP_BATCH_PAGES, _runs
+from .vma import PROT_READ, Kind, Vma
+
+PAGE_SIZE = pm.PAGE_SIZE
 
 O_NONBLOCK = 0o4000
 O_CLOEXEC = 0o2000000
@@ -92,8 +97,76 @@ def refuse_blind_spots(pid: int) -> None:
 
 
 def tracked_vma(v: Vma) -> bool:
-    """VMAs we write-protect: the ones whose pages a pre-dump saves (never shared ones)."""
-    return v.saves_pages and v.kind is not Kind.ANON_SHARED
+    """VMAs we write-protect: readable ones whose pages a pre-dump saves (never shared ones).
+
+    Unreadable ones (PROT_NONE reservations, often huge) are left alone: their pages cannot
+    be read anyway, and a reset would fill their page tables with markers. Made readable
+    by mprotect they become a VMA of their own, found unregistered by the next probe.
+    """
+    return v.saves_pages and v.kind is not Kind.ANON_SHARED and bool(v.prot & PROT_READ)
+
+
+# -- uffd-wp markers ------------------------------------------------------------------------
+# With WP_UNPOPULATED a reset puts a marker in every unpopulated pte of a registered VMA.
+# PAGEMAP_SCAN reports markers as SWAPPED (not PRESENT), so a scan for saved pages would take
+# all unpopulated memory for swapped pages. /proc/PID/pagemap tells them apart: a marker's
+# entry is a swap entry of the kernel's marker type, learned here from a marker of our own.
+PM_ENTRY_MASK = pm.PM_PRESENT | pm.PM_SWAPPED | pm.PM_PFN_MASK
+MARKER_QUERY = pm.ScanQuery(category_mask=pm.PAGE_IS_PRESENT | pm.PAGE_IS_SWAPPED,
+                            category_inverted=pm.PAGE_IS_PRESENT, return_mask=pm.PAGE_IS_SWAPPED)
+_marker: int | None = None
+
+
+def wp_marker_entry() -> int:
+    """The masked pagemap entry of a uffd-wp marker on this kernel (0: cannot be told apart)."""
+    global _marker
+    if _marker is None:
+        fd = syscall(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK | uffd.UFFD_USER_MODE_ONLY,
+                     what="userfaultfd")
+        probe = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        buf = (ctypes.c_char * PAGE_SIZE).from_buffer(probe)
+        try:
+            addr = ctypes.addressof(buf)
+            uffd.api(fd, FEATURES)
+            uffd.register(fd, addr, PAGE_SIZE)
+            pmfd = pm.open_pagemap(os.getpid())
+            try:
+                pm.PagemapScanner(pmfd, 4).reset_written(addr, addr + PAGE_SIZE)
+                entry = int(pm.read_entries(pmfd, addr, addr + PAGE_SIZE)[0]) & PM_ENTRY_MASK
+            finally:
+                os.close(pmfd)
+        finally:
+            os.close(fd)
+            del buf
+            probe.close()
+        # Without the frame (no CAP_SYS_ADMIN) a marker looks like any swap entry: keep all.
+        real = entry & pm.PM_SWAPPED and not entry & pm.PM_PRESENT and entry & pm.PM_PFN_MASK
+        _marker = entry if real else 0
+    return _marker
+
+
+def drop_wp_markers(pagemap_fd: int, pages: Ranges, scanner: pm.PagemapScanner | None = None) -> Ranges:
+    """PAGES without the uffd-wp markers among them (only swapped-looking pages are read)."""
+    marker = wp_marker_entry()
+    if not marker or not len(pages):
+        return pages
+    scanner = scanner or pm.PagemapScanner(pagemap_fd)
+    where = pages.merged()
+    found = [scanner.scan(s, e, MARKER_QUERY) for s, e in where.pairs()]
+    found = [f for f in found if len(f)]
+    if not found:
+        return pages
+    cand = np.concatenate(found)
+    starts, ends = [], []
+    step = PAGEMAP_BATCH_PAGES << pm.PAGE_SHIFT
+    for lo, hi in zip(cand["start"].tolist(), cand["end"].tolist()):
+        for a in range(lo, hi, step):
+            e = pm.read_entries(pagemap_fd, a, min(hi, a + step))
+            s, t = _runs((e & np.uint64(PM_ENTRY_MASK)) == np.uint64(marker))
+            starts.append(a + (s.astype(np.uint64) << np.uint64(pm.PAGE_SHIFT)))
+            ends.append(a + (t.astype(np.uint64) << np.uint64(pm.PAGE_SHIFT)))
+    drop = Ranges(np.concatenate(starts), np.concatenate(ends)).merged()
+    return pages.subtract(drop).split_at(np.union1d(pages.starts, pages.ends)) if len(drop) else pages
 
 
 def _ranges(pairs) -> Ranges:
@@ -237,7 +310,7 @@ class UffdTracker:
         """(dirty, untracked) over the tracked VMAs, without freezing the task.
 
         dirty: pages written since their last reset (re-protected in the same walk), VMAs
-        newly registered (now or since the last collect) and untracked VMAs, whole.
+        newly registered (now or since the last collect), untracked and unreadable VMAs, whole.
         untracked: the VMAs that cannot be registered, whole (they are in dirty too).
         """
         self._need_armed()
@@ -250,9 +323,12 @@ class UffdTracker:
         untracked: list[tuple[int, int]] = []
         parts: list[np.ndarray] = []
         for v in vmas:
-            if not tracked_vma(v):
+            if not v.saves_pages or v.kind is Kind.ANON_SHARED:
                 continue
             key = (v.start, v.end)
+            if not tracked_vma(v):   # unreadable: its pages are skipped, and retried, anyway
+                whole.append(key)
+                continue
             if key in self.untracked:
                 untracked.append(key)
                 whole.append(key)
@@ -279,6 +355,11 @@ class UffdTracker:
         if whole:
             dirty = dirty.union(_ranges(whole))
         return dirty, _ranges(untracked)
+
+    def drop_markers(self, pages: Ranges) -> Ranges:
+        """PAGES (from a saved-pages scan) without the unpopulated pages our resets marked."""
+        self._need_armed()
+        return drop_wp_markers(self._pagemap_fd, pages, self._scanner)
 
     def _reset(self, v: Vma) -> None:
         try:

@@ -1,0 +1,253 @@
+"""userfaultfd write tracking and pre-dump series on real processes."""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coldsnap.dump.iterate import PreDumpSeries, pre_dump_series
+from coldsnap.images.chain import PageChain
+from coldsnap.images.directory import ImageDir
+from coldsnap.images.pages import PE_PRESENT, PagemapReader
+from coldsnap.kernel import pagemap as pm
+from coldsnap.kernel.procfs import read_maps
+from coldsnap.memory.ranges import Ranges
+from coldsnap.memory.scan import scan_saved_pages
+from coldsnap.memory.tracking import PROBE_QUERY, TrackingRefused, UffdTracker, uffd_fds
+from coldsnap.memory.vma import classify_all
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "dump"))
+from predump_helpers import PG, image_pages, wait_quiet  # noqa: E402
+
+FILLER = 0x100000000000
+NEWMAP = 0x400000000000
+UREGION = 0x500000000000
+GOLDEN = 0x9E3779B97F4A7C15
+M64 = (1 << 64) - 1
+
+
+def pattern_word(addr: int, gen: int) -> int:
+    return ((addr * GOLDEN) & M64) ^ gen
+
+
+@pytest.fixture
+def pattern(spawn, workload_bin):
+    def start(filler_pages=4096):
+        w = spawn([workload_bin("mem_pattern"), filler_pages, 64])
+        wait_quiet(w.pid)
+        return w
+    return start
+
+
+@pytest.fixture
+def target(spawn, workload_bin):
+    def start(filler_pages=1024):
+        w = spawn([workload_bin("track_target"), filler_pages])
+        wait_quiet(w.pid)
+        return w
+    return start
+
+
+def ask(w, line: str) -> str:
+    answer = w.send(line)
+    wait_quiet(w.pid)
+    return answer
+
+
+def filler_present(images: Path, pid: int, n: int) -> set[int]:
+    return {a for a in image_pages(images, pid) if FILLER <= a < FILLER + n * PG}
+
+
+def uffd_in_fdinfo(pid: int) -> list[int]:
+    """fds whose fdinfo is a userfaultfd's (it alone shows an `API:` line)."""
+    out = []
+    for name in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{name}").read_text()
+        except OSError:
+            continue
+        if any(line.startswith("API:") for line in text.splitlines()):
+            out.append(int(name))
+    return out
+
+
+def assert_chain_equals_memory(images: Path, pid: int) -> None:
+    """Every page the task would have saved now reads back from the chain unchanged."""
+    present, _ = scan_saved_pages(pid, classify_all(read_maps(pid)))
+    with PageChain(images, pid) as chain, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        s, e = chain.covered_ranges()
+        covered = Ranges(s.copy(), e.copy())
+        assert present.subtract(covered).nr_pages == 0, present.subtract(covered).pairs()[:4]
+        for lo, hi in present.merged().pairs():
+            mem.seek(lo)
+            want = mem.read(hi - lo)
+            got = chain.lookup(lo, (hi - lo) // PG)
+            if got != want:
+                bad = [lo + i * PG for i in range((hi - lo) // PG)
+                       if got[i * PG:(i + 1) * PG] != want[i * PG:(i + 1) * PG]]
+                raise AssertionError(f"{len(bad)} pages differ, first {bad[0]:#x}")
+
+
+def assert_untracked_afterwards(w) -> None:
+    assert uffd_fds(w.pid) == [] and uffd_in_fdinfo(w.pid) == []
+    # and no WP_ASYNC registration is left on its memory
+    fd = pm.open_pagemap(w.pid)
+    try:
+        with pytest.raises(OSError) as e:
+            pm.PagemapScanner(fd, 4).scan(FILLER, FILLER + PG, PROBE_QUERY)
+        assert e.value.errno == errno.EPERM
+    finally:
+        os.close(fd)
+    assert w.send("write 1 5") == "wrote 1"
+
+
+# -- the tracker alone ---------------------------------------------------------------------
+
+def test_collect_reports_exactly_the_written_pages(pattern):
+    w = pattern()
+    with UffdTracker() as t:
+        arm = t.arm(w.pid)
+        assert arm.frozen_ns > 0 and uffd_fds(w.pid) == []
+        vmas = classify_all(read_maps(w.pid))
+        new, failed = t.register_new(vmas)
+        assert failed == {} and new.intersect(Ranges.of([(FILLER, FILLER + 4096 * PG)])).nr_pages == 4096
+        dirty, untracked = t.collect(vmas)       # newly registered: wholly dirty, once
+        assert dirty.intersect(new).nr_pages == new.nr_pages and untracked.nr_pages == 0
+        assert t.collect(vmas)[0].nr_pages == 0  # a quiet task writes nothing
+        ask(w, "write 16 7")
+        dirty, _ = t.collect(vmas)
+        filler = dirty.intersect(Ranges.of([(FILLER, FILLER + 4096 * PG)]))
+        assert filler.pairs() == [(FILLER + i * 256 * PG, FILLER + (i * 256 + 1) * PG) for i in range(16)]
+        assert dirty.nr_pages < 16 + 32          # the rest: stdio buffers, stack
+        assert t.collect(vmas)[0].nr_pages == 0  # collect re-protected them
+    assert_untracked_afterwards(w)
+
+
+# -- series ---------------------------------------------------------------------------------
+
+def test_second_iteration_saves_only_written_pages_with_uffd_and_all_without(pattern, tmp_path):
+    w = pattern()
+    wrote = {FILLER + i * 256 * PG for i in range(16)}
+
+    def write16(i):
+        assert ask(w, f"write 16 {10 + i}") == "wrote 16"
+
+    stats = pre_dump_series(w.pid, tmp_path / "uffd", 2, track="uffd", between=write16)
+    assert [s.track_backend for s in stats] == ["uffd", "uffd"]
+    assert [s.mode for s in stats] == ["nofreeze", "nofreeze"]
+    assert stats[0].frozen_time > 0 and stats[1].frozen_time == 0
+    assert filler_present(tmp_path / "uffd" / "1", w.pid, 4096) == {FILLER + i * PG for i in range(4096)}
+    assert filler_present(tmp_path / "uffd" / "2", w.pid, 4096) == wrote
+    assert 16 <= stats[1].pages_written < 16 + 32
+    assert stats[1].pages_skipped_parent + stats[1].pages_written == stats[0].pages_written
+    assert os.readlink(tmp_path / "uffd" / "2" / "parent") == "../1"
+    assert_chain_equals_memory(tmp_path / "uffd" / "2", w.pid)
+
+    stats = pre_dump_series(w.pid, tmp_path / "none", 2, track="none", between=write16)
+    assert [s.track_backend for s in stats] == ["none", "none"]
+    assert all(s.frozen_time == 0 for s in stats)
+    assert filler_present(tmp_path / "none" / "2", w.pid, 4096) == {FILLER + i * PG for i in range(4096)}
+    assert stats[1].pages_skipped_parent == 0 and stats[1].pages_written == stats[0].pages_written
+    assert_untracked_afterwards(w)
+
+
+def test_chain_reads_back_as_memory_after_several_iterations(pattern, tmp_path):
+    w = pattern()
+    writes = {1: "write 100 21", 2: "write 7 22", 3: "write 2048 23"}
+    stats = pre_dump_series(w.pid, tmp_path, 4, between=lambda i: ask(w, writes[i]))
+    assert [s.pages_skipped for s in stats] == [0, 0, 0, 0]
+    assert len(filler_present(tmp_path / "3", w.pid, 4096)) == 7
+    assert len(filler_present(tmp_path / "4", w.pid, 4096)) == 2048
+    assert_chain_equals_memory(tmp_path / "4", w.pid)
+    with PageChain(tmp_path / "4", w.pid) as chain:
+        chain.check()
+        assert chain.lookup(FILLER, 1)[:8] == pattern_word(FILLER, 23).to_bytes(8, "little")
+    assert_untracked_afterwards(w)
+
+
+def test_new_mapping_between_iterations_is_saved_whole(target, tmp_path):
+    w = target()
+    maps = []
+
+    def map_new(i):
+        answer = ask(w, f"map 64 {30 + i}")
+        maps.append(int(answer.split()[1], 16))
+
+    with PreDumpSeries(w.pid, tmp_path) as series:
+        series.step()
+        map_new(1)
+        s2 = series.step()
+        assert series.dirty.intersect(Ranges.of([(NEWMAP, NEWMAP + 64 * PG)])).nr_pages == 64
+        map_new(2)
+        s3 = series.step()
+    assert maps == [NEWMAP, NEWMAP + (1 << 30)]
+    img2 = image_pages(tmp_path / "2", w.pid)
+    assert all(NEWMAP + i * PG in img2 for i in range(64))
+    assert s2.pages_written < 64 + 32
+    img3 = image_pages(tmp_path / "3", w.pid)
+    assert not any(NEWMAP + i * PG in img3 for i in range(64))     # unchanged since 2
+    assert all(maps[1] + i * PG in img3 for i in range(64))
+    assert s3.pages_written < 64 + 32
+    assert_chain_equals_memory(tmp_path / "3", w.pid)
+    assert_untracked_afterwards(w)
+
+
+def test_pages_skipped_as_unreadable_are_saved_by_the_next_iteration(target, tmp_path):
+    w = target(1024)
+    with PreDumpSeries(w.pid, tmp_path) as series:
+        series.step()
+        ask(w, "fill 100 8 41")          # written ...
+        ask(w, "prot 100 8 0")           # ... then unreadable: skipped, absent from image 2
+        s2 = series.step()
+        assert s2.pages_skipped == 8
+        ask(w, "prot 100 8 3")           # readable again, not written: only absent from 2
+        s3 = series.step()
+    with PagemapReader(ImageDir.open(tmp_path / "2"), w.pid) as r:
+        starts, ends = r.skipped
+        assert list(zip(starts.tolist(), ends.tolist())) == [(FILLER + 100 * PG, FILLER + 108 * PG)]
+    assert not any(FILLER + (100 + i) * PG in image_pages(tmp_path / "2", w.pid) for i in range(8))
+    assert filler_present(tmp_path / "3", w.pid, 1024) == {FILLER + (100 + i) * PG for i in range(8)}
+    assert s3.pages_skipped == 0
+    assert_chain_equals_memory(tmp_path / "3", w.pid)
+    assert_untracked_afterwards(w)
+
+
+def test_target_using_userfaultfd_itself_keeps_it_and_that_vma_is_saved_whole(target, tmp_path):
+    w = target()
+    assert ask(w, "uffd 32").startswith("uffd ")
+    own = uffd_fds(w.pid)
+    assert len(own) == 1
+    with PreDumpSeries(w.pid, tmp_path) as series:
+        series.step()
+        assert series.tracker.untracked.get((UREGION, UREGION + 32 * PG), "").startswith("EBUSY")
+        ask(w, "write 4 50")
+        s2 = series.step()
+        assert series.untracked.pairs() == [(UREGION, UREGION + 32 * PG)]
+    assert [s.track_backend for s in [s2]] == ["uffd"]
+    img2 = image_pages(tmp_path / "2", w.pid)
+    assert {a for a in img2 if UREGION <= a < UREGION + 32 * PG} == {UREGION + i * PG for i in range(16)}
+    assert len(filler_present(tmp_path / "2", w.pid, 1024)) == 4
+    assert_chain_equals_memory(tmp_path / "2", w.pid)
+    # its own userfaultfd still serves missing pages, and only ours is gone
+    assert uffd_fds(w.pid) == own
+    word = pattern_word(UREGION + 20 * PG, 9)
+    assert w.send("utouch 20") == f"word {word:x}"
+    assert w.send("uwrite 24 51") == "uwrote 24"
+    assert w.send("write 1 5") == "wrote 1"
+
+
+def test_io_uring_target_is_refused_and_the_series_tracks_none(target, tmp_path):
+    w = target()
+    assert ask(w, "uring").split()[1].isdigit()
+    with pytest.raises(TrackingRefused, match="io_uring"):
+        UffdTracker().arm(w.pid)
+    stats = pre_dump_series(w.pid, tmp_path, 2, between=lambda i: ask(w, "write 4 60"))
+    assert [s.track_backend for s in stats] == ["none", "none"]
+    assert all(s.frozen_time == 0 for s in stats)
+    assert len(filler_present(tmp_path / "2", w.pid, 1024)) == 1024
+    assert uffd_fds(w.pid) == []
+    assert_chain_equals_memory(tmp_path / "2", w.pid)
