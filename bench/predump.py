@@ -288,6 +288,11 @@ def ms(us: float) -> str:
     return f"{us / 1e3:.2f}"
 
 
+def spread(xs, fmt) -> str:
+    """median (min-max)"""
+    return f"{fmt(median(xs))} ({fmt(min(xs))}–{fmt(max(xs))})"
+
+
 def report(results: list[SizeResult], py_rss_kib: int, meta: dict) -> str:
     L = []
     L.append(SECTION)
@@ -314,11 +319,17 @@ def report(results: list[SizeResult], py_rss_kib: int, meta: dict) -> str:
         seize = median([s.freezing_time for s in r.live])
         ref = CRIU_REF.get(r.size)
         L.append(f"| {size_name(r.size)} | {r.runs} | {median([s.pages_written for s in r.live]):.0f} "
-                 f"| {ms(lf)} | {ms(ls)} | {ms(lo)} | {ms(ff)} | {ff / lf:.0f}x | {ms(seize)} | "
+                 f"| {spread([s.frozen_time for s in r.live], ms)} | {ms(ls)} | {ms(lo)} "
+                 f"| {spread([s.frozen_time for s in r.frozen], ms)} | {ff / lf:.0f}x | {ms(seize)} | "
                  f"{f'{ref[0]} / {ref[1]}' if ref else '-'} |")
     L.append("")
+    skipped = sum(s.pages_skipped for r in results for s in r.live + r.frozen)
+    share = ", ".join(f"{100 * median([x.scan_time / x.frozen_time for x in r.live]):.0f}% "
+                      f"at {size_name(r.size)}" for r in results)
+    L.append(f"Frozen times: median (min–max). The scan's share of the live frozen window: {share}.")
     L.append("\"live other\" is the rest of the live frozen window: maps, plan arithmetic, "
-             "drain/sink setup, resume. \"seize\" (freezing_time) comes before the window.")
+             "drain/sink setup, resume. \"seize\" (freezing_time) comes before the window. "
+             f"Pages skipped over all pre-dumps: {skipped}.")
     L.append("")
     L.append("### Drain throughput")
     L.append("")
@@ -338,9 +349,11 @@ def report(results: list[SizeResult], py_rss_kib: int, meta: dict) -> str:
         def split(ds):
             return (f"({median([d['read_ns'] for d in ds]) / 1e6:.0f} / "
                     f"{median([d['write_ns'] for d in ds]) / 1e6:.0f})")
-        L.append(f"| {size_name(r.size)} | {live_g:.2f} | "
+        g2 = lambda x: f"{x:.2f}"
+        L.append(f"| {size_name(r.size)} | {spread([drain_gbps(s) for s in r.live], g2)} | "
                  f"{ms(median([s.memdump_time for s in r.live]))} / "
-                 f"{ms(median([s.memwrite_time for s in r.live]))} | {froz_g:.2f} | {plain_g:.2f} | "
+                 f"{ms(median([s.memwrite_time for s in r.live]))} | {froz_g:.2f} | "
+                 f"{spread([gbps(d['bytes'], d['ns']) for d in r.readv], g2)} | "
                  f"**{100 * live_g / plain_g:.0f}%** | {100 * copy_g / plain_g:.0f}% | "
                  f"{rw_g:.2f} {split(r.readv_write)} | {100 * live_g / rw_g:.0f}% | "
                  f"{ow_g:.2f} {split(r.readv_overwrite)} |")
