@@ -9,6 +9,7 @@
  *   prot I N P  mprotect filler pages I..I+N-1 to PROT bits P (0: none, 3: read+write)
  *   map N G     mmap N new private anonymous pages (the next free slot above NEWMAP), fill
  *               them with generation G; print "mapped ADDR"
+ *   sparse N    mmap N pages at SPARSE, write one word in every 64th page only; "sparse ADDR"
  *   uffd N      map N pages at UREGION, register them with a userfaultfd of its own
  *               (MISSING mode, served by a thread of its own that copies in generation 9
  *               pages), touch the first N/2 of them through it; print "uffd FD"
@@ -36,6 +37,7 @@
 #define FILLER ((char *)0x100000000000UL)
 #define NEWMAP ((char *)0x400000000000UL)
 #define UREGION ((char *)0x500000000000UL)
+#define SPARSE ((char *)0x600000000000UL)
 #define PG 4096UL
 
 static void fill(char *p, size_t pages, uint64_t gen)
@@ -111,6 +113,12 @@ int main(int argc, char **argv)
 			char *p = map_at(NEWMAP + newmaps++ * (1UL << 30), n * PG);
 			fill(p, n, g);
 			printf("mapped %p\n", (void *)p);
+		} else if (!strncmp(line, "sparse", 6)) {
+			size_t n = strtoul(line + 6, 0, 0);
+			char *p = map_at(SPARSE, n * PG);
+			for (size_t i = 0; i < n; i += 64)
+				*(volatile uint64_t *)(p + i * PG) = i + 1;
+			printf("sparse %p\n", (void *)p);
 		} else if (!strncmp(line, "uffd", 4)) {
 			upages = strtoul(line + 4, 0, 0);
 			char *u = map_at(UREGION, upages * PG);

@@ -26,7 +26,8 @@ from ..kernel.procfs import read_maps, read_stat
 from ..memory.drain import DEFAULT_BUFFER, Drain
 from ..memory.ranges import Ranges
 from ..memory.scan import scan_saved_pages, warm_up
-from ..memory.tracking import TrackingRefused, UffdTracker, refuse_blind_spots
+from ..kernel.pagemap import PAGE_SHIFT
+from ..memory.tracking import TrackingRefused, UffdTracker
 from ..memory.vma import classify_all
 from .predump import unreadable_ranges, write_metadata
 from .sink import ImageSink
@@ -54,9 +55,9 @@ class SeriesSink(ImageSink):
         while i < len(runs) and runs[i][0] < vaddr:
             s, e, skip = runs[i]
             if skip:
-                self.writer.add_skipped(s, (e - s) >> 12)
+                self.writer.add_skipped(s, (e - s) >> PAGE_SHIFT)
             else:
-                self.writer.add_parent(s, (e - s) >> 12)
+                self.writer.add_parent(s, (e - s) >> PAGE_SHIFT)
             i += 1
         self._next_parent = i
 
@@ -121,12 +122,7 @@ class PreDumpSeries:
                 stats.freezing_time, stats.frozen_time = _us(arm.freezing_ns), _us(arm.frozen_ns)
             except TrackingRefused as e:
                 self._fall_back(e)
-        elif self.track == "uffd":
-            try:
-                refuse_blind_spots(self.pid)
-            except TrackingRefused as e:
-                self._fall_back(e)
-        stats.track_backend = self.track
+
         path = self.base / str(self.n + 1)
         with ImageDir.create(path, parent=self.prev) as imgdir:
             t0 = time.perf_counter_ns()
@@ -135,18 +131,14 @@ class PreDumpSeries:
             dirty = None                      # None: everything present is to be read
             if self.tracker is not None:
                 try:
-                    if self.n == 0:
-                        self.tracker.register_new(vmas)   # whole present set is dirty
-                        self.tracker._fresh.clear()
-                        self.untracked = Ranges.empty()
-                        for (s, e) in self.tracker.untracked:
-                            self.untracked = self.untracked.union(Ranges.of([(s, e)]))
-                    else:
-                        dirty, self.untracked = self.tracker.collect(vmas)
+                    # the first collect registers (and resets) everything: all of it is dirty
+                    dirty, self.untracked = self.tracker.collect(vmas)
                 except TrackingRefused as e:
                     self._fall_back(e)
-                    stats.track_backend = self.track
                     dirty = None
+                if self.n == 0:
+                    dirty = None
+            stats.track_backend = self.track
             present, stats.scan_method = scan_saved_pages(self.pid, vmas)
             if self.tracker is not None:
                 present = self.tracker.drop_markers(present)

@@ -194,6 +194,7 @@ class UffdTracker:
     untracked: dict[tuple[int, int], str] = field(default_factory=dict)  # (start, end) -> why
     registrations: int = 0
     _fresh: list[tuple[int, int]] = field(default_factory=list)  # registered, not yet collected
+    _mine: Ranges = field(default_factory=Ranges.empty)  # every range we registered
     _scanner: pm.PagemapScanner | None = None
     _pagemap_fd: int | None = None
 
@@ -253,7 +254,11 @@ class UffdTracker:
                                       f"{task.pid}: {e.strerror}") from None
             finally:
                 # nothing of ours stays in the target while we hold the tracker
-                rc.checked(SYS.close, tfd, what="close(uffd)")
+                err = rc.call(SYS.close, tfd)
+            if err < 0:
+                os.close(ours)
+                raise TargetError(f"cannot close the userfaultfd left in {task.pid}: "
+                                  f"{os.strerror(-err)}")
         self.fd = ours
 
     # -- registering ------------------------------------------------------------------
@@ -283,7 +288,13 @@ class UffdTracker:
         new, failed = [], {}
         for v in vmas:
             key = (v.start, v.end)
-            if not tracked_vma(v) or key in self.untracked or self._probe(v):
+            if not tracked_vma(v) or key in self.untracked:
+                continue
+            if self._probe(v):
+                if not self._ours(v):
+                    # WP_ASYNC-registered, but not by us: the target tracks writes itself;
+                    # our resets would clear its protection
+                    failed[key] = self.untracked[key] = "registered by the target's own userfaultfd"
                 continue
             try:
                 uffd.register(self.fd, v.start, v.size, uffd.UFFDIO_REGISTER_MODE_WP)
@@ -300,9 +311,14 @@ class UffdTracker:
                 self.untracked[key] = why
                 continue
             self.registrations += 1
+            self._mine = self._mine.union(Ranges.of([key]))
             new.append(key)
         self._fresh.extend(new)
         return _ranges(new), failed
+
+    def _ours(self, v: Vma) -> bool:
+        """Whether the VMA lies inside ranges we registered (splits and shrinks keep ours)."""
+        return Ranges.of([(v.start, v.end)]).subtract(self._mine).nr_pages == 0
 
     # -- collecting -------------------------------------------------------------------
 
@@ -334,9 +350,9 @@ class UffdTracker:
                 whole.append(key)
                 continue
             if key in fresh:
+                # no second reset: its pages are read after the registration's reset, and
+                # writes since then are reported next time (a few pages too many, never too few)
                 whole.append(key)
-                # written since the registration reset: reset again, all is dirty anyway
-                self._reset(v)
                 continue
             try:
                 parts.append(self._scanner.scan(v.start, v.end, WRITTEN_RESET_QUERY))
@@ -360,13 +376,6 @@ class UffdTracker:
         """PAGES (from a saved-pages scan) without the unpopulated pages our resets marked."""
         self._need_armed()
         return drop_wp_markers(self._pagemap_fd, pages, self._scanner)
-
-    def _reset(self, v: Vma) -> None:
-        try:
-            self._scanner.reset_written(v.start, v.end)
-        except OSError as e:
-            if e.errno != errno.EPERM:
-                raise
 
     # -- closing ----------------------------------------------------------------------
 
