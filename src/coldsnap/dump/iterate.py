@@ -26,7 +26,6 @@ from ..kernel.procfs import read_maps, read_stat
 from ..memory.drain import DEFAULT_BUFFER, Drain
 from ..memory.ranges import Ranges
 from ..memory.scan import scan_saved_pages, warm_up
-from ..kernel.pagemap import PAGE_SHIFT
 from ..memory.tracking import TrackingRefused, UffdTracker
 from ..memory.vma import classify_all
 from .predump import unreadable_ranges, write_metadata
@@ -38,32 +37,6 @@ TRACKS = ("uffd", "none")
 
 def _us(ns: int) -> int:
     return ns // 1000
-
-
-class SeriesSink(ImageSink):
-    """ImageSink whose up-front runs are PE_PARENT runs *and* known-unreadable (skipped)
-    runs, all flushed in address order before any later run (drained or skipped)."""
-
-    def __init__(self, writer, in_parent: Ranges, skipped: Ranges):
-        super().__init__(writer)
-        runs = [(s, e, False) for s, e in in_parent.pairs()] + [(s, e, True) for s, e in skipped.pairs()]
-        runs.sort()
-        self._parent = runs
-
-    def _flush_parent_before(self, vaddr: int) -> None:
-        runs, i = self._parent, self._next_parent
-        while i < len(runs) and runs[i][0] < vaddr:
-            s, e, skip = runs[i]
-            if skip:
-                self.writer.add_skipped(s, (e - s) >> PAGE_SHIFT)
-            else:
-                self.writer.add_parent(s, (e - s) >> PAGE_SHIFT)
-            i += 1
-        self._next_parent = i
-
-    def skip(self, vaddr: int, nr_pages: int) -> None:
-        self._flush_parent_before(vaddr)
-        super().skip(vaddr, nr_pages)
 
 
 def _covered(parent_dir: Path | None, pid: int) -> Ranges:
@@ -152,7 +125,7 @@ class PreDumpSeries:
             in_parent = present.subtract(to_read)
             unreadable = to_read.intersect(unreadable_ranges(vmas))
             to_read = to_read.subtract(unreadable)
-            sink = SeriesSink(PagemapWriter(imgdir, self.pid), in_parent, unreadable)
+            sink = ImageSink(PagemapWriter(imgdir, self.pid), in_parent=in_parent, unreadable=unreadable)
             with Drain(self.pid, sink, self.buffer_size) as drain:
                 drain.stats.pages_skipped += unreadable.nr_pages
                 t_drain = time.perf_counter_ns()
