@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--buffer-size", type=_size, default="4M", metavar="SIZE", help="drain buffer (default 4M)")
     pd.add_argument("--scan", choices=("auto", "ioctl", "read"), default="auto",
                     help="page scan: PAGEMAP_SCAN ioctl or /proc/PID/pagemap read")
+    pd.add_argument("--iterations", type=int, default=1, metavar="N",
+                    help="run N pre-dumps into DIR/1..DIR/N, each saving only pages written since the last")
+    pd.add_argument("--track-mem", choices=("uffd", "none"), default="uffd",
+                    help="dirty tracking of a series: userfaultfd write-protect (default) or none")
+    pd.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",
+                    help="pause between the iterations of a series")
 
     sh = sub.add_parser("show", help="summarise an images directory")
     sh.add_argument("dir", metavar="DIR")
@@ -59,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "pre-dump" and args.iterations > 1:
+        return run_series(args)
     if args.command == "pre-dump":
         from .dump.predump import pre_dump
         stats = pre_dump(args.tree, args.images_dir, mode=args.pre_dump_mode,
@@ -82,6 +90,26 @@ def run(args: argparse.Namespace) -> int:
         from .demo import demo
         return demo(args.size, args.images_dir)
     raise AssertionError(args.command)
+
+
+def run_series(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from .dump.iterate import pre_dump_series
+    from .errors import ImageError
+    if os.path.isdir(args.images_dir) and os.listdir(args.images_dir):
+        raise ImageError(f"{args.images_dir}: images directory is not empty")
+    if args.prev_images_dir:
+        raise CsError("--prev-images-dir cannot start a series yet; give a new -D instead")
+    series = pre_dump_series(args.tree, args.images_dir, args.iterations, track=args.track_mem,
+                             buffer_size=args.buffer_size,
+                             between=(lambda i: time.sleep(args.interval)) if args.interval else None)
+    print(f"{'iter':>4} {'tracking':8} {'frozen ms':>9} {'written':>9} {'in parent':>9} {'skipped':>7}")
+    for i, s in enumerate(series, 1):
+        print(f"{i:4} {s.track_backend:8} {s.frozen_time / 1000:9.2f} {s.pages_written:9} "
+              f"{s.pages_skipped_parent:9} {s.pages_skipped:7}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
