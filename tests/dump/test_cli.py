@@ -1,0 +1,38 @@
+"""The command line as a user meets it: series, show, check."""
+import json
+import os
+
+from predump_helpers import coldsnap, wait_quiet
+
+
+def test_series_show_and_nothing_left_in_the_target(spawn, workload_bin, tmp_path):
+    w = spawn([workload_bin("mem_pattern"), 1024, 8])
+    wait_quiet(w.pid)
+    r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "s", "--iterations", 3)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()[1:]]
+    assert [row[0] for row in rows] == ["1", "2", "3"] and all(row[1] == "uffd" for row in rows)
+    assert float(rows[1][2]) == 0.0 and float(rows[2][2]) == 0.0      # no freeze after arming
+    assert int(rows[0][3]) > 1024 and int(rows[2][3]) < 16            # quiet target: ~nothing new
+    assert os.readlink(tmp_path / "s" / "3" / "parent") == "../2"
+    info = json.loads(coldsnap("show", "--json", tmp_path / "s" / "3", check=True).stdout)
+    assert [lv["stats"]["track_backend"] for lv in info["chain"]] == ["uffd"] * 3
+    assert info["chain_disk_bytes"] >= 1024 * 4096
+    links = [os.readlink(f"/proc/{w.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{w.pid}/fd")]
+    assert not any("userfaultfd" in link for link in links)
+    assert w.send("write 1 9") == "wrote 1"
+
+
+def test_show_text_and_check(spawn, workload_bin, tmp_path):
+    w = spawn([workload_bin("mem_pattern"), 64, 8])
+    wait_quiet(w.pid)
+    coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "img", check=True)
+    out = coldsnap("show", tmp_path / "img", check=True).stdout
+    assert f"pid {w.pid}:" in out and "anon-private" in out and "chain total on disk" in out
+    check = coldsnap("check", check=True).stdout
+    assert "pagemap_scan" in check and "uffd_wp_async" in check and "soft_dirty" in check
+
+
+def test_show_of_a_missing_dir_is_one_line(tmp_path):
+    r = coldsnap("show", tmp_path / "nope")
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and r.stderr.startswith("coldsnap: ")
