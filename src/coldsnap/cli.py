@@ -47,10 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="page scan: PAGEMAP_SCAN ioctl or /proc/PID/pagemap read")
     pd.add_argument("--iterations", type=int, default=1, metavar="N",
                     help="run N pre-dumps into DIR/1..DIR/N, each saving only pages written since the last")
-    pd.add_argument("--track-mem", choices=("uffd", "none"), default="uffd",
-                    help="dirty tracking of a series: userfaultfd write-protect (default) or none")
+    pd.add_argument("--track-mem", choices=("uffd", "none"),
+                    help="dirty tracking: userfaultfd write-protect (default of a series) or none "
+                         "(default of a single pre-dump). A single pre-dump with uffd parks the "
+                         "tracking fd in the target for the next run (see `untrack`)")
     pd.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",
                     help="pause between the iterations of a series")
+
+    ut = sub.add_parser("untrack", help="remove coldsnap's write tracking from a process")
+    ut.add_argument("pid", type=_pid, metavar="PID")
 
     sh = sub.add_parser("show", help="summarise an images directory")
     sh.add_argument("dir", metavar="DIR")
@@ -67,6 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.command == "pre-dump" and args.iterations > 1:
         return run_series(args)
+    if args.command == "pre-dump" and args.track_mem == "uffd":
+        from .dump.iterate import pre_dump_tracked
+        stats = pre_dump_tracked(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
+                                 buffer_size=args.buffer_size)
+        print(f"pre-dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
+              f"written, {stats.pages_skipped_parent} in parent, {stats.pages_skipped} skipped, "
+              f"frozen {stats.frozen_time / 1000:.2f} ms")
+        return 0
+    if args.command == "untrack":
+        from .memory.tracking import untrack
+        closed = untrack(args.pid)
+        print(f"closed coldsnap's userfaultfd in {args.pid} (fd {', '.join(map(str, closed))})"
+              if closed else f"{args.pid} carries no coldsnap tracking")
+        return 0
     if args.command == "pre-dump":
         from .dump.predump import pre_dump
         stats = pre_dump(args.tree, args.images_dir, mode=args.pre_dump_mode,
@@ -102,7 +121,7 @@ def run_series(args: argparse.Namespace) -> int:
         raise ImageError(f"{args.images_dir}: images directory is not empty")
     if args.prev_images_dir:
         raise CsError("--prev-images-dir cannot start a series yet; give a new -D instead")
-    series = pre_dump_series(args.tree, args.images_dir, args.iterations, track=args.track_mem,
+    series = pre_dump_series(args.tree, args.images_dir, args.iterations, track=args.track_mem or "uffd",
                              buffer_size=args.buffer_size,
                              between=(lambda i: time.sleep(args.interval)) if args.interval else None)
     print(f"{'iter':>4} {'tracking':8} {'frozen ms':>9} {'written':>9} {'in parent':>9} {'skipped':>7}")

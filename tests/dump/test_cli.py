@@ -36,3 +36,23 @@ def test_show_text_and_check(spawn, workload_bin, tmp_path):
 def test_show_of_a_missing_dir_is_one_line(tmp_path):
     r = coldsnap("show", tmp_path / "nope")
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and r.stderr.startswith("coldsnap: ")
+
+
+def test_tracking_survives_between_separate_runs_until_untrack(spawn, workload_bin, tmp_path):
+    w = spawn([workload_bin("mem_pattern"), 1024, 8])
+    wait_quiet(w.pid)
+    first = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "1", "--track-mem", "uffd", check=True)
+    assert int(first.stdout.split()[5]) > 1024
+    parked = [fd for fd in os.listdir(f"/proc/{w.pid}/fd")
+              if "userfaultfd" in os.readlink(f"/proc/{w.pid}/fd/{fd}")]
+    assert parked and int(parked[0]) >= 900          # out of the program's own fd numbering
+    assert w.send("write 4 7") == "wrote 4"
+    wait_quiet(w.pid)
+    second = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "2", "--track-mem", "uffd",
+                      "--prev-images-dir", tmp_path / "1", check=True)
+    written = int(second.stdout.split()[5])
+    assert 4 <= written <= 32 and "frozen 0.00 ms" in second.stdout, second.stdout
+    assert coldsnap("untrack", w.pid, check=True).stdout.startswith("closed")
+    assert not any("userfaultfd" in os.readlink(f"/proc/{w.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{w.pid}/fd"))
+    assert "no coldsnap tracking" in coldsnap("untrack", w.pid, check=True).stdout
+    assert w.send("write 1 9") == "wrote 1"

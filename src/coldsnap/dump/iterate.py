@@ -51,7 +51,7 @@ class PreDumpSeries:
     """Iterative pre-dumps of one task into base_dir/1, base_dir/2, ..."""
 
     def __init__(self, pid: int, base_dir: str | Path, *, track: str = "uffd",
-                 buffer_size: int = DEFAULT_BUFFER):
+                 buffer_size: int = DEFAULT_BUFFER, park: bool = False):
         if track not in TRACKS:
             raise CsError(f"unknown tracking {track!r} (choose from {', '.join(TRACKS)})")
         self.pid = pid
@@ -59,6 +59,7 @@ class PreDumpSeries:
         self.requested = track
         self.track = track
         self.buffer_size = buffer_size
+        self.park = park                 # leave the uffd in the target for a later run
         self.tracker: UffdTracker | None = None
         self.n = 0
         self.prev: Path | None = None
@@ -81,22 +82,22 @@ class PreDumpSeries:
         self.close()
         self.track, self.refused = "none", str(why)
 
-    def step(self) -> DumpStats:
-        """One more pre-dump; returns its stats."""
+    def step(self, path: Path | None = None) -> DumpStats:
+        """One more pre-dump (into base_dir/N, or `path`); returns its stats."""
         stats = DumpStats(mode="nofreeze")
         warm_up()
-        if self.n == 0:
+        if self.n == 0 and path is None:
             self.base.mkdir(parents=True, exist_ok=True)
         if self.track == "uffd" and self.tracker is None and self.n == 0:
             tracker = UffdTracker()
             try:
-                arm = tracker.arm(self.pid)
+                arm = tracker.arm(self.pid, park=self.park)
                 self.tracker = tracker
                 stats.freezing_time, stats.frozen_time = _us(arm.freezing_ns), _us(arm.frozen_ns)
             except TrackingRefused as e:
                 self._fall_back(e)
 
-        path = self.base / str(self.n + 1)
+        path = path or self.base / str(self.n + 1)
         with ImageDir.create(path, parent=self.prev) as imgdir:
             t0 = time.perf_counter_ns()
             vmas = classify_all(read_maps(self.pid))
@@ -112,6 +113,8 @@ class PreDumpSeries:
                 if self.n == 0:
                     dirty = None
             stats.track_backend = self.track
+            if self.park and self.tracker is not None:
+                stats.uffd_fd = self.tracker.arm_stats.target_fd
             present, stats.scan_method = scan_saved_pages(self.pid, vmas)
             if self.tracker is not None:
                 present = self.tracker.drop_markers(present)
@@ -162,3 +165,30 @@ def pre_dump_series(pid: int, base_dir: str | Path, iterations: int, *, track: s
             if between is not None and i < iterations:
                 between(i)
     return out
+
+
+def pre_dump_tracked(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
+                     buffer_size: int = DEFAULT_BUFFER) -> DumpStats:
+    """One pre-dump whose write tracking outlives this coldsnap process.
+
+    The first run freezes the task only to create a userfaultfd in it and leaves that fd
+    parked there (its number is recorded in the stats image); a run given the previous
+    images as parent takes the parked fd back with pidfd_getfd and never freezes the task.
+    `coldsnap untrack PID` closes it. Without parked tracking it starts afresh.
+    """
+    images_dir = Path(images_dir)
+    with PreDumpSeries(pid, images_dir.parent, track="uffd", buffer_size=buffer_size,
+                       park=True) as series:
+        if prev_images_dir is not None:
+            prev = ImageDir.open(prev_images_dir, follow_parent=False)
+            stats_img = prev.read("stats-dump", missing_ok=True)
+            fd = stats_img[0].dump.cs_uffd_fd if stats_img and stats_img[0].dump.HasField("cs_uffd_fd") else None
+            if fd is not None and prev.pagemap_ids() == [pid]:
+                tracker = UffdTracker()
+                try:
+                    tracker.adopt(pid, fd, classify_all(read_maps(pid)))
+                    series.tracker, series.n = tracker, 1
+                except TrackingRefused:
+                    tracker.close()
+            series.prev = Path(prev_images_dir)
+        return series.step(images_dir)

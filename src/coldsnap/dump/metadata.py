@@ -52,4 +52,6 @@ def write_stats(imgdir, s: DumpStats) -> None:
         pages_written=s.pages_written, pages_lazy=0,
         cs_pages_skipped=s.pages_skipped, cs_track_backend=s.track_backend, cs_mode=s.mode,
         cs_scan_time=min(s.scan_time, U32))
+    if s.uffd_fd >= 0:
+        d.cs_uffd_fd = s.uffd_fd
     write_image(imgdir.path("stats-dump"), None, [stats_pb2.stats_entry(dump=d)])

@@ -20,6 +20,7 @@ class DumpStats:
     pages_skipped: int = 0        # planned pages that could not be read (saved next time)
     vmas: int = 0
     read_syscalls: int = 0
+    uffd_fd: int = -1             # userfaultfd parked in the target for the next run (-1: none)
 
     def as_dict(self) -> dict:
         return asdict(self)

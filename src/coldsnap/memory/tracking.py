@@ -48,6 +48,8 @@ PAGE_SIZE = pm.PAGE_SIZE
 O_NONBLOCK = 0o4000
 O_CLOEXEC = 0o2000000
 UFFD_FLAGS = O_CLOEXEC | O_NONBLOCK | uffd.UFFD_USER_MODE_ONLY
+F_DUPFD_CLOEXEC = 1030
+PARK_FD_MIN = 900      # below the usual 1024 soft limit of RLIMIT_NOFILE
 FEATURES = uffd.UFFD_FEATURE_WP_ASYNC | uffd.UFFD_FEATURE_WP_UNPOPULATED
 
 IO_URING_LINK = "anon_inode:[io_uring]"
@@ -86,6 +88,33 @@ def fd_links(pid: int) -> dict[int, str]:
 def uffd_fds(pid: int) -> list[int]:
     """The target's fds that are userfaultfd instances."""
     return sorted(fd for fd, link in fd_links(pid).items() if link == UFFD_LINK)
+
+
+def parked_uffd_fds(pid: int) -> list[int]:
+    """The target's userfaultfds that carry coldsnap's feature set (parked by `arm(park=True)`)."""
+    out = []
+    for fd in uffd_fds(pid):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                api = next(line for line in f if line.startswith("API:")).split()[1]
+        except (OSError, StopIteration, IndexError):
+            continue
+        features = int(api.split(":")[1], 16)
+        if features & FEATURES == FEATURES:
+            out.append(fd)
+    return out
+
+
+def untrack(pid: int) -> list[int]:
+    """Close every userfaultfd coldsnap parked in the target; returns their fd numbers."""
+    fds = parked_uffd_fds(pid)
+    if fds:
+        from ..seize.freezer import freeze
+        from ..seize.remote import RemoteCalls
+        with freeze(pid) as task, RemoteCalls(task) as rc:
+            for fd in fds:
+                rc.checked(SYS.close, fd, what=f"close({fd})")
+    return fds
 
 
 def refuse_blind_spots(pid: int) -> None:
@@ -200,11 +229,12 @@ class UffdTracker:
 
     # -- arming -----------------------------------------------------------------------
 
-    def arm(self, pid: int, task=None) -> ArmStats:
+    def arm(self, pid: int, task=None, park: bool = False) -> ArmStats:
         """Create a uffd in the target, keep only our copy of it, enable WP_ASYNC.
 
         With `task` (a FrozenTask) the calls run in the caller's freeze; otherwise the task
-        is frozen here and resumed at once.
+        is frozen here and resumed at once. `park` leaves the target's copy open (at
+        arm_stats.target_fd) so that tracking outlives this coldsnap: a later run adopts it.
         """
         if self.fd is not None:
             raise CsError("tracker is already armed")
@@ -215,13 +245,13 @@ class UffdTracker:
             t0 = time.perf_counter_ns()
             with freeze(pid) as own:
                 t1 = time.perf_counter_ns()
-                self._inject(own)
+                self._inject(own, park)
                 own.resume()
                 t2 = time.perf_counter_ns()
             self.arm_stats.freezing_ns, self.arm_stats.frozen_ns = t1 - t0, t2 - t1
         else:
             t1 = time.perf_counter_ns()
-            self._inject(task)
+            self._inject(task, park)
             self.arm_stats.frozen_ns = time.perf_counter_ns() - t1
         try:
             self._pagemap_fd = pm.open_pagemap(pid)
@@ -231,7 +261,7 @@ class UffdTracker:
         self._scanner = pm.PagemapScanner(self._pagemap_fd)
         return self.arm_stats
 
-    def _inject(self, task) -> None:
+    def _inject(self, task, park: bool = False) -> None:
         from ..seize.remote import RemoteCalls
         ours = None
         with RemoteCalls(task) as rc:
@@ -239,7 +269,14 @@ class UffdTracker:
                 tfd = rc.checked(SYS.userfaultfd, UFFD_FLAGS, what="userfaultfd")
             except OSError as e:
                 raise TrackingRefused(f"userfaultfd() failed in {task.pid}: {e.strerror}") from None
+            if park:
+                # park it far above the fds the program opens, so its own numbering is unchanged
+                high = rc.call(SYS.fcntl, tfd, F_DUPFD_CLOEXEC, PARK_FD_MIN)
+                if high >= 0:
+                    rc.call(SYS.close, tfd)
+                    tfd = high
             self.arm_stats.target_fd = tfd
+            ready = False
             try:
                 pidfd = pidfd_open(task.pid)
                 try:
@@ -247,19 +284,42 @@ class UffdTracker:
                 finally:
                     os.close(pidfd)
                 uffd.api(ours, FEATURES)
+                ready = True
             except OSError as e:
                 if ours is not None:
                     os.close(ours)
                 raise TrackingRefused(f"cannot set up userfaultfd write tracking of "
                                       f"{task.pid}: {e.strerror}") from None
             finally:
-                # nothing of ours stays in the target while we hold the tracker
-                err = rc.call(SYS.close, tfd)
+                # unless parked, nothing of ours stays in the target while we hold the tracker
+                err = 0 if park and ready else rc.call(SYS.close, tfd)
             if err < 0:
                 os.close(ours)
                 raise TargetError(f"cannot close the userfaultfd left in {task.pid}: "
                                   f"{os.strerror(-err)}")
         self.fd = ours
+
+    def adopt(self, pid: int, target_fd: int, vmas: list[Vma]) -> None:
+        """Take over the tracking parked in the target at `target_fd` by an earlier run."""
+        if self.fd is not None:
+            raise CsError("tracker is already armed")
+        refuse_blind_spots(pid)
+        parked = parked_uffd_fds(pid)
+        if target_fd not in parked:
+            raise TrackingRefused(f"process {pid} has no coldsnap tracking at fd {target_fd}")
+        if len(uffd_fds(pid)) > 1:
+            raise TrackingRefused(f"process {pid} uses userfaultfd itself: cannot tell its "
+                                  f"registrations from ours")
+        pidfd = pidfd_open(pid)
+        try:
+            self.fd = pidfd_getfd(pidfd, target_fd)
+        finally:
+            os.close(pidfd)
+        self.pid, self.arm_stats.target_fd = pid, target_fd
+        self._pagemap_fd = pm.open_pagemap(pid)
+        self._scanner = pm.PagemapScanner(self._pagemap_fd)
+        # Every WP_ASYNC registration is ours: the target has no other userfaultfd.
+        self._mine = _ranges([(v.start, v.end) for v in vmas if tracked_vma(v) and self._probe(v)])
 
     # -- registering ------------------------------------------------------------------
 

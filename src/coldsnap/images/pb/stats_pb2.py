@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bstats.proto\x12\x0f\x63oldsnap.images\"\xbf\x03\n\x10\x64ump_stats_entry\x12\x15\n\rfreezing_time\x18\x01 \x02(\r\x12\x13\n\x0b\x66rozen_time\x18\x02 \x02(\r\x12\x14\n\x0cmemdump_time\x18\x03 \x02(\r\x12\x15\n\rmemwrite_time\x18\x04 \x02(\r\x12\x15\n\rpages_scanned\x18\x05 \x02(\x04\x12\x1c\n\x14pages_skipped_parent\x18\x06 \x02(\x04\x12\x15\n\rpages_written\x18\x07 \x02(\x04\x12\x15\n\rirmap_resolve\x18\x08 \x01(\r\x12\x12\n\npages_lazy\x18\t \x02(\x04\x12\x12\n\npage_pipes\x18\n \x01(\x04\x12\x16\n\x0epage_pipe_bufs\x18\x0b \x01(\x04\x12\x17\n\x0fshpages_scanned\x18\x0c \x01(\x04\x12\x1e\n\x16shpages_skipped_parent\x18\r \x01(\x04\x12\x17\n\x0fshpages_written\x18\x0e \x01(\x04\x12\x19\n\x10\x63s_pages_skipped\x18\xe8\x07 \x01(\x04\x12\x19\n\x10\x63s_track_backend\x18\xe9\x07 \x01(\t\x12\x10\n\x07\x63s_mode\x18\xea\x07 \x01(\t\x12\x15\n\x0c\x63s_scan_time\x18\xeb\x07 \x01(\r\"\x8c\x01\n\x13restore_stats_entry\x12\x16\n\x0epages_compared\x18\x01 \x02(\x04\x12\x19\n\x11pages_skipped_cow\x18\x02 \x02(\x04\x12\x14\n\x0c\x66orking_time\x18\x03 \x02(\r\x12\x14\n\x0crestore_time\x18\x04 \x02(\r\x12\x16\n\x0epages_restored\x18\x05 \x01(\x04\"u\n\x0bstats_entry\x12/\n\x04\x64ump\x18\x01 \x01(\x0b\x32!.coldsnap.images.dump_stats_entry\x12\x35\n\x07restore\x18\x02 \x01(\x0b\x32$.coldsnap.images.restore_stats_entry')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bstats.proto\x12\x0f\x63oldsnap.images\"\xd4\x03\n\x10\x64ump_stats_entry\x12\x15\n\rfreezing_time\x18\x01 \x02(\r\x12\x13\n\x0b\x66rozen_time\x18\x02 \x02(\r\x12\x14\n\x0cmemdump_time\x18\x03 \x02(\r\x12\x15\n\rmemwrite_time\x18\x04 \x02(\r\x12\x15\n\rpages_scanned\x18\x05 \x02(\x04\x12\x1c\n\x14pages_skipped_parent\x18\x06 \x02(\x04\x12\x15\n\rpages_written\x18\x07 \x02(\x04\x12\x15\n\rirmap_resolve\x18\x08 \x01(\r\x12\x12\n\npages_lazy\x18\t \x02(\x04\x12\x12\n\npage_pipes\x18\n \x01(\x04\x12\x16\n\x0epage_pipe_bufs\x18\x0b \x01(\x04\x12\x17\n\x0fshpages_scanned\x18\x0c \x01(\x04\x12\x1e\n\x16shpages_skipped_parent\x18\r \x01(\x04\x12\x17\n\x0fshpages_written\x18\x0e \x01(\x04\x12\x19\n\x10\x63s_pages_skipped\x18\xe8\x07 \x01(\x04\x12\x19\n\x10\x63s_track_backend\x18\xe9\x07 \x01(\t\x12\x10\n\x07\x63s_mode\x18\xea\x07 \x01(\t\x12\x15\n\x0c\x63s_scan_time\x18\xeb\x07 \x01(\r\x12\x13\n\ncs_uffd_fd\x18\xec\x07 \x01(\x05\"\x8c\x01\n\x13restore_stats_entry\x12\x16\n\x0epages_compared\x18\x01 \x02(\x04\x12\x19\n\x11pages_skipped_cow\x18\x02 \x02(\x04\x12\x14\n\x0c\x66orking_time\x18\x03 \x02(\r\x12\x14\n\x0crestore_time\x18\x04 \x02(\r\x12\x16\n\x0epages_restored\x18\x05 \x01(\x04\"u\n\x0bstats_entry\x12/\n\x04\x64ump\x18\x01 \x01(\x0b\x32!.coldsnap.images.dump_stats_entry\x12\x35\n\x07restore\x18\x02 \x01(\x0b\x32$.coldsnap.images.restore_stats_entry')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stats_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DUMP_STATS_ENTRY']._serialized_start=33
-  _globals['_DUMP_STATS_ENTRY']._serialized_end=480
-  _globals['_RESTORE_STATS_ENTRY']._serialized_start=483
-  _globals['_RESTORE_STATS_ENTRY']._serialized_end=623
-  _globals['_STATS_ENTRY']._serialized_start=625
-  _globals['_STATS_ENTRY']._serialized_end=742
+  _globals['_DUMP_STATS_ENTRY']._serialized_end=501
+  _globals['_RESTORE_STATS_ENTRY']._serialized_start=504
+  _globals['_RESTORE_STATS_ENTRY']._serialized_end=644
+  _globals['_STATS_ENTRY']._serialized_start=646
+  _globals['_STATS_ENTRY']._serialized_end=763
 # @@protoc_insertion_point(module_scope)
