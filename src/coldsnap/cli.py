@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dirty tracking: userfaultfd write-protect (default of a series) or none "
                          "(default of a single pre-dump). A single pre-dump with uffd parks the "
                          "tracking fd in the target for the next run (see `untrack`)")
+    pd.add_argument("--auto-dedup", action="store_true",
+                    help="free the parent images' copies of pages this pre-dump wrote again")
     pd.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",
                     help="pause between the iterations of a series")
 
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"pre-dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
               f"written, {stats.pages_skipped_parent} in parent, {stats.pages_skipped} skipped, "
               f"frozen {stats.frozen_time / 1000:.2f} ms")
+        _dedup(args, args.images_dir)
         return 0
     if args.command == "untrack":
         from .memory.tracking import untrack
@@ -93,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
                          prev_images_dir=args.prev_images_dir)
         print(f"pre-dump of {args.tree} ({stats.mode}): {stats.pages_written} pages written, "
               f"{stats.pages_skipped} skipped, frozen {stats.frozen_time / 1000:.2f} ms")
+        _dedup(args, args.images_dir)
         return 0
     if args.command == "show":
         from .show import describe, render
@@ -111,6 +115,13 @@ def run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _dedup(args: argparse.Namespace, images_dir) -> None:
+    if args.auto_dedup:
+        from .dump.dedup import dedup_parents
+        freed = dedup_parents(images_dir, args.tree)
+        print(f"auto-dedup: {freed >> 20} MiB freed in the parent images")
+
+
 def run_series(args: argparse.Namespace) -> int:
     import os
     import time
@@ -124,6 +135,9 @@ def run_series(args: argparse.Namespace) -> int:
     series = pre_dump_series(args.tree, args.images_dir, args.iterations, track=args.track_mem or "uffd",
                              buffer_size=args.buffer_size,
                              between=(lambda i: time.sleep(args.interval)) if args.interval else None)
+    if args.auto_dedup:
+        for i in range(2, args.iterations + 1):
+            _dedup(args, os.path.join(args.images_dir, str(i)))
     print(f"{'iter':>4} {'tracking':8} {'frozen ms':>9} {'written':>9} {'in parent':>9} {'skipped':>7}")
     for i, s in enumerate(series, 1):
         print(f"{i:4} {s.track_backend:8} {s.frozen_time / 1000:9.2f} {s.pages_written:9} "

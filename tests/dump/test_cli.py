@@ -56,3 +56,18 @@ def test_tracking_survives_between_separate_runs_until_untrack(spawn, workload_b
     assert not any("userfaultfd" in os.readlink(f"/proc/{w.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{w.pid}/fd"))
     assert "no coldsnap tracking" in coldsnap("untrack", w.pid, check=True).stdout
     assert w.send("write 1 9") == "wrote 1"
+
+
+def test_auto_dedup_frees_the_parent_copies_and_the_chain_still_reads(spawn, workload_bin, tmp_path):
+    from coldsnap.images.chain import PageChain, disk_usage
+    w = spawn([workload_bin("mem_pattern"), 2048, 8])
+    wait_quiet(w.pid)
+    coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "1", check=True)
+    before = disk_usage(tmp_path / "1")
+    r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "2", "--prev-images-dir", tmp_path / "1",
+                 "--auto-dedup", check=True)
+    assert "auto-dedup:" in r.stdout
+    assert disk_usage(tmp_path / "1") < before - 2048 * 4096 // 2
+    with PageChain(tmp_path / "2", w.pid) as chain, open(f"/proc/{w.pid}/mem", "rb", buffering=0) as mem:
+        mem.seek(0x100000000000)
+        assert chain.lookup(0x100000000000, 2048) == mem.read(2048 * 4096)
