@@ -71,3 +71,31 @@ def test_auto_dedup_frees_the_parent_copies_and_the_chain_still_reads(spawn, wor
     with PageChain(tmp_path / "2", w.pid) as chain, open(f"/proc/{w.pid}/mem", "rb", buffering=0) as mem:
         mem.seek(0x100000000000)
         assert chain.lookup(0x100000000000, 2048) == mem.read(2048 * 4096)
+
+
+FORKER = r"""
+import os, sys
+mem = bytearray(8 << 20)
+for i in range(0, len(mem), 4096):
+    mem[i] = 1
+print("ready", flush=True)
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        for i in range(0, len(mem), 4096):   # the child writes all of its copy
+            mem[i] = 2
+        os._exit(0 if all(mem[i] == 2 for i in range(0, len(mem), 4096)) else 1)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+def test_a_forking_target_with_parked_tracking(spawn, python_exe, tmp_path):
+    w = spawn([python_exe, "-c", FORKER])
+    coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "1", "--track-mem", "uffd", check=True)
+    assert w.send("fork") == "0"              # the child, holding our inherited fd, is unharmed
+    wait_quiet(w.pid)
+    r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "2", "--track-mem", "uffd",
+                 "--prev-images-dir", tmp_path / "1", check=True)
+    assert int(r.stdout.split()[5]) < 512     # not the 2048 pages the child wrote in its copy
+    coldsnap("untrack", w.pid, check=True)
+    assert w.send("fork") == "0"
