@@ -7,13 +7,9 @@ import mmap
 import os
 from dataclasses import asdict, dataclass
 
-from . import pagemap
-from .libc import SYS, _syscall, libc
+from . import pagemap, uffd
+from .libc import SYS, _syscall
 
-UFFD_USER_MODE_ONLY = 1
-UFFDIO_API = 0xC018AA3F
-UFFD_API = 0xAA
-UFFD_FEATURE_WP_ASYNC = 1 << 15
 CLONE_ARGS_SIZE_VER1 = 80
 
 
@@ -35,12 +31,14 @@ def _raw(nr: int, *args: int) -> tuple[int, int]:
 
 
 def probe_uffd_wp_async() -> bool:
-    fd, _ = _raw(SYS.userfaultfd, os.O_CLOEXEC | os.O_NONBLOCK | UFFD_USER_MODE_ONLY)
+    fd, _ = _raw(SYS.userfaultfd, os.O_CLOEXEC | os.O_NONBLOCK | uffd.UFFD_USER_MODE_ONLY)
     if fd < 0:
         return False
     try:
-        api = (ctypes.c_uint64 * 3)(UFFD_API, UFFD_FEATURE_WP_ASYNC, 0)
-        return libc.ioctl(fd, ctypes.c_ulong(UFFDIO_API), api) == 0 and bool(api[1] & UFFD_FEATURE_WP_ASYNC)
+        uffd.api(fd, uffd.UFFD_FEATURE_WP_ASYNC)
+        return True
+    except OSError:
+        return False
     finally:
         os.close(fd)
 
