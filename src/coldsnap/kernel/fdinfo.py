@@ -62,6 +62,17 @@ def list_fds(pid: int) -> list[int]:
     return sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
 
 
+def raw_fd_links(pid: int) -> dict[int, str]:
+    """fd number -> readlink of /proc/PID/fd/N; fds closed while listing are left out."""
+    out = {}
+    for fd in list_fds(pid):
+        try:
+            out[fd] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class EpollTfd:
     """One `tfd:` line of an epoll fdinfo: a registration of target fd `tfd`."""

@@ -38,6 +38,7 @@ from ..errors import CsError, TargetError
 from ..kernel import pagemap as pm
 from ..kernel import uffd
 from ..kernel.libc import SYS, syscall
+from ..kernel.fdinfo import raw_fd_links
 from ..kernel.pidfd import pidfd_getfd, pidfd_open
 from .ranges import Ranges
 from .scan import PAGEMAP_BATCH_PAGES, _runs
@@ -71,18 +72,11 @@ class TrackingRefused(CsError):
 
 
 def fd_links(pid: int) -> dict[int, str]:
-    """fd number -> readlink of /proc/PID/fd/N (fds closed meanwhile are left out)."""
-    out = {}
+    """fd number -> raw link target, as a TargetError when the process is gone."""
     try:
-        names = os.listdir(f"/proc/{pid}/fd")
+        return raw_fd_links(pid)
     except FileNotFoundError:
         raise TargetError(f"process {pid} is gone") from None
-    for name in names:
-        try:
-            out[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
-        except OSError:
-            pass
-    return out
 
 
 def uffd_fds(pid: int) -> list[int]:
