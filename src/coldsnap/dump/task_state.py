@@ -385,6 +385,7 @@ def _core_entry(state: TaskState, th: ThreadState):
     if th.xstate:
         fpe.xsave.xstate_bv = th.xstate_bv
         fpe.xsave.ymmh_space.extend(th.ymmh_space)
+        fpe.xsave.cs_xsave_raw = th.xstate
     for slot in th.tls:
         ti.tls.add(entry_number=slot.entry_number, base_addr=slot.base_addr, limit=slot.limit,
                    seg_32bit=slot.seg_32bit, contents_h=bool(slot.contents & 2),

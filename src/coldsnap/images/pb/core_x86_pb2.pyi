@@ -83,7 +83,7 @@ class user_x86_cet_entry(_message.Message):
     def __init__(self, cet: _Optional[int] = ..., ssp: _Optional[int] = ...) -> None: ...
 
 class user_x86_xsave_entry(_message.Message):
-    __slots__ = ("xstate_bv", "ymmh_space", "bndreg_state", "bndcsr_state", "opmask_reg", "zmm_upper", "hi16_zmm", "pkru", "cet")
+    __slots__ = ("xstate_bv", "ymmh_space", "bndreg_state", "bndcsr_state", "opmask_reg", "zmm_upper", "hi16_zmm", "pkru", "cet", "cs_xsave_raw")
     XSTATE_BV_FIELD_NUMBER: _ClassVar[int]
     YMMH_SPACE_FIELD_NUMBER: _ClassVar[int]
     BNDREG_STATE_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class user_x86_xsave_entry(_message.Message):
     HI16_ZMM_FIELD_NUMBER: _ClassVar[int]
     PKRU_FIELD_NUMBER: _ClassVar[int]
     CET_FIELD_NUMBER: _ClassVar[int]
+    CS_XSAVE_RAW_FIELD_NUMBER: _ClassVar[int]
     xstate_bv: int
     ymmh_space: _containers.RepeatedScalarFieldContainer[int]
     bndreg_state: _containers.RepeatedScalarFieldContainer[int]
@@ -102,7 +103,8 @@ class user_x86_xsave_entry(_message.Message):
     hi16_zmm: _containers.RepeatedScalarFieldContainer[int]
     pkru: _containers.RepeatedScalarFieldContainer[int]
     cet: user_x86_cet_entry
-    def __init__(self, xstate_bv: _Optional[int] = ..., ymmh_space: _Optional[_Iterable[int]] = ..., bndreg_state: _Optional[_Iterable[int]] = ..., bndcsr_state: _Optional[_Iterable[int]] = ..., opmask_reg: _Optional[_Iterable[int]] = ..., zmm_upper: _Optional[_Iterable[int]] = ..., hi16_zmm: _Optional[_Iterable[int]] = ..., pkru: _Optional[_Iterable[int]] = ..., cet: _Optional[_Union[user_x86_cet_entry, _Mapping]] = ...) -> None: ...
+    cs_xsave_raw: bytes
+    def __init__(self, xstate_bv: _Optional[int] = ..., ymmh_space: _Optional[_Iterable[int]] = ..., bndreg_state: _Optional[_Iterable[int]] = ..., bndcsr_state: _Optional[_Iterable[int]] = ..., opmask_reg: _Optional[_Iterable[int]] = ..., zmm_upper: _Optional[_Iterable[int]] = ..., hi16_zmm: _Optional[_Iterable[int]] = ..., pkru: _Optional[_Iterable[int]] = ..., cet: _Optional[_Union[user_x86_cet_entry, _Mapping]] = ..., cs_xsave_raw: _Optional[bytes] = ...) -> None: ...
 
 class user_x86_fpregs_entry(_message.Message):
     __slots__ = ("cwd", "swd", "twd", "fop", "rip", "rdp", "mxcsr", "mxcsr_mask", "st_space", "xmm_space", "padding", "xsave")
