@@ -102,6 +102,34 @@ class PageChain:
         return ImageError(f"{child}: PE_PARENT run {start:#x}-{end:#x} not covered by parent "
                           f"{parent}: parent {what}")
 
+    def sources(self) -> list[tuple[int, int, int, int]]:
+        """Where the bytes of every page of the top pagemap live: (level, vaddr, nbytes,
+        offset in that level's pages file), in address order, PE_PARENT runs resolved."""
+        out: list[tuple[int, int, int, int]] = []
+        top = self.reader(0)
+        for start, end in zip(top.vaddr.tolist(), top.ends.tolist()):
+            self._locate(0, start, end, out)
+        return out
+
+    def _locate(self, level: int, start: int, end: int, out: list) -> None:
+        r = self.reader(level)
+        if r is None:
+            raise self._uncovered(level, start, end)
+        i = int(np.searchsorted(r.ends, np.uint64(start), side="right"))
+        pos = start
+        while pos < end:
+            if i >= len(r) or int(r.vaddr[i]) > pos:
+                raise self._uncovered(level, pos, min(end, int(r.vaddr[i]) if i < len(r) else end))
+            stop = min(end, int(r.ends[i]))
+            flags = int(r.flags[i])
+            if flags & PE_PRESENT:
+                out.append((level, pos, stop - pos, int(r.offset[i]) + pos - int(r.vaddr[i])))
+            elif flags & PE_PARENT:
+                self._locate(level + 1, pos, stop, out)
+            else:
+                raise ImageError(f"{r.path}: pages {pos:#x}-{stop:#x} are lazy, not in the image")
+            pos, i = stop, i + 1
+
     # ---- coverage ---------------------------------------------------------------------
 
     def covered_ranges(self, level: int = 0) -> iv.Spans:

@@ -40,12 +40,18 @@ class SYS:
     mremap = 25
     madvise = 28
     dup2 = 33
+    setitimer = 38
     getpid = 39
     clone = 56
     fork = 57
     exit = 60
     wait4 = 61
     kill = 62
+    setgroups = 116
+    setresuid = 117
+    setresgid = 119
+    rt_sigqueueinfo = 129
+    personality = 135
     fcntl = 72
     prctl = 157
     arch_prctl = 158
@@ -55,6 +61,8 @@ class SYS:
     set_tid_address = 218
     exit_group = 231
     tgkill = 234
+    rt_tgsigqueueinfo = 297
+    openat = 257
     set_robust_list = 273
     get_robust_list = 274
     sigaltstack = 131

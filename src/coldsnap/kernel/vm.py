@@ -41,3 +41,14 @@ def readv(pid: int, local_addr: int, local_len: int, remote: np.ndarray, count: 
 def writev(pid: int, local_addr: int, local_len: int, remote: np.ndarray, count: int) -> int:
     """Copy local memory into remote[:count] ranges of pid; returns bytes written (may be short)."""
     return _rw(SYS.process_vm_writev, pid, local_addr, local_len, remote, count)
+
+
+def writev_pairs(pid: int, local: np.ndarray, remote: np.ndarray, count: int) -> int:
+    """process_vm_writev with count local and count remote iovecs ((n, 2) u64 arrays)."""
+    res = _syscall(ctypes.c_long(SYS.process_vm_writev), ctypes.c_long(pid),
+                   ctypes.c_void_p(local.ctypes.data), ctypes.c_ulong(count),
+                   ctypes.c_void_p(remote.ctypes.data), ctypes.c_ulong(count), ctypes.c_ulong(0))
+    if res == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return res

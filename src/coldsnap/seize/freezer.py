@@ -278,6 +278,20 @@ class FrozenTask:
             self._gadget = vdso.start + at
         return self._gadget
 
+    def forget_gadget(self) -> None:
+        self._gadget = None
+
+    def adopt_thread(self, tid: int) -> None:
+        """Hold a thread that an injected clone created under PTRACE_O_TRACECLONE.
+
+        The kernel attached it to us; its first stop is a PTRACE_EVENT_STOP."""
+        with self._guard:
+            st = ptrace.wait_stop(tid)
+            if st is None or not st.is_event_stop:
+                raise TargetError(f"new thread {tid} of {self.pid} did not stop as expected ({st!r})")
+            self._threads[tid] = _Thread(tid, stopped=True, stop_sig=st.sig)
+            self.tids.append(tid)
+
     def forget_thread(self, tid: int) -> None:
         """A held thread died (e.g. SIGKILL during injection)."""
         self._threads.pop(tid, None)

@@ -50,7 +50,7 @@ from coldsnap.seize.freezer import FrozenTask
 PAGE = 4096
 U64 = (1 << 64) - 1
 PROT_READ, PROT_WRITE = 1, 2
-MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
+MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
 BLOCK_ALL_BUT_TRAP = U64 & ~(1 << (signal.SIGTRAP - 1))
 REGS_SIZE = ctypes.sizeof(ptrace.UserRegs)
 _ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
@@ -81,6 +81,7 @@ class RemoteCalls:
         self._work = ptrace.UserRegs()
         self._in_trap = False                       # thread sits in our SIGTRAP stop
         self._scratch: int | None = None
+        self.scratch_at: int | None = None          # fixed address for the scratch page, if set
         self._gadget = 0
         self._block = BLOCK_ALL_BUT_TRAP
 
@@ -234,9 +235,16 @@ class RemoteCalls:
     def scratch(self) -> int:
         """Address of a private RW page in the target, mapped on first use, unmapped at close."""
         if self._scratch is None:
-            self._scratch = self.checked(SYS.mmap, 0, self.scratch_size, PROT_READ | PROT_WRITE,
-                                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0, what="mmap scratch")
+            fixed = MAP_FIXED_NOREPLACE if self.scratch_at is not None else 0
+            self._scratch = self.checked(SYS.mmap, self.scratch_at or 0, self.scratch_size,
+                                         PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | fixed,
+                                         -1, 0, what="mmap scratch")
         return self._scratch
+
+    def refresh_gadget(self) -> None:
+        """Find the `syscall` gadget again, after an injected call moved the [vdso]."""
+        self.task.forget_gadget()
+        self._gadget = self.task.vdso_gadget()
 
     def write_scratch(self, data: bytes, offset: int = 0) -> int:
         """Copy DATA into the scratch page at OFFSET; returns its target address."""

@@ -1,0 +1,216 @@
+"""Load a dump's images and check everything that can be checked before a process exists.
+
+`load(path)` returns a `DumpImages` or raises ImageError/TargetError with one line: a bad or
+incomplete image set must never get as far as a half-built process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..dump.files import FilesSnapshot, read_files_images
+from ..errors import ImageError, TargetError
+from ..images.chain import PageChain
+from ..images.directory import ImageDir
+from ..images.framing import read_image
+from ..images.pages import pagemap_name
+from ..images.pb import core_pb2, fdinfo_pb2
+from ..kernel.procfs import read_maps
+from ..memory.vma import (VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
+                          VMA_FILE_PRIVATE, VMA_FILE_SHARED)
+from .files import validate_files
+from .memory import PageSources
+
+PAGE = 4096
+TASK_SIZE = 0x7FFFFFFFF000
+MMAP_MIN_ADDR = 0x10000
+# XSAVE component bits -> the /proc/cpuinfo flag a CPU must have to accept them
+XFEATURE_FLAGS = {2: "avx", 3: "mpx", 4: "mpx", 5: "avx512f", 6: "avx512f", 7: "avx512f", 9: "pku",
+                  17: "amx_tile", 18: "amx_tile"}
+
+
+@dataclass
+class MappedFile:
+    path: str
+    flags: int          # open flags the dump recorded (O_RDONLY or O_RDWR)
+    size: int | None
+
+
+@dataclass
+class DumpImages:
+    dir: ImageDir
+    pid: int
+    tids: list[int]
+    cores: dict[int, core_pb2.core_entry]
+    mm: object                       # mm_entry
+    files: FilesSnapshot
+    mapped: dict[int, MappedFile]    # REG file_entry id -> file, for VMAs and the exe
+    private: PageSources                          # the process pagemap, parents resolved
+    shmem: dict[int, PageSources] = field(default_factory=dict)   # shmid -> its object's pages
+
+    @property
+    def leader(self) -> core_pb2.core_entry:
+        return self.cores[self.pid]
+
+    def vmas(self, skip: int = VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) -> list:
+        return [v for v in self.mm.vmas if not v.status & skip]
+
+
+def load(path: str | os.PathLike, *, shell_job: bool = False) -> DumpImages:
+    d = ImageDir.open(path)
+    inv = d.inventory
+    if inv.HasField("pre_dump_mode"):
+        raise ImageError(f"{d.root}: a pre-dump, not a dump: restore needs the images of `coldsnap dump`")
+    trees = d.read("pstree.img", missing_ok=True)
+    if not trees:
+        raise ImageError(f"{d.root}: no pstree.img: not a dump directory")
+    if len(trees) > 1:
+        raise ImageError(f"{d.root}: {len(trees)} processes in pstree.img; coldsnap restores one")
+    tree = trees[0]
+    pid, tids = tree.pid, list(tree.threads) or [tree.pid]
+    if pid not in tids:
+        raise ImageError(f"{d.root}/pstree.img: leader {pid} missing from its thread list")
+    cores = {tid: _core(d, tid) for tid in tids}
+    mm = d.read_single(f"mm-{pid}.img") if d.exists(f"mm-{pid}.img") else None
+    if mm is None:
+        raise ImageError(f"{d.root}: mm-{pid}.img is missing")
+    _check_vmas(d, mm)
+    _check_vdso(mm)
+    _check_xstate(cores)
+    ids = d.read_single(f"ids-{pid}.img") if d.exists(f"ids-{pid}.img") else None
+    if ids is None:
+        raise ImageError(f"{d.root}: ids-{pid}.img is missing")
+    files = read_files_images(d.root, pid, ids.files_id)
+    validate_files(files, shell_job=shell_job)
+    mapped = _mapped_files(d, mm)
+    if not d.exists(pagemap_name(pid)):
+        raise ImageError(f"{d.root}: {pagemap_name(pid)} is missing")
+    private = _sources(d, pid, False)
+    _check_inside(d, pid, private.runs, mm)
+    shmem = {shmid: _sources(d, shmid, True)
+             for shmid in sorted({v.shmid for v in mm.vmas if v.status & VMA_ANON_SHARED})
+             if d.exists(pagemap_name(shmid, shmem=True))}
+    _check_ids_free(tids)
+    return DumpImages(d, pid, tids, cores, mm, files, mapped, private, shmem)
+
+
+def _sources(d: ImageDir, key: int, shmem: bool) -> PageSources:
+    with PageChain(d, key, shmem=shmem) as chain:
+        runs = chain.sources()
+        readers = [chain.reader(level) for level in range(len(chain.dirs))]
+        return PageSources([r.pages_path if r is not None else None for r in readers], runs)
+
+
+def _core(d: ImageDir, tid: int) -> core_pb2.core_entry:
+    name = f"core-{tid}.img"
+    if not d.exists(name):
+        raise ImageError(f"{d.root}: {name} is missing")
+    core = d.read_single(name)
+    if core.mtype != core_pb2.X86_64:
+        raise ImageError(f"{d.path(name)}: images are for architecture "
+                         f"{core_pb2.core_entry.march.Name(core.mtype)}, this machine is X86_64")
+    if not core.HasField("thread_info"):
+        raise ImageError(f"{d.path(name)}: no x86-64 thread state")
+    return core
+
+
+def _check_vmas(d: ImageDir, mm) -> None:
+    prev_end = 0
+    for v in mm.vmas:
+        bad = (v.start % PAGE or v.end % PAGE or v.end <= v.start or v.start < prev_end)
+        if bad or (v.end > TASK_SIZE and not v.status & VMA_AREA_VSYSCALL):
+            raise ImageError(f"{d.root}/mm: VMA {v.start:#x}-{v.end:#x} is not a valid, ordered area")
+        prev_end = v.end
+
+
+def vdso_layout(vmas) -> list[tuple[int, int]]:
+    """[(start, end)] of the vvar/vvar_vclock/vdso areas, in address order."""
+    return [(v.start, v.end) for v in vmas if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR)]
+
+
+def current_vdso_layout() -> list[tuple[int, int]]:
+    return [(m.start, m.end) for m in read_maps(os.getpid())
+            if m.path in ("[vdso]", "[vvar]", "[vvar_vclock]")]
+
+
+def _shape(areas: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    base = areas[0][0] if areas else 0
+    return [(s - base, e - base) for s, e in areas]
+
+
+def _check_vdso(mm) -> None:
+    have, want = _shape(current_vdso_layout()), _shape(vdso_layout(mm.vmas))
+    if have != want:
+        raise ImageError("images come from a kernel with another vDSO layout "
+                         f"({len(want)} areas, {sum(e - s for s, e in want) // PAGE} pages; "
+                         f"this kernel: {len(have)} areas, {sum(e - s for s, e in have) // PAGE} pages)")
+
+
+def _cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _check_xstate(cores: dict[int, core_pb2.core_entry]) -> None:
+    flags = _cpu_flags()
+    for tid, core in cores.items():
+        fp = core.thread_info.fpregs
+        bv = fp.xsave.xstate_bv if fp.HasField("xsave") else 0
+        for bit, flag in XFEATURE_FLAGS.items():
+            if bv >> bit & 1 and flag not in flags:
+                raise ImageError(f"core-{tid}.img: thread state uses the CPU feature {flag!r}, "
+                                 "which this machine lacks")
+
+
+def _mapped_files(d: ImageDir, mm) -> dict[int, MappedFile]:
+    regs = {e.id: e.reg for e in read_image(d.path("files.img")) if e.type == fdinfo_pb2.REG}
+    want = {v.shmid for v in mm.vmas if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)}
+    if mm.exe_file_id:
+        want.add(mm.exe_file_id)
+    out = {}
+    for fid in sorted(want):
+        r = regs.get(fid)
+        if r is None:
+            raise ImageError(f"{d.root}/files.img: no file with id {fid} (needed by mm-*.img)")
+        size = r.size if r.HasField("size") else None
+        try:
+            st = os.stat(r.name)
+        except OSError as e:
+            raise ImageError(f"mapped file {r.name}: {e.strerror}") from None
+        if size is not None and st.st_size != size:
+            raise ImageError(f"mapped file {r.name} changed size since the dump "
+                             f"({size} -> {st.st_size} bytes)")
+        out[fid] = MappedFile(r.name, r.flags, size)
+    return out
+
+
+def _check_inside(d: ImageDir, pid: int, sources, mm) -> None:
+    """Every saved page must land in a VMA the restore will create."""
+    import bisect
+    areas = [(v.start, v.end) for v in mm.vmas]
+    starts = [s for s, _ in areas]
+    for _, vaddr, n, _ in sources:
+        i = bisect.bisect_right(starts, vaddr) - 1
+        end = vaddr + n
+        # a run may cross adjacent VMAs
+        while i >= 0 and i < len(areas) and areas[i][0] <= vaddr < areas[i][1]:
+            vaddr = areas[i][1]
+            if vaddr >= end:
+                break
+            i += 1
+        if vaddr < end:
+            raise ImageError(f"{d.path(pagemap_name(pid))}: page {vaddr:#x} lies outside every VMA")
+
+
+def _check_ids_free(tids: list[int]) -> None:
+    for tid in tids:
+        if os.path.exists(f"/proc/{tid}"):
+            try:
+                comm = Path(f"/proc/{tid}/comm").read_text().strip()
+            except OSError:
+                comm = "?"
+            raise TargetError(f"PID {tid} is in use (by {comm!r}): cannot restore with the same IDs")

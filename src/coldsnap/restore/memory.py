@@ -1,0 +1,131 @@
+"""Write saved pages into the restored process: straight from the mapped pages files.
+
+The pages files are mmap'ed read-only and handed to process_vm_writev as the local side, so
+page data goes from the page cache into the target with one copy and no buffer of ours.
+process_vm_writev honours protections, so pages of areas the target cannot write (relro
+data, read-only copies) go through /proc/PID/mem instead, which may write them.
+"""
+from __future__ import annotations
+
+import bisect
+import mmap
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CsError
+from ..kernel import vm
+from ..memory.vma import PROT_WRITE
+
+Source = tuple[int, int, int, int]   # (chain level, vaddr, nbytes, offset in that level's pages file)
+
+
+@dataclass
+class PageSources:
+    """Where the pages of one pagemap (and its parents) are."""
+    files: list[Path | None]         # pages file per chain level
+    runs: list[Source]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r[2] for r in self.runs)
+
+
+@dataclass
+class WriteStats:
+    bytes_vm: int = 0                # through process_vm_writev
+    bytes_mem: int = 0               # through /proc/PID/mem
+    syscalls: int = 0
+
+
+@dataclass
+class PageWriter:
+    pid: int
+    mem_fd: int
+    stats: WriteStats = field(default_factory=WriteStats)
+    _maps: dict[Path, tuple[mmap.mmap, np.ndarray]] = field(default_factory=dict)
+
+    def _view(self, path: Path) -> np.ndarray:
+        if path not in self._maps:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None
+            finally:
+                os.close(fd)
+            arr = np.frombuffer(m, np.uint8) if m is not None else np.zeros(0, np.uint8)
+            self._maps[path] = (m, arr)   # type: ignore[assignment]
+        return self._maps[path][1]
+
+    def write(self, src: PageSources, areas: list[tuple[int, int, int]],
+              translate=None) -> None:
+        """Write every run of src. areas: the target's (start, end, prot), sorted; translate
+        maps a run's key (e.g. a shmem offset) to [(vaddr, key_offset, nbytes)] pieces."""
+        starts = [a[0] for a in areas]
+        local = vm.new_iov_array()
+        remote = vm.new_iov_array()
+        n = 0
+        for level, key, nbytes, offset in src.runs:
+            path = src.files[level]
+            if path is None:
+                raise CsError(f"chain level {level} has no pages file")
+            view = self._view(path)
+            base = view.ctypes.data
+            pieces = translate(key, nbytes) if translate else [(key, 0, nbytes)]
+            for vaddr, skip, size in pieces:
+                for start, end, writable in _split(areas, starts, vaddr, vaddr + size):
+                    off = offset + skip + start - vaddr
+                    if writable:
+                        local[n] = (base + off, end - start)
+                        remote[n] = (start, end - start)
+                        n += 1
+                        if n == vm.IOV_MAX:
+                            self._flush(local, remote, n)
+                            n = 0
+                    else:
+                        self._pwrite(view[off:off + end - start], start)
+        if n:
+            self._flush(local, remote, n)
+
+    def _flush(self, local: np.ndarray, remote: np.ndarray, n: int) -> None:
+        want = int(local[:n, 1].sum())
+        done = vm.writev_pairs(self.pid, local, remote, n)
+        self.stats.syscalls += 1
+        if done != want:
+            raise CsError(f"process_vm_writev into {self.pid} wrote {done} of {want} bytes")
+        self.stats.bytes_vm += done
+
+    def _pwrite(self, data: np.ndarray, addr: int) -> None:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            k = os.pwrite(self.mem_fd, view[done:], addr + done)
+            self.stats.syscalls += 1
+            if k <= 0:
+                raise CsError(f"/proc/{self.pid}/mem: short write at {addr + done:#x}")
+            done += k
+        self.stats.bytes_mem += done
+
+    def close(self) -> None:
+        for m, arr in self._maps.values():
+            del arr
+            if m is not None:
+                try:
+                    m.close()
+                except BufferError:
+                    pass   # a numpy view still alive: the mapping goes with it
+        self._maps.clear()
+
+
+def _split(areas: list[tuple[int, int, int]], starts: list[int], lo: int, hi: int):
+    """Cut [lo, hi) at area boundaries: (start, end, writable) pieces; outside areas is an error."""
+    i = bisect.bisect_right(starts, lo) - 1
+    pos = lo
+    while pos < hi:
+        if i < 0 or i >= len(areas) or not areas[i][0] <= pos < areas[i][1]:
+            raise CsError(f"saved page {pos:#x} is outside every restored area")
+        end = min(hi, areas[i][1])
+        yield pos, end, bool(areas[i][2] & PROT_WRITE)
+        pos, i = end, i + 1

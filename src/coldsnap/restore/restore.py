@@ -1,0 +1,116 @@
+"""`coldsnap restore`: validate the images, make a blank child with the dumped PID, transplant.
+
+    restore(images_dir, detach=True) -> RestoreResult
+
+The blank child is a clone3 of coldsnap with set_tid = the dumped PID. In plain Python it
+rebuilds the fd table, cwd, root and umask (restore/files.py), asks to die with coldsnap
+until the restore is over (PR_SET_PDEATHSIG, cleared at the end) and waits. coldsnap sets
+its rlimits from outside, seizes it and reshapes it (restore/transplant.py). Any failure
+after the child exists kills it: a restore either yields the process or nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from ..errors import CsError, ImageError, TargetError
+from ..kernel.clone import fork_with_pid
+from ..kernel.libc import libc, syscall
+from ..seize.freezer import freeze
+from .files import rebuild_fds
+from .images import DumpImages, load
+from .transplant import TransplantStats, transplant
+
+PR_SET_PDEATHSIG = 1
+NR_prlimit64 = 302
+
+
+@dataclass
+class RestoreResult:
+    pid: int
+    threads: int
+    stats: TransplantStats
+    blank_ns: int           # clone + fd table in the child
+    total_ns: int
+    exit_status: int | None = None   # set when not detached: the waitpid status
+
+
+def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bool = False) -> RestoreResult:
+    t0 = time.perf_counter_ns()
+    images = load(images_dir, shell_job=shell_job)
+    pid = _blank_child(images, shell_job)
+    t_blank = time.perf_counter_ns()
+    try:
+        _set_rlimits(pid, images)
+        with freeze(pid) as task:
+            stats = transplant(task, images)
+    except BaseException:
+        _kill(pid)
+        raise
+    result = RestoreResult(pid, len(images.tids), stats, t_blank - t0, time.perf_counter_ns() - t0)
+    if not detach:
+        result.exit_status = _wait(pid)
+    return result
+
+
+def _blank_child(images: DumpImages, shell_job: bool) -> int:
+    r, w = os.pipe()
+    try:
+        pid = fork_with_pid(images.pid)
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        if e.errno == 17:
+            raise TargetError(f"PID {images.pid} is in use: cannot restore with the same IDs") from None
+        raise TargetError(f"cannot create a process with PID {images.pid}: {e.strerror}") from None
+    if pid == 0:   # the child: plain Python until coldsnap seizes it
+        os.close(r)
+        try:
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            rebuild_fds(images.files, shell_job=shell_job, keep_fds=(w,))
+            os.write(w, b"ok")
+        except BaseException as e:   # noqa: BLE001 - report anything to the parent
+            try:
+                os.write(w, str(e).encode()[:4000] or type(e).__name__.encode())
+            finally:
+                os._exit(1)
+        os.close(w)
+        while True:
+            signal.pause()
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        msg = f.read()
+    if msg != b"ok":
+        _kill(pid)
+        raise ImageError(msg.decode(errors="replace") or "the restore child died while preparing")
+    return pid
+
+
+def _set_rlimits(pid: int, images: DumpImages) -> None:
+    new = (ctypes.c_uint64 * 2)()
+    for res, lim in enumerate(images.leader.tc.rlimits.rlimits):
+        new[0], new[1] = lim.cur, lim.max
+        try:
+            syscall(NR_prlimit64, pid, res, ctypes.addressof(new), 0)
+        except OSError as e:
+            raise CsError(f"cannot set resource limit {res} to ({lim.cur}, {lim.max}): {e.strerror}") from None
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _wait(pid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return status
+        except InterruptedError:
+            continue

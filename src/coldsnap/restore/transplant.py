@@ -1,0 +1,385 @@
+"""Reshape a held blank child into the dumped process with injected system calls.
+
+    with freeze(child) as task:
+        transplant(task, images)      # memory, mm, threads, signals, registers...
+    # detach: the restored process runs
+
+The child is a fork of coldsnap whose fd table, cwd and limits are already the target's
+(restore/blank.py). Everything else happens here, in this order, in one remote-call session
+on the leader (every call runs at a `syscall` of the [vdso], so nothing of the child's own
+memory is needed once the vDSO has moved):
+
+ 1. unregister the child's inherited rseq area (the kernel would fault on it once unmapped)
+ 2. mremap [vvar] [vvar_vclock] [vdso] to where the images had them (same kernel layout)
+ 3. munmap everything else, in two calls around the vDSO block
+ 4. map every VMA at its address with its protection, file and flags; write the pages
+ 5. PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv, exe file
+ 6. itimers, personality, dumpable, subreaper; create each other thread with clone3 set_tid
+    (PTRACE_O_TRACECLONE hands it to us stopped) and set its per-thread state
+ 7. per-thread state of the leader, pending signals, signal handlers (late: a forced
+    single-step SIGTRAP would reset an ignored SIGTRAP handler)
+ 8. registers, xstate and blocked masks are set at each thread's final ptrace stop; the
+    kernel then restarts interrupted system calls (-ERESTART*) as it would have.
+"""
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+
+from ..errors import CsError, TargetError
+from ..kernel import ptrace
+from ..kernel.clone import THREAD_FLAGS, clone_args
+from ..kernel.libc import SYS
+from ..kernel.procfs import read_maps
+from ..memory.vma import (MAP_SHARED, PROT_WRITE, VMA_ANON_SHARED, VMA_FILE_PRIVATE, VMA_FILE_SHARED)
+from ..seize.freezer import FrozenTask
+from ..seize.remote import RemoteCalls
+from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, vdso_layout
+from .memory import PageWriter, WriteStats
+
+PAGE = 4096
+SCRATCH = 4 * PAGE
+MAP_FIXED = 0x10
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+AT_FDCWD = -100
+O_CLOEXEC = 0o2000000
+RSEQ_FLAG_UNREGISTER = 1
+PR_SET_NAME, PR_SET_DUMPABLE, PR_SET_PDEATHSIG = 15, 4, 1
+PR_SET_MM, PR_SET_MM_MAP = 35, 14
+PR_SET_CHILD_SUBREAPER = 36
+SS_ONSTACK, SS_DISABLE = 1, 2
+SIGKILL, SIGSTOP = 9, 19
+SIGNALS = tuple(s for s in range(1, 65) if s not in (SIGKILL, SIGSTOP))
+PRCTL_MM_MAP = struct.Struct("<11QQII")     # struct prctl_mm_map (104 bytes)
+_OFF_ARGS, _OFF_PATH = 0, 2 * PAGE           # scratch layout: structs, then a path
+_REGS = {"bp": "rbp", "bx": "rbx", "ax": "rax", "cx": "rcx", "dx": "rdx", "si": "rsi", "di": "rdi",
+         "orig_ax": "orig_rax", "ip": "rip", "flags": "eflags", "sp": "rsp"}
+
+
+@dataclass
+class TransplantStats:
+    calls: int = 0
+    write: WriteStats | None = None
+    memory_ns: int = 0
+    total_ns: int = 0
+
+
+def user_regs(core) -> ptrace.UserRegs:
+    g = core.thread_info.gpregs
+    regs = ptrace.UserRegs()
+    for name in ptrace._REG_NAMES:
+        setattr(regs, name, getattr(g, next((k for k, v in _REGS.items() if v == name), name)))
+    return regs
+
+
+def fxsave(core) -> bytes:
+    """512-byte FXSAVE area from the fpregs entry (when no raw xstate was kept)."""
+    f = core.thread_info.fpregs
+    head = struct.pack("<HHHHQQII", f.cwd, f.swd, f.twd, f.fop, f.rip, f.rdp, f.mxcsr, f.mxcsr_mask)
+    return (head + struct.pack("<32I", *f.st_space) + struct.pack("<64I", *f.xmm_space)).ljust(512, b"\0")
+
+
+class Transplant:
+    def __init__(self, task: FrozenTask, images: DumpImages):
+        self.task = task
+        self.img = images
+        self.pid = task.pid
+        self.rc = RemoteCalls(task, tid=self.pid, scratch_size=SCRATCH)
+        self.stats = TransplantStats()
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _scratch(self) -> int:
+        return self.rc.scratch()
+
+    def _put(self, data: bytes, off: int = _OFF_ARGS) -> int:
+        return self.rc.write_scratch(data, off)
+
+    def _open(self, path: str, flags: int) -> int:
+        raw = path.encode() + b"\0"
+        if len(raw) > SCRATCH - _OFF_PATH:
+            raise CsError(f"path too long to open in the restored process: {path}")
+        addr = self._put(raw, _OFF_PATH)
+        return self.rc.checked(SYS.openat, AT_FDCWD, addr, flags | O_CLOEXEC, 0, what=f"open {path}")
+
+    # -- the steps ------------------------------------------------------------------------
+
+    def run(self) -> TransplantStats:
+        t0 = time.perf_counter_ns()
+        rc = self.rc
+        rc.open()
+        self._drop_rseq(self.pid)
+        self._move_vdso()
+        self._unmap_all()
+        rc.scratch_at = self._free_gap(SCRATCH)
+        self._scratch()
+        t_mem = time.perf_counter_ns()
+        self._map_vmas()
+        self._write_pages()
+        self.stats.memory_ns = time.perf_counter_ns() - t_mem
+        self._set_mm()
+        self._process_state()
+        for tid in self.img.tids:
+            if tid != self.pid:
+                self._new_thread(tid)
+        core = self.img.leader
+        self._thread_state(rc, core)
+        self._pending(rc)
+        self._sigactions()
+        rc.saved = user_regs(core)
+        rc._saved_mask = core.thread_core.blk_sigset
+        self.stats.calls = rc.stats.calls
+        rc.close()                      # unmaps the scratch, then sets the dumped registers
+        self._set_fpu(self.pid, core)
+        self.stats.total_ns = time.perf_counter_ns() - t0
+        return self.stats
+
+    def _drop_rseq(self, tid: int) -> None:
+        try:
+            conf = ptrace.get_rseq_configuration(tid)
+        except OSError:
+            return
+        if conf.rseq_abi_pointer:
+            self.rc.checked(SYS.rseq, conf.rseq_abi_pointer, conf.rseq_abi_size, RSEQ_FLAG_UNREGISTER,
+                            conf.signature, what="rseq unregister")
+
+    def _move_vdso(self) -> None:
+        have = [(m.start, m.end) for m in read_maps(self.pid)
+                if m.path in ("[vdso]", "[vvar]", "[vvar_vclock]")]
+        want = vdso_layout(self.img.mm.vmas)
+        if not want or have[0][0] == want[0][0]:
+            return
+        block = have[-1][1] - have[0][0]
+        lo, hi = min(have[0][0], want[0][0]), max(have[-1][1], want[-1][1])
+        if hi - lo < 2 * block:      # overlapping: go through a spot clear of both
+            tmp = lo - block - PAGE
+            self._mremap_block(have, tmp)
+            have = [(s - have[0][0] + tmp, e - have[0][0] + tmp) for s, e in have]
+        self._mremap_block(have, want[0][0])
+
+    def _mremap_block(self, areas: list[tuple[int, int]], to: int) -> None:
+        base = areas[0][0]
+        for start, end in areas:
+            self.rc.checked(SYS.mremap, start, end - start, end - start, MREMAP_MAYMOVE | MREMAP_FIXED,
+                            to + start - base, what="mremap vdso")
+        self.rc.refresh_gadget()
+
+    def _unmap_all(self) -> None:
+        areas = vdso_layout(self.img.mm.vmas)
+        lo, hi = areas[0][0], areas[-1][1]
+        self.rc.checked(SYS.munmap, 0, lo, what="munmap below the vdso")
+        if hi < TASK_SIZE:
+            self.rc.checked(SYS.munmap, hi, TASK_SIZE - hi, what="munmap above the vdso")
+
+    def _occupied(self) -> list[tuple[int, int]]:
+        spans = [(v.start, v.end) for v in self.img.mm.vmas if v.end <= TASK_SIZE]
+        if self.rc._scratch is not None:
+            spans.append((self.rc._scratch, self.rc._scratch + SCRATCH))
+        return sorted(spans)
+
+    def _free_gap(self, size: int) -> int:
+        """The highest free range of `size` bytes, clear of every dumped area."""
+        top = TASK_SIZE - PAGE
+        for start, end in reversed(self._occupied()):
+            if end <= top and top - end >= size:
+                return top - size
+            top = min(top, start)
+        if top - MMAP_MIN_ADDR >= size:
+            return top - size
+        raise CsError("no free address range for restore's scratch area")
+
+    def _map_vmas(self) -> None:
+        rc, fds = self.rc, {}
+        shared: dict[int, list] = {}
+        try:
+            for v in self.img.vmas():
+                fd = -1
+                if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
+                    f = self.img.mapped[v.shmid]
+                    if v.shmid not in fds:
+                        want_write = v.status & VMA_FILE_SHARED and v.prot & PROT_WRITE
+                        fds[v.shmid] = self._open(f.path, 2 if want_write else 0)
+                    fd = fds[v.shmid]
+                elif v.status & VMA_ANON_SHARED:
+                    shared.setdefault(v.shmid, []).append(v)
+                    continue
+                rc.checked(SYS.mmap, v.start, v.end - v.start, v.prot, v.flags | MAP_FIXED, fd,
+                           v.pgoff if fd >= 0 else 0, what=f"mmap {v.start:#x}")
+        finally:
+            for fd in fds.values():
+                rc.call(SYS.close, fd)
+        for group in shared.values():
+            self._map_shared(group)
+
+    def _map_shared(self, group: list) -> None:
+        """One shared anonymous object, possibly seen through several VMAs at offsets."""
+        rc = self.rc
+        v0 = group[0]
+        if len(group) == 1 and v0.pgoff == 0:
+            rc.checked(SYS.mmap, v0.start, v0.end - v0.start, v0.prot, v0.flags | MAP_FIXED, -1, 0,
+                       what=f"mmap shared {v0.start:#x}")
+            return
+        size = max(v.pgoff + v.end - v.start for v in group)
+        tmp = self._free_gap(size)
+        rc.checked(SYS.mmap, tmp, size, 3, MAP_SHARED | 0x20 | MAP_FIXED, -1, 0, what="mmap shared object")
+        for v in group:
+            rc.checked(SYS.mremap, tmp + v.pgoff, v.end - v.start, v.end - v.start,
+                       MREMAP_MAYMOVE | MREMAP_FIXED, v.start, what=f"mremap shared {v.start:#x}")
+            rc.checked(SYS.mprotect, v.start, v.end - v.start, v.prot, what="mprotect shared")
+        rc.call(SYS.munmap, tmp, size)
+
+    def _write_pages(self) -> None:
+        vmas = self.img.vmas()
+        areas = [(v.start, v.end, v.prot) for v in vmas]
+        writer = PageWriter(self.pid, self.task.mem_fd())
+        try:
+            writer.write(self.img.private, areas)
+            for shmid, src in self.img.shmem.items():
+                views = [v for v in vmas if v.status & VMA_ANON_SHARED and v.shmid == shmid]
+                writer.write(src, areas, translate=_shmem_translator(views))
+        finally:
+            writer.close()
+        self.stats.write = writer.stats
+
+    def _set_mm(self) -> None:
+        mm, rc = self.img.mm, self.rc
+        auxv = struct.pack(f"<{len(mm.mm_saved_auxv)}Q", *mm.mm_saved_auxv)
+        auxv_addr = self._put(auxv, PAGE)
+        exe_fd = self._open(self.img.mapped[mm.exe_file_id].path, 0) if mm.exe_file_id else -1
+        try:
+            arg = PRCTL_MM_MAP.pack(mm.mm_start_code, mm.mm_end_code, mm.mm_start_data, mm.mm_end_data,
+                                    mm.mm_start_brk, mm.mm_brk, mm.mm_start_stack, mm.mm_arg_start,
+                                    mm.mm_arg_end, mm.mm_env_start, mm.mm_env_end, auxv_addr,
+                                    len(auxv), exe_fd & 0xFFFFFFFF)
+            rc.checked(SYS.prctl, PR_SET_MM, PR_SET_MM_MAP, self._put(arg), PRCTL_MM_MAP.size, 0,
+                       what="PR_SET_MM_MAP")
+        finally:
+            if exe_fd >= 0:
+                rc.call(SYS.close, exe_fd)
+
+    def _process_state(self) -> None:
+        rc, tc, mm = self.rc, self.img.leader.tc, self.img.mm
+        for which, name in enumerate(("real", "virt", "prof")):
+            t = getattr(tc.timers, name)
+            if t.vsec or t.vusec:
+                addr = self._put(struct.pack("<4Q", t.isec, t.iusec, t.vsec, t.vusec))
+                rc.checked(SYS.setitimer, which, addr, 0, what="setitimer")
+        rc.checked(SYS.personality, tc.personality, what="personality")
+        if mm.HasField("dumpable"):
+            rc.call(SYS.prctl, PR_SET_DUMPABLE, mm.dumpable, 0, 0, 0)
+        rc.call(SYS.prctl, PR_SET_CHILD_SUBREAPER, int(tc.child_subreaper), 0, 0, 0)
+        rc.call(SYS.prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0)   # the blank child asked for SIGKILL
+
+    def _new_thread(self, tid: int) -> None:
+        rc = self.rc
+        core = self.img.cores[tid]
+        tid_addr = self._put(struct.pack("<i", tid), PAGE - 8)
+        args = self._put(clone_args(THREAD_FLAGS, set_tid_ptr=tid_addr, set_tid_size=1))
+        ptrace.set_options(self.pid, ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_TRACECLONE)
+        try:
+            got = rc.call(SYS.clone3, args, len(clone_args(0)))
+        finally:
+            ptrace.set_options(self.pid, ptrace.PTRACE_O_TRACESYSGOOD)
+        if got < 0:
+            import os
+            why = "it is in use" if got == -17 else os.strerror(-got)
+            raise TargetError(f"cannot create thread {tid}: {why}")
+        if got != tid:
+            raise TargetError(f"thread {tid} was created as {got}")
+        self.task.adopt_thread(tid)
+        ptrace.set_regs(tid, user_regs(core))     # drop the leader's copy (trap flag included)
+        trc = RemoteCalls(self.task, tid=tid)
+        trc.open()
+        try:
+            self._thread_state(trc, core)
+            trc._saved_mask = core.thread_core.blk_sigset
+        finally:
+            self.stats.calls += trc.stats.calls
+            trc.close()
+        ptrace.set_sigmask(tid, core.thread_core.blk_sigset)
+        self._set_fpu(tid, core)
+
+    def _thread_state(self, rc: RemoteCalls, core) -> None:
+        """State a thread can only set for itself: tid address, robust list, altstack, rseq, name."""
+        th, ti = core.thread_core, core.thread_info
+        rc.call(SYS.set_tid_address, ti.clear_tid_addr)
+        if th.futex_rla:
+            rc.checked(SYS.set_robust_list, th.futex_rla, th.futex_rla_len, what="set_robust_list")
+        sas = th.sas
+        if th.HasField("sas") and not sas.ss_flags & SS_DISABLE:
+            addr = self._put(struct.pack("<Qi4xQ", sas.ss_sp, sas.ss_flags & ~SS_ONSTACK, sas.ss_size), 512)
+            rc.checked(SYS.sigaltstack, addr, 0, what="sigaltstack")
+        r = th.rseq_entry
+        if th.HasField("rseq_entry") and r.rseq_abi_pointer:
+            rc.checked(SYS.rseq, r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature, what="rseq")
+        if th.comm:
+            rc.call(SYS.prctl, PR_SET_NAME, self._put(th.comm.encode()[:15] + b"\0", 1024), 0, 0, 0)
+        self._creds(rc, th.creds)
+
+    def _creds(self, rc: RemoteCalls, cr) -> None:
+        import os
+        if (cr.uid, cr.euid, cr.suid) == os.getresuid() and (cr.gid, cr.egid, cr.sgid) == os.getresgid() \
+                and sorted(cr.groups) == sorted(os.getgroups()):
+            return
+        groups = struct.pack(f"<{len(cr.groups)}I", *cr.groups)
+        rc.checked(SYS.setgroups, len(cr.groups), self._put(groups, 1536) if groups else 0, what="setgroups")
+        rc.checked(SYS.setresgid, cr.gid, cr.egid, cr.sgid, what="setresgid")
+        rc.checked(SYS.setresuid, cr.uid, cr.euid, cr.suid, what="setresuid")
+
+    def _pending(self, rc: RemoteCalls) -> None:
+        """Queue the saved pending signals again, from inside (si_code is kept as it was)."""
+        for core in self.img.cores.values():
+            th = core.thread_core
+            if th.HasField("signals_p"):
+                for s in th.signals_p.signals:
+                    signo = struct.unpack_from("<i", s.siginfo)[0]
+                    rc.checked(SYS.rt_tgsigqueueinfo, self.pid, self._tid_of(core), signo,
+                               self._put(s.siginfo[:128], 2048), what="rt_tgsigqueueinfo")
+        tc = self.img.leader.tc
+        if tc.HasField("signals_s"):
+            for s in tc.signals_s.signals:
+                signo = struct.unpack_from("<i", s.siginfo)[0]
+                rc.checked(SYS.rt_sigqueueinfo, self.pid, signo, self._put(s.siginfo[:128], 2048),
+                           what="rt_sigqueueinfo")
+
+    def _tid_of(self, core) -> int:
+        return next(tid for tid, c in self.img.cores.items() if c is core)
+
+    def _sigactions(self) -> None:
+        acts = self.img.leader.tc.sigactions
+        if not acts:
+            return
+        if len(acts) != len(SIGNALS):
+            raise CsError(f"core-{self.pid}.img: {len(acts)} signal actions, expected {len(SIGNALS)}")
+        blob = b"".join(struct.pack("<QQQQ", a.sigaction, a.flags, a.restorer, a.mask) for a in acts)
+        base = self._put(blob)
+        for i, sig in enumerate(SIGNALS):
+            self.rc.checked(SYS.rt_sigaction, sig, base + 32 * i, 0, 8, what=f"rt_sigaction({sig})")
+
+    def _set_fpu(self, tid: int, core) -> None:
+        fp = core.thread_info.fpregs
+        raw = fp.xsave.cs_xsave_raw if fp.HasField("xsave") else b""
+        try:
+            if raw:
+                ptrace.set_regset(tid, ptrace.NT_X86_XSTATE, raw)
+                return
+        except OSError:
+            pass   # another xstate size: fall back to the FXSAVE part
+        ptrace.set_regset(tid, ptrace.NT_PRFPREG, fxsave(core))
+
+
+def _shmem_translator(views: list):
+    """Map offsets inside a shared object to the addresses of the VMAs that show them."""
+    def translate(offset: int, nbytes: int):
+        out = []
+        for v in views:
+            lo, hi = max(offset, v.pgoff), min(offset + nbytes, v.pgoff + v.end - v.start)
+            if lo < hi:
+                out.append((v.start + lo - v.pgoff, lo - offset, hi - lo))
+        return out
+    return translate
+
+
+def transplant(task: FrozenTask, images: DumpImages) -> TransplantStats:
+    return Transplant(task, images).run()
