@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     ut = sub.add_parser("untrack", help="remove coldsnap's write tracking from a process")
     ut.add_argument("pid", type=_pid, metavar="PID")
 
+    rs = sub.add_parser("restore", help="bring a dumped process back to life (same PID and TIDs)")
+    rs.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="images of `coldsnap dump`")
+    rs.add_argument("-d", "--restore-detached", action="store_true",
+                    help="detach once the process runs (default: wait and pass its exit status on)")
+    rs.add_argument("--shell-job", action="store_true",
+                    help="give the process coldsnap's terminal where it had one")
+
     sh = sub.add_parser("show", help="summarise an images directory")
     sh.add_argument("dir", metavar="DIR")
     sh.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -98,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
               f"{stats.pages_skipped} skipped, frozen {stats.frozen_time / 1000:.2f} ms")
         _dedup(args, args.images_dir)
         return 0
+    if args.command == "restore":
+        return run_restore(args)
     if args.command == "show":
         from .show import describe, render
         info = describe(args.dir)
@@ -143,6 +152,21 @@ def run_series(args: argparse.Namespace) -> int:
         print(f"{i:4} {s.track_backend:8} {s.frozen_time / 1000:9.2f} {s.pages_written:9} "
               f"{s.pages_skipped_parent:9} {s.pages_skipped:7}")
     return 0
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    import os
+
+    from .restore.restore import restore
+    res = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job)
+    if res.exit_status is None:
+        s = res.stats
+        print(f"restored {res.pid} ({res.threads} thread{'s' if res.threads > 1 else ''}) in "
+              f"{res.total_ns / 1e6:.1f} ms, memory {s.memory_ns / 1e6:.1f} ms, {s.calls} injected calls",
+              file=sys.stderr)
+        return 0
+    status = res.exit_status
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
 def main(argv: list[str] | None = None) -> int:
