@@ -23,6 +23,7 @@ memory is needed once the vDSO has moved):
 """
 from __future__ import annotations
 
+import os
 import struct
 import time
 from dataclasses import dataclass
@@ -246,7 +247,11 @@ class Transplant:
         mm, rc = self.img.mm, self.rc
         auxv = struct.pack(f"<{len(mm.mm_saved_auxv)}Q", *mm.mm_saved_auxv)
         auxv_addr = self._put(auxv, PAGE)
-        exe_fd = self._open(self.img.mapped[mm.exe_file_id].path, 0) if mm.exe_file_id else -1
+        exe_fd = -1
+        if mm.exe_file_id and not _same_file(self.img.mapped[mm.exe_file_id].path, f"/proc/{self.pid}/exe"):
+            # replacing the exe fails (EBUSY) while the old one is mapped: when the blank child
+            # already runs the same binary (a Python target), keep it
+            exe_fd = self._open(self.img.mapped[mm.exe_file_id].path, 0)
         try:
             arg = PRCTL_MM_MAP.pack(mm.mm_start_code, mm.mm_end_code, mm.mm_start_data, mm.mm_end_data,
                                     mm.mm_start_brk, mm.mm_brk, mm.mm_start_stack, mm.mm_arg_start,
@@ -282,7 +287,6 @@ class Transplant:
         finally:
             ptrace.set_options(self.pid, ptrace.PTRACE_O_TRACESYSGOOD)
         if got < 0:
-            import os
             why = "it is in use" if got == -17 else os.strerror(-got)
             raise TargetError(f"cannot create thread {tid}: {why}")
         if got != tid:
@@ -318,7 +322,6 @@ class Transplant:
         self._creds(rc, th.creds)
 
     def _creds(self, rc: RemoteCalls, cr) -> None:
-        import os
         if (cr.uid, cr.euid, cr.suid) == os.getresuid() and (cr.gid, cr.egid, cr.sgid) == os.getresgid() \
                 and sorted(cr.groups) == sorted(os.getgroups()):
             return
@@ -367,6 +370,13 @@ class Transplant:
         except OSError:
             pass   # another xstate size: fall back to the FXSAVE part
         ptrace.set_regset(tid, ptrace.NT_PRFPREG, fxsave(core))
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except OSError:
+        return False
 
 
 def _shmem_translator(views: list):
