@@ -11,6 +11,7 @@ after the child exists kills it: a restore either yields the process or nothing.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import signal
 import time
@@ -70,6 +71,10 @@ def _blank_child(images: DumpImages, shell_job: bool) -> int:
         os.close(r)
         try:
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            # the status pipe must sit above every fd number the target uses
+            high = fcntl.fcntl(w, fcntl.F_DUPFD_CLOEXEC, max([e.fd for e in images.files.fds] + [2]) + 1)
+            os.close(w)
+            w = high
             rebuild_fds(images.files, shell_job=shell_job, keep_fds=(w,))
             os.write(w, b"ok")
         except BaseException as e:   # noqa: BLE001 - report anything to the parent
