@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",
                     help="pause between the iterations of a series")
 
+    du = sub.add_parser("dump", help="checkpoint a process for good: all its state, then kill it")
+    du.add_argument("-t", "--tree", type=_pid, required=True, metavar="PID", help="process to dump")
+    du.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="new or empty directory for the images")
+    du.add_argument("--prev-images-dir", metavar="DIR",
+                    help="previous (pre-)dump to link as parent; with its parked tracking, "
+                         "pages not written since are left to it")
+    du.add_argument("--leave-running", action="store_true", help="resume the process instead of killing it")
+    du.add_argument("--shell-job", action="store_true", help="allow a process attached to a terminal")
+
     ut = sub.add_parser("untrack", help="remove coldsnap's write tracking from a process")
     ut.add_argument("pid", type=_pid, metavar="PID")
 
@@ -89,6 +98,14 @@ def run(args: argparse.Namespace) -> int:
               f"written, {stats.pages_skipped_parent} in parent, {stats.pages_skipped} skipped, "
               f"frozen {stats.frozen_time / 1000:.2f} ms")
         _dedup(args, args.images_dir)
+        return 0
+    if args.command == "dump":
+        from .dump.dump import dump
+        stats = dump(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
+                     leave_running=args.leave_running, shell_job=args.shell_job)
+        print(f"dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
+              f"written, {stats.pages_skipped_parent} in parent, frozen {stats.frozen_time / 1000:.2f} ms, "
+              f"{'left running' if args.leave_running else 'killed'}")
         return 0
     if args.command == "untrack":
         from .memory.tracking import untrack

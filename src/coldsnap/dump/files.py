@@ -435,6 +435,22 @@ def collect_files(pid: int, *, shell_job: bool = False) -> FilesSnapshot:
     return FilesSnapshot(pid, entries, files, ids[0], ids[1], K.read_umask(pid), pipe_data)
 
 
+def add_mapped_files(snap: FilesSnapshot, mapped: dict[str, tuple[int, os.stat_result]]) -> dict[str, int]:
+    """Add a REG file (pos 0) for each file behind a memory mapping or the exe.
+
+    `mapped`: path -> (open flags, its stat). Ids come after every id already in the
+    snapshot (fds, cwd, root), so nothing collides; returns path -> id for mm-PID.img.
+    """
+    ids: dict[str, int] = {}
+    next_id = max(snap.files, default=0) + 1
+    for path, (flags, st) in mapped.items():
+        size = st.st_size if stat.S_ISREG(st.st_mode) else None
+        snap.files[next_id] = RegFile(next_id, path, flags, 0, size, st.st_mode)
+        ids[path] = next_id
+        next_id += 1
+    return ids
+
+
 # --- images: files.img, fdinfo-<files_id>.img, fs-<pid>.img, pipes-/fifo-data.img ------
 
 FD_CLOEXEC = 1

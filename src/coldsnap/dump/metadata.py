@@ -19,16 +19,22 @@ def write_inventory(imgdir, *, pre_dump: bool) -> None:
     write_image(imgdir.path("inventory.img"), None, [inv])
 
 
-def vma_entry(v: Vma, file_id: int = 0) -> mm_pb2.vma_entry:
+def vma_entry(v: Vma, file_id: int = 0, fdflags: int | None = None) -> mm_pb2.vma_entry:
+    """One VMA; shmid is the shmem inode for shared anonymous memory, else `file_id` (the
+    REG file_entry of a file mapping, 0 for none); fdflags the mapped file's open mode."""
     from ..memory.vma import Kind
     shmid = v.inode if v.kind is Kind.ANON_SHARED else file_id
-    return mm_pb2.vma_entry(start=v.start, end=v.end, pgoff=v.pgoff, shmid=shmid, prot=v.prot,
-                            flags=v.map_flags, status=v.status, fd=-1)
+    e = mm_pb2.vma_entry(start=v.start, end=v.end, pgoff=v.pgoff, shmid=shmid, prot=v.prot,
+                         flags=v.map_flags, status=v.status, fd=-1)
+    if fdflags is not None:
+        e.fdflags = fdflags
+    return e
 
 
 def write_mm(imgdir, pid: int, vmas: list[Vma], stat: Stat, *, brk: int | None = None,
              auxv: list[int] | None = None, exe_file_id: int = 0, file_ids: dict | None = None,
-             dumpable: int | None = None) -> None:
+             fdflags: dict | None = None, dumpable: int | None = None) -> None:
+    """mm-PID.img. file_ids / fdflags: (start, end) of a file VMA -> REG file id / open mode."""
     heap = next((v for v in vmas if v.name == "[heap]"), None)
     mm = mm_pb2.mm_entry(
         mm_start_code=stat.start_code, mm_end_code=stat.end_code,
@@ -38,7 +44,8 @@ def write_mm(imgdir, pid: int, vmas: list[Vma], stat: Stat, *, brk: int | None =
         mm_arg_start=stat.arg_start, mm_arg_end=stat.arg_end,
         mm_env_start=stat.env_start, mm_env_end=stat.env_end,
         exe_file_id=exe_file_id, mm_saved_auxv=auxv or [],
-        vmas=[vma_entry(v, (file_ids or {}).get((v.start, v.end), 0)) for v in vmas])
+        vmas=[vma_entry(v, (file_ids or {}).get((v.start, v.end), 0),
+                        (fdflags or {}).get((v.start, v.end))) for v in vmas])
     if dumpable is not None:
         mm.dumpable = dumpable
     write_image(imgdir.path(f"mm-{pid}.img"), None, [mm])

@@ -74,7 +74,8 @@ class Vma:
     def map_flags(self) -> int:
         shared = self.kind in (Kind.ANON_SHARED, Kind.FILE_SHARED)
         flags = MAP_SHARED if shared else MAP_PRIVATE
-        if self.kind in (Kind.ANON_PRIVATE, Kind.ANON_SHARED):
+        # the kernel's special areas have no file behind them: anonymous, as the format has it
+        if self.kind not in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
             flags |= MAP_ANONYMOUS
         if self.name == "[stack]":
             flags |= MAP_GROWSDOWN

@@ -1,0 +1,389 @@
+"""`coldsnap dump`: the final checkpoint of one process (any number of threads), in one freeze.
+
+    ImageDir.create ──► freeze ──► maps: refuse what cannot be saved (deleted or special
+      mappings, SysV shm, memfd, io_uring, aio, hugetlb)
+      ──► task state (registers, signals, ...: injected calls) ──► coldsnap's parked write
+      tracking: adopt it (the written set), remove it from the target
+      ──► private pages: scan, drain (unreadable VMAs through /proc/PID/mem), PE_PARENT
+      for what the parent chain holds and tracking says was not written since
+      ──► shared anonymous objects ──► fd table + mapped files
+      ──► images, commit ──► SIGKILL (default) or resume (leave_running)
+
+Any failure before the commit removes the staging directory and resumes the task (only a
+parked userfaultfd of coldsnap's own, if there was one, is gone by then).
+
+Images (ids): core-TID.img each thread, pstree.img, ids-PID.img (files_id FILES_ID),
+files.img (fds, cwd, root, then one REG entry per mapped file and the exe, ids above the
+fd files'), fdinfo-FILES_ID.img, fs-PID.img, pipe data, mm-PID.img (exe_file_id and each
+file VMA's shmid = REG id; shared anonymous VMAs: shmid = shmem inode), pagemap-PID.img +
+pages-N.img, pagemap-shmem-SHMID.img + pages-M.img (vaddr = byte offset in the object),
+inventory.img (no pre_dump_mode), stats-dump.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat as st_
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import TargetError
+from ..images.directory import ImageDir
+from ..images.pages import PAGE_SHIFT, PAGE_SIZE, PagemapWriter
+from ..kernel import ptrace
+from ..kernel.libc import SYS
+from ..kernel.procfs import MapsLine, read_maps, read_stat
+from ..memory.drain import DEFAULT_BUFFER, Drain
+from ..memory.ranges import Ranges
+from ..memory.scan import scan_saved_pages, warm_up
+from ..memory.tracking import (PARK_FD_MIN, TrackingRefused, UffdTracker, drop_wp_markers,
+                               parked_uffd_fds)
+from ..memory.vma import PROT_WRITE, Kind, Vma, classify, classify_all
+from ..seize.freezer import FrozenTask, freeze
+from ..seize.remote import RemoteCalls
+from .files import add_mapped_files, collect_files, write_files_images
+from .iterate import _covered
+from .metadata import write_inventory, write_mm, write_stats
+from .predump import unreadable_ranges
+from .sink import ImageSink
+from .stats import DumpStats
+from .task_state import collect_task_state, write_task_images
+
+FILES_ID = 1            # ids-PID.img files_id, as write_task_images writes it
+READ_CHUNK = 4 << 20    # bytes per pread of pages read through a file
+
+
+def _us(ns: int) -> int:
+    return ns // 1000
+
+
+# -- refusals --------------------------------------------------------------------------------
+
+def _hugetlbfs_devs(pid: int) -> set[str]:
+    """maps-style "maj:min" (hex) of the hugetlbfs mounts the target sees."""
+    out = set()
+    try:
+        with open(f"/proc/{pid}/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split()[:1] == ["hugetlbfs"]:
+                    major, minor = (int(x) for x in left.split()[2].split(":"))
+                    out.add(f"{major:02x}:{minor:02x}")
+    except OSError:
+        pass
+    return out
+
+
+def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
+    """TargetError (one line, naming the area) for a mapping the dump cannot save."""
+    huge = None
+    for m in lines:
+        v = classify(m)
+        where = f"mapping {m.start:#x}-{m.end:#x}"
+        path = m.path
+        if path.startswith("anon_inode:"):
+            what = "io_uring ring" if "io_uring" in path else path
+            raise TargetError(f"{where}: {what} is not supported")
+        if path.startswith("/[aio]"):
+            raise TargetError(f"{where}: AIO ring is not supported")
+        if path.startswith("/SYSV"):
+            raise TargetError(f"{where}: SysV shared memory {path.split()[0]} is not supported")
+        if path.startswith("/memfd:"):
+            raise TargetError(f"{where}: memfd {path} is not supported")
+        if path.startswith("/anon_hugepage"):
+            raise TargetError(f"{where}: hugetlb memory is not supported")
+        if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED, Kind.ANON_SHARED) and path:
+            if huge is None:
+                huge = _hugetlbfs_devs(pid)
+            if m.dev in huge:
+                raise TargetError(f"{where}: hugetlb file {path} is not supported")
+        if path.endswith(" (deleted)") and not (v.kind is Kind.ANON_SHARED and path.startswith("/dev/zero")):
+            raise TargetError(f"{where}: mapped file {path[:-10]} was deleted; not supported")
+
+
+# -- mapped files ----------------------------------------------------------------------------
+
+def _map_files(pid: int, v: Vma) -> str:
+    return f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"
+
+
+def mapped_files(pid: int, vmas: list[Vma]) -> tuple[str, dict[str, tuple[int, os.stat_result]],
+                                                      dict[tuple[int, int], str], dict[tuple[int, int], int]]:
+    """(exe path, path -> (open flags, stat), file VMA -> path, file VMA -> open flags).
+
+    A shared mapping is O_RDWR when it is writable or its file was opened for writing (the
+    map_files link's mode shows the file's f_mode); everything else O_RDONLY.
+    """
+    exe = os.readlink(f"/proc/{pid}/exe")
+    if exe.endswith(" (deleted)"):
+        raise TargetError(f"exe: {exe[:-10]} was deleted; not supported")
+    files: dict[str, tuple[int, os.stat_result]] = {exe: (os.O_RDONLY, os.stat(f"/proc/{pid}/exe"))}
+    paths: dict[tuple[int, int], str] = {}
+    flags: dict[tuple[int, int], int] = {}
+    for v in vmas:
+        if v.kind not in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
+            continue
+        link = _map_files(pid, v)
+        try:
+            st = os.stat(link)
+            writable = v.kind is Kind.FILE_SHARED and bool(os.lstat(link).st_mode & st_.S_IWUSR)
+        except OSError as e:
+            raise TargetError(f"mapping {v.start:#x}-{v.end:#x}: cannot open {v.path}: {e.strerror}") from None
+        if not st_.S_ISREG(st.st_mode) and not (st_.S_ISCHR(st.st_mode) and v.path == "/dev/zero"):
+            raise TargetError(f"mapping {v.start:#x}-{v.end:#x}: {v.path} is not a regular file; "
+                              f"not supported")
+        mode = os.O_RDWR if v.kind is Kind.FILE_SHARED and (writable or v.prot & PROT_WRITE) else os.O_RDONLY
+        old = files.get(v.path)
+        if old is None or mode == os.O_RDWR:
+            files[v.path] = (mode if old is None else max(mode, old[0]), st)
+        paths[(v.start, v.end)] = v.path
+        flags[(v.start, v.end)] = mode
+    return exe, files, paths, flags
+
+
+# -- pages -----------------------------------------------------------------------------------
+
+class _ForcedReads:
+    """PagemapWriter front for a final dump, which skips nothing: pages the drain did not
+    read (VMAs without PROT_READ, or a failed process_vm_readv) are read through
+    /proc/PID/mem (FOLL_FORCE) and written present; a page that still fails ends the dump."""
+
+    def __init__(self, writer: PagemapWriter, mem_fd: int, pid: int):
+        self.writer, self.mem_fd, self.pid = writer, mem_fd, pid
+        self.forced = 0
+
+    def add_present(self, vaddr, data, lazy: bool = False) -> None:
+        self.writer.add_present(vaddr, data, lazy)
+
+    def add_parent(self, vaddr: int, nr_pages: int) -> None:
+        self.writer.add_parent(vaddr, nr_pages)
+
+    def add_skipped(self, vaddr: int, nr_pages: int) -> None:
+        end = vaddr + (nr_pages << PAGE_SHIFT)
+        for a in range(vaddr, end, READ_CHUNK):
+            n = min(READ_CHUNK, end - a)
+            try:
+                data = os.pread(self.mem_fd, n, a)
+            except OSError as e:
+                raise TargetError(f"cannot read page {a:#x} of {self.pid}: {e.strerror}") from None
+            if len(data) != n:
+                raise TargetError(f"cannot read page {a + len(data) // PAGE_SIZE * PAGE_SIZE:#x} "
+                                  f"of {self.pid}")
+            self.writer.add_present(a, data)
+        self.forced += nr_pages
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class _Plan:
+    present: Ranges                 # every page to record (present, not a wp marker)
+    to_read: Ranges                 # present pages whose bytes go into this image
+    in_parent: Ranges               # the rest: PE_PARENT
+    scan_method: str
+    tracked: bool
+
+
+def _parked_fd(prev: ImageDir, pid: int) -> int | None:
+    """The userfaultfd a tracked pre-dump parked in the target, if PREV's stats name one."""
+    s = prev.read("stats-dump", missing_ok=True)
+    if s and s[0].dump.HasField("cs_uffd_fd") and prev.pagemap_ids() == [pid]:
+        return s[0].dump.cs_uffd_fd
+    return None
+
+
+def plan_pages(task: FrozenTask, vmas: list[Vma], prev: Path | None) -> _Plan:
+    """The page plan of a frozen task, then coldsnap's tracking removed from it.
+
+    With a parent whose stats name a parked userfaultfd, adopt it: saved = present ∩
+    (written ∪ not covered by the chain), the rest PE_PARENT; otherwise save everything
+    present. Every parked coldsnap userfaultfd is closed in the target before returning.
+    """
+    pid = task.pid
+    parked = [fd for fd in parked_uffd_fds(pid) if fd >= PARK_FD_MIN]
+    tracker = dirty = None
+    try:
+        fd = _parked_fd(ImageDir.open(prev, follow_parent=False), pid) if prev is not None else None
+        if fd is not None and fd in parked:
+            tracker = UffdTracker()
+            try:
+                tracker.adopt(pid, fd, vmas)
+                dirty, _ = tracker.collect(vmas)
+            except TrackingRefused:
+                tracker.close()
+                tracker = dirty = None
+        present, method = scan_saved_pages(pid, vmas)
+        if tracker is not None:
+            present = tracker.drop_markers(present)
+        elif parked:
+            # markers of the parked tracking look like swapped pages: drop them too
+            pm_fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                present = drop_wp_markers(pm_fd, present)
+            finally:
+                os.close(pm_fd)
+        if parked:
+            with RemoteCalls(task) as rc:
+                for pfd in parked:
+                    rc.checked(SYS.close, pfd, what=f"close({pfd}) of coldsnap's parked userfaultfd")
+    finally:
+        if tracker is not None:
+            tracker.close()
+    if dirty is None:
+        return _Plan(present, present, Ranges.empty(), method, False)
+    uncovered = present.subtract(_covered(Path(prev), pid))
+    to_read = present.intersect(dirty.union(uncovered))
+    return _Plan(present, to_read, present.subtract(to_read), method, True)
+
+
+def save_private(task: FrozenTask, imgdir: ImageDir, vmas: list[Vma], plan: _Plan,
+                 buffer_size: int = DEFAULT_BUFFER) -> tuple[int, int, int, int]:
+    """pagemap-PID.img + pages: (pages written, in parent, read through /proc/PID/mem, syscalls)."""
+    unreadable = plan.to_read.intersect(unreadable_ranges(vmas))
+    writer = _ForcedReads(PagemapWriter(imgdir, task.pid), task.mem_fd(), task.pid)
+    sink = ImageSink(writer, in_parent=plan.in_parent, unreadable=unreadable)
+    with Drain(task.pid, sink, buffer_size) as drain:
+        dstats = drain.run(plan.to_read.subtract(unreadable))
+    sink.close()
+    return writer.writer.nr_present, writer.writer.nr_parent, writer.forced, dstats.syscalls
+
+
+def save_shmem(pid: int, imgdir: ImageDir, vmas: list[Vma]) -> tuple[int, int]:
+    """pagemap-shmem-SHMID.img + pages per shared anonymous object: its pages holding data
+    (SEEK_DATA: resident or swapped) inside the windows this task maps, read from the
+    object itself through /proc/PID/map_files. Returns (pages written, pages mapped)."""
+    objects: dict[int, list[Vma]] = {}
+    for v in vmas:
+        if v.kind is Kind.ANON_SHARED:
+            objects.setdefault(v.inode, []).append(v)
+    written = mapped = 0
+    for shmid, areas in sorted(objects.items()):
+        windows = sorted((v.pgoff, v.pgoff + v.size) for v in areas)
+        merged: list[list[int]] = []
+        for lo, hi in windows:
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        mapped += sum(hi - lo for lo, hi in merged) >> PAGE_SHIFT
+        try:
+            fd = os.open(_map_files(pid, areas[0]), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise TargetError(f"shared memory at {areas[0].start:#x}: cannot open it: {e.strerror}") from None
+        try:
+            with PagemapWriter(imgdir, shmid, shmem=True) as w:
+                for lo, hi in merged:
+                    for d, h in _data_runs(fd, lo, hi):
+                        for a in range(d, h, READ_CHUNK):
+                            data = os.pread(fd, min(READ_CHUNK, h - a), a)
+                            data = data[:len(data) >> PAGE_SHIFT << PAGE_SHIFT]
+                            if not data:
+                                break   # past the object's end: no pages there
+                            w.add_present(a, data)
+                written += w.nr_present
+        finally:
+            os.close(fd)
+    return written, mapped
+
+
+def _data_runs(fd: int, lo: int, hi: int):
+    """Page-aligned [start, end) runs of [lo, hi) that hold data (SEEK_DATA / SEEK_HOLE)."""
+    pos = lo
+    while pos < hi:
+        try:
+            d = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return
+            raise
+        if d >= hi:
+            return
+        h = min(os.lseek(fd, d, os.SEEK_HOLE), hi)
+        d = d & ~(PAGE_SIZE - 1)
+        h = (h + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        yield max(d, pos), min(h, hi)
+        pos = h
+
+
+# -- the end of the task ---------------------------------------------------------------------
+
+def kill_held(task: FrozenTask) -> None:
+    """SIGKILL a held task and release it; the real parent reaps the process.
+
+    Threads are reaped here (as their tracer); the leader only when we are not its parent,
+    where our wait just ends the ptrace link and the parent is notified as usual.
+    """
+    pid = task.pid
+    parent = read_stat(pid).ppid == os.getpid()
+    os.kill(pid, signal.SIGKILL)
+    for tid in sorted(task.tids, key=lambda t: t == pid):   # leader last
+        if tid == pid and parent:
+            task.forget_thread(tid)
+            continue
+        while True:
+            try:
+                st = ptrace.wait_stop(tid)
+            except ChildProcessError:
+                break
+            if st is None or st.exited:
+                break
+        task.forget_thread(tid)
+    task.resume()
+
+
+# -- the dump --------------------------------------------------------------------------------
+
+def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
+         leave_running: bool = False, shell_job: bool = False,
+         buffer_size: int = DEFAULT_BUFFER) -> DumpStats:
+    """Checkpoint process `pid` into a new images directory, then kill it (or resume it with
+    leave_running). Returns the stats; frozen_time there spans the whole freeze (the image's
+    stats-dump ends when it is written, before the commit)."""
+    stats = DumpStats(mode="dump")
+    warm_up()
+    prev = Path(prev_images_dir) if prev_images_dir is not None else None
+    with ImageDir.create(images_dir, parent=prev_images_dir) as imgdir:
+        t0 = time.perf_counter_ns()
+        with freeze(pid) as task:
+            t_frozen = time.perf_counter_ns()
+            refuse_mappings(pid, read_maps(pid))
+            state = collect_task_state(task)
+            vmas = classify_all(read_maps(pid))
+            stat = read_stat(pid)
+            plan = plan_pages(task, vmas, prev)
+            t_scanned = time.perf_counter_ns()
+            snap = collect_files(pid, shell_job=shell_job)
+            exe, files, vma_paths, vma_flags = mapped_files(pid, vmas)
+            ids = add_mapped_files(snap, files)
+            t_mem = time.perf_counter_ns()
+            written, parent, forced, calls = save_private(task, imgdir, vmas, plan, buffer_size)
+            shm_written, shm_mapped = save_shmem(pid, imgdir, vmas)
+            t_saved = time.perf_counter_ns()
+            write_task_images(state, imgdir)
+            write_files_images(snap, imgdir.root, pid, FILES_ID)
+            write_mm(imgdir, pid, vmas, stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
+                     file_ids={k: ids[p] for k, p in vma_paths.items()}, fdflags=vma_flags,
+                     dumpable=state.dumpable)
+            write_inventory(imgdir, pre_dump=False)
+            stats.scan_method = plan.scan_method
+            stats.track_backend = "uffd" if plan.tracked else "none"
+            stats.freezing_time = _us(t_frozen - t0)
+            stats.scan_time = _us(t_scanned - t_frozen)
+            stats.memdump_time = _us(t_saved - t_mem)
+            stats.pages_scanned = (sum(v.size for v in vmas if v.saves_pages) >> PAGE_SHIFT) + shm_mapped
+            stats.pages_written = written + shm_written
+            stats.pages_skipped_parent = parent
+            stats.vmas = len(vmas)
+            stats.read_syscalls = calls
+            stats.frozen_time = _us(time.perf_counter_ns() - t_frozen)
+            write_stats(imgdir, stats)
+            imgdir.commit()
+            if leave_running:
+                task.resume()
+            else:
+                kill_held(task)
+            stats.frozen_time = _us(time.perf_counter_ns() - t_frozen)
+    return stats
