@@ -47,7 +47,11 @@ def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bo
     try:
         _set_rlimits(pid, images)
         with freeze(pid) as task:
-            stats = transplant(task, images)
+            try:
+                stats = transplant(task, images)
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)   # before the detach: a half-built process must never run
+                raise
     except BaseException:
         _kill(pid)
         raise
