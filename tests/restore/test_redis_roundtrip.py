@@ -1,0 +1,122 @@
+"""Redis from Debian through dump and restore: every key back, new writes accepted, twice in a row."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+REDIS = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _resp(*args: str) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        b = a.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def redis_cmds(port: int, cmds: list[tuple[str, ...]], timeout: float = 10) -> list[bytes]:
+    """Send commands on one connection; returns the raw replies, one line each (+/-/:/$ bulk)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as c:
+        c.sendall(b"".join(_resp(*cmd) for cmd in cmds) + _resp("QUIT"))
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+    replies, lines = [], data.split(b"\r\n")
+    i = 0
+    while i < len(lines) and len(replies) < len(cmds):
+        line = lines[i]
+        if line.startswith(b"$") and line != b"$-1":
+            replies.append(lines[i + 1])
+            i += 2
+        else:
+            replies.append(line)
+            i += 1
+    return replies
+
+
+def _wait_answering(port: int, alive) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert alive(), "redis-server is gone"
+        try:
+            if redis_cmds(port, [("PING",)], timeout=2) == [b"+PONG"]:
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("redis-server did not answer")
+
+
+def _coldsnap(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "coldsnap", *args], capture_output=True, text=True, timeout=60)
+
+
+def _gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            time.sleep(0.01)
+    assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_redis_dump_restore_twice(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--daemonize", "no", "--dir", str(tmp_path)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=tmp_path)
+    pid = proc.pid
+    alive = lambda: os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    try:
+        _wait_answering(port, alive)
+        keys = {f"key:{i}": f"value-{i}-" + "x" * (i % 300) for i in range(2000)}
+        assert set(redis_cmds(port, [("SET", k, v) for k, v in keys.items()])) == {b"+OK"}
+        tids = sorted(os.listdir(f"/proc/{pid}/task"))
+        assert len(tids) > 1, "redis-server runs background threads"
+        for cycle in range(2):
+            images = tmp_path / f"img{cycle}"
+            r = _coldsnap("dump", "-t", str(pid), "-D", str(images))
+            assert r.returncode == 0, r.stderr
+            if cycle == 0:
+                proc.wait(timeout=10)      # our child: reap it (later cycles: reaped by _gone)
+            _gone(pid)
+            r = _coldsnap("restore", "-D", str(images), "-d")
+            assert r.returncode == 0, r.stderr
+            assert alive(), "restored redis-server is not running"
+            assert sorted(os.listdir(f"/proc/{pid}/task")) == tids
+            _wait_answering(port, alive)
+            got = redis_cmds(port, [("GET", k) for k in keys] + [("DBSIZE",)])
+            assert got[:-1] == [v.encode() for v in keys.values()]
+            assert got[-1] == b":%d" % len(keys)
+            new = f"after-restore-{cycle}"
+            assert redis_cmds(port, [("SET", new, "yes"), ("GET", new)]) == [b"+OK", b"yes"]
+            keys[new] = "yes"
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=10)
+        except Exception:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
