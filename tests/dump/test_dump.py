@@ -18,11 +18,10 @@ from coldsnap.images.chain import PageChain
 from coldsnap.images.directory import ImageDir
 from coldsnap.images.framing import read_image, read_single
 from coldsnap.images.pages import PE_PARENT, PE_PRESENT, PagemapReader
-from coldsnap.kernel.procfs import read_maps
+from coldsnap.kernel.procfs import read_maps, read_status
 from coldsnap.memory.scan import scan_saved_pages
 from coldsnap.memory.vma import MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_SHARED, Kind, classify_all
 
-from conftest import proc_state
 from predump_helpers import PG, coldsnap, image_pages, wait_quiet
 
 CRIT = "/usr/bin/crit"
@@ -62,7 +61,9 @@ def mem_of(pid: int, addrs) -> dict[int, bytes]:
 
 
 def assert_running_untraced(pid: int) -> None:
-    state, tracer = proc_state(pid)
+    # (not conftest.proc_state: `conftest` is another module when tests/images is collected too)
+    status = read_status(pid)
+    state, tracer = status["State"][:1], int(status["TracerPid"])
     assert state in ("S", "R") and tracer == 0, (state, tracer)
 
 

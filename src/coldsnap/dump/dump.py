@@ -91,7 +91,7 @@ def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
         if path.startswith("/SYSV"):
             raise TargetError(f"{where}: SysV shared memory {path.split()[0]} is not supported")
         if path.startswith("/memfd:"):
-            raise TargetError(f"{where}: memfd {path} is not supported")
+            raise TargetError(f"{where}: memfd {path.removesuffix(' (deleted)')} is not supported")
         if path.startswith("/anon_hugepage"):
             raise TargetError(f"{where}: hugetlb memory is not supported")
         if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED, Kind.ANON_SHARED) and path:
