@@ -247,3 +247,23 @@ def test_bad_input_is_one_line_and_leaves_nothing(pattern, spawn, python_exe, tm
     with pytest.raises(CsError):
         dump(w.pid, tmp_path / "full")
     assert_running_untraced(w.pid)
+
+
+SPECIAL_MEMORY = {
+    "memfd": ("import mmap, os; fd = os.memfd_create('cs'); os.ftruncate(fd, 4096); "
+              "m = mmap.mmap(fd, 4096)", "memfd /memfd:cs is not supported"),
+    "sysv": ("import ctypes; l = ctypes.CDLL(None); l.shmat.restype = ctypes.c_void_p; "
+             "i = l.shmget(0, 4096, 0o1600); a = l.shmat(i, None, 0); l.shmctl(i, 0, None)",
+             "SysV shared memory"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SPECIAL_MEMORY))
+def test_special_shared_memory_is_refused(kind, spawn, python_exe, tmp_path):
+    setup, message = SPECIAL_MEMORY[kind]
+    w = spawn([python_exe, "-c", f"{setup}; import sys; print('ready', flush=True); sys.stdin.readline()"],
+              stderr=subprocess.DEVNULL)
+    with pytest.raises(TargetError, match=message):
+        dump(w.pid, tmp_path / "img")
+    assert not (tmp_path / "img").exists()
+    assert_running_untraced(w.pid)
