@@ -1,0 +1,47 @@
+"""`coldsnap restore` without -d waits for the restored process and passes its exit status on."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+WORKLOAD = r"""
+import os, sys, time
+flag = sys.argv[1]
+os.write(1, b"ready\n")
+while not os.path.exists(flag):
+    time.sleep(0.02)
+sys.exit(7)
+"""
+
+
+def _coldsnap(*args: str, **kw):
+    return subprocess.run([sys.executable, "-m", "coldsnap", *args], capture_output=True, text=True,
+                          timeout=60, **kw)
+
+
+def test_restore_waits_and_passes_exit_status(spawn, python_exe, tmp_path):
+    flag = tmp_path / "exit-now"
+    w = spawn([python_exe, "-c", WORKLOAD, str(flag)], stderr=subprocess.DEVNULL)
+    pid = w.pid
+    r = _coldsnap("dump", "-t", str(pid), "-D", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr
+    w.proc.wait(timeout=10)
+    restorer = subprocess.Popen([sys.executable, "-m", "coldsnap", "restore", "-D", str(tmp_path / "img")],
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(f"/proc/{pid}/task"):
+            assert restorer.poll() is None, restorer.stderr.read()
+            assert time.monotonic() < deadline, "the process did not come back"
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert restorer.poll() is None, "restore without -d must wait for the process"
+        flag.touch()
+        assert restorer.wait(timeout=20) == 7, restorer.stderr.read()
+        assert not os.path.exists(f"/proc/{pid}")      # coldsnap reaped its child
+    finally:
+        if restorer.poll() is None:
+            restorer.kill()
+            restorer.wait()
