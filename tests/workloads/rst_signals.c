@@ -50,6 +50,17 @@ static void say(const char *fmt, ...)
 
 #define FAIL(...) say("FAIL " __VA_ARGS__)
 
+/* 20 ms of sleep, relative: after a restore the task does not rush through the ticks it
+ * missed while it sat in images (rem starts at zero in case EINTR comes without it) */
+static void tick_sleep(void)
+{
+    struct timespec req = { 0, TICK_NS }, rem = { 0, 0 };
+    while (nanosleep(&req, &rem) != 0 && errno == EINTR) {
+        req = rem;
+        rem.tv_sec = rem.tv_nsec = 0;
+    }
+}
+
 static char *altstack;
 static volatile sig_atomic_t usr1_count, usr1_offstack, usr1_ssflag_bad, usr2_count;
 static volatile unsigned long alrm_count;
@@ -108,16 +119,8 @@ int main(void)
     }
     say("ready\n");
 
-    struct timespec next;
-    clock_gettime(CLOCK_MONOTONIC, &next);
     for (;;) {
-        next.tv_nsec += TICK_NS;
-        if (next.tv_nsec >= 1000000000L) {
-            next.tv_sec++;
-            next.tv_nsec -= 1000000000L;
-        }
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
-            ;
+        tick_sleep();
         tick++;
 
         /* the blocked mask */
@@ -176,7 +179,15 @@ int main(void)
             alrm_seen = a;
             alrm_tick = tick;
         } else if (tick - alrm_tick >= 5) {
-            FAIL("no SIGALRM for %lu ticks (count %lu)\n", tick - alrm_tick, a);
+            struct sigaction alrm_act;
+            sigaction(SIGALRM, NULL, &alrm_act);
+            FAIL("no SIGALRM for %lu ticks (count %lu; itimer value %ld.%06ld, SIGALRM "
+                 "pending %d blocked %d handler %s)\n", tick - alrm_tick, a,
+                 (long)g.it_value.tv_sec, (long)g.it_value.tv_usec, sigismember(&pend, SIGALRM),
+                 sigismember(&cur, SIGALRM),
+                 alrm_act.sa_handler == on_alrm ? "ours" :
+                 alrm_act.sa_handler == SIG_IGN ? "SIG_IGN" :
+                 alrm_act.sa_handler == SIG_DFL ? "SIG_DFL" : "other");
             alrm_tick = tick;
         }
         say("tick %lu ok alrm=%lu\n", tick, a);

@@ -12,6 +12,7 @@
  *   2 read() on a pipe     3 feeder: nanosleep, then one byte into the pipe + eventfd
  *   4 epoll_wait (eventfd) 5 accept() on a loopback listening socket
  *   6 connector: nanosleep; connects once per SIGUSR1, prints "accept N" once accepted
+ *     (the server side closes first, so the listening port has a TIME_WAIT neighbour)
  *   7 poll() on a pipe nobody writes
  * Worker 2 checks that the pipe bytes come in sequence (0, 1, 2, ... mod 256).
  */
@@ -58,6 +59,17 @@ static void say(const char *fmt, ...)
 }
 
 #define FAIL(...) say("FAIL " __VA_ARGS__)
+
+/* 20 ms of sleep, relative: after a restore the task does not rush through the ticks it
+ * missed while it sat in images (rem starts at zero in case EINTR comes without it) */
+static void tick_sleep(void)
+{
+    struct timespec req = { 0, TICK_NS }, rem = { 0, 0 };
+    while (nanosleep(&req, &rem) != 0 && errno == EINTR) {
+        req = rem;
+        rem.tv_sec = rem.tv_nsec = 0;
+    }
+}
 
 struct thr {
     int idx;
@@ -211,9 +223,13 @@ static void *worker(void *arg)
                         close(s);
                     break;
                 }
-                close(s);
+                /* close only once the server side has closed: its end of the connection
+                 * (on the listening port) then sits in TIME_WAIT, as on any busy server,
+                 * and a restore must still be able to bind the port */
                 for (int i = 0; i < 500 && __atomic_load_n(&accepted, __ATOMIC_SEQ_CST) < done; i++)
                     sleep_ms(2);
+                sleep_ms(2);
+                close(s);
                 unsigned long a = __atomic_load_n(&accepted, __ATOMIC_SEQ_CST);
                 if (a != done)
                     FAIL("accepted %lu connections, made %lu\n", a, done);
@@ -283,16 +299,8 @@ int main(void)
     pthread_barrier_wait(&started);
     say("ready port=%d\n", ntohs(laddr.sin_port));
 
-    struct timespec next;
-    clock_gettime(CLOCK_MONOTONIC, &next);
     for (;;) {
-        next.tv_nsec += TICK_NS;
-        if (next.tv_nsec >= 1000000000L) {
-            next.tv_sec++;
-            next.tv_nsec -= 1000000000L;
-        }
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
-            ;
+        tick_sleep();
         tick++;
         if (gettid_raw() != pid || getpid() != pid)
             FAIL("main: gettid %d getpid %d, was %d\n", gettid_raw(), getpid(), pid);
