@@ -282,6 +282,10 @@ int main(void)
     laddr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     laddr.sin_port = 0;
     socklen_t alen = sizeof laddr;
+    /* as servers do: without it, the listener's own connections left in TIME_WAIT keep its
+     * port from being bound again, by a restart or by a restore (coldsnap then refuses) */
+    int one = 1;
+    setsockopt(lsock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (lsock < 0 || bind(lsock, (struct sockaddr *)&laddr, sizeof laddr) ||
         listen(lsock, 16) || getsockname(lsock, (struct sockaddr *)&laddr, &alen)) {
         say("FAIL listen: %s\n", strerror(errno));

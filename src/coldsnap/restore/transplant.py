@@ -267,8 +267,13 @@ class Transplant:
         rc, tc, mm = self.rc, self.img.leader.tc, self.img.mm
         for which, name in enumerate(("real", "virt", "prof")):
             t = getattr(tc.timers, name)
-            if t.vsec or t.vusec:
-                addr = self._put(struct.pack("<4Q", t.isec, t.iusec, t.vsec, t.vusec))
+            vsec, vusec = t.vsec, t.vusec
+            if not (vsec or vusec) and (t.isec or t.iusec):
+                # a periodic ITIMER_REAL whose signal is pending reads as stopped: the kernel
+                # re-arms it only when that SIGALRM is dequeued; arm it for one interval
+                vsec, vusec = t.isec, t.iusec
+            if vsec or vusec:
+                addr = self._put(struct.pack("<4Q", t.isec, t.iusec, vsec, vusec))
                 rc.checked(SYS.setitimer, which, addr, 0, what="setitimer")
         rc.checked(SYS.personality, tc.personality, what="personality")
         if mm.HasField("dumpable"):
