@@ -53,6 +53,7 @@ from predump import (OUT_DIR, median, parse_size, scratch_dir, size_name,  # noq
 import predump as _pd  # noqa: E402
 
 from coldsnap.dump.dump import dump  # noqa: E402
+from coldsnap.errors import CsError  # noqa: E402
 from coldsnap.dump.iterate import pre_dump_tracked  # noqa: E402
 from coldsnap.kernel import vm  # noqa: E402
 from coldsnap.restore.restore import restore  # noqa: E402
@@ -141,8 +142,25 @@ def pages_file(images: Path) -> Path:
 
 # ----------------------------------------------------------------------------- variants
 
+def failure(e: BaseException) -> str:
+    """The first coldsnap error in the exception's context chain (a failed restore can end in
+    a cleanup error that hides the cause), else the exception itself; one line."""
+    x: BaseException | None = e
+    while x is not None and not isinstance(x, CsError):
+        x = x.__context__
+    x = x or e
+    return f"{type(x).__name__}: {x}".splitlines()[0]
+
+
 def run_restore(images: Path, pid: int, want: list[bytes] | None, addr: int, size: int) -> dict:
-    r = restore(images)
+    """restore() stats, or {"error": message} when coldsnap's restore fails (the benchmark
+    goes on: the failure is reported in the table)."""
+    try:
+        r = restore(images)
+    except Exception as e:      # noqa: BLE001 - reported, not hidden
+        while os.path.exists(f"/proc/{pid}"):   # restore kills and reaps its half-built child
+            time.sleep(0.001)
+        return {"error": failure(e)}
     LIVE.add(r.pid)
     try:
         if r.pid != pid:
@@ -274,6 +292,13 @@ def chain_dump(size: int, mbps: float, predumps: int) -> dict:
 
 # ----------------------------------------------------------------------------- per size
 
+def _keep(res, r: dict) -> None:
+    if "error" in r:
+        res.restore_failures.append(r["error"])
+    else:
+        res.restore.append(r)
+
+
 @dataclass
 class SizeResult:
     size: int
@@ -284,6 +309,8 @@ class SizeResult:
     plain: list = field(default_factory=list)
     chain: list = field(default_factory=list)
     pages_file: int = 0
+    restore_error: str = ""                                   # the warm-up restore failed
+    restore_failures: list = field(default_factory=list)      # measured rounds that failed
 
 
 def bench_size(res: SizeResult, args) -> None:
@@ -301,19 +328,28 @@ def bench_size(res: SizeResult, args) -> None:
         pf = pages_file(images)
         res.pages_file = pf.stat().st_size
         # unmeasured: first-call costs (imports, page tables, tmpfs mappings) stay out
-        run_restore(images, pid, want, addr, size)
+        warm = run_restore(images, pid, want, addr, size)
+        if "error" in warm:     # it fails the same way every time: measure the baseline only
+            res.restore_error = warm["error"]
+            log(f"  restore FAILED: {warm['error']}")
         run_writev(pf)
         for r in range(res.runs):
-            steps = [lambda: res.restore.append(run_restore(images, pid, want, addr, size)),
-                     lambda: res.writev.append(run_writev(pf))]
+            steps = [lambda: res.writev.append(run_writev(pf))]
+            if not res.restore_error:
+                steps.append(lambda: _keep(res, run_restore(images, pid, want, addr, size)))
             for step in (steps if r % 2 == 0 else steps[::-1]):
                 step()
-            if r < args.rss_runs:
-                res.rss.append(cli_restore_rss(images, pid))
-            a, b = res.restore[-1], res.writev[-1]
-            log(f"  run {r + 1}/{res.runs}: restore {a['total'] / 1e6:.0f} ms (memory "
-                f"{a['memory'] / 1e6:.0f} ms, {a['bytes'] / a['memory']:.2f} GB/s), writev "
-                f"{b['ns'] / 1e6:.0f} ms ({b['bytes'] / b['ns']:.2f} GB/s)")
+            if r < args.rss_runs and not res.restore_error:
+                try:
+                    res.rss.append(cli_restore_rss(images, pid))
+                except RuntimeError as e:
+                    log(f"  CLI restore failed: {e}")
+            b = res.writev[-1]
+            a = res.restore[-1] if res.restore else None
+            log(f"  run {r + 1}/{res.runs}: "
+                + (f"restore {a['total'] / 1e6:.0f} ms (memory {a['memory'] / 1e6:.0f} ms, "
+                   f"{a['bytes'] / a['memory']:.2f} GB/s), " if a else "restore failed, ")
+                + f"writev {b['ns'] / 1e6:.0f} ms ({b['bytes'] / b['ns']:.2f} GB/s)")
     for r in range(res.runs):
         steps = [lambda: res.plain.append(plain_dump(size, args.mbps)),
                  lambda: res.chain.append(chain_dump(size, args.mbps, args.predumps))]
@@ -324,7 +360,8 @@ def bench_size(res: SizeResult, args) -> None:
             f"({p.pages_written} pages), chain {c['final'].frozen_time / 1e3:.0f} ms "
             f"({c['final'].pages_written} pages; pre-dumps "
             f"{'/'.join(str(x.pages_written) for x in c['pre'])}), restore from chain "
-            f"{c['restore']['total'] / 1e6:.0f} ms")
+            + (f"{c['restore']['total'] / 1e6:.0f} ms" if "total" in c["restore"]
+               else f"FAILED: {c['restore']['error']}"))
 
 
 # ----------------------------------------------------------------------------- report
@@ -362,8 +399,17 @@ def report(results: list[SizeResult], py_rss: int, meta: dict) -> str:
          "| rest ms | memory GB/s | plain writev GB/s | **memory / writev** "
          "| CRIU 4.2 restore ms | coldsnap / CRIU |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    failed = []
     for r in results:
         R, W = r.restore, r.writev
+        if r.restore_error or r.restore_failures:
+            failed.append((r, r.restore_error or r.restore_failures[0]))
+        if not R:
+            ref = CRIU_RESTORE.get(r.size)
+            L.append(f"| {size_name(r.size)} | 0 | {r.pages_file / MIB:.0f} | **restore failed** "
+                     f"| - | - | - | - | {spread([x['bytes'] / x['ns'] for x in W], f2)} | - "
+                     f"| {f'{ref * 1e3:.0f}' if ref else '-'} | - |")
+            continue
         tot = median([x["total"] for x in R])
         mem_g = median([x["bytes"] / x["memory"] for x in R])
         wv_g = median([x["bytes"] / x["ns"] for x in W])
@@ -388,6 +434,10 @@ def report(results: list[SizeResult], py_rss: int, meta: dict) -> str:
           "the same pages file, timed from the mmap to the last call (the issue expects "
           "memory / writev ≥ 70%). CRIU 4.2 figures are the issue's, from another machine.",
           ""]
+    for r, err in failed:
+        L += [f"**Restore of {size_name(r.size)} failed** "
+              f"({'every time' if r.restore_error else f'{len(r.restore_failures)} of {r.runs} rounds'}"
+              f"): `{err}`", ""]
     if any(r.rss for r in results):
         L += ["### Memory of the coldsnap process during restore", "",
               "| size | n | peak RSS MiB (wait4) | peak RssAnon MiB | peak RssShmem MiB "
@@ -437,7 +487,7 @@ def report(results: list[SizeResult], py_rss: int, meta: dict) -> str:
                  f"| {median([s.pages_written for s in C]):.0f} "
                  f"| {median([s.pages_skipped_parent for s in C]):.0f} | {pf / cf:.0f}x "
                  f"| {f'{ref * 1e3:.0f}' if ref else '-'} "
-                 f"| {median([x['restore']['total'] / 1e6 for x in r.chain]):.0f} |")
+                 f"| {_chain_restore(r)} |")
     L += ["",
           "Frozen ms = `DumpStats.frozen_time` of `dump()` (the whole freeze: task state, page "
           "scan, page copy, images, until the SIGKILL). No chain: `dump(pid, DIR)` 0.5 s "
@@ -448,6 +498,14 @@ def report(results: list[SizeResult], py_rss: int, meta: dict) -> str:
           "(pages read through the whole chain).",
           ""]
     return "\n".join(L)
+
+
+def _chain_restore(r: SizeResult) -> str:
+    ok = [x["restore"]["total"] / 1e6 for x in r.chain if "total" in x["restore"]]
+    bad = [x["restore"]["error"] for x in r.chain if "error" in x["restore"]]
+    if not bad:
+        return f"{median(ok):.0f}"
+    return (f"{median(ok):.0f}, " if ok else "") + f"failed {len(bad)}/{len(r.chain)}: `{bad[0]}`"
 
 
 def breakdown(results: list[SizeResult]) -> str:
