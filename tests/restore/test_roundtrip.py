@@ -200,3 +200,42 @@ def test_restore_refuses_a_pid_in_use(workload_bin, python_exe, tmp_path):
         w.assert_healthy()
     finally:
         w.stop()
+
+
+def _rewrite(images: Path, name: str, change) -> None:
+    """Decode one image, let `change` edit its entries, write it back in place."""
+    from coldsnap.images.framing import read_image, write_image
+    path = images / name
+    entries = read_image(path)
+    change(entries)
+    write_image(path, None, entries)
+
+
+def test_restore_refuses_images_of_another_architecture(workload_bin, python_exe, tmp_path):
+    from coldsnap.images.pb import core_pb2
+    images, pid = dumped("rst_clock", workload_bin, python_exe, tmp_path)
+    _rewrite(images, f"core-{pid}.img", lambda es: setattr(es[0], "mtype", core_pb2.AARCH64))
+    restore_refused(images, pid)
+
+
+def test_restore_refuses_another_vdso_layout(workload_bin, python_exe, tmp_path):
+    """Images from a kernel whose [vdso] is bigger: the vDSO cannot be moved into place."""
+    from coldsnap.memory.vma import VMA_AREA_VDSO
+    images, pid = dumped("rst_clock", workload_bin, python_exe, tmp_path)
+
+    def grow_vdso(es):
+        vdso = next(v for v in es[0].vmas if v.status & VMA_AREA_VDSO)
+        vdso.end += 4096          # the next VMA in that region is far above it
+    _rewrite(images, f"mm-{pid}.img", grow_vdso)
+    restore_refused(images, pid)
+
+
+def test_restore_refuses_cpu_features_this_machine_lacks(workload_bin, python_exe, tmp_path, monkeypatch):
+    """xstate components the CPU does not have (AMX tiles, bit 18) are refused up front."""
+    images, pid = dumped("rst_clock", workload_bin, python_exe, tmp_path)
+    if "amx_tile" in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU has AMX")
+    _rewrite(images, f"core-{pid}.img",
+             lambda es: setattr(es[0].thread_info.fpregs.xsave, "xstate_bv",
+                                es[0].thread_info.fpregs.xsave.xstate_bv | 1 << 18))
+    restore_refused(images, pid)

@@ -108,8 +108,9 @@ def _core(d: ImageDir, tid: int) -> core_pb2.core_entry:
         raise ImageError(f"{d.root}: {name} is missing")
     core = d.read_single(name)
     if core.mtype != core_pb2.X86_64:
+        arch = core.DESCRIPTOR.fields_by_name["mtype"].enum_type.values_by_number.get(core.mtype)
         raise ImageError(f"{d.path(name)}: images are for architecture "
-                         f"{core_pb2.core_entry.march.Name(core.mtype)}, this machine is X86_64")
+                         f"{arch.name if arch else core.mtype}, this machine is X86_64")
     if not core.HasField("thread_info"):
         raise ImageError(f"{d.path(name)}: no x86-64 thread state")
     return core
