@@ -496,8 +496,56 @@ def report(results: list[SizeResult], py_rss: int, meta: dict) -> str:
           "runs), then `dump(pid, DIR, prev_images_dir=last)`, which leaves unwritten pages "
           "to the parent chain. Restore from chain: one `restore()` of that final dump "
           "(pages read through the whole chain).",
-          ""]
+          "",
+          "### Where the frozen time goes (medians, ms)",
+          "",
+          breakdown(results),
+          "",
+          "scan = `scan_time`: from the freeze to the page plan (task state through injected "
+          "calls, maps, PAGEMAP_SCAN; with a chain also taking back the parked userfaultfd, "
+          "collecting the written pages and reading what the parent chain covers); memdump = "
+          "`memdump_time` (copy the pages into the images, shared memory included); other = "
+          "frozen − scan − memdump (files, mm/core images, commit, SIGKILL). seize = "
+          "`freezing_time`, spent before the frozen window starts.",
+          "",
+          "### Verdict (generated from the medians above)",
+          ""] + verdict(results) + [""]
     return "\n".join(L)
+
+
+def verdict(results: list[SizeResult]) -> list[str]:
+    out = []
+    for r in results:
+        n = size_name(r.size)
+        R = r.restore
+        if r.restore_error or not R:
+            out.append(f"- {n}: **restore fails** — `{r.restore_error or r.restore_failures[0]}`; "
+                       "no restore time, no ratio, no comparison with CRIU.")
+        else:
+            ratio = median([x["bytes"] / x["memory"] for x in R]) / median([x["bytes"] / x["ns"] for x in r.writev])
+            tot = median([x["total"] for x in R]) / 1e6
+            share = 100 * median([x["memory"] / x["total"] for x in R])
+            ref = CRIU_RESTORE.get(r.size)
+            cmp = ""
+            if ref:
+                cmp = (f"; restore {tot:.0f} ms vs CRIU 4.2 {ref * 1e3:.0f} ms: "
+                       + (f"**coldsnap slower** ({tot / (ref * 1e3):.2f}x)" if tot > ref * 1e3
+                          else f"coldsnap faster ({tot / (ref * 1e3):.2f}x)"))
+            out.append(f"- {n}: memory / writev {100 * ratio:.0f}% "
+                       + ("(≥ 70%: met)" if ratio >= 0.7 else "(**below the 70% expected**)")
+                       + f"; memory is {share:.0f}% of the restore time{cmp}"
+                       + (f"; {len(r.restore_failures)} of {r.runs} rounds failed" if r.restore_failures else "")
+                       + ".")
+        fz = median([x["final"].frozen_time for x in r.plain]) / 1e3
+        cz = median([x["final"].frozen_time for x in r.chain]) / 1e3
+        ref = CRIU_FROZEN.get(r.size)
+        if ref:
+            out.append(f"- {n}: final dump without pre-dump frozen {fz:.0f} ms vs CRIU 4.2 "
+                       f"{ref * 1e3:.0f} ms: " + (f"**coldsnap longer** ({fz / (ref * 1e3):.2f}x)"
+                                                  if fz > ref * 1e3 else
+                                                  f"coldsnap shorter ({fz / (ref * 1e3):.2f}x)")
+                       + f"; after the chain {cz:.0f} ms.")
+    return out
 
 
 def _chain_restore(r: SizeResult) -> str:
@@ -572,7 +620,6 @@ def main(argv: list[str] | None = None) -> int:
             "rev": _revision(), "mbps": args.mbps, "predumps": args.predumps}
     section = report(results, py_rss, meta)
     print(section)
-    print("\nFrozen-time breakdown (not written to the results file):\n" + breakdown(results))
     write_section(Path(args.out), section)
     return 0
 
