@@ -40,17 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("-t", "--tree", type=_pid, required=True, metavar="PID", help="process to pre-dump")
     pd.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="new or empty directory for the images")
     pd.add_argument("--prev-images-dir", metavar="DIR", help="previous images to link as parent")
-    pd.add_argument("--pre-dump-mode", choices=("live", "frozen"), default="live",
-                    help="live: copy pages after resuming (default); frozen: before (baseline)")
+    pd.add_argument("--pre-dump-mode", choices=("nofreeze", "live", "frozen"),
+                    help="nofreeze (default where userfaultfd write tracking works): track writes "
+                         "with a userfaultfd parked in the target, never freeze it after the one "
+                         "injected call; live: freeze only to scan, leave nothing behind; frozen: "
+                         "copy pages before resuming (the baseline)")
     pd.add_argument("--buffer-size", type=_size, default="4M", metavar="SIZE", help="drain buffer (default 4M)")
     pd.add_argument("--scan", choices=("auto", "ioctl", "read"), default="auto",
                     help="page scan: PAGEMAP_SCAN ioctl or /proc/PID/pagemap read")
     pd.add_argument("--iterations", type=int, default=1, metavar="N",
                     help="run N pre-dumps into DIR/1..DIR/N, each saving only pages written since the last")
     pd.add_argument("--track-mem", choices=("uffd", "none"),
-                    help="dirty tracking: userfaultfd write-protect (default of a series) or none "
-                         "(default of a single pre-dump). A single pre-dump with uffd parks the "
-                         "tracking fd in the target for the next run (see `untrack`)")
+                    help="dirty tracking: userfaultfd write-protect or none. For a single pre-dump "
+                         "uffd is --pre-dump-mode nofreeze (the tracking fd stays parked in the "
+                         "target for the next run, see `untrack`) and none is live")
     pd.add_argument("--auto-dedup", action="store_true",
                     help="free the parent images' copies of pages this pre-dump wrote again")
     pd.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",
@@ -90,13 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.command == "pre-dump" and args.iterations > 1:
         return run_series(args)
-    if args.command == "pre-dump" and args.track_mem == "uffd":
+    if args.command == "pre-dump" and args.iterations <= 1:
+        args.pre_dump_mode = _pre_dump_mode(args)
+    if args.command == "pre-dump" and args.iterations <= 1 and args.pre_dump_mode == "nofreeze":
         from .dump.iterate import pre_dump_tracked
         stats = pre_dump_tracked(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
                                  buffer_size=args.buffer_size)
         print(f"pre-dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
               f"written, {stats.pages_skipped_parent} in parent, {stats.pages_skipped} skipped, "
               f"frozen {stats.frozen_time / 1000:.2f} ms")
+        if stats.uffd_fd >= 0:
+            print(f"write tracking stays in {args.tree} (fd {stats.uffd_fd}) until `coldsnap dump` "
+                  f"or `coldsnap untrack {args.tree}`")
         _dedup(args, args.images_dir)
         return 0
     if args.command == "dump":
@@ -139,6 +147,19 @@ def run(args: argparse.Namespace) -> int:
         from .demo import demo
         return demo(args.size, args.images_dir)
     raise AssertionError(args.command)
+
+
+def _pre_dump_mode(args: argparse.Namespace) -> str:
+    """--pre-dump-mode, with --track-mem as its older spelling; nofreeze where it works."""
+    if args.pre_dump_mode:
+        if args.track_mem == "uffd" and args.pre_dump_mode != "nofreeze":
+            raise CsError(f"--track-mem uffd needs --pre-dump-mode nofreeze, not {args.pre_dump_mode}")
+        return args.pre_dump_mode
+    if args.track_mem:
+        return "nofreeze" if args.track_mem == "uffd" else "live"
+    from .kernel.features import probe
+    feats = probe()
+    return "nofreeze" if feats.uffd_wp_async and feats.pagemap_scan else "live"
 
 
 def _dedup(args: argparse.Namespace, images_dir) -> None:

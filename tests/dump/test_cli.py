@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 from predump_helpers import coldsnap, wait_quiet
 
 
@@ -38,17 +40,25 @@ def test_show_of_a_missing_dir_is_one_line(tmp_path):
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and r.stderr.startswith("coldsnap: ")
 
 
-def test_tracking_survives_between_separate_runs_until_untrack(spawn, workload_bin, tmp_path):
+def _uffds(pid: int) -> list[int]:
+    return [int(fd) for fd in os.listdir(f"/proc/{pid}/fd") if "userfaultfd" in os.readlink(f"/proc/{pid}/fd/{fd}")]
+
+
+@pytest.mark.parametrize("mode", [[], ["--track-mem", "uffd"], ["--pre-dump-mode", "nofreeze"]],
+                         ids=["default", "track-mem", "nofreeze"])
+def test_tracking_survives_between_separate_runs_until_untrack(spawn, workload_bin, tmp_path, mode):
+    """No-freeze tracked pre-dumps are the default where userfaultfd tracking works."""
     w = spawn([workload_bin("mem_pattern"), 1024, 8])
     wait_quiet(w.pid)
-    first = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "1", "--track-mem", "uffd", check=True)
+    first = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "1", *mode, check=True)
+    assert "write tracking stays in" in first.stdout
     assert int(first.stdout.split()[5]) > 1024
     parked = [fd for fd in os.listdir(f"/proc/{w.pid}/fd")
               if "userfaultfd" in os.readlink(f"/proc/{w.pid}/fd/{fd}")]
     assert parked and int(parked[0]) >= 900          # out of the program's own fd numbering
     assert w.send("write 4 7") == "wrote 4"
     wait_quiet(w.pid)
-    second = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "2", "--track-mem", "uffd",
+    second = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "2", *mode,
                       "--prev-images-dir", tmp_path / "1", check=True)
     written = int(second.stdout.split()[5])
     assert 4 <= written <= 32 and "frozen 0.00 ms" in second.stdout, second.stdout
@@ -62,10 +72,11 @@ def test_auto_dedup_frees_the_parent_copies_and_the_chain_still_reads(spawn, wor
     from coldsnap.images.chain import PageChain, disk_usage
     w = spawn([workload_bin("mem_pattern"), 2048, 8])
     wait_quiet(w.pid)
-    coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "1", check=True)
+    # untracked (live) pre-dumps: the second one saves every page again, superseding the first
+    coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "1", "--pre-dump-mode", "live", check=True)
     before = disk_usage(tmp_path / "1")
     r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "2", "--prev-images-dir", tmp_path / "1",
-                 "--auto-dedup", check=True)
+                 "--pre-dump-mode", "live", "--auto-dedup", check=True)
     assert "auto-dedup:" in r.stdout
     assert disk_usage(tmp_path / "1") < before - 2048 * 4096 // 2
     with PageChain(tmp_path / "2", w.pid) as chain, open(f"/proc/{w.pid}/mem", "rb", buffering=0) as mem:
@@ -99,3 +110,14 @@ def test_a_forking_target_with_parked_tracking(spawn, python_exe, tmp_path):
     assert int(r.stdout.split()[5]) < 512     # not the 2048 pages the child wrote in its copy
     coldsnap("untrack", w.pid, check=True)
     assert w.send("fork") == "0"
+
+
+def test_live_mode_leaves_nothing_in_the_target(spawn, workload_bin, tmp_path):
+    w = spawn([workload_bin("mem_pattern"), 256, 8])
+    wait_quiet(w.pid)
+    r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "1", "--pre-dump-mode", "live", check=True)
+    assert "(live)" in r.stdout and "tracking" not in r.stdout
+    assert _uffds(w.pid) == []
+    bad = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "2", "--pre-dump-mode", "live", "--track-mem", "uffd")
+    assert bad.returncode != 0 and bad.stderr.startswith("coldsnap: ") and bad.stderr.count("\n") == 1
+    assert not (tmp_path / "2").exists()

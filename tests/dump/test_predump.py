@@ -91,7 +91,8 @@ def test_memory_changed_during_the_drain_is_skipped_exactly(pattern, tmp_path):
 def test_target_exiting_during_the_drain_fails_cleanly(pattern, tmp_path):
     w = pattern(filler_pages=65536)
     with command_when_draining(w, tmp_path, b"exit\n"):
-        r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "img", "--buffer-size", "4k")
+        r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "img", "--pre-dump-mode", "live",
+                     "--buffer-size", "4k")
     assert r.returncode != 0
     assert r.stderr.count("\n") == 1 and "exited during the pre-dump" in r.stderr, r.stderr
     assert w.proc.wait(5) == 3
