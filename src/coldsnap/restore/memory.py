@@ -19,6 +19,8 @@ from ..errors import CsError
 from ..kernel import vm
 from ..memory.vma import PROT_WRITE
 
+# process_vm_writev moves at most MAX_RW_COUNT (2 GiB - 4 KiB) per call: stay well below
+MAX_CALL = 1 << 30
 Source = tuple[int, int, int, int]   # (chain level, vaddr, nbytes, offset in that level's pages file)
 
 
@@ -66,7 +68,7 @@ class PageWriter:
         starts = [a[0] for a in areas]
         local = vm.new_iov_array()
         remote = vm.new_iov_array()
-        n = 0
+        n = batch = 0
         for level, key, nbytes, offset in src.runs:
             path = src.files[level]
             if path is None:
@@ -78,12 +80,14 @@ class PageWriter:
                 for start, end, writable in _split(areas, starts, vaddr, vaddr + size):
                     off = offset + skip + start - vaddr
                     if writable:
-                        local[n] = (base + off, end - start)
-                        remote[n] = (start, end - start)
-                        n += 1
-                        if n == vm.IOV_MAX:
-                            self._flush(local, remote, n)
-                            n = 0
+                        while start < end:   # a call moves at most MAX_CALL bytes
+                            chunk = min(end - start, MAX_CALL - batch)
+                            local[n] = (base + off, chunk)
+                            remote[n] = (start, chunk)
+                            n, batch, start, off = n + 1, batch + chunk, start + chunk, off + chunk
+                            if n == vm.IOV_MAX or batch == MAX_CALL:
+                                self._flush(local, remote, n)
+                                n = batch = 0
                     else:
                         self._pwrite(view[off:off + end - start], start)
         if n:
