@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,3 +46,48 @@ def test_restore_waits_and_passes_exit_status(spawn, python_exe, tmp_path):
         if restorer.poll() is None:
             restorer.kill()
             restorer.wait()
+
+
+COUNTER = r"""
+import os, sys, time
+os.write(1, b"ready\n")
+n = 0
+while True:
+    n += 1
+    with open(sys.argv[1], "w") as f:
+        f.write(str(n))
+    time.sleep(0.01)
+"""
+
+
+def _state(pid: int) -> str:
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_stopped_process_is_dumped_and_restored_stopped(spawn, python_exe, tmp_path):
+    count = tmp_path / "count"
+    w = spawn([python_exe, "-c", COUNTER, str(count)], stderr=subprocess.DEVNULL)
+    pid = w.pid
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while _state(pid) != "T" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r = _coldsnap("dump", "-t", str(pid), "-D", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr
+    w.proc.wait(timeout=10)
+    r = _coldsnap("restore", "-D", str(tmp_path / "img"), "-d")
+    assert r.returncode == 0, r.stderr
+    try:
+        time.sleep(0.2)
+        assert _state(pid) == "T", "the restored process must stay stopped"
+        frozen = count.read_text()
+        time.sleep(0.1)
+        assert count.read_text() == frozen
+        os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 5
+        while count.read_text() in ("", frozen) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert count.read_text() not in ("", frozen), "it did not carry on after SIGCONT"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

@@ -62,7 +62,8 @@ KSIGACTION = struct.Struct("<QQQQ")  # handler, flags, restorer, mask (kernel st
 XSTATE_BV_OFF = 512
 XFEATURE_AVX = 1 << 2
 AVX_OFF, AVX_SIZE = 576, 256
-ITIMERS = ("real", "virt", "prof")  # ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2
+ITIMERS = ("real", "virt", "prof")
+TASK_ALIVE, TASK_STOPPED = 1, 3      # task_core_entry.task_state  # ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2
 
 # scratch page layout (leader's page, shared by every session of this dump)
 _OFF_SA = 0                                   # 62 x 32 bytes
@@ -169,6 +170,7 @@ class TaskState:
     dumpable: int
     child_subreaper: bool
     secbits: int
+    stop_signal: int = 0             # the group-stop signal of a stopped process, else 0
     remote_calls: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -351,7 +353,8 @@ def collect_task_state(task: FrozenTask) -> TaskState:
                      flags=stat.flags, personality=personality, umask=int(status.get("Umask", "0022"), 8),
                      threads=threads, sigactions=sigactions, shared_pending=shared_pending,
                      rlimits=rlimits, itimers=itimers, brk=brk, auxv=auxv, dumpable=dumpable,
-                     child_subreaper=bool(subreaper), secbits=secbits, remote_calls=calls, notes=notes)
+                     child_subreaper=bool(subreaper), secbits=secbits, stop_signal=task.group_stopped(),
+                     remote_calls=calls, notes=notes)
 
 
 # -- images -------------------------------------------------------------------------------
@@ -420,7 +423,9 @@ def _core_entry(state: TaskState, th: ThreadState):
 
     if th.tid == state.pid:
         t = core.tc
-        t.task_state = 1
+        t.task_state = TASK_STOPPED if state.stop_signal else TASK_ALIVE
+        if state.stop_signal:
+            t.stop_signo = state.stop_signal
         t.exit_code = 0
         t.personality = state.personality
         t.flags = state.flags

@@ -17,6 +17,7 @@ import signal
 import time
 from dataclasses import dataclass
 
+from ..dump.task_state import TASK_STOPPED
 from ..errors import CsError, ImageError, TargetError
 from ..kernel.clone import fork_with_pid
 from ..kernel.libc import libc, syscall
@@ -49,6 +50,10 @@ def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bo
         with freeze(pid) as task:
             try:
                 stats = transplant(task, images)
+                tc = images.leader.tc
+                if tc.task_state == TASK_STOPPED:
+                    # queued while held: the group-stop begins before any instruction runs
+                    os.kill(pid, tc.stop_signo or signal.SIGSTOP)
             except BaseException:
                 os.kill(pid, signal.SIGKILL)   # before the detach: a half-built process must never run
                 raise

@@ -278,6 +278,12 @@ class FrozenTask:
             self._gadget = vdso.start + at
         return self._gadget
 
+    def group_stopped(self) -> int:
+        """The stop signal if the process was in a group-stop (SIGSTOP, SIGTSTP...) when
+        seized, else 0. The stop stays in force after resume."""
+        th = self._threads.get(self.pid)
+        return th.stop_sig if th is not None and th.stop_sig not in (0, signal.SIGTRAP) else 0
+
     def forget_gadget(self) -> None:
         self._gadget = None
 

@@ -84,6 +84,7 @@ class RemoteCalls:
         self.scratch_at: int | None = None          # fixed address for the scratch page, if set
         self._gadget = 0
         self._block = BLOCK_ALL_BUT_TRAP
+        self._group_traps = 0                       # group-stop re-traps seen in this call
 
     # -- session --------------------------------------------------------------------------
 
@@ -161,6 +162,7 @@ class RemoteCalls:
         regs.rip = self._gadget
         for name, value in zip(_ARG_REGS, args):
             setattr(regs, name, value & U64)
+        self._group_traps = 0
         with self.task.critical():
             ptrace.set_regs(self.tid, regs)
             self._in_trap = True
@@ -202,7 +204,8 @@ class RemoteCalls:
                     self._block_signals()
                     return regs
             if st.is_event_stop:
-                raise TargetError(f"thread {self.tid}: unexpected group-stop during a remote call")
+                self._group_stop(st, ptrace.singlestep)
+                continue
             self._other_signal(st, ptrace.singlestep)
 
     def _wait_syscall_stop(self) -> ptrace.UserRegs:
@@ -212,8 +215,17 @@ class RemoteCalls:
                 self._block_signals()
                 return ptrace.get_regs(self.tid)
             if st.is_event_stop:
-                raise TargetError(f"thread {self.tid}: unexpected group-stop during a remote call")
+                self._group_stop(st, ptrace.syscall_step)
+                continue
             self._other_signal(st, ptrace.syscall_step)
+
+    def _group_stop(self, st: ptrace.Stop, resume) -> None:  # type: ignore[no-untyped-def]
+        """A task stopped by SIGSTOP (group-stop) traps once more when first resumed, before
+        running anything: resume it again. Its stop stays in force for after the detach."""
+        self._group_traps += 1
+        if self._group_traps > 3:
+            raise TargetError(f"thread {self.tid}: keeps entering group-stop during a remote call ({st!r})")
+        resume(self.tid, 0)
 
     def _block_signals(self) -> None:
         # first stop after leaving the interrupt stop: the mask read now is the real one
