@@ -50,10 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="page scan: PAGEMAP_SCAN ioctl or /proc/PID/pagemap read")
     pd.add_argument("--iterations", type=int, default=1, metavar="N",
                     help="run N pre-dumps into DIR/1..DIR/N, each saving only pages written since the last")
-    pd.add_argument("--track-mem", choices=("uffd", "none"),
-                    help="dirty tracking: userfaultfd write-protect or none. For a single pre-dump "
-                         "uffd is --pre-dump-mode nofreeze (the tracking fd stays parked in the "
-                         "target for the next run, see `untrack`) and none is live")
+    pd.add_argument("--track-mem", choices=("uffd", "soft-dirty", "none"),
+                    help="dirty tracking: userfaultfd write-protect (chosen where it works), "
+                         "soft-dirty bits (kernels with CONFIG_MEM_SOFT_DIRTY; read and cleared "
+                         "in a short freeze) or none. For a single pre-dump uffd is "
+                         "--pre-dump-mode nofreeze (the tracking fd stays parked in the target for "
+                         "the next run, see `untrack`) and none is live")
     pd.add_argument("--auto-dedup", action="store_true",
                     help="free the parent images' copies of pages this pre-dump wrote again")
     pd.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",
@@ -95,10 +97,13 @@ def run(args: argparse.Namespace) -> int:
         return run_series(args)
     if args.command == "pre-dump" and args.iterations <= 1:
         args.pre_dump_mode = _pre_dump_mode(args)
-    if args.command == "pre-dump" and args.iterations <= 1 and args.pre_dump_mode == "nofreeze":
-        from .dump.iterate import pre_dump_tracked
+    if args.command == "pre-dump" and args.iterations <= 1 and (
+            args.pre_dump_mode == "nofreeze" or args.track_mem == "soft-dirty"):
+        from .dump.iterate import check_track, pre_dump_tracked
+        track = "soft-dirty" if args.track_mem == "soft-dirty" else "uffd"
+        check_track(track)
         stats = pre_dump_tracked(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
-                                 buffer_size=args.buffer_size)
+                                 buffer_size=args.buffer_size, track=track)
         print(f"pre-dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
               f"written, {stats.pages_skipped_parent} in parent, {stats.pages_skipped} skipped, "
               f"frozen {stats.frozen_time / 1000:.2f} ms")
@@ -151,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _pre_dump_mode(args: argparse.Namespace) -> str:
     """--pre-dump-mode, with --track-mem as its older spelling; nofreeze where it works."""
+    if args.track_mem == "soft-dirty":
+        if args.pre_dump_mode not in (None, "live"):
+            raise CsError("--track-mem soft-dirty reads its bits in a short freeze: it is --pre-dump-mode live")
+        return "live"
     if args.pre_dump_mode:
         if args.track_mem == "uffd" and args.pre_dump_mode != "nofreeze":
             raise CsError(f"--track-mem uffd needs --pre-dump-mode nofreeze, not {args.pre_dump_mode}")
@@ -173,13 +182,15 @@ def run_series(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from .dump.iterate import pre_dump_series
+    from .dump.iterate import choose_track, pre_dump_series
     from .errors import ImageError
+    from .kernel.features import probe
     if os.path.isdir(args.images_dir) and os.listdir(args.images_dir):
         raise ImageError(f"{args.images_dir}: images directory is not empty")
     if args.prev_images_dir:
         raise CsError("--prev-images-dir cannot start a series yet; give a new -D instead")
-    series = pre_dump_series(args.tree, args.images_dir, args.iterations, track=args.track_mem or "uffd",
+    series = pre_dump_series(args.tree, args.images_dir, args.iterations,
+                             track=args.track_mem or choose_track(probe()),
                              buffer_size=args.buffer_size,
                              between=(lambda i: time.sleep(args.interval)) if args.interval else None)
     if args.auto_dedup:

@@ -121,3 +121,31 @@ def test_live_mode_leaves_nothing_in_the_target(spawn, workload_bin, tmp_path):
     bad = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "2", "--pre-dump-mode", "live", "--track-mem", "uffd")
     assert bad.returncode != 0 and bad.stderr.startswith("coldsnap: ") and bad.stderr.count("\n") == 1
     assert not (tmp_path / "2").exists()
+
+
+def test_soft_dirty_is_refused_in_one_line_where_the_kernel_lacks_it(spawn, workload_bin, tmp_path):
+    from coldsnap.kernel.features import probe
+    if probe().soft_dirty:
+        pytest.skip("this kernel has soft-dirty")
+    w = spawn([workload_bin("mem_pattern"), 64, 8])
+    for extra in ([], ["--iterations", "2"]):
+        r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "sd", "--track-mem", "soft-dirty", *extra)
+        assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
+        assert "no soft-dirty" in r.stderr and "--track-mem uffd" in r.stderr
+        assert not (tmp_path / "sd").exists()
+    assert _uffds(w.pid) == [] and w.send("write 1 2") == "wrote 1"
+
+
+def test_tracking_is_chosen_from_what_the_kernel_offers():
+    from coldsnap.dump.iterate import choose_track
+    from coldsnap.kernel.features import Features, probe
+
+    def feats(**kw):
+        base = dict(pagemap_scan=True, uffd_wp_async=True, soft_dirty=False, pidfd_getfd=True,
+                    clone3_set_tid=True)
+        return Features(**{**base, **kw})
+    assert choose_track(feats()) == "uffd"
+    assert choose_track(feats(uffd_wp_async=False, soft_dirty=True)) == "soft-dirty"
+    assert choose_track(feats(pidfd_getfd=False, soft_dirty=True)) == "soft-dirty"
+    assert choose_track(feats(uffd_wp_async=False)) == "none"
+    assert choose_track(probe()) == "uffd"            # this machine

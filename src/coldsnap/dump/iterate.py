@@ -26,13 +26,32 @@ from ..kernel.procfs import read_maps, read_stat
 from ..memory.drain import DEFAULT_BUFFER, Drain
 from ..memory.ranges import Ranges
 from ..memory.scan import scan_saved_pages, warm_up
+from ..kernel.features import Features, probe
+from ..memory.softdirty import SoftDirtyTracker
 from ..memory.tracking import TrackingRefused, UffdTracker
 from ..memory.vma import classify_all
+from ..seize.freezer import freeze
 from .predump import unreadable_ranges, write_metadata
 from .sink import ImageSink
 from .stats import DumpStats
 
-TRACKS = ("uffd", "none")
+TRACKS = ("uffd", "soft-dirty", "none")
+
+
+def choose_track(feats: Features) -> str:
+    """The tracking a series uses by default: userfaultfd where it works, else soft-dirty."""
+    if feats.uffd_wp_async and feats.pidfd_getfd and feats.pagemap_scan:
+        return "uffd"
+    return "soft-dirty" if feats.soft_dirty else "none"
+
+
+def check_track(track: str, feats: Features | None = None) -> None:
+    """One-line refusal of a tracking this kernel cannot do (probed only when it matters)."""
+    if track not in TRACKS:
+        raise CsError(f"unknown tracking {track!r} (choose from {', '.join(TRACKS)})")
+    if track == "soft-dirty" and not (feats or probe()).soft_dirty:
+        raise CsError("this kernel has no soft-dirty bits (CONFIG_MEM_SOFT_DIRTY): "
+                      "use --track-mem uffd or none")
 
 
 def _us(ns: int) -> int:
@@ -52,8 +71,7 @@ class PreDumpSeries:
 
     def __init__(self, pid: int, base_dir: str | Path, *, track: str = "uffd",
                  buffer_size: int = DEFAULT_BUFFER, park: bool = False):
-        if track not in TRACKS:
-            raise CsError(f"unknown tracking {track!r} (choose from {', '.join(TRACKS)})")
+        check_track(track)
         self.pid = pid
         self.base = Path(base_dir)
         self.requested = track
@@ -61,6 +79,7 @@ class PreDumpSeries:
         self.buffer_size = buffer_size
         self.park = park                 # leave the uffd in the target for a later run
         self.tracker: UffdTracker | None = None
+        self.soft: SoftDirtyTracker | None = None
         self.n = 0
         self.prev: Path | None = None
         self.refused: str = ""          # why tracking fell back to none, if it did
@@ -71,6 +90,9 @@ class PreDumpSeries:
         if self.tracker is not None:
             self.tracker.close()
             self.tracker = None
+        if self.soft is not None:
+            self.soft.close()
+            self.soft = None
 
     def __enter__(self) -> "PreDumpSeries":
         return self
@@ -81,6 +103,50 @@ class PreDumpSeries:
     def _fall_back(self, why: TrackingRefused) -> None:
         self.close()
         self.track, self.refused = "none", str(why)
+
+    def _plan_running(self, stats: DumpStats) -> tuple:
+        """(vmas, stat, dirty or None = all, present) while the task runs (uffd or none)."""
+        vmas = classify_all(read_maps(self.pid))
+        stat = read_stat(self.pid)
+        dirty = None                      # None: everything present is to be read
+        if self.tracker is not None:
+            try:
+                # the first collect registers (and resets) everything: all of it is dirty
+                dirty, self.untracked = self.tracker.collect(vmas)
+            except TrackingRefused as e:
+                self._fall_back(e)
+                dirty = None
+            if self.n == 0:
+                dirty = None
+        stats.track_backend = self.track
+        if self.park and self.tracker is not None:
+            stats.uffd_fd = self.tracker.arm_stats.target_fd
+        present, stats.scan_method = scan_saved_pages(self.pid, vmas)
+        if self.tracker is not None:
+            present = self.tracker.drop_markers(present)
+        return vmas, stat, dirty, present
+
+    def _plan_frozen(self, stats: DumpStats) -> tuple:
+        """The same with soft-dirty bits: read and cleared in one freeze, then resume."""
+        stats.mode = "live"
+        t0 = time.perf_counter_ns()
+        with freeze(self.pid) as task:
+            t_frozen = time.perf_counter_ns()
+            vmas = classify_all(read_maps(self.pid))
+            stat = read_stat(self.pid)
+            if self.soft is None:
+                self.soft = SoftDirtyTracker(self.pid)
+            if self.n == 0:
+                self.soft.reset()             # from now on the bits mean "written since"
+                dirty = None
+            else:
+                dirty = self.soft.collect(vmas)
+            present, stats.scan_method = scan_saved_pages(self.pid, vmas)
+            task.resume()
+        stats.track_backend = "soft-dirty"
+        stats.freezing_time = _us(t_frozen - t0)
+        stats.frozen_time = _us(task.frozen_ns or 0)
+        return vmas, stat, dirty, present
 
     def step(self, path: Path | None = None) -> DumpStats:
         """One more pre-dump (into base_dir/N, or `path`); returns its stats."""
@@ -100,24 +166,10 @@ class PreDumpSeries:
         path = path or self.base / str(self.n + 1)
         with ImageDir.create(path, parent=self.prev) as imgdir:
             t0 = time.perf_counter_ns()
-            vmas = classify_all(read_maps(self.pid))
-            stat = read_stat(self.pid)
-            dirty = None                      # None: everything present is to be read
-            if self.tracker is not None:
-                try:
-                    # the first collect registers (and resets) everything: all of it is dirty
-                    dirty, self.untracked = self.tracker.collect(vmas)
-                except TrackingRefused as e:
-                    self._fall_back(e)
-                    dirty = None
-                if self.n == 0:
-                    dirty = None
-            stats.track_backend = self.track
-            if self.park and self.tracker is not None:
-                stats.uffd_fd = self.tracker.arm_stats.target_fd
-            present, stats.scan_method = scan_saved_pages(self.pid, vmas)
-            if self.tracker is not None:
-                present = self.tracker.drop_markers(present)
+            if self.track == "soft-dirty":
+                vmas, stat, dirty, present = self._plan_frozen(stats)
+            else:
+                vmas, stat, dirty, present = self._plan_running(stats)
             t_scanned = time.perf_counter_ns()
             if dirty is None:
                 to_read = present
@@ -168,15 +220,23 @@ def pre_dump_series(pid: int, base_dir: str | Path, iterations: int, *, track: s
 
 
 def pre_dump_tracked(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
-                     buffer_size: int = DEFAULT_BUFFER) -> DumpStats:
+                     buffer_size: int = DEFAULT_BUFFER, track: str = "uffd") -> DumpStats:
     """One pre-dump whose write tracking outlives this coldsnap process.
 
     The first run freezes the task only to create a userfaultfd in it and leaves that fd
     parked there (its number is recorded in the stats image); a run given the previous
     images as parent takes the parked fd back with pidfd_getfd and never freezes the task.
     `coldsnap untrack PID` closes it. Without parked tracking it starts afresh.
+
+    With track="soft-dirty" nothing is parked: the bits cleared by the previous run say what
+    was written since (a freeze per run reads and clears them).
     """
     images_dir = Path(images_dir)
+    if track == "soft-dirty":
+        with PreDumpSeries(pid, images_dir.parent, track=track, buffer_size=buffer_size) as series:
+            if prev_images_dir is not None:
+                series.n, series.prev = 1, Path(prev_images_dir)
+            return series.step(images_dir)
     with PreDumpSeries(pid, images_dir.parent, track="uffd", buffer_size=buffer_size,
                        park=True) as series:
         if prev_images_dir is not None:
