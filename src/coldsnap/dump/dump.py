@@ -35,7 +35,7 @@ from ..images.pages import PAGE_SHIFT, PAGE_SIZE, PagemapWriter
 from ..kernel import ptrace
 from ..kernel.libc import SYS
 from ..kernel.procfs import MapsLine, read_maps, read_stat
-from ..memory.drain import DEFAULT_BUFFER, Drain
+from ..memory.frozen_copy import CopyStats, copy_frozen
 from ..memory.ranges import Ranges
 from ..memory.scan import scan_saved_pages, warm_up
 from ..memory.tracking import (PARK_FD_MIN, TrackingRefused, UffdTracker, drop_wp_markers,
@@ -46,8 +46,6 @@ from ..seize.remote import RemoteCalls
 from .files import add_mapped_files, collect_files, write_files_images
 from .iterate import _covered
 from .metadata import write_inventory, write_mm, write_stats
-from .predump import unreadable_ranges
-from .sink import ImageSink
 from .stats import DumpStats
 from .task_state import collect_task_state, write_task_images
 
@@ -145,39 +143,6 @@ def mapped_files(pid: int, vmas: list[Vma]) -> tuple[str, dict[str, tuple[int, o
 
 # -- pages -----------------------------------------------------------------------------------
 
-class _ForcedReads:
-    """PagemapWriter front for a final dump, which skips nothing: pages the drain did not
-    read (VMAs without PROT_READ, or a failed process_vm_readv) are read through
-    /proc/PID/mem (FOLL_FORCE) and written present; a page that still fails ends the dump."""
-
-    def __init__(self, writer: PagemapWriter, mem_fd: int, pid: int):
-        self.writer, self.mem_fd, self.pid = writer, mem_fd, pid
-        self.forced = 0
-
-    def add_present(self, vaddr, data, lazy: bool = False) -> None:
-        self.writer.add_present(vaddr, data, lazy)
-
-    def add_parent(self, vaddr: int, nr_pages: int) -> None:
-        self.writer.add_parent(vaddr, nr_pages)
-
-    def add_skipped(self, vaddr: int, nr_pages: int) -> None:
-        end = vaddr + (nr_pages << PAGE_SHIFT)
-        for a in range(vaddr, end, READ_CHUNK):
-            n = min(READ_CHUNK, end - a)
-            try:
-                data = os.pread(self.mem_fd, n, a)
-            except OSError as e:
-                raise TargetError(f"cannot read page {a:#x} of {self.pid}: {e.strerror}") from None
-            if len(data) != n:
-                raise TargetError(f"cannot read page {a + len(data) // PAGE_SIZE * PAGE_SIZE:#x} "
-                                  f"of {self.pid}")
-            self.writer.add_present(a, data)
-        self.forced += nr_pages
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 @dataclass
 class _Plan:
     present: Ranges                 # every page to record (present, not a wp marker)
@@ -244,15 +209,21 @@ def plan_pages(task: FrozenTask, vmas: list[Vma], prev: Path | None) -> _Plan:
 
 
 def save_private(task: FrozenTask, imgdir: ImageDir, vmas: list[Vma], plan: _Plan,
-                 buffer_size: int = DEFAULT_BUFFER) -> tuple[int, int, int, int]:
-    """pagemap-PID.img + pages: (pages written, in parent, read through /proc/PID/mem, syscalls)."""
-    unreadable = plan.to_read.intersect(unreadable_ranges(vmas))
-    writer = _ForcedReads(PagemapWriter(imgdir, task.pid), task.mem_fd(), task.pid)
-    sink = ImageSink(writer, in_parent=plan.in_parent, unreadable=unreadable)
-    with Drain(task.pid, sink, buffer_size) as drain:
-        dstats = drain.run(plan.to_read.subtract(unreadable))
-    sink.close()
-    return writer.writer.nr_present, writer.writer.nr_parent, writer.forced, dstats.syscalls
+                 threads: int = 2) -> tuple[int, int, int, int]:
+    """pagemap-PID.img + pages: (pages written, in parent, read through /proc/PID/mem, syscalls).
+
+    A final dump skips nothing: pages process_vm_readv cannot read (no PROT_READ) come
+    through /proc/PID/mem, and a page that still fails ends the dump."""
+    writer = PagemapWriter(imgdir, task.pid)
+    copied = CopyStats()
+    if len(plan.to_read):
+        copied = copy_frozen(task.pid, task.mem_fd(), plan.to_read, writer.pages_fd(), threads=threads)
+    runs = sorted([(s, e, writer.add_copied) for s, e in plan.to_read.pairs()]
+                  + [(s, e, writer.add_parent) for s, e in plan.in_parent.pairs()])
+    for start, end, add in runs:
+        add(start, (end - start) >> PAGE_SHIFT)
+    writer.close()
+    return writer.nr_present, writer.nr_parent, copied.forced_bytes >> PAGE_SHIFT, copied.syscalls
 
 
 def save_shmem(pid: int, imgdir: ImageDir, vmas: list[Vma]) -> tuple[int, int]:
@@ -341,8 +312,7 @@ def kill_held(task: FrozenTask) -> None:
 # -- the dump --------------------------------------------------------------------------------
 
 def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
-         leave_running: bool = False, shell_job: bool = False,
-         buffer_size: int = DEFAULT_BUFFER) -> DumpStats:
+         leave_running: bool = False, shell_job: bool = False) -> DumpStats:
     """Checkpoint process `pid` into a new images directory, then kill it (or resume it with
     leave_running). Returns the stats; frozen_time there spans the whole freeze (the image's
     stats-dump ends when it is written, before the commit)."""
@@ -365,7 +335,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 exe, files, vma_paths, vma_flags = mapped_files(pid, vmas)
                 ids = add_mapped_files(snap, files)
                 t_mem = time.perf_counter_ns()
-                written, parent, forced, calls = save_private(task, imgdir, vmas, plan, buffer_size)
+                written, parent, forced, calls = save_private(task, imgdir, vmas, plan)
                 shm_written, shm_mapped = save_shmem(pid, imgdir, vmas)
                 t_saved = time.perf_counter_ns()
                 write_task_images(state, imgdir)

@@ -188,12 +188,23 @@ class PagemapWriter:
             raise ValueError(f"data at {vaddr:#x} is {size} bytes, not whole pages")
         nr = size >> PAGE_SHIFT
         self._advance(vaddr, nr)
+        _write_all(self.pages_fd(), views)
+        self._add(vaddr, nr, PE_PRESENT | (PE_LAZY if lazy else 0))
+        self.nr_present += nr
+
+    def pages_fd(self) -> int:
+        """The pages file, for a caller that places page data itself (then add_copied)."""
         if self._fd is None:
             path = self.imgdir.path(pages_name(self.pages_id))
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        _write_all(self._fd, views)
-        self._add(vaddr, nr, PE_PRESENT | (PE_LAZY if lazy else 0))
-        self.nr_present += nr
+        return self._fd
+
+    def add_copied(self, vaddr: int, nr_pages: int) -> None:
+        """Present pages whose data the caller wrote into pages_fd() at their offset (the
+        present pages before them, back to back)."""
+        self._advance(vaddr, nr_pages)
+        self._add(vaddr, nr_pages, PE_PRESENT)
+        self.nr_present += nr_pages
 
     def add_parent(self, vaddr: int, nr_pages: int) -> None:
         """Pages whose bytes the parent directory holds (PE_PARENT hole)."""

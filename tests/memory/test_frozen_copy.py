@@ -1,0 +1,58 @@
+"""copy_frozen: a frozen task's pages back to back into a file, on worker threads."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from coldsnap.memory.frozen_copy import copy_frozen, pieces
+from coldsnap.memory.ranges import Ranges
+
+PG = 4096
+TARGET = r"""
+import ctypes, mmap, sys
+m = mmap.mmap(-1, 40 * 4096, flags=mmap.MAP_PRIVATE)
+for i in range(40):
+    m[i * 4096:(i + 1) * 4096] = bytes([i + 1]) * 4096
+base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+libc = ctypes.CDLL(None)
+libc.mprotect(ctypes.c_void_p(base + 8 * 4096), 4 * 4096, 0)      # 4 pages without PROT_READ
+print(base, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_pieces_cover_the_ranges_in_chunks_back_to_back():
+    r = Ranges.of([(0x10000, 0x10000 + 10 * PG), (0x40000, 0x40000 + PG), (0x80000, 0x80000 + 7 * PG)])
+    addrs, lens, offs = pieces(r, chunk=3 * PG)
+    assert lens.max() <= 3 * PG and lens.sum() == r.nr_pages * PG
+    assert offs.tolist() == np.concatenate([[0], np.cumsum(lens)[:-1]]).tolist()
+    got = Ranges(addrs.copy(), (addrs + lens).copy()).merged()
+    assert got.pairs() == r.pairs()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_copy_equals_memory_including_unreadable_pages(tmp_path, threads):
+    proc = subprocess.Popen([sys.executable, "-c", TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        base = int(proc.stdout.readline())
+        os.kill(proc.pid, signal.SIGSTOP)
+        ranges = Ranges.of([(base, base + 20 * PG), (base + 25 * PG, base + 40 * PG)])
+        out = os.open(tmp_path / "pages", os.O_RDWR | os.O_CREAT, 0o600)
+        mem = os.open(f"/proc/{proc.pid}/mem", os.O_RDONLY)
+        try:
+            stats = copy_frozen(proc.pid, mem, ranges, out, threads=threads, chunk=3 * PG)
+        finally:
+            os.close(mem)
+            os.close(out)
+        data = (tmp_path / "pages").read_bytes()
+        want = b"".join(bytes([i + 1]) * PG for i in list(range(20)) + list(range(25, 40)))
+        assert data == want
+        assert stats.bytes == len(want) and stats.forced_bytes == 4 * PG
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
