@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from coldsnap import TargetError, pre_dump
+from coldsnap import pre_dump
 from coldsnap.images.directory import ImageDir
 from coldsnap.images.pages import PagemapReader
 

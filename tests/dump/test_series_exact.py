@@ -4,7 +4,6 @@ import signal
 import subprocess
 import time
 
-import pytest
 
 from coldsnap.dump.iterate import PreDumpSeries
 from coldsnap.images.chain import PageChain

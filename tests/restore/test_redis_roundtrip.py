@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
+
+from restore_helpers import coldsnap, kill_and_reap, reap, wait_gone
 
 REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server not installed")
@@ -61,20 +61,6 @@ def _wait_answering(port: int, alive) -> None:
     raise AssertionError("redis-server did not answer")
 
 
-def _coldsnap(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "coldsnap", *args], capture_output=True, text=True, timeout=60)
-
-
-def _gone(pid: int) -> None:
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            time.sleep(0.01)
-    assert not os.path.exists(f"/proc/{pid}")
-
-
 def test_redis_dump_restore_twice(tmp_path):
     port = _free_port()
     proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -91,13 +77,13 @@ def test_redis_dump_restore_twice(tmp_path):
         assert len(tids) > 1, "redis-server runs background threads"
         for cycle in range(2):
             images = tmp_path / f"img{cycle}"
-            r = _coldsnap("dump", "-t", str(pid), "-D", str(images))
-            assert r.returncode == 0, r.stderr
+            coldsnap("dump", "-t", pid, "-D", images).check()
             if cycle == 0:
-                proc.wait(timeout=10)      # our child: reap it (later cycles: reaped by _gone)
-            _gone(pid)
-            r = _coldsnap("restore", "-D", str(images), "-d")
-            assert r.returncode == 0, r.stderr
+                proc.wait(timeout=10)      # the original, our child
+            else:
+                reap(pid)                  # a restored one, reparented to us
+            wait_gone(pid)
+            coldsnap("restore", "-D", images, "-d").check()
             assert alive(), "restored redis-server is not running"
             assert sorted(os.listdir(f"/proc/{pid}/task")) == tids
             _wait_answering(port, alive)
@@ -108,15 +94,7 @@ def test_redis_dump_restore_twice(tmp_path):
             assert redis_cmds(port, [("SET", new, "yes"), ("GET", new)]) == [b"+OK", b"yes"]
             keys[new] = "yes"
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
+        if proc.poll() is None:
+            proc.kill()
             proc.wait(timeout=10)
-        except Exception:
-            pass
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+        kill_and_reap(pid)

@@ -10,18 +10,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from coldsnap.images.chain import PageChain
 from coldsnap.images.directory import ImageDir
 from coldsnap.images.pages import PagemapReader
 
+from restore_helpers import coldsnap, kill_and_reap, wait_gone
+
 PAUSE = 34
-
-
-def _coldsnap(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "coldsnap", *args], capture_output=True, text=True, timeout=60)
 
 
 def _all_paused(pid: int, n: int) -> None:
@@ -39,16 +36,6 @@ def _all_paused(pid: int, n: int) -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"threads of {pid} did not all park in pause(): {calls}")
-
-
-def _reap_gone(pid: int) -> None:
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            time.sleep(0.01)
-    assert not os.path.exists(f"/proc/{pid}")
 
 
 def _thread_view(core) -> dict:
@@ -113,16 +100,13 @@ def test_dump_of_restored_process_equals_first_dump(spawn, workload_bin, tmp_pat
     tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
     first, second = tmp_path / "first", tmp_path / "second"
     try:
-        r = _coldsnap("dump", "-t", str(pid), "-D", str(first))
-        assert r.returncode == 0, r.stderr
+        coldsnap("dump", "-t", pid, "-D", first).check()
         w.proc.wait(timeout=10)
-        _reap_gone(pid)
-        r = _coldsnap("restore", "-D", str(first), "-d")
-        assert r.returncode == 0, r.stderr
+        wait_gone(pid)
+        coldsnap("restore", "-D", first, "-d").check()
         _all_paused(pid, 4)
         assert sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")) == tids
-        r = _coldsnap("dump", "-t", str(pid), "-D", str(second), "--leave-running")
-        assert r.returncode == 0, r.stderr
+        coldsnap("dump", "-t", pid, "-D", second, "--leave-running").check()
 
         a, b = ImageDir.open(first), ImageDir.open(second)
         for tid in tids:
@@ -147,12 +131,5 @@ def test_dump_of_restored_process_equals_first_dump(spawn, workload_bin, tmp_pat
         time.sleep(0.05)
         _all_paused(pid, 4)                   # ...and every thread goes back to its pause()
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         w.proc.poll()
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+        kill_and_reap(pid)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from restore_helpers import ALL_WORKLOADS, LogWorkload, poke, start_workload, tids, workload_argv
+from restore_helpers import ALL_WORKLOADS, LogWorkload, poke, start_workload, tids
 
 
 @pytest.mark.parametrize("name", ALL_WORKLOADS)

@@ -1,7 +1,6 @@
 """Freezing and resuming real processes: all threads, churn, every exit path, refusals."""
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess

@@ -10,7 +10,7 @@ import pytest
 
 from coldsnap.kernel import pidfd, ptrace, uffd
 from coldsnap.kernel.libc import SYS
-from coldsnap.kernel.procfs import list_tids, read_maps
+from coldsnap.kernel.procfs import read_maps
 from coldsnap.seize.freezer import freeze
 from coldsnap.seize.remote import RemoteCalls
 from seize_helpers import assert_running_untraced, syscall_nr, wait_until

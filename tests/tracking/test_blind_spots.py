@@ -31,7 +31,7 @@ from coldsnap.memory.tracking import uffd_fds
 from coldsnap.memory.vma import Kind, classify_all
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "restore"))
-from restore_helpers import LogWorkload, alive, coldsnap, kill_and_reap, ppid_of  # noqa: E402
+from restore_helpers import LogWorkload, coldsnap, kill_and_reap, ppid_of  # noqa: E402
 
 PG = 4096
 PAGES = 256

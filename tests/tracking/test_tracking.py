@@ -13,7 +13,7 @@ import pytest
 from coldsnap.dump.iterate import PreDumpSeries, pre_dump_series
 from coldsnap.images.chain import PageChain
 from coldsnap.images.directory import ImageDir
-from coldsnap.images.pages import PE_PRESENT, PagemapReader
+from coldsnap.images.pages import PagemapReader
 from coldsnap.kernel import pagemap as pm
 from coldsnap.kernel.procfs import read_maps
 from coldsnap.memory.ranges import Ranges

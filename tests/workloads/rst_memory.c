@@ -36,39 +36,11 @@
 #define SBRK_STEP (64UL << 10)
 #define SBRK_MAX 16
 
-static void say(const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n > (int)sizeof buf - 1)
-        n = sizeof buf - 1;
-    ssize_t off = 0;
-    while (off < n) {
-        ssize_t w = write(1, buf + off, n - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return;
-        off += w;
-    }
-}
+#include "rst_log.h"
+#undef FAIL                             /* ours also counts the failures */
 
 static unsigned long fails;
 #define FAIL(...) do { fails++; say("FAIL " __VA_ARGS__); } while (0)
-
-/* 20 ms of sleep, relative: after a restore the task does not rush through the ticks it
- * missed while it sat in images (rem starts at zero in case EINTR comes without it) */
-static void tick_sleep(void)
-{
-    struct timespec req = { 0, TICK_NS }, rem = { 0, 0 };
-    while (nanosleep(&req, &rem) != 0 && errno == EINTR) {
-        req = rem;
-        rem.tv_sec = rem.tv_nsec = 0;
-    }
-}
 
 static inline uint64_t mix(uint64_t x)
 {

@@ -67,26 +67,10 @@ class PageChain:
     def lookup_into(self, vaddr: int, buf: memoryview) -> None:
         if vaddr % (1 << PAGE_SHIFT) or buf.nbytes % (1 << PAGE_SHIFT):
             raise ValueError("lookups are in whole pages")
-        self._fill(0, vaddr, vaddr + buf.nbytes, buf, vaddr)
-
-    def _fill(self, level: int, start: int, end: int, buf: memoryview, base: int) -> None:
-        r = self.reader(level)
-        if r is None:
-            raise self._uncovered(level, start, end)
-        i = int(np.searchsorted(r.ends, np.uint64(start), side="right"))
-        pos = start
-        while pos < end:
-            if i >= len(r) or int(r.vaddr[i]) > pos:
-                raise self._uncovered(level, pos, min(end, int(r.vaddr[i]) if i < len(r) else end))
-            stop = min(end, int(r.ends[i]))
-            flags = int(r.flags[i])
-            if flags & PE_PRESENT:
-                r.pread_into(int(r.offset[i]) + pos - int(r.vaddr[i]), buf[pos - base:stop - base])
-            elif flags & PE_PARENT:
-                self._fill(level + 1, pos, stop, buf, base)
-            else:
-                raise ImageError(f"{r.path}: pages {pos:#x}-{stop:#x} are lazy, not in the image")
-            pos, i = stop, i + 1
+        found: list[tuple[int, int, int, int]] = []
+        self._locate(0, vaddr, vaddr + buf.nbytes, found)
+        for level, start, nbytes, offset in found:
+            self.reader(level).pread_into(offset, buf[start - vaddr:start - vaddr + nbytes])
 
     def _uncovered(self, level: int, start: int, end: int) -> ImageError:
         if level == 0:

@@ -54,7 +54,6 @@ class Ranges:
         inner = hi - lo  # number of cuts strictly inside each range
         if not inner.any():
             return self
-        points = [self.starts, self.ends]
         idx = np.repeat(np.arange(len(self)), inner)
         offs = np.arange(len(idx)) - np.repeat(np.cumsum(inner) - inner, inner)
         cut_vals = cuts[lo[idx] + offs]
