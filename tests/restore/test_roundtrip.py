@@ -239,3 +239,17 @@ def test_restore_refuses_cpu_features_this_machine_lacks(workload_bin, python_ex
              lambda es: setattr(es[0].thread_info.fpregs.xsave, "xstate_bv",
                                 es[0].thread_info.fpregs.xsave.xstate_bv | 1 << 18))
     restore_refused(images, pid)
+
+
+@pytest.mark.parametrize("image", ["core", "mm", "files.img", "pstree.img"])
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_restore_refuses_a_damaged_image(workload_bin, python_exe, tmp_path, image, damage):
+    images, pid = dumped("rst_clock", workload_bin, python_exe, tmp_path)
+    name = {"core": f"core-{pid}.img", "mm": f"mm-{pid}.img"}.get(image, image)
+    path = images / name
+    if damage == "missing":
+        path.unlink()
+    else:
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) - 7])      # cut inside the last entry
+    restore_refused(images, pid)
