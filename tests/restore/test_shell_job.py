@@ -31,9 +31,9 @@ then belongs to shell B's session with B as controlling terminal, in coldsnap's 
 group, which the shell keeps in the foreground after coldsnap exits (a background reader
 would be stopped by SIGTTIN); killing shell B hangs B up and SIGHUPs it, as for any job.
 
-The serial-terminal tests (xfail, a coldsnap bug): dump counts /dev/ttyS* (major 4) as a
-terminal and wants --shell-job for it, but restore does not recognise it again from the
-images and reopens it by path, with or without --shell-job.
+The serial-terminal tests: dump counts /dev/ttyS* (major 4) as a terminal and wants
+--shell-job for it; restore must recognise it again from the images (it once reopened it by
+path instead).
 """
 from __future__ import annotations
 
@@ -452,13 +452,6 @@ def fd_count(pid: int) -> int:
         return 0
 
 
-SERIAL_BUG = ("dump's is_terminal_dev() counts every major-4 device (/dev/ttyS*) as a terminal, but "
-              "the image reader re-derives RegFile.terminal from the path with _TTY_PATH "
-              "(/dev/(pts/N|ttyN|console)), which misses /dev/ttyS*: restore treats the fd as a "
-              "plain device and reopens it by path, with or without --shell-job")
-
-
-@pytest.mark.xfail(strict=True, reason=SERIAL_BUG)
 def test_restore_refuses_a_serial_terminal_without_shell_job(tmp_path):
     pid, serial, _ = _dumped_with_serial(tmp_path)
     before = our_children()
@@ -470,7 +463,6 @@ def test_restore_refuses_a_serial_terminal_without_shell_job(tmp_path):
         assert_no_new_process(before, pid)
 
 
-@pytest.mark.xfail(strict=True, reason=SERIAL_BUG)
 def test_shell_job_replaces_a_serial_terminal_with_coldsnaps(tmp_path):
     pid, serial, tfd = _dumped_with_serial(tmp_path)
     b = Pty()

@@ -459,7 +459,8 @@ FD_CLOEXEC = 1
 _EXTRA_OPTS = {"tcp_nodelay": "nodelay", "so_broadcast": "broadcast"}
 _OPT_FIELDS = sk_opts_pb2.sk_opts_entry.DESCRIPTOR.fields_by_name
 STORED_EXTRA_OPTS = {attr for name, attr in _EXTRA_OPTS.items() if name in _OPT_FIELDS}
-_TTY_PATH = re.compile(r"/dev/(pts/\d+|tty\d*|console)")
+# the names of the devices is_terminal_dev() counts (major 4 covers ttyN and ttySN)
+_TTY_PATH = re.compile(r"/dev/(pts/\d+|tty(S?\d+)?|console)")
 
 
 def _fown_pb(f: Fown) -> fown_pb2.fown_entry:
