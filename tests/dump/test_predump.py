@@ -17,7 +17,7 @@ from coldsnap import pre_dump
 from coldsnap.images.directory import ImageDir
 from coldsnap.images.pages import PagemapReader
 
-from conftest import proc_state
+from procs import proc_state
 from predump_helpers import PG, coldsnap, image_pages, mismatched_pages, present_runs, wait_quiet
 
 FILLER = 0x100000000000

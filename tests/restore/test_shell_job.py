@@ -49,7 +49,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_workload, proc_state
+from procs import build_workload, proc_state
 from restore_helpers import (assert_one_line_error, coldsnap, exists, kill_and_reap, our_children,
                              ppid_of, reap, state_of, wait_gone)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from conftest import build_workload  # noqa: E402  (tests/conftest.py)
+from procs import build_workload  # noqa: E402  (tests/procs.py)
 from coldsnap.kernel.libc import SYS  # noqa: E402
 from coldsnap.seize.freezer import freeze  # noqa: E402
 from coldsnap.seize.remote import RemoteCalls  # noqa: E402
