@@ -27,6 +27,7 @@ from predump_helpers import PG, image_pages, wait_quiet  # noqa: E402
 FILLER = 0x100000000000
 NEWMAP = 0x400000000000
 UREGION = 0x500000000000
+MOVED = 0x700000000000
 GOLDEN = 0x9E3779B97F4A7C15
 M64 = (1 << 64) - 1
 
@@ -197,6 +198,31 @@ def test_new_mapping_between_iterations_is_saved_whole(target, tmp_path):
     assert not any(NEWMAP + i * PG in img3 for i in range(64))     # unchanged since 2
     assert all(maps[1] + i * PG in img3 for i in range(64))
     assert s3.pages_written < 64 + 32
+    assert_chain_equals_memory(tmp_path / "3", w.pid)
+    assert_untracked_afterwards(w)
+
+
+def test_moved_and_unmapped_areas_between_iterations(target, tmp_path):
+    """mremap drops the uffd registration: the moved area is saved whole, registered again,
+    and its later writes are tracked; unmapped pages leave the pagemap (not even PE_PARENT)."""
+    w = target(1024)
+    with PreDumpSeries(w.pid, tmp_path) as series:
+        series.step()
+        assert ask(w, "move 512 64") == f"moved {MOVED:#x}"
+        assert ask(w, "unmap 700 64") == "unmapped 64"
+        s2 = series.step()
+        img2 = image_pages(tmp_path / "2", w.pid)
+        assert all(MOVED + i * PG in img2 for i in range(64))
+        assert s2.pages_written < 64 + 32
+        with PagemapReader(ImageDir.open(tmp_path / "2"), w.pid) as r:
+            gone = Ranges.of([(FILLER + 700 * PG, FILLER + 764 * PG)])
+            s, e = r.spans()
+            assert Ranges(s.copy(), e.copy()).intersect(gone).nr_pages == 0
+        assert ask(w, "mwrite 5 41") == "mwrote 5"
+        s3 = series.step()
+        img3 = image_pages(tmp_path / "3", w.pid)
+        assert {a for a in img3 if MOVED <= a < MOVED + 64 * PG} == {MOVED + i * PG for i in range(5)}
+        assert s3.pages_written < 5 + 32
     assert_chain_equals_memory(tmp_path / "3", w.pid)
     assert_untracked_afterwards(w)
 

@@ -17,6 +17,9 @@
  *   utouch I    read page I of UREGION (a missing page is served by the thread); print
  *               "word HEX" of its first word
  *   uring       create an io_uring instance; print "uring FD"
+ *   move I N    mremap filler pages I..I+N-1 to MOVED (contents travel along); "moved ADDR"
+ *   mwrite N G  rewrite the first N pages at MOVED with generation G
+ *   unmap I N   munmap filler pages I..I+N-1; print "unmapped N"
  *   quit        exit 0
  */
 #define _GNU_SOURCE
@@ -38,6 +41,7 @@
 #define NEWMAP ((char *)0x400000000000UL)
 #define UREGION ((char *)0x500000000000UL)
 #define SPARSE ((char *)0x600000000000UL)
+#define MOVED ((char *)0x700000000000UL)
 #define PG 4096UL
 
 static void fill(char *p, size_t pages, uint64_t gen)
@@ -144,6 +148,22 @@ int main(int argc, char **argv)
 		} else if (!strncmp(line, "utouch", 6)) {
 			size_t i = strtoul(line + 6, 0, 0);
 			printf("word %lx\n", (unsigned long)*(volatile uint64_t *)(UREGION + i * PG));
+		} else if (!strncmp(line, "move", 4)) {
+			size_t i, n;
+			sscanf(line + 4, "%zu %zu", &i, &n);
+			char *p = mremap(f + i * PG, n * PG, n * PG, MREMAP_MAYMOVE | MREMAP_FIXED, MOVED);
+			if (p == MAP_FAILED) { perror("mremap"); exit(1); }
+			printf("moved %p\n", (void *)p);
+		} else if (!strncmp(line, "mwrite", 6)) {
+			size_t n; uint64_t g;
+			sscanf(line + 6, "%zu %lu", &n, &g);
+			fill(MOVED, n, g);
+			printf("mwrote %zu\n", n);
+		} else if (!strncmp(line, "unmap", 5)) {
+			size_t i, n;
+			sscanf(line + 5, "%zu %zu", &i, &n);
+			if (munmap(f + i * PG, n * PG)) { perror("munmap"); exit(1); }
+			printf("unmapped %zu\n", n);
 		} else if (!strncmp(line, "uring", 5)) {
 			struct io_uring_params p;
 			memset(&p, 0, sizeof p);
