@@ -60,6 +60,13 @@ while True:
 """
 
 
+def _read(path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def _state(pid: int) -> str:
     return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
 
@@ -68,6 +75,9 @@ def test_a_stopped_process_is_dumped_and_restored_stopped(spawn, python_exe, tmp
     count = tmp_path / "count"
     w = spawn([python_exe, "-c", COUNTER, str(count)], stderr=subprocess.DEVNULL)
     pid = w.pid
+    deadline = time.monotonic() + 5
+    while not (count.exists() and count.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)                # it has counted at least once
     os.kill(pid, signal.SIGSTOP)
     deadline = time.monotonic() + 5
     while _state(pid) != "T" and time.monotonic() < deadline:
@@ -80,14 +90,14 @@ def test_a_stopped_process_is_dumped_and_restored_stopped(spawn, python_exe, tmp
     try:
         time.sleep(0.2)
         assert _state(pid) == "T", "the restored process must stay stopped"
-        frozen = count.read_text()
+        frozen = count.read_text() if count.exists() else ""
         time.sleep(0.1)
-        assert count.read_text() == frozen
+        assert _read(count) == frozen
         os.kill(pid, signal.SIGCONT)
         deadline = time.monotonic() + 5
-        while count.read_text() in ("", frozen) and time.monotonic() < deadline:
+        while _read(count) in ("", frozen) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert count.read_text() not in ("", frozen), "it did not carry on after SIGCONT"
+        assert _read(count) not in ("", frozen), "it did not carry on after SIGCONT"
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
