@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .dump.dump import dump
+from .errors import CsError
 from .dump.iterate import pre_dump_tracked
 from .restore.restore import restore
 
@@ -47,7 +48,7 @@ def start_workload(size: int, log: Path) -> subprocess.Popen:
     deadline = time.monotonic() + 30
     while b"ready" not in log.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the demo workload did not start")
+            raise CsError("the demo workload did not start")
         time.sleep(0.05)
     return proc
 
@@ -63,7 +64,6 @@ def demo(size: int, images_dir: str | None) -> int:
         base.mkdir(parents=True, exist_ok=True)
         log = base / "workload.log"
         proc = start_workload(size, log)
-        restored = None
         try:
             print(f"workload: pid {proc.pid}, {size >> 20} MiB of private memory, writing ~25 MB/s, log {log}")
             time.sleep(0.5)
@@ -84,18 +84,14 @@ def demo(size: int, images_dir: str | None) -> int:
                       f"{st.pages_skipped_parent:10}  {base / d}")
             print(f"dumped and killed; last log line: {before}")
             res = restore(base / "3", detach=True)
-            restored = res.pid
             print(f"restored pid {res.pid} in {res.total_ns / 1e6:.0f} ms "
                   f"(memory {res.stats.memory_ns / 1e6:.0f} ms)")
             time.sleep(1.0)
             print(f"it carries on;  last log line: {_last_tick(log)}")
         finally:
-            for pid in (proc.pid, restored):
-                if pid is None:
-                    continue
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
+            try:                        # the original, or the restored process with its PID
+                os.kill(proc.pid, signal.SIGKILL)
+                os.waitpid(proc.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
     return 0

@@ -25,6 +25,7 @@ from .memory import PageSources
 PAGE = 4096
 TASK_SIZE = 0x7FFFFFFFF000
 MMAP_MIN_ADDR = 0x10000
+SPECIAL = VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL   # areas the kernel provides
 # XSAVE component bits -> the /proc/cpuinfo flag a CPU must have to accept them
 XFEATURE_FLAGS = {2: "avx", 3: "mpx", 4: "mpx", 5: "avx512f", 6: "avx512f", 7: "avx512f", 9: "pku",
                   17: "amx_tile", 18: "amx_tile"}
@@ -53,8 +54,9 @@ class DumpImages:
     def leader(self) -> core_pb2.core_entry:
         return self.cores[self.pid]
 
-    def vmas(self, skip: int = VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) -> list:
-        return [v for v in self.mm.vmas if not v.status & skip]
+    def vmas(self) -> list:
+        """The VMAs restore maps itself (the vDSO areas are moved, not mapped)."""
+        return [v for v in self.mm.vmas if not v.status & SPECIAL]
 
 
 def load(path: str | os.PathLike, *, shell_job: bool = False) -> DumpImages:
@@ -87,7 +89,7 @@ def load(path: str | os.PathLike, *, shell_job: bool = False) -> DumpImages:
     if not d.exists(pagemap_name(pid)):
         raise ImageError(f"{d.root}: {pagemap_name(pid)} is missing")
     private = _sources(d, pid, False)
-    _check_inside(d, pid, private.runs, mm)
+    _check_inside(d, pid, private.runs, [v for v in mm.vmas if not v.status & SPECIAL])
     shmem = {shmid: _sources(d, shmid, True)
              for shmid in sorted({v.shmid for v in mm.vmas if v.status & VMA_ANON_SHARED})
              if d.exists(pagemap_name(shmid, shmem=True))}
@@ -189,10 +191,10 @@ def _mapped_files(d: ImageDir, mm) -> dict[int, MappedFile]:
     return out
 
 
-def _check_inside(d: ImageDir, pid: int, sources, mm) -> None:
+def _check_inside(d: ImageDir, pid: int, sources, vmas) -> None:
     """Every saved page must land in a VMA the restore will create."""
     import bisect
-    areas = [(v.start, v.end) for v in mm.vmas]
+    areas = [(v.start, v.end) for v in vmas]
     starts = [s for s, _ in areas]
     for _, vaddr, n, _ in sources:
         i = bisect.bisect_right(starts, vaddr) - 1

@@ -128,7 +128,10 @@ class PageWriter:
         view = memoryview(data)
         done = 0
         while done < len(view):
-            k = os.pwrite(self.mem_fd, view[done:], addr + done)
+            try:
+                k = os.pwrite(self.mem_fd, view[done:], addr + done)
+            except OSError as e:
+                raise CsError(f"cannot write page {addr + done:#x} of {self.pid}: {e.strerror}") from None
             self.stats.syscalls += 1
             if k <= 0:
                 raise CsError(f"/proc/{self.pid}/mem: short write at {addr + done:#x}")
@@ -142,13 +145,7 @@ class PageWriter:
             self._pool.shutdown(wait=True)
             self._pool = None
         self._pending.clear()
-        for m, arr in self._maps.values():
-            del arr
-            if m is not None:
-                try:
-                    m.close()
-                except BufferError:
-                    pass   # a numpy view still alive: the mapping goes with it
+        # dropping the numpy views and mmaps together unmaps the pages files
         self._maps.clear()
 
 

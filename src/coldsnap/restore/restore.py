@@ -92,8 +92,11 @@ def _blank_child(images: DumpImages, shell_job: bool) -> int:
             finally:
                 os._exit(1)
         os.close(w)
-        while True:
-            signal.pause()
+        try:
+            while True:
+                signal.pause()       # until coldsnap seizes and reshapes this process
+        finally:
+            os._exit(1)              # never unwind into coldsnap's own code (e.g. on SIGINT)
     os.close(w)
     with os.fdopen(r, "rb") as f:
         msg = f.read()

@@ -33,7 +33,8 @@ from ..kernel import ptrace
 from ..kernel.clone import THREAD_FLAGS, clone_args
 from ..kernel.libc import SYS
 from ..kernel.procfs import read_maps
-from ..memory.vma import (MAP_SHARED, PROT_WRITE, VMA_ANON_SHARED, VMA_FILE_PRIVATE, VMA_FILE_SHARED)
+from ..memory.vma import (MAP_ANONYMOUS, MAP_SHARED, PROT_READ, PROT_WRITE, VMA_ANON_SHARED,
+                          VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..seize.freezer import FrozenTask
 from ..seize.remote import RemoteCalls
 from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, vdso_layout
@@ -53,7 +54,10 @@ SS_ONSTACK, SS_DISABLE = 1, 2
 SIGKILL, SIGSTOP = 9, 19
 SIGNALS = tuple(s for s in range(1, 65) if s not in (SIGKILL, SIGSTOP))
 PRCTL_MM_MAP = struct.Struct("<11QQII")     # struct prctl_mm_map (104 bytes)
-_OFF_ARGS, _OFF_PATH = 0, 2 * PAGE           # scratch layout: structs, then a path
+# Scratch layout. Each call's argument is written just before the call, at _OFF_ARGS, except
+# what must sit beside it: clone3's TID array (_OFF_TID) and PR_SET_MM_MAP's auxv (_OFF_AUXV).
+# Paths and the groups list get the last two pages.
+_OFF_ARGS, _OFF_TID, _OFF_AUXV, _OFF_PATH = 0, PAGE - 8, PAGE, 2 * PAGE
 _REGS = {"bp": "rbp", "bx": "rbx", "ax": "rax", "cx": "rcx", "dx": "rdx", "si": "rsi", "di": "rdi",
          "orig_ax": "orig_rax", "ip": "rip", "flags": "eflags", "sp": "rsp"}
 
@@ -130,7 +134,7 @@ class Transplant:
         self._sigactions()
         rc.saved = user_regs(core)
         rc._saved_mask = core.thread_core.blk_sigset
-        self.stats.calls = rc.stats.calls
+        self.stats.calls += rc.stats.calls
         rc.close()                      # unmaps the scratch, then sets the dumped registers
         self._set_fpu(self.pid, core)
         self.stats.total_ns = time.perf_counter_ns() - t0
@@ -191,17 +195,18 @@ class Transplant:
         raise CsError("no free address range for restore's scratch area")
 
     def _map_vmas(self) -> None:
+        """mmap every VMA. Shared anonymous areas without PROT_WRITE are mapped writable
+        until their pages are in: the kernel refuses even forced writes to them."""
         rc, fds = self.rc, {}
         shared: dict[int, list] = {}
         try:
             for v in self.img.vmas():
                 fd = -1
                 if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
-                    f = self.img.mapped[v.shmid]
-                    if v.shmid not in fds:
-                        want_write = v.status & VMA_FILE_SHARED and v.prot & PROT_WRITE
-                        fds[v.shmid] = self._open(f.path, 2 if want_write else 0)
-                    fd = fds[v.shmid]
+                    mode = _open_mode(v)
+                    if (v.shmid, mode) not in fds:
+                        fds[v.shmid, mode] = self._open(self.img.mapped[v.shmid].path, mode)
+                    fd = fds[v.shmid, mode]
                 elif v.status & VMA_ANON_SHARED:
                     shared.setdefault(v.shmid, []).append(v)
                     continue
@@ -218,35 +223,40 @@ class Transplant:
         rc = self.rc
         v0 = group[0]
         if len(group) == 1 and v0.pgoff == 0:
-            rc.checked(SYS.mmap, v0.start, v0.end - v0.start, v0.prot, v0.flags | MAP_FIXED, -1, 0,
-                       what=f"mmap shared {v0.start:#x}")
+            rc.checked(SYS.mmap, v0.start, v0.end - v0.start, v0.prot | PROT_WRITE, v0.flags | MAP_FIXED,
+                       -1, 0, what=f"mmap shared {v0.start:#x}")
             return
         size = max(v.pgoff + v.end - v.start for v in group)
         tmp = self._free_gap(size)
-        rc.checked(SYS.mmap, tmp, size, 3, MAP_SHARED | 0x20 | MAP_FIXED, -1, 0, what="mmap shared object")
+        rc.checked(SYS.mmap, tmp, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED,
+                   -1, 0, what="mmap shared object")
         for v in group:
             rc.checked(SYS.mremap, tmp + v.pgoff, v.end - v.start, v.end - v.start,
                        MREMAP_MAYMOVE | MREMAP_FIXED, v.start, what=f"mremap shared {v.start:#x}")
-            rc.checked(SYS.mprotect, v.start, v.end - v.start, v.prot, what="mprotect shared")
         rc.call(SYS.munmap, tmp, size)
 
     def _write_pages(self) -> None:
         vmas = self.img.vmas()
-        areas = [(v.start, v.end, v.prot) for v in vmas]
+        shared = [v for v in vmas if v.status & VMA_ANON_SHARED]
+        # shared anonymous areas are writable for now (see _map_vmas)
+        areas = [(v.start, v.end, v.prot | (PROT_WRITE if v.status & VMA_ANON_SHARED else 0)) for v in vmas]
         writer = PageWriter(self.pid, self.task.mem_fd())
         try:
             writer.write(self.img.private, areas)
             for shmid, src in self.img.shmem.items():
-                views = [v for v in vmas if v.status & VMA_ANON_SHARED and v.shmid == shmid]
+                views = [v for v in shared if v.shmid == shmid]
                 writer.write(src, areas, translate=_shmem_translator(views))
         finally:
             writer.close()
+        for v in shared:
+            if not v.prot & PROT_WRITE:
+                self.rc.checked(SYS.mprotect, v.start, v.end - v.start, v.prot, what="mprotect shared")
         self.stats.write = writer.stats
 
     def _set_mm(self) -> None:
         mm, rc = self.img.mm, self.rc
         auxv = struct.pack(f"<{len(mm.mm_saved_auxv)}Q", *mm.mm_saved_auxv)
-        auxv_addr = self._put(auxv, PAGE)
+        auxv_addr = self._put(auxv, _OFF_AUXV)
         exe_fd = -1
         if mm.exe_file_id and not _same_file(self.img.mapped[mm.exe_file_id].path, f"/proc/{self.pid}/exe"):
             # replacing the exe fails (EBUSY) while the old one is mapped: when the blank child
@@ -284,7 +294,7 @@ class Transplant:
     def _new_thread(self, tid: int) -> None:
         rc = self.rc
         core = self.img.cores[tid]
-        tid_addr = self._put(struct.pack("<i", tid), PAGE - 8)
+        tid_addr = self._put(struct.pack("<i", tid), _OFF_TID)
         args = self._put(clone_args(THREAD_FLAGS, set_tid_ptr=tid_addr, set_tid_size=1))
         ptrace.set_options(self.pid, ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_TRACECLONE)
         try:
@@ -317,13 +327,13 @@ class Transplant:
             rc.checked(SYS.set_robust_list, th.futex_rla, th.futex_rla_len, what="set_robust_list")
         sas = th.sas
         if th.HasField("sas") and not sas.ss_flags & SS_DISABLE:
-            addr = self._put(struct.pack("<Qi4xQ", sas.ss_sp, sas.ss_flags & ~SS_ONSTACK, sas.ss_size), 512)
+            addr = self._put(struct.pack("<Qi4xQ", sas.ss_sp, sas.ss_flags & ~SS_ONSTACK, sas.ss_size))
             rc.checked(SYS.sigaltstack, addr, 0, what="sigaltstack")
         r = th.rseq_entry
         if th.HasField("rseq_entry") and r.rseq_abi_pointer:
             rc.checked(SYS.rseq, r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature, what="rseq")
         if th.comm:
-            rc.call(SYS.prctl, PR_SET_NAME, self._put(th.comm.encode()[:15] + b"\0", 1024), 0, 0, 0)
+            rc.call(SYS.prctl, PR_SET_NAME, self._put(th.comm.encode()[:15] + b"\0"), 0, 0, 0)
         self._creds(rc, th.creds)
 
     def _creds(self, rc: RemoteCalls, cr) -> None:
@@ -331,7 +341,10 @@ class Transplant:
                 and sorted(cr.groups) == sorted(os.getgroups()):
             return
         groups = struct.pack(f"<{len(cr.groups)}I", *cr.groups)
-        rc.checked(SYS.setgroups, len(cr.groups), self._put(groups, 1536) if groups else 0, what="setgroups")
+        if len(groups) > SCRATCH - _OFF_PATH:
+            raise CsError(f"{len(cr.groups)} supplementary groups: more than restore can set")
+        rc.checked(SYS.setgroups, len(cr.groups), self._put(groups, _OFF_PATH) if groups else 0,
+                   what="setgroups")
         rc.checked(SYS.setresgid, cr.gid, cr.egid, cr.sgid, what="setresgid")
         rc.checked(SYS.setresuid, cr.uid, cr.euid, cr.suid, what="setresuid")
 
@@ -343,12 +356,12 @@ class Transplant:
                 for s in th.signals_p.signals:
                     signo = struct.unpack_from("<i", s.siginfo)[0]
                     rc.checked(SYS.rt_tgsigqueueinfo, self.pid, self._tid_of(core), signo,
-                               self._put(s.siginfo[:128], 2048), what="rt_tgsigqueueinfo")
+                               self._put(s.siginfo[:128]), what="rt_tgsigqueueinfo")
         tc = self.img.leader.tc
         if tc.HasField("signals_s"):
             for s in tc.signals_s.signals:
                 signo = struct.unpack_from("<i", s.siginfo)[0]
-                rc.checked(SYS.rt_sigqueueinfo, self.pid, signo, self._put(s.siginfo[:128], 2048),
+                rc.checked(SYS.rt_sigqueueinfo, self.pid, signo, self._put(s.siginfo[:128]),
                            what="rt_sigqueueinfo")
 
     def _tid_of(self, core) -> int:
@@ -375,6 +388,14 @@ class Transplant:
         except OSError:
             pass   # another xstate size: fall back to the FXSAVE part
         ptrace.set_regset(tid, ptrace.NT_PRFPREG, fxsave(core))
+
+
+def _open_mode(v) -> int:
+    """The access mode to open a mapped file with: as the dumped process had it (so a later
+    mprotect(PROT_WRITE) of a shared mapping still works), else what the mapping needs."""
+    if v.HasField("fdflags"):
+        return v.fdflags & os.O_ACCMODE
+    return os.O_RDWR if v.status & VMA_FILE_SHARED and v.prot & PROT_WRITE else os.O_RDONLY
 
 
 def _same_file(a: str, b: str) -> bool:

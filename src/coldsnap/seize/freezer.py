@@ -115,8 +115,14 @@ class FrozenTask:
         self.tids = sorted(self._threads)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.resume()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.resume()
+        except Exception:
+            if exc_type is None:
+                raise
+            # an error is already on its way out (the task may be dead by now): it says more
+            # than a failed cleanup would
 
     def _seize_all(self) -> None:
         deadline = time.monotonic() + self.timeout
