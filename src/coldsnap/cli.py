@@ -95,13 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.command == "pre-dump" and args.iterations > 1:
         return run_series(args)
-    if args.command == "pre-dump" and args.iterations <= 1:
-        args.pre_dump_mode = _pre_dump_mode(args)
-    if args.command == "pre-dump" and args.iterations <= 1 and (
-            args.pre_dump_mode == "nofreeze" or args.track_mem == "soft-dirty"):
-        from .dump.iterate import check_track, pre_dump_tracked
-        track = "soft-dirty" if args.track_mem == "soft-dirty" else "uffd"
-        check_track(track)
+    if args.command == "pre-dump":
+        args.pre_dump_mode, args.track_mem = _pre_dump_plan(args)
+    if args.command == "pre-dump" and args.track_mem != "none":
+        from .dump.iterate import pre_dump_tracked
+        track = args.track_mem
         stats = pre_dump_tracked(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
                                  buffer_size=args.buffer_size, track=track)
         print(f"pre-dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
@@ -154,21 +152,24 @@ def run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-def _pre_dump_mode(args: argparse.Namespace) -> str:
-    """--pre-dump-mode, with --track-mem as its older spelling; nofreeze where it works."""
-    if args.track_mem == "soft-dirty":
-        if args.pre_dump_mode not in (None, "live"):
-            raise CsError("--track-mem soft-dirty reads its bits in a short freeze: it is --pre-dump-mode live")
-        return "live"
-    if args.pre_dump_mode:
-        if args.track_mem == "uffd" and args.pre_dump_mode != "nofreeze":
-            raise CsError(f"--track-mem uffd needs --pre-dump-mode nofreeze, not {args.pre_dump_mode}")
-        return args.pre_dump_mode
-    if args.track_mem:
-        return "nofreeze" if args.track_mem == "uffd" else "live"
+def _pre_dump_plan(args: argparse.Namespace) -> tuple[str, str]:
+    """(mode, tracking) of a single pre-dump from --pre-dump-mode and --track-mem.
+
+    Tracking: uffd means mode nofreeze, soft-dirty means live (its bits are read in a short
+    freeze), none means live or frozen. Unset, both follow what this kernel offers."""
+    from .dump.iterate import check_track, choose_track
     from .kernel.features import probe
-    feats = probe()
-    return "nofreeze" if feats.uffd_wp_async and feats.pagemap_scan else "live"
+    mode, track = args.pre_dump_mode, args.track_mem
+    if track is None:
+        track = "uffd" if mode == "nofreeze" else "none" if mode else choose_track(probe())
+    fits = {"uffd": ("nofreeze",), "soft-dirty": ("live",), "none": ("live", "frozen")}[track]
+    if mode is None:
+        mode = fits[0]
+    elif mode not in fits:
+        raise CsError(f"--pre-dump-mode {mode} does not go with --track-mem {track} "
+                      f"(it goes with {' or '.join(fits)})")
+    check_track(track)
+    return mode, track
 
 
 def _dedup(args: argparse.Namespace, images_dir) -> None:

@@ -118,9 +118,12 @@ def test_live_mode_leaves_nothing_in_the_target(spawn, workload_bin, tmp_path):
     r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "1", "--pre-dump-mode", "live", check=True)
     assert "(live)" in r.stdout and "tracking" not in r.stdout
     assert _uffds(w.pid) == []
-    bad = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "2", "--pre-dump-mode", "live", "--track-mem", "uffd")
-    assert bad.returncode != 0 and bad.stderr.startswith("coldsnap: ") and bad.stderr.count("\n") == 1
-    assert not (tmp_path / "2").exists()
+    for combo in (["--pre-dump-mode", "live", "--track-mem", "uffd"],
+                  ["--pre-dump-mode", "nofreeze", "--track-mem", "none"]):
+        bad = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "2", *combo)
+        assert bad.returncode != 0 and bad.stderr.startswith("coldsnap: ") and bad.stderr.count("\n") == 1
+        assert "does not go with" in bad.stderr
+        assert not (tmp_path / "2").exists()
 
 
 def test_soft_dirty_is_refused_in_one_line_where_the_kernel_lacks_it(spawn, workload_bin, tmp_path):
