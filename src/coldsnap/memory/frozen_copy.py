@@ -48,47 +48,58 @@ def pieces(ranges: Ranges, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray, 
     return addrs, lens, offs
 
 
+def batches(lens: np.ndarray, chunk: int = CHUNK) -> list[tuple[int, int]]:
+    """[i, j) index ranges of pieces that one call reads: at most IOV_MAX pieces whose file
+    offsets start within one CHUNK-sized window (so at most 2 * CHUNK bytes)."""
+    n = len(lens)
+    if not n:
+        return []
+    offs = np.cumsum(lens) - lens
+    key_off = offs // np.uint64(chunk)
+    key_n = np.arange(n) // vm.IOV_MAX
+    cuts = np.flatnonzero((key_off[1:] != key_off[:-1]) | (key_n[1:] != key_n[:-1])) + 1
+    edges = [0, *cuts.tolist(), n]
+    return list(zip(edges[:-1], edges[1:]))
+
+
 class _Worker(threading.local):
-    def __init__(self, chunk: int):
-        self.buf = bytearray(chunk)
-        self.addr = ctypes.addressof((ctypes.c_char * chunk).from_buffer(self.buf))
-        self.iov = vm.new_iov_array(1)
+    def __init__(self, size: int):
+        self.buf = bytearray(size)
+        self.addr = ctypes.addressof((ctypes.c_char * size).from_buffer(self.buf))
+        self.iov = vm.new_iov_array()
 
 
 def copy_frozen(pid: int, mem_fd: int, ranges: Ranges, out_fd: int, *, threads: int = 2,
                 chunk: int = CHUNK) -> CopyStats:
-    """Write the bytes of RANGES (a frozen task's pages) to OUT_FD from offset 0, back to back."""
-    addrs, lens, offs = pieces(ranges, chunk)
-    local = _Worker(chunk)
+    """Write the bytes of RANGES (a frozen task's pages) to OUT_FD from offset 0, back to back.
 
-    def copy(addr: int, n: int, off: int) -> tuple[int, int]:
+    Small ranges are read together (up to IOV_MAX per process_vm_readv), large ones in
+    pieces of CHUNK, so the calls stay few however fragmented the memory is."""
+    addrs, lens, offs = pieces(ranges, chunk)
+    local = _Worker(2 * chunk)
+
+    def copy(i: int, j: int) -> tuple[int, int]:
         w = local
-        w.iov[0] = (addr, n)
+        n = j - i
+        w.iov[:n, 0], w.iov[:n, 1] = addrs[i:j], lens[i:j]
+        total = int(lens[i:j].sum())
         try:
-            got = vm.readv(pid, w.addr, n, w.iov, 1)
+            got = vm.readv(pid, w.addr, total, w.iov, n)
         except OSError:
             got = 0                     # the first page is unreadable this way
-        calls, view = 1, memoryview(w.buf)
-        forced = n - got
-        while got < n:                  # no PROT_READ (or a failure): through /proc/PID/mem
-            try:
-                k = os.preadv(mem_fd, [view[got:n]], addr + got)
-            except OSError as e:
-                raise TargetError(f"cannot read page {addr + got:#x} of {pid}: {e.strerror}") from None
-            calls += 1
-            if k <= 0:
-                raise TargetError(f"cannot read page {(addr + got) // PAGE_SIZE * PAGE_SIZE:#x} of {pid}")
-            got += k
+        calls, view, forced = 1, memoryview(w.buf), total - got
+        if got < total:                 # no PROT_READ (or a failure): through /proc/PID/mem
+            calls += _read_rest(pid, mem_fd, view, addrs[i:j].tolist(), lens[i:j].tolist(), got)
         done = 0
-        while done < n:
-            done += os.pwrite(out_fd, view[done:n], off + done)
+        while done < total:
+            done += os.pwrite(out_fd, view[done:total], int(offs[i]) + done)
             calls += 1
         return forced, calls
 
     stats = CopyStats(bytes=int(lens.sum()))
-    jobs = zip(addrs.tolist(), lens.tolist(), offs.tolist())
-    if threads <= 1 or len(addrs) < 2:
-        results = [copy(*job) for job in jobs]
+    jobs = batches(lens, chunk)
+    if threads <= 1 or len(jobs) < 2:
+        results = [copy(i, j) for i, j in jobs]
     else:
         with ThreadPoolExecutor(threads, thread_name_prefix="coldsnap-copy") as pool:
             results = list(pool.map(lambda job: copy(*job), jobs))
@@ -96,3 +107,21 @@ def copy_frozen(pid: int, mem_fd: int, ranges: Ranges, out_fd: int, *, threads: 
         stats.forced_bytes += forced
         stats.syscalls += calls
     return stats
+
+
+def _read_rest(pid: int, mem_fd: int, view: memoryview, addrs: list[int], lens: list[int], got: int) -> int:
+    """Fill VIEW past its first GOT bytes from /proc/PID/mem; returns the calls made."""
+    calls, pos = 0, 0
+    for addr, n in zip(addrs, lens):
+        skip = max(0, got - pos)        # bytes of this piece process_vm_readv did read
+        while skip < n:
+            try:
+                k = os.preadv(mem_fd, [view[pos + skip:pos + n]], addr + skip)
+            except OSError as e:
+                raise TargetError(f"cannot read page {addr + skip:#x} of {pid}: {e.strerror}") from None
+            calls += 1
+            if k <= 0:
+                raise TargetError(f"cannot read page {(addr + skip) // PAGE_SIZE * PAGE_SIZE:#x} of {pid}")
+            skip += k
+        pos += n
+    return calls
