@@ -163,7 +163,21 @@ def _parked_fd(prev: ImageDir, pid: int) -> int | None:
     return None
 
 
-def plan_pages(task: FrozenTask, vmas: list[Vma], prev: Path | None) -> _Plan:
+@dataclass
+class _Parent:
+    """What the parent chain offers, read before the freeze (the images do not change)."""
+    uffd_fd: int | None             # the userfaultfd its pre-dump parked in the target
+    covered: Ranges                 # pages the chain holds
+
+
+def _parent(prev: Path | None, pid: int) -> _Parent:
+    if prev is None:
+        return _Parent(None, Ranges.empty())
+    fd = _parked_fd(ImageDir.open(prev, follow_parent=False), pid)
+    return _Parent(fd, _covered(prev, pid) if fd is not None else Ranges.empty())
+
+
+def plan_pages(task: FrozenTask, vmas: list[Vma], parent: _Parent) -> _Plan:
     """The page plan of a frozen task, then coldsnap's tracking removed from it.
 
     With a parent whose stats name a parked userfaultfd, adopt it: saved = present ∩
@@ -174,7 +188,7 @@ def plan_pages(task: FrozenTask, vmas: list[Vma], prev: Path | None) -> _Plan:
     parked = [fd for fd in parked_uffd_fds(pid) if fd >= PARK_FD_MIN]
     tracker = dirty = None
     try:
-        fd = _parked_fd(ImageDir.open(prev, follow_parent=False), pid) if prev is not None else None
+        fd = parent.uffd_fd
         if fd is not None and fd in parked:
             tracker = UffdTracker()
             try:
@@ -199,7 +213,7 @@ def plan_pages(task: FrozenTask, vmas: list[Vma], prev: Path | None) -> _Plan:
                     rc.checked(SYS.close, pfd, what=f"close({pfd}) of coldsnap's parked userfaultfd")
         if dirty is None:
             return _Plan(present, present, Ranges.empty(), method, False)
-        uncovered = present.subtract(_covered(Path(prev), pid))
+        uncovered = present.subtract(parent.covered)
         to_read = present.intersect(dirty.union(uncovered))
         return _Plan(present, to_read, present.subtract(to_read), method, True, tracker)
     except BaseException:
@@ -323,13 +337,15 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
     try:
         with ImageDir.create(images_dir, parent=prev_images_dir) as imgdir:
             t0 = time.perf_counter_ns()
+            parent = _parent(prev, pid)
             with freeze(pid) as task:
                 t_frozen = time.perf_counter_ns()
-                refuse_mappings(pid, read_maps(pid))
-                state = collect_task_state(task)
-                vmas = classify_all(read_maps(pid))
+                maps = read_maps(pid)
+                refuse_mappings(pid, maps)
+                state = collect_task_state(task)     # its scratch page is gone again: maps hold
+                vmas = classify_all(maps)
                 stat = read_stat(pid)
-                plan = plan_pages(task, vmas, prev)
+                plan = plan_pages(task, vmas, parent)
                 t_scanned = time.perf_counter_ns()
                 snap = collect_files(pid, shell_job=shell_job)
                 exe, files, vma_paths, vma_flags = mapped_files(pid, vmas)
@@ -356,12 +372,14 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 stats.read_syscalls = calls
                 stats.frozen_time = _us(time.perf_counter_ns() - t_frozen)
                 write_stats(imgdir, stats)
-                imgdir.commit()
                 if leave_running:
-                    task.resume()
+                    task.resume()                   # the fsyncs of the commit need no freeze
+                    stats.frozen_time = _us(time.perf_counter_ns() - t_frozen)
+                    imgdir.commit()
                 else:
+                    imgdir.commit()                 # durable before the task is gone
                     kill_held(task)
-                stats.frozen_time = _us(time.perf_counter_ns() - t_frozen)
+                    stats.frozen_time = _us(time.perf_counter_ns() - t_frozen)
     finally:
         if plan is not None and plan.tracker is not None:
             plan.tracker.close()
