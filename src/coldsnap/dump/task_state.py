@@ -56,6 +56,7 @@ PR_GET_TID_ADDRESS = 40
 PTRACE_GET_THREAD_AREA = 25
 GDT_TLS_ENTRIES = (12, 13, 14)
 RLIM_NLIMITS = 16
+RLIM_INFINITY = (1 << 64) - 1
 SIGKILL, SIGSTOP = 9, 19
 SIGACTION_SIGNALS = tuple(s for s in range(1, 65) if s not in (SIGKILL, SIGSTOP))
 KSIGACTION = struct.Struct("<QQQQ")  # handler, flags, restorer, mask (kernel struct sigaction)
@@ -259,12 +260,25 @@ def _read_ptrace_side(pid: int, tid: int) -> dict:
 
 
 def _rlimits(pid: int) -> list[tuple[int, int]]:
+    """prlimit64(pid, r, NULL, &old); reading another user's limits needs CAP_SYS_RESOURCE,
+    which root may lack (not in this machine's bounding set): /proc/PID/limits then."""
     old = (ctypes.c_uint64 * 2)()
     out = []
-    for r in range(RLIM_NLIMITS):
-        syscall(NR_prlimit64, pid, r, 0, ctypes.addressof(old), what=f"prlimit64({pid}, {r})")
-        out.append((old[0], old[1]))
+    try:
+        for r in range(RLIM_NLIMITS):
+            syscall(NR_prlimit64, pid, r, 0, ctypes.addressof(old), what=f"prlimit64({pid}, {r})")
+            out.append((old[0], old[1]))
+    except PermissionError:
+        return _rlimits_from_proc(pid)
     return out
+
+
+def _rlimits_from_proc(pid: int) -> list[tuple[int, int]]:
+    # rows in resource order after a header: name, soft, hard, [units], columns at fixed offsets
+    with open(f"/proc/{pid}/limits") as f:
+        rows = f.read().splitlines()[1:RLIM_NLIMITS + 1]
+    value = lambda text: RLIM_INFINITY if text == "unlimited" else int(text)  # noqa: E731
+    return [(value(row[26:47].strip()), value(row[47:68].strip())) for row in rows]
 
 
 def _thread_injected(rc: RemoteCalls, base: int, off: int) -> None:

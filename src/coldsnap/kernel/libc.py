@@ -50,6 +50,8 @@ class SYS:
     setgroups = 116
     setresuid = 117
     setresgid = 119
+    capget = 125
+    capset = 126
     rt_sigqueueinfo = 129
     personality = 135
     fcntl = 72

@@ -32,12 +32,13 @@ from ..errors import CsError, TargetError
 from ..kernel import ptrace
 from ..kernel.clone import THREAD_FLAGS, clone_args
 from ..kernel.libc import SYS
-from ..kernel.procfs import read_maps
+from ..kernel.procfs import read_maps, read_status
 from ..memory.vma import (MAP_ANONYMOUS, MAP_SHARED, PROT_READ, PROT_WRITE, VMA_ANON_SHARED,
                           VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..seize.freezer import FrozenTask
 from ..seize.remote import RemoteCalls
 from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, vdso_layout
+from .creds import Creds, cap_last
 from .memory import PageWriter, WriteStats
 
 PAGE = 4096
@@ -50,6 +51,9 @@ RSEQ_FLAG_UNREGISTER = 1
 PR_SET_NAME, PR_SET_DUMPABLE, PR_SET_PDEATHSIG = 15, 4, 1
 PR_SET_MM, PR_SET_MM_MAP = 35, 14
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_KEEPCAPS, PR_CAPBSET_DROP, PR_SET_SECUREBITS = 8, 24, 28
+PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 38, 47, 2
+SECBIT_KEEP_CAPS = 1 << 4
 SS_ONSTACK, SS_DISABLE = 1, 2
 SIGKILL, SIGSTOP = 9, 19
 SIGNALS = tuple(s for s in range(1, 65) if s not in (SIGKILL, SIGSTOP))
@@ -130,6 +134,8 @@ class Transplant:
                 self._new_thread(tid)
         core = self.img.leader
         self._thread_state(rc, core)
+        if self.img.mm.HasField("dumpable"):   # after the creds: a change of uid resets it
+            rc.call(SYS.prctl, PR_SET_DUMPABLE, self.img.mm.dumpable, 0, 0, 0)
         self._pending(rc)
         self._sigactions()
         rc.saved = user_regs(core)
@@ -274,7 +280,7 @@ class Transplant:
                 rc.call(SYS.close, exe_fd)
 
     def _process_state(self) -> None:
-        rc, tc, mm = self.rc, self.img.leader.tc, self.img.mm
+        rc, tc = self.rc, self.img.leader.tc
         for which, name in enumerate(("real", "virt", "prof")):
             t = getattr(tc.timers, name)
             vsec, vusec = t.vsec, t.vusec
@@ -286,8 +292,6 @@ class Transplant:
                 addr = self._put(struct.pack("<4Q", t.isec, t.iusec, vsec, vusec))
                 rc.checked(SYS.setitimer, which, addr, 0, what="setitimer")
         rc.checked(SYS.personality, tc.personality, what="personality")
-        if mm.HasField("dumpable"):
-            rc.call(SYS.prctl, PR_SET_DUMPABLE, mm.dumpable, 0, 0, 0)
         rc.call(SYS.prctl, PR_SET_CHILD_SUBREAPER, int(tc.child_subreaper), 0, 0, 0)
         rc.call(SYS.prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0)   # the blank child asked for SIGKILL
 
@@ -337,16 +341,37 @@ class Transplant:
         self._creds(rc, th.creds)
 
     def _creds(self, rc: RemoteCalls, cr) -> None:
-        if (cr.uid, cr.euid, cr.suid) == os.getresuid() and (cr.gid, cr.egid, cr.sgid) == os.getresgid() \
-                and sorted(cr.groups) == sorted(os.getgroups()):
+        """ids, groups, capability sets, bounding set, ambient set, securebits, no_new_privs.
+
+        Order matters: the bounding set and securebits need CAP_SETPCAP (still ours, as the
+        blank child runs as coldsnap); keep-caps lets the permitted set survive a change
+        away from uid 0; capset then sets the sets, and keep-caps goes back as dumped."""
+        want, have = Creds.of_entry(cr), Creds.of_status(read_status(self.pid, rc.tid))
+        if want == have:
             return
-        groups = struct.pack(f"<{len(cr.groups)}I", *cr.groups)
-        if len(groups) > SCRATCH - _OFF_PATH:
-            raise CsError(f"{len(cr.groups)} supplementary groups: more than restore can set")
-        rc.checked(SYS.setgroups, len(cr.groups), self._put(groups, _OFF_PATH) if groups else 0,
-                   what="setgroups")
-        rc.checked(SYS.setresgid, cr.gid, cr.egid, cr.sgid, what="setresgid")
-        rc.checked(SYS.setresuid, cr.uid, cr.euid, cr.suid, what="setresuid")
+        for cap in range(cap_last() + 1):
+            if have.bounding >> cap & 1 and not want.bounding >> cap & 1:
+                rc.checked(SYS.prctl, PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop capability {cap}")
+        if (want.secbits | SECBIT_KEEP_CAPS) != have.secbits:
+            rc.checked(SYS.prctl, PR_SET_SECUREBITS, want.secbits | SECBIT_KEEP_CAPS, 0, 0, 0,
+                       what="PR_SET_SECUREBITS")
+        if want.ids != have.ids:
+            groups = struct.pack(f"<{len(want.groups)}I", *want.groups)
+            if len(groups) > SCRATCH - _OFF_PATH:
+                raise CsError(f"{len(want.groups)} supplementary groups: more than restore can set")
+            rc.checked(SYS.setgroups, len(want.groups), self._put(groups, _OFF_PATH) if groups else 0,
+                       what="setgroups")
+            rc.checked(SYS.setresgid, *want.gids[:3], what="setresgid")
+            rc.checked(SYS.setresuid, *want.uids[:3], what="setresuid")
+        arg = self._put(want.capset_arg())
+        rc.checked(SYS.capset, arg, arg + 8, what="capset")
+        for cap in range(cap_last() + 1):
+            if want.ambient >> cap & 1:
+                rc.checked(SYS.prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, what=f"ambient {cap}")
+        if not want.secbits & SECBIT_KEEP_CAPS:
+            rc.checked(SYS.prctl, PR_SET_KEEPCAPS, 0, 0, 0, 0, what="PR_SET_KEEPCAPS")
+        if want.no_new_privs:
+            rc.checked(SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, what="PR_SET_NO_NEW_PRIVS")
 
     def _pending(self, rc: RemoteCalls) -> None:
         """Queue the saved pending signals again, from inside (si_code is kept as it was)."""

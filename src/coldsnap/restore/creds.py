@@ -1,0 +1,69 @@
+"""A thread's credentials as restore compares and sets them: ids, groups, capability sets,
+securebits and no_new_privs, from a creds image entry or from /proc/PID/task/TID/status."""
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+from functools import cache
+
+from ..kernel.libc import libc
+
+CAP_VERSION_3 = 0x20080522           # _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set
+PR_GET_SECUREBITS = 27
+
+
+def _words(values) -> int:
+    lo, hi = (list(values) + [0, 0])[:2]
+    return lo | hi << 32
+
+
+@dataclass(frozen=True)
+class Creds:
+    uids: tuple[int, ...]            # real, effective, saved (fs follows effective)
+    gids: tuple[int, ...]
+    groups: tuple[int, ...]
+    inheritable: int
+    permitted: int
+    effective: int
+    bounding: int
+    ambient: int
+    secbits: int
+    no_new_privs: int
+
+    @property
+    def ids(self) -> tuple:
+        return self.uids, self.gids, self.groups
+
+    @classmethod
+    def of_entry(cls, c) -> "Creds":
+        return cls((c.uid, c.euid, c.suid), (c.gid, c.egid, c.sgid), tuple(sorted(c.groups)),
+                   _words(c.cap_inh), _words(c.cap_prm), _words(c.cap_eff), _words(c.cap_bnd),
+                   _words(c.cap_amb), c.secbits, c.no_new_privs)
+
+    @classmethod
+    def of_status(cls, status: dict[str, str], secbits: int | None = None) -> "Creds":
+        """From a thread's /proc status; securebits are not shown there: by default the
+        calling process's own (a blank restore child inherited coldsnap's)."""
+        ids = lambda key: tuple(int(x) for x in status[key].split()[:3])  # noqa: E731
+        cap = lambda key: int(status.get(key, "0"), 16)                     # noqa: E731
+        return cls(ids("Uid"), ids("Gid"), tuple(sorted(int(g) for g in status.get("Groups", "").split())),
+                   cap("CapInh"), cap("CapPrm"), cap("CapEff"), cap("CapBnd"), cap("CapAmb"),
+                   own_secbits() if secbits is None else secbits, int(status.get("NoNewPrivs", "0")))
+
+    def capset_arg(self) -> bytes:
+        """struct __user_cap_header_struct (pid 0: the caller) + two __user_cap_data_struct."""
+        low = lambda v: v & 0xFFFFFFFF  # noqa: E731
+        return (struct.pack("<Ii", CAP_VERSION_3, 0)
+                + struct.pack("<3I", low(self.effective), low(self.permitted), low(self.inheritable))
+                + struct.pack("<3I", self.effective >> 32, self.permitted >> 32, self.inheritable >> 32))
+
+
+def own_secbits() -> int:
+    return max(0, libc.prctl(ctypes.c_int(PR_GET_SECUREBITS), 0, 0, 0, 0))
+
+
+@cache
+def cap_last() -> int:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
