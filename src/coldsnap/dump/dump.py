@@ -44,7 +44,7 @@ from ..memory.vma import PROT_WRITE, Kind, Vma, classify, classify_all
 from ..seize.freezer import FrozenTask, freeze
 from ..seize.remote import RemoteCalls
 from .files import add_mapped_files, collect_files, write_files_images
-from .iterate import _covered
+from .iterate import covered_by_chain, parked_uffd_fd
 from .metadata import write_inventory, write_mm, write_stats
 from .stats import DumpStats
 from .task_state import collect_task_state, write_task_images
@@ -155,14 +155,6 @@ class _Plan:
     tracker: UffdTracker | None = None
 
 
-def _parked_fd(prev: ImageDir, pid: int) -> int | None:
-    """The userfaultfd a tracked pre-dump parked in the target, if PREV's stats name one."""
-    s = prev.read("stats-dump", missing_ok=True)
-    if s and s[0].dump.HasField("cs_uffd_fd") and prev.pagemap_ids() == [pid]:
-        return s[0].dump.cs_uffd_fd
-    return None
-
-
 @dataclass
 class _Parent:
     """What the parent chain offers, read before the freeze (the images do not change)."""
@@ -173,8 +165,8 @@ class _Parent:
 def _parent(prev: Path | None, pid: int) -> _Parent:
     if prev is None:
         return _Parent(None, Ranges.empty())
-    fd = _parked_fd(ImageDir.open(prev, follow_parent=False), pid)
-    return _Parent(fd, _covered(prev, pid) if fd is not None else Ranges.empty())
+    fd = parked_uffd_fd(ImageDir.open(prev, follow_parent=False), pid)
+    return _Parent(fd, covered_by_chain(prev, pid) if fd is not None else Ranges.empty())
 
 
 def plan_pages(task: FrozenTask, vmas: list[Vma], parent: _Parent) -> _Plan:
@@ -222,8 +214,7 @@ def plan_pages(task: FrozenTask, vmas: list[Vma], parent: _Parent) -> _Plan:
         raise
 
 
-def save_private(task: FrozenTask, imgdir: ImageDir, vmas: list[Vma], plan: _Plan,
-                 threads: int = 2) -> tuple[int, int, int, int]:
+def save_private(task: FrozenTask, imgdir: ImageDir, plan: _Plan, threads: int = 2) -> tuple[int, int, int, int]:
     """pagemap-PID.img + pages: (pages written, in parent, read through /proc/PID/mem, syscalls).
 
     A final dump skips nothing: pages process_vm_readv cannot read (no PROT_READ) come
@@ -351,7 +342,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 exe, files, vma_paths, vma_flags = mapped_files(pid, vmas)
                 ids = add_mapped_files(snap, files)
                 t_mem = time.perf_counter_ns()
-                written, parent, forced, calls = save_private(task, imgdir, vmas, plan)
+                written, parent, forced, calls = save_private(task, imgdir, plan)
                 shm_written, shm_mapped = save_shmem(pid, imgdir, vmas)
                 t_saved = time.perf_counter_ns()
                 write_task_images(state, imgdir)

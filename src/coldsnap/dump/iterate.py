@@ -58,7 +58,8 @@ def _us(ns: int) -> int:
     return ns // 1000
 
 
-def _covered(parent_dir: Path | None, pid: int) -> Ranges:
+def covered_by_chain(parent_dir: Path | None, pid: int) -> Ranges:
+    """Pages the images chain at PARENT_DIR holds for PID (data, here or further up)."""
     if parent_dir is None:
         return Ranges.empty()
     with PageChain(parent_dir, pid) as chain:
@@ -175,7 +176,7 @@ class PreDumpSeries:
                 to_read = present
             else:
                 self.dirty = dirty
-                uncovered = present.subtract(_covered(self.prev, self.pid))
+                uncovered = present.subtract(covered_by_chain(self.prev, self.pid))
                 to_read = present.intersect(dirty.union(uncovered))
             in_parent = present.subtract(to_read)
             unreadable = to_read.intersect(unreadable_ranges(vmas))
@@ -219,6 +220,14 @@ def pre_dump_series(pid: int, base_dir: str | Path, iterations: int, *, track: s
     return out
 
 
+def parked_uffd_fd(prev: ImageDir, pid: int) -> int | None:
+    """The userfaultfd a tracked pre-dump of PID parked in it, if PREV's stats name one."""
+    s = prev.read("stats-dump", missing_ok=True)
+    if s and s[0].dump.HasField("cs_uffd_fd") and prev.pagemap_ids() == [pid]:
+        return s[0].dump.cs_uffd_fd
+    return None
+
+
 def pre_dump_tracked(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
                      buffer_size: int = DEFAULT_BUFFER, track: str = "uffd") -> DumpStats:
     """One pre-dump whose write tracking outlives this coldsnap process.
@@ -240,10 +249,8 @@ def pre_dump_tracked(pid: int, images_dir: str | Path, *, prev_images_dir: str |
     with PreDumpSeries(pid, images_dir.parent, track="uffd", buffer_size=buffer_size,
                        park=True) as series:
         if prev_images_dir is not None:
-            prev = ImageDir.open(prev_images_dir, follow_parent=False)
-            stats_img = prev.read("stats-dump", missing_ok=True)
-            fd = stats_img[0].dump.cs_uffd_fd if stats_img and stats_img[0].dump.HasField("cs_uffd_fd") else None
-            if fd is not None and prev.pagemap_ids() == [pid]:
+            fd = parked_uffd_fd(ImageDir.open(prev_images_dir, follow_parent=False), pid)
+            if fd is not None:
                 tracker = UffdTracker()
                 try:
                     tracker.adopt(pid, fd, classify_all(read_maps(pid)))

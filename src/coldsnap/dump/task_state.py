@@ -334,10 +334,10 @@ def collect_task_state(task: FrozenTask) -> TaskState:
             with RemoteCalls(task, tid=tid) as trc:
                 _thread_injected(trc, base, _OFF_THREAD + 48 * i)
                 calls += trc.stats.calls
-                if trc._saved_mask is not None:
-                    masks[tid] = trc._saved_mask
-        if rc._saved_mask is not None:
-            masks[pid] = rc._saved_mask
+                if trc.real_mask is not None:
+                    masks[tid] = trc.real_mask
+        if rc.real_mask is not None:
+            masks[pid] = rc.real_mask
         blob = rc.read_scratch(len(zero))
 
     sigactions = [SigAction(sig, *KSIGACTION.unpack_from(blob, _OFF_SA + 32 * i))

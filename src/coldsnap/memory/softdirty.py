@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import CsError
 from ..kernel import pagemap as pm
 from .ranges import Ranges
-from .scan import spans
+from .scan import scan_with_ioctl, spans
 from .vma import Vma
 
 CLEAR_SOFT_DIRTY = b"4"
@@ -45,9 +45,7 @@ class SoftDirtyTracker:
     def collect(self, vmas: list[Vma]) -> Ranges:
         where = spans(vmas)
         if self._scanner is not None:
-            parts = [self._scanner.scan(s, e, DIRTY_QUERY) for s, e in where.pairs()]
-            regions = np.concatenate(parts) if parts else np.zeros(0, dtype=pm.REGION_DTYPE)
-            dirty = Ranges(regions["start"].copy(), regions["end"].copy()).merged()
+            dirty = scan_with_ioctl(self._fd, where, self._scanner, DIRTY_QUERY)
         else:
             dirty = self._read_bits(where)
         self.reset()

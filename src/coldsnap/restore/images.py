@@ -132,9 +132,9 @@ def vdso_layout(vmas) -> list[tuple[int, int]]:
     return [(v.start, v.end) for v in vmas if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR)]
 
 
-def current_vdso_layout() -> list[tuple[int, int]]:
-    return [(m.start, m.end) for m in read_maps(os.getpid())
-            if m.path in ("[vdso]", "[vvar]", "[vvar_vclock]")]
+def vdso_areas(pid: int) -> list[tuple[int, int]]:
+    """[(start, end)] of a live process's vvar/vvar_vclock/vdso areas, in address order."""
+    return [(m.start, m.end) for m in read_maps(pid) if m.path in ("[vdso]", "[vvar]", "[vvar_vclock]")]
 
 
 def _shape(areas: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -143,7 +143,7 @@ def _shape(areas: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _check_vdso(mm) -> None:
-    have, want = _shape(current_vdso_layout()), _shape(vdso_layout(mm.vmas))
+    have, want = _shape(vdso_areas(os.getpid())), _shape(vdso_layout(mm.vmas))
     if have != want:
         raise ImageError("images come from a kernel with another vDSO layout "
                          f"({len(want)} areas, {sum(e - s for s, e in want) // PAGE} pages; "

@@ -36,10 +36,6 @@ class PageSources:
     files: list[Path | None]         # pages file per chain level
     runs: list[Source]
 
-    @property
-    def nbytes(self) -> int:
-        return sum(r[2] for r in self.runs)
-
 
 @dataclass
 class WriteStats:
@@ -78,12 +74,14 @@ class PageWriter:
         local = vm.new_iov_array()
         remote = vm.new_iov_array()
         n = batch = 0
+        last_level, view, base = -1, None, 0
         for level, key, nbytes, offset in src.runs:
-            path = src.files[level]
-            if path is None:
-                raise CsError(f"chain level {level} has no pages file")
-            view = self._view(path)
-            base = view.ctypes.data
+            if level != last_level:
+                path = src.files[level]
+                if path is None:
+                    raise CsError(f"chain level {level} has no pages file")
+                view = self._view(path)
+                base, last_level = view.ctypes.data, level
             pieces = translate(key, nbytes) if translate else [(key, 0, nbytes)]
             for vaddr, skip, size in pieces:
                 for start, end, writable in _split(areas, starts, vaddr, vaddr + size):

@@ -10,9 +10,9 @@ after the child exists kills it: a restore either yields the process or nothing.
 """
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
+import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from ..dump.task_state import TASK_STOPPED
 from ..errors import CsError, ImageError, TargetError
 from ..kernel.clone import fork_with_pid
-from ..kernel.libc import libc, syscall
+from ..kernel.libc import libc
 from ..seize.freezer import freeze
 from .files import rebuild_fds
 from .images import DumpImages, load
 from .transplant import TransplantStats, transplant
 
 PR_SET_PDEATHSIG = 1
-NR_prlimit64 = 302
 
 
 @dataclass
@@ -107,13 +106,14 @@ def _blank_child(images: DumpImages, shell_job: bool) -> int:
 
 
 def _set_rlimits(pid: int, images: DumpImages) -> None:
-    new = (ctypes.c_uint64 * 2)()
+    unlimited = (1 << 64) - 1
     for res, lim in enumerate(images.leader.tc.rlimits.rlimits):
-        new[0], new[1] = lim.cur, lim.max
+        cur, top = (resource.RLIM_INFINITY if v == unlimited else v for v in (lim.cur, lim.max))
         try:
-            syscall(NR_prlimit64, pid, res, ctypes.addressof(new), 0)
-        except OSError as e:
-            raise CsError(f"cannot set resource limit {res} to ({lim.cur}, {lim.max}): {e.strerror}") from None
+            resource.prlimit(pid, res, (cur, top))
+        except (OSError, ValueError) as e:
+            why = e.strerror if isinstance(e, OSError) else str(e)
+            raise CsError(f"cannot set resource limit {res} to ({lim.cur}, {lim.max}): {why}") from None
 
 
 def _kill(pid: int) -> None:
@@ -125,9 +125,4 @@ def _kill(pid: int) -> None:
 
 
 def _wait(pid: int) -> int:
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            return status
-        except InterruptedError:
-            continue
+    return os.waitpid(pid, 0)[1]

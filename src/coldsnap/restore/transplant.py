@@ -30,14 +30,14 @@ from dataclasses import dataclass
 
 from ..errors import CsError, TargetError
 from ..kernel import ptrace
-from ..kernel.clone import THREAD_FLAGS, clone_args
+from ..kernel.clone import CLONE_ARGS, THREAD_FLAGS, clone_args
 from ..kernel.libc import SYS
-from ..kernel.procfs import read_maps, read_status
+from ..kernel.procfs import read_status
 from ..memory.vma import (MAP_ANONYMOUS, MAP_SHARED, PROT_READ, PROT_WRITE, VMA_ANON_SHARED,
                           VMA_FILE_PRIVATE, VMA_FILE_SHARED)
-from ..seize.freezer import FrozenTask
+from ..seize.freezer import SEIZE_OPTIONS, FrozenTask
 from ..seize.remote import RemoteCalls
-from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, vdso_layout
+from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, vdso_areas, vdso_layout
 from .creds import Creds, cap_last
 from .memory import PageWriter, WriteStats
 
@@ -62,8 +62,9 @@ PRCTL_MM_MAP = struct.Struct("<11QQII")     # struct prctl_mm_map (104 bytes)
 # what must sit beside it: clone3's TID array (_OFF_TID) and PR_SET_MM_MAP's auxv (_OFF_AUXV).
 # Paths and the groups list get the last two pages.
 _OFF_ARGS, _OFF_TID, _OFF_AUXV, _OFF_PATH = 0, PAGE - 8, PAGE, 2 * PAGE
-_REGS = {"bp": "rbp", "bx": "rbx", "ax": "rax", "cx": "rcx", "dx": "rdx", "si": "rsi", "di": "rdi",
-         "orig_ax": "orig_rax", "ip": "rip", "flags": "eflags", "sp": "rsp"}
+# user_regs_struct names whose user_x86_regs_entry field is named differently
+_IMAGE_REG = {"rbp": "bp", "rbx": "bx", "rax": "ax", "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di",
+              "orig_rax": "orig_ax", "rip": "ip", "eflags": "flags", "rsp": "sp"}
 
 
 @dataclass
@@ -77,8 +78,8 @@ class TransplantStats:
 def user_regs(core) -> ptrace.UserRegs:
     g = core.thread_info.gpregs
     regs = ptrace.UserRegs()
-    for name in ptrace._REG_NAMES:
-        setattr(regs, name, getattr(g, next((k for k, v in _REGS.items() if v == name), name)))
+    for name, _ in ptrace.UserRegs._fields_:
+        setattr(regs, name, getattr(g, _IMAGE_REG.get(name, name)))
     return regs
 
 
@@ -138,8 +139,7 @@ class Transplant:
             rc.call(SYS.prctl, PR_SET_DUMPABLE, self.img.mm.dumpable, 0, 0, 0)
         self._pending(rc)
         self._sigactions()
-        rc.saved = user_regs(core)
-        rc._saved_mask = core.thread_core.blk_sigset
+        rc.leave_as(user_regs(core), core.thread_core.blk_sigset)
         self.stats.calls += rc.stats.calls
         rc.close()                      # unmaps the scratch, then sets the dumped registers
         self._set_fpu(self.pid, core)
@@ -156,8 +156,7 @@ class Transplant:
                             conf.signature, what="rseq unregister")
 
     def _move_vdso(self) -> None:
-        have = [(m.start, m.end) for m in read_maps(self.pid)
-                if m.path in ("[vdso]", "[vvar]", "[vvar_vclock]")]
+        have = vdso_areas(self.pid)
         want = vdso_layout(self.img.mm.vmas)
         if not want or have[0][0] == want[0][0]:
             return
@@ -185,8 +184,8 @@ class Transplant:
 
     def _occupied(self) -> list[tuple[int, int]]:
         spans = [(v.start, v.end) for v in self.img.mm.vmas if v.end <= TASK_SIZE]
-        if self.rc._scratch is not None:
-            spans.append((self.rc._scratch, self.rc._scratch + SCRATCH))
+        if self.rc.scratch_span is not None:
+            spans.append(self.rc.scratch_span)
         return sorted(spans)
 
     def _free_gap(self, size: int) -> int:
@@ -300,27 +299,27 @@ class Transplant:
         core = self.img.cores[tid]
         tid_addr = self._put(struct.pack("<i", tid), _OFF_TID)
         args = self._put(clone_args(THREAD_FLAGS, set_tid_ptr=tid_addr, set_tid_size=1))
-        ptrace.set_options(self.pid, ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_TRACECLONE)
+        ptrace.set_options(self.pid, SEIZE_OPTIONS | ptrace.PTRACE_O_TRACECLONE)
         try:
-            got = rc.call(SYS.clone3, args, len(clone_args(0)))
+            got = rc.call(SYS.clone3, args, CLONE_ARGS.size)
         finally:
-            ptrace.set_options(self.pid, ptrace.PTRACE_O_TRACESYSGOOD)
+            ptrace.set_options(self.pid, SEIZE_OPTIONS)
         if got < 0:
             why = "it is in use" if got == -17 else os.strerror(-got)
             raise TargetError(f"cannot create thread {tid}: {why}")
         if got != tid:
             raise TargetError(f"thread {tid} was created as {got}")
         self.task.adopt_thread(tid)
-        ptrace.set_regs(tid, user_regs(core))     # drop the leader's copy (trap flag included)
+        regs = user_regs(core)
+        ptrace.set_regs(tid, regs)                # drop the leader's copy (trap flag included)
         trc = RemoteCalls(self.task, tid=tid)
         trc.open()
         try:
             self._thread_state(trc, core)
-            trc._saved_mask = core.thread_core.blk_sigset
+            trc.leave_as(regs, core.thread_core.blk_sigset)
         finally:
             self.stats.calls += trc.stats.calls
             trc.close()
-        ptrace.set_sigmask(tid, core.thread_core.blk_sigset)
         self._set_fpu(tid, core)
 
     def _thread_state(self, rc: RemoteCalls, core) -> None:
@@ -375,12 +374,12 @@ class Transplant:
 
     def _pending(self, rc: RemoteCalls) -> None:
         """Queue the saved pending signals again, from inside (si_code is kept as it was)."""
-        for core in self.img.cores.values():
+        for tid, core in self.img.cores.items():
             th = core.thread_core
             if th.HasField("signals_p"):
                 for s in th.signals_p.signals:
                     signo = struct.unpack_from("<i", s.siginfo)[0]
-                    rc.checked(SYS.rt_tgsigqueueinfo, self.pid, self._tid_of(core), signo,
+                    rc.checked(SYS.rt_tgsigqueueinfo, self.pid, tid, signo,
                                self._put(s.siginfo[:128]), what="rt_tgsigqueueinfo")
         tc = self.img.leader.tc
         if tc.HasField("signals_s"):
@@ -388,9 +387,6 @@ class Transplant:
                 signo = struct.unpack_from("<i", s.siginfo)[0]
                 rc.checked(SYS.rt_sigqueueinfo, self.pid, signo, self._put(s.siginfo[:128]),
                            what="rt_sigqueueinfo")
-
-    def _tid_of(self, core) -> int:
-        return next(tid for tid, c in self.img.cores.items() if c is core)
 
     def _sigactions(self) -> None:
         acts = self.img.leader.tc.sigactions

@@ -112,6 +112,17 @@ class RemoteCalls:
             self._work = self.saved.copy()
             task._sessions[self.tid] = self
 
+    @property
+    def real_mask(self) -> int | None:
+        """The thread's own blocked mask, learned at the first call (None before it)."""
+        return self._saved_mask
+
+    def leave_as(self, regs: ptrace.UserRegs, sigmask: int) -> None:
+        """At close, give the thread these registers and blocked mask instead of the ones
+        it had at open (restore: the thread then resumes as the dumped one)."""
+        self.saved = regs.copy()
+        self._saved_mask = sigmask
+
     def close(self) -> None:
         """munmap the scratch page, re-park the thread, restore registers and mask."""
         if self.saved is None:
@@ -252,6 +263,11 @@ class RemoteCalls:
                                          PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | fixed,
                                          -1, 0, what="mmap scratch")
         return self._scratch
+
+    @property
+    def scratch_span(self) -> tuple[int, int] | None:
+        """[start, end) of the scratch area once mapped."""
+        return None if self._scratch is None else (self._scratch, self._scratch + self.scratch_size)
 
     def refresh_gadget(self) -> None:
         """Find the `syscall` gadget again, after an injected call moved the [vdso]."""
