@@ -207,15 +207,6 @@ def report(res: dict, rates: list, stream: list, meta: dict) -> str:
     return "\n".join(L)
 
 
-def write_section(path: Path, section: str) -> None:
-    old = _pd.SECTION
-    try:
-        _pd.SECTION = SECTION
-        _pd.write_section(path, section)
-    finally:
-        _pd.SECTION = old
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=parse_size, default=1 << 30)
@@ -267,7 +258,7 @@ def main(argv=None) -> int:
             "rev": _revision(), "size": size_name(args.size), "mbps": args.stream_mbps}
     section = report(res, rates, stream, meta)
     print(section)
-    write_section(Path(args.out), section)
+    _pd.write_section(Path(args.out), section, SECTION)
     return 0
 
 

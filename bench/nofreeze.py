@@ -281,7 +281,7 @@ def verdict(results: list[SizeResult], n_it: int) -> str:
             + (f" (seize → detach, seize included: median {median(held):.2f}, max {max(held):.2f} ms)"
                if held else "")
             + f", and iterations 2–{n_it} froze it "
-            + (f"0 ms with no ptrace seize at all" if ok2 else
+            + ("0 ms with no ptrace seize at all" if ok2 else
                f"**up to {later_max:.2f} ms ({later_seizes} seizes)**")
             + ("" if backends == {"uffd"} else f" (**tracking fell back: {', '.join(sorted(backends))}**)")
             + f", against {live:.2f} ms for a live pre-dump and {froz:.0f} ms for a frozen one")
@@ -298,15 +298,6 @@ def verdict(results: list[SizeResult], n_it: int) -> str:
                               "no consistent growth with memory (the live pre-dump's freeze "
                               "scans the page tables, the frozen one's copies every byte)."))
     return head + "; ".join(parts) + "." + tail
-
-
-def write_section(path: Path, section: str) -> None:
-    old = _pd.SECTION
-    try:
-        _pd.SECTION = SECTION
-        _pd.write_section(path, section)
-    finally:
-        _pd.SECTION = old
 
 
 # ----------------------------------------------------------------------------- main
@@ -359,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             "rev": _revision(), "mbps": args.mbps, "iterations": args.iterations}
     section = report(results, meta)
     print(section)
-    write_section(Path(args.out), section)
+    _pd.write_section(Path(args.out), section, SECTION)
     return 0
 
 

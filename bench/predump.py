@@ -388,12 +388,12 @@ def report(results: list[SizeResult], py_rss_kib: int, meta: dict) -> str:
     return "\n".join(L)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace our section of `path` (up to the next level-2 heading), keeping the rest."""
+def write_section(path: Path, section: str, title: str = SECTION) -> None:
+    """Replace the section TITLE of `path` (up to the next level-2 heading), keeping the rest."""
     old = path.read_text() if path.exists() else ""
     lines = old.splitlines()
     try:
-        a = next(i for i, l in enumerate(lines) if l.strip() == SECTION)
+        a = next(i for i, l in enumerate(lines) if l.strip() == title)
     except StopIteration:
         head = old if old.strip() else "# Benchmarks\n"
         path.write_text(head.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")

@@ -574,15 +574,6 @@ def breakdown(results: list[SizeResult]) -> str:
     return "\n".join(L)
 
 
-def write_section(path: Path, section: str) -> None:
-    old = _pd.SECTION
-    try:
-        _pd.SECTION = SECTION
-        _pd.write_section(path, section)
-    finally:
-        _pd.SECTION = old
-
-
 # ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -622,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             "rev": _revision(), "mbps": args.mbps, "predumps": args.predumps}
     section = report(results, py_rss, meta)
     print(section)
-    write_section(Path(args.out), section)
+    _pd.write_section(Path(args.out), section, SECTION)
     return 0
 
 
