@@ -3,7 +3,6 @@ import numpy as np
 from hypothesis import given, strategies as st
 
 from coldsnap.memory.ranges import Ranges
-from coldsnap.memory.drain import _split
 
 PG = 4096
 
@@ -52,6 +51,7 @@ def test_split_at_keeps_pages_and_cuts(a, cuts):
 
 @given(page_sets(), st.integers(1, 7))
 def test_split_into_buffer_sized_pieces(a, pages):
-    starts, ends = _split(to_ranges(a), pages * PG)
+    cut = to_ranges(a).chunked(pages * PG)
+    starts, ends = cut.starts, cut.ends
     assert to_pages(Ranges(starts, ends)) == a
     assert ((ends - starts) <= pages * PG).all()

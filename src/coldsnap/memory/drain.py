@@ -74,7 +74,8 @@ class Drain:
 
     def run(self, plan: Ranges) -> DrainStats:
         """Copy every page of the plan that can still be read."""
-        starts, ends = _split(plan, self.size)
+        cut = plan.chunked(self.size)
+        starts, ends = cut.starts, cut.ends
         lens = ends - starts
         n, i, cur = len(starts), 0, int(starts[0]) if len(starts) else 0
         iov, size = self._iov, self.size
@@ -166,15 +167,3 @@ class Drain:
             self.stats.pages_skipped += (end - start) >> PAGE_SHIFT
             self.sink.skip(start, (end - start) >> PAGE_SHIFT)
 
-
-def _split(plan: Ranges, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut ranges longer than the buffer into buffer-sized pieces (numpy, no per-page work)."""
-    starts, ends = plan.starts.astype(np.uint64), plan.ends.astype(np.uint64)
-    pieces = ((ends - starts + np.uint64(chunk - 1)) // np.uint64(chunk)).astype(np.int64)
-    if not len(pieces) or pieces.max(initial=0) <= 1:
-        return starts, ends
-    idx = np.repeat(np.arange(len(starts)), pieces)
-    k = np.arange(len(idx)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    s = starts[idx] + k.astype(np.uint64) * np.uint64(chunk)
-    e = np.minimum(s + np.uint64(chunk), ends[idx])
-    return s, e

@@ -38,14 +38,9 @@ class CopyStats:
 
 def pieces(ranges: Ranges, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(addresses, lengths, file offsets) of RANGES cut into pieces of at most CHUNK bytes."""
-    s, e = ranges.starts.astype(np.uint64), ranges.ends.astype(np.uint64)
-    counts = ((e - s + np.uint64(chunk - 1)) // np.uint64(chunk)).astype(np.int64)
-    first = np.repeat(s, counts)
-    k = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    addrs = first + k.astype(np.uint64) * np.uint64(chunk)
-    lens = np.minimum(np.repeat(e, counts) - addrs, np.uint64(chunk))
-    offs = np.cumsum(lens) - lens
-    return addrs, lens, offs
+    cut = ranges.chunked(chunk)
+    lens = cut.ends - cut.starts
+    return cut.starts, lens, np.cumsum(lens) - lens
 
 
 def batches(lens: np.ndarray, chunk: int = CHUNK) -> list[tuple[int, int]]:

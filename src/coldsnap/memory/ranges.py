@@ -44,6 +44,17 @@ class Ranges:
         last = np.flatnonzero(np.append(keep[1:], True))
         return Ranges(starts, self.ends[last])
 
+    def chunked(self, size: int) -> "Ranges":
+        """The same bytes in pieces of at most SIZE bytes (numpy, no per-page work)."""
+        starts, ends = self.starts.astype(np.uint64), self.ends.astype(np.uint64)
+        pieces = ((ends - starts + np.uint64(size - 1)) // np.uint64(size)).astype(np.int64)
+        if not len(pieces) or pieces.max(initial=0) <= 1:
+            return Ranges(starts, ends)
+        idx = np.repeat(np.arange(len(starts)), pieces)
+        k = np.arange(len(idx)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+        s = starts[idx] + k.astype(np.uint64) * np.uint64(size)
+        return Ranges(s, np.minimum(s + np.uint64(size), ends[idx]))
+
     def split_at(self, cuts: np.ndarray) -> "Ranges":
         """Split ranges at the given addresses (e.g. VMA boundaries) so none crosses a cut."""
         cuts = np.asarray(cuts, dtype=np.uint64)
