@@ -50,7 +50,6 @@ from .stats import DumpStats
 from .task_state import collect_task_state, write_task_images
 
 FILES_ID = 1            # ids-PID.img files_id, as write_task_images writes it
-READ_CHUNK = 4 << 20    # bytes per pread of pages read through a file
 
 
 def _us(ns: int) -> int:
@@ -257,16 +256,31 @@ def save_shmem(pid: int, imgdir: ImageDir, vmas: list[Vma]) -> tuple[int, int]:
             with PagemapWriter(imgdir, shmid, shmem=True) as w:
                 for lo, hi in merged:
                     for d, h in _data_runs(fd, lo, hi):
-                        for a in range(d, h, READ_CHUNK):
-                            data = os.pread(fd, min(READ_CHUNK, h - a), a)
-                            data = data[:len(data) >> PAGE_SHIFT << PAGE_SHIFT]
-                            if not data:
-                                break   # past the object's end: no pages there
-                            w.add_present(a, data)
+                        n = _copy_pages(fd, d, h, w)
+                        if n:
+                            w.add_copied(d, n >> PAGE_SHIFT)
                 written += w.nr_present
         finally:
             os.close(fd)
     return written, mapped
+
+
+def _copy_pages(fd: int, lo: int, hi: int, w: PagemapWriter) -> int:
+    """Copy [lo, hi) of a shared object to the end of W's pages file inside the kernel
+    (sendfile: no buffer of ours; copy_file_range refuses to cross filesystems); returns the
+    bytes copied, whole pages (less only at the object's end)."""
+    out = w.pages_fd()
+    at = os.lseek(out, 0, os.SEEK_END)
+    done = 0
+    while lo + done < hi:
+        k = os.sendfile(out, fd, lo + done, hi - lo - done)
+        if k == 0:
+            break                       # past the object's end: no pages there
+        done += k
+    whole = done >> PAGE_SHIFT << PAGE_SHIFT
+    if whole != done:
+        os.ftruncate(out, at + whole)
+    return whole
 
 
 def _data_runs(fd: int, lo: int, hi: int):
@@ -342,7 +356,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 exe, files, vma_paths, vma_flags = mapped_files(pid, vmas)
                 ids = add_mapped_files(snap, files)
                 t_mem = time.perf_counter_ns()
-                written, parent, forced, calls = save_private(task, imgdir, plan)
+                written, in_parent, forced, calls = save_private(task, imgdir, plan)
                 shm_written, shm_mapped = save_shmem(pid, imgdir, vmas)
                 t_saved = time.perf_counter_ns()
                 write_task_images(state, imgdir)
@@ -358,7 +372,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 stats.memdump_time = _us(t_saved - t_mem)
                 stats.pages_scanned = (sum(v.size for v in vmas if v.saves_pages) >> PAGE_SHIFT) + shm_mapped
                 stats.pages_written = written + shm_written
-                stats.pages_skipped_parent = parent
+                stats.pages_skipped_parent = in_parent
                 stats.vmas = len(vmas)
                 stats.read_syscalls = calls
                 stats.frozen_time = _us(time.perf_counter_ns() - t_frozen)
