@@ -4,7 +4,9 @@ from __future__ import annotations
 import ctypes
 import signal
 import struct
+import threading
 
+from ..errors import CsError
 from .libc import SYS, syscall
 
 CLONE_VM = 0x100
@@ -32,6 +34,9 @@ def fork_with_pid(pid: int | None) -> int:
     single Python thread (the child would otherwise inherit a lock held by a thread that
     does not exist in it).
     """
+    if threading.active_count() > 1:
+        # another Python thread could hold the GIL at the clone: the child would wait for it forever
+        raise CsError("restore must run in a process with a single Python thread")
     tid = (ctypes.c_int * 1)(pid or 0)
     args = ctypes.create_string_buffer(clone_args(0, exit_signal=signal.SIGCHLD,
                                                   set_tid_ptr=ctypes.addressof(tid) if pid else 0,
