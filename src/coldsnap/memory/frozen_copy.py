@@ -24,9 +24,11 @@ import numpy as np
 from ..errors import TargetError
 from ..kernel import vm
 from ..kernel.pagemap import PAGE_SIZE
+from ..kernel.procfs import read_stat
 from .ranges import Ranges
 
 CHUNK = 4 << 20
+PF_EXITING = 0x4                        # /proc/PID/stat flags: the task is on its way out
 
 
 @dataclass
@@ -113,10 +115,22 @@ def _read_rest(pid: int, mem_fd: int, view: memoryview, addrs: list[int], lens: 
             try:
                 k = os.preadv(mem_fd, [view[pos + skip:pos + n]], addr + skip)
             except OSError as e:
-                raise TargetError(f"cannot read page {addr + skip:#x} of {pid}: {e.strerror}") from None
+                raise _unreadable(pid, addr + skip, e.strerror) from None
             calls += 1
             if k <= 0:
-                raise TargetError(f"cannot read page {(addr + skip) // PAGE_SIZE * PAGE_SIZE:#x} of {pid}")
+                raise _unreadable(pid, addr + skip, "")
             skip += k
         pos += n
     return calls
+
+
+def _unreadable(pid: int, addr: int, why: str) -> TargetError:
+    try:
+        st = read_stat(pid)
+        alive = st.state not in ("Z", "X") and not st.flags & PF_EXITING
+    except (OSError, ValueError):
+        alive = False
+    if not alive:                       # e.g. SIGKILLed by someone else while held
+        return TargetError(f"process {pid} died during the dump")
+    page = addr // PAGE_SIZE * PAGE_SIZE
+    return TargetError(f"cannot read page {page:#x} of {pid}" + (f": {why}" if why else ""))
