@@ -59,7 +59,9 @@ def batches(lens: np.ndarray, chunk: int = CHUNK) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-class _Worker(threading.local):
+class _Buffers:
+    """One worker thread's read buffer and iovec array."""
+
     def __init__(self, size: int):
         self.buf = bytearray(size)
         self.addr = ctypes.addressof((ctypes.c_char * size).from_buffer(self.buf))
@@ -73,10 +75,14 @@ def copy_frozen(pid: int, mem_fd: int, ranges: Ranges, out_fd: int, *, threads: 
     Small ranges are read together (up to IOV_MAX per process_vm_readv), large ones in
     pieces of CHUNK, so the calls stay few however fragmented the memory is."""
     addrs, lens, offs = pieces(ranges, chunk)
-    local = _Worker(2 * chunk)
+    jobs = batches(lens, chunk)
+    ends = np.cumsum(lens)
+    size = max((int(ends[j - 1] - ends[i] + lens[i]) for i, j in jobs), default=0)
+    tls = threading.local()            # buffers made by each worker, as big as a batch needs
 
     def copy(i: int, j: int) -> tuple[int, int]:
-        w = local
+        w = getattr(tls, "w", None) or _Buffers(size)
+        tls.w = w
         n = j - i
         w.iov[:n, 0], w.iov[:n, 1] = addrs[i:j], lens[i:j]
         total = int(lens[i:j].sum())
@@ -94,7 +100,6 @@ def copy_frozen(pid: int, mem_fd: int, ranges: Ranges, out_fd: int, *, threads: 
         return forced, calls
 
     stats = CopyStats(bytes=int(lens.sum()))
-    jobs = batches(lens, chunk)
     if threads <= 1 or len(jobs) < 2:
         results = [copy(i, j) for i, j in jobs]
     else:
