@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from .images.directory import ImageDir
+from .images.pb import fdinfo_pb2
 from .memory.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VVAR,
                          VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 
@@ -66,8 +67,28 @@ def describe_one(d: ImageDir) -> dict:
             proc["vmas"] = [{"start": hex(v.start), "end": hex(v.end), "kind": _kind(v.status),
                              "prot": "".join(c if v.prot & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4))),
                              "size": v.end - v.start} for v in mm.vmas]
+        task = _task_summary(d, pid)
+        if task:
+            proc["task"] = task
         info["processes"][str(pid)] = proc
     return info
+
+
+def _task_summary(d: ImageDir, pid: int) -> dict:
+    """Threads, command name, state and open files of a dump (pre-dumps have none of these)."""
+    if not d.exists("pstree.img") or not d.exists(f"core-{pid}.img"):
+        return {}
+    tree = d.read("pstree.img")[0]
+    tc = d.read_single(f"core-{pid}.img").tc
+    fds: dict[str, int] = {}
+    ids = d.read_single(f"ids-{pid}.img") if d.exists(f"ids-{pid}.img") else None
+    if ids is not None and d.exists("files.img"):
+        kinds = {e.id: fdinfo_pb2.fd_types.Name(e.type) for e in d.read("files.img")}
+        for fi in d.read(f"fdinfo-{ids.files_id}.img", missing_ok=True):
+            kind = kinds.get(fi.id, "?")
+            fds[kind] = fds.get(kind, 0) + 1
+    return {"comm": tc.comm, "threads": list(tree.threads),
+            "state": {1: "running", 3: "stopped"}.get(tc.task_state, str(tc.task_state)), "fds": fds}
 
 
 def describe(path: str) -> dict:
@@ -93,6 +114,11 @@ def render(info: dict) -> str:
         for pid, p in lv["processes"].items():
             out.append(f"  pid {pid}: {p['pages_present']} pages written ({_mib(p['pages_present'] * PAGE)}), "
                        f"{p['pages_in_parent']} in parent, {p['pages_skipped']} skipped")
+            task = p.get("task")
+            if task:
+                fds = ", ".join(f"{n} {k}" for k, n in sorted(task["fds"].items())) or "none"
+                out.append(f"    {task['comm']!r}, {len(task['threads'])} thread"
+                           f"{'s' if len(task['threads']) > 1 else ''}, {task['state']}; fds: {fds}")
             if depth == 0 and "vmas" in p:
                 out.append(f"    {'start':>14} {'end':>14} {'prot':4} {'kind':12} size")
                 for v in p["vmas"]:
