@@ -152,7 +152,7 @@ def test_threads_all_saved_crit_decodes_and_the_task_is_killed(spawn, workload_b
     assert mm.vmas and all(v.shmid in files for v in mm.vmas if v.status & (0x40 | 0x80))
     r = coldsnap("show", img)
     assert r.returncode == 0 and "dump" in r.stdout, r.stderr
-    assert "'state_threads', 4 threads, running; fds:" in r.stdout, r.stdout
+    assert "'stmain', 4 threads, running; fds:" in r.stdout, r.stdout      # the name it gave itself
 
 
 def test_mixed_memory_and_mapped_files(mix, tmp_path):
