@@ -136,6 +136,29 @@ def _tracked_chain(pid: int, base, n: int = 3):
     return prev
 
 
+def _assert_unregistered(pid: int) -> None:
+    """PM_SCAN_CHECK_WPASYNC fails with EPERM on memory no userfaultfd has registered."""
+    import errno
+
+    from coldsnap.kernel import pagemap as pm
+    from coldsnap.kernel.procfs import read_maps
+    from coldsnap.memory.tracking import PROBE_QUERY
+    from coldsnap.memory.vma import classify_all
+    fd = pm.open_pagemap(pid)
+    try:
+        for v in classify_all(read_maps(pid)):
+            if not v.saves_pages or not v.prot & 1:
+                continue
+            try:
+                pm.PagemapScanner(fd, 4).scan(v.start, v.end, PROBE_QUERY)
+            except OSError as e:
+                assert e.errno == errno.EPERM, e
+            else:
+                raise AssertionError(f"VMA {v.start:#x}-{v.end:#x} is still registered")
+    finally:
+        os.close(fd)
+
+
 def _assert_final_dump_is_the_memory(pid: int, final, stats) -> None:
     """The stopped task's memory == the chain below `final`, page for page, and the dump
     itself holds only what was written since the chain (the rest PE_PARENT)."""
@@ -147,7 +170,8 @@ def _assert_final_dump_is_the_memory(pid: int, final, stats) -> None:
     from coldsnap.memory.vma import classify_all
 
     assert stats.track_backend == "uffd"
-    assert _uffd_links(pid) == []                   # the dump removed the tracking
+    assert _uffd_links(pid) == []                   # the dump removed the tracking: no fd...
+    _assert_unregistered(pid)                       # ...and no registration on any VMA
     present, _ = scan_saved_pages(pid, classify_all(read_maps(pid)))
     with PagemapReader(ImageDir.open(final), pid) as r:
         runs = [(run.vaddr, run.nr_pages, run.flags) for run in r.runs()]
