@@ -12,6 +12,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from coldsnap.images.chain import PageChain
 from coldsnap.images.directory import ImageDir
 from coldsnap.images.pages import PagemapReader
@@ -93,6 +95,7 @@ def _process_view(d: ImageDir, pid: int) -> dict:
     }
 
 
+@pytest.mark.skipif("avx" not in open("/proc/cpuinfo").read().split(), reason="the workload loads ymm registers")
 def test_dump_of_restored_process_equals_first_dump(spawn, workload_bin, tmp_path):
     w = spawn([str(workload_bin("rst_still"))], stderr=subprocess.DEVNULL)
     pid = w.pid
