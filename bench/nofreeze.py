@@ -7,11 +7,14 @@ Issue 3 claims that with userfaultfd write tracking a series of pre-dumps freeze
 only for the one injected `userfaultfd()` call (<= 2 ms whatever the size) and never again.
 Target: bench/restore_target.c (built into bench/out/ by bench/restore.py's helper), SIZE of
 private anonymous memory, every byte non-zero, dirtying pages at MBPS (one byte per 4 KiB
-page) the whole time. Per size, in each round, three variants in rotating order, each on a
+page) the whole time. Per size, in each round, four variants in rotating order, each on a
 fresh target (started, left writing 0.5 s, then measured, SIGKILLed and reaped):
 
     nofreeze  PreDumpSeries(pid, DIR, track="uffd"), ITERATIONS back-to-back steps:
               frozen ms (DumpStats.frozen_time) and pages written of each iteration
+    live+uffd PreDumpSeries(..., freeze_plan=True): the same steps, each holding the task
+              while it collects the written pages and scans (`--pre-dump-mode live
+              --track-mem uffd`)
     live      pre_dump(pid, DIR, mode="live"): frozen only to scan
     frozen    pre_dump(pid, DIR, mode="frozen"): frozen while copying too (the baseline)
 
@@ -47,7 +50,8 @@ from coldsnap.kernel import ptrace  # noqa: E402
 from coldsnap.seize import freezer  # noqa: E402
 
 SECTION = "## No-freeze pre-dumps at 1 and 4 GiB (issue 3)"
-VARIANTS = ("nofreeze", "live", "frozen")
+VARIANTS = ("nofreeze", "live+uffd", "live", "frozen")
+SERIES = ("nofreeze", "live+uffd")      # variants that run ITERATIONS steps
 LIMIT_FIRST_MS = 2.0
 GIB = 1 << 30
 
@@ -113,9 +117,9 @@ def run_variant(variant: str, size: int, mbps: float, iterations: int) -> dict:
         time.sleep(0.5)
         PROBE.take()
         with scratch_dir() as d:
-            if variant == "nofreeze":
+            if variant in SERIES:
                 steps = []
-                with PreDumpSeries(pid, d, track="uffd") as series:
+                with PreDumpSeries(pid, d, track="uffd", freeze_plan=variant == "live+uffd") as series:
                     for _ in range(iterations):
                         t = time.perf_counter_ns()
                         st = series.step()
@@ -163,9 +167,9 @@ def bench_size(size: int, args) -> SizeResult:
         for v in order:
             x = run_variant(v, size, args.mbps, args.iterations)
             res.runs[v].append(x)
-            if v == "nofreeze":
+            if v in SERIES:
                 s = x["steps"]
-                log(f"{size_name(size)} round {r + 1} nofreeze: frozen "
+                log(f"{size_name(size)} round {r + 1} {v}: frozen "
                     + "/".join(f"{y['stats'].frozen_time / 1e3:.2f}" for y in s) + " ms, pages "
                     + "/".join(str(y["stats"].pages_written) for y in s) + ", seizes "
                     + "/".join(str(y["seizes"]) for y in s)
@@ -182,8 +186,8 @@ f2 = lambda x: f"{x:.2f}"                                  # noqa: E731
 f0 = lambda x: f"{x:.0f}"                                  # noqa: E731
 
 
-def _it(res: SizeResult, i: int, key) -> list:
-    return [key(x["steps"][i]) for x in res.runs["nofreeze"]]
+def _it(res: SizeResult, i: int, key, variant: str = "nofreeze") -> list:
+    return [key(x["steps"][i]) for x in res.runs[variant]]
 
 
 def report(results: list[SizeResult], meta: dict) -> str:
@@ -195,7 +199,7 @@ def report(results: list[SizeResult], meta: dict) -> str:
          f"THP `{meta['thp']}`; Python {platform.python_version()}; targets writing "
          f"{meta['mbps']:g} MB/s (bench/restore_target.c); drain buffer 4 MiB; images on tmpfs "
          "(/dev/shm), removed after each variant.  ",
-         "Shared noisy 2-core VM: median (min–max) of the rounds; in each round the three "
+         "Shared noisy 2-core VM: median (min–max) of the rounds; in each round the four "
          "variants run in rotating order, each on a fresh target.",
          "",
          "| size | n | nofreeze it.1 frozen ms | "
@@ -225,6 +229,23 @@ def report(results: list[SizeResult], meta: dict) -> str:
           "Wall = the whole step. live: frozen for maps + PAGEMAP_SCAN, copied after resuming; "
           "frozen: frozen until every page is copied.",
           "",
+          "### Live pre-dumps with uffd tracking (frozen to plan)",
+          "",
+          "`--pre-dump-mode live --track-mem uffd`: the same series, but each step holds the "
+          "task while it collects (reads and re-arms) the written pages and scans; the copy "
+          "runs after it resumes. It.1 also arms the tracker (its own freeze, added in).",
+          "",
+          "| size | n | " + " | ".join(f"it.{i} frozen ms" for i in range(1, n_it + 1))
+          + " | pages written (it.1/2/…) | untracked live frozen ms |",
+          "|---|---|" + "---|" * n_it + "---|---|"]
+    for r in results:
+        cells = [spread(_it(r, i, lambda y: y["stats"].frozen_time / 1e3, "live+uffd"), f2) for i in range(n_it)]
+        pages = "/".join(f"{median(_it(r, i, lambda y: y['stats'].pages_written, 'live+uffd')):.0f}"
+                         for i in range(n_it))
+        live = [x["stats"].frozen_time / 1e3 for x in r.runs["live"]]
+        L.append(f"| {size_name(r.size)} | {len(r.runs['live+uffd'])} | " + " | ".join(cells)
+                 + f" | {pages} | {spread(live, f2)} |")
+    L += ["",
           "### Cross-check: what coldsnap did to the task, counted outside DumpStats",
           "",
           "| size | variant | ptrace seizes per iteration (all rounds) | held ms per freeze "

@@ -42,7 +42,7 @@ import numpy as np
 import coldsnap
 from coldsnap.kernel import vm
 from coldsnap.kernel.procfs import read_maps
-from coldsnap.memory.drain import DEFAULT_BUFFER, _split
+from coldsnap.memory.drain import DEFAULT_BUFFER
 from coldsnap.memory.scan import scan_saved_pages, warm_up
 from coldsnap.memory.vma import classify_all
 
@@ -116,7 +116,8 @@ def page_plan(pid: int, method: str = "auto"):
 def batches(plan, bufsize: int):
     """Pack the plan's pieces (cut to the buffer size) into iovec arrays of at most IOV_MAX
     entries and bufsize bytes each, before any timing: the timed loop is only system calls."""
-    starts, ends = _split(plan, bufsize)
+    cut = plan.chunked(bufsize)
+    starts, ends = cut.starts, cut.ends
     lens = (ends - starts).tolist()
     out, i, n = [], 0, len(lens)
     starts = starts.tolist()

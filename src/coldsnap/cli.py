@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         from .dump.iterate import pre_dump_tracked
         track = args.track_mem
         stats = pre_dump_tracked(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
-                                 buffer_size=args.buffer_size, track=track)
+                                 buffer_size=args.buffer_size, track=track,
+                                 freeze_plan=args.pre_dump_mode == "live")
         print(f"pre-dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
               f"written, {stats.pages_skipped_parent} in parent, {stats.pages_skipped} skipped, "
               f"frozen {stats.frozen_time / 1000:.2f} ms")
@@ -155,14 +156,15 @@ def run(args: argparse.Namespace) -> int:
 def _pre_dump_plan(args: argparse.Namespace) -> tuple[str, str]:
     """(mode, tracking) of a single pre-dump from --pre-dump-mode and --track-mem.
 
-    Tracking: uffd means mode nofreeze, soft-dirty means live (its bits are read in a short
-    freeze), none means live or frozen. Unset, both follow what this kernel offers."""
+    Tracking: uffd goes with nofreeze (or live: planned in a short freeze), soft-dirty with
+    live (its bits are read in a short freeze), none with live or frozen. Unset, both follow
+    what this kernel offers."""
     from .dump.iterate import check_track, choose_track
     from .kernel.features import probe
     mode, track = args.pre_dump_mode, args.track_mem
     if track is None:
         track = "uffd" if mode == "nofreeze" else "none" if mode else choose_track(probe())
-    fits = {"uffd": ("nofreeze",), "soft-dirty": ("live",), "none": ("live", "frozen")}[track]
+    fits = {"uffd": ("nofreeze", "live"), "soft-dirty": ("live",), "none": ("live", "frozen")}[track]
     if mode is None:
         mode = fits[0]
     elif mode not in fits:

@@ -118,7 +118,7 @@ def test_live_mode_leaves_nothing_in_the_target(spawn, workload_bin, tmp_path):
     r = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "1", "--pre-dump-mode", "live", check=True)
     assert "(live)" in r.stdout and "tracking" not in r.stdout
     assert _uffds(w.pid) == []
-    for combo in (["--pre-dump-mode", "live", "--track-mem", "uffd"],
+    for combo in (["--pre-dump-mode", "frozen", "--track-mem", "uffd"],
                   ["--pre-dump-mode", "nofreeze", "--track-mem", "none"]):
         bad = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "2", *combo)
         assert bad.returncode != 0 and bad.stderr.startswith("coldsnap: ") and bad.stderr.count("\n") == 1
@@ -152,3 +152,24 @@ def test_tracking_is_chosen_from_what_the_kernel_offers():
     assert choose_track(feats(pidfd_getfd=False, soft_dirty=True)) == "soft-dirty"
     assert choose_track(feats(uffd_wp_async=False)) == "none"
     assert choose_track(probe()) == "uffd"            # this machine
+
+
+def test_live_mode_with_uffd_tracking_plans_in_a_short_freeze(spawn, workload_bin, tmp_path):
+    """--pre-dump-mode live --track-mem uffd: written pages are read and re-armed, and the page
+    scan done, while the task is held; the copy runs after it resumes."""
+    w = spawn([workload_bin("mem_pattern"), 1024, 8])
+    wait_quiet(w.pid)
+    live = ["--pre-dump-mode", "live", "--track-mem", "uffd"]
+    first = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "1", *live, check=True)
+    assert "write tracking stays in" in first.stdout
+    assert w.send("write 4 7") == "wrote 4"
+    wait_quiet(w.pid)
+    second = coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "2", *live,
+                      "--prev-images-dir", tmp_path / "1", check=True)
+    assert 4 <= int(second.stdout.split()[5]) <= 32, second.stdout
+    assert "frozen 0.00 ms" not in second.stdout           # this mode does freeze, briefly
+    info = json.loads(coldsnap("show", tmp_path / "2", "--json", check=True).stdout)
+    assert info["chain"][0]["stats"]["mode"] == "live"
+    assert info["chain"][0]["stats"]["track_backend"] == "uffd"
+    coldsnap("untrack", w.pid, check=True)
+    assert _uffds(w.pid) == []

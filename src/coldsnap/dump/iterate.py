@@ -71,8 +71,11 @@ class PreDumpSeries:
     """Iterative pre-dumps of one task into base_dir/1, base_dir/2, ..."""
 
     def __init__(self, pid: int, base_dir: str | Path, *, track: str = "uffd",
-                 buffer_size: int = DEFAULT_BUFFER, park: bool = False):
+                 buffer_size: int = DEFAULT_BUFFER, park: bool = False, freeze_plan: bool = False):
         check_track(track)
+        # freeze_plan: read the written pages and scan while the task is frozen (the "live"
+        # mode with tracking) instead of while it runs (nofreeze)
+        self.freeze_plan = freeze_plan
         self.pid = pid
         self.base = Path(base_dir)
         self.requested = track
@@ -127,6 +130,16 @@ class PreDumpSeries:
             present = self.tracker.drop_markers(present)
         return vmas, stat, dirty, present
 
+    def _plan_held(self, stats: DumpStats) -> tuple:
+        """_plan_running inside one freeze, resumed before the drain."""
+        armed_ns = stats.frozen_time * 1000             # the arming freeze of a first step
+        with freeze(self.pid) as task:
+            plan = self._plan_running(stats)
+            task.resume()
+        stats.mode = "live"
+        stats.frozen_time = (armed_ns + (task.frozen_ns or 0)) // 1000
+        return plan
+
     def _plan_frozen(self, stats: DumpStats) -> tuple:
         """The same with soft-dirty bits: read and cleared in one freeze, then resume."""
         stats.mode = "live"
@@ -170,7 +183,8 @@ class PreDumpSeries:
             if self.track == "soft-dirty":
                 vmas, stat, dirty, present = self._plan_frozen(stats)
             else:
-                vmas, stat, dirty, present = self._plan_running(stats)
+                vmas, stat, dirty, present = self._plan_held(stats) if self.freeze_plan \
+                    else self._plan_running(stats)
             t_scanned = time.perf_counter_ns()
             if dirty is None:
                 to_read = present
@@ -229,7 +243,8 @@ def parked_uffd_fd(prev: ImageDir, pid: int) -> int | None:
 
 
 def pre_dump_tracked(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
-                     buffer_size: int = DEFAULT_BUFFER, track: str = "uffd") -> DumpStats:
+                     buffer_size: int = DEFAULT_BUFFER, track: str = "uffd",
+                     freeze_plan: bool = False) -> DumpStats:
     """One pre-dump whose write tracking outlives this coldsnap process.
 
     The first run freezes the task only to create a userfaultfd in it and leaves that fd
@@ -246,7 +261,7 @@ def pre_dump_tracked(pid: int, images_dir: str | Path, *, prev_images_dir: str |
             if prev_images_dir is not None:
                 series.n, series.prev = 1, Path(prev_images_dir)
             return series.step(images_dir)
-    with PreDumpSeries(pid, images_dir.parent, track="uffd", buffer_size=buffer_size,
+    with PreDumpSeries(pid, images_dir.parent, track="uffd", buffer_size=buffer_size, freeze_plan=freeze_plan,
                        park=True) as series:
         if prev_images_dir is not None:
             fd = parked_uffd_fd(ImageDir.open(prev_images_dir, follow_parent=False), pid)
