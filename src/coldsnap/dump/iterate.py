@@ -110,6 +110,11 @@ class PreDumpSeries:
 
     def _plan_running(self, stats: DumpStats) -> tuple:
         """(vmas, stat, dirty or None = all, present) while the task runs (uffd or none)."""
+        vmas, stat, dirty = self._collect(stats)
+        return vmas, stat, dirty, self._present(vmas, stats)
+
+    def _collect(self, stats: DumpStats) -> tuple:
+        """(vmas, stat, the pages written since the last collect, or None = all of them)."""
         vmas = classify_all(read_maps(self.pid))
         stat = read_stat(self.pid)
         dirty = None                      # None: everything present is to be read
@@ -125,20 +130,25 @@ class PreDumpSeries:
         stats.track_backend = self.track
         if self.park and self.tracker is not None:
             stats.uffd_fd = self.tracker.arm_stats.target_fd
+        return vmas, stat, dirty
+
+    def _present(self, vmas: list, stats: DumpStats) -> Ranges:
         present, stats.scan_method = scan_saved_pages(self.pid, vmas)
         if self.tracker is not None:
             present = self.tracker.drop_markers(present)
-        return vmas, stat, dirty, present
+        return present
 
     def _plan_held(self, stats: DumpStats) -> tuple:
-        """_plan_running inside one freeze, resumed before the drain."""
+        """The collect (read and re-arm the written pages) inside one freeze; the page scan
+        after the resume, as in nofreeze (a page written after the collect is read now or
+        reported next time: the series is exact either way)."""
         armed_ns = stats.frozen_time * 1000             # the arming freeze of a first step
         with freeze(self.pid) as task:
-            plan = self._plan_running(stats)
+            vmas, stat, dirty = self._collect(stats)
             task.resume()
         stats.mode = "live"
         stats.frozen_time = (armed_ns + (task.frozen_ns or 0)) // 1000
-        return plan
+        return vmas, stat, dirty, self._present(vmas, stats)
 
     def _plan_frozen(self, stats: DumpStats) -> tuple:
         """The same with soft-dirty bits: read and cleared in one freeze, then resume."""
