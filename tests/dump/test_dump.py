@@ -22,6 +22,7 @@ from coldsnap.memory.scan import scan_saved_pages
 from coldsnap.memory.vma import MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_SHARED, Kind, classify_all
 
 from predump_helpers import PG, coldsnap, image_pages, wait_quiet
+from rseq_mask import masked, rseq_areas
 
 CRIT = "/usr/bin/crit"
 FILLER = 0x100000000000
@@ -57,23 +58,6 @@ def saved_pages_now(pid: int) -> set[int]:
 def mem_of(pid: int, addrs) -> dict[int, bytes]:
     with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         return {a: os.pread(mem.fileno(), PG, a) for a in addrs}
-
-
-def rseq_areas(images) -> list[tuple[int, int]]:
-    """The threads' rseq areas: the kernel rewrites them (cpu_id, mm_cid) whenever a thread
-    resumes, so a page holding one may differ from the image once the task ran on."""
-    d = ImageDir.open(images, follow_parent=False)
-    return [(c.thread_core.rseq_entry.rseq_abi_pointer, c.thread_core.rseq_entry.rseq_abi_size)
-            for c in (d.read_single(n) for n in sorted(os.listdir(images)) if n.startswith("core-"))]
-
-
-def masked(addr: int, page: bytes, holes: list[tuple[int, int]]) -> bytes:
-    buf = bytearray(page)
-    for start, size in holes:
-        lo, hi = max(start, addr), min(start + size, addr + len(buf))
-        if lo < hi:
-            buf[lo - addr:hi - addr] = bytes(hi - lo)
-    return bytes(buf)
 
 
 def assert_running_untraced(pid: int) -> None:

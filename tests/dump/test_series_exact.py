@@ -4,9 +4,10 @@ import signal
 import subprocess
 import time
 
-
 from coldsnap.dump.iterate import PreDumpSeries
 from coldsnap.images.chain import PageChain
+
+from rseq_mask import masked, rseq_areas
 
 WRITER = r"""
 import random, sys, threading
@@ -184,18 +185,12 @@ def _assert_final_dump_is_the_memory(pid: int, final, stats) -> None:
     with PageChain(final, pid) as chain, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         starts, ends = chain.covered_ranges()
         assert present.subtract(Ranges(starts.copy(), ends.copy())).nr_pages == 0
-        # the kernel rewrites each thread's rseq area (cpu_id, mm_cid) when it resumes
-        d = ImageDir.open(final, follow_parent=False)
-        rseq = [(c.thread_core.rseq_entry.rseq_abi_pointer, c.thread_core.rseq_entry.rseq_abi_size)
-                for c in (d.read_single(n) for n in os.listdir(final) if n.startswith("core-"))]
+        rseq = rseq_areas(final)
         bad = []
         for s, e in present.merged().pairs():
             mem.seek(s)
-            want, got = bytearray(mem.read(e - s)), bytearray(chain.lookup(s, (e - s) // 4096))
-            for a, n in rseq:
-                lo, hi = max(a, s), min(a + n, e)
-                if lo < hi:
-                    want[lo - s:hi - s] = got[lo - s:hi - s] = bytes(hi - lo)
+            want = masked(s, mem.read(e - s), rseq)
+            got = masked(s, chain.lookup(s, (e - s) // 4096), rseq)
             bad += [s + p for p in range(0, e - s, 4096) if got[p:p + 4096] != want[p:p + 4096]]
     assert bad == [], f"{len(bad)} stale pages, first {bad[0]:#x}"
 

@@ -19,6 +19,7 @@ from coldsnap.images.directory import ImageDir
 from coldsnap.images.pages import PagemapReader
 
 from restore_helpers import coldsnap, kill_and_reap, wait_gone
+from rseq_mask import masked, rseq_areas
 
 PAUSE = 34
 
@@ -71,15 +72,6 @@ def _merged(vmas) -> list[tuple]:
     return [tuple(x) for x in out]
 
 
-def _masked(data: bytes, base: int, holes: list[tuple[int, int]]) -> bytes:
-    buf = bytearray(data)
-    for addr, size in holes:
-        lo, hi = max(addr, base), min(addr + size, base + len(buf))
-        if lo < hi:
-            buf[lo - base:hi - base] = bytes(hi - lo)
-    return bytes(buf)
-
-
 def _process_view(d: ImageDir, pid: int) -> dict:
     core = d.read_single(f"core-{pid}.img")
     mm = d.read_single(f"mm-{pid}.img")
@@ -121,14 +113,12 @@ def test_dump_of_restored_process_equals_first_dump(spawn, workload_bin, tmp_pat
         for key in pa:
             assert pa[key] == pb[key], f"{key} differs after restore"
 
-        # the kernel rewrites each rseq area (cpu_id, mm_cid) whenever a thread resumes
-        rseq = [(c.thread_core.rseq_entry.rseq_abi_pointer, c.thread_core.rseq_entry.rseq_abi_size)
-                for c in (a.read_single(f"core-{t}.img") for t in tids)]
+        rseq = rseq_areas(first)
         ra = PagemapReader(a, pid)
         with PageChain(b, pid) as cb, ra:
             for run in ra.runs():
-                before = _masked(ra.read_pages(run.vaddr, run.nr_pages), run.vaddr, rseq)
-                after = _masked(cb.lookup(run.vaddr, run.nr_pages), run.vaddr, rseq)
+                before = masked(run.vaddr, ra.read_pages(run.vaddr, run.nr_pages), rseq)
+                after = masked(run.vaddr, cb.lookup(run.vaddr, run.nr_pages), rseq)
                 assert before == after, f"pages at {run.vaddr:#x} differ after restore"
         os.kill(pid, signal.SIGUSR1)          # the handler runs on the restored alt stack...
         time.sleep(0.05)
