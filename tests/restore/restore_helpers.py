@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from coldsnap.kernel.procfs import Stat, read_stat
+
 WORKLOADS_DIR = Path(__file__).resolve().parent.parent / "workloads"
 C_WORKLOADS = ("rst_memory", "rst_threads", "rst_signals", "rst_files", "rst_clock")
 ALL_WORKLOADS = C_WORKLOADS + ("rst_python",)
@@ -26,28 +28,26 @@ TICK_RE = re.compile(r"^tick (\d+) ok\b")
 
 # ---------------------------------------------------------------- processes
 
-def ppid_of(pid: int) -> Optional[int]:
+def _stat(pid: int) -> Optional[Stat]:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return read_stat(pid)
+    except (OSError, ValueError, IndexError):
         return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def ppid_of(pid: int) -> Optional[int]:
+    st = _stat(pid)
+    return st.ppid if st else None
 
 
 def state_of(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[0]
+    st = _stat(pid)
+    return st.state if st else ""
 
 
 def start_time_of(pid: int) -> Optional[int]:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    st = _stat(pid)
+    return st.starttime if st else None
 
 
 def alive(pid: int) -> bool:

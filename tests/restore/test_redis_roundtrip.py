@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from restore_helpers import coldsnap, kill_and_reap, reap, wait_gone
+from restore_helpers import alive, coldsnap, kill_and_reap, reap, wait_gone
 
 REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server not installed")
@@ -49,10 +49,10 @@ def redis_cmds(port: int, cmds: list[tuple[str, ...]], timeout: float = 10) -> l
     return replies
 
 
-def _wait_answering(port: int, alive) -> None:
+def _wait_answering(port: int, alive_check) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        assert alive(), "redis-server is gone"
+        assert alive_check(), "redis-server is gone"
         try:
             if redis_cmds(port, [("PING",)], timeout=2) == [b"+PONG"]:
                 return
@@ -68,9 +68,9 @@ def test_redis_dump_restore_twice(tmp_path):
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=tmp_path)
     pid = proc.pid
-    alive = lambda: os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    running = lambda: alive(pid)  # noqa: E731
     try:
-        _wait_answering(port, alive)
+        _wait_answering(port, running)
         keys = {f"key:{i}": f"value-{i}-" + "x" * (i % 300) for i in range(2000)}
         assert set(redis_cmds(port, [("SET", k, v) for k, v in keys.items()])) == {b"+OK"}
         tids = sorted(os.listdir(f"/proc/{pid}/task"))
@@ -84,9 +84,9 @@ def test_redis_dump_restore_twice(tmp_path):
                 reap(pid)                  # a restored one, reparented to us
             wait_gone(pid)
             coldsnap("restore", "-D", images, "-d").check()
-            assert alive(), "restored redis-server is not running"
+            assert running(), "restored redis-server is not running"
             assert sorted(os.listdir(f"/proc/{pid}/task")) == tids
-            _wait_answering(port, alive)
+            _wait_answering(port, running)
             got = redis_cmds(port, [("GET", k) for k in keys] + [("DBSIZE",)])
             assert got[:-1] == [v.encode() for v in keys.values()]
             assert got[-1] == b":%d" % len(keys)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+from restore_helpers import state_of
+
 WORKLOAD = r"""
 import os, sys, time
 flag = sys.argv[1]
@@ -67,10 +69,6 @@ def _read(path) -> str:
         return ""
 
 
-def _state(pid: int) -> str:
-    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-
-
 def test_a_stopped_process_is_dumped_and_restored_stopped(spawn, python_exe, tmp_path):
     count = tmp_path / "count"
     w = spawn([python_exe, "-c", COUNTER, str(count)], stderr=subprocess.DEVNULL)
@@ -80,7 +78,7 @@ def test_a_stopped_process_is_dumped_and_restored_stopped(spawn, python_exe, tmp
         time.sleep(0.01)                # it has counted at least once
     os.kill(pid, signal.SIGSTOP)
     deadline = time.monotonic() + 5
-    while _state(pid) != "T" and time.monotonic() < deadline:
+    while state_of(pid) != "T" and time.monotonic() < deadline:
         time.sleep(0.01)
     r = _coldsnap("dump", "-t", str(pid), "-D", str(tmp_path / "img"))
     assert r.returncode == 0, r.stderr
@@ -89,7 +87,7 @@ def test_a_stopped_process_is_dumped_and_restored_stopped(spawn, python_exe, tmp
     assert r.returncode == 0, r.stderr
     try:
         time.sleep(0.2)
-        assert _state(pid) == "T", "the restored process must stay stopped"
+        assert state_of(pid) == "T", "the restored process must stay stopped"
         frozen = count.read_text() if count.exists() else ""
         time.sleep(0.1)
         assert _read(count) == frozen
