@@ -240,13 +240,10 @@ def listen_backlog(family: int, inode: int) -> int | None:
 
 # --- reaching another task's descriptors -----------------------------------------------
 
-from coldsnap.kernel.libc import syscall  # noqa: E402
+from coldsnap.kernel import kcmp as _kcmp  # noqa: E402
 from coldsnap.kernel.pidfd import pidfd_getfd, pidfd_open  # noqa: E402,F401  (re-exported)
-
-SYS_KCMP = 312
-KCMP_FILE = 0
 
 
 def same_file(pid: int, fd1: int, fd2: int) -> bool:
     """True when two fds of a task are the same open file description (kcmp KCMP_FILE)."""
-    return syscall(SYS_KCMP, pid, pid, KCMP_FILE, fd1, fd2, what="kcmp") == 0
+    return _kcmp.same_file(pid, fd1, pid, fd2)
