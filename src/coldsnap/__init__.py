@@ -1,7 +1,9 @@
 """coldsnap: checkpoint/restore of Linux processes with live, low-downtime pre-dumps."""
-from .errors import CsError, ImageError, TargetError
+from .errors import (AccessDenied, BadImage, CsError, ImageError, Interrupted, NoSuchProcess, TargetError,
+                     Unsupported)
 
-__all__ = ["CsError", "ImageError", "TargetError", "pre_dump"]
+__all__ = ["AccessDenied", "BadImage", "CsError", "ImageError", "Interrupted", "NoSuchProcess",
+           "TargetError", "Unsupported", "pre_dump"]
 
 
 def pre_dump(pid, images_dir, **options):

@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .libc import on_process
+
 
 class LinkKind(Enum):
     """What the target of /proc/PID/fd/N looks like."""
@@ -57,11 +59,13 @@ def read_fd_link(pid: int, fd: int) -> FdLink:
     return parse_fd_link(fd, os.readlink(f"/proc/{pid}/fd/{fd}"))
 
 
+@on_process
 def list_fds(pid: int) -> list[int]:
     """The open descriptor numbers of a task, sorted."""
     return sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
 
 
+@on_process
 def raw_fd_links(pid: int) -> dict[int, str]:
     """fd number -> readlink of /proc/PID/fd/N; fds closed while listing are left out."""
     out = {}

@@ -1,8 +1,15 @@
-"""The one place that loads libc and turns failed system calls into OSError."""
+"""The one place that loads libc and turns failed system calls into OSError.
+
+A call made on a process (`pid=`) raises the API's NoSuchProcess for ESRCH and AccessDenied
+for EPERM/EACCES (both still OSErrors with that errno), through `process_error`."""
 from __future__ import annotations
 
 import ctypes
+import errno
+import functools
 import os
+
+from ..errors import AccessDenied, NoSuchProcess
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -10,18 +17,46 @@ _syscall = libc.syscall
 _syscall.restype = ctypes.c_long
 
 
-def check(result: int, what: str = "") -> int:
-    """Raise OSError(errno) when a libc call returned -1."""
+def process_error(err: int, pid: int, what: str = "") -> OSError:
+    """The exception for errno `err` of a call on process `pid`: NoSuchProcess for ESRCH,
+    AccessDenied for EPERM/EACCES, a plain OSError for anything else."""
+    if err == errno.ESRCH:
+        return NoSuchProcess(pid, what=what)
+    if err in (errno.EPERM, errno.EACCES):
+        return AccessDenied(pid, what=what, reason=os.strerror(err).lower(), err=err)
+    return OSError(err, f"{what}: {os.strerror(err)}" if what else os.strerror(err))
+
+
+def on_process(fn):
+    """Decorator for a reader of /proc/PID/... whose first argument is the pid: a missing
+    /proc entry (ENOENT, ESRCH) becomes NoSuchProcess, EPERM/EACCES AccessDenied."""
+    @functools.wraps(fn)
+    def wrapper(pid: int, *args, **kwargs):
+        try:
+            return fn(pid, *args, **kwargs)
+        except (NoSuchProcess, AccessDenied):
+            raise
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ESRCH, errno.EPERM, errno.EACCES):
+                raise
+            raise process_error(errno.ESRCH if e.errno == errno.ENOENT else e.errno, pid) from None
+    return wrapper
+
+
+def check(result: int, what: str = "", pid: int | None = None) -> int:
+    """Raise OSError(errno) when a libc call returned -1; with `pid`, see process_error."""
     if result == -1:
         err = ctypes.get_errno()
+        if pid is not None:
+            raise process_error(err, pid, what)
         raise OSError(err, f"{what}: {os.strerror(err)}" if what else os.strerror(err))
     return result
 
 
-def syscall(nr: int, *args: int, what: str = "") -> int:
-    """Raw syscall(2) with integer arguments; raises OSError on failure."""
+def syscall(nr: int, *args: int, what: str = "", pid: int | None = None) -> int:
+    """Raw syscall(2) with integer arguments; raises OSError on failure (see check)."""
     return check(_syscall(ctypes.c_long(nr), *(ctypes.c_ulong(a & 0xFFFFFFFFFFFFFFFF) for a in args)),
-                 what or f"syscall {nr}")
+                 what or f"syscall {nr}", pid)
 
 
 class SYS:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .libc import check, libc
+from .libc import check, libc, on_process
 
 PAGE_SIZE = mmap.PAGESIZE
 PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
@@ -110,6 +110,7 @@ class PagemapScanner:
         check(_ioctl(self.fd, PAGEMAP_SCAN, ctypes.byref(arg)), "PAGEMAP_SCAN reset")
 
 
+@on_process
 def open_pagemap(pid: int) -> int:
     return os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
 

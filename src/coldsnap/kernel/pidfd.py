@@ -10,7 +10,7 @@ PIDFD_THREAD = 0o200      # O_EXCL: a pidfd for a thread (6.9+)
 
 
 def pidfd_open(pid: int, flags: int = 0) -> int:
-    return syscall(SYS.pidfd_open, pid, flags, what=f"pidfd_open({pid})")
+    return syscall(SYS.pidfd_open, pid, flags, what=f"pidfd_open({pid})", pid=pid)
 
 
 def pidfd_getfd(pidfd: int, target_fd: int, flags: int = 0) -> int:

@@ -1,8 +1,14 @@
-"""Parsers of /proc files: typed, cheap, and free of dump policy."""
+"""Parsers of /proc files: typed, cheap, and free of dump policy.
+
+Readers of /proc/PID/... raise NoSuchProcess when the process is gone (see libc.on_process)."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+from .libc import on_process
+
+PF_EXITING = 0x4            # stat flags: the task is on its way out
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +49,14 @@ def parse_maps(text: str) -> list[MapsLine]:
     return out
 
 
+@on_process
 def read_maps(pid: int) -> list[MapsLine]:
     """The task's mappings; 0.2 ms for a small process, unlike smaps (≈9 ms)."""
     with open(f"/proc/{pid}/maps", "rb") as f:
         return parse_maps(f.read().decode("utf-8", "surrogateescape"))
 
 
+@on_process
 def list_tids(pid: int) -> list[int]:
     return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
 
@@ -78,6 +86,7 @@ class Stat:
     exit_code: int
 
 
+@on_process
 def read_stat(pid: int, tid: int | None = None) -> Stat:
     path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     with open(path, "rb") as f:
@@ -92,6 +101,7 @@ def read_stat(pid: int, tid: int | None = None) -> Stat:
                 arg_start=n(48), arg_end=n(49), env_start=n(50), env_end=n(51), exit_code=n(52))
 
 
+@on_process
 def read_status(pid: int, tid: int | None = None) -> dict[str, str]:
     path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
     out = {}
@@ -100,6 +110,16 @@ def read_status(pid: int, tid: int | None = None) -> dict[str, str]:
             key, _, value = line.partition(":")
             out[key] = value.strip()
     return out
+
+
+def alive(pid: int, tid: int | None = None) -> bool:
+    """The one liveness check: the process (or thread) exists and is neither a zombie, dead
+    nor exiting."""
+    try:
+        st = read_stat(pid, tid)
+    except (ProcessLookupError, ValueError):    # ValueError: stat cut short by the exit
+        return False
+    return st.state not in ("Z", "X") and not st.flags & PF_EXITING
 
 
 def uptime_us() -> int:

@@ -105,7 +105,7 @@ class _PeekSiginfoArgs(ctypes.Structure):
 
 def ptrace(request: int, tid: int, addr: int | None = 0, data: int | None = 0, what: str = "") -> int:
     """Raw ptrace(2) (not for PEEK* requests, whose result glibc returns in-band)."""
-    return check(_ptrace(request, tid, addr, data), what or f"ptrace({request:#x}, {tid})")
+    return check(_ptrace(request, tid, addr, data), what or f"ptrace({request:#x}, {tid})", pid=tid)
 
 
 def seize(tid: int, options: int = 0) -> None:

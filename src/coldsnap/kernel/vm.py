@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import ctypes
-import os
 
 import numpy as np
 
-from .libc import SYS, libc
+from .libc import SYS, libc, process_error
 
 IOV_MAX = 1024
 
@@ -28,8 +27,7 @@ def _rw(nr: int, pid: int, local_addr: int, local_len: int, remote: np.ndarray, 
     res = _syscall(ctypes.c_long(nr), ctypes.c_long(pid), ctypes.byref(local), ctypes.c_ulong(1),
                    ctypes.c_void_p(remote.ctypes.data), ctypes.c_ulong(count), ctypes.c_ulong(0))
     if res == -1:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        raise process_error(ctypes.get_errno(), pid)
     return res
 
 
@@ -49,6 +47,5 @@ def writev_pairs(pid: int, local: np.ndarray, remote: np.ndarray, count: int) ->
                    ctypes.c_void_p(local.ctypes.data), ctypes.c_ulong(count),
                    ctypes.c_void_p(remote.ctypes.data), ctypes.c_ulong(count), ctypes.c_ulong(0))
     if res == -1:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        raise process_error(ctypes.get_errno(), pid)
     return res

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import TargetError
+from ..errors import AccessDenied, NoSuchProcess, TargetError
 from ..kernel import vm
 from ..kernel.pagemap import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.procfs import read_maps
@@ -122,7 +122,9 @@ class Drain:
             if e.errno == errno.EFAULT:
                 got = 0
             elif e.errno == errno.ESRCH:
-                raise TargetError(f"process {self.pid} exited during the pre-dump") from None
+                raise NoSuchProcess(self.pid, during="the pre-dump") from None
+            elif isinstance(e, AccessDenied):
+                raise
             else:
                 raise TargetError(f"cannot read memory of {self.pid}: {e.strerror}") from None
         finally:
@@ -155,8 +157,8 @@ class Drain:
         self.stats.maps_reads += 1
         try:
             maps = read_maps(self.pid)
-        except (FileNotFoundError, ProcessLookupError):
-            raise TargetError(f"process {self.pid} exited during the pre-dump") from None
+        except ProcessLookupError:
+            raise NoSuchProcess(self.pid, during="the pre-dump") from None
         for m in maps:
             if m.end > bad and m.start < range_end and m.readable:
                 return m.start if m.start > bad else bad + PAGE_SIZE

@@ -21,14 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import TargetError
+from ..errors import NoSuchProcess, TargetError
 from ..kernel import vm
 from ..kernel.pagemap import PAGE_SIZE
-from ..kernel.procfs import read_stat
+from ..kernel.procfs import alive
 from .ranges import Ranges
 
 CHUNK = 4 << 20
-PF_EXITING = 0x4                        # /proc/PID/stat flags: the task is on its way out
 
 
 @dataclass
@@ -130,12 +129,7 @@ def _read_rest(pid: int, mem_fd: int, view: memoryview, addrs: list[int], lens: 
 
 
 def _unreadable(pid: int, addr: int, why: str) -> TargetError:
-    try:
-        st = read_stat(pid)
-        alive = st.state not in ("Z", "X") and not st.flags & PF_EXITING
-    except (OSError, ValueError):
-        alive = False
-    if not alive:                       # e.g. SIGKILLed by someone else while held
-        return TargetError(f"process {pid} died during the dump")
+    if not alive(pid):                  # e.g. SIGKILLed by someone else while held
+        return NoSuchProcess(pid, during="the dump")
     page = addr // PAGE_SIZE * PAGE_SIZE
     return TargetError(f"cannot read page {page:#x} of {pid}" + (f": {why}" if why else ""))

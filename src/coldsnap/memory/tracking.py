@@ -34,12 +34,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import CsError, TargetError
+from ..errors import CsError, NoSuchProcess, TargetError
 from ..kernel import pagemap as pm
 from ..kernel import uffd
 from ..kernel.libc import SYS, syscall
 from ..kernel.fdinfo import raw_fd_links
 from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from ..kernel.procfs import alive
 from .ranges import Ranges
 from .scan import PAGEMAP_BATCH_PAGES, _runs
 from .vma import PROT_READ, Kind, Vma
@@ -72,11 +73,8 @@ class TrackingRefused(CsError):
 
 
 def fd_links(pid: int) -> dict[int, str]:
-    """fd number -> raw link target, as a TargetError when the process is gone."""
-    try:
-        return raw_fd_links(pid)
-    except FileNotFoundError:
-        raise TargetError(f"process {pid} is gone") from None
+    """fd number -> raw link target; NoSuchProcess when the process is gone."""
+    return raw_fd_links(pid)
 
 
 def uffd_fds(pid: int) -> list[int]:
@@ -251,6 +249,8 @@ class UffdTracker:
             self._pagemap_fd = pm.open_pagemap(pid)
         except OSError as e:
             self.close()
+            if isinstance(e, TargetError):      # NoSuchProcess, AccessDenied: they word themselves
+                raise
             raise TargetError(f"cannot open the pagemap of {pid}: {e.strerror}") from None
         self._scanner = pm.PagemapScanner(self._pagemap_fd)
         return self.arm_stats
@@ -326,7 +326,7 @@ class UffdTracker:
             if e.errno == errno.EPERM:
                 return False
             if e.errno in (errno.ESRCH, errno.ENOENT):
-                raise TargetError(f"process {self.pid} exited") from None
+                raise NoSuchProcess(self.pid, during="write tracking") from None
             raise
 
     def register_new(self, vmas: list[Vma]) -> tuple[Ranges, dict[tuple[int, int], str]]:
@@ -359,8 +359,8 @@ class UffdTracker:
                     why = "EBUSY: the target uses userfaultfd on it"
                 else:
                     why = f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
-                if e.errno in (errno.ENOMEM, errno.EINVAL, errno.ENOENT) and not self._alive():
-                    raise TargetError(f"process {self.pid} exited") from None
+                if e.errno in (errno.ENOMEM, errno.EINVAL, errno.ENOENT) and not alive(self.pid):
+                    raise NoSuchProcess(self.pid, during="write tracking") from None
                 failed[key] = why
                 self.untracked[key] = why
                 continue
@@ -412,8 +412,8 @@ class UffdTracker:
                 parts.append(self._scanner.scan(v.start, v.end, WRITTEN_RESET_QUERY))
             except OSError as e:
                 if e.errno != errno.EPERM:
-                    if not self._alive():
-                        raise TargetError(f"process {self.pid} exited") from None
+                    if not alive(self.pid):
+                        raise NoSuchProcess(self.pid, during="write tracking") from None
                     raise
                 # replaced or moved since register_new: whole, registered next time
                 whole.append(key)
@@ -452,10 +452,3 @@ class UffdTracker:
     def _need_armed(self) -> None:
         if self.fd is None or self._scanner is None:
             raise CsError("tracker is not armed")
-
-    def _alive(self) -> bool:
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-        except OSError:
-            return False

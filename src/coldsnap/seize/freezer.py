@@ -26,10 +26,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from coldsnap.errors import CsError, Interrupted, TargetError
+from coldsnap.errors import AccessDenied, CsError, Interrupted, NoSuchProcess, TargetError
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS, syscall
-from coldsnap.kernel.procfs import list_tids, read_maps, read_stat, read_status
+from coldsnap.kernel.procfs import alive, list_tids, read_maps, read_stat, read_status
 
 if TYPE_CHECKING:
     from coldsnap.seize.remote import RemoteCalls
@@ -129,8 +129,8 @@ class FrozenTask:
         while True:
             try:
                 listed = list_tids(self.pid)
-            except FileNotFoundError:
-                raise TargetError(f"cannot seize {self.pid}: process exited while seizing") from None
+            except ProcessLookupError:
+                raise NoSuchProcess(self.pid, during="the seize") from None
             new = [t for t in listed if t not in self._threads]
             if not new:
                 return  # every listed thread is stopped: nothing can create another one
@@ -138,7 +138,7 @@ class FrozenTask:
                 self._seize_one(tid)
             self._collect_stops(deadline)
             if not self._threads:
-                raise TargetError(f"cannot seize {self.pid}: process exited while seizing")
+                raise NoSuchProcess(self.pid, during="the seize")
 
     def _seize_one(self, tid: int) -> None:
         with self._guard:
@@ -147,13 +147,14 @@ class FrozenTask:
             except OSError as e:
                 if e.errno == errno.ESRCH:
                     return  # exited between listing and seize
-                if e.errno == errno.EPERM and tid != self.pid and _gone_or_zombie(self.pid, tid):
+                if e.errno == errno.EPERM and tid != self.pid and not alive(self.pid, tid):
                     return
                 if e.errno == errno.EPERM:
                     tracer = _tracer(self.pid, tid)
                     if tracer:
-                        raise TargetError(f"cannot seize {self.pid}: thread {tid} already traced by {tracer}") from None
-                    raise TargetError(f"cannot seize {self.pid}: permission denied") from None
+                        raise AccessDenied(self.pid, f"cannot seize {self.pid}",
+                                           f"thread {tid} already traced by {tracer}") from None
+                    raise AccessDenied(self.pid, f"cannot seize {self.pid}") from None
                 raise
             self._threads[tid] = _Thread(tid)
             try:
@@ -322,14 +323,14 @@ def _refuse(pid: int) -> None:
     """Raise TargetError (one line) when PID must not or cannot be seized."""
     what = f"cannot seize {pid}"
     if pid <= 0:
-        raise TargetError(f"{what}: no such process")
+        raise NoSuchProcess(pid, what=what)
     if pid == 1:
         raise TargetError(f"{what}: it is init (PID 1)")
     try:
         status = read_status(pid)
         flags = read_stat(pid).flags
-    except (FileNotFoundError, ProcessLookupError):
-        raise TargetError(f"{what}: no such process") from None
+    except ProcessLookupError:
+        raise NoSuchProcess(pid, what=what) from None
     tgid = int(status.get("Tgid", pid))
     if tgid == os.getpid():
         raise TargetError(f"{what}: it is coldsnap itself")
@@ -341,7 +342,7 @@ def _refuse(pid: int) -> None:
         raise TargetError(f"{what}: it is a zombie")
     tracer = int(status.get("TracerPid", "0"))
     if tracer:
-        raise TargetError(f"{what}: already traced by {tracer}")
+        raise AccessDenied(pid, what, f"already traced by {tracer}")
 
 
 def _state(pid: int, tid: int) -> str:
@@ -349,10 +350,6 @@ def _state(pid: int, tid: int) -> str:
         return read_status(pid, tid).get("State", "")[:1]
     except (FileNotFoundError, ProcessLookupError):
         return ""
-
-
-def _gone_or_zombie(pid: int, tid: int) -> bool:
-    return _state(pid, tid) in ("", "Z", "X")
 
 
 def _tracer(pid: int, tid: int) -> int:
