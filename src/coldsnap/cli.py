@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
               f"{'left running' if args.leave_running else 'killed'}")
         return 0
     if args.command == "untrack":
-        from .memory.tracking import untrack
+        from .dump.untrack import untrack
         closed = untrack(args.pid)
         print(f"closed coldsnap's userfaultfd in {args.pid} (fd {', '.join(map(str, closed))})"
               if closed else f"{args.pid} carries no coldsnap tracking")

@@ -209,3 +209,29 @@ def test_wait_stop_decodes(spawn, workload_bin):
     finally:
         ptrace.detach(w.pid)
     assert_running_untraced(w.pid)
+
+
+def test_undos_run_held_last_first_and_a_failing_one_still_resumes(spawn, workload_bin):
+    w = spawn([workload_bin("seize_threads"), "2"])
+    seen: list[str] = []
+
+    def undo(name: str, fail: bool = False):
+        def run() -> None:
+            assert_frozen_by_us(w.pid, task.tids)      # still held while undoing
+            seen.append(name)
+            if fail:
+                raise RuntimeError(f"{name} failed")
+        return run
+
+    with pytest.raises(RuntimeError, match="b failed"):
+        with freeze(w.pid) as task:
+            task.at_resume("a", undo("a"))
+            task.at_resume("b", undo("b", fail=True))
+            task.at_resume("c", undo("c"))
+            task.at_resume("gone", undo("gone"))
+            task.cancel_at_resume("gone")
+            with pytest.raises(ValueError):
+                task.at_resume("a", undo("a2"))
+    assert seen == ["c", "b", "a"]
+    assert task.resumed
+    assert_running_untraced(w.pid)

@@ -20,9 +20,14 @@ from coldsnap.memory.ranges import Ranges
 from coldsnap.memory.scan import scan_saved_pages
 from coldsnap.memory.tracking import PROBE_QUERY, TrackingRefused, UffdTracker, uffd_fds
 from coldsnap.memory.vma import classify_all
+from coldsnap.seize.freezer import freeze
+from coldsnap.seize.remote import RemoteCalls, frozen_calls
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "dump"))
 from predump_helpers import PG, image_pages, wait_quiet  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "seize"))
+from seize_helpers import thread_states  # noqa: E402
 
 FILLER = 0x100000000000
 NEWMAP = 0x400000000000
@@ -112,7 +117,7 @@ def assert_untracked_afterwards(w) -> None:
 def test_collect_reports_exactly_the_written_pages(pattern):
     w = pattern()
     with UffdTracker() as t:
-        arm = t.arm(w.pid)
+        arm = t.arm(w.pid, lambda: frozen_calls(w.pid))
         assert arm.frozen_ns > 0 and uffd_fds(w.pid) == []
         vmas = classify_all(read_maps(w.pid))
         new, failed = t.register_new(vmas)
@@ -275,7 +280,7 @@ def test_io_uring_target_is_refused_and_the_series_tracks_none(target, tmp_path)
     w = target()
     assert ask(w, "uring").split()[1].isdigit()
     with pytest.raises(TrackingRefused, match="io_uring"):
-        UffdTracker().arm(w.pid)
+        UffdTracker().arm(w.pid, lambda: frozen_calls(w.pid))
     stats = pre_dump_series(w.pid, tmp_path, 2, between=lambda i: ask(w, "write 4 60"))
     assert [s.track_backend for s in stats] == ["none", "none"]
     assert all(s.frozen_time == 0 for s in stats)
@@ -305,3 +310,23 @@ def test_unpopulated_memory_is_not_saved_and_left_unmarked(target, tmp_path):
     assert int(((entries & np.uint64(pm.PM_PRESENT)) != 0).sum()) == n // 64
     assert_chain_equals_memory(tmp_path / "2", w.pid)
     assert_untracked_afterwards(w)
+
+
+def test_arm_in_the_callers_freeze(pattern):
+    """memory/ gets its injected calls from above: here a session in a freeze of our own."""
+    w = pattern()
+    with freeze(w.pid) as task:
+        with UffdTracker() as t:
+            t.arm(w.pid, lambda: RemoteCalls(task))
+            assert t.fd is not None and uffd_fds(w.pid) == []
+            assert thread_states(w.pid)[w.pid][0] == "t"      # still frozen: ours to resume
+            task.resume()
+            assert_untracked_afterwards(w)
+
+
+def test_memory_never_imports_seize():
+    import ast
+    src = Path(__file__).parents[2] / "src" / "coldsnap" / "memory"
+    imports = [(p.name, node.module) for p in src.glob("*.py") for node in ast.walk(ast.parse(p.read_text()))
+               if isinstance(node, ast.ImportFrom) and node.module and "seize" in node.module]
+    assert imports == []

@@ -31,6 +31,7 @@ from ..memory.softdirty import SoftDirtyTracker
 from ..memory.tracking import TrackingRefused, UffdTracker
 from ..memory.vma import classify_all
 from ..seize.freezer import freeze
+from ..seize.remote import frozen_calls
 from .predump import unreadable_ranges, write_metadata
 from .sink import ImageSink
 from .stats import DumpStats
@@ -181,7 +182,7 @@ class PreDumpSeries:
         if self.track == "uffd" and self.tracker is None and self.n == 0:
             tracker = UffdTracker()
             try:
-                arm = tracker.arm(self.pid, park=self.park)
+                arm = tracker.arm(self.pid, lambda: frozen_calls(self.pid), park=self.park)
                 self.tracker = tracker
                 stats.freezing_time, stats.frozen_time = _us(arm.freezing_ns), _us(arm.frozen_ns)
             except TrackingRefused as e:

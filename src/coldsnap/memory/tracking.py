@@ -5,7 +5,7 @@ once coldsnap holds its own copy (pidfd_getfd), `close()` of the target's fd. Ev
 else acts from coldsnap on that copy, because uffd ioctls act on the mm that created it:
 
     tracker = UffdTracker()
-    tracker.arm(pid)                         # freezes only for the two injected calls
+    tracker.arm(pid, inject)                 # freezes only for the two injected calls
     tracker.register_new(vmas)               # WP-register + reset; these count wholly dirty
     ... read pages ...
     dirty, untracked = tracker.collect(vmas) # written since the last reset; re-protected
@@ -22,6 +22,10 @@ the whole VMA dirty (which covers anything lost) and it is registered again next
 Blind spots (see the reference notes): pages changed without a write fault through the
 target's page tables. Shared mappings are not registered (their pages are not saved yet);
 a target with an io_uring instance is refused (TrackingRefused), the caller tracks none.
+
+The injected calls come from whoever calls this module (dump/, which sits above seize/ and
+memory/): `inject()` opens a session of remote system calls in the frozen target, ended
+(registers restored, task resumed) when its `with` block ends. memory/ never imports seize/.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import mmap
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Protocol
 
 import numpy as np
 
@@ -72,6 +77,20 @@ class TrackingRefused(CsError):
     """Write tracking cannot be trusted for this target; the caller must track none."""
 
 
+class RemoteSyscalls(Protocol):
+    """System calls run inside the target (seize.remote.RemoteCalls is one)."""
+
+    def call(self, nr: int, *args: int) -> int:
+        """The raw result: -errno on failure."""
+
+    def checked(self, nr: int, *args: int, what: str = "") -> int:
+        """The result, or OSError for -errno."""
+
+
+# opens a session of remote calls in the frozen target; its end lets the target go
+Inject = Callable[[], ContextManager[RemoteSyscalls]]
+
+
 def fd_links(pid: int) -> dict[int, str]:
     """fd number -> raw link target; NoSuchProcess when the process is gone."""
     return raw_fd_links(pid)
@@ -97,13 +116,11 @@ def parked_uffd_fds(pid: int) -> list[int]:
     return out
 
 
-def untrack(pid: int) -> list[int]:
+def untrack(pid: int, inject: Inject) -> list[int]:
     """Close every userfaultfd coldsnap parked in the target; returns their fd numbers."""
     fds = parked_uffd_fds(pid)
     if fds:
-        from ..seize.freezer import freeze
-        from ..seize.remote import RemoteCalls
-        with freeze(pid) as task, RemoteCalls(task) as rc:
+        with inject() as rc:
             for fd in fds:
                 rc.checked(SYS.close, fd, what=f"close({fd})")
     return fds
@@ -201,7 +218,7 @@ def _ranges(pairs) -> Ranges:
 
 @dataclass
 class ArmStats:
-    freezing_ns: int = 0     # seizing the threads (0 when the caller froze the task)
+    freezing_ns: int = 0     # opening the inject session (seizing the threads, if it freezes)
     frozen_ns: int = 0       # the task stayed frozen for arming
     target_fd: int = -1      # the fd number the uffd had in the target (closed again)
 
@@ -221,30 +238,23 @@ class UffdTracker:
 
     # -- arming -----------------------------------------------------------------------
 
-    def arm(self, pid: int, task=None, park: bool = False) -> ArmStats:
+    def arm(self, pid: int, inject: Inject, park: bool = False) -> ArmStats:
         """Create a uffd in the target, keep only our copy of it, enable WP_ASYNC.
 
-        With `task` (a FrozenTask) the calls run in the caller's freeze; otherwise the task
-        is frozen here and resumed at once. `park` leaves the target's copy open (at
-        arm_stats.target_fd) so that tracking outlives this coldsnap: a later run adopts it.
+        `inject()` freezes the target for the two injected calls (or runs them in the
+        caller's freeze). `park` leaves the target's copy open (at arm_stats.target_fd) so
+        that tracking outlives this coldsnap: a later run adopts it.
         """
         if self.fd is not None:
             raise CsError("tracker is already armed")
         refuse_blind_spots(pid)
         self.pid = pid
-        if task is None:
-            from ..seize.freezer import freeze
-            t0 = time.perf_counter_ns()
-            with freeze(pid) as own:
-                t1 = time.perf_counter_ns()
-                self._inject(own, park)
-                own.resume()
-                t2 = time.perf_counter_ns()
-            self.arm_stats.freezing_ns, self.arm_stats.frozen_ns = t1 - t0, t2 - t1
-        else:
+        t0 = time.perf_counter_ns()
+        with inject() as rc:
             t1 = time.perf_counter_ns()
-            self._inject(task, park)
-            self.arm_stats.frozen_ns = time.perf_counter_ns() - t1
+            self._inject(rc, pid, park)
+        t2 = time.perf_counter_ns()
+        self.arm_stats.freezing_ns, self.arm_stats.frozen_ns = t1 - t0, t2 - t1
         try:
             self._pagemap_fd = pm.open_pagemap(pid)
         except OSError as e:
@@ -255,42 +265,40 @@ class UffdTracker:
         self._scanner = pm.PagemapScanner(self._pagemap_fd)
         return self.arm_stats
 
-    def _inject(self, task, park: bool = False) -> None:
-        from ..seize.remote import RemoteCalls
+    def _inject(self, rc: RemoteSyscalls, pid: int, park: bool = False) -> None:
         ours = None
-        with RemoteCalls(task) as rc:
+        try:
+            tfd = rc.checked(SYS.userfaultfd, UFFD_FLAGS, what="userfaultfd")
+        except OSError as e:
+            raise TrackingRefused(f"userfaultfd() failed in {pid}: {e.strerror}") from None
+        if park:
+            # park it far above the fds the program opens, so its own numbering is unchanged
+            high = rc.call(SYS.fcntl, tfd, F_DUPFD_CLOEXEC, PARK_FD_MIN)
+            if high >= 0:
+                rc.call(SYS.close, tfd)
+                tfd = high
+        self.arm_stats.target_fd = tfd
+        ready = False
+        try:
+            pidfd = pidfd_open(pid)
             try:
-                tfd = rc.checked(SYS.userfaultfd, UFFD_FLAGS, what="userfaultfd")
-            except OSError as e:
-                raise TrackingRefused(f"userfaultfd() failed in {task.pid}: {e.strerror}") from None
-            if park:
-                # park it far above the fds the program opens, so its own numbering is unchanged
-                high = rc.call(SYS.fcntl, tfd, F_DUPFD_CLOEXEC, PARK_FD_MIN)
-                if high >= 0:
-                    rc.call(SYS.close, tfd)
-                    tfd = high
-            self.arm_stats.target_fd = tfd
-            ready = False
-            try:
-                pidfd = pidfd_open(task.pid)
-                try:
-                    ours = pidfd_getfd(pidfd, tfd)
-                finally:
-                    os.close(pidfd)
-                uffd.api(ours, FEATURES)
-                ready = True
-            except OSError as e:
-                if ours is not None:
-                    os.close(ours)
-                raise TrackingRefused(f"cannot set up userfaultfd write tracking of "
-                                      f"{task.pid}: {e.strerror}") from None
+                ours = pidfd_getfd(pidfd, tfd)
             finally:
-                # unless parked, nothing of ours stays in the target while we hold the tracker
-                err = 0 if park and ready else rc.call(SYS.close, tfd)
-            if err < 0:
+                os.close(pidfd)
+            uffd.api(ours, FEATURES)
+            ready = True
+        except OSError as e:
+            if ours is not None:
                 os.close(ours)
-                raise TargetError(f"cannot close the userfaultfd left in {task.pid}: "
-                                  f"{os.strerror(-err)}")
+            raise TrackingRefused(f"cannot set up userfaultfd write tracking of "
+                                  f"{pid}: {e.strerror}") from None
+        finally:
+            # unless parked, nothing of ours stays in the target while we hold the tracker
+            err = 0 if park and ready else rc.call(SYS.close, tfd)
+        if err < 0:
+            os.close(ours)
+            raise TargetError(f"cannot close the userfaultfd left in {pid}: "
+                              f"{os.strerror(-err)}")
         self.fd = ours
 
     def adopt(self, pid: int, target_fd: int, vmas: list[Vma]) -> None:

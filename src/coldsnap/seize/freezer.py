@@ -5,6 +5,10 @@
         task.resume()               # optional early resume (idempotent)
     task.frozen_ns                  # how long the task was held
 
+Users that leave state in the target (remote-call sessions: registers, scratch page) register
+an undo with `task.at_resume(key, undo)`; resume runs the undos (last registered first) while
+every thread is still held, then lets the threads go. The freezer knows nothing of its users.
+
 Why SEIZE + INTERRUPT and no PTRACE_O_TRACECLONE: a thread can only be created by a running
 thread of the group, and a clone completes (child linked into the group) before its parent
 reaches the interrupt stop. So "list /proc/PID/task, seize and stop what is new, repeat until
@@ -24,15 +28,12 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Callable, Hashable
 
 from coldsnap.errors import AccessDenied, CsError, Interrupted, NoSuchProcess, TargetError
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS, syscall
 from coldsnap.kernel.procfs import alive, list_tids, read_maps, read_stat, read_status
-
-if TYPE_CHECKING:
-    from coldsnap.seize.remote import RemoteCalls
 
 PF_KTHREAD = 0x00200000
 SEIZE_OPTIONS = ptrace.PTRACE_O_TRACESYSGOOD   # never EXITKILL: our death must not kill the target
@@ -90,10 +91,9 @@ class FrozenTask:
     tids: list[int] = field(default_factory=list)
     frozen_ns: int | None = None
     resumed: bool = False
-    # signals we had to swallow during injection and re-send at resume: (tid, sig)
-    resend: list[tuple[int, int]] = field(default_factory=list)
     _threads: dict[int, _Thread] = field(default_factory=dict)
-    _sessions: dict[int, "RemoteCalls"] = field(default_factory=dict)
+    _undo: dict[Hashable, Callable[[], None]] = field(default_factory=dict)
+    _resend: list[tuple[int, int]] = field(default_factory=list)   # (tid, sig) swallowed meanwhile
     _guard: _SignalGuard = field(default_factory=_SignalGuard)
     _owner: int = 0
     _t0: int = 0
@@ -211,19 +211,19 @@ class FrozenTask:
             raise CsError("resume() must run on the thread that froze the task")
         errors: list[BaseException] = []
         with self._guard:
-            for session in list(self._sessions.values()):
+            while self._undo:
+                _, undo = self._undo.popitem()    # last registered first
                 try:
-                    session.close()
-                except Exception as e:  # keep detaching the others
+                    undo()
+                except Exception as e:  # keep undoing and detaching the others
                     errors.append(e)
-                    self._sessions.pop(session.tid, None)
             for th in list(self._threads.values()):
                 self._release(th)
             self._threads.clear()
             if self._mem_fd is not None:
                 os.close(self._mem_fd)
                 self._mem_fd = None
-            for tid, sig in self.resend:
+            for tid, sig in self._resend:
                 try:
                     _tgkill(self.pid, tid, sig)
                 except ProcessLookupError:
@@ -251,7 +251,22 @@ class FrozenTask:
             except ChildProcessError:
                 pass
 
-    # -- services for remote calls --------------------------------------------------------
+    # -- services for the users of a freeze (remote calls, ...) --------------------------
+
+    def at_resume(self, key: Hashable, undo: Callable[[], None]) -> None:
+        """Run UNDO at resume, before the threads are let go (last registered first).
+        One undo per key: a second registration of a live key is a ValueError."""
+        if key in self._undo:
+            raise ValueError(f"{key!r} already registered")
+        self._undo[key] = undo
+
+    def cancel_at_resume(self, key: Hashable) -> None:
+        """The undo of KEY was done (or is moot): resume must not run it."""
+        self._undo.pop(key, None)
+
+    def resend_at_resume(self, tid: int, sig: int) -> None:
+        """A signal a user had to swallow from thread TID: tgkill it again after the detach."""
+        self._resend.append((tid, sig))
 
     def critical(self) -> _SignalGuard:
         """`with task.critical():` defers SIGINT/SIGTERM until the block ends."""

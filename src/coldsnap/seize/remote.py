@@ -5,6 +5,9 @@
         addr = rc.checked(SYS.mmap, 0, 4096, 3, 0x22, -1, 0)   # OSError on failure
         rc.write_scratch(b"...")                   # a private page mapped on demand
 
+    with frozen_calls(pid) as rc:                  # the same, resumed as the block ends
+        ...
+
 How one call runs: point rip at a `syscall` instruction of the target's [vdso] (never
 write code into the target), orig_rax = -1 (so the kernel applies no syscall restart when
 the thread leaves its stop), arguments in rax/rdi/rsi/rdx/r10/r8/r9, PTRACE_SINGLESTEP,
@@ -39,13 +42,15 @@ import ctypes
 import os
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 from coldsnap.errors import TargetError
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS
 from coldsnap.kernel.procfs import read_status
-from coldsnap.seize.freezer import FrozenTask
+from coldsnap.seize.freezer import FrozenTask, freeze
 
 PAGE = 4096
 U64 = (1 << 64) - 1
@@ -95,11 +100,13 @@ class RemoteCalls:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def _key(self) -> tuple[str, int]:
+        return ("remote-calls", self.tid)
+
     def open(self) -> None:
         task = self.task
         task.check_usable(self.tid)
-        if self.tid in task._sessions:
-            raise TargetError(f"thread {self.tid} already has a remote-call session")
         with task.critical():
             self._gadget = task.vdso_gadget()
             if self.mode is None:
@@ -108,9 +115,12 @@ class RemoteCalls:
                 raise ValueError(f"unknown remote-call mode {self.mode!r}")
             # the step trap is a forced SIGTRAP: were SIGTRAP blocked the kernel would reset its handler
             self._block = BLOCK_ALL_BUT_TRAP if self.mode == "step" else U64
-            self.saved = ptrace.get_regs(self.tid)
-            self._work = self.saved.copy()
-            task._sessions[self.tid] = self
+            regs = ptrace.get_regs(self.tid)
+            try:
+                task.at_resume(self._key, self.close)   # a session left open is closed by resume
+            except ValueError:
+                raise TargetError(f"thread {self.tid} already has a remote-call session") from None
+            self.saved, self._work = regs, regs.copy()
 
     @property
     def real_mask(self) -> int | None:
@@ -144,7 +154,7 @@ class RemoteCalls:
                     task.forget_thread(self.tid)  # killed meanwhile: nothing to restore
                 finally:
                     self.saved = None
-                    task._sessions.pop(self.tid, None)
+                    task.cancel_at_resume(self._key)
 
     def _repark(self) -> None:
         # leave the SIGTRAP signal-delivery-stop (discarding it) straight into an interrupt trap
@@ -202,7 +212,7 @@ class RemoteCalls:
         if st.exited:
             self.task.forget_thread(self.tid)
             self.saved = None
-            self.task._sessions.pop(self.tid, None)
+            self.task.cancel_at_resume(self._key)
             raise TargetError(f"thread {self.tid} of {self.task.pid} died during a remote call ({st!r})")
         return st
 
@@ -249,7 +259,7 @@ class RemoteCalls:
         self._block_signals()
         sig = st.sig if st.is_signal_stop else 0
         if sig and (sig == signal.SIGSTOP or not (self._block >> (sig - 1)) & 1):
-            self.task.resend.append((self.tid, sig))  # cannot be blocked here: re-send at resume
+            self.task.resend_at_resume(self.tid, sig)  # cannot be blocked here
             sig = 0
         resume(self.tid, sig)  # a blocked signal passed back is requeued with its siginfo
 
@@ -293,3 +303,12 @@ def _ignores_sigtrap(pid: int, tid: int) -> bool:
     """A forced single-step SIGTRAP resets an ignored SIGTRAP to SIG_DFL: avoid step mode then."""
     ignored = int(read_status(pid, tid).get("SigIgn", "0"), 16)
     return bool(ignored >> (signal.SIGTRAP - 1) & 1)
+
+
+@contextmanager
+def frozen_calls(pid: int, timeout: float = 10.0) -> Iterator[RemoteCalls]:
+    """Freeze PID for one session of remote calls in its leader; resumed when the block ends."""
+    with freeze(pid, timeout) as task:
+        with RemoteCalls(task) as rc:
+            yield rc
+        task.resume()
