@@ -16,8 +16,10 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from coldsnap.dump.files import FilesSnapshot, collect_files  # noqa: E402
-from coldsnap.restore.files import rebuild_fds  # noqa: E402
+from coldsnap.files.registry import TaskFiles  # noqa: E402
+from coldsnap.restore.fdtable import rebuild_fds  # noqa: E402
+
+from helpers import collect_files  # noqa: E402
 
 HERE = Path(__file__).parent
 REPORT_FD = 1000      # the child's channel back to the test, far above dumped fds
@@ -47,7 +49,7 @@ class Rebuilt:
     def __init__(self, pid: int, report: str):
         self.pid, self.report = pid, report
 
-    def snapshot(self) -> FilesSnapshot:
+    def snapshot(self) -> TaskFiles:
         return collect_files(self.pid, shell_job=True)
 
     def stop(self) -> None:
@@ -58,7 +60,7 @@ class Rebuilt:
         self.pid = 0
 
 
-def _child(snap: FilesSnapshot, w: int, shell_job: bool, tty: int | None) -> None:
+def _child(snap: TaskFiles, w: int, shell_job: bool, tty: int | None) -> None:
     try:
         if tty is not None:     # stand-in for the terminal a shell gives the restorer
             for fd in (0, 1, 2):
@@ -80,7 +82,7 @@ def rebuild():
     """rebuild(snap) -> Rebuilt child; killed and reaped at the end of the test."""
     kids: list[Rebuilt] = []
 
-    def go(snap: FilesSnapshot, *, shell_job: bool = False, tty: int | None = None) -> Rebuilt:
+    def go(snap: TaskFiles, *, shell_job: bool = False, tty: int | None = None) -> Rebuilt:
         r, w0 = os.pipe()
         w = fcntl.fcntl(w0, fcntl.F_DUPFD_CLOEXEC, REPORT_FD)
         os.close(w0)

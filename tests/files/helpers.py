@@ -3,12 +3,20 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from coldsnap.dump.files import STORED_EXTRA_OPTS, FilesSnapshot, InetSocket, PipeFile
+from coldsnap.files.images import read_images, write_images
+from coldsnap.files.inet import STORED_EXTRA_OPTS
+from coldsnap.files.model import InetSocket, PipeFile
+from coldsnap.files.registry import FileRegistry, TaskFiles
 
 _VOLATILE = {"id", "pipe_id", "inode", "mnt_id", "fown"}
 
 
-def describe(snap: FilesSnapshot, fid: int) -> dict:
+def collect_files(pid: int, *, shell_job: bool = False) -> TaskFiles:
+    """The fd table of one process, registered alone (files id 1) as dump does today."""
+    return FileRegistry().collect(pid, 1, shell_job=shell_job)
+
+
+def describe(snap: TaskFiles, fid: int) -> dict:
     f = snap.files[fid]
     d = {k: v for k, v in asdict(f).items() if k not in _VOLATILE}
     d["kind"] = f.kind.name
@@ -18,7 +26,7 @@ def describe(snap: FilesSnapshot, fid: int) -> dict:
     return d
 
 
-def signature(snap: FilesSnapshot) -> dict:
+def signature(snap: TaskFiles) -> dict:
     """Everything a restore must reproduce: per-fd objects, sharing, pipe pairing, fs state."""
     fds = {e.fd: (e.cloexec, describe(snap, e.file_id)) for e in snap.fds}
     shared = sorted(sorted(e.fd for e in snap.fds if e.file_id == fid) for fid in {e.file_id for e in snap.fds})
@@ -31,7 +39,7 @@ def signature(snap: FilesSnapshot) -> dict:
             "root": snap.root, "umask": snap.umask}
 
 
-def assert_same_table(a: FilesSnapshot, b: FilesSnapshot) -> None:
+def assert_same_table(a: TaskFiles, b: TaskFiles) -> None:
     sa, sb = signature(a), signature(b)
     assert sorted(sa["fds"]) == sorted(sb["fds"])
     for fd in sa["fds"]:
@@ -39,7 +47,7 @@ def assert_same_table(a: FilesSnapshot, b: FilesSnapshot) -> None:
     assert sa == sb
 
 
-def sockets(snap: FilesSnapshot) -> list[InetSocket]:
+def sockets(snap: TaskFiles) -> list[InetSocket]:
     return [f for f in snap.files.values() if isinstance(f, InetSocket)]
 
 
@@ -47,28 +55,27 @@ def sockets(snap: FilesSnapshot) -> list[InetSocket]:
 NOT_IN_IMAGES = {"nodelay", "broadcast"} - STORED_EXTRA_OPTS
 
 
-def strip_unstored(snap: FilesSnapshot) -> FilesSnapshot:
+def strip_unstored(snap: TaskFiles) -> TaskFiles:
     """A copy of snap without what the images drop, to compare with a read-back snapshot."""
     import copy
     out = copy.deepcopy(snap)
-    for f in out.files.values():
+    for f in out.registry.files.values():
         if isinstance(f, InetSocket):
             for name in NOT_IN_IMAGES:
                 setattr(f.opts, name, False)
     return out
 
 
-def through_images(snap: FilesSnapshot, imgdir) -> FilesSnapshot:
+def through_images(snap: TaskFiles, imgdir) -> TaskFiles:
     """Write the images, check crit decodes each of them, read them back."""
     import subprocess
-    from coldsnap.dump.files import read_files_images, write_files_images
     imgdir.mkdir(exist_ok=True)
-    write_files_images(snap, imgdir, snap.pid, 1)
+    write_images(snap.registry, imgdir)
     names = sorted(p.name for p in imgdir.iterdir())
     assert {"files.img", "fdinfo-1.img", f"fs-{snap.pid}.img"} <= set(names)
     for name in names:
         r = subprocess.run(["/usr/bin/crit", "decode", "-i", str(imgdir / name)], capture_output=True, text=True)
         assert r.returncode == 0, f"crit decode {name}: {r.stderr}"
-    back = read_files_images(imgdir, snap.pid, 1)
+    back = read_images(imgdir, {snap.pid: 1}).task(snap.pid)
     assert_same_table(strip_unstored(snap), back)
     return back

@@ -5,6 +5,7 @@ import os
 import socket
 
 from coldsnap.kernel import fdinfo as K
+from coldsnap.kernel import kcmp
 
 EVENTFD = "pos:\t0\nflags:\t04002\nmnt_id:\t17\nino:\t1038\neventfd-count:               1f\neventfd-id: 3\neventfd-semaphore: 1\n"
 EPOLL = ("pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\n"
@@ -53,7 +54,7 @@ def test_same_file_is_kcmp_exact():
     d = os.dup(r)
     try:
         pid = os.getpid()
-        assert K.same_file(pid, r, d) and not K.same_file(pid, r, w)
+        assert kcmp.same_file(pid, r, pid, d) and not kcmp.same_file(pid, r, pid, w)
     finally:
         for fd in (r, w, d):
             os.close(fd)

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from coldsnap.dump.files import InetSocket, collect_files
+from coldsnap.files.model import InetSocket
 from coldsnap.kernel.fdinfo import pidfd_getfd, pidfd_open
-from coldsnap.restore.files import validate_files
+from coldsnap.restore.fdtable import validate_files
 
-from helpers import assert_same_table, strip_unstored, through_images
+from helpers import assert_same_table, collect_files, strip_unstored, through_images
 
 REDIS = shutil.which("redis-server")
 

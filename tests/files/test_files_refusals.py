@@ -6,11 +6,10 @@ import socket
 
 import pytest
 
-from coldsnap.dump.files import collect_files
 from coldsnap.errors import ImageError, TargetError
-from coldsnap.restore.files import validate_files
+from coldsnap.restore.fdtable import validate_files
 
-from helpers import assert_same_table, through_images
+from helpers import assert_same_table, collect_files, through_images
 
 LIBC = "import ctypes; L = ctypes.CDLL(None); "
 

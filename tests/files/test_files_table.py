@@ -8,11 +8,11 @@ import subprocess
 
 import pytest
 
-from coldsnap.dump.files import EpollFile, EventfdFile, PipeFile, RegFile, collect_files
+from coldsnap.files.model import EpollFile, EventfdFile, PipeFile, RegFile
 from coldsnap.kernel.fdinfo import pidfd_getfd, pidfd_open
-from coldsnap.restore.files import validate_files
+from coldsnap.restore.fdtable import validate_files
 
-from helpers import assert_same_table, sockets, strip_unstored, through_images
+from helpers import assert_same_table, collect_files, sockets, strip_unstored, through_images
 
 
 def test_regular_files_dirs_devices(pyload, rebuild, tmp_path):
@@ -66,7 +66,7 @@ def test_pipes_fifo_data_kept(pyload, rebuild, tmp_path):
     assert big.size == 1 << 20 and big.data == bytes(range(256)) * 400
     assert snap.file_of(big_w).flags & os.O_NONBLOCK
     assert snap.pipe_data[snap.file_of(lone).pipe_id].data == b"last words"
-    assert snap.lone_pipe_fds == [0, 1, lone]     # stdin/stdout lead to the test, outside
+    assert snap.registry.lone_pipe_ends() == [(1, 0), (1, 1), (1, lone)]   # stdin/stdout lead to the test
     ff = snap.file_of(fr)
     assert ff.kind.name == "FIFO" and ff.fifo_path == str(fifo)
     assert snap.pipe_data[ff.pipe_id].data == b"through the fifo"

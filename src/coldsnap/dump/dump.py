@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TargetError
+from ..files.images import write_images as write_files_images
+from ..files.registry import FileRegistry
 from ..images.directory import ImageDir
 from ..images.pages import PAGE_SHIFT, PAGE_SIZE, PagemapWriter
 from ..kernel import ptrace
@@ -43,7 +45,6 @@ from ..memory.tracking import (PARK_FD_MIN, TrackingRefused, UffdTracker, drop_w
 from ..memory.vma import PROT_WRITE, Kind, Vma, classify, classify_all
 from ..seize.freezer import FrozenTask, freeze
 from ..seize.remote import RemoteCalls
-from .files import add_mapped_files, collect_files, write_files_images
 from .iterate import covered_by_chain, parked_uffd_fd
 from .metadata import write_inventory, write_mm, write_stats
 from .stats import DumpStats
@@ -352,15 +353,16 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 stat = read_stat(pid)
                 plan = plan_pages(task, vmas, parent)
                 t_scanned = time.perf_counter_ns()
-                snap = collect_files(pid, shell_job=shell_job)
-                exe, files, vma_paths, vma_flags = mapped_files(pid, vmas)
-                ids = add_mapped_files(snap, files)
+                files = FileRegistry()
+                files.collect(pid, FILES_ID, shell_job=shell_job)
+                exe, mapped, vma_paths, vma_flags = mapped_files(pid, vmas)
+                ids = files.add_mapped(mapped)
                 t_mem = time.perf_counter_ns()
                 written, in_parent, forced, calls = save_private(task, imgdir, plan)
                 shm_written, shm_mapped = save_shmem(pid, imgdir, vmas)
                 t_saved = time.perf_counter_ns()
                 write_task_images(state, imgdir)
-                write_files_images(snap, imgdir.root, pid, FILES_ID)
+                write_files_images(files, imgdir.root)
                 write_mm(imgdir, pid, vmas, stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
                          file_ids={k: ids[p] for k, p in vma_paths.items()}, fdflags=vma_flags,
                          dumpable=state.dumpable)

@@ -244,10 +244,4 @@ def listen_backlog(family: int, inode: int) -> int | None:
 
 # --- reaching another task's descriptors -----------------------------------------------
 
-from coldsnap.kernel import kcmp as _kcmp  # noqa: E402
 from coldsnap.kernel.pidfd import pidfd_getfd, pidfd_open  # noqa: E402,F401  (re-exported)
-
-
-def same_file(pid: int, fd1: int, fd2: int) -> bool:
-    """True when two fds of a task are the same open file description (kcmp KCMP_FILE)."""
-    return _kcmp.same_file(pid, fd1, pid, fd2)

@@ -9,17 +9,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..dump.files import FilesSnapshot, read_files_images
 from ..errors import ImageError, TargetError
+from ..files.images import read_images as read_files_images
+from ..files.model import RegFile
+from ..files.registry import TaskFiles
 from ..images.chain import PageChain
 from ..images.directory import ImageDir
-from ..images.framing import read_image
 from ..images.pages import pagemap_name
-from ..images.pb import core_pb2, fdinfo_pb2
+from ..images.pb import core_pb2
 from ..kernel.procfs import read_maps
 from ..memory.vma import (VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
                           VMA_FILE_PRIVATE, VMA_FILE_SHARED)
-from .files import validate_files
+from .fdtable import validate_files
 from .memory import PageSources
 
 PAGE = 4096
@@ -45,7 +46,7 @@ class DumpImages:
     tids: list[int]
     cores: dict[int, core_pb2.core_entry]
     mm: object                       # mm_entry
-    files: FilesSnapshot
+    files: TaskFiles                 # the task's fd table, cwd, root and umask
     mapped: dict[int, MappedFile]    # REG file_entry id -> file, for VMAs and the exe
     private: PageSources                          # the process pagemap, parents resolved
     shmem: dict[int, PageSources] = field(default_factory=dict)   # shmid -> its object's pages
@@ -83,9 +84,10 @@ def load(path: str | os.PathLike, *, shell_job: bool = False) -> DumpImages:
     ids = d.read_single(f"ids-{pid}.img") if d.exists(f"ids-{pid}.img") else None
     if ids is None:
         raise ImageError(f"{d.root}: ids-{pid}.img is missing")
-    files = read_files_images(d.root, pid, ids.files_id)
+    registry = read_files_images(d.root, {pid: ids.files_id}, mapped_ids=_mapped_ids(mm))
+    files = registry.task(pid)
     validate_files(files, shell_job=shell_job)
-    mapped = _mapped_files(d, mm)
+    mapped = _mapped_files(d, mm, registry.files)
     if not d.exists(pagemap_name(pid)):
         raise ImageError(f"{d.root}: {pagemap_name(pid)} is missing")
     private = _sources(d, pid, False)
@@ -169,25 +171,28 @@ def _check_xstate(cores: dict[int, core_pb2.core_entry]) -> None:
                                  "which this machine lacks")
 
 
-def _mapped_files(d: ImageDir, mm) -> dict[int, MappedFile]:
-    regs = {e.id: e.reg for e in read_image(d.path("files.img")) if e.type == fdinfo_pb2.REG}
+def _mapped_ids(mm) -> set[int]:
+    """REG file ids of the file VMAs and the exe."""
     want = {v.shmid for v in mm.vmas if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)}
     if mm.exe_file_id:
         want.add(mm.exe_file_id)
+    return want
+
+
+def _mapped_files(d: ImageDir, mm, files: dict) -> dict[int, MappedFile]:
     out = {}
-    for fid in sorted(want):
-        r = regs.get(fid)
-        if r is None:
+    for fid in sorted(_mapped_ids(mm)):
+        r = files.get(fid)
+        if not isinstance(r, RegFile):
             raise ImageError(f"{d.root}/files.img: no file with id {fid} (needed by mm-*.img)")
-        size = r.size if r.HasField("size") else None
         try:
-            st = os.stat(r.name)
+            st = os.stat(r.path)
         except OSError as e:
-            raise ImageError(f"mapped file {r.name}: {e.strerror}") from None
-        if size is not None and st.st_size != size:
-            raise ImageError(f"mapped file {r.name} changed size since the dump "
-                             f"({size} -> {st.st_size} bytes)")
-        out[fid] = MappedFile(r.name, r.flags, size)
+            raise ImageError(f"mapped file {r.path}: {e.strerror}") from None
+        if r.size is not None and st.st_size != r.size:
+            raise ImageError(f"mapped file {r.path} changed size since the dump "
+                             f"({r.size} -> {st.st_size} bytes)")
+        out[fid] = MappedFile(r.path, r.flags, r.size)
     return out
 
 

@@ -3,7 +3,7 @@
     restore(images_dir, detach=True) -> RestoreResult
 
 The blank child is a clone3 of coldsnap with set_tid = the dumped PID. In plain Python it
-rebuilds the fd table, cwd, root and umask (restore/files.py), asks to die with coldsnap
+rebuilds the fd table, cwd, root and umask (restore/fdtable.py), asks to die with coldsnap
 until the restore is over (PR_SET_PDEATHSIG, cleared at the end) and waits. coldsnap sets
 its rlimits from outside, seizes it and reshapes it (restore/transplant.py). Any failure
 after the child exists kills it: a restore either yields the process or nothing.
@@ -22,7 +22,7 @@ from ..errors import CsError, ImageError, TargetError
 from ..kernel.clone import fork_with_pid
 from ..kernel.libc import libc
 from ..seize.freezer import freeze
-from .files import rebuild_fds
+from .fdtable import rebuild_fds
 from .images import DumpImages, load
 from .transplant import TransplantStats, transplant
 

@@ -1,0 +1,87 @@
+"""A registry to and from images: files.img, fdinfo-<files_id>.img, fs-<pid>.img, pipe data."""
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+from coldsnap.errors import ImageError
+from coldsnap.images import framing
+from coldsnap.images.pb import fdinfo_pb2, fs_pb2, pipe_pb2
+
+from .kinds import OPS, ops_to_restore
+from .model import DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, PipeData, PipeFile
+from .registry import FileRegistry
+
+FD_CLOEXEC = 1
+
+
+def file_entries(reg: FileRegistry) -> list[fdinfo_pb2.file_entry]:
+    """files.img: every file of the registry, in id order (a FIFO's path entry before it)."""
+    out = []
+    for f in reg.files.values():
+        out += OPS[f.kind].to_image(f, lambda f=f: reg.extra_id(f.id))
+    return out
+
+
+def fdinfo_entries(reg: FileRegistry, files_id: int) -> list[fdinfo_pb2.fdinfo_entry]:
+    return [fdinfo_pb2.fdinfo_entry(id=e.file_id, flags=FD_CLOEXEC if e.cloexec else 0,
+                                    type=int(reg.files[e.file_id].kind), fd=e.fd) for e in reg.tables[files_id]]
+
+
+def write_images(reg: FileRegistry, imgdir: str | os.PathLike) -> None:
+    """files.img, fdinfo-<files_id>.img per table, fs-<pid>.img per task, pipes-data.img
+    and fifo-data.img."""
+    d = Path(imgdir)
+    framing.write_image(d / "files.img", None, file_entries(reg))
+    for files_id in reg.tables:
+        framing.write_image(d / f"fdinfo-{files_id}.img", None, fdinfo_entries(reg, files_id))
+    for pid, fs in reg.fs.items():
+        framing.write_image(d / f"fs-{pid}.img", None,
+                            [fs_pb2.fs_entry(cwd_id=fs.cwd_id, root_id=fs.root_id, umask=fs.umask)])
+    fifos = {f.pipe_id for f in reg.files.values() if isinstance(f, PipeFile) and f.fifo_path}
+    for name, want_fifo in (("pipes-data.img", False), ("fifo-data.img", True)):
+        # Only pipes with something to restore: an absent entry means empty, default size.
+        framing.write_image(d / name, None, [
+            (pipe_pb2.pipe_data_entry(pipe_id=pd.pipe_id, bytes=len(pd.data), size=pd.size), pd.data)
+            for pd in reg.pipe_data.values()
+            if (pd.pipe_id in fifos) == want_fifo and (pd.data or pd.size != DEFAULT_PIPE_SIZE)])
+
+
+def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
+                mapped_ids: Collection[int] = ()) -> FileRegistry:
+    """The registry of `tasks` (pid -> files_id) back from images: their fd tables, cwd,
+    root and umask, the files these use, and the REG files of `mapped_ids` that exist.
+    files.img may hold other files: only these are decoded."""
+    d = Path(imgdir)
+    entries = {e.id: e for e in framing.read_image(d / "files.img")}
+    regs = {i: e.reg for i, e in entries.items() if e.type == fdinfo_pb2.REG}
+    reg = FileRegistry(next_id=max(entries, default=0) + 1)
+    wanted: list[int] = []
+    for pid, files_id in tasks.items():
+        reg.tasks[pid] = files_id
+        if files_id not in reg.tables:
+            reg.tables[files_id] = [FdEntry(fi.fd, fi.id, bool(fi.flags & FD_CLOEXEC)) for fi in
+                                    framing.read_image(d / f"fdinfo-{files_id}.img", missing_ok=True)]
+        fs = framing.read_single(d / f"fs-{pid}.img")
+        reg.fs[pid] = FsState(fs.cwd_id, fs.root_id, fs.umask if fs.HasField("umask") else 0o22)
+        wanted += [e.file_id for e in reg.tables[files_id]] + [fs.cwd_id, fs.root_id]
+    files = {}
+    for fid in wanted:
+        if fid not in files:
+            if fid not in entries:
+                raise ImageError(f"files.img: no file with id {fid}")
+            files[fid] = ops_to_restore(entries[fid]).from_image(entries[fid], regs)
+    for fid in mapped_ids:
+        if fid not in files and fid in regs:
+            files[fid] = OPS[FdType.REG].from_image(entries[fid], regs)
+    for fid in sorted(files):
+        reg.add(files[fid])
+    for name in ("pipes-data.img", "fifo-data.img"):
+        for m, payload in framing.read_entries(d / name, missing_ok=True):
+            reg.pipe_data[m.pipe_id] = PipeData(m.pipe_id, payload or b"",
+                                                m.size if m.HasField("size") else DEFAULT_PIPE_SIZE)
+    for f in reg.files.values():
+        if isinstance(f, PipeFile) and f.pipe_id not in reg.pipe_data:
+            reg.pipe_data[f.pipe_id] = PipeData(f.pipe_id, b"")
+    return reg

@@ -1,0 +1,150 @@
+"""What coldsnap knows of open files: one dataclass per kind, fd tables, pipe contents.
+
+Shared by dump (filled from /proc) and restore (filled from images); no I/O here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class FdType(IntEnum):
+    """fd_types of the image format (fdinfo_entry.type / file_entry.type)."""
+    REG = 1
+    PIPE = 2
+    FIFO = 3
+    INETSK = 4
+    UNIXSK = 5
+    EVENTFD = 6
+    EVENTPOLL = 7
+    TTY = 11
+
+
+DEFAULT_PIPE_SIZE = 65536
+EFD_SEMAPHORE = 1
+
+
+@dataclass(slots=True)
+class Fown:
+    """F_SETOWN state of a file description (all zero: no owner)."""
+    uid: int = 0
+    euid: int = 0
+    signum: int = 0
+    pid_type: int = 0
+    pid: int = 0
+
+
+@dataclass(slots=True)
+class RegFile:
+    """A file opened by path: regular file, directory, memory device, or the terminal."""
+    id: int
+    path: str
+    flags: int                    # open flags, without O_CLOEXEC
+    pos: int = 0
+    size: int | None = None       # regular files only
+    mode: int = 0
+    mnt_id: int = -1
+    fown: Fown = field(default_factory=Fown)
+    terminal: bool = False        # a tty: re-attached to the restorer's own, never reopened
+
+    kind = FdType.REG
+
+
+@dataclass(slots=True)
+class PipeFile:
+    """One end of a pipe (or of a FIFO when fifo_path is set). Ends share pipe_id (inode)."""
+    id: int
+    pipe_id: int
+    flags: int
+    fifo_path: str = ""
+    fown: Fown = field(default_factory=Fown)
+
+    @property
+    def kind(self) -> FdType:
+        return FdType.FIFO if self.fifo_path else FdType.PIPE
+
+
+@dataclass(slots=True)
+class EventfdFile:
+    id: int
+    counter: int
+    flags: int                    # open flags (O_NONBLOCK) | EFD_SEMAPHORE
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.EVENTFD
+
+
+@dataclass(slots=True)
+class EpollTarget:
+    tfd: int
+    events: int
+    data: int
+
+
+@dataclass(slots=True)
+class EpollFile:
+    id: int
+    flags: int
+    targets: list[EpollTarget] = field(default_factory=list)
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.EVENTPOLL
+
+
+@dataclass(slots=True)
+class SockOpts:
+    reuseaddr: bool = False
+    reuseport: bool = False
+    rcvbuf: int = 0               # as getsockopt reports it (twice what was set)
+    sndbuf: int = 0
+    keepalive: bool = False
+    broadcast: bool = False       # likewise (see inet.EXTRA_OPTS)
+    nodelay: bool = False         # TCP only; kept in images only if the schema has the field
+    v6only: bool = False          # AF_INET6 only
+    snd_tmo: tuple[int, int] = (0, 0)   # SO_SNDTIMEO (sec, usec)
+    rcv_tmo: tuple[int, int] = (0, 0)   # SO_RCVTIMEO
+
+
+@dataclass(slots=True)
+class InetSocket:
+    """A TCP socket that listens or is not connected yet, or an unconnected UDP socket."""
+    id: int
+    family: int
+    type: int                     # SOCK_STREAM / SOCK_DGRAM
+    proto: int
+    state: int                    # TCP_LISTEN, or 7 (CLOSE) for anything not listening
+    addr: str
+    port: int
+    flags: int
+    backlog: int = 0
+    inode: int = 0
+    opts: SockOpts = field(default_factory=SockOpts)
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.INETSK
+
+
+FileObj = RegFile | PipeFile | EventfdFile | EpollFile | InetSocket
+
+
+@dataclass(slots=True)
+class FdEntry:
+    fd: int
+    file_id: int
+    cloexec: bool
+
+
+@dataclass(slots=True)
+class PipeData:
+    """Bytes buffered in a pipe or FIFO at dump time (peeked, not consumed), and its capacity."""
+    pipe_id: int
+    data: bytes
+    size: int = DEFAULT_PIPE_SIZE
+
+
+@dataclass(slots=True)
+class FsState:
+    """cwd, root (REG file ids) and umask of one task: its fs-PID.img."""
+    cwd_id: int
+    root_id: int
+    umask: int

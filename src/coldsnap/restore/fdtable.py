@@ -1,0 +1,93 @@
+"""Rebuild a dumped fd table, cwd, root and umask inside the blank restore child.
+
+`rebuild_fds` runs as plain Python in the freshly forked child before it is reshaped into
+the target; each file kind's operations (coldsnap.files) create its objects. Every object
+is first created at a high "temporary" fd number, so that it cannot collide with a target
+number, then dup2'ed down; then each object gets its status flags, owner and (epoll) its
+registrations; finally everything else is closed.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import resource
+from collections.abc import Collection
+
+from ..errors import ImageError
+from ..files.kinds import OPS
+from ..files.ops import OpenCtx
+from ..files.registry import TaskFiles
+
+
+def _names(task: TaskFiles) -> dict[int, str]:
+    return {fid: f"fd {fd}" for fid, fd in task.first_fds().items()}
+
+
+def validate_files(task: TaskFiles, *, shell_job: bool = False) -> None:
+    """Check what can be checked before creating a process; ImageError with one line."""
+    names = _names(task)
+    names[task.cwd_id], names[task.root_id] = "cwd", "root"
+    for fid, f in task.files.items():
+        OPS[f.kind].validate(f, names.get(fid, f"file {fid}"), shell_job=shell_job)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    need = max([e.fd for e in task.fds] + [2]) + len(task.files) + 8
+    if hard != resource.RLIM_INFINITY and need > hard:
+        raise ImageError(f"fd table needs {need} descriptors, RLIMIT_NOFILE hard limit is {hard}")
+
+
+def rebuild_fds(task: TaskFiles, *, shell_job: bool = False, keep_fds: Collection[int] = ()) -> None:
+    """Make this process's fd table, cwd, root and umask those of the task.
+
+    Ends with exactly the dumped fd numbers open, plus `keep_fds` (the caller's own
+    channels, which must not collide with dumped numbers). With `shell_job`, fds that were
+    a terminal become duplicates of the terminal this process inherited on fd 0/1/2.
+    """
+    targets = {e.fd for e in task.fds}
+    keep = set(keep_fds)
+    if keep & targets:
+        raise ImageError(f"fd {min(keep & targets)}: needed by the restored task and by coldsnap")
+    files = task.files
+    base = max(targets | keep | {2}) + 1
+    _enough_fds(base + len(files) + 8)
+    tty = None
+    if task.terminal_fds:
+        if not shell_job:
+            raise ImageError(f"fd {task.terminal_fds[0]}: was a terminal; restore needs --shell-job")
+        src = next((fd for fd in (0, 1, 2) if _isatty(fd)), None)
+        if src is None:
+            raise ImageError("--shell-job: coldsnap has no terminal on fd 0, 1 or 2 to give")
+        tty = fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, base)
+    ctx = OpenCtx(base, tty, _names(task), task.pipe_data, task.pid)
+    first = task.first_fds()
+    temps = {fid: OPS[files[fid].kind].open(files[fid], ctx) for fid in first}
+    for e in task.fds:
+        os.dup2(temps[e.file_id], e.fd, inheritable=not e.cloexec)
+    for fid, fd in first.items():    # at the final numbers: epoll registrations name them
+        OPS[files[fid].kind].post_open(files[fid], fd, ctx)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in targets and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass        # the listdir's own fd, already closed
+    os.umask(task.umask)
+    os.chdir(task.cwd)      # the cwd path is as seen from our root, so before chroot
+    if task.root != "/":
+        os.chroot(task.root)
+
+
+def _enough_fds(need: int) -> None:
+    """Raise our soft RLIMIT_NOFILE if the table needs it (the task's own limits come later)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise ImageError(f"fd table needs {need} descriptors, RLIMIT_NOFILE hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
