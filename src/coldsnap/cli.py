@@ -1,15 +1,66 @@
-"""The `coldsnap` command: a thin argparse front on the API, CRIU-style options, one-line errors."""
+"""The `coldsnap` command: a thin argparse front on the API, CRIU-style options.
+
+The error boundary: every error leaves here as one line `coldsnap: ...` on stderr (and, with
+--json, as a JSON object on stdout) with an exit code that names its class (EXIT_CODES)."""
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
-from .errors import CsError
+from .errors import AccessDenied, CsError, ImageError, Interrupted, NoSuchProcess, Unsupported
 
+EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_NO_SUCH_PROCESS = 3
+EXIT_ACCESS_DENIED = 4
+EXIT_UNSUPPORTED = 5
+EXIT_BAD_IMAGE = 6
+EXIT_CODES = [(NoSuchProcess, EXIT_NO_SUCH_PROCESS), (AccessDenied, EXIT_ACCESS_DENIED),
+              (Unsupported, EXIT_UNSUPPORTED), (ImageError, EXIT_BAD_IMAGE)]
+
+EPILOG = """exit status:
+  0    success (restore without -d: the restored process's own exit status, or
+       128+N when signal N killed it)
+  1    any other error (one line on stderr: "coldsnap: ...")
+  2    usage: bad options or option combinations
+  3    no such process (it never existed or exited meanwhile)
+  4    access denied (permissions, or the process is traced by someone else)
+  5    the process uses something coldsnap does not support
+  6    bad, missing or refused images
+  130  interrupted by SIGINT (Ctrl-C), 143 by SIGTERM: the target was resumed first
+
+--json: the command's result as one JSON object on stdout; on an error the object is
+{"error": {"type", "message", "exit_code"[, "pid"]}} and the line on stderr is still written.
+"""
+
+
+class UsageError(CsError):
+    """Options that parse but do not go together (exit code 2)."""
+
+
+def exit_code(e: BaseException) -> int:
+    """The exit code of coldsnap for an error that reached the CLI."""
+    if isinstance(e, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    if isinstance(e, Interrupted):
+        return 128 + e.signum
+    if isinstance(e, UsageError):
+        return EXIT_USAGE
+    return next((code for cls, code in EXIT_CODES if isinstance(e, cls)), EXIT_ERROR)
+
+
+def error_words(e: BaseException) -> str:
+    """The one line a person reads for an error that reached the CLI."""
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted by SIGINT"
+    if isinstance(e, CsError):
+        return str(e)
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    return str(e)
 
 
 def _size(text: str) -> int:
@@ -33,10 +84,14 @@ def _pid(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="coldsnap", description="Checkpoint/restore of Linux processes.")
+    p = argparse.ArgumentParser(prog="coldsnap", description="Checkpoint/restore of Linux processes.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    js = argparse.ArgumentParser(add_help=False)
+    js.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
 
-    pd = sub.add_parser("pre-dump", help="save a running process's memory, keeping it frozen only to plan")
+    pd = sub.add_parser("pre-dump", parents=[js],
+                        help="save a running process's memory, keeping it frozen only to plan")
     pd.add_argument("-t", "--tree", type=_pid, required=True, metavar="PID", help="process to pre-dump")
     pd.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="new or empty directory for the images")
     pd.add_argument("--prev-images-dir", metavar="DIR", help="previous images to link as parent")
@@ -61,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",
                     help="pause between the iterations of a series")
 
-    du = sub.add_parser("dump", help="checkpoint a process for good: all its state, then kill it")
+    du = sub.add_parser("dump", parents=[js], help="checkpoint a process for good: all its state, then kill it")
     du.add_argument("-t", "--tree", type=_pid, required=True, metavar="PID", help="process to dump")
     du.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="new or empty directory for the images")
     du.add_argument("--prev-images-dir", metavar="DIR",
@@ -70,26 +125,34 @@ def build_parser() -> argparse.ArgumentParser:
     du.add_argument("--leave-running", action="store_true", help="resume the process instead of killing it")
     du.add_argument("--shell-job", action="store_true", help="allow a process attached to a terminal")
 
-    ut = sub.add_parser("untrack", help="remove coldsnap's write tracking from a process")
+    ut = sub.add_parser("untrack", parents=[js], help="remove coldsnap's write tracking from a process")
     ut.add_argument("pid", type=_pid, metavar="PID")
 
-    rs = sub.add_parser("restore", help="bring a dumped process back to life (same PID and TIDs)")
+    rs = sub.add_parser("restore", parents=[js], help="bring a dumped process back to life (same PID and TIDs)")
     rs.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="images of `coldsnap dump`")
     rs.add_argument("-d", "--restore-detached", action="store_true",
                     help="detach once the process runs (default: wait and pass its exit status on)")
     rs.add_argument("--shell-job", action="store_true",
                     help="give the process coldsnap's terminal where it had one")
 
-    sh = sub.add_parser("show", help="summarise an images directory")
+    sh = sub.add_parser("show", parents=[js], help="summarise an images directory")
     sh.add_argument("dir", metavar="DIR")
-    sh.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    sub.add_parser("check", help="report which kernel features coldsnap can use here")
+    sub.add_parser("check", parents=[js], help="report which kernel features coldsnap can use here")
 
     dm = sub.add_parser("demo", help="start a sample workload, pre-dump it, print the stats")
     dm.add_argument("--size", type=_size, default="256M", metavar="SIZE", help="workload memory (default 256M)")
     dm.add_argument("-D", "--images-dir", metavar="DIR", help="keep the images here (default: a temporary dir)")
     return p
+
+
+def _out(args: argparse.Namespace, obj: dict, *lines: str) -> None:
+    """The result of a command: one JSON object with --json, else its lines of text."""
+    if getattr(args, "json", False):
+        print(json.dumps(obj))
+    else:
+        for line in lines:
+            print(line)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,36 +166,38 @@ def run(args: argparse.Namespace) -> int:
         stats = pre_dump_tracked(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
                                  buffer_size=args.buffer_size, track=track,
                                  freeze_plan=args.pre_dump_mode == "live")
-        print(f"pre-dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
-              f"written, {stats.pages_skipped_parent} in parent, {stats.pages_skipped} skipped, "
-              f"frozen {stats.frozen_time / 1000:.2f} ms")
+        lines = [f"pre-dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
+                 f"written, {stats.pages_skipped_parent} in parent, {stats.pages_skipped} skipped, "
+                 f"frozen {stats.frozen_time / 1000:.2f} ms"]
         if stats.uffd_fd >= 0:
-            print(f"write tracking stays in {args.tree} (fd {stats.uffd_fd}) until `coldsnap dump` "
-                  f"or `coldsnap untrack {args.tree}`")
-        _dedup(args, args.images_dir)
+            lines.append(f"write tracking stays in {args.tree} (fd {stats.uffd_fd}) until `coldsnap dump` "
+                         f"or `coldsnap untrack {args.tree}`")
+        _out(args, _dedup(args, args.images_dir, lines, _result(args, stats)), *lines)
         return 0
     if args.command == "dump":
         from .dump.dump import dump
         stats = dump(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
                      leave_running=args.leave_running, shell_job=args.shell_job)
-        print(f"dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
-              f"written, {stats.pages_skipped_parent} in parent, frozen {stats.frozen_time / 1000:.2f} ms, "
-              f"{'left running' if args.leave_running else 'killed'}")
+        _out(args, _result(args, stats, left_running=args.leave_running),
+             f"dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
+             f"written, {stats.pages_skipped_parent} in parent, frozen {stats.frozen_time / 1000:.2f} ms, "
+             f"{'left running' if args.leave_running else 'killed'}")
         return 0
     if args.command == "untrack":
         from .dump.untrack import untrack
         closed = untrack(args.pid)
-        print(f"closed coldsnap's userfaultfd in {args.pid} (fd {', '.join(map(str, closed))})"
-              if closed else f"{args.pid} carries no coldsnap tracking")
+        _out(args, {"pid": args.pid, "closed_fds": closed},
+             f"closed coldsnap's userfaultfd in {args.pid} (fd {', '.join(map(str, closed))})"
+             if closed else f"{args.pid} carries no coldsnap tracking")
         return 0
     if args.command == "pre-dump":
         from .dump.predump import pre_dump
         stats = pre_dump(args.tree, args.images_dir, mode=args.pre_dump_mode,
                          buffer_size=args.buffer_size, scan=args.scan,
                          prev_images_dir=args.prev_images_dir)
-        print(f"pre-dump of {args.tree} ({stats.mode}): {stats.pages_written} pages written, "
-              f"{stats.pages_skipped} skipped, frozen {stats.frozen_time / 1000:.2f} ms")
-        _dedup(args, args.images_dir)
+        lines = [f"pre-dump of {args.tree} ({stats.mode}): {stats.pages_written} pages written, "
+                 f"{stats.pages_skipped} skipped, frozen {stats.frozen_time / 1000:.2f} ms"]
+        _out(args, _dedup(args, args.images_dir, lines, _result(args, stats)), *lines)
         return 0
     if args.command == "restore":
         return run_restore(args)
@@ -144,13 +209,18 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "check":
         from .kernel.features import FALLBACKS, probe
         feats = probe().as_dict()
-        for name, ok in feats.items():
-            print(f"{name:16} {'yes' if ok else 'no '}  " + ("" if ok else f"-> {FALLBACKS[name]}"))
+        _out(args, feats, *(f"{name:16} {'yes' if ok else 'no '}  " + ("" if ok else f"-> {FALLBACKS[name]}")
+                            for name, ok in feats.items()))
         return 0
     if args.command == "demo":
         from .demo import demo
         return demo(args.size, args.images_dir)
     raise AssertionError(args.command)
+
+
+def _result(args: argparse.Namespace, stats, **more) -> dict:
+    """The JSON object of a (pre-)dump: which process, where, and its stats."""
+    return {"pid": args.tree, "images_dir": str(args.images_dir), **more, "stats": stats.as_dict()}
 
 
 def _pre_dump_plan(args: argparse.Namespace) -> tuple[str, str]:
@@ -168,17 +238,20 @@ def _pre_dump_plan(args: argparse.Namespace) -> tuple[str, str]:
     if mode is None:
         mode = fits[0]
     elif mode not in fits:
-        raise CsError(f"--pre-dump-mode {mode} does not go with --track-mem {track} "
+        raise UsageError(f"--pre-dump-mode {mode} does not go with --track-mem {track} "
                       f"(it goes with {' or '.join(fits)})")
     check_track(track)
     return mode, track
 
 
-def _dedup(args: argparse.Namespace, images_dir) -> None:
+def _dedup(args: argparse.Namespace, images_dir, lines: list[str], result: dict) -> dict:
+    """--auto-dedup after a pre-dump: its line of text, and `dedup_freed_bytes` in the JSON."""
     if args.auto_dedup:
         from .dump.dedup import dedup_parents
         freed = dedup_parents(images_dir, args.tree)
-        print(f"auto-dedup: {freed >> 20} MiB freed in the parent images")
+        lines.append(f"auto-dedup: {freed >> 20} MiB freed in the parent images")
+        result["dedup_freed_bytes"] = freed
+    return result
 
 
 def run_series(args: argparse.Namespace) -> int:
@@ -186,23 +259,25 @@ def run_series(args: argparse.Namespace) -> int:
     import time
 
     from .dump.iterate import choose_track, pre_dump_series
-    from .errors import ImageError
     from .kernel.features import probe
     if os.path.isdir(args.images_dir) and os.listdir(args.images_dir):
         raise ImageError(f"{args.images_dir}: images directory is not empty")
     if args.prev_images_dir:
-        raise CsError("--prev-images-dir cannot start a series yet; give a new -D instead")
+        raise UsageError("--prev-images-dir cannot start a series yet; give a new -D instead")
     series = pre_dump_series(args.tree, args.images_dir, args.iterations,
                              track=args.track_mem or choose_track(probe()),
                              buffer_size=args.buffer_size,
                              between=(lambda i: time.sleep(args.interval)) if args.interval else None)
+    lines = [f"{'iter':>4} {'tracking':8} {'frozen ms':>9} {'written':>9} {'in parent':>9} {'skipped':>7}"]
+    lines += [f"{i:4} {s.track_backend:8} {s.frozen_time / 1000:9.2f} {s.pages_written:9} "
+              f"{s.pages_skipped_parent:9} {s.pages_skipped:7}" for i, s in enumerate(series, 1)]
+    result = {"pid": args.tree, "images_dir": str(args.images_dir),
+              "iterations": [s.as_dict() for s in series]}
     if args.auto_dedup:
-        for i in range(2, args.iterations + 1):
-            _dedup(args, os.path.join(args.images_dir, str(i)))
-    print(f"{'iter':>4} {'tracking':8} {'frozen ms':>9} {'written':>9} {'in parent':>9} {'skipped':>7}")
-    for i, s in enumerate(series, 1):
-        print(f"{i:4} {s.track_backend:8} {s.frozen_time / 1000:9.2f} {s.pages_written:9} "
-              f"{s.pages_skipped_parent:9} {s.pages_skipped:7}")
+        dedup = [_dedup(args, os.path.join(args.images_dir, str(i)), lines, {})
+                 for i in range(2, args.iterations + 1)]
+        result["dedup_freed_bytes"] = sum(d["dedup_freed_bytes"] for d in dedup)
+    _out(args, result, *lines)
     return 0
 
 
@@ -211,29 +286,45 @@ def run_restore(args: argparse.Namespace) -> int:
 
     from .restore.restore import restore
     res = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job)
+    result = {"pid": res.pid, "threads": res.threads, "total_ms": round(res.total_ns / 1e6, 3),
+              "memory_ms": round(res.stats.memory_ns / 1e6, 3), "injected_calls": res.stats.calls}
     if res.exit_status is None:
-        s = res.stats
-        print(f"restored {res.pid} ({res.threads} thread{'s' if res.threads > 1 else ''}) in "
-              f"{res.total_ns / 1e6:.1f} ms, memory {s.memory_ns / 1e6:.1f} ms, {s.calls} injected calls",
-              file=sys.stderr)
+        if args.json:
+            _out(args, result)
+        else:
+            s = res.stats
+            print(f"restored {res.pid} ({res.threads} thread{'s' if res.threads > 1 else ''}) in "
+                  f"{res.total_ns / 1e6:.1f} ms, memory {s.memory_ns / 1e6:.1f} ms, {s.calls} injected calls",
+                  file=sys.stderr)
         return 0
     status = res.exit_status
-    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    if args.json:
+        _out(args, {**result, "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                    "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None})
+    return code
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C (targets resumed, temporary images removed) and exits 143;
+    # the freezer defers both signals around its critical sections
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         return run(args)
-    except CsError as e:
-        print(f"coldsnap: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("coldsnap: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except OSError as e:
-        print(f"coldsnap: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
-        return EXIT_ERROR
+    except (CsError, OSError, KeyboardInterrupt) as e:
+        code = exit_code(e)
+        if getattr(args, "json", False):
+            err = {"type": type(e).__name__, "message": error_words(e), "exit_code": code}
+            if getattr(e, "pid", None) is not None:
+                err["pid"] = e.pid
+            print(json.dumps({"error": err}))
+        print(f"coldsnap: {error_words(e)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -229,20 +229,20 @@ def test_bad_input_is_one_line_and_leaves_nothing(pattern, spawn, python_exe, tm
     dead = subprocess.Popen(["true"])
     dead.wait()
     r = coldsnap("dump", "-t", dead.pid, "-D", tmp_path / "a")
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no such process" in r.stderr, r.stderr
+    assert r.returncode == 3 and r.stderr.count("\n") == 1 and "no such process" in r.stderr, r.stderr
     assert not (tmp_path / "a").exists()
 
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep")
     r = coldsnap("dump", "-t", w.pid, "-D", tmp_path / "full")
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not empty" in r.stderr, r.stderr
+    assert r.returncode == 6 and r.stderr.count("\n") == 1 and "not empty" in r.stderr, r.stderr
     assert os.listdir(tmp_path / "full") == ["x"]
     assert_running_untraced(w.pid)
 
     s = spawn([python_exe, "-c", "import socket, sys; a, b = socket.socketpair(); "
                "print(a.fileno(), flush=True); sys.stdin.readline()"], stderr=subprocess.DEVNULL)
     r = coldsnap("dump", "-t", s.pid, "-D", tmp_path / "b")
-    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("coldsnap: ") and f"fd {s.ready}: unix socket" in r.stderr, r.stderr
     assert not (tmp_path / "b").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

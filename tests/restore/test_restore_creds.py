@@ -2,6 +2,7 @@
 A restore must never hand a process privileges it had given up."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -30,7 +31,8 @@ def test_credentials_survive_dump_and_restore(spawn, workload_bin, tmp_path, mod
         coldsnap("dump", "-t", pid, "-D", tmp_path / "img").check()
         w.proc.wait(timeout=10)
         wait_gone(pid)
-        coldsnap("restore", "-D", tmp_path / "img", "-d").check()
+        restored = json.loads(coldsnap("restore", "-D", tmp_path / "img", "-d", "--json").check().stdout)
+        assert restored["pid"] == pid and restored["threads"] == 1
         assert creds(pid) == before
     finally:
         kill_and_reap(pid)

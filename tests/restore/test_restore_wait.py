@@ -1,6 +1,7 @@
 """`coldsnap restore` without -d waits for the restored process and passes its exit status on."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -31,8 +32,8 @@ def test_restore_waits_and_passes_exit_status(spawn, python_exe, tmp_path):
     r = _coldsnap("dump", "-t", str(pid), "-D", str(tmp_path / "img"))
     assert r.returncode == 0, r.stderr
     w.proc.wait(timeout=10)
-    restorer = subprocess.Popen([sys.executable, "-m", "coldsnap", "restore", "-D", str(tmp_path / "img")],
-                                stderr=subprocess.PIPE, text=True)
+    restorer = subprocess.Popen([sys.executable, "-m", "coldsnap", "restore", "-D", str(tmp_path / "img"),
+                                 "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
         while not os.path.exists(f"/proc/{pid}/task"):
@@ -43,6 +44,8 @@ def test_restore_waits_and_passes_exit_status(spawn, python_exe, tmp_path):
         assert restorer.poll() is None, "restore without -d must wait for the process"
         flag.touch()
         assert restorer.wait(timeout=20) == 7, restorer.stderr.read()
+        result = json.loads(restorer.stdout.read())
+        assert result["pid"] == pid and result["exit_code"] == 7 and result["signal"] is None
         assert not os.path.exists(f"/proc/{pid}")      # coldsnap reaped its child
     finally:
         if restorer.poll() is None:

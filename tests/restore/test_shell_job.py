@@ -272,13 +272,13 @@ def test_restore_without_shell_job_is_refused(tmp_path):
         before = our_children()
         # coldsnap has a terminal at hand (pty B) but was not asked to give it
         rc, out = restore_on(b, tmp_path / "img")
-        assert rc == 1, out
+        assert rc == 6, out
         assert len(out) == 1 and out[0].startswith("coldsnap:"), out
         assert f"terminal {a.path}" in out[0] and "--shell-job" in out[0], out
         assert_no_new_process(before, pid)
         # same without a terminal: files and /dev/null on fds 0-2
         rc, out = restore_on(None, tmp_path / "img")
-        assert rc == 1 and len(out) == 1 and f"terminal {a.path}" in out[0], out
+        assert rc == 6 and len(out) == 1 and f"terminal {a.path}" in out[0], out
         assert_no_new_process(before, pid)
     finally:
         a.close()
@@ -291,7 +291,7 @@ def test_restore_with_shell_job_but_no_terminal_is_refused(tmp_path):
         pid = dumped_echo(a, tmp_path / "img")
         before = our_children()
         rc, out = restore_on(None, tmp_path / "img", "--shell-job")
-        assert rc == 1, out
+        assert rc == 6, out
         assert len(out) == 1 and out[0].startswith("coldsnap:") and "terminal" in out[0], out
         assert_no_new_process(before, pid)
     finally:
@@ -457,7 +457,7 @@ def test_restore_refuses_a_serial_terminal_without_shell_job(tmp_path):
     before = our_children()
     try:
         rc, out = restore_on(None, tmp_path / "img")
-        assert rc == 1 and len(out) == 1 and f"terminal {serial}" in out[0], \
+        assert rc == 6 and len(out) == 1 and f"terminal {serial}" in out[0], \
             f"restore without --shell-job gave {rc}: {out}"
     finally:
         assert_no_new_process(before, pid)

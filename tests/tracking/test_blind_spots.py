@@ -212,7 +212,7 @@ def test_dump_refuses_an_io_uring_target_and_leaves_it_running(mapped, spawn, wo
     assert r.returncode == 0, r.stderr
     assert uffd_fds(w.pid) == []
     r = coldsnap("dump", "-t", w.pid, "-D", tmp_path / "2", "--prev-images-dir", tmp_path / "1")
-    assert r.returncode == 1, r.stdout
+    assert r.returncode != 0, r.stdout
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("coldsnap: "), r.stderr
     if mapped:

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import TargetError
+from ..errors import TargetError, Unsupported
 from ..files.images import write_images as write_files_images
 from ..files.registry import FileRegistry
 from ..images.directory import ImageDir
@@ -75,7 +75,7 @@ def _hugetlbfs_devs(pid: int) -> set[str]:
 
 
 def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
-    """TargetError (one line, naming the area) for a mapping the dump cannot save."""
+    """Unsupported (one line, naming the area) for a mapping the dump cannot save."""
     huge = None
     for m in lines:
         v = classify(m)
@@ -83,22 +83,22 @@ def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
         path = m.path
         if path.startswith("anon_inode:"):
             what = "io_uring ring" if "io_uring" in path else path
-            raise TargetError(f"{where}: {what} is not supported")
+            raise Unsupported(f"{where}: {what} is not supported")
         if path.startswith("/[aio]"):
-            raise TargetError(f"{where}: AIO ring is not supported")
+            raise Unsupported(f"{where}: AIO ring is not supported")
         if path.startswith("/SYSV"):
-            raise TargetError(f"{where}: SysV shared memory {path.split()[0]} is not supported")
+            raise Unsupported(f"{where}: SysV shared memory {path.split()[0]} is not supported")
         if path.startswith("/memfd:"):
-            raise TargetError(f"{where}: memfd {path.removesuffix(' (deleted)')} is not supported")
+            raise Unsupported(f"{where}: memfd {path.removesuffix(' (deleted)')} is not supported")
         if path.startswith("/anon_hugepage"):
-            raise TargetError(f"{where}: hugetlb memory is not supported")
+            raise Unsupported(f"{where}: hugetlb memory is not supported")
         if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED, Kind.ANON_SHARED) and path:
             if huge is None:
                 huge = _hugetlbfs_devs(pid)
             if m.dev in huge:
-                raise TargetError(f"{where}: hugetlb file {path} is not supported")
+                raise Unsupported(f"{where}: hugetlb file {path} is not supported")
         if path.endswith(" (deleted)") and not (v.kind is Kind.ANON_SHARED and path.startswith("/dev/zero")):
-            raise TargetError(f"{where}: mapped file {path[:-10]} was deleted; not supported")
+            raise Unsupported(f"{where}: mapped file {path[:-10]} was deleted; not supported")
 
 
 # -- mapped files ----------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def mapped_files(pid: int, vmas: list[Vma]) -> tuple[str, dict[str, tuple[int, o
     """
     exe = os.readlink(f"/proc/{pid}/exe")
     if exe.endswith(" (deleted)"):
-        raise TargetError(f"exe: {exe[:-10]} was deleted; not supported")
+        raise Unsupported(f"exe: {exe[:-10]} was deleted; not supported")
     files: dict[str, tuple[int, os.stat_result]] = {exe: (os.O_RDONLY, os.stat(f"/proc/{pid}/exe"))}
     paths: dict[tuple[int, int], str] = {}
     flags: dict[tuple[int, int], int] = {}
@@ -130,7 +130,7 @@ def mapped_files(pid: int, vmas: list[Vma]) -> tuple[str, dict[str, tuple[int, o
         except OSError as e:
             raise TargetError(f"mapping {v.start:#x}-{v.end:#x}: cannot open {v.path}: {e.strerror}") from None
         if not st_.S_ISREG(st.st_mode) and not (st_.S_ISCHR(st.st_mode) and v.path == "/dev/zero"):
-            raise TargetError(f"mapping {v.start:#x}-{v.end:#x}: {v.path} is not a regular file; "
+            raise Unsupported(f"mapping {v.start:#x}-{v.end:#x}: {v.path} is not a regular file; "
                               f"not supported")
         mode = os.O_RDWR if v.kind is Kind.FILE_SHARED and (writable or v.prot & PROT_WRITE) else os.O_RDONLY
         old = files.get(v.path)

@@ -40,7 +40,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from coldsnap.errors import TargetError
+from coldsnap.errors import TargetError, Unsupported
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS, syscall
 from coldsnap.kernel.procfs import read_stat, read_status
@@ -308,7 +308,7 @@ def collect_task_state(task: FrozenTask) -> TaskState:
     masks: dict[int, int] = {}
     zero = bytes(_OFF_THREAD + 48 * len(tids))
     if len(zero) > 4096:
-        raise TargetError(f"too many threads ({len(tids)}) for one scratch page")
+        raise Unsupported(f"too many threads ({len(tids)}) for one scratch page")
 
     with RemoteCalls(task, tid=pid) as rc:
         base = rc.write_scratch(zero)             # zeroed: a failing call leaves 0 behind

@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from coldsnap.errors import TargetError
+from coldsnap.errors import NoSuchProcess, TargetError
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS
 from coldsnap.kernel.procfs import read_status
@@ -213,7 +213,7 @@ class RemoteCalls:
             self.task.forget_thread(self.tid)
             self.saved = None
             self.task.cancel_at_resume(self._key)
-            raise TargetError(f"thread {self.tid} of {self.task.pid} died during a remote call ({st!r})")
+            raise NoSuchProcess(self.task.pid, during=f"a remote call in thread {self.tid} ({st!r})")
         return st
 
     def _wait_trap(self) -> ptrace.UserRegs:
