@@ -1,4 +1,4 @@
-"""Every unsupported object is refused with one line naming the fd; restores check first."""
+"""Every unsupported object is refused (Unsupported) with one line naming the fd; restores check first."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from coldsnap.errors import ImageError, TargetError
+from coldsnap.errors import ImageError, TargetError, Unsupported
 from coldsnap.restore.fdtable import validate_files
 
 from helpers import assert_same_table, collect_files, through_images
@@ -43,14 +43,14 @@ def test_unsupported_kinds_are_refused_naming_the_fd(pyload, case):
     w = pyload()
     fd = w.run(code)
     assert fd > 2
-    with pytest.raises(TargetError, match=rf"^fd {fd}: {message}$"):
+    with pytest.raises(Unsupported, match=rf"^fd {fd}: {message}$"):
         collect_files(w.pid)
 
 
 def test_connected_tcp_is_refused(pyload, listener):
     w = pyload()
     fd = w.run(f"c = socket.create_connection(('127.0.0.1', {listener.getsockname()[1]})); out = c.fileno()")
-    with pytest.raises(TargetError, match=rf"^fd {fd}: connected TCP socket is not supported yet$"):
+    with pytest.raises(Unsupported, match=rf"^fd {fd}: connected TCP socket is not supported yet$"):
         collect_files(w.pid)
 
 
@@ -59,7 +59,7 @@ def test_deleted_file_is_refused(pyload, tmp_path):
     gone.write_text("x")
     w = pyload()
     fd = w.run(f"out = os.open({str(gone)!r}, os.O_RDONLY); os.unlink({str(gone)!r})")
-    with pytest.raises(TargetError, match=rf"^fd {fd}: file {gone} was deleted"):
+    with pytest.raises(Unsupported, match=rf"^fd {fd}: file {gone} was deleted"):
         collect_files(w.pid)
 
 
@@ -67,7 +67,7 @@ def test_epoll_watching_a_closed_fd_is_refused(pyload):
     w = pyload()
     ep, r = w.run("ep = select.epoll(); r, wr = os.pipe(); ep.register(r, select.EPOLLIN); "
                   "keep = os.dup(r); os.close(r); out = (ep.fileno(), r)")
-    with pytest.raises(TargetError, match=rf"^fd {ep}: epoll watches a file no longer open as fd {r}"):
+    with pytest.raises(Unsupported, match=rf"^fd {ep}: epoll watches a file no longer open as fd {r}"):
         collect_files(w.pid)
 
 
@@ -77,8 +77,9 @@ def test_terminal_needs_shell_job_and_is_reattached(pyload, rebuild, tmp_path):
         name = os.ttyname(slave)
         w = pyload()
         w.run(f"t = os.open({name!r}, os.O_RDWR | os.O_NOCTTY); os.dup2(t, 0); os.dup2(t, 2); os.close(t)")
-        with pytest.raises(TargetError, match=rf"^fd 0: terminal {name} is attached \(use --shell-job\)$"):
+        with pytest.raises(TargetError, match=rf"^fd 0: terminal {name} is attached \(use --shell-job\)$") as e:
             collect_files(w.pid)
+        assert not isinstance(e.value, Unsupported)     # supported, with the option
         snap = collect_files(w.pid, shell_job=True)
         assert snap.terminal_fds == [0, 2]
         back = through_images(snap, tmp_path / "img")

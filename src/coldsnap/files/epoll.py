@@ -4,7 +4,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from coldsnap.errors import ImageError, TargetError
+from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import eventpoll_pb2, fdinfo_pb2
 from coldsnap.kernel.libc import check, libc
 
@@ -30,7 +30,7 @@ class EpollOps(FileOps):
                 except FileNotFoundError:
                     ok = False
             if not ok:
-                raise TargetError(f"fd {p.fd}: epoll watches a file no longer open as fd {t.tfd}; "
+                raise Unsupported(f"fd {p.fd}: epoll watches a file no longer open as fd {t.tfd}; "
                                   "not supported")
         targets = [EpollTarget(t.tfd, t.events, t.data) for t in sorted(p.info.tfds, key=lambda t: t.tfd)]
         return EpollFile(fid, p.flags, targets, read_fown(p.dup))

@@ -6,7 +6,7 @@ import os
 import socket
 import struct
 
-from coldsnap.errors import ImageError, TargetError
+from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2, sk_inet_pb2, sk_opts_pb2
 from coldsnap.kernel import fdinfo as K
 
@@ -77,21 +77,21 @@ class InetOps(FileOps):
             stype = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
             proto = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
             if stype not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                raise TargetError(f"fd {fd}: raw/other inet socket (type {stype}) is not supported")
+                raise Unsupported(f"fd {fd}: raw/other inet socket (type {stype}) is not supported")
             tcp = stype == socket.SOCK_STREAM
             kind = "TCP" if tcp else "UDP"
             listening = tcp and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
             if not listening:
                 try:
                     s.getpeername()
-                    raise TargetError(f"fd {fd}: connected {kind} socket is not supported yet")
+                    raise Unsupported(f"fd {fd}: connected {kind} socket is not supported yet")
                 except OSError as e:
                     if e.errno != errno.ENOTCONN:
                         raise
                 seen = K.find_net_socket(p.pid, p.link.inode)
                 if tcp and seen is not None and seen.state not in (K.TCP_LISTEN, TCP_CLOSE):
                     state = K.TCP_STATES.get(seen.state, str(seen.state))
-                    raise TargetError(f"fd {fd}: TCP socket in state {state} is not supported yet")
+                    raise Unsupported(f"fd {fd}: TCP socket in state {state} is not supported yet")
             addr, port = s.getsockname()[:2]
             opts = _read_opts(s, family, tcp)
             backlog = 0

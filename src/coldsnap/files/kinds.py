@@ -9,7 +9,7 @@ import os
 import socket
 import stat
 
-from coldsnap.errors import ImageError, TargetError
+from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2
 from coldsnap.kernel import fdinfo as K
 
@@ -37,34 +37,35 @@ _OTHER_FAMILIES = {socket.AF_NETLINK: "netlink", socket.AF_PACKET: "packet"}
 
 
 def classify(p: Probe) -> FdType:
-    """The kind of the object behind p (fills p.st for paths); TargetError naming the fd
+    """The kind of the object behind p (fills p.st for paths); Unsupported naming the fd
     for what coldsnap does not handle."""
     link, fd = p.link, p.fd
     if link.kind is K.LinkKind.PATH:
         if link.path.startswith("/memfd:"):
-            raise TargetError(f"fd {fd}: memfd {link.path} is not supported yet")
+            raise Unsupported(f"fd {fd}: memfd {link.path} is not supported yet")
         p.st = os.fstat(p.dup)
         if link.deleted and p.st.st_nlink == 0:
-            raise TargetError(f"fd {fd}: file {link.path} was deleted; deleted files are not supported yet")
+            raise Unsupported(f"fd {fd}: file {link.path} was deleted; deleted files are not supported yet")
         return FdType.FIFO if stat.S_ISFIFO(p.st.st_mode) else FdType.REG
     if link.kind is K.LinkKind.PIPE:
         return FdType.PIPE
     if link.kind is K.LinkKind.SOCKET:
-        with socket.socket(fileno=os.dup(p.dup)) as s:
-            family = s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+        s = socket.socket(fileno=p.dup)     # reads the family itself; the fd stays the caller's
+        family = int(s.family)
+        s.detach()
         if family not in _SOCKETS:
-            raise TargetError(f"fd {fd}: {_OTHER_FAMILIES.get(family, f'family {family}')} socket is not supported")
+            raise Unsupported(f"fd {fd}: {_OTHER_FAMILIES.get(family, f'family {family}')} socket is not supported")
         return _SOCKETS[family]
     if link.kind is K.LinkKind.ANON and link.anon in _ANON:
         return _ANON[link.anon]
     what = link.anon if link.kind is K.LinkKind.ANON else link.raw
-    raise TargetError(f"fd {fd}: {what} is not supported")
+    raise Unsupported(f"fd {fd}: {what} is not supported")
 
 
 def ops_to_collect(kind: FdType, fd: int) -> FileOps:
     ops = OPS.get(kind)
     if ops is None:
-        raise TargetError(f"fd {fd}: {_NAMES.get(kind, kind.name)} is not supported yet")
+        raise Unsupported(f"fd {fd}: {_NAMES.get(kind, kind.name)} is not supported yet")
     return ops
 
 

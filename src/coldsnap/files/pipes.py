@@ -12,7 +12,7 @@ import fcntl
 import os
 import stat
 
-from coldsnap.errors import ImageError, TargetError
+from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2, pipe_pb2
 from coldsnap.kernel.libc import libc
 
@@ -79,7 +79,7 @@ def _fill(w: int, pd: PipeData | None) -> None:
 class PipeOps(FileOps):
     def collect(self, p: Probe, fid: int) -> PipeFile:
         if p.flags & os.O_DIRECT:
-            raise TargetError(f"fd {p.fd}: packet-mode (O_DIRECT) pipe is not supported")
+            raise Unsupported(f"fd {p.fd}: packet-mode (O_DIRECT) pipe is not supported")
         _peek_once(p, p.link.inode, p.flags)
         return PipeFile(fid, p.link.inode, p.flags, "", read_fown(p.dup))
 
@@ -109,7 +109,7 @@ class PipeOps(FileOps):
 class FifoOps(FileOps):
     def collect(self, p: Probe, fid: int) -> PipeFile:
         if p.flags & os.O_DIRECT:
-            raise TargetError(f"fd {p.fd}: packet-mode (O_DIRECT) FIFO is not supported")
+            raise Unsupported(f"fd {p.fd}: packet-mode (O_DIRECT) FIFO is not supported")
         fown = read_fown(p.dup)
         assert p.st is not None
         _peek_once(p, p.st.st_ino, p.flags)

@@ -13,7 +13,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from coldsnap.errors import TargetError
+from coldsnap.errors import AccessDenied, NoSuchProcess, TargetError, Unsupported
 from coldsnap.kernel import fdinfo as K
 from coldsnap.kernel import kcmp
 
@@ -56,7 +56,8 @@ class FileRegistry:
 
     def collect(self, pid: int, files_id: int, *, shell_job: bool = False) -> TaskFiles:
         """Register the fd table (unless a task sharing files_id did), cwd, root and umask
-        of `pid`; TargetError (one line naming the fd) for what cannot be dumped."""
+        of `pid`; Unsupported (one line naming the fd) for what cannot be dumped,
+        NoSuchProcess/AccessDenied when the process is gone or out of reach."""
         self.tasks[pid] = files_id
         if files_id not in self.tables:
             self.tables[files_id] = self._collect_table(pid, shell_job)
@@ -67,6 +68,8 @@ class FileRegistry:
     def _collect_table(self, pid: int, shell_job: bool) -> list[FdEntry]:
         try:
             pidfd = K.pidfd_open(pid)
+        except (NoSuchProcess, AccessDenied):
+            raise
         except OSError as e:
             raise TargetError(f"cannot open files of {pid}: {e.strerror}") from e
         try:
@@ -104,7 +107,7 @@ class FileRegistry:
     def _collect_dir(self, pid: int, name: str) -> int:
         path = os.readlink(f"/proc/{pid}/{name}")
         if path.endswith(" (deleted)"):
-            raise TargetError(f"{name}: directory {path[:-10]} was deleted; not supported")
+            raise Unsupported(f"{name}: directory {path[:-10]} was deleted; not supported")
         st = os.stat(f"/proc/{pid}/{name}")
         fid = self.new_id()
         return self.add(RegFile(fid, path, _DIR_FLAGS, 0, None, st.st_mode))

@@ -6,7 +6,7 @@ import os
 import re
 import stat
 
-from coldsnap.errors import ImageError, TargetError
+from coldsnap.errors import ImageError, TargetError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2, regfile_pb2
 
 from .model import Fown, RegFile
@@ -62,9 +62,9 @@ class RegOps(FileOps):
                 return RegFile(fid, path, p.flags, 0, None, st.st_mode, p.info.mnt_id, fown, terminal=True)
             if (os.major(st.st_rdev), os.minor(st.st_rdev)) in _MEM_DEVICES:
                 return RegFile(fid, path, p.flags, p.info.pos, None, st.st_mode, p.info.mnt_id, fown)
-            raise TargetError(f"fd {fd}: character device {path} "
+            raise Unsupported(f"fd {fd}: character device {path} "
                               f"({os.major(st.st_rdev)}:{os.minor(st.st_rdev)}) is not supported")
-        raise TargetError(f"fd {fd}: {stat.filemode(st.st_mode)[0]}-type file {path} is not supported")
+        raise Unsupported(f"fd {fd}: {stat.filemode(st.st_mode)[0]}-type file {path} is not supported")
 
     def to_image(self, f: RegFile, new_id) -> list[fdinfo_pb2.file_entry]:
         return [reg_entry(f.id, f.path, f.flags, f.pos, f.fown, f.mnt_id, f.size, f.mode)]
