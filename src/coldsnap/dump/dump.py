@@ -12,10 +12,10 @@
 Any failure before the commit removes the staging directory and resumes the task (only a
 parked userfaultfd of coldsnap's own, if there was one, is gone by then).
 
-Images (ids): core-TID.img each thread, pstree.img, ids-PID.img (files_id FILES_ID),
-files.img (fds, cwd, root, then one REG entry per mapped file and the exe, ids above the
-fd files'), fdinfo-FILES_ID.img, fs-PID.img, pipe data, mm-PID.img (exe_file_id and each
-file VMA's shmid = REG id; shared anonymous VMAs: shmid = shmem inode), pagemap-PID.img +
+Images (ids): core-TID.img each thread, pstree.img and ids-PID.img from the tree model
+(seize/tree.py), files.img (fds, cwd, root, then one REG entry per mapped file and the exe,
+ids above the fd files'), fdinfo-FILES_ID.img (the task's files_id), fs-PID.img, pipe
+data, mm-PID.img (exe_file_id and each file VMA's shmid = REG id; shared anonymous VMAs: shmid = shmem inode), pagemap-PID.img +
 pages-N.img, pagemap-shmem-SHMID.img + pages-M.img (vaddr = byte offset in the object),
 inventory.img (no pre_dump_mode), stats-dump.
 """
@@ -49,9 +49,6 @@ from .iterate import covered_by_chain, parked_uffd_fd
 from .metadata import write_inventory, write_mm, write_stats
 from .stats import DumpStats
 from .task_state import collect_task_state, write_task_images
-
-FILES_ID = 1            # ids-PID.img files_id, as write_task_images writes it
-
 
 def _us(ns: int) -> int:
     return ns // 1000
@@ -354,14 +351,14 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 plan = plan_pages(task, vmas, parent)
                 t_scanned = time.perf_counter_ns()
                 files = FileRegistry()
-                files.collect(pid, FILES_ID, shell_job=shell_job)
+                files.collect(pid, task.model.files_id, shell_job=shell_job)
                 exe, mapped, vma_paths, vma_flags = mapped_files(pid, vmas)
                 ids = files.add_mapped(mapped)
                 t_mem = time.perf_counter_ns()
                 written, in_parent, forced, calls = save_private(task, imgdir, plan)
                 shm_written, shm_mapped = save_shmem(pid, imgdir, vmas)
                 t_saved = time.perf_counter_ns()
-                write_task_images(state, imgdir)
+                write_task_images(state, task.tree, imgdir)
                 write_files_images(files, imgdir.root)
                 write_mm(imgdir, pid, vmas, stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
                          file_ids={k: ids[p] for k, p in vma_paths.items()}, fdflags=vma_flags,

@@ -2,7 +2,8 @@
 
     with freeze(pid) as task:
         state = collect_task_state(task)       # everything read while the task is held
-    write_task_images(state, imgdir)            # core-<tid>.img, pstree.img, ids-<pid>.img
+        tree = task.tree                        # pids, sessions, shared-object ids
+    write_task_images(state, tree, imgdir)      # core-<tid>.img, pstree.img, ids-<pid>.img
 
 or simply `dump_task_state(pid, imgdir)`, which does both and keeps the frozen window short.
 
@@ -46,6 +47,7 @@ from coldsnap.kernel.libc import SYS, syscall
 from coldsnap.kernel.procfs import read_stat, read_status
 from coldsnap.seize.freezer import FrozenTask, freeze
 from coldsnap.seize.remote import RemoteCalls
+from coldsnap.seize.tree import NS_KINDS, Tree
 
 NR_getitimer = 36
 NR_prlimit64 = 302
@@ -294,6 +296,7 @@ def collect_task_state(task: FrozenTask) -> TaskState:
     tids = list(task.tids)
     if pid not in tids:
         raise TargetError(f"thread group leader {pid} is not held")
+    model = task.model
     stat = read_stat(pid)
     status = read_status(pid)
     with open(f"/proc/{pid}/personality") as f:
@@ -363,7 +366,7 @@ def collect_task_state(task: FrozenTask) -> TaskState:
     if not has_tid_addr:
         notes.append("clear_tid_addr unknown (PR_GET_TID_ADDRESS unavailable): written as 0")
 
-    return TaskState(pid=pid, ppid=stat.ppid, pgid=stat.pgrp, sid=stat.session, comm=stat.comm,
+    return TaskState(pid=pid, ppid=model.ppid, pgid=model.pgid, sid=model.sid, comm=stat.comm,
                      flags=stat.flags, personality=personality, umask=int(status.get("Umask", "0022"), 8),
                      threads=threads, sigactions=sigactions, shared_pending=shared_pending,
                      rlimits=rlimits, itimers=itimers, brk=brk, auxv=auxv, dumpable=dumpable,
@@ -460,25 +463,37 @@ def _core_entry(state: TaskState, th: ThreadState):
     return core
 
 
-def write_task_images(state: TaskState, imgdir) -> list[str]:
-    """Write core-<tid>.img for every thread, pstree.img and ids-<pid>.img; returns the names."""
+def write_tree_images(tree: Tree, imgdir) -> list[str]:
+    """pstree.img (every process, parents first; ppid 0 for the root) and ids-<pid>.img for
+    each process, from the tree model; returns the names."""
     from coldsnap.images.pb import ids_pb2, pstree_pb2
+    imgdir.write("pstree.img", [pstree_pb2.pstree_entry(pid=t.pid, ppid=tree.image_ppid(t), pgid=t.pgid,
+                                                        sid=t.sid, threads=t.tids) for t in tree])
+    names = ["pstree.img"]
+    for t in tree:
+        ns = {f"{kind}_ns_id": t.ns_ids[kind] for kind in NS_KINDS if kind in t.ns_ids}
+        imgdir.write(f"ids-{t.pid}.img", [ids_pb2.task_kobj_ids_entry(
+            vm_id=t.vm_id, files_id=t.files_id, fs_id=t.fs_id, sighand_id=t.sighand_id, **ns)])
+        names.append(f"ids-{t.pid}.img")
+    return names
+
+
+def write_task_images(state: TaskState, tree: Tree, imgdir) -> list[str]:
+    """Write core-<tid>.img for every thread, then the tree's pstree.img and ids-<pid>.img;
+    returns the names."""
     names = []
     for th in state.threads:
         name = f"core-{th.tid}.img"
         imgdir.write(name, [_core_entry(state, th)])
         names.append(name)
-    imgdir.write("pstree.img", [pstree_pb2.pstree_entry(pid=state.pid, ppid=0, pgid=state.pgid,
-                                                        sid=state.sid, threads=state.tids)])
-    imgdir.write(f"ids-{state.pid}.img", [ids_pb2.task_kobj_ids_entry(vm_id=1, files_id=1, fs_id=1,
-                                                                      sighand_id=1)])
-    return names + ["pstree.img", f"ids-{state.pid}.img"]
+    return names + write_tree_images(tree, imgdir)
 
 
 def dump_task_state(pid: int, imgdir) -> TaskState:
     """Freeze PID once, collect its state, let it go, then write the images."""
     with freeze(pid) as task:
         state = collect_task_state(task)
+        tree = task.tree
         task.resume()
-    write_task_images(state, imgdir)
+    write_task_images(state, tree, imgdir)
     return state

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Iterable
 
+from ..errors import NoSuchProcess
 from .libc import on_process
 
 PF_EXITING = 0x4            # stat flags: the task is on its way out
@@ -110,6 +112,52 @@ def read_status(pid: int, tid: int | None = None) -> dict[str, str]:
             key, _, value = line.partition(":")
             out[key] = value.strip()
     return out
+
+
+def list_pids() -> list[int]:
+    """Every process (thread group) the /proc of this namespace shows."""
+    return sorted(int(e) for e in os.listdir("/proc") if e.isdigit())
+
+
+def _children_files() -> bool:
+    """CONFIG_PROC_CHILDREN: /proc/PID/task/TID/children exists."""
+    return os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def child_pids(pids: Iterable[int]) -> dict[int, list[int]]:
+    """pid -> its children (of every thread of it), for each of PIDS; a process gone meanwhile
+    has none. From /proc/PID/task/*/children where the kernel has them, else from one pass
+    over every /proc/PID/stat."""
+    pids = list(pids)
+    out: dict[int, list[int]] = {pid: [] for pid in pids}
+    if _children_files():
+        for pid in pids:
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{tid}/children") as f:
+                        out[pid].extend(int(c) for c in f.read().split())
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    else:
+        for child in list_pids():
+            try:
+                ppid = read_stat(child).ppid
+            except (ProcessLookupError, ValueError):
+                continue
+            if ppid in out:
+                out[ppid].append(child)
+    return {pid: sorted(set(kids)) for pid, kids in out.items()}
+
+
+def ns_inode(pid: int, kind: str) -> int | None:
+    """Inode of the process's namespace of KIND ("pid", "net", ...); None when this kernel
+    has no such namespace."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except FileNotFoundError:
+        if not os.path.exists(f"/proc/{pid}/ns"):
+            raise NoSuchProcess(pid) from None
+        return None
 
 
 def alive(pid: int, tid: int | None = None) -> bool:

@@ -20,6 +20,7 @@ from ..images.pb import core_pb2
 from ..kernel.procfs import read_maps
 from ..memory.vma import (VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
                           VMA_FILE_PRIVATE, VMA_FILE_SHARED)
+from ..seize.tree import NS_KINDS, Task, Tree
 from .fdtable import validate_files
 from .memory import PageSources
 
@@ -42,6 +43,7 @@ class MappedFile:
 @dataclass
 class DumpImages:
     dir: ImageDir
+    tree: Tree                       # pstree.img + ids-PID.img: one process, for now
     pid: int
     tids: list[int]
     cores: dict[int, core_pb2.core_entry]
@@ -65,15 +67,10 @@ def load(path: str | os.PathLike, *, shell_job: bool = False) -> DumpImages:
     inv = d.inventory
     if inv.HasField("pre_dump_mode"):
         raise ImageError(f"{d.root}: a pre-dump, not a dump: restore needs the images of `coldsnap dump`")
-    trees = d.read("pstree.img", missing_ok=True)
-    if not trees:
-        raise ImageError(f"{d.root}: no pstree.img: not a dump directory")
-    if len(trees) > 1:
-        raise ImageError(f"{d.root}: {len(trees)} processes in pstree.img; coldsnap restores one")
-    tree = trees[0]
-    pid, tids = tree.pid, list(tree.threads) or [tree.pid]
-    if pid not in tids:
-        raise ImageError(f"{d.root}/pstree.img: leader {pid} missing from its thread list")
+    tree = read_tree(d)
+    if len(tree) > 1:
+        raise ImageError(f"{d.root}: {len(tree)} processes in pstree.img; coldsnap restores one")
+    pid, tids = tree.root, tree.root_task.tids
     cores = {tid: _core(d, tid) for tid in tids}
     mm = d.read_single(f"mm-{pid}.img") if d.exists(f"mm-{pid}.img") else None
     if mm is None:
@@ -81,10 +78,7 @@ def load(path: str | os.PathLike, *, shell_job: bool = False) -> DumpImages:
     _check_vmas(d, mm)
     _check_vdso(mm)
     _check_xstate(cores)
-    ids = d.read_single(f"ids-{pid}.img") if d.exists(f"ids-{pid}.img") else None
-    if ids is None:
-        raise ImageError(f"{d.root}: ids-{pid}.img is missing")
-    registry = read_files_images(d.root, {pid: ids.files_id}, mapped_ids=_mapped_ids(mm))
+    registry = read_files_images(d.root, {pid: tree.root_task.files_id}, mapped_ids=_mapped_ids(mm))
     files = registry.task(pid)
     validate_files(files, shell_job=shell_job)
     mapped = _mapped_files(d, mm, registry.files)
@@ -96,7 +90,31 @@ def load(path: str | os.PathLike, *, shell_job: bool = False) -> DumpImages:
              for shmid in sorted({v.shmid for v in mm.vmas if v.status & VMA_ANON_SHARED})
              if d.exists(pagemap_name(shmid, shmem=True))}
     _check_ids_free(tids)
-    return DumpImages(d, pid, tids, cores, mm, files, mapped, private, shmem)
+    return DumpImages(d, tree, pid, tids, cores, mm, files, mapped, private, shmem)
+
+
+def read_tree(d: ImageDir) -> Tree:
+    """The tree model of a dump: pstree.img (parents first, root first) and every process's
+    ids-PID.img. The root's ppid is 0, as the image records it."""
+    entries = d.read("pstree.img", missing_ok=True)
+    if not entries:
+        raise ImageError(f"{d.root}: no pstree.img: not a dump directory")
+    tasks: dict[int, Task] = {}
+    for e in entries:
+        tids = list(e.threads) or [e.pid]
+        if e.pid not in tids:
+            raise ImageError(f"{d.root}/pstree.img: leader {e.pid} missing from its thread list")
+        if e.pid in tasks:
+            raise ImageError(f"{d.root}/pstree.img: process {e.pid} listed twice")
+        name = f"ids-{e.pid}.img"
+        if not d.exists(name):
+            raise ImageError(f"{d.root}: {name} is missing")
+        ids = d.read_single(name)
+        tasks[e.pid] = Task(e.pid, e.ppid, e.pgid, e.sid, tids, vm_id=ids.vm_id, files_id=ids.files_id,
+                            fs_id=ids.fs_id, sighand_id=ids.sighand_id,
+                            ns_ids={k: getattr(ids, f"{k}_ns_id") for k in NS_KINDS
+                                    if ids.HasField(f"{k}_ns_id")})
+    return Tree(entries[0].pid, tasks)
 
 
 def _sources(d: ImageDir, key: int, shmem: bool) -> PageSources:

@@ -1,9 +1,22 @@
-"""Freeze every thread of a process with ptrace, and always let it go again.
+"""Freeze every thread of a process tree with ptrace, and always let it go again.
 
     with freeze(pid) as task:       # all threads in a ptrace interrupt stop
-        ...                         # task.tids, RemoteCalls(task), ...
+        ...                         # task.tids, task.tree (the model), RemoteCalls(task), ...
         task.resume()               # optional early resume (idempotent)
     task.frozen_ns                  # how long the task was held
+
+    with freeze_tree(pid) as held:  # the process and every descendant, all threads
+        held.tree                   # the model (seize/tree.py): pids, sessions, shared objects
+        held.task(pid)              # the FrozenTask of one process
+        held.resume()               # every process (each FrozenTask may also resume alone)
+
+A FrozenTree holds the processes; a FrozenTask is one process of it. `freeze(pid)` is a
+tree of one whose root task is handed out: one code path. The tree ends (signal handlers
+back, frozen_ns set) when its last task is resumed.
+
+Descendants: after the root's threads are all stopped, the children of every held process
+are listed and seized, again and again until a pass finds nothing new: a stopped process
+cannot fork, so the listing of a fully held tree is final. Zombie children are left out.
 
 Users that leave state in the target (remote-call sessions: registers, scratch page) register
 an undo with `task.at_resume(key, undo)`; resume runs the undos (last registered first) while
@@ -33,7 +46,8 @@ from typing import Callable, Hashable
 from coldsnap.errors import AccessDenied, CsError, Interrupted, NoSuchProcess, TargetError
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS, syscall
-from coldsnap.kernel.procfs import alive, list_tids, read_maps, read_stat, read_status
+from coldsnap.kernel.procfs import alive, child_pids, list_tids, read_maps, read_stat, read_status
+from coldsnap.seize.tree import Task, Tree, read_tree
 
 PF_KTHREAD = 0x00200000
 SEIZE_OPTIONS = ptrace.PTRACE_O_TRACESYSGOOD   # never EXITKILL: our death must not kill the target
@@ -83,36 +97,33 @@ class _Thread:
     stop_sig: int = 0        # SIGTRAP for our interrupt, a stop signal if it was group-stopped
 
 
-@dataclass
-class FrozenTask:
-    """A process whose threads are all held in ptrace stops by the calling OS thread."""
-    pid: int
-    timeout: float = 10.0
-    tids: list[int] = field(default_factory=list)
-    frozen_ns: int | None = None
-    resumed: bool = False
-    _threads: dict[int, _Thread] = field(default_factory=dict)
-    _undo: dict[Hashable, Callable[[], None]] = field(default_factory=dict)
-    _resend: list[tuple[int, int]] = field(default_factory=list)   # (tid, sig) swallowed meanwhile
-    _guard: _SignalGuard = field(default_factory=_SignalGuard)
-    _owner: int = 0
-    _t0: int = 0
-    _gadget: int | None = None
-    _mem_fd: int | None = None
+class FrozenTree:
+    """Processes (the root, and with `descendants` all below it) held by the calling OS thread."""
 
-    # -- entering -------------------------------------------------------------------------
+    def __init__(self, root: int, timeout: float = 10.0, descendants: bool = False):
+        self.root = root
+        self.timeout = timeout
+        self.descendants = descendants
+        self.tasks: dict[int, FrozenTask] = {root: FrozenTask(root, self)}   # in seize order
+        self.frozen_ns: int | None = None
+        self.resumed = False
+        self._guard = _SignalGuard()
+        self._owner = 0
+        self._t0 = 0
+        self._model: Tree | None = None
 
-    def __enter__(self) -> "FrozenTask":
-        _refuse(self.pid)
+    def __enter__(self) -> "FrozenTree":
+        _refuse(self.root)
         self._owner = threading.get_ident()
         self._guard.install()
         self._t0 = time.monotonic_ns()
         try:
-            self._seize_all()
+            self.tasks[self.root]._seize_all()
+            if self.descendants:
+                self._seize_descendants()
         except BaseException:
             self.resume()
             raise
-        self.tids = sorted(self._threads)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -124,8 +135,95 @@ class FrozenTask:
             # an error is already on its way out (the task may be dead by now): it says more
             # than a failed cleanup would
 
+    def _seize_descendants(self) -> None:
+        while True:
+            held = [pid for pid, t in self.tasks.items() if not t.resumed]
+            new = [c for kids in child_pids(held).values() for c in kids if c not in self.tasks]
+            if not new:
+                return          # every listed process is held: none can fork another one
+            for pid in new:
+                if not alive(pid):
+                    continue    # a zombie (or exiting): nothing to seize
+                _refuse(pid)
+                task = self.tasks[pid] = FrozenTask(pid, self)
+                try:
+                    task._seize_all()
+                except NoSuchProcess:
+                    task.resume()
+                    del self.tasks[pid]
+
+    @property
+    def tree(self) -> Tree:
+        """The model of the held processes, read from the kernel at first use (while held)."""
+        if self._model is None:
+            if self.resumed:
+                raise CsError(f"the tree of {self.root} was already resumed")
+            self._model = read_tree(self.root, {pid: t.tids for pid, t in self.tasks.items()})
+        return self._model
+
+    def task(self, pid: int) -> "FrozenTask":
+        return self.tasks[pid]
+
+    def resume(self) -> None:
+        """Resume every process (children first). Idempotent; safe on any exit path."""
+        errors: list[BaseException] = []
+        for task in reversed(list(self.tasks.values())):
+            try:
+                task.resume()
+            except Exception as e:      # keep resuming the others
+                errors.append(e)
+        self._released()
+        if errors:
+            raise errors[0]
+
+    def _released(self) -> None:
+        """A task was resumed: when none is held any more, the tree ends."""
+        if self.resumed or not all(t.resumed for t in self.tasks.values()):
+            return
+        self.resumed = True
+        self.frozen_ns = time.monotonic_ns() - self._t0
+        self._guard.restore()
+
+
+@dataclass(eq=False)
+class FrozenTask:
+    """One process of a FrozenTree: its threads are all held in ptrace stops."""
+    pid: int
+    _tree: FrozenTree
+    tids: list[int] = field(default_factory=list)
+    frozen_ns: int | None = None
+    resumed: bool = False
+    _threads: dict[int, _Thread] = field(default_factory=dict)
+    _undo: dict[Hashable, Callable[[], None]] = field(default_factory=dict)
+    _resend: list[tuple[int, int]] = field(default_factory=list)   # (tid, sig) swallowed meanwhile
+    _gadget: int | None = None
+    _mem_fd: int | None = None
+
+    # -- entering (a tree of one: `with freeze(pid) as task`) -----------------------------
+
+    def __enter__(self) -> "FrozenTask":
+        self._tree.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._tree.__exit__(exc_type, exc, tb)
+
+    @property
+    def _guard(self) -> _SignalGuard:
+        return self._tree._guard
+
+    @property
+    def tree(self) -> Tree:
+        """The model of the held tree (see seize/tree.py)."""
+        return self._tree.tree
+
+    @property
+    def model(self) -> Task:
+        """This process in the model: ppid, pgid, sid, shared-object ids."""
+        return self._tree.tree.task(self.pid)
+
     def _seize_all(self) -> None:
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self._tree.timeout
         while True:
             try:
                 listed = list_tids(self.pid)
@@ -133,6 +231,7 @@ class FrozenTask:
                 raise NoSuchProcess(self.pid, during="the seize") from None
             new = [t for t in listed if t not in self._threads]
             if not new:
+                self.tids = sorted(self._threads)
                 return  # every listed thread is stopped: nothing can create another one
             for tid in new:
                 self._seize_one(tid)
@@ -176,7 +275,7 @@ class FrozenTask:
                 th = pending[0]
                 state = _state(self.pid, th.tid)
                 raise TargetError(f"cannot seize {self.pid}: thread {th.tid} did not stop "
-                                  f"within {self.timeout:g}s (state {state or '?'})")
+                                  f"within {self._tree.timeout:g}s (state {state or '?'})")
             naps += 1
             # stops normally arrive within tens of microseconds: spin briefly, then nap
             time.sleep(0 if naps < 50 else 0.0005)
@@ -207,7 +306,7 @@ class FrozenTask:
         """Undo injected state and detach every thread. Idempotent; safe on any exit path."""
         if self.resumed:
             return
-        if self._owner and threading.get_ident() != self._owner:
+        if self._tree._owner and threading.get_ident() != self._tree._owner:
             raise CsError("resume() must run on the thread that froze the task")
         errors: list[BaseException] = []
         with self._guard:
@@ -229,8 +328,8 @@ class FrozenTask:
                 except ProcessLookupError:
                     pass
             self.resumed = True
-            self.frozen_ns = time.monotonic_ns() - self._t0
-            self._guard.restore()
+            self.frozen_ns = time.monotonic_ns() - self._tree._t0
+            self._tree._released()
         if errors:
             raise errors[0]
 
@@ -275,7 +374,7 @@ class FrozenTask:
     def check_usable(self, tid: int) -> None:
         if self.resumed:
             raise CsError(f"task {self.pid} was already resumed")
-        if threading.get_ident() != self._owner:
+        if threading.get_ident() != self._tree._owner:
             raise CsError("ptrace requests must come from the thread that froze the task")
         th = self._threads.get(tid)
         if th is None or not th.stopped:
@@ -328,8 +427,13 @@ class FrozenTask:
 
 
 def freeze(pid: int, timeout: float = 10.0) -> FrozenTask:
-    """Context manager that stops all threads of PID; see the module docstring."""
-    return FrozenTask(pid, timeout)
+    """Context manager that stops all threads of PID (a tree of one); see the module docstring."""
+    return FrozenTree(pid, timeout).tasks[pid]
+
+
+def freeze_tree(pid: int, timeout: float = 10.0) -> FrozenTree:
+    """Context manager that stops PID and every process below it, every thread of each."""
+    return FrozenTree(pid, timeout, descendants=True)
 
 
 # -- checks -------------------------------------------------------------------------------

@@ -1,0 +1,158 @@
+"""The tree model: the processes a checkpoint holds, how they relate, what they share.
+
+    tree = freeze_tree(pid).tree   (or task.tree in `with freeze(pid) as task`)
+    for task in tree:              # parents before children; tree.root is the dumped root
+        task.pid, task.ppid, task.pgid, task.sid, task.tids
+        task.vm_id, task.files_id, task.fs_id, task.sighand_id, task.ns_ids
+    tree.image_ppid(task)          # 0 for the root, as pstree.img writes it
+
+Kernel-object ids name what tasks share: two tasks with the same files_id share one fd
+table (and so on for mm, fs, signal handlers), found with kcmp(2). They are small integers
+numbered per kind from 1 in tree order, as CRIU numbers them (the root always gets 1).
+Namespaces are told apart by their /proc/PID/ns inode and numbered from 1 by one counter
+for every kind, as CRIU does. Dump builds a Tree from the live (frozen) kernel with
+`read_tree`; restore builds the same model from pstree.img and ids-PID.img.
+
+Ids are per process (its leader): threads share mm and signal handlers by definition, and a
+thread that unshared its fd table or fs is not told apart (not supported).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from coldsnap.kernel import kcmp as K
+from coldsnap.kernel.procfs import ns_inode, read_stat
+
+KCMP_KINDS = (("vm_id", K.KCMP_VM), ("files_id", K.KCMP_FILES), ("fs_id", K.KCMP_FS),
+              ("sighand_id", K.KCMP_SIGHAND))
+NS_KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
+
+
+@dataclass
+class Task:
+    """One process of the tree (its threads included)."""
+    pid: int
+    ppid: int                 # the real parent's pid (outside the tree for the root)
+    pgid: int
+    sid: int
+    tids: list[int]           # every thread, leader included, sorted
+    vm_id: int = 0
+    files_id: int = 0
+    fs_id: int = 0
+    sighand_id: int = 0
+    ns_ids: dict[str, int] = field(default_factory=dict)   # "pid", "net", ... -> id
+
+
+@dataclass
+class Tree:
+    """Processes keyed by pid, parents before children; `root` is the pid of the root."""
+    root: int
+    tasks: dict[int, Task]
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks.values())
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def task(self, pid: int) -> Task:
+        return self.tasks[pid]
+
+    @property
+    def root_task(self) -> Task:
+        return self.tasks[self.root]
+
+    def children(self, pid: int) -> list[Task]:
+        return [t for t in self if t.ppid == pid and t.pid != self.root]
+
+    def image_ppid(self, task: Task) -> int:
+        """The ppid pstree.img records: 0 for the root of the dump."""
+        return 0 if task.pid == self.root else task.ppid
+
+
+class ObjectIds:
+    """Small ids for one kind of kernel object, one per distinct object (kcmp equality).
+
+    Representatives are kept in the kernel's kcmp order, so a new task costs a binary
+    search: log2(n) kcmp calls, none for the first task. They must stay alive (frozen)."""
+
+    def __init__(self, kind: int):
+        self.kind = kind
+        self._reps: list[tuple[int, int]] = []     # (pid, id), sorted by kcmp order
+        self._next = 1
+
+    def id_of(self, pid: int) -> int:
+        lo, hi = 0, len(self._reps)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            rep, rid = self._reps[mid]
+            order = K.kcmp(pid, rep, self.kind)
+            if order == K.EQUAL:
+                return rid
+            if order == K.UNORDERED:        # no order offered: compare with every one
+                return self._linear(pid)
+            if order == K.LESS:
+                hi = mid
+            else:
+                lo = mid + 1
+        return self._add(lo, pid)
+
+    def _linear(self, pid: int) -> int:
+        for rep, rid in self._reps:
+            if K.same(pid, rep, self.kind):
+                return rid
+        return self._add(len(self._reps), pid)
+
+    def _add(self, at: int, pid: int) -> int:
+        new = self._next
+        self._next += 1
+        self._reps.insert(at, (pid, new))
+        return new
+
+
+class NamespaceIds:
+    """Namespace inode -> small id, one counter for every kind."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, int], int] = {}
+
+    def ids_of(self, pid: int) -> dict[str, int]:
+        out = {}
+        for kind in NS_KINDS:
+            ino = ns_inode(pid, kind)
+            if ino is None:
+                continue                    # this kernel has no such namespace
+            out[kind] = self._ids.setdefault((kind, ino), len(self._ids) + 1)
+        return out
+
+
+def tree_order(root: int, parents: dict[int, int]) -> list[int]:
+    """Pids in PARENTS (pid -> ppid) ordered root first, then parents before children."""
+    kids: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        if pid != root:
+            kids.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        out.append(pid)
+        todo.extend(sorted(kids.get(pid, [])))
+    return out + sorted(set(parents) - set(out))     # not below the root: last
+
+
+def read_tree(root: int, threads: dict[int, list[int]]) -> Tree:
+    """The model of the held processes THREADS (pid -> tids) under ROOT, from the kernel.
+
+    Call it while they are frozen: pgid, sid and the shared objects then cannot change."""
+    stats = {pid: read_stat(pid) for pid in threads}
+    order = tree_order(root, {pid: st.ppid for pid, st in stats.items()})
+    allocators = {name: ObjectIds(kind) for name, kind in KCMP_KINDS}
+    namespaces = NamespaceIds()
+    tasks = {}
+    for pid in order:
+        st = stats[pid]
+        tasks[pid] = Task(pid, st.ppid, st.pgrp, st.session, sorted(threads[pid]),
+                          **{name: ids.id_of(pid) for name, ids in allocators.items()},
+                          ns_ids=namespaces.ids_of(pid))
+    return Tree(root, tasks)
