@@ -12,9 +12,10 @@ import pytest
 
 from coldsnap.dump.metadata import write_inventory
 from coldsnap.dump.task_state import dump_task_state, write_tree_images
+from coldsnap.errors import AccessDenied, ImageError
 from coldsnap.images.directory import ImageDir
 from coldsnap.kernel import kcmp
-from coldsnap.restore.images import read_tree
+from coldsnap.restore.images import load, read_tree
 from coldsnap.seize.freezer import freeze, freeze_tree
 from coldsnap.seize.tree import KCMP_KINDS, ObjectIds
 from procs import proc_state
@@ -158,3 +159,24 @@ def test_dump_of_a_session_leader_records_its_pgid_and_sid(family, tmp_path):
     assert (t.pid, t.ppid, t.pgid, t.sid) == (p["a1"], 0, real["pgid"], real["sid"])
     assert t.sid == p["a"] and t.pgid == p["a1"] and t.files_id == 1
     assert_running_untraced(p["a1"])
+
+
+def test_a_descendant_that_cannot_be_seized_lets_every_other_one_go(family, holder):
+    w, p = family
+    holder(p["a1"])                                    # another tracer holds a1
+    with pytest.raises(AccessDenied, match=f"cannot seize {p['a1']}: already traced by"):
+        with freeze_tree(p["main"]):
+            pass
+    for name in ("main", "a", "b", "c"):
+        assert_running_untraced(p[name])
+
+
+def test_restore_refuses_a_tree_of_more_than_one_in_one_line(family, tmp_path):
+    w, p = family
+    with freeze_tree(p["main"]) as held:
+        tree = held.tree
+    with ImageDir.create(tmp_path / "img") as d:
+        write_tree_images(tree, d)
+        write_inventory(d, pre_dump=False)
+    with pytest.raises(ImageError, match=r"5 processes in pstree.img; coldsnap restores one$"):
+        load(tmp_path / "img")

@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
-from coldsnap.errors import AccessDenied, CsError, Interrupted, NoSuchProcess, TargetError
+from coldsnap.errors import AccessDenied, CsError, Interrupted, NoSuchProcess, TargetError, Unsupported
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS, syscall
 from coldsnap.kernel.procfs import alive, child_pids, list_tids, read_maps, read_stat, read_status
@@ -391,11 +391,11 @@ class FrozenTask:
         if self._gadget is None:
             vdso = next((m for m in read_maps(self.pid) if m.path == "[vdso]"), None)
             if vdso is None:
-                raise TargetError(f"process {self.pid} has no [vdso]")
+                raise Unsupported(f"process {self.pid} has no [vdso]")
             text = os.pread(self.mem_fd(), vdso.end - vdso.start, vdso.start)
             at = text.find(b"\x0f\x05")
             if at < 0:
-                raise TargetError(f"no syscall instruction in the [vdso] of {self.pid}")
+                raise Unsupported(f"no syscall instruction in the [vdso] of {self.pid}")
             self._gadget = vdso.start + at
         return self._gadget
 
