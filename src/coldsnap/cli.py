@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _out(args: argparse.Namespace, obj: dict, *lines: str) -> None:
     """The result of a command: one JSON object with --json, else its lines of text."""
+    _close_display()
     if getattr(args, "json", False):
         print(json.dumps(obj))
     else:
@@ -289,6 +290,7 @@ def run_restore(args: argparse.Namespace) -> int:
     result = {"pid": res.pid, "threads": res.threads, "total_ms": round(res.total_ns / 1e6, 3),
               "memory_ms": round(res.stats.memory_ns / 1e6, 3), "injected_calls": res.stats.calls}
     if res.exit_status is None:
+        _close_display()
         if args.json:
             _out(args, result)
         else:
@@ -309,13 +311,39 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
+_display = None     # the terminal's progress display while a command runs
+
+
+def _open_display() -> None:
+    """A progress display on stderr when it is a terminal (rich imported only then)."""
+    global _display
+    if sys.stderr.isatty():
+        try:
+            from .terminal import install
+        except ImportError:         # rich missing: run without a display
+            return
+        _display = install()
+
+
+def _close_display() -> None:
+    """Before the result or an error is printed: no bar may be drawn over them."""
+    global _display
+    if _display is not None:
+        _display.close()
+        _display = None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C (targets resumed, temporary images removed) and exits 143;
     # the freezer defers both signals around its critical sections
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    _open_display()
     try:
-        return run(args)
+        try:
+            return run(args)
+        finally:
+            _close_display()
     except (CsError, OSError, KeyboardInterrupt) as e:
         code = exit_code(e)
         if getattr(args, "json", False):

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .. import progress
 from ..errors import AccessDenied, NoSuchProcess, TargetError
 from ..kernel import vm
 from ..kernel.pagemap import PAGE_SHIFT, PAGE_SIZE
@@ -93,6 +94,9 @@ class Drain:
             got = self._read(count, total)
             if got:
                 self._emit(count, got)
+            if progress.reporter:
+                done = (self.stats.pages_read + self.stats.pages_skipped) << PAGE_SHIFT
+                progress.reporter("reading pages", done, int(lens.sum()))
             if got == total:
                 i += count
                 cur = int(starts[i]) if i < n else 0

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import progress
 from ..errors import NoSuchProcess, TargetError
 from ..kernel import vm
 from ..kernel.pagemap import PAGE_SIZE
@@ -96,6 +97,8 @@ def copy_frozen(pid: int, mem_fd: int, ranges: Ranges, out_fd: int, *, threads: 
         while done < total:
             done += os.pwrite(out_fd, view[done:total], int(offs[i]) + done)
             calls += 1
+        if progress.reporter:
+            progress.reporter("copying pages", int(ends[j - 1]), int(ends[-1]))
         return forced, calls
 
     stats = CopyStats(bytes=int(lens.sum()))

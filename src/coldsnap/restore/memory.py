@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import progress
 from ..errors import CsError
 from ..kernel import vm
 from ..memory.vma import PROT_WRITE
@@ -121,6 +122,8 @@ class PageWriter:
         fut: Future = self._pending.popleft()
         self.stats.bytes_vm += fut.result()
         self.stats.syscalls += 1
+        if progress.reporter:
+            progress.reporter("writing pages", self.stats.bytes_vm, 0)
 
     def _pwrite(self, data: np.ndarray, addr: int) -> None:
         view = memoryview(data)
@@ -137,6 +140,8 @@ class PageWriter:
         self.stats.bytes_mem += done
 
     def close(self) -> None:
+        if progress.reporter:
+            progress.reporter("writing pages", self.stats.bytes_vm, self.stats.bytes_vm)
         for fut in self._pending:
             fut.cancel()
         if self._pool is not None:
