@@ -160,7 +160,11 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "pre-dump" and args.iterations > 1:
         return run_series(args)
     if args.command == "pre-dump":
-        args.pre_dump_mode, args.track_mem = _pre_dump_plan(args)
+        from .dump.plan import ModeMismatch, choose_pre_dump
+        try:
+            args.pre_dump_mode, args.track_mem = choose_pre_dump(args.pre_dump_mode, args.track_mem)
+        except ModeMismatch as e:
+            raise UsageError(str(e)) from None
     if args.command == "pre-dump" and args.track_mem != "none":
         from .dump.iterate import pre_dump_tracked
         track = args.track_mem
@@ -224,27 +228,6 @@ def _result(args: argparse.Namespace, stats, **more) -> dict:
     return {"pid": args.tree, "images_dir": str(args.images_dir), **more, "stats": stats.as_dict()}
 
 
-def _pre_dump_plan(args: argparse.Namespace) -> tuple[str, str]:
-    """(mode, tracking) of a single pre-dump from --pre-dump-mode and --track-mem.
-
-    Tracking: uffd goes with nofreeze (or live: planned in a short freeze), soft-dirty with
-    live (its bits are read in a short freeze), none with live or frozen. Unset, both follow
-    what this kernel offers."""
-    from .dump.iterate import check_track, choose_track
-    from .kernel.features import probe
-    mode, track = args.pre_dump_mode, args.track_mem
-    if track is None:
-        track = "uffd" if mode == "nofreeze" else "none" if mode else choose_track(probe())
-    fits = {"uffd": ("nofreeze", "live"), "soft-dirty": ("live",), "none": ("live", "frozen")}[track]
-    if mode is None:
-        mode = fits[0]
-    elif mode not in fits:
-        raise UsageError(f"--pre-dump-mode {mode} does not go with --track-mem {track} "
-                      f"(it goes with {' or '.join(fits)})")
-    check_track(track)
-    return mode, track
-
-
 def _dedup(args: argparse.Namespace, images_dir, lines: list[str], result: dict) -> dict:
     """--auto-dedup after a pre-dump: its line of text, and `dedup_freed_bytes` in the JSON."""
     if args.auto_dedup:
@@ -259,14 +242,15 @@ def run_series(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from .dump.iterate import choose_track, pre_dump_series
+    from .dump.iterate import pre_dump_series
+    from .dump.plan import default_track
     from .kernel.features import probe
     if os.path.isdir(args.images_dir) and os.listdir(args.images_dir):
         raise ImageError(f"{args.images_dir}: images directory is not empty")
     if args.prev_images_dir:
         raise UsageError("--prev-images-dir cannot start a series yet; give a new -D instead")
     series = pre_dump_series(args.tree, args.images_dir, args.iterations,
-                             track=args.track_mem or choose_track(probe()),
+                             track=args.track_mem or default_track(probe()),
                              buffer_size=args.buffer_size,
                              between=(lambda i: time.sleep(args.interval)) if args.interval else None)
     lines = [f"{'iter':>4} {'tracking':8} {'frozen ms':>9} {'written':>9} {'in parent':>9} {'skipped':>7}"]

@@ -140,18 +140,18 @@ def test_soft_dirty_is_refused_in_one_line_where_the_kernel_lacks_it(spawn, work
 
 
 def test_tracking_is_chosen_from_what_the_kernel_offers():
-    from coldsnap.dump.iterate import choose_track
+    from coldsnap.dump.plan import default_track
     from coldsnap.kernel.features import Features, probe
 
     def feats(**kw):
         base = dict(pagemap_scan=True, uffd_wp_async=True, soft_dirty=False, pidfd_getfd=True,
                     clone3_set_tid=True)
         return Features(**{**base, **kw})
-    assert choose_track(feats()) == "uffd"
-    assert choose_track(feats(uffd_wp_async=False, soft_dirty=True)) == "soft-dirty"
-    assert choose_track(feats(pidfd_getfd=False, soft_dirty=True)) == "soft-dirty"
-    assert choose_track(feats(uffd_wp_async=False)) == "none"
-    assert choose_track(probe()) == "uffd"            # this machine
+    assert default_track(feats()) == "uffd"
+    assert default_track(feats(uffd_wp_async=False, soft_dirty=True)) == "soft-dirty"
+    assert default_track(feats(pidfd_getfd=False, soft_dirty=True)) == "soft-dirty"
+    assert default_track(feats(uffd_wp_async=False)) == "none"
+    assert default_track(probe()) == "uffd"            # this machine
 
 
 def test_live_mode_with_uffd_tracking_plans_in_a_short_freeze(spawn, workload_bin, tmp_path):

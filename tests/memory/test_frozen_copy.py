@@ -1,4 +1,4 @@
-"""copy_frozen: a frozen task's pages back to back into a file, on worker threads."""
+"""copy_frozen: a frozen task's pages back to back into a pages file's area, on worker threads."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from coldsnap.images.pages import FileArea
 from coldsnap.memory.frozen_copy import copy_frozen, pieces
 from coldsnap.memory.ranges import Ranges
 
@@ -51,7 +52,7 @@ def test_copy_equals_memory_including_unreadable_pages(tmp_path, threads, layout
         out = os.open(tmp_path / "pages", os.O_RDWR | os.O_CREAT, 0o600)
         mem = os.open(f"/proc/{proc.pid}/mem", os.O_RDONLY)
         try:
-            stats = copy_frozen(proc.pid, mem, ranges, out, threads=threads, chunk=chunk)
+            stats = copy_frozen(proc.pid, mem, ranges, FileArea(out, 0), threads=threads, chunk=chunk)
         finally:
             os.close(mem)
             os.close(out)

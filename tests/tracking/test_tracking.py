@@ -192,7 +192,7 @@ def test_new_mapping_between_iterations_is_saved_whole(target, tmp_path):
         series.step()
         map_new(1)
         s2 = series.step()
-        assert series.dirty.intersect(Ranges.of([(NEWMAP, NEWMAP + 64 * PG)])).nr_pages == 64
+        assert series.plan.dirty.intersect(Ranges.of([(NEWMAP, NEWMAP + 64 * PG)])).nr_pages == 64
         map_new(2)
         s3 = series.step()
     assert maps == [NEWMAP, NEWMAP + (1 << 30)]
@@ -259,10 +259,10 @@ def test_target_using_userfaultfd_itself_keeps_it_and_that_vma_is_saved_whole(ta
     assert len(own) == 1
     with PreDumpSeries(w.pid, tmp_path) as series:
         series.step()
-        assert series.tracker.untracked.get((UREGION, UREGION + 32 * PG), "").startswith("EBUSY")
+        assert series.planner.uffd.untracked.get((UREGION, UREGION + 32 * PG), "").startswith("EBUSY")
         ask(w, "write 4 50")
         s2 = series.step()
-        assert series.untracked.pairs() == [(UREGION, UREGION + 32 * PG)]
+        assert series.planner.untracked.pairs() == [(UREGION, UREGION + 32 * PG)]
     assert [s.track_backend for s in [s2]] == ["uffd"]
     img2 = image_pages(tmp_path / "2", w.pid)
     assert {a for a in img2 if UREGION <= a < UREGION + 32 * PG} == {UREGION + i * PG for i in range(16)}

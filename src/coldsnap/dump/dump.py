@@ -33,25 +33,25 @@ from ..errors import TargetError, Unsupported
 from ..files.images import write_images as write_files_images
 from ..files.registry import FileRegistry
 from ..images.directory import ImageDir
-from ..images.pages import PAGE_SHIFT, PAGE_SIZE, PagemapWriter
+from ..images.pages import PAGE_SHIFT, PAGE_SIZE
 from ..kernel import ptrace
 from ..kernel.libc import SYS
 from ..kernel.procfs import MapsLine, read_maps, read_stat
-from ..memory.frozen_copy import CopyStats, copy_frozen
+from ..memory.frozen_copy import CopyStats, save_frozen
+from ..memory.plan import PagePlan
 from ..memory.ranges import Ranges
-from ..memory.scan import scan_saved_pages, warm_up
-from ..memory.tracking import (PARK_FD_MIN, TrackingRefused, UffdTracker, drop_wp_markers,
-                               parked_uffd_fds)
+from ..memory.scan import warm_up
+from ..memory.sink import PageSink, PagemapKey, PlanFeed, SinkCounts
+from ..memory.tracking import PARK_FD_MIN, parked_uffd_fds
 from ..memory.vma import PROT_WRITE, Kind, Vma, classify, classify_all
 from ..seize.freezer import FrozenTask, freeze
 from ..seize.remote import RemoteCalls
-from .iterate import covered_by_chain, parked_uffd_fd
 from .metadata import write_inventory, write_mm, write_stats
-from .stats import DumpStats
+from .plan import Planned, Planner, covered_by_chain, parked_uffd_fd
+from .sink import ImageSink
+from .stats import DumpStats, Times
 from .task_state import collect_task_state, write_task_images
 
-def _us(ns: int) -> int:
-    return ns // 1000
 
 
 # -- refusals --------------------------------------------------------------------------------
@@ -141,18 +141,6 @@ def mapped_files(pid: int, vmas: list[Vma]) -> tuple[str, dict[str, tuple[int, o
 # -- pages -----------------------------------------------------------------------------------
 
 @dataclass
-class _Plan:
-    present: Ranges                 # every page to record (present, not a wp marker)
-    to_read: Ranges                 # present pages whose bytes go into this image
-    in_parent: Ranges               # the rest: PE_PARENT
-    scan_method: str
-    tracked: bool
-    # our copy of the adopted userfaultfd: releasing it clears the write protection of every
-    # tracked page (about 25 ms per GiB), so it is closed after the freeze, not in it
-    tracker: UffdTracker | None = None
-
-
-@dataclass
 class _Parent:
     """What the parent chain offers, read before the freeze (the images do not change)."""
     uffd_fd: int | None             # the userfaultfd its pre-dump parked in the target
@@ -166,119 +154,75 @@ def _parent(prev: Path | None, pid: int) -> _Parent:
     return _Parent(fd, covered_by_chain(prev, pid) if fd is not None else Ranges.empty())
 
 
-def plan_pages(task: FrozenTask, vmas: list[Vma], parent: _Parent) -> _Plan:
+def plan_pages(task: FrozenTask, vmas: list[Vma], parent: _Parent, times: Times) -> tuple[Planner, Planned]:
     """The page plan of a frozen task, then coldsnap's tracking removed from it.
 
     With a parent whose stats name a parked userfaultfd, adopt it: saved = present ∩
     (written ∪ not covered by the chain), the rest PE_PARENT; otherwise save everything
     present. Every parked coldsnap userfaultfd is closed in the target before returning.
+    The planner holds our copy of an adopted userfaultfd: releasing it clears the write
+    protection of every tracked page (about 25 ms per GiB), so the caller closes it after
+    the freeze, not in it.
     """
     pid = task.pid
     parked = [fd for fd in parked_uffd_fds(pid) if fd >= PARK_FD_MIN]
-    tracker = dirty = None
+    planner = Planner(pid, "none", drop_parked_markers=bool(parked))
     try:
-        fd = parent.uffd_fd
-        if fd is not None and fd in parked:
-            tracker = UffdTracker()
-            try:
-                tracker.adopt(pid, fd, vmas)
-                dirty, _ = tracker.collect(vmas)
-            except TrackingRefused:
-                tracker.close()
-                tracker = dirty = None
-        present, method = scan_saved_pages(pid, vmas)
-        if tracker is not None:
-            present = tracker.drop_markers(present)
-        elif parked:
-            # markers of the parked tracking look like swapped pages: drop them too
-            pm_fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                present = drop_wp_markers(pm_fd, present)
-            finally:
-                os.close(pm_fd)
+        if parent.uffd_fd is not None and parent.uffd_fd in parked:
+            planner.adopt(parent.uffd_fd, vmas)
+        planned = planner.plan(parent.covered, task=task, vmas=vmas, times=times, skip_unreadable=False)
         if parked:
             with RemoteCalls(task) as rc:
                 for pfd in parked:
                     rc.checked(SYS.close, pfd, what=f"close({pfd}) of coldsnap's parked userfaultfd")
-        if dirty is None:
-            return _Plan(present, present, Ranges.empty(), method, False)
-        uncovered = present.subtract(parent.covered)
-        to_read = present.intersect(dirty.union(uncovered))
-        return _Plan(present, to_read, present.subtract(to_read), method, True, tracker)
+        return planner, planned
     except BaseException:
-        if tracker is not None:
-            tracker.close()
+        planner.close()
         raise
 
 
-def save_private(task: FrozenTask, imgdir: ImageDir, plan: _Plan, threads: int = 2) -> tuple[int, int, int, int]:
-    """pagemap-PID.img + pages: (pages written, in parent, read through /proc/PID/mem, syscalls).
+def save_private(task: FrozenTask, sink: PageSink, plan: PagePlan, threads: int = 2) -> tuple[CopyStats, SinkCounts]:
+    """pagemap-PID: the frozen copy of the plan's pages, PE_PARENT for the rest.
 
     A final dump skips nothing: pages process_vm_readv cannot read (no PROT_READ) come
     through /proc/PID/mem, and a page that still fails ends the dump."""
-    writer = PagemapWriter(imgdir, task.pid)
-    copied = CopyStats()
-    if len(plan.to_read):
-        copied = copy_frozen(task.pid, task.mem_fd(), plan.to_read, writer.pages_fd(), threads=threads)
-    runs = sorted([(s, e, writer.add_copied) for s, e in plan.to_read.pairs()]
-                  + [(s, e, writer.add_parent) for s, e in plan.in_parent.pairs()])
-    for start, end, add in runs:
-        add(start, (end - start) >> PAGE_SHIFT)
-    writer.close()
-    return writer.nr_present, writer.nr_parent, copied.forced_bytes >> PAGE_SHIFT, copied.syscalls
+    sink.begin(PagemapKey(task.pid))
+    copied, counts = save_frozen(task.pid, task.mem_fd(), plan, sink, threads=threads)
+    sink.end()
+    return copied, counts
 
 
-def save_shmem(pid: int, imgdir: ImageDir, vmas: list[Vma]) -> tuple[int, int]:
-    """pagemap-shmem-SHMID.img + pages per shared anonymous object: its pages holding data
-    (SEEK_DATA: resident or swapped) inside the windows this task maps, read from the
-    object itself through /proc/PID/map_files. Returns (pages written, pages mapped)."""
+def save_shmem(pid: int, sink: PageSink, vmas: list[Vma]) -> tuple[SinkCounts, int]:
+    """pagemap-shmem-SHMID per shared anonymous object: its pages holding data (SEEK_DATA:
+    resident or swapped) inside the windows this task maps, read from the object itself
+    through /proc/PID/map_files and copied in the kernel (sendfile into the sink's area).
+    Returns (pages handed to the sink, pages mapped)."""
     objects: dict[int, list[Vma]] = {}
     for v in vmas:
         if v.kind is Kind.ANON_SHARED:
             objects.setdefault(v.inode, []).append(v)
-    written = mapped = 0
+    counts, mapped = SinkCounts(), 0
     for shmid, areas in sorted(objects.items()):
-        windows = sorted((v.pgoff, v.pgoff + v.size) for v in areas)
-        merged: list[list[int]] = []
-        for lo, hi in windows:
-            if merged and lo <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], hi)
-            else:
-                merged.append([lo, hi])
-        mapped += sum(hi - lo for lo, hi in merged) >> PAGE_SHIFT
+        windows = Ranges.covering([(v.pgoff, v.pgoff + v.size) for v in areas])
+        mapped += windows.nr_pages
         try:
             fd = os.open(_map_files(pid, areas[0]), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise TargetError(f"shared memory at {areas[0].start:#x}: cannot open it: {e.strerror}") from None
         try:
-            with PagemapWriter(imgdir, shmid, shmem=True) as w:
-                for lo, hi in merged:
-                    for d, h in _data_runs(fd, lo, hi):
-                        n = _copy_pages(fd, d, h, w)
-                        if n:
-                            w.add_copied(d, n >> PAGE_SHIFT)
-                written += w.nr_present
+            sink.begin(PagemapKey(shmid, shmem=True))
+            feed = PlanFeed(sink)
+            for lo, hi in windows.pairs():
+                for d, h in _data_runs(fd, lo, hi):
+                    # whole pages only (fewer at the object's end)
+                    n = feed.reserve(h - d).sendfile(fd, d, 0, h - d) >> PAGE_SHIFT
+                    if n:
+                        feed.placed(d, n)
+            counts.add(feed.finish())
+            sink.end()
         finally:
             os.close(fd)
-    return written, mapped
-
-
-def _copy_pages(fd: int, lo: int, hi: int, w: PagemapWriter) -> int:
-    """Copy [lo, hi) of a shared object to the end of W's pages file inside the kernel
-    (sendfile: no buffer of ours; copy_file_range refuses to cross filesystems); returns the
-    bytes copied, whole pages (less only at the object's end)."""
-    out = w.pages_fd()
-    at = os.lseek(out, 0, os.SEEK_END)
-    done = 0
-    while lo + done < hi:
-        k = os.sendfile(out, fd, lo + done, hi - lo - done)
-        if k == 0:
-            break                       # past the object's end: no pages there
-        done += k
-    whole = done >> PAGE_SHIFT << PAGE_SHIFT
-    if whole != done:
-        os.ftruncate(out, at + whole)
-    return whole
+    return counts, mapped
 
 
 def _data_runs(fd: int, lo: int, hi: int):
@@ -334,57 +278,50 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
     leave_running). Returns the stats; frozen_time there spans the whole freeze (the image's
     stats-dump ends when it is written, before the commit)."""
     stats = DumpStats(mode="dump")
+    times = Times()
     warm_up()
     prev = Path(prev_images_dir) if prev_images_dir is not None else None
-    plan: _Plan | None = None
+    planner: Planner | None = None
     try:
-        with ImageDir.create(images_dir, parent=prev_images_dir) as imgdir:
-            t0 = time.perf_counter_ns()
+        with ImageDir.create(images_dir, parent=prev_images_dir) as imgdir, ImageSink(imgdir) as sink:
             parent = _parent(prev, pid)
+            t0 = time.perf_counter_ns()
             with freeze(pid) as task:
                 t_frozen = time.perf_counter_ns()
+                times.freezing = t_frozen - t0
                 maps = read_maps(pid)
                 refuse_mappings(pid, maps)
                 state = collect_task_state(task)     # its scratch page is gone again: maps hold
                 vmas = classify_all(maps)
-                stat = read_stat(pid)
-                plan = plan_pages(task, vmas, parent)
-                t_scanned = time.perf_counter_ns()
+                planner, planned = plan_pages(task, vmas, parent, times)
                 files = FileRegistry()
                 files.collect(pid, task.model.files_id, shell_job=shell_job)
                 exe, mapped, vma_paths, vma_flags = mapped_files(pid, vmas)
                 ids = files.add_mapped(mapped)
                 t_mem = time.perf_counter_ns()
-                written, in_parent, forced, calls = save_private(task, imgdir, plan)
-                shm_written, shm_mapped = save_shmem(pid, imgdir, vmas)
-                t_saved = time.perf_counter_ns()
+                copied, pages = save_private(task, sink, planned.plan)
+                shm_pages, shm_mapped = save_shmem(pid, sink, vmas)
+                pages.add(shm_pages)
+                times.copy = time.perf_counter_ns() - t_mem
                 write_task_images(state, task.tree, imgdir)
                 write_files_images(files, imgdir.root)
-                write_mm(imgdir, pid, vmas, stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
+                write_mm(imgdir, pid, vmas, planned.stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
                          file_ids={k: ids[p] for k, p in vma_paths.items()}, fdflags=vma_flags,
                          dumpable=state.dumpable)
                 write_inventory(imgdir, pre_dump=False)
-                stats.scan_method = plan.scan_method
-                stats.track_backend = "uffd" if plan.tracked else "none"
-                stats.freezing_time = _us(t_frozen - t0)
-                stats.scan_time = _us(t_scanned - t_frozen)
-                stats.memdump_time = _us(t_saved - t_mem)
-                stats.pages_scanned = (sum(v.size for v in vmas if v.saves_pages) >> PAGE_SHIFT) + shm_mapped
-                stats.pages_written = written + shm_written
-                stats.pages_skipped_parent = in_parent
-                stats.vmas = len(vmas)
-                stats.read_syscalls = calls
-                stats.frozen_time = _us(time.perf_counter_ns() - t_frozen)
+                times.frozen = time.perf_counter_ns() - t_frozen
+                stats.record(planned.plan, pages, times, syscalls=copied.syscalls, extra_scanned=shm_mapped)
                 write_stats(imgdir, stats)
                 if leave_running:
                     task.resume()                   # the fsyncs of the commit need no freeze
-                    stats.frozen_time = _us(time.perf_counter_ns() - t_frozen)
+                    times.frozen = time.perf_counter_ns() - t_frozen
                     imgdir.commit()
                 else:
                     imgdir.commit()                 # durable before the task is gone
                     kill_held(task)
-                    stats.frozen_time = _us(time.perf_counter_ns() - t_frozen)
+                    times.frozen = time.perf_counter_ns() - t_frozen
+                stats.set_times(times)
     finally:
-        if plan is not None and plan.tracker is not None:
-            plan.tracker.close()
+        if planner is not None:
+            planner.close()
     return stats

@@ -1,39 +1,78 @@
-"""One pre-dump: freeze to learn which pages to save, resume, drain them into images."""
+"""One pre-dump: plan which pages to save (holding the task as its mode says), drain them
+into the images' page sink while the task runs, write the small images and the stats."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
 from ..errors import CsError
-from ..kernel.procfs import read_maps, read_stat
-from ..memory.drain import DEFAULT_BUFFER, Drain
-from ..memory.ranges import Ranges
-from ..memory.scan import scan_saved_pages, warm_up
-from ..memory.vma import PROT_READ, Vma, classify_all
-from ..seize.freezer import freeze
 from ..images.directory import ImageDir
-from ..images.pages import PagemapWriter
+from ..kernel.procfs import Stat
+from ..memory.drain import DEFAULT_BUFFER, Drain, DrainStats
+from ..memory.plan import PagePlan
+from ..memory.scan import warm_up
+from ..memory.sink import PageSink, PagemapKey, PlanFeed, SinkCounts
+from ..memory.vma import Vma
+from ..seize.freezer import freeze
 from .metadata import write_inventory, write_mm, write_stats
+from .plan import Planner
 from .sink import ImageSink
-from .stats import DumpStats
+from .stats import DumpStats, Times
 
 MODES = ("live", "frozen")
 
 
-def _us(ns: int) -> int:
-    return ns // 1000
-
-
-def unreadable_ranges(vmas: list[Vma]) -> Ranges:
-    pairs = [(v.start, v.end) for v in vmas if v.saves_pages and not v.prot & PROT_READ]
-    return Ranges.of(pairs) if pairs else Ranges.empty()
-
-
-def write_metadata(imgdir: ImageDir, pid: int, vmas: list[Vma], stat, stats: DumpStats) -> None:
+def write_metadata(imgdir: ImageDir, pid: int, vmas: list[Vma], stat: Stat, stats: DumpStats) -> None:
     """The small images of a pre-dump besides the pages: mm, inventory, stats."""
     write_mm(imgdir, pid, vmas, stat)
     write_inventory(imgdir, pre_dump=True)
     write_stats(imgdir, stats)
+
+
+def drain_plan(pid: int, plan: PagePlan, sink: PageSink, buffer_size: int,
+               times: Times) -> tuple[DrainStats, SinkCounts]:
+    """The plan's pages into the sink, as one pagemap of PID, copied from the running task."""
+    sink.begin(PagemapKey(pid))
+    feed = PlanFeed(sink, parent=plan.in_parent, skipped=plan.unreadable)
+    t = time.perf_counter_ns()
+    with Drain(pid, feed, buffer_size) as drain:
+        dstats = drain.run(plan.to_read)
+    counts = feed.finish()
+    sink.end()
+    times.copy += time.perf_counter_ns() - t
+    times.sink += dstats.sink_ns
+    return dstats, counts
+
+
+def save_step(planner: Planner, imgdir: ImageDir, mode: str, *, covered=None,
+              buffer_size: int = DEFAULT_BUFFER, times: Times | None = None) -> DumpStats:
+    """One pre-dump of the planner's task into IMGDIR (not committed): plan, drain, images.
+
+    mode "nofreeze" never holds the task; "live" holds it while planning (uffd: only for the
+    collect; soft-dirty: collect and scan; none: the scan) and copies after; "frozen"
+    copies before resuming."""
+    pid, times = planner.pid, times or Times()
+    sink = ImageSink(imgdir)
+    with sink:
+        if mode == "nofreeze":
+            planned = planner.plan(covered, times=times)
+            dstats, counts = drain_plan(pid, planned.plan, sink, buffer_size, times)
+        else:
+            t0 = time.perf_counter_ns()
+            with freeze(pid) as task:
+                seized = time.perf_counter_ns() - t0
+                resume = "" if mode == "frozen" else "collect" if planner.track == "uffd" else "scan"
+                planned = planner.plan(covered, task=task, resume_after=resume, times=times)
+                if mode == "frozen":
+                    dstats, counts = drain_plan(pid, planned.plan, sink, buffer_size, times)
+            times.freezing += seized
+            times.frozen += max(0, (task.frozen_ns or 0) - seized)   # frozen_ns counts the seizing
+            if mode != "frozen":
+                dstats, counts = drain_plan(pid, planned.plan, sink, buffer_size, times)
+    stats = DumpStats(mode=mode, uffd_fd=planner.parked_fd)
+    stats.record(planned.plan, counts, times, syscalls=dstats.syscalls)
+    write_metadata(imgdir, pid, planned.plan.vmas, planned.stat, stats)
+    return stats
 
 
 def pre_dump(pid: int, images_dir: str | Path, *, mode: str = "live",
@@ -43,44 +82,10 @@ def pre_dump(pid: int, images_dir: str | Path, *, mode: str = "live",
 
     mode "live" resumes the task as soon as the page plan is known and copies pages while it
     runs; "frozen" copies them before resuming (the baseline the live mode must beat).
+    Nothing tracks writes: every present page is saved (see dump/iterate.py for tracking).
     """
     if mode not in MODES:
         raise CsError(f"unknown pre-dump mode {mode!r} (choose from {', '.join(MODES)})")
-    stats = DumpStats(mode=mode)
     warm_up()
     with ImageDir.create(images_dir, parent=prev_images_dir) as imgdir:
-        t0 = time.perf_counter_ns()
-        with freeze(pid) as task:
-            t_frozen = time.perf_counter_ns()
-            vmas = classify_all(read_maps(pid))
-            stat = read_stat(pid)
-            plan, stats.scan_method = scan_saved_pages(pid, vmas, scan)
-            t_scanned = time.perf_counter_ns()
-            unreadable = plan.intersect(unreadable_ranges(vmas))
-            plan = plan.subtract(unreadable)
-            sink = ImageSink(PagemapWriter(imgdir, pid), unreadable=unreadable)
-            drain = Drain(pid, sink, buffer_size)
-            t_resumed = 0
-            try:
-                if mode == "live":
-                    task.resume()
-                    t_resumed = time.perf_counter_ns()
-                t_drain = time.perf_counter_ns()
-                dstats = drain.run(plan)
-                t_drained = time.perf_counter_ns()
-            finally:
-                drain.close()
-        t_resumed = t_resumed or time.perf_counter_ns()
-        sink.close()
-        stats.freezing_time = _us(t_frozen - t0)
-        stats.frozen_time = _us(t_resumed - t_frozen)
-        stats.scan_time = _us(t_scanned - t_frozen)
-        stats.memdump_time = _us(t_drained - t_drain - dstats.sink_ns)
-        stats.memwrite_time = _us(dstats.sink_ns)
-        stats.pages_scanned = sum(v.size for v in vmas if v.saves_pages) >> 12
-        stats.pages_written = dstats.pages_read
-        stats.pages_skipped = dstats.pages_skipped + unreadable.nr_pages
-        stats.vmas = len(vmas)
-        stats.read_syscalls = dstats.syscalls
-        write_metadata(imgdir, pid, vmas, stat, stats)
-    return stats
+        return save_step(Planner(pid, "none", scan=scan), imgdir, mode, buffer_size=buffer_size)

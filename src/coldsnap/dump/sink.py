@@ -1,48 +1,57 @@
-"""The page sink that writes image files: present runs from the drain, parent runs from the plan."""
+"""The images directory as a page sink (memory/sink.py): pagemap-<id>.img + pages-<N>.img
+per pagemap, a PagemapWriter each. Present data is written before present() returns; a
+reserved area is the pages file itself at the next present offset (pwrite, sendfile)."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..kernel.pagemap import PAGE_SHIFT
-from ..memory.ranges import Ranges
+from ..images.directory import ImageDir
+from ..images.pages import FileArea, PagemapWriter
+from ..memory.sink import PagemapKey
 
 
 class ImageSink:
-    """Feeds a PagemapWriter in ascending address order.
+    def __init__(self, imgdir: ImageDir):
+        self.imgdir = imgdir
+        self._writer: PagemapWriter | None = None
 
-    The drain delivers present runs in ascending order; runs the parent already holds are
-    known up front. Both go to the pagemap interleaved by address, as CRIU requires.
-    """
+    def _current(self) -> PagemapWriter:
+        if self._writer is None:
+            raise RuntimeError("page sink: no pagemap begun")
+        return self._writer
 
-    def __init__(self, writer, in_parent: Ranges | None = None, unreadable: Ranges | None = None):
-        self.writer = writer
-        # Runs known before the drain starts, written when the drain passes their address.
-        known = [(s, e, writer.add_parent) for s, e in (in_parent or Ranges.empty()).pairs()]
-        known += [(s, e, writer.add_skipped) for s, e in (unreadable or Ranges.empty()).pairs()]
-        self._known = sorted(known, key=lambda run: run[0])
-        self._next_known = 0
+    def begin(self, pagemap: PagemapKey) -> None:
+        if self._writer is not None:
+            raise RuntimeError(f"page sink: pagemap {self._writer.pid} is not ended")
+        self._writer = PagemapWriter(self.imgdir, pagemap.id, shmem=pagemap.shmem)
 
-    def _flush_known_before(self, vaddr: int) -> None:
-        runs, i = self._known, self._next_known
-        while i < len(runs) and runs[i][0] < vaddr:
-            s, e, add = runs[i]
-            add(s, (e - s) >> PAGE_SHIFT)
-            i += 1
-        self._next_known = i
+    def present(self, vaddrs: np.ndarray, lengths: np.ndarray, data: memoryview) -> None:
+        self._current().add_runs(vaddrs, lengths, data)
 
-    def put(self, vaddrs: np.ndarray, lengths: np.ndarray, data: memoryview) -> None:
-        off = 0
-        for vaddr, length in zip(vaddrs.tolist(), lengths.tolist()):
-            if self._next_known < len(self._known):
-                self._flush_known_before(vaddr)
-            self.writer.add_present(vaddr, data[off:off + length])
-            off += length
+    def parent(self, vaddr: int, nr_pages: int) -> None:
+        self._current().add_parent(vaddr, nr_pages)
 
-    def skip(self, vaddr: int, nr_pages: int) -> None:
-        if self._next_known < len(self._known):
-            self._flush_known_before(vaddr)
-        self.writer.add_skipped(vaddr, nr_pages)
+    def skipped(self, vaddr: int, nr_pages: int) -> None:
+        self._current().add_skipped(vaddr, nr_pages)
+
+    def reserve(self, nbytes: int) -> FileArea:
+        return self._current().reserve(nbytes)
+
+    def placed(self, vaddr: int, nr_pages: int) -> None:
+        self._current().add_copied(vaddr, nr_pages)
+
+    def end(self) -> None:
+        writer, self._writer = self._current(), None
+        writer.close()
 
     def close(self) -> None:
-        self._flush_known_before(1 << 64)
-        self.writer.close()
+        """Drop a pagemap begun and not ended (an error on the way): nothing is written."""
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+    def __enter__(self) -> "ImageSink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,7 +1,28 @@
-"""What one (pre-)dump did, in the units of CRIU's stats image (microseconds, pages)."""
+"""What one (pre-)dump did, in the units of CRIU's stats image (microseconds, pages).
+
+Filled in one place, `DumpStats.record`, from the page plan, the pages the sink received and
+the phase times; the only nanosecond-to-microsecond conversion is `us`.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+from ..memory.plan import PagePlan
+from ..memory.sink import SinkCounts
+
+
+def us(ns: int) -> int:
+    return ns // 1000
+
+
+@dataclass
+class Times:
+    """Nanoseconds (time.perf_counter_ns) spent in the phases of one (pre-)dump."""
+    freezing: int = 0             # seizing every thread
+    frozen: int = 0               # the task held, once seized
+    plan: int = 0                 # maps, tracking collect, page scan
+    copy: int = 0                 # copying pages out of the task, the sink's share included
+    sink: int = 0                 # of which inside the sink
 
 
 @dataclass
@@ -21,6 +42,23 @@ class DumpStats:
     vmas: int = 0
     read_syscalls: int = 0
     uffd_fd: int = -1             # userfaultfd parked in the target for the next run (-1: none)
+
+    def record(self, plan: PagePlan, pages: SinkCounts, times: Times, *, syscalls: int,
+               extra_scanned: int = 0) -> "DumpStats":
+        """Everything but the mode (and a parked fd) from the plan, the sink's page counts
+        and the times; extra_scanned: pages scanned outside the plan (shared memory)."""
+        self.scan_method, self.track_backend, self.vmas = plan.scan_method, plan.track, len(plan.vmas)
+        self.pages_scanned = plan.pages_scanned + extra_scanned
+        self.pages_written, self.pages_skipped_parent, self.pages_skipped = \
+            pages.present, pages.parent, pages.skipped
+        self.read_syscalls = syscalls
+        self.set_times(times)
+        return self
+
+    def set_times(self, times: Times) -> None:
+        self.freezing_time, self.frozen_time = us(times.freezing), us(times.frozen)
+        self.scan_time = us(times.plan)
+        self.memdump_time, self.memwrite_time = us(times.copy - times.sink), us(times.sink)
 
     def as_dict(self) -> dict:
         return asdict(self)

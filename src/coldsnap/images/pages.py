@@ -34,16 +34,40 @@ def pages_name(pages_id: int) -> str:
     return f"pages-{pages_id}.img"
 
 
-def _write_all(fd: int, views: list[memoryview]) -> None:
-    """writev until every byte is out (the kernel may write less than asked)."""
+def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> None:
+    """pwritev at offset until every byte is out (the kernel may write less than asked)."""
     i = 0
     while i < len(views):
-        n = os.writev(fd, views[i:i + 1024])  # at most IOV_MAX buffers per call
+        n = os.pwritev(fd, views[i:i + 1024], offset)  # at most IOV_MAX buffers per call
+        offset += n
         while i < len(views) and n >= views[i].nbytes:
             n -= views[i].nbytes
             i += 1
         if n:
             views[i] = views[i][n:]
+
+
+class FileArea:
+    """Room reserved in a pages file (PagemapWriter.reserve): positional writes at known
+    offsets, from any thread; sendfile copies a file's bytes in without a buffer of ours."""
+
+    def __init__(self, fd: int, base: int):
+        self.fd, self.base = fd, base
+
+    def pwrite(self, data, offset: int) -> int:
+        return os.pwrite(self.fd, data, self.base + offset)
+
+    def sendfile(self, fd: int, fd_offset: int, offset: int, nbytes: int) -> int:
+        # sendfile writes at the file position; copy_file_range would refuse to cross
+        # file systems (shared memory objects live on tmpfs)
+        os.lseek(self.fd, self.base + offset, os.SEEK_SET)
+        done = 0
+        while done < nbytes:
+            k = os.sendfile(self.fd, fd, fd_offset + done, nbytes - done)
+            if k == 0:
+                break                   # the file ends here
+            done += k
+        return done
 
 
 _VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
@@ -144,7 +168,8 @@ class PagemapWriter:
     """Writes pagemap-<pid>.img and its pages-<N>.img in one images directory.
 
     Runs must come in strictly ascending, non-overlapping address order across all
-    add_* calls; adjacent runs with the same flags are merged into one entry.
+    add_* calls; adjacent runs with the same flags are merged into one entry. Page data
+    goes to the pages file at explicit offsets: present pages back to back, in order.
     """
 
     def __init__(self, imgdir, pid: int, shmem: bool = False):
@@ -156,6 +181,8 @@ class PagemapWriter:
         self._vaddr, self._nr, self._flags = array("Q"), array("Q"), array("I")
         self._skipped: list[tuple[int, int]] = []
         self._cursor = 0          # end of the last run added, in bytes
+        self._data = 0            # bytes of present pages recorded (the pages file's end)
+        self._reserved = 0        # end of the furthest reserved area in the pages file
         self.nr_present = self.nr_parent = self.nr_skipped = 0
         self.closed = False
 
@@ -188,22 +215,43 @@ class PagemapWriter:
             raise ValueError(f"data at {vaddr:#x} is {size} bytes, not whole pages")
         nr = size >> PAGE_SHIFT
         self._advance(vaddr, nr)
-        _write_all(self.pages_fd(), views)
+        _pwrite_all(self._pages_fd(), views, self._data)
+        self._data += size
         self._add(vaddr, nr, PE_PRESENT | (PE_LAZY if lazy else 0))
         self.nr_present += nr
 
-    def pages_fd(self) -> int:
-        """The pages file, for a caller that places page data itself (then add_copied)."""
+    def add_runs(self, vaddrs: np.ndarray, lengths: np.ndarray, data: BytesLike) -> None:
+        """Present runs (vaddrs[i], lengths[i] bytes) whose bytes follow each other in data:
+        one write for all of them."""
+        view = memoryview(data).cast("B")
+        if view.nbytes % PAGE_SIZE or int(lengths.sum()) != view.nbytes:
+            raise ValueError(f"{view.nbytes} bytes of data for runs of {int(lengths.sum())} bytes")
+        for vaddr, length in zip(vaddrs.tolist(), lengths.tolist()):
+            self._advance(vaddr, length >> PAGE_SHIFT)
+        _pwrite_all(self._pages_fd(), [view], self._data)
+        self._data += view.nbytes
+        for vaddr, length in zip(vaddrs.tolist(), lengths.tolist()):
+            self._add(vaddr, length >> PAGE_SHIFT, PE_PRESENT)
+        self.nr_present += view.nbytes >> PAGE_SHIFT
+
+    def _pages_fd(self) -> int:
         if self._fd is None:
             path = self.imgdir.path(pages_name(self.pages_id))
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         return self._fd
 
+    def reserve(self, nbytes: int) -> FileArea:
+        """The pages file from the end of the present pages on, for the caller to fill (at
+        offsets from the area's start) before it records them with add_copied."""
+        self._reserved = max(self._reserved, self._data + nbytes)
+        return FileArea(self._pages_fd(), self._data)
+
     def add_copied(self, vaddr: int, nr_pages: int) -> None:
-        """Present pages whose data the caller wrote into pages_fd() at their offset (the
-        present pages before them, back to back)."""
+        """Present pages whose data the caller wrote into the reserved area (the present
+        pages before them, back to back)."""
         self._advance(vaddr, nr_pages)
         self._add(vaddr, nr_pages, PE_PRESENT)
+        self._data += nr_pages << PAGE_SHIFT
         self.nr_present += nr_pages
 
     def add_parent(self, vaddr: int, nr_pages: int) -> None:
@@ -227,8 +275,12 @@ class PagemapWriter:
             return
         self.closed = True
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            try:
+                if self._reserved > self._data:     # reserved bytes never recorded
+                    os.ftruncate(self._fd, self._data)
+            finally:
+                os.close(self._fd)
+                self._fd = None
         head = pagemap_pb2.pagemap_head(pages_id=self.pages_id)
         for v, n in self._skipped:
             head.cs_skipped.add(vaddr=v, nr_pages=n)
@@ -246,7 +298,13 @@ class PagemapWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        elif self._fd is not None:
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Give up: close the pages file, write no pagemap."""
+        self.closed = True
+        if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 

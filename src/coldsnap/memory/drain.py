@@ -12,7 +12,6 @@ import errno
 import mmap
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -22,18 +21,9 @@ from ..kernel import vm
 from ..kernel.pagemap import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.procfs import read_maps
 from .ranges import Ranges
+from .sink import PageSink
 
 DEFAULT_BUFFER = 4 << 20
-
-
-class PageSink(Protocol):
-    """Where drained pages go: image files or a page-server socket."""
-
-    def put(self, vaddrs: np.ndarray, lengths: np.ndarray, data: memoryview) -> None:
-        """Pages really copied: runs (vaddrs[i], lengths[i]) whose bytes follow each other in data."""
-
-    def skip(self, vaddr: int, nr_pages: int) -> None:
-        """Planned pages that could not be read; the next iteration must save them again."""
 
 
 @dataclass
@@ -48,6 +38,9 @@ class DrainStats:
 
 
 class Drain:
+    """Copies ranges into `sink` (only its present and skipped are called, in address
+    order); the data it hands over lives in one buffer reused by the next read."""
+
     def __init__(self, pid: int, sink: PageSink, buffer_size: int = DEFAULT_BUFFER):
         if buffer_size < PAGE_SIZE:
             raise ValueError("drain buffer must hold at least one page")
@@ -149,7 +142,7 @@ class Drain:
             if lens[full] == 0:
                 vaddrs, lens = vaddrs[:full], lens[:full]
         t = time.perf_counter_ns()
-        self.sink.put(vaddrs, lens, self._view[:got])
+        self.sink.present(vaddrs, lens, self._view[:got])
         self.stats.sink_ns += time.perf_counter_ns() - t
         self.stats.pages_read += got >> PAGE_SHIFT
 
@@ -171,5 +164,5 @@ class Drain:
     def _skip(self, start: int, end: int) -> None:
         if end > start:
             self.stats.pages_skipped += (end - start) >> PAGE_SHIFT
-            self.sink.skip(start, (end - start) >> PAGE_SHIFT)
+            self.sink.skipped(start, (end - start) >> PAGE_SHIFT)
 

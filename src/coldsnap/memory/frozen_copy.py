@@ -1,10 +1,12 @@
-"""Copy the pages of a frozen task into a pages file, on worker threads.
+"""Copy the pages of a frozen task into a page sink, on worker threads.
 
-With the task frozen nothing changes under us, so each page's place in the file is known
-before copying: the ranges, in address order and cut into pieces of at most `chunk` bytes,
-go back to back. Workers copy pieces in parallel — process_vm_readv into a buffer of their
-own, then pwrite at the piece's offset (both release the GIL). Most of the cost is the
-image file's fresh pages, which two CPUs allocate twice as fast as one. What
+With the task frozen nothing changes under us, so each page's place is known before
+copying: the sink reserves an area for all of them (memory/sink.py), and the ranges, in
+address order and cut into pieces of at most `chunk` bytes, go back to back into it. Workers
+copy pieces in parallel — process_vm_readv into a buffer of their own, then a positional
+write at the piece's offset (both release the GIL; for the images directory the area is the
+pages file itself). Most of the cost is the image file's fresh pages, which two CPUs
+allocate twice as fast as one. What
 process_vm_readv cannot read (areas without PROT_READ) comes from /proc/PID/mem, which may
 (FOLL_FORCE); a page neither can read fails the copy.
 
@@ -24,9 +26,11 @@ import numpy as np
 from .. import progress
 from ..errors import NoSuchProcess, TargetError
 from ..kernel import vm
-from ..kernel.pagemap import PAGE_SIZE
+from ..kernel.pagemap import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.procfs import alive
+from .plan import PagePlan
 from .ranges import Ranges
+from .sink import PageArea, PageSink, PlanFeed, SinkCounts
 
 CHUNK = 4 << 20
 
@@ -68,9 +72,23 @@ class _Buffers:
         self.iov = vm.new_iov_array()
 
 
-def copy_frozen(pid: int, mem_fd: int, ranges: Ranges, out_fd: int, *, threads: int = 2,
+def save_frozen(pid: int, mem_fd: int, plan: PagePlan, sink: PageSink, *, threads: int = 2,
+                chunk: int = CHUNK) -> tuple[CopyStats, SinkCounts]:
+    """The pages of a frozen task's plan into the sink's current pagemap: the bytes of
+    plan.to_read into one reserved area, then every run (placed, parent) in address order."""
+    feed = PlanFeed(sink, parent=plan.in_parent, skipped=plan.unreadable)
+    copied = CopyStats()
+    if len(plan.to_read):
+        area = sink.reserve(plan.to_read.nr_pages << PAGE_SHIFT)
+        copied = copy_frozen(pid, mem_fd, plan.to_read, area, threads=threads, chunk=chunk)
+        for start, end in plan.to_read.pairs():
+            feed.placed(start, (end - start) >> PAGE_SHIFT)
+    return copied, feed.finish()
+
+
+def copy_frozen(pid: int, mem_fd: int, ranges: Ranges, area: PageArea, *, threads: int = 2,
                 chunk: int = CHUNK) -> CopyStats:
-    """Write the bytes of RANGES (a frozen task's pages) to OUT_FD from offset 0, back to back.
+    """Write the bytes of RANGES (a frozen task's pages) into AREA from offset 0, back to back.
 
     Small ranges are read together (up to IOV_MAX per process_vm_readv), large ones in
     pieces of CHUNK, so the calls stay few however fragmented the memory is."""
@@ -95,7 +113,7 @@ def copy_frozen(pid: int, mem_fd: int, ranges: Ranges, out_fd: int, *, threads: 
             calls += _read_rest(pid, mem_fd, view, addrs[i:j].tolist(), lens[i:j].tolist(), got)
         done = 0
         while done < total:
-            done += os.pwrite(out_fd, view[done:total], int(offs[i]) + done)
+            done += area.pwrite(view[done:total], int(offs[i]) + done)
             calls += 1
         if progress.reporter:
             progress.reporter("copying pages", int(ends[j - 1]), int(ends[-1]))

@@ -24,6 +24,21 @@ class Ranges:
         arr = np.asarray(list(pairs), dtype=np.uint64).reshape(-1, 2)
         return Ranges(arr[:, 0].copy(), arr[:, 1].copy())
 
+    @staticmethod
+    def covering(pairs) -> "Ranges":
+        """Ranges covering any [start, end) pairs (unsorted, overlapping): sorted, joined."""
+        arr = np.asarray(list(pairs), dtype=np.uint64).reshape(-1, 2)
+        arr = arr[arr[:, 1] > arr[:, 0]]
+        if not len(arr):
+            return Ranges.empty()
+        arr = arr[np.argsort(arr[:, 0], kind="stable")]
+        reach = np.maximum.accumulate(arr[:, 1])
+        new = np.ones(len(arr), dtype=bool)
+        new[1:] = arr[1:, 0] > reach[:-1]
+        first = np.flatnonzero(new)
+        last = np.append(first[1:], len(arr)) - 1
+        return Ranges(arr[first, 0].copy(), reach[last].copy())
+
     def __len__(self) -> int:
         return len(self.starts)
 

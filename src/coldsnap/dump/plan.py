@@ -1,0 +1,246 @@
+"""The page planner of every pre-dump mode and of the final dump, and the choice of a
+pre-dump's mode and write tracking from what the kernel offers.
+
+    planner = Planner(pid, track)        # owns the tracking: arm() / adopt(), close()
+    plan = planner.plan(covered, task=held, resume_after="collect")
+
+One plan, four steps: maps -> the tracking's collect (pages written since the last plan)
+-> page scan -> memory/plan.py decide (read present ∩ (written ∪ not covered by the parent
+chain), the rest PE_PARENT). Where the task is held while planning is the mode's business:
+
+    mode      tracking     held for
+    frozen    none         the plan and the copy (the baseline)
+    live      none         the plan
+    live      soft-dirty   the collect (read and clear the bits) and the scan
+    live      uffd         the collect (read and re-arm written pages)
+    nofreeze  uffd, none   nothing (a first uffd plan freezes once, to arm)
+    dump      parked uffd  everything (the dump's own freeze)
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CsError
+from ..images.chain import PageChain
+from ..images.directory import ImageDir
+from ..kernel.features import Features, probe
+from ..kernel.pagemap import open_pagemap
+from ..kernel.procfs import Stat, read_maps, read_stat
+from ..memory.plan import PagePlan, decide
+from ..memory.ranges import Ranges
+from ..memory.scan import scan_saved_pages
+from ..memory.softdirty import SoftDirtyTracker
+from ..memory.tracking import TrackingRefused, UffdTracker, drop_wp_markers
+from ..memory.vma import Vma, classify_all
+from ..seize.freezer import FrozenTask
+from ..seize.remote import frozen_calls
+from .stats import Times
+
+TRACKS = ("uffd", "soft-dirty", "none")
+MODES = ("nofreeze", "live", "frozen")
+# the pre-dump modes each tracking goes with, its default first
+FITS = {"uffd": ("nofreeze", "live"), "soft-dirty": ("live",), "none": ("live", "frozen")}
+
+
+class ModeMismatch(CsError):
+    """A pre-dump mode asked with a tracking it does not go with."""
+
+
+def default_track(feats: Features) -> str:
+    """The tracking used unless asked otherwise: userfaultfd where it works, else soft-dirty."""
+    if feats.uffd_wp_async and feats.pidfd_getfd and feats.pagemap_scan:
+        return "uffd"
+    return "soft-dirty" if feats.soft_dirty else "none"
+
+
+def check_track(track: str, feats: Features | None = None) -> None:
+    """One-line refusal of a tracking this kernel cannot do (probed only when it matters)."""
+    if track not in TRACKS:
+        raise CsError(f"unknown tracking {track!r} (choose from {', '.join(TRACKS)})")
+    if track == "soft-dirty" and not (feats or probe()).soft_dirty:
+        raise CsError("this kernel has no soft-dirty bits (CONFIG_MEM_SOFT_DIRTY): "
+                      "use --track-mem uffd or none")
+
+
+def choose_pre_dump(mode: str | None, track: str | None,
+                    feats: Features | None = None) -> tuple[str, str]:
+    """(mode, tracking) of a single pre-dump from what was asked (None: not asked).
+
+    uffd goes with nofreeze (or live: planned in a short freeze), soft-dirty with live (its
+    bits are read in a short freeze), none with live or frozen. Unset, both follow what
+    this kernel offers; a mismatch is refused in one line."""
+    if mode is not None and mode not in MODES:
+        raise ModeMismatch(f"unknown pre-dump mode {mode!r} (choose from {', '.join(MODES)})")
+    if track is None:
+        track = "uffd" if mode == "nofreeze" else "none" if mode else default_track(feats or probe())
+    if track not in TRACKS:
+        check_track(track, feats)
+    fits = FITS[track]
+    if mode is None:
+        mode = fits[0]
+    elif mode not in fits:
+        raise ModeMismatch(f"--pre-dump-mode {mode} does not go with --track-mem {track} "
+                      f"(it goes with {' or '.join(fits)})")
+    check_track(track, feats)
+    return mode, track
+
+
+def covered_by_chain(parent_dir: Path | None, pid: int) -> Ranges:
+    """Pages the images chain at PARENT_DIR holds for PID (data, here or further up)."""
+    if parent_dir is None:
+        return Ranges.empty()
+    with PageChain(parent_dir, pid) as chain:
+        s, e = chain.covered_ranges()
+    return Ranges(s.copy(), e.copy()).merged()
+
+
+def parked_uffd_fd(prev: ImageDir, pid: int) -> int | None:
+    """The userfaultfd a tracked pre-dump of PID parked in it, if PREV's stats name one."""
+    s = prev.read("stats-dump", missing_ok=True)
+    if s and s[0].dump.HasField("cs_uffd_fd") and prev.pagemap_ids() == [pid]:
+        return s[0].dump.cs_uffd_fd
+    return None
+
+
+@dataclass
+class Planned:
+    """A plan and what was read with it for the other images."""
+    plan: PagePlan
+    stat: Stat                  # the task's mm fields, read with the maps
+
+
+class Planner:
+    """Plans the pages of one task, plan after plan, and owns its write tracking.
+
+    track "uffd": a userfaultfd held by coldsnap (arm() creates it, adopt() takes one an
+    earlier run parked in the target); "soft-dirty": the page-table bits, read and cleared
+    while the task is held; "none": every present page is read. A tracking that cannot be
+    trusted falls back to "none" (`refused` says why). The first plan of a tracking counts
+    every page as written. close() releases coldsnap's side of the tracking.
+    """
+
+    def __init__(self, pid: int, track: str = "none", *, scan: str = "auto", park: bool = False,
+                 drop_parked_markers: bool = False):
+        self.pid, self.track, self.scan = pid, track, scan
+        self.park = park                   # leave the userfaultfd in the target for a later run
+        self.uffd: UffdTracker | None = None
+        self.soft: SoftDirtyTracker | None = None
+        self.fresh = True                  # no plan yet: every page counts as written
+        self.refused = ""                  # why tracking fell back to none, if it did
+        self.untracked = Ranges.empty()    # areas of the last plan that could not be tracked
+        self.last: PagePlan | None = None  # the last plan made (tests, diagnostics)
+        # markers of a parked tracking nobody adopted look like swapped pages: drop them
+        self.drop_parked_markers = drop_parked_markers
+
+    # -- the tracking ---------------------------------------------------------------------
+
+    def arm(self, times: Times | None = None) -> bool:
+        """Create the userfaultfd (one short freeze, counted in times); False if refused."""
+        tracker = UffdTracker()
+        try:
+            arm = tracker.arm(self.pid, lambda: frozen_calls(self.pid), park=self.park)
+        except TrackingRefused as e:
+            tracker.close()
+            self._fall_back(e)
+            return False
+        self.uffd = tracker
+        if times is not None:
+            times.freezing += arm.freezing_ns
+            times.frozen += arm.frozen_ns
+        return True
+
+    def adopt(self, target_fd: int, vmas: list[Vma] | None = None) -> bool:
+        """Take over the userfaultfd an earlier run parked in the target at target_fd."""
+        tracker = UffdTracker()
+        try:
+            tracker.adopt(self.pid, target_fd, vmas if vmas is not None else classify_all(read_maps(self.pid)))
+        except TrackingRefused:
+            tracker.close()
+            return False
+        self.uffd, self.track, self.fresh = tracker, "uffd", False
+        return True
+
+    @property
+    def parked_fd(self) -> int:
+        """The fd number of the tracking this planner leaves parked in the target (-1: none)."""
+        return self.uffd.arm_stats.target_fd if self.park and self.uffd is not None else -1
+
+    def _fall_back(self, why: TrackingRefused) -> None:
+        self.close()
+        self.track, self.refused = "none", str(why)
+
+    def close(self) -> None:
+        if self.uffd is not None:
+            self.uffd.close()
+            self.uffd = None
+        if self.soft is not None:
+            self.soft.close()
+            self.soft = None
+
+    def __enter__(self) -> "Planner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- planning -------------------------------------------------------------------------
+
+    def _collect(self, vmas: list[Vma]) -> Ranges | None:
+        """The pages written since the last collect; None: count every page written."""
+        dirty = None
+        if self.track == "soft-dirty":
+            if self.soft is None:
+                self.soft = SoftDirtyTracker(self.pid)
+            if self.fresh:
+                self.soft.reset()            # from now on the bits mean "written since"
+            else:
+                dirty = self.soft.collect(vmas)
+        elif self.uffd is not None:
+            try:
+                # the first collect registers (and resets) everything: all of it is dirty
+                dirty, self.untracked = self.uffd.collect(vmas)
+            except TrackingRefused as e:
+                self._fall_back(e)
+                return None
+            if self.fresh:
+                dirty = None
+        return dirty
+
+    def _present(self, vmas: list[Vma]) -> tuple[Ranges, str]:
+        present, method = scan_saved_pages(self.pid, vmas, self.scan)
+        if self.uffd is not None:
+            present = self.uffd.drop_markers(present)
+        elif self.drop_parked_markers:
+            fd = open_pagemap(self.pid)
+            try:
+                present = drop_wp_markers(fd, present)
+            finally:
+                os.close(fd)
+        return present, method
+
+    def plan(self, covered: Ranges | None = None, *, task: FrozenTask | None = None,
+             resume_after: str = "", times: Times | None = None, vmas: list[Vma] | None = None,
+             skip_unreadable: bool = True) -> Planned:
+        """Plan the pages now. covered: pages the parent chain holds (tracked plans only).
+        task: the freeze the caller holds, resumed here after "collect" or "scan" if asked.
+        vmas: the areas, when the caller read them already (in its freeze)."""
+        t0 = time.perf_counter_ns()
+        if vmas is None:
+            vmas = classify_all(read_maps(self.pid))
+        stat = read_stat(self.pid)
+        dirty = self._collect(vmas)
+        if resume_after == "collect" and task is not None:
+            task.resume()
+        present, method = self._present(vmas)
+        if resume_after == "scan" and task is not None:
+            task.resume()
+        self.fresh = False
+        plan = decide(vmas, present, method, dirty=dirty, covered=covered, track=self.track,
+                      skip_unreadable=skip_unreadable)
+        if times is not None:
+            times.plan += time.perf_counter_ns() - t0
+        self.last = plan
+        return Planned(plan, stat)
