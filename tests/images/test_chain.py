@@ -185,3 +185,21 @@ def test_chain_property(levels, probes):
                 punch_superseded(ImageDir.open(parent).parent, PID, np.array(rewritten, np.uint64))
             c = PageChain(parent, PID)
             check_all()
+
+
+def test_the_chain_as_a_page_source(three):
+    """ChainSource (memory/source.py's interface): runs with parents resolved, mapped bytes
+    and random reads equal to the chain's lookups."""
+    from coldsnap.images.source import ChainSource
+    want = PageChain(three / "3", PID).lookup(B, 16)
+    with ChainSource(three / "3", PID) as src:
+        runs = src.runs()
+        assert sum(n for _, n in runs) == 16 * PAGE and runs[0][0] == B
+        assert [v for v, _ in runs] == sorted(v for v, _ in runs)
+        for vaddr, n, buf, off in src.mapped():
+            assert bytes(buf[off:off + n]) == want[vaddr - B:vaddr - B + n]
+        got = bytearray(5 * PAGE)
+        src.read_into(B + 0x3000, memoryview(got))                   # across three levels
+        assert bytes(got) == want[3 * PAGE:8 * PAGE]
+        with pytest.raises(ImageError, match="no data"):
+            src.read_into(B + 0xF000, memoryview(bytearray(2 * PAGE)))

@@ -1,17 +1,19 @@
-"""PageWriter: pages files straight into a live process, writable areas by process_vm_writev
+"""PageWriter: a page source straight into a live process, writable areas by process_vm_writev
 (cut into calls of at most MAX_CALL bytes: the kernel moves at most 2 GiB - 4 KiB per call),
-read-only areas through /proc/PID/mem."""
+read-only areas through /proc/PID/mem. The source here is a second implementation of the
+interface (one bytes buffer), besides the images chain."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from coldsnap.kernel.procfs import read_maps
 from coldsnap.restore import memory
-from coldsnap.restore.memory import PageSources, PageWriter
+from coldsnap.restore.memory import PageWriter
 
 PAGE = 4096
 TARGET = r"""
@@ -24,6 +26,26 @@ print(sys.stdin.readline(), flush=True)
 """
 
 
+class BytesSource:
+    """A page source over one bytes buffer: runs (vaddr, nbytes, offset in data)."""
+
+    def __init__(self, data: bytes, runs):
+        self.buf, self._runs = np.frombuffer(bytearray(data), np.uint8), runs
+
+    def runs(self):
+        return [(v, n) for v, n, _ in self._runs]
+
+    def mapped(self):
+        for v, n, off in self._runs:
+            yield v, n, self.buf, off
+
+    def read_into(self, vaddr, buf):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
 @pytest.mark.parametrize("max_call", [3 * PAGE, 1 << 30])
 def test_pages_land_in_writable_and_read_only_areas(tmp_path, monkeypatch, max_call):
     monkeypatch.setattr(memory, "MAX_CALL", max_call)
@@ -32,27 +54,24 @@ def test_pages_land_in_writable_and_read_only_areas(tmp_path, monkeypatch, max_c
         rw = int(proc.stdout.readline())
         ro = next(m.start for m in read_maps(proc.pid) if m.end - m.start == 8 * PAGE and not m.writable)
         data = bytes((i * 7 + i // PAGE) & 255 for i in range(20 * PAGE))
-        pages = tmp_path / "pages-1.img"
-        pages.write_bytes(data)
         # 12 pages into the writable area in two runs, 8 pages over the read-only one
-        runs = [(0, rw + PAGE, 5 * PAGE, 0), (0, rw + 10 * PAGE, 7 * PAGE, 5 * PAGE),
-                (0, ro, 8 * PAGE, 12 * PAGE)]
+        runs = [(rw + PAGE, 5 * PAGE, 0), (rw + 10 * PAGE, 7 * PAGE, 5 * PAGE), (ro, 8 * PAGE, 12 * PAGE)]
         areas = sorted([(rw, rw + 64 * PAGE, 3), (ro, ro + 8 * PAGE, 1)])
         mem_fd = os.open(f"/proc/{proc.pid}/mem", os.O_RDWR)
         writer = PageWriter(proc.pid, mem_fd)
         try:
-            writer.write(PageSources([pages], runs), areas)
+            writer.write(BytesSource(data, runs), areas)
         finally:
             writer.close()
-            got = {vaddr: os.pread(mem_fd, n, vaddr) for _, vaddr, n, _ in runs}
+            got = {vaddr: os.pread(mem_fd, n, vaddr) for vaddr, n, _ in runs}
             os.close(mem_fd)
-        for _, vaddr, n, off in runs:
+        for vaddr, n, off in runs:
             assert got[vaddr] == data[off:off + n]
         assert writer.stats.bytes_vm == 12 * PAGE and writer.stats.bytes_mem == 8 * PAGE
         if max_call == 3 * PAGE:
             assert writer.stats.syscalls >= 4 + 1     # 12 pages in calls of at most 3, one pwrite
         with pytest.raises(memory.CsError, match="outside every restored area"):
-            PageWriter(proc.pid, -1).write(PageSources([pages], [(0, rw + 64 * PAGE, PAGE, 0)]), areas)
+            PageWriter(proc.pid, -1).write(BytesSource(data, [(rw + 64 * PAGE, PAGE, 0)]), areas)
     finally:
         proc.kill()
         proc.wait()

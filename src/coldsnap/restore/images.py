@@ -13,16 +13,16 @@ from ..errors import ImageError, TargetError
 from ..files.images import read_images as read_files_images
 from ..files.model import RegFile
 from ..files.registry import TaskFiles
-from ..images.chain import PageChain
 from ..images.directory import ImageDir
 from ..images.pages import pagemap_name
 from ..images.pb import core_pb2
+from ..images.source import ChainSource
 from ..kernel.procfs import read_maps
+from ..memory.source import PageSource
 from ..memory.vma import (VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
                           VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..seize.tree import NS_KINDS, Task, Tree
 from .fdtable import validate_files
-from .memory import PageSources
 
 PAGE = 4096
 TASK_SIZE = 0x7FFFFFFFF000
@@ -50,8 +50,8 @@ class DumpImages:
     mm: object                       # mm_entry
     files: TaskFiles                 # the task's fd table, cwd, root and umask
     mapped: dict[int, MappedFile]    # REG file_entry id -> file, for VMAs and the exe
-    private: PageSources                          # the process pagemap, parents resolved
-    shmem: dict[int, PageSources] = field(default_factory=dict)   # shmid -> its object's pages
+    private: PageSource                           # the process pagemap, parents resolved
+    shmem: dict[int, PageSource] = field(default_factory=dict)   # shmid -> its object's pages
 
     @property
     def leader(self) -> core_pb2.core_entry:
@@ -84,9 +84,9 @@ def load(path: str | os.PathLike, *, shell_job: bool = False) -> DumpImages:
     mapped = _mapped_files(d, mm, registry.files)
     if not d.exists(pagemap_name(pid)):
         raise ImageError(f"{d.root}: {pagemap_name(pid)} is missing")
-    private = _sources(d, pid, False)
-    _check_inside(d, pid, private.runs, [v for v in mm.vmas if not v.status & SPECIAL])
-    shmem = {shmid: _sources(d, shmid, True)
+    private = ChainSource(d, pid)
+    _check_inside(d, pid, private.runs(), [v for v in mm.vmas if not v.status & SPECIAL])
+    shmem = {shmid: ChainSource(d, shmid, shmem=True)
              for shmid in sorted({v.shmid for v in mm.vmas if v.status & VMA_ANON_SHARED})
              if d.exists(pagemap_name(shmid, shmem=True))}
     _check_ids_free(tids)
@@ -115,13 +115,6 @@ def read_tree(d: ImageDir) -> Tree:
                             ns_ids={k: getattr(ids, f"{k}_ns_id") for k in NS_KINDS
                                     if ids.HasField(f"{k}_ns_id")})
     return Tree(entries[0].pid, tasks)
-
-
-def _sources(d: ImageDir, key: int, shmem: bool) -> PageSources:
-    with PageChain(d, key, shmem=shmem) as chain:
-        runs = chain.sources()
-        readers = [chain.reader(level) for level in range(len(chain.dirs))]
-        return PageSources([r.pages_path if r is not None else None for r in readers], runs)
 
 
 def _core(d: ImageDir, tid: int) -> core_pb2.core_entry:
@@ -219,7 +212,7 @@ def _check_inside(d: ImageDir, pid: int, sources, vmas) -> None:
     import bisect
     areas = [(v.start, v.end) for v in vmas]
     starts = [s for s, _ in areas]
-    for _, vaddr, n, _ in sources:
+    for vaddr, n in sources:
         i = bisect.bisect_right(starts, vaddr) - 1
         end = vaddr + n
         # a run may cross adjacent VMAs

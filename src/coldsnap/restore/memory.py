@@ -1,7 +1,8 @@
-"""Write saved pages into the restored process: straight from the mapped pages files.
+"""Write saved pages into the restored process, from a page source (memory/source.py).
 
-The pages files are mmap'ed read-only and handed to process_vm_writev as the local side, so
-page data goes from the page cache into the target with one copy and no buffer of ours.
+The source's buffers are handed to process_vm_writev as the local side: for the images
+chain they are the pages files mapped read-only, so page data goes from the page cache into
+the target with one copy and no buffer of ours.
 process_vm_writev honours protections, so pages of areas the target cannot write (relro
 data, read-only copies) go through /proc/PID/mem instead, which may write them.
 
@@ -11,31 +12,22 @@ restore is the target's page faults on fresh memory, and two CPUs fault twice as
 from __future__ import annotations
 
 import bisect
-import mmap
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from .. import progress
 from ..errors import CsError
 from ..kernel import vm
+from ..memory.source import PageSource
 from ..memory.vma import PROT_WRITE
 
 # process_vm_writev moves at most MAX_RW_COUNT (2 GiB - 4 KiB) per call; smaller calls also
 # spread a few large runs over the worker threads
 MAX_CALL = 64 << 20
-Source = tuple[int, int, int, int]   # (chain level, vaddr, nbytes, offset in that level's pages file)
-
-
-@dataclass
-class PageSources:
-    """Where the pages of one pagemap (and its parents) are."""
-    files: list[Path | None]         # pages file per chain level
-    runs: list[Source]
 
 
 @dataclass
@@ -51,38 +43,22 @@ class PageWriter:
     mem_fd: int
     stats: WriteStats = field(default_factory=WriteStats)
     threads: int = min(2, os.cpu_count() or 1)
-    _maps: dict[Path, tuple[mmap.mmap, np.ndarray]] = field(default_factory=dict)
     _pool: ThreadPoolExecutor | None = None
     _pending: deque = field(default_factory=deque)
 
-    def _view(self, path: Path) -> np.ndarray:
-        if path not in self._maps:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                size = os.fstat(fd).st_size
-                m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None
-            finally:
-                os.close(fd)
-            arr = np.frombuffer(m, np.uint8) if m is not None else np.zeros(0, np.uint8)
-            self._maps[path] = (m, arr)   # type: ignore[assignment]
-        return self._maps[path][1]
-
-    def write(self, src: PageSources, areas: list[tuple[int, int, int]],
+    def write(self, src: PageSource, areas: list[tuple[int, int, int]],
               translate=None) -> None:
-        """Write every run of src. areas: the target's (start, end, prot), sorted; translate
-        maps a run's key (e.g. a shmem offset) to [(vaddr, key_offset, nbytes)] pieces."""
+        """Write every run of src (whose buffers must outlive this call). areas: the
+        target's (start, end, prot), sorted; translate maps a run's key (e.g. a shmem
+        offset) to [(vaddr, key_offset, nbytes)] pieces."""
         starts = [a[0] for a in areas]
         local = vm.new_iov_array()
         remote = vm.new_iov_array()
         n = batch = 0
-        last_level, view, base = -1, None, 0
-        for level, key, nbytes, offset in src.runs:
-            if level != last_level:
-                path = src.files[level]
-                if path is None:
-                    raise CsError(f"chain level {level} has no pages file")
-                view = self._view(path)
-                base, last_level = view.ctypes.data, level
+        view, base = None, 0
+        for key, nbytes, buf, offset in src.mapped():
+            if buf is not view:
+                view, base = buf, buf.ctypes.data
             pieces = translate(key, nbytes) if translate else [(key, 0, nbytes)]
             for vaddr, skip, size in pieces:
                 for start, end, writable in _split(areas, starts, vaddr, vaddr + size):
@@ -148,8 +124,6 @@ class PageWriter:
             self._pool.shutdown(wait=True)
             self._pool = None
         self._pending.clear()
-        # dropping the numpy views and mmaps together unmaps the pages files
-        self._maps.clear()
 
 
 def _split(areas: list[tuple[int, int, int]], starts: list[int], lo: int, hi: int):

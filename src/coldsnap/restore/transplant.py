@@ -253,6 +253,8 @@ class Transplant:
                 writer.write(src, areas, translate=_shmem_translator(views))
         finally:
             writer.close()
+            for src in (self.img.private, *self.img.shmem.values()):
+                src.close()
         for v in shared:
             if not v.prot & PROT_WRITE:
                 self.rc.checked(SYS.mprotect, v.start, v.end - v.start, v.prot, what="mprotect shared")

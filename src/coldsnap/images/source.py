@@ -1,0 +1,81 @@
+"""The images directory and its parent chain as a page source (memory/source.py): one
+pagemap's runs, PE_PARENT resolved down the chain, read from the mapped pages files."""
+from __future__ import annotations
+
+import bisect
+import mmap
+import os
+from typing import Iterator, Union
+
+import numpy as np
+
+from ..errors import ImageError
+from .chain import PageChain
+from .directory import ImageDir
+from .pages import pagemap_name
+
+
+class ChainSource:
+    """The pages of pagemap KEY (a pid, or a shmid with shmem=True) as the chain holds them.
+
+    The pagemaps are read (and checked) here; the pages files are mapped read-only on the
+    first mapped() and unmapped by close()."""
+
+    def __init__(self, imgdir: Union[ImageDir, str, os.PathLike], key: int, shmem: bool = False):
+        with PageChain(imgdir, key, shmem=shmem) as chain:
+            self._runs = chain.sources()          # (level, vaddr, nbytes, offset)
+            self.files = [r.pages_path if r is not None else None
+                          for r in (chain.reader(level) for level in range(len(chain.dirs)))]
+            self.where = chain.top.path(pagemap_name(key, shmem))
+        self._starts = [vaddr for _, vaddr, _, _ in self._runs]
+        self._maps: dict[int, np.ndarray] = {}
+
+    def runs(self) -> list[tuple[int, int]]:
+        return [(vaddr, nbytes) for _, vaddr, nbytes, _ in self._runs]
+
+    def _level(self, level: int) -> np.ndarray:
+        arr = self._maps.get(level)
+        if arr is None:
+            path = self.files[level]
+            if path is None:
+                raise ImageError(f"{self.where}: chain level {level} has no pages file")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None
+            finally:
+                os.close(fd)
+            # the array holds the mapping: dropping it unmaps the file
+            arr = np.frombuffer(m, np.uint8) if m is not None else np.zeros(0, np.uint8)
+            self._maps[level] = arr
+        return arr
+
+    def mapped(self) -> Iterator[tuple[int, int, np.ndarray, int]]:
+        for level, vaddr, nbytes, offset in self._runs:
+            yield vaddr, nbytes, self._level(level), offset
+
+    def read_into(self, vaddr: int, buf: memoryview) -> None:
+        out = np.frombuffer(buf, np.uint8)
+        end, pos = vaddr + len(out), vaddr
+        i = max(0, bisect.bisect_right(self._starts, vaddr) - 1)
+        for level, start, nbytes, offset in self._runs[i:]:
+            if start + nbytes <= pos:
+                continue
+            if start > pos:
+                break
+            stop = min(end, start + nbytes)
+            skip = offset + pos - start
+            out[pos - vaddr:stop - vaddr] = self._level(level)[skip:skip + stop - pos]
+            pos = stop
+            if pos >= end:
+                return
+        raise ImageError(f"{self.where}: page {pos:#x} has no data")
+
+    def close(self) -> None:
+        self._maps.clear()
+
+    def __enter__(self) -> "ChainSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
