@@ -44,7 +44,7 @@ from typing import Iterable
 from coldsnap.errors import TargetError, Unsupported
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS, syscall
-from coldsnap.kernel.procfs import read_stat, read_status
+from coldsnap.kernel.procfs import read_auxv, read_limits, read_personality, read_stat, read_status
 from coldsnap.seize.freezer import FrozenTask, freeze
 from coldsnap.seize.remote import RemoteCalls
 from coldsnap.seize.tree import NS_KINDS, Tree
@@ -58,7 +58,6 @@ PR_GET_TID_ADDRESS = 40
 PTRACE_GET_THREAD_AREA = 25
 GDT_TLS_ENTRIES = (12, 13, 14)
 RLIM_NLIMITS = 16
-RLIM_INFINITY = (1 << 64) - 1
 SIGKILL, SIGSTOP = 9, 19
 SIGACTION_SIGNALS = tuple(s for s in range(1, 65) if s not in (SIGKILL, SIGSTOP))
 KSIGACTION = struct.Struct("<QQQQ")  # handler, flags, restorer, mask (kernel struct sigaction)
@@ -271,16 +270,8 @@ def _rlimits(pid: int) -> list[tuple[int, int]]:
             syscall(NR_prlimit64, pid, r, 0, ctypes.addressof(old), what=f"prlimit64({pid}, {r})")
             out.append((old[0], old[1]))
     except PermissionError:
-        return _rlimits_from_proc(pid)
+        return read_limits(pid)[:RLIM_NLIMITS]
     return out
-
-
-def _rlimits_from_proc(pid: int) -> list[tuple[int, int]]:
-    # rows in resource order after a header: name, soft, hard, [units], columns at fixed offsets
-    with open(f"/proc/{pid}/limits") as f:
-        rows = f.read().splitlines()[1:RLIM_NLIMITS + 1]
-    value = lambda text: RLIM_INFINITY if text == "unlimited" else int(text)  # noqa: E731
-    return [(value(row[26:47].strip()), value(row[47:68].strip())) for row in rows]
 
 
 def _thread_injected(rc: RemoteCalls, base: int, off: int) -> None:
@@ -299,11 +290,8 @@ def collect_task_state(task: FrozenTask) -> TaskState:
     model = task.model
     stat = read_stat(pid)
     status = read_status(pid)
-    with open(f"/proc/{pid}/personality") as f:
-        personality = int(f.read().strip(), 16)
-    with open(f"/proc/{pid}/auxv", "rb") as f:
-        raw_auxv = f.read()
-    auxv = list(struct.unpack(f"<{len(raw_auxv) // 8}Q", raw_auxv[:len(raw_auxv) // 8 * 8]))
+    personality = read_personality(pid)
+    auxv = read_auxv(pid)
     per_thread = {tid: _read_ptrace_side(pid, tid) for tid in tids}   # before any injection
     shared_pending = _peek_all(pid, shared=True)
     rlimits = _rlimits(pid)

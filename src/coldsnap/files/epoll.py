@@ -6,6 +6,7 @@ import os
 
 from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import eventpoll_pb2, fdinfo_pb2
+from coldsnap.kernel.fdinfo import fd_inode
 from coldsnap.kernel.libc import check, libc
 
 from .model import EpollFile, EpollTarget
@@ -25,10 +26,7 @@ class EpollOps(FileOps):
         for t in p.info.tfds:
             ok = t.tfd in p.open_fds
             if ok:
-                try:
-                    ok = os.stat(f"/proc/{p.pid}/fd/{t.tfd}").st_ino == t.ino
-                except FileNotFoundError:
-                    ok = False
+                ok = fd_inode(p.pid, t.tfd) == t.ino
             if not ok:
                 raise Unsupported(f"fd {p.fd}: epoll watches a file no longer open as fd {t.tfd}; "
                                   "not supported")

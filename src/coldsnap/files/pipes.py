@@ -14,6 +14,7 @@ import stat
 
 from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2, pipe_pb2
+from coldsnap.kernel.fdinfo import reopen_fd
 from coldsnap.kernel.libc import libc
 
 from .model import DEFAULT_PIPE_SIZE, PipeData, PipeFile
@@ -57,7 +58,7 @@ def _peek_once(p: Probe, pipe_id: int, flags: int) -> None:
         pd = peek_pipe(p.dup)
     else:
         # A write end: open the same pipe inode for reading through /proc.
-        rd = os.open(f"/proc/{p.pid}/fd/{p.fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        rd = reopen_fd(p.pid, p.fd, os.O_RDONLY | os.O_NONBLOCK)
         try:
             pd = peek_pipe(rd)
         finally:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from coldsnap.errors import AccessDenied, NoSuchProcess, TargetError, Unsupported
 from coldsnap.kernel import fdinfo as K
 from coldsnap.kernel import kcmp
+from coldsnap.kernel.procfs import read_path_link
 
 from .kinds import classify, ops_to_collect
 from .model import FdEntry, FileObj, FsState, PipeData, PipeFile, RegFile
@@ -105,12 +106,11 @@ class FileRegistry:
         return entries
 
     def _collect_dir(self, pid: int, name: str) -> int:
-        path = os.readlink(f"/proc/{pid}/{name}")
-        if path.endswith(" (deleted)"):
-            raise Unsupported(f"{name}: directory {path[:-10]} was deleted; not supported")
-        st = os.stat(f"/proc/{pid}/{name}")
+        link = read_path_link(pid, name)
+        if link.path.endswith(" (deleted)"):
+            raise Unsupported(f"{name}: directory {link.path[:-10]} was deleted; not supported")
         fid = self.new_id()
-        return self.add(RegFile(fid, path, _DIR_FLAGS, 0, None, st.st_mode))
+        return self.add(RegFile(fid, link.path, _DIR_FLAGS, 0, None, link.stat.st_mode))
 
     def add_mapped(self, mapped: dict[str, tuple[int, os.stat_result]]) -> dict[str, int]:
         """A REG file (pos 0) for each file behind a memory mapping or the exe.

@@ -65,6 +65,27 @@ def list_fds(pid: int) -> list[int]:
     return sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
 
 
+def own_fds() -> list[int]:
+    """The open descriptor numbers of the calling process (the listing's own fd included)."""
+    return sorted(int(n) for n in os.listdir("/proc/self/fd"))
+
+
+@on_process
+def fd_inode(pid: int, fd: int) -> int | None:
+    """Inode of the object fd N of the task points at; None when the fd is not open."""
+    try:
+        return os.stat(f"/proc/{pid}/fd/{fd}").st_ino
+    except FileNotFoundError:
+        return None
+
+
+@on_process
+def reopen_fd(pid: int, fd: int, flags: int) -> int:
+    """A new open file description of the object behind the task's fd N, opened through
+    /proc/PID/fd/N with FLAGS (O_CLOEXEC added): e.g. a read end of a pipe seen as a write end."""
+    return os.open(f"/proc/{pid}/fd/{fd}", flags | os.O_CLOEXEC)
+
+
 @on_process
 def raw_fd_links(pid: int) -> dict[int, str]:
     """fd number -> readlink of /proc/PID/fd/N; fds closed while listing are left out."""

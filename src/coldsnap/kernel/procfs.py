@@ -4,8 +4,9 @@ Readers of /proc/PID/... raise NoSuchProcess when the process is gone (see libc.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Literal
 
 from ..errors import NoSuchProcess
 from .libc import on_process
@@ -168,6 +169,113 @@ def alive(pid: int, tid: int | None = None) -> bool:
     except (ProcessLookupError, ValueError):    # ValueError: stat cut short by the exit
         return False
     return st.state not in ("Z", "X") and not st.flags & PF_EXITING
+
+
+@on_process
+def open_mem(pid: int, flags: int = os.O_RDONLY) -> int:
+    """An fd on /proc/PID/mem (O_CLOEXEC added); the caller closes it."""
+    return os.open(f"/proc/{pid}/mem", flags | os.O_CLOEXEC)
+
+
+@dataclass(frozen=True, slots=True)
+class PathLink:
+    """A /proc/PID/{exe,cwd,root} link: its text and the object it leads to."""
+    path: str               # readlink, " (deleted)" kept
+    stat: os.stat_result    # of the object (the link followed)
+
+
+@on_process
+def read_path_link(pid: int, name: Literal["exe", "cwd", "root"]) -> PathLink:
+    path = os.readlink(f"/proc/{pid}/{name}")
+    return PathLink(path, os.stat(f"/proc/{pid}/{name}"))
+
+
+@dataclass(frozen=True, slots=True)
+class MapFile:
+    """A /proc/PID/map_files/START-END link of a file mapping."""
+    stat: os.stat_result    # of the mapped object (the link followed)
+    link_mode: int          # the link's own mode: its rwx bits show the file's f_mode
+
+
+def _map_file(pid: int, start: int, end: int) -> str:
+    return f"/proc/{pid}/map_files/{start:x}-{end:x}"
+
+
+def stat_map_file(pid: int, start: int, end: int) -> MapFile:
+    """Raises the plain OSError: ENOENT may mean the mapping is gone as well as the process."""
+    link = _map_file(pid, start, end)
+    st = os.stat(link)
+    return MapFile(st, os.lstat(link).st_mode)
+
+
+def open_map_file(pid: int, start: int, end: int, flags: int) -> int:
+    """An fd on the object behind a file mapping (O_CLOEXEC added); plain OSError as above."""
+    return os.open(_map_file(pid, start, end), flags | os.O_CLOEXEC)
+
+
+@on_process
+def mount_devices(pid: int, fstype: str) -> set[str]:
+    """maps-style "maj:min" (hex, as the dev column of /proc/PID/maps) of every mount of
+    FSTYPE that the process sees, from its mountinfo."""
+    out = set()
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split()[:1] == [fstype]:
+                major, minor = (int(x) for x in left.split()[2].split(":"))
+                out.add(f"{major:02x}:{minor:02x}")
+    return out
+
+
+RLIM_INFINITY = (1 << 64) - 1
+
+
+@on_process
+def read_limits(pid: int) -> list[tuple[int, int]]:
+    """(soft, hard) of each row of /proc/PID/limits, in resource order; "unlimited" is
+    RLIM_INFINITY."""
+    # rows after a header: name, soft, hard, [units], columns at fixed offsets
+    with open(f"/proc/{pid}/limits") as f:
+        rows = f.read().splitlines()[1:]
+    value = lambda text: RLIM_INFINITY if text == "unlimited" else int(text)  # noqa: E731
+    return [(value(row[26:47].strip()), value(row[47:68].strip())) for row in rows if row]
+
+
+@on_process
+def read_personality(pid: int) -> int:
+    with open(f"/proc/{pid}/personality") as f:
+        return int(f.read().strip(), 16)
+
+
+@on_process
+def read_auxv(pid: int) -> list[int]:
+    """The u64 words of /proc/PID/auxv (type, value pairs ending with AT_NULL)."""
+    with open(f"/proc/{pid}/auxv", "rb") as f:
+        raw = f.read()
+    n = len(raw) // 8
+    return list(struct.unpack(f"<{n}Q", raw[:n * 8]))
+
+
+@on_process
+def clear_soft_dirty(pid: int) -> None:
+    """Clear the soft-dirty bits of every page of the process ("4" to /proc/PID/clear_refs)."""
+    with open(f"/proc/{pid}/clear_refs", "wb", buffering=0) as f:
+        f.write(b"4")
+
+
+def cpu_flags() -> set[str]:
+    """The `flags` of the first CPU in /proc/cpuinfo."""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cap_last_cap() -> int:
+    """The highest capability number this kernel knows."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
 
 
 def uptime_us() -> int:

@@ -17,13 +17,13 @@ import os
 
 import numpy as np
 
-from ..errors import CsError
+from ..errors import AccessDenied, CsError, NoSuchProcess
 from ..kernel import pagemap as pm
+from ..kernel.procfs import clear_soft_dirty
 from .ranges import Ranges
 from .scan import scan_with_ioctl, spans
 from .vma import Vma
 
-CLEAR_SOFT_DIRTY = b"4"
 DIRTY_QUERY = pm.ScanQuery(category_anyof_mask=pm.PAGE_IS_SOFT_DIRTY, return_mask=pm.PAGE_IS_SOFT_DIRTY)
 
 
@@ -37,8 +37,9 @@ class SoftDirtyTracker:
 
     def reset(self) -> None:
         try:
-            with open(f"/proc/{self.pid}/clear_refs", "wb", buffering=0) as f:
-                f.write(CLEAR_SOFT_DIRTY)
+            clear_soft_dirty(self.pid)
+        except (NoSuchProcess, AccessDenied):
+            raise
         except OSError as e:
             raise CsError(f"cannot clear the soft-dirty bits of {self.pid}: {e.strerror}") from None
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from ..kernel.libc import libc
+from ..kernel.procfs import cap_last_cap
 
 CAP_VERSION_3 = 0x20080522           # _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set
 PR_GET_SECUREBITS = 27
@@ -65,5 +66,4 @@ def own_secbits() -> int:
 
 @cache
 def cap_last() -> int:
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        return int(f.read())
+    return cap_last_cap()

@@ -17,6 +17,7 @@ from ..errors import ImageError
 from ..files.kinds import OPS
 from ..files.ops import OpenCtx
 from ..files.registry import TaskFiles
+from ..kernel.fdinfo import own_fds
 
 
 def _names(task: TaskFiles) -> dict[int, str]:
@@ -64,8 +65,7 @@ def rebuild_fds(task: TaskFiles, *, shell_job: bool = False, keep_fds: Collectio
         os.dup2(temps[e.file_id], e.fd, inheritable=not e.cloexec)
     for fid, fd in first.items():    # at the final numbers: epoll registrations name them
         OPS[files[fid].kind].post_open(files[fid], fd, ctx)
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
+    for fd in own_fds():
         if fd not in targets and fd not in keep:
             try:
                 os.close(fd)

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..errors import ImageError, TargetError
+from ..errors import ImageError, NoSuchProcess, TargetError
 from ..files.images import read_images as read_files_images
 from ..files.model import RegFile
 from ..files.registry import TaskFiles
@@ -17,7 +16,7 @@ from ..images.directory import ImageDir
 from ..images.pages import pagemap_name
 from ..images.pb import core_pb2
 from ..images.source import ChainSource
-from ..kernel.procfs import read_maps
+from ..kernel.procfs import cpu_flags, read_maps, read_stat
 from ..memory.source import PageSource
 from ..memory.vma import (VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
                           VMA_FILE_PRIVATE, VMA_FILE_SHARED)
@@ -163,16 +162,8 @@ def _check_vdso(mm) -> None:
                          f"this kernel: {len(have)} areas, {sum(e - s for s, e in have) // PAGE} pages)")
 
 
-def _cpu_flags() -> set[str]:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
-
-
 def _check_xstate(cores: dict[int, core_pb2.core_entry]) -> None:
-    flags = _cpu_flags()
+    flags = cpu_flags()
     for tid, core in cores.items():
         fp = core.thread_info.fpregs
         bv = fp.xsave.xstate_bv if fp.HasField("xsave") else 0
@@ -227,9 +218,10 @@ def _check_inside(d: ImageDir, pid: int, sources, vmas) -> None:
 
 def _check_ids_free(tids: list[int]) -> None:
     for tid in tids:
-        if os.path.exists(f"/proc/{tid}"):
-            try:
-                comm = Path(f"/proc/{tid}/comm").read_text().strip()
-            except OSError:
-                comm = "?"
-            raise TargetError(f"PID {tid} is in use (by {comm!r}): cannot restore with the same IDs")
+        try:
+            comm = read_stat(tid).comm
+        except NoSuchProcess:
+            continue
+        except (OSError, ValueError):       # AccessDenied, or a stat cut short by an exit
+            comm = "?"
+        raise TargetError(f"PID {tid} is in use (by {comm!r}): cannot restore with the same IDs")

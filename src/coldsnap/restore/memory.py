@@ -111,7 +111,7 @@ class PageWriter:
                 raise CsError(f"cannot write page {addr + done:#x} of {self.pid}: {e.strerror}") from None
             self.stats.syscalls += 1
             if k <= 0:
-                raise CsError(f"/proc/{self.pid}/mem: short write at {addr + done:#x}")
+                raise CsError(f"cannot write page {addr + done:#x} of {self.pid}: short write")
             done += k
         self.stats.bytes_mem += done
 

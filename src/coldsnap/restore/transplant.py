@@ -32,7 +32,7 @@ from ..errors import CsError, TargetError
 from ..kernel import ptrace
 from ..kernel.clone import CLONE_ARGS, THREAD_FLAGS, clone_args
 from ..kernel.libc import SYS
-from ..kernel.procfs import read_status
+from ..kernel.procfs import read_path_link, read_status
 from ..memory.vma import (MAP_ANONYMOUS, MAP_SHARED, PROT_READ, PROT_WRITE, VMA_ANON_SHARED,
                           VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..seize.freezer import SEIZE_OPTIONS, FrozenTask
@@ -265,7 +265,7 @@ class Transplant:
         auxv = struct.pack(f"<{len(mm.mm_saved_auxv)}Q", *mm.mm_saved_auxv)
         auxv_addr = self._put(auxv, _OFF_AUXV)
         exe_fd = -1
-        if mm.exe_file_id and not _same_file(self.img.mapped[mm.exe_file_id].path, f"/proc/{self.pid}/exe"):
+        if mm.exe_file_id and not _same_exe(self.img.mapped[mm.exe_file_id].path, self.pid):
             # replacing the exe fails (EBUSY) while the old one is mapped: when the blank child
             # already runs the same binary (a Python target), keep it
             exe_fd = self._open(self.img.mapped[mm.exe_file_id].path, 0)
@@ -421,9 +421,10 @@ def _open_mode(v) -> int:
     return os.O_RDWR if v.status & VMA_FILE_SHARED and v.prot & PROT_WRITE else os.O_RDONLY
 
 
-def _same_file(a: str, b: str) -> bool:
+def _same_exe(path: str, pid: int) -> bool:
+    """PATH is the file process PID runs."""
     try:
-        return os.path.samestat(os.stat(a), os.stat(b))
+        return os.path.samestat(os.stat(path), read_path_link(pid, "exe").stat)
     except OSError:
         return False
 

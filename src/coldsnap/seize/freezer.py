@@ -46,7 +46,7 @@ from typing import Callable, Hashable
 from coldsnap.errors import AccessDenied, CsError, Interrupted, NoSuchProcess, TargetError, Unsupported
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS, syscall
-from coldsnap.kernel.procfs import alive, child_pids, list_tids, read_maps, read_stat, read_status
+from coldsnap.kernel.procfs import alive, child_pids, list_tids, open_mem, read_maps, read_stat, read_status
 from coldsnap.seize.tree import Task, Tree, read_tree
 
 PF_KTHREAD = 0x00200000
@@ -383,7 +383,7 @@ class FrozenTask:
     def mem_fd(self) -> int:
         """An O_RDWR fd on /proc/PID/mem, shared by users of this freeze."""
         if self._mem_fd is None:
-            self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            self._mem_fd = open_mem(self.pid, os.O_RDWR)
         return self._mem_fd
 
     def vdso_gadget(self) -> int:
