@@ -36,7 +36,8 @@ from ..images.directory import ImageDir
 from ..images.pages import PAGE_SHIFT, PAGE_SIZE
 from ..kernel import ptrace
 from ..kernel.libc import SYS
-from ..kernel.procfs import MapsLine, read_maps, read_stat
+from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, open_map_file, read_maps,
+                             read_path_link, read_stat, stat_map_file)
 from ..memory.frozen_copy import CopyStats, save_frozen
 from ..memory.plan import PagePlan
 from ..memory.ranges import Ranges
@@ -58,17 +59,10 @@ from .task_state import collect_task_state, write_task_images
 
 def _hugetlbfs_devs(pid: int) -> set[str]:
     """maps-style "maj:min" (hex) of the hugetlbfs mounts the target sees."""
-    out = set()
     try:
-        with open(f"/proc/{pid}/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if right.split()[:1] == ["hugetlbfs"]:
-                    major, minor = (int(x) for x in left.split()[2].split(":"))
-                    out.add(f"{major:02x}:{minor:02x}")
+        return mount_devices(pid, "hugetlbfs")
     except OSError:
-        pass
-    return out
+        return set()
 
 
 def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
@@ -100,10 +94,6 @@ def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
 
 # -- mapped files ----------------------------------------------------------------------------
 
-def _map_files(pid: int, v: Vma) -> str:
-    return f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"
-
-
 def mapped_files(pid: int, vmas: list[Vma]) -> tuple[str, dict[str, tuple[int, os.stat_result]],
                                                       dict[tuple[int, int], str], dict[tuple[int, int], int]]:
     """(exe path, path -> (open flags, stat), file VMA -> path, file VMA -> open flags).
@@ -111,19 +101,19 @@ def mapped_files(pid: int, vmas: list[Vma]) -> tuple[str, dict[str, tuple[int, o
     A shared mapping is O_RDWR when it is writable or its file was opened for writing (the
     map_files link's mode shows the file's f_mode); everything else O_RDONLY.
     """
-    exe = os.readlink(f"/proc/{pid}/exe")
-    if exe.endswith(" (deleted)"):
-        raise Unsupported(f"exe: {exe[:-10]} was deleted; not supported")
-    files: dict[str, tuple[int, os.stat_result]] = {exe: (os.O_RDONLY, os.stat(f"/proc/{pid}/exe"))}
+    exe = read_path_link(pid, "exe")
+    if exe.path.endswith(" (deleted)"):
+        raise Unsupported(f"exe: {exe.path[:-10]} was deleted; not supported")
+    files: dict[str, tuple[int, os.stat_result]] = {exe.path: (os.O_RDONLY, exe.stat)}
     paths: dict[tuple[int, int], str] = {}
     flags: dict[tuple[int, int], int] = {}
     for v in vmas:
         if v.kind not in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
             continue
-        link = _map_files(pid, v)
         try:
-            st = os.stat(link)
-            writable = v.kind is Kind.FILE_SHARED and bool(os.lstat(link).st_mode & st_.S_IWUSR)
+            st = stat_map_file(pid, v.start, v.end)
+            writable = (v.kind is Kind.FILE_SHARED
+                        and bool(map_file_link_mode(pid, v.start, v.end) & st_.S_IWUSR))
         except OSError as e:
             raise TargetError(f"mapping {v.start:#x}-{v.end:#x}: cannot open {v.path}: {e.strerror}") from None
         if not st_.S_ISREG(st.st_mode) and not (st_.S_ISCHR(st.st_mode) and v.path == "/dev/zero"):
@@ -135,7 +125,7 @@ def mapped_files(pid: int, vmas: list[Vma]) -> tuple[str, dict[str, tuple[int, o
             files[v.path] = (mode if old is None else max(mode, old[0]), st)
         paths[(v.start, v.end)] = v.path
         flags[(v.start, v.end)] = mode
-    return exe, files, paths, flags
+    return exe.path, files, paths, flags
 
 
 # -- pages -----------------------------------------------------------------------------------
@@ -206,7 +196,7 @@ def save_shmem(pid: int, sink: PageSink, vmas: list[Vma]) -> tuple[SinkCounts, i
         windows = Ranges.covering([(v.pgoff, v.pgoff + v.size) for v in areas])
         mapped += windows.nr_pages
         try:
-            fd = os.open(_map_files(pid, areas[0]), os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_map_file(pid, areas[0].start, areas[0].end, os.O_RDONLY)
         except OSError as e:
             raise TargetError(f"shared memory at {areas[0].start:#x}: cannot open it: {e.strerror}") from None
         try:

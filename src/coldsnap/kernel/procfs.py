@@ -190,26 +190,25 @@ def read_path_link(pid: int, name: Literal["exe", "cwd", "root"]) -> PathLink:
     return PathLink(path, os.stat(f"/proc/{pid}/{name}"))
 
 
-@dataclass(frozen=True, slots=True)
-class MapFile:
-    """A /proc/PID/map_files/START-END link of a file mapping."""
-    stat: os.stat_result    # of the mapped object (the link followed)
-    link_mode: int          # the link's own mode: its rwx bits show the file's f_mode
-
+# /proc/PID/map_files/START-END: the object behind a file mapping. Readers raise the plain
+# OSError: ENOENT may mean the mapping is gone as well as the process.
 
 def _map_file(pid: int, start: int, end: int) -> str:
     return f"/proc/{pid}/map_files/{start:x}-{end:x}"
 
 
-def stat_map_file(pid: int, start: int, end: int) -> MapFile:
-    """Raises the plain OSError: ENOENT may mean the mapping is gone as well as the process."""
-    link = _map_file(pid, start, end)
-    st = os.stat(link)
-    return MapFile(st, os.lstat(link).st_mode)
+def stat_map_file(pid: int, start: int, end: int) -> os.stat_result:
+    """The stat of the mapped object (the link followed)."""
+    return os.stat(_map_file(pid, start, end))
+
+
+def map_file_link_mode(pid: int, start: int, end: int) -> int:
+    """The link's own mode: its rwx bits show the f_mode the file was opened with."""
+    return os.lstat(_map_file(pid, start, end)).st_mode
 
 
 def open_map_file(pid: int, start: int, end: int, flags: int) -> int:
-    """An fd on the object behind a file mapping (O_CLOEXEC added); plain OSError as above."""
+    """An fd on the mapped object (O_CLOEXEC added)."""
     return os.open(_map_file(pid, start, end), flags | os.O_CLOEXEC)
 
 

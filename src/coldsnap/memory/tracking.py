@@ -43,7 +43,7 @@ from ..errors import CsError, NoSuchProcess, TargetError
 from ..kernel import pagemap as pm
 from ..kernel import uffd
 from ..kernel.libc import SYS, syscall
-from ..kernel.fdinfo import raw_fd_links
+from ..kernel.fdinfo import raw_fd_links, read_fdinfo
 from ..kernel.pidfd import pidfd_getfd, pidfd_open
 from ..kernel.procfs import alive
 from .ranges import Ranges
@@ -106,9 +106,8 @@ def parked_uffd_fds(pid: int) -> list[int]:
     out = []
     for fd in uffd_fds(pid):
         try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                api = next(line for line in f if line.startswith("API:")).split()[1]
-        except (OSError, StopIteration, IndexError):
+            api = read_fdinfo(pid, fd).other["API"].split()[0]
+        except (OSError, ValueError, KeyError, IndexError):
             continue
         features = int(api.split(":")[1], 16)
         if features & FEATURES == FEATURES:
