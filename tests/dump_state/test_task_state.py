@@ -145,8 +145,8 @@ def test_process_wide(dumped):
     assert st.child_subreaper is True
     for th in st.threads:
         c = th.creds
-        assert c.uids == [os.getuid()] * 4 and c.gids == [os.getgid()] * 4
-        assert len(c.cap_eff) == len(c.cap_bnd) == 2 and c.no_new_privs == 0
+        assert c.uids == (os.getuid(),) * 4 and c.gids == (os.getgid(),) * 4
+        assert c.effective == c.permitted and c.bounding >> 32 and c.no_new_privs == 0
         assert th.seccomp_mode == 0
 
 

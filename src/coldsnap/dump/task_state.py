@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
+from coldsnap.creds import Creds
 from coldsnap.errors import TargetError, Unsupported
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS, syscall
@@ -94,20 +95,6 @@ class FpRegs:
         cwd, swd, twd, fop, rip, rdp, mxcsr, mask = struct.unpack_from("<HHHHQQII", raw, 0)
         return cls(cwd, swd, twd, fop, rip, rdp, mxcsr, mask,
                    list(struct.unpack_from("<32I", raw, 32)), list(struct.unpack_from("<64I", raw, 160)))
-
-
-@dataclass
-class Creds:
-    uids: list[int]           # real, effective, saved, fs
-    gids: list[int]
-    cap_inh: list[int]        # [low, high] words
-    cap_prm: list[int]
-    cap_eff: list[int]
-    cap_bnd: list[int]
-    cap_amb: list[int]
-    groups: list[int]
-    no_new_privs: int
-    secbits: int = 0
 
 
 @dataclass
@@ -195,21 +182,6 @@ def _peek_all(tid: int, shared: bool) -> list[bytes]:
             return out
 
 
-def _cap_words(hexval: str) -> list[int]:
-    v = int(hexval, 16)
-    return [v & 0xFFFFFFFF, v >> 32]
-
-
-def _creds(status: dict[str, str]) -> Creds:
-    return Creds(uids=[int(x) for x in status["Uid"].split()],
-                 gids=[int(x) for x in status["Gid"].split()],
-                 cap_inh=_cap_words(status["CapInh"]), cap_prm=_cap_words(status["CapPrm"]),
-                 cap_eff=_cap_words(status["CapEff"]), cap_bnd=_cap_words(status["CapBnd"]),
-                 cap_amb=_cap_words(status.get("CapAmb", "0")),
-                 groups=[int(x) for x in status.get("Groups", "").split()],
-                 no_new_privs=int(status.get("NoNewPrivs", "0")))
-
-
 class _UserDesc(ctypes.Structure):
     _fields_ = [("entry_number", ctypes.c_uint32), ("base_addr", ctypes.c_uint32),
                 ("limit", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
@@ -256,7 +228,7 @@ def _read_ptrace_side(pid: int, tid: int) -> dict:
                 fpregs=FpRegs.from_fxsave(ptrace.get_regset(tid, ptrace.NT_PRFPREG, 512)),
                 xstate=xstate, xstate_bv=bv, ymmh_space=ymmh, sigmask=ptrace.get_sigmask(tid),
                 rseq=_rseq(tid), pending=_peek_all(tid, shared=False),
-                comm=read_stat(pid, tid).comm, creds=_creds(status),
+                comm=read_stat(pid, tid).comm, creds=Creds.of_status(status, secbits=0),
                 seccomp_mode=int(status.get("Seccomp", "0")), tls=_tls(tid))
 
 
@@ -347,7 +319,7 @@ def collect_task_state(task: FrozenTask) -> TaskState:
         ss_sp, ss_flags, ss_size, tid_addr, rl_head, rl_len = struct.unpack_from("<Qi4xQQQQ", blob, off)
         d = per_thread[tid]
         d["sigmask"] = masks.get(tid, d["sigmask"])
-        d["creds"].secbits = secbits
+        d["creds"] = replace(d["creds"], secbits=secbits)
         has_tid_addr |= tid_addr != 0
         threads.append(ThreadState(clear_tid_addr=tid_addr, robust_list=(rl_head, rl_len),
                                    sigaltstack=(ss_sp, ss_size, ss_flags), **d))
@@ -407,18 +379,7 @@ def _core_entry(state: TaskState, th: ThreadState):
     tc.sas.ss_sp, tc.sas.ss_size, tc.sas.ss_flags = th.sigaltstack[0], th.sigaltstack[1], th.sigaltstack[2] & 0xFFFFFFFF
     if th.pending:
         tc.signals_p.CopyFrom(_signal_queue(th.pending))
-    c = th.creds
-    cr = tc.creds
-    cr.uid, cr.euid, cr.suid, cr.fsuid = c.uids
-    cr.gid, cr.egid, cr.sgid, cr.fsgid = c.gids
-    cr.cap_inh.extend(c.cap_inh)
-    cr.cap_prm.extend(c.cap_prm)
-    cr.cap_eff.extend(c.cap_eff)
-    cr.cap_bnd.extend(c.cap_bnd)
-    cr.cap_amb.extend(c.cap_amb)
-    cr.secbits = c.secbits
-    cr.groups.extend(c.groups)
-    cr.no_new_privs = c.no_new_privs
+    th.creds.to_entry(tc.creds)
     tc.seccomp_mode = th.seccomp_mode
     tc.comm = th.comm
     if th.rseq is not None:

@@ -4,10 +4,11 @@
         transplant(task, images)      # memory, mm, threads, signals, registers...
     # detach: the restored process runs
 
-The child is a fork of coldsnap whose fd table, cwd and limits are already the target's
-(restore/blank.py). Everything else happens here, in this order, in one remote-call session
-on the leader (every call runs at a `syscall` of the [vdso], so nothing of the child's own
-memory is needed once the vDSO has moved):
+The child is a clone of coldsnap with the dumped PID whose fd table, cwd and limits are
+already the target's (restore.py `_blank_child` with fdtable.py, then `_set_rlimits`).
+Everything else happens here, in this order, in one remote-call session on the leader
+(every call runs at a `syscall` of the [vdso], so nothing of the child's own memory is
+needed once the vDSO has moved):
 
  1. unregister the child's inherited rseq area (the kernel would fault on it once unmapped)
  2. mremap [vvar] [vvar_vclock] [vdso] to where the images had them (same kernel layout)
@@ -38,7 +39,7 @@ from ..memory.vma import (MAP_ANONYMOUS, MAP_SHARED, PROT_READ, PROT_WRITE, VMA_
 from ..seize.freezer import SEIZE_OPTIONS, FrozenTask
 from ..seize.remote import RemoteCalls
 from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, vdso_areas, vdso_layout
-from .creds import Creds, cap_last
+from ..creds import Creds, cap_last
 from .memory import PageWriter, WriteStats
 
 PAGE = 4096
