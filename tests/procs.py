@@ -1,11 +1,17 @@
-"""Helpers shared by test files: compiled workloads and /proc process states.
+"""Helpers shared by test files: compiled workloads, /proc process states, and the one way
+to run the coldsnap command and CRIU's crit.
 
 A module of its own (not conftest.py) so that any test file can import it by name, whichever
 directory-level conftest pytest loaded first.
 """
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 WORKLOADS = Path(__file__).parent / "workloads"
@@ -36,3 +42,78 @@ def proc_state(pid: int, tid: int | None = None) -> tuple[str, int]:
         elif line.startswith("TracerPid:"):
             tracer = line.split()[1]
     return state, int(tracer or 0)
+
+
+# -- the coldsnap command ------------------------------------------------------------------
+
+def coldsnap_argv(*args) -> list[str]:
+    """argv of `python -m coldsnap ARGS`, for the tests that need a Popen (signals, terminals)."""
+    return [sys.executable, "-m", "coldsnap", *map(str, args)]
+
+
+@dataclass
+class Run:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def check(self) -> "Run":
+        assert self.returncode == 0, (f"{' '.join(self.argv[2:])} exited {self.returncode}\n"
+                                      f"stderr: {self.stderr}\nstdout: {self.stdout}")
+        return self
+
+
+def coldsnap(*args, check: bool = False, timeout: float = 60.0) -> Run:
+    """Run `python -m coldsnap ARGS` to the end. stdin is /dev/null and stdout/stderr go to
+    files, never pipes, so that a restored process that kept one cannot hang the test."""
+    argv = coldsnap_argv(*args)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout)
+        out.seek(0)
+        err.seek(0)
+        run = Run(argv, proc.returncode, out.read().decode(errors="replace"),
+                  err.read().decode(errors="replace"))
+    return run.check() if check else run
+
+
+# -- CRIU's crit ------------------------------------------------------------------------------
+
+CRIT = "/usr/bin/crit"
+
+
+def need_crit() -> None:
+    """Skip the calling test where crit (Debian package criu) is not installed."""
+    if not os.path.exists(CRIT):
+        import pytest
+        pytest.skip("crit (Debian package criu) is not installed")
+
+
+def crit(*args, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """`crit ARGS` to the end, text output captured."""
+    return subprocess.run([CRIT, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def crit_decode_all(paths) -> dict:
+    """`crit decode` of every file at once; {path: (returncode, stdout, stderr)}."""
+    procs = {p: subprocess.Popen([CRIT, "decode", "-i", str(p)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for p in paths}
+    out = {}
+    for p, proc in procs.items():
+        so, se = proc.communicate(timeout=60)
+        out[p] = (proc.returncode, so, se)
+    return out
+
+
+def crit_decode_each(paths) -> dict:
+    """{path: decoded JSON} of every image, asserting crit took each one."""
+    out = {}
+    for p, (rc, so, se) in crit_decode_all(paths).items():
+        assert rc == 0, f"crit decode {p}: {se}"
+        out[p] = json.loads(so)
+    return out
+
+
+def crit_decode(path) -> dict:
+    """The decoded JSON of one image, asserting crit took it."""
+    return crit_decode_each([path])[path]

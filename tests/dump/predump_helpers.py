@@ -1,12 +1,12 @@
 """Reading images back and comparing them with a live process's memory."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from coldsnap.images.directory import ImageDir
 from coldsnap.images.pages import PagemapReader, PE_PRESENT
+
+from procs import coldsnap  # noqa: F401  (re-exported: the one runner of the command)
 
 PG = 4096
 
@@ -39,11 +39,6 @@ def mismatched_pages(images: Path, pid: int, only=None) -> list[int]:
             if mem.read(PG) != data:
                 bad.append(vaddr)
     return bad
-
-
-def coldsnap(*args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "coldsnap", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, check=check)
 
 
 def wait_quiet(pid: int, timeout: float = 5.0) -> None:

@@ -2,13 +2,12 @@
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from predump_helpers import coldsnap, wait_quiet
-from procs import proc_state
+from predump_helpers import wait_quiet
+from procs import coldsnap, coldsnap_argv, proc_state
 
 from coldsnap.cli import (EXIT_ACCESS_DENIED, EXIT_BAD_IMAGE, EXIT_NO_SUCH_PROCESS, EXIT_USAGE,
                           build_parser)
@@ -100,9 +99,8 @@ def test_a_signal_after_the_freeze_exits_128_plus_its_number(sig, spawn, workloa
     one line, exit 130 (143), no images left behind."""
     w = spawn([workload_bin("mem_pattern"), 65536, 8], stderr=subprocess.DEVNULL)
     wait_quiet(w.pid)
-    p = subprocess.Popen([sys.executable, "-m", "coldsnap", "pre-dump", "-t", str(w.pid), "-D",
-                          str(tmp_path / "img"), "--pre-dump-mode", "live", "--buffer-size", "4k"],
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(coldsnap_argv("pre-dump", "-t", w.pid, "-D", tmp_path / "img", "--pre-dump-mode",
+                                       "live", "--buffer-size", "4k"), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 10
     while not _draining(tmp_path) and time.monotonic() < deadline:    # pages written: resumed
         time.sleep(0.001)

@@ -1,7 +1,6 @@
 """`coldsnap dump` on real processes: what the images hold, how the task ends, refusals."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,26 +21,18 @@ from coldsnap.memory.scan import scan_saved_pages
 from coldsnap.memory.vma import MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_SHARED, Kind, classify_all
 
 from predump_helpers import PG, coldsnap, image_pages, wait_quiet
+from procs import crit_decode_each, need_crit
 from rseq_mask import masked, rseq_areas
 
-CRIT = "/usr/bin/crit"
 FILLER = 0x100000000000
 UFFD_LINK = "anon_inode:[userfaultfd]"
 
 
 def crit_decode_dir(root: Path) -> dict[str, dict]:
     """`crit decode` of every image but the raw pages, in parallel; name -> decoded JSON."""
-    if not os.path.exists(CRIT):
-        pytest.skip("crit is not installed")
+    need_crit()
     names = sorted(p.name for p in root.iterdir() if not p.name.startswith("pages-") and p.is_file())
-    procs = {n: subprocess.Popen([CRIT, "decode", "-i", str(root / n)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for n in names}
-    out = {}
-    for n, p in procs.items():
-        so, se = p.communicate(timeout=60)
-        assert p.returncode == 0, f"crit decode {n}: {se}"
-        out[n] = json.loads(so)
-    return out
+    return {path.name: d for path, d in crit_decode_each([root / n for n in names]).items()}
 
 
 def uffd_links(pid: int) -> list[str]:

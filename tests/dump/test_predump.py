@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from coldsnap.images.pages import PagemapReader
 from coldsnap.kernel import ptrace
 from coldsnap.seize.freezer import freeze
 
-from procs import proc_state
+from procs import coldsnap_argv, crit, crit_decode_each, need_crit, proc_state
 from predump_helpers import PG, coldsnap, image_pages, mismatched_pages, present_runs, wait_quiet
 from rseq_mask import masked
 
@@ -144,8 +143,8 @@ def test_multithreaded_target_is_resumed_whole(spawn, workload_bin, tmp_path):
 
 def test_sigkill_of_coldsnap_leaves_the_target_running(pattern, tmp_path):
     w = pattern(filler_pages=65536)
-    cmd = [sys.executable, "-m", "coldsnap", "pre-dump", "-t", str(w.pid), "-D", str(tmp_path / "img"),
-           "--pre-dump-mode", "frozen", "--buffer-size", "4k"]
+    cmd = coldsnap_argv("pre-dump", "-t", w.pid, "-D", tmp_path / "img", "--pre-dump-mode", "frozen",
+                        "--buffer-size", "4k")
     p = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while proc_state(w.pid)[1] == 0 and time.monotonic() < deadline:
@@ -163,8 +162,8 @@ def test_sigkill_of_coldsnap_leaves_the_target_running(pattern, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_sigint_or_sigterm_of_coldsnap_resumes_the_target(sig, pattern, tmp_path):
     w = pattern(filler_pages=65536)
-    cmd = [sys.executable, "-m", "coldsnap", "pre-dump", "-t", str(w.pid), "-D", str(tmp_path / "img"),
-           "--pre-dump-mode", "frozen", "--buffer-size", "4k"]
+    cmd = coldsnap_argv("pre-dump", "-t", w.pid, "-D", tmp_path / "img", "--pre-dump-mode", "frozen",
+                        "--buffer-size", "4k")
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 10
     while proc_state(w.pid)[1] == 0 and time.monotonic() < deadline:
@@ -224,16 +223,10 @@ def test_bad_input_gets_one_line_and_nonzero_exit(case, pattern, tmp_path):
 
 
 def test_crit_decodes_every_image(pattern, tmp_path):
-    crit = shutil.which("crit")
-    if not crit:
-        pytest.skip("crit (Debian package criu) is not installed")
+    need_crit()
     w = pattern()
     pre_dump(w.pid, tmp_path / "img")
     files = [f for f in (tmp_path / "img").iterdir() if not f.name.startswith("pages-")]
     assert {f.name for f in files} >= {"inventory.img", f"mm-{w.pid}.img", f"pagemap-{w.pid}.img", "stats-dump"}
-    for f in files:
-        r = subprocess.run([crit, "decode", "-i", str(f)], capture_output=True, text=True)
-        assert r.returncode == 0, (f.name, r.stderr)
-    r = subprocess.run([crit, "decode", "-i", str(tmp_path / "img" / f"pagemap-{w.pid}.img")],
-                       capture_output=True, text=True)
-    assert '"nr_pages"' in r.stdout or "nr_pages" in r.stdout
+    crit_decode_each(files)
+    assert "nr_pages" in crit("decode", "-i", tmp_path / "img" / f"pagemap-{w.pid}.img").stdout

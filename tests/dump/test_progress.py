@@ -3,10 +3,10 @@ stderr on a pseudo-terminal, then again with pipes."""
 import os
 import pty
 import subprocess
-import sys
 import time
 
-from predump_helpers import coldsnap, wait_quiet
+from predump_helpers import wait_quiet
+from procs import coldsnap, coldsnap_argv
 
 from coldsnap import progress
 
@@ -15,7 +15,7 @@ def _on_a_terminal(*args) -> tuple[int, str, str]:
     """Run coldsnap with stderr on a pty (stdout a pipe): (exit code, stdout, what the pty got)."""
     master, slave = pty.openpty()
     env = {**os.environ, "COLDSNAP_PROGRESS_AFTER": "0", "COLUMNS": "100", "TERM": "xterm"}
-    p = subprocess.Popen([sys.executable, "-m", "coldsnap", *map(str, args)], stdin=subprocess.DEVNULL,
+    p = subprocess.Popen(coldsnap_argv(*args), stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=slave, env=env)
     os.close(slave)
     seen = b""

@@ -1,10 +1,8 @@
 """Final-dump task state: every value checked against what the workload says about itself."""
 from __future__ import annotations
 
-import json
 import os
 import struct
-import subprocess
 
 import pytest
 
@@ -14,6 +12,8 @@ from coldsnap.images.framing import read_single
 from coldsnap.kernel.procfs import read_maps, read_stat
 from coldsnap.seize.freezer import freeze
 from tests.conftest import proc_state
+
+from procs import crit_decode
 
 SA_SIGINFO, SA_ONSTACK, SA_RESTART, SA_RESTORER = 0x4, 0x08000000, 0x10000000, 0x04000000
 SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, SIGPWR = 1, 10, 12, 14, 30
@@ -150,13 +150,7 @@ def test_process_wide(dumped):
         assert th.seccomp_mode == 0
 
 
-def _crit(path):
-    out = subprocess.run(["/usr/bin/crit", "decode", "-i", str(path)], capture_output=True, text=True, timeout=20)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def test_images_decode_with_crit(spawn, workload_bin, tmp_path):
+def test_images_decode_withcrit_decode(spawn, workload_bin, tmp_path):
     w, info = _start(spawn, workload_bin)
     with ImageDir.create(tmp_path / "img") as d:
         st = dump_task_state(w.pid, d)
@@ -165,7 +159,7 @@ def test_images_decode_with_crit(spawn, workload_bin, tmp_path):
     assert len(cores) == 4
     for core in cores:
         tid = int(core.stem.split("-")[1])
-        e = _crit(core)["entries"][0]
+        e = crit_decode(core)["entries"][0]
         assert e["mtype"] == "X86_64"
         ti, tc = e["thread_info"], e["thread_core"]
         assert len(ti["tls"]) == 3
@@ -182,11 +176,11 @@ def test_images_decode_with_crit(spawn, workload_bin, tmp_path):
             assert len(tc["signals_p"]["signals"]) == 1
         else:
             assert "tc" not in e
-    ps = _crit(img / "pstree.img")["entries"]
+    ps = crit_decode(img / "pstree.img")["entries"]
     assert len(ps) == 1
     assert ps[0]["pid"] == w.pid and ps[0]["ppid"] == 0 and sorted(ps[0]["threads"]) == st.tids
     assert ps[0]["pgid"] == st.pgid and ps[0]["sid"] == st.sid
-    ids = _crit(img / f"ids-{w.pid}.img")["entries"][0]
+    ids = crit_decode(img / f"ids-{w.pid}.img")["entries"][0]
     assert ids["vm_id"] == ids["files_id"] == ids["fs_id"] == ids["sighand_id"] == 1
     # our own reader agrees
     core = read_single(img / f"core-{w.pid}.img")

@@ -8,6 +8,8 @@ from coldsnap.files.inet import STORED_EXTRA_OPTS
 from coldsnap.files.model import InetSocket, PipeFile
 from coldsnap.files.registry import FileRegistry, TaskFiles
 
+from procs import crit_decode_each
+
 _VOLATILE = {"id", "pipe_id", "inode", "mnt_id", "fown"}
 
 
@@ -68,14 +70,11 @@ def strip_unstored(snap: TaskFiles) -> TaskFiles:
 
 def through_images(snap: TaskFiles, imgdir) -> TaskFiles:
     """Write the images, check crit decodes each of them, read them back."""
-    import subprocess
     imgdir.mkdir(exist_ok=True)
     write_images(snap.registry, imgdir)
     names = sorted(p.name for p in imgdir.iterdir())
     assert {"files.img", "fdinfo-1.img", f"fs-{snap.pid}.img"} <= set(names)
-    for name in names:
-        r = subprocess.run(["/usr/bin/crit", "decode", "-i", str(imgdir / name)], capture_output=True, text=True)
-        assert r.returncode == 0, f"crit decode {name}: {r.stderr}"
+    crit_decode_each([imgdir / name for name in names])
     back = read_images(imgdir, {snap.pid: 1}).task(snap.pid)
     assert_same_table(strip_unstored(snap), back)
     return back

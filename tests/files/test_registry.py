@@ -18,6 +18,7 @@ from coldsnap.files.registry import FileRegistry
 from coldsnap.images.pb import fdinfo_pb2
 
 from helpers import assert_same_table
+from procs import crit_decode_each
 
 
 @pytest.fixture
@@ -75,9 +76,7 @@ def test_a_pipe_between_parent_and_child_is_paired_across_tables(two_procs, tmp_
     img.mkdir()
     write_images(reg, img)
     assert {"fdinfo-1.img", "fdinfo-2.img", f"fs-{w.pid}.img", f"fs-{child}.img"} <= set(os.listdir(img))
-    for name in os.listdir(img):
-        r = subprocess.run(["/usr/bin/crit", "decode", "-i", str(img / name)], capture_output=True, text=True)
-        assert r.returncode == 0, f"crit decode {name}: {r.stderr}"
+    crit_decode_each([img / name for name in os.listdir(img)])
     back = read_images(img, {w.pid: 1, child: 2})
     assert sorted((f, e.fd) for f, e in back.pipe_ends()[pipe_id]) == [(1, fds["pr"]), (2, fds["pw"])]
     assert back.pipe_data[pipe_id].data == b"from child"

@@ -1,15 +1,14 @@
 """Sample entries for every image kind coldsnap writes, and small helpers for image tests."""
 from __future__ import annotations
 
-import subprocess
-
 from coldsnap.images.directory import ImageDir, new_inventory
 from coldsnap.images.pb import (core_pb2, core_x86_pb2, creds_pb2, eventfd_pb2, eventpoll_pb2,
                                 fdinfo_pb2, fown_pb2, fs_pb2, ids_pb2, mm_pb2, pagemap_pb2,
                                 pipe_pb2, pstree_pb2, regfile_pb2, rlimit_pb2, rseq_pb2, sa_pb2,
                                 sk_inet_pb2, sk_opts_pb2, stats_pb2, timer_pb2)
 
-CRIT = "/usr/bin/crit"
+from procs import CRIT, crit_decode_all  # noqa: F401  (re-exported: the one crit runner)
+
 PAGE = 4096
 PID = 4242
 
@@ -165,13 +164,3 @@ def page_bytes(vaddr: int, nr: int, tag: int = 0) -> bytes:
     words[:, 1::2] = np.uint64(tag)
     return words.tobytes()
 
-
-def crit_decode_all(paths) -> dict:
-    """Run `crit decode` on every file at once; {path: (returncode, stdout, stderr)}."""
-    procs = {p: subprocess.Popen([CRIT, "decode", "-i", str(p)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE) for p in paths}
-    out = {}
-    for p, proc in procs.items():
-        so, se = proc.communicate(timeout=60)
-        out[p] = (proc.returncode, so.decode(), se.decode())
-    return out

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 
 import pytest
 
 from coldsnap.images.directory import ImageDir
 from coldsnap.images.framing import kind_for, read_image
 from coldsnap.images.pages import PagemapWriter
-from imgtools import CRIT, PID, crit_decode_all, page_bytes, sample_images
+from imgtools import PID, page_bytes, sample_images
+from procs import crit, crit_decode_all
 
 
 @pytest.fixture
@@ -66,8 +66,7 @@ def test_crit_decodes_every_kind(need_crit, full_dir):
 
 def test_crit_explores_directory(need_crit, full_dir):
     root, _ = full_dir
-    out = {what: subprocess.run([CRIT, "x", str(root), what], capture_output=True, text=True,
-                                timeout=60) for what in ("ps", "fds", "mems", "rss")}
+    out = {what: crit("x", root, what) for what in ("ps", "fds", "mems", "rss")}
     for what, res in out.items():
         assert res.returncode == 0, f"crit x {what}: {res.stderr}"
     assert "sample" in out["ps"].stdout
@@ -78,6 +77,5 @@ def test_crit_explores_directory(need_crit, full_dir):
 
 def test_crit_refuses_raw_pages(need_crit, full_dir):
     root, _ = full_dir
-    res = subprocess.run([CRIT, "decode", "-i", str(root / "pages-1.img")], capture_output=True,
-                         text=True, timeout=60)
+    res = crit("decode", "-i", root / "pages-1.img")
     assert res.returncode != 0 and "raw data" in res.stdout + res.stderr

@@ -10,14 +10,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from coldsnap.kernel.procfs import Stat, read_stat
+
+from procs import Run, coldsnap  # noqa: F401  (re-exported: the one runner of the command)
 
 WORKLOADS_DIR = Path(__file__).resolve().parent.parent / "workloads"
 C_WORKLOADS = ("rst_memory", "rst_threads", "rst_signals", "rst_files", "rst_clock")
@@ -111,32 +110,6 @@ def kill_and_reap(pid: int) -> None:
 
 
 # ---------------------------------------------------------------- coldsnap
-
-@dataclass
-class Run:
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def check(self) -> "Run":
-        assert self.returncode == 0, (f"{' '.join(self.argv[2:])} exited {self.returncode}\n"
-                                      f"stderr: {self.stderr}\nstdout: {self.stdout}")
-        return self
-
-
-def coldsnap(*args, timeout: float = 30.0) -> Run:
-    """Run `python -m coldsnap ARGS`; stdout/stderr go to files, never pipes, so a restored
-    process that kept one by mistake cannot hang the test."""
-    argv = [sys.executable, "-m", "coldsnap", *[str(a) for a in args]]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                              timeout=timeout)
-        out.seek(0)
-        err.seek(0)
-        return Run(argv, proc.returncode, out.read().decode(errors="replace"),
-                   err.read().decode(errors="replace"))
-
 
 def assert_one_line_error(run: Run) -> None:
     assert run.returncode != 0, f"{' '.join(run.argv[2:])} succeeded: {run.stdout}"

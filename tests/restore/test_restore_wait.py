@@ -5,9 +5,9 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
+from procs import coldsnap, coldsnap_argv
 from restore_helpers import state_of
 
 WORKLOAD = r"""
@@ -20,20 +20,15 @@ sys.exit(7)
 """
 
 
-def _coldsnap(*args: str, **kw):
-    return subprocess.run([sys.executable, "-m", "coldsnap", *args], capture_output=True, text=True,
-                          timeout=60, **kw)
-
-
 def test_restore_waits_and_passes_exit_status(spawn, python_exe, tmp_path):
     flag = tmp_path / "exit-now"
     w = spawn([python_exe, "-c", WORKLOAD, str(flag)], stderr=subprocess.DEVNULL)
     pid = w.pid
-    r = _coldsnap("dump", "-t", str(pid), "-D", str(tmp_path / "img"))
+    r = coldsnap("dump", "-t", str(pid), "-D", str(tmp_path / "img"))
     assert r.returncode == 0, r.stderr
     w.proc.wait(timeout=10)
-    restorer = subprocess.Popen([sys.executable, "-m", "coldsnap", "restore", "-D", str(tmp_path / "img"),
-                                 "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    restorer = subprocess.Popen(coldsnap_argv("restore", "-D", tmp_path / "img", "--json"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
         while not os.path.exists(f"/proc/{pid}/task"):
@@ -83,10 +78,10 @@ def test_a_stopped_process_is_dumped_and_restored_stopped(spawn, python_exe, tmp
     deadline = time.monotonic() + 5
     while state_of(pid) != "T" and time.monotonic() < deadline:
         time.sleep(0.01)
-    r = _coldsnap("dump", "-t", str(pid), "-D", str(tmp_path / "img"))
+    r = coldsnap("dump", "-t", str(pid), "-D", str(tmp_path / "img"))
     assert r.returncode == 0, r.stderr
     w.proc.wait(timeout=10)
-    r = _coldsnap("restore", "-D", str(tmp_path / "img"), "-d")
+    r = coldsnap("restore", "-D", str(tmp_path / "img"), "-d")
     assert r.returncode == 0, r.stderr
     try:
         time.sleep(0.2)

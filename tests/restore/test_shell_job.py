@@ -50,6 +50,7 @@ from pathlib import Path
 import pytest
 
 from procs import build_workload, proc_state
+from procs import coldsnap_argv
 from restore_helpers import (assert_one_line_error, coldsnap, exists, kill_and_reap, our_children,
                              ppid_of, reap, state_of, wait_gone)
 
@@ -137,7 +138,7 @@ def fd_paths(pid: int) -> list[str]:
 def restore_on(pty: Pty | None, images: Path, *extra: str, timeout: float = 30.0):
     """`coldsnap restore -D images -d EXTRA` with fds 0-2 on pty's slave (or /dev/null and
     files when pty is None). Returns (exit code, output lines)."""
-    argv = [sys.executable, "-m", "coldsnap", "restore", "-D", str(images), "-d", *extra]
+    argv = coldsnap_argv("restore", "-D", images, "-d", *extra)
     if pty is None:
         run = coldsnap(*argv[3:], timeout=timeout)
         return run.returncode, (run.stdout + run.stderr).splitlines()
@@ -366,8 +367,7 @@ def test_shell_job_under_a_job_control_shell(tmp_path):
         assert sh_a.report(5) == f"exit {-signal.SIGKILL}"                    # the shell reaped it
         wait_gone(pid)
 
-        sh_b = Shell(b, [sys.executable, "-m", "coldsnap", "restore", "-D", str(tmp_path / "img"),
-                         "-d", "--shell-job"])
+        sh_b = Shell(b, coldsnap_argv("restore", "-D", tmp_path / "img", "-d", "--shell-job"))
         shells.append(sh_b)
         job = int(sh_b.report().split()[1])
         assert sh_b.report() == "exit 0", b.drain()
