@@ -13,19 +13,15 @@ each series. Results: section "Iterative pre-dumps (issue 3)" of bench/RESULTS.m
 from __future__ import annotations
 
 import argparse
-import datetime
 import platform
-import shlex
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predump import (OUT_DIR, median, parse_size, scratch_dir, size_name,  # noqa: E402
-                     stop_target, _revision, _thp)
-import predump as _pd  # noqa: E402
+from common import (OUT_DIR, median, parse_size, run_meta, scratch_dir,  # noqa: E402
+                    size_name, stop_target, unwind_on_signals, write_section)
 
 from coldsnap.dump.iterate import PreDumpSeries  # noqa: E402
 
@@ -219,10 +215,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)
 
-    def _raise(signum, _frame):
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, _raise)
-    signal.signal(signal.SIGHUP, _raise)
+    unwind_on_signals()
 
     build()
     pcts = [float(p) for p in args.percents.split(",") if p]
@@ -252,13 +245,10 @@ def main(argv=None) -> int:
     finally:
         t.close()
     log(f"total {time.monotonic() - t0:.0f} s")
-    meta = {"cmd": "python3 bench/iterative.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-            "uname": platform.release(), "cpus": __import__("os").cpu_count(), "thp": _thp(),
-            "rev": _revision(), "size": size_name(args.size), "mbps": args.stream_mbps}
+    meta = run_meta("iterative.py", argv, size=size_name(args.size), mbps=args.stream_mbps)
     section = report(res, rates, stream, meta)
     print(section)
-    _pd.write_section(Path(args.out), section, SECTION)
+    write_section(Path(args.out), section, SECTION)
     return 0
 
 

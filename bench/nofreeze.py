@@ -28,21 +28,17 @@ pre-dumps at 1 and 4 GiB (issue 3)" (other sections of the file are kept).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import datetime
 import os
 import platform
-import shlex
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predump import median, parse_size, scratch_dir, size_name, spread, _revision, _thp  # noqa: E402
-import predump as _pd  # noqa: E402
-import restore as _rs  # noqa: E402  (target build, start, kill and reap helpers)
+from common import (BENCH, GIB, LIVE, become_subreaper, build_restore_target,  # noqa: E402
+                    kill_reap, log, median, parse_size, run_meta, scratch_dir, size_name,
+                    spread, start_restore_target, unwind_on_signals, write_section)
 
 from coldsnap.dump.iterate import PreDumpSeries  # noqa: E402
 from coldsnap.dump.predump import pre_dump  # noqa: E402
@@ -53,11 +49,6 @@ SECTION = "## No-freeze pre-dumps at 1 and 4 GiB (issue 3)"
 VARIANTS = ("nofreeze", "live+uffd", "live", "frozen")
 SERIES = ("nofreeze", "live+uffd")      # variants that run ITERATIONS steps
 LIMIT_FIRST_MS = 2.0
-GIB = 1 << 30
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- freeze probe
@@ -107,12 +98,12 @@ PROBE = Probe()
 def _alive(pid: int) -> None:
     got, status = os.waitpid(pid, os.WNOHANG)
     if got:
-        _rs.LIVE.discard(pid)
+        LIVE.discard(pid)
         raise RuntimeError(f"target {pid} died during the measurement (status {status:#x})")
 
 
 def run_variant(variant: str, size: int, mbps: float, iterations: int) -> dict:
-    pid, _ = _rs.start_target(size, f"{mbps:g}")
+    pid, _ = start_restore_target(size, f"{mbps:g}")
     try:
         time.sleep(0.5)
         PROBE.take()
@@ -135,7 +126,7 @@ def run_variant(variant: str, size: int, mbps: float, iterations: int) -> dict:
                 out = {"stats": st, "wall": wall, "seizes": seizes, "held": held}
         _alive(pid)
     finally:
-        _rs.kill_reap(pid)
+        kill_reap(pid)
     return out
 
 
@@ -329,20 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--mbps", type=float, default=50, help="write rate of the targets (MB/s)")
     ap.add_argument("--iterations", type=int, default=3, help="steps of the nofreeze series")
-    ap.add_argument("--out", default=str(_rs.BENCH / "RESULTS.md"))
+    ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     args = ap.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     if args.iterations < 2:
         ap.error("--iterations must be at least 2")
 
-    def _raise(signum, _frame):
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, _raise)
-    signal.signal(signal.SIGHUP, _raise)
-    if _rs.libc.prctl(_rs.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0):
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    unwind_on_signals()
+    become_subreaper()
 
-    _rs.build()
+    build_restore_target()
     PROBE.install()
     results: list[SizeResult] = []
     t0 = time.monotonic()
@@ -355,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{size_name(size)} done in {time.monotonic() - t:.0f} s")
     finally:
         PROBE.uninstall()
-        for pid in list(_rs.LIVE):
-            _rs.kill_reap(pid)
+        for pid in list(LIVE):
+            kill_reap(pid)
         # anything else re-parented to us (we are a subreaper)
         while True:
             try:
@@ -365,13 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             except ChildProcessError:
                 break
     log(f"total {time.monotonic() - t0:.0f} s")
-    meta = {"cmd": ("python3 bench/nofreeze.py " + shlex.join(sys.argv[1:] if argv is None else argv)).strip(),
-            "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-            "uname": platform.release(), "cpus": os.cpu_count(), "thp": _thp(),
-            "rev": _revision(), "mbps": args.mbps, "iterations": args.iterations}
+    meta = run_meta("nofreeze.py", argv, mbps=args.mbps, iterations=args.iterations)
     section = report(results, meta)
     print(section)
-    _pd.write_section(Path(args.out), section, SECTION)
+    write_section(Path(args.out), section, SECTION)
     return 0
 
 

@@ -21,18 +21,11 @@ Medians over the rounds are printed as a Markdown table and written to --out, in
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import mmap
 import os
 import platform
-import shlex
-import shutil
-import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,44 +33,25 @@ from pathlib import Path
 import numpy as np
 
 import coldsnap
+from common import (BENCH, MIB, OUT_DIR, compile_c, median, parse_size, run_measured, run_meta,
+                    scratch_dir, size_name, spread, stop_target, unwind_on_signals, write_section)
 from coldsnap.kernel import vm
 from coldsnap.kernel.procfs import read_maps
 from coldsnap.memory.drain import DEFAULT_BUFFER
 from coldsnap.memory.scan import scan_saved_pages, warm_up
 from coldsnap.memory.vma import classify_all
 
-BENCH = Path(__file__).resolve().parent
-OUT_DIR = BENCH / "out"
 TARGET_SRC = BENCH / "target.c"
 TARGET_BIN = OUT_DIR / "target"
-SHM = Path("/dev/shm")
 SECTION = "## Live pre-dump (issue 2)"
-MIB = 1 << 20
 # CRIU 4.2 pre-dump frozen time (ms) on the reference machine: read mode, splice mode.
 CRIU_REF = {256 * MIB: (12, 30), 1024 * MIB: (49, 101), 4096 * MIB: (170, 337)}
 
 
 # ----------------------------------------------------------------------------- helpers
 
-def parse_size(text: str) -> int:
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
-    return int(t[:-1] if t[-1:] in "KMG" else t) * mult
-
-
-def size_name(n: int) -> str:
-    return f"{n >> 30} GiB" if n >= 1 << 30 and n % (1 << 30) == 0 else f"{n >> 20} MiB"
-
-
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
 def build_target() -> Path:
-    OUT_DIR.mkdir(exist_ok=True)
-    if not TARGET_BIN.exists() or TARGET_BIN.stat().st_mtime < TARGET_SRC.stat().st_mtime:
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(TARGET_BIN), str(TARGET_SRC)], check=True)
-    return TARGET_BIN
+    return compile_c(TARGET_SRC, TARGET_BIN)
 
 
 def start_target(size: int) -> subprocess.Popen:
@@ -89,22 +63,6 @@ def start_target(size: int) -> subprocess.Popen:
         p.wait()
         raise RuntimeError(f"target for {size_name(size)} did not start: {line!r}")
     return p
-
-
-def stop_target(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.kill()
-    p.wait()
-
-
-@contextlib.contextmanager
-def scratch_dir():
-    """A fresh directory on tmpfs, removed on exit so 4 GiB images never pile up."""
-    d = tempfile.mkdtemp(prefix="coldsnap-bench-", dir=SHM)
-    try:
-        yield Path(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def page_plan(pid: int, method: str = "auto"):
@@ -172,21 +130,6 @@ def plain_readv(pid: int, plan_batches, bufsize: int, out_path: Path | None = No
 
 
 # ----------------------------------------------------------------------------- RSS
-
-def run_measured(argv: list[str]) -> tuple[int, int, str]:
-    """Run argv; returns (exit code, peak RSS in KiB of that child alone, output)."""
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        out = p.stdout.read()
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-    finally:
-        p.stdout.close()
-        if p.returncode is None:     # interrupted: do not leave it running
-            p.kill()
-            p.wait()
-    return p.returncode, ru.ru_maxrss, out
-
 
 def child_predump_rss(pid: int) -> int:
     with scratch_dir() as d:
@@ -289,11 +232,6 @@ def ms(us: float) -> str:
     return f"{us / 1e3:.2f}"
 
 
-def spread(xs, fmt) -> str:
-    """median (min-max)"""
-    return f"{fmt(median(xs))} ({fmt(min(xs))}–{fmt(max(xs))})"
-
-
 def report(results: list[SizeResult], py_rss_kib: int, meta: dict) -> str:
     L = []
     L.append(SECTION)
@@ -389,21 +327,6 @@ def report(results: list[SizeResult], py_rss_kib: int, meta: dict) -> str:
     return "\n".join(L)
 
 
-def write_section(path: Path, section: str, title: str = SECTION) -> None:
-    """Replace the section TITLE of `path` (up to the next level-2 heading), keeping the rest."""
-    old = path.read_text() if path.exists() else ""
-    lines = old.splitlines()
-    try:
-        a = next(i for i, l in enumerate(lines) if l.strip() == title)
-    except StopIteration:
-        head = old if old.strip() else "# Benchmarks\n"
-        path.write_text(head.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
-        return
-    b = next((i for i in range(a + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    new = lines[:a] + section.rstrip("\n").splitlines() + ([""] + lines[b:] if b < len(lines) else [])
-    path.write_text("\n".join(new) + "\n")
-
-
 # ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,10 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda m: print(m, file=sys.stderr, flush=True)
 
     # A SIGTERM/SIGHUP must unwind through the finally below so the targets are reaped.
-    def _raise(signum, _frame):
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, _raise)
-    signal.signal(signal.SIGHUP, _raise)
+    unwind_on_signals()
 
     build_target()
     warm_up()
@@ -450,40 +370,11 @@ def main(argv: list[str] | None = None) -> int:
             stop_target(p)
     log(f"total {time.monotonic() - t_start:.0f} s")
 
-    meta = {
-        "cmd": "python3 bench/predump.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "uname": platform.release(),
-        "cpus": os.cpu_count(),
-        "thp": _thp(),
-        "bufsize": args.buffer_size,
-        "rev": _revision(),
-    }
+    meta = run_meta("predump.py", argv, bufsize=args.buffer_size)
     section = report(results, py_rss, meta)
     print(section)
-    write_section(Path(args.out), section)
+    write_section(Path(args.out), section, SECTION)
     return 0
-
-
-def _revision() -> str:
-    """HEAD of the tree coldsnap is imported from, and whether its sources differ from it."""
-    src = Path(coldsnap.__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" + uncommitted changes in src/coldsnap" if dirty else "")
-
-
-def _thp() -> str:
-    try:
-        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-        return text[text.index("[") + 1:text.index("]")]
-    except (OSError, ValueError):
-        return "?"
 
 
 if __name__ == "__main__":

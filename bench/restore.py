@@ -33,12 +33,9 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime
 import mmap
 import os
 import platform
-import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -48,9 +45,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predump import (OUT_DIR, median, parse_size, scratch_dir, size_name,  # noqa: E402
-                     _revision, _thp)
-import predump as _pd  # noqa: E402
+from common import (BENCH, GIB, LIVE, MIB, become_subreaper, build_restore_target,  # noqa: E402
+                    kill_reap, log, median, parse_size, reap, run_meta, scratch_dir,
+                    size_name, spread, start_restore_target, unwind_on_signals, write_section)
 
 from coldsnap.dump.dump import dump  # noqa: E402
 from coldsnap.errors import CsError  # noqa: E402
@@ -58,68 +55,13 @@ from coldsnap.dump.iterate import pre_dump_tracked  # noqa: E402
 from coldsnap.kernel import vm  # noqa: E402
 from coldsnap.restore.restore import restore  # noqa: E402
 
-BENCH = Path(__file__).resolve().parent
-SRC = BENCH / "restore_target.c"
-BIN = OUT_DIR / "restore_target"
 SECTION = "## Restore and final dump (issue 4)"
-MIB, GIB = 1 << 20, 1 << 30
 PAGE = 4096
-PR_SET_CHILD_SUBREAPER = 36
 CHUNK = 4 * MIB                 # baseline iovec size
 CALL_MAX = 1 * GIB              # baseline bytes per process_vm_writev (kernel cap: 2 GiB - 4 KiB)
 # CRIU 4.2, from the issue (seconds): restore time; frozen time of a final dump without pre-dump.
 CRIU_RESTORE = {256 * MIB: 0.16, 1 * GIB: 1.6, 4 * GIB: 4.8}
 CRIU_FROZEN = {256 * MIB: 0.15, 1 * GIB: 1.1, 4 * GIB: 8.0}
-
-libc = ctypes.CDLL(None, use_errno=True)
-LIVE: set[int] = set()          # pids we started (or restored) and have not reaped yet
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------- processes
-
-def build() -> None:
-    OUT_DIR.mkdir(exist_ok=True)
-    if not BIN.exists() or BIN.stat().st_mtime < SRC.stat().st_mtime:
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(BIN), str(SRC)], check=True)
-
-
-def start_target(size: int, mode: str = "0") -> tuple[int, int]:
-    """(pid, address of its memory); mode: MB/s to keep writing, or "blank"."""
-    p = subprocess.Popen([str(BIN), str(size), mode], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, text=True)
-    LIVE.add(p.pid)
-    line = p.stdout.readline()
-    p.stdout.close()
-    p.returncode = 0            # we reap it ourselves (os.waitpid): keep Popen's hands off
-    if not line.startswith("ready "):
-        kill_reap(p.pid)
-        raise RuntimeError(f"target of {size_name(size)} did not start: {line!r}")
-    return p.pid, int(line.split()[1], 16)
-
-
-def reap(pid: int) -> None:
-    """waitpid, then wait until /proc/PID is gone (restore reuses the PID)."""
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-    LIVE.discard(pid)
-    while os.path.exists(f"/proc/{pid}"):
-        time.sleep(0.001)
-
-
-def kill_reap(pid: int) -> None:
-    if pid not in LIVE:         # reaped already: its PID may belong to someone else now
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    reap(pid)
 
 
 def read_page(pid: int, addr: int) -> bytes:
@@ -178,7 +120,7 @@ def run_writev(path: Path) -> dict:
     """Baseline: copy the pages file into a fresh process's untouched anonymous mapping."""
     nbytes = path.stat().st_size
     size = -(-nbytes // PAGE) * PAGE
-    pid, addr = start_target(size, "blank")
+    pid, addr = start_restore_target(size, "blank")
     try:
         t0 = time.perf_counter_ns()
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -260,7 +202,7 @@ def interpreter_rss() -> int:
 
 
 def plain_dump(size: int, mbps: float) -> dict:
-    pid, _ = start_target(size, f"{mbps:g}")
+    pid, _ = start_restore_target(size, f"{mbps:g}")
     try:
         time.sleep(0.5)
         with scratch_dir() as d:
@@ -271,7 +213,7 @@ def plain_dump(size: int, mbps: float) -> dict:
 
 
 def chain_dump(size: int, mbps: float, predumps: int) -> dict:
-    pid, _ = start_target(size, f"{mbps:g}")
+    pid, _ = start_restore_target(size, f"{mbps:g}")
     pre, walls = [], []
     try:
         time.sleep(0.5)
@@ -317,7 +259,7 @@ def bench_size(res: SizeResult, args) -> None:
     size = res.size
     with scratch_dir() as d:
         images = d / "img"
-        pid, addr = start_target(size)
+        pid, addr = start_restore_target(size)
         try:
             want = samples(pid, addr, size)
             s = dump(pid, images)
@@ -365,10 +307,6 @@ def bench_size(res: SizeResult, args) -> None:
 
 
 # ----------------------------------------------------------------------------- report
-
-def spread(xs, fmt) -> str:
-    return f"{fmt(median(xs))} ({fmt(min(xs))}–{fmt(max(xs))})"
-
 
 def f0(x: float) -> str:
     return f"{x:.0f}"
@@ -587,14 +525,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
 
-    def _raise(signum, _frame):
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, _raise)
-    signal.signal(signal.SIGHUP, _raise)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0):
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    unwind_on_signals()
+    become_subreaper()
 
-    build()
+    build_restore_target()
     results: list[SizeResult] = []
     t0 = time.monotonic()
     try:
@@ -607,13 +541,10 @@ def main(argv: list[str] | None = None) -> int:
         for pid in list(LIVE):
             kill_reap(pid)
     log(f"total {time.monotonic() - t0:.0f} s")
-    meta = {"cmd": "python3 bench/restore.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-            "uname": platform.release(), "cpus": os.cpu_count(), "thp": _thp(),
-            "rev": _revision(), "mbps": args.mbps, "predumps": args.predumps}
+    meta = run_meta("restore.py", argv, mbps=args.mbps, predumps=args.predumps)
     section = report(results, py_rss, meta)
     print(section)
-    _pd.write_section(Path(args.out), section, SECTION)
+    write_section(Path(args.out), section, SECTION)
     return 0
 
 

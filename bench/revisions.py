@@ -22,45 +22,31 @@ subreaper and reaps every process it starts. Medians are printed as Markdown and
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import os
 import platform
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
+from common import (BENCH, OUT_DIR, become_subreaper, build_restore_target, log, parse_size,
+                    scratch_dir, start_restore_target, write_section)
+
 ROOT = BENCH.parent
-OUT = BENCH / "out"
-SRC_C = BENCH / "restore_target.c"
-BIN = OUT / "restore_target"
 SECTION = "## Revisions side by side"
 STEPS = ("live", "nofreeze", "dump", "restore")
-PR_SET_CHILD_SUBREAPER = 36
 
 sys.path.insert(0, str(ROOT / "src"))
 from coldsnap.images.directory import ImageDir  # noqa: E402  (reads stats of either side)
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def size_of(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
-
-
 def export(rev: str) -> tuple[str, Path]:
     sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True,
                          capture_output=True, text=True).stdout.strip()
-    dest = OUT / f"rev-{sha}"
+    dest = OUT_DIR / f"rev-{sha}"
     if not (dest / "src" / "coldsnap").is_dir():
         dest.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha, "src"], check=True,
@@ -69,25 +55,8 @@ def export(rev: str) -> tuple[str, Path]:
     return sha, dest / "src"
 
 
-def build_target() -> None:
-    OUT.mkdir(exist_ok=True)
-    if not BIN.exists() or BIN.stat().st_mtime < SRC_C.stat().st_mtime:
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(BIN), str(SRC_C)], check=True)
-
-
-def start_target(size: int) -> int:
-    p = subprocess.Popen([str(BIN), str(size), "0"], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, text=True)
-    line = p.stdout.readline()
-    p.stdout.close()
-    p.returncode = 0                    # reaped by us (waitpid), not by Popen
-    if not line.startswith("ready "):
-        kill_reap(p.pid)
-        raise RuntimeError(f"target did not start: {line!r}")
-    return p.pid
-
-
 def kill_reap(pid: int) -> None:
+    """SIGKILL and reap PID whoever started it (the target, or the process restored in its place)."""
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -128,7 +97,7 @@ def frozen_ms(images: Path) -> float:
 def one_round(src: Path, size: int, work: Path) -> dict[str, tuple[float, float]]:
     """{step: (frozen ms, wall ms)} of one fresh target through the four steps."""
     out: dict[str, tuple[float, float]] = {}
-    pid = start_target(size)
+    pid, _ = start_restore_target(size)
     try:
         d = {s: work / s for s in STEPS}
         wall = coldsnap(src, "pre-dump", "-t", str(pid), "-D", str(d["live"]),
@@ -173,19 +142,6 @@ def report(results: dict, sides: list[tuple[str, Path]], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (up to the next level-2 heading)."""
-    lines = path.read_text().splitlines() if path.exists() else ["# Benchmarks"]
-    try:
-        a = lines.index(SECTION)
-        b = next((i for i in range(a + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    except ValueError:
-        a = b = len(lines)
-        lines.append("")
-    tail = [""] + lines[b:] if b < len(lines) else []
-    path.write_text("\n".join(lines[:a] + section.rstrip("\n").splitlines() + tail) + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="revision to compare the working tree with")
@@ -194,22 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0):
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-    build_target()
+    become_subreaper()
+    build_restore_target()
     sides = [export(args.base), ("working tree", ROOT / "src")]
     results: dict[str, dict[str, list]] = {}
     for text in args.sizes.split(","):
-        size = size_of(text)
+        size = parse_size(text)
         per_side: dict[str, list] = {name: [] for name, _ in sides}
         for r in range(args.runs):
             for name, src in (sides if r % 2 == 0 else sides[::-1]):
-                work = Path(tempfile.mkdtemp(prefix="cs-rev-", dir="/dev/shm"))
-                try:
+                with scratch_dir() as work:
                     per_side[name].append(one_round(src, size, work))
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)
             log(f"{text} round {r + 1}/{args.runs}")
         results[text] = per_side
     meta = {"cmd": "python3 bench/revisions.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -217,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             "uname": platform.release(), "cpus": os.cpu_count(), "runs": args.runs}
     section = report(results, sides, meta)
     print(section)
-    write_section(Path(args.out), section)
+    write_section(Path(args.out), section, SECTION)
     return 0
 
 
