@@ -6,11 +6,11 @@ from pathlib import Path
 
 from .images.directory import ImageDir
 from .images.pb import fdinfo_pb2
-from .memory.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VVAR,
+from .kernel.page import PAGE_SIZE
+from .images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VVAR,
                          VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 
 PE_PARENT, PE_PRESENT = 1, 4
-PAGE = 4096
 
 
 def _kind(status: int) -> str:
@@ -112,7 +112,7 @@ def render(info: dict) -> str:
                        f"frozen {st['frozen_time_us'] / 1000:.2f} ms, scan {st['scan_time_us'] / 1000:.2f} ms, "
                        f"drain {(st['memdump_time_us'] + st['memwrite_time_us']) / 1000:.1f} ms")
         for pid, p in lv["processes"].items():
-            out.append(f"  pid {pid}: {p['pages_present']} pages written ({_mib(p['pages_present'] * PAGE)}), "
+            out.append(f"  pid {pid}: {p['pages_present']} pages written ({_mib(p['pages_present'] * PAGE_SIZE)}), "
                        f"{p['pages_in_parent']} in parent, {p['pages_skipped']} skipped")
             task = p.get("task")
             if task:

@@ -40,11 +40,10 @@ def test_lookup_three_levels_with_splitting(three):
         assert c.lookup(B, 16) == want
         assert c.lookup(B + 0x3000, 3) == want[3 * PAGE:6 * PAGE]     # inside split runs
         assert c.lookup(B + 0xB000, 2) == want[11 * PAGE:13 * PAGE]
-        s, e = c.covered_ranges()
-        assert list(zip(s.tolist(), e.tolist())) == [(B, B + 0x10000)]
+        assert c.covered_ranges().pairs() == [(B, B + 0x10000)]
         c.check()
     with PageChain(three / "1", PID) as c1:
-        assert list(zip(*[a.tolist() for a in c1.covered_ranges()])) == [
+        assert c1.covered_ranges().pairs() == [
             (B, B + 0x10000), (B + 0x20000, B + 0x22000)]
 
 
@@ -59,7 +58,7 @@ def test_chain_errors(three):
         c.lookup(B, 3)
     with pytest.raises(ImageError, match="not covered by parent"):
         c.check()
-    assert list(zip(*[a.tolist() for a in c.covered_ranges()])) == [(B, B + 0x2000)]
+    assert c.covered_ranges().pairs() == [(B, B + 0x2000)]
     # Not in the top pagemap at all.
     with pytest.raises(ImageError, match="not in the pagemap"):
         c.lookup(B + 0x100000, 1)
@@ -157,9 +156,8 @@ def test_chain_property(levels, probes):
         top = model[-1]
         c = PageChain(parent, PID)
         have = [p for p in range(NPAGES) if top[p] is not None]
-        s, e = c.covered_ranges()
         covered = set()
-        for a, b in zip(s.tolist(), e.tolist()):
+        for a, b in c.covered_ranges().pairs():
             covered.update(range((a - B) // PAGE, (b - B) // PAGE))
         assert covered == set(have)
         c.check()

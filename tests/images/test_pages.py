@@ -56,7 +56,7 @@ def test_merging_flags_and_arrays(tmp_path):
                         PageRun(0x16000, 4, PE_PARENT, 6 * PAGE),
                         PageRun(0x30000, 1, PE_PARENT, 6 * PAGE)]
     assert r.vaddr.dtype == np.uint64 and len(r) == 4
-    assert list(zip(*r.skipped)) == [(0x20000, 0x23000)]
+    assert r.skipped.pairs() == [(0x20000, 0x23000)]
     assert r.read_pages(0x10000, 6) == page_bytes(0x10000, 6)   # spans two entries
     assert r.read_pages(0x13000, 2) == page_bytes(0x13000, 2)
     with pytest.raises(ImageError, match="no data"):

@@ -55,3 +55,20 @@ def test_split_into_buffer_sized_pieces(a, pages):
     starts, ends = cut.starts, cut.ends
     assert to_pages(Ranges(starts, ends)) == a
     assert ((ends - starts) <= pages * PG).all()
+
+
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 40)), max_size=30))
+def test_covering_joins_any_pairs(spans):
+    pairs = [(a * PG, (a + n) * PG) for a, n in spans]
+    r = Ranges.covering(pairs)
+    assert to_pages(r) == {p for a, n in spans for p in range(a, a + n)}
+    assert r.pairs() == r.merged().pairs() == sorted(r.pairs())
+
+
+@given(page_sets(), page_sets(), st.sets(st.integers(0, 201), max_size=20))
+def test_pieces_in_keep_the_ranges_they_come_from(a, b, cuts):
+    ra = to_ranges(a).split_at(np.array(sorted(c * PG for c in cuts), dtype=np.uint64))
+    s, e, idx = ra.pieces_in(to_ranges(b))
+    assert to_pages(Ranges.covering(zip(s.tolist(), e.tolist()))) == a & b
+    for lo, hi, i in zip(s.tolist(), e.tolist(), idx.tolist()):
+        assert ra.starts[i] <= lo < hi <= ra.ends[i]

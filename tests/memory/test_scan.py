@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from coldsnap.kernel.pagemap import PAGE_SIZE as PG
+from coldsnap.kernel.page import PAGE_SIZE as PG
 from coldsnap.kernel.procfs import read_maps
 from coldsnap.memory.ranges import Ranges
 from coldsnap.memory.scan import scan_saved_pages

@@ -220,7 +220,7 @@ def test_restore_refuses_images_of_another_architecture(workload_bin, python_exe
 
 def test_restore_refuses_another_vdso_layout(workload_bin, python_exe, tmp_path):
     """Images from a kernel whose [vdso] is bigger: the vDSO cannot be moved into place."""
-    from coldsnap.memory.vma import VMA_AREA_VDSO
+    from coldsnap.images.vma import VMA_AREA_VDSO
     images, pid = dumped("rst_clock", workload_bin, python_exe, tmp_path)
 
     def grow_vdso(es):

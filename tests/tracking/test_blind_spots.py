@@ -138,8 +138,8 @@ def test_shared_memory_written_by_another_process_is_saved_whole_and_restored(sh
     for d in ("1", "2"):
         assert no_shmem_images(tmp_path / d)
         with PageChain(tmp_path / d, s.pid) as chain:
-            starts, ends = chain.covered_ranges()
-        assert not any(lo < s.addr + PAGES * PG and s.addr < hi for lo, hi in zip(starts.tolist(), ends.tolist()))
+            covered = chain.covered_ranges().pairs()
+        assert not any(lo < s.addr + PAGES * PG and s.addr < hi for lo, hi in covered)
     want = s.memory()
     assert want == pattern(3) and s.target_sum() == (last, 0)
     stats = dump(s.pid, tmp_path / "3", prev_images_dir=tmp_path / "2")
@@ -192,8 +192,7 @@ def test_hole_punched_shared_pages_read_since_are_saved_as_zero(shared, tmp_path
     runs = shmem_runs(tmp_path / "2", s.shmid)
     assert not any(f & PE_PARENT for _, _, f in runs)
     with PageChain(tmp_path / "2", s.shmid, shmem=True) as chain:
-        s0, e0 = chain.covered_ranges()
-        for lo, hi in zip(s0.tolist(), e0.tolist()):
+        for lo, hi in chain.covered_ranges().pairs():
             assert chain.lookup(lo, (hi - lo) // PG) == want[lo - s.pgoff:hi - s.pgoff]
     assert restore_and_sum(s, tmp_path / "2") == (punched_sum, PAGES // 2)
 

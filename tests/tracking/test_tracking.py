@@ -86,8 +86,7 @@ def assert_chain_equals_memory(images: Path, pid: int) -> None:
     """Every page the task would have saved now reads back from the chain unchanged."""
     present, _ = scan_saved_pages(pid, classify_all(read_maps(pid)))
     with PageChain(images, pid) as chain, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-        s, e = chain.covered_ranges()
-        covered = Ranges(s.copy(), e.copy())
+        covered = chain.covered_ranges()
         assert present.subtract(covered).nr_pages == 0, present.subtract(covered).pairs()[:4]
         for lo, hi in present.merged().pairs():
             mem.seek(lo)
@@ -221,8 +220,7 @@ def test_moved_and_unmapped_areas_between_iterations(target, tmp_path):
         assert s2.pages_written < 64 + 32
         with PagemapReader(ImageDir.open(tmp_path / "2"), w.pid) as r:
             gone = Ranges.of([(FILLER + 700 * PG, FILLER + 764 * PG)])
-            s, e = r.spans()
-            assert Ranges(s.copy(), e.copy()).intersect(gone).nr_pages == 0
+            assert r.spans().intersect(gone).nr_pages == 0
         assert ask(w, "mwrite 5 41") == "mwrote 5"
         s3 = series.step()
         img3 = image_pages(tmp_path / "3", w.pid)
@@ -243,8 +241,7 @@ def test_pages_skipped_as_unreadable_are_saved_by_the_next_iteration(target, tmp
         ask(w, "prot 100 8 3")           # readable again, not written: only absent from 2
         s3 = series.step()
     with PagemapReader(ImageDir.open(tmp_path / "2"), w.pid) as r:
-        starts, ends = r.skipped
-        assert list(zip(starts.tolist(), ends.tolist())) == [(FILLER + 100 * PG, FILLER + 108 * PG)]
+        assert r.skipped.pairs() == [(FILLER + 100 * PG, FILLER + 108 * PG)]
     assert not any(FILLER + (100 + i) * PG in image_pages(tmp_path / "2", w.pid) for i in range(8))
     assert filler_present(tmp_path / "3", w.pid, 1024) == {FILLER + (100 + i) * PG for i in range(8)}
     assert s3.pages_skipped == 0

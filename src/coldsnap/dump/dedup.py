@@ -15,4 +15,4 @@ def dedup_parents(images_dir: str | Path, pid: int) -> int:
         return 0
     with PagemapReader(d, pid) as r:
         written = r.spans(PE_PRESENT)
-    return punch_superseded(d.parent, pid, written) if len(written[0]) else 0
+    return punch_superseded(d.parent, pid, written) if len(written) else 0

@@ -33,9 +33,9 @@ from ..errors import TargetError, Unsupported
 from ..files.images import write_images as write_files_images
 from ..files.registry import FileRegistry
 from ..images.directory import ImageDir
-from ..images.pages import PAGE_SHIFT, PAGE_SIZE
 from ..kernel import ptrace
 from ..kernel.libc import SYS
+from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, open_map_file, read_maps,
                              read_path_link, read_stat, stat_map_file)
 from ..memory.frozen_copy import CopyStats, save_frozen

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from ..images.framing import write_image
+from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_REGULAR,
+                          VMA_AREA_STACK, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
+                          VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..images.pb import inventory_pb2, mm_pb2, stats_pb2
 from ..kernel.procfs import Stat, uptime_us
-from ..memory.vma import Vma
+from ..memory.vma import Kind, Vma
 from .stats import DumpStats
 
 PRE_DUMP_MODE_READ = 2   # inventory.pre_dump_mode: pages were read with process_vm_readv
@@ -19,13 +22,33 @@ def write_inventory(imgdir, *, pre_dump: bool) -> None:
     write_image(imgdir.path("inventory.img"), None, [inv])
 
 
+_STATUS = {
+    Kind.ANON_PRIVATE: VMA_AREA_REGULAR | VMA_ANON_PRIVATE,
+    Kind.FILE_PRIVATE: VMA_AREA_REGULAR | VMA_FILE_PRIVATE,
+    Kind.ANON_SHARED: VMA_AREA_REGULAR | VMA_ANON_SHARED,
+    Kind.FILE_SHARED: VMA_AREA_REGULAR | VMA_FILE_SHARED,
+    Kind.VDSO: VMA_AREA_REGULAR | VMA_AREA_VDSO,
+    Kind.VVAR: VMA_AREA_REGULAR | VMA_AREA_VVAR,
+    Kind.VSYSCALL: VMA_AREA_VSYSCALL,
+}
+
+
+def vma_status(v: Vma) -> int:
+    """The image's vma_entry.status bits of an area."""
+    status = _STATUS[v.kind]
+    if v.name == "[stack]":
+        status |= VMA_AREA_STACK
+    elif v.name == "[heap]":
+        status |= VMA_AREA_HEAP
+    return status
+
+
 def vma_entry(v: Vma, file_id: int = 0, fdflags: int | None = None) -> mm_pb2.vma_entry:
     """One VMA; shmid is the shmem inode for shared anonymous memory, else `file_id` (the
     REG file_entry of a file mapping, 0 for none); fdflags the mapped file's open mode."""
-    from ..memory.vma import Kind
     shmid = v.inode if v.kind is Kind.ANON_SHARED else file_id
     e = mm_pb2.vma_entry(start=v.start, end=v.end, pgoff=v.pgoff, shmid=shmid, prot=v.prot,
-                         flags=v.map_flags, status=v.status, fd=-1)
+                         flags=v.map_flags, status=vma_status(v), fd=-1)
     if fdflags is not None:
         e.fdflags = fdflags
     return e

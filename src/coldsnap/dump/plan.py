@@ -93,8 +93,7 @@ def covered_by_chain(parent_dir: Path | None, pid: int) -> Ranges:
     if parent_dir is None:
         return Ranges.empty()
     with PageChain(parent_dir, pid) as chain:
-        s, e = chain.covered_ranges()
-    return Ranges(s.copy(), e.copy()).merged()
+        return chain.covered_ranges()
 
 
 def parked_uffd_fd(prev: ImageDir, pid: int) -> int | None:

@@ -45,6 +45,7 @@ from coldsnap.creds import Creds
 from coldsnap.errors import TargetError, Unsupported
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS, syscall
+from coldsnap.kernel.page import PAGE_SIZE
 from coldsnap.kernel.procfs import read_auxv, read_limits, read_personality, read_stat, read_status
 from coldsnap.seize.freezer import FrozenTask, freeze
 from coldsnap.seize.remote import RemoteCalls
@@ -270,7 +271,7 @@ def collect_task_state(task: FrozenTask) -> TaskState:
     notes: list[str] = []
     masks: dict[int, int] = {}
     zero = bytes(_OFF_THREAD + 48 * len(tids))
-    if len(zero) > 4096:
+    if len(zero) > PAGE_SIZE:
         raise Unsupported(f"too many threads ({len(tids)}) for one scratch page")
 
     with RemoteCalls(task, tid=pid) as rc:

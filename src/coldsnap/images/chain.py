@@ -15,9 +15,10 @@ import numpy as np
 
 from ..errors import ImageError
 from ..kernel.libc import libc
-from . import _intervals as iv
 from .directory import ImageDir
-from .pages import PAGE_SHIFT, PE_PARENT, PE_PRESENT, PagemapReader, pagemap_name
+from ..kernel.page import PAGE_SHIFT
+from ..memory.ranges import Ranges
+from .pages import PE_PARENT, PE_PRESENT, PagemapReader, pagemap_name
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -116,18 +117,16 @@ class PageChain:
 
     # ---- coverage ---------------------------------------------------------------------
 
-    def covered_ranges(self, level: int = 0) -> iv.Spans:
+    def covered_ranges(self, level: int = 0) -> Ranges:
         """Byte ranges [start, end) this directory can supply: data here or resolvable below."""
         r = self.reader(level)
         if r is None:
-            return iv.empty()
+            return Ranges.empty()
         present = r.spans(PE_PRESENT)
         holes = r.spans(PE_PARENT)
-        if len(holes[0]):
-            below = self.covered_ranges(level + 1)
-            s, e, _ = iv.intersect(holes, below)
-            return iv.union(present, (s, e))
-        return iv.merge(*present)
+        if len(holes):
+            return present.union(holes.intersect(self.covered_ranges(level + 1)))
+        return present.merged()
 
     def check(self) -> None:
         """Raise ImageError unless every PE_PARENT run resolves to data somewhere below."""
@@ -136,11 +135,11 @@ class PageChain:
             if r is None:
                 break
             holes = r.spans(PE_PARENT)
-            if not len(holes[0]):
+            if not len(holes):
                 continue
-            missing = iv.subtract(holes, self.covered_ranges(level + 1))
-            if len(missing[0]):
-                raise self._uncovered(level + 1, int(missing[0][0]), int(missing[1][0]))
+            missing = holes.subtract(self.covered_ranges(level + 1))
+            if len(missing):
+                raise self._uncovered(level + 1, int(missing.starts[0]), int(missing.ends[0]))
 
     def close(self) -> None:
         for r in self._readers.values():
@@ -180,16 +179,16 @@ def punch_superseded(parent_dir: Union[ImageDir, str, os.PathLike], pid: int, ra
                      shmem: bool = False) -> int:
     """Free the page bytes of `ranges` in parent_dir and all its ancestors (--auto-dedup).
 
-    `ranges` are the pages the new image writes again ((starts, ends) or (n, 2) pairs);
+    `ranges` are the pages the new image writes again (Ranges, or [start, end) pairs);
     older copies of them can never be read through the new image. Returns bytes punched.
     """
-    want = iv.merge(*iv.as_spans(ranges))
+    want = ranges.merged() if isinstance(ranges, Ranges) else Ranges.covering(ranges)
     total = 0
     for d in _as_dir(parent_dir).chain():
         if not d.exists(pagemap_name(pid, shmem)):
             break
         with PagemapReader(d, pid, shmem) as r:
-            s, e, idx = iv.intersect(r.spans(PE_PRESENT), want)
+            s, e, idx = r.spans(PE_PRESENT).pieces_in(want)
             if not len(s):
                 continue
             present = np.flatnonzero((r.flags & PE_PRESENT) != 0)

@@ -13,13 +13,12 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..errors import ImageError
-from . import _intervals as iv
+from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
+from ..memory.ranges import Ranges
 from .framing import (_U32, check_header, entry_size, kind_for, parse_entries,
                       write_image)
 from .pb import pagemap_pb2
 
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
 PE_PARENT, PE_LAZY, PE_PRESENT = 1, 2, 4
 _U32_MAX = 0xFFFFFFFF
 
@@ -333,7 +332,7 @@ class PagemapReader:
         self.pages_id: int = head.pages_id
         self.pages_path = imgdir.path(pages_name(self.pages_id))
         sk = [(r.vaddr, r.vaddr + (r.nr_pages << PAGE_SHIFT)) for r in head.cs_skipped]
-        self.skipped: iv.Spans = iv.as_spans(sk)
+        self.skipped = Ranges.of(sk)
         self.ends = self.vaddr + (self.nr_pages << np.uint64(PAGE_SHIFT))
         self._validate()
         present = (self.flags & PE_PRESENT) != 0
@@ -405,12 +404,12 @@ class PagemapReader:
         return [PageRun(*t) for t in zip(self.vaddr.tolist(), self.nr_pages.tolist(),
                                          self.flags.tolist(), self.offset.tolist())]
 
-    def spans(self, flag: Optional[int] = None) -> iv.Spans:
-        """[start, end) byte ranges of all entries, or of those having `flag`."""
+    def spans(self, flag: Optional[int] = None) -> Ranges:
+        """[start, end) byte ranges of all entries, or of those having `flag` (not joined)."""
         if flag is None:
-            return self.vaddr, self.ends
+            return Ranges(self.vaddr, self.ends)
         sel = (self.flags & flag) != 0
-        return self.vaddr[sel], self.ends[sel]
+        return Ranges(self.vaddr[sel], self.ends[sel])
 
     def _fileno(self) -> int:
         if self._fd is None:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 from . import pagemap, uffd
 from .libc import SYS, _syscall
+from .page import PAGE_SIZE
 
 CLONE_ARGS_SIZE_VER1 = 80
 
@@ -45,14 +46,14 @@ def probe_uffd_wp_async() -> bool:
 
 def probe_soft_dirty() -> bool:
     """Soft-dirty exists when a freshly written page of ours carries pagemap bit 55."""
-    buf = mmap.mmap(-1, pagemap.PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         buf[0] = 1
-        cbuf = (ctypes.c_char * pagemap.PAGE_SIZE).from_buffer(buf)
+        cbuf = (ctypes.c_char * PAGE_SIZE).from_buffer(buf)
         addr = ctypes.addressof(cbuf)
         fd = pagemap.open_pagemap(os.getpid())
         try:
-            entry = int(pagemap.read_entries(fd, addr, addr + pagemap.PAGE_SIZE)[0])
+            entry = int(pagemap.read_entries(fd, addr, addr + PAGE_SIZE)[0])
         finally:
             os.close(fd)
         del cbuf

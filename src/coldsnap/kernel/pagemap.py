@@ -14,8 +14,7 @@ import numpy as np
 
 from .libc import check, libc, on_process
 
-PAGE_SIZE = mmap.PAGESIZE
-PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
+from .page import PAGE_SHIFT, PAGE_SIZE  # noqa: F401  (pm.PAGE_SIZE for callers of this module)
 
 PAGEMAP_SCAN = 0xC0606610
 # Page categories reported and matched by PAGEMAP_SCAN.

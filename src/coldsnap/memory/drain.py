@@ -18,7 +18,7 @@ import numpy as np
 from .. import progress
 from ..errors import AccessDenied, NoSuchProcess, TargetError
 from ..kernel import vm
-from ..kernel.pagemap import PAGE_SHIFT, PAGE_SIZE
+from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.procfs import read_maps
 from .ranges import Ranges
 from .sink import PageSink

@@ -26,7 +26,7 @@ import numpy as np
 from .. import progress
 from ..errors import NoSuchProcess, TargetError
 from ..kernel import vm
-from ..kernel.pagemap import PAGE_SHIFT, PAGE_SIZE
+from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.procfs import alive
 from .plan import PagePlan
 from .ranges import Ranges

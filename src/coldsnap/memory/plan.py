@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..kernel.pagemap import PAGE_SHIFT
+from ..kernel.page import PAGE_SHIFT
 from .ranges import Ranges
 from .vma import PROT_READ, Vma
 

@@ -1,11 +1,12 @@
-"""Page ranges as numpy arrays of [start, end) byte addresses: the currency of plans and scans."""
+"""Page ranges as numpy arrays of [start, end) byte addresses: the currency of plans, scans
+and pagemaps (the one interval library of coldsnap: no per-page work anywhere)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernel.pagemap import PAGE_SHIFT
+from ..kernel.page import PAGE_SHIFT
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,22 @@ class Ranges:
         starts = np.concatenate([self.starts, cut_vals])
         ends = np.concatenate([cut_vals, self.ends])
         return Ranges(np.sort(starts), np.sort(ends))
+
+    def pieces_in(self, other: "Ranges") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(starts, ends, index): the parts of each range of self that lie in other, not
+        joined, with the index of the range of self each part comes from."""
+        if not len(self) or not len(other):
+            z = np.zeros(0, dtype=np.uint64)
+            return z, z.copy(), np.zeros(0, dtype=np.int64)
+        lo = np.searchsorted(other.ends, self.starts, side="right")   # first other ending after
+        hi = np.searchsorted(other.starts, self.ends, side="left")    # first other starting at/after the end
+        n = np.maximum(hi - lo, 0)
+        idx = np.repeat(np.arange(len(self)), n)
+        oth = np.repeat(lo, n) + (np.arange(len(idx)) - np.repeat(np.cumsum(n) - n, n))
+        s = np.maximum(self.starts[idx], other.starts[oth])
+        e = np.minimum(self.ends[idx], other.ends[oth])
+        ok = s < e
+        return s[ok], e[ok], idx[ok]
 
     def intersect(self, other: "Ranges") -> "Ranges":
         return _boolean(self, other, lambda a, b: a & b)

@@ -11,6 +11,7 @@ from typing import Iterable
 import numpy as np
 
 from ..kernel import pagemap as pm
+from ..kernel.page import PAGE_SHIFT
 from .ranges import Ranges
 from .vma import Kind, Vma
 
@@ -55,7 +56,7 @@ def scan_with_ioctl(pagemap_fd: int, where: Ranges, scanner: pm.PagemapScanner |
 def scan_with_read(pagemap_fd: int, where: Ranges) -> Ranges:
     zero = np.uint64(pm.zero_pfn() & 0xFFFFFFFFFFFFFFFF)
     starts, ends = [], []
-    step = PAGEMAP_BATCH_PAGES << pm.PAGE_SHIFT
+    step = PAGEMAP_BATCH_PAGES << PAGE_SHIFT
     for lo, hi in where.pairs():
         for a in range(lo, hi, step):
             e = pm.read_entries(pagemap_fd, a, min(hi, a + step))
@@ -64,8 +65,8 @@ def scan_with_read(pagemap_fd: int, where: Ranges) -> Ranges:
                 & ((e & np.uint64(pm.PM_FILE_OR_SHARED)) == 0) \
                 & ~(present & ((e & np.uint64(pm.PM_PFN_MASK)) == zero))
             s, t = _runs(keep)
-            starts.append(a + (s.astype(np.uint64) << np.uint64(pm.PAGE_SHIFT)))
-            ends.append(a + (t.astype(np.uint64) << np.uint64(pm.PAGE_SHIFT)))
+            starts.append(a + (s.astype(np.uint64) << np.uint64(PAGE_SHIFT)))
+            ends.append(a + (t.astype(np.uint64) << np.uint64(PAGE_SHIFT)))
     if not starts:
         return Ranges.empty()
     return Ranges(np.concatenate(starts), np.concatenate(ends)).merged()

@@ -32,7 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..kernel.pagemap import PAGE_SHIFT
+from ..kernel.page import PAGE_SHIFT
 from .ranges import Ranges
 
 

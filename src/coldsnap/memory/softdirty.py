@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import AccessDenied, CsError, NoSuchProcess
 from ..kernel import pagemap as pm
+from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.procfs import clear_soft_dirty
 from .ranges import Ranges
 from .scan import scan_with_ioctl, spans
@@ -57,9 +58,9 @@ class SoftDirtyTracker:
         for lo, hi in where.pairs():
             entries = pm.read_entries(self._fd, lo, hi)
             pages = np.flatnonzero(entries & np.uint64(pm.PM_SOFT_DIRTY)).astype(np.uint64)
-            addrs = np.uint64(lo) + (pages << np.uint64(pm.PAGE_SHIFT))
+            addrs = np.uint64(lo) + (pages << np.uint64(PAGE_SHIFT))
             starts.append(addrs)
-            ends.append(addrs + np.uint64(pm.PAGE_SIZE))
+            ends.append(addrs + np.uint64(PAGE_SIZE))
         if not starts:
             return Ranges.empty()
         return Ranges(np.concatenate(starts), np.concatenate(ends)).merged()

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..errors import CsError, NoSuchProcess, TargetError
 from ..kernel import pagemap as pm
+from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..kernel import uffd
 from ..kernel.libc import SYS, syscall
 from ..kernel.fdinfo import raw_fd_links, read_fdinfo
@@ -50,7 +51,6 @@ from .ranges import Ranges
 from .scan import PAGEMAP_BATCH_PAGES, _runs
 from .vma import PROT_READ, Kind, Vma
 
-PAGE_SIZE = pm.PAGE_SIZE
 
 O_NONBLOCK = 0o4000
 O_CLOEXEC = 0o2000000
@@ -195,13 +195,13 @@ def drop_wp_markers(pagemap_fd: int, pages: Ranges, scanner: pm.PagemapScanner |
         return pages
     cand = np.concatenate(found)
     starts, ends = [], []
-    step = PAGEMAP_BATCH_PAGES << pm.PAGE_SHIFT
+    step = PAGEMAP_BATCH_PAGES << PAGE_SHIFT
     for lo, hi in zip(cand["start"].tolist(), cand["end"].tolist()):
         for a in range(lo, hi, step):
             e = pm.read_entries(pagemap_fd, a, min(hi, a + step))
             s, t = _runs((e & np.uint64(PM_ENTRY_MASK)) == np.uint64(marker))
-            starts.append(a + (s.astype(np.uint64) << np.uint64(pm.PAGE_SHIFT)))
-            ends.append(a + (t.astype(np.uint64) << np.uint64(pm.PAGE_SHIFT)))
+            starts.append(a + (s.astype(np.uint64) << np.uint64(PAGE_SHIFT)))
+            ends.append(a + (t.astype(np.uint64) << np.uint64(PAGE_SHIFT)))
     drop = Ranges(np.concatenate(starts), np.concatenate(ends)).merged()
     return pages.subtract(drop).split_at(np.union1d(pages.starts, pages.ends)) if len(drop) else pages
 

@@ -6,18 +6,6 @@ from enum import Enum
 
 from ..kernel.procfs import MapsLine
 
-# vma_entry.status bits of the CRIU image format.
-VMA_AREA_REGULAR = 0x1
-VMA_AREA_STACK = 0x2
-VMA_AREA_VSYSCALL = 0x4
-VMA_AREA_VDSO = 0x8
-VMA_AREA_HEAP = 0x20
-VMA_FILE_PRIVATE = 0x40
-VMA_FILE_SHARED = 0x80
-VMA_ANON_SHARED = 0x100
-VMA_ANON_PRIVATE = 0x200
-VMA_AREA_VVAR = 0x1000
-
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_GROWSDOWN = 0x1, 0x2, 0x20, 0x100
 
@@ -52,23 +40,6 @@ class Vma:
     def saves_pages(self) -> bool:
         """Whether a pre-dump copies this area's private pages (the dump policy)."""
         return self.kind in (Kind.ANON_PRIVATE, Kind.FILE_PRIVATE)
-
-    @property
-    def status(self) -> int:
-        status = {
-            Kind.ANON_PRIVATE: VMA_AREA_REGULAR | VMA_ANON_PRIVATE,
-            Kind.FILE_PRIVATE: VMA_AREA_REGULAR | VMA_FILE_PRIVATE,
-            Kind.ANON_SHARED: VMA_AREA_REGULAR | VMA_ANON_SHARED,
-            Kind.FILE_SHARED: VMA_AREA_REGULAR | VMA_FILE_SHARED,
-            Kind.VDSO: VMA_AREA_REGULAR | VMA_AREA_VDSO,
-            Kind.VVAR: VMA_AREA_REGULAR | VMA_AREA_VVAR,
-            Kind.VSYSCALL: VMA_AREA_VSYSCALL,
-        }[self.kind]
-        if self.name == "[stack]":
-            status |= VMA_AREA_STACK
-        elif self.name == "[heap]":
-            status |= VMA_AREA_HEAP
-        return status
 
     @property
     def map_flags(self) -> int:

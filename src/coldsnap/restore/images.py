@@ -16,14 +16,14 @@ from ..images.directory import ImageDir
 from ..images.pages import pagemap_name
 from ..images.pb import core_pb2
 from ..images.source import ChainSource
+from ..images.vma import (VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
+                          VMA_FILE_PRIVATE, VMA_FILE_SHARED)
+from ..kernel.page import PAGE_SIZE
 from ..kernel.procfs import cpu_flags, read_maps, read_stat
 from ..memory.source import PageSource
-from ..memory.vma import (VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
-                          VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..seize.tree import NS_KINDS, Task, Tree
 from .fdtable import validate_files
 
-PAGE = 4096
 TASK_SIZE = 0x7FFFFFFFF000
 MMAP_MIN_ADDR = 0x10000
 SPECIAL = VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL   # areas the kernel provides
@@ -133,7 +133,7 @@ def _core(d: ImageDir, tid: int) -> core_pb2.core_entry:
 def _check_vmas(d: ImageDir, mm) -> None:
     prev_end = 0
     for v in mm.vmas:
-        bad = (v.start % PAGE or v.end % PAGE or v.end <= v.start or v.start < prev_end)
+        bad = (v.start % PAGE_SIZE or v.end % PAGE_SIZE or v.end <= v.start or v.start < prev_end)
         if bad or (v.end > TASK_SIZE and not v.status & VMA_AREA_VSYSCALL):
             raise ImageError(f"{d.root}/mm: VMA {v.start:#x}-{v.end:#x} is not a valid, ordered area")
         prev_end = v.end
@@ -158,8 +158,8 @@ def _check_vdso(mm) -> None:
     have, want = _shape(vdso_areas(os.getpid())), _shape(vdso_layout(mm.vmas))
     if have != want:
         raise ImageError("images come from a kernel with another vDSO layout "
-                         f"({len(want)} areas, {sum(e - s for s, e in want) // PAGE} pages; "
-                         f"this kernel: {len(have)} areas, {sum(e - s for s, e in have) // PAGE} pages)")
+                         f"({len(want)} areas, {sum(e - s for s, e in want) // PAGE_SIZE} pages; "
+                         f"this kernel: {len(have)} areas, {sum(e - s for s, e in have) // PAGE_SIZE} pages)")
 
 
 def _check_xstate(cores: dict[int, core_pb2.core_entry]) -> None:

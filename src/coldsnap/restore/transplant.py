@@ -30,19 +30,19 @@ import time
 from dataclasses import dataclass
 
 from ..errors import CsError, TargetError
+from ..images.vma import VMA_ANON_SHARED, VMA_FILE_PRIVATE, VMA_FILE_SHARED
 from ..kernel import ptrace
 from ..kernel.clone import CLONE_ARGS, THREAD_FLAGS, clone_args
 from ..kernel.libc import SYS
+from ..kernel.page import PAGE_SIZE as PAGE
 from ..kernel.procfs import read_path_link, read_status
-from ..memory.vma import (MAP_ANONYMOUS, MAP_SHARED, PROT_READ, PROT_WRITE, VMA_ANON_SHARED,
-                          VMA_FILE_PRIVATE, VMA_FILE_SHARED)
+from ..memory.vma import MAP_ANONYMOUS, MAP_SHARED, PROT_READ, PROT_WRITE
 from ..seize.freezer import SEIZE_OPTIONS, FrozenTask
 from ..seize.remote import RemoteCalls
 from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, vdso_areas, vdso_layout
 from ..creds import Creds, cap_last
 from .memory import PageWriter, WriteStats
 
-PAGE = 4096
 SCRATCH = 4 * PAGE
 MAP_FIXED = 0x10
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2

@@ -49,10 +49,10 @@ from typing import Iterator
 from coldsnap.errors import NoSuchProcess, TargetError
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS
+from coldsnap.kernel.page import PAGE_SIZE as PAGE
 from coldsnap.kernel.procfs import read_status
 from coldsnap.seize.freezer import FrozenTask, freeze
 
-PAGE = 4096
 U64 = (1 << 64) - 1
 PROT_READ, PROT_WRITE = 1, 2
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
