@@ -53,3 +53,12 @@ def test_bindings_raise_no_such_process_for_a_gone_pid():
             call()
         assert e.value.pid == pid and "\n" not in str(e.value)
     assert not alive(pid) and alive(os.getpid())
+
+
+def test_the_blank_childs_error_keeps_its_class():
+    from coldsnap.restore.restore import _report, _reported
+    back = _reported(_report(AccessDenied(7, "fd 3", "cannot bind 127.0.0.1:80")))
+    assert type(back) is AccessDenied and str(back) == "fd 3: cannot bind 127.0.0.1:80"
+    other = _reported(_report(ValueError("odd")))
+    assert type(other) is ImageError and str(other) == "odd"
+    assert str(_reported(b"")) == "the restore child died while preparing"

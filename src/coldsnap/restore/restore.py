@@ -10,15 +10,17 @@ after the child exists kills it: a restore either yields the process or nothing.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import pickle
 import resource
 import signal
 import time
 from dataclasses import dataclass
 
 from ..dump.task_state import TASK_STOPPED
-from ..errors import CsError, ImageError, TargetError
+from ..errors import AccessDenied, CsError, ImageError, TargetError
 from ..kernel.clone import fork_with_pid
 from ..kernel.libc import libc
 from ..seize.freezer import freeze
@@ -72,9 +74,12 @@ def _blank_child(images: DumpImages, shell_job: bool) -> int:
     except OSError as e:
         os.close(r)
         os.close(w)
-        if e.errno == 17:
+        if e.errno == errno.EEXIST:
             raise TargetError(f"PID {images.pid} is in use: cannot restore with the same IDs") from None
-        raise TargetError(f"cannot create a process with PID {images.pid}: {e.strerror}") from None
+        what = f"cannot create a process with PID {images.pid}"
+        if e.errno in (errno.EPERM, errno.EACCES):
+            raise AccessDenied(images.pid, what, e.strerror.lower(), e.errno) from None
+        raise TargetError(f"{what}: {e.strerror}") from None
     if pid == 0:   # the child: plain Python until coldsnap seizes it
         os.close(r)
         try:
@@ -87,7 +92,7 @@ def _blank_child(images: DumpImages, shell_job: bool) -> int:
             os.write(w, b"ok")
         except BaseException as e:   # noqa: BLE001 - report anything to the parent
             try:
-                os.write(w, str(e).encode()[:4000] or type(e).__name__.encode())
+                os.write(w, _report(e))
             finally:
                 os._exit(1)
         os.close(w)
@@ -101,8 +106,30 @@ def _blank_child(images: DumpImages, shell_job: bool) -> int:
         msg = f.read()
     if msg != b"ok":
         _kill(pid)
-        raise ImageError(msg.decode(errors="replace") or "the restore child died while preparing")
+        raise _reported(msg)
     return pid
+
+
+def _report(e: BaseException) -> bytes:
+    """What the blank child tells coldsnap about its failure: the error itself (pickled, so
+    that it keeps its class and exit code) or, for anything not ours, its words."""
+    if isinstance(e, CsError):
+        try:
+            return b"E" + pickle.dumps(e)
+        except Exception:  # noqa: BLE001 - an error that does not pickle still has words
+            pass
+    return b"T" + (str(e) or type(e).__name__).encode()[:4000]
+
+
+def _reported(msg: bytes) -> CsError:
+    if msg[:1] == b"E":
+        try:
+            e = pickle.loads(msg[1:])
+            if isinstance(e, CsError):
+                return e
+        except Exception:  # noqa: BLE001 - a torn message: fall back to its bytes
+            pass
+    return ImageError(msg[1:].decode(errors="replace") or "the restore child died while preparing")
 
 
 def _set_rlimits(pid: int, images: DumpImages) -> None:
