@@ -161,19 +161,20 @@ def run(args: argparse.Namespace) -> int:
         return run_series(args)
     if args.command == "pre-dump":
         from .dump.plan import ModeMismatch, choose_pre_dump
+        from .dump.predump import pre_dump
         try:
-            args.pre_dump_mode, args.track_mem = choose_pre_dump(args.pre_dump_mode, args.track_mem)
+            mode, track = choose_pre_dump(args.pre_dump_mode, args.track_mem)
         except ModeMismatch as e:
             raise UsageError(str(e)) from None
-    if args.command == "pre-dump" and args.track_mem != "none":
-        from .dump.iterate import pre_dump_tracked
-        track = args.track_mem
-        stats = pre_dump_tracked(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
-                                 buffer_size=args.buffer_size, track=track,
-                                 freeze_plan=args.pre_dump_mode == "live")
-        lines = [f"pre-dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
-                 f"written, {stats.pages_skipped_parent} in parent, {stats.pages_skipped} skipped, "
-                 f"frozen {stats.frozen_time / 1000:.2f} ms"]
+        stats = pre_dump(args.tree, args.images_dir, mode=mode, track=track, buffer_size=args.buffer_size,
+                         scan=args.scan, prev_images_dir=args.prev_images_dir)
+        if track == "none":
+            lines = [f"pre-dump of {args.tree} ({stats.mode}): {stats.pages_written} pages written, "
+                     f"{stats.pages_skipped} skipped, frozen {stats.frozen_time / 1000:.2f} ms"]
+        else:
+            lines = [f"pre-dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
+                     f"written, {stats.pages_skipped_parent} in parent, {stats.pages_skipped} skipped, "
+                     f"frozen {stats.frozen_time / 1000:.2f} ms"]
         if stats.uffd_fd >= 0:
             lines.append(f"write tracking stays in {args.tree} (fd {stats.uffd_fd}) until `coldsnap dump` "
                          f"or `coldsnap untrack {args.tree}`")
@@ -194,15 +195,6 @@ def run(args: argparse.Namespace) -> int:
         _out(args, {"pid": args.pid, "closed_fds": closed},
              f"closed coldsnap's userfaultfd in {args.pid} (fd {', '.join(map(str, closed))})"
              if closed else f"{args.pid} carries no coldsnap tracking")
-        return 0
-    if args.command == "pre-dump":
-        from .dump.predump import pre_dump
-        stats = pre_dump(args.tree, args.images_dir, mode=args.pre_dump_mode,
-                         buffer_size=args.buffer_size, scan=args.scan,
-                         prev_images_dir=args.prev_images_dir)
-        lines = [f"pre-dump of {args.tree} ({stats.mode}): {stats.pages_written} pages written, "
-                 f"{stats.pages_skipped} skipped, frozen {stats.frozen_time / 1000:.2f} ms"]
-        _out(args, _dedup(args, args.images_dir, lines, _result(args, stats)), *lines)
         return 0
     if args.command == "restore":
         return run_restore(args)

@@ -23,21 +23,22 @@ from ..memory.drain import DEFAULT_BUFFER
 from ..memory.plan import PagePlan
 from ..memory.scan import warm_up
 from .plan import Planner, check_track, covered_by_chain, parked_uffd_fd
-from .predump import save_step
 from .stats import DumpStats, Times
+from .step import save_step
 
 
 class PreDumpSeries:
     """Iterative pre-dumps of one task into base_dir/1, base_dir/2, ..."""
 
     def __init__(self, pid: int, base_dir: str | Path, *, track: str = "uffd",
-                 buffer_size: int = DEFAULT_BUFFER, park: bool = False, freeze_plan: bool = False):
+                 buffer_size: int = DEFAULT_BUFFER, park: bool = False, freeze_plan: bool = False,
+                 scan: str = "auto"):
         check_track(track)
         self.pid = pid
         self.base = Path(base_dir)
         self.buffer_size = buffer_size
         # park: leave the uffd in the target for a later run
-        self.planner = Planner(pid, track, park=park)
+        self.planner = Planner(pid, track, park=park, scan=scan)
         # freeze_plan: collect the written pages while the task is held (the "live" mode
         # with tracking) instead of while it runs (nofreeze); soft-dirty always does
         self.mode = "live" if freeze_plan or track == "soft-dirty" else "nofreeze"
@@ -94,7 +95,7 @@ def pre_dump_series(pid: int, base_dir: str | Path, iterations: int, *, track: s
 
 def pre_dump_tracked(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
                      buffer_size: int = DEFAULT_BUFFER, track: str = "uffd",
-                     freeze_plan: bool = False) -> DumpStats:
+                     freeze_plan: bool = False, scan: str = "auto") -> DumpStats:
     """One pre-dump whose write tracking outlives this coldsnap process.
 
     The first run freezes the task only to create a userfaultfd in it and leaves that fd
@@ -109,7 +110,7 @@ def pre_dump_tracked(pid: int, images_dir: str | Path, *, prev_images_dir: str |
     prev = Path(prev_images_dir) if prev_images_dir is not None else None
     soft = track == "soft-dirty"
     with PreDumpSeries(pid, images_dir.parent, track="soft-dirty" if soft else "uffd",
-                       buffer_size=buffer_size, freeze_plan=freeze_plan, park=not soft) as series:
+                       buffer_size=buffer_size, freeze_plan=freeze_plan, park=not soft, scan=scan) as series:
         if prev is not None:
             if soft:
                 series.planner.fresh = False

@@ -1,91 +1,32 @@
-"""One pre-dump: plan which pages to save (holding the task as its mode says), drain them
-into the images' page sink while the task runs, write the small images and the stats."""
+"""`coldsnap pre-dump`: one pre-dump in any mode, with or without write tracking."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from ..errors import CsError
 from ..images.directory import ImageDir
-from ..kernel.procfs import Stat
-from ..memory.drain import DEFAULT_BUFFER, Drain, DrainStats
-from ..memory.plan import PagePlan
+from ..memory.drain import DEFAULT_BUFFER
 from ..memory.scan import warm_up
-from ..memory.sink import PageSink, PagemapKey, PlanFeed, SinkCounts
-from ..memory.vma import Vma
-from ..seize.freezer import freeze
-from .metadata import write_inventory, write_mm, write_stats
-from .plan import Planner
-from .sink import ImageSink
-from .stats import DumpStats, Times
-
-MODES = ("live", "frozen")
+from .iterate import pre_dump_tracked
+from .plan import Planner, choose_pre_dump
+from .stats import DumpStats
+from .step import save_step
 
 
-def write_metadata(imgdir: ImageDir, pid: int, vmas: list[Vma], stat: Stat, stats: DumpStats) -> None:
-    """The small images of a pre-dump besides the pages: mm, inventory, stats."""
-    write_mm(imgdir, pid, vmas, stat)
-    write_inventory(imgdir, pre_dump=True)
-    write_stats(imgdir, stats)
-
-
-def drain_plan(pid: int, plan: PagePlan, sink: PageSink, buffer_size: int,
-               times: Times) -> tuple[DrainStats, SinkCounts]:
-    """The plan's pages into the sink, as one pagemap of PID, copied from the running task."""
-    sink.begin(PagemapKey(pid))
-    feed = PlanFeed(sink, parent=plan.in_parent, skipped=plan.unreadable)
-    t = time.perf_counter_ns()
-    with Drain(pid, feed, buffer_size) as drain:
-        dstats = drain.run(plan.to_read)
-    counts = feed.finish()
-    sink.end()
-    times.copy += time.perf_counter_ns() - t
-    times.sink += dstats.sink_ns
-    return dstats, counts
-
-
-def save_step(planner: Planner, imgdir: ImageDir, mode: str, *, covered=None,
-              buffer_size: int = DEFAULT_BUFFER, times: Times | None = None) -> DumpStats:
-    """One pre-dump of the planner's task into IMGDIR (not committed): plan, drain, images.
-
-    mode "nofreeze" never holds the task; "live" holds it while planning (uffd: only for the
-    collect; soft-dirty: collect and scan; none: the scan) and copies after; "frozen"
-    copies before resuming."""
-    pid, times = planner.pid, times or Times()
-    sink = ImageSink(imgdir)
-    with sink:
-        if mode == "nofreeze":
-            planned = planner.plan(covered, times=times)
-            dstats, counts = drain_plan(pid, planned.plan, sink, buffer_size, times)
-        else:
-            t0 = time.perf_counter_ns()
-            with freeze(pid) as task:
-                seized = time.perf_counter_ns() - t0
-                resume = "" if mode == "frozen" else "collect" if planner.track == "uffd" else "scan"
-                planned = planner.plan(covered, task=task, resume_after=resume, times=times)
-                if mode == "frozen":
-                    dstats, counts = drain_plan(pid, planned.plan, sink, buffer_size, times)
-            times.freezing += seized
-            times.frozen += max(0, (task.frozen_ns or 0) - seized)   # frozen_ns counts the seizing
-            if mode != "frozen":
-                dstats, counts = drain_plan(pid, planned.plan, sink, buffer_size, times)
-    stats = DumpStats(mode=mode, uffd_fd=planner.parked_fd)
-    stats.record(planned.plan, counts, times, syscalls=dstats.syscalls)
-    write_metadata(imgdir, pid, planned.plan.vmas, planned.stat, stats)
-    return stats
-
-
-def pre_dump(pid: int, images_dir: str | Path, *, mode: str = "live",
+def pre_dump(pid: int, images_dir: str | Path, *, mode: str = "live", track: str = "none",
              buffer_size: int = DEFAULT_BUFFER, scan: str = "auto",
              prev_images_dir: str | Path | None = None) -> DumpStats:
     """Save the memory of process `pid` into a new images directory; returns the stats.
 
     mode "live" resumes the task as soon as the page plan is known and copies pages while it
-    runs; "frozen" copies them before resuming (the baseline the live mode must beat).
-    Nothing tracks writes: every present page is saved (see dump/iterate.py for tracking).
+    runs; "frozen" copies them before resuming (the baseline the live mode must beat);
+    "nofreeze" never holds it. track "none" saves every present page; "uffd" and "soft-dirty"
+    save only what was written since the previous images (see dump/iterate.py
+    pre_dump_tracked). dump/plan.py choose_pre_dump says which go together.
     """
-    if mode not in MODES:
-        raise CsError(f"unknown pre-dump mode {mode!r} (choose from {', '.join(MODES)})")
+    mode, track = choose_pre_dump(mode, track)
+    if track != "none":
+        return pre_dump_tracked(pid, images_dir, prev_images_dir=prev_images_dir, buffer_size=buffer_size,
+                                track=track, freeze_plan=mode == "live", scan=scan)
     warm_up()
     with ImageDir.create(images_dir, parent=prev_images_dir) as imgdir:
         return save_step(Planner(pid, "none", scan=scan), imgdir, mode, buffer_size=buffer_size)
