@@ -6,6 +6,7 @@ import os
 import socket
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -18,7 +19,7 @@ from coldsnap.files.registry import FileRegistry
 from coldsnap.images.pb import fdinfo_pb2
 
 from helpers import assert_same_table
-from procs import crit_decode_each
+from procs import crit_decode_each, proc_state
 
 
 @pytest.fixture
@@ -28,7 +29,13 @@ def two_procs(spawn, workload_bin, tmp_path):
     data.write_bytes(b"0123456789")
     w = spawn([workload_bin("files_shared"), data], stderr=subprocess.DEVNULL)
     child, shared, own, pr, pw = map(int, w.ready.split()[1:])
-    return w, child, dict(data=str(data), shared=shared, own=own, pr=pr, pw=pw)
+    yield w, child, dict(data=str(data), shared=shared, own=own, pr=pr, pw=pw)
+    # The child gets SIGKILL (PDEATHSIG) as its parent exits, but under load it may not have
+    # run its exit yet when the leftover check looks: wait until it is a zombie or gone.
+    w.stop()
+    deadline = time.monotonic() + 5
+    while proc_state(child)[0] not in ("", "Z") and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _ids_of(task, path: str) -> dict[int, int]:
