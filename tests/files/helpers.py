@@ -7,6 +7,7 @@ from coldsnap.files.images import read_images, write_images
 from coldsnap.files.inet import STORED_EXTRA_OPTS
 from coldsnap.files.model import InetSocket, PipeFile
 from coldsnap.files.registry import FileRegistry, TaskFiles
+from coldsnap.images.directory import ImageDir
 
 from procs import crit_decode_each
 
@@ -70,8 +71,8 @@ def strip_unstored(snap: TaskFiles) -> TaskFiles:
 
 def through_images(snap: TaskFiles, imgdir) -> TaskFiles:
     """Write the images, check crit decodes each of them, read them back."""
-    imgdir.mkdir(exist_ok=True)
-    write_images(snap.registry, imgdir)
+    with ImageDir.create(imgdir) as d:
+        write_images(snap.registry, d)
     names = sorted(p.name for p in imgdir.iterdir())
     assert {"files.img", "fdinfo-1.img", f"fs-{snap.pid}.img"} <= set(names)
     crit_decode_each([imgdir / name for name in names])

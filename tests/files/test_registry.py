@@ -16,6 +16,7 @@ from coldsnap.files.kinds import OPS
 from coldsnap.files.model import (EpollFile, EpollTarget, EventfdFile, FdType, Fown, InetSocket, PipeFile,
                                   RegFile, SockOpts)
 from coldsnap.files.registry import FileRegistry
+from coldsnap.images.directory import ImageDir
 from coldsnap.images.pb import fdinfo_pb2
 
 from helpers import assert_same_table
@@ -80,8 +81,8 @@ def test_a_pipe_between_parent_and_child_is_paired_across_tables(two_procs, tmp_
     assert reg.pipe_data[pipe_id].data == b"from child"      # peeked once, not consumed
     # both tables through the images and back: the pairing survives
     img = tmp_path / "img"
-    img.mkdir()
-    write_images(reg, img)
+    with ImageDir.create(img) as d:
+        write_images(reg, d)
     assert {"fdinfo-1.img", "fdinfo-2.img", f"fs-{w.pid}.img", f"fs-{child}.img"} <= set(os.listdir(img))
     crit_decode_each([img / name for name in os.listdir(img)])
     back = read_images(img, {w.pid: 1, child: 2})

@@ -294,7 +294,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 pages.add(shm_pages)
                 times.copy = time.perf_counter_ns() - t_mem
                 write_task_images(state, task.tree, imgdir)
-                write_files_images(files, imgdir.root)
+                write_files_images(files, imgdir)
                 write_mm(imgdir, pid, vmas, planned.stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
                          file_ids={k: ids[p] for k, p in vma_paths.items()}, fdflags=vma_flags,
                          dumpable=state.dumpable)

@@ -1,11 +1,11 @@
 """Small images every (pre-)dump writes: inventory, mm (VMAs and mm fields), stats."""
 from __future__ import annotations
 
-from ..images.framing import write_image
+from ..images.directory import INVENTORY, ImageDir, new_inventory
 from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_REGULAR,
                           VMA_AREA_STACK, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
                           VMA_FILE_PRIVATE, VMA_FILE_SHARED)
-from ..images.pb import inventory_pb2, mm_pb2, stats_pb2
+from ..images.pb import mm_pb2, stats_pb2
 from ..kernel.procfs import Stat, uptime_us
 from ..memory.vma import Kind, Vma
 from .stats import DumpStats
@@ -14,12 +14,9 @@ PRE_DUMP_MODE_READ = 2   # inventory.pre_dump_mode: pages were read with process
 U32 = 0xFFFFFFFF
 
 
-def write_inventory(imgdir, *, pre_dump: bool) -> None:
-    inv = inventory_pb2.inventory_entry(img_version=2, fdinfo_per_id=True, ns_per_id=True,
-                                        lsmtype=inventory_pb2.NO_LSM, dump_uptime=uptime_us())
-    if pre_dump:
-        inv.pre_dump_mode = PRE_DUMP_MODE_READ
-    write_image(imgdir.path("inventory.img"), None, [inv])
+def write_inventory(imgdir: ImageDir, *, pre_dump: bool) -> None:
+    imgdir.write(INVENTORY, [new_inventory(pre_dump_mode=PRE_DUMP_MODE_READ if pre_dump else None,
+                                           dump_uptime=uptime_us())])
 
 
 _STATUS = {
@@ -54,7 +51,7 @@ def vma_entry(v: Vma, file_id: int = 0, fdflags: int | None = None) -> mm_pb2.vm
     return e
 
 
-def write_mm(imgdir, pid: int, vmas: list[Vma], stat: Stat, *, brk: int | None = None,
+def write_mm(imgdir: ImageDir, pid: int, vmas: list[Vma], stat: Stat, *, brk: int | None = None,
              auxv: list[int] | None = None, exe_file_id: int = 0, file_ids: dict | None = None,
              fdflags: dict | None = None, dumpable: int | None = None) -> None:
     """mm-PID.img. file_ids / fdflags: (start, end) of a file VMA -> REG file id / open mode."""
@@ -71,10 +68,10 @@ def write_mm(imgdir, pid: int, vmas: list[Vma], stat: Stat, *, brk: int | None =
                         (fdflags or {}).get((v.start, v.end))) for v in vmas])
     if dumpable is not None:
         mm.dumpable = dumpable
-    write_image(imgdir.path(f"mm-{pid}.img"), None, [mm])
+    imgdir.write(f"mm-{pid}.img", [mm])
 
 
-def write_stats(imgdir, s: DumpStats) -> None:
+def write_stats(imgdir: ImageDir, s: DumpStats) -> None:
     d = stats_pb2.dump_stats_entry(
         freezing_time=min(s.freezing_time, U32), frozen_time=min(s.frozen_time, U32),
         memdump_time=min(s.memdump_time, U32), memwrite_time=min(s.memwrite_time, U32),
@@ -84,4 +81,4 @@ def write_stats(imgdir, s: DumpStats) -> None:
         cs_scan_time=min(s.scan_time, U32))
     if s.uffd_fd >= 0:
         d.cs_uffd_fd = s.uffd_fd
-    write_image(imgdir.path("stats-dump"), None, [stats_pb2.stats_entry(dump=d)])
+    imgdir.write("stats-dump", [stats_pb2.stats_entry(dump=d)])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from coldsnap.errors import ImageError
 from coldsnap.images import framing
+from coldsnap.images.directory import ImageDir
 from coldsnap.images.pb import fdinfo_pb2, fs_pb2, pipe_pb2
 
 from .kinds import OPS, ops_to_restore
@@ -29,20 +30,18 @@ def fdinfo_entries(reg: FileRegistry, files_id: int) -> list[fdinfo_pb2.fdinfo_e
                                     type=int(reg.files[e.file_id].kind), fd=e.fd) for e in reg.tables[files_id]]
 
 
-def write_images(reg: FileRegistry, imgdir: str | os.PathLike) -> None:
+def write_images(reg: FileRegistry, imgdir: ImageDir) -> None:
     """files.img, fdinfo-<files_id>.img per table, fs-<pid>.img per task, pipes-data.img
     and fifo-data.img."""
-    d = Path(imgdir)
-    framing.write_image(d / "files.img", None, file_entries(reg))
+    imgdir.write("files.img", file_entries(reg))
     for files_id in reg.tables:
-        framing.write_image(d / f"fdinfo-{files_id}.img", None, fdinfo_entries(reg, files_id))
+        imgdir.write(f"fdinfo-{files_id}.img", fdinfo_entries(reg, files_id))
     for pid, fs in reg.fs.items():
-        framing.write_image(d / f"fs-{pid}.img", None,
-                            [fs_pb2.fs_entry(cwd_id=fs.cwd_id, root_id=fs.root_id, umask=fs.umask)])
+        imgdir.write(f"fs-{pid}.img", [fs_pb2.fs_entry(cwd_id=fs.cwd_id, root_id=fs.root_id, umask=fs.umask)])
     fifos = {f.pipe_id for f in reg.files.values() if isinstance(f, PipeFile) and f.fifo_path}
     for name, want_fifo in (("pipes-data.img", False), ("fifo-data.img", True)):
         # Only pipes with something to restore: an absent entry means empty, default size.
-        framing.write_image(d / name, None, [
+        imgdir.write(name, [
             (pipe_pb2.pipe_data_entry(pipe_id=pd.pipe_id, bytes=len(pd.data), size=pd.size), pd.data)
             for pd in reg.pipe_data.values()
             if (pd.pipe_id in fifos) == want_fifo and (pd.data or pd.size != DEFAULT_PIPE_SIZE)])

@@ -18,7 +18,7 @@ from ..kernel.libc import libc
 from .directory import ImageDir
 from ..kernel.page import PAGE_SHIFT
 from ..memory.ranges import Ranges
-from .pages import PE_PARENT, PE_PRESENT, PagemapReader, pagemap_name
+from .pages import PE_PARENT, PE_PRESENT, PagemapReader, pagemap_name, pages_name
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -152,8 +152,9 @@ class PageChain:
         self.close()
 
 
-def _punch(path: Path, offsets: np.ndarray, lengths: np.ndarray) -> int:
-    """One fallocate(PUNCH_HOLE|KEEP_SIZE) per contiguous file run; sizes (and offsets) stay."""
+def _punch(d: ImageDir, name: str, offsets: np.ndarray, lengths: np.ndarray) -> int:
+    """One fallocate(PUNCH_HOLE|KEEP_SIZE) per contiguous run of image NAME of D; sizes (and
+    offsets) stay."""
     if not len(offsets):
         return 0
     new = np.ones(len(offsets), bool)
@@ -162,7 +163,8 @@ def _punch(path: Path, offsets: np.ndarray, lengths: np.ndarray) -> int:
     last = np.append(first[1:], len(offsets)) - 1
     starts = offsets[first]
     ends = offsets[last] + lengths[last]
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    path = d.path(name)
+    fd = d.open_committed(name, os.O_WRONLY)
     try:
         for s, e in zip(starts.tolist(), ends.tolist()):
             if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, s, e - s) != 0:
@@ -194,7 +196,7 @@ def punch_superseded(parent_dir: Union[ImageDir, str, os.PathLike], pid: int, ra
             present = np.flatnonzero((r.flags & PE_PRESENT) != 0)
             entry = present[idx]
             offsets = r.offset[entry] + (s - r.vaddr[entry])
-            total += _punch(r.pages_path, offsets, e - s)
+            total += _punch(d, pages_name(r.pages_id), offsets, e - s)
     return total
 
 

@@ -1,6 +1,8 @@
 """Images directories: written into a private staging directory, committed by one rename.
 
 A reader therefore sees either no directory or a complete one, never a half-written dump.
+Every image file of a dump is created here (create_file, writer, write): the path inside
+the staging directory, mode 0600, and the fsync of the commit are decided in one place.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Iterable, Optional, Union
 from google.protobuf.message import Message
 
 from ..errors import ImageError
-from .framing import EntryLike, ImageWriter, read_image, read_single, write_image
+from .framing import EntryLike, ImageWriter, create_image_file, read_image, read_single, write_image
 from .pb import inventory_pb2
 
 INVENTORY = "inventory.img"
@@ -107,11 +109,28 @@ class ImageDir:
         self._pages_id += 1
         return self._pages_id
 
+    def create_file(self, name: str) -> int:
+        """A new image file NAME (mode 0600) in the directory being written, open for
+        writing; the caller closes the fd, the commit fsyncs the file."""
+        if not self.writing:
+            raise ImageError(f"{self.root}: opened read-only")
+        return create_image_file(self.path(name))
+
     def writer(self, name: str) -> ImageWriter:
-        return ImageWriter(self.path(name))
+        """Entries streamed into image NAME; the file appears with the first entry."""
+        return ImageWriter(self.path(name), create=lambda: self.create_file(name))
 
     def write(self, name: str, entries: Iterable[EntryLike]) -> int:
-        return write_image(self.path(name), None, entries)
+        """A whole image NAME; returns the entry count (0: no file was created)."""
+        return write_image(self.path(name), None, entries, create=lambda: self.create_file(name))
+
+    def open_committed(self, name: str, flags: int = os.O_RDONLY) -> int:
+        """An fd on image NAME of a committed directory (O_CLOEXEC added); O_WRONLY only
+        for auto-dedup, which punches holes in a parent's pages file in place."""
+        try:
+            return os.open(self.path(name), flags | os.O_CLOEXEC)
+        except OSError as e:
+            raise ImageError(f"{self.path(name)}: cannot open image: {e.strerror}") from e
 
     def commit(self) -> Path:
         """fsync everything, then rename the staging directory onto the target."""

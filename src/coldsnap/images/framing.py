@@ -16,7 +16,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 from google.protobuf.message import DecodeError, Message
 
@@ -147,19 +147,31 @@ def _header(kind: ImageKind) -> bytes:
 EntryLike = Union[Message, tuple]  # a message, or (message, payload) for payload kinds
 
 
+def create_image_file(path: Union[str, os.PathLike]) -> int:
+    """A new, empty image file at PATH (mode 0600: images hold the process's secrets),
+    open for writing. Code writing a dump calls ImageDir.create_file, which comes here."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise ImageError(f"{path}: cannot create image: {e.strerror}") from e
+
+
 class ImageWriter:
     """Streams entries into one image file.
 
-    The file is created only when the first entry arrives: CRIU treats a missing
-    file as an empty image and never leaves zero-entry images behind.
+    The file is created only when the first entry arrives (by `create`, an fd opener;
+    ImageDir.writer passes its own): CRIU treats a missing file as an empty image and
+    never leaves zero-entry images behind.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], kind: Union[ImageKind, str, None] = None):
+    def __init__(self, path: Union[str, os.PathLike], kind: Union[ImageKind, str, None] = None,
+                 *, create: Optional[Callable[[], int]] = None):
         self.path = Path(path)
         self.kind = _kind(self.path, kind)
         if self.kind.frame is Frame.RAW:
             raise ImageError(f"{self.path}: raw image, write its bytes directly")
         self.count = 0
+        self._create = create or (lambda: create_image_file(self.path))
         self._out: Optional[io.BufferedWriter] = None
 
     def write(self, msg: Message, payload: Optional[bytes] = None) -> None:
@@ -188,13 +200,19 @@ class ImageWriter:
             out.write(payload)
         self.count += 1
 
+    def write_encoded(self, data: bytes, count: int) -> None:
+        """COUNT entries already framed (u32 length + protobuf each) by the caller, appended
+        as they are: pagemap entries encoded in bulk."""
+        if count and not self.count:
+            raise ImageError(f"{self.path}: encoded entries cannot come first")
+        if count and not self.kind.array:
+            raise ImageError(f"{self.path}: {self.kind.name} holds exactly one entry")
+        self._open().write(data)
+        self.count += count
+
     def _open(self) -> io.BufferedWriter:
         if self._out is None:
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            except OSError as e:
-                raise ImageError(f"{self.path}: cannot create image: {e.strerror}") from e
-            self._out = open(fd, "wb", buffering=1 << 16)
+            self._out = open(self._create(), "wb", buffering=1 << 16)
             self._out.write(_header(self.kind))
         return self._out
 
@@ -211,9 +229,9 @@ class ImageWriter:
 
 
 def write_image(path: Union[str, os.PathLike], kind: Union[ImageKind, str, None],
-                entries: Iterable[EntryLike]) -> int:
+                entries: Iterable[EntryLike], *, create: Optional[Callable[[], int]] = None) -> int:
     """Write a whole image; returns the entry count (0: no file was created)."""
-    with ImageWriter(path, kind) as w:
+    with ImageWriter(path, kind, create=create) as w:
         for e in entries:
             if isinstance(e, tuple):
                 w.write(*e)

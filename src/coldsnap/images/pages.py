@@ -15,8 +15,7 @@ import numpy as np
 from ..errors import ImageError
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..memory.ranges import Ranges
-from .framing import (_U32, check_header, entry_size, kind_for, parse_entries,
-                      write_image)
+from .framing import _U32, check_header, entry_size, kind_for, parse_entries
 from .pb import pagemap_pb2
 
 PE_PARENT, PE_LAZY, PE_PRESENT = 1, 2, 4
@@ -235,8 +234,7 @@ class PagemapWriter:
 
     def _pages_fd(self) -> int:
         if self._fd is None:
-            path = self.imgdir.path(pages_name(self.pages_id))
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            self._fd = self.imgdir.create_file(pages_name(self.pages_id))
         return self._fd
 
     def reserve(self, nbytes: int) -> FileArea:
@@ -283,13 +281,12 @@ class PagemapWriter:
         head = pagemap_pb2.pagemap_head(pages_id=self.pages_id)
         for v, n in self._skipped:
             head.cs_skipped.add(vaddr=v, nr_pages=n)
-        path = self.imgdir.path(pagemap_name(self.pid, self.shmem))
-        write_image(path, None, [head])
         body = encode_pagemap_entries(np.frombuffer(self._vaddr, np.uint64),
                                       np.frombuffer(self._nr, np.uint64),
                                       np.frombuffer(self._flags, np.uint32))
-        with open(path, "ab") as f:
-            f.write(body)
+        with self.imgdir.writer(pagemap_name(self.pid, self.shmem)) as w:
+            w.write(head)
+            w.write_encoded(body, len(self._vaddr))
 
     def __enter__(self) -> "PagemapWriter":
         return self
