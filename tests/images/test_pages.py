@@ -195,3 +195,46 @@ def test_reader_falls_back_on_unusual_fields(tmp_path):
     p.write_bytes(p.read_bytes()[:-2])
     with pytest.raises(ImageError, match="truncated entry 1"):
         PagemapReader(ImageDir.open(d), 3)
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3)), min_size=1, max_size=40))
+@settings(max_examples=40, deadline=None)
+def test_runs_in_one_call_make_the_same_pagemap_as_one_by_one(tmp_path_factory, steps):
+    """add_runs / add_copied (numpy for many runs) against add_present per run: same bytes."""
+    vaddrs, lengths, at = [], [], 0x100000
+    for gap, n in steps:
+        at += gap * PAGE                 # gap 0: touching runs, joined into one entry
+        vaddrs.append(at)
+        lengths.append(n * PAGE)
+        at += n * PAGE
+    data = page_bytes(0x100000, sum(lengths) // PAGE)
+    v, n = np.array(vaddrs, np.uint64), np.array(lengths, np.uint64)
+    out = []
+    for how in ("one by one", "runs", "copied"):
+        root = tmp_path_factory.mktemp("d")
+        with ImageDir.create(root / "d") as d:
+            with PagemapWriter(d, 1) as w:
+                w.add_parent(0x1000, 1)
+                if how == "one by one":
+                    off = 0
+                    for a, size in zip(vaddrs, lengths):
+                        w.add_present(a, data[off:off + size])
+                        off += size
+                elif how == "runs":
+                    w.add_runs(v, n, data)
+                else:
+                    w.reserve(len(data)).pwrite(data, 0)
+                    w.add_copied(v, n)
+                w.add_parent(at + PAGE, 2)
+        out.append(((root / "d" / "pagemap-1.img").read_bytes(), (root / "d" / "pages-1.img").read_bytes()))
+    assert out[0] == out[1] == out[2]
+
+
+def test_runs_out_of_order_are_refused(tmp_path):
+    with ImageDir.create(tmp_path / "d") as d:
+        w = PagemapWriter(d, 1)
+        v = np.array([0x10000 + i * 2 * PAGE for i in range(10)], np.uint64)
+        v[5] = v[4]                                        # overlaps its predecessor
+        with pytest.raises(ImageError, match="strictly ascending"):
+            w.add_copied(v, np.full(10, PAGE, np.uint64))
+        w.abort()

@@ -66,13 +66,13 @@ class MemorySink:
         self.calls.append(("reserve", nbytes))
         return self._area
 
-    def placed(self, vaddr: int, nr_pages: int) -> None:
-        n = nr_pages * PG
-        data = bytes(self._area.buf[self._area_pos:self._area_pos + n])
-        assert len(data) == n, "placed beyond the reserved area"
-        self._area_pos += n
-        self._runs().append(("present", vaddr, nr_pages, data))
-        self.calls.append(("placed",))
+    def placed(self, vaddrs, lengths) -> None:
+        for v, n in zip(vaddrs.tolist(), lengths.tolist()):
+            data = bytes(self._area.buf[self._area_pos:self._area_pos + n])
+            assert len(data) == n, "placed beyond the reserved area"
+            self._area_pos += n
+            self._runs().append(("present", v, n // PG, data))
+        self.calls.append(("placed", len(vaddrs)))
 
     def end(self) -> None:
         assert self._key is not None

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import TargetError, Unsupported
 from ..files.images import write_images as write_files_images
 from ..files.registry import FileRegistry
@@ -205,9 +207,9 @@ def save_shmem(pid: int, sink: PageSink, vmas: list[Vma]) -> tuple[SinkCounts, i
             for lo, hi in windows.pairs():
                 for d, h in _data_runs(fd, lo, hi):
                     # whole pages only (fewer at the object's end)
-                    n = feed.reserve(h - d).sendfile(fd, d, 0, h - d) >> PAGE_SHIFT
+                    n = feed.reserve(h - d).sendfile(fd, d, 0, h - d) >> PAGE_SHIFT << PAGE_SHIFT
                     if n:
-                        feed.placed(d, n)
+                        feed.placed(np.array([d], np.uint64), np.array([n], np.uint64))
             counts.add(feed.finish())
             sink.end()
         finally:

@@ -37,8 +37,8 @@ class ImageSink:
     def reserve(self, nbytes: int) -> FileArea:
         return self._current().reserve(nbytes)
 
-    def placed(self, vaddr: int, nr_pages: int) -> None:
-        self._current().add_copied(vaddr, nr_pages)
+    def placed(self, vaddrs: np.ndarray, lengths: np.ndarray) -> None:
+        self._current().add_copied(vaddrs, lengths)
 
     def end(self) -> None:
         writer, self._writer = self._current(), None

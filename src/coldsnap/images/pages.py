@@ -203,6 +203,43 @@ class PagemapWriter:
             self._nr.append(nr_pages)
             self._flags.append(flags)
 
+    def _add_runs(self, vaddrs: np.ndarray, lengths: np.ndarray, flags: int) -> None:
+        """Runs (vaddrs[i], lengths[i] bytes) with one flag, checked and recorded together:
+        per run in Python for a few, in numpy passes for many (a batch of the drain, every
+        run of a frozen copy)."""
+        if len(vaddrs) < 8:
+            for vaddr, length in zip(vaddrs.tolist(), lengths.tolist()):
+                self._advance(vaddr, length >> PAGE_SHIFT)
+                self._add(vaddr, length >> PAGE_SHIFT, flags)
+            return
+        if self.closed:
+            raise ImageError(f"pagemap {self.pid}: writer is closed")
+        v = vaddrs.astype(np.uint64)
+        size = lengths.astype(np.uint64)
+        ends = v + size
+        bad = (v % np.uint64(PAGE_SIZE) != 0) | (size % np.uint64(PAGE_SIZE) != 0) | (size == 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"bad run {int(v[i]):#x}+{int(size[i])} bytes: must be whole pages, non-empty")
+        back = np.flatnonzero(v[1:] < ends[:-1])
+        if int(v[0]) < self._cursor or len(back):
+            at, prev = (int(v[0]), self._cursor) if int(v[0]) < self._cursor else \
+                (int(v[back[0] + 1]), int(ends[back[0]]))
+            raise ImageError(f"pagemap {self.pid}: run at {at:#x} is not above the previous "
+                             f"run's end {prev:#x}; runs must be strictly ascending")
+        # touching runs make one entry, as _add would have made them
+        first = np.flatnonzero(np.concatenate(([True], v[1:] != ends[:-1])))
+        last = np.append(first[1:], len(v)) - 1
+        starts, nr = v[first], (ends[last] - v[first]) >> np.uint64(PAGE_SHIFT)
+        if (self._vaddr and self._flags[-1] == flags
+                and self._vaddr[-1] + (self._nr[-1] << PAGE_SHIFT) == int(starts[0])):
+            self._nr[-1] += int(nr[0])
+            starts, nr = starts[1:], nr[1:]
+        self._vaddr.frombytes(starts.tobytes())
+        self._nr.frombytes(nr.tobytes())
+        self._flags.frombytes(np.full(len(starts), flags, np.uint32).tobytes())
+        self._cursor = int(ends[-1])
+
     def add_present(self, vaddr: int, data: Union[BytesLike, Sequence[BytesLike]],
                     lazy: bool = False) -> None:
         """Pages with data: `data` is whole pages (or a list of buffers, back to back)."""
@@ -224,12 +261,9 @@ class PagemapWriter:
         view = memoryview(data).cast("B")
         if view.nbytes % PAGE_SIZE or int(lengths.sum()) != view.nbytes:
             raise ValueError(f"{view.nbytes} bytes of data for runs of {int(lengths.sum())} bytes")
-        for vaddr, length in zip(vaddrs.tolist(), lengths.tolist()):
-            self._advance(vaddr, length >> PAGE_SHIFT)
+        self._add_runs(vaddrs, lengths, PE_PRESENT)
         _pwrite_all(self._pages_fd(), [view], self._data)
         self._data += view.nbytes
-        for vaddr, length in zip(vaddrs.tolist(), lengths.tolist()):
-            self._add(vaddr, length >> PAGE_SHIFT, PE_PRESENT)
         self.nr_present += view.nbytes >> PAGE_SHIFT
 
     def _pages_fd(self) -> int:
@@ -243,13 +277,13 @@ class PagemapWriter:
         self._reserved = max(self._reserved, self._data + nbytes)
         return FileArea(self._pages_fd(), self._data)
 
-    def add_copied(self, vaddr: int, nr_pages: int) -> None:
-        """Present pages whose data the caller wrote into the reserved area (the present
-        pages before them, back to back)."""
-        self._advance(vaddr, nr_pages)
-        self._add(vaddr, nr_pages, PE_PRESENT)
-        self._data += nr_pages << PAGE_SHIFT
-        self.nr_present += nr_pages
+    def add_copied(self, vaddrs: np.ndarray, lengths: np.ndarray) -> None:
+        """Present runs (vaddrs[i], lengths[i] bytes) whose data the caller wrote into the
+        reserved area (after the present pages before them, back to back)."""
+        self._add_runs(vaddrs, lengths, PE_PRESENT)
+        size = int(lengths.sum())
+        self._data += size
+        self.nr_present += size >> PAGE_SHIFT
 
     def add_parent(self, vaddr: int, nr_pages: int) -> None:
         """Pages whose bytes the parent directory holds (PE_PARENT hole)."""

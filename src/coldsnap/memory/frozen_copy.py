@@ -81,8 +81,8 @@ def save_frozen(pid: int, mem_fd: int, plan: PagePlan, sink: PageSink, *, thread
     if len(plan.to_read):
         area = sink.reserve(plan.to_read.nr_pages << PAGE_SHIFT)
         copied = copy_frozen(pid, mem_fd, plan.to_read, area, threads=threads, chunk=chunk)
-        for start, end in plan.to_read.pairs():
-            feed.placed(start, (end - start) >> PAGE_SHIFT)
+        runs = plan.to_read
+        feed.placed(runs.starts, runs.ends - runs.starts)
     return copied, feed.finish()
 
 

@@ -4,7 +4,7 @@
     sink.present(vaddrs, lengths, data)         # runs whose bytes follow each other in data
     sink.parent(vaddr, nr_pages)                # the parent images hold these (PE_PARENT)
     sink.skipped(vaddr, nr_pages)               # planned, could not be read (saved next time)
-    area = sink.reserve(nbytes); ...; sink.placed(vaddr, nr_pages)   # see below
+    area = sink.reserve(nbytes); ...; sink.placed(vaddrs, lengths)    # see below
     sink.end()                                  # this pagemap is complete
 
 Runs of one pagemap come in strictly ascending address order, whatever their kind (a shared
@@ -16,7 +16,7 @@ its buffer at once); a sink that keeps bytes must copy them before returning.
 Reserve and fill: a caller that knows the size of the next present pages before it has
 their bytes (a frozen task: nothing changes) asks reserve(nbytes) for an area and fills it
 at offsets it chooses, from several threads at once (PageArea.pwrite), or straight from a
-file (PageArea.sendfile: in the kernel, no buffer of ours). Then it calls placed() for the
+file (PageArea.sendfile: in the kernel, no buffer of ours). Then it calls placed() with the
 runs in address order; their bytes are the area's, back to back from its start. Bytes of
 an area that are not placed when the next reserve(), present() or end() comes are dropped.
 An image file implements the area with pwrite at the pages file's offsets; a stream sink
@@ -71,8 +71,9 @@ class PageSink(Protocol):
     def reserve(self, nbytes: int) -> PageArea:
         """An area for the bytes of the next present pages, to be filled and then placed."""
 
-    def placed(self, vaddr: int, nr_pages: int) -> None:
-        """Present pages whose bytes are the next ones of the reserved area."""
+    def placed(self, vaddrs: np.ndarray, lengths: np.ndarray) -> None:
+        """Present runs (vaddrs[i], lengths[i] bytes) whose bytes are the next ones of the
+        reserved area, back to back."""
 
     def end(self) -> None:
         """The current pagemap is complete."""
@@ -123,24 +124,31 @@ class PlanFeed:
             i += 1
         self._next = i
 
-    def present(self, vaddrs: np.ndarray, lengths: np.ndarray, data: memoryview) -> None:
-        self.counts.present += data.nbytes >> PAGE_SHIFT
-        if self._next >= len(self._known):
-            self.sink.present(vaddrs, lengths, data)
-            return
-        # cut the batch only where known runs fall between its runs
-        i, n, off = 0, len(vaddrs), 0
+    def _between_known(self, vaddrs: np.ndarray):
+        """Slices [i, j) of a batch of runs with no known run inside; the known runs before
+        each slice are handed over first."""
+        i, n = 0, len(vaddrs)
         while i < n:
             if self._next >= len(self._known):
-                self.sink.present(vaddrs[i:], lengths[i:], data[off:])
+                yield i, n
                 return
             j = i + int(np.searchsorted(vaddrs[i:], self._starts[self._next], side="left"))
             if j == i:
                 self._flush_known_before(int(vaddrs[i]))
                 continue
+            yield i, j
+            i = j
+
+    def present(self, vaddrs: np.ndarray, lengths: np.ndarray, data: memoryview) -> None:
+        self.counts.present += data.nbytes >> PAGE_SHIFT
+        if self._next >= len(self._known):
+            self.sink.present(vaddrs, lengths, data)
+            return
+        off = 0
+        for i, j in self._between_known(vaddrs):
             size = int(lengths[i:j].sum())
             self.sink.present(vaddrs[i:j], lengths[i:j], data[off:off + size])
-            i, off = j, off + size
+            off += size
 
     def skipped(self, vaddr: int, nr_pages: int) -> None:
         if self._next < len(self._known):
@@ -151,11 +159,10 @@ class PlanFeed:
     def reserve(self, nbytes: int) -> PageArea:
         return self.sink.reserve(nbytes)
 
-    def placed(self, vaddr: int, nr_pages: int) -> None:
-        if self._next < len(self._known):
-            self._flush_known_before(vaddr)
-        self.counts.present += nr_pages
-        self.sink.placed(vaddr, nr_pages)
+    def placed(self, vaddrs: np.ndarray, lengths: np.ndarray) -> None:
+        self.counts.present += int(lengths.sum()) >> PAGE_SHIFT
+        for i, j in self._between_known(vaddrs):
+            self.sink.placed(vaddrs[i:j], lengths[i:j])
 
     def finish(self) -> SinkCounts:
         """Hand over the known runs above the last page; returns the counts."""
