@@ -6,6 +6,7 @@ import socket
 
 from coldsnap.kernel import fdinfo as K
 from coldsnap.kernel import kcmp
+from coldsnap.kernel.procfs import read_umask
 
 EVENTFD = "pos:\t0\nflags:\t04002\nmnt_id:\t17\nino:\t1038\neventfd-count:               1f\neventfd-id: 3\neventfd-semaphore: 1\n"
 EPOLL = ("pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\n"
@@ -44,7 +45,7 @@ def test_net_tables_and_backlog_of_live_sockets():
         assert K.listen_backlog(socket.AF_INET6, ino) == 42
     old = os.umask(0o027)
     try:
-        assert K.read_umask(os.getpid()) == 0o027
+        assert read_umask(os.getpid()) == 0o027
     finally:
         os.umask(old)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from coldsnap.errors import AccessDenied, NoSuchProcess, TargetError, Unsupported
 from coldsnap.kernel import fdinfo as K
 from coldsnap.kernel import kcmp
-from coldsnap.kernel.procfs import read_path_link
+from coldsnap.kernel.procfs import read_path_link, read_umask
 
 from .kinds import classify, ops_to_collect
 from .model import FdEntry, FileObj, FsState, PipeData, PipeFile, RegFile
@@ -63,7 +63,7 @@ class FileRegistry:
         if files_id not in self.tables:
             self.tables[files_id] = self._collect_table(pid, shell_job)
         cwd, root = (self._collect_dir(pid, name) for name in ("cwd", "root"))
-        self.fs[pid] = FsState(cwd, root, K.read_umask(pid))
+        self.fs[pid] = FsState(cwd, root, read_umask(pid))
         return self.task(pid)
 
     def _collect_table(self, pid: int, shell_job: bool) -> list[FdEntry]:

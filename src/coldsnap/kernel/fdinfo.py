@@ -163,15 +163,6 @@ def read_fdinfo(pid: int, fd: int) -> FdInfo:
         return parse_fdinfo(f.read())
 
 
-def read_umask(pid: int) -> int:
-    """`Umask:` of /proc/PID/status (octal)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    raise ValueError(f"no Umask in /proc/{pid}/status")
-
-
 # --- /proc/PID/net/{tcp,tcp6,udp,udp6} ----------------------------------------------
 
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",

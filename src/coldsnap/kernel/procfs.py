@@ -115,6 +115,14 @@ def read_status(pid: int, tid: int | None = None) -> dict[str, str]:
     return out
 
 
+def read_umask(pid: int) -> int:
+    """`Umask:` of /proc/PID/status (octal)."""
+    umask = read_status(pid).get("Umask")
+    if umask is None:
+        raise ValueError(f"no Umask in the status of {pid}")
+    return int(umask, 8)
+
+
 def list_pids() -> list[int]:
     """Every process (thread group) the /proc of this namespace shows."""
     return sorted(int(e) for e in os.listdir("/proc") if e.isdigit())
