@@ -235,14 +235,12 @@ def run_series(args: argparse.Namespace) -> int:
     import time
 
     from .dump.iterate import pre_dump_series
-    from .dump.plan import default_track
-    from .kernel.features import probe
     if os.path.isdir(args.images_dir) and os.listdir(args.images_dir):
         raise ImageError(f"{args.images_dir}: images directory is not empty")
     if args.prev_images_dir:
         raise UsageError("--prev-images-dir cannot start a series yet; give a new -D instead")
     series = pre_dump_series(args.tree, args.images_dir, args.iterations,
-                             track=args.track_mem or default_track(probe()),
+                             track=args.track_mem,
                              buffer_size=args.buffer_size,
                              between=(lambda i: time.sleep(args.interval)) if args.interval else None)
     lines = [f"{'iter':>4} {'tracking':8} {'frozen ms':>9} {'written':>9} {'in parent':>9} {'skipped':>7}"]

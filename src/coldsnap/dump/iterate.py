@@ -19,10 +19,11 @@ from typing import Callable
 
 from ..errors import CsError
 from ..images.directory import ImageDir
+from ..kernel.features import probe
 from ..memory.drain import DEFAULT_BUFFER
 from ..memory.plan import PagePlan
 from ..memory.scan import warm_up
-from .plan import Planner, check_track, covered_by_chain, parked_uffd_fd
+from .plan import Planner, check_track, covered_by_chain, default_track, parked_uffd_fd
 from .stats import DumpStats, Times
 from .step import save_step
 
@@ -76,16 +77,17 @@ class PreDumpSeries:
         return stats
 
 
-def pre_dump_series(pid: int, base_dir: str | Path, iterations: int, *, track: str = "uffd",
+def pre_dump_series(pid: int, base_dir: str | Path, iterations: int, *, track: str | None = None,
                     buffer_size: int = DEFAULT_BUFFER,
                     between: Callable[[int], None] | None = None) -> list[DumpStats]:
     """Write base_dir/1 .. base_dir/ITERATIONS, each a full images dir whose `parent` is the
     previous one; returns their stats. `between(i)`, if given, runs after iteration i
-    (1-based) and before the next one (tests use it to make the target write)."""
+    (1-based) and before the next one (tests use it to make the target write). track None:
+    the tracking this kernel offers (dump/plan.py default_track)."""
     if iterations < 1:
         raise CsError("a pre-dump series needs at least one iteration")
     out: list[DumpStats] = []
-    with PreDumpSeries(pid, base_dir, track=track, buffer_size=buffer_size) as series:
+    with PreDumpSeries(pid, base_dir, track=track or default_track(probe()), buffer_size=buffer_size) as series:
         for i in range(1, iterations + 1):
             out.append(series.step())
             if between is not None and i < iterations:
