@@ -2,15 +2,16 @@
 pre-dump's mode and write tracking from what the kernel offers.
 
     planner = Planner(pid, track)        # owns the tracking: arm() / adopt(), close()
-    plan = planner.plan(covered, task=held, resume_after="collect")
+    planned = planner.plan(covered, task=held, resume_after="collect")   # .plan: a PagePlan
 
 One plan, four steps: maps -> the tracking's collect (pages written since the last plan)
 -> page scan -> memory/plan.py decide (read present ∩ (written ∪ not covered by the parent
-chain), the rest PE_PARENT). Where the task is held while planning is the mode's business:
+chain), the rest PE_PARENT). The parent chain's coverage is read before any freeze, and
+the decision itself runs after the resume. How long the task is held is the mode's business:
 
     mode      tracking     held for
     frozen    none         the plan and the copy (the baseline)
-    live      none         the plan
+    live      none         the maps and the scan
     live      soft-dirty   the collect (read and clear the bits) and the scan
     live      uffd         the collect (read and re-arm written pages)
     nofreeze  uffd, none   nothing (a first uffd plan freezes once, to arm)
