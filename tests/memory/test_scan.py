@@ -7,6 +7,7 @@ from coldsnap.kernel.procfs import read_maps
 from coldsnap.memory.ranges import Ranges
 from coldsnap.memory.scan import scan_saved_pages
 from coldsnap.memory.vma import Kind, classify_all
+from coldsnap.seize.freezer import freeze
 
 
 @pytest.fixture
@@ -38,9 +39,11 @@ def test_policy_saves_written_private_pages_only(kinds):
 def test_ioctl_and_pagemap_read_agree(kinds, spawn, python_exe):
     py = spawn([python_exe, "-c", "import sys; b = bytearray(8 << 20); print('ready', flush=True); sys.stdin.read()"])
     for w in (kinds[0], py):
-        vmas = classify_all(read_maps(w.pid))
-        by_ioctl, _ = scan_saved_pages(w.pid, vmas, "ioctl")
-        by_read, _ = scan_saved_pages(w.pid, vmas, "read")
+        # frozen: a running interpreter may touch a fresh page between the two scans
+        with freeze(w.pid):
+            vmas = classify_all(read_maps(w.pid))
+            by_ioctl, _ = scan_saved_pages(w.pid, vmas, "ioctl")
+            by_read, _ = scan_saved_pages(w.pid, vmas, "read")
         assert by_ioctl.nr_pages > 0
         assert np.array_equal(by_ioctl.starts, by_read.starts)
         assert np.array_equal(by_ioctl.ends, by_read.ends)
