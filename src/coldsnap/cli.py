@@ -33,7 +33,7 @@ EPILOG = """exit status:
   130  interrupted by SIGINT (Ctrl-C), 143 by SIGTERM: the target was resumed first
 
 --json: the command's result as one JSON object on stdout; on an error the object is
-{"error": {"type", "message", "exit_code"[, "pid"]}} and the line on stderr is still written.
+{"error": {"type", "message", "exit_code"[, "pid"]}} and stderr says it as without --json.
 """
 
 
@@ -83,8 +83,19 @@ def _pid(text: str) -> int:
     return pid
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, which also answers a usage error with a JSON object when --json was given."""
+
+    def error(self, message: str):
+        if "--json" in self._argv:
+            print(json.dumps({"error": {"type": "UsageError", "message": message, "exit_code": EXIT_USAGE}}))
+        super().error(message)
+
+    _argv: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="coldsnap", description="Checkpoint/restore of Linux processes.",
+    p = _Parser(prog="coldsnap", description="Checkpoint/restore of Linux processes.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     js = argparse.ArgumentParser(add_help=False)
@@ -308,6 +319,7 @@ def _close_display() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _Parser._argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C (targets resumed, temporary images removed) and exits 143;
     # the freezer defers both signals around its critical sections

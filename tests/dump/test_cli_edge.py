@@ -82,6 +82,9 @@ def test_json_error_object_and_the_line_on_stderr(tmp_path):
     assert err == {"type": "NoSuchProcess", "message": f"cannot seize {pid}: no such process",
                    "exit_code": EXIT_NO_SUCH_PROCESS, "pid": pid}
     assert _one_line(r) == f"coldsnap: {err['message']}"
+    r = coldsnap("dump", "-t", "nope", "-D", tmp_path / "x", "--json")
+    assert r.returncode == EXIT_USAGE and "usage:" in r.stderr
+    assert json.loads(r.stdout)["error"]["type"] == "UsageError"
 
 
 def _draining(where) -> bool:
