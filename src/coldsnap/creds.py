@@ -7,10 +7,8 @@ from __future__ import annotations
 import ctypes
 import struct
 from dataclasses import dataclass
-from functools import cache
 
 from .kernel.libc import libc
-from .kernel.procfs import cap_last_cap
 
 CAP_VERSION_3 = 0x20080522           # _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set
 PR_GET_SECUREBITS = 27
@@ -82,8 +80,3 @@ class Creds:
 
 def own_secbits() -> int:
     return max(0, libc.prctl(ctypes.c_int(PR_GET_SECUREBITS), 0, 0, 0, 0))
-
-
-@cache
-def cap_last() -> int:
-    return cap_last_cap()

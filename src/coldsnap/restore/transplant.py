@@ -35,12 +35,12 @@ from ..kernel import ptrace
 from ..kernel.clone import CLONE_ARGS, THREAD_FLAGS, clone_args
 from ..kernel.libc import SYS
 from ..kernel.page import PAGE_SIZE as PAGE
-from ..kernel.procfs import read_path_link, read_status
+from ..kernel.procfs import cap_last_cap, read_path_link, read_status
 from ..memory.vma import MAP_ANONYMOUS, MAP_SHARED, PROT_READ, PROT_WRITE
 from ..seize.freezer import SEIZE_OPTIONS, FrozenTask
 from ..seize.remote import RemoteCalls
 from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, vdso_areas, vdso_layout
-from ..creds import Creds, cap_last
+from ..creds import Creds
 from .memory import PageWriter, WriteStats
 
 SCRATCH = 4 * PAGE
@@ -351,7 +351,7 @@ class Transplant:
         want, have = Creds.of_entry(cr), Creds.of_status(read_status(self.pid, rc.tid))
         if want == have:
             return
-        for cap in range(cap_last() + 1):
+        for cap in range(cap_last_cap() + 1):
             if have.bounding >> cap & 1 and not want.bounding >> cap & 1:
                 rc.checked(SYS.prctl, PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop capability {cap}")
         if (want.secbits | SECBIT_KEEP_CAPS) != have.secbits:
@@ -367,7 +367,7 @@ class Transplant:
             rc.checked(SYS.setresuid, *want.uids[:3], what="setresuid")
         arg = self._put(want.capset_arg())
         rc.checked(SYS.capset, arg, arg + 8, what="capset")
-        for cap in range(cap_last() + 1):
+        for cap in range(cap_last_cap() + 1):
             if want.ambient >> cap & 1:
                 rc.checked(SYS.prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, what=f"ambient {cap}")
         if not want.secbits & SECBIT_KEEP_CAPS:
