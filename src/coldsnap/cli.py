@@ -5,7 +5,6 @@ The error boundary: every error leaves here as one line `coldsnap: ...` on stder
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 
@@ -88,7 +87,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         if "--json" in self._argv:
-            print(json.dumps({"error": {"type": "UsageError", "message": message, "exit_code": EXIT_USAGE}}))
+            print(_json({"error": {"type": "UsageError", "message": message, "exit_code": EXIT_USAGE}}))
         super().error(message)
 
     _argv: list[str] = []
@@ -157,11 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _json(obj, **how) -> str:
+    """obj as JSON text (json is imported only when --json asks for it)."""
+    import json
+    return json.dumps(obj, **how)
+
+
 def _out(args: argparse.Namespace, obj: dict, *lines: str) -> None:
     """The result of a command: one JSON object with --json, else its lines of text."""
     _close_display()
     if getattr(args, "json", False):
-        print(json.dumps(obj))
+        print(_json(obj))
     else:
         for line in lines:
             print(line)
@@ -212,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "show":
         from .show import describe, render
         info = describe(args.dir)
-        print(json.dumps(info, indent=2) if args.json else render(info))
+        print(_json(info, indent=2) if args.json else render(info))
         return 0
     if args.command == "check":
         from .kernel.features import FALLBACKS, probe
@@ -336,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             err = {"type": type(e).__name__, "message": error_words(e), "exit_code": code}
             if getattr(e, "pid", None) is not None:
                 err["pid"] = e.pid
-            print(json.dumps({"error": err}))
+            print(_json({"error": err}))
         print(f"coldsnap: {error_words(e)}", file=sys.stderr)
         return code
 

@@ -43,6 +43,7 @@ from typing import Iterable
 
 from coldsnap.creds import Creds
 from coldsnap.errors import TargetError, Unsupported
+from coldsnap.images.task import TASK_ALIVE, TASK_STOPPED
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS, syscall
 from coldsnap.kernel.page import PAGE_SIZE
@@ -66,8 +67,7 @@ KSIGACTION = struct.Struct("<QQQQ")  # handler, flags, restorer, mask (kernel st
 XSTATE_BV_OFF = 512
 XFEATURE_AVX = 1 << 2
 AVX_OFF, AVX_SIZE = 576, 256
-ITIMERS = ("real", "virt", "prof")
-TASK_ALIVE, TASK_STOPPED = 1, 3      # task_core_entry.task_state  # ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2
+ITIMERS = ("real", "virt", "prof")     # ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2
 
 # scratch page layout (leader's page, shared by every session of this dump)
 _OFF_SA = 0                                   # 62 x 32 bytes

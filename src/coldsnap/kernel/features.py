@@ -53,7 +53,7 @@ def probe_soft_dirty() -> bool:
         addr = ctypes.addressof(cbuf)
         fd = pagemap.open_pagemap(os.getpid())
         try:
-            entry = int(pagemap.read_entries(fd, addr, addr + PAGE_SIZE)[0])
+            entry = pagemap.read_entry(fd, addr)
         finally:
             os.close(fd)
         del cbuf

@@ -1,6 +1,7 @@
 """Page-table queries on /proc/PID/pagemap: the PAGEMAP_SCAN ioctl and the plain u64 read.
 
-Results are numpy arrays so that callers never hold one Python object per page.
+Results are numpy arrays so that callers never hold one Python object per page; numpy is
+imported by the calls that build them, so that probing (`coldsnap check`) never loads it.
 """
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import functools
 import mmap
 import os
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .libc import check, libc, on_process
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from .page import PAGE_SHIFT, PAGE_SIZE  # noqa: F401  (pm.PAGE_SIZE for callers of this module)
 
@@ -40,7 +43,8 @@ PM_EXCLUSIVE = 1 << 56
 PM_SOFT_DIRTY = 1 << 55
 PM_PFN_MASK = (1 << 55) - 1
 
-REGION_DTYPE = np.dtype([("start", "<u8"), ("end", "<u8"), ("categories", "<u8")])
+# A PAGEMAP_SCAN result region (struct page_region), as a numpy dtype spec: any dtype= takes it.
+REGION_DTYPE = [("start", "<u8"), ("end", "<u8"), ("categories", "<u8")]
 
 
 class PmScanArg(ctypes.Structure):
@@ -69,6 +73,7 @@ class PagemapScanner:
     """PAGEMAP_SCAN over one process's pagemap, with a reused result vector."""
 
     def __init__(self, pagemap_fd: int, vec_len: int = 1 << 15):
+        import numpy as np
         self.fd = pagemap_fd
         self._vec = np.zeros(vec_len, dtype=REGION_DTYPE)
         self._arg = PmScanArg(size=ctypes.sizeof(PmScanArg))
@@ -76,6 +81,7 @@ class PagemapScanner:
 
     def scan(self, start: int, end: int, q: ScanQuery) -> np.ndarray:
         """Regions of [start, end) matching q, as an (n,) REGION_DTYPE array (copied out)."""
+        import numpy as np
         arg, vec = self._arg, self._vec
         arg.flags, arg.max_pages = q.flags, q.max_pages
         arg.category_inverted, arg.category_mask = q.category_inverted, q.category_mask
@@ -116,26 +122,39 @@ def open_pagemap(pid: int) -> int:
 
 def read_entries(pagemap_fd: int, start: int, end: int) -> np.ndarray:
     """The raw u64 pagemap entries of [start, end), one pread per call."""
+    import numpy as np
     n = (end - start) >> PAGE_SHIFT
     buf = np.empty(n, dtype="<u8")
     got = os.preadv(pagemap_fd, [memoryview(buf).cast("B")], (start >> PAGE_SHIFT) * 8)
     return buf[: got // 8]
 
 
+def read_entry(pagemap_fd: int, addr: int) -> int:
+    """The raw u64 pagemap entry of the page at addr, as an int."""
+    data = os.pread(pagemap_fd, 8, (addr >> PAGE_SHIFT) * 8)
+    if len(data) != 8:
+        raise OSError(f"short read of the pagemap entry of {addr:#x}")
+    return int.from_bytes(data, "little")
+
+
 @functools.cache
 def has_pagemap_scan() -> bool:
-    """True when this kernel offers PAGEMAP_SCAN (probed on our own pagemap)."""
+    """True when this kernel offers PAGEMAP_SCAN (probed on our own pagemap; no numpy)."""
     fd = open_pagemap(os.getpid())
     try:
         probe = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        addr = ctypes.addressof(ctypes.c_char.from_buffer(probe))
+        cbuf = ctypes.c_char.from_buffer(probe)
+        addr = ctypes.addressof(cbuf)
+        vec = (ctypes.c_uint64 * (3 * 4))()       # 4 page_region entries
+        arg = PmScanArg(size=ctypes.sizeof(PmScanArg), start=addr, end=addr + PAGE_SIZE,
+                        vec=ctypes.addressof(vec), vec_len=4, return_mask=PAGE_IS_PRESENT)
         try:
-            PagemapScanner(fd, 4).scan(addr, addr + PAGE_SIZE, ScanQuery())
+            check(_ioctl(fd, PAGEMAP_SCAN, ctypes.byref(arg)), "PAGEMAP_SCAN")
             return True
         except OSError:
             return False
         finally:
-            del addr
+            del cbuf
             probe.close()
     finally:
         os.close(fd)
@@ -155,7 +174,7 @@ def zero_pfn() -> int:
             addr = ctypes.addressof(buf)
             fd = open_pagemap(os.getpid())
             try:
-                entry = int(read_entries(fd, addr, addr + PAGE_SIZE)[0])
+                entry = read_entry(fd, addr)
             finally:
                 os.close(fd)
             del buf

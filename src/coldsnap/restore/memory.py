@@ -14,8 +14,8 @@ from __future__ import annotations
 import bisect
 import os
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from ..errors import CsError
 from ..kernel import vm
 from ..memory.source import PageSource
 from ..memory.vma import PROT_WRITE
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 # process_vm_writev moves at most MAX_RW_COUNT (2 GiB - 4 KiB) per call; smaller calls also
 # spread a few large runs over the worker threads
@@ -74,7 +77,9 @@ class PageWriter:
                                 n = batch = 0
                     else:
                         self._pwrite(view[off:off + end - start], start)
-        if n:
+        if n and self._pool is None:    # one batch in all (a small process): no worker thread
+            self._count(self._writev(local[:n], remote[:n]))
+        elif n:
             self._flush(local, remote, n)
         while self._pending:
             self._collect()
@@ -82,6 +87,7 @@ class PageWriter:
     def _flush(self, local: np.ndarray, remote: np.ndarray, n: int) -> None:
         """Hand a batch to a worker (copies of the iovecs: the arrays are reused)."""
         if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coldsnap-writev")
         self._pending.append(self._pool.submit(self._writev, local[:n].copy(), remote[:n].copy()))
         if len(self._pending) > 2 * self.threads:
@@ -95,8 +101,10 @@ class PageWriter:
         return done
 
     def _collect(self) -> None:
-        fut: Future = self._pending.popleft()
-        self.stats.bytes_vm += fut.result()
+        self._count(self._pending.popleft().result())
+
+    def _count(self, done: int) -> None:
+        self.stats.bytes_vm += done
         self.stats.syscalls += 1
         if progress.reporter:
             progress.reporter("writing pages", self.stats.bytes_vm, 0)

@@ -19,8 +19,8 @@ import signal
 import time
 from dataclasses import dataclass
 
-from ..dump.task_state import TASK_STOPPED
 from ..errors import AccessDenied, CsError, ImageError, TargetError
+from ..images.task import TASK_STOPPED
 from ..kernel.clone import fork_with_pid
 from ..kernel.libc import libc
 from ..seize.freezer import freeze

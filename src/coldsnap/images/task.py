@@ -1,0 +1,5 @@
+"""task_core_entry.task_state values of the CRIU image format (core-PID.img)."""
+
+TASK_ALIVE = 1
+TASK_DEAD = 2
+TASK_STOPPED = 3

@@ -1,0 +1,77 @@
+"""What each command imports: a command's start-up is part of its wall time (issue 13).
+
+The CLI imports a command's module only after parsing; `--help`, `check` and `show` never
+load numpy; no command loads what only another command needs. Run in a fresh interpreter
+each, since this test process has imported everything already."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).parents[1] / "src"
+
+HEAVY = ("numpy", "google.protobuf", "concurrent.futures")
+TRACKING = ("coldsnap.memory.tracking", "coldsnap.memory.softdirty", "coldsnap.kernel.uffd")
+
+
+def modules_after(code: str) -> set[str]:
+    """sys.modules of a fresh interpreter (this tree's sources first) after running code."""
+    probe = f"import sys\ntry:\n{_indent(code)}\nexcept SystemExit:\n    pass\n" \
+            "print('MODULES', *sorted(sys.modules))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    line = next(x for x in p.stdout.splitlines() if x.startswith("MODULES "))
+    return set(line.split()[1:])
+
+
+def _indent(code: str) -> str:
+    return "\n".join("    " + x for x in code.splitlines())
+
+
+def loaded(mods: set[str], *names: str) -> list[str]:
+    """Which of the packages/modules `names` (or their submodules) are in mods."""
+    return sorted(m for m in mods for n in names if m == n or m.startswith(n + "."))
+
+
+def test_cli_imports_no_command():
+    mods = modules_after("import coldsnap.cli")
+    assert loaded(mods, *HEAVY, "coldsnap.dump", "coldsnap.restore", "coldsnap.memory",
+                  "coldsnap.images", "coldsnap.kernel", "coldsnap.seize", "coldsnap.files") == []
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["restore", "--help"], ["dump", "--help"]])
+def test_help_imports_no_command(argv):
+    mods = modules_after(f"from coldsnap.cli import main\nmain({argv!r})")
+    assert loaded(mods, *HEAVY, "coldsnap.dump", "coldsnap.restore", "coldsnap.memory",
+                  "coldsnap.images") == []
+
+
+def test_check_needs_no_numpy():
+    mods = modules_after("from coldsnap.cli import main\nmain(['check'])")
+    assert "coldsnap.kernel.features" in mods
+    assert loaded(mods, *HEAVY, "coldsnap.dump", "coldsnap.restore", "coldsnap.memory",
+                  "coldsnap.images") == []
+
+
+def test_show_needs_no_numpy():
+    mods = modules_after("import coldsnap.show")
+    assert loaded(mods, "numpy", "concurrent.futures", "coldsnap.dump", "coldsnap.restore",
+                  "coldsnap.memory") == []
+
+
+def test_restore_needs_no_dump_nor_tracking():
+    """Arrows point down: restore imports nothing of dump/, nor the write-tracking modules,
+    nor a thread pool it only starts for more than one batch of pages."""
+    mods = modules_after("import coldsnap.restore.restore")
+    assert loaded(mods, "coldsnap.dump", *TRACKING, "concurrent.futures", "coldsnap.transport") == []
+
+
+def test_the_probe_sees_imports():
+    assert loaded(modules_after("pass"), "json", "numpy") == []
+    assert loaded(modules_after("import json.scanner"), "json", "numpy") == ["json", "json.decoder",
+                                                                          "json.encoder", "json.scanner"]
