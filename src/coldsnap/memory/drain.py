@@ -108,6 +108,9 @@ class Drain:
                 cur = int(starts[i]) if i < n else 0
             else:
                 cur = resume
+        if progress.reporter:               # done, whatever the last batch skipped
+            planned = int(lens.sum())
+            progress.reporter("reading pages", planned, planned)
         return self.stats
 
     def _read(self, count: int, total: int) -> int:
