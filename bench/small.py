@@ -21,9 +21,10 @@ fails or the file is missing) its columns say why they are empty.
 
 Start-up (interleaved rounds too): the interpreter's floor (`python3 -c pass`, `python3 -S
 -c pass`), `coldsnap --help`, `coldsnap check`, `coldsnap show DIR` (an 8 MiB dump) wall
-times, and each command's import cost: the sum of the top-level `-X importtime` entries after
+and CPU times, and each command's import cost: the sum of the top-level `-X importtime` entries after
 the interpreter's own start-up (site excluded), from extra runs of the same commands (for dump
-and restore one extra, untimed coldsnap cycle per round at the smallest size).
+and restore one extra, untimed coldsnap cycle per round at the smallest size). coldsnap's
+sources are byte-compiled first (compileall), as those of an installed package are.
 
 Medians are printed as Markdown and written to --out, section "Small processes ... (issue 13)".
 """
@@ -34,6 +35,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,11 +54,22 @@ COLDSNAP = [PY, "-m", "coldsnap"]
 
 # ----------------------------------------------------------------------------- helpers
 
-def timed(argv: list[str], env: dict | None = None) -> tuple[int, float, str, str]:
-    """(exit code, wall ms, stdout, stderr) of a command."""
-    t0 = time.perf_counter_ns()
-    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
-    return p.returncode, (time.perf_counter_ns() - t0) / 1e6, p.stdout, p.stderr
+def timed(argv: list[str]) -> tuple[int, float, str, str, float]:
+    """(exit code, wall ms, stdout, stderr, CPU ms: user + system time of that child alone)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter_ns()
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True)
+        try:
+            _, status, ru = os.wait4(p.pid, 0)
+        except BaseException:           # interrupted: do not leave it running
+            p.kill()
+            p.wait()
+            raise
+        wall = (time.perf_counter_ns() - t0) / 1e6
+        p.returncode = os.waitstatus_to_exitcode(status)     # reaped: keep Popen's hands off
+        out.seek(0)
+        err.seek(0)
+        return p.returncode, wall, out.read(), err.read(), (ru.ru_utime + ru.ru_stime) * 1e3
 
 
 def import_ms(stderr: str) -> tuple[float, set[str]]:
@@ -94,6 +107,18 @@ def read_pages(pid: int, addr: int, size: int) -> bytes:
 def frozen_ms(images: Path) -> float:
     from coldsnap.images.framing import read_single
     return read_single(images / "stats-dump").dump.frozen_time / 1e3
+
+
+BYTECODE = "python3 -m compileall -q on the imported coldsnap package"
+
+
+def compile_sources() -> None:
+    """Byte-compile the coldsnap being measured: an installed package has its .pyc files,
+    and a machine with PYTHONDONTWRITEBYTECODE=1 would otherwise compile every module in
+    every command it runs."""
+    import coldsnap
+    subprocess.run([PY, "-m", "compileall", "-q", str(Path(coldsnap.__file__).parent)], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def criu_usable(path: Path) -> str:
@@ -138,20 +163,21 @@ def cycle(tool: Tool, size: int, keep: Path | None = None) -> dict:
         with scratch_dir() as d:
             images = d / "images"
             images.mkdir()
-            rc, dump_wall, out, err = timed(tool.dump(pid, images))
+            rc, dump_wall, out, err, dump_cpu = timed(tool.dump(pid, images))
             if rc:
                 return {"error": f"{tool.name} dump exit {rc}: {(err or out).strip()[-200:]}"}
             reap(pid)                           # the dump killed it; its PID must be free
             frozen = frozen_ms(images)
             if keep is not None:
                 shutil.copytree(images, keep)
-            rc, restore_wall, out2, err2 = timed(tool.restore(images))
+            rc, restore_wall, out2, err2, restore_cpu = timed(tool.restore(images))
             if rc:
                 return {"error": f"{tool.name} restore exit {rc}: {(err2 or out2).strip()[-200:]}"}
             LIVE.add(pid)                       # detached: now our child (subreaper)
             if read_pages(pid, addr, size) != want:
                 return {"error": f"{tool.name}: restored memory differs"}
             return {"dump_wall": dump_wall, "frozen": frozen, "restore_wall": restore_wall,
+                    "dump_cpu": dump_cpu, "restore_cpu": restore_cpu,
                     "dump_err": err, "restore_err": err2}
     finally:
         kill_reap(pid)
@@ -167,13 +193,14 @@ def startup_round(show_dir: Path, res: dict) -> None:
             "coldsnap check": COLDSNAP + ["check"],
             "coldsnap show DIR": COLDSNAP + ["show", str(show_dir)]}
     for name, argv in cmds.items():
-        rc, wall, out, err = timed(argv)
+        rc, wall, out, err, cpu = timed(argv)
         if rc:
             raise RuntimeError(f"{name} failed ({rc}): {(err or out).strip()[-200:]}")
-        r = res.setdefault(name, {"wall": [], "imports": [], "heavy": "-"})
+        r = res.setdefault(name, {"wall": [], "cpu": [], "imports": [], "heavy": "-"})
         r["wall"].append(wall)
+        r["cpu"].append(cpu)
         if name.startswith("coldsnap"):
-            _, _, _, err = timed(argv[:1] + ["-X", "importtime"] + argv[1:])
+            _, _, _, err, _ = timed(argv[:1] + ["-X", "importtime"] + argv[1:])
             ms, names = import_ms(err)
             r["imports"].append(ms)
             r["heavy"] = heavy(names)
@@ -187,7 +214,7 @@ def import_round(size: int, res: dict) -> None:
         return
     for name, err in (("coldsnap dump", c["dump_err"]), ("coldsnap restore -d", c["restore_err"])):
         ms, names = import_ms(err)
-        r = res.setdefault(name, {"wall": [], "imports": [], "heavy": "-"})
+        r = res.setdefault(name, {"wall": [], "cpu": [], "imports": [], "heavy": "-"})
         r["imports"].append(ms)
         r["heavy"] = heavy(names)
 
@@ -228,27 +255,36 @@ def report(results: list[SizeResult], startup: dict, criu_skip: str, meta: dict)
             right = spread(a, _f) if a else "failed"
             row += [f"{left} / {right}", f"{median(a) / median(b):.2f}x" if a and b else "-"]
         L.append("| " + " | ".join(row) + " |")
+    L += ["", "| size | dump CPU ms: CRIU / coldsnap | restore -d CPU ms: CRIU / coldsnap |", "|---|---|---|"]
+    for r in results:
+        cs, cr = r.by_tool.get("coldsnap", []), r.by_tool.get("CRIU", [])
+        L.append(f"| {size_name(r.size)} | " + " | ".join(
+            f"{spread([x[k] for x in cr], _f) if cr else 'skipped'} / "
+            f"{spread([x[k] for x in cs], _f) if cs else 'failed'}" for k in ("dump_cpu", "restore_cpu")) + " |")
     errs = [f"- {size_name(r.size)}, {t}: {len(m)} failed, e.g. `{m[0]}`"
             for r in results for t, m in r.errors.items() if m]
     L += [""] + (["Failures:", ""] + errs + [""] if errs else [])
     L += ["Median (min–max) over the rounds. Frozen ms = `frozen_time` of the dump's stats-dump "
           "(for both tools). Wall = the whole command as a user runs it, from exec to exit "
-          "(for coldsnap including the interpreter's start-up and imports, see below).",
+          "(for coldsnap including the interpreter's start-up and imports, see below). CPU = "
+          "user + system time of the command's process (wait4), less sensitive than the wall "
+          "to the other load of a shared machine.",
           "",
           "### Start-up of the coldsnap command",
           "",
-          "| command | n | wall ms | import ms | large packages imported |",
-          "|---|---|---|---|---|"]
+          "| command | n | wall ms | CPU ms | import ms | large packages imported |",
+          "|---|---|---|---|---|---|"]
     for name, r in startup.items():
-        wall = spread(r["wall"], _f) if r["wall"] else "-"
-        imp = spread(r["imports"], _f) if r["imports"] else "-"
-        L.append(f"| `{name}` | {max(len(r['wall']), len(r['imports']))} | {wall} | {imp} | {r['heavy']} |")
+        wall, cpu, imp = (spread(r[k], _f) if r[k] else "-" for k in ("wall", "cpu", "imports"))
+        L.append(f"| `{name}` | {max(len(r['wall']), len(r['imports']))} | {wall} | {cpu} | {imp} "
+                 f"| {r['heavy']} |")
     L += ["",
           "Import ms = the sum of the top-level `python3 -X importtime` entries after the "
           "interpreter's own start-up (`site` and what it imports are the floor, not ours), in a "
           "separate run of the same command (for dump and restore: an untimed coldsnap cycle at "
           f"{size_name(results[0].size) if results else 'the smallest size'}); importtime "
-          "itself inflates it somewhat. `show DIR` shows an 8 MiB coldsnap dump.", ""]
+          "itself inflates it somewhat. `show DIR` shows an 8 MiB coldsnap dump. coldsnap's "
+          f"sources were byte-compiled first ({BYTECODE}), as an installed package is.", ""]
     return "\n".join(L)
 
 
@@ -266,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     unwind_on_signals()
     become_subreaper()
     build_restore_target()
+    compile_sources()
     criu = Path(args.criu)
     criu_skip = criu_usable(criu)
     if criu_skip:

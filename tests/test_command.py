@@ -1,0 +1,27 @@
+"""The `coldsnap` command leaves through os._exit once main() returns (no interpreter
+teardown): its output must still arrive whole, through pipes too, with main's exit code."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+from procs import coldsnap_argv
+
+
+def test_output_and_exit_code_survive_the_fast_exit():
+    p = subprocess.run(coldsnap_argv("check", "--json"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert set(json.loads(p.stdout)) >= {"pagemap_scan", "clone3_set_tid"}
+
+
+def test_error_line_and_code_survive_the_fast_exit(tmp_path):
+    p = subprocess.run(coldsnap_argv("restore", "-D", tmp_path / "none", "--json"), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 6
+    assert json.loads(p.stdout)["error"]["exit_code"] == 6
+    assert p.stderr.startswith("coldsnap: ") and p.stderr.endswith("\n")
+
+
+def test_usage_errors_and_help_exit_as_argparse_says():
+    assert subprocess.run(coldsnap_argv("--help"), capture_output=True, timeout=60).returncode == 0
+    assert subprocess.run(coldsnap_argv("dump"), capture_output=True, timeout=60).returncode == 2
