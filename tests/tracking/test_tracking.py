@@ -116,8 +116,9 @@ def assert_untracked_afterwards(w) -> None:
 def test_collect_reports_exactly_the_written_pages(pattern):
     w = pattern()
     with UffdTracker() as t:
-        arm = t.arm(w.pid, lambda: frozen_calls(w.pid))
-        assert arm.frozen_ns > 0 and uffd_fds(w.pid) == []
+        held = []
+        t.arm(w.pid, lambda: frozen_calls(w.pid, released=held.append))
+        assert held[0].held_ns > 0 and uffd_fds(w.pid) == []
         vmas = classify_all(read_maps(w.pid))
         new, failed = t.register_new(vmas)
         assert failed == {} and new.intersect(Ranges.of([(FILLER, FILLER + 4096 * PG)])).nr_pages == 4096

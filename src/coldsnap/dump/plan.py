@@ -140,16 +140,17 @@ class Planner:
     def arm(self, times: Times | None = None) -> bool:
         """Create the userfaultfd (one short freeze, counted in times); False if refused."""
         tracker = UffdTracker()
+        held: list[FrozenTask] = []
         try:
-            arm = tracker.arm(self.pid, lambda: frozen_calls(self.pid), park=self.park)
+            tracker.arm(self.pid, lambda: frozen_calls(self.pid, released=held.append), park=self.park)
         except TrackingRefused as e:
             tracker.close()
             self._fall_back(e)
             return False
         self.uffd = tracker
-        if times is not None:
-            times.freezing += arm.freezing_ns
-            times.frozen += arm.frozen_ns
+        if times is not None and held:
+            times.freezing += held[0].seize_ns
+            times.frozen += held[0].held_ns or 0
         return True
 
     def adopt(self, target_fd: int, vmas: list[Vma] | None = None) -> bool:

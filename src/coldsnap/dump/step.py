@@ -53,15 +53,13 @@ def save_step(planner: Planner, imgdir: ImageDir, mode: str, *, covered=None,
             planned = planner.plan(covered, times=times)
             dstats, counts = drain_plan(pid, planned.plan, sink, buffer_size, times)
         else:
-            t0 = time.perf_counter_ns()
             with freeze(pid) as task:
-                seized = time.perf_counter_ns() - t0
                 resume = "" if mode == "frozen" else "collect" if planner.track == "uffd" else "scan"
                 planned = planner.plan(covered, task=task, resume_after=resume, times=times)
                 if mode == "frozen":
                     dstats, counts = drain_plan(pid, planned.plan, sink, buffer_size, times)
-            times.freezing += seized
-            times.frozen += max(0, (task.frozen_ns or 0) - seized)   # frozen_ns counts the seizing
+            times.freezing += task.seize_ns
+            times.frozen += task.held_ns or 0
             if mode != "frozen":
                 dstats, counts = drain_plan(pid, planned.plan, sink, buffer_size, times)
     stats = DumpStats(mode=mode, uffd_fd=planner.parked_fd)

@@ -33,7 +33,6 @@ import ctypes
 import errno
 import mmap
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Protocol
 
@@ -217,8 +216,6 @@ def _ranges(pairs) -> Ranges:
 
 @dataclass
 class ArmStats:
-    freezing_ns: int = 0     # opening the inject session (seizing the threads, if it freezes)
-    frozen_ns: int = 0       # the task stayed frozen for arming
     target_fd: int = -1      # the fd number the uffd had in the target (closed again)
 
 
@@ -248,12 +245,8 @@ class UffdTracker:
             raise CsError("tracker is already armed")
         refuse_blind_spots(pid)
         self.pid = pid
-        t0 = time.perf_counter_ns()
-        with inject() as rc:
-            t1 = time.perf_counter_ns()
+        with inject() as rc:            # the freeze, if any, is timed by whoever freezes
             self._inject(rc, pid, park)
-        t2 = time.perf_counter_ns()
-        self.arm_stats.freezing_ns, self.arm_stats.frozen_ns = t1 - t0, t2 - t1
         try:
             self._pagemap_fd = pm.open_pagemap(pid)
         except OSError as e:

@@ -106,6 +106,7 @@ class FrozenTree:
         self.descendants = descendants
         self.tasks: dict[int, FrozenTask] = {root: FrozenTask(root, self)}   # in seize order
         self.frozen_ns: int | None = None
+        self.seize_ns = 0                 # how long seizing took (part of frozen_ns)
         self.resumed = False
         self._guard = _SignalGuard()
         self._owner = 0
@@ -121,6 +122,7 @@ class FrozenTree:
             self.tasks[self.root]._seize_all()
             if self.descendants:
                 self._seize_descendants()
+            self.seize_ns = time.monotonic_ns() - self._t0
         except BaseException:
             self.resume()
             raise
@@ -366,6 +368,17 @@ class FrozenTask:
     def resend_at_resume(self, tid: int, sig: int) -> None:
         """A signal a user had to swallow from thread TID: tgkill it again after the detach."""
         self._resend.append((tid, sig))
+
+    @property
+    def seize_ns(self) -> int:
+        """How long seizing the tree took: the start of frozen_ns, before anything was held."""
+        return self._tree.seize_ns
+
+    @property
+    def held_ns(self) -> int | None:
+        """How long this task was held once seized (frozen_ns less the seizing), or None
+        while it still is: the frozen time a (pre-)dump reports."""
+        return None if self.frozen_ns is None else max(0, self.frozen_ns - self.seize_ns)
 
     def critical(self) -> _SignalGuard:
         """`with task.critical():` defers SIGINT/SIGTERM until the block ends."""

@@ -44,7 +44,7 @@ import signal
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from coldsnap.errors import NoSuchProcess, TargetError
 from coldsnap.kernel import ptrace
@@ -306,9 +306,13 @@ def _ignores_sigtrap(pid: int, tid: int) -> bool:
 
 
 @contextmanager
-def frozen_calls(pid: int, timeout: float = 10.0) -> Iterator[RemoteCalls]:
-    """Freeze PID for one session of remote calls in its leader; resumed when the block ends."""
+def frozen_calls(pid: int, timeout: float = 10.0,
+                 released: Callable[[FrozenTask], None] | None = None) -> Iterator[RemoteCalls]:
+    """Freeze PID for one session of remote calls in its leader; resumed when the block ends.
+    `released(task)`, if given, gets the task once resumed (its seize_ns and held_ns)."""
     with freeze(pid, timeout) as task:
         with RemoteCalls(task) as rc:
             yield rc
         task.resume()
+    if released is not None:
+        released(task)
