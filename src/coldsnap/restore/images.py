@@ -5,6 +5,7 @@ incomplete image set must never get as far as a half-built process.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -144,18 +145,22 @@ def vdso_layout(vmas) -> list[tuple[int, int]]:
     return [(v.start, v.end) for v in vmas if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR)]
 
 
-def vdso_areas(pid: int) -> list[tuple[int, int]]:
-    """[(start, end)] of a live process's vvar/vvar_vclock/vdso areas, in address order."""
-    return [(m.start, m.end) for m in read_maps(pid) if m.path in ("[vdso]", "[vvar]", "[vvar_vclock]")]
+@functools.cache
+def own_vdso_areas() -> tuple[tuple[int, int], ...]:
+    """((start, end)) of coldsnap's own vvar/vvar_vclock/vdso areas, in address order, read
+    once: a process's vDSO stays where the kernel put it, and a child forked from it (the
+    blank child) has its vDSO at the same addresses."""
+    return tuple((m.start, m.end) for m in read_maps(os.getpid())
+                 if m.path in ("[vdso]", "[vvar]", "[vvar_vclock]"))
 
 
-def _shape(areas: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _shape(areas) -> list[tuple[int, int]]:
     base = areas[0][0] if areas else 0
     return [(s - base, e - base) for s, e in areas]
 
 
 def _check_vdso(mm) -> None:
-    have, want = _shape(vdso_areas(os.getpid())), _shape(vdso_layout(mm.vmas))
+    have, want = _shape(own_vdso_areas()), _shape(vdso_layout(mm.vmas))
     if have != want:
         raise ImageError("images come from a kernel with another vDSO layout "
                          f"({len(want)} areas, {sum(e - s for s, e in want) // PAGE_SIZE} pages; "

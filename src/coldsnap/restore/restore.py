@@ -26,7 +26,7 @@ from ..kernel.libc import libc
 from ..seize.freezer import freeze
 from .fdtable import rebuild_fds
 from .images import DumpImages, load
-from .transplant import TransplantStats, transplant
+from .transplant import TransplantStats, default_signal_actions, transplant
 
 PR_SET_PDEATHSIG = 1
 
@@ -89,6 +89,7 @@ def _blank_child(images: DumpImages, shell_job: bool) -> int:
             os.close(w)
             w = high
             rebuild_fds(images.files, shell_job=shell_job, keep_fds=(w,))
+            default_signal_actions()
             os.write(w, b"ok")
         except BaseException as e:   # noqa: BLE001 - report anything to the parent
             try:

@@ -18,12 +18,14 @@ needed once the vDSO has moved):
  6. itimers, personality, dumpable, subreaper; create each other thread with clone3 set_tid
     (PTRACE_O_TRACECLONE hands it to us stopped) and set its per-thread state
  7. per-thread state of the leader, pending signals, signal handlers (late: a forced
-    single-step SIGTRAP would reset an ignored SIGTRAP handler)
+    single-step SIGTRAP would reset an ignored SIGTRAP handler); only those that differ
+    from the all-zero default the blank child set itself
  8. registers, xstate and blocked masks are set at each thread's final ptrace stop; the
     kernel then restarts interrupted system calls (-ERESTART*) as it would have.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
 import time
@@ -33,13 +35,13 @@ from ..errors import CsError, TargetError
 from ..images.vma import VMA_ANON_SHARED, VMA_FILE_PRIVATE, VMA_FILE_SHARED
 from ..kernel import ptrace
 from ..kernel.clone import CLONE_ARGS, THREAD_FLAGS, clone_args
-from ..kernel.libc import SYS
+from ..kernel.libc import SYS, syscall
 from ..kernel.page import PAGE_SIZE as PAGE
 from ..kernel.procfs import cap_last_cap, read_path_link, read_status
 from ..memory.vma import MAP_ANONYMOUS, MAP_SHARED, PROT_READ, PROT_WRITE
 from ..seize.freezer import SEIZE_OPTIONS, FrozenTask
 from ..seize.remote import RemoteCalls
-from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, vdso_areas, vdso_layout
+from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, own_vdso_areas, vdso_layout
 from ..creds import Creds
 from .memory import PageWriter, WriteStats
 
@@ -58,6 +60,7 @@ SECBIT_KEEP_CAPS = 1 << 4
 SS_ONSTACK, SS_DISABLE = 1, 2
 SIGKILL, SIGSTOP = 9, 19
 SIGNALS = tuple(s for s in range(1, 65) if s not in (SIGKILL, SIGSTOP))
+DEFAULT_SIGACTION = bytes(32)   # kernel struct sigaction: SIG_DFL, no flags, restorer or mask
 PRCTL_MM_MAP = struct.Struct("<11QQII")     # struct prctl_mm_map (104 bytes)
 # Scratch layout. Each call's argument is written just before the call, at _OFF_ARGS, except
 # what must sit beside it: clone3's TID array (_OFF_TID) and PR_SET_MM_MAP's auxv (_OFF_AUXV).
@@ -74,6 +77,15 @@ class TransplantStats:
     write: WriteStats | None = None
     memory_ns: int = 0
     total_ns: int = 0
+
+
+def default_signal_actions() -> None:
+    """Set every catchable signal of the calling process to DEFAULT_SIGACTION, through the
+    raw system call (libc and Python add flags and a restorer): the blank child does it to
+    itself, so that the transplant injects only the dumped actions that differ."""
+    zero = ctypes.create_string_buffer(DEFAULT_SIGACTION)
+    for sig in SIGNALS:
+        syscall(SYS.rt_sigaction, sig, ctypes.addressof(zero), 0, 8, what=f"rt_sigaction({sig})")
 
 
 def user_regs(core) -> ptrace.UserRegs:
@@ -157,7 +169,7 @@ class Transplant:
                             conf.signature, what="rseq unregister")
 
     def _move_vdso(self) -> None:
-        have = vdso_areas(self.pid)
+        have = own_vdso_areas()         # the blank child is our fork: its vDSO is where ours is
         want = vdso_layout(self.img.mm.vmas)
         if not want or have[0][0] == want[0][0]:
             return
@@ -174,7 +186,7 @@ class Transplant:
         for start, end in areas:
             self.rc.checked(SYS.mremap, start, end - start, end - start, MREMAP_MAYMOVE | MREMAP_FIXED,
                             to + start - base, what="mremap vdso")
-        self.rc.refresh_gadget()
+        self.rc.vdso_moved(to - base)
 
     def _unmap_all(self) -> None:
         areas = vdso_layout(self.img.mm.vmas)
@@ -392,14 +404,20 @@ class Transplant:
                            what="rt_sigqueueinfo")
 
     def _sigactions(self) -> None:
+        """Every action that is not all zero: the blank child gave itself all-zero defaults
+        (restore.py `_blank_child`), so most processes need a handful of calls, not 62."""
         acts = self.img.leader.tc.sigactions
         if not acts:
             return
         if len(acts) != len(SIGNALS):
             raise CsError(f"core-{self.pid}.img: {len(acts)} signal actions, expected {len(SIGNALS)}")
         blob = b"".join(struct.pack("<QQQQ", a.sigaction, a.flags, a.restorer, a.mask) for a in acts)
-        base = self._put(blob)
+        base = None
         for i, sig in enumerate(SIGNALS):
+            if blob[32 * i:32 * i + 32] == DEFAULT_SIGACTION:
+                continue
+            if base is None:
+                base = self._put(blob)
             self.rc.checked(SYS.rt_sigaction, sig, base + 32 * i, 0, 8, what=f"rt_sigaction({sig})")
 
     def _set_fpu(self, tid: int, core) -> None:

@@ -418,8 +418,10 @@ class FrozenTask:
         th = self._threads.get(self.pid)
         return th.stop_sig if th is not None and th.stop_sig not in (0, signal.SIGTRAP) else 0
 
-    def forget_gadget(self) -> None:
-        self._gadget = None
+    def vdso_moved(self, delta: int) -> None:
+        """The target's [vdso] was moved by delta bytes (an injected mremap of all of it)."""
+        if self._gadget is not None:
+            self._gadget += delta
 
     def adopt_thread(self, tid: int) -> None:
         """Hold a thread that an injected clone created under PTRACE_O_TRACECLONE.

@@ -279,9 +279,10 @@ class RemoteCalls:
         """[start, end) of the scratch area once mapped."""
         return None if self._scratch is None else (self._scratch, self._scratch + self.scratch_size)
 
-    def refresh_gadget(self) -> None:
-        """Find the `syscall` gadget again, after an injected call moved the [vdso]."""
-        self.task.forget_gadget()
+    def vdso_moved(self, delta: int) -> None:
+        """An injected mremap moved the whole [vdso] by delta bytes: so did the `syscall`
+        gadget in it (no second look at the maps)."""
+        self.task.vdso_moved(delta)
         self._gadget = self.task.vdso_gadget()
 
     def write_scratch(self, data: bytes, offset: int = 0) -> int:
