@@ -83,7 +83,7 @@ class Shared:
             return os.pread(mem.fileno(), PAGES * PG, self.addr)
 
     def reap_after_dump(self) -> None:
-        """The dump SIGKILLed the target; its child (not dumped) goes too: kill, reap both."""
+        """The dump SIGKILLed the target; its writer (outside its tree, adopted by us): kill, reap both."""
         self.w.reap_dumped()
         kill_and_reap(self.child)
         assert not os.path.exists(f"/proc/{self.child}")

@@ -1,7 +1,9 @@
 /* Shared anonymous memory changed behind write tracking's back (tests/tracking/test_blind_spots.py).
  *
  * blind_shared PAGES: maps PAGES shared anonymous pages (and 64 private ones), fills them
- * with generation 1, forks a child that maps the same object, then both wait for signals
+ * with generation 1, makes a writer that maps the same object outside the target's tree (a
+ * grandchild whose parent exits at once: a tree dump leaves it out; the test, a subreaper,
+ * adopts it), then both wait for signals
  * (stdout is a log file; SIGUSR1/SIGUSR2 are blocked and taken with sigwaitinfo):
  *
  *   target SIGUSR1  print "sum S zero Z" of the shared region (Z: pages reading all zero)
@@ -9,10 +11,11 @@
  *   child  SIGUSR1  write generation G+1 into every shared page; print "child wrote G sum S"
  *
  * Word j of the region at generation g is (j * GOLDEN) ^ g; S = sum of word[j] * (2j + 1)
- * mod 2^64, printed as 16 hex digits. The child dies with the target (PR_SET_PDEATHSIG).
+ * mod 2^64, printed as 16 hex digits. The test kills and reaps the writer.
  */
 #define _GNU_SOURCE
 #include <signal.h>
+#include <sys/wait.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,17 +79,23 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGUSR1);
 	sigaddset(&set, SIGUSR2);
 	sigprocmask(SIG_BLOCK, &set, NULL);
-	pid_t parent = getpid();
 	size_t zero;
-	pid_t child = fork();
-	if (child < 0) {
-		perror("FAIL fork");
+	int report[2];
+	if (pipe(report) < 0) {
+		perror("FAIL pipe");
 		return 1;
 	}
-	if (child == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			return 0;
+	/* the writer is a grandchild whose parent exits at once: outside the target's tree */
+	pid_t middle = fork(), child = -1;
+	if (middle == 0) {
+		child = fork();
+		if (child != 0) {
+			if (write(report[1], &child, sizeof child) != sizeof child)
+				_exit(1);
+			_exit(child < 0);
+		}
+		close(report[0]);
+		close(report[1]);
 		uint64_t gen = 1;
 		for (;;) {
 			if (next_signal(&set) == SIGUSR1) {
@@ -97,6 +106,13 @@ int main(int argc, char **argv)
 			}
 		}
 	}
+	close(report[1]);
+	if (middle < 0 || read(report[0], &child, sizeof child) != sizeof child || child < 0) {
+		perror("FAIL fork");
+		return 1;
+	}
+	close(report[0]);
+	waitpid(middle, NULL, 0);
 	uint64_t s = sum(&zero);
 	printf("ready shm=%p pages=%zu child=%d sum=%016llx\n", (void *)shm, pages, (int)child,
 	       (unsigned long long)s);

@@ -1,15 +1,22 @@
-"""`coldsnap dump`: the final checkpoint of one process (any number of threads), in one freeze.
+"""`coldsnap dump`: the final checkpoint of a process tree (the root and every descendant,
+any number of threads each), in one freeze of the whole tree.
 
-    ImageDir.create ──► freeze ──► maps: refuse what cannot be saved (deleted or special
+    ImageDir.create ──► freeze_tree ──► refuse what a tree restore cannot do (dump/tree.py)
+    ──► for each process, parents first (dump_process), the same path for every one: maps: refuse what cannot be saved (deleted or special
       mappings, SysV shm, memfd, io_uring, aio, hugetlb)
       ──► task state (registers, signals, ...: injected calls) ──► coldsnap's parked write
       tracking: adopt it (the written set), remove it from the target
       ──► private pages: scan, drain (unreadable VMAs through /proc/PID/mem), PE_PARENT
       for what the parent chain holds and tracking says was not written since
       ──► shared anonymous objects ──► fd table + mapped files
-      ──► images, commit ──► SIGKILL (default) or resume (leave_running)
+      ──► pstree/ids and files images of the tree, commit ──► SIGKILL every process,
+      children first (default), or resume them all (leave_running)
 
-Any failure before the commit removes the staging directory and resumes the task (only a
+One FileRegistry spans the tree (an open file description shared by processes gets one id),
+a shared anonymous object is saved once (from the first process mapping it), and a pre-dump
+chain covers the root only (other processes save every present page).
+
+Any failure before the commit removes the staging directory and resumes every process (only a
 parked userfaultfd of coldsnap's own, if there was one, is gone by then).
 
 Images (ids): core-TID.img each thread, pstree.img and ids-PID.img from the tree model
@@ -47,13 +54,14 @@ from ..memory.scan import warm_up
 from ..memory.sink import PageSink, PagemapKey, PlanFeed, SinkCounts
 from ..memory.tracking import PARK_FD_MIN, parked_uffd_fds
 from ..memory.vma import PROT_WRITE, Kind, Vma, classify, classify_all
-from ..seize.freezer import FrozenTask, freeze
+from ..seize.freezer import FrozenTask, freeze_tree
 from ..seize.remote import RemoteCalls
 from .metadata import write_inventory, write_mm, write_stats
 from .plan import Planned, Planner, covered_by_chain, parked_uffd_fd
 from .sink import ImageSink
 from .stats import DumpStats, Times
-from .task_state import collect_task_state, write_task_images
+from .task_state import collect_task_state, write_core_images, write_tree_images
+from .tree import refuse_tree
 
 
 
@@ -184,16 +192,20 @@ def save_private(task: FrozenTask, sink: PageSink, plan: PagePlan, threads: int 
     return copied, counts
 
 
-def save_shmem(pid: int, sink: PageSink, vmas: list[Vma]) -> tuple[SinkCounts, int]:
+def save_shmem(pid: int, sink: PageSink, vmas: list[Vma],
+               done: set[int] | None = None) -> tuple[SinkCounts, int]:
     """pagemap-shmem-SHMID per shared anonymous object: its pages holding data (SEEK_DATA:
     resident or swapped) inside the windows this task maps, read from the object itself
     through /proc/PID/map_files and copied in the kernel (sendfile into the sink's area).
+    Objects in DONE (saved from another process of the tree) are skipped, the others added.
     Returns (pages handed to the sink, pages mapped)."""
+    done = set() if done is None else done
     objects: dict[int, list[Vma]] = {}
     for v in vmas:
-        if v.kind is Kind.ANON_SHARED:
+        if v.kind is Kind.ANON_SHARED and v.inode not in done:
             objects.setdefault(v.inode, []).append(v)
     counts, mapped = SinkCounts(), 0
+    done.update(objects)
     for shmid, areas in sorted(objects.items()):
         windows = Ranges.covering([(v.pgoff, v.pgoff + v.size) for v in areas])
         mapped += windows.nr_pages
@@ -264,56 +276,93 @@ def kill_held(task: FrozenTask) -> None:
 
 # -- the dump --------------------------------------------------------------------------------
 
+@dataclass
+class _Saved:
+    """What dumping one process of the tree left for the stats and for after the freeze."""
+    planner: Planner
+    planned: Planned
+    pages: SinkCounts
+    syscalls: int
+    shm_mapped: int
+
+
+def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: FileRegistry,
+                 parent: _Parent, times: Times, shmem_done: set[int], *, shell_job: bool) -> _Saved:
+    """One frozen process of the tree into the images: its maps, task state and cores, page
+    plan and pages, shared anonymous objects not saved yet, fd table (through the one
+    registry) and mm-PID.img. The caller closes the planner after the freeze."""
+    pid = task.pid
+    maps = read_maps(pid)
+    refuse_mappings(pid, maps)
+    state = collect_task_state(task)     # its scratch page is gone again: maps hold
+    vmas = classify_all(maps)
+    planner, planned = plan_pages(task, vmas, parent, times)
+    try:
+        files.collect(pid, task.model.files_id, shell_job=shell_job)
+        exe, mapped, vma_paths, vma_flags = mapped_files(pid, vmas)
+        ids = files.add_mapped(mapped)
+        t_mem = time.perf_counter_ns()
+        copied, pages = save_private(task, sink, planned.plan)
+        shm_pages, shm_mapped = save_shmem(pid, sink, vmas, shmem_done)
+        pages.add(shm_pages)
+        times.copy += time.perf_counter_ns() - t_mem
+        write_core_images(state, imgdir)
+        write_mm(imgdir, pid, vmas, planned.stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
+                 file_ids={k: ids[p] for k, p in vma_paths.items()}, fdflags=vma_flags,
+                 dumpable=state.dumpable)
+    except BaseException:
+        planner.close()
+        raise
+    return _Saved(planner, planned, pages, copied.syscalls, shm_mapped)
+
+
 def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
          leave_running: bool = False, shell_job: bool = False) -> DumpStats:
-    """Checkpoint process `pid` into a new images directory, then kill it (or resume it with
-    leave_running). Returns the stats; frozen_time there spans the whole freeze (the image's
-    stats-dump ends when it is written, before the commit)."""
+    """Checkpoint the tree under process `pid` (it and every descendant, one freeze) into a
+    new images directory, then kill every process (or resume them with leave_running).
+    Returns the stats; frozen_time there spans the whole freeze (the image's stats-dump ends
+    when it is written, before the commit). A pre-dump chain covers the root only."""
     stats = DumpStats(mode="dump")
     times = Times()
     warm_up()
     prev = Path(prev_images_dir) if prev_images_dir is not None else None
-    planner: Planner | None = None
+    saved: list[_Saved] = []
     try:
         with ImageDir.create(images_dir, parent=prev_images_dir) as imgdir, ImageSink(imgdir) as sink:
-            parent = _parent(prev, pid)
+            root_parent = _parent(prev, pid)
             t0 = time.perf_counter_ns()
-            with freeze(pid) as task:
+            with freeze_tree(pid) as held:
                 t_frozen = time.perf_counter_ns()
                 times.freezing = t_frozen - t0
-                maps = read_maps(pid)
-                refuse_mappings(pid, maps)
-                state = collect_task_state(task)     # its scratch page is gone again: maps hold
-                vmas = classify_all(maps)
-                planner, planned = plan_pages(task, vmas, parent, times)
+                refuse_tree(held)
                 files = FileRegistry()
-                files.collect(pid, task.model.files_id, shell_job=shell_job)
-                exe, mapped, vma_paths, vma_flags = mapped_files(pid, vmas)
-                ids = files.add_mapped(mapped)
-                t_mem = time.perf_counter_ns()
-                copied, pages = save_private(task, sink, planned.plan)
-                shm_pages, shm_mapped = save_shmem(pid, sink, vmas)
-                pages.add(shm_pages)
-                times.copy = time.perf_counter_ns() - t_mem
-                write_task_images(state, task.tree, imgdir)
+                shmem_done: set[int] = set()
+                for model in held.tree:                  # parents first
+                    parent = root_parent if model.pid == pid else _Parent(None, Ranges.empty())
+                    saved.append(dump_process(held.task(model.pid), imgdir, sink, files, parent, times,
+                                              shmem_done, shell_job=shell_job))
+                write_tree_images(held.tree, imgdir)
                 write_files_images(files, imgdir)
-                write_mm(imgdir, pid, vmas, planned.stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
-                         file_ids={k: ids[p] for k, p in vma_paths.items()}, fdflags=vma_flags,
-                         dumpable=state.dumpable)
                 write_inventory(imgdir, pre_dump=False)
                 times.frozen = time.perf_counter_ns() - t_frozen
-                stats.record(planned.plan, pages, times, syscalls=copied.syscalls, extra_scanned=shm_mapped)
+                pages = SinkCounts()
+                for s in saved:
+                    pages.add(s.pages)
+                stats.record(saved[0].planned.plan, pages, times, syscalls=sum(s.syscalls for s in saved),
+                             extra_scanned=sum(s.shm_mapped for s in saved)
+                             + sum(s.planned.plan.pages_scanned for s in saved[1:]))
                 write_stats(imgdir, stats)
                 if leave_running:
-                    task.resume()                   # the fsyncs of the commit need no freeze
+                    held.resume()                   # the fsyncs of the commit need no freeze
                     times.frozen = time.perf_counter_ns() - t_frozen
                     imgdir.commit()
                 else:
-                    imgdir.commit()                 # durable before the task is gone
-                    kill_held(task)
+                    imgdir.commit()                 # durable before the tree is gone
+                    for model in reversed(list(held.tree)):     # children first
+                        kill_held(held.task(model.pid))
                     times.frozen = time.perf_counter_ns() - t_frozen
                 stats.set_times(times)
     finally:
-        if planner is not None:
-            planner.close()
+        for s in saved:
+            s.planner.close()
     return stats

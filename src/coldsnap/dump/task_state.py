@@ -428,15 +428,20 @@ def write_tree_images(tree: Tree, imgdir) -> list[str]:
     return names
 
 
-def write_task_images(state: TaskState, tree: Tree, imgdir) -> list[str]:
-    """Write core-<tid>.img for every thread, then the tree's pstree.img and ids-<pid>.img;
-    returns the names."""
+def write_core_images(state: TaskState, imgdir) -> list[str]:
+    """Write core-<tid>.img for every thread of one process; returns the names."""
     names = []
     for th in state.threads:
         name = f"core-{th.tid}.img"
         imgdir.write(name, [_core_entry(state, th)])
         names.append(name)
-    return names + write_tree_images(tree, imgdir)
+    return names
+
+
+def write_task_images(state: TaskState, tree: Tree, imgdir) -> list[str]:
+    """Write core-<tid>.img for every thread, then the tree's pstree.img and ids-<pid>.img;
+    returns the names."""
+    return write_core_images(state, imgdir) + write_tree_images(tree, imgdir)
 
 
 def dump_task_state(pid: int, imgdir) -> TaskState:

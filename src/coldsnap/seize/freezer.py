@@ -16,7 +16,8 @@ back, frozen_ns set) when its last task is resumed.
 
 Descendants: after the root's threads are all stopped, the children of every held process
 are listed and seized, again and again until a pass finds nothing new: a stopped process
-cannot fork, so the listing of a fully held tree is final. Zombie children are left out.
+cannot fork, so the listing of a fully held tree is final. Zombie children are left out
+(listed in `held.zombies`: the caller decides whether it can do without them).
 
 Users that leave state in the target (remote-call sessions: registers, scratch page) register
 an undo with `task.at_resume(key, undo)`; resume runs the undos (last registered first) while
@@ -108,6 +109,7 @@ class FrozenTree:
         self.frozen_ns: int | None = None
         self.seize_ns = 0                 # how long seizing took (part of frozen_ns)
         self.resumed = False
+        self.zombies: list[int] = []      # children left out: zombies, or exiting at the seize
         self._guard = _SignalGuard()
         self._owner = 0
         self._t0 = 0
@@ -140,11 +142,13 @@ class FrozenTree:
     def _seize_descendants(self) -> None:
         while True:
             held = [pid for pid, t in self.tasks.items() if not t.resumed]
-            new = [c for kids in child_pids(held).values() for c in kids if c not in self.tasks]
+            new = [c for kids in child_pids(held).values() for c in kids
+                   if c not in self.tasks and c not in self.zombies]
             if not new:
                 return          # every listed process is held: none can fork another one
             for pid in new:
                 if not alive(pid):
+                    self.zombies.append(pid)
                     continue    # a zombie (or exiting): nothing to seize
                 _refuse(pid)
                 task = self.tasks[pid] = FrozenTask(pid, self)
@@ -153,6 +157,7 @@ class FrozenTree:
                 except NoSuchProcess:
                     task.resume()
                     del self.tasks[pid]
+                    self.zombies.append(pid)
 
     @property
     def tree(self) -> Tree:

@@ -1,0 +1,87 @@
+"""`coldsnap dump -t PID` of a process tree: every process in one freeze, its images, the
+end of every process, and the refusals of what a tree restore cannot do yet."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from procs import coldsnap, crit_decode_each, need_crit
+from tree_helpers import ROLES, ids_now, reap_orphans, start_counter_tree
+
+
+def test_dump_tree_images_and_kill(tmp_path):
+    need_crit()
+    tree = start_counter_tree(tmp_path / "logs")
+    try:
+        tree.wait_ticks(2)
+        want = {tree.ids[r].pid: tree.ids[r] for r in ROLES}
+        d = tmp_path / "img"
+        coldsnap("dump", "-t", tree.proc.pid, "-D", d, check=True)
+        assert tree.proc.wait(timeout=10) == -signal.SIGKILL
+        reap_orphans(pids=want)
+        assert not [p for p in want if ids_now(p)], "a process of the tree survived the dump"
+        names = ["pstree.img"] + [f"{k}-{p}.img" for p in want for k in ("ids", "mm", "pagemap", "core", "fs")]
+        decoded = crit_decode_each([d / n for n in names])
+        entries = decoded[d / "pstree.img"]["entries"]
+        assert [e["pid"] for e in entries][0] == tree.proc.pid
+        got = {e["pid"]: (e["ppid"], e["pgid"], e["sid"], e["threads"]) for e in entries}
+        root = tree.proc.pid
+        assert got == {p: (0 if p == root else i.ppid, i.pgid, i.sid, [p]) for p, i in want.items()}
+        files_ids = {decoded[d / f"ids-{p}.img"]["entries"][0]["files_id"] for p in want}
+        assert len(files_ids) == len(want)          # one fd table each
+        for p in files_ids:
+            assert (d / f"fdinfo-{p}.img").exists()
+        assert tree.fails() == []
+    finally:
+        tree.kill_all()
+        tree.proc.wait(timeout=10)
+        reap_orphans(pids=tree.pids)
+
+
+def test_dump_tree_leave_running(tmp_path):
+    tree = start_counter_tree(tmp_path / "logs")
+    try:
+        tree.wait_ticks(1)
+        coldsnap("dump", "-t", tree.proc.pid, "-D", tmp_path / "img", "--leave-running", check=True)
+        for r in ROLES:
+            now = ids_now(tree.ids[r].pid)
+            assert now is not None and now.pgid == tree.ids[r].pgid
+        tree.wait_ticks(3)
+        assert tree.fails() == []
+    finally:
+        tree.kill_all()
+        tree.proc.wait(timeout=10)
+        reap_orphans(pids=tree.pids)
+
+
+def test_dump_tree_refuses_a_zombie(tmp_path):
+    code = "import os, sys, time\nif os.fork() == 0: os._exit(3)\ntime.sleep(0.2); print('ready', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        kid = next(int(c) for c in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split())
+        run = coldsnap("dump", "-t", proc.pid, "-D", tmp_path / "img")
+        assert run.returncode != 0
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"process {kid}" in lines[0] and "zombie" in lines[0], run.stderr
+        assert not (tmp_path / "img").exists()
+        time.sleep(0.05)
+        assert open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] in "SR"
+    finally:
+        proc.kill()
+        proc.wait()
+        reap_orphans()
+
+
+def test_dump_tree_refuses_processes_sharing_a_table(tmp_path, spawn, workload_bin):
+    w = spawn([workload_bin("tree_family")])
+    main = int(w.ready.split()[1])
+    run = coldsnap("dump", "-t", main, "-D", tmp_path / "img")
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode != 0 and len(lines) == 1, run.stderr
+    assert "shares its" in lines[0] and f"with process {main}" in lines[0], lines
+    assert not (tmp_path / "img").exists()
+    assert ids_now(main) is not None

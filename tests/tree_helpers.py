@@ -1,0 +1,105 @@
+"""Helpers of the process-tree tests: tests/workloads/tree_counters.c (four processes, one
+log each) started, waited for and reaped."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from procs import build_workload
+
+ROLES = ("m", "a", "a1", "b")
+READY = re.compile(r"^ready (\d+) (\d+) (\d+) (\d+)$", re.M)
+TICK = re.compile(r"^tick (\d+) ok$", re.M)
+
+
+@dataclass
+class Ids:
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+
+
+def ids_now(pid: int) -> Ids | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    f = stat.rsplit(")", 1)[1].split()
+    if f[0] == "Z":
+        return None
+    return Ids(pid, int(f[1]), int(f[2]), int(f[3]))
+
+
+@dataclass
+class CounterTree:
+    """The running tree_counters workload: role -> ids as each process reported them."""
+    proc: subprocess.Popen
+    logdir: Path
+    ids: dict[str, Ids] = field(default_factory=dict)
+
+    def log(self, role: str) -> str:
+        p = self.logdir / f"{role}.log"
+        return p.read_text() if p.exists() else ""
+
+    def ticks(self, role: str) -> list[int]:
+        return [int(n) for n in TICK.findall(self.log(role))]
+
+    def fails(self) -> list[str]:
+        return [ln for r in ROLES for ln in self.log(r).splitlines() if ln.startswith("FAIL")]
+
+    def wait_ticks(self, more: int = 3, timeout: float = 10.0) -> None:
+        """Until every process logged MORE ticks past what it has now."""
+        base = {r: len(self.ticks(r)) for r in ROLES}
+        deadline = time.monotonic() + timeout
+        while any(len(self.ticks(r)) < base[r] + more for r in ROLES):
+            assert time.monotonic() < deadline, {r: self.log(r)[-200:] for r in ROLES}
+            time.sleep(0.02)
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.ids[r].pid for r in ROLES]
+
+    def kill_all(self) -> None:
+        for pid in reversed(self.pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def start_counter_tree(logdir: Path) -> CounterTree:
+    """tree_counters in a session of its own (the root leads its session and group)."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    binary = build_workload("tree_counters")
+    proc = subprocess.Popen([str(binary), str(logdir)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    tree = CounterTree(proc, logdir)
+    deadline = time.monotonic() + 10
+    while len(tree.ids) < len(ROLES):
+        assert time.monotonic() < deadline, "tree_counters did not get ready"
+        for r in ROLES:
+            m = READY.search(tree.log(r))
+            if m:
+                tree.ids[r] = Ids(*map(int, m.groups()))
+        time.sleep(0.01)
+    return tree
+
+
+def reap_orphans(timeout: float = 5.0, pids=()) -> None:
+    """Reap (we are a subreaper) until none of PIDS exists any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        if not any(os.path.exists(f"/proc/{p}") for p in pids) or time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
