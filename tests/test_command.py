@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 from procs import coldsnap_argv
 
@@ -25,3 +26,14 @@ def test_error_line_and_code_survive_the_fast_exit(tmp_path):
 def test_usage_errors_and_help_exit_as_argparse_says():
     assert subprocess.run(coldsnap_argv("--help"), capture_output=True, timeout=60).returncode == 0
     assert subprocess.run(coldsnap_argv("dump"), capture_output=True, timeout=60).returncode == 2
+
+
+def test_numpy_starts_no_thread_pool_in_the_command(tmp_path):
+    """coldsnap never calls BLAS: the command keeps OpenBLAS from starting its threads when
+    it imports numpy (they cost 40-50 ms of a restore's wall time)."""
+    code = ("import os, sys\nos.environ.pop('OPENBLAS_NUM_THREADS', None)\nfrom coldsnap.cli import main\n"
+            f"main(['restore', '-D', {str(tmp_path / 'none')!r}])\nassert 'numpy' in sys.modules\n"
+            "print(len(os.listdir('/proc/self/task')))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["1"]
