@@ -26,6 +26,7 @@ def _split(value: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Creds:
+    """A task's credentials: ids, groups, capability sets and securebits."""
     uids: tuple[int, ...]            # real, effective, saved, fs
     gids: tuple[int, ...]
     groups: tuple[int, ...]

@@ -27,6 +27,7 @@ class Times:
 
 @dataclass
 class DumpStats:
+    """What a (pre-)dump did and how long it held the task (stats-dump)."""
     mode: str                     # "live", "frozen", "nofreeze", "dump"
     scan_method: str = ""         # "ioctl" or "read"
     track_backend: str = "none"   # "uffd", "soft-dirty", "none"

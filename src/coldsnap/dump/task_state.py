@@ -78,6 +78,7 @@ _OFF_THREAD = 2304                            # per thread: 24 sas + 8 tid addr 
 
 @dataclass
 class FpRegs:
+    """The FXSAVE part of a thread's FPU state."""
     cwd: int
     swd: int
     twd: int
@@ -100,6 +101,7 @@ class FpRegs:
 
 @dataclass
 class TlsSlot:
+    """One GDT TLS entry of a thread (PTRACE_GET_THREAD_AREA)."""
     entry_number: int
     base_addr: int
     limit: int
@@ -113,6 +115,7 @@ class TlsSlot:
 
 @dataclass
 class ThreadState:
+    """Registers, masks and per-thread settings of one thread."""
     tid: int
     regs: dict[str, int]
     fpregs: FpRegs
@@ -133,6 +136,7 @@ class ThreadState:
 
 @dataclass
 class SigAction:
+    """The kernel's action for one signal."""
     signo: int
     handler: int
     flags: int
@@ -142,6 +146,7 @@ class SigAction:
 
 @dataclass
 class TaskState:
+    """Everything but memory and files that a dump records of a process."""
     pid: int
     ppid: int
     pgid: int

@@ -66,6 +66,7 @@ class PipeFile:
 
 @dataclass(slots=True)
 class EventfdFile:
+    """An eventfd: its counter and flags."""
     id: int
     counter: int
     flags: int                    # open flags (O_NONBLOCK) | EFD_SEMAPHORE
@@ -76,6 +77,7 @@ class EventfdFile:
 
 @dataclass(slots=True)
 class EpollTarget:
+    """One fd an epoll instance watches."""
     tfd: int
     events: int
     data: int
@@ -83,6 +85,7 @@ class EpollTarget:
 
 @dataclass(slots=True)
 class EpollFile:
+    """An epoll instance and what it watches."""
     id: int
     flags: int
     targets: list[EpollTarget] = field(default_factory=list)
@@ -93,6 +96,7 @@ class EpollFile:
 
 @dataclass(slots=True)
 class SockOpts:
+    """The socket options a dump keeps."""
     reuseaddr: bool = False
     reuseport: bool = False
     rcvbuf: int = 0               # as getsockopt reports it (twice what was set)
@@ -129,6 +133,7 @@ FileObj = RegFile | PipeFile | EventfdFile | EpollFile | InetSocket
 
 @dataclass(slots=True)
 class FdEntry:
+    """One fd of a table: which file it points at, close-on-exec or not."""
     fd: int
     file_id: int
     cloexec: bool

@@ -27,6 +27,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_LARGEFILE
 
 @dataclass
 class FileRegistry:
+    """Every open file of a tree, once, with the fd tables and fs state that use them."""
     files: dict[int, FileObj] = field(default_factory=dict)      # id -> object, in id order
     tables: dict[int, list[FdEntry]] = field(default_factory=dict)   # files_id -> its fds
     tasks: dict[int, int] = field(default_factory=dict)         # pid -> files_id

@@ -16,6 +16,7 @@ CLONE_ARGS_SIZE_VER1 = 80
 
 @dataclass(frozen=True)
 class Features:
+    """Which optional kernel features this machine offers."""
     pagemap_scan: bool
     uffd_wp_async: bool
     soft_dirty: bool

@@ -12,6 +12,7 @@ from .vma import PROT_READ, Vma
 
 @dataclass
 class PagePlan:
+    """Which pages of a process a (pre-)dump records, reads and leaves to the parent."""
     vmas: list[Vma]
     present: Ranges             # every page to record (present or swapped, no wp marker)
     to_read: Ranges             # present pages whose bytes go into this image

@@ -216,6 +216,7 @@ def _ranges(pairs) -> Ranges:
 
 @dataclass
 class ArmStats:
+    """What arming uffd write tracking left behind."""
     target_fd: int = -1      # the fd number the uffd had in the target (closed again)
 
 

@@ -22,6 +22,7 @@ class Kind(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Vma:
+    """One mapping of the target, as the dump policy sees it."""
     start: int
     end: int
     prot: int

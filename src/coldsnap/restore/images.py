@@ -35,6 +35,7 @@ XFEATURE_FLAGS = {2: "avx", 3: "mpx", 4: "mpx", 5: "avx512f", 6: "avx512f", 7: "
 
 @dataclass
 class MappedFile:
+    """A file that a dumped VMA or the exe link maps."""
     path: str
     flags: int          # open flags the dump recorded (O_RDONLY or O_RDWR)
     size: int | None
@@ -42,6 +43,7 @@ class MappedFile:
 
 @dataclass
 class DumpImages:
+    """A dump's images, loaded and checked for restore."""
     dir: ImageDir
     tree: Tree                       # pstree.img + ids-PID.img: one process, for now
     pid: int

@@ -35,6 +35,7 @@ MAX_CALL = 64 << 20
 
 @dataclass
 class WriteStats:
+    """Bytes written into the restored process, and how."""
     bytes_vm: int = 0                # through process_vm_writev
     bytes_mem: int = 0               # through /proc/PID/mem
     syscalls: int = 0
@@ -42,6 +43,7 @@ class WriteStats:
 
 @dataclass
 class PageWriter:
+    """Writes pages into the restored process: process_vm_writev, /proc/PID/mem where read-only."""
     pid: int
     mem_fd: int
     stats: WriteStats = field(default_factory=WriteStats)

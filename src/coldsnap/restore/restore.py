@@ -33,6 +33,7 @@ PR_SET_PDEATHSIG = 1
 
 @dataclass
 class RestoreResult:
+    """The restored process and how long its restore took."""
     pid: int
     threads: int
     stats: TransplantStats

@@ -73,6 +73,7 @@ _IMAGE_REG = {"rbp": "bp", "rbx": "bx", "rax": "ax", "rcx": "cx", "rdx": "dx", "
 
 @dataclass
 class TransplantStats:
+    """Injected calls and times of one transplant."""
     calls: int = 0
     write: WriteStats | None = None
     memory_ns: int = 0

@@ -93,6 +93,7 @@ class _SignalGuard:
 
 @dataclass
 class _Thread:
+    """A thread of the frozen task and how we hold it."""
     tid: int
     stopped: bool = False
     stop_sig: int = 0        # SIGTRAP for our interrupt, a stop signal if it was group-stopped

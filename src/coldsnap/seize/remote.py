@@ -67,6 +67,7 @@ def to_signed(value: int) -> int:
 
 @dataclass
 class CallStats:
+    """How many calls a remote-call session injected, and their time."""
     calls: int = 0
     ns: int = 0          # wall time spent inside call(), tracer side
 
