@@ -247,28 +247,25 @@ def report(results: list[SizeResult], py_rss_kib: int, meta: dict) -> str:
     L.append("")
     L.append("### Frozen window")
     L.append("")
-    L.append("| size | n | pages | live frozen ms | live scan ms | live other ms | "
+    L.append("| size | n | pages | live frozen ms | live plan ms | "
              "frozen-mode frozen ms | frozen / live | seize ms (live) | CRIU 4.2 frozen ms read / splice |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    L.append("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         lf = median([s.frozen_time for s in r.live])
         ls = median([s.scan_time for s in r.live])
-        lo = median([s.frozen_time - s.scan_time for s in r.live])
         ff = median([s.frozen_time for s in r.frozen])
         seize = median([s.freezing_time for s in r.live])
         ref = CRIU_REF.get(r.size)
         L.append(f"| {size_name(r.size)} | {r.runs} | {median([s.pages_written for s in r.live]):.0f} "
-                 f"| {spread([s.frozen_time for s in r.live], ms)} | {ms(ls)} | {ms(lo)} "
+                 f"| {spread([s.frozen_time for s in r.live], ms)} | {ms(ls)} "
                  f"| {spread([s.frozen_time for s in r.frozen], ms)} | {ff / lf:.0f}x | {ms(seize)} | "
                  f"{f'{ref[0]} / {ref[1]}' if ref else '-'} |")
     L.append("")
     skipped = sum(s.pages_skipped for r in results for s in r.live + r.frozen)
-    share = ", ".join(f"{100 * median([x.scan_time / x.frozen_time for x in r.live]):.0f}% "
-                      f"at {size_name(r.size)}" for r in results)
-    L.append(f"Frozen times: median (min–max). The scan's share of the live frozen window: {share}.")
-    L.append("\"live other\" is the rest of the live frozen window: maps, plan arithmetic, "
-             "drain/sink setup, resume. \"seize\" (freezing_time) comes before the window. "
-             f"Pages skipped over all pre-dumps: {skipped}.")
+    L.append("Frozen times: median (min–max). \"live plan\" is the planner's whole time "
+             "(stats scan_time): maps and the page scan inside the freeze, then the resume and "
+             "the plan's arithmetic after it, so it may exceed the frozen window. \"seize\" "
+             f"(freezing_time) comes before the window. Pages skipped over all pre-dumps: {skipped}.")
     L.append("")
     L.append("### Drain throughput")
     L.append("")
