@@ -2,7 +2,7 @@
 import numpy as np
 from hypothesis import given, strategies as st
 
-from coldsnap.memory.ranges import Ranges
+from coldsnap.memory.ranges import Ranges, sorted_unique
 
 PG = 4096
 
@@ -72,3 +72,11 @@ def test_pieces_in_keep_the_ranges_they_come_from(a, b, cuts):
     assert to_pages(Ranges.covering(zip(s.tolist(), e.tolist()))) == a & b
     for lo, hi, i in zip(s.tolist(), e.tolist(), idx.tolist()):
         assert ra.starts[i] <= lo < hi <= ra.ends[i]
+
+
+def test_sorted_unique_is_np_unique():
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 2, 3, 100):
+        x = rng.integers(0, 20, n).astype(np.uint64)
+        got = sorted_unique(x)
+        assert got.dtype == np.uint64 and got.tolist() == np.unique(x).tolist()

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..kernel import pagemap as pm
 from ..kernel.page import PAGE_SHIFT
-from .ranges import Ranges
+from .ranges import Ranges, sorted_unique
 from .vma import Kind, Vma
 
 # Anything present or swapped that is neither a file page nor the zero page.
@@ -42,7 +42,7 @@ def spans(vmas: Iterable[Vma], kinds: tuple[Kind, ...] = (Kind.ANON_PRIVATE, Kin
 
 
 def vma_cuts(vmas: Iterable[Vma]) -> np.ndarray:
-    return np.unique(np.array([a for v in vmas for a in (v.start, v.end)], dtype=np.uint64))
+    return sorted_unique(np.array([a for v in vmas for a in (v.start, v.end)], dtype=np.uint64))
 
 
 def scan_with_ioctl(pagemap_fd: int, where: Ranges, scanner: pm.PagemapScanner | None = None,

@@ -46,7 +46,7 @@ from ..kernel.libc import SYS, syscall
 from ..kernel.fdinfo import raw_fd_links, read_fdinfo
 from ..kernel.pidfd import pidfd_getfd, pidfd_open
 from ..kernel.procfs import alive
-from .ranges import Ranges
+from .ranges import Ranges, sorted_unique
 from .scan import PAGEMAP_BATCH_PAGES, _runs
 from .vma import PROT_READ, Kind, Vma
 
@@ -202,7 +202,7 @@ def drop_wp_markers(pagemap_fd: int, pages: Ranges, scanner: pm.PagemapScanner |
             starts.append(a + (s.astype(np.uint64) << np.uint64(PAGE_SHIFT)))
             ends.append(a + (t.astype(np.uint64) << np.uint64(PAGE_SHIFT)))
     drop = Ranges(np.concatenate(starts), np.concatenate(ends)).merged()
-    return pages.subtract(drop).split_at(np.union1d(pages.starts, pages.ends)) if len(drop) else pages
+    return pages.subtract(drop).split_at(sorted_unique(np.concatenate([pages.starts, pages.ends]))) if len(drop) else pages
 
 
 def _ranges(pairs) -> Ranges:
