@@ -20,8 +20,8 @@ leader), log in the images directory (-o). Without a working CRIU binary (`criu 
 fails or the file is missing) its columns say why they are empty.
 
 Start-up (interleaved rounds too): the interpreter's floor (`python3 -c pass`, `python3 -S
--c pass`), `coldsnap --help`, `coldsnap check`, `coldsnap show DIR` (an 8 MiB dump) wall
-and CPU times, and each command's import cost: the sum of the top-level `-X importtime` entries after
+-c pass`), `coldsnap --help`, `coldsnap check`, `coldsnap show DIR` (an 8 MiB dump) and
+the installed `coldsnap` script found on PATH (`--help`) wall and CPU times, and each command's import cost: the sum of the top-level `-X importtime` entries after
 the interpreter's own start-up (site excluded), from extra runs of the same commands (for dump
 and restore one extra, untimed coldsnap cycle per round at the smallest size). coldsnap's
 sources are byte-compiled first (compileall), as those of an installed package are.
@@ -192,6 +192,9 @@ def startup_round(show_dir: Path, res: dict) -> None:
             "coldsnap --help": COLDSNAP + ["--help"],
             "coldsnap check": COLDSNAP + ["check"],
             "coldsnap show DIR": COLDSNAP + ["show", str(show_dir)]}
+    on_path = shutil.which("coldsnap")
+    if on_path:     # what a user types: the installed script (and any shim in front of it)
+        cmds[f"{on_path} --help"] = [on_path, "--help"]
     for name, argv in cmds.items():
         rc, wall, out, err, cpu = timed(argv)
         if rc:
@@ -199,7 +202,7 @@ def startup_round(show_dir: Path, res: dict) -> None:
         r = res.setdefault(name, {"wall": [], "cpu": [], "imports": [], "heavy": "-"})
         r["wall"].append(wall)
         r["cpu"].append(cpu)
-        if name.startswith("coldsnap"):
+        if argv[:1] == [PY] and "coldsnap" in argv:
             _, _, _, err, _ = timed(argv[:1] + ["-X", "importtime"] + argv[1:])
             ms, names = import_ms(err)
             r["imports"].append(ms)
