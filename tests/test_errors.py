@@ -56,7 +56,7 @@ def test_bindings_raise_no_such_process_for_a_gone_pid():
 
 
 def test_the_blank_childs_error_keeps_its_class():
-    from coldsnap.restore.restore import _report, _reported
+    from coldsnap.restore.blank import _report, _reported
     back = _reported(_report(AccessDenied(7, "fd 3", "cannot bind 127.0.0.1:80")))
     assert type(back) is AccessDenied and str(back) == "fd 3: cannot bind 127.0.0.1:80"
     other = _reported(_report(ValueError("odd")))

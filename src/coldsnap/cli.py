@@ -275,7 +275,7 @@ def run_series(args: argparse.Namespace) -> int:
 def run_restore(args: argparse.Namespace) -> int:
     from .restore.restore import restore
     res = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job)
-    result = {"pid": res.pid, "threads": res.threads, "total_ms": round(res.total_ns / 1e6, 3),
+    result = {"pid": res.pid, "processes": res.processes, "threads": res.threads, "total_ms": round(res.total_ns / 1e6, 3),
               "memory_ms": round(res.stats.memory_ns / 1e6, 3), "injected_calls": res.stats.calls}
     if res.exit_status is None:
         _close_display()
@@ -283,7 +283,8 @@ def run_restore(args: argparse.Namespace) -> int:
             _out(args, result)
         else:
             s = res.stats
-            print(f"restored {res.pid} ({res.threads} thread{'s' if res.threads > 1 else ''}) in "
+            tree = f"{res.processes} processes, " if res.processes > 1 else ""
+            print(f"restored {res.pid} ({tree}{res.threads} thread{'s' if res.threads > 1 else ''}) in "
                   f"{res.total_ns / 1e6:.1f} ms, memory {s.memory_ns / 1e6:.1f} ms, {s.calls} injected calls",
                   file=sys.stderr)
         return 0

@@ -15,9 +15,9 @@ from coldsnap.dump.task_state import dump_task_state, write_tree_images
 from coldsnap.errors import AccessDenied, ImageError
 from coldsnap.images.directory import ImageDir
 from coldsnap.kernel import kcmp
-from coldsnap.restore.images import load, read_tree
+from coldsnap.restore.images import read_tree
 from coldsnap.seize.freezer import freeze, freeze_tree
-from coldsnap.seize.tree import KCMP_KINDS, ObjectIds
+from coldsnap.seize.tree import KCMP_KINDS, ObjectIds, Task
 from procs import proc_state
 from seize_helpers import assert_frozen_by_us, assert_running_untraced, wait_until
 
@@ -171,12 +171,20 @@ def test_a_descendant_that_cannot_be_seized_lets_every_other_one_go(family, hold
         assert_running_untraced(p[name])
 
 
-def test_restore_refuses_a_tree_of_more_than_one_in_one_line(family, tmp_path):
+def test_restore_plans_the_sessions_and_groups_of_a_dumped_tree(family):
+    from coldsnap.restore.sessions import JOIN, OWN_GROUP, SETSID, SessionStep, creation_order, plan_sessions
     w, p = family
     with freeze_tree(p["main"]) as held:
         tree = held.tree
-    with ImageDir.create(tmp_path / "img") as d:
-        write_tree_images(tree, d)
-        write_inventory(d, pre_dump=False)
-    with pytest.raises(ImageError, match=r"5 processes in pstree.img; coldsnap restores one$"):
-        load(tmp_path / "img")
+    steps = plan_sessions(tree)
+    assert creation_order(tree)[:3] == [p["main"], p["a"], p["a1"]]      # depth first
+    assert steps[p["a"]] == SessionStep(SETSID) and steps[p["a1"]] == SessionStep(OWN_GROUP)
+    assert steps[p["b"]] == steps[p["c"]] == SessionStep()
+    # a1's sibling joining a1's group is made after it: it can join
+    tree.tasks[99999] = Task(99999, p["a"], p["a1"], p["a"], [99999])
+    assert plan_sessions(tree)[99999] == SessionStep(JOIN, p["a1"])
+    tree.tasks[99999].sid = 12345
+    with pytest.raises(ImageError, match=r"^process 99999: its session 12345 is neither its own nor"):
+        plan_sessions(tree)
+
+

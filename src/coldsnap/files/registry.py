@@ -139,6 +139,19 @@ class FileRegistry:
                     out.setdefault(f.pipe_id, []).append((files_id, e))
         return out
 
+    def shared_ids(self) -> list[int]:
+        """Files that more than one fd table holds, directly or as an end of a pipe whose
+        ends sit in different tables: a restore creates each once for every table."""
+        tables: dict[int, set[int]] = {}
+        for files_id, table in self.tables.items():
+            for e in table:
+                tables.setdefault(e.file_id, set()).add(files_id)
+        out = {fid for fid, holders in tables.items() if len(holders) > 1}
+        for ends in self.pipe_ends().values():
+            if len({files_id for files_id, _ in ends}) > 1:
+                out.update(e.file_id for _, e in ends)
+        return sorted(out)
+
     def lone_pipe_ends(self) -> list[tuple[int, int]]:
         """(files_id, fd) of pipe ends whose other end is in no table of the registry: a
         restore recreates them without their peer (reads see the data then EOF)."""

@@ -36,31 +36,46 @@ def validate_files(task: TaskFiles, *, shell_job: bool = False) -> None:
         raise ImageError(f"fd table needs {need} descriptors, RLIMIT_NOFILE hard limit is {hard}")
 
 
-def rebuild_fds(task: TaskFiles, *, shell_job: bool = False, keep_fds: Collection[int] = ()) -> None:
+def open_shared(task: TaskFiles, ids: Collection[int], base: int, *, shell_job: bool = False) -> dict[int, int]:
+    """Create the files IDS of the registry (shared by several processes of a tree) once, at
+    fds from `base` up, in this process (the root's blank process: every other one inherits
+    them through its clone); file id -> fd. `task` is the root's view, for names."""
+    reg = task.registry
+    if not ids:
+        return {}
+    _enough_fds(base + len(ids) + 8)
+    terminal = [fid for fid in ids if getattr(reg.files[fid], "terminal", False)]
+    tty = _tty(base, shell_job, f"file {terminal[0]}") if terminal else None
+    ctx = OpenCtx(base, tty, {fid: f"file {fid} (shared)" for fid in ids}, reg.pipe_data, task.pid)
+    return {fid: OPS[reg.files[fid].kind].open(reg.files[fid], ctx) for fid in ids}
+
+
+def rebuild_fds(task: TaskFiles, *, shell_job: bool = False, keep_fds: Collection[int] = (),
+                inherited: dict[int, int] | None = None) -> None:
     """Make this process's fd table, cwd, root and umask those of the task.
 
     Ends with exactly the dumped fd numbers open, plus `keep_fds` (the caller's own
     channels, which must not collide with dumped numbers). With `shell_job`, fds that were
     a terminal become duplicates of the terminal this process inherited on fd 0/1/2.
+    `inherited`: file id -> an fd this process already holds for it (open_shared), used
+    instead of opening the file again; the ones it does not use are closed.
     """
     targets = {e.fd for e in task.fds}
     keep = set(keep_fds)
     if keep & targets:
         raise ImageError(f"fd {min(keep & targets)}: needed by the restored task and by coldsnap")
+    inherited = inherited or {}
     files = task.files
-    base = max(targets | keep | {2}) + 1
+    base = max(targets | keep | set(inherited.values()) | {2}) + 1
     _enough_fds(base + len(files) + 8)
     tty = None
-    if task.terminal_fds:
-        if not shell_job:
-            raise ImageError(f"fd {task.terminal_fds[0]}: was a terminal; restore needs --shell-job")
-        src = next((fd for fd in (0, 1, 2) if _isatty(fd)), None)
-        if src is None:
-            raise ImageError("--shell-job: coldsnap has no terminal on fd 0, 1 or 2 to give")
-        tty = fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, base)
+    own_terminals = [fd for fd in task.terminal_fds if task.file_of(fd).id not in inherited]
+    if own_terminals:
+        tty = _tty(base, shell_job, f"fd {own_terminals[0]}")
     ctx = OpenCtx(base, tty, _names(task), task.pipe_data, task.pid)
     first = task.first_fds()
-    temps = {fid: OPS[files[fid].kind].open(files[fid], ctx) for fid in first}
+    temps = {fid: inherited[fid] if fid in inherited else OPS[files[fid].kind].open(files[fid], ctx)
+             for fid in first}
     for e in task.fds:
         os.dup2(temps[e.file_id], e.fd, inheritable=not e.cloexec)
     for fid, fd in first.items():    # at the final numbers: epoll registrations name them
@@ -75,6 +90,16 @@ def rebuild_fds(task: TaskFiles, *, shell_job: bool = False, keep_fds: Collectio
     os.chdir(task.cwd)      # the cwd path is as seen from our root, so before chroot
     if task.root != "/":
         os.chroot(task.root)
+
+
+def _tty(base: int, shell_job: bool, what: str) -> int:
+    """A duplicate (at or above base) of the terminal we inherited, for files that were one."""
+    if not shell_job:
+        raise ImageError(f"{what}: was a terminal; restore needs --shell-job")
+    src = next((fd for fd in (0, 1, 2) if _isatty(fd)), None)
+    if src is None:
+        raise ImageError("--shell-job: coldsnap has no terminal on fd 0, 1 or 2 to give")
+    return fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, base)
 
 
 def _enough_fds(need: int) -> None:

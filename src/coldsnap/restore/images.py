@@ -1,7 +1,8 @@
 """Load a dump's images and check everything that can be checked before a process exists.
 
-`load(path)` returns a `DumpImages` or raises ImageError/TargetError with one line: a bad or
-incomplete image set must never get as far as a half-built process.
+`load_tree(path)` returns a `TreeImages` (a `DumpImages` per process, one file registry)
+or raises ImageError/TargetError with one line: a bad or incomplete image set must never
+get as far as a half-built process. `load(path)` is the same for a dump of one process.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from dataclasses import dataclass, field
 
 from ..errors import ImageError, NoSuchProcess, TargetError
 from ..files.images import read_images as read_files_images
-from ..files.model import RegFile
-from ..files.registry import TaskFiles
+from ..files.model import FdType, RegFile
+from ..files.registry import FileRegistry, TaskFiles
 from ..images.directory import ImageDir
 from ..images.pages import pagemap_name
 from ..images.pb import core_pb2
@@ -24,6 +25,7 @@ from ..kernel.procfs import cpu_flags, read_maps, read_stat
 from ..memory.source import PageSource
 from ..seize.tree import NS_KINDS, Task, Tree
 from .fdtable import validate_files
+from .sessions import plan_sessions
 
 TASK_SIZE = 0x7FFFFFFFF000
 MMAP_MIN_ADDR = 0x10000
@@ -45,7 +47,7 @@ class MappedFile:
 class DumpImages:
     """A dump's images, loaded and checked for restore."""
     dir: ImageDir
-    tree: Tree                       # pstree.img + ids-PID.img: one process, for now
+    tree: Tree                       # pstree.img + ids-PID.img: the whole dump's tree
     pid: int
     tids: list[int]
     cores: dict[int, core_pb2.core_entry]
@@ -64,23 +66,83 @@ class DumpImages:
         return [v for v in self.mm.vmas if not v.status & SPECIAL]
 
 
+@dataclass
+class TreeImages:
+    """The images of a whole dump: the tree model, one file registry for every process, and
+    each process's images (parents first, the root first)."""
+    dir: ImageDir
+    tree: Tree
+    files: FileRegistry
+    procs: dict[int, DumpImages]
+    sessions: dict[int, str]          # pid -> what its blank process does (restore/sessions.py)
+
+    @property
+    def root(self) -> DumpImages:
+        return self.procs[self.tree.root]
+
+
 def load(path: str | os.PathLike, *, shell_job: bool = False) -> DumpImages:
+    """The images of a dump of one process (ImageError for a tree)."""
+    images = load_tree(path, shell_job=shell_job)
+    if len(images.tree) > 1:
+        raise ImageError(f"{images.dir.root}: {len(images.tree)} processes in pstree.img; "
+                         "only one expected here")
+    return images.root
+
+
+def load_tree(path: str | os.PathLike, *, shell_job: bool = False) -> TreeImages:
+    """Every process of a dump, checked (module docstring)."""
     d = ImageDir.open(path)
     inv = d.inventory
     if inv.HasField("pre_dump_mode"):
         raise ImageError(f"{d.root}: a pre-dump, not a dump: restore needs the images of `coldsnap dump`")
     tree = read_tree(d)
-    if len(tree) > 1:
-        raise ImageError(f"{d.root}: {len(tree)} processes in pstree.img; coldsnap restores one")
-    pid, tids = tree.root, tree.root_task.tids
-    cores = {tid: _core(d, tid) for tid in tids}
-    mm = d.read_single(f"mm-{pid}.img") if d.exists(f"mm-{pid}.img") else None
-    if mm is None:
+    sessions = plan_sessions(tree, shell_job=shell_job)
+    mms = {t.pid: _mm(d, t.pid) for t in tree}
+    _check_shmem_private(d, mms)
+    registry = read_files_images(d.root, {t.pid: t.files_id for t in tree},
+                                 mapped_ids=set().union(*(_mapped_ids(mm) for mm in mms.values())))
+    _check_shared_files(tree, registry)
+    procs = {t.pid: _load_process(d, tree, t, mms[t.pid], registry, shell_job) for t in tree}
+    _check_ids_free([tid for t in tree for tid in t.tids])
+    return TreeImages(d, tree, registry, procs, sessions)
+
+
+def _mm(d: ImageDir, pid: int):
+    if not d.exists(f"mm-{pid}.img"):
         raise ImageError(f"{d.root}: mm-{pid}.img is missing")
+    mm = d.read_single(f"mm-{pid}.img")
     _check_vmas(d, mm)
     _check_vdso(mm)
+    return mm
+
+
+def _check_shmem_private(d: ImageDir, mms: dict) -> None:
+    """Shared anonymous memory of one process only: restore maps it per process."""
+    owner: dict[int, int] = {}
+    for pid, mm in mms.items():
+        for v in mm.vmas:
+            if v.status & VMA_ANON_SHARED and owner.setdefault(v.shmid, pid) != pid:
+                raise ImageError(f"process {pid} shares anonymous memory {v.start:#x}-{v.end:#x} with "
+                                 f"process {owner[v.shmid]}; restoring it shared is not supported yet")
+
+
+def _check_shared_files(tree: Tree, registry: FileRegistry) -> None:
+    """Files several processes hold are created once and inherited (restore/blank.py): an
+    epoll instance cannot be, its registrations name fds of one table."""
+    for fid in registry.shared_ids():
+        f = registry.files[fid]
+        if f.kind is FdType.EVENTPOLL:
+            pid, fd = next((t.pid, e.fd) for t in tree for e in registry.task(t.pid).fds if e.file_id == fid)
+            raise ImageError(f"process {pid} fd {fd}: an epoll instance shared with another process; "
+                             "not supported yet")
+
+
+def _load_process(d: ImageDir, tree: Tree, task: Task, mm, registry: FileRegistry,
+                  shell_job: bool) -> DumpImages:
+    pid, tids = task.pid, task.tids
+    cores = {tid: _core(d, tid) for tid in tids}
     _check_xstate(cores)
-    registry = read_files_images(d.root, {pid: tree.root_task.files_id}, mapped_ids=_mapped_ids(mm))
     files = registry.task(pid)
     validate_files(files, shell_job=shell_job)
     mapped = _mapped_files(d, mm, registry.files)
@@ -91,7 +153,6 @@ def load(path: str | os.PathLike, *, shell_job: bool = False) -> DumpImages:
     shmem = {shmid: ChainSource(d, shmid, shmem=True)
              for shmid in sorted({v.shmid for v in mm.vmas if v.status & VMA_ANON_SHARED})
              if d.exists(pagemap_name(shmid, shmem=True))}
-    _check_ids_free(tids)
     return DumpImages(d, tree, pid, tids, cores, mm, files, mapped, private, shmem)
 
 

@@ -1,0 +1,209 @@
+"""The blank processes of a restore: one per dumped process, with its PID, parent, session,
+process group and fd table, waiting in plain Python to be seized and transplanted.
+
+    root = make_blank_tree(images, shell_job)     # in coldsnap; returns the root's PID
+
+coldsnap clones the root (clone3 set_tid = its dumped PID). Each blank process then, in
+order (restore/sessions.py says why this order):
+
+ 1. asks to die with its parent (PR_SET_PDEATHSIG: SIGKILL) until the transplant clears it,
+    so that killing the root takes every blank process with it;
+ 2. sets its session and group: setsid() / setpgid() as sessions.plan_sessions decided;
+ 3. makes its children one by one (clone3 set_tid), waiting for each child's whole subtree
+    to be in place before the next (a one-byte "done" on a pipe of their own);
+ 4. rebuilds its fd table, cwd, root and umask (restore/fdtable.py), resets its signal
+    actions, tells coldsnap "ok" and waits for the seize.
+
+Open file descriptions shared by several processes (stdio inherited by a child, a pipe
+between parent and child or between siblings, a file with one shared offset): the root's
+blank process creates each of them ONCE, before step 2, at fds above every dumped number
+(fdtable.open_shared). Every blank process inherits them through its clone and takes its
+own fds from them (fdtable.rebuild_fds `inherited`), closing the ones it does not hold
+after it has made its children; so every process ends holding the very same descriptions,
+and a pipe's buffered data is written back once. Nothing crosses processes but inheritance:
+no pidfd_getfd, no SCM_RIGHTS.
+
+coldsnap reads one message per process on a status pipe that sits above every dumped fd
+number (each closes its end after its message): "ok", or its error (pickled when it is
+one of ours). A blank process whose child failed exits quietly (the child said why).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import pickle
+import signal
+import struct
+
+from ..errors import AccessDenied, CsError, ImageError, TargetError
+from ..kernel.clone import fork_with_pid
+from ..kernel.libc import libc
+from .fdtable import open_shared, rebuild_fds
+from .images import TreeImages
+from .sessions import JOIN, OWN_GROUP, SETSID, SessionStep
+from .transplant import default_signal_actions
+
+PR_SET_PDEATHSIG = 1
+_LEN = struct.Struct("<I")
+OK = b"ok"
+
+
+def make_blank_tree(images: TreeImages, shell_job: bool) -> int:
+    """Every blank process of the tree; returns the root's PID. On failure nothing is left
+    (the root is killed, the others die with it) and the first error is raised."""
+    tables = [e.fd for t in images.procs.values() for e in t.files.fds]
+    r, w0 = os.pipe()
+    try:
+        # the status pipe must sit above every fd number any process of the tree uses
+        w = fcntl.fcntl(w0, fcntl.F_DUPFD_CLOEXEC, max(tables + [2]) + 1)
+    finally:
+        os.close(w0)
+    root = images.tree.root
+    try:
+        pid = _clone(root)
+    except BaseException:
+        os.close(r)
+        os.close(w)
+        raise
+    if pid == 0:
+        os.close(r)
+        shared = {}
+        try:
+            shared = open_shared(images.root.files, images.files.shared_ids(), w + 1, shell_job=shell_job)
+        except BaseException as e:   # noqa: BLE001 - report anything to coldsnap
+            _fail(w, e)
+        _become(images, root, w, shell_job, shared, done=None)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    msgs = _messages(data)
+    if msgs.count(OK) == len(images.tree) and len(msgs) == len(images.tree):
+        return pid
+    kill_blank(pid)
+    bad = next((m for m in msgs if m != OK), None)
+    if bad is None:
+        raise ImageError("a blank process of the restore died while preparing")
+    raise _reported(bad)
+
+
+def _become(images: TreeImages, pid: int, w: int, shell_job: bool, shared: dict[int, int],
+            done: int | None) -> None:
+    """The life of the blank process PID (we are it): never returns."""
+    try:
+        _session(pid, images.sessions[pid])
+        for kid in images.tree.children(pid):
+            sr, sw = (_high(fd, w + 1) for fd in os.pipe2(os.O_CLOEXEC))   # off every dumped number
+            kpid = _clone(kid.pid)
+            if kpid == 0:
+                os.close(sr)
+                _become(images, kid.pid, w, shell_job, shared, done=sw)
+            os.close(sw)
+            ok = os.read(sr, 1)
+            os.close(sr)
+            if ok != b"1":
+                os._exit(1)          # the child told coldsnap why
+        keep = (w,) if done is None else (w, done)
+        rebuild_fds(images.procs[pid].files, shell_job=shell_job, keep_fds=keep, inherited=shared)
+        default_signal_actions()
+        _send(w, OK)
+    except BaseException as e:   # noqa: BLE001 - report anything to coldsnap
+        _fail(w, e)
+    os.close(w)
+    if done is not None:
+        os.write(done, b"1")
+        os.close(done)
+    try:
+        while True:
+            signal.pause()       # until coldsnap seizes and reshapes this process
+    finally:
+        os._exit(1)              # never unwind into coldsnap's own code (e.g. on SIGINT)
+
+
+def _high(fd: int, base: int) -> int:
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base)
+    os.close(fd)
+    return new
+
+
+def _clone(pid: int) -> int:
+    """A child with PID (0 in the child, which dies with its parent from now on)."""
+    parent = os.getpid()
+    try:
+        got = fork_with_pid(pid)
+    except OSError as e:
+        if e.errno == errno.EEXIST:
+            raise TargetError(f"PID {pid} is in use: cannot restore with the same IDs") from None
+        what = f"cannot create a process with PID {pid}"
+        if e.errno in (errno.EPERM, errno.EACCES):
+            raise AccessDenied(pid, what, e.strerror.lower(), e.errno) from None
+        raise TargetError(f"{what}: {e.strerror}") from None
+    if got == 0:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)              # the parent died before we asked
+    return got
+
+
+def _session(pid: int, step: SessionStep) -> None:
+    try:
+        if step.action == SETSID:
+            os.setsid()
+        elif step.action == OWN_GROUP:
+            os.setpgid(0, 0)
+        elif step.action == JOIN:
+            os.setpgid(0, step.pgid)
+    except OSError as e:
+        raise TargetError(f"process {pid}: {step.action} {step.pgid or ''}: {e.strerror}".replace("  ", " ")) from None
+
+
+def _fail(w: int, e: BaseException) -> None:
+    try:
+        _send(w, _report(e))
+    finally:
+        os._exit(1)
+
+
+def _send(w: int, msg: bytes) -> None:
+    os.write(w, _LEN.pack(len(msg)) + msg)      # one write: messages of processes never mix
+
+
+def _messages(data: bytes) -> list[bytes]:
+    out, at = [], 0
+    while at + _LEN.size <= len(data):
+        n = _LEN.unpack_from(data, at)[0]
+        out.append(data[at + _LEN.size:at + _LEN.size + n])
+        at += _LEN.size + n
+    return out
+
+
+def _report(e: BaseException) -> bytes:
+    """What a blank process tells coldsnap about its failure: the error itself (pickled, so
+    that it keeps its class and exit code) or, for anything not ours, its words."""
+    if isinstance(e, CsError):
+        try:
+            return b"E" + pickle.dumps(e)
+        except Exception:  # noqa: BLE001 - an error that does not pickle still has words
+            pass
+    return b"T" + (str(e) or type(e).__name__).encode()[:4000]
+
+
+def _reported(msg: bytes) -> CsError:
+    if msg[:1] == b"E":
+        try:
+            e = pickle.loads(msg[1:])
+            if isinstance(e, CsError):
+                return e
+        except Exception:  # noqa: BLE001 - a torn message: fall back to its bytes
+            pass
+    return ImageError(msg[1:].decode(errors="replace") or "the restore child died while preparing")
+
+
+def kill_blank(pid: int) -> None:
+    """SIGKILL the root's process and reap it; blank descendants die with it (PDEATHSIG), the
+    caller kills transplanted ones itself."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass

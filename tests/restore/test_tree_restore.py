@@ -1,0 +1,138 @@
+"""`coldsnap restore` of a dumped process tree: every process back with its PID, parent,
+session and group, its memory and counter; pipes across processes; `wait` in a parent."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from procs import coldsnap
+from restore_helpers import assert_one_line_error
+from tree_helpers import ROLES, ids_now, reap_orphans, start_counter_tree
+
+
+def test_tree_restored_whole(tmp_path):
+    tree = start_counter_tree(tmp_path / "logs")
+    restored = False
+    try:
+        tree.wait_ticks(2)
+        before = {r: tree.ids[r] for r in ROLES}
+        coldsnap("dump", "-t", tree.proc.pid, "-D", tmp_path / "img", check=True)
+        assert tree.proc.wait(timeout=10) == -signal.SIGKILL
+        reap_orphans(pids=tree.pids)
+        last = {r: max(tree.ticks(r)) for r in ROLES}
+        coldsnap("restore", "-D", tmp_path / "img", "-d", check=True)
+        restored = True
+        for r in ROLES:
+            now = ids_now(before[r].pid)
+            want = before[r]
+            if r == "m":     # its parent is the test now (a subreaper), not the one it had
+                assert (now.pgid, now.sid) == (want.pgid, want.sid), (r, now, want)
+            else:
+                assert now == want, (r, now, want)
+        tree.wait_ticks(3)
+        for r in ROLES:   # each counter goes on from where the dump left it, no restart
+            ticks = tree.ticks(r)
+            assert ticks == list(range(1, len(ticks) + 1)), (r, ticks[-10:])
+            assert len(ticks) > last[r] + 2
+        assert tree.fails() == []
+    finally:
+        tree.kill_all()
+        if not restored:
+            tree.proc.wait(timeout=10)
+        reap_orphans(pids=tree.pids)
+
+
+def test_tree_restore_refused_when_a_pid_is_taken(tmp_path):
+    tree = start_counter_tree(tmp_path / "logs")
+    try:
+        tree.wait_ticks(1)
+        coldsnap("dump", "-t", tree.proc.pid, "-D", tmp_path / "img", "--leave-running", check=True)
+        run = coldsnap("restore", "-D", tmp_path / "img", "-d")
+        assert_one_line_error(run)
+        assert "in use" in run.stderr
+    finally:
+        tree.kill_all()
+        tree.proc.wait(timeout=10)
+        reap_orphans(pids=tree.pids)
+
+
+def _wait_for(path, pattern: str, timeout: float = 15.0) -> str:
+    import re
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text()
+        if re.search(pattern, text, re.M):
+            return text
+        assert time.monotonic() < deadline, f"no {pattern!r} in {text[-400:]!r}"
+        time.sleep(0.01)
+
+
+def test_pipe_between_parent_and_child_and_wait(tmp_path):
+    """Data in flight in the pipe and the shared log come back once; the parent's waitpid
+    reaps the restored child."""
+    import subprocess
+    from procs import build_workload
+    log, stop = tmp_path / "log", tmp_path / "stop"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([str(build_workload("tree_pipe")), str(stop)], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=out)
+    pids = [proc.pid]
+    restored = False
+    try:
+        import re
+        text = _wait_for(log, r"^c ok 2000$")
+        pids = [int(x) for x in re.search(r"^p ready (\d+) (\d+)$", text, re.M).groups()]
+        coldsnap("dump", "-t", proc.pid, "-D", tmp_path / "img", check=True)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        reap_orphans(pids=pids)
+        seen = len(re.findall(r"^c ok", log.read_text(), re.M))
+        coldsnap("restore", "-D", tmp_path / "img", "-d", check=True)
+        restored = True
+        assert ids_now(pids[1]).ppid == pids[0]
+        _wait_for(log, rf"^c ok {(seen + 2) * 1000}$")
+        stop.touch()
+        text = _wait_for(log, r"^p reaped")
+        sent = int(re.search(r"^p reaped 7 sent (\d+)$", text, re.M).group(1))
+        assert re.search(rf"^c done {sent}$", text, re.M), text[-300:]
+        assert "FAIL" not in text, text
+        oks = [int(n) for n in re.findall(r"^c ok (\d+)$", text, re.M)]
+        assert oks == [1000 * i for i in range(1, len(oks) + 1)]     # none lost, none repeated
+        reap_orphans(pids=pids)
+        assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
+    finally:
+        for p in reversed(pids):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not restored:
+            proc.wait(timeout=10)
+        reap_orphans(pids=pids)
+
+
+def test_failed_tree_restore_leaves_nothing(tmp_path):
+    """A file missing at restore: refused in one line before any process exists; gone after
+    the checks (the last blank process fails on it), every blank process made is killed."""
+    import pytest
+    from coldsnap.errors import CsError
+    from coldsnap.restore.blank import make_blank_tree
+    from coldsnap.restore.images import load_tree
+    tree = start_counter_tree(tmp_path / "logs")
+    try:
+        tree.wait_ticks(1)
+        coldsnap("dump", "-t", tree.proc.pid, "-D", tmp_path / "img", check=True)
+        assert tree.proc.wait(timeout=10) == -signal.SIGKILL
+        reap_orphans(pids=tree.pids)
+        images = load_tree(tmp_path / "img")
+        (tmp_path / "logs" / "b.log").unlink()       # b's fd 1 (b is made last)
+        run = coldsnap("restore", "-D", tmp_path / "img", "-d")
+        assert_one_line_error(run)
+        assert "b.log" in run.stderr, run.stderr
+        with pytest.raises(CsError, match="b.log"):
+            make_blank_tree(images, shell_job=False)     # m, a and a1 exist by then
+        reap_orphans(pids=tree.pids)
+        assert not [p for p in tree.pids if ids_now(p)], "a process of a failed restore is left"
+    finally:
+        tree.kill_all()
+        reap_orphans(pids=tree.pids)
