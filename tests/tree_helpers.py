@@ -25,6 +25,13 @@ class Ids:
     sid: int
 
 
+def tids_now(pid: int) -> list[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+
+
 def ids_now(pid: int) -> Ids | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

@@ -9,7 +9,7 @@ import sys
 import time
 
 from procs import coldsnap, crit_decode_each, need_crit
-from tree_helpers import ROLES, ids_now, reap_orphans, start_counter_tree
+from tree_helpers import ROLES, ids_now, reap_orphans, start_counter_tree, tids_now
 
 
 def test_dump_tree_images_and_kill(tmp_path):
@@ -18,18 +18,21 @@ def test_dump_tree_images_and_kill(tmp_path):
     try:
         tree.wait_ticks(2)
         want = {tree.ids[r].pid: tree.ids[r] for r in ROLES}
+        tids = {p: tids_now(p) for p in want}
+        assert len(tids[tree.ids["b"].pid]) == 2
         d = tmp_path / "img"
         coldsnap("dump", "-t", tree.proc.pid, "-D", d, check=True)
         assert tree.proc.wait(timeout=10) == -signal.SIGKILL
         reap_orphans(pids=want)
         assert not [p for p in want if ids_now(p)], "a process of the tree survived the dump"
-        names = ["pstree.img"] + [f"{k}-{p}.img" for p in want for k in ("ids", "mm", "pagemap", "core", "fs")]
+        names = (["pstree.img"] + [f"{k}-{p}.img" for p in want for k in ("ids", "mm", "pagemap", "fs")]
+                 + [f"core-{t}.img" for p in want for t in tids[p]])
         decoded = crit_decode_each([d / n for n in names])
         entries = decoded[d / "pstree.img"]["entries"]
         assert [e["pid"] for e in entries][0] == tree.proc.pid
         got = {e["pid"]: (e["ppid"], e["pgid"], e["sid"], e["threads"]) for e in entries}
         root = tree.proc.pid
-        assert got == {p: (0 if p == root else i.ppid, i.pgid, i.sid, [p]) for p, i in want.items()}
+        assert got == {p: (0 if p == root else i.ppid, i.pgid, i.sid, tids[p]) for p, i in want.items()}
         files_ids = {decoded[d / f"ids-{p}.img"]["entries"][0]["files_id"] for p in want}
         assert len(files_ids) == len(want)          # one fd table each
         for p in files_ids:

@@ -8,7 +8,7 @@ import time
 
 from procs import coldsnap
 from restore_helpers import assert_one_line_error
-from tree_helpers import ROLES, ids_now, reap_orphans, start_counter_tree
+from tree_helpers import ROLES, ids_now, reap_orphans, start_counter_tree, tids_now
 
 
 def test_tree_restored_whole(tmp_path):
@@ -17,6 +17,8 @@ def test_tree_restored_whole(tmp_path):
     try:
         tree.wait_ticks(2)
         before = {r: tree.ids[r] for r in ROLES}
+        tids = {r: tids_now(tree.ids[r].pid) for r in ROLES}
+        assert len(tids["b"]) == 2
         coldsnap("dump", "-t", tree.proc.pid, "-D", tmp_path / "img", check=True)
         assert tree.proc.wait(timeout=10) == -signal.SIGKILL
         reap_orphans(pids=tree.pids)
@@ -30,6 +32,7 @@ def test_tree_restored_whole(tmp_path):
                 assert (now.pgid, now.sid) == (want.pgid, want.sid), (r, now, want)
             else:
                 assert now == want, (r, now, want)
+            assert tids_now(want.pid) == tids[r]
         tree.wait_ticks(3)
         for r in ROLES:   # each counter goes on from where the dump left it, no restart
             ticks = tree.ticks(r)

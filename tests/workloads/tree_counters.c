@@ -2,13 +2,14 @@
  *   m   the main process (stays in the session and group it was started in)
  *   a   m's child, setpgid(0, 0): a process group of its own
  *   a1  a's child, setsid(): a session (and group) of its own
- *   b   m's child, in m's group
+ *   b   m's child, in m's group, with a second thread (idle in pause())
  * Usage: tree_counters LOGDIR. Each process closes what it inherited and writes its own
  * LOGDIR/ROLE.log (O_APPEND): "ready PID PPID PGID SID" once, then every 20 ms
  * "tick N ok" after checking its 1 MiB pattern (seeded by its role) and rewriting a
  * counter page; "FAIL ..." on a mismatch. Children die with their parent (PDEATHSIG). */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -66,6 +67,14 @@ static void run(const char *role, uint64_t seed)
     }
 }
 
+static void *idle(void *arg)
+{
+    (void)arg;
+    for (;;)
+        pause();
+    return NULL;
+}
+
 static void child_setup(void)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -87,7 +96,9 @@ int main(int argc, char **argv)
         run("a", 2);
     }
     if (fork() == 0) {
+        pthread_t t;
         child_setup();
+        pthread_create(&t, NULL, idle, NULL);
         run("b", 4);
     }
     run("m", 1);
