@@ -95,8 +95,10 @@ def _state(pid: int, tid: int | None = None) -> str:
 
 
 def _wait_stopped(pid: int) -> None:
+    """Every thread in the group stop: the leader's state alone says T while, under load, a
+    writer thread has not taken the SIGSTOP yet and writes on after the dump's resume."""
     deadline = time.monotonic() + 5
-    while _state(pid) != "T":
+    while any(_state(pid, int(t)) != "T" for t in os.listdir(f"/proc/{pid}/task")):
         assert time.monotonic() < deadline, f"{pid} did not stop"
         time.sleep(0.001)
 
