@@ -60,25 +60,27 @@ def describe_one(d: ImageDir) -> dict:
             "memwrite_time_us": s.memwrite_time, "pages_scanned": s.pages_scanned,
             "pages_written": s.pages_written, "pages_skipped_parent": s.pages_skipped_parent,
             "pages_skipped": s.cs_pages_skipped}
-    for pid in d.pagemap_ids():
+    entries = {e.pid: e for e in d.read("pstree.img", missing_ok=True) or []}
+    pids = d.pagemap_ids()
+    for pid in [p for p in entries if p in pids] + [p for p in pids if p not in entries]:   # tree order
         proc = _pagemap_summary(d, pid)
         if d.exists(f"mm-{pid}.img"):
             mm = d.read_single(f"mm-{pid}.img")
             proc["vmas"] = [{"start": hex(v.start), "end": hex(v.end), "kind": _kind(v.status),
                              "prot": "".join(c if v.prot & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4))),
                              "size": v.end - v.start} for v in mm.vmas]
-        task = _task_summary(d, pid)
+        task = _task_summary(d, pid, entries.get(pid))
         if task:
             proc["task"] = task
         info["processes"][str(pid)] = proc
     return info
 
 
-def _task_summary(d: ImageDir, pid: int) -> dict:
-    """Threads, command name, state and open files of a dump (pre-dumps have none of these)."""
-    if not d.exists("pstree.img") or not d.exists(f"core-{pid}.img"):
+def _task_summary(d: ImageDir, pid: int, tree) -> dict:
+    """Threads, command name, state, place in the tree (its pstree.img entry) and open files
+    of a process of a dump (pre-dumps have none of these)."""
+    if tree is None or not d.exists(f"core-{pid}.img"):
         return {}
-    tree = d.read("pstree.img")[0]
     tc = d.read_single(f"core-{pid}.img").tc
     fds: dict[str, int] = {}
     ids = d.read_single(f"ids-{pid}.img") if d.exists(f"ids-{pid}.img") else None
@@ -87,7 +89,7 @@ def _task_summary(d: ImageDir, pid: int) -> dict:
         for fi in d.read(f"fdinfo-{ids.files_id}.img", missing_ok=True):
             kind = kinds.get(fi.id, "?")
             fds[kind] = fds.get(kind, 0) + 1
-    return {"comm": tc.comm, "threads": list(tree.threads),
+    return {"comm": tc.comm, "threads": list(tree.threads), "ppid": tree.ppid, "pgid": tree.pgid, "sid": tree.sid,
             "state": {1: "running", 3: "stopped"}.get(tc.task_state, str(tc.task_state)), "fds": fds}
 
 
@@ -117,8 +119,10 @@ def render(info: dict) -> str:
             task = p.get("task")
             if task:
                 fds = ", ".join(f"{n} {k}" for k, n in sorted(task["fds"].items())) or "none"
+                parent = f"child of {task['ppid']}, " if task.get("ppid") else ""
                 out.append(f"    {task['comm']!r}, {len(task['threads'])} thread"
-                           f"{'s' if len(task['threads']) > 1 else ''}, {task['state']}; fds: {fds}")
+                           f"{'s' if len(task['threads']) > 1 else ''}, {task['state']}; fds: {fds}; "
+                           f"{parent}group {task.get('pgid')}, session {task.get('sid')}")
             if depth == 0 and "vmas" in p:
                 out.append(f"    {'start':>14} {'end':>14} {'prot':4} {'kind':12} size")
                 for v in p["vmas"]:

@@ -38,6 +38,13 @@ def test_dump_tree_images_and_kill(tmp_path):
         for p in files_ids:
             assert (d / f"fdinfo-{p}.img").exists()
         assert tree.fails() == []
+        shown = coldsnap("show", d, check=True).stdout
+        for r in ROLES:
+            i = tree.ids[r]
+            place = "" if r == "m" else f"child of {i.ppid}, "
+            threads = "2 threads" if r == "b" else "1 thread"
+            assert f"{threads}, running; fds: " in shown
+            assert f"; {place}group {i.pgid}, session {i.sid}\n" in shown, shown
     finally:
         tree.kill_all()
         tree.proc.wait(timeout=10)
