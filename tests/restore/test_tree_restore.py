@@ -187,3 +187,44 @@ def test_shell_pipeline(tmp_path):
         if not restored:
             proc.wait(timeout=10)
         reap_orphans(pids=pids)
+
+
+def test_listening_socket_shared_by_workers(tmp_path, python_exe):
+    """A master and two workers accepting on one inherited listening socket: after restore
+    both workers serve on it, and the master's wait() reaps a worker that ends."""
+    import re
+    import socket
+    import subprocess
+    from pathlib import Path
+    log = tmp_path / "log"
+    script = Path(__file__).resolve().parent.parent / "workloads" / "tree_listen.py"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([python_exe, str(script)], stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    pids = [proc.pid]
+    restored = False
+    try:
+        port, *workers = map(int, re.search(r"^ready (\d+) (\d+) (\d+)$", _wait_for(log, r"^ready "), re.M).groups())
+        pids += workers
+        coldsnap("dump", "-t", proc.pid, "-D", tmp_path / "img", check=True)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        reap_orphans(pids=pids)
+        coldsnap("restore", "-D", tmp_path / "img", "-d", check=True)
+        restored = True
+        seen = set()
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                seen.add(c.makefile().readline().strip())
+            if len(seen) == 2:
+                break
+        assert seen == {f"worker {w}" for w in workers}
+        os.kill(workers[0], signal.SIGTERM)
+        _wait_for(log, rf"^reaped {workers[0]} {signal.SIGTERM}$")
+    finally:
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not restored:
+            proc.wait(timeout=10)
+        reap_orphans(pids=pids)
