@@ -95,3 +95,14 @@ def test_dump_tree_refuses_processes_sharing_a_table(tmp_path, spawn, workload_b
     assert "shares its" in lines[0] and f"with process {main}" in lines[0], lines
     assert not (tmp_path / "img").exists()
     assert ids_now(main) is not None
+
+
+def test_dump_refuses_a_thread_with_its_own_fd_table(tmp_path, spawn, workload_bin):
+    w = spawn([workload_bin("tree_unshared")])
+    tid = int(w.ready.split()[1])
+    run = coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img")
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode != 0 and len(lines) == 1, run.stderr
+    assert f"thread {tid} of process {w.pid} has its own fd table" in lines[0], lines
+    assert not (tmp_path / "img").exists()
+    assert ids_now(w.pid) is not None
