@@ -231,7 +231,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(pattern, spawn, python_exe, tm
     assert_running_untraced(w.pid)
 
     s = spawn([python_exe, "-c", "import socket, sys; a, b = socket.socketpair(); "
-               "print(a.fileno(), flush=True); sys.stdin.readline()"], stderr=subprocess.DEVNULL)
+               "socket.send_fds(a, [b'x'], [0]); print(b.fileno(), flush=True); sys.stdin.readline()"], stderr=subprocess.DEVNULL)
     r = coldsnap("dump", "-t", s.pid, "-D", tmp_path / "b")
     assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("coldsnap: ") and f"fd {s.ready}: unix socket" in r.stderr, r.stderr

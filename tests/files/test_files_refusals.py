@@ -24,7 +24,6 @@ def listener():
 
 
 CASES = {
-    "unix socket": ("a, b = socket.socketpair(); out = a.fileno()", r"unix socket is not supported yet"),
     "connected udp": ("u = socket.socket(type=socket.SOCK_DGRAM); u.connect(('127.0.0.1', 9)); out = u.fileno()",
                       r"connected UDP socket is not supported yet"),
     "signalfd": (LIBC + "out = L.signalfd(-1, struct.pack('Q', 1 << 9), 0)", r"signalfd is not supported"),
@@ -45,6 +44,18 @@ def test_unsupported_kinds_are_refused_naming_the_fd(pyload, case):
     assert fd > 2
     with pytest.raises(Unsupported, match=rf"^fd {fd}: {message}$"):
         collect_files(w.pid)
+
+
+def test_unix_socket_with_fds_in_flight_is_refused(pyload):
+    """SCM_RIGHTS in a queue: refused naming pid and fd; the peek neither consumes the
+    message nor leaves the fds it was handed open in coldsnap."""
+    w = pyload()
+    fd = w.run("a, b = socket.socketpair(); socket.send_fds(a, [b'x'], [0]); out = b.fileno()")
+    ours = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(Unsupported, match=rf"^pid {w.pid} fd {fd}: unix socket has file descriptors in flight "):
+        collect_files(w.pid)
+    assert len(os.listdir("/proc/self/fd")) == ours
+    assert w.run("m, fds, _, _ = socket.recv_fds(b, 10, 1); out = (m, len(fds))") == (b"x", 1)
 
 
 def test_connected_tcp_is_refused(pyload, listener):

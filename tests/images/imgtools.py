@@ -5,7 +5,7 @@ from coldsnap.images.directory import ImageDir, new_inventory
 from coldsnap.images.pb import (core_pb2, core_x86_pb2, creds_pb2, eventfd_pb2, eventpoll_pb2,
                                 fdinfo_pb2, fown_pb2, fs_pb2, ids_pb2, mm_pb2, pagemap_pb2,
                                 pipe_pb2, pstree_pb2, regfile_pb2, rlimit_pb2, rseq_pb2, sa_pb2,
-                                sk_inet_pb2, sk_opts_pb2, stats_pb2, timer_pb2)
+                                sk_inet_pb2, sk_opts_pb2, sk_packet_pb2, stats_pb2, timer_pb2)
 
 from procs import CRIT, crit_decode_all  # noqa: F401  (re-exported: the one crit runner)
 
@@ -133,6 +133,8 @@ def sample_images() -> dict[str, list]:
         "pipes-data.img": [(pipe_pb2.pipe_data_entry(pipe_id=777, bytes=5, size=65536), b"hello"),
                            (pipe_pb2.pipe_data_entry(pipe_id=779, bytes=3), b"\x00\xff\x01")],
         "fifo-data.img": [(pipe_pb2.pipe_data_entry(pipe_id=778, bytes=2), b"ok")],
+        "sk-queues.img": [(sk_packet_pb2.sk_packet_entry(id_for=12, length=5), b"hello"),
+                          (sk_packet_pb2.sk_packet_entry(id_for=12, length=0), b"")],
         "stats-dump": [stats()],
         "stats-restore": [stats_pb2.stats_entry(restore=stats_pb2.restore_stats_entry(
             pages_compared=1, pages_skipped_cow=2, forking_time=3, restore_time=4))],

@@ -11,8 +11,9 @@ from coldsnap.images.directory import ImageDir
 from coldsnap.images.pb import fdinfo_pb2, fs_pb2, pipe_pb2
 
 from .kinds import OPS, ops_to_restore
-from .model import DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, PipeData, PipeFile
+from .model import DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, PipeData, PipeFile, UnixSocket
 from .registry import FileRegistry
+from .unix import queue_entries, refuse_unpaired
 
 FD_CLOEXEC = 1
 
@@ -32,7 +33,9 @@ def fdinfo_entries(reg: FileRegistry, files_id: int) -> list[fdinfo_pb2.fdinfo_e
 
 def write_images(reg: FileRegistry, imgdir: ImageDir) -> None:
     """files.img, fdinfo-<files_id>.img per table, fs-<pid>.img per task, pipes-data.img
-    and fifo-data.img."""
+    and fifo-data.img; sk-queues.img if a unix socket has queued data. Refuses first what
+    only the whole tree shows: a unix socket connected outside it."""
+    refuse_unpaired(reg.files, reg.where)
     imgdir.write("files.img", file_entries(reg))
     for files_id in reg.tables:
         imgdir.write(f"fdinfo-{files_id}.img", fdinfo_entries(reg, files_id))
@@ -45,6 +48,9 @@ def write_images(reg: FileRegistry, imgdir: ImageDir) -> None:
             (pipe_pb2.pipe_data_entry(pipe_id=pd.pipe_id, bytes=len(pd.data), size=pd.size), pd.data)
             for pd in reg.pipe_data.values()
             if (pd.pipe_id in fifos) == want_fifo and (pd.data or pd.size != DEFAULT_PIPE_SIZE)])
+    queued = queue_entries(reg.files)
+    if queued:
+        imgdir.write("sk-queues.img", queued)
 
 
 def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
@@ -80,6 +86,10 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
         for m, payload in framing.read_entries(d / name, missing_ok=True):
             reg.pipe_data[m.pipe_id] = PipeData(m.pipe_id, payload or b"",
                                                 m.size if m.HasField("size") else DEFAULT_PIPE_SIZE)
+    for m, payload in framing.read_entries(d / "sk-queues.img", missing_ok=True):
+        f = reg.files.get(m.id_for)
+        if isinstance(f, UnixSocket):
+            f.queue.append(payload or b"")
     for f in reg.files.values():
         if isinstance(f, PipeFile) and f.pipe_id not in reg.pipe_data:
             reg.pipe_data[f.pipe_id] = PipeData(f.pipe_id, b"")

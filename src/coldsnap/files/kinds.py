@@ -20,6 +20,7 @@ from .model import FdType
 from .ops import FileOps, Probe
 from .pipes import FifoOps, PipeOps
 from .regular import RegOps
+from .unix import UnixOps
 
 OPS: dict[FdType, FileOps] = {
     FdType.REG: RegOps(),
@@ -28,9 +29,10 @@ OPS: dict[FdType, FileOps] = {
     FdType.EVENTFD: EventfdOps(),
     FdType.EVENTPOLL: EpollOps(),
     FdType.INETSK: InetOps(),
+    FdType.UNIXSK: UnixOps(),
 }
 # kinds the format knows that may have no operations yet: how a refusal names them
-_NAMES = {FdType.UNIXSK: "unix socket", FdType.TTY: "tty"}
+_NAMES = {FdType.TTY: "tty"}
 _ANON = {"eventfd": FdType.EVENTFD, "eventpoll": FdType.EVENTPOLL}
 _SOCKETS = {socket.AF_INET: FdType.INETSK, socket.AF_INET6: FdType.INETSK, socket.AF_UNIX: FdType.UNIXSK}
 _OTHER_FAMILIES = {socket.AF_NETLINK: "netlink", socket.AF_PACKET: "packet"}

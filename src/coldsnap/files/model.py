@@ -128,7 +128,29 @@ class InetSocket:
     kind = FdType.INETSK
 
 
-FileObj = RegFile | PipeFile | EventfdFile | EpollFile | InetSocket
+@dataclass(slots=True)
+class UnixSocket:
+    """An AF_UNIX socket: one end of a connected pair inside the tree, a listener, or an
+    unconnected socket. Peers pair by inode; `queue` is what waits in its receive queue
+    (peeked, not consumed), one item per datagram / seqpacket record."""
+    id: int
+    inode: int
+    type: int                     # SOCK_STREAM / SOCK_DGRAM / SOCK_SEQPACKET
+    state: int                    # 1 connected, 10 listening, 7 neither
+    flags: int
+    peer: int = 0                 # inode of the other end
+    name: bytes = b""             # bound name; abstract names start with NUL
+    backlog: int = 0
+    shutdown: int = 0             # 1 receive, 2 send side shut down
+    perms: tuple[int, int, int] | None = None   # mode, uid, gid of the bound socket file
+    opts: SockOpts = field(default_factory=SockOpts)
+    queue: list[bytes] = field(default_factory=list)
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.UNIXSK
+
+
+FileObj = RegFile | PipeFile | EventfdFile | EpollFile | InetSocket | UnixSocket
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from coldsnap.kernel import kcmp
 from coldsnap.kernel.procfs import read_path_link, read_umask
 
 from .kinds import classify, ops_to_collect
-from .model import FdEntry, FileObj, FsState, PipeData, PipeFile, RegFile
+from .model import FdEntry, FileObj, FsState, PipeData, PipeFile, RegFile, UnixSocket
 from .ops import Probe
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_LARGEFILE
@@ -150,7 +150,23 @@ class FileRegistry:
         for ends in self.pipe_ends().values():
             if len({files_id for files_id, _ in ends}) > 1:
                 out.update(e.file_id for _, e in ends)
+        # the two ends of a connected unix pair are made together, like a pipe's
+        by_inode = {f.inode: fid for fid, f in self.files.items() if isinstance(f, UnixSocket)}
+        for fid, holders in tables.items():
+            f = self.files[fid]
+            if isinstance(f, UnixSocket) and f.peer in by_inode:
+                peer = by_inode[f.peer]
+                if tables.get(peer, set()) != holders or len(holders) > 1:
+                    out.update((fid, peer))
         return sorted(out)
+
+    def where(self, fid: int) -> str:
+        """'pid P fd N' of the first fd that refers to file fid (for messages)."""
+        for pid, files_id in self.tasks.items():
+            for e in self.tables.get(files_id, []):
+                if e.file_id == fid:
+                    return f"pid {pid} fd {e.fd}"
+        return f"file {fid}"
 
     def lone_pipe_ends(self) -> list[tuple[int, int]]:
         """(files_id, fd) of pipe ends whose other end is in no table of the registry: a

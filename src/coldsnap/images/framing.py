@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError, Message
 
 from ..errors import ImageError
 from .pb import (core_pb2, fdinfo_pb2, fs_pb2, ids_pb2, inventory_pb2, mm_pb2, pagemap_pb2,
-                 pipe_pb2, pstree_pb2, stats_pb2)
+                 pipe_pb2, pstree_pb2, sk_packet_pb2, stats_pb2)
 
 # Every magic CRIU defines (name without the _MAGIC suffix, as crit spells them).
 MAGICS: dict[str, int] = {
@@ -110,6 +110,8 @@ KINDS: tuple[ImageKind, ...] = (
               True, payload="bytes"),
     ImageKind("FIFO_DATA", r"fifo-data\.img", MAGICS["FIFO_DATA"], pipe_pb2.pipe_data_entry,
               True, payload="bytes"),
+    ImageKind("SK_QUEUES", r"sk-queues\.img", MAGICS["SK_QUEUES"], sk_packet_pb2.sk_packet_entry,
+              True, payload="length"),
     # Service files: no .img suffix, IMG_SERVICE in front.
     ImageKind("STATS", r"stats-dump", MAGICS["STATS"], stats_pb2.stats_entry, False, Frame.SERVICE),
     ImageKind("STATS", r"stats-restore", MAGICS["STATS"], stats_pb2.stats_entry, False,

@@ -1,8 +1,20 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class sk_shutdown(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NONE: _ClassVar[sk_shutdown]
+    READ: _ClassVar[sk_shutdown]
+    WRITE: _ClassVar[sk_shutdown]
+    BOTH: _ClassVar[sk_shutdown]
+NONE: sk_shutdown
+READ: sk_shutdown
+WRITE: sk_shutdown
+BOTH: sk_shutdown
 
 class sk_opts_entry(_message.Message):
     __slots__ = ("so_sndbuf", "so_rcvbuf", "so_snd_tmo_sec", "so_snd_tmo_usec", "so_rcv_tmo_sec", "so_rcv_tmo_usec", "reuseaddr", "so_priority", "so_rcvlowat", "so_mark", "so_passcred", "so_passsec", "so_dontroute", "so_no_check", "so_bound_dev", "keepalive", "tcp_keepcnt", "tcp_keepidle", "tcp_keepintvl", "so_oobinline", "so_linger", "so_buf_lock", "so_reuseport")

@@ -1,0 +1,311 @@
+"""Unix sockets: connected pairs inside the tree, listeners (path or abstract), unconnected.
+
+Dump: sock_diag gives peer, shutdown state and backlog; the receive queue is read with
+MSG_PEEK from an SO_PEEK_OFF offset on our pidfd_getfd copy, so nothing is consumed
+(the socket's own peek offset is put back), one item per datagram/record. Restore: the
+first end of a pair opened makes a socketpair and keeps the other end for its peer
+(both ends are opened in one process: in one fd table, or shared by the tree); each queue
+is sent back from the other end. Buffer sizes and shutdown come last (post_open).
+
+A path name is re-bound where it was: a socket file left there is unlinked only if it is
+a socket nobody listens on (the dumped process's own, typically); anything else refuses.
+"""
+from __future__ import annotations
+
+import array
+import errno
+import os
+import socket
+import stat
+import struct
+
+from coldsnap.errors import ImageError, Unsupported
+from coldsnap.images.pb import fdinfo_pb2, sk_opts_pb2, sk_packet_pb2, sk_unix_pb2
+from coldsnap.kernel.unixdiag import socket_holders, unix_diag, unix_socket_paths
+
+from .model import FileObj, SockOpts, UnixSocket
+from .ops import FileOps, OpenCtx, Probe, fown_of, fown_pb, read_fown
+
+ESTABLISHED, CLOSE, LISTEN = 1, 7, 10
+SO_PEEK_OFF = 42
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram", socket.SOCK_SEQPACKET: "seqpacket"}
+_SHUT = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
+_FILL_SNDBUF = 1 << 26       # while queues are written back; the dumped size is set after
+
+
+def show_name(name: bytes) -> str:
+    if not name:
+        return "unnamed"
+    if name.startswith(b"\0"):
+        return "@" + name[1:].decode(errors="backslashreplace")
+    return name.decode(errors="backslashreplace")
+
+
+def _is_path(name: bytes) -> bool:
+    return bool(name) and not name.startswith(b"\0")
+
+
+# --- dump ------------------------------------------------------------------------------------
+
+def _peek_queue(s: socket.socket, fd: str, stype: int, total: int) -> list[bytes]:
+    """Every message in s's receive queue, peeked from offset 0; SO_PEEK_OFF is restored.
+    `total`: bytes queued (stream/seqpacket; for datagrams only the first one's size)."""
+    if total == 0 and stype != socket.SOCK_DGRAM:
+        return []
+    buf = bytearray(max(total, 1 << 20))
+    anc = socket.CMSG_SPACE(253 * 4)
+    old = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    out: list[bytes] = []
+    got = 0
+    try:
+        while stype == socket.SOCK_DGRAM or got < total:
+            try:
+                n, ancdata, mflags, _ = s.recvmsg_into([buf], anc, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            fds = [x for level, kind, data in ancdata if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+                   for x in array.array("i", data[:len(data) - len(data) % 4])]
+            for x in fds:
+                os.close(x)
+            if fds or mflags & socket.MSG_CTRUNC:
+                raise Unsupported(f"{fd}: unix socket has file descriptors in flight (SCM_RIGHTS) "
+                                  "in its receive queue; not supported")
+            if mflags & socket.MSG_TRUNC:
+                raise Unsupported(f"{fd}: unix socket holds a datagram larger than {len(buf)} bytes")
+            if n == 0:
+                break       # a zero-length datagram (or EOF): the peek offset cannot pass it
+            out.append(bytes(buf[:n]))
+            got += n
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
+    if stype == socket.SOCK_STREAM and out:
+        out = [b"".join(out)]
+    return out
+
+
+def _read_opts(s: socket.socket) -> SockOpts:
+    return SockOpts(
+        rcvbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        sndbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        snd_tmo=struct.unpack("qq", s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16)),
+        rcv_tmo=struct.unpack("qq", s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)))
+
+
+def _bound_file(fd: str, name: bytes, vfs_ino: int) -> tuple[int, int, int]:
+    """mode, uid, gid of the socket file the socket is bound to; Unsupported if it is gone."""
+    path = name.decode(errors="surrogateescape")
+    if not name.startswith(b"/"):
+        raise Unsupported(f"{fd}: unix socket bound to relative path {path} is not supported yet")
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        st = None
+    if st is None or st.st_ino != vfs_ino or not stat.S_ISSOCK(st.st_mode):
+        raise Unsupported(f"{fd}: unix socket bound to {path}, which was deleted or replaced; "
+                          "not supported yet")
+    return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+
+
+class UnixOps(FileOps):
+    def collect(self, p: Probe, fid: int) -> UnixSocket:
+        fd, ino = f"pid {p.pid} fd {p.fd}", p.link.inode
+        d = unix_diag(ino)
+        if d is None:
+            raise Unsupported(f"{fd}: unix socket {ino} is not visible to sock_diag "
+                              "(another network namespace?); not supported")
+        if d.type not in _TYPES:
+            raise Unsupported(f"{fd}: unix socket of type {d.type} is not supported")
+        name = d.name.rstrip(b"\0") if _is_path(d.name) else d.name
+        perms = _bound_file(fd, name, d.vfs_ino) if _is_path(name) else None
+        s = socket.socket(fileno=os.dup(p.dup))
+        try:
+            queue: list[bytes] = []
+            backlog = 0
+            if d.state == LISTEN:
+                if d.pending:
+                    raise Unsupported(f"{fd}: listening unix socket {show_name(name)} has {len(d.pending)} "
+                                      "connection(s) not accepted yet; not supported")
+                backlog = d.wqueue
+            elif d.state == ESTABLISHED and not d.peer:
+                raise Unsupported(f"{fd}: unix socket connected to a connection its listener has "
+                                  "not accepted yet; not supported")
+            else:
+                queue = _peek_queue(s, fd, d.type, d.rqueue)
+                if queue and d.state != ESTABLISHED and not name:
+                    raise Unsupported(f"{fd}: unconnected unnamed unix socket with queued data is not supported")
+            return UnixSocket(fid, ino, d.type, d.state if d.state in (ESTABLISHED, LISTEN) else CLOSE, p.flags,
+                              d.peer, name, backlog, d.shutdown, perms, _read_opts(s), queue, read_fown(p.dup))
+        finally:
+            s.close()
+
+    def to_image(self, f: UnixSocket, new_id) -> list[fdinfo_pb2.file_entry]:
+        o = f.opts
+        opts = sk_opts_pb2.sk_opts_entry(
+            so_sndbuf=o.sndbuf, so_rcvbuf=o.rcvbuf, so_snd_tmo_sec=o.snd_tmo[0],
+            so_snd_tmo_usec=o.snd_tmo[1], so_rcv_tmo_sec=o.rcv_tmo[0], so_rcv_tmo_usec=o.rcv_tmo[1])
+        usk = sk_unix_pb2.unix_sk_entry(
+            id=f.id, ino=f.inode, type=f.type, state=f.state, flags=f.flags, uflags=0, backlog=f.backlog,
+            peer=f.peer, fown=fown_pb(f.fown), opts=opts, name=f.name, shutdown=f.shutdown)
+        if f.perms is not None:
+            usk.file_perms.CopyFrom(sk_unix_pb2.file_perms_entry(mode=f.perms[0], uid=f.perms[1], gid=f.perms[2]))
+        e = fdinfo_pb2.file_entry(type=fdinfo_pb2.UNIXSK, id=f.id)
+        e.usk.CopyFrom(usk)
+        return [e]
+
+    def from_image(self, e, regs) -> UnixSocket:
+        k, o = e.usk, e.usk.opts
+        if k.type not in _TYPES or k.state not in (ESTABLISHED, LISTEN, CLOSE):
+            raise ImageError(f"files.img: unix socket {k.id} has type {k.type}, state {k.state}")
+        opts = SockOpts(rcvbuf=o.so_rcvbuf, sndbuf=o.so_sndbuf, snd_tmo=(o.so_snd_tmo_sec, o.so_snd_tmo_usec),
+                        rcv_tmo=(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec))
+        perms = (k.file_perms.mode, k.file_perms.uid, k.file_perms.gid) if k.HasField("file_perms") else None
+        return UnixSocket(k.id, k.ino, k.type, k.state, k.flags, k.peer, k.name, k.backlog, k.shutdown,
+                          perms, opts, [], fown_of(k.fown))
+
+    def validate(self, f: UnixSocket, name: str, *, shell_job: bool) -> None:
+        """Its name must be free: no listener on it now, no other kind of file at the path."""
+        if f.state == ESTABLISHED or not f.name:
+            return
+        if _is_path(f.name):
+            _stale_socket_file(f.name, name)
+            return
+        with socket.socket(socket.AF_UNIX, f.type) as t:
+            try:
+                t.bind(f.name)
+            except OSError as e:
+                raise ImageError(f"{name}: cannot bind unix socket {show_name(f.name)}: {e.strerror}") from None
+
+    def open(self, f: UnixSocket, ctx: OpenCtx) -> int:
+        if f.state == ESTABLISHED:
+            return _open_pair_end(f, ctx)
+        s = socket.socket(socket.AF_UNIX, f.type)
+        try:
+            if f.name:
+                if _is_path(f.name) and _stale_socket_file(f.name, ctx.name(f.id)):
+                    os.unlink(f.name)
+                try:
+                    s.bind(f.name)
+                except OSError as e:
+                    raise ImageError(f"{ctx.name(f.id)}: cannot bind unix socket {show_name(f.name)}: "
+                                     f"{e.strerror}") from None
+                if f.perms is not None:
+                    os.chown(f.name, f.perms[1], f.perms[2])
+                    os.chmod(f.name, f.perms[0])
+            if f.state == LISTEN:
+                s.listen(f.backlog)
+            elif f.queue:
+                with socket.socket(socket.AF_UNIX, f.type) as sender:
+                    sender.connect(f.name)
+                    _send_queue(sender, f.queue, ctx.name(f.id))
+            return ctx.high(s.detach())
+        finally:
+            s.close()
+
+    def post_open(self, f: UnixSocket, fd: int, ctx: OpenCtx) -> None:
+        super().post_open(f, fd, ctx)
+        s = socket.socket(fileno=fd)
+        try:
+            o = f.opts
+            for opt, force, val in ((socket.SO_SNDBUF, SO_SNDBUFFORCE, o.sndbuf),
+                                    (socket.SO_RCVBUF, SO_RCVBUFFORCE, o.rcvbuf)):
+                if val and s.getsockopt(socket.SOL_SOCKET, opt) != val:
+                    s.setsockopt(socket.SOL_SOCKET, force, val // 2)     # the kernel doubles it
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("qq", *o.snd_tmo))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("qq", *o.rcv_tmo))
+            if f.shutdown in _SHUT:
+                s.shutdown(_SHUT[f.shutdown])
+        finally:
+            s.detach()
+
+
+def _stale_socket_file(path: bytes, name: str) -> bool:
+    """True if a socket file nobody listens on sits at path (to unlink before binding);
+    False if nothing does; ImageError for anything else."""
+    shown = path.decode(errors="backslashreplace")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ImageError(f"{name}: {shown} exists and is not a socket; not removing it")
+    for stype in _TYPES:
+        with socket.socket(socket.AF_UNIX, stype) as t:
+            try:
+                t.connect(path)
+            except OSError as e:
+                if e.errno in (errno.ECONNREFUSED, errno.EPROTOTYPE, errno.ENOENT):
+                    continue
+                raise ImageError(f"{name}: cannot check socket file {shown}: {e.strerror}") from None
+            raise ImageError(f"{name}: unix socket {shown} is in use by another process")
+    return True
+
+
+def _send_queue(sender: socket.socket, queue: list[bytes], name: str) -> None:
+    for msg in queue:
+        try:
+            if sender.type == socket.SOCK_STREAM:
+                view = memoryview(msg)
+                while view:
+                    view = view[sender.send(view, socket.MSG_DONTWAIT):]
+            else:
+                sender.send(msg, socket.MSG_DONTWAIT)
+        except OSError as e:
+            raise ImageError(f"{name}: cannot queue {len(msg)} bytes back into the unix socket: "
+                             f"{e.strerror}") from None
+
+
+def _open_pair_end(f: UnixSocket, ctx: OpenCtx) -> int:
+    """One end of a connected pair: the first end makes the pair, the second takes the
+    other socket; each end's queue is sent from the other end."""
+    key = ("unix", min(f.inode, f.peer))
+    other = ctx.shared.pop(key, None)
+    if other is None:
+        pair = socket.socketpair(socket.AF_UNIX, f.type)
+        for s in pair:
+            s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, _FILL_SNDBUF)
+        mine, theirs = (ctx.high(s.detach()) for s in pair)
+        _send_from(theirs, f.queue, ctx.name(f.id))
+        ctx.shared[key] = (theirs, mine)
+        return mine
+    theirs, first = other
+    _send_from(first, f.queue, ctx.name(f.id))
+    return theirs
+
+
+def _send_from(fd: int, queue: list[bytes], name: str) -> None:
+    s = socket.socket(fileno=fd)
+    try:
+        _send_queue(s, queue, name)
+    finally:
+        s.detach()
+
+
+# --- a dump's check over the whole tree ------------------------------------------------------
+
+def refuse_unpaired(files: dict[int, FileObj], where) -> None:
+    """Unsupported for a connected unix socket whose peer is not a socket of the dump
+    connected back to it; `where(file id)` names our end ('pid P fd N')."""
+    socks = {f.inode: f for f in files.values() if isinstance(f, UnixSocket)}
+    for f in socks.values():
+        if f.state != ESTABLISHED:
+            continue
+        peer = socks.get(f.peer)
+        if peer is not None and peer.peer == f.inode:
+            continue
+        names = unix_socket_paths()
+        if peer is not None:
+            raise Unsupported(f"{where(f.id)}: unix {_TYPES[f.type]} socket connected to "
+                              f"{show_name(peer.name)} (ino {f.peer}) of the tree, which is not connected back; "
+                              "not supported yet")
+        held = ", ".join(f"pid {pid} fd {fd}" for pid, fd in socket_holders(f.peer)) or "no process"
+        raise Unsupported(f"{where(f.id)}: unix {_TYPES[f.type]} socket (ino {f.inode}) is connected to "
+                          f"socket ino {f.peer} {names.get(f.peer, '')} held by {held}, outside the dumped "
+                          "tree; not supported (no --ext-unix-sk yet)".replace("  ", " "))
+
+
+def queue_entries(files: dict[int, FileObj]) -> list[tuple[sk_packet_pb2.sk_packet_entry, bytes]]:
+    """sk-queues.img: the queued messages of every unix socket, in order."""
+    return [(sk_packet_pb2.sk_packet_entry(id_for=f.id, length=len(m)), m)
+            for f in files.values() if isinstance(f, UnixSocket) for m in f.queue]

@@ -1,0 +1,134 @@
+"""Unix sockets through `coldsnap dump -t` / `restore` on real processes: socketpairs of
+every type with queued messages both ways (boundaries kept, nothing consumed by the dump),
+a parent and child talking over a pair, listeners on a path and in the abstract namespace,
+and the refusal of a socket connected outside the dumped tree."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from procs import CRIT, coldsnap, crit_decode_each
+from restore_helpers import assert_one_line_error
+from tree_helpers import reap_orphans
+
+WORKLOAD = Path(__file__).resolve().parents[1] / "workloads" / "unix_pairs.py"
+
+
+def _wait_for(path: Path, line: str, timeout: float = 15.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if line in text.splitlines():
+            return text
+        assert time.monotonic() < deadline, f"no {line!r} in {text[-600:]!r}"
+        time.sleep(0.01)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _kill(pids) -> None:
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_socketpairs_and_listeners_survive_dump_and_restore(tmp_path):
+    abstract = f"coldsnap-test-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "listener.sock"
+    proc = subprocess.Popen([sys.executable, WORKLOAD, tmp_path, path, abstract], start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids = [proc.pid]
+    log = tmp_path / "log"
+    restored = False
+    try:
+        _wait_for(log, "ready")
+        _wait_for(log, "child 3")
+        pids += _children(proc.pid)
+        assert len(pids) == 2
+        coldsnap("dump", "-t", proc.pid, "-D", tmp_path / "img", check=True)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        reap_orphans(pids=pids)
+        img = tmp_path / "img"
+        if os.path.exists(CRIT):       # CRIU's own decoder takes our unix entries and queues
+            dec = crit_decode_each([img / "files.img", img / "sk-queues.img"])
+            usk = [e["usk"] for e in dec[img / "files.img"]["entries"] if "usk" in e]
+            assert len(usk) == 12 and sorted(e["backlog"] for e in usk)[-2:] == [3, 5]
+            assert len(dec[img / "sk-queues.img"]["entries"]) == 3 * 2 + 2 * 3 + 1
+        before = sum(1 for x in log.read_text().splitlines() if x.startswith("child"))
+        assert path.exists()           # the dead listener's socket file: restore replaces it
+        coldsnap("restore", "-D", tmp_path / "img", "-d", check=True)
+        restored = True
+        (tmp_path / "go").touch()
+        for addr, stype in ((str(path), socket.SOCK_STREAM), (b"\0" + abstract.encode(), socket.SOCK_SEQPACKET)):
+            with socket.socket(socket.AF_UNIX, stype) as c:
+                c.settimeout(10)
+                c.connect(addr)
+                assert c.recv(100).startswith(b"hello from listener")
+        text = _wait_for(log, "done")
+        lines = text.splitlines()
+        ab, ba = [b"one", b"two-longer", b"3"], [b"back-1", b"back-two"]
+        for name in ("stream", "dgram", "seqpacket"):
+            join = (lambda ms: [b"".join(ms)]) if name == "stream" else (lambda ms: ms)
+            assert f"{name} a<-b {join(ba)!r}" in lines, text
+            assert f"{name} b<-a {join(ab)!r}" in lines, text
+            assert f"{name} after b'ping' b'pong'" in lines, text
+        assert "sndbuf 100000 100000" in lines
+        assert "nonblock True" in lines
+        assert "shutdown b'last words' b''" in lines
+        assert "accepted 0" in lines and "accepted 1" in lines
+        after = [int(x.split()[1]) for x in lines if x.startswith("child")]
+        assert after == list(range(1, len(after) + 1))     # no question lost or answered twice
+        assert len(after) >= before + 5
+    finally:
+        _kill(pids)
+        if not restored:
+            proc.wait(timeout=10)
+        reap_orphans(pids=pids)
+
+
+_OUTSIDE = """
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+print("connected", flush=True)
+time.sleep(60)
+"""
+
+
+def test_socket_connected_outside_the_tree_is_refused(tmp_path):
+    """A client connected to a listener of another process: one line naming both ends;
+    the client goes on running."""
+    path = tmp_path / "outside.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(1)
+    client = subprocess.Popen([sys.executable, "-c", _OUTSIDE, path], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert client.stdout.readline() == "connected\n"
+        conn, _ = server.accept()
+        run = coldsnap("dump", "-t", client.pid, "-D", tmp_path / "img")
+        assert_one_line_error(run)
+        err = run.stderr
+        assert f"pid {client.pid} fd 3" in err and "outside the dumped tree" in err, err
+        assert f"pid {os.getpid()} fd {conn.fileno()}" in err, err
+        assert client.poll() is None
+        conn.close()
+    finally:
+        client.kill()
+        client.wait(timeout=10)
+        server.close()
