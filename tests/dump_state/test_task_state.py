@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
 
 import pytest
@@ -16,6 +17,7 @@ from tests.conftest import proc_state
 from procs import crit_decode
 
 SA_SIGINFO, SA_ONSTACK, SA_RESTART, SA_RESTORER = 0x4, 0x08000000, 0x10000000, 0x04000000
+SA_NOCLDSTOP = 0x1
 SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, SIGPWR = 1, 10, 12, 14, 30
 SS_DISABLE = 2
 RSEQ_SIG = 0x53053053
@@ -123,6 +125,10 @@ def test_signals(dumped):
     assert usr1.mask == info["mask"]
     assert by[SIGHUP].handler == 1 and by[SIGALRM].handler == 1     # SIG_IGN
     assert by[SIGUSR2].handler == 0                                 # SIG_DFL
+    # SIG_DFL: SIGCHLD keeps SA_NOCLDSTOP (it changes what the kernel does); any other
+    # default action is not asked for (no injected call) and recorded as all zeros
+    assert by[signal.SIGCHLD].handler == 0 and by[signal.SIGCHLD].flags & SA_NOCLDSTOP
+    assert (by[signal.SIGWINCH].handler, by[signal.SIGWINCH].flags, by[signal.SIGWINCH].mask) == (0, 0, 0)
 
 
 def test_process_wide(dumped):

@@ -131,6 +131,14 @@ int main(void)
 
     setitimer(ITIMER_REAL, &it, NULL);
     signal(SIGALRM, SIG_IGN);
+    /* SIG_DFL with flags that still matter (SIGCHLD), and with flags that never do (SIGWINCH) */
+    struct sigaction chld = {0}, winch = {0};
+    chld.sa_handler = SIG_DFL;
+    chld.sa_flags = SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &chld, NULL);
+    winch.sa_handler = SIG_DFL;
+    winch.sa_flags = SA_RESTART;
+    sigaction(SIGWINCH, &winch, NULL);
 
     pthread_barrier_init(&barrier, NULL, NWORKERS + 1);
     for (int i = 0; i < NWORKERS; i++)

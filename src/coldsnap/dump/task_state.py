@@ -15,7 +15,8 @@ Where each value comes from
   /proc                    creds/NoNewPrivs/Seccomp/umask (status), comm/flags/pgid/sid/ppid
                            (stat), personality, auxv, thread names
   coldsnap itself          rlimits: prlimit64(pid, r, NULL, &old) needs no injection
-  injected (leader)        rt_sigaction x62, getitimer x3, brk(0), PR_GET_DUMPABLE,
+  injected (leader)        rt_sigaction of each caught or ignored signal and of SIGCHLD,
+                           getitimer x3, brk(0), PR_GET_DUMPABLE,
                            PR_GET_CHILD_SUBREAPER, PR_GET_SECUREBITS, get_robust_list(tid)
                            for every thread, the leader's sigaltstack and PR_GET_TID_ADDRESS
   injected (other threads) sigaltstack and PR_GET_TID_ADDRESS are about the *calling* thread
@@ -61,7 +62,7 @@ PR_GET_TID_ADDRESS = 40
 PTRACE_GET_THREAD_AREA = 25
 GDT_TLS_ENTRIES = (12, 13, 14)
 RLIM_NLIMITS = 16
-SIGKILL, SIGSTOP = 9, 19
+SIGKILL, SIGSTOP, SIGCHLD = 9, 19, 17
 SIGACTION_SIGNALS = tuple(s for s in range(1, 65) if s not in (SIGKILL, SIGSTOP))
 KSIGACTION = struct.Struct("<QQQQ")  # handler, flags, restorer, mask (kernel struct sigaction)
 XSTATE_BV_OFF = 512
@@ -259,6 +260,15 @@ def _thread_injected(rc: RemoteCalls, base: int, off: int) -> None:
     rc.call(SYS.prctl, PR_GET_TID_ADDRESS, base + off + 24, 0, 0, 0)
 
 
+def signals_to_ask(status: dict[str, str]) -> set[int]:
+    """The signals whose action is worth an injected rt_sigaction: caught or ignored ones
+    (status SigCgt/SigIgn), and SIGCHLD, whose SA_NOCLDSTOP/SA_NOCLDWAIT matter even at
+    SIG_DFL. Any other action is SIG_DFL, whose flags, mask and restorer never take effect:
+    it is recorded as all zeros, which is what restore starts every process from."""
+    bits = int(status.get("SigCgt", "0"), 16) | int(status.get("SigIgn", "0"), 16)
+    return {s for s in SIGACTION_SIGNALS if bits >> (s - 1) & 1} | {SIGCHLD}
+
+
 def collect_task_state(task: FrozenTask) -> TaskState:
     """Read the whole non-memory state of a frozen task (see the module docstring)."""
     pid = task.pid
@@ -268,6 +278,7 @@ def collect_task_state(task: FrozenTask) -> TaskState:
     model = task.model
     stat = read_stat(pid)
     status = read_status(pid)
+    asked = signals_to_ask(status)
     personality = read_personality(pid)
     auxv = read_auxv(pid)
     per_thread = {tid: _read_ptrace_side(pid, tid) for tid in tids}   # before any injection
@@ -282,7 +293,8 @@ def collect_task_state(task: FrozenTask) -> TaskState:
     with RemoteCalls(task, tid=pid) as rc:
         base = rc.write_scratch(zero)             # zeroed: a failing call leaves 0 behind
         for i, sig in enumerate(SIGACTION_SIGNALS):
-            rc.checked(SYS.rt_sigaction, sig, 0, base + _OFF_SA + 32 * i, 8, what=f"rt_sigaction({sig})")
+            if sig in asked:
+                rc.checked(SYS.rt_sigaction, sig, 0, base + _OFF_SA + 32 * i, 8, what=f"rt_sigaction({sig})")
         for which in range(3):
             rc.checked(NR_getitimer, which, base + _OFF_ITIMER + 32 * which, what="getitimer")
         brk = rc.checked(SYS.brk, 0, what="brk")
