@@ -66,8 +66,8 @@ def test_socketpairs_and_listeners_survive_dump_and_restore(tmp_path):
         if os.path.exists(CRIT):       # CRIU's own decoder takes our unix entries and queues
             dec = crit_decode_each([img / "files.img", img / "sk-queues.img"])
             usk = [e["usk"] for e in dec[img / "files.img"]["entries"] if "usk" in e]
-            assert len(usk) == 12 and sorted(e["backlog"] for e in usk)[-2:] == [3, 5]
-            assert len(dec[img / "sk-queues.img"]["entries"]) == 3 * 2 + 2 * 3 + 1
+            assert len(usk) == 15 and sorted(e["backlog"] for e in usk)[-2:] == [3, 5]
+            assert len(dec[img / "sk-queues.img"]["entries"]) == 3 * 2 + 2 * 3 + 1 + 2 + 2
         before = sum(1 for x in log.read_text().splitlines() if x.startswith("child"))
         assert path.exists()           # the dead listener's socket file: restore replaces it
         coldsnap("restore", "-D", tmp_path / "img", "-d", check=True)
@@ -90,6 +90,9 @@ def test_socketpairs_and_listeners_survive_dump_and_restore(tmp_path):
         assert "nonblock True" in lines
         assert "shutdown b'last words' b''" in lines
         assert "accepted 0" in lines and "accepted 1" in lines
+        assert "accepted pair b'to server' b'to client'" in lines, text
+        assert "accepted pair after b'again'" in lines, text
+        assert "bound dgram b'dg-1' b'dg-22' passcred 1" in lines, text
         after = [int(x.split()[1]) for x in lines if x.startswith("child")]
         assert after == list(range(1, len(after) + 1))     # no question lost or answered twice
         assert len(after) >= before + 5
@@ -132,3 +135,31 @@ def test_socket_connected_outside_the_tree_is_refused(tmp_path):
         client.kill()
         client.wait(timeout=10)
         server.close()
+
+
+_PENDING = """
+import socket, sys, time
+l = socket.socket(socket.AF_UNIX)
+l.bind(b"\\0" + sys.argv[1].encode())
+l.listen(1)
+c = socket.socket(socket.AF_UNIX)
+c.connect(b"\\0" + sys.argv[1].encode())
+print(l.fileno(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_listener_with_a_connection_not_accepted_is_refused(tmp_path):
+    name = f"coldsnap-pending-{uuid.uuid4().hex[:8]}"
+    p = subprocess.Popen([sys.executable, "-c", _PENDING, name], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        fd = int(p.stdout.readline())
+        run = coldsnap("dump", "-t", p.pid, "-D", tmp_path / "img")
+        assert_one_line_error(run)
+        assert f"pid {p.pid} fd {fd}: listening unix socket @{name} has 1 connection(s) not accepted yet" \
+            in run.stderr, run.stderr
+        assert p.poll() is None and not (tmp_path / "img").exists()
+    finally:
+        p.kill()
+        p.wait(timeout=10)

@@ -60,6 +60,19 @@ if len(sys.argv) > 3:
     la.bind(b"\0" + sys.argv[3].encode())
     la.listen(3)
     listeners = [lp, la]
+    # a connection accepted inside the tree (comes back as a plain pair), data both ways
+    cl = socket.socket(socket.AF_UNIX)
+    cl.connect(sys.argv[2])
+    acc, _ = lp.accept()
+    cl.send(b"to server")
+    acc.send(b"to client")
+    # a bound datagram socket nobody is connected to, two datagrams waiting in it
+    dg = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dg.bind(b"\0" + sys.argv[3].encode() + b"-dgram")
+    dg.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
+        tx.sendto(b"dg-1", dg.getsockname())
+        tx.sendto(b"dg-22", dg.getsockname())
 
 sndbuf = pairs["stream"][0].getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
 log.write("ready\n")
@@ -107,6 +120,12 @@ try:
     log.write("shutdown-peer-open\n")
 except BrokenPipeError:
     log.write("shutdown-peer-closed\n")
+if listeners:
+    log.write(f"accepted pair {acc.recv(100)!r} {cl.recv(100)!r}\n")
+    cl.send(b"again")
+    log.write(f"accepted pair after {acc.recv(100)!r}\n")
+    log.write(f"bound dgram {dg.recv(100)!r} {dg.recv(100)!r} "
+              f"passcred {dg.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)}\n")
 for i, l in enumerate(listeners):
     c, _ = l.accept()
     c.send(b"hello from listener %d" % i)

@@ -107,6 +107,7 @@ class SockOpts:
     v6only: bool = False          # AF_INET6 only
     snd_tmo: tuple[int, int] = (0, 0)   # SO_SNDTIMEO (sec, usec)
     rcv_tmo: tuple[int, int] = (0, 0)   # SO_RCVTIMEO
+    passcred: bool = False        # SO_PASSCRED, unix sockets only
 
 
 @dataclass(slots=True)

@@ -90,7 +90,8 @@ def _read_opts(s: socket.socket) -> SockOpts:
         rcvbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
         sndbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
         snd_tmo=struct.unpack("qq", s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16)),
-        rcv_tmo=struct.unpack("qq", s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)))
+        rcv_tmo=struct.unpack("qq", s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)),
+        passcred=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)))
 
 
 def _bound_file(fd: str, name: bytes, vfs_ino: int) -> tuple[int, int, int]:
@@ -144,7 +145,7 @@ class UnixOps(FileOps):
         o = f.opts
         opts = sk_opts_pb2.sk_opts_entry(
             so_sndbuf=o.sndbuf, so_rcvbuf=o.rcvbuf, so_snd_tmo_sec=o.snd_tmo[0],
-            so_snd_tmo_usec=o.snd_tmo[1], so_rcv_tmo_sec=o.rcv_tmo[0], so_rcv_tmo_usec=o.rcv_tmo[1])
+            so_snd_tmo_usec=o.snd_tmo[1], so_rcv_tmo_sec=o.rcv_tmo[0], so_rcv_tmo_usec=o.rcv_tmo[1], so_passcred=o.passcred)
         usk = sk_unix_pb2.unix_sk_entry(
             id=f.id, ino=f.inode, type=f.type, state=f.state, flags=f.flags, uflags=0, backlog=f.backlog,
             peer=f.peer, fown=fown_pb(f.fown), opts=opts, name=f.name, shutdown=f.shutdown)
@@ -159,7 +160,7 @@ class UnixOps(FileOps):
         if k.type not in _TYPES or k.state not in (ESTABLISHED, LISTEN, CLOSE):
             raise ImageError(f"files.img: unix socket {k.id} has type {k.type}, state {k.state}")
         opts = SockOpts(rcvbuf=o.so_rcvbuf, sndbuf=o.so_sndbuf, snd_tmo=(o.so_snd_tmo_sec, o.so_snd_tmo_usec),
-                        rcv_tmo=(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec))
+                        rcv_tmo=(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec), passcred=o.so_passcred)
         perms = (k.file_perms.mode, k.file_perms.uid, k.file_perms.gid) if k.HasField("file_perms") else None
         return UnixSocket(k.id, k.ino, k.type, k.state, k.flags, k.peer, k.name, k.backlog, k.shutdown,
                           perms, opts, [], fown_of(k.fown))
@@ -214,6 +215,8 @@ class UnixOps(FileOps):
                     s.setsockopt(socket.SOL_SOCKET, force, val // 2)     # the kernel doubles it
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("qq", *o.snd_tmo))
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("qq", *o.rcv_tmo))
+            if o.passcred:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             if f.shutdown in _SHUT:
                 s.shutdown(_SHUT[f.shutdown])
         finally:
