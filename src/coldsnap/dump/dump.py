@@ -57,7 +57,7 @@ from ..memory.vma import PROT_WRITE, Kind, Vma, classify, classify_all
 from ..seize.freezer import FrozenTask, freeze_tree
 from ..seize.remote import RemoteCalls
 from .metadata import write_inventory, write_mm, write_stats
-from .plan import Planned, Planner, covered_by_chain, parked_uffd_fd
+from .plan import Planned, Planner, chain_parked_fds, covered_by_chain
 from .sink import ImageSink
 from .stats import DumpStats, Times
 from .task_state import collect_task_state, write_core_images, write_tree_images
@@ -147,11 +147,13 @@ class _Parent:
     covered: Ranges                 # pages the chain holds
 
 
-def _parent(prev: Path | None, pid: int) -> _Parent:
+def _parents(prev: Path | None) -> dict[int, _Parent]:
+    """pid -> what the parent chain offers it, for every process its stats name a parked
+    userfaultfd of (the others save every present page)."""
     if prev is None:
-        return _Parent(None, Ranges.empty())
-    fd = parked_uffd_fd(ImageDir.open(prev, follow_parent=False), pid)
-    return _Parent(fd, covered_by_chain(prev, pid) if fd is not None else Ranges.empty())
+        return {}
+    parked = chain_parked_fds(ImageDir.open(prev, follow_parent=False))
+    return {pid: _Parent(fd, covered_by_chain(prev, pid)) for pid, fd in parked.items()}
 
 
 def plan_pages(task: FrozenTask, vmas: list[Vma], parent: _Parent, times: Times) -> tuple[Planner, Planned]:
@@ -321,7 +323,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
     """Checkpoint the tree under process `pid` (it and every descendant, one freeze) into a
     new images directory, then kill every process (or resume them with leave_running).
     Returns the stats; frozen_time there spans the whole freeze (the image's stats-dump ends
-    when it is written, before the commit). A pre-dump chain covers the root only."""
+    when it is written, before the commit)."""
     stats = DumpStats(mode="dump")
     times = Times()
     warm_up()
@@ -329,7 +331,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
     saved: list[_Saved] = []
     try:
         with ImageDir.create(images_dir, parent=prev_images_dir) as imgdir, ImageSink(imgdir) as sink:
-            root_parent = _parent(prev, pid)
+            parents = _parents(prev)
             t0 = time.perf_counter_ns()
             with freeze_tree(pid) as held:
                 t_frozen = time.perf_counter_ns()
@@ -338,7 +340,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 files = FileRegistry()
                 shmem_done: set[int] = set()
                 for model in held.tree:                  # parents first
-                    parent = root_parent if model.pid == pid else _Parent(None, Ranges.empty())
+                    parent = parents.get(model.pid) or _Parent(None, Ranges.empty())
                     saved.append(dump_process(held.task(model.pid), imgdir, sink, files, parent, times,
                                               shmem_done, shell_job=shell_job))
                 write_tree_images(held.tree, imgdir)

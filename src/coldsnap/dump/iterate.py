@@ -23,13 +23,17 @@ from ..kernel.features import probe
 from ..memory.drain import DEFAULT_BUFFER
 from ..memory.plan import PagePlan
 from ..memory.scan import warm_up
-from .plan import Planner, check_track, covered_by_chain, default_track, parked_uffd_fd
+from .plan import Planner, chain_parked_fds, check_track, covered_by_chain, default_track
 from .stats import DumpStats, Times
-from .step import save_step
+from .step import list_tree, save_step
 
 
 class PreDumpSeries:
-    """Iterative pre-dumps of one task into base_dir/1, base_dir/2, ..."""
+    """Iterative pre-dumps of the tree under one task into base_dir/1, base_dir/2, ...
+
+    Each process has its own planner (its own tracking); the tree is listed again at every
+    step: a process that appeared gets a fresh planner (every page saved, no parent pages),
+    one that is gone drops its planner."""
 
     def __init__(self, pid: int, base_dir: str | Path, *, track: str = "uffd",
                  buffer_size: int = DEFAULT_BUFFER, park: bool = False, freeze_plan: bool = False,
@@ -38,17 +42,29 @@ class PreDumpSeries:
         self.pid = pid
         self.base = Path(base_dir)
         self.buffer_size = buffer_size
-        # park: leave the uffd in the target for a later run
-        self.planner = Planner(pid, track, park=park, scan=scan)
-        # freeze_plan: collect the written pages while the task is held (the "live" mode
+        self.track, self.park, self.scan = track, park, scan   # park: leave uffds for a later run
+        self.planners: dict[int, Planner] = {}
+        self.planner_of(pid)
+        # freeze_plan: collect the written pages while the tree is held (the "live" mode
         # with tracking) instead of while it runs (nofreeze); soft-dirty always does
         self.mode = "live" if freeze_plan or track == "soft-dirty" else "nofreeze"
         self.n = 0
         self.prev: Path | None = None
-        self.plan: PagePlan | None = None   # the last step's plan (tests, diagnostics)
+        self.plan: PagePlan | None = None   # the root's last plan (tests, diagnostics)
+
+    @property
+    def planner(self) -> Planner:
+        """The root's planner."""
+        return self.planners[self.pid]
+
+    def planner_of(self, pid: int) -> Planner:
+        if pid not in self.planners:
+            self.planners[pid] = Planner(pid, self.track, park=self.park, scan=self.scan)
+        return self.planners[pid]
 
     def close(self) -> None:
-        self.planner.close()
+        for planner in self.planners.values():
+            planner.close()
 
     def __enter__(self) -> "PreDumpSeries":
         return self
@@ -56,22 +72,32 @@ class PreDumpSeries:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _current(self, times: Times) -> dict[int, Planner]:
+        """The planners of the processes in the tree now (parents first), armed."""
+        pids = list_tree(self.pid)
+        for gone in set(self.planners) - set(pids):
+            self.planners.pop(gone).close()
+        for pid in pids:
+            planner = self.planner_of(pid)
+            if planner.track == "uffd" and planner.uffd is None and planner.fresh:
+                planner.arm(times)
+        return {pid: self.planners[pid] for pid in pids}
+
     def step(self, path: Path | None = None) -> DumpStats:
         """One more pre-dump (into base_dir/N, or `path`); returns its stats."""
         warm_up()
         times = Times()
-        planner = self.planner
         if self.n == 0 and path is None:
             self.base.mkdir(parents=True, exist_ok=True)
-        if planner.track == "uffd" and planner.uffd is None and planner.fresh:
-            planner.arm(times)
+        planners = self._current(times)
         # what the parent chain holds, read before any freeze (only a tracked plan needs it)
-        covered = None if planner.fresh or planner.track == "none" else covered_by_chain(self.prev, self.pid)
+        covered = {pid: covered_by_chain(self.prev, pid) for pid, p in planners.items()
+                   if not p.fresh and p.track != "none"}
         path = path or self.base / str(self.n + 1)
         with ImageDir.create(path, parent=self.prev) as imgdir:
-            stats = save_step(planner, imgdir, self.mode, covered=covered,
+            stats = save_step(planners, imgdir, self.mode, covered=covered,
                               buffer_size=self.buffer_size, times=times)
-        self.plan = planner.last
+        self.plan = self.planner.last
         self.n += 1
         self.prev = path
         return stats
@@ -114,12 +140,14 @@ def pre_dump_tracked(pid: int, images_dir: str | Path, *, prev_images_dir: str |
     with PreDumpSeries(pid, images_dir.parent, track="soft-dirty" if soft else "uffd",
                        buffer_size=buffer_size, freeze_plan=freeze_plan, park=not soft, scan=scan) as series:
         if prev is not None:
-            if soft:
-                series.planner.fresh = False
-            else:
-                fd = parked_uffd_fd(ImageDir.open(prev, follow_parent=False), pid)
-                if fd is not None:
-                    series.planner.adopt(fd)
+            prev_dir = ImageDir.open(prev, follow_parent=False)
+            parked = chain_parked_fds(prev_dir)
+            for p in list_tree(pid):       # each process adopts its own tracking
+                if soft:
+                    if prev_dir.exists(f"pagemap-{p}.img"):
+                        series.planner_of(p).fresh = False
+                elif p in parked:
+                    series.planner_of(p).adopt(parked[p])
             series.n = 0 if series.planner.fresh else 1
             series.prev = prev
         return series.step(images_dir)

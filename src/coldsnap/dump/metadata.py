@@ -71,7 +71,8 @@ def write_mm(imgdir: ImageDir, pid: int, vmas: list[Vma], stat: Stat, *, brk: in
     imgdir.write(f"mm-{pid}.img", [mm])
 
 
-def write_stats(imgdir: ImageDir, s: DumpStats) -> None:
+def write_stats(imgdir: ImageDir, s: DumpStats, *, tree_uffd_fds: list[tuple[int, int]] = ()) -> None:
+    """stats-dump; tree_uffd_fds: (pid, fd) of every userfaultfd a tree's pre-dump parked."""
     d = stats_pb2.dump_stats_entry(
         freezing_time=min(s.freezing_time, U32), frozen_time=min(s.frozen_time, U32),
         memdump_time=min(s.memdump_time, U32), memwrite_time=min(s.memwrite_time, U32),
@@ -81,4 +82,6 @@ def write_stats(imgdir: ImageDir, s: DumpStats) -> None:
         cs_scan_time=min(s.scan_time, U32))
     if s.uffd_fd >= 0:
         d.cs_uffd_fd = s.uffd_fd
+    for pid, fd in tree_uffd_fds:
+        d.cs_tree_uffd_fds.extend((pid, fd))
     imgdir.write("stats-dump", [stats_pb2.stats_entry(dump=d)])

@@ -91,18 +91,30 @@ def choose_pre_dump(mode: str | None, track: str | None,
 
 def covered_by_chain(parent_dir: Path | None, pid: int) -> Ranges:
     """Pages the images chain at PARENT_DIR holds for PID (data, here or further up)."""
-    if parent_dir is None:
-        return Ranges.empty()
+    if parent_dir is None or not ImageDir.open(parent_dir, follow_parent=False).exists(f"pagemap-{pid}.img"):
+        return Ranges.empty()           # no parent, or PID was not there yet
     with PageChain(parent_dir, pid) as chain:
         return chain.covered_ranges()
 
 
+def chain_parked_fds(prev: ImageDir) -> dict[int, int]:
+    """pid -> the userfaultfd a tracked pre-dump parked in that process, as PREV's stats name
+    them: every process of a tree (cs_tree_uffd_fds: pid, fd, ...), or the one process of a
+    single pre-dump (cs_uffd_fd)."""
+    s = prev.read("stats-dump", missing_ok=True)
+    if not s:
+        return {}
+    d = s[0].dump
+    pairs = list(d.cs_tree_uffd_fds)
+    if pairs:
+        return dict(zip(pairs[::2], pairs[1::2]))
+    ids = prev.pagemap_ids()
+    return {ids[0]: d.cs_uffd_fd} if d.HasField("cs_uffd_fd") and len(ids) == 1 else {}
+
+
 def parked_uffd_fd(prev: ImageDir, pid: int) -> int | None:
     """The userfaultfd a tracked pre-dump of PID parked in it, if PREV's stats name one."""
-    s = prev.read("stats-dump", missing_ok=True)
-    if s and s[0].dump.HasField("cs_uffd_fd") and prev.pagemap_ids() == [pid]:
-        return s[0].dump.cs_uffd_fd
-    return None
+    return chain_parked_fds(prev).get(pid)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`coldsnap pre-dump`: one pre-dump in any mode, with or without write tracking."""
+"""`coldsnap pre-dump`: one pre-dump of a process tree in any mode, with or without write tracking."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,13 +9,13 @@ from ..memory.scan import warm_up
 from .iterate import pre_dump_tracked
 from .plan import Planner, choose_pre_dump
 from .stats import DumpStats
-from .step import save_step
+from .step import list_tree, save_step
 
 
 def pre_dump(pid: int, images_dir: str | Path, *, mode: str = "live", track: str = "none",
              buffer_size: int = DEFAULT_BUFFER, scan: str = "auto",
              prev_images_dir: str | Path | None = None) -> DumpStats:
-    """Save the memory of process `pid` into a new images directory; returns the stats.
+    """Save the memory of process `pid` and every process below it into a new images directory; returns the stats.
 
     mode "live" resumes the task as soon as the page plan is known and copies pages while it
     runs; "frozen" copies them before resuming (the baseline the live mode must beat);
@@ -29,4 +29,5 @@ def pre_dump(pid: int, images_dir: str | Path, *, mode: str = "live", track: str
                                 track=track, freeze_plan=mode == "live", scan=scan)
     warm_up()
     with ImageDir.create(images_dir, parent=prev_images_dir) as imgdir:
-        return save_step(Planner(pid, "none", scan=scan), imgdir, mode, buffer_size=buffer_size)
+        planners = {p: Planner(p, "none", scan=scan) for p in list_tree(pid)}
+        return save_step(planners, imgdir, mode, buffer_size=buffer_size)

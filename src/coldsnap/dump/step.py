@@ -1,27 +1,33 @@
-"""One pre-dump step: plan which pages to save (holding the task as its mode says), drain
-them into the images' page sink while the task runs, write the small images and the stats."""
+"""One pre-dump step of a process tree: plan which pages of each process to save (holding
+the tree as the mode says, once for all of it), drain them into the images' page sink while
+the processes run, write the small images and the stats. A single process is a tree of one."""
 from __future__ import annotations
 
 import time
 
 from ..images.directory import ImageDir
-from ..kernel.procfs import Stat
+from ..kernel.procfs import alive, child_pids, list_tids
 from ..memory.drain import DEFAULT_BUFFER, Drain, DrainStats
 from ..memory.plan import PagePlan
+from ..memory.ranges import Ranges
 from ..memory.sink import PageSink, PagemapKey, PlanFeed, SinkCounts
-from ..memory.vma import Vma
-from ..seize.freezer import freeze
+from ..seize.freezer import freeze_tree
+from ..seize.tree import read_tree
 from .metadata import write_inventory, write_mm, write_stats
-from .plan import Planner
+from .plan import Planned, Planner
 from .sink import ImageSink
 from .stats import DumpStats, Times
+from .task_state import write_tree_images
 
 
-def write_metadata(imgdir: ImageDir, pid: int, vmas: list[Vma], stat: Stat, stats: DumpStats) -> None:
-    """The small images of a pre-dump besides the pages: mm, inventory, stats."""
-    write_mm(imgdir, pid, vmas, stat)
-    write_inventory(imgdir, pre_dump=True)
-    write_stats(imgdir, stats)
+def list_tree(root: int) -> list[int]:
+    """ROOT and every living process below it, parents first, read without holding any
+    (zombies left out: nothing to save)."""
+    out, level = [root], [root]
+    while level:
+        level = [c for kids in child_pids(level).values() for c in sorted(kids) if alive(c)]
+        out += level
+    return out
 
 
 def drain_plan(pid: int, plan: PagePlan, sink: PageSink, buffer_size: int,
@@ -39,30 +45,52 @@ def drain_plan(pid: int, plan: PagePlan, sink: PageSink, buffer_size: int,
     return dstats, counts
 
 
-def save_step(planner: Planner, imgdir: ImageDir, mode: str, *, covered=None,
-              buffer_size: int = DEFAULT_BUFFER, times: Times | None = None) -> DumpStats:
-    """One pre-dump of the planner's task into IMGDIR (not committed): plan, drain, images.
+def save_step(planners: dict[int, Planner], imgdir: ImageDir, mode: str, *,
+              covered: dict[int, Ranges] | None = None, buffer_size: int = DEFAULT_BUFFER,
+              times: Times | None = None) -> DumpStats:
+    """One pre-dump of the planners' processes (the root first, parents before children)
+    into IMGDIR (not committed): plan, drain, images. covered: pid -> pages its parent chain
+    holds (tracked plans only).
 
-    mode "nofreeze" never holds the task; "live" holds it while planning (uffd: only for the
-    collect; soft-dirty: collect and scan; none: the scan) and copies after; "frozen"
-    copies before resuming."""
-    pid, times = planner.pid, times or Times()
-    sink = ImageSink(imgdir)
-    with sink:
+    mode "nofreeze" never holds a process; "live" holds the tree once while planning (uffd:
+    only for each process's collect; soft-dirty: collect and scan; none: the scan) and
+    copies after; "frozen" copies before resuming. The stats count every process (their
+    vmas and scan method are the root's); the root's parked fd is uffd_fd, and a tree of
+    more than one lists every parked fd (cs_tree_uffd_fds)."""
+    times, covered = times or Times(), covered or {}
+    root = next(iter(planners))
+    planned: dict[int, Planned] = {}
+    drained: dict[int, tuple[DrainStats, SinkCounts]] = {}
+    with ImageSink(imgdir) as sink:
+        def drain_all() -> None:
+            for pid, p in planned.items():
+                drained[pid] = drain_plan(pid, p.plan, sink, buffer_size, times)
+
         if mode == "nofreeze":
-            planned = planner.plan(covered, times=times)
-            dstats, counts = drain_plan(pid, planned.plan, sink, buffer_size, times)
+            for pid, planner in planners.items():
+                planned[pid] = planner.plan(covered.get(pid), times=times)
         else:
-            with freeze(pid) as task:
-                resume = "" if mode == "frozen" else "collect" if planner.track == "uffd" else "scan"
-                planned = planner.plan(covered, task=task, resume_after=resume, times=times)
+            with freeze_tree(root) as held:
+                for pid, planner in planners.items():
+                    resume = "" if mode == "frozen" else "collect" if planner.track == "uffd" else "scan"
+                    planned[pid] = planner.plan(covered.get(pid), task=held.task(pid),
+                                                resume_after=resume, times=times)
                 if mode == "frozen":
-                    dstats, counts = drain_plan(pid, planned.plan, sink, buffer_size, times)
-            times.freezing += task.seize_ns
-            times.frozen += task.held_ns or 0
-            if mode != "frozen":
-                dstats, counts = drain_plan(pid, planned.plan, sink, buffer_size, times)
-    stats = DumpStats(mode=mode, uffd_fd=planner.parked_fd)
-    stats.record(planned.plan, counts, times, syscalls=dstats.syscalls)
-    write_metadata(imgdir, pid, planned.plan.vmas, planned.stat, stats)
+                    drain_all()
+            times.freezing += held.seize_ns
+            times.frozen += max(0, (held.frozen_ns or 0) - held.seize_ns)
+        if not drained:
+            drain_all()
+    counts = SinkCounts()
+    for _, c in drained.values():
+        counts.add(c)
+    stats = DumpStats(mode=mode, uffd_fd=planners[root].parked_fd)
+    stats.record(planned[root].plan, counts, times, syscalls=sum(d.syscalls for d, _ in drained.values()),
+                 extra_scanned=sum(p.plan.pages_scanned for pid, p in planned.items() if pid != root))
+    for pid, p in planned.items():
+        write_mm(imgdir, pid, p.plan.vmas, p.stat)
+    write_tree_images(read_tree(root, {pid: list_tids(pid) for pid in planned}), imgdir)
+    write_inventory(imgdir, pre_dump=True)
+    tree_fds = [(pid, p.parked_fd) for pid, p in planners.items() if p.parked_fd >= 0] if len(planners) > 1 else []
+    write_stats(imgdir, stats, tree_uffd_fds=tree_fds)
     return stats
