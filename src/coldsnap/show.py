@@ -73,7 +73,47 @@ def describe_one(d: ImageDir) -> dict:
         if task:
             proc["task"] = task
         info["processes"][str(pid)] = proc
+    if entries:
+        info["tree"] = _tree_summary(list(entries.values()), info["processes"])
     return info
+
+
+def _tree_summary(entries: list, procs: dict) -> list[dict]:
+    """Every process of pstree.img, parents first: ids, threads, command name (dumps only),
+    its pages and its children's pids."""
+    out = []
+    for e in entries:
+        p = procs.get(str(e.pid), {})
+        out.append({"pid": e.pid, "ppid": e.ppid, "pgid": e.pgid, "sid": e.sid, "threads": len(e.threads),
+                    "comm": p.get("task", {}).get("comm", ""), "pages_present": p.get("pages_present", 0),
+                    "pages_in_parent": p.get("pages_in_parent", 0),
+                    "children": [c.pid for c in entries if c.ppid == e.pid and c.pid != e.pid]})
+    return out
+
+
+def render_tree(tree: list[dict]) -> list[str]:
+    """The process tree drawn with its branches: pid, command, threads, pages; the group and
+    session where they differ from the parent's (all of them for the root)."""
+    by_pid = {p["pid"]: p for p in tree}
+    lines: list[str] = []
+
+    def draw(p: dict, parent: dict | None, lead: str, branch: str) -> None:
+        ids = [f"{k} {p[k]}" for k in ("pgid", "sid") if parent is None or p[k] != parent[k]]
+        if parent is None and p["ppid"]:
+            ids.insert(0, f"ppid {p['ppid']}")
+        n = p["threads"]
+        comm = f" {p['comm']!r}" if p["comm"] else ""
+        lines.append(f"{lead}{branch}{p['pid']}{comm}, {n} thread{'s' if n != 1 else ''}, "
+                     f"{p['pages_present']} pages" + (f", {p['pages_in_parent']} in parent" if p["pages_in_parent"] else "")
+                     + (f" ({', '.join(ids)})" if ids else ""))
+        kids = [by_pid[c] for c in p["children"] if c in by_pid]
+        below = lead + ("" if parent is None else "   " if branch.startswith("└") else "│  ")
+        for i, kid in enumerate(kids):
+            draw(kid, p, below, "└─ " if i == len(kids) - 1 else "├─ ")
+
+    for root in [p for p in tree if p["ppid"] not in by_pid or p["ppid"] == p["pid"]]:
+        draw(root, None, "    ", "")
+    return lines
 
 
 def _task_summary(d: ImageDir, pid: int, tree) -> dict:
@@ -113,6 +153,9 @@ def render(info: dict) -> str:
             out.append(f"  mode {st['mode'] or '?'}, tracking {st['track_backend'] or 'none'}: "
                        f"frozen {st['frozen_time_us'] / 1000:.2f} ms, scan {st['scan_time_us'] / 1000:.2f} ms, "
                        f"drain {(st['memdump_time_us'] + st['memwrite_time_us']) / 1000:.1f} ms")
+        if len(lv.get("tree", [])) > 1:
+            out.append(f"  process tree ({len(lv['tree'])} processes):")
+            out += render_tree(lv["tree"])
         for pid, p in lv["processes"].items():
             out.append(f"  pid {pid}: {p['pages_present']} pages written ({_mib(p['pages_present'] * PAGE_SIZE)}), "
                        f"{p['pages_in_parent']} in parent, {p['pages_skipped']} skipped")
