@@ -50,7 +50,11 @@ def run(tag):
     os.write(1, f"stopped {os.getpid()}\n".encode())
     while True:
         signal.pause()
-for tag in b"AB":
+def on_usr2(*_):          # the root makes one more child on demand
+    if os.fork() == 0:
+        run(ord("C"))
+signal.signal(signal.SIGUSR2, on_usr2)
+for tag in os.environ.get("TAGS", "AB").encode():
     if os.fork() == 0:
         run(tag)
 run(ord("P"))
@@ -112,6 +116,22 @@ def assert_chain_holds(images, pid: int, want: dict[int, bytes]) -> None:
             assert not bad, f"process {pid}: {len(bad)} pages differ, first {bad[0]:#x}"
 
 
+def end_tree(proc, pids: list[int], restored: bool = False) -> None:
+    """SIGKILL the whole tree (its own session and group, restored or not) and reap it."""
+    for p in reversed(pids):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)      # children not listed yet (start-up failed)
+    except ProcessLookupError:
+        pass
+    if not restored:
+        proc.wait(timeout=10)
+    reap_orphans(pids=pids)
+
+
 def region(pid: int, addr: int) -> bytes:
     with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         mem.seek(addr)
@@ -163,11 +183,48 @@ def test_tree_pre_dump_chain_then_dump_and_restore(tmp_path):
         for p in pids:
             assert region(p, regions[p]) == want[p], p
     finally:
-        for p in reversed(pids or [proc.pid]):
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not restored:
-            proc.wait(timeout=10)
-        reap_orphans(pids=pids)
+        end_tree(proc, pids, restored)
+
+
+def test_tree_live_pre_dumps_with_a_child_born_between(tmp_path):
+    """--pre-dump-mode live freezes the tree once per pre-dump; a child born after the first
+    pre-dump has no parent pages in the second, is tracked from then on, and the dump on the
+    chain holds every process's memory."""
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", CODE], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, env={**os.environ, "TAGS": "A"})
+    pids: list[int] = []
+    try:
+        first = set(wait_lines(log, "ready", 2))
+        pids = sorted(first)
+        d1, d2, d3 = tmp_path / "1", tmp_path / "2", tmp_path / "3"
+        live = ("--pre-dump-mode", "live", "--track-mem", "uffd")
+        coldsnap("pre-dump", "-t", proc.pid, "-D", d1, *live, check=True)
+        os.kill(proc.pid, signal.SIGUSR2)
+        pids = sorted(wait_lines(log, "ready", 3))
+        (born,) = set(pids) - first
+        coldsnap("pre-dump", "-t", proc.pid, "-D", d2, "--prev-images-dir", d1, *live, check=True)
+        second = describe(str(d2))["chain"][0]
+        assert second["stats"]["mode"] == "live"
+        assert {int(p) for p in second["processes"]} == set(pids)
+        assert [p["pid"] for p in second["tree"]][0] == proc.pid
+        for p in pids:
+            got = second["processes"][str(p)]
+            assert (got["pages_in_parent"] == 0) == (p == born), (p, born, got)
+        # each its own tracking: the copy of the root's the child inherited with fork is gone
+        assert all(len(uffd_in_fdinfo(p)) == 1 for p in pids)
+        for p in pids:
+            os.kill(p, signal.SIGUSR1)
+        wait_lines(log, "stopped", 3)
+        for p in pids:
+            wait_paused(p)
+        before = {p: snapshot(p) for p in pids}
+        coldsnap("dump", "-t", proc.pid, "-D", d3, "--prev-images-dir", d2, "--leave-running", check=True)
+        last = describe(str(d3))["chain"][0]["processes"]
+        for p in pids:
+            assert uffd_in_fdinfo(p) == [], p
+            assert last[str(p)]["pages_in_parent"] > 0, (p, last[str(p)])
+            assert_chain_holds(d3, p, before[p])
+    finally:
+        end_tree(proc, pids)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +29,14 @@ from ..errors import CsError
 from ..images.chain import PageChain
 from ..images.directory import ImageDir
 from ..kernel.features import Features, probe
+from ..kernel.libc import SYS
 from ..kernel.pagemap import open_pagemap
 from ..kernel.procfs import Stat, read_maps, read_stat
 from ..memory.plan import PagePlan, decide
 from ..memory.ranges import Ranges
 from ..memory.scan import scan_saved_pages
 from ..memory.softdirty import SoftDirtyTracker
-from ..memory.tracking import TrackingRefused, UffdTracker, drop_wp_markers
+from ..memory.tracking import PARK_FD_MIN, TrackingRefused, UffdTracker, drop_wp_markers, parked_uffd_fds
 from ..memory.vma import Vma, classify_all
 from ..seize.freezer import FrozenTask
 from ..seize.remote import frozen_calls
@@ -153,8 +155,19 @@ class Planner:
         """Create the userfaultfd (one short freeze, counted in times); False if refused."""
         tracker = UffdTracker()
         held: list[FrozenTask] = []
+        # a parked tracking nobody adopts (a child's copy of its parent's, inherited with
+        # fork) would keep adopt() from telling ours apart: closed in the same freeze
+        stale = [fd for fd in parked_uffd_fds(self.pid) if fd >= PARK_FD_MIN] if self.park else []
+
+        @contextmanager
+        def calls():
+            with frozen_calls(self.pid, released=held.append) as rc:
+                for fd in stale:
+                    rc.checked(SYS.close, fd, what=f"close({fd}) of a parked userfaultfd nobody adopts")
+                yield rc
+
         try:
-            tracker.arm(self.pid, lambda: frozen_calls(self.pid, released=held.append), park=self.park)
+            tracker.arm(self.pid, calls, park=self.park)
         except TrackingRefused as e:
             tracker.close()
             self._fall_back(e)
