@@ -228,3 +228,28 @@ def test_tree_live_pre_dumps_with_a_child_born_between(tmp_path):
             assert_chain_holds(d3, p, before[p])
     finally:
         end_tree(proc, pids)
+
+
+def test_tree_pre_dump_iterations_save_every_process(tmp_path):
+    """--iterations N on a tree: every directory of the series holds each process's pages,
+    the later ones only what each process wrote since; show draws the tree of each."""
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", CODE], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)
+    pids: list[int] = []
+    try:
+        pids = sorted(wait_lines(log, "ready", 3))
+        coldsnap("pre-dump", "-t", proc.pid, "-D", tmp_path / "s", "--iterations", "2", "--track-mem", "uffd",
+                 check=True)
+        for n in (1, 2):
+            level = describe(str(tmp_path / "s" / str(n)))["chain"][0]
+            assert {int(p) for p in level["processes"]} == set(pids)
+            assert {p["pid"] for p in level["tree"]} == set(pids)
+        last = describe(str(tmp_path / "s" / "2"))["chain"][0]["processes"]
+        assert all(last[str(p)]["pages_in_parent"] > 0 for p in pids), last
+        text = coldsnap("show", tmp_path / "s" / "2", check=True).stdout
+        assert "  process tree (3 processes):" in text and f"    {proc.pid}, 1 thread, " in text
+        assert all(uffd_in_fdinfo(p) == [] for p in pids)     # a series parks nothing
+    finally:
+        end_tree(proc, pids)
