@@ -66,8 +66,8 @@ def test_socketpairs_and_listeners_survive_dump_and_restore(tmp_path):
         if os.path.exists(CRIT):       # CRIU's own decoder takes our unix entries and queues
             dec = crit_decode_each([img / "files.img", img / "sk-queues.img"])
             usk = [e["usk"] for e in dec[img / "files.img"]["entries"] if "usk" in e]
-            assert len(usk) == 15 and sorted(e["backlog"] for e in usk)[-2:] == [3, 5]
-            assert len(dec[img / "sk-queues.img"]["entries"]) == 3 * 2 + 2 * 3 + 1 + 2 + 2
+            assert len(usk) == 18 and sorted(e["backlog"] for e in usk)[-2:] == [3, 5]
+            assert len(dec[img / "sk-queues.img"]["entries"]) >= 3 * 2 + 2 * 3 + 1 + 2 + 2   # + the server's
         before = sum(1 for x in log.read_text().splitlines() if x.startswith("child"))
         assert path.exists()           # the dead listener's socket file: restore replaces it
         coldsnap("restore", "-D", tmp_path / "img", "-d", check=True)
@@ -93,6 +93,7 @@ def test_socketpairs_and_listeners_survive_dump_and_restore(tmp_path):
         assert "accepted pair b'to server' b'to client'" in lines, text
         assert "accepted pair after b'again'" in lines, text
         assert "bound dgram b'dg-1' b'dg-22' passcred 1" in lines, text
+        assert "dgram server True True" in lines, text       # clients of a named one, both processes
         after = [int(x.split()[1]) for x in lines if x.startswith("child")]
         assert after == list(range(1, len(after) + 1))     # no question lost or answered twice
         assert len(after) >= before + 5
@@ -163,3 +164,80 @@ def test_listener_with_a_connection_not_accepted_is_refused(tmp_path):
     finally:
         p.kill()
         p.wait(timeout=10)
+
+
+_FULL = """
+import hashlib, os, socket, sys, time
+d = sys.argv[1]
+log = open(os.path.join(d, "log"), "a", buffering=1)
+pairs = {t: socket.socketpair(socket.AF_UNIX, t) for t in (socket.SOCK_STREAM, socket.SOCK_DGRAM)}
+sent = {}
+for t, (a, b) in pairs.items():
+    n, out = 0, []
+    while True:         # fill a's direction until the kernel says no more
+        msg = (b"%06d" % n) * (1 + n % 50) if t == socket.SOCK_DGRAM else os.urandom(4096)
+        try:
+            k = a.send(msg, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+        out.append(msg[:k])
+        n += 1
+    sent[t] = out
+log.write("ready %d %d\\n" % (sum(map(len, sent[1])), len(sent[2])))
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.01)
+a, b = pairs[socket.SOCK_STREAM]
+want = b"".join(sent[socket.SOCK_STREAM])
+got = bytearray()
+b.setblocking(False)
+while len(got) < len(want):
+    try:
+        got += b.recv(1 << 16)
+    except BlockingIOError:
+        break
+log.write("stream %s\\n" % (bytes(got) == want))
+a, b = pairs[socket.SOCK_DGRAM]
+msgs = []
+while True:
+    try:
+        msgs.append(b.recv(1 << 16, socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        break
+log.write("dgram %s %d\\n" % (msgs == sent[socket.SOCK_DGRAM], len(msgs)))
+log.write("done\\n")
+"""
+
+
+def test_full_queues_come_back_whole(tmp_path):
+    """A stream pair and a datagram pair filled until the sender would block: every byte
+    and every datagram is back after restore, in order, nothing more."""
+    p = subprocess.Popen([sys.executable, "-c", _FULL, tmp_path], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "log"
+    restored = False
+    try:
+        ready = next(x for x in _wait_for_prefix(log, "ready ").splitlines() if x.startswith("ready "))
+        nbytes, ndgrams = map(int, ready.split()[1:])
+        assert nbytes > 100_000 and ndgrams > 5
+        coldsnap("dump", "-t", p.pid, "-D", tmp_path / "img", check=True)
+        assert p.wait(timeout=10) == -signal.SIGKILL
+        coldsnap("restore", "-D", tmp_path / "img", "-d", check=True)
+        restored = True
+        (tmp_path / "go").touch()
+        lines = _wait_for(log, "done").splitlines()
+        assert "stream True" in lines and f"dgram True {ndgrams}" in lines, lines
+    finally:
+        _kill([p.pid])
+        if not restored:
+            p.wait(timeout=10)
+        reap_orphans(pids=[p.pid])
+
+
+def _wait_for_prefix(path: Path, prefix: str, timeout: float = 15.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if any(x.startswith(prefix) for x in text.splitlines()):
+            return text
+        assert time.monotonic() < deadline, f"no {prefix!r} in {text[-600:]!r}"
+        time.sleep(0.01)

@@ -20,12 +20,24 @@ BA = [b"back-1", b"back-two"]
 
 # the parent/child pair, made before anything else so the child holds only its end
 pc, cc = socket.socketpair()
+srv = None
+if len(sys.argv) > 3:      # a named datagram server with clients in both processes
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(b"\0" + sys.argv[3].encode() + b"-srv")
 child = os.fork()
 if child == 0:
     pc.close()
+    if srv is not None:
+        ccl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ccl.connect(srv.getsockname())
     n = 0
     while True:      # ask, wait for the answer, log it: a conversation across the dump
         n += 1
+        if srv is not None:
+            try:
+                ccl.send(b"c%d" % n, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
         cc.sendall(f"{n}\n".encode())
         got = b""
         while not got.endswith(b"\n"):
@@ -70,6 +82,8 @@ if len(sys.argv) > 3:
     dg = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     dg.bind(b"\0" + sys.argv[3].encode() + b"-dgram")
     dg.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    pcl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    pcl.connect(srv.getsockname())
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
         tx.sendto(b"dg-1", dg.getsockname())
         tx.sendto(b"dg-22", dg.getsockname())
@@ -131,9 +145,25 @@ for i, l in enumerate(listeners):
     c.send(b"hello from listener %d" % i)
     c.close()
     log.write(f"accepted {i}\n")
+def drain_srv():
+    out = []
+    while True:
+        try:
+            out.append(srv.recv(100, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            return out
+
+
+if srv is not None:
+    drain_srv()
+    pcl.send(b"parent-after")
+    first = drain_srv()
 for i in range(5):      # a few more exchanges with the child after restore
     q = pc.recv(100)
     pc.sendall(q)
+if srv is not None:
+    later = drain_srv()
+    log.write(f"dgram server {b'parent-after' in first} {any(m.startswith(b'c') for m in later)}\n")
 log.write("done\n")
 os.kill(child, 9)
 os.waitpid(child, 0)

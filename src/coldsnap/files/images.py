@@ -13,7 +13,7 @@ from coldsnap.images.pb import fdinfo_pb2, fs_pb2, pipe_pb2
 from .kinds import OPS, ops_to_restore
 from .model import DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, PipeData, PipeFile, UnixSocket
 from .registry import FileRegistry
-from .unix import queue_entries, refuse_unpaired
+from .unix import link_peers, queue_entries
 
 FD_CLOEXEC = 1
 
@@ -35,7 +35,7 @@ def write_images(reg: FileRegistry, imgdir: ImageDir) -> None:
     """files.img, fdinfo-<files_id>.img per table, fs-<pid>.img per task, pipes-data.img
     and fifo-data.img; sk-queues.img if a unix socket has queued data. Refuses first what
     only the whole tree shows: a unix socket connected outside it."""
-    refuse_unpaired(reg.files, reg.where)
+    link_peers(reg.files, reg.where)
     imgdir.write("files.img", file_entries(reg))
     for files_id in reg.tables:
         imgdir.write(f"fdinfo-{files_id}.img", fdinfo_entries(reg, files_id))
@@ -90,6 +90,7 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
         f = reg.files.get(m.id_for)
         if isinstance(f, UnixSocket):
             f.queue.append(payload or b"")
+    link_peers(reg.files)
     for f in reg.files.values():
         if isinstance(f, PipeFile) and f.pipe_id not in reg.pipe_data:
             reg.pipe_data[f.pipe_id] = PipeData(f.pipe_id, b"")

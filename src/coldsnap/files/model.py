@@ -147,6 +147,8 @@ class UnixSocket:
     opts: SockOpts = field(default_factory=SockOpts)
     queue: list[bytes] = field(default_factory=list)
     fown: Fown = field(default_factory=Fown)
+    connect_to: bytes = b""       # not in images: the peer's name, for a datagram socket
+                                  # connected one-way to a named socket of the tree
 
     kind = FdType.UNIXSK
 

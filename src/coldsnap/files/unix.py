@@ -120,23 +120,26 @@ class UnixOps(FileOps):
             raise Unsupported(f"{fd}: unix socket of type {d.type} is not supported")
         name = d.name.rstrip(b"\0") if _is_path(d.name) else d.name
         perms = _bound_file(fd, name, d.vfs_ino) if _is_path(name) else None
+        # A datagram socket that others connected to says ESTABLISHED without a peer: only
+        # its peer tells whether it is connected itself.
+        state = d.state if d.type != socket.SOCK_DGRAM else ESTABLISHED if d.peer else CLOSE
         s = socket.socket(fileno=os.dup(p.dup))
         try:
             queue: list[bytes] = []
             backlog = 0
-            if d.state == LISTEN:
+            if state == LISTEN:
                 if d.pending:
                     raise Unsupported(f"{fd}: listening unix socket {show_name(name)} has {len(d.pending)} "
                                       "connection(s) not accepted yet; not supported")
                 backlog = d.wqueue
-            elif d.state == ESTABLISHED and not d.peer:
+            elif state == ESTABLISHED and not d.peer:
                 raise Unsupported(f"{fd}: unix socket connected to a connection its listener has "
                                   "not accepted yet; not supported")
             else:
                 queue = _peek_queue(s, fd, d.type, d.rqueue)
-                if queue and d.state != ESTABLISHED and not name:
+                if queue and state != ESTABLISHED and not name:
                     raise Unsupported(f"{fd}: unconnected unnamed unix socket with queued data is not supported")
-            return UnixSocket(fid, ino, d.type, d.state if d.state in (ESTABLISHED, LISTEN) else CLOSE, p.flags,
+            return UnixSocket(fid, ino, d.type, state if state in (ESTABLISHED, LISTEN) else CLOSE, p.flags,
                               d.peer, name, backlog, d.shutdown, perms, _read_opts(s), queue, read_fown(p.dup))
         finally:
             s.close()
@@ -179,7 +182,7 @@ class UnixOps(FileOps):
                 raise ImageError(f"{name}: cannot bind unix socket {show_name(f.name)}: {e.strerror}") from None
 
     def open(self, f: UnixSocket, ctx: OpenCtx) -> int:
-        if f.state == ESTABLISHED:
+        if f.state == ESTABLISHED and not f.connect_to:
             return _open_pair_end(f, ctx)
         s = socket.socket(socket.AF_UNIX, f.type)
         try:
@@ -200,9 +203,20 @@ class UnixOps(FileOps):
                 with socket.socket(socket.AF_UNIX, f.type) as sender:
                     sender.connect(f.name)
                     _send_queue(sender, f.queue, ctx.name(f.id))
-            return ctx.high(s.detach())
+            fd = ctx.high(s.detach())
         finally:
             s.close()
+        # one-way datagram clients connect once their server is bound, whichever comes first
+        if f.connect_to:
+            if ("unix-bound", f.peer) in ctx.shared:
+                _connect(fd, f.connect_to, ctx.name(f.id))
+            else:
+                ctx.shared.setdefault(("unix-clients", f.peer), []).append((fd, ctx.name(f.id)))
+        elif f.name:
+            ctx.shared[("unix-bound", f.inode)] = fd
+            for client, name in ctx.shared.pop(("unix-clients", f.inode), []):
+                _connect(client, f.name, name)
+        return fd
 
     def post_open(self, f: UnixSocket, fd: int, ctx: OpenCtx) -> None:
         super().post_open(f, fd, ctx)
@@ -221,6 +235,16 @@ class UnixOps(FileOps):
                 s.shutdown(_SHUT[f.shutdown])
         finally:
             s.detach()
+
+
+def _connect(fd: int, name: bytes, what: str) -> None:
+    s = socket.socket(fileno=fd)
+    try:
+        s.connect(name)
+    except OSError as e:
+        raise ImageError(f"{what}: cannot connect to unix socket {show_name(name)}: {e.strerror}") from None
+    finally:
+        s.detach()
 
 
 def _stale_socket_file(path: bytes, name: str) -> bool:
@@ -287,9 +311,11 @@ def _send_from(fd: int, queue: list[bytes], name: str) -> None:
 
 # --- a dump's check over the whole tree ------------------------------------------------------
 
-def refuse_unpaired(files: dict[int, FileObj], where) -> None:
-    """Unsupported for a connected unix socket whose peer is not a socket of the dump
-    connected back to it; `where(file id)` names our end ('pid P fd N')."""
+def link_peers(files: dict[int, FileObj], where=None) -> None:
+    """Check that every connected unix socket's peer is a socket of `files` connected back
+    to it, or (datagram) a bound unconnected one, which it will connect to by name (sets
+    connect_to). Anything else: at dump (`where(file id)` names our end, 'pid P fd N')
+    Unsupported, naming the peer and who holds it; at restore (no `where`) ImageError."""
     socks = {f.inode: f for f in files.values() if isinstance(f, UnixSocket)}
     for f in socks.values():
         if f.state != ESTABLISHED:
@@ -297,11 +323,18 @@ def refuse_unpaired(files: dict[int, FileObj], where) -> None:
         peer = socks.get(f.peer)
         if peer is not None and peer.peer == f.inode:
             continue
-        names = unix_socket_paths()
+        if (peer is not None and f.type == peer.type == socket.SOCK_DGRAM and peer.state == CLOSE
+                and peer.name and not peer.peer and not f.queue):
+            f.connect_to = peer.name
+            continue
+        if where is None:
+            raise ImageError(f"files.img: unix socket {f.id} is connected to ino {f.peer}, "
+                             "which the images do not hold connected back")
         if peer is not None:
+            why = "with datagrams queued" if f.queue else "which is not connected back"
             raise Unsupported(f"{where(f.id)}: unix {_TYPES[f.type]} socket connected to "
-                              f"{show_name(peer.name)} (ino {f.peer}) of the tree, which is not connected back; "
-                              "not supported yet")
+                              f"{show_name(peer.name)} (ino {f.peer}) of the tree, {why}; not supported yet")
+        names = unix_socket_paths()
         held = ", ".join(f"pid {pid} fd {fd}" for pid, fd in socket_holders(f.peer)) or "no process"
         raise Unsupported(f"{where(f.id)}: unix {_TYPES[f.type]} socket (ino {f.inode}) is connected to "
                           f"socket ino {f.peer} {names.get(f.peer, '')} held by {held}, outside the dumped "
