@@ -72,6 +72,8 @@ def save_step(planners: dict[int, Planner], imgdir: ImageDir, mode: str, *,
         else:
             with freeze_tree(root) as held:
                 for pid, planner in planners.items():
+                    if pid not in held.tasks:
+                        continue        # gone since the tree was listed: nothing to save
                     resume = "" if mode == "frozen" else "collect" if planner.track == "uffd" else "scan"
                     planned[pid] = planner.plan(covered.get(pid), task=held.task(pid),
                                                 resume_after=resume, times=times)
@@ -91,6 +93,7 @@ def save_step(planners: dict[int, Planner], imgdir: ImageDir, mode: str, *,
         write_mm(imgdir, pid, p.plan.vmas, p.stat)
     write_tree_images(read_tree(root, {pid: list_tids(pid) for pid in planned}), imgdir)
     write_inventory(imgdir, pre_dump=True)
-    tree_fds = [(pid, p.parked_fd) for pid, p in planners.items() if p.parked_fd >= 0] if len(planners) > 1 else []
+    tree_fds = [(pid, planners[pid].parked_fd) for pid in planned
+                if planners[pid].parked_fd >= 0] if len(planners) > 1 else []
     write_stats(imgdir, stats, tree_uffd_fds=tree_fds)
     return stats
