@@ -117,9 +117,12 @@ KINDS = {
     "udp4": InetSocket(9, socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP, 7, "127.0.0.1", 5353,
                        os.O_RDWR, 0, 99124, SockOpts(v6only=False)),
     "unix listener": UnixSocket(10, 99125, socket.SOCK_SEQPACKET, 10, os.O_RDWR, 0, b"/run/x.sock", 7, 0,
-                                (0o755, 1000, 100), SockOpts(rcvbuf=1000, sndbuf=2000, snd_tmo=(1, 2), passcred=True), [], OWNER),
+                                (0o755, 1000, 100), False, SockOpts(rcvbuf=1000, sndbuf=2000, snd_tmo=(1, 2),
+                                                                    passcred=True), [], OWNER),
+    "unix unlinked": UnixSocket(12, 99128, socket.SOCK_STREAM, 10, os.O_RDWR, 0, b"/run/gone.sock", 1, 0, None,
+                                True),
     "unix pair end": UnixSocket(11, 99126, socket.SOCK_DGRAM, 1, os.O_RDWR | os.O_NONBLOCK, 99127, b"\0abs\0x",
-                                0, 3, None, SockOpts(rcv_tmo=(3, 4))),
+                                0, 3, None, False, SockOpts(rcv_tmo=(3, 4))),
 }
 
 

@@ -66,7 +66,7 @@ def test_socketpairs_and_listeners_survive_dump_and_restore(tmp_path):
         if os.path.exists(CRIT):       # CRIU's own decoder takes our unix entries and queues
             dec = crit_decode_each([img / "files.img", img / "sk-queues.img"])
             usk = [e["usk"] for e in dec[img / "files.img"]["entries"] if "usk" in e]
-            assert len(usk) == 18 and sorted(e["backlog"] for e in usk)[-2:] == [3, 5]
+            assert len(usk) == 21 and sorted(e["backlog"] for e in usk)[-3:] == [2, 3, 5]
             assert len(dec[img / "sk-queues.img"]["entries"]) >= 3 * 2 + 2 * 3 + 1 + 2 + 2   # + the server's
         before = sum(1 for x in log.read_text().splitlines() if x.startswith("child"))
         assert path.exists()           # the dead listener's socket file: restore replaces it
@@ -90,8 +90,10 @@ def test_socketpairs_and_listeners_survive_dump_and_restore(tmp_path):
         assert "nonblock True" in lines
         assert "shutdown b'last words' b''" in lines
         assert "accepted 0" in lines and "accepted 1" in lines
+        assert f"unlinked listener {path}.unlinked False" in lines, text
         assert "accepted pair b'to server' b'to client'" in lines, text
         assert "accepted pair after b'again'" in lines, text
+        assert "accepted pair of a gone listener b'still'" in lines, text
         assert "bound dgram b'dg-1' b'dg-22' passcred 1" in lines, text
         assert "dgram server True True" in lines, text       # clients of a named one, both processes
         after = [int(x.split()[1]) for x in lines if x.startswith("child")]

@@ -71,6 +71,10 @@ if len(sys.argv) > 3:
     la = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     la.bind(b"\0" + sys.argv[3].encode())
     la.listen(3)
+    lg = socket.socket(socket.AF_UNIX)   # a listener whose file was unlinked after bind
+    lg.bind(sys.argv[2] + ".unlinked")
+    lg.listen(2)
+    os.unlink(sys.argv[2] + ".unlinked")
     listeners = [lp, la]
     # a connection accepted inside the tree (comes back as a plain pair), data both ways
     cl = socket.socket(socket.AF_UNIX)
@@ -78,6 +82,15 @@ if len(sys.argv) > 3:
     acc, _ = lp.accept()
     cl.send(b"to server")
     acc.send(b"to client")
+    # another accepted connection whose listener is closed and its file removed since
+    tmp = socket.socket(socket.AF_UNIX)
+    tmp.bind(sys.argv[2] + ".gone")
+    tmp.listen(1)
+    cl2 = socket.socket(socket.AF_UNIX)
+    cl2.connect(sys.argv[2] + ".gone")
+    acc2, _ = tmp.accept()
+    tmp.close()
+    os.unlink(sys.argv[2] + ".gone")
     # a bound datagram socket nobody is connected to, two datagrams waiting in it
     dg = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     dg.bind(b"\0" + sys.argv[3].encode() + b"-dgram")
@@ -138,8 +151,12 @@ if listeners:
     log.write(f"accepted pair {acc.recv(100)!r} {cl.recv(100)!r}\n")
     cl.send(b"again")
     log.write(f"accepted pair after {acc.recv(100)!r}\n")
+    cl2.send(b"still")
+    log.write(f"accepted pair of a gone listener {acc2.recv(100)!r}\n")
     log.write(f"bound dgram {dg.recv(100)!r} {dg.recv(100)!r} "
               f"passcred {dg.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)}\n")
+if listeners:
+    log.write(f"unlinked listener {lg.getsockname()} {os.path.exists(sys.argv[2] + '.unlinked')}\n")
 for i, l in enumerate(listeners):
     c, _ = l.accept()
     c.send(b"hello from listener %d" % i)

@@ -144,6 +144,7 @@ class UnixSocket:
     backlog: int = 0
     shutdown: int = 0             # 1 receive, 2 send side shut down
     perms: tuple[int, int, int] | None = None   # mode, uid, gid of the bound socket file
+    deleted: bool = False         # its socket file was unlinked since bind
     opts: SockOpts = field(default_factory=SockOpts)
     queue: list[bytes] = field(default_factory=list)
     fown: Fown = field(default_factory=Fown)

@@ -94,17 +94,18 @@ def _read_opts(s: socket.socket) -> SockOpts:
         passcred=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)))
 
 
-def _bound_file(fd: str, name: bytes, vfs_ino: int) -> tuple[int, int, int]:
-    """mode, uid, gid of the socket file the socket is bound to; Unsupported if it is gone."""
+def _bound_file(fd: str, name: bytes, vfs_ino: int) -> tuple[int, int, int] | None:
+    """mode, uid, gid of the socket file the socket is bound to, None if it was unlinked;
+    Unsupported if another file took its path."""
     path = name.decode(errors="surrogateescape")
     if not name.startswith(b"/"):
         raise Unsupported(f"{fd}: unix socket bound to relative path {path} is not supported yet")
     try:
         st = os.stat(name)
     except FileNotFoundError:
-        st = None
-    if st is None or st.st_ino != vfs_ino or not stat.S_ISSOCK(st.st_mode):
-        raise Unsupported(f"{fd}: unix socket bound to {path}, which was deleted or replaced; "
+        return None
+    if st.st_ino != vfs_ino or not stat.S_ISSOCK(st.st_mode):
+        raise Unsupported(f"{fd}: unix socket bound to {path}, which another file replaced since; "
                           "not supported yet")
     return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
 
@@ -119,10 +120,13 @@ class UnixOps(FileOps):
         if d.type not in _TYPES:
             raise Unsupported(f"{fd}: unix socket of type {d.type} is not supported")
         name = d.name.rstrip(b"\0") if _is_path(d.name) else d.name
-        perms = _bound_file(fd, name, d.vfs_ino) if _is_path(name) else None
         # A datagram socket that others connected to says ESTABLISHED without a peer: only
         # its peer tells whether it is connected itself.
         state = d.state if d.type != socket.SOCK_DGRAM else ESTABLISHED if d.peer else CLOSE
+        # only what restore binds again needs its file (an accepted socket shows the
+        # listener's name, whose file may be gone)
+        rebound = _is_path(name) and state != ESTABLISHED
+        perms = _bound_file(fd, name, d.vfs_ino) if rebound else None
         s = socket.socket(fileno=os.dup(p.dup))
         try:
             queue: list[bytes] = []
@@ -140,7 +144,8 @@ class UnixOps(FileOps):
                 if queue and state != ESTABLISHED and not name:
                     raise Unsupported(f"{fd}: unconnected unnamed unix socket with queued data is not supported")
             return UnixSocket(fid, ino, d.type, state if state in (ESTABLISHED, LISTEN) else CLOSE, p.flags,
-                              d.peer, name, backlog, d.shutdown, perms, _read_opts(s), queue, read_fown(p.dup))
+                              d.peer, name, backlog, d.shutdown, perms, rebound and perms is None,
+                              _read_opts(s), queue, read_fown(p.dup))
         finally:
             s.close()
 
@@ -152,6 +157,8 @@ class UnixOps(FileOps):
         usk = sk_unix_pb2.unix_sk_entry(
             id=f.id, ino=f.inode, type=f.type, state=f.state, flags=f.flags, uflags=0, backlog=f.backlog,
             peer=f.peer, fown=fown_pb(f.fown), opts=opts, name=f.name, shutdown=f.shutdown)
+        if f.deleted:
+            usk.deleted = True
         if f.perms is not None:
             usk.file_perms.CopyFrom(sk_unix_pb2.file_perms_entry(mode=f.perms[0], uid=f.perms[1], gid=f.perms[2]))
         e = fdinfo_pb2.file_entry(type=fdinfo_pb2.UNIXSK, id=f.id)
@@ -166,13 +173,16 @@ class UnixOps(FileOps):
                         rcv_tmo=(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec), passcred=o.so_passcred)
         perms = (k.file_perms.mode, k.file_perms.uid, k.file_perms.gid) if k.HasField("file_perms") else None
         return UnixSocket(k.id, k.ino, k.type, k.state, k.flags, k.peer, k.name, k.backlog, k.shutdown,
-                          perms, opts, [], fown_of(k.fown))
+                          perms, k.deleted, opts, [], fown_of(k.fown))
 
     def validate(self, f: UnixSocket, name: str, *, shell_job: bool) -> None:
         """Its name must be free: no listener on it now, no other kind of file at the path."""
         if f.state == ESTABLISHED or not f.name:
             return
         if _is_path(f.name):
+            if f.deleted and os.path.lexists(f.name):
+                raise ImageError(f"{name}: unix socket {show_name(f.name)} was unlinked after bind, but "
+                                 "something is at that path now")
             _stale_socket_file(f.name, name)
             return
         with socket.socket(socket.AF_UNIX, f.type) as t:
@@ -203,6 +213,8 @@ class UnixOps(FileOps):
                 with socket.socket(socket.AF_UNIX, f.type) as sender:
                     sender.connect(f.name)
                     _send_queue(sender, f.queue, ctx.name(f.id))
+            if f.deleted:
+                os.unlink(f.name)      # bound by path, then unlinked, as it was
             fd = ctx.high(s.detach())
         finally:
             s.close()
@@ -324,7 +336,7 @@ def link_peers(files: dict[int, FileObj], where=None) -> None:
         if peer is not None and peer.peer == f.inode:
             continue
         if (peer is not None and f.type == peer.type == socket.SOCK_DGRAM and peer.state == CLOSE
-                and peer.name and not peer.peer and not f.queue):
+                and peer.name and not peer.deleted and not peer.peer and not f.queue):
             f.connect_to = peer.name
             continue
         if where is None:
