@@ -66,7 +66,7 @@ def test_socketpairs_and_listeners_survive_dump_and_restore(tmp_path):
         if os.path.exists(CRIT):       # CRIU's own decoder takes our unix entries and queues
             dec = crit_decode_each([img / "files.img", img / "sk-queues.img"])
             usk = [e["usk"] for e in dec[img / "files.img"]["entries"] if "usk" in e]
-            assert len(usk) == 21 and sorted(e["backlog"] for e in usk)[-3:] == [2, 3, 5]
+            assert len(usk) == 23 and sorted(e["backlog"] for e in usk)[-3:] == [2, 3, 5]
             assert len(dec[img / "sk-queues.img"]["entries"]) >= 3 * 2 + 2 * 3 + 1 + 2 + 2   # + the server's
         before = sum(1 for x in log.read_text().splitlines() if x.startswith("child"))
         assert path.exists()           # the dead listener's socket file: restore replaces it
@@ -89,6 +89,7 @@ def test_socketpairs_and_listeners_survive_dump_and_restore(tmp_path):
         assert "sndbuf 100000 100000" in lines
         assert "nonblock True" in lines
         assert "shutdown b'last words' b''" in lines
+        assert "seqpacket shut b'before' b'' EPIPE" in lines, text
         assert "accepted 0" in lines and "accepted 1" in lines
         assert f"unlinked listener {path}.unlinked False" in lines, text
         assert "accepted pair b'to server' b'to client'" in lines, text
@@ -173,11 +174,14 @@ import hashlib, os, socket, sys, time
 d = sys.argv[1]
 log = open(os.path.join(d, "log"), "a", buffering=1)
 pairs = {t: socket.socketpair(socket.AF_UNIX, t) for t in (socket.SOCK_STREAM, socket.SOCK_DGRAM)}
+for s in pairs[socket.SOCK_DGRAM]:      # room for datagrams of up to 120 KB
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
 sent = {}
 for t, (a, b) in pairs.items():
     n, out = 0, []
     while True:         # fill a's direction until the kernel says no more
-        msg = (b"%06d" % n) * (1 + n % 50) if t == socket.SOCK_DGRAM else os.urandom(4096)
+        msg = (b"%06d" % n) * (1 + n * 5000 % 20000) if t == socket.SOCK_DGRAM else os.urandom(4096)
         try:
             k = a.send(msg, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -202,7 +206,7 @@ a, b = pairs[socket.SOCK_DGRAM]
 msgs = []
 while True:
     try:
-        msgs.append(b.recv(1 << 16, socket.MSG_DONTWAIT))
+        msgs.append(b.recv(1 << 20, socket.MSG_DONTWAIT))
     except BlockingIOError:
         break
 log.write("dgram %s %d\\n" % (msgs == sent[socket.SOCK_DGRAM], len(msgs)))
@@ -212,7 +216,7 @@ log.write("done\\n")
 
 def test_full_queues_come_back_whole(tmp_path):
     """A stream pair and a datagram pair filled until the sender would block: every byte
-    and every datagram is back after restore, in order, nothing more."""
+    and every datagram (some larger than 64 KiB) is back after restore, in order, nothing more."""
     p = subprocess.Popen([sys.executable, "-c", _FULL, tmp_path], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = tmp_path / "log"

@@ -62,6 +62,9 @@ fcntl.fcntl(pairs["dgram"][1].fileno(), fcntl.F_SETFL, os.O_NONBLOCK)
 sa, sb = socket.socketpair()          # b shut its sending side after writing
 sb.send(b"last words")
 sb.shutdown(socket.SHUT_WR)
+qa, qb = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)   # qb shut its receiving side
+qa.send(b"before")
+qb.shutdown(socket.SHUT_RD)
 
 listeners = []
 if len(sys.argv) > 3:
@@ -142,6 +145,12 @@ for name, t in TYPES.items():
     log.write(f"{name} after {b.recv(100)!r} {a.recv(100)!r}\n")
 log.write(f"sndbuf {sndbuf} {pairs['stream'][0].getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)}\n")
 log.write(f"shutdown {sa.recv(100)!r} {sa.recv(100)!r}\n")
+try:
+    qa.send(b"more")
+    peer = "open"
+except BrokenPipeError:
+    peer = "EPIPE"
+log.write(f"seqpacket shut {qb.recv(100)!r} {qb.recv(100)!r} {peer}\n")
 try:
     sa.send(b"x")
     log.write("shutdown-peer-open\n")

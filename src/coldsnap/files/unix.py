@@ -31,6 +31,7 @@ SO_PEEK_OFF = 42
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 _TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram", socket.SOCK_SEQPACKET: "seqpacket"}
 _SHUT = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
+_MAX_DGRAM = 1 << 26
 _FILL_SNDBUF = 1 << 26       # while queues are written back; the dumped size is set after
 
 
@@ -53,7 +54,8 @@ def _peek_queue(s: socket.socket, fd: str, stype: int, total: int) -> list[bytes
     `total`: bytes queued (stream/seqpacket; for datagrams only the first one's size)."""
     if total == 0 and stype != socket.SOCK_DGRAM:
         return []
-    buf = bytearray(max(total, 1 << 20))
+    # stream/seqpacket: `total` holds everything; datagrams: grown when one does not fit
+    buf = bytearray(total if stype != socket.SOCK_DGRAM else max(total, 1 << 16))
     anc = socket.CMSG_SPACE(253 * 4)
     old = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
     s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
@@ -73,7 +75,11 @@ def _peek_queue(s: socket.socket, fd: str, stype: int, total: int) -> list[bytes
                 raise Unsupported(f"{fd}: unix socket has file descriptors in flight (SCM_RIGHTS) "
                                   "in its receive queue; not supported")
             if mflags & socket.MSG_TRUNC:
-                raise Unsupported(f"{fd}: unix socket holds a datagram larger than {len(buf)} bytes")
+                if len(buf) >= _MAX_DGRAM:
+                    raise Unsupported(f"{fd}: unix socket holds a datagram larger than {len(buf)} bytes")
+                buf = bytearray(len(buf) * 4)           # and peek that datagram again
+                s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, got)
+                continue
             if n == 0:
                 break       # a zero-length datagram (or EOF): the peek offset cannot pass it
             out.append(bytes(buf[:n]))
