@@ -130,7 +130,7 @@ def _task_summary(d: ImageDir, pid: int, tree) -> dict:
             kind = kinds.get(fi.id, "?")
             fds[kind] = fds.get(kind, 0) + 1
     return {"comm": tc.comm, "threads": list(tree.threads), "ppid": tree.ppid, "pgid": tree.pgid, "sid": tree.sid,
-            "state": {1: "running", 3: "stopped"}.get(tc.task_state, str(tc.task_state)), "fds": fds}
+            "state": {1: "running", 2: "zombie", 3: "stopped"}.get(tc.task_state, str(tc.task_state)), "fds": fds}
 
 
 def describe(path: str) -> dict:

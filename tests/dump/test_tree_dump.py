@@ -67,19 +67,25 @@ def test_dump_tree_leave_running(tmp_path):
         reap_orphans(pids=tree.pids)
 
 
-def test_dump_tree_refuses_a_zombie(tmp_path):
+def test_dump_tree_keeps_a_zombie(tmp_path):
+    """A zombie child is saved as one (pstree entry, core with TASK_DEAD and its wait status),
+    not refused; `show` names it."""
     code = "import os, sys, time\nif os.fork() == 0: os._exit(3)\ntime.sleep(0.2); print('ready', flush=True); time.sleep(60)"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
         kid = next(int(c) for c in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split())
-        run = coldsnap("dump", "-t", proc.pid, "-D", tmp_path / "img")
-        assert run.returncode != 0
-        lines = run.stderr.strip().splitlines()
-        assert len(lines) == 1 and f"process {kid}" in lines[0] and "zombie" in lines[0], run.stderr
-        assert not (tmp_path / "img").exists()
-        time.sleep(0.05)
-        assert open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] in "SR"
+        coldsnap("dump", "-t", proc.pid, "-D", tmp_path / "img", "--leave-running", check=True)
+        from coldsnap.images.directory import ImageDir
+        d = ImageDir.open(tmp_path / "img")
+        entry = next(e for e in d.read("pstree.img") if e.pid == kid)
+        assert (entry.ppid, list(entry.threads)) == (proc.pid, [kid])
+        tc = d.read_single(f"core-{kid}.img").tc
+        assert (tc.task_state, tc.exit_code) == (2, 3 << 8)
+        assert not (tmp_path / "img" / f"mm-{kid}.img").exists()
+        assert "zombie" in coldsnap("show", tmp_path / "img", check=True).stdout
+        assert open(f"/proc/{kid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
     finally:
         proc.kill()
         proc.wait()

@@ -2,6 +2,7 @@
 any number of threads each), in one freeze of the whole tree.
 
     ImageDir.create ──► freeze_tree ──► refuse what a tree restore cannot do (dump/tree.py)
+    (a zombie child is kept: pstree entry and a core with TASK_DEAD and its exit status)
     ──► for each process, parents first (dump_process), the same path for every one: maps: refuse what cannot be saved (deleted or special
       mappings, SysV shm, memfd, io_uring, aio, hugetlb)
       ──► task state (registers, signals, ...: injected calls) ──► coldsnap's parked write
@@ -56,11 +57,12 @@ from ..memory.tracking import PARK_FD_MIN, parked_uffd_fds
 from ..memory.vma import PROT_WRITE, Kind, Vma, classify, classify_all
 from ..seize.freezer import FrozenTask, freeze_tree
 from ..seize.remote import RemoteCalls
+from ..seize.tree import with_zombies
 from .metadata import write_inventory, write_mm, write_stats
 from .plan import Planned, Planner, chain_parked_fds, covered_by_chain
 from .sink import ImageSink
 from .stats import DumpStats, Times
-from .task_state import collect_task_state, write_core_images, write_tree_images
+from .task_state import collect_task_state, write_core_images, write_tree_images, write_zombie_core
 from .tree import refuse_tree
 
 
@@ -343,7 +345,11 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                     parent = parents.get(model.pid) or _Parent(None, Ranges.empty())
                     saved.append(dump_process(held.task(model.pid), imgdir, sink, files, parent, times,
                                               shmem_done, shell_job=shell_job))
-                write_tree_images(held.tree, imgdir)
+                tree = with_zombies(held.tree, held.zombies)    # nothing to seize or read
+                for z in tree:
+                    if z.zombie:
+                        write_zombie_core(z.pid, z.exit_code, read_stat(z.pid).comm, imgdir)
+                write_tree_images(tree, imgdir)
                 write_files_images(files, imgdir)
                 write_inventory(imgdir, pre_dump=False)
                 times.frozen = time.perf_counter_ns() - t_frozen

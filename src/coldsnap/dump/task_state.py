@@ -44,7 +44,7 @@ from typing import Iterable
 
 from coldsnap.creds import Creds
 from coldsnap.errors import TargetError, Unsupported
-from coldsnap.images.task import TASK_ALIVE, TASK_STOPPED
+from coldsnap.images.task import TASK_ALIVE, TASK_DEAD, TASK_STOPPED
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.libc import SYS, syscall
 from coldsnap.kernel.page import PAGE_SIZE
@@ -453,6 +453,18 @@ def write_core_images(state: TaskState, imgdir) -> list[str]:
         imgdir.write(name, [_core_entry(state, th)])
         names.append(name)
     return names
+
+
+def write_zombie_core(pid: int, exit_code: int, comm: str, imgdir) -> str:
+    """core-PID.img of a zombie, as CRIU writes one: no thread state, only its task_state
+    (TASK_DEAD) and exit status (the raw wait status); returns the name."""
+    from coldsnap.images.pb import core_pb2
+    core = core_pb2.core_entry(mtype=core_pb2.X86_64)
+    core.tc.task_state, core.tc.exit_code = TASK_DEAD, exit_code
+    core.tc.personality, core.tc.flags, core.tc.blk_sigset, core.tc.comm = 0, 0, 0, comm
+    name = f"core-{pid}.img"
+    imgdir.write(name, [core])
+    return name
 
 
 def write_task_images(state: TaskState, tree: Tree, imgdir) -> list[str]:

@@ -2,9 +2,9 @@
 
 Restore recreates each process with its own mm, fd table, fs and signal handlers, its
 threads sharing them; so everything shared otherwise is refused here, in one line naming
-the process, rather than dumped into images no restore can bring back:
+the process, rather than dumped into images no restore can bring back (a zombie is not
+refused: it is saved as one, seize/tree.with_zombies):
 
-  - a zombie in the tree (a child that exited and was not reaped)
   - a thread that unshared its fd table or fs (unshare(2) after the clone)
   - two processes sharing an mm (CLONE_VM, vfork), an fd table (CLONE_FILES), an fs
     (CLONE_FS) or signal handlers (CLONE_SIGHAND)
@@ -21,9 +21,6 @@ _SHARED = (("vm_id", "memory (CLONE_VM)"), ("files_id", "fd table (CLONE_FILES)"
 
 def refuse_tree(held: FrozenTree) -> None:
     """Unsupported (one line) for what a tree dump cannot restore (module docstring)."""
-    if held.zombies:
-        z = held.zombies[0]
-        raise Unsupported(f"process {z} in the tree is a zombie (exited, not reaped); not supported")
     owner: dict[tuple[str, int], int] = {}
     for task in held.tree:
         for tid in task.tids:

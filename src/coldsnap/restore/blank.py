@@ -14,6 +14,11 @@ order (restore/sessions.py says why this order):
  4. rebuilds its fd table, cwd, root and umask (restore/fdtable.py), resets its signal
     actions, tells coldsnap "ok" and waits for the seize.
 
+A zombie's blank process (a zombie has no children: they were reparented) does step 2,
+tells coldsnap "ok" and exits at once with the dumped status: its exit code, or killed by
+the same signal (its action reset to default). Its parent waits for it to be a zombie
+(waitid WNOWAIT) and leaves it unreaped for the restored program's own wait.
+
 Open file descriptions shared by several processes (stdio inherited by a child, a pipe
 between parent and child or between siblings, a file with one shared offset): the root's
 blank process creates each of them ONCE, before step 2, at fds above every dumped number
@@ -40,11 +45,13 @@ from ..errors import AccessDenied, CsError, ImageError, TargetError
 from ..kernel.clone import fork_with_pid
 from ..kernel.libc import libc
 from .fdtable import open_shared, rebuild_fds
+from ..seize.tree import Task
 from .images import TreeImages
 from .sessions import JOIN, OWN_GROUP, SETSID, SessionStep
 from .transplant import default_signal_actions
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 _LEN = struct.Struct("<I")
 OK = b"ok"
 
@@ -93,6 +100,12 @@ def _become(images: TreeImages, pid: int, w: int, shell_job: bool, shared: dict[
     try:
         _session(pid, images.sessions[pid])
         for kid in images.tree.children(pid):
+            if kid.zombie:
+                if _clone(kid.pid) == 0:
+                    _exit_as_zombie(images, kid, w)
+                # a zombie of ours until the transplanted parent reaps it: wait, do not reap
+                os.waitid(os.P_PID, kid.pid, os.WEXITED | os.WNOWAIT)
+                continue
             sr, sw = (_high(fd, w + 1) for fd in os.pipe2(os.O_CLOEXEC))   # off every dumped number
             kpid = _clone(kid.pid)
             if kpid == 0:
@@ -118,6 +131,25 @@ def _become(images: TreeImages, pid: int, w: int, shell_job: bool, shared: dict[
             signal.pause()       # until coldsnap seizes and reshapes this process
     finally:
         os._exit(1)              # never unwind into coldsnap's own code (e.g. on SIGINT)
+
+
+def _exit_as_zombie(images: TreeImages, task: Task, w: int) -> None:
+    """The blank process of a zombie (we are it): its session and group, then its end with
+    the dumped status, exit code or the same signal (never a core file). Never returns."""
+    status = task.exit_code or 0
+    try:
+        _session(task.pid, images.sessions[task.pid])
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        _send(w, OK)
+    except BaseException as e:   # noqa: BLE001 - report anything to coldsnap
+        _fail(w, e)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+        os.kill(os.getpid(), sig)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
 
 
 def _high(fd: int, base: int) -> int:

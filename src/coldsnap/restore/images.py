@@ -18,6 +18,7 @@ from ..images.directory import ImageDir
 from ..images.pages import pagemap_name
 from ..images.pb import core_pb2
 from ..images.source import ChainSource
+from ..images.task import TASK_DEAD
 from ..images.vma import (VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
                           VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..kernel.page import PAGE_SIZE
@@ -73,7 +74,7 @@ class TreeImages:
     dir: ImageDir
     tree: Tree
     files: FileRegistry
-    procs: dict[int, DumpImages]
+    procs: dict[int, DumpImages]     # the living processes (a zombie has none: tree.task(pid).exit_code)
     sessions: dict[int, str]          # pid -> what its blank process does (restore/sessions.py)
 
     @property
@@ -98,12 +99,13 @@ def load_tree(path: str | os.PathLike, *, shell_job: bool = False) -> TreeImages
         raise ImageError(f"{d.root}: a pre-dump, not a dump: restore needs the images of `coldsnap dump`")
     tree = read_tree(d)
     sessions = plan_sessions(tree, shell_job=shell_job)
-    mms = {t.pid: _mm(d, t.pid) for t in tree}
+    living = tree.living
+    mms = {t.pid: _mm(d, t.pid) for t in living}
     _check_shmem_private(d, mms)
-    registry = read_files_images(d.root, {t.pid: t.files_id for t in tree},
+    registry = read_files_images(d.root, {t.pid: t.files_id for t in living},
                                  mapped_ids=set().union(*(_mapped_ids(mm) for mm in mms.values())))
     _check_shared_files(tree, registry)
-    procs = {t.pid: _load_process(d, tree, t, mms[t.pid], registry, shell_job) for t in tree}
+    procs = {t.pid: _load_process(d, tree, t, mms[t.pid], registry, shell_job) for t in living}
     _check_ids_free([tid for t in tree for tid in t.tids])
     return TreeImages(d, tree, registry, procs, sessions)
 
@@ -176,8 +178,21 @@ def read_tree(d: ImageDir) -> Tree:
         tasks[e.pid] = Task(e.pid, e.ppid, e.pgid, e.sid, tids, vm_id=ids.vm_id, files_id=ids.files_id,
                             fs_id=ids.fs_id, sighand_id=ids.sighand_id,
                             ns_ids={k: getattr(ids, f"{k}_ns_id") for k in NS_KINDS
-                                    if ids.HasField(f"{k}_ns_id")})
+                                    if ids.HasField(f"{k}_ns_id")},
+                            exit_code=_zombie_status(d, e.pid))
+    if tasks[entries[0].pid].zombie:
+        raise ImageError(f"{d.root}: the root {entries[0].pid} is a zombie")
     return Tree(entries[0].pid, tasks)
+
+
+def _zombie_status(d: ImageDir, pid: int) -> int | None:
+    """The exit status of a zombie (its core's task_state is TASK_DEAD), None for a living
+    process (or no core: _core says so when the process is loaded)."""
+    name = f"core-{pid}.img"
+    if not d.exists(name):
+        return None
+    tc = d.read_single(name).tc
+    return tc.exit_code if tc.task_state == TASK_DEAD else None
 
 
 def _core(d: ImageDir, tid: int) -> core_pb2.core_entry:

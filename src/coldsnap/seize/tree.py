@@ -18,10 +18,12 @@ thread that unshared its fd table or fs is not told apart (not supported).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from coldsnap.kernel import kcmp as K
+from coldsnap.errors import NoSuchProcess, TargetError
 from coldsnap.kernel.procfs import ns_inode, read_stat
 
 KCMP_KINDS = (("vm_id", K.KCMP_VM), ("files_id", K.KCMP_FILES), ("fs_id", K.KCMP_FS),
@@ -42,6 +44,11 @@ class Task:
     fs_id: int = 0
     sighand_id: int = 0
     ns_ids: dict[str, int] = field(default_factory=dict)   # "pid", "net", ... -> id
+    exit_code: int | None = None   # a zombie: its wait status (stat field 52); None: alive
+
+    @property
+    def zombie(self) -> bool:
+        return self.exit_code is not None
 
 
 @dataclass
@@ -62,6 +69,11 @@ class Tree:
     @property
     def root_task(self) -> Task:
         return self.tasks[self.root]
+
+    @property
+    def living(self) -> list[Task]:
+        """The processes that run (zombies left out), parents first."""
+        return [t for t in self if not t.zombie]
 
     def children(self, pid: int) -> list[Task]:
         return [t for t in self if t.ppid == pid and t.pid != self.root]
@@ -156,3 +168,30 @@ def read_tree(root: int, threads: dict[int, list[int]]) -> Tree:
                           **{name: ids.id_of(pid) for name, ids in allocators.items()},
                           ns_ids=namespaces.ids_of(pid))
     return Tree(root, tasks)
+
+
+def with_zombies(tree: Tree, pids: list[int], timeout: float = 2.0) -> Tree:
+    """TREE with the zombie children PIDS of its (frozen) processes added: pid, ppid, pgid,
+    sid and exit status from /proc/PID/stat, no threads to save, no shared objects (ids 0).
+
+    A child still exiting when the tree was seized becomes a zombie at once (its parent is
+    held, so nobody reaps it): wait for that; one already gone (SIGCHLD ignored) is left out."""
+    zombies: dict[int, Task] = {}
+    for pid in pids:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                st = read_stat(pid)
+            except NoSuchProcess:
+                break
+            if st.state == "Z":
+                zombies[pid] = Task(pid, st.ppid, st.pgrp, st.session, [pid], exit_code=st.exit_code)
+                break
+            if time.monotonic() > deadline:
+                raise TargetError(f"process {pid} is exiting and does not become a zombie")
+            time.sleep(0.001)
+    if not zombies:
+        return tree
+    every = {**tree.tasks, **zombies}
+    order = tree_order(tree.root, {pid: t.ppid for pid, t in every.items()})
+    return Tree(tree.root, {pid: every[pid] for pid in order})
