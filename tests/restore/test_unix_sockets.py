@@ -247,3 +247,42 @@ def _wait_for_prefix(path: Path, prefix: str, timeout: float = 15.0) -> str:
             return text
         assert time.monotonic() < deadline, f"no {prefix!r} in {text[-600:]!r}"
         time.sleep(0.01)
+
+
+_EMPTY_DGRAM = """
+import socket, sys, time
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+for m in (b"first", b"", b"after the empty one"):
+    a.send(m)
+print(b.fileno(), flush=True)
+time.sleep(600)
+"""
+
+
+def test_zero_length_datagram_in_a_queue_is_refused_and_nothing_consumed(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", _EMPTY_DGRAM], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        fd = int(p.stdout.readline())
+        run = coldsnap("dump", "-t", p.pid, "-D", tmp_path / "img")
+        assert_one_line_error(run)
+        assert run.returncode == 5, run
+        assert f"pid {p.pid} fd {fd}: unix socket has a zero-length message" in run.stderr, run.stderr
+        assert p.poll() is None and not (tmp_path / "img").exists()
+        # the queue is as it was: take the receiving end from the process and read it all
+        pidfd = os.pidfd_open(p.pid)
+        try:
+            own = socket.socket(fileno=_getfd(pidfd, fd))
+        finally:
+            os.close(pidfd)
+        with own:
+            got = [own.recv(64, socket.MSG_DONTWAIT) for _ in range(3)]
+        assert got == [b"first", b"", b"after the empty one"]
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+
+
+def _getfd(pidfd: int, fd: int) -> int:
+    from coldsnap.kernel.pidfd import pidfd_getfd
+    return pidfd_getfd(pidfd, fd)

@@ -81,7 +81,13 @@ def _peek_queue(s: socket.socket, fd: str, stype: int, total: int) -> list[bytes
                 s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, got)
                 continue
             if n == 0:
-                break       # a zero-length datagram (or EOF): the peek offset cannot pass it
+                # a zero-length message: the peek offset cannot pass it, so what is queued
+                # behind it could only be read by consuming the queue. Refuse, lose nothing.
+                if stype == socket.SOCK_DGRAM or got < total:
+                    raise Unsupported(f"{fd}: unix socket has a zero-length message in its receive "
+                                      "queue; not supported (what follows it cannot be read "
+                                      "without consuming it)")
+                break
             out.append(bytes(buf[:n]))
             got += n
     finally:
