@@ -110,3 +110,16 @@ def reap_orphans(timeout: float = 5.0, pids=()) -> None:
         if not any(os.path.exists(f"/proc/{p}") for p in pids) or time.monotonic() > deadline:
             return
         time.sleep(0.01)
+
+
+def kill_tree(proc: subprocess.Popen, pids, restored: bool) -> None:
+    """Kill every process PIDS of a test's tree (restored or not) and reap them; PROC, the
+    root the test started, is waited for when it was not restored."""
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if not restored:
+        proc.wait(timeout=10)
+    reap_orphans(pids=pids)

@@ -8,7 +8,7 @@ import time
 
 from procs import coldsnap
 from restore_helpers import assert_one_line_error
-from tree_helpers import ROLES, ids_now, reap_orphans, start_counter_tree, tids_now
+from tree_helpers import ROLES, ids_now, kill_tree, reap_orphans, start_counter_tree, tids_now
 
 
 def test_tree_restored_whole(tmp_path):
@@ -104,14 +104,7 @@ def test_pipe_between_parent_and_child_and_wait(tmp_path):
         reap_orphans(pids=pids)
         assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
     finally:
-        for p in reversed(pids):
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not restored:
-            proc.wait(timeout=10)
-        reap_orphans(pids=pids)
+        kill_tree(proc, pids[::-1], restored)     # children first
 
 
 def test_failed_tree_restore_leaves_nothing(tmp_path):
@@ -179,14 +172,7 @@ def test_shell_pipeline(tmp_path):
         oks = [int(n) for n in re.findall(r"^ok (\d+)$", text, re.M)]
         assert oks[:seen + 3] == [1000 * i for i in range(1, seen + 4)]
     finally:
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not restored:
-            proc.wait(timeout=10)
-        reap_orphans(pids=pids)
+        kill_tree(proc, pids, restored)
 
 
 def test_listening_socket_shared_by_workers(tmp_path, python_exe):
@@ -220,11 +206,4 @@ def test_listening_socket_shared_by_workers(tmp_path, python_exe):
         os.kill(workers[0], signal.SIGTERM)
         _wait_for(log, rf"^reaped {workers[0]} {signal.SIGTERM}$")
     finally:
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not restored:
-            proc.wait(timeout=10)
-        reap_orphans(pids=pids)
+        kill_tree(proc, pids, restored)

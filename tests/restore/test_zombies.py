@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from procs import build_workload, coldsnap
-from tree_helpers import reap_orphans
+from tree_helpers import kill_tree, reap_orphans
 
 READY = re.compile(r"^ready (\d+) (\d+) (\d+)$", re.M)
 TICK = re.compile(r"^tick (\d+) ok$", re.M)
@@ -64,11 +64,37 @@ def test_zombies_come_back_with_their_status(tmp_path):
         assert os.WIFSIGNALED(got[zterm]) and os.WTERMSIG(got[zterm]) == signal.SIGTERM, got
         assert _stat(z7) is None and _stat(zterm) is None
     finally:
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not restored:
-            proc.wait(timeout=10)
+        kill_tree(proc, pids, restored)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
+    except OSError:
+        return None
+
+
+def test_zombie_below_the_root_leading_a_group(tmp_path, python_exe):
+    """A zombie that is a grandchild and leads the group of a living sibling comes back
+    with its group (the sibling joins it again) and its exit status."""
+    workload = Path(__file__).parent.parent / "workloads" / "tree_zombie_group.py"
+    proc = subprocess.Popen([python_exe, str(workload), str(tmp_path)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    pids: list[int] = [proc.pid]
+    restored = False
+    try:
+        ready = tmp_path / "ready"
+        middle, z, s = map(int, _until(lambda: ready.exists() and ready.read_text().split(), "ready"))
+        pids += [middle, z, s]
+        coldsnap("dump", "-t", proc.pid, "-D", tmp_path / "img", check=True)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
         reap_orphans(pids=pids)
+        coldsnap("restore", "-D", tmp_path / "img", "-d", check=True)
+        restored = True
+        assert _stat(z) == ("Z", middle) and _pgid(z) == z and _pgid(s) == z
+        (tmp_path / "reap").touch()
+        reaped = tmp_path / "reaped"
+        pid, status = map(int, _until(lambda: reaped.exists() and reaped.read_text().split(), "reaped"))
+        assert pid == z and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 5
+    finally:
+        kill_tree(proc, pids, restored)
