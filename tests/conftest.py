@@ -69,6 +69,10 @@ def reap_zombies() -> None:
             return
 
 
+def _alive_descendants() -> list[int]:
+    return [p for p in _our_descendants() if proc_state(p)[0] not in ("", "Z")]
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers():
     """Fail any test that leaves a process stopped, traced or unreaped behind."""
@@ -79,7 +83,13 @@ def no_leftovers():
         time.sleep(0.05)
         bad = _stopped_or_traced()
     reap_zombies()
-    alive = [p for p in _our_descendants() if proc_state(p)[0] not in ("", "Z")]
+    alive = _alive_descendants()
+    while alive and time.monotonic() < deadline + 2:
+        # a workload's own children may still be on their way out (a kill chain through
+        # PDEATHSIG takes a scheduling round per level): only what stays alive is a leftover
+        time.sleep(0.05)
+        reap_zombies()
+        alive = _alive_descendants()
     for pid in alive:  # clean up, but still fail: a test must reap what it started
         try:
             os.kill(pid, signal.SIGKILL)
