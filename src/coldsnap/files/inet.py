@@ -12,6 +12,7 @@ from coldsnap.kernel import fdinfo as K
 
 from .model import InetSocket, SockOpts
 from .ops import FileOps, OpenCtx, Probe, fown_of, fown_pb, read_fown
+from .sockopts import common_entry, common_of, read_common, set_timeouts
 
 TCP_CLOSE = 7
 # SockOpts fields without a CRIU field in sk_opts_entry: written as coldsnap extension
@@ -39,14 +40,11 @@ def _read_opts(s: socket.socket, family: int, tcp: bool) -> SockOpts:
     return SockOpts(
         reuseaddr=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)),
         reuseport=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)),
-        rcvbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-        sndbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
         keepalive=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)),
         broadcast=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)),
         nodelay=tcp and bool(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)),
         v6only=family == socket.AF_INET6 and bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)),
-        snd_tmo=struct.unpack("qq", s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16)),
-        rcv_tmo=struct.unpack("qq", s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)))
+        **read_common(s))
 
 
 def _apply_opts(s: socket.socket, f: InetSocket) -> None:
@@ -55,8 +53,7 @@ def _apply_opts(s: socket.socket, f: InetSocket) -> None:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(o.reuseport))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(o.keepalive))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, int(o.broadcast))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("qq", *o.snd_tmo))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("qq", *o.rcv_tmo))
+    set_timeouts(s, o)
     # Set buffer sizes only when they differ from the default: setting them locks
     # them and turns off the kernel's autotuning. The kernel doubles what is set.
     for opt, val in ((socket.SO_RCVBUF, o.rcvbuf), (socket.SO_SNDBUF, o.sndbuf)):
@@ -106,10 +103,7 @@ class InetOps(FileOps):
 
     def to_image(self, f: InetSocket, new_id) -> list[fdinfo_pb2.file_entry]:
         o = f.opts
-        opts = sk_opts_pb2.sk_opts_entry(
-            so_sndbuf=o.sndbuf, so_rcvbuf=o.rcvbuf, so_snd_tmo_sec=o.snd_tmo[0],
-            so_snd_tmo_usec=o.snd_tmo[1], so_rcv_tmo_sec=o.rcv_tmo[0], so_rcv_tmo_usec=o.rcv_tmo[1],
-            reuseaddr=o.reuseaddr, keepalive=o.keepalive, so_reuseport=o.reuseport)
+        opts = common_entry(o, reuseaddr=o.reuseaddr, keepalive=o.keepalive, so_reuseport=o.reuseport)
         for name, attr in EXTRA_OPTS.items():
             if name in _OPT_FIELDS:
                 setattr(opts, name, getattr(o, attr))
@@ -122,10 +116,8 @@ class InetOps(FileOps):
 
     def from_image(self, e, regs) -> InetSocket:
         k, o = e.isk, e.isk.opts
-        opts = SockOpts(reuseaddr=o.reuseaddr, reuseport=o.so_reuseport, rcvbuf=o.so_rcvbuf,
-                        sndbuf=o.so_sndbuf, keepalive=o.keepalive, v6only=k.v6only,
-                        snd_tmo=(o.so_snd_tmo_sec, o.so_snd_tmo_usec),
-                        rcv_tmo=(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec))
+        opts = SockOpts(reuseaddr=o.reuseaddr, reuseport=o.so_reuseport, keepalive=o.keepalive,
+                        v6only=k.v6only, **common_of(o))
         for name, attr in EXTRA_OPTS.items():
             if name in _OPT_FIELDS:
                 setattr(opts, attr, getattr(o, name))

@@ -17,14 +17,14 @@ import errno
 import os
 import socket
 import stat
-import struct
 
 from coldsnap.errors import ImageError, Unsupported
-from coldsnap.images.pb import fdinfo_pb2, sk_opts_pb2, sk_packet_pb2, sk_unix_pb2
+from coldsnap.images.pb import fdinfo_pb2, sk_packet_pb2, sk_unix_pb2
 from coldsnap.kernel.unixdiag import socket_holders, unix_diag, unix_socket_paths
 
 from .model import FileObj, SockOpts, UnixSocket
 from .ops import FileOps, OpenCtx, Probe, fown_of, fown_pb, read_fown
+from .sockopts import common_entry, common_of, read_common, set_timeouts
 
 ESTABLISHED, CLOSE, LISTEN = 1, 7, 10
 SO_PEEK_OFF = 42
@@ -98,12 +98,7 @@ def _peek_queue(s: socket.socket, fd: str, stype: int, total: int) -> list[bytes
 
 
 def _read_opts(s: socket.socket) -> SockOpts:
-    return SockOpts(
-        rcvbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-        sndbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-        snd_tmo=struct.unpack("qq", s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16)),
-        rcv_tmo=struct.unpack("qq", s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)),
-        passcred=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)))
+    return SockOpts(passcred=bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)), **read_common(s))
 
 
 def _bound_file(fd: str, name: bytes, vfs_ino: int) -> tuple[int, int, int] | None:
@@ -163,9 +158,7 @@ class UnixOps(FileOps):
 
     def to_image(self, f: UnixSocket, new_id) -> list[fdinfo_pb2.file_entry]:
         o = f.opts
-        opts = sk_opts_pb2.sk_opts_entry(
-            so_sndbuf=o.sndbuf, so_rcvbuf=o.rcvbuf, so_snd_tmo_sec=o.snd_tmo[0],
-            so_snd_tmo_usec=o.snd_tmo[1], so_rcv_tmo_sec=o.rcv_tmo[0], so_rcv_tmo_usec=o.rcv_tmo[1], so_passcred=o.passcred)
+        opts = common_entry(o, so_passcred=o.passcred)
         usk = sk_unix_pb2.unix_sk_entry(
             id=f.id, ino=f.inode, type=f.type, state=f.state, flags=f.flags, uflags=0, backlog=f.backlog,
             peer=f.peer, fown=fown_pb(f.fown), opts=opts, name=f.name, shutdown=f.shutdown)
@@ -181,8 +174,7 @@ class UnixOps(FileOps):
         k, o = e.usk, e.usk.opts
         if k.type not in _TYPES or k.state not in (ESTABLISHED, LISTEN, CLOSE):
             raise ImageError(f"files.img: unix socket {k.id} has type {k.type}, state {k.state}")
-        opts = SockOpts(rcvbuf=o.so_rcvbuf, sndbuf=o.so_sndbuf, snd_tmo=(o.so_snd_tmo_sec, o.so_snd_tmo_usec),
-                        rcv_tmo=(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec), passcred=o.so_passcred)
+        opts = SockOpts(passcred=o.so_passcred, **common_of(o))
         perms = (k.file_perms.mode, k.file_perms.uid, k.file_perms.gid) if k.HasField("file_perms") else None
         return UnixSocket(k.id, k.ino, k.type, k.state, k.flags, k.peer, k.name, k.backlog, k.shutdown,
                           perms, k.deleted, opts, [], fown_of(k.fown))
@@ -251,8 +243,7 @@ class UnixOps(FileOps):
                                     (socket.SO_RCVBUF, SO_RCVBUFFORCE, o.rcvbuf)):
                 if val and s.getsockopt(socket.SOL_SOCKET, opt) != val:
                     s.setsockopt(socket.SOL_SOCKET, force, val // 2)     # the kernel doubles it
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("qq", *o.snd_tmo))
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("qq", *o.rcv_tmo))
+            set_timeouts(s, o)
             if o.passcred:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             if f.shutdown in _SHUT:
