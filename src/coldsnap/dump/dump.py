@@ -356,9 +356,9 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 pages = SinkCounts()
                 for s in saved:
                     pages.add(s.pages)
-                stats.record(saved[0].planned.plan, pages, times, syscalls=sum(s.syscalls for s in saved),
-                             extra_scanned=sum(s.shm_mapped for s in saved)
-                             + sum(s.planned.plan.pages_scanned for s in saved[1:]))
+                stats.record([s.planned.plan for s in saved], pages, times,
+                             syscalls=sum(s.syscalls for s in saved),
+                             extra_scanned=sum(s.shm_mapped for s in saved))
                 write_stats(imgdir, stats)
                 if leave_running:
                     held.resume()                   # the fsyncs of the commit need no freeze

@@ -44,12 +44,14 @@ class DumpStats:
     read_syscalls: int = 0
     uffd_fd: int = -1             # userfaultfd parked in the target for the next run (-1: none)
 
-    def record(self, plan: PagePlan, pages: SinkCounts, times: Times, *, syscalls: int,
+    def record(self, plans: list[PagePlan], pages: SinkCounts, times: Times, *, syscalls: int,
                extra_scanned: int = 0) -> "DumpStats":
-        """Everything but the mode (and a parked fd) from the plan, the sink's page counts
-        and the times; extra_scanned: pages scanned outside the plan (shared memory)."""
-        self.scan_method, self.track_backend, self.vmas = plan.scan_method, plan.track, len(plan.vmas)
-        self.pages_scanned = plan.pages_scanned + extra_scanned
+        """Everything but the mode (and a parked fd) from the plans of every process (the
+        root's first: scan method, tracking and vmas are its own), the sink's page counts and
+        the times; extra_scanned: pages scanned outside the plans (shared memory)."""
+        root = plans[0]
+        self.scan_method, self.track_backend, self.vmas = root.scan_method, root.track, len(root.vmas)
+        self.pages_scanned = sum(p.pages_scanned for p in plans) + extra_scanned
         self.pages_written, self.pages_skipped_parent, self.pages_skipped = \
             pages.present, pages.parent, pages.skipped
         self.read_syscalls = syscalls

@@ -87,8 +87,8 @@ def save_step(planners: dict[int, Planner], imgdir: ImageDir, mode: str, *,
     for _, c in drained.values():
         counts.add(c)
     stats = DumpStats(mode=mode, uffd_fd=planners[root].parked_fd)
-    stats.record(planned[root].plan, counts, times, syscalls=sum(d.syscalls for d, _ in drained.values()),
-                 extra_scanned=sum(p.plan.pages_scanned for pid, p in planned.items() if pid != root))
+    plans = [planned[root].plan] + [p.plan for pid, p in planned.items() if pid != root]
+    stats.record(plans, counts, times, syscalls=sum(d.syscalls for d, _ in drained.values()))
     for pid, p in planned.items():
         write_mm(imgdir, pid, p.plan.vmas, p.stat)
     write_tree_images(read_tree(root, {pid: list_tids(pid) for pid in planned}), imgdir)
