@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     du.add_argument("--leave-running", action="store_true", help="resume the process instead of killing it")
     du.add_argument("--shell-job", action="store_true", help="allow a process attached to a terminal")
 
-    ut = sub.add_parser("untrack", parents=[js], help="remove coldsnap's write tracking from a process")
+    ut = sub.add_parser("untrack", parents=[js],
+                        help="remove coldsnap's write tracking from a process and every process below it")
     ut.add_argument("pid", type=_pid, metavar="PID")
 
     rs = sub.add_parser("restore", parents=[js], help="bring a dumped process back to life (same PID and TIDs)")
@@ -209,9 +210,11 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "untrack":
         from .dump.untrack import untrack
         closed = untrack(args.pid)
-        _out(args, {"pid": args.pid, "closed_fds": closed},
-             f"closed coldsnap's userfaultfd in {args.pid} (fd {', '.join(map(str, closed))})"
-             if closed else f"{args.pid} carries no coldsnap tracking")
+        where = ", ".join(f"{p} (fd {', '.join(map(str, fds))})" for p, fds in closed.items())
+        _out(args, {"pid": args.pid, "closed_fds": closed.get(args.pid, []),
+                    "processes": {str(p): fds for p, fds in closed.items()}},
+             f"closed coldsnap's userfaultfd in {where}" if closed
+             else f"{args.pid} and the processes below it carry no coldsnap tracking")
         return 0
     if args.command == "restore":
         return run_restore(args)

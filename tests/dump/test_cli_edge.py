@@ -65,7 +65,7 @@ def test_json_results(spawn, workload_bin, tmp_path):
                  "--leave-running", "--json", check=True)
     dump = json.loads(r.stdout)
     assert dump["left_running"] is True and dump["stats"]["mode"] == "dump"
-    assert json.loads(coldsnap("untrack", w.pid, "--json", check=True).stdout) == {"pid": w.pid, "closed_fds": []}
+    assert json.loads(coldsnap("untrack", w.pid, "--json", check=True).stdout) == {"pid": w.pid, "closed_fds": [], "processes": {}}
     assert json.loads(coldsnap("show", tmp_path / "2", "--json", check=True).stdout)["chain"]
     assert set(json.loads(coldsnap("check", "--json", check=True).stdout)) >= {"pagemap_scan", "uffd_wp_async"}
     series = json.loads(coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "s", "--iterations", 2,

@@ -3,6 +3,7 @@ each), the dump on the chain leaves each process's unwritten pages to the parent
 every parked fd back, and the chain holds what a plain dump would."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -59,6 +60,15 @@ for tag in os.environ.get("TAGS", "AB").encode():
         run(tag)
 run(ord("P"))
 """ % N
+
+
+def start_tree(tmp_path):
+    """The parent and its two children of CODE in a session of their own; (proc, log)."""
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", CODE], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)
+    return proc, log
 
 
 def wait_lines(log, word: str, n: int) -> dict[int, int]:
@@ -233,10 +243,7 @@ def test_tree_live_pre_dumps_with_a_child_born_between(tmp_path):
 def test_tree_pre_dump_iterations_save_every_process(tmp_path):
     """--iterations N on a tree: every directory of the series holds each process's pages,
     the later ones only what each process wrote since; show draws the tree of each."""
-    log = tmp_path / "log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", CODE], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True)
+    proc, log = start_tree(tmp_path)
     pids: list[int] = []
     try:
         pids = sorted(wait_lines(log, "ready", 3))
@@ -251,5 +258,27 @@ def test_tree_pre_dump_iterations_save_every_process(tmp_path):
         text = coldsnap("show", tmp_path / "s" / "2", check=True).stdout
         assert "  process tree (3 processes):" in text and f"    {proc.pid}, 1 thread, " in text
         assert all(uffd_in_fdinfo(p) == [] for p in pids)     # a series parks nothing
+    finally:
+        end_tree(proc, pids)
+
+
+def test_untrack_of_a_tree_closes_every_parked_userfaultfd(tmp_path):
+    """A tree's pre-dump parks one userfaultfd in each process; `untrack ROOT` closes them all
+    (JSON: pid -> fds closed) and the processes run on, written to as before."""
+    proc, log = start_tree(tmp_path)
+    pids: list[int] = []
+    try:
+        pids = sorted(wait_lines(log, "ready", 3))
+        coldsnap("pre-dump", "-t", proc.pid, "-D", tmp_path / "1", check=True)
+        parked = {p: uffd_in_fdinfo(p) for p in pids}
+        assert all(len(fds) == 1 for fds in parked.values()), parked
+        got = json.loads(coldsnap("untrack", proc.pid, "--json", check=True).stdout)
+        assert got["processes"] == {str(p): fds for p, fds in parked.items()}
+        assert got["closed_fds"] == parked[proc.pid]
+        assert all(uffd_in_fdinfo(p) == [] for p in pids)
+        assert "carry no coldsnap tracking" in coldsnap("untrack", proc.pid, check=True).stdout
+        for p in pids:
+            os.kill(p, signal.SIGUSR1)
+        assert set(wait_lines(log, "stopped", 3)) == set(pids)      # all ran on to the end
     finally:
         end_tree(proc, pids)

@@ -1,10 +1,32 @@
-"""`coldsnap untrack PID`: close the write tracking coldsnap parked in a process."""
+"""`coldsnap untrack PID`: close the write tracking coldsnap parked in a process tree.
+
+A tree's pre-dump parks one userfaultfd in every process (`cs_tree_uffd_fds` in its stats);
+untrack walks the tree as it is now, so a process that was born since (it inherited nothing
+of ours: a fork does not copy a userfaultfd's registrations, but it does copy the fd) or that
+the images never knew is cleaned as well. Each process is frozen on its own, briefly, only
+when it holds one of coldsnap's userfaultfds."""
 from __future__ import annotations
 
+from ..errors import NoSuchProcess
+from ..memory.tracking import parked_uffd_fds
 from ..memory.tracking import untrack as _untrack
 from ..seize.remote import frozen_calls
+from .step import list_tree
 
 
-def untrack(pid: int) -> list[int]:
-    """Close every userfaultfd coldsnap parked in PID (in one short freeze); their fd numbers."""
-    return _untrack(pid, lambda: frozen_calls(pid))
+def untrack(pid: int) -> dict[int, list[int]]:
+    """Close every userfaultfd coldsnap parked in PID and in every process below it;
+    pid -> the fd numbers closed there (processes without any left out)."""
+    closed: dict[int, list[int]] = {}
+    for p in list_tree(pid):
+        try:
+            if p != pid and not parked_uffd_fds(p):
+                continue
+            fds = _untrack(p, lambda p=p: frozen_calls(p))
+        except NoSuchProcess:
+            if p == pid:
+                raise
+            continue            # a process below the root exited meanwhile: nothing left of ours
+        if fds:
+            closed[p] = fds
+    return closed
