@@ -62,11 +62,7 @@ class CounterTree:
 
     def wait_ticks(self, more: int = 3, timeout: float = 10.0) -> None:
         """Until every process logged MORE ticks past what it has now."""
-        base = {r: len(self.ticks(r)) for r in ROLES}
-        deadline = time.monotonic() + timeout
-        while any(len(self.ticks(r)) < base[r] + more for r in ROLES):
-            assert time.monotonic() < deadline, {r: self.log(r)[-200:] for r in ROLES}
-            time.sleep(0.02)
+        wait_for_ticks(self, ROLES, more, timeout)
 
     @property
     def pids(self) -> list[int]:
@@ -78,6 +74,16 @@ class CounterTree:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def wait_for_ticks(workload, roles, more: int, timeout: float) -> None:
+    """Until each of ROLES logged MORE ticks past what it has now (workload.ticks(role) and
+    workload.log(role), the latter for the message when time runs out)."""
+    base = {r: len(workload.ticks(r)) for r in roles}
+    deadline = time.monotonic() + timeout
+    while any(len(workload.ticks(r)) < base[r] + more for r in roles):
+        assert time.monotonic() < deadline, {r: workload.log(r)[-300:] for r in roles}
+        time.sleep(0.02)
 
 
 def start_counter_tree(logdir: Path) -> CounterTree:

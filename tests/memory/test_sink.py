@@ -127,7 +127,7 @@ def test_shared_memory_goes_through_the_sink(target):
     shared = [v for v in vmas if v.kind is Kind.ANON_SHARED and v.size == 8 * PG]
     assert len(shared) == 1
     sink = MemorySink()
-    counts, mapped = save_shmem(pid, sink, shared)
+    counts, mapped = save_shmem(sink, [(pid, shared)])
     key = PagemapKey(shared[0].inode, shmem=True)
     assert mapped == 8 and counts.present == 4
     assert sink.in_order(key)

@@ -9,12 +9,13 @@ any number of threads each), in one freeze of the whole tree.
       tracking: adopt it (the written set), remove it from the target
       ──► private pages: scan, drain (unreadable VMAs through /proc/PID/mem), PE_PARENT
       for what the parent chain holds and tracking says was not written since
-      ──► shared anonymous objects ──► fd table + mapped files
+      ──► fd table + mapped files
+      ──► shared anonymous objects of the whole tree, once each (save_shmem)
       ──► pstree/ids and files images of the tree, commit ──► SIGKILL every process,
       children first (default), or resume them all (leave_running)
 
 One FileRegistry spans the tree (an open file description shared by processes gets one id),
-a shared anonymous object is saved once (from the first process mapping it), and a pre-dump
+a shared anonymous object is saved once (every window any process maps), and a pre-dump
 chain covers the root only (other processes save every present page).
 
 Any failure before the commit removes the staging directory and resumes every process (only a
@@ -196,27 +197,27 @@ def save_private(task: FrozenTask, sink: PageSink, plan: PagePlan, threads: int 
     return copied, counts
 
 
-def save_shmem(pid: int, sink: PageSink, vmas: list[Vma],
-               done: set[int] | None = None) -> tuple[SinkCounts, int]:
-    """pagemap-shmem-SHMID per shared anonymous object: its pages holding data (SEEK_DATA:
-    resident or swapped) inside the windows this task maps, read from the object itself
-    through /proc/PID/map_files and copied in the kernel (sendfile into the sink's area).
-    Objects in DONE (saved from another process of the tree) are skipped, the others added.
+def save_shmem(sink: PageSink, views: list[tuple[int, list[Vma]]]) -> tuple[SinkCounts, int]:
+    """pagemap-shmem-SHMID, once per shared anonymous object of the tree: its pages holding
+    data (SEEK_DATA: resident or swapped) inside the windows any process maps, read from the
+    object itself through /proc/PID/map_files of one process mapping it and copied in the
+    kernel (sendfile into the sink's area). views: (pid, its VMAs) of every process.
     Returns (pages handed to the sink, pages mapped)."""
-    done = set() if done is None else done
-    objects: dict[int, list[Vma]] = {}
-    for v in vmas:
-        if v.kind is Kind.ANON_SHARED and v.inode not in done:
-            objects.setdefault(v.inode, []).append(v)
+    objects: dict[int, list[tuple[int, Vma]]] = {}
+    for pid, vmas in views:
+        for v in vmas:
+            if v.kind is Kind.ANON_SHARED and not v.path.startswith("/SYSV"):
+                objects.setdefault(v.inode, []).append((pid, v))
     counts, mapped = SinkCounts(), 0
-    done.update(objects)
     for shmid, areas in sorted(objects.items()):
-        windows = Ranges.covering([(v.pgoff, v.pgoff + v.size) for v in areas])
+        windows = Ranges.covering([(v.pgoff, v.pgoff + v.size) for _, v in areas])
         mapped += windows.nr_pages
+        pid, v0 = areas[0]
         try:
-            fd = open_map_file(pid, areas[0].start, areas[0].end, os.O_RDONLY)
+            fd = open_map_file(pid, v0.start, v0.end, os.O_RDONLY)
         except OSError as e:
-            raise TargetError(f"shared memory at {areas[0].start:#x}: cannot open it: {e.strerror}") from None
+            raise TargetError(f"process {pid}: shared memory at {v0.start:#x}: cannot open it: "
+                              f"{e.strerror}") from None
         try:
             sink.begin(PagemapKey(shmid, shmem=True))
             feed = PlanFeed(sink)
@@ -287,14 +288,15 @@ class _Saved:
     planned: Planned
     pages: SinkCounts
     syscalls: int
-    shm_mapped: int
+    vmas: list[Vma]
 
 
 def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: FileRegistry,
-                 parent: _Parent, times: Times, shmem_done: set[int], *, shell_job: bool) -> _Saved:
+                 parent: _Parent, times: Times, *, shell_job: bool) -> _Saved:
     """One frozen process of the tree into the images: its maps, task state and cores, page
-    plan and pages, shared anonymous objects not saved yet, fd table (through the one
-    registry) and mm-PID.img. The caller closes the planner after the freeze."""
+    plan and private pages, fd table (through the one registry) and mm-PID.img. Shared
+    memory is saved once for the tree afterwards (save_shmem, from the VMAs returned).
+    The caller closes the planner after the freeze."""
     pid = task.pid
     maps = read_maps(pid)
     refuse_mappings(pid, maps)
@@ -307,8 +309,6 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
         ids = files.add_mapped(mapped)
         t_mem = time.perf_counter_ns()
         copied, pages = save_private(task, sink, planned.plan)
-        shm_pages, shm_mapped = save_shmem(pid, sink, vmas, shmem_done)
-        pages.add(shm_pages)
         times.copy += time.perf_counter_ns() - t_mem
         write_core_images(state, imgdir)
         write_mm(imgdir, pid, vmas, planned.stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
@@ -317,7 +317,7 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
     except BaseException:
         planner.close()
         raise
-    return _Saved(planner, planned, pages, copied.syscalls, shm_mapped)
+    return _Saved(planner, planned, pages, copied.syscalls, vmas)
 
 
 def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
@@ -340,11 +340,13 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 times.freezing = t_frozen - t0
                 refuse_tree(held)
                 files = FileRegistry()
-                shmem_done: set[int] = set()
                 for model in held.tree:                  # parents first
                     parent = parents.get(model.pid) or _Parent(None, Ranges.empty())
                     saved.append(dump_process(held.task(model.pid), imgdir, sink, files, parent, times,
-                                              shmem_done, shell_job=shell_job))
+                                              shell_job=shell_job))
+                t_shm = time.perf_counter_ns()
+                shm_pages, shm_mapped = save_shmem(sink, [(m.pid, s.vmas) for m, s in zip(held.tree, saved)])
+                times.copy += time.perf_counter_ns() - t_shm
                 tree = with_zombies(held.tree, held.zombies)    # nothing to seize or read
                 for z in tree:
                     if z.zombie:
@@ -353,12 +355,12 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 write_files_images(files, imgdir)
                 write_inventory(imgdir, pre_dump=False)
                 times.frozen = time.perf_counter_ns() - t_frozen
-                pages = SinkCounts()
+                pages = shm_pages
                 for s in saved:
                     pages.add(s.pages)
                 stats.record([s.planned.plan for s in saved], pages, times,
                              syscalls=sum(s.syscalls for s in saved),
-                             extra_scanned=sum(s.shm_mapped for s in saved))
+                             extra_scanned=shm_mapped)
                 write_stats(imgdir, stats)
                 if leave_running:
                     held.resume()                   # the fsyncs of the commit need no freeze

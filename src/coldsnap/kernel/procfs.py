@@ -201,6 +201,11 @@ def read_path_link(pid: int, name: Literal["exe", "cwd", "root"]) -> PathLink:
 # /proc/PID/map_files/START-END: the object behind a file mapping. Readers raise the plain
 # OSError: ENOENT may mean the mapping is gone as well as the process.
 
+def fd_path(pid: int, fd: int) -> str:
+    """/proc/PID/fd/FD: opening it opens the file behind that fd anew (a new open file)."""
+    return f"/proc/{pid}/fd/{fd}"
+
+
 def _map_file(pid: int, start: int, end: int) -> str:
     return f"/proc/{pid}/map_files/{start:x}-{end:x}"
 

@@ -19,7 +19,7 @@ from ..images.pages import pagemap_name
 from ..images.pb import core_pb2
 from ..images.source import ChainSource
 from ..images.task import TASK_DEAD
-from ..images.vma import (VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
+from ..images.vma import (VMA_ANON_SHARED, VMA_AREA_SYSVIPC, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
                           VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..kernel.page import PAGE_SIZE
 from ..kernel.procfs import cpu_flags, read_maps, read_stat
@@ -27,6 +27,7 @@ from ..memory.source import PageSource
 from ..seize.tree import NS_KINDS, Task, Tree
 from .fdtable import validate_files
 from .sessions import plan_sessions
+from .shmem import ShmemImage
 
 TASK_SIZE = 0x7FFFFFFFF000
 MMAP_MIN_ADDR = 0x10000
@@ -56,7 +57,6 @@ class DumpImages:
     files: TaskFiles                 # the task's fd table, cwd, root and umask
     mapped: dict[int, MappedFile]    # REG file_entry id -> file, for VMAs and the exe
     private: PageSource                           # the process pagemap, parents resolved
-    shmem: dict[int, PageSource] = field(default_factory=dict)   # shmid -> its object's pages
 
     @property
     def leader(self) -> core_pb2.core_entry:
@@ -76,6 +76,7 @@ class TreeImages:
     files: FileRegistry
     procs: dict[int, DumpImages]     # the living processes (a zombie has none: tree.task(pid).exit_code)
     sessions: dict[int, str]          # pid -> what its blank process does (restore/sessions.py)
+    shmem: dict[int, ShmemImage] = field(default_factory=dict)   # shared anonymous objects by shmid
 
     @property
     def root(self) -> DumpImages:
@@ -101,13 +102,13 @@ def load_tree(path: str | os.PathLike, *, shell_job: bool = False) -> TreeImages
     sessions = plan_sessions(tree, shell_job=shell_job)
     living = tree.living
     mms = {t.pid: _mm(d, t.pid) for t in living}
-    _check_shmem_private(d, mms)
+    shmem = _shmem_objects(d, mms)
     registry = read_files_images(d.root, {t.pid: t.files_id for t in living},
                                  mapped_ids=set().union(*(_mapped_ids(mm) for mm in mms.values())))
     _check_shared_files(tree, registry)
     procs = {t.pid: _load_process(d, tree, t, mms[t.pid], registry, shell_job) for t in living}
     _check_ids_free([tid for t in tree for tid in t.tids])
-    return TreeImages(d, tree, registry, procs, sessions)
+    return TreeImages(d, tree, registry, procs, sessions, shmem)
 
 
 def _mm(d: ImageDir, pid: int):
@@ -119,14 +120,23 @@ def _mm(d: ImageDir, pid: int):
     return mm
 
 
-def _check_shmem_private(d: ImageDir, mms: dict) -> None:
-    """Shared anonymous memory of one process only: restore maps it per process."""
-    owner: dict[int, int] = {}
-    for pid, mm in mms.items():
+def _shmem_objects(d: ImageDir, mms: dict) -> dict[int, ShmemImage]:
+    """Every shared anonymous object the processes map (restore/shmem.py makes each once):
+    its size is the largest window mapped; its saved pages must lie inside it."""
+    sizes: dict[int, int] = {}
+    for mm in mms.values():
         for v in mm.vmas:
-            if v.status & VMA_ANON_SHARED and owner.setdefault(v.shmid, pid) != pid:
-                raise ImageError(f"process {pid} shares anonymous memory {v.start:#x}-{v.end:#x} with "
-                                 f"process {owner[v.shmid]}; restoring it shared is not supported yet")
+            if v.status & VMA_ANON_SHARED and not v.status & VMA_AREA_SYSVIPC:
+                sizes[v.shmid] = max(sizes.get(v.shmid, 0), v.pgoff + v.end - v.start)
+    objects = {}
+    for shmid, size in sorted(sizes.items()):
+        pages = ChainSource(d, shmid, shmem=True) if d.exists(pagemap_name(shmid, shmem=True)) else None
+        for offset, nbytes in pages.runs() if pages else ():
+            if offset + nbytes > size:
+                raise ImageError(f"{d.root}: {pagemap_name(shmid, shmem=True)}: pages at {offset:#x} "
+                                 f"beyond the {size} bytes the processes map")
+        objects[shmid] = ShmemImage(shmid, size, pages)
+    return objects
 
 
 def _check_shared_files(tree: Tree, registry: FileRegistry) -> None:
@@ -152,10 +162,7 @@ def _load_process(d: ImageDir, tree: Tree, task: Task, mm, registry: FileRegistr
         raise ImageError(f"{d.root}: {pagemap_name(pid)} is missing")
     private = ChainSource(d, pid)
     _check_inside(d, pid, private.runs(), [v for v in mm.vmas if not v.status & SPECIAL])
-    shmem = {shmid: ChainSource(d, shmid, shmem=True)
-             for shmid in sorted({v.shmid for v in mm.vmas if v.status & VMA_ANON_SHARED})
-             if d.exists(pagemap_name(shmid, shmem=True))}
-    return DumpImages(d, tree, pid, tids, cores, mm, files, mapped, private, shmem)
+    return DumpImages(d, tree, pid, tids, cores, mm, files, mapped, private)
 
 
 def read_tree(d: ImageDir) -> Tree:

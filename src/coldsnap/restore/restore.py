@@ -24,7 +24,8 @@ from ..errors import CsError, TargetError
 from ..images.task import TASK_STOPPED
 from ..seize.freezer import freeze_tree
 from .blank import kill_blank, make_blank_tree
-from .images import DumpImages, load_tree
+from .images import DumpImages, TreeImages, load_tree
+from .shmem import SharedMemory
 from .transplant import TransplantStats, transplant
 
 
@@ -43,6 +44,15 @@ class RestoreResult:
 def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bool = False) -> RestoreResult:
     t0 = time.perf_counter_ns()
     images = load_tree(images_dir, shell_job=shell_job)
+    with SharedMemory.make(images.shmem) as shm:
+        result = _restore(images, shm, t0, shell_job=shell_job)
+    if not detach:
+        result.exit_status = _wait(result.pid)
+    return result
+
+
+def _restore(images: TreeImages, shm: SharedMemory, t0: int, *, shell_job: bool) -> RestoreResult:
+    """The blank tree, each process transplanted, all let go (restore's docstring)."""
     pid = make_blank_tree(images, shell_job)
     t_blank = time.perf_counter_ns()
     try:
@@ -52,7 +62,7 @@ def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bo
             try:
                 if sorted(held.tasks) != sorted(images.procs):
                     raise TargetError(f"the blank processes under {pid} are not the dumped tree")
-                stats = {p: transplant(held.task(p), proc) for p, proc in images.procs.items()}
+                stats = {p: transplant(held.task(p), proc, shm) for p, proc in images.procs.items()}
                 for p, proc in images.procs.items():
                     tc = proc.leader.tc
                     if tc.task_state == TASK_STOPPED:
@@ -66,11 +76,8 @@ def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bo
         kill_blank(pid)
         raise
     threads = sum(len(proc.tids) for proc in images.procs.values())
-    result = RestoreResult(pid, threads, _tree_stats(stats[pid], stats.values()), t_blank - t0,
-                           time.perf_counter_ns() - t0, processes=len(images.procs))
-    if not detach:
-        result.exit_status = _wait(pid)
-    return result
+    return RestoreResult(pid, threads, _tree_stats(stats[pid], stats.values()), t_blank - t0,
+                         time.perf_counter_ns() - t0, processes=len(images.procs))
 
 
 def _tree_stats(root: TransplantStats, every) -> TransplantStats:

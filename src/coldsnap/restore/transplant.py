@@ -1,7 +1,7 @@
 """Reshape a held blank child into the dumped process with injected system calls.
 
     with freeze(child) as task:
-        transplant(task, images)      # memory, mm, threads, signals, registers...
+        transplant(task, images, shm) # memory, mm, threads, signals, registers...
     # detach: the restored process runs
 
 The child is a clone of coldsnap with the dumped PID whose fd table, cwd and limits are
@@ -13,7 +13,8 @@ needed once the vDSO has moved):
  1. unregister the child's inherited rseq area (the kernel would fault on it once unmapped)
  2. mremap [vvar] [vvar_vclock] [vdso] to where the images had them (same kernel layout)
  3. munmap everything else, in two calls around the vDSO block
- 4. map every VMA at its address with its protection, file and flags; write the pages
+ 4. map every VMA at its address with its protection, file and flags (a shared anonymous
+    object: the one coldsnap made, restore/shmem.py); write the private pages
  5. PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv, exe file
  6. itimers, personality, dumpable, subreaper; create each other thread with clone3 set_tid
     (PTRACE_O_TRACECLONE hands it to us stopped) and set its per-thread state
@@ -44,6 +45,7 @@ from ..seize.remote import RemoteCalls
 from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, own_vdso_areas, vdso_layout
 from ..creds import Creds
 from .memory import PageWriter, WriteStats
+from .shmem import SharedMemory
 
 SCRATCH = 4 * PAGE
 MAP_FIXED = 0x10
@@ -105,9 +107,10 @@ def fxsave(core) -> bytes:
 
 
 class Transplant:
-    def __init__(self, task: FrozenTask, images: DumpImages):
+    def __init__(self, task: FrozenTask, images: DumpImages, shm: SharedMemory):
         self.task = task
         self.img = images
+        self.shm = shm
         self.pid = task.pid
         self.rc = RemoteCalls(task, tid=self.pid, scratch_size=SCRATCH)
         self.stats = TransplantStats()
@@ -214,64 +217,36 @@ class Transplant:
         raise CsError("no free address range for restore's scratch area")
 
     def _map_vmas(self) -> None:
-        """mmap every VMA. Shared anonymous areas without PROT_WRITE are mapped writable
-        until their pages are in: the kernel refuses even forced writes to them."""
+        """mmap every VMA: files opened inside the target, shared anonymous objects opened
+        from coldsnap's fd on them (restore/shmem.py made and filled each once)."""
         rc, fds = self.rc, {}
-        shared: dict[int, list] = {}
         try:
             for v in self.img.vmas():
-                fd = -1
+                fd, flags = -1, v.flags
                 if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
-                    mode = _open_mode(v)
-                    if (v.shmid, mode) not in fds:
-                        fds[v.shmid, mode] = self._open(self.img.mapped[v.shmid].path, mode)
-                    fd = fds[v.shmid, mode]
+                    key = (v.shmid, _open_mode(v))
+                    if key not in fds:
+                        fds[key] = self._open(self.img.mapped[v.shmid].path, key[1])
+                    fd = fds[key]
                 elif v.status & VMA_ANON_SHARED:
-                    shared.setdefault(v.shmid, []).append(v)
-                    continue
-                rc.checked(SYS.mmap, v.start, v.end - v.start, v.prot, v.flags | MAP_FIXED, fd,
+                    key = ("shmem", v.shmid)
+                    if key not in fds:
+                        fds[key] = self._open(self.shm.path(v.shmid), os.O_RDWR)
+                    fd, flags = fds[key], v.flags & ~MAP_ANONYMOUS
+                rc.checked(SYS.mmap, v.start, v.end - v.start, v.prot, flags | MAP_FIXED, fd,
                            v.pgoff if fd >= 0 else 0, what=f"mmap {v.start:#x}")
         finally:
             for fd in fds.values():
                 rc.call(SYS.close, fd)
-        for group in shared.values():
-            self._map_shared(group)
-
-    def _map_shared(self, group: list) -> None:
-        """One shared anonymous object, possibly seen through several VMAs at offsets."""
-        rc = self.rc
-        v0 = group[0]
-        if len(group) == 1 and v0.pgoff == 0:
-            rc.checked(SYS.mmap, v0.start, v0.end - v0.start, v0.prot | PROT_WRITE, v0.flags | MAP_FIXED,
-                       -1, 0, what=f"mmap shared {v0.start:#x}")
-            return
-        size = max(v.pgoff + v.end - v.start for v in group)
-        tmp = self._free_gap(size)
-        rc.checked(SYS.mmap, tmp, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED,
-                   -1, 0, what="mmap shared object")
-        for v in group:
-            rc.checked(SYS.mremap, tmp + v.pgoff, v.end - v.start, v.end - v.start,
-                       MREMAP_MAYMOVE | MREMAP_FIXED, v.start, what=f"mremap shared {v.start:#x}")
-        rc.call(SYS.munmap, tmp, size)
 
     def _write_pages(self) -> None:
-        vmas = self.img.vmas()
-        shared = [v for v in vmas if v.status & VMA_ANON_SHARED]
-        # shared anonymous areas are writable for now (see _map_vmas)
-        areas = [(v.start, v.end, v.prot | (PROT_WRITE if v.status & VMA_ANON_SHARED else 0)) for v in vmas]
+        areas = [(v.start, v.end, v.prot) for v in self.img.vmas()]
         writer = PageWriter(self.pid, self.task.mem_fd())
         try:
             writer.write(self.img.private, areas)
-            for shmid, src in self.img.shmem.items():
-                views = [v for v in shared if v.shmid == shmid]
-                writer.write(src, areas, translate=_shmem_translator(views))
         finally:
             writer.close()
-            for src in (self.img.private, *self.img.shmem.values()):
-                src.close()
-        for v in shared:
-            if not v.prot & PROT_WRITE:
-                self.rc.checked(SYS.mprotect, v.start, v.end - v.start, v.prot, what="mprotect shared")
+            self.img.private.close()
         self.stats.write = writer.stats
 
     def _set_mm(self) -> None:
@@ -449,17 +424,5 @@ def _same_exe(path: str, pid: int) -> bool:
         return False
 
 
-def _shmem_translator(views: list):
-    """Map offsets inside a shared object to the addresses of the VMAs that show them."""
-    def translate(offset: int, nbytes: int):
-        out = []
-        for v in views:
-            lo, hi = max(offset, v.pgoff), min(offset + nbytes, v.pgoff + v.end - v.start)
-            if lo < hi:
-                out.append((v.start + lo - v.pgoff, lo - offset, hi - lo))
-        return out
-    return translate
-
-
-def transplant(task: FrozenTask, images: DumpImages) -> TransplantStats:
-    return Transplant(task, images).run()
+def transplant(task: FrozenTask, images: DumpImages, shm: SharedMemory) -> TransplantStats:
+    return Transplant(task, images, shm).run()

@@ -1,0 +1,22 @@
+"""Shared memory objects made by coldsnap itself: thin bindings, no policy."""
+from __future__ import annotations
+
+import os
+
+from .libc import SYS, syscall
+from .procfs import open_map_file
+
+PROT_READ, PROT_WRITE = 1, 2
+MAP_SHARED, MAP_ANONYMOUS = 0x01, 0x20
+
+
+def anon_shmem(size: int) -> int:
+    """An O_RDWR fd on a new shared anonymous object of SIZE bytes (page-aligned): the very
+    kind MAP_SHARED|MAP_ANONYMOUS makes ("/dev/zero (deleted)" in maps), made by mapping it
+    here, opening the mapping's /proc/self/map_files link and unmapping it again."""
+    addr = syscall(SYS.mmap, 0, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                   -1 & 0xFFFFFFFFFFFFFFFF, 0, what="mmap shared anonymous")
+    try:
+        return open_map_file(os.getpid(), addr, addr + size, os.O_RDWR)
+    finally:
+        syscall(SYS.munmap, addr, size, what="munmap")
