@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "pages not written since are left to it")
     du.add_argument("--leave-running", action="store_true", help="resume the process instead of killing it")
     du.add_argument("--shell-job", action="store_true", help="allow a process attached to a terminal")
+    for cmd in (pd, du):
+        cmd.add_argument("--freeze-cgroup", metavar="PATH",
+                       help="freeze the tree through this cgroup's freezer (v1 freezer.state or v2 "
+                            "cgroup.freeze) before seizing it; every process below the root must be in it")
 
     ut = sub.add_parser("untrack", parents=[js],
                         help="remove coldsnap's write tracking from a process and every process below it")
@@ -181,11 +185,11 @@ def run(args: argparse.Namespace) -> int:
         from .dump.plan import ModeMismatch, choose_pre_dump
         from .dump.predump import pre_dump
         try:
-            mode, track = choose_pre_dump(args.pre_dump_mode, args.track_mem)
+            mode, track = choose_pre_dump(args.pre_dump_mode, args.track_mem, held=bool(args.freeze_cgroup))
         except ModeMismatch as e:
             raise UsageError(str(e)) from None
         stats = pre_dump(args.tree, args.images_dir, mode=mode, track=track, buffer_size=args.buffer_size,
-                         scan=args.scan, prev_images_dir=args.prev_images_dir)
+                         scan=args.scan, prev_images_dir=args.prev_images_dir, freeze_cgroup=args.freeze_cgroup)
         if track == "none":
             lines = [f"pre-dump of {args.tree} ({stats.mode}): {stats.pages_written} pages written, "
                      f"{stats.pages_skipped} skipped, frozen {stats.frozen_time / 1000:.2f} ms"]
@@ -201,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "dump":
         from .dump.dump import dump
         stats = dump(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
-                     leave_running=args.leave_running, shell_job=args.shell_job)
+                     leave_running=args.leave_running, shell_job=args.shell_job,
+                     freeze_cgroup=args.freeze_cgroup)
         _out(args, _result(args, stats, left_running=args.leave_running),
              f"dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
              f"written, {stats.pages_skipped_parent} in parent, frozen {stats.frozen_time / 1000:.2f} ms, "
@@ -258,6 +263,8 @@ def run_series(args: argparse.Namespace) -> int:
         raise ImageError(f"{args.images_dir}: images directory is not empty")
     if args.prev_images_dir:
         raise UsageError("--prev-images-dir cannot start a series yet; give a new -D instead")
+    if args.freeze_cgroup:
+        raise UsageError("--freeze-cgroup does not go with --iterations yet")
     series = pre_dump_series(args.tree, args.images_dir, args.iterations,
                              track=args.track_mem,
                              buffer_size=args.buffer_size,

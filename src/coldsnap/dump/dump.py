@@ -321,9 +321,10 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
 
 
 def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
-         leave_running: bool = False, shell_job: bool = False) -> DumpStats:
+         leave_running: bool = False, shell_job: bool = False, freeze_cgroup: str | None = None) -> DumpStats:
     """Checkpoint the tree under process `pid` (it and every descendant, one freeze) into a
     new images directory, then kill every process (or resume them with leave_running).
+    freeze_cgroup: freeze the tree through that cgroup's freezer (v1 or v2) before seizing it.
     Returns the stats; frozen_time there spans the whole freeze (the image's stats-dump ends
     when it is written, before the commit)."""
     stats = DumpStats(mode="dump")
@@ -335,7 +336,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
         with ImageDir.create(images_dir, parent=prev_images_dir) as imgdir, ImageSink(imgdir) as sink:
             parents = _parents(prev)
             t0 = time.perf_counter_ns()
-            with freeze_tree(pid) as held:
+            with freeze_tree(pid, cgroup=freeze_cgroup) as held:
                 t_frozen = time.perf_counter_ns()
                 times.freezing = t_frozen - t0
                 refuse_tree(held)

@@ -17,7 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..errors import CsError
+from ..errors import CsError, TargetError
+from ..kernel.procfs import alive
 from ..images.directory import ImageDir
 from ..kernel.features import probe
 from ..memory.drain import DEFAULT_BUFFER
@@ -37,8 +38,9 @@ class PreDumpSeries:
 
     def __init__(self, pid: int, base_dir: str | Path, *, track: str = "uffd",
                  buffer_size: int = DEFAULT_BUFFER, park: bool = False, freeze_plan: bool = False,
-                 scan: str = "auto"):
+                 scan: str = "auto", freeze_cgroup: str | None = None):
         check_track(track)
+        self.freeze_cgroup = freeze_cgroup          # live mode: hold the tree through it
         self.pid = pid
         self.base = Path(base_dir)
         self.buffer_size = buffer_size
@@ -77,10 +79,16 @@ class PreDumpSeries:
         pids = list_tree(self.pid)
         for gone in set(self.planners) - set(pids):
             self.planners.pop(gone).close()
-        for pid in pids:
+        for pid in list(pids):
             planner = self.planner_of(pid)
             if planner.track == "uffd" and planner.uffd is None and planner.fresh:
-                planner.arm(times)
+                try:
+                    planner.arm(times)
+                except TargetError:
+                    if pid == self.pid or alive(pid):
+                        raise
+                    self.planners.pop(pid).close()      # exited since the listing
+                    pids.remove(pid)
         return {pid: self.planners[pid] for pid in pids}
 
     def step(self, path: Path | None = None) -> DumpStats:
@@ -96,7 +104,7 @@ class PreDumpSeries:
         path = path or self.base / str(self.n + 1)
         with ImageDir.create(path, parent=self.prev) as imgdir:
             stats = save_step(planners, imgdir, self.mode, covered=covered,
-                              buffer_size=self.buffer_size, times=times)
+                              buffer_size=self.buffer_size, times=times, freeze_cgroup=self.freeze_cgroup)
         self.plan = self.planner.last
         self.n += 1
         self.prev = path
@@ -123,7 +131,8 @@ def pre_dump_series(pid: int, base_dir: str | Path, iterations: int, *, track: s
 
 def pre_dump_tracked(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
                      buffer_size: int = DEFAULT_BUFFER, track: str = "uffd",
-                     freeze_plan: bool = False, scan: str = "auto") -> DumpStats:
+                     freeze_plan: bool = False, scan: str = "auto",
+                     freeze_cgroup: str | None = None) -> DumpStats:
     """One pre-dump whose write tracking outlives this coldsnap process.
 
     The first run freezes the task only to create a userfaultfd in it and leaves that fd
@@ -138,7 +147,8 @@ def pre_dump_tracked(pid: int, images_dir: str | Path, *, prev_images_dir: str |
     prev = Path(prev_images_dir) if prev_images_dir is not None else None
     soft = track == "soft-dirty"
     with PreDumpSeries(pid, images_dir.parent, track="soft-dirty" if soft else "uffd",
-                       buffer_size=buffer_size, freeze_plan=freeze_plan, park=not soft, scan=scan) as series:
+                       buffer_size=buffer_size, freeze_plan=freeze_plan, park=not soft, scan=scan,
+                       freeze_cgroup=freeze_cgroup) as series:
         if prev is not None:
             prev_dir = ImageDir.open(prev, follow_parent=False)
             parked = chain_parked_fds(prev_dir)

@@ -69,19 +69,22 @@ def check_track(track: str, feats: Features | None = None) -> None:
 
 
 def choose_pre_dump(mode: str | None, track: str | None,
-                    feats: Features | None = None) -> tuple[str, str]:
+                    feats: Features | None = None, held: bool = False) -> tuple[str, str]:
     """(mode, tracking) of a single pre-dump from what was asked (None: not asked).
 
     uffd goes with nofreeze (or live: planned in a short freeze), soft-dirty with live (its
     bits are read in a short freeze), none with live or frozen. Unset, both follow what
-    this kernel offers; a mismatch is refused in one line."""
+    this kernel offers; a mismatch is refused in one line. held (--freeze-cgroup): the tree
+    is held, so not nofreeze."""
+    if held and mode == "nofreeze":
+        raise ModeMismatch("--freeze-cgroup holds the tree: it goes with --pre-dump-mode live or frozen")
     if mode is not None and mode not in MODES:
         raise ModeMismatch(f"unknown pre-dump mode {mode!r} (choose from {', '.join(MODES)})")
     if track is None:
         track = "uffd" if mode == "nofreeze" else "none" if mode else default_track(feats or probe())
     if track not in TRACKS:
         check_track(track, feats)
-    fits = FITS[track]
+    fits = tuple(m for m in FITS[track] if not (held and m == "nofreeze"))
     if mode is None:
         mode = fits[0]
     elif mode not in fits:

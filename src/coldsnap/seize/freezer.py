@@ -19,6 +19,12 @@ are listed and seized, again and again until a pass finds nothing new: a stopped
 cannot fork, so the listing of a fully held tree is final. Zombie children are left out
 (listed in `held.zombies`: the caller decides whether it can do without them).
 
+Through the cgroup freezer (`freeze_tree(pid, cgroup=PATH)`, v1 or v2): freeze the cgroup,
+list the tree under the root among its processes (a process below the root outside the
+cgroup is refused: it would run on), seize and interrupt every thread while they are frozen,
+thaw (the pending interrupt stops each thread before it runs a user instruction) and collect
+the stops. The cgroup is thawed on every exit path, even one that was frozen before.
+
 Users that leave state in the target (remote-call sessions: registers, scratch page) register
 an undo with `task.at_resume(key, undo)`; resume runs the undos (last registered first) while
 every thread is still held, then lets the threads go. The freezer knows nothing of its users.
@@ -46,6 +52,7 @@ from typing import Callable, Hashable
 
 from coldsnap.errors import AccessDenied, CsError, Interrupted, NoSuchProcess, TargetError, Unsupported
 from coldsnap.kernel import ptrace
+from coldsnap.kernel.cgroup import CgroupFreezer
 from coldsnap.kernel.libc import SYS, syscall
 from coldsnap.kernel.procfs import alive, child_pids, list_tids, open_mem, read_maps, read_stat, read_status
 from coldsnap.seize.tree import Task, Tree, read_tree
@@ -102,8 +109,10 @@ class _Thread:
 class FrozenTree:
     """Processes (the root, and with `descendants` all below it) held by the calling OS thread."""
 
-    def __init__(self, root: int, timeout: float = 10.0, descendants: bool = False):
+    def __init__(self, root: int, timeout: float = 10.0, descendants: bool = False,
+                 cgroup: str | os.PathLike | None = None):
         self.root = root
+        self.cgroup = cgroup
         self.timeout = timeout
         self.descendants = descendants
         self.tasks: dict[int, FrozenTask] = {root: FrozenTask(root, self)}   # in seize order
@@ -122,7 +131,11 @@ class FrozenTree:
         self._guard.install()
         self._t0 = time.monotonic_ns()
         try:
+            if self.cgroup is not None:
+                self._seize_through_cgroup(CgroupFreezer.open(self.cgroup))
             self.tasks[self.root]._seize_all()
+            for pid in list(self.tasks)[1:]:
+                self._settle(pid)           # seized in the frozen cgroup: collect their stops
             if self.descendants:
                 self._seize_descendants()
             self.seize_ns = time.monotonic_ns() - self._t0
@@ -140,6 +153,44 @@ class FrozenTree:
             # an error is already on its way out (the task may be dead by now): it says more
             # than a failed cleanup would
 
+    def _seize_through_cgroup(self, cgroup: CgroupFreezer) -> None:
+        """Every thread of the tree seized and interrupted while the cgroup is frozen; the
+        stops are collected after the thaw (by _seize_all)."""
+        with self._guard:
+            cgroup.freeze(self.timeout)
+        try:
+            members = set(cgroup.pids())
+            if self.root not in members:
+                raise TargetError(f"cannot seize {self.root}: it is not in cgroup {cgroup.path}")
+            level = [self.root]
+            while level:
+                for pid in level:
+                    task = self.tasks.setdefault(pid, FrozenTask(pid, self))
+                    try:
+                        tids = list_tids(pid)
+                    except ProcessLookupError:
+                        if pid == self.root:
+                            raise NoSuchProcess(pid, during="the seize") from None
+                        tids = []       # exited meanwhile: _settle finds it gone
+                    for tid in tids:
+                        task._seize_one(tid)
+                if not self.descendants:
+                    return
+                kids = [c for found in child_pids(level).values() for c in sorted(found)]
+                level = []
+                for c in kids:
+                    if not alive(c):
+                        self.zombies.append(c)
+                    elif c not in members:
+                        raise TargetError(f"cannot seize {c} (child of {read_stat(c).ppid}): it is not in "
+                                          f"cgroup {cgroup.path} and would run during the dump")
+                    else:
+                        _refuse(c)
+                        level.append(c)
+        finally:
+            with self._guard:
+                cgroup.thaw()
+
     def _seize_descendants(self) -> None:
         while True:
             held = [pid for pid, t in self.tasks.items() if not t.resumed]
@@ -152,13 +203,19 @@ class FrozenTree:
                     self.zombies.append(pid)
                     continue    # a zombie (or exiting): nothing to seize
                 _refuse(pid)
-                task = self.tasks[pid] = FrozenTask(pid, self)
-                try:
-                    task._seize_all()
-                except NoSuchProcess:
-                    task.resume()
-                    del self.tasks[pid]
-                    self.zombies.append(pid)
+                self.tasks[pid] = FrozenTask(pid, self)
+                self._settle(pid)
+
+    def _settle(self, pid: int) -> None:
+        """Seize every thread of PID below the root and collect their stops; one that exited
+        meanwhile is dropped and listed with the zombies."""
+        task = self.tasks[pid]
+        try:
+            task._seize_all()
+        except NoSuchProcess:
+            task.resume()
+            del self.tasks[pid]
+            self.zombies.append(pid)
 
     @property
     def tree(self) -> Tree:
@@ -238,14 +295,14 @@ class FrozenTask:
             except ProcessLookupError:
                 raise NoSuchProcess(self.pid, during="the seize") from None
             new = [t for t in listed if t not in self._threads]
+            for tid in new:
+                self._seize_one(tid)
+            self._collect_stops(deadline)      # also those seized earlier (a frozen cgroup)
+            if not self._threads:
+                raise NoSuchProcess(self.pid, during="the seize")
             if not new:
                 self.tids = sorted(self._threads)
                 return  # every listed thread is stopped: nothing can create another one
-            for tid in new:
-                self._seize_one(tid)
-            self._collect_stops(deadline)
-            if not self._threads:
-                raise NoSuchProcess(self.pid, during="the seize")
 
     def _seize_one(self, tid: int) -> None:
         with self._guard:
@@ -452,9 +509,10 @@ def freeze(pid: int, timeout: float = 10.0) -> FrozenTask:
     return FrozenTree(pid, timeout).tasks[pid]
 
 
-def freeze_tree(pid: int, timeout: float = 10.0) -> FrozenTree:
-    """Context manager that stops PID and every process below it, every thread of each."""
-    return FrozenTree(pid, timeout, descendants=True)
+def freeze_tree(pid: int, timeout: float = 10.0, cgroup: str | os.PathLike | None = None) -> FrozenTree:
+    """Context manager that stops PID and every process below it, every thread of each;
+    with CGROUP, through that cgroup's freezer first (module docstring)."""
+    return FrozenTree(pid, timeout, descendants=True, cgroup=cgroup)
 
 
 # -- checks -------------------------------------------------------------------------------
