@@ -82,3 +82,9 @@ def test_range_arithmetic_leaves_numpy_ma_alone():
     does without it."""
     mods = modules_after("from coldsnap.memory.scan import warm_up\nwarm_up()")
     assert "numpy" in mods and loaded(mods, "numpy.ma") == []
+
+
+def test_dump_loads_no_thread_pool():
+    """The frozen copy starts threads only for large copies, and imports the pool then."""
+    mods = modules_after("import coldsnap.dump.dump, coldsnap.dump.predump")
+    assert loaded(mods, "concurrent.futures") == []

@@ -52,7 +52,8 @@ def test_copy_equals_memory_including_unreadable_pages(tmp_path, threads, layout
         out = os.open(tmp_path / "pages", os.O_RDWR | os.O_CREAT, 0o600)
         mem = os.open(f"/proc/{proc.pid}/mem", os.O_RDONLY)
         try:
-            stats = copy_frozen(proc.pid, mem, ranges, FileArea(out, 0), threads=threads, chunk=chunk)
+            stats = copy_frozen(proc.pid, mem, ranges, FileArea(out, 0), threads=threads, chunk=chunk,
+                                parallel_from=0)
         finally:
             os.close(mem)
             os.close(out)

@@ -108,7 +108,7 @@ def test_the_frozen_copy_hands_the_plan_to_a_memory_sink(target, threads):
     mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     try:
         sink.begin(key)
-        copied, counts = save_frozen(pid, mem, plan, sink, threads=threads, chunk=3 * PG)
+        copied, counts = save_frozen(pid, mem, plan, sink, threads=threads, chunk=3 * PG, parallel_from=0)
         sink.end()
     finally:
         os.close(mem)
