@@ -17,7 +17,8 @@ Where each value comes from
   coldsnap itself          rlimits: prlimit64(pid, r, NULL, &old) needs no injection
   injected (leader)        rt_sigaction of each caught or ignored signal and of SIGCHLD,
                            getitimer x3, brk(0), PR_GET_DUMPABLE,
-                           PR_GET_CHILD_SUBREAPER, PR_GET_SECUREBITS, get_robust_list(tid)
+                           PR_GET_CHILD_SUBREAPER, PR_GET_PDEATHSIG (the leader's), PR_GET_SECUREBITS,
+                           get_robust_list(tid)
                            for every thread, the leader's sigaltstack and PR_GET_TID_ADDRESS
   injected (other threads) sigaltstack and PR_GET_TID_ADDRESS are about the *calling* thread
                            only, so every other thread runs these two calls in a short session
@@ -30,7 +31,8 @@ while the per-thread sessions run (they write into its scratch page) and closes 
 The blocked mask of a thread is the one its session learned at the first call (the real one,
 even in ppoll/sigsuspend); without a session it is PTRACE_GETSIGMASK at the interrupt stop.
 
-Not collected: posix timers, loginuid, oom_score_adj, sched policy/nice, pdeath_sig, LSM
+Not collected: posix timers, loginuid, oom_score_adj, sched policy/nice, the pdeath signal of
+threads other than the leader, LSM
 labels, seccomp filters (only the mode), cgroups, membarrier registrations, AVX-512/PKRU/CET
 components in the protobuf (they remain in `ThreadState.xstate`). clear_tid_addr is 0 when
 the kernel lacks PR_GET_TID_ADDRESS (CONFIG_CHECKPOINT_RESTORE).
@@ -58,6 +60,7 @@ NR_prlimit64 = 302
 PR_GET_DUMPABLE = 3
 PR_GET_SECUREBITS = 27
 PR_GET_CHILD_SUBREAPER = 37
+PR_GET_PDEATHSIG = 2
 PR_GET_TID_ADDRESS = 40
 PTRACE_GET_THREAD_AREA = 25
 GDT_TLS_ENTRIES = (12, 13, 14)
@@ -73,7 +76,7 @@ ITIMERS = ("real", "virt", "prof")     # ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER
 # scratch page layout (leader's page, shared by every session of this dump)
 _OFF_SA = 0                                   # 62 x 32 bytes
 _OFF_ITIMER = 2048                            # 3 x 32 bytes
-_OFF_MISC = 2176                              # subreaper int
+_OFF_MISC = 2176                              # subreaper int, pdeath signal int
 _OFF_THREAD = 2304                            # per thread: 24 sas + 8 tid addr + 16 robust
 
 
@@ -166,6 +169,7 @@ class TaskState:
     dumpable: int
     child_subreaper: bool
     secbits: int
+    pdeath_sig: int = 0              # the leader's PR_SET_PDEATHSIG (0: none)
     stop_signal: int = 0             # the group-stop signal of a stopped process, else 0
     remote_calls: int = 0
     notes: list[str] = field(default_factory=list)
@@ -300,6 +304,7 @@ def collect_task_state(task: FrozenTask) -> TaskState:
         brk = rc.checked(SYS.brk, 0, what="brk")
         dumpable = rc.checked(SYS.prctl, PR_GET_DUMPABLE, 0, 0, 0, 0, what="PR_GET_DUMPABLE")
         rc.checked(SYS.prctl, PR_GET_CHILD_SUBREAPER, base + _OFF_MISC, 0, 0, 0, what="PR_GET_CHILD_SUBREAPER")
+        rc.checked(SYS.prctl, PR_GET_PDEATHSIG, base + _OFF_MISC + 4, 0, 0, 0, what="PR_GET_PDEATHSIG")
         secbits = rc.call(SYS.prctl, PR_GET_SECUREBITS, 0, 0, 0, 0)
         if secbits < 0:
             notes.append(f"PR_GET_SECUREBITS failed ({-secbits}): secbits 0")
@@ -327,7 +332,7 @@ def collect_task_state(task: FrozenTask) -> TaskState:
     for which, name in enumerate(ITIMERS):
         isec, iusec, vsec, vusec = struct.unpack_from("<4Q", blob, _OFF_ITIMER + 32 * which)
         itimers[name] = (isec, iusec, vsec, vusec)
-    subreaper = struct.unpack_from("<i", blob, _OFF_MISC)[0]
+    subreaper, pdeath_sig = struct.unpack_from("<ii", blob, _OFF_MISC)
 
     threads = []
     has_tid_addr = False
@@ -348,7 +353,7 @@ def collect_task_state(task: FrozenTask) -> TaskState:
                      flags=stat.flags, personality=personality, umask=int(status.get("Umask", "0022"), 8),
                      threads=threads, sigactions=sigactions, shared_pending=shared_pending,
                      rlimits=rlimits, itimers=itimers, brk=brk, auxv=auxv, dumpable=dumpable,
-                     child_subreaper=bool(subreaper), secbits=secbits, stop_signal=task.group_stopped(),
+                     child_subreaper=bool(subreaper), pdeath_sig=pdeath_sig, secbits=secbits, stop_signal=task.group_stopped(),
                      remote_calls=calls, notes=notes)
 
 
@@ -427,6 +432,8 @@ def _core_entry(state: TaskState, th: ThreadState):
             t.sigactions.add(sigaction=sa.handler, flags=sa.flags, restorer=sa.restorer,
                              mask=sa.mask, compat_sigaction=False)
         t.child_subreaper = state.child_subreaper
+        if state.pdeath_sig:
+            core.thread_core.pdeath_sig = state.pdeath_sig
     return core
 
 

@@ -283,7 +283,11 @@ class Transplant:
                 rc.checked(SYS.setitimer, which, addr, 0, what="setitimer")
         rc.checked(SYS.personality, tc.personality, what="personality")
         rc.call(SYS.prctl, PR_SET_CHILD_SUBREAPER, int(tc.child_subreaper), 0, 0, 0)
-        rc.call(SYS.prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0)   # the blank child asked for SIGKILL
+        # the blank child asked for SIGKILL; then the dumped leader's own (0: none), below the
+        # root only: the root's parent is coldsnap now, whose exit must not signal it
+        below_root = self.pid != self.img.tree.root
+        pdeath = self.img.leader.thread_core.pdeath_sig if below_root else 0
+        rc.call(SYS.prctl, PR_SET_PDEATHSIG, pdeath, 0, 0, 0)
 
     def _new_thread(self, tid: int) -> None:
         rc = self.rc
