@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "pages not written since are left to it")
     du.add_argument("--leave-running", action="store_true", help="resume the process instead of killing it")
     du.add_argument("--shell-job", action="store_true", help="allow a process attached to a terminal")
+    du.add_argument("--ext-unix-sk", action="store_true",
+                    help="dump a datagram unix socket connected to a named socket outside the tree; "
+                         "restore connects it to that name again")
     for cmd in (pd, du):
         cmd.add_argument("--freeze-cgroup", metavar="PATH",
                        help="freeze the tree through this cgroup's freezer (v1 freezer.state or v2 "
@@ -206,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         from .dump.dump import dump
         stats = dump(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
                      leave_running=args.leave_running, shell_job=args.shell_job,
-                     freeze_cgroup=args.freeze_cgroup)
+                     freeze_cgroup=args.freeze_cgroup, ext_unix_sk=args.ext_unix_sk)
         _out(args, _result(args, stats, left_running=args.leave_running),
              f"dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
              f"written, {stats.pages_skipped_parent} in parent, frozen {stats.frozen_time / 1000:.2f} ms, "

@@ -133,12 +133,72 @@ def test_socket_connected_outside_the_tree_is_refused(tmp_path):
         err = run.stderr
         assert f"pid {client.pid} fd 3" in err and "outside the dumped tree" in err, err
         assert f"pid {os.getpid()} fd {conn.fileno()}" in err, err
-        assert client.poll() is None
+        assert "--ext-unix-sk lets a datagram socket" in err, err
+        run = coldsnap("dump", "-t", client.pid, "-D", tmp_path / "img", "--ext-unix-sk")
+        assert_one_line_error(run)
+        assert "--ext-unix-sk cannot rebuild half of a stream connection" in run.stderr, run.stderr
+        assert client.poll() is None and not (tmp_path / "img").exists()
         conn.close()
     finally:
         client.kill()
         client.wait(timeout=10)
         server.close()
+
+
+_LOGGER = """
+import signal, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect(sys.argv[1].encode().replace(b"@", b"\\0", 1))
+signal.signal(signal.SIGUSR1, lambda *_: s.send(b"after"))
+s.send(b"before")
+while True:
+    time.sleep(1)
+"""
+
+
+def test_ext_unix_sk_reconnects_a_datagram_socket_to_its_named_peer_outside(tmp_path):
+    """--ext-unix-sk: a datagram socket connected to a named socket outside the tree (a path,
+    or an abstract name) is dumped with its peer as a USK_EXTERN entry and connects to that
+    name again at restore; without the option the dump says how to let it go."""
+    from coldsnap.images.directory import ImageDir
+    for n, name in enumerate((str(tmp_path / "log.sock"), f"@coldsnap-test-{uuid.uuid4().hex}")):
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        server.bind(name.encode().replace(b"@", b"\0", 1))
+        server.settimeout(10)
+        client = subprocess.Popen([sys.executable, "-c", _LOGGER, name], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        restored = False
+        try:
+            assert server.recv(64) == b"before"
+            run = coldsnap("dump", "-t", client.pid, "-D", tmp_path / f"no{n}")
+            assert_one_line_error(run)
+            assert "outside the dumped tree" in run.stderr and "--ext-unix-sk" in run.stderr, run.stderr
+            img = tmp_path / f"img{n}"
+            coldsnap("dump", "-t", client.pid, "-D", img, "--ext-unix-sk", check=True)
+            assert client.wait(timeout=10) == -signal.SIGKILL
+            reap_orphans(pids=[client.pid])
+            ext = [e.usk for e in ImageDir.open(img).read("files.img") if e.HasField("usk") and e.usk.uflags & 1]
+            assert [(x.type, x.name) for x in ext] == [(socket.SOCK_DGRAM, name.encode().replace(b"@", b"\0", 1))]
+            if n == 0:          # the peer gone: refused before any process is made
+                server.close()
+                run = coldsnap("restore", "-D", img, "-d")
+                assert_one_line_error(run)
+                assert "cannot connect to the external unix socket" in run.stderr, run.stderr
+                assert not os.path.exists(f"/proc/{client.pid}")
+                os.unlink(name)
+                server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                server.bind(name)
+                server.settimeout(10)
+            coldsnap("restore", "-D", img, "-d", check=True)
+            restored = True
+            os.kill(client.pid, signal.SIGUSR1)
+            assert server.recv(64) == b"after"
+        finally:
+            _kill([client.pid])
+            if not restored:
+                client.wait(timeout=10)
+            reap_orphans(pids=[client.pid])
+            server.close()
 
 
 _PENDING = """

@@ -321,10 +321,13 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
 
 
 def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
-         leave_running: bool = False, shell_job: bool = False, freeze_cgroup: str | None = None) -> DumpStats:
+         leave_running: bool = False, shell_job: bool = False, freeze_cgroup: str | None = None,
+         ext_unix_sk: bool = False) -> DumpStats:
     """Checkpoint the tree under process `pid` (it and every descendant, one freeze) into a
     new images directory, then kill every process (or resume them with leave_running).
     freeze_cgroup: freeze the tree through that cgroup's freezer (v1 or v2) before seizing it.
+    ext_unix_sk: let a datagram unix socket connected to a named socket outside the tree go
+    (it connects to that name again at restore), as CRIU's --ext-unix-sk.
     Returns the stats; frozen_time there spans the whole freeze (the image's stats-dump ends
     when it is written, before the commit)."""
     stats = DumpStats(mode="dump")
@@ -353,7 +356,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                     if z.zombie:
                         write_zombie_core(z.pid, z.exit_code, read_stat(z.pid).comm, imgdir)
                 write_tree_images(tree, imgdir)
-                write_files_images(files, imgdir)
+                write_files_images(files, imgdir, ext_unix_sk=ext_unix_sk)
                 write_inventory(imgdir, pre_dump=False)
                 times.frozen = time.perf_counter_ns() - t_frozen
                 pages = shm_pages

@@ -13,7 +13,7 @@ from coldsnap.images.pb import fdinfo_pb2, fs_pb2, pipe_pb2
 from .kinds import OPS, ops_to_restore
 from .model import DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, PipeData, PipeFile, UnixSocket
 from .registry import FileRegistry
-from .unix import link_peers, queue_entries
+from .unix import USK_EXTERN, link_peers, queue_entries
 
 FD_CLOEXEC = 1
 
@@ -31,11 +31,12 @@ def fdinfo_entries(reg: FileRegistry, files_id: int) -> list[fdinfo_pb2.fdinfo_e
                                     type=int(reg.files[e.file_id].kind), fd=e.fd) for e in reg.tables[files_id]]
 
 
-def write_images(reg: FileRegistry, imgdir: ImageDir) -> None:
+def write_images(reg: FileRegistry, imgdir: ImageDir, *, ext_unix_sk: bool = False) -> None:
     """files.img, fdinfo-<files_id>.img per table, fs-<pid>.img per task, pipes-data.img
     and fifo-data.img; sk-queues.img if a unix socket has queued data. Refuses first what
-    only the whole tree shows: a unix socket connected outside it."""
-    link_peers(reg.files, reg.where)
+    only the whole tree shows: a unix socket connected outside it (ext_unix_sk: a datagram one
+    to a named socket is let go, files/unix.py)."""
+    link_peers(reg.files, reg.where, ext_unix_sk=ext_unix_sk)
     imgdir.write("files.img", file_entries(reg))
     for files_id in reg.tables:
         imgdir.write(f"fdinfo-{files_id}.img", fdinfo_entries(reg, files_id))
@@ -90,7 +91,8 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
         f = reg.files.get(m.id_for)
         if isinstance(f, UnixSocket):
             f.queue.append(payload or b"")
-    link_peers(reg.files)
+    link_peers(reg.files, externs={e.usk.ino: e.usk.name for e in entries.values()
+                                   if e.type == fdinfo_pb2.UNIXSK and e.usk.uflags & USK_EXTERN})
     for f in reg.files.values():
         if isinstance(f, PipeFile) and f.pipe_id not in reg.pipe_data:
             reg.pipe_data[f.pipe_id] = PipeData(f.pipe_id, b"")

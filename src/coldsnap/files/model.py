@@ -150,6 +150,7 @@ class UnixSocket:
     fown: Fown = field(default_factory=Fown)
     connect_to: bytes = b""       # not in images: the peer's name, for a datagram socket
                                   # connected one-way to a named socket of the tree
+    external: bool = False        # connect_to names a socket outside the tree (--ext-unix-sk)
 
     kind = FdType.UNIXSK
 

@@ -9,6 +9,13 @@ is sent back from the other end. Buffer sizes and shutdown come last (post_open)
 
 A path name is re-bound where it was: a socket file left there is unlinked only if it is
 a socket nobody listens on (the dumped process's own, typically); anything else refuses.
+
+External peers (`--ext-unix-sk`, the part of CRIU's option that can work): a datagram socket
+of the tree connected to a named datagram socket outside it (a logger's /dev/log) is dumped
+with the peer as an extra entry flagged USK_EXTERN (its inode, type and name, as CRIU writes
+it) and connects to that name again at restore, where the name must take a connection. A
+stream or seqpacket socket whose peer is outside, or an unnamed outside peer, stays refused:
+half a connection cannot be rebuilt.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ _TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram", socket.SO
 _SHUT = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
 _MAX_DGRAM = 1 << 26
 _FILL_SNDBUF = 1 << 26       # while queues are written back; the dumped size is set after
+USK_EXTERN = 1               # unix_sk_entry.uflags: a peer outside the dump (CRIU's flag)
 
 
 def show_name(name: bytes) -> str:
@@ -126,7 +134,7 @@ class UnixOps(FileOps):
                               "(another network namespace?); not supported")
         if d.type not in _TYPES:
             raise Unsupported(f"{fd}: unix socket of type {d.type} is not supported")
-        name = d.name.rstrip(b"\0") if _is_path(d.name) else d.name
+        name = _diag_name(d.name)
         # A datagram socket that others connected to says ESTABLISHED without a peer: only
         # its peer tells whether it is connected itself.
         state = d.state if d.type != socket.SOCK_DGRAM else ESTABLISHED if d.peer else CLOSE
@@ -168,7 +176,13 @@ class UnixOps(FileOps):
             usk.file_perms.CopyFrom(sk_unix_pb2.file_perms_entry(mode=f.perms[0], uid=f.perms[1], gid=f.perms[2]))
         e = fdinfo_pb2.file_entry(type=fdinfo_pb2.UNIXSK, id=f.id)
         e.usk.CopyFrom(usk)
-        return [e]
+        if not f.external:
+            return [e]
+        ext = fdinfo_pb2.file_entry(type=fdinfo_pb2.UNIXSK, id=new_id())
+        ext.usk.CopyFrom(sk_unix_pb2.unix_sk_entry(
+            id=ext.id, ino=f.peer, type=f.type, state=LISTEN, flags=0, uflags=USK_EXTERN, backlog=0,
+            peer=0, fown=fown_pb(f.fown), opts=common_entry(SockOpts()), name=f.connect_to))
+        return [e, ext]
 
     def from_image(self, e, regs) -> UnixSocket:
         k, o = e.usk, e.usk.opts
@@ -180,7 +194,15 @@ class UnixOps(FileOps):
                           perms, k.deleted, opts, [], fown_of(k.fown))
 
     def validate(self, f: UnixSocket, name: str, *, shell_job: bool) -> None:
-        """Its name must be free: no listener on it now, no other kind of file at the path."""
+        """Its name must be free: no listener on it now, no other kind of file at the path;
+        an external peer must take a connection."""
+        if f.external:
+            with socket.socket(socket.AF_UNIX, f.type) as t:
+                try:
+                    t.connect(f.connect_to)
+                except OSError as e:
+                    raise ImageError(f"{name}: cannot connect to the external unix socket "
+                                     f"{show_name(f.connect_to)}: {e.strerror}") from None
         if f.state == ESTABLISHED or not f.name:
             return
         if _is_path(f.name):
@@ -224,7 +246,7 @@ class UnixOps(FileOps):
             s.close()
         # one-way datagram clients connect once their server is bound, whichever comes first
         if f.connect_to:
-            if ("unix-bound", f.peer) in ctx.shared:
+            if f.external or ("unix-bound", f.peer) in ctx.shared:
                 _connect(fd, f.connect_to, ctx.name(f.id))
             else:
                 ctx.shared.setdefault(("unix-clients", f.peer), []).append((fd, ctx.name(f.id)))
@@ -326,14 +348,25 @@ def _send_from(fd: int, queue: list[bytes], name: str) -> None:
 
 # --- a dump's check over the whole tree ------------------------------------------------------
 
-def link_peers(files: dict[int, FileObj], where=None) -> None:
+def _diag_name(name: bytes) -> bytes:
+    """A sock_diag name as bind takes it (a path without its trailing NULs)."""
+    return name.rstrip(b"\0") if _is_path(name) else name
+
+
+def link_peers(files: dict[int, FileObj], where=None, *, ext_unix_sk: bool = False,
+               externs: dict[int, bytes] | None = None) -> None:
     """Check that every connected unix socket's peer is a socket of `files` connected back
     to it, or (datagram) a bound unconnected one, which it will connect to by name (sets
     connect_to). Anything else: at dump (`where(file id)` names our end, 'pid P fd N')
-    Unsupported, naming the peer and who holds it; at restore (no `where`) ImageError."""
+    Unsupported, naming the peer and who holds it, unless ext_unix_sk lets a datagram socket
+    go to a named peer outside (sets external); at restore (no `where`) ImageError unless
+    `externs` (peer inode -> name: the USK_EXTERN entries of the images) holds the peer."""
     socks = {f.inode: f for f in files.values() if isinstance(f, UnixSocket)}
     for f in socks.values():
         if f.state != ESTABLISHED:
+            continue
+        if where is None and externs and f.peer in externs and f.peer not in socks:
+            f.connect_to, f.external = externs[f.peer], True
             continue
         peer = socks.get(f.peer)
         if peer is not None and peer.peer == f.inode:
@@ -349,11 +382,25 @@ def link_peers(files: dict[int, FileObj], where=None) -> None:
             why = "with datagrams queued" if f.queue else "which is not connected back"
             raise Unsupported(f"{where(f.id)}: unix {_TYPES[f.type]} socket connected to "
                               f"{show_name(peer.name)} (ino {f.peer}) of the tree, {why}; not supported yet")
+        outside = unix_diag(f.peer)
+        outside_name = _diag_name(outside.name) if outside is not None else b""
+        if ext_unix_sk and f.type == socket.SOCK_DGRAM and outside_name and not f.queue:
+            f.connect_to, f.external = outside_name, True
+            continue
         names = unix_socket_paths()
         held = ", ".join(f"pid {pid} fd {fd}" for pid, fd in socket_holders(f.peer)) or "no process"
+        if not ext_unix_sk:
+            why = ("not supported (--ext-unix-sk lets a datagram socket connected to a named peer go: "
+                   "restore connects it to that name again)")
+        elif f.type != socket.SOCK_DGRAM:
+            why = f"--ext-unix-sk cannot rebuild half of a {_TYPES[f.type]} connection"
+        elif f.queue:
+            why = "it has datagrams queued, which --ext-unix-sk cannot restore"
+        else:
+            why = "--ext-unix-sk cannot reconnect to an unnamed peer"
         raise Unsupported(f"{where(f.id)}: unix {_TYPES[f.type]} socket (ino {f.inode}) is connected to "
                           f"socket ino {f.peer} {names.get(f.peer, '')} held by {held}, outside the dumped "
-                          "tree; not supported (no --ext-unix-sk yet)".replace("  ", " "))
+                          f"tree; {why}".replace("  ", " "))
 
 
 def queue_entries(files: dict[int, FileObj]) -> list[tuple[sk_packet_pb2.sk_packet_entry, bytes]]:
