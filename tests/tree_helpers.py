@@ -129,3 +129,18 @@ def kill_tree(proc: subprocess.Popen, pids, restored: bool) -> None:
     if not restored:
         proc.wait(timeout=10)
     reap_orphans(pids=pids)
+
+
+def in_session(sid: int) -> list[int]:
+    """Living processes of session SID (zombies left out)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[3]) == sid and fields[0] not in "ZX":
+            out.append(int(d))
+    return out

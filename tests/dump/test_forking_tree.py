@@ -16,24 +16,9 @@ import pytest
 
 from coldsnap.images.directory import ImageDir
 from procs import WORKLOADS, coldsnap
-from tree_helpers import kill_tree, reap_orphans
+from tree_helpers import in_session, kill_tree, reap_orphans
 
 ROOTS = {1: Path("/sys/fs/cgroup/freezer"), 2: Path("/sys/fs/cgroup/unified")}
-
-
-def in_session(sid: int) -> list[int]:
-    """Living processes of session SID (zombies left out)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[3]) == sid and fields[0] not in "ZX":
-            out.append(int(d))
-    return out
 
 
 def reaped(log: Path) -> int:
