@@ -2,6 +2,10 @@
 from .errors import (AccessDenied, BadImage, CsError, ImageError, Interrupted, NoSuchProcess, TargetError,
                      Unsupported)
 
+# the CRIU releases whose restore takes coldsnap's dumps and whose dumps coldsnap restores,
+# as tests/interop checks against the stock binary (`coldsnap check` says so)
+CRIU_TESTED = ("4.2",)
+
 __all__ = ["AccessDenied", "BadImage", "CsError", "ImageError", "Interrupted", "NoSuchProcess",
            "TargetError", "Unsupported", "pre_dump"]
 

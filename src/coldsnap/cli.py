@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", parents=[js], help="summarise an images directory")
     sh.add_argument("dir", metavar="DIR")
 
-    sub.add_parser("check", parents=[js], help="report which kernel features coldsnap can use here")
+    sub.add_parser("check", parents=[js], help="report which kernel features coldsnap can use here, "
+                                              "and which CRIU versions its images are tested with")
 
     dm = sub.add_parser("demo", help="start a sample workload, pre-dump it, print the stats")
     dm.add_argument("--size", type=_size, default="256M", metavar="SIZE", help="workload memory (default 256M)")
@@ -232,10 +233,13 @@ def run(args: argparse.Namespace) -> int:
         print(_json(info, indent=2) if args.json else render(info))
         return 0
     if args.command == "check":
+        from . import CRIU_TESTED
         from .kernel.features import FALLBACKS, probe
         feats = probe().as_dict()
-        _out(args, feats, *(f"{name:16} {'yes' if ok else 'no '}  " + ("" if ok else f"-> {FALLBACKS[name]}")
-                            for name, ok in feats.items()))
+        _out(args, {**feats, "criu_tested": list(CRIU_TESTED)},
+             *(f"{name:16} {'yes' if ok else 'no '}  " + ("" if ok else f"-> {FALLBACKS[name]}")
+               for name, ok in feats.items()),
+             f"{'criu':16} images tested both ways with CRIU {', '.join(CRIU_TESTED)}")
         return 0
     if args.command == "demo":
         from .demo import demo

@@ -33,6 +33,7 @@ def test_show_text_and_check(spawn, workload_bin, tmp_path):
     assert f"pid {w.pid}:" in out and "anon-private" in out and "chain total on disk" in out
     check = coldsnap("check", check=True).stdout
     assert "pagemap_scan" in check and "uffd_wp_async" in check and "soft_dirty" in check
+    assert "images tested both ways with CRIU 4.2" in check
 
 
 def test_show_of_a_missing_dir_is_one_line(tmp_path):

@@ -41,9 +41,12 @@ def uffd_links(pid: int) -> list[str]:
 
 
 def saved_pages_now(pid: int) -> set[int]:
-    """Every page a dump must save, per a fresh scan of the (stopped) task."""
-    plan, _ = scan_saved_pages(pid, classify_all(read_maps(pid)))
-    return {a for s, e in plan.pairs() for a in range(s, e, PG)}
+    """Every page a dump must save, per a fresh scan of the (stopped) task, and the whole
+    [vdso] (saved for CRIU's restore, which reads it)."""
+    vmas = classify_all(read_maps(pid))
+    plan, _ = scan_saved_pages(pid, vmas)
+    vdso = [(v.start, v.end) for v in vmas if v.name == "[vdso]"]
+    return {a for s, e in plan.pairs() + vdso for a in range(s, e, PG)}
 
 
 def mem_of(pid: int, addrs) -> dict[int, bytes]:

@@ -169,12 +169,15 @@ def _assert_final_dump_is_the_memory(pid: int, final, stats) -> None:
     from coldsnap.images.pages import PE_PARENT, PE_PRESENT, PagemapReader
     from coldsnap.kernel.procfs import read_maps
     from coldsnap.memory.scan import scan_saved_pages
+    from coldsnap.memory.ranges import Ranges
     from coldsnap.memory.vma import classify_all
 
     assert stats.track_backend == "uffd"
     assert _uffd_links(pid) == []                   # the dump removed the tracking: no fd...
     _assert_unregistered(pid)                       # ...and no registration on any VMA
-    present, _ = scan_saved_pages(pid, classify_all(read_maps(pid)))
+    vmas = classify_all(read_maps(pid))
+    present, _ = scan_saved_pages(pid, vmas)
+    present = present.union(Ranges.of([(v.start, v.end) for v in vmas if v.name == "[vdso]"]))  # saved for CRIU
     with PagemapReader(ImageDir.open(final), pid) as r:
         runs = [(run.vaddr, run.nr_pages, run.flags) for run in r.runs()]
     written = sum(n for _, n, f in runs if f & PE_PRESENT)

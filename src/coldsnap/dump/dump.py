@@ -50,7 +50,7 @@ from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, open_map_file, read_maps,
                              read_path_link, read_stat, stat_map_file)
 from ..memory.frozen_copy import CopyStats, save_frozen
-from ..memory.plan import PagePlan
+from ..memory.plan import PagePlan, with_vdso
 from ..memory.ranges import Ranges
 from ..memory.scan import warm_up
 from ..memory.sink import PageSink, PagemapKey, PlanFeed, SinkCounts
@@ -63,7 +63,8 @@ from .metadata import write_inventory, write_mm, write_stats
 from .plan import Planned, Planner, chain_parked_fds, covered_by_chain
 from .sink import ImageSink
 from .stats import DumpStats, Times
-from .task_state import collect_task_state, write_core_images, write_tree_images, write_zombie_core
+from .task_state import (collect_task_state, kobj_ids, write_core_images, write_tree_images,
+                         write_zombie_core)
 from .tree import refuse_tree
 
 
@@ -308,7 +309,7 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
         exe, mapped, vma_paths, vma_flags = mapped_files(pid, vmas)
         ids = files.add_mapped(mapped)
         t_mem = time.perf_counter_ns()
-        copied, pages = save_private(task, sink, planned.plan)
+        copied, pages = save_private(task, sink, with_vdso(planned.plan))
         times.copy += time.perf_counter_ns() - t_mem
         write_core_images(state, imgdir)
         write_mm(imgdir, pid, vmas, planned.stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
@@ -357,7 +358,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                         write_zombie_core(z.pid, z.exit_code, read_stat(z.pid).comm, imgdir)
                 write_tree_images(tree, imgdir)
                 write_files_images(files, imgdir, ext_unix_sk=ext_unix_sk)
-                write_inventory(imgdir, pre_dump=False)
+                write_inventory(imgdir, pre_dump=False, root_ids=kobj_ids(tree.dumper) if tree.dumper else None)
                 times.frozen = time.perf_counter_ns() - t_frozen
                 pages = shm_pages
                 for s in saved:

@@ -14,9 +14,12 @@ PRE_DUMP_MODE_READ = 2   # inventory.pre_dump_mode: pages were read with process
 U32 = 0xFFFFFFFF
 
 
-def write_inventory(imgdir: ImageDir, *, pre_dump: bool) -> None:
-    imgdir.write(INVENTORY, [new_inventory(pre_dump_mode=PRE_DUMP_MODE_READ if pre_dump else None,
-                                           dump_uptime=uptime_us())])
+def write_inventory(imgdir: ImageDir, *, pre_dump: bool, root_ids=None) -> None:
+    """inventory.img; root_ids: the dumping process's task_kobj_ids_entry (a dump's)."""
+    inv = new_inventory(pre_dump_mode=PRE_DUMP_MODE_READ if pre_dump else None, dump_uptime=uptime_us())
+    if root_ids is not None:
+        inv.root_ids.CopyFrom(root_ids)
+    imgdir.write(INVENTORY, [inv])
 
 
 _STATUS = {
@@ -24,10 +27,13 @@ _STATUS = {
     Kind.FILE_PRIVATE: VMA_AREA_REGULAR | VMA_FILE_PRIVATE,
     Kind.ANON_SHARED: VMA_AREA_REGULAR | VMA_ANON_SHARED,
     Kind.FILE_SHARED: VMA_AREA_REGULAR | VMA_FILE_SHARED,
-    Kind.VDSO: VMA_AREA_REGULAR | VMA_AREA_VDSO,
-    Kind.VVAR: VMA_AREA_REGULAR | VMA_AREA_VVAR,
-    Kind.VSYSCALL: VMA_AREA_VSYSCALL,
+    # the kernel's own areas: anonymous private memory as far as the format goes (CRIU's bits)
+    Kind.VDSO: VMA_AREA_REGULAR | VMA_AREA_VDSO | VMA_ANON_PRIVATE,
+    Kind.VVAR: VMA_AREA_REGULAR | VMA_AREA_VVAR | VMA_ANON_PRIVATE,
+    Kind.VSYSCALL: VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE,
 }
+MADV_DONTDUMP = 16
+AT_VECTOR_SIZE = 44       # CRIU's x86-64 limit on mm_saved_auxv (words); it refuses more
 
 
 def vma_status(v: Vma) -> int:
@@ -51,6 +57,31 @@ def vma_entry(v: Vma, file_id: int = 0, fdflags: int | None = None) -> mm_pb2.vm
     return e
 
 
+def image_vmas(vmas: list[Vma], file_ids: dict, fdflags: dict) -> list[mm_pb2.vma_entry]:
+    """The vma_entry list of mm-PID.img. [vvar] and [vvar_vclock] (two areas since Linux
+    6.13) become one VVAR area, as CRIU writes and reads them: one vvar block beside the
+    vDSO, marked MADV_DONTDUMP as the kernel marks it."""
+    out: list[mm_pb2.vma_entry] = []
+    for v in vmas:
+        e = vma_entry(v, file_ids.get((v.start, v.end), 0), fdflags.get((v.start, v.end)))
+        if v.kind is Kind.VVAR:
+            e.madv = 1 << MADV_DONTDUMP
+            if out and out[-1].status & VMA_AREA_VVAR and out[-1].end == v.start:
+                out[-1].end = v.end
+                continue
+        out.append(e)
+    return out
+
+
+def image_auxv(auxv: list[int]) -> list[int]:
+    """The saved auxv as CRIU writes it: without the AT_NULL terminator (restore adds zeros
+    anyway), and no longer than CRIU accepts; what does not fit is dropped, as CRIU does."""
+    words = list(auxv)
+    while len(words) >= 2 and words[-2] == 0 and words[-1] == 0:
+        del words[-2:]
+    return words[:AT_VECTOR_SIZE]
+
+
 def write_mm(imgdir: ImageDir, pid: int, vmas: list[Vma], stat: Stat, *, brk: int | None = None,
              auxv: list[int] | None = None, exe_file_id: int = 0, file_ids: dict | None = None,
              fdflags: dict | None = None, dumpable: int | None = None) -> None:
@@ -63,9 +94,8 @@ def write_mm(imgdir: ImageDir, pid: int, vmas: list[Vma], stat: Stat, *, brk: in
         mm_brk=brk if brk is not None else (heap.end if heap else stat.start_brk),
         mm_arg_start=stat.arg_start, mm_arg_end=stat.arg_end,
         mm_env_start=stat.env_start, mm_env_end=stat.env_end,
-        exe_file_id=exe_file_id, mm_saved_auxv=auxv or [],
-        vmas=[vma_entry(v, (file_ids or {}).get((v.start, v.end), 0),
-                        (fdflags or {}).get((v.start, v.end))) for v in vmas])
+        exe_file_id=exe_file_id, mm_saved_auxv=image_auxv(auxv or []),
+        vmas=image_vmas(vmas, file_ids or {}, fdflags or {}))
     if dumpable is not None:
         mm.dumpable = dumpable
     imgdir.write(f"mm-{pid}.img", [mm])

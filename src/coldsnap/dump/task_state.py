@@ -40,6 +40,7 @@ the kernel lacks PR_GET_TID_ADDRESS (CONFIG_CHECKPOINT_RESTORE).
 from __future__ import annotations
 
 import ctypes
+import errno
 import struct
 from dataclasses import dataclass, field, replace
 from typing import Iterable
@@ -47,13 +48,15 @@ from typing import Iterable
 from coldsnap.creds import Creds
 from coldsnap.errors import TargetError, Unsupported
 from coldsnap.images.task import TASK_ALIVE, TASK_DEAD, TASK_STOPPED
+from coldsnap.images.xsave import fill_components
 from coldsnap.kernel import ptrace
+from coldsnap.kernel.cpuid import xstate_layout
 from coldsnap.kernel.libc import SYS, syscall
 from coldsnap.kernel.page import PAGE_SIZE
 from coldsnap.kernel.procfs import read_auxv, read_limits, read_personality, read_stat, read_status
 from coldsnap.seize.freezer import FrozenTask, freeze
 from coldsnap.seize.remote import RemoteCalls
-from coldsnap.seize.tree import NS_KINDS, Tree
+from coldsnap.seize.tree import NS_KINDS, Task, Tree
 
 NR_getitimer = 36
 NR_prlimit64 = 302
@@ -71,6 +74,10 @@ KSIGACTION = struct.Struct("<QQQQ")  # handler, flags, restorer, mask (kernel st
 XSTATE_BV_OFF = 512
 XFEATURE_AVX = 1 << 2
 AVX_OFF, AVX_SIZE = 576, 256
+ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
+RESTART_AGAIN = (-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND)
+SYSCALL_INSN_SIZE = 2                  # `syscall` is 0f 05
+U64 = (1 << 64) - 1
 ITIMERS = ("real", "virt", "prof")     # ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2
 
 # scratch page layout (leader's page, shared by every session of this dump)
@@ -367,12 +374,33 @@ def _signal_queue(sigs: Iterable[bytes]):
     return q
 
 
+def restart_form(regs: dict[str, int]) -> dict[str, int]:
+    """The registers of a thread stopped inside a system call, as the images hold them (and
+    as CRIU writes them): a call the kernel would restart (-ERESTARTSYS, -ERESTARTNOINTR,
+    -ERESTARTNOHAND) is set up to run again (ax = its number, ip back on the `syscall`
+    instruction); one that would restart through its restart block (-ERESTART_RESTARTBLOCK:
+    nanosleep, poll with a timeout...) returns EINTR, since the block does not survive.
+    Whoever restores the thread then only sets the registers, whatever its last stop was."""
+    if _signed(regs["orig_rax"]) < 0:
+        return regs
+    err = _signed(regs["rax"])
+    if err in RESTART_AGAIN:
+        return {**regs, "rax": regs["orig_rax"], "rip": regs["rip"] - SYSCALL_INSN_SIZE}
+    if err == -ERESTART_RESTARTBLOCK:
+        return {**regs, "rax": -errno.EINTR & U64}
+    return regs
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >> 63 else v
+
+
 def _core_entry(state: TaskState, th: ThreadState):
     from coldsnap.images.pb import core_pb2, core_x86_pb2
     core = core_pb2.core_entry(mtype=core_pb2.X86_64)
     ti = core.thread_info
     ti.clear_tid_addr = th.clear_tid_addr
-    r = th.regs
+    r = restart_form(th.regs)
     ti.gpregs.CopyFrom(core_x86_pb2.user_x86_regs_entry(
         r15=r["r15"], r14=r["r14"], r13=r["r13"], r12=r["r12"], bp=r["rbp"], bx=r["rbx"],
         r11=r["r11"], r10=r["r10"], r9=r["r9"], r8=r["r8"], ax=r["rax"], cx=r["rcx"], dx=r["rdx"],
@@ -386,9 +414,8 @@ def _core_entry(state: TaskState, th: ThreadState):
     fpe.st_space.extend(fp.st_space)
     fpe.xmm_space.extend(fp.xmm_space)
     if th.xstate:
-        fpe.xsave.xstate_bv = th.xstate_bv
-        fpe.xsave.ymmh_space.extend(th.ymmh_space)
-        fpe.xsave.cs_xsave_raw = th.xstate
+        fill_components(fpe.xsave, th.xstate, xstate_layout())   # what CRIU reads
+        fpe.xsave.cs_xsave_raw = th.xstate                       # what coldsnap restores
     for slot in th.tls:
         ti.tls.add(entry_number=slot.entry_number, base_addr=slot.base_addr, limit=slot.limit,
                    seg_32bit=slot.seg_32bit, contents_h=bool(slot.contents & 2),
@@ -440,16 +467,22 @@ def _core_entry(state: TaskState, th: ThreadState):
 def write_tree_images(tree: Tree, imgdir) -> list[str]:
     """pstree.img (every process, parents first; ppid 0 for the root) and ids-<pid>.img for
     each process, from the tree model; returns the names."""
-    from coldsnap.images.pb import ids_pb2, pstree_pb2
+    from coldsnap.images.pb import pstree_pb2
     imgdir.write("pstree.img", [pstree_pb2.pstree_entry(pid=t.pid, ppid=tree.image_ppid(t), pgid=t.pgid,
                                                         sid=t.sid, threads=t.tids) for t in tree])
     names = ["pstree.img"]
     for t in tree:
-        ns = {f"{kind}_ns_id": t.ns_ids[kind] for kind in NS_KINDS if kind in t.ns_ids}
-        imgdir.write(f"ids-{t.pid}.img", [ids_pb2.task_kobj_ids_entry(
-            vm_id=t.vm_id, files_id=t.files_id, fs_id=t.fs_id, sighand_id=t.sighand_id, **ns)])
+        imgdir.write(f"ids-{t.pid}.img", [kobj_ids(t)])
         names.append(f"ids-{t.pid}.img")
     return names
+
+
+def kobj_ids(t: Task):
+    """The task_kobj_ids_entry of a task of the model (ids-PID.img, inventory.root_ids)."""
+    from coldsnap.images.pb import ids_pb2
+    ns = {f"{kind}_ns_id": t.ns_ids[kind] for kind in NS_KINDS if kind in t.ns_ids}
+    return ids_pb2.task_kobj_ids_entry(vm_id=t.vm_id, files_id=t.files_id, fs_id=t.fs_id,
+                                       sighand_id=t.sighand_id, **ns)
 
 
 def write_core_images(state: TaskState, imgdir) -> list[str]:

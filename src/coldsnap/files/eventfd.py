@@ -18,7 +18,7 @@ class EventfdOps(FileOps):
         # Eventfd files are always O_RDWR, so bit 0 (O_WRONLY) is free to carry
         # EFD_SEMAPHORE, which has that very value in eventfd2's flags.
         e = fdinfo_pb2.file_entry(type=fdinfo_pb2.EVENTFD, id=f.id)
-        e.efd.CopyFrom(eventfd_pb2.eventfd_file_entry(id=f.id, flags=f.flags, pos=0, fown=fown_pb(f.fown),
+        e.efd.CopyFrom(eventfd_pb2.eventfd_file_entry(id=f.id, flags=f.flags, fown=fown_pb(f.fown),
                                                        counter=f.counter))
         return [e]
 

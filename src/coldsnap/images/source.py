@@ -30,6 +30,22 @@ class ChainSource:
         self._starts = [vaddr for _, vaddr, _, _ in self._runs]
         self._maps: dict[int, np.ndarray] = {}
 
+    def drop(self, areas: list[tuple[int, int]]) -> None:
+        """Forget the pages inside AREAS ([start, end) pairs): runs are cut around them."""
+        for lo, hi in areas:
+            kept = []
+            for level, vaddr, nbytes, offset in self._runs:
+                end = vaddr + nbytes
+                if end <= lo or vaddr >= hi:
+                    kept.append((level, vaddr, nbytes, offset))
+                    continue
+                if vaddr < lo:
+                    kept.append((level, vaddr, lo - vaddr, offset))
+                if end > hi:
+                    kept.append((level, hi, end - hi, offset + hi - vaddr))
+            self._runs = kept
+        self._starts = [vaddr for _, vaddr, _, _ in self._runs]
+
     def runs(self) -> list[tuple[int, int]]:
         return [(vaddr, nbytes) for _, vaddr, nbytes, _ in self._runs]
 

@@ -3,11 +3,11 @@ chain keeps, which cannot be read. One rule for every mode; the images are not k
 (the chain's coverage comes in as ranges)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..kernel.page import PAGE_SHIFT
 from .ranges import Ranges
-from .vma import PROT_READ, Vma
+from .vma import PROT_READ, Kind, Vma
 
 
 @dataclass
@@ -26,6 +26,17 @@ class PagePlan:
     def pages_scanned(self) -> int:
         """Pages of the areas whose pages are saved (CRIU's pages_scanned)."""
         return sum(v.size for v in self.vmas if v.saves_pages) >> PAGE_SHIFT
+
+
+def with_vdso(plan: PagePlan) -> PagePlan:
+    """The plan with every page of the [vdso] read and recorded, as CRIU's dumps have it (its
+    restore compares the saved vDSO with the running one's before moving that into place);
+    coldsnap's restore moves the running vDSO and never writes these pages."""
+    pairs = [(v.start, v.end) for v in plan.vmas if v.kind is Kind.VDSO]
+    if not pairs:
+        return plan
+    vdso = Ranges.of(pairs)
+    return replace(plan, present=plan.present.union(vdso), to_read=plan.to_read.union(vdso))
 
 
 def unreadable_ranges(vmas: list[Vma]) -> Ranges:

@@ -161,6 +161,9 @@ def _load_process(d: ImageDir, tree: Tree, task: Task, mm, registry: FileRegistr
     if not d.exists(pagemap_name(pid)):
         raise ImageError(f"{d.root}: {pagemap_name(pid)} is missing")
     private = ChainSource(d, pid)
+    # the vDSO's pages (CRIU saves them, and so does coldsnap for CRIU): the running vDSO
+    # is moved there instead
+    private.drop([(v.start, v.end) for v in mm.vmas if v.status & SPECIAL])
     _check_inside(d, pid, private.runs(), [v for v in mm.vmas if not v.status & SPECIAL])
     return DumpImages(d, tree, pid, tids, cores, mm, files, mapped, private)
 
@@ -235,21 +238,33 @@ def own_vdso_areas() -> tuple[tuple[int, int], ...]:
     """((start, end)) of coldsnap's own vvar/vvar_vclock/vdso areas, in address order, read
     once: a process's vDSO stays where the kernel put it, and a child forked from it (the
     blank child) has its vDSO at the same addresses."""
-    return tuple((m.start, m.end) for m in read_maps(os.getpid())
-                 if m.path in ("[vdso]", "[vvar]", "[vvar_vclock]"))
+    return tuple((m.start, m.end) for m in _own_vdso_maps())
 
 
-def _shape(areas) -> list[tuple[int, int]]:
-    base = areas[0][0] if areas else 0
-    return [(s - base, e - base) for s, e in areas]
+@functools.cache
+def _own_vdso_maps() -> tuple:
+    return tuple(m for m in read_maps(os.getpid()) if m.path in ("[vdso]", "[vvar]", "[vvar_vclock]"))
+
+
+def _shape(block: list[tuple[int, int]], vdso: list[tuple[int, int]]) -> tuple[int, list[tuple[int, int]]]:
+    """(size of the whole block, the [vdso] areas relative to its start): what must match.
+    How the vvar part is cut does not matter: since Linux 6.13 the kernel shows [vvar] and
+    [vvar_vclock], CRIU records them as one VVAR area, and both move as one block."""
+    if not block:
+        return 0, []
+    base = block[0][0]
+    return block[-1][1] - base, [(s - base, e - base) for s, e in vdso]
 
 
 def _check_vdso(mm) -> None:
-    have, want = _shape(own_vdso_areas()), _shape(vdso_layout(mm.vmas))
+    own = _own_vdso_maps()
+    have = _shape([(m.start, m.end) for m in own], [(m.start, m.end) for m in own if m.path == "[vdso]"])
+    want_areas = vdso_layout(mm.vmas)
+    want = _shape(want_areas, [(v.start, v.end) for v in mm.vmas if v.status & VMA_AREA_VDSO])
     if have != want:
         raise ImageError("images come from a kernel with another vDSO layout "
-                         f"({len(want)} areas, {sum(e - s for s, e in want) // PAGE_SIZE} pages; "
-                         f"this kernel: {len(have)} areas, {sum(e - s for s, e in have) // PAGE_SIZE} pages)")
+                         f"({len(want_areas)} areas, {want[0] // PAGE_SIZE} pages; "
+                         f"this kernel: {len(own)} areas, {have[0] // PAGE_SIZE} pages)")
 
 
 def _check_xstate(cores: dict[int, core_pb2.core_entry]) -> None:

@@ -34,8 +34,10 @@ from dataclasses import dataclass
 
 from ..errors import CsError, TargetError
 from ..images.vma import VMA_ANON_SHARED, VMA_FILE_PRIVATE, VMA_FILE_SHARED
+from ..images.xsave import build_area
 from ..kernel import ptrace
 from ..kernel.clone import CLONE_ARGS, THREAD_FLAGS, clone_args
+from ..kernel.cpuid import cpuid, xstate_layout
 from ..kernel.libc import SYS, syscall
 from ..kernel.page import PAGE_SIZE as PAGE
 from ..kernel.procfs import cap_last_cap, read_path_link, read_status
@@ -99,6 +101,14 @@ def user_regs(core) -> ptrace.UserRegs:
     return regs
 
 
+def blocked_mask(core) -> int:
+    """A thread's blocked signals: its thread_core's, or for a main thread whose core has
+    none there (CRIU writes the leader's in task_core only) the task_core's."""
+    if core.thread_core.HasField("blk_sigset") or not core.HasField("tc"):
+        return core.thread_core.blk_sigset
+    return core.tc.blk_sigset
+
+
 def fxsave(core) -> bytes:
     """512-byte FXSAVE area from the fpregs entry (when no raw xstate was kept)."""
     f = core.thread_info.fpregs
@@ -156,7 +166,7 @@ class Transplant:
             rc.call(SYS.prctl, PR_SET_DUMPABLE, self.img.mm.dumpable, 0, 0, 0)
         self._pending(rc)
         self._sigactions()
-        rc.leave_as(user_regs(core), core.thread_core.blk_sigset)
+        rc.leave_as(user_regs(core), blocked_mask(core))
         self.stats.calls += rc.stats.calls
         rc.close()                      # unmaps the scratch, then sets the dumped registers
         self._set_fpu(self.pid, core)
@@ -311,7 +321,7 @@ class Transplant:
         trc.open()
         try:
             self._thread_state(trc, core)
-            trc.leave_as(regs, core.thread_core.blk_sigset)
+            trc.leave_as(regs, blocked_mask(core))
         finally:
             self.stats.calls += trc.stats.calls
             trc.close()
@@ -401,6 +411,8 @@ class Transplant:
             self.rc.checked(SYS.rt_sigaction, sig, base + 32 * i, 0, 8, what=f"rt_sigaction({sig})")
 
     def _set_fpu(self, tid: int, core) -> None:
+        """coldsnap's raw xstate as it was read; else (CRIU's images, or another CPU's xstate
+        size) the area rebuilt from the image's components; else the FXSAVE part alone."""
         fp = core.thread_info.fpregs
         raw = fp.xsave.cs_xsave_raw if fp.HasField("xsave") else b""
         try:
@@ -408,7 +420,14 @@ class Transplant:
                 ptrace.set_regset(tid, ptrace.NT_X86_XSTATE, raw)
                 return
         except OSError:
-            pass   # another xstate size: fall back to the FXSAVE part
+            pass
+        if fp.HasField("xsave"):
+            try:
+                area = build_area(fxsave(core), fp.xsave, xstate_layout(), cpuid(0xD, 0)[1])
+                ptrace.set_regset(tid, ptrace.NT_X86_XSTATE, area)
+                return
+            except OSError:
+                pass
         ptrace.set_regset(tid, ptrace.NT_PRFPREG, fxsave(core))
 
 

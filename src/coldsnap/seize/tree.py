@@ -18,6 +18,7 @@ thread that unshared its fd table or fs is not told apart (not supported).
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -53,9 +54,13 @@ class Task:
 
 @dataclass
 class Tree:
-    """Processes keyed by pid, parents before children; `root` is the pid of the root."""
+    """Processes keyed by pid, parents before children; `root` is the pid of the root.
+    `dumper`: the same ids of the process that read the tree (inventory.root_ids: CRIU's
+    restore tells from them which namespaces the dump holds, and that the root shares no
+    fd table or mm with its restorer); None when the tree comes from images."""
     root: int
     tasks: dict[int, Task]
+    dumper: Task | None = None
 
     def __iter__(self) -> Iterator[Task]:
         return iter(self.tasks.values())
@@ -167,7 +172,10 @@ def read_tree(root: int, threads: dict[int, list[int]]) -> Tree:
         tasks[pid] = Task(pid, st.ppid, st.pgrp, st.session, sorted(threads[pid]),
                           **{name: ids.id_of(pid) for name, ids in allocators.items()},
                           ns_ids=namespaces.ids_of(pid))
-    return Tree(root, tasks)
+    me = os.getpid()
+    dumper = Task(me, 0, 0, 0, [me], **{name: ids.id_of(me) for name, ids in allocators.items()},
+                  ns_ids=namespaces.ids_of(me))
+    return Tree(root, tasks, dumper)
 
 
 def with_zombies(tree: Tree, pids: list[int], timeout: float = 2.0) -> Tree:
@@ -194,4 +202,4 @@ def with_zombies(tree: Tree, pids: list[int], timeout: float = 2.0) -> Tree:
         return tree
     every = {**tree.tasks, **zombies}
     order = tree_order(tree.root, {pid: t.ppid for pid, t in every.items()})
-    return Tree(tree.root, {pid: every[pid] for pid in order})
+    return Tree(tree.root, {pid: every[pid] for pid in order}, tree.dumper)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import fown_pb2 as fown__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\reventfd.proto\x12\x0f\x63oldsnap.images\x1a\nfown.proto\"x\n\x12\x65ventfd_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12\x0b\n\x03pos\x18\x03 \x02(\x04\x12)\n\x04\x66own\x18\x04 \x02(\x0b\x32\x1b.coldsnap.images.fown_entry\x12\x0f\n\x07\x63ounter\x18\x05 \x02(\x04')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\reventfd.proto\x12\x0f\x63oldsnap.images\x1a\nfown.proto\"k\n\x12\x65ventfd_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12)\n\x04\x66own\x18\x03 \x02(\x0b\x32\x1b.coldsnap.images.fown_entry\x12\x0f\n\x07\x63ounter\x18\x04 \x02(\x04')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eventfd_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENTFD_FILE_ENTRY']._serialized_start=46
-  _globals['_EVENTFD_FILE_ENTRY']._serialized_end=166
+  _globals['_EVENTFD_FILE_ENTRY']._serialized_end=153
 # @@protoc_insertion_point(module_scope)

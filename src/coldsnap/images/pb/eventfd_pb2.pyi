@@ -7,15 +7,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class eventfd_file_entry(_message.Message):
-    __slots__ = ("id", "flags", "pos", "fown", "counter")
+    __slots__ = ("id", "flags", "fown", "counter")
     ID_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
-    POS_FIELD_NUMBER: _ClassVar[int]
     FOWN_FIELD_NUMBER: _ClassVar[int]
     COUNTER_FIELD_NUMBER: _ClassVar[int]
     id: int
     flags: int
-    pos: int
     fown: _fown_pb2.fown_entry
     counter: int
-    def __init__(self, id: _Optional[int] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., fown: _Optional[_Union[_fown_pb2.fown_entry, _Mapping]] = ..., counter: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., flags: _Optional[int] = ..., fown: _Optional[_Union[_fown_pb2.fown_entry, _Mapping]] = ..., counter: _Optional[int] = ...) -> None: ...
