@@ -86,7 +86,7 @@ def files() -> list:
                                                                  fown=f)),
         T.file_entry(type=T.FIFO, id=4, fifo=pipe_pb2.fifo_entry(id=4, pipe_id=778, regf_id=5)),
         T.file_entry(type=T.EVENTFD, id=6, efd=eventfd_pb2.eventfd_file_entry(
-            id=6, flags=2, pos=0, fown=f, counter=5)),
+            id=6, flags=2, fown=f, counter=5)),
         T.file_entry(type=T.EVENTPOLL, id=7, epfd=eventpoll_pb2.eventpoll_file_entry(
             id=7, flags=2, fown=f, tfd=[eventpoll_pb2.eventpoll_tfd_entry(
                 id=6, tfd=3, events=1, data=99, dev=12, inode=34, pos=0)])),
