@@ -153,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="detach once the process runs (default: wait and pass its exit status on)")
     rs.add_argument("--shell-job", action="store_true",
                     help="give the process coldsnap's terminal where it had one")
+    rs.add_argument("--lazy-pages", action="store_true",
+                    help="let the process run before its private memory is in: a detached server "
+                         "answers its page faults and pushes the rest (see `lazy-status`)")
+    rs.add_argument("--lazy-log", metavar="FILE", help="with --lazy-pages: the server's log (default: none)")
+
+    ls = sub.add_parser("lazy-status", parents=[js], help="pages still to come of a --lazy-pages restore")
+    ls.add_argument("pid", type=_pid, metavar="PID", help="the restored root process")
 
     sh = sub.add_parser("show", parents=[js], help="summarise an images directory")
     sh.add_argument("dir", metavar="DIR")
@@ -227,6 +234,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "restore":
         return run_restore(args)
+    if args.command == "lazy-status":
+        from .restore.lazy_server import lazy_status
+        st = lazy_status(args.pid)
+        _out(args, st, f"lazy restore of {args.pid}: {st['pages_left']} of {st['pages_total']} pages still to "
+                       f"come ({st['faults']} faults, {st['pushed_pages']} pages pushed, server {st['server']})")
+        return 0
     if args.command == "show":
         from .show import describe, render
         info = describe(args.dir)
@@ -291,9 +304,14 @@ def run_series(args: argparse.Namespace) -> int:
 
 def run_restore(args: argparse.Namespace) -> int:
     from .restore.restore import restore
-    res = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job)
+    if args.lazy_log and not args.lazy_pages:
+        raise UsageError("--lazy-log goes with --lazy-pages")
+    res = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job,
+                  lazy_pages=args.lazy_pages, lazy_log=args.lazy_log)
     result = {"pid": res.pid, "processes": res.processes, "threads": res.threads, "total_ms": round(res.total_ns / 1e6, 3),
               "memory_ms": round(res.stats.memory_ns / 1e6, 3), "injected_calls": res.stats.calls}
+    if res.lazy_server is not None:
+        result.update(lazy_server=res.lazy_server, lazy_guardian=res.lazy_guardian, lazy_pages=res.stats.lazy_pages)
     if res.exit_status is None:
         _close_display()
         if args.json:
@@ -302,7 +320,8 @@ def run_restore(args: argparse.Namespace) -> int:
             s = res.stats
             tree = f"{res.processes} processes, " if res.processes > 1 else ""
             print(f"restored {res.pid} ({tree}{res.threads} thread{'s' if res.threads > 1 else ''}) in "
-                  f"{res.total_ns / 1e6:.1f} ms, memory {s.memory_ns / 1e6:.1f} ms, {s.calls} injected calls",
+                  f"{res.total_ns / 1e6:.1f} ms, memory {s.memory_ns / 1e6:.1f} ms, {s.calls} injected calls"
+                  + (f", {s.lazy_pages} pages to come from server {res.lazy_server}" if res.lazy_server else ""),
                   file=sys.stderr)
         return 0
     status = res.exit_status

@@ -70,6 +70,14 @@ class ChainSource:
         for level, vaddr, nbytes, offset in self._runs:
             yield vaddr, nbytes, self._level(level), offset
 
+    def located(self) -> list[tuple[int, int, int, int]]:
+        """(level, vaddr, nbytes, offset) of every run: level 0 is this dump, 1 its parent..."""
+        return list(self._runs)
+
+    def level_buffer(self, level: int) -> np.ndarray:
+        """The pages file of chain level LEVEL, mapped read-only (valid until close())."""
+        return self._level(level)
+
     def read_into(self, vaddr: int, buf: memoryview) -> None:
         out = np.frombuffer(buf, np.uint8)
         end, pos = vaddr + len(out), vaddr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 
 from coldsnap.kernel.libc import SYS, syscall
 
@@ -25,3 +26,12 @@ def pidfd_send_signal(pidfd: int, sig: int, info: bytes | None = None, flags: in
         buf = ctypes.create_string_buffer(bytes(info), 128)
         addr = ctypes.addressof(buf)
     syscall(SYS.pidfd_send_signal, pidfd, sig, addr, flags, what="pidfd_send_signal")
+
+
+def take_fd(pid: int, target_fd: int) -> int:
+    """A copy of process PID's fd TARGET_FD (pidfd_open + pidfd_getfd; O_CLOEXEC)."""
+    pidfd = pidfd_open(pid)
+    try:
+        return pidfd_getfd(pidfd, target_fd)
+    finally:
+        os.close(pidfd)

@@ -6,6 +6,7 @@ with pidfd_getfd. UFFDIO_API may be called once per uffd.
 from __future__ import annotations
 
 import ctypes
+import struct
 from dataclasses import dataclass
 
 from coldsnap.kernel.libc import check, libc
@@ -103,3 +104,78 @@ def writeprotect(fd: int, start: int, length: int, protect: bool = True, wake: b
     mode = (UFFDIO_WRITEPROTECT_MODE_WP if protect else 0) | (0 if wake else UFFDIO_WRITEPROTECT_MODE_DONTWAKE)
     _do(fd, UFFDIO_WRITEPROTECT, UffdioWriteprotect(UffdioRange(start, length), mode),
         f"UFFDIO_WRITEPROTECT {start:#x}+{length:#x}")
+
+
+# -- filling missing pages (lazy restore) -----------------------------------------------------
+
+UFFDIO_WAKE = 0x8010AA02
+UFFDIO_COPY = 0xC028AA03
+UFFDIO_ZEROPAGE = 0xC020AA04
+
+# uffd_msg.event
+UFFD_EVENT_PAGEFAULT = 0x12
+UFFD_EVENT_FORK = 0x13
+UFFD_EVENT_REMAP = 0x14
+UFFD_EVENT_REMOVE = 0x15
+UFFD_EVENT_UNMAP = 0x16
+UFFD_PAGEFAULT_FLAG_WRITE = 1
+MSG_SIZE = 32                    # sizeof(struct uffd_msg)
+
+
+class UffdioCopy(ctypes.Structure):
+    _fields_ = [("dst", ctypes.c_uint64), ("src", ctypes.c_uint64), ("len", ctypes.c_uint64),
+                ("mode", ctypes.c_uint64), ("copy", ctypes.c_int64)]
+
+
+class UffdioZeropage(ctypes.Structure):
+    _fields_ = [("range", UffdioRange), ("mode", ctypes.c_uint64), ("zeropage", ctypes.c_int64)]
+
+
+def _raw(fd: int, request: int, arg: ctypes.Structure) -> int:
+    """0, or -errno (the filling ioctls fail in ways their caller handles: EEXIST, EAGAIN...)."""
+    if _ioctl(fd, request, ctypes.addressof(arg)) == 0:
+        return 0
+    return -ctypes.get_errno()
+
+
+def copy(fd: int, dst: int, src: int, length: int) -> tuple[int, int]:
+    """UFFDIO_COPY [src, src+length) of our memory to dst of the uffd's mm, waking its
+    waiters: (0 or -errno, bytes copied; on a partial copy the first is -EAGAIN or -EEXIST)."""
+    arg = UffdioCopy(dst, src, length, 0, 0)
+    err = _raw(fd, UFFDIO_COPY, arg)
+    return err, max(0, arg.copy)
+
+
+def zeropage(fd: int, start: int, length: int) -> int:
+    """UFFDIO_ZEROPAGE: map the zero page at missing pages of [start, start+length); 0 or -errno."""
+    return _raw(fd, UFFDIO_ZEROPAGE, UffdioZeropage(UffdioRange(start, length), 0, 0))
+
+
+def wake(fd: int, start: int, length: int) -> int:
+    """UFFDIO_WAKE: let threads waiting on [start, start+length) retry their fault."""
+    return _raw(fd, UFFDIO_WAKE, UffdioRange(start, length))
+
+
+@dataclass(frozen=True, slots=True)
+class Msg:
+    """One struct uffd_msg: a page fault (a = address, b = flags, c = thread id), a fork
+    (a = the child's new uffd, installed in the reader), a remap (a = from, b = to, c = len),
+    a remove or an unmap (a = start, b = end)."""
+    event: int
+    a: int
+    b: int
+    c: int
+
+
+def parse_msgs(data: bytes) -> list[Msg]:
+    out = []
+    for off in range(0, len(data) - MSG_SIZE + 1, MSG_SIZE):
+        event = data[off]
+        x, y, z = struct.unpack_from("<QQQ", data, off + 8)
+        if event == UFFD_EVENT_PAGEFAULT:
+            out.append(Msg(event, y, x, z & 0xFFFFFFFF))
+        elif event == UFFD_EVENT_FORK:
+            out.append(Msg(event, x & 0xFFFFFFFF, 0, 0))
+        else:
+            out.append(Msg(event, x, y, z))
+    return out

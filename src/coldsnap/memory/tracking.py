@@ -44,7 +44,7 @@ from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..kernel import uffd
 from ..kernel.libc import SYS, syscall
 from ..kernel.fdinfo import raw_fd_links, read_fdinfo
-from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from ..kernel.pidfd import take_fd
 from ..kernel.procfs import alive
 from .ranges import Ranges, sorted_unique
 from .scan import PAGEMAP_BATCH_PAGES, _runs
@@ -273,11 +273,7 @@ class UffdTracker:
         self.arm_stats.target_fd = tfd
         ready = False
         try:
-            pidfd = pidfd_open(pid)
-            try:
-                ours = pidfd_getfd(pidfd, tfd)
-            finally:
-                os.close(pidfd)
+            ours = take_fd(pid, tfd)
             uffd.api(ours, FEATURES)
             ready = True
         except OSError as e:
@@ -305,11 +301,7 @@ class UffdTracker:
         if len(uffd_fds(pid)) > 1:
             raise TrackingRefused(f"process {pid} uses userfaultfd itself: cannot tell its "
                                   f"registrations from ours")
-        pidfd = pidfd_open(pid)
-        try:
-            self.fd = pidfd_getfd(pidfd, target_fd)
-        finally:
-            os.close(pidfd)
+        self.fd = take_fd(pid, target_fd)
         self.pid, self.arm_stats.target_fd = pid, target_fd
         self._pagemap_fd = pm.open_pagemap(pid)
         self._scanner = pm.PagemapScanner(self._pagemap_fd)

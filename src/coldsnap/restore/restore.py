@@ -39,30 +39,42 @@ class RestoreResult:
     total_ns: int
     exit_status: int | None = None   # set when not detached: the waitpid status
     processes: int = 1               # of the tree (threads, stats: summed over every process)
+    lazy_server: int | None = None   # --lazy-pages: the server bringing the pages in, and its guardian
+    lazy_guardian: int | None = None
 
 
-def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bool = False) -> RestoreResult:
+def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bool = False,
+            lazy_pages: bool = False, lazy_log: str | None = None) -> RestoreResult:
+    """lazy_pages: private anonymous memory comes after the process runs, from a detached
+    server (restore/lazy_server.py); lazy_log: where that server writes (else /dev/null)."""
     t0 = time.perf_counter_ns()
     images = load_tree(images_dir, shell_job=shell_job)
     with SharedMemory.make(images.shmem) as shm:
-        result = _restore(images, shm, t0, shell_job=shell_job)
+        result = _restore(images, shm, t0, shell_job=shell_job, lazy_pages=lazy_pages, lazy_log=lazy_log)
     if not detach:
         result.exit_status = _wait(result.pid)
     return result
 
 
-def _restore(images: TreeImages, shm: SharedMemory, t0: int, *, shell_job: bool) -> RestoreResult:
+def _restore(images: TreeImages, shm: SharedMemory, t0: int, *, shell_job: bool,
+             lazy_pages: bool = False, lazy_log: str | None = None) -> RestoreResult:
     """The blank tree, each process transplanted, all let go (restore's docstring)."""
     pid = make_blank_tree(images, shell_job)
     t_blank = time.perf_counter_ns()
+    server = None
     try:
+        if lazy_pages:
+            from .lazy_server import start_server
+            server = start_server(images, pid, lazy_log)
         for proc in images.procs.values():
             _set_rlimits(proc.pid, proc)
         with freeze_tree(pid) as held:
             try:
                 if sorted(held.tasks) != sorted(images.procs):
                     raise TargetError(f"the blank processes under {pid} are not the dumped tree")
-                stats = {p: transplant(held.task(p), proc, shm) for p, proc in images.procs.items()}
+                stats = {p: transplant(held.task(p), proc, shm, server) for p, proc in images.procs.items()}
+                if server is not None:
+                    server.go()         # before the detach: the first fault is answered at once
                 for p, proc in images.procs.items():
                     tc = proc.leader.tc
                     if tc.task_state == TASK_STOPPED:
@@ -73,18 +85,24 @@ def _restore(images: TreeImages, shm: SharedMemory, t0: int, *, shell_job: bool)
                     os.kill(p, signal.SIGKILL)
                 raise
     except BaseException:
+        if server is not None:
+            server.abort()
         kill_blank(pid)
         raise
     threads = sum(len(proc.tids) for proc in images.procs.values())
-    return RestoreResult(pid, threads, _tree_stats(stats[pid], stats.values()), t_blank - t0,
-                         time.perf_counter_ns() - t0, processes=len(images.procs))
+    result = RestoreResult(pid, threads, _tree_stats(stats[pid], stats.values()), t_blank - t0,
+                           time.perf_counter_ns() - t0, processes=len(images.procs))
+    if server is not None:
+        result.lazy_server, result.lazy_guardian = server.server, server.guardian
+    return result
 
 
 def _tree_stats(root: TransplantStats, every) -> TransplantStats:
     """The root's stats with the calls and times of every process summed in."""
     every = list(every)
     return TransplantStats(calls=sum(s.calls for s in every), write=root.write,
-                           memory_ns=sum(s.memory_ns for s in every), total_ns=sum(s.total_ns for s in every))
+                           memory_ns=sum(s.memory_ns for s in every), total_ns=sum(s.total_ns for s in every),
+                           lazy_pages=sum(s.lazy_pages for s in every))
 
 
 def _set_rlimits(pid: int, images: DumpImages) -> None:

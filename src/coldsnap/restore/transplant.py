@@ -82,6 +82,7 @@ class TransplantStats:
     write: WriteStats | None = None
     memory_ns: int = 0
     total_ns: int = 0
+    lazy_pages: int = 0             # left to the lazy-pages server
 
 
 def default_signal_actions() -> None:
@@ -117,8 +118,9 @@ def fxsave(core) -> bytes:
 
 
 class Transplant:
-    def __init__(self, task: FrozenTask, images: DumpImages, shm: SharedMemory):
+    def __init__(self, task: FrozenTask, images: DumpImages, shm: SharedMemory, lazy=None):
         self.task = task
+        self.lazy = lazy                # restore/lazy_server.py LazyServer: pages come later
         self.img = images
         self.shm = shm
         self.pid = task.pid
@@ -252,12 +254,24 @@ class Transplant:
     def _write_pages(self) -> None:
         areas = [(v.start, v.end, v.prot) for v in self.img.vmas()]
         writer = PageWriter(self.pid, self.task.mem_fd())
+        layout = None
+        if self.lazy:
+            from . import lazy as lazy_pages     # userfaultfd bindings: only for --lazy-pages
+            layout = lazy_pages.lazy_layout(self.img)
         try:
-            writer.write(self.img.private, areas)
+            writer.write(lazy_pages.EagerPart(self.img.private, layout) if layout else self.img.private, areas)
         finally:
             writer.close()
             self.img.private.close()
         self.stats.write = writer.stats
+        if layout is not None:
+            # registered before any later injected call can touch a lazy page
+            fd = lazy_pages.arm(self.rc, self.pid, layout)
+            try:
+                self.lazy.hand(self.pid, fd)
+            finally:
+                os.close(fd)
+            self.stats.lazy_pages = layout.pages
 
     def _set_mm(self) -> None:
         mm, rc = self.img.mm, self.rc
@@ -447,5 +461,5 @@ def _same_exe(path: str, pid: int) -> bool:
         return False
 
 
-def transplant(task: FrozenTask, images: DumpImages, shm: SharedMemory) -> TransplantStats:
-    return Transplant(task, images, shm).run()
+def transplant(task: FrozenTask, images: DumpImages, shm: SharedMemory, lazy=None) -> TransplantStats:
+    return Transplant(task, images, shm, lazy).run()

@@ -1,0 +1,172 @@
+"""Lazy restore, the transplant's side: which pages stay behind, and the userfaultfd that
+will bring them.
+
+    layout = lazy_layout(images)           # the private anonymous areas served lazily
+    writer.write(EagerPart(src, layout))    # everything else is written as usual
+    fd = arm(rc, pid, layout)               # userfaultfd made inside the target, taken, registered
+
+Lazy areas are the private anonymous, readable and writable VMAs (heap, malloc arenas,
+anonymous mmaps) holding at least LAZY_MIN bytes of saved data. The stack, file pages,
+shared memory and small areas are written eagerly: they are few pages, touched at once.
+The pages under each thread's rseq area are eager too: the kernel writes there on every
+return to user space, even between two injected calls, and a page it filled with zeros
+before registration would be a hole.
+
+The userfaultfd is made by an injected `userfaultfd()` *without* UFFD_USER_MODE_ONLY (a
+read(2) into a lazy buffer faults in the kernel and must wait, not fail with EFAULT), so
+it is injected while the blank process still has coldsnap's credentials; coldsnap takes it
+with pidfd_getfd and closes the target's copy: the restored process holds no extra fd.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import CsError
+from ..images.vma import VMA_ANON_PRIVATE, VMA_AREA_STACK
+from ..kernel import uffd
+from ..kernel.libc import SYS
+from ..kernel.page import PAGE_SIZE as PAGE
+from ..kernel.pidfd import take_fd
+from ..memory.source import PageSource
+from ..memory.vma import PROT_READ, PROT_WRITE
+
+LAZY_MIN = 256 << 10          # smaller areas are written eagerly: one fault would cost more
+O_NONBLOCK = 0o4000
+O_CLOEXEC = 0o2000000
+FEATURES = (uffd.UFFD_FEATURE_EVENT_FORK | uffd.UFFD_FEATURE_EVENT_REMAP | uffd.UFFD_FEATURE_EVENT_REMOVE
+            | uffd.UFFD_FEATURE_EVENT_UNMAP | uffd.UFFD_FEATURE_THREAD_ID)
+
+
+@dataclass(frozen=True)
+class LazyLayout:
+    """Where a process's pages come from in a lazy restore."""
+    areas: list[tuple[int, int]]          # registered MISSING, served by the server
+    eager: list[tuple[int, int]]          # pages inside those areas written now anyway (rseq)
+    runs: list[tuple[int, int]]           # saved runs left to the server: (vaddr, nbytes)
+
+    @property
+    def pages(self) -> int:
+        return sum(n for _, n in self.runs) // PAGE
+
+
+def lazy_layout(images) -> LazyLayout:
+    """The lazy areas of one process (restore/images.py DumpImages)."""
+    runs = images.private.runs()
+    starts = np.array([v for v, _ in runs], dtype=np.int64)
+    ends = starts + np.array([n for _, n in runs], dtype=np.int64)
+    areas = []
+    for v in images.vmas():
+        if not v.status & VMA_ANON_PRIVATE or v.status & VMA_AREA_STACK:
+            continue
+        if v.prot & (PROT_READ | PROT_WRITE) != PROT_READ | PROT_WRITE:
+            continue
+        lo, hi = np.searchsorted(ends, v.start, "right"), np.searchsorted(starts, v.end, "left")
+        held = int((np.minimum(ends[lo:hi], v.end) - np.maximum(starts[lo:hi], v.start)).sum()) if hi > lo else 0
+        if held >= LAZY_MIN:
+            areas.append((v.start, v.end))
+    eager = _merge([(a & ~(PAGE - 1), (a + 32 + PAGE - 1) & ~(PAGE - 1))
+                    for a in _rseq_areas(images) if any(s <= a < e for s, e in areas)])
+    left = _subtract(_intersect(runs, areas), eager)
+    return LazyLayout(areas, eager, left)
+
+
+def _rseq_areas(images) -> list[int]:
+    out = []
+    for core in images.cores.values():
+        th = core.thread_core
+        if th.HasField("rseq_entry") and th.rseq_entry.rseq_abi_pointer:
+            out.append(th.rseq_entry.rseq_abi_pointer)
+    return out
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(spans):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _intersect(runs: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(vaddr, nbytes) pieces of runs inside spans (both sorted)."""
+    out, j = [], 0
+    for v, n in runs:
+        e = v + n
+        while j < len(spans) and spans[j][1] <= v:
+            j += 1
+        k = j
+        while k < len(spans) and spans[k][0] < e:
+            lo, hi = max(v, spans[k][0]), min(e, spans[k][1])
+            if lo < hi:
+                out.append((lo, hi - lo))
+            k += 1
+    return out
+
+
+def _subtract(runs: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = []
+    for v, n in runs:
+        pieces = [(v, v + n)]
+        for s, e in spans:
+            pieces = [p for a, b in pieces for p in ((a, min(b, s)), (max(a, e), b)) if p[0] < p[1]]
+        out.extend((a, b - a) for a, b in pieces)
+    return out
+
+
+class EagerPart:
+    """The part of a page source written before the process runs: every run outside the lazy
+    areas, and the eager pages inside them (a PageSource for PageWriter)."""
+
+    def __init__(self, src: PageSource, layout: LazyLayout):
+        self.src = src
+        self.cut = layout.areas
+        self.keep = layout.eager
+
+    def runs(self) -> list[tuple[int, int]]:
+        return [(v, n) for v, n, _, _ in self._pieces(((v, n, None, 0) for v, n in self.src.runs()))]
+
+    def mapped(self) -> Iterator[tuple[int, int, np.ndarray, int]]:
+        return self._pieces(self.src.mapped())
+
+    def _pieces(self, runs):
+        for vaddr, nbytes, buf, offset in runs:
+            end = vaddr + nbytes
+            spans = [(vaddr, end)]
+            for s, e in self.cut:
+                spans = [p for a, b in spans for p in ((a, min(b, s)), (max(a, e), b)) if p[0] < p[1]]
+            for s, e in self.keep:
+                lo, hi = max(vaddr, s), min(end, e)
+                if lo < hi:
+                    spans.append((lo, hi))
+            for a, b in sorted(spans):
+                yield a, b - a, buf, offset + a - vaddr
+
+    def read_into(self, vaddr: int, buf: memoryview) -> None:
+        self.src.read_into(vaddr, buf)
+
+    def close(self) -> None:
+        self.src.close()
+
+
+def arm(rc, pid: int, layout: LazyLayout) -> int:
+    """Make a userfaultfd inside the target (rc: its remote calls), take it, close the
+    target's copy, register the lazy areas in MISSING mode; returns coldsnap's fd."""
+    tfd = rc.checked(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK, what="userfaultfd for the lazy pages")
+    try:
+        ours = take_fd(pid, tfd)
+    finally:
+        rc.call(SYS.close, tfd)
+    try:
+        uffd.api(ours, FEATURES)
+        for start, end in layout.areas:
+            uffd.register(ours, start, end - start, uffd.UFFDIO_REGISTER_MODE_MISSING)
+    except OSError as e:
+        os.close(ours)
+        raise CsError(f"cannot set up the lazy pages of {pid}: {e.strerror or e}") from None
+    return ours

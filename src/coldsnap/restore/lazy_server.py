@@ -1,0 +1,474 @@
+"""The lazy-restore server and its guardian: two detached processes that bring the pages in.
+
+    server = start_server(images, log=None)   # in coldsnap, once the blank processes exist
+    server.hand(pid, uffd)                    # per process, from the transplant
+    server.go()                               # every process is built: push the rest
+    ... coldsnap detaches the tree and exits; the server goes on ...
+
+coldsnap forks a short-lived middle process that calls setsid() and forks the **guardian**,
+which forks the **server**; both have their own session, no terminal, stdio on /dev/null
+(or the log file). The server answers faults (UFFDIO_COPY from the images' pages files,
+mapped read-only: one copy from the page cache; the fault's neighbourhood first), follows
+the events (fork: the child's own uffd, cloned state; mremap moves pending pages; munmap
+and madvise(DONTNEED) drop them: a later fault there gets zeros, as it would have), and
+between two polls pushes the rest in background order (lazy_pages.py). It exits 0 once
+every page is in, closing the uffds: every registration vanishes with them.
+
+Why a guardian: when the last holder of a userfaultfd closes it the kernel unregisters its
+areas, and a missing page then faults in as zeros: a process whose server died would run
+with holes. The guardian holds a copy of every uffd (coldsnap sends it each one, the server
+each fork's) so that the server's death leaves the faults waiting; it is the server's
+parent, so it learns its end with waitpid. A server that exits with anything but 0 (killed,
+crashed, aborted restore) makes the guardian SIGKILL every restored process and every
+descendant of theirs, wait until they are gone, and only then drop the uffds.
+
+The status: the server listens on the abstract unix socket `coldsnap-lazy-PID` (PID: the
+restored root; no file is made) and answers one JSON line (`coldsnap lazy-status PID`).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import CsError
+from ..kernel import uffd
+from ..kernel.page import PAGE_SHIFT, PAGE_SIZE as PAGE
+from ..kernel.pidfd import pidfd_open, pidfd_send_signal
+from ..kernel.procfs import child_pids
+from .lazy import lazy_layout
+from .lazy_pages import LazyPages, Run
+
+AHEAD, BEHIND = 64, 16          # pages copied around a fault: sequential readers run ahead
+STREAM_MAX = 1024               # ...and a fault just past the last window doubles it, up to 4 MiB
+PUSH_PAGES = 256                # one background UFFDIO_COPY (1 MiB): the longest a fault waits
+ABORTED = 3                     # server exit status: coldsnap never said go
+_ZERO = np.zeros(PAGE, np.uint8)
+
+
+def status_name(root: int) -> bytes:
+    return f"\0coldsnap-lazy-{root}".encode()
+
+
+def lazy_status(root: int, timeout: float = 2.0) -> dict:
+    """What the server of the lazy restore of ROOT says about itself."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.settimeout(timeout)
+        try:
+            s.connect(status_name(root))
+        except OSError:
+            raise CsError(f"no lazy restore of {root} is in progress (every page is in)") from None
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    finally:
+        s.close()
+    return json.loads(data)
+
+
+# -- coldsnap's handle on the server ----------------------------------------------------------
+
+@dataclass
+class LazyServer:
+    """coldsnap's end: where to send each process's userfaultfd."""
+    server: int
+    guardian: int
+    _to_server: socket.socket
+    _to_guardian: socket.socket
+
+    def hand(self, pid: int, fd: int) -> None:
+        """Give the server and the guardian each a copy of PID's uffd (held in flight until
+        they read it: never a moment with no holder)."""
+        msg = f"fd {pid}".encode()
+        socket.send_fds(self._to_guardian, [msg], [fd])
+        socket.send_fds(self._to_server, [msg], [fd])
+
+    def go(self) -> None:
+        self._to_server.send(b"go")
+        self._close()
+
+    def abort(self) -> None:
+        """The restore failed: the server exits without pushing, the guardian kills what is left."""
+        self._close()
+
+    def _close(self) -> None:
+        for s in (self._to_server, self._to_guardian):
+            s.close()
+
+
+def start_server(images, root: int, log: str | None = None) -> LazyServer:
+    """Fork the detached guardian and server (module docstring) for the processes of IMAGES
+    (restore/images.py TreeImages), whose blank processes exist already."""
+    pidfds = {p: pidfd_open(p) for p in images.procs}
+    c2s, s_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    c2g, g_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    g_srv, s_grd = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    info_r, info_w = os.pipe()
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600) if log else \
+        os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        middle = os.fork()
+        if middle == 0:
+            _middle(images, root, out, pidfds, info_w, (c2s, c2g, info_r), (s_ctl, s_grd), (g_ctl, g_srv))
+    finally:
+        for fd in (out, info_w, *pidfds.values()):
+            os.close(fd)
+        for s in (s_ctl, g_ctl, g_srv, s_grd):
+            s.close()
+    os.waitpid(middle, 0)
+    with os.fdopen(info_r, "rb") as f:
+        got = f.read().split()
+    if len(got) != 2:
+        c2s.close()
+        c2g.close()
+        raise CsError("cannot start the lazy-pages server")
+    return LazyServer(int(got[1]), int(got[0]), c2s, c2g)
+
+
+def _middle(images, root, out, pidfds, info_w, coldsnaps, server_ends, guardian_ends) -> None:
+    """The middle process: a session of its own, then the guardian, which forks the server."""
+    code = 1
+    try:
+        for s in coldsnaps:
+            s.close() if isinstance(s, socket.socket) else os.close(s)
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if os.fork() == 0:
+            _guardian_main(images, root, pidfds, info_w, server_ends, guardian_ends)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _guardian_main(images, root, pidfds, info_w, server_ends, guardian_ends) -> None:
+    code = 1
+    try:
+        server = os.fork()
+        if server == 0:
+            code = 1
+            try:
+                os.setsid()    # a session apart from the guardian's: one kill of a session spares the other
+                os.close(info_w)
+                for fd in pidfds.values():
+                    os.close(fd)
+                for s in guardian_ends:
+                    s.close()
+                code = Server(images, root, *server_ends).run()
+            except BaseException as e:      # noqa: BLE001 - the log says why; the guardian acts
+                print(f"coldsnap lazy server: {e!r}", file=sys.stderr)
+            finally:
+                os._exit(code)
+        for s in server_ends:
+            s.close()
+        os.write(info_w, f"{os.getpid()} {server}".encode())
+        os.close(info_w)
+        code = Guardian(server, pidfds, *guardian_ends).run()
+    except BaseException as e:              # noqa: BLE001
+        print(f"coldsnap lazy guardian: {e!r}", file=sys.stderr)
+    finally:
+        os._exit(code)
+
+
+def _recv_fds(sock: socket.socket) -> tuple[bytes, list[int]] | None:
+    """One message and its fds; None at EOF."""
+    msg, fds, _, _ = socket.recv_fds(sock, 64, 16)
+    if not msg and not fds:
+        return None
+    return msg, fds
+
+
+# -- the guardian ----------------------------------------------------------------------------
+
+class Guardian:
+    """Holds a copy of every uffd until the server has exited: 0 means every page is in;
+    anything else kills every restored process (and their descendants) first."""
+
+    def __init__(self, server: int, pidfds: dict[int, int], from_coldsnap: socket.socket,
+                 from_server: socket.socket):
+        self.server = server
+        self.pidfds = pidfds
+        self.socks = {s.fileno(): s for s in (from_coldsnap, from_server)}
+        self.held: list[int] = []
+
+    def run(self) -> int:
+        watch = pidfd_open(self.server)
+        poller = select.poll()
+        poller.register(watch, select.POLLIN)
+        for fd in self.socks:
+            poller.register(fd, select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == watch:
+                    return self._server_ended()
+                got = _recv_fds(self.socks[fd])
+                if got is None:
+                    poller.unregister(fd)
+                else:
+                    self.held.extend(got[1])
+
+    def _server_ended(self) -> int:
+        status = os.waitpid(self.server, 0)[1]
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return 0
+        why = f"exit {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else f"signal {os.WTERMSIG(status)}"
+        self._kill_all()
+        print(f"coldsnap lazy guardian: the server ended ({why}) before every page was in: "
+              f"killed the restored processes", file=sys.stderr)
+        return 1
+
+    def _kill_all(self) -> None:
+        """SIGKILL the restored processes and their descendants, then wait until they are gone:
+        only then may the uffds close."""
+        fds = dict(self.pidfds)
+        todo = list(fds)
+        while todo:          # descendants made while the pages came in (forks) die too
+            kids = [k for ks in child_pids(todo).values() for k in ks if k not in fds]
+            todo = []
+            for k in kids:
+                try:
+                    fds[k] = pidfd_open(k)
+                    todo.append(k)
+                except OSError:
+                    pass
+        for fd in fds.values():
+            try:
+                pidfd_send_signal(fd, signal.SIGKILL)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 5
+        for fd in fds.values():
+            left = max(0.0, deadline - time.monotonic())
+            select.select([fd], [], [], left)
+
+
+# -- the server ------------------------------------------------------------------------------
+
+@dataclass
+class Space:
+    """One address space being filled: its uffd and what it still lacks."""
+    fd: int
+    pid: int | None
+    pages: LazyPages
+    source: object                      # the ChainSource its pages come from
+    deferred: list[int] = field(default_factory=list)    # faults to retry (EAGAIN)
+    window_end: int = 0                 # where the last fault's window ended
+    ahead: int = AHEAD
+
+
+@dataclass
+class Counters:
+    faults: int = 0
+    fault_pages: int = 0
+    pushed_pages: int = 0
+    zero_pages: int = 0
+    forks: int = 0
+
+
+class Server:
+    def __init__(self, images, root: int, ctl: socket.socket, guardian: socket.socket):
+        self.images = images
+        self.root = root
+        self.ctl = ctl
+        self.guardian = guardian
+        self.spaces: dict[int, Space] = {}        # uffd -> space
+        self.go = False
+        self.total = 0
+        self.count = Counters()
+        self.t0 = time.monotonic()
+        self.poller = select.poll()
+
+    # -- main loop -------------------------------------------------------------------
+
+    def run(self) -> int:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        listener.bind(status_name(self.root))
+        listener.listen(8)
+        self.poller.register(self.ctl.fileno(), select.POLLIN)
+        self.poller.register(listener.fileno(), select.POLLIN)
+        turn = 0
+        try:
+            while not self.go or self._pending():
+                busy = self.go and self._pending()
+                for fd, _ in self.poller.poll(0 if busy else None):
+                    if fd == self.ctl.fileno():
+                        if not self._control():
+                            print("coldsnap lazy server: the restore was abandoned", file=sys.stderr)
+                            return ABORTED
+                    elif fd == listener.fileno():
+                        self._answer(listener)
+                    elif fd in self.spaces:
+                        self._events(self.spaces[fd])
+                for space in list(self.spaces.values()):
+                    if space.deferred:
+                        todo, space.deferred = space.deferred, []
+                        for addr in todo:
+                            self._fault(space, addr, False)
+                if busy:
+                    live = [s for s in self.spaces.values() if s.pages.pending]
+                    if live:
+                        turn = (turn + 1) % len(live)
+                        self._push(live[turn])
+        finally:
+            listener.close()
+        c = self.count
+        print(f"coldsnap lazy server: every page is in after {(time.monotonic() - self.t0) * 1e3:.0f} ms: "
+              f"{c.pushed_pages} pushed, {c.fault_pages} on {c.faults} faults, {c.forks} forks", file=sys.stderr)
+        return 0
+
+    def _pending(self) -> int:
+        return sum(s.pages.pending for s in self.spaces.values())
+
+    def _control(self) -> bool:
+        got = _recv_fds(self.ctl)
+        if got is None:
+            if self.go:
+                self.poller.unregister(self.ctl.fileno())
+                return True
+            return False
+        msg, fds = got
+        if msg == b"go":
+            self.go = True
+        elif msg.startswith(b"fd "):
+            pid = int(msg.split()[1])
+            proc = self.images.procs[pid]
+            layout = lazy_layout(proc)
+            pages = LazyPages.build(layout.areas, proc.private.located(), layout.runs)
+            self.total += pages.pending
+            self._add(Space(fds[0], pid, pages, proc.private))
+        return True
+
+    def _add(self, space: Space) -> None:
+        self.spaces[space.fd] = space
+        self.poller.register(space.fd, select.POLLIN)
+
+    def _drop(self, space: Space) -> None:
+        """The process is gone: nothing more to copy into it."""
+        self.spaces.pop(space.fd, None)
+        self.poller.unregister(space.fd)
+        os.close(space.fd)
+
+    def _answer(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            c = self.count
+            body = {"server": os.getpid(), "root": self.root, "ready": self.go,
+                    "processes": sorted(s.pid for s in self.spaces.values() if s.pid),
+                    "address_spaces": len(self.spaces), "pages_total": self.total,
+                    "pages_left": self._pending(), "faults": c.faults, "fault_pages": c.fault_pages,
+                    "pushed_pages": c.pushed_pages, "zero_pages": c.zero_pages, "forks": c.forks,
+                    "elapsed_ms": round((time.monotonic() - self.t0) * 1e3, 1)}
+            conn.setblocking(True)
+            conn.sendall(json.dumps(body).encode() + b"\n")
+
+    # -- events ----------------------------------------------------------------------
+
+    def _events(self, space: Space) -> None:
+        while space.fd in self.spaces:
+            try:
+                data = os.read(space.fd, uffd.MSG_SIZE * 64)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                print(f"coldsnap lazy server: reading the uffd of {space.pid}: {e.strerror}", file=sys.stderr)
+                self._drop(space)
+                return
+            if not data:
+                return
+            for msg in uffd.parse_msgs(data):
+                self._event(space, msg)
+
+    def _event(self, space: Space, msg: uffd.Msg) -> None:
+        if msg.event == uffd.UFFD_EVENT_PAGEFAULT:
+            self.count.faults += 1
+            self._fault(space, msg.a & ~(PAGE - 1), bool(msg.b & uffd.UFFD_PAGEFAULT_FLAG_WRITE))
+        elif msg.event == uffd.UFFD_EVENT_FORK:
+            self.count.forks += 1
+            child = Space(msg.a, None, space.pages.clone(), space.source)
+            self.total += child.pages.pending
+            socket.send_fds(self.guardian, [f"fork {space.pid}".encode()], [msg.a])
+            self._add(child)
+        elif msg.event == uffd.UFFD_EVENT_REMAP:
+            space.pages.move(msg.a, msg.b, msg.c)
+        elif msg.event in (uffd.UFFD_EVENT_REMOVE, uffd.UFFD_EVENT_UNMAP):
+            space.pages.clear(msg.a, msg.b)
+
+    def _fault(self, space: Space, addr: int, write: bool) -> None:
+        if space.pages.is_pending(addr):
+            near = space.window_end - (space.ahead << PAGE_SHIFT) <= addr <= space.window_end + (AHEAD << PAGE_SHIFT)
+            space.ahead = min(STREAM_MAX, space.ahead * 2) if near else AHEAD
+            space.window_end = addr + (space.ahead << PAGE_SHIFT)
+            space.pages.follow(space.window_end)    # the background goes on from there
+            for run in space.pages.window(addr, space.ahead, BEHIND):
+                got = self._copy(space, run)
+                if got == -errno.EAGAIN:
+                    space.deferred.append(addr)
+                    return
+                if got == -errno.ESRCH:
+                    return
+                self.count.fault_pages += run.npages
+            if space.pages.is_pending(addr):      # an EEXIST stopped the run short of it
+                space.deferred.append(addr)
+            return
+        # nothing saved there (or discarded since): zeros, as the kernel would have given
+        if write:
+            err, _ = uffd.copy(space.fd, addr, _ZERO.ctypes.data, PAGE)
+        else:
+            err = uffd.zeropage(space.fd, addr, PAGE)
+        if err == -errno.EAGAIN:
+            space.deferred.append(addr)
+        elif err == -errno.ESRCH:
+            self._drop(space)
+        elif err:
+            uffd.wake(space.fd, addr, PAGE)      # present already (EEXIST) or gone: retry it
+        else:
+            self.count.zero_pages += 1
+
+    def _push(self, space: Space) -> None:
+        run = space.pages.next_run(PUSH_PAGES)
+        if run is None:
+            space.pages.recount()       # never spin on a count that went wrong
+        else:
+            if self._copy(space, run) == 0:
+                self.count.pushed_pages += run.npages
+
+    def _copy(self, space: Space, run: Run) -> int:
+        """UFFDIO_COPY one run; the state follows what really went in. 0, or -errno."""
+        src = space.source.level_buffer(run.level).ctypes.data + run.off
+        err, done = uffd.copy(space.fd, run.vaddr, src, run.npages << PAGE_SHIFT)
+        if done:
+            space.pages.done(run.vaddr, done >> PAGE_SHIFT)
+        if err == 0 or err == -errno.EAGAIN:
+            return err
+        if err == -errno.ESRCH:
+            self._drop(space)
+            return err
+        # EEXIST: that page is in already (what the process sees wins); ENOENT/EINVAL: no
+        # mapping there any more; either way it is not ours to fill
+        bad = run.vaddr + done
+        space.pages.done(bad, 1)
+        if err != -errno.EEXIST:
+            print(f"coldsnap lazy server: cannot fill {bad:#x} of {space.pid}: {os.strerror(-err)}",
+                  file=sys.stderr)
+        return err
