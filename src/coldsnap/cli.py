@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+from . import cli_transport
 from .errors import AccessDenied, CsError, ImageError, Interrupted, NoSuchProcess, Unsupported
 
 EXIT_OK = 0
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="free the parent images' copies of pages this pre-dump wrote again")
     pd.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",
                     help="pause between the iterations of a series")
+    cli_transport.add_client_args(pd)
 
     du = sub.add_parser("dump", parents=[js], help="checkpoint a process for good: all its state, then kill it")
     du.add_argument("-t", "--tree", type=_pid, required=True, metavar="PID", help="process to dump")
@@ -142,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--freeze-cgroup", metavar="PATH",
                        help="freeze the tree through this cgroup's freezer (v1 freezer.state or v2 "
                             "cgroup.freeze) before seizing it; every process below the root must be in it")
+    cli_transport.add_client_args(du)
 
     ut = sub.add_parser("untrack", parents=[js],
                         help="remove coldsnap's write tracking from a process and every process below it")
@@ -166,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("check", parents=[js], help="report which kernel features coldsnap can use here, "
                                               "and which CRIU versions its images are tested with")
+
+    cli_transport.add_commands(sub)
 
     dm = sub.add_parser("demo", help="start a sample workload, pre-dump it, print the stats")
     dm.add_argument("--size", type=_size, default="256M", metavar="SIZE", help="workload memory (default 256M)")
@@ -200,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
         except ModeMismatch as e:
             raise UsageError(str(e)) from None
         stats = pre_dump(args.tree, args.images_dir, mode=mode, track=track, buffer_size=args.buffer_size,
-                         scan=args.scan, prev_images_dir=args.prev_images_dir, freeze_cgroup=args.freeze_cgroup)
+                         scan=args.scan, prev_images_dir=args.prev_images_dir, freeze_cgroup=args.freeze_cgroup,
+                         pages=cli_transport.page_target(args))
         if track == "none":
             lines = [f"pre-dump of {args.tree} ({stats.mode}): {stats.pages_written} pages written, "
                      f"{stats.pages_skipped} skipped, frozen {stats.frozen_time / 1000:.2f} ms"]
@@ -217,12 +223,15 @@ def run(args: argparse.Namespace) -> int:
         from .dump.dump import dump
         stats = dump(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
                      leave_running=args.leave_running, shell_job=args.shell_job,
-                     freeze_cgroup=args.freeze_cgroup, ext_unix_sk=args.ext_unix_sk)
+                     freeze_cgroup=args.freeze_cgroup, ext_unix_sk=args.ext_unix_sk,
+                     pages=cli_transport.page_target(args))
         _out(args, _result(args, stats, left_running=args.leave_running),
              f"dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
              f"written, {stats.pages_skipped_parent} in parent, frozen {stats.frozen_time / 1000:.2f} ms, "
              f"{'left running' if args.leave_running else 'killed'}")
         return 0
+    if args.command == "page-server":
+        return cli_transport.run_page_server(args)
     if args.command == "untrack":
         from .dump.untrack import untrack
         closed = untrack(args.pid)
@@ -287,7 +296,7 @@ def run_series(args: argparse.Namespace) -> int:
         raise UsageError("--freeze-cgroup does not go with --iterations yet")
     series = pre_dump_series(args.tree, args.images_dir, args.iterations,
                              track=args.track_mem,
-                             buffer_size=args.buffer_size,
+                             buffer_size=args.buffer_size, pages=cli_transport.page_target(args),
                              between=(lambda i: time.sleep(args.interval)) if args.interval else None)
     lines = [f"{'iter':>4} {'tracking':8} {'frozen ms':>9} {'written':>9} {'in parent':>9} {'skipped':>7}"]
     lines += [f"{i:4} {s.track_backend:8} {s.frozen_time / 1000:9.2f} {s.pages_written:9} "

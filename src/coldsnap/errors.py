@@ -6,6 +6,7 @@
     │   ├── AccessDenied          the kernel refused (EPERM/EACCES, traced) (also PermissionError)
     │   └── Unsupported           it uses something coldsnap cannot save or restore
     ├── ImageError (= BadImage)   an image file or directory is missing, malformed or refused
+    ├── TransportError            a page server or its client refused, broke or lost a session
     └── Interrupted               SIGINT/SIGTERM of coldsnap; the target was resumed first
 
 Each class words itself here, once; the CLI prints `coldsnap: <str(e)>` and maps the class
@@ -69,6 +70,10 @@ class ImageError(CsError):
 
 
 BadImage = ImageError
+
+
+class TransportError(CsError):
+    """A page server or its client refused, broke or lost a session; the message says which end."""
 
 
 class Interrupted(CsError):

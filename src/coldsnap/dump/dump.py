@@ -60,8 +60,8 @@ from ..seize.freezer import FrozenTask, freeze_tree
 from ..seize.remote import RemoteCalls
 from ..seize.tree import with_zombies
 from .metadata import write_inventory, write_mm, write_stats
-from .plan import Planned, Planner, chain_parked_fds, covered_by_chain
-from .sink import ImageSink
+from .plan import Planned, Planner, chain_parked_fds
+from .sink import LOCAL, PageSession, PageTarget
 from .stats import DumpStats, Times
 from .task_state import (collect_task_state, kobj_ids, write_core_images, write_tree_images,
                          write_zombie_core)
@@ -151,13 +151,13 @@ class _Parent:
     covered: Ranges                 # pages the chain holds
 
 
-def _parents(prev: Path | None) -> dict[int, _Parent]:
+def _parents(prev: Path | None, pages: PageSession) -> dict[int, _Parent]:
     """pid -> what the parent chain offers it, for every process its stats name a parked
     userfaultfd of (the others save every present page)."""
     if prev is None:
         return {}
     parked = chain_parked_fds(ImageDir.open(prev, follow_parent=False))
-    return {pid: _Parent(fd, covered_by_chain(prev, pid)) for pid, fd in parked.items()}
+    return {pid: _Parent(fd, pages.covered(pid)) for pid, fd in parked.items()}
 
 
 def plan_pages(task: FrozenTask, vmas: list[Vma], parent: _Parent, times: Times) -> tuple[Planner, Planned]:
@@ -323,22 +323,24 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
 
 def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
          leave_running: bool = False, shell_job: bool = False, freeze_cgroup: str | None = None,
-         ext_unix_sk: bool = False) -> DumpStats:
+         ext_unix_sk: bool = False, pages: PageTarget = LOCAL) -> DumpStats:
     """Checkpoint the tree under process `pid` (it and every descendant, one freeze) into a
     new images directory, then kill every process (or resume them with leave_running).
     freeze_cgroup: freeze the tree through that cgroup's freezer (v1 or v2) before seizing it.
     ext_unix_sk: let a datagram unix socket connected to a named socket outside the tree go
     (it connects to that name again at restore), as CRIU's --ext-unix-sk.
     Returns the stats; frozen_time there spans the whole freeze (the image's stats-dump ends
-    when it is written, before the commit)."""
+    when it is written, before the commit). pages: where the pages go (default: the images
+    directory; a page server: transport/sink.py ServerPages)."""
     stats = DumpStats(mode="dump")
     times = Times()
     warm_up()
     prev = Path(prev_images_dir) if prev_images_dir is not None else None
     saved: list[_Saved] = []
     try:
-        with ImageDir.create(images_dir, parent=prev_images_dir) as imgdir, ImageSink(imgdir) as sink:
-            parents = _parents(prev)
+        with pages.session(images_dir, prev) as session, \
+                ImageDir.create(images_dir, parent=prev_images_dir) as imgdir, session.sink(imgdir) as sink:
+            parents = _parents(prev, session)
             t0 = time.perf_counter_ns()
             with freeze_tree(pid, cgroup=freeze_cgroup) as held:
                 t_frozen = time.perf_counter_ns()
@@ -370,9 +372,11 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 if leave_running:
                     held.resume()                   # the fsyncs of the commit need no freeze
                     times.frozen = time.perf_counter_ns() - t_frozen
+                    session.finish()
                     imgdir.commit()
                 else:
-                    imgdir.commit()                 # durable before the tree is gone
+                    session.finish()                # the pages durable where they went,
+                    imgdir.commit()                 # all durable before the tree is gone
                     for model in reversed(list(held.tree)):     # children first
                         kill_held(held.task(model.pid))
                     times.frozen = time.perf_counter_ns() - t_frozen

@@ -24,8 +24,9 @@ from ..kernel.features import probe
 from ..memory.drain import DEFAULT_BUFFER
 from ..memory.plan import PagePlan
 from ..memory.scan import warm_up
-from .plan import Planner, chain_parked_fds, check_track, covered_by_chain, default_track
+from .plan import Planner, chain_parked_fds, check_track, default_track
 from .stats import DumpStats, Times
+from .sink import LOCAL, PageTarget
 from .step import list_tree, save_step
 
 
@@ -38,9 +39,10 @@ class PreDumpSeries:
 
     def __init__(self, pid: int, base_dir: str | Path, *, track: str = "uffd",
                  buffer_size: int = DEFAULT_BUFFER, park: bool = False, freeze_plan: bool = False,
-                 scan: str = "auto", freeze_cgroup: str | None = None):
+                 scan: str = "auto", freeze_cgroup: str | None = None, pages: PageTarget = LOCAL):
         check_track(track)
         self.freeze_cgroup = freeze_cgroup          # live mode: hold the tree through it
+        self.pages = pages              # where each step's pages go
         self.pid = pid
         self.base = Path(base_dir)
         self.buffer_size = buffer_size
@@ -98,13 +100,15 @@ class PreDumpSeries:
         if self.n == 0 and path is None:
             self.base.mkdir(parents=True, exist_ok=True)
         planners = self._current(times)
-        # what the parent chain holds, read before any freeze (only a tracked plan needs it)
-        covered = {pid: covered_by_chain(self.prev, pid) for pid, p in planners.items()
-                   if not p.fresh and p.track != "none"}
         path = path or self.base / str(self.n + 1)
-        with ImageDir.create(path, parent=self.prev) as imgdir:
-            stats = save_step(planners, imgdir, self.mode, covered=covered,
-                              buffer_size=self.buffer_size, times=times, freeze_cgroup=self.freeze_cgroup)
+        with self.pages.session(path, self.prev) as pages:
+            # what the parent chain holds, read before any freeze (only a tracked plan needs it)
+            covered = {pid: pages.covered(pid) for pid, p in planners.items()
+                       if not p.fresh and p.track != "none"}
+            with ImageDir.create(path, parent=self.prev) as imgdir:
+                stats = save_step(planners, imgdir, self.mode, covered=covered,
+                                  buffer_size=self.buffer_size, times=times,
+                                  freeze_cgroup=self.freeze_cgroup, pages=pages)
         self.plan = self.planner.last
         self.n += 1
         self.prev = path
@@ -113,7 +117,7 @@ class PreDumpSeries:
 
 def pre_dump_series(pid: int, base_dir: str | Path, iterations: int, *, track: str | None = None,
                     buffer_size: int = DEFAULT_BUFFER,
-                    between: Callable[[int], None] | None = None) -> list[DumpStats]:
+                    between: Callable[[int], None] | None = None, pages: PageTarget = LOCAL) -> list[DumpStats]:
     """Write base_dir/1 .. base_dir/ITERATIONS, each a full images dir whose `parent` is the
     previous one; returns their stats. `between(i)`, if given, runs after iteration i
     (1-based) and before the next one (tests use it to make the target write). track None:
@@ -121,7 +125,8 @@ def pre_dump_series(pid: int, base_dir: str | Path, iterations: int, *, track: s
     if iterations < 1:
         raise CsError("a pre-dump series needs at least one iteration")
     out: list[DumpStats] = []
-    with PreDumpSeries(pid, base_dir, track=track or default_track(probe()), buffer_size=buffer_size) as series:
+    with PreDumpSeries(pid, base_dir, track=track or default_track(probe()), buffer_size=buffer_size,
+                       pages=pages) as series:
         for i in range(1, iterations + 1):
             out.append(series.step())
             if between is not None and i < iterations:
@@ -132,7 +137,7 @@ def pre_dump_series(pid: int, base_dir: str | Path, iterations: int, *, track: s
 def pre_dump_tracked(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
                      buffer_size: int = DEFAULT_BUFFER, track: str = "uffd",
                      freeze_plan: bool = False, scan: str = "auto",
-                     freeze_cgroup: str | None = None) -> DumpStats:
+                     freeze_cgroup: str | None = None, pages: PageTarget = LOCAL) -> DumpStats:
     """One pre-dump whose write tracking outlives this coldsnap process.
 
     The first run freezes the task only to create a userfaultfd in it and leaves that fd
@@ -148,7 +153,7 @@ def pre_dump_tracked(pid: int, images_dir: str | Path, *, prev_images_dir: str |
     soft = track == "soft-dirty"
     with PreDumpSeries(pid, images_dir.parent, track="soft-dirty" if soft else "uffd",
                        buffer_size=buffer_size, freeze_plan=freeze_plan, park=not soft, scan=scan,
-                       freeze_cgroup=freeze_cgroup) as series:
+                       freeze_cgroup=freeze_cgroup, pages=pages) as series:
         if prev is not None:
             prev_dir = ImageDir.open(prev, follow_parent=False)
             parked = chain_parked_fds(prev_dir)

@@ -113,7 +113,8 @@ def chain_parked_fds(prev: ImageDir) -> dict[int, int]:
     pairs = list(d.cs_tree_uffd_fds)
     if pairs:
         return dict(zip(pairs[::2], pairs[1::2]))
-    ids = prev.pagemap_ids()
+    # the one process: its pagemap's, or the pstree root's when the pages went to a page server
+    ids = prev.pagemap_ids() or [e.pid for e in prev.read("pstree.img", missing_ok=True)[:1]]
     return {ids[0]: d.cs_uffd_fd} if d.HasField("cs_uffd_fd") and len(ids) == 1 else {}
 
 

@@ -1,13 +1,22 @@
-"""The images directory as a page sink (memory/sink.py): pagemap-<id>.img + pages-<N>.img
+"""Where a (pre-)dump's pages go: a page target opens a session per images directory, which
+says what the parent chain holds and gives the page sink. LocalPages keeps them in the
+images directory (ImageSink); transport/sink.py ServerPages sends them to a page server.
+
+The images directory as a page sink (memory/sink.py): pagemap-<id>.img + pages-<N>.img
 per pagemap, a PagemapWriter each. Present data is written before present() returns; a
 reserved area is the pages file itself at the next present offset (pwrite, sendfile)."""
 from __future__ import annotations
 
 import numpy as np
 
+from pathlib import Path
+from typing import ContextManager, Protocol
+
 from ..images.directory import ImageDir
 from ..images.pages import FileArea, PagemapWriter
-from ..memory.sink import PagemapKey
+from ..memory.ranges import Ranges
+from ..memory.sink import PageSink, PagemapKey
+from .plan import covered_by_chain
 
 
 class ImageSink:
@@ -55,3 +64,55 @@ class ImageSink:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PageSession(Protocol):
+    """The pages of one images directory being written."""
+
+    def covered(self, pid: int) -> Ranges:
+        """Pages the parent chain holds for PID (asked before any freeze)."""
+
+    def sink(self, imgdir: ImageDir) -> ContextManager[PageSink]:
+        """The sink of the directory's pages; its clean exit makes them durable."""
+
+    def finish(self) -> None:
+        """Make the pages durable now (before the images are committed and the tree killed)."""
+
+    def __enter__(self) -> "PageSession": ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class PageTarget(Protocol):
+    def session(self, path: str | Path, prev: str | Path | None) -> PageSession:
+        """The session of the images directory PATH whose parent is PREV."""
+
+
+class LocalSession:
+    def __init__(self, prev: str | Path | None):
+        self.prev = Path(prev) if prev is not None else None
+
+    def covered(self, pid: int) -> Ranges:
+        return covered_by_chain(self.prev, pid)
+
+    def sink(self, imgdir: ImageDir) -> ImageSink:
+        return ImageSink(imgdir)
+
+    def finish(self) -> None:
+        pass                            # each pagemap was complete at its end()
+
+    def __enter__(self) -> "LocalSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class LocalPages:
+    """Pages in the images directory itself (the default)."""
+
+    def session(self, path: str | Path, prev: str | Path | None) -> LocalSession:
+        return LocalSession(prev)
+
+
+LOCAL = LocalPages()

@@ -16,7 +16,7 @@ from ..seize.freezer import freeze_tree
 from ..seize.tree import Tree, read_tree
 from .metadata import write_inventory, write_mm, write_stats
 from .plan import Planned, Planner
-from .sink import ImageSink
+from .sink import LocalSession, PageSession
 from .stats import DumpStats, Times
 from .task_state import write_tree_images
 
@@ -61,7 +61,8 @@ def drain_plan(pid: int, plan: PagePlan, sink: PageSink, buffer_size: int,
 
 def save_step(planners: dict[int, Planner], imgdir: ImageDir, mode: str, *,
               covered: dict[int, Ranges] | None = None, buffer_size: int = DEFAULT_BUFFER,
-              times: Times | None = None, freeze_cgroup: str | None = None) -> DumpStats:
+              times: Times | None = None, freeze_cgroup: str | None = None,
+              pages: PageSession | None = None) -> DumpStats:
     """One pre-dump of the planners' processes (the root first, parents before children)
     into IMGDIR (not committed): plan, drain, images. covered: pid -> pages its parent chain
     holds (tracked plans only).
@@ -71,12 +72,13 @@ def save_step(planners: dict[int, Planner], imgdir: ImageDir, mode: str, *,
     copies after; "frozen" copies before resuming (both through FREEZE_CGROUP's freezer
     first when given: seize/freezer.py). The stats count every process (their
     vmas and scan method are the root's); the root's parked fd is uffd_fd, and a tree of
-    more than one lists every parked fd (cs_tree_uffd_fds)."""
+    more than one lists every parked fd (cs_tree_uffd_fds). pages: where the pages go
+    (default: IMGDIR itself)."""
     times, covered = times or Times(), covered or {}
     root = next(iter(planners))
     planned: dict[int, Planned] = {}
     drained: dict[int, tuple[DrainStats, SinkCounts]] = {}
-    with ImageSink(imgdir) as sink:
+    with (pages or LocalSession(None)).sink(imgdir) as sink:
         def drain_all() -> None:
             for pid, p in list(planned.items()):
                 try:
