@@ -153,3 +153,21 @@ def test_a_silent_client_is_closed_after_the_idle_timeout(server):
         assert 4 < time.monotonic() - t < 12
     ps.wait_line("timed out", 1)
     assert len(ps.lines()) == lines + 1
+
+
+def test_a_dropped_pagemap_leaves_nothing(server):
+    """CS_DROP (a process of the tree exited while its pages were sent): no pagemap, no pages."""
+    import numpy as np
+
+    from coldsnap.memory.sink import PagemapKey
+    from coldsnap.transport.client import PageServerClient
+    from coldsnap.transport.wire import Endpoint
+    ps, base = server
+    with PageServerClient(Endpoint.parse(ps.address), session="dropped") as c:
+        c.open(PagemapKey(42))
+        c.present(np.array([0x10000], np.uint64), np.array([PG], np.uint64), memoryview(b"\1" * PG))
+        c.drop()
+        c.open(PagemapKey(43))
+        c.present(np.array([0x10000], np.uint64), np.array([PG], np.uint64), memoryview(b"\2" * PG))
+    got = sorted(p.name for p in (base / "srv" / "dropped").iterdir())
+    assert got == ["inventory.img", "pagemap-43.img", "pages-2.img"], got
