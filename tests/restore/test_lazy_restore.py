@@ -209,3 +209,27 @@ def test_tree_one_server_for_every_process(workload_bin, tmp_path):
         w.original = None
         if res:
             _reap_quietly(res["lazy_guardian"])
+
+
+def test_pages_come_from_a_pre_dump_chain(workload_bin, tmp_path):
+    """A dump on top of a pre-dump: most pages live in the parent's pages file (level 1, pushed
+    after the dump's own); the workload still reads every word right."""
+    go = tmp_path / "go"
+    w = LogWorkload([workload_bin("lazy_check"), 64, go], tmp_path / "log")
+    res = None
+    try:
+        w.wait_ready()
+        coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "pre").check()
+        coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img", "--prev-images-dir", tmp_path / "pre").check()
+        w.reap_dumped()
+        res = lazy_restore(tmp_path / "img")
+        assert res["lazy_pages"] >= 64 << 8
+        w.adopt_restored()
+        go.touch()
+        w.wait_for("ok line", lambda: any(ln.startswith("ok") for ln in w.lines()), timeout=60)
+        assert not w.failures(), w.tail()
+        assert wait_served(res) == 0
+    finally:
+        w.stop()
+        if res:
+            _reap_quietly(res["lazy_guardian"])

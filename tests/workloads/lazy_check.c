@@ -72,8 +72,10 @@ int main(int argc, char **argv)
     /* chunk 2: unmapped; chunk 5: discarded (zeros now); chunk 9: moved elsewhere */
     if (munmap(mem + 2 * chunk, chunk * 8)) { printf("FAIL munmap\n"); return 1; }
     if (madvise(mem + 5 * chunk, chunk * 8, MADV_DONTNEED)) { printf("FAIL madvise\n"); return 1; }
-    uint64_t *moved = mremap(mem + 9 * chunk, chunk * 8, chunk * 8, MREMAP_MAYMOVE);
-    if (moved == MAP_FAILED) { printf("FAIL mremap\n"); return 1; }
+    /* to a fresh place (MREMAP_FIXED): the kernel really moves it, and says so (REMAP) */
+    void *spot = mmap(NULL, chunk * 8, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    uint64_t *moved = mremap(mem + 9 * chunk, chunk * 8, chunk * 8, MREMAP_MAYMOVE | MREMAP_FIXED, spot);
+    if (moved == MAP_FAILED || (void *)moved == (void *)(mem + 9 * chunk)) { printf("FAIL mremap\n"); return 1; }
     struct part pt = {12 * chunk, words, 0};
     pthread_t th;
     pthread_create(&th, NULL, checker, &pt);

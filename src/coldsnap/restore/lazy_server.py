@@ -281,6 +281,8 @@ class Counters:
     pushed_pages: int = 0
     zero_pages: int = 0
     forks: int = 0
+    remaps: int = 0
+    removes: int = 0                    # madvise(DONTNEED/REMOVE) and munmap events
 
 
 class Server:
@@ -331,7 +333,8 @@ class Server:
             listener.close()
         c = self.count
         print(f"coldsnap lazy server: every page is in after {(time.monotonic() - self.t0) * 1e3:.0f} ms: "
-              f"{c.pushed_pages} pushed, {c.fault_pages} on {c.faults} faults, {c.forks} forks", file=sys.stderr)
+              f"{c.pushed_pages} pushed, {c.fault_pages} on {c.faults} faults, {c.zero_pages} zero, {c.forks} forks, "
+              f"{c.remaps} remaps, {c.removes} removes/unmaps", file=sys.stderr)
         return 0
 
     def _pending(self) -> int:
@@ -378,6 +381,7 @@ class Server:
                     "address_spaces": len(self.spaces), "pages_total": self.total,
                     "pages_left": self._pending(), "faults": c.faults, "fault_pages": c.fault_pages,
                     "pushed_pages": c.pushed_pages, "zero_pages": c.zero_pages, "forks": c.forks,
+                    "remaps": c.remaps, "removes": c.removes,
                     "elapsed_ms": round((time.monotonic() - self.t0) * 1e3, 1)}
             conn.setblocking(True)
             conn.sendall(json.dumps(body).encode() + b"\n")
@@ -410,8 +414,10 @@ class Server:
             socket.send_fds(self.guardian, [f"fork {space.pid}".encode()], [msg.a])
             self._add(child)
         elif msg.event == uffd.UFFD_EVENT_REMAP:
+            self.count.remaps += 1
             space.pages.move(msg.a, msg.b, msg.c)
         elif msg.event in (uffd.UFFD_EVENT_REMOVE, uffd.UFFD_EVENT_UNMAP):
+            self.count.removes += 1
             space.pages.clear(msg.a, msg.b)
 
     def _fault(self, space: Space, addr: int, write: bool) -> None:
