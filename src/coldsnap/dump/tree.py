@@ -6,8 +6,10 @@ the process, rather than dumped into images no restore can bring back (a zombie 
 refused: it is saved as one, seize/tree.with_zombies):
 
   - a thread that unshared its fd table or fs (unshare(2) after the clone)
-  - two processes sharing an mm (CLONE_VM, vfork), an fd table (CLONE_FILES), an fs
-    (CLONE_FS) or signal handlers (CLONE_SIGHAND)
+  - two processes sharing an mm (CLONE_VM, vfork) or signal handlers (CLONE_SIGHAND, which
+    the kernel only allows with CLONE_VM)
+  - two processes sharing an fd table (CLONE_FILES) or an fs (CLONE_FS) unless one is the
+    other's parent in the tree: restore clones the child with the same flags (restore/blank.py)
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from ..seize.freezer import FrozenTree
 
 _SHARED = (("vm_id", "memory (CLONE_VM)"), ("files_id", "fd table (CLONE_FILES)"),
            ("fs_id", "fs (CLONE_FS)"), ("sighand_id", "signal handlers (CLONE_SIGHAND)"))
+_WITH_PARENT = ("files_id", "fs_id")     # restored shared when the sharer is the parent
 
 
 def refuse_tree(held: FrozenTree) -> None:
@@ -30,8 +33,13 @@ def refuse_tree(held: FrozenTree) -> None:
                 if not K.same(task.pid, tid, kind):
                     raise Unsupported(f"thread {tid} of process {task.pid} has its own {what} "
                                       f"(unshare); not supported")
+        parent = held.tree.tasks.get(task.ppid) if task.pid != held.tree.root else None
         for name, what in _SHARED:
-            first = owner.setdefault((name, getattr(task, name)), task.pid)
+            mine = getattr(task, name)
+            if name in _WITH_PARENT and parent is not None and getattr(parent, name) == mine:
+                continue
+            first = owner.setdefault((name, mine), task.pid)
             if first != task.pid:
-                raise Unsupported(f"process {task.pid} shares its {what} with process {first}; "
+                how = (" (only a parent and its child can share it)" if name in _WITH_PARENT else "")
+                raise Unsupported(f"process {task.pid} shares its {what} with process {first}{how}; "
                                   f"not supported")

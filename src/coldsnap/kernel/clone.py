@@ -27,8 +27,9 @@ def clone_args(flags: int, *, exit_signal: int = 0, set_tid_ptr: int = 0, set_ti
     return CLONE_ARGS.pack(flags, 0, 0, 0, exit_signal, 0, 0, 0, set_tid_ptr, set_tid_size, 0)
 
 
-def fork_with_pid(pid: int | None) -> int:
+def fork_with_pid(pid: int | None, flags: int = 0) -> int:
     """fork(2) via clone3, the child getting PID `pid` (None: any). Returns 0 in the child.
+    FLAGS: CLONE_FILES and/or CLONE_FS to share the fd table or fs with the child.
 
     Like os.fork() but without Python's at-fork handlers: only safe in a process with a
     single Python thread (the child would otherwise inherit a lock held by a thread that
@@ -38,7 +39,7 @@ def fork_with_pid(pid: int | None) -> int:
         # another Python thread could hold the GIL at the clone: the child would wait for it forever
         raise CsError("restore must run in a process with a single Python thread")
     tid = (ctypes.c_int * 1)(pid or 0)
-    args = ctypes.create_string_buffer(clone_args(0, exit_signal=signal.SIGCHLD,
+    args = ctypes.create_string_buffer(clone_args(flags, exit_signal=signal.SIGCHLD,
                                                   set_tid_ptr=ctypes.addressof(tid) if pid else 0,
                                                   set_tid_size=1 if pid else 0))
     return syscall(SYS.clone3, ctypes.addressof(args), CLONE_ARGS.size, what="clone3")

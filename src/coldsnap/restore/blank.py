@@ -14,6 +14,11 @@ order (restore/sessions.py says why this order):
  4. rebuilds its fd table, cwd, root and umask (restore/fdtable.py), resets its signal
     actions, tells coldsnap "ok" and waits for the seize.
 
+A process that shared its parent's fd table (CLONE_FILES) or fs (CLONE_FS) without being a
+thread of it is cloned with the same flags: the parent rebuilds the shared table after its
+children are made, so such a child leaves the table alone (it only sets cwd, root and umask)
+and closes none of its fds, its parent's as well.
+
 A zombie's blank process (a zombie has no children: they were reparented) does step 2,
 tells coldsnap "ok" and exits at once with the dumped status: its exit code, or killed by
 the same signal (its action reset to default). Its parent waits for it to be a zombie
@@ -38,6 +43,7 @@ import errno
 import fcntl
 import os
 import pickle
+import select
 import signal
 import struct
 
@@ -51,6 +57,7 @@ from .sessions import JOIN, OWN_GROUP, SETSID, SessionStep
 from .transplant import default_signal_actions
 
 PR_SET_PDEATHSIG = 1
+CLONE_FS, CLONE_FILES = 0x200, 0x400
 PR_SET_DUMPABLE = 4
 _LEN = struct.Struct("<I")
 OK = b"ok"
@@ -95,8 +102,9 @@ def make_blank_tree(images: TreeImages, shell_job: bool) -> int:
 
 
 def _become(images: TreeImages, pid: int, w: int, shell_job: bool, shared: dict[int, int],
-            done: int | None) -> None:
-    """The life of the blank process PID (we are it): never returns."""
+            done: int | None, table: bool = True) -> None:
+    """The life of the blank process PID (we are it): never returns. table False: the fd
+    table is our parent's (CLONE_FILES): rebuilt by it, no fd of it closed here."""
     try:
         _session(pid, images.sessions[pid])
         for kid in images.tree.children(pid):
@@ -107,25 +115,34 @@ def _become(images: TreeImages, pid: int, w: int, shell_job: bool, shared: dict[
                 os.waitid(os.P_PID, kid.pid, os.WEXITED | os.WNOWAIT)
                 continue
             sr, sw = (_high(fd, w + 1) for fd in os.pipe2(os.O_CLOEXEC))   # off every dumped number
-            kpid = _clone(kid.pid)
+            flags = _shared_with_parent(images.tree.task(pid), kid)
+            kpid = _clone(kid.pid, flags)
             if kpid == 0:
-                os.close(sr)
-                _become(images, kid.pid, w, shell_job, shared, done=sw)
-            os.close(sw)
-            ok = os.read(sr, 1)
+                if not flags & CLONE_FILES:
+                    os.close(sr)
+                _become(images, kid.pid, w, shell_job, shared, done=sw, table=not flags & CLONE_FILES)
+            if flags & CLONE_FILES:
+                ok = _done_or_dead(sr, kpid)     # sw is ours too: no EOF when it dies
+                os.close(sw)
+            else:
+                os.close(sw)
+                ok = os.read(sr, 1)
             os.close(sr)
             if ok != b"1":
                 os._exit(1)          # the child told coldsnap why
         keep = (w,) if done is None else (w, done)
-        rebuild_fds(images.procs[pid].files, shell_job=shell_job, keep_fds=keep, inherited=shared)
+        rebuild_fds(images.procs[pid].files, shell_job=shell_job, keep_fds=keep, inherited=shared,
+                    table=table)
         default_signal_actions()
         _send(w, OK)
     except BaseException as e:   # noqa: BLE001 - report anything to coldsnap
         _fail(w, e)
-    os.close(w)
+    if table:
+        os.close(w)
     if done is not None:
         os.write(done, b"1")
-        os.close(done)
+        if table:
+            os.close(done)
     try:
         while True:
             signal.pause()       # until coldsnap seizes and reshapes this process
@@ -158,11 +175,36 @@ def _high(fd: int, base: int) -> int:
     return new
 
 
-def _clone(pid: int) -> int:
-    """A child with PID (0 in the child, which dies with its parent from now on)."""
+def _done_or_dead(sr: int, pid: int) -> bytes:
+    """The child's one-byte "done" on SR, or b"" once the child PID died without it."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        poller = select.poll()
+        poller.register(sr, select.POLLIN)
+        poller.register(pidfd, select.POLLIN)
+        while True:
+            ready = dict(poller.poll())
+            if ready.get(sr):
+                return os.read(sr, 1)
+            if ready.get(pidfd):
+                return b""
+    finally:
+        os.close(pidfd)
+
+
+def _shared_with_parent(parent: Task, kid: Task) -> int:
+    """The clone flags that give KID what it shared with PARENT (dump/tree.py allows a
+    process to share its fd table and fs with its parent only)."""
+    return ((CLONE_FILES if kid.files_id == parent.files_id else 0)
+            | (CLONE_FS if kid.fs_id == parent.fs_id else 0))
+
+
+def _clone(pid: int, flags: int = 0) -> int:
+    """A child with PID (0 in the child, which dies with its parent from now on); FLAGS:
+    CLONE_FILES / CLONE_FS shared with it."""
     parent = os.getpid()
     try:
-        got = fork_with_pid(pid)
+        got = fork_with_pid(pid, flags)
     except OSError as e:
         if e.errno == errno.EEXIST:
             raise TargetError(f"PID {pid} is in use: cannot restore with the same IDs") from None

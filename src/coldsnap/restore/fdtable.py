@@ -51,8 +51,9 @@ def open_shared(task: TaskFiles, ids: Collection[int], base: int, *, shell_job: 
 
 
 def rebuild_fds(task: TaskFiles, *, shell_job: bool = False, keep_fds: Collection[int] = (),
-                inherited: dict[int, int] | None = None) -> None:
-    """Make this process's fd table, cwd, root and umask those of the task.
+                inherited: dict[int, int] | None = None, table: bool = True) -> None:
+    """Make this process's fd table, cwd, root and umask those of the task (table False:
+    only cwd, root and umask, the table being its parent's, which rebuilds it).
 
     Ends with exactly the dumped fd numbers open, plus `keep_fds` (the caller's own
     channels, which must not collide with dumped numbers). With `shell_job`, fds that were
@@ -60,6 +61,16 @@ def rebuild_fds(task: TaskFiles, *, shell_job: bool = False, keep_fds: Collectio
     `inherited`: file id -> an fd this process already holds for it (open_shared), used
     instead of opening the file again; the ones it does not use are closed.
     """
+    if table:
+        _rebuild_table(task, shell_job, keep_fds, inherited)
+    os.umask(task.umask)
+    os.chdir(task.cwd)      # the cwd path is as seen from our root, so before chroot
+    if task.root != "/":
+        os.chroot(task.root)
+
+
+def _rebuild_table(task: TaskFiles, shell_job: bool, keep_fds: Collection[int],
+                   inherited: dict[int, int] | None) -> None:
     targets = {e.fd for e in task.fds}
     keep = set(keep_fds)
     if keep & targets:
@@ -86,10 +97,6 @@ def rebuild_fds(task: TaskFiles, *, shell_job: bool = False, keep_fds: Collectio
                 os.close(fd)
             except OSError:
                 pass        # the listdir's own fd, already closed
-    os.umask(task.umask)
-    os.chdir(task.cwd)      # the cwd path is as seen from our root, so before chroot
-    if task.root != "/":
-        os.chroot(task.root)
 
 
 def _tty(base: int, shell_job: bool, what: str) -> int:
