@@ -250,9 +250,6 @@ def test_bad_input_is_one_line_and_leaves_nothing(pattern, spawn, python_exe, tm
 SPECIAL_MEMORY = {
     "memfd": ("import mmap, os; fd = os.memfd_create('cs'); os.ftruncate(fd, 4096); "
               "m = mmap.mmap(fd, 4096)", "memfd /memfd:cs is not supported"),
-    "sysv": ("import ctypes; l = ctypes.CDLL(None); l.shmat.restype = ctypes.c_void_p; "
-             "i = l.shmget(0, 4096, 0o1600); a = l.shmat(i, None, 0); l.shmctl(i, 0, None)",
-             "SysV shared memory"),
 }
 
 

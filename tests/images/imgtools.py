@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from coldsnap.images.directory import ImageDir, new_inventory
 from coldsnap.images.pb import (core_pb2, core_x86_pb2, creds_pb2, eventfd_pb2, eventpoll_pb2,
-                                fdinfo_pb2, fown_pb2, fs_pb2, ids_pb2, mm_pb2, pagemap_pb2,
+                                fdinfo_pb2, fown_pb2, fs_pb2, ids_pb2, ipc_desc_pb2, ipc_sem_pb2,
+                                ipc_shm_pb2, mm_pb2, pagemap_pb2,
                                 pipe_pb2, pstree_pb2, regfile_pb2, rlimit_pb2, rseq_pb2, sa_pb2,
                                 sk_inet_pb2, sk_opts_pb2, sk_packet_pb2, stats_pb2, timer_pb2)
 
@@ -106,6 +107,11 @@ def stats() -> stats_pb2.stats_entry:
     return st
 
 
+def ipc_desc(ipc_id: int) -> ipc_desc_pb2.ipc_desc_entry:
+    return ipc_desc_pb2.ipc_desc_entry(key=0x5C001234, uid=101, gid=104, cuid=0, cgid=0, mode=0o1600,
+                                       id=ipc_id)
+
+
 def sample_images() -> dict[str, list]:
     """File name -> entries, one sample per kind we write (pagemap via PagemapWriter)."""
     tid = PID + 1
@@ -135,6 +141,9 @@ def sample_images() -> dict[str, list]:
         "fifo-data.img": [(pipe_pb2.pipe_data_entry(pipe_id=778, bytes=2), b"ok")],
         "sk-queues.img": [(sk_packet_pb2.sk_packet_entry(id_for=12, length=5), b"hello"),
                           (sk_packet_pb2.sk_packet_entry(id_for=12, length=0), b"")],
+        "ipcns-shm-3.img": [ipc_shm_pb2.ipc_shm_entry(desc=ipc_desc(32768), size=56, in_pagemaps=True)],
+        "ipcns-sem-3.img": [(ipc_sem_pb2.ipc_sem_entry(desc=ipc_desc(5), nsems=3),
+                             b"\x01\x00\x07\x00\xff\xff\x00\x00")],
         "stats-dump": [stats()],
         "stats-restore": [stats_pb2.stats_entry(restore=stats_pb2.restore_stats_entry(
             pages_compared=1, pages_skipped_cow=2, forking_time=3, restore_time=4))],

@@ -44,3 +44,29 @@ def test_anonymous_shared_memory_inherited_across_fork(tmp_path):
         _assert_shared_after(fam, before)
     finally:
         fam.cleanup(restored)
+
+
+def _sysv_line(kind: str, key: int) -> list[str] | None:
+    for line in open(f"/proc/sysvipc/{kind}").read().splitlines()[1:]:
+        f = line.split()
+        if int(f[0]) & 0xFFFFFFFF == key:
+            return f
+    return None
+
+
+def test_sysv_segment_and_semaphores_keep_ids_keys_and_values(tmp_path):
+    fam = start_family(tmp_path / "logs", "sysv", "anon")
+    restored = False
+    try:
+        fam.wait_ticks(2)
+        shm, sem = _sysv_line("shm", fam.key), _sysv_line("sem", fam.key)
+        assert shm and sem
+        _dump_restore(fam, tmp_path / "img")
+        restored = True
+        before = {r: fam.ticks(r)[-1][0] for r in ROLES}
+        shm2, sem2 = _sysv_line("shm", fam.key), _sysv_line("sem", fam.key)
+        assert shm2[:4] == shm[:4] and shm2[6:9] == shm[6:9]      # key, id, mode, size; nattch, uid, gid
+        assert sem2[:6] == sem[:6]                                # key, id, mode, nsems, uid, gid
+        _assert_shared_after(fam, before)                         # sem 1 still 7, sem 0 a working lock
+    finally:
+        fam.cleanup(restored)

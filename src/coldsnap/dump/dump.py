@@ -4,13 +4,14 @@ any number of threads each), in one freeze of the whole tree.
     ImageDir.create ──► freeze_tree ──► refuse what a tree restore cannot do (dump/tree.py)
     (a zombie child is kept: pstree entry and a core with TASK_DEAD and its exit status)
     ──► for each process, parents first (dump_process), the same path for every one: maps: refuse what cannot be saved (deleted or special
-      mappings, SysV shm, memfd, io_uring, aio, hugetlb)
+      mappings, memfd, io_uring, aio, hugetlb)
       ──► task state (registers, signals, ...: injected calls) ──► coldsnap's parked write
       tracking: adopt it (the written set), remove it from the target
       ──► private pages: scan, drain (unreadable VMAs through /proc/PID/mem), PE_PARENT
       for what the parent chain holds and tracking says was not written since
       ──► fd table + mapped files
-      ──► shared anonymous objects of the whole tree, once each (save_shmem)
+      ──► shared anonymous objects of the whole tree, once each (save_shmem), and the tree's
+      SysV segments and semaphore sets (dump/sysv.py)
       ──► pstree/ids and files images of the tree, commit ──► SIGKILL every process,
       children first (default), or resume them all (leave_running)
 
@@ -62,6 +63,7 @@ from ..seize.tree import with_zombies
 from .metadata import write_inventory, write_mm, write_stats
 from .plan import Planned, Planner, chain_parked_fds
 from .sink import LOCAL, PageSession, PageTarget
+from .sysv import save_sysv
 from .stats import DumpStats, Times
 from .task_state import (collect_task_state, kobj_ids, write_core_images, write_tree_images,
                          write_zombie_core)
@@ -91,8 +93,6 @@ def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
             raise Unsupported(f"{where}: {what} is not supported")
         if path.startswith("/[aio]"):
             raise Unsupported(f"{where}: AIO ring is not supported")
-        if path.startswith("/SYSV"):
-            raise Unsupported(f"{where}: SysV shared memory {path.split()[0]} is not supported")
         if path.startswith("/memfd:"):
             raise Unsupported(f"{where}: memfd {path.removesuffix(' (deleted)')} is not supported")
         if path.startswith("/anon_hugepage"):
@@ -102,7 +102,7 @@ def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
                 huge = _hugetlbfs_devs(pid)
             if m.dev in huge:
                 raise Unsupported(f"{where}: hugetlb file {path} is not supported")
-        if path.endswith(" (deleted)") and not (v.kind is Kind.ANON_SHARED and path.startswith("/dev/zero")):
+        if path.endswith(" (deleted)") and not (v.kind is Kind.ANON_SHARED and path.startswith(("/dev/zero", "/SYSV"))):
             raise Unsupported(f"{where}: mapped file {path[:-10]} was deleted; not supported")
 
 
@@ -352,7 +352,10 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                     saved.append(dump_process(held.task(model.pid), imgdir, sink, files, parent, times,
                                               shell_job=shell_job))
                 t_shm = time.perf_counter_ns()
-                shm_pages, shm_mapped = save_shmem(sink, [(m.pid, s.vmas) for m, s in zip(held.tree, saved)])
+                views = [(m.pid, s.vmas) for m, s in zip(held.tree, saved)]
+                shm_pages, shm_mapped = save_shmem(sink, views)
+                ipc_ns = held.tree.tasks[held.tree.root].ns_ids.get("ipc", 0)
+                shm_pages.add(save_sysv(imgdir, sink, views, ipc_ns).counts)
                 times.copy += time.perf_counter_ns() - t_shm
                 tree = with_zombies(held.tree, held.zombies)    # nothing to seize or read
                 for z in tree:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..images.directory import INVENTORY, ImageDir, new_inventory
 from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_REGULAR,
-                          VMA_AREA_STACK, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
+                          VMA_AREA_STACK, VMA_AREA_SYSVIPC, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
                           VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..images.pb import mm_pb2, stats_pb2
 from ..kernel.procfs import Stat, uptime_us
@@ -39,6 +39,8 @@ AT_VECTOR_SIZE = 44       # CRIU's x86-64 limit on mm_saved_auxv (words); it ref
 def vma_status(v: Vma) -> int:
     """The image's vma_entry.status bits of an area."""
     status = _STATUS[v.kind]
+    if v.kind is Kind.ANON_SHARED and v.path.startswith("/SYSV"):
+        status |= VMA_AREA_SYSVIPC
     if v.name == "[stack]":
         status |= VMA_AREA_STACK
     elif v.name == "[heap]":

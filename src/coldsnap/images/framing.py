@@ -5,7 +5,8 @@ Layout (host byte order, i.e. little-endian on x86-64):
   regular image      u32 IMG_COMMON, u32 type magic, entries
   service file       u32 IMG_SERVICE, u32 type magic, entries (stats-*)
   raw image          bytes only (pages-N.img)
-Entry: u32 length, protobuf bytes, then for pipes-/fifo-data `bytes` raw bytes.
+Entry: u32 length, protobuf bytes, then raw bytes for some kinds (pipes-/fifo-data: `bytes`,
+sk-queues: `length`, ipcns-sem: the semaphore values).
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 from google.protobuf.message import DecodeError, Message
 
 from ..errors import ImageError
-from .pb import (core_pb2, fdinfo_pb2, fs_pb2, ids_pb2, inventory_pb2, mm_pb2, pagemap_pb2,
-                 pipe_pb2, pstree_pb2, sk_packet_pb2, stats_pb2)
+from .pb import (core_pb2, fdinfo_pb2, fs_pb2, ids_pb2, inventory_pb2, ipc_sem_pb2, ipc_shm_pb2, mm_pb2,
+                 pagemap_pb2, pipe_pb2, pstree_pb2, sk_packet_pb2, stats_pb2)
 
 # Every magic CRIU defines (name without the _MAGIC suffix, as crit spells them).
 MAGICS: dict[str, int] = {
@@ -74,7 +75,11 @@ class ImageKind:
     array: bool                     # False: exactly one entry
     frame: Frame = Frame.COMMON
     head: Optional[type] = None     # class of the first entry when it differs (pagemap_head)
-    payload: Optional[str] = None   # field giving the size of raw bytes after each entry
+    # the size of raw bytes after each entry: the field giving it, or how to compute it
+    payload: Union[str, Callable[[Message], int], None] = None
+
+    def payload_size(self, msg: Message) -> int:
+        return self.payload(msg) if callable(self.payload) else getattr(msg, self.payload)
 
     def matches(self, file_name: str) -> bool:
         return re.fullmatch(self.pattern, file_name) is not None
@@ -112,6 +117,10 @@ KINDS: tuple[ImageKind, ...] = (
               True, payload="bytes"),
     ImageKind("SK_QUEUES", r"sk-queues\.img", MAGICS["SK_QUEUES"], sk_packet_pb2.sk_packet_entry,
               True, payload="length"),
+    # SysV IPC objects: a semaphore set's u16 values follow its entry, padded to 8 bytes
+    ImageKind("IPCNS_SHM", r"ipcns-shm-(\d+)\.img", MAGICS["IPCNS_SHM"], ipc_shm_pb2.ipc_shm_entry, True),
+    ImageKind("IPCNS_SEM", r"ipcns-sem-(\d+)\.img", MAGICS["IPCNS_SEM"], ipc_sem_pb2.ipc_sem_entry, True,
+              payload=lambda m: (2 * m.nsems + 7) & ~7),
     # Service files: no .img suffix, IMG_SERVICE in front.
     ImageKind("STATS", r"stats-dump", MAGICS["STATS"], stats_pb2.stats_entry, False, Frame.SERVICE),
     ImageKind("STATS", r"stats-restore", MAGICS["STATS"], stats_pb2.stats_entry, False,
@@ -188,10 +197,10 @@ class ImageWriter:
         if missing:
             raise ImageError(f"{self.path}: {want.__name__} lacks required {', '.join(missing)}")
         if kind.payload is not None:
-            size = getattr(msg, kind.payload)
+            size = kind.payload_size(msg)
             if payload is None or len(payload) != size:
                 got = "none" if payload is None else len(payload)
-                raise ImageError(f"{self.path}: {kind.payload}={size} but payload is {got} bytes")
+                raise ImageError(f"{self.path}: the entry announces {size} bytes but payload is {got}")
         elif payload is not None:
             raise ImageError(f"{self.path}: {kind.name} entries carry no payload")
         data = msg.SerializeToString()
@@ -297,7 +306,7 @@ def parse_entries(data: bytes, kind: ImageKind, where: str = "image"
         pos += size
         payload = None
         if kind.payload is not None:
-            n = getattr(msg, kind.payload)
+            n = kind.payload_size(msg)
             if pos + n > len(view):
                 raise ImageError(f"{where}: truncated payload of entry {index}: {n} bytes "
                                  f"announced, {len(view) - pos} left")

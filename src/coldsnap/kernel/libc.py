@@ -73,7 +73,11 @@ class SYS:
     rt_sigprocmask = 14
     ioctl = 16
     mremap = 25
+    mincore = 27
     madvise = 28
+    shmget = 29
+    shmat = 30
+    shmctl = 31
     dup2 = 33
     setitimer = 38
     getpid = 39
@@ -90,6 +94,7 @@ class SYS:
     rt_sigqueueinfo = 129
     personality = 135
     fcntl = 72
+    shmdt = 67
     prctl = 157
     arch_prctl = 158
     gettid = 186

@@ -293,3 +293,46 @@ def cap_last_cap() -> int:
 def uptime_us() -> int:
     with open("/proc/uptime") as f:
         return int(float(f.read().split()[0]) * 1_000_000)
+
+
+# -- SysV IPC (/proc/sysvipc, /proc/sys/kernel/*_next_id) -------------------------------------
+
+@dataclass(frozen=True)
+class SysvObject:
+    """One line of /proc/sysvipc/shm or /proc/sysvipc/sem (the IPC namespace of the reader)."""
+    key: int
+    id: int
+    mode: int           # permission bits, with SHM_DEST/SHM_LOCKED for a segment
+    size: int           # bytes of a segment, semaphores of a set
+    uid: int
+    gid: int
+    cuid: int
+    cgid: int
+    cpid: int = 0       # segments only
+    nattch: int = 0
+    swap: int = 0       # bytes of the segment in swap
+
+
+def read_sysvipc(kind: str) -> dict[int, SysvObject]:
+    """id -> object, for kind "shm" or "sem"."""
+    out = {}
+    with open(f"/proc/sysvipc/{kind}") as f:
+        next(f)
+        for line in f:
+            v = line.split()
+            if kind == "shm":
+                o = SysvObject(int(v[0]) & 0xFFFFFFFF, int(v[1]), int(v[2], 8), int(v[3]), int(v[7]),
+                               int(v[8]), int(v[9]), int(v[10]), cpid=int(v[4]), nattch=int(v[6]),
+                               swap=int(v[15]) if len(v) > 15 else 0)
+            else:
+                o = SysvObject(int(v[0]) & 0xFFFFFFFF, int(v[1]), int(v[2], 8), int(v[3]), int(v[4]),
+                               int(v[5]), int(v[6]), int(v[7]))
+            out[o.id] = o
+    return out
+
+
+def set_ipc_next_id(kind: str, ipc_id: int) -> None:
+    """/proc/sys/kernel/{shm,sem}_next_id: the id the next shmget/semget of this IPC
+    namespace takes (-1 again after it)."""
+    with open(f"/proc/sys/kernel/{kind}_next_id", "w") as f:
+        f.write(str(ipc_id))

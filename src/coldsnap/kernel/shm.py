@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from .libc import SYS, syscall
+from .page import PAGE_SIZE
 from .procfs import open_map_file
 
 PROT_READ, PROT_WRITE = 1, 2
@@ -20,3 +23,12 @@ def anon_shmem(size: int) -> int:
         return open_map_file(os.getpid(), addr, addr + size, os.O_RDWR)
     finally:
         syscall(SYS.munmap, addr, size, what="munmap")
+
+
+def resident_pages(addr: int, size: int) -> np.ndarray:
+    """mincore(2) of our own mapping [addr, addr+size): one bool per page, True when the page
+    is in memory (a page of a shared object in swap reads False)."""
+    n = (size + PAGE_SIZE - 1) // PAGE_SIZE
+    vec = np.zeros(n, np.uint8)
+    syscall(SYS.mincore, addr, size, vec.ctypes.data, what="mincore")
+    return (vec & 1).astype(bool)

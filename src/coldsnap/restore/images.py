@@ -28,6 +28,7 @@ from ..seize.tree import NS_KINDS, Task, Tree
 from .fdtable import validate_files
 from .sessions import plan_sessions
 from .shmem import ShmemImage
+from .sysv import SysvImages, read_sysv
 
 TASK_SIZE = 0x7FFFFFFFF000
 MMAP_MIN_ADDR = 0x10000
@@ -77,6 +78,7 @@ class TreeImages:
     procs: dict[int, DumpImages]     # the living processes (a zombie has none: tree.task(pid).exit_code)
     sessions: dict[int, str]          # pid -> what its blank process does (restore/sessions.py)
     shmem: dict[int, ShmemImage] = field(default_factory=dict)   # shared anonymous objects by shmid
+    sysv: SysvImages = field(default_factory=SysvImages)         # SysV segments and semaphore sets
 
     @property
     def root(self) -> DumpImages:
@@ -103,12 +105,13 @@ def load_tree(path: str | os.PathLike, *, shell_job: bool = False) -> TreeImages
     living = tree.living
     mms = {t.pid: _mm(d, t.pid) for t in living}
     shmem = _shmem_objects(d, mms)
+    sysv = _sysv(d, tree, mms)
     registry = read_files_images(d.root, {t.pid: t.files_id for t in living},
                                  mapped_ids=set().union(*(_mapped_ids(mm) for mm in mms.values())))
     _check_shared_files(tree, registry)
     procs = {t.pid: _load_process(d, tree, t, mms[t.pid], registry, shell_job) for t in living}
     _check_ids_free([tid for t in tree for tid in t.tids])
-    return TreeImages(d, tree, registry, procs, sessions, shmem)
+    return TreeImages(d, tree, registry, procs, sessions, shmem, sysv)
 
 
 def _mm(d: ImageDir, pid: int):
@@ -137,6 +140,20 @@ def _shmem_objects(d: ImageDir, mms: dict) -> dict[int, ShmemImage]:
                                  f"beyond the {size} bytes the processes map")
         objects[shmid] = ShmemImage(shmid, size, pages)
     return objects
+
+
+def _sysv(d: ImageDir, tree: Tree, mms: dict) -> SysvImages:
+    """The dump's SysV objects; every attached segment must be one of them."""
+    def pages(shmid: int):
+        return ChainSource(d, shmid, shmem=True) if d.exists(pagemap_name(shmid, shmem=True)) else None
+    sysv = read_sysv(d, tree.root_task.ns_ids.get("ipc", 0), pages)
+    ids = {s.desc.id for s in sysv.segments}
+    for pid, mm in mms.items():
+        for v in mm.vmas:
+            if v.status & VMA_AREA_SYSVIPC and v.shmid not in ids:
+                raise ImageError(f"{d.root}: process {pid} attaches SysV shared memory {v.shmid} at "
+                                 f"{v.start:#x}, which no ipcns-shm image holds")
+    return sysv
 
 
 def _check_shared_files(tree: Tree, registry: FileRegistry) -> None:

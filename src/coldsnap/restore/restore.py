@@ -49,8 +49,9 @@ def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bo
     server (restore/lazy_server.py); lazy_log: where that server writes (else /dev/null)."""
     t0 = time.perf_counter_ns()
     images = load_tree(images_dir, shell_job=shell_job)
-    with SharedMemory.make(images.shmem) as shm:
+    with SharedMemory.make(images.shmem, images.sysv) as shm:
         result = _restore(images, shm, t0, shell_job=shell_job, lazy_pages=lazy_pages, lazy_log=lazy_log)
+        shm.finish()
     if not detach:
         result.exit_status = _wait(result.pid)
     return result

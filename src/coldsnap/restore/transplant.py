@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import CsError, TargetError
-from ..images.vma import VMA_ANON_SHARED, VMA_FILE_PRIVATE, VMA_FILE_SHARED
+from ..images.vma import VMA_ANON_SHARED, VMA_AREA_SYSVIPC, VMA_FILE_PRIVATE, VMA_FILE_SHARED
 from ..images.xsave import build_area
 from ..kernel import ptrace
 from ..kernel.clone import CLONE_ARGS, THREAD_FLAGS, clone_args
@@ -41,7 +41,8 @@ from ..kernel.cpuid import cpuid, xstate_layout
 from ..kernel.libc import SYS, syscall
 from ..kernel.page import PAGE_SIZE as PAGE
 from ..kernel.procfs import cap_last_cap, read_path_link, read_status
-from ..memory.vma import MAP_ANONYMOUS, MAP_SHARED, PROT_READ, PROT_WRITE
+from ..kernel.sysv import SHM_EXEC, SHM_RDONLY
+from ..memory.vma import MAP_ANONYMOUS, PROT_EXEC, PROT_READ, PROT_WRITE
 from ..seize.freezer import SEIZE_OPTIONS, FrozenTask
 from ..seize.remote import RemoteCalls
 from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, own_vdso_areas, vdso_layout
@@ -240,6 +241,9 @@ class Transplant:
                     if key not in fds:
                         fds[key] = self._open(self.img.mapped[v.shmid].path, key[1])
                     fd = fds[key]
+                elif v.status & VMA_AREA_SYSVIPC:
+                    self._attach_sysv(v)
+                    continue
                 elif v.status & VMA_ANON_SHARED:
                     key = ("shmem", v.shmid)
                     if key not in fds:
@@ -250,6 +254,24 @@ class Transplant:
         finally:
             for fd in fds.values():
                 rc.call(SYS.close, fd)
+
+    def _attach_sysv(self, v) -> None:
+        """shmat of SysV segment v.shmid (made by restore/sysv.py) so that v shows it: at the
+        address itself when v is the whole attach, else at a free spot, v's part moved in
+        place (mremap) and the rest detached."""
+        rc = self.rc
+        size = (self.shm.sysv.size(v.shmid) + PAGE - 1) & ~(PAGE - 1)
+        flags = (0 if v.prot & PROT_WRITE else SHM_RDONLY) | (SHM_EXEC if v.prot & PROT_EXEC else 0)
+        what = f"shmat SysV {v.shmid} at {v.start:#x}"
+        if v.pgoff == 0 and v.end - v.start == size:
+            rc.checked(SYS.shmat, v.shmid, v.start, flags, what=what)
+        else:
+            tmp = rc.checked(SYS.shmat, v.shmid, self._free_gap(size), flags, what=what)
+            rc.checked(SYS.mremap, tmp + v.pgoff, v.end - v.start, v.end - v.start,
+                       MREMAP_MAYMOVE | MREMAP_FIXED, v.start, what=f"mremap SysV {v.shmid}")
+            rc.call(SYS.shmdt, tmp)
+        if v.prot & ~PROT_EXEC != (PROT_READ if flags & SHM_RDONLY else PROT_READ | PROT_WRITE):
+            rc.checked(SYS.mprotect, v.start, v.end - v.start, v.prot, what="mprotect SysV")
 
     def _write_pages(self) -> None:
         areas = [(v.start, v.end, v.prot) for v in self.img.vmas()]
