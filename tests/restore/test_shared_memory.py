@@ -31,8 +31,8 @@ def _assert_shared_after(fam: Family, before: dict[str, int]) -> None:
                 assert slots[ROLES.index(other)] > before[other], (r, kind, other, slots, before)
 
 
-def test_anonymous_shared_memory_inherited_across_fork(tmp_path):
-    fam = start_family(tmp_path / "logs", "anon")
+def test_anonymous_and_dev_shm_memory_inherited_across_fork(tmp_path):
+    fam = start_family(tmp_path / "logs", "anon", "posix")
     restored = False
     try:
         fam.wait_ticks(2)
