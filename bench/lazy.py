@@ -155,6 +155,10 @@ def one_criu(app: App, criu: str, work: Path, out: dict) -> None:
     daemon = subprocess.Popen([criu, "lazy-pages", "-D", str(images), "-o", "lazy.log"], stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        while not (images / "lazy-pages.socket").exists():     # restore connects to it at once
+            if daemon.poll() is not None:
+                raise RuntimeError(f"criu lazy-pages exited {daemon.returncode}")
+            time.sleep(0.0005)
         r = run([criu, "restore", "-D", images, "-d", "--lazy-pages", "-o", "restore.log"])
         t_cmd = ms(t0)
         if r.returncode:
@@ -163,8 +167,11 @@ def one_criu(app: App, criu: str, work: Path, out: dict) -> None:
         ask(app.port, "first")
         out.setdefault("criu_cmd", []).append(t_cmd)
         out.setdefault("criu_first", []).append(ms(t0))
-        daemon.wait(timeout=300)
-        out.setdefault("criu_last", []).append(ms(t0))
+        try:
+            daemon.wait(timeout=60)
+            out.setdefault("criu_last", []).append(ms(t0))
+        except subprocess.TimeoutExpired:
+            out["criu_last_note"] = "criu lazy-pages still running 60 s after the restore (killed)"
     finally:
         if daemon.poll() is None:
             daemon.kill()
@@ -290,7 +297,7 @@ def report(meta: dict, sizes: dict, redis: dict | None, criu_note: str) -> str:
             f"{spread(o['eager_first'], f1)} | **{spread(o['lazy_first'], f1)}** | {crit} | "
             f"{f1(median(o['eager_cmd']))} / {f1(median(o['lazy_cmd']))} / "
             f"{f1(median(o['criu_cmd'])) if o.get('criu_cmd') else '—'} | "
-            f"{f1(median(o['lazy_last']))} / {f1(median(o['criu_last'])) if o.get('criu_last') else '—'} | "
+            f"{f1(median(o['lazy_last']))} / {f1(median(o['criu_last'])) if o.get('criu_last') else o.get('criu_last_note', '—')} | "
             f"{f1(median(o['eager_all_inside']))} / {f1(median(o['lazy_all_inside']))} ({ratio:.2f}x) |")
     lines += ["", "\"read-all\" is a request that sums every value of the data, sent right after the first "
               "answer (so, after a lazy restore, while the pages still arrive), timed inside the program. "

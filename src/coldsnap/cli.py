@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "restore":
         return run_restore(args)
     if args.command == "lazy-status":
-        from .restore.lazy_server import lazy_status
+        from .restore.lazy_start import lazy_status
         st = lazy_status(args.pid)
         _out(args, st, f"lazy restore of {args.pid}: {st['pages_left']} of {st['pages_total']} pages still to "
                        f"come ({st['faults']} faults, {st['pushed_pages']} pages pushed, server {st['server']})")

@@ -16,7 +16,7 @@ from coldsnap.errors import CsError
 from coldsnap.images.chain import PageChain
 from coldsnap.images.directory import ImageDir
 from coldsnap.kernel.procfs import child_pids
-from coldsnap.restore.lazy_server import lazy_status
+from coldsnap.restore.lazy_start import lazy_status
 
 from restore_helpers import LogWorkload, alive, coldsnap, kill_and_reap, reap, wait_gone
 from rseq_mask import masked, rseq_areas

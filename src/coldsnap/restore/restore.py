@@ -65,7 +65,7 @@ def _restore(images: TreeImages, shm: SharedMemory, t0: int, *, shell_job: bool,
     server = None
     try:
         if lazy_pages:
-            from .lazy_server import start_server
+            from .lazy_start import start_server
             server = start_server(images, pid, lazy_log)
         for proc in images.procs.values():
             _set_rlimits(proc.pid, proc)

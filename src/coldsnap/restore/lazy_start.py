@@ -1,0 +1,154 @@
+"""Starting a lazy restore's server and guardian, and asking the server how far it is: the
+part of restore/lazy_server.py that coldsnap itself imports (the server's own code is
+imported in the forked server and guardian, so the restore command does not pay for it).
+
+    server = start_server(images, root, log=None)
+    server.hand(pid, uffd); ...; server.go()      # or server.abort()
+    lazy_status(root) -> dict
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+
+from ..errors import CsError
+from ..kernel.pidfd import pidfd_open
+
+
+def status_name(root: int) -> bytes:
+    return f"\0coldsnap-lazy-{root}".encode()
+
+
+def lazy_status(root: int, timeout: float = 2.0) -> dict:
+    """What the server of the lazy restore of ROOT says about itself."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.settimeout(timeout)
+        try:
+            s.connect(status_name(root))
+        except OSError:
+            raise CsError(f"no lazy restore of {root} is in progress (every page is in)") from None
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    finally:
+        s.close()
+    return json.loads(data)
+
+
+# -- coldsnap's handle on the server ----------------------------------------------------------
+
+@dataclass
+class LazyServer:
+    """coldsnap's end: where to send each process's userfaultfd."""
+    server: int
+    guardian: int
+    _to_server: socket.socket
+    _to_guardian: socket.socket
+
+    def hand(self, pid: int, fd: int) -> None:
+        """Give the server and the guardian each a copy of PID's uffd (held in flight until
+        they read it: never a moment with no holder)."""
+        msg = f"fd {pid}".encode()
+        socket.send_fds(self._to_guardian, [msg], [fd])
+        socket.send_fds(self._to_server, [msg], [fd])
+
+    def go(self) -> None:
+        self._to_server.send(b"go")
+        self._close()
+
+    def abort(self) -> None:
+        """The restore failed: the server exits without pushing, the guardian kills what is left."""
+        self._close()
+
+    def _close(self) -> None:
+        for s in (self._to_server, self._to_guardian):
+            s.close()
+
+
+def start_server(images, root: int, log: str | None = None) -> LazyServer:
+    """Fork the detached guardian and server (module docstring) for the processes of IMAGES
+    (restore/images.py TreeImages), whose blank processes exist already."""
+    pidfds = {p: pidfd_open(p) for p in images.procs}
+    c2s, s_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    c2g, g_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    g_srv, s_grd = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    info_r, info_w = os.pipe()
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600) if log else \
+        os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        middle = os.fork()
+        if middle == 0:
+            _middle(images, root, out, pidfds, info_w, (c2s, c2g, info_r), (s_ctl, s_grd), (g_ctl, g_srv))
+    finally:
+        for fd in (out, info_w, *pidfds.values()):
+            os.close(fd)
+        for s in (s_ctl, g_ctl, g_srv, s_grd):
+            s.close()
+    os.waitpid(middle, 0)
+    with os.fdopen(info_r, "rb") as f:
+        got = f.read().split()
+    if len(got) != 2:
+        c2s.close()
+        c2g.close()
+        raise CsError("cannot start the lazy-pages server")
+    return LazyServer(int(got[1]), int(got[0]), c2s, c2g)
+
+
+def _middle(images, root, out, pidfds, info_w, coldsnaps, server_ends, guardian_ends) -> None:
+    """The middle process: a session of its own, then the guardian, which forks the server."""
+    code = 1
+    try:
+        for s in coldsnaps:
+            s.close() if isinstance(s, socket.socket) else os.close(s)
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if os.fork() == 0:
+            _guardian_main(images, root, pidfds, info_w, server_ends, guardian_ends)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _guardian_main(images, root, pidfds, info_w, server_ends, guardian_ends) -> None:
+    code = 1
+    try:
+        from .lazy_server import Guardian, Server
+        server = os.fork()
+        if server == 0:
+            code = 1
+            try:
+                os.setsid()    # a session apart from the guardian's: one kill of a session spares the other
+                os.close(info_w)
+                for fd in pidfds.values():
+                    os.close(fd)
+                for s in guardian_ends:
+                    s.close()
+                code = Server(images, root, *server_ends).run()
+            except BaseException as e:      # noqa: BLE001 - the log says why; the guardian acts
+                print(f"coldsnap lazy server: {e!r}", file=sys.stderr)
+            finally:
+                os._exit(code)
+        for s in server_ends:
+            s.close()
+        os.write(info_w, f"{os.getpid()} {server}".encode())
+        os.close(info_w)
+        code = Guardian(server, pidfds, *guardian_ends).run()
+    except BaseException as e:              # noqa: BLE001
+        print(f"coldsnap lazy guardian: {e!r}", file=sys.stderr)
+    finally:
+        os._exit(code)
