@@ -233,3 +233,16 @@ def test_pages_come_from_a_pre_dump_chain(workload_bin, tmp_path):
         w.stop()
         if res:
             _reap_quietly(res["lazy_guardian"])
+
+
+def test_guardian_killed_the_server_serves_on(workload_bin, tmp_path):
+    """The guardian only watches: without it the server still brings every page in (the
+    workload's fork is handed to nobody, not a reason to stop) and exits 0."""
+    with lazy_check_restored(workload_bin, tmp_path) as (w, res, go):
+        os.kill(res["lazy_guardian"], signal.SIGKILL)
+        reap(res["lazy_guardian"])              # the server is now an orphan of ours (subreaper)
+        go.touch()
+        w.wait_for("ok line", lambda: any(ln.startswith("ok") for ln in w.lines()), timeout=60)
+        assert not w.failures(), w.tail()
+        status = reap(res["lazy_server"], 60)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

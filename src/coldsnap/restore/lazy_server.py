@@ -168,11 +168,10 @@ class Server:
     # -- main loop -------------------------------------------------------------------
 
     def run(self) -> int:
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-        listener.bind(status_name(self.root))
-        listener.listen(8)
+        listener = self._status_socket()
         self.poller.register(self.ctl.fileno(), select.POLLIN)
-        self.poller.register(listener.fileno(), select.POLLIN)
+        if listener is not None:
+            self.poller.register(listener.fileno(), select.POLLIN)
         turn = 0
         try:
             while not self.go or self._pending():
@@ -182,7 +181,7 @@ class Server:
                         if not self._control():
                             print("coldsnap lazy server: the restore was abandoned", file=sys.stderr)
                             return ABORTED
-                    elif fd == listener.fileno():
+                    elif listener is not None and fd == listener.fileno():
                         self._answer(listener)
                     elif fd in self.spaces:
                         self._events(self.spaces[fd])
@@ -197,12 +196,24 @@ class Server:
                         turn = (turn + 1) % len(live)
                         self._push(live[turn])
         finally:
-            listener.close()
+            if listener is not None:
+                listener.close()
         c = self.count
         print(f"coldsnap lazy server: every page is in after {(time.monotonic() - self.t0) * 1e3:.0f} ms: "
               f"{c.pushed_pages} pushed, {c.fault_pages} on {c.faults} faults, {c.zero_pages} zero, {c.forks} forks, "
               f"{c.remaps} remaps, {c.removes} removes/unmaps", file=sys.stderr)
         return 0
+
+    def _status_socket(self) -> socket.socket | None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        try:
+            s.bind(status_name(self.root))
+            s.listen(8)
+            return s
+        except OSError as e:       # the name taken (by anybody): serve the pages all the same
+            print(f"coldsnap lazy server: no status socket: {e.strerror}", file=sys.stderr)
+            s.close()
+            return None
 
     def _pending(self) -> int:
         return sum(s.pages.pending for s in self.spaces.values())
@@ -278,7 +289,11 @@ class Server:
             self.count.forks += 1
             child = Space(msg.a, None, space.pages.clone(), space.source)
             self.total += child.pages.pending
-            socket.send_fds(self.guardian, [f"fork {space.pid}".encode()], [msg.a])
+            try:
+                socket.send_fds(self.guardian, [f"fork {space.pid}".encode()], [msg.a])
+            except OSError as e:      # the guardian is gone: serve on (and say so)
+                print(f"coldsnap lazy server: cannot hand a fork's uffd to the guardian: {e.strerror}",
+                      file=sys.stderr)
             self._add(child)
         elif msg.event == uffd.UFFD_EVENT_REMAP:
             self.count.remaps += 1

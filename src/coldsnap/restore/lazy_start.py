@@ -113,10 +113,9 @@ def _middle(images, root, out, pidfds, info_w, coldsnaps, server_ends, guardian_
         os.dup2(out, 2)
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)   # coldsnap's handler unwinds a command
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):   # a guardian gone is no reason to die
+            signal.signal(sig, signal.SIG_IGN)
         if os.fork() == 0:
             _guardian_main(images, root, pidfds, info_w, server_ends, guardian_ends)
         code = 0
