@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
 
 from ..errors import CsError
 from ..kernel.pidfd import pidfd_open
@@ -42,13 +41,14 @@ def lazy_status(root: int, timeout: float = 2.0) -> dict:
 
 # -- coldsnap's handle on the server ----------------------------------------------------------
 
-@dataclass
 class LazyServer:
-    """coldsnap's end: where to send each process's userfaultfd."""
-    server: int
-    guardian: int
-    _to_server: socket.socket
-    _to_guardian: socket.socket
+    """coldsnap's end: where to send each process's userfaultfd. The server and guardian
+    start while the processes are transplanted; go() is where coldsnap waits for them."""
+
+    def __init__(self, middle: int, info: int, to_server: socket.socket, to_guardian: socket.socket):
+        self._middle, self._info = middle, info
+        self._to_server, self._to_guardian = to_server, to_guardian
+        self.server = self.guardian = 0
 
     def hand(self, pid: int, fd: int) -> None:
         """Give the server and the guardian each a copy of PID's uffd (held in flight until
@@ -58,12 +58,28 @@ class LazyServer:
         socket.send_fds(self._to_server, [msg], [fd])
 
     def go(self) -> None:
-        self._to_server.send(b"go")
-        self._close()
+        """Every process is built: the server may push. Raises CsError if it never started."""
+        try:
+            got = self._started()
+            if len(got) != 2:
+                raise CsError("cannot start the lazy-pages server")
+            self.guardian, self.server = int(got[0]), int(got[1])
+            self._to_server.send(b"go")
+        finally:
+            self._close()
 
     def abort(self) -> None:
         """The restore failed: the server exits without pushing, the guardian kills what is left."""
         self._close()
+        if self._info >= 0:
+            self._started()
+
+    def _started(self) -> list[bytes]:
+        """Reap the middle process and read the guardian's and server's pids."""
+        os.waitpid(self._middle, 0)
+        with os.fdopen(self._info, "rb") as f:
+            self._info = -1
+            return f.read().split()
 
     def _close(self) -> None:
         for s in (self._to_server, self._to_guardian):
@@ -84,19 +100,17 @@ def start_server(images, root: int, log: str | None = None) -> LazyServer:
         middle = os.fork()
         if middle == 0:
             _middle(images, root, out, pidfds, info_w, (c2s, c2g, info_r), (s_ctl, s_grd), (g_ctl, g_srv))
+    except BaseException:
+        os.close(info_r)
+        c2s.close()
+        c2g.close()
+        raise
     finally:
         for fd in (out, info_w, *pidfds.values()):
             os.close(fd)
         for s in (s_ctl, g_ctl, g_srv, s_grd):
             s.close()
-    os.waitpid(middle, 0)
-    with os.fdopen(info_r, "rb") as f:
-        got = f.read().split()
-    if len(got) != 2:
-        c2s.close()
-        c2g.close()
-        raise CsError("cannot start the lazy-pages server")
-    return LazyServer(int(got[1]), int(got[0]), c2s, c2g)
+    return LazyServer(middle, info_r, c2s, c2g)
 
 
 def _middle(images, root, out, pidfds, info_w, coldsnaps, server_ends, guardian_ends) -> None:
