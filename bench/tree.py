@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
            "### Dump of a tree, left running",
            "",
            "| processes | n | freezing ms: CRIU / coldsnap | frozen ms: CRIU / coldsnap | coldsnap / CRIU frozen "
-           "| coldsnap frozen ms per process | dump wall ms: CRIU / coldsnap |",
-           "|---|---|---|---|---|---|---|"]
+           "| coldsnap frozen ms per process | dump wall ms: CRIU / coldsnap | dump CPU ms: CRIU / coldsnap |",
+           "|---|---|---|---|---|---|---|---|"]
     errors = []
     for n in trees:
         cs = [x for x in res.get((n, "coldsnap"), []) if "error" not in x]
@@ -175,20 +175,24 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{median([x['frozen'] for x in cs]) / median([x['frozen'] for x in cr]):.2f}x" if cs and cr else "-"
         per = fmt(median([x["frozen"] for x in cs]) / n) if cs else "-"
         out.append(f"| {n} | {len(cs)} | {col('freezing', cr)} / {col('freezing', cs)} | "
-                   f"{col('frozen', cr)} / {col('frozen', cs)} | {ratio} | {per} | {col('wall', cr)} / {col('wall', cs)} |")
+                   f"{col('frozen', cr)} / {col('frozen', cs)} | {ratio} | {per} | {col('wall', cr)} / {col('wall', cs)} "
+                   f"| {col('cpu', cr)} / {col('cpu', cs)} |")
     big = max(trees)
     ok = [x for x in chain if "error" not in x]
     errors += [x["error"] for x in chain if "error" in x]
     plain = [x for x in res.get((big, "coldsnap"), []) if "error" not in x]
     out += ["", f"### Final dump of the {big}-process tree after two tracked pre-dumps (coldsnap)", "",
-            "| dump | n | freezing ms | frozen ms | frozen ms per process | wall ms |", "|---|---|---|---|---|---|"]
+            "| dump | n | freezing ms | frozen ms | frozen ms per process | wall ms | CPU ms |",
+            "|---|---|---|---|---|---|---|"]
     for label, rows in (("no parent (above)", plain), ("on the pre-dump chain", ok)):
         if rows:
             out.append(f"| {label} | {len(rows)} | {spread([x['freezing'] for x in rows], fmt)} | "
                        f"{spread([x['frozen'] for x in rows], fmt)} | {fmt(median([x['frozen'] for x in rows]) / big)} | "
-                       f"{spread([x['wall'] for x in rows], fmt)} |")
+                       f"{spread([x['wall'] for x in rows], fmt)} | {spread([x['cpu'] for x in rows], fmt)} |")
     out += ["", "Median (min–max) over the runs. Freezing and frozen ms are the `freezing_time` and "
-            "`frozen_time` of each dump's stats-dump (the same fields for both tools). Both tools dump "
+            "`frozen_time` of each dump's stats-dump (the same fields for both tools); CPU ms = user + "
+            "system time of the dump command (wait4), which the other load of a shared machine inflates "
+            "less than the frozen window (the target must be scheduled for every injected call). Both tools dump "
             "with `--leave-running`, so one tree serves every run. CRIU 4.2's pre-dump does not run on "
             "this kernel (no soft-dirty bits), hence the chain row is coldsnap's alone."]
     if errors:

@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="images of `coldsnap dump`")
     rs.add_argument("-d", "--restore-detached", action="store_true",
                     help="detach once the process runs (default: wait and pass its exit status on)")
+    rs.add_argument("--ext-unix-sk", action="store_true",
+                    help="accepted for CRIU's command lines: what the dump let go (dump --ext-unix-sk) is "
+                         "reconnected anyway")
     rs.add_argument("--shell-job", action="store_true",
                     help="give the process coldsnap's terminal where it had one")
     rs.add_argument("--lazy-pages", action="store_true",

@@ -189,7 +189,7 @@ def test_ext_unix_sk_reconnects_a_datagram_socket_to_its_named_peer_outside(tmp_
                 server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 server.bind(name)
                 server.settimeout(10)
-            coldsnap("restore", "-D", img, "-d", check=True)
+            coldsnap("restore", "-D", img, "-d", *(["--ext-unix-sk"] if n else []), check=True)   # CRIU's spelling
             restored = True
             os.kill(client.pid, signal.SIGUSR1)
             assert server.recv(64) == b"after"
