@@ -48,8 +48,8 @@ from ..images.directory import ImageDir
 from ..kernel import ptrace
 from ..kernel.libc import SYS
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
-from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, open_map_file, read_maps,
-                             read_path_link, read_stat, stat_map_file)
+from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, ns_inode, open_map_file,
+                             read_maps, read_path_link, read_stat, stat_map_file)
 from ..memory.frozen_copy import CopyStats, save_frozen
 from ..memory.plan import PagePlan, with_vdso
 from ..memory.ranges import Ranges
@@ -73,12 +73,23 @@ from .tree import refuse_tree
 
 # -- refusals --------------------------------------------------------------------------------
 
+# mount namespace inode -> its hugetlbfs devices, for one dump (cleared when a dump starts):
+# the processes of a tree nearly always share one, whose mountinfo is read once, not per process
+_HUGETLBFS: dict[int | None, set[str]] = {}
+
+
 def _hugetlbfs_devs(pid: int) -> set[str]:
     """maps-style "maj:min" (hex) of the hugetlbfs mounts the target sees."""
+    ns = ns_inode(pid, "mnt")
+    if ns is not None and ns in _HUGETLBFS:
+        return _HUGETLBFS[ns]
     try:
-        return mount_devices(pid, "hugetlbfs")
+        devs = mount_devices(pid, "hugetlbfs")
     except OSError:
         return set()
+    if ns is not None:
+        _HUGETLBFS[ns] = devs
+    return devs
 
 
 def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
@@ -333,6 +344,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
     when it is written, before the commit). pages: where the pages go (default: the images
     directory; a page server: transport/sink.py ServerPages)."""
     stats = DumpStats(mode="dump")
+    _HUGETLBFS.clear()
     times = Times()
     warm_up()
     prev = Path(prev_images_dir) if prev_images_dir is not None else None
