@@ -18,7 +18,7 @@ from coldsnap.images.directory import ImageDir
 from coldsnap.kernel.procfs import child_pids
 from coldsnap.restore.lazy_start import lazy_status
 
-from restore_helpers import LogWorkload, alive, coldsnap, kill_and_reap, reap, wait_gone
+from restore_helpers import LogWorkload, alive, assert_one_line_error, coldsnap, kill_and_reap, reap, wait_gone
 from rseq_mask import masked, rseq_areas
 
 SIZE_MB = 256
@@ -246,3 +246,13 @@ def test_guardian_killed_the_server_serves_on(workload_bin, tmp_path):
         assert not w.failures(), w.tail()
         status = reap(res["lazy_server"], 60)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_cli_words_its_errors_in_one_line(tmp_path):
+    run = coldsnap("restore", "-D", tmp_path, "--lazy-log", tmp_path / "log")
+    assert run.returncode == 2 and "--lazy-log goes with --lazy-pages" in run.stderr
+    assert_one_line_error(run)
+    run = coldsnap("lazy-status", os.getpid())
+    assert run.returncode == 1 and "no lazy restore" in run.stderr
+    assert_one_line_error(run)
+    assert not (tmp_path / "log").exists()
