@@ -47,6 +47,7 @@ libc.prctl(15, f"cs-child-{me}".encode(), 0, 0, 0)
 if me == "a":
     signal.signal(signal.SIGUSR1, lambda s, f: (log.write("a pdeath 10\n"), os._exit(0)))
     libc.prctl(1, signal.SIGUSR1, 0, 0, 0)
+    log.write("a armed\n")
     while True:
         time.sleep(1)
 while not os.path.exists(sys.argv[1] + ".go-b"):
@@ -87,7 +88,7 @@ def test_tree_keeps_pending_signals_pdeathsig_wait_names_and_cmdline(tmp_path):
                 Path(f"/proc/{b}/comm").read_text() != "cs-child-b\n":
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        time.sleep(0.1)                         # A has set its death signal by now
+        wait_log(log, "a armed\n")              # A has set its death signal
         before = {p: (Path(f"/proc/{p}/comm").read_text(), Path(f"/proc/{p}/cmdline").read_bytes()) for p in pids}
         coldsnap("dump", "-t", proc.pid, "-D", tmp_path / "img", check=True)
         assert proc.wait(timeout=10) == -signal.SIGKILL
