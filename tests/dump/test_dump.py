@@ -18,6 +18,7 @@ from coldsnap.images.framing import read_image, read_single
 from coldsnap.images.pages import PE_PARENT, PE_PRESENT, PagemapReader
 from coldsnap.kernel.procfs import read_maps, read_status
 from coldsnap.memory.scan import scan_saved_pages
+from coldsnap.memory.tracking import PARK_FD_MIN
 from coldsnap.memory.vma import MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_SHARED, Kind, classify_all
 
 from predump_helpers import PG, coldsnap, image_pages, wait_quiet
@@ -184,7 +185,7 @@ def test_a_deleted_mapped_file_is_refused(mix, tmp_path):
 def test_dump_on_a_tracked_chain_writes_only_what_changed(pattern, tmp_path):
     w = pattern()
     first = pre_dump_tracked(w.pid, tmp_path / "1")
-    assert first.uffd_fd >= 900 and uffd_links(w.pid)
+    assert first.uffd_fd >= PARK_FD_MIN and uffd_links(w.pid)
     assert w.send("write 8 2") == "wrote 8"
     wait_quiet(w.pid)
     stats = dump(w.pid, tmp_path / "2", prev_images_dir=tmp_path / "1", leave_running=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -10,15 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coldsnap.dump.iterate import PreDumpSeries, pre_dump_series
+from coldsnap.dump.dump import dump
+from coldsnap.dump.iterate import PreDumpSeries, pre_dump_series, pre_dump_tracked
 from coldsnap.images.chain import PageChain
 from coldsnap.images.directory import ImageDir
 from coldsnap.images.pages import PagemapReader
 from coldsnap.kernel import pagemap as pm
-from coldsnap.kernel.procfs import read_maps
+from coldsnap.kernel.procfs import read_maps, read_status
 from coldsnap.memory.ranges import Ranges
 from coldsnap.memory.scan import scan_saved_pages
-from coldsnap.memory.tracking import PROBE_QUERY, TrackingRefused, UffdTracker, uffd_fds
+from coldsnap.memory.tracking import PARK_FD_MIN, PROBE_QUERY, TrackingRefused, UffdTracker, uffd_fds
 from coldsnap.memory.vma import classify_all
 from coldsnap.seize.freezer import freeze
 from coldsnap.seize.remote import RemoteCalls, frozen_calls
@@ -320,6 +322,20 @@ def test_arm_in_the_callers_freeze(pattern):
             assert thread_states(w.pid)[w.pid][0] == "t"      # still frozen: ours to resume
             task.resume()
             assert_untracked_afterwards(w)
+
+
+def test_parking_in_a_threaded_target_leaves_its_fd_table_as_it_was(spawn, workload_bin, tmp_path):
+    """Growing a table that threads share waits for an RCU grace period, all of it frozen:
+    the parked fd takes the table's last slot instead (fd 900 only in a larger table)."""
+    w = spawn([workload_bin("state_threads")], stderr=subprocess.DEVNULL)
+    wait_quiet(w.pid)
+    size = int(read_status(w.pid)["FDSize"])
+    assert len(os.listdir(f"/proc/{w.pid}/task")) > 1 and size < 900
+    stats = pre_dump_tracked(w.pid, tmp_path / "1")
+    assert stats.uffd_fd == size - 1 >= PARK_FD_MIN and uffd_in_fdinfo(w.pid) == [size - 1]
+    assert int(read_status(w.pid)["FDSize"]) == size
+    dump(w.pid, tmp_path / "2", prev_images_dir=tmp_path / "1", leave_running=True)
+    assert uffd_in_fdinfo(w.pid) == []      # the dump recognised it as coldsnap's and closed it
 
 
 def test_memory_never_imports_seize():

@@ -45,7 +45,7 @@ from ..kernel import uffd
 from ..kernel.libc import SYS, syscall
 from ..kernel.fdinfo import raw_fd_links, read_fdinfo
 from ..kernel.pidfd import take_fd
-from ..kernel.procfs import alive
+from ..kernel.procfs import alive, read_status
 from .ranges import Ranges, sorted_unique
 from .scan import PAGEMAP_BATCH_PAGES, _runs
 from .vma import PROT_READ, Kind, Vma
@@ -55,7 +55,23 @@ O_NONBLOCK = 0o4000
 O_CLOEXEC = 0o2000000
 UFFD_FLAGS = O_CLOEXEC | O_NONBLOCK | uffd.UFFD_USER_MODE_ONLY
 F_DUPFD_CLOEXEC = 1030
-PARK_FD_MIN = 900      # below the usual 1024 soft limit of RLIMIT_NOFILE
+# A parked userfaultfd sits high in the target's fd table, so that the program's own fd
+# numbering is unchanged: at PARK_FD_AT, or at the table's last slot when the table is
+# smaller. Never above it: growing the table of a process whose threads share it waits for
+# an RCU grace period (several ms, all of it frozen). Tables have at least 64 slots.
+PARK_FD_AT = 900       # below the usual 1024 soft limit of RLIMIT_NOFILE
+PARK_FD_MIN = 63       # the lowest fd a parked userfaultfd can have
+
+
+def park_fd_at(pid: int) -> int:
+    """Where to park a userfaultfd in PID without growing its fd table (FDSize of status)."""
+    try:
+        size = int(read_status(pid).get("FDSize", "0"))
+    except (OSError, ValueError):
+        size = 0
+    return PARK_FD_AT if size > PARK_FD_AT else max(PARK_FD_MIN, size - 1)
+
+
 FEATURES = uffd.UFFD_FEATURE_WP_ASYNC | uffd.UFFD_FEATURE_WP_UNPOPULATED
 
 IO_URING_LINK = "anon_inode:[io_uring]"
@@ -246,8 +262,9 @@ class UffdTracker:
             raise CsError("tracker is already armed")
         refuse_blind_spots(pid)
         self.pid = pid
+        park_at = park_fd_at(pid) if park else 0    # read before the freeze
         with inject() as rc:            # the freeze, if any, is timed by whoever freezes
-            self._inject(rc, pid, park)
+            self._inject(rc, pid, park_at)
         try:
             self._pagemap_fd = pm.open_pagemap(pid)
         except OSError as e:
@@ -258,15 +275,17 @@ class UffdTracker:
         self._scanner = pm.PagemapScanner(self._pagemap_fd)
         return self.arm_stats
 
-    def _inject(self, rc: RemoteSyscalls, pid: int, park: bool = False) -> None:
+    def _inject(self, rc: RemoteSyscalls, pid: int, park_at: int = 0) -> None:
+        """park_at: the lowest fd number to park the target's copy at (0: do not park)."""
         ours = None
+        park = bool(park_at)
         try:
             tfd = rc.checked(SYS.userfaultfd, UFFD_FLAGS, what="userfaultfd")
         except OSError as e:
             raise TrackingRefused(f"userfaultfd() failed in {pid}: {e.strerror}") from None
         if park:
-            # park it far above the fds the program opens, so its own numbering is unchanged
-            high = rc.call(SYS.fcntl, tfd, F_DUPFD_CLOEXEC, PARK_FD_MIN)
+            # far above the fds the program opens, so its own numbering is unchanged
+            high = rc.call(SYS.fcntl, tfd, F_DUPFD_CLOEXEC, park_at)
             if high >= 0:
                 rc.call(SYS.close, tfd)
                 tfd = high
