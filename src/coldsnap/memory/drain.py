@@ -5,13 +5,21 @@ is reused for every call. When the task changed its memory after the plan was ma
 mprotect, mremap, shrink), a read comes back short: the page where it stopped is left out, and
 if the very next page fails too, /proc/PID/maps tells which part of the range is still readable.
 System calls therefore stay proportional to ranges plus faults, never to pages.
+
+A plan larger than the buffer is drained in its two halves in turn, with the sink on a thread
+of its own: the sink writes one half while the next read fills the other (both calls release
+the GIL), so reading and writing overlap in the same memory as one buffer. Every sink call
+(present, skipped) goes through that thread, in order.
 """
 from __future__ import annotations
 
 import errno
 import mmap
+import queue
+import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -34,7 +42,67 @@ class DrainStats:
     faults: int = 0
     maps_reads: int = 0
     read_ns: int = 0     # time inside process_vm_readv
-    sink_ns: int = 0     # time inside the sink
+    sink_ns: int = 0     # time inside the sink, or waiting for it when it has a thread
+
+
+class _SinkThread:
+    """Runs sink calls in order on a thread of its own; lends out the drain's buffer halves
+    (slots), each back once the call that reads it returned. The first error is kept and
+    raised to the drain; the calls after it are dropped."""
+
+    def __init__(self, slots: int):
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for slot in range(slots):
+            self._free.put(slot)
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.wait_ns = 0            # how long the drain waited for the sink
+        self._thread = threading.Thread(target=self._loop, name="coldsnap-drain-sink", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            call, slot = job
+            if self.error is None:
+                try:
+                    call()
+                except BaseException as e:      # handed to the drain's thread
+                    self.error = e
+            if slot is not None:
+                self._free.put(slot)
+
+    def take(self) -> int:
+        """A free slot (waits for the sink to give one back)."""
+        t = time.perf_counter_ns()
+        slot = self._free.get()
+        self.wait_ns += time.perf_counter_ns() - t
+        self.check()
+        return slot
+
+    def give_back(self, slot: int) -> None:
+        self._free.put(slot)
+
+    def submit(self, call: Callable[[], None], slot: int | None = None) -> None:
+        self.check()
+        self._jobs.put((call, slot))
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        """Wait until every call ran; raise the sink's error, if any."""
+        t = time.perf_counter_ns()
+        self.stop()
+        self.wait_ns += time.perf_counter_ns() - t
+        self.check()
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
 
 
 class Drain:
@@ -52,6 +120,9 @@ class Drain:
         self._iov = vm.new_iov_array()
         self.stats = DrainStats()
         self._last_bad = -1    # where the last skip ended: a failure right there repeats
+        self._sink_thread: _SinkThread | None = None
+        self.batch = self.size     # bytes per read: the buffer, or half of it with a sink thread
+        self._slot = 0              # the half being read into
 
     def close(self) -> None:
         try:
@@ -68,11 +139,28 @@ class Drain:
 
     def run(self, plan: Ranges) -> DrainStats:
         """Copy every page of the plan that can still be read."""
-        cut = plan.chunked(self.size)
+        half = self.size // 2 // PAGE_SIZE * PAGE_SIZE
+        threaded = half > 0 and plan.nr_pages << PAGE_SHIFT > self.size
+        self.batch = half if threaded else self.size
+        if threaded:
+            self._sink_thread = _SinkThread(2)
+        try:
+            self._run(plan)
+            if self._sink_thread is not None:
+                self._sink_thread.finish()
+        finally:
+            if self._sink_thread is not None:
+                self._sink_thread.stop()
+                self.stats.sink_ns += self._sink_thread.wait_ns
+                self._sink_thread = None
+        return self.stats
+
+    def _run(self, plan: Ranges) -> None:
+        cut = plan.chunked(self.batch)
         starts, ends = cut.starts, cut.ends
         lens = ends - starts
         n, i, cur = len(starts), 0, int(starts[0]) if len(starts) else 0
-        iov, size = self._iov, self.size
+        iov, size = self._iov, self.batch
         while i < n:
             # Fill one batch: the rest of range i, then whole ranges while they fit.
             first_len = int(ends[i]) - cur
@@ -111,13 +199,14 @@ class Drain:
         if progress.reporter:               # done, whatever the last batch skipped
             planned = int(lens.sum())
             progress.reporter("reading pages", planned, planned)
-        return self.stats
 
     def _read(self, count: int, total: int) -> int:
+        if self._sink_thread is not None:
+            self._slot = self._sink_thread.take()
         t = time.perf_counter_ns()
         self.stats.syscalls += 1
         try:
-            got = vm.readv(self.pid, self._addr, total, self._iov, count)
+            got = vm.readv(self.pid, self._addr + self._slot * self.batch, total, self._iov, count)
         except OSError as e:
             if e.errno == errno.EFAULT:
                 got = 0
@@ -127,11 +216,26 @@ class Drain:
                 raise
             else:
                 raise TargetError(f"cannot read memory of {self.pid}: {e.strerror}") from None
+        except BaseException:
+            if self._sink_thread is not None:
+                self._sink_thread.give_back(self._slot)
+            raise
         finally:
             self.stats.read_ns += time.perf_counter_ns() - t
         if got < total:
             self.stats.faults += 1
+        if not got and self._sink_thread is not None:
+            self._sink_thread.give_back(self._slot)
         return got
+
+    def _to_sink(self, call: Callable[[], None], slot: int | None = None) -> None:
+        """Run a sink call here, or queue it on the sink's thread (with the slot it reads)."""
+        if self._sink_thread is not None:
+            self._sink_thread.submit(call, slot)
+            return
+        t = time.perf_counter_ns()
+        call()
+        self.stats.sink_ns += time.perf_counter_ns() - t
 
     def _emit(self, count: int, got: int) -> None:
         """Hand the first `got` bytes of the batch to the sink, as runs."""
@@ -144,9 +248,8 @@ class Drain:
             lens[full] = got - (int(seg_ends[full - 1]) if full else 0)
             if lens[full] == 0:
                 vaddrs, lens = vaddrs[:full], lens[:full]
-        t = time.perf_counter_ns()
-        self.sink.present(vaddrs, lens, self._view[:got])
-        self.stats.sink_ns += time.perf_counter_ns() - t
+        data = self._view[self._slot * self.batch:][:got]
+        self._to_sink(lambda: self.sink.present(vaddrs, lens, data), self._slot)
         self.stats.pages_read += got >> PAGE_SHIFT
 
     def _next_readable(self, bad: int, range_end: int, consecutive: bool) -> int:
@@ -166,6 +269,7 @@ class Drain:
 
     def _skip(self, start: int, end: int) -> None:
         if end > start:
-            self.stats.pages_skipped += (end - start) >> PAGE_SHIFT
-            self.sink.skipped(start, (end - start) >> PAGE_SHIFT)
+            nr = (end - start) >> PAGE_SHIFT
+            self.stats.pages_skipped += nr
+            self._to_sink(lambda: self.sink.skipped(start, nr))
 
