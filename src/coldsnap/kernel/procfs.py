@@ -60,6 +60,19 @@ def read_maps(pid: int) -> list[MapsLine]:
 
 
 @on_process
+def find_mapping(pid: int, path: str) -> MapsLine | None:
+    """The first mapping of PATH (e.g. "[vdso]"), found in the raw text of /proc/PID/maps
+    without parsing every line (a forked Python interpreter has hundreds)."""
+    with open(f"/proc/{pid}/maps", "rb") as f:
+        text = f.read()
+    at = text.find(b" " + path.encode("utf-8", "surrogateescape") + b"\n")
+    if at < 0:
+        return None
+    line = text[text.rfind(b"\n", 0, at) + 1:text.index(b"\n", at)]
+    return parse_maps(line.decode("utf-8", "surrogateescape"))[0]
+
+
+@on_process
 def list_tids(pid: int) -> list[int]:
     return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
 

@@ -54,7 +54,7 @@ from coldsnap.errors import AccessDenied, CsError, Interrupted, NoSuchProcess, T
 from coldsnap.kernel import ptrace
 from coldsnap.kernel.cgroup import CgroupFreezer
 from coldsnap.kernel.libc import SYS, syscall
-from coldsnap.kernel.procfs import alive, child_pids, list_tids, open_mem, read_maps, read_stat, read_status
+from coldsnap.kernel.procfs import alive, child_pids, find_mapping, list_tids, open_mem, read_stat, read_status
 from coldsnap.seize.tree import Task, Tree, read_tree
 
 PF_KTHREAD = 0x00200000
@@ -465,7 +465,7 @@ class FrozenTask:
     def vdso_gadget(self) -> int:
         """Address of a `syscall` instruction (0f 05) inside the target's [vdso]."""
         if self._gadget is None:
-            vdso = next((m for m in read_maps(self.pid) if m.path == "[vdso]"), None)
+            vdso = find_mapping(self.pid, "[vdso]")
             if vdso is None:
                 raise Unsupported(f"process {self.pid} has no [vdso]")
             text = os.pread(self.mem_fd(), vdso.end - vdso.start, vdso.start)
