@@ -88,3 +88,21 @@ def test_dump_loads_no_thread_pool():
     """The frozen copy starts threads only for large copies, and imports the pool then."""
     mods = modules_after("import coldsnap.dump.dump, coldsnap.dump.predump")
     assert loaded(mods, "concurrent.futures") == []
+
+
+@pytest.mark.parametrize("argv, short", [
+    (["dump", "-t", "1", "-D", "d"], True), (["restore", "-D", "d", "-d"], True),
+    (["pre-dump", "-t", "1", "-D", "d"], True), (["show", "d"], True),
+    (["pre-dump", "-t", "1", "-D", "d", "--iterations", "3"], False),
+    (["restore", "-D", "d", "--lazy-pages"], False), (["demo"], False)])
+def test_only_one_shot_commands_go_without_the_garbage_collector(argv, short):
+    from coldsnap.cli import build_parser, one_shot
+    assert one_shot(build_parser().parse_args(argv)) is short
+
+
+def test_the_garbage_collector_stays_on_for_callers_of_main():
+    """main() called as a library (tests, other programs) leaves the collector alone."""
+    code = "import gc\nfrom coldsnap.cli import main\nmain(['check'])\nprint('GC', gc.isenabled())"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert "GC True" in p.stdout, p.stderr
