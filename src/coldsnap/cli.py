@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "and which CRIU versions its images are tested with")
 
     cli_transport.add_commands(sub)
+    cli_transport.add_migrate_commands(sub)
 
     dm = sub.add_parser("demo", help="start a sample workload, pre-dump it, print the stats")
     dm.add_argument("--size", type=_size, default="256M", metavar="SIZE", help="workload memory (default 256M)")
@@ -236,6 +237,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "page-server":
         return cli_transport.run_page_server(args)
+    if args.command == "migrate-receive":
+        return cli_transport.run_migrate_receive(args)
+    if args.command == "migrate":
+        return cli_transport.run_migrate(args)
     if args.command == "untrack":
         from .dump.untrack import untrack
         closed = untrack(args.pid)

@@ -26,18 +26,91 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
     add_tls_args(p)
 
 
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """Where a server listens and whom it lets in (page-server, migrate-receive)."""
+    p.add_argument("--port", type=int, required=True, metavar="N", help="TCP port (0: any free one)")
+    p.add_argument("--address", default="127.0.0.1", metavar="A", help="address to listen on (default loopback)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="refuse every client that does not present the token in FILE first")
+    p.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="close a connection silent this long (default 60)")
+    add_tls_args(p)
+
+
+def server_options(args: argparse.Namespace):
+    from .transport.server import ServerOptions
+    from .transport.wire import tls_files
+    return ServerOptions(token=read_token(args.token_file), idle_timeout=args.idle_timeout,
+                         tls=tls_files(args.tls_cacert, args.tls_cert, args.tls_key))
+
+
 def add_commands(sub) -> None:
     ps = sub.add_parser("page-server", help="receive pre-dumps and dumps sent with --page-server")
     ps.add_argument("-D", "--images-dir", required=True, metavar="DIR",
                     help="each session becomes a directory in DIR (named by a coldsnap client, "
                          "session-N for a CRIU client)")
-    ps.add_argument("--port", type=int, required=True, metavar="N", help="TCP port (0: any free one)")
-    ps.add_argument("--address", default="127.0.0.1", metavar="A", help="address to listen on (default loopback)")
-    ps.add_argument("--token-file", metavar="FILE",
-                    help="refuse every client that does not present the token in FILE first")
-    ps.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
-                    help="close a connection silent this long (default 60)")
-    add_tls_args(ps)
+    add_server_args(ps)
+
+
+def add_migrate_commands(sub) -> None:
+    mr = sub.add_parser("migrate-receive", help="the destination of `coldsnap migrate`: receive, restore, exit")
+    mr.add_argument("-D", "--images-dir", metavar="DIR", help="keep the received images here (default: a "
+                    "temporary directory, removed at the end)")
+    mr.add_argument("--keep-serving", action="store_true", help="serve more migrations after the first")
+    add_server_args(mr)
+    mg = sub.add_parser("migrate", help="move a running process tree to a `coldsnap migrate-receive`")
+    mg.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="process to move")
+    mg.add_argument("--to", required=True, metavar="HOST:PORT", help="where migrate-receive listens")
+    mg.add_argument("--max-downtime", type=float, default=100.0, metavar="MS",
+                    help="stop pre-copying once the predicted final delta fits in MS (default 100)")
+    mg.add_argument("--max-iterations", type=int, default=8, metavar="N", help="pre-copy iterations at most")
+    mg.add_argument("-D", "--images-dir", metavar="DIR", help="keep the source's images here (default: a "
+                    "temporary directory, removed at the end)")
+    mg.add_argument("--token-file", metavar="FILE", help="present this token to the destination")
+    mg.add_argument("--compress", action="store_true", help="zstd-compress pages on the wire")
+    mg.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="give up (the source runs on) when the destination is silent this long (default 60)")
+    mg.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
+    add_tls_args(mg)
+
+
+def run_migrate_receive(args: argparse.Namespace) -> int:
+    from .restore.receive import migrate_receive
+    opts = server_options(args)
+    answer = migrate_receive(args.address, args.port, images_dir=args.images_dir, keep_serving=args.keep_serving,
+                             options=opts, ready=lambda port: print(f"migrate-receive: listening on "
+                                                                    f"{args.address}:{port}", flush=True))
+    print(f"migrate-receive: process {answer['pid']} runs here", flush=True)
+    return 0
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+    import tempfile
+
+    from .dump.migrate import Policy, migrate
+    from .transport.client import ClientOptions
+    from .transport.wire import Endpoint, tls_files
+    opts = ClientOptions(token=read_token(args.token_file), compress=args.compress, timeout=args.timeout,
+                         tls=tls_files(args.tls_cacert, args.tls_cert, args.tls_key))
+    work = args.images_dir or tempfile.mkdtemp(prefix="coldsnap-migrate-")
+    show = sys.stderr.isatty() or not args.json
+    try:
+        r = migrate(args.tree, Endpoint.parse(args.to), opts,
+                    policy=Policy(args.max_downtime, args.max_iterations), workdir=work,
+                    report=(lambda line: print(line, file=sys.stderr, flush=True)) if show else (lambda line: None))
+    finally:
+        if not args.images_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps(r.as_dict()))
+    else:
+        print(f"migrated {r.pid} to {args.to} (pid {r.destination_pid} there) after {len(r.iterations)} "
+              f"pre-copy iterations ({r.stop_reason}): downtime {r.downtime_ms:.1f} ms (final dump "
+              f"{r.final_dump_ms:.1f}, restore {r.restore_ms:.1f}), {r.final_pages} pages in the final dump, "
+              f"total {r.total_ms / 1000:.2f} s")
+    return 0
 
 
 def read_token(path: str | None) -> bytes | None:
@@ -70,11 +143,8 @@ def page_target(args: argparse.Namespace):
 
 def run_page_server(args: argparse.Namespace) -> int:
     from .errors import Interrupted
-    from .transport.server import PageServer, ServerOptions
-    from .transport.wire import tls_files
-    opts = ServerOptions(token=read_token(args.token_file), idle_timeout=args.idle_timeout,
-                         tls=tls_files(args.tls_cacert, args.tls_cert, args.tls_key))
-    server = PageServer(args.images_dir, args.address, args.port, opts)
+    from .transport.server import PageServer
+    server = PageServer(args.images_dir, args.address, args.port, server_options(args))
     print(f"page-server: listening on {args.address}:{server.port}, sessions into {server.images_dir}", flush=True)
     try:
         server.serve_forever()

@@ -38,6 +38,7 @@ import stat as st_
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -334,7 +335,8 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
 
 def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
          leave_running: bool = False, shell_job: bool = False, freeze_cgroup: str | None = None,
-         ext_unix_sk: bool = False, pages: PageTarget = LOCAL) -> DumpStats:
+         ext_unix_sk: bool = False, pages: PageTarget = LOCAL,
+         after_commit: Callable[[], None] | None = None) -> DumpStats:
     """Checkpoint the tree under process `pid` (it and every descendant, one freeze) into a
     new images directory, then kill every process (or resume them with leave_running).
     freeze_cgroup: freeze the tree through that cgroup's freezer (v1 or v2) before seizing it.
@@ -342,7 +344,9 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
     (it connects to that name again at restore), as CRIU's --ext-unix-sk.
     Returns the stats; frozen_time there spans the whole freeze (the image's stats-dump ends
     when it is written, before the commit). pages: where the pages go (default: the images
-    directory; a page server: transport/sink.py ServerPages)."""
+    directory; a page server: transport/sink.py ServerPages). after_commit (without
+    leave_running): runs after the commit with the tree still frozen (a migration's switchover);
+    if it raises, the tree is resumed instead of killed."""
     stats = DumpStats(mode="dump")
     _HUGETLBFS.clear()
     times = Times()
@@ -392,6 +396,8 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 else:
                     session.finish()                # the pages durable where they went,
                     imgdir.commit()                 # all durable before the tree is gone
+                    if after_commit is not None:
+                        after_commit()              # raising: the tree is resumed, not killed
                     for model in reversed(list(held.tree)):     # children first
                         kill_held(held.task(model.pid))
                     times.frozen = time.perf_counter_ns() - t_frozen

@@ -183,6 +183,23 @@ class PageServerClient:
         if self.extended:
             self._send(P.Header(P.CS_SKIP, 0, nr_pages, vaddr, self._dst).pack())
 
+    def send_file(self, name: str, data: bytes) -> None:
+        """One more image file of the session (a coldsnap server only)."""
+        if not self.extended:
+            raise TransportError(f"page server {self.endpoint} speaks only CRIU's protocol: it cannot take images")
+        raw = name.encode()
+        self._send(P.Header(P.CS_FILE, 0, len(raw), len(data)).pack(), raw, data)
+
+    def restore(self, timeout: float = 60.0) -> dict:
+        """Have the server's host restore the session (a reading one); returns its answer:
+        {"pid": ...} or {"error": "..."}."""
+        self._send(P.Header(P.CS_RESTORE).pack())
+        self._sock.settimeout(timeout)
+        (n,) = P.COUNT.unpack(self._recv(8, "the answer to restore"))
+        if n > P.HELLO_MAX:
+            raise TransportError(f"page server {self.endpoint}: a restore answer of {n} bytes")
+        return json.loads(bytes(self._recv(n, "the answer to restore")))
+
     def drop(self) -> None:
         """Forget the open pagemap (a coldsnap server removes it; a CRIU server keeps what it
         got, which a restore ignores: the process is not in the tree)."""

@@ -18,6 +18,10 @@ Extensions are negotiated so that stock CRIU still works on either side:
 - CS_COVERED: pages the session's parent chain holds for dst_id: the answer is u64 count
   and count (start, end) byte ranges.
 - CS_DROP: forget the open pagemap (its process exited while it was sent).
+- CS_FILE: one more image file of a writing session (a migration sends every image):
+  nr_pages = length of its name, vaddr = length of its bytes; name and bytes follow.
+- CS_RESTORE: restore a stored session (a reading one) on the server's host, which answers
+  u32 length and a JSON object (the restored pid, or an error). Only `migrate-receive`.
 - CS_GET: pages of a committed session (a reading session): the answer is a BatchTrailer and
   the payload, or a trailer with codec CODEC_ERROR and no payload.
 """
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 PS_IOV_ADD, PS_IOV_HOLE, PS_IOV_OPEN, PS_IOV_OPEN2, PS_IOV_PARENT, PS_IOV_ADD_F, PS_IOV_GET = 1, 2, 3, 4, 5, 6, 7
 PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE = 0x1023, 0x1024
 CS_HELLO, CS_BATCH, CS_SKIP, CS_COVERED, CS_GET, CS_DROP = 0x4301, 0x4302, 0x4303, 0x4304, 0x4305, 0x4306
+CS_FILE, CS_RESTORE = 0x4307, 0x4308
 
 PS_TYPE_PID, PS_TYPE_SHMEM = 1, 2
 # type numbers older CRIU versions used for the same two kinds (the server accepts them)
@@ -42,6 +47,7 @@ FEAT_ZSTD, FEAT_CRC = 1, 2
 CODEC_RAW, CODEC_ZSTD, CODEC_ERROR = 0, 1, 0xFFFFFFFF
 
 HELLO_MAX = 4096                  # bytes of a hello's JSON
+FILE_MAX = 64 << 20               # bytes of one image file sent with CS_FILE
 BATCH_MAX_RUNS = 1 << 16
 BATCH_MAX_PAGES = 1 << 14         # 64 MiB of page data per batch
 ADDR_LIMIT = 1 << 57              # no address space (5-level paging included) goes above

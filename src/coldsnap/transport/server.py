@@ -39,6 +39,7 @@ from . import protocol as P
 from .wire import TlsFiles, recv_exact, recv_into_exact
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+_FILE = re.compile(r"[a-z][a-z0-9_-]{0,100}(\.img)?")
 _CHUNK = 4 << 20
 
 
@@ -53,6 +54,8 @@ class ServerOptions:
     idle_timeout: float = 60.0
     max_clients: int = 16
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
+    # migrate-receive: restores a stored session on this host, returns {"pid": ...} or {"error": ...}
+    restore: Callable[[Path], dict] | None = None
 
 
 def check_name(name: object, what: str) -> str:
@@ -169,6 +172,8 @@ class Session:
             self.batch(h)
         elif h.cmd == P.CS_COVERED and self.greeted:
             self.covered(self.parent, *self.decode(h.dst_id))
+        elif h.cmd == P.CS_FILE and self.greeted:
+            self.file(h)
         elif h.cmd == P.CS_DROP and self.greeted:
             self.current(h)
             self.drop_pagemap()
@@ -252,6 +257,23 @@ class Session:
         if self.pagemap is None or h.dst_id != self.dst_id:
             raise Refused(f"pages for dst_id {h.dst_id:#x}, which is not the open pagemap")
         return self.pagemap
+
+    def file(self, h: P.Header) -> None:
+        if not 0 < h.nr_pages <= 255 or h.vaddr > P.FILE_MAX:
+            raise Refused(f"image file of {h.nr_pages}-byte name, {h.vaddr} bytes is beyond the limits")
+        name = bytes(self.recv(h.nr_pages, "an image file's name")).decode("ascii", "replace")
+        if not _FILE.fullmatch(name) or name.startswith(("pagemap-", "pages-")) or name == INVENTORY \
+                and self.imgdir.exists(INVENTORY):
+            raise Refused(f"image file name {name!r} refused")
+        data = self.recv(h.vaddr, f"image file {name}")
+        self.end_pagemap()
+        fd = self.imgdir.create_file(name)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
 
     def drop_pagemap(self) -> None:
         """Forget the open pagemap: no pagemap image, its pages file removed."""
@@ -348,6 +370,10 @@ class Session:
         if h.cmd in (P.PS_IOV_CLOSE, P.PS_IOV_FORCE_CLOSE):
             self.send(P.STATUS.pack(0))
             return True
+        if h.cmd == P.CS_RESTORE and self.opts.restore is not None:
+            answer = json.dumps(self.opts.restore(self.reading.root)).encode()
+            self.send(P.COUNT.pack(len(answer)) + answer)
+            return False
         pid, shmem = self.decode(h.dst_id)
         present = self.reading.exists(pagemap_name(pid, shmem))
         if h.cmd == P.CS_COVERED:
@@ -446,6 +472,14 @@ class PageServer:
                 continue
             threading.Thread(target=self.serve_one, args=(conn, peer), daemon=True,
                              name=f"page-server {peer}").start()
+
+    def drain(self, timeout: float) -> None:
+        """Wait (up to timeout) until no client is being served."""
+        import time
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(
+                t.name.startswith("page-server ") for t in threading.enumerate()):
+            time.sleep(0.01)
 
     def start(self) -> "PageServer":
         """Serve in a background thread (tests, migrate-receive)."""

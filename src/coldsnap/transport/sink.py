@@ -103,6 +103,7 @@ class ServerSession:
     def __init__(self, target: "ServerPages", name: str, parent: str | None):
         self.target, self.name, self.parent = target, name, parent
         self.client: PageServerClient | None = None
+        self.imgdir: ImageDir | None = None
 
     def _client(self) -> PageServerClient:
         if self.client is None:
@@ -116,11 +117,23 @@ class ServerSession:
         return self._client().covered(PagemapKey(pid))
 
     def sink(self, imgdir: ImageDir) -> ServerSink:
+        self.imgdir = imgdir
         return ServerSink(self._client())
 
     def finish(self) -> None:
-        if self.client is not None:
-            self.client.close()
+        if self.client is None:
+            return
+        if self.target.send_images and self.imgdir is not None:
+            self.send_images()
+        self.client.close()
+
+    def send_images(self) -> None:
+        """Every image written so far in the local directory (migration: the destination
+        restores from its session alone)."""
+        for entry in sorted(os.scandir(self.imgdir.root), key=lambda e: e.name):
+            if entry.is_file(follow_symlinks=False):
+                with open(entry.path, "rb") as f:
+                    self.client.send_file(entry.name, f.read())
 
     def __enter__(self) -> "ServerSession":
         return self
@@ -135,8 +148,10 @@ class ServerPages:
     """The page target of `--page-server HOST:PORT`: a session per images directory, named
     after it, its parent after the local parent."""
 
-    def __init__(self, endpoint: Endpoint, options: ClientOptions = ClientOptions()):
+    def __init__(self, endpoint: Endpoint, options: ClientOptions = ClientOptions(), *,
+                 send_images: bool = False):
         self.endpoint, self.options = endpoint, options
+        self.send_images = send_images      # every image, not only the pages (a coldsnap server)
         self.bytes_sent = 0
 
     def session(self, path: str | Path, prev: str | Path | None) -> ServerSession:

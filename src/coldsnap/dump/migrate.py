@@ -1,0 +1,141 @@
+"""`coldsnap migrate -t PID --to HOST:PORT`: pre-copy a process tree into a waiting
+`coldsnap migrate-receive`, then switch over.
+
+    tracked no-freeze pre-dumps, each streamed to the destination as one session (a chain)
+      ──► convergence: stop when the predicted final delta fits --max-downtime, when the
+          iterations stop shrinking, or after --max-iterations (the reason is reported)
+      ──► final dump on top of the chain (frozen), pages and every image streamed
+      ──► with the tree still frozen: the destination restores the final session and says
+          the process runs ──► only then is the source killed
+
+Until the destination confirms, any failure (destination gone, link cut, a refused image,
+a timeout) leaves the source running: the dump resumes the tree, and coldsnap's tracking
+is taken out of it.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import CsError, TransportError
+from ..kernel.page import PAGE_SHIFT
+from ..transport.client import ClientOptions, PageServerClient
+from ..transport.sink import ServerPages
+from ..transport.wire import Endpoint
+from .dump import dump
+from .iterate import PreDumpSeries
+from .untrack import untrack
+
+SHRINK = 0.9            # an iteration that saves more than this share of the previous one: not converging
+
+
+class MigrationFailed(CsError):
+    """The migration stopped before the destination ran the process; the source runs on."""
+
+
+@dataclass
+class Iteration:
+    n: int
+    pages: int                  # pages sent (written since the previous iteration)
+    bytes_sent: int             # on the wire
+    seconds: float
+    predicted_downtime_ms: float
+
+
+@dataclass
+class MigrateResult:
+    pid: int
+    destination_pid: int
+    iterations: list[Iteration] = field(default_factory=list)
+    stop_reason: str = ""
+    downtime_ms: float = 0.0        # the final dump's freeze to the destination's "running"
+    final_dump_ms: float = 0.0      # freeze, pages and images sent and stored over there
+    restore_ms: float = 0.0         # the destination's restore, as the source waited for it
+    final_pages: int = 0
+    final_bytes: int = 0
+    total_ms: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Policy:
+    max_downtime_ms: float = 100.0
+    max_iterations: int = 8
+    restore_ms: float = 30.0        # what the destination's restore is expected to add
+
+
+def _stop_reason(its: list[Iteration], policy: Policy) -> str:
+    last = its[-1]
+    if len(its) >= 2 and last.predicted_downtime_ms <= policy.max_downtime_ms:
+        return f"predicted downtime {last.predicted_downtime_ms:.0f} ms fits --max-downtime {policy.max_downtime_ms:.0f}"
+    if len(its) >= 3 and last.pages >= SHRINK * its[-2].pages:
+        return f"iterations stopped shrinking ({its[-2].pages} then {last.pages} pages)"
+    if len(its) >= policy.max_iterations:
+        return f"--max-iterations {policy.max_iterations} reached"
+    return ""
+
+
+def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *, policy: Policy = Policy(),
+            workdir: str | Path | None = None, report: Callable[[str], None] = lambda line: None) -> MigrateResult:
+    t_start = time.perf_counter()
+    base = Path(workdir or tempfile.mkdtemp(prefix="coldsnap-migrate-"))
+    base.mkdir(parents=True, exist_ok=True)
+    tag = f"m{os.getpid()}-{int(time.time() * 1000) % 10**9}"      # session names unique on the destination
+    target = ServerPages(to, options)
+    result = MigrateResult(pid, 0)
+    dumped = False
+    try:
+        with PreDumpSeries(pid, base, track="uffd", park=True, pages=target) as series:
+            rate = 1.0
+            while True:
+                n = len(result.iterations) + 1
+                sent0, t0 = target.bytes_sent, time.perf_counter()
+                stats = series.step(base / f"{tag}-{n}")
+                secs = time.perf_counter() - t0
+                sent = target.bytes_sent - sent0
+                # the link's speed: the best an iteration reached (small ones are mostly fixed costs)
+                rate = max(rate, sent / max(secs, 1e-6))
+                predicted = (stats.pages_written << PAGE_SHIFT) / rate * 1000 + policy.restore_ms
+                it = Iteration(n, stats.pages_written, sent, round(secs, 4), round(predicted, 1))
+                result.iterations.append(it)
+                report(f"iteration {n}: {it.pages} pages, {sent / 2**20:.1f} MiB in {secs * 1000:.0f} ms "
+                       f"({rate / 2**20:.0f} MiB/s), predicted downtime {predicted:.0f} ms")
+                result.stop_reason = _stop_reason(result.iterations, policy)
+                if result.stop_reason:
+                    break
+            prev = series.prev
+        report(f"stopping: {result.stop_reason}; final dump")
+        final = base / f"{tag}-final"
+        final_target = ServerPages(to, options, send_images=True)
+        timing: dict[str, float] = {}
+
+        def switchover() -> None:
+            timing["committed"] = time.perf_counter()
+            with PageServerClient(to, options, session=final.name, reading=True) as c:
+                answer = c.restore()
+            timing["running"] = time.perf_counter()
+            if "pid" not in answer:
+                raise TransportError(f"the destination could not restore: {answer.get('error', answer)}")
+            result.destination_pid = int(answer["pid"])
+
+        stats = dump(pid, final, prev_images_dir=prev, pages=final_target, after_commit=switchover)
+        dumped = True
+        result.final_pages, result.final_bytes = stats.pages_written, final_target.bytes_sent
+        result.restore_ms = round((timing["running"] - timing["committed"]) * 1000, 2)
+        result.downtime_ms = round(stats.frozen_time / 1000, 2)
+        result.final_dump_ms = round(result.downtime_ms - result.restore_ms, 2)
+    except (CsError, OSError) as e:
+        if not dumped:
+            try:
+                untrack(pid)            # the source runs on, without coldsnap's tracking
+            except CsError:
+                pass
+        raise MigrationFailed(f"migration of {pid} to {to} failed, {pid} runs on here: {e}") from None
+    result.total_ms = round((time.perf_counter() - t_start) * 1000, 1)
+    return result
