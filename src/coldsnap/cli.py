@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="freeze the tree through this cgroup's freezer (v1 freezer.state or v2 "
                             "cgroup.freeze) before seizing it; every process below the root must be in it")
     cli_transport.add_client_args(du)
+    du.add_argument("--tcp-established", action="store_true",
+                    help="save established TCP connections (the default; CRIU's spelling, accepted)")
+    du.add_argument("--tcp-close", action="store_true",
+                    help="drop established TCP connections instead of saving them: they come back "
+                         "closed (listening sockets are kept)")
 
     ut = sub.add_parser("untrack", parents=[js],
                         help="remove coldsnap's write tracking from a process and every process below it")
@@ -167,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("lazy-status", parents=[js], help="pages still to come of a --lazy-pages restore")
     ls.add_argument("pid", type=_pid, metavar="PID", help="the restored root process")
+
+    nu = sub.add_parser("network-unlock", parents=[js],
+                        help="lift the network lock a dump left for its TCP connections (restore lifts it itself)")
+    nu.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="images of `coldsnap dump`")
 
     sh = sub.add_parser("show", parents=[js], help="summarise an images directory")
     sh.add_argument("dir", metavar="DIR")
@@ -226,10 +235,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "dump":
         from .dump.dump import dump
+        if args.tcp_close and args.tcp_established:
+            raise UsageError("--tcp-close and --tcp-established contradict each other")
         stats = dump(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
                      leave_running=args.leave_running, shell_job=args.shell_job,
                      freeze_cgroup=args.freeze_cgroup, ext_unix_sk=args.ext_unix_sk,
-                     pages=cli_transport.page_target(args))
+                     pages=cli_transport.page_target(args), tcp_close=args.tcp_close)
         _out(args, _result(args, stats, left_running=args.leave_running),
              f"dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
              f"written, {stats.pages_skipped_parent} in parent, frozen {stats.frozen_time / 1000:.2f} ms, "
@@ -257,6 +268,12 @@ def run(args: argparse.Namespace) -> int:
         st = lazy_status(args.pid)
         _out(args, st, f"lazy restore of {args.pid}: {st['pages_left']} of {st['pages_total']} pages still to "
                        f"come ({st['faults']} faults, {st['pushed_pages']} pages pushed, server {st['server']})")
+        return 0
+    if args.command == "network-unlock":
+        from .restore.connections import unlock_images
+        table = unlock_images(args.images_dir)
+        _out(args, {"images_dir": str(args.images_dir), "table": table},
+             f"removed nftables table inet {table}" if table else f"{args.images_dir}: the dump left no network lock")
         return 0
     if args.command == "show":
         from .show import describe, render

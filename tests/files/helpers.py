@@ -55,7 +55,7 @@ def sockets(snap: TaskFiles) -> list[InetSocket]:
 
 
 # Options the image schema cannot carry yet (see SockOpts): not compared after a round trip.
-NOT_IN_IMAGES = {"nodelay", "broadcast"} - STORED_EXTRA_OPTS
+NOT_IN_IMAGES = {"broadcast"} - STORED_EXTRA_OPTS
 
 
 def strip_unstored(snap: TaskFiles) -> TaskFiles:

@@ -58,10 +58,14 @@ def test_unix_socket_with_fds_in_flight_is_refused(pyload):
     assert w.run("m, fds, _, _ = socket.recv_fds(b, 10, 1); out = (m, len(fds))") == (b"x", 1)
 
 
-def test_connected_tcp_is_refused(pyload, listener):
+def test_connected_tcp_is_refused_without_a_hold(pyload, listener):
+    """A registry without a dump's TcpHold (no network lock to take) refuses a connection,
+    naming both ends."""
     w = pyload()
-    fd = w.run(f"c = socket.create_connection(('127.0.0.1', {listener.getsockname()[1]})); out = c.fileno()")
-    with pytest.raises(Unsupported, match=rf"^fd {fd}: connected TCP socket is not supported yet$"):
+    port = listener.getsockname()[1]
+    fd = w.run(f"c = socket.create_connection(('127.0.0.1', {port})); out = c.fileno()")
+    with pytest.raises(Unsupported, match=rf"^fd {fd}: TCP connection 127\.0\.0\.1:\d+ <-> 127\.0\.0\.1:{port}: "
+                                          "established connections are not saved here$"):
         collect_files(w.pid)
 
 

@@ -132,7 +132,7 @@ def test_listening_sockets_survive_the_original(pyload, rebuild, family, addr, t
     with socket.create_connection((addr, st.port), timeout=5):
         pass   # completes in the rebuilt listener's backlog
     kid.stop()
-    # Through the images (TCP_NODELAY is not in the schema yet), then a real accept.
+    # Through the images (TCP_NODELAY in tcp_opts), then a real accept.
     kid = rebuild(through_images(snap, tmp_path / "img"))
     assert kid.report == "ok"
     assert_same_table(strip_unstored(snap), kid.snapshot())

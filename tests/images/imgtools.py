@@ -6,7 +6,7 @@ from coldsnap.images.pb import (core_pb2, core_x86_pb2, creds_pb2, eventfd_pb2, 
                                 fdinfo_pb2, fown_pb2, fs_pb2, ids_pb2, ipc_desc_pb2, ipc_sem_pb2,
                                 ipc_shm_pb2, mm_pb2, pagemap_pb2,
                                 pipe_pb2, pstree_pb2, regfile_pb2, rlimit_pb2, rseq_pb2, sa_pb2,
-                                sk_inet_pb2, sk_opts_pb2, sk_packet_pb2, stats_pb2, timer_pb2)
+                                sk_inet_pb2, sk_opts_pb2, sk_packet_pb2, stats_pb2, tcp_stream_pb2, timer_pb2)
 
 from procs import CRIT, crit_decode_all  # noqa: F401  (re-exported: the one crit runner)
 
@@ -144,6 +144,10 @@ def sample_images() -> dict[str, list]:
         "ipcns-shm-3.img": [ipc_shm_pb2.ipc_shm_entry(desc=ipc_desc(32768), size=56, in_pagemaps=True)],
         "ipcns-sem-3.img": [(ipc_sem_pb2.ipc_sem_entry(desc=ipc_desc(5), nsems=3),
                              b"\x01\x00\x07\x00\xff\xff\x00\x00")],
+        "tcp-stream-1a2b.img": [(tcp_stream_pb2.tcp_stream_entry(
+            inq_len=3, inq_seq=100, outq_len=4, outq_seq=7, opt_mask=7, snd_wscale=7, mss_clamp=65483,
+            rcv_wscale=7, timestamp=12345, unsq_len=1, snd_wl1=97, snd_wnd=65536, max_window=65536,
+            rcv_wnd=65536, rcv_wup=100), b"in!" + b"out!")],
         "stats-dump": [stats()],
         "stats-restore": [stats_pb2.stats_entry(restore=stats_pb2.restore_stats_entry(
             pages_compared=1, pages_skipped_cow=2, forking_time=3, restore_time=4))],

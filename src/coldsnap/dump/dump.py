@@ -42,6 +42,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..connections.hold import TcpHold
 from ..errors import TargetError, Unsupported
 from ..files.images import write_images as write_files_images
 from ..files.registry import FileRegistry
@@ -318,6 +319,8 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
     planner, planned = plan_pages(task, vmas, parent, times)
     try:
         files.collect(pid, task.model.files_id, shell_job=shell_job)
+        if files.tcp is not None:
+            files.tcp.save()     # lock, repair and read this process's connections at once
         exe, mapped, vma_paths, vma_flags = mapped_files(pid, vmas)
         ids = files.add_mapped(mapped)
         t_mem = time.perf_counter_ns()
@@ -336,7 +339,7 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
 def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
          leave_running: bool = False, shell_job: bool = False, freeze_cgroup: str | None = None,
          ext_unix_sk: bool = False, pages: PageTarget = LOCAL,
-         after_commit: Callable[[], None] | None = None) -> DumpStats:
+         after_commit: Callable[[], None] | None = None, tcp_close: bool = False) -> DumpStats:
     """Checkpoint the tree under process `pid` (it and every descendant, one freeze) into a
     new images directory, then kill every process (or resume them with leave_running).
     freeze_cgroup: freeze the tree through that cgroup's freezer (v1 or v2) before seizing it.
@@ -346,7 +349,13 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
     when it is written, before the commit). pages: where the pages go (default: the images
     directory; a page server: transport/sink.py ServerPages). after_commit (without
     leave_running): runs after the commit with the tree still frozen (a migration's switchover);
-    if it raises, the tree is resumed instead of killed."""
+    if it raises, the tree is resumed instead of killed.
+
+    Established TCP connections are saved with TCP_REPAIR under a network lock (connections/):
+    when the tree is killed their sockets die in repair mode (the peer sees nothing) and the
+    lock stays, named in inventory.img, until `restore` (or `network-unlock`) lifts it; with
+    leave_running, or on any failure, repair is turned off and the lock lifted before the
+    tree runs again. tcp_close: connections are not saved (they come back closed)."""
     stats = DumpStats(mode="dump")
     _HUGETLBFS.clear()
     times = Times()
@@ -358,15 +367,17 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 ImageDir.create(images_dir, parent=prev_images_dir) as imgdir, session.sink(imgdir) as sink:
             parents = _parents(prev, session)
             t0 = time.perf_counter_ns()
-            with freeze_tree(pid, cgroup=freeze_cgroup) as held:
+            with freeze_tree(pid, cgroup=freeze_cgroup) as held, TcpHold(close=tcp_close) as tcp:
                 t_frozen = time.perf_counter_ns()
                 times.freezing = t_frozen - t0
                 refuse_tree(held)
-                files = FileRegistry()
+                files = FileRegistry(tcp=tcp)
                 for model in held.tree:                  # parents first
                     parent = parents.get(model.pid) or _Parent(None, Ranges.empty())
                     saved.append(dump_process(held.task(model.pid), imgdir, sink, files, parent, times,
                                               shell_job=shell_job))
+                for fid, stream in tcp.streams.items():
+                    files.files[fid].stream = stream    # type: ignore[union-attr]
                 t_shm = time.perf_counter_ns()
                 views = [(m.pid, s.vmas) for m, s in zip(held.tree, saved)]
                 shm_pages, shm_mapped = save_shmem(sink, views)
@@ -379,7 +390,8 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                         write_zombie_core(z.pid, z.exit_code, read_stat(z.pid).comm, imgdir)
                 write_tree_images(tree, imgdir)
                 write_files_images(files, imgdir, ext_unix_sk=ext_unix_sk)
-                write_inventory(imgdir, pre_dump=False, root_ids=kobj_ids(tree.dumper) if tree.dumper else None)
+                write_inventory(imgdir, pre_dump=False, root_ids=kobj_ids(tree.dumper) if tree.dumper else None,
+                                tcp_close=tcp_close, network_lock=None if leave_running else tcp.lock_id)
                 times.frozen = time.perf_counter_ns() - t_frozen
                 pages = shm_pages
                 for s in saved:
@@ -389,6 +401,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                              extra_scanned=shm_mapped)
                 write_stats(imgdir, stats)
                 if leave_running:
+                    tcp.release()                   # repair off before the tasks touch a socket
                     held.resume()                   # the fsyncs of the commit need no freeze
                     times.frozen = time.perf_counter_ns() - t_frozen
                     session.finish()
@@ -398,6 +411,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                     imgdir.commit()                 # all durable before the tree is gone
                     if after_commit is not None:
                         after_commit()              # raising: the tree is resumed, not killed
+                    tcp.keep()                      # as the images say: sockets die repaired, lock stays
                     for model in reversed(list(held.tree)):     # children first
                         kill_held(held.task(model.pid))
                     times.frozen = time.perf_counter_ns() - t_frozen

@@ -1,6 +1,7 @@
 """Small images every (pre-)dump writes: inventory, mm (VMAs and mm fields), stats."""
 from __future__ import annotations
 
+from ..connections.lock import NFTABLES_METHOD
 from ..images.directory import INVENTORY, ImageDir, new_inventory
 from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_REGULAR,
                           VMA_AREA_STACK, VMA_AREA_SYSVIPC, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
@@ -14,11 +15,19 @@ PRE_DUMP_MODE_READ = 2   # inventory.pre_dump_mode: pages were read with process
 U32 = 0xFFFFFFFF
 
 
-def write_inventory(imgdir: ImageDir, *, pre_dump: bool, root_ids=None) -> None:
-    """inventory.img; root_ids: the dumping process's task_kobj_ids_entry (a dump's)."""
+def write_inventory(imgdir: ImageDir, *, pre_dump: bool, root_ids=None, network_lock: str | None = None,
+                    tcp_close: bool = False) -> None:
+    """inventory.img; root_ids: the dumping process's task_kobj_ids_entry (a dump's);
+    network_lock: the run id of the nftables lock the dump leaves in place for the restore
+    to lift (its table is connections.lock.NetworkLock(run_id).table)."""
     inv = new_inventory(pre_dump_mode=PRE_DUMP_MODE_READ if pre_dump else None, dump_uptime=uptime_us())
     if root_ids is not None:
         inv.root_ids.CopyFrom(root_ids)
+    if network_lock is not None:
+        inv.network_lock_method = NFTABLES_METHOD
+        inv.dump_criu_run_id = network_lock
+    if tcp_close:
+        inv.tcp_close = True
     imgdir.write(INVENTORY, [inv])
 
 

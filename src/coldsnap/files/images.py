@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -10,8 +11,9 @@ from coldsnap.images import framing
 from coldsnap.images.directory import ImageDir
 from coldsnap.images.pb import fdinfo_pb2, fs_pb2, pipe_pb2
 
+from .inet import stream_entry, stream_image_name, stream_of
 from .kinds import OPS, ops_to_restore
-from .model import DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, PipeData, PipeFile, UnixSocket
+from .model import DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, InetSocket, PipeData, PipeFile, UnixSocket
 from .registry import FileRegistry
 from .unix import USK_EXTERN, link_peers, queue_entries
 
@@ -33,7 +35,8 @@ def fdinfo_entries(reg: FileRegistry, files_id: int) -> list[fdinfo_pb2.fdinfo_e
 
 def write_images(reg: FileRegistry, imgdir: ImageDir, *, ext_unix_sk: bool = False) -> None:
     """files.img, fdinfo-<files_id>.img per table, fs-<pid>.img per task, pipes-data.img
-    and fifo-data.img; sk-queues.img if a unix socket has queued data. Refuses first what
+    and fifo-data.img; sk-queues.img if a unix socket has queued data; tcp-stream-INODE.img
+    per established TCP connection whose stream was saved. Refuses first what
     only the whole tree shows: a unix socket connected outside it (ext_unix_sk: a datagram one
     to a named socket is let go, files/unix.py)."""
     link_peers(reg.files, reg.where, ext_unix_sk=ext_unix_sk)
@@ -52,6 +55,9 @@ def write_images(reg: FileRegistry, imgdir: ImageDir, *, ext_unix_sk: bool = Fal
     queued = queue_entries(reg.files)
     if queued:
         imgdir.write("sk-queues.img", queued)
+    for f in reg.files.values():
+        if isinstance(f, InetSocket) and f.stream is not None:
+            imgdir.write(stream_image_name(f.inode), [stream_entry(f.stream)])
 
 
 def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
@@ -93,7 +99,31 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
             f.queue.append(payload or b"")
     link_peers(reg.files, externs={e.usk.ino: e.usk.name for e in entries.values()
                                    if e.type == fdinfo_pb2.UNIXSK and e.usk.uflags & USK_EXTERN})
+    _read_streams(d, reg)
     for f in reg.files.values():
         if isinstance(f, PipeFile) and f.pipe_id not in reg.pipe_data:
             reg.pipe_data[f.pipe_id] = PipeData(f.pipe_id, b"")
     return reg
+
+
+def _read_streams(d: Path, reg: FileRegistry) -> None:
+    """Each connected TCP socket's stream, from tcp-stream-INODE.img; a socket without one
+    was dropped at dump (--tcp-close) and comes back closed."""
+    for f in reg.files.values():
+        if isinstance(f, InetSocket) and f.peer_port and f.type == socket.SOCK_STREAM:
+            path = d / stream_image_name(f.inode)
+            for m, payload in framing.read_entries(path, missing_ok=True):
+                f.stream = stream_of(m, payload or b"", f.state, str(path))
+
+
+def tcp_connections(reg: FileRegistry) -> list[tuple[int, int, InetSocket]]:
+    """(pid, fd, socket) of every TCP connection a restore rebuilds, one fd per socket (the
+    first process holding it): where repair mode is turned off once the tree is whole."""
+    out, seen = [], set()
+    for pid, files_id in reg.tasks.items():
+        for e in reg.tables.get(files_id, []):
+            f = reg.files[e.file_id]
+            if isinstance(f, InetSocket) and f.stream is not None and f.id not in seen:
+                seen.add(f.id)
+                out.append((pid, e.fd, f))
+    return out

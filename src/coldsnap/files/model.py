@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from coldsnap.connections.tcp import TcpStream
+
 
 class FdType(IntEnum):
     """fd_types of the image format (fdinfo_entry.type / file_entry.type)."""
@@ -103,7 +105,11 @@ class SockOpts:
     sndbuf: int = 0
     keepalive: bool = False
     broadcast: bool = False       # likewise (see inet.EXTRA_OPTS)
-    nodelay: bool = False         # TCP only; kept in images only if the schema has the field
+    nodelay: bool = False         # TCP only (tcp_opts_entry), like the four below
+    cork: bool = False
+    keepcnt: int = 0
+    keepidle: int = 0
+    keepintvl: int = 0
     v6only: bool = False          # AF_INET6 only
     snd_tmo: tuple[int, int] = (0, 0)   # SO_SNDTIMEO (sec, usec)
     rcv_tmo: tuple[int, int] = (0, 0)   # SO_RCVTIMEO
@@ -112,12 +118,14 @@ class SockOpts:
 
 @dataclass(slots=True)
 class InetSocket:
-    """A TCP socket that listens or is not connected yet, or an unconnected UDP socket."""
+    """A TCP socket that listens, is not connected yet or is connected (an established stream:
+    `stream` holds what TCP_REPAIR read, None when --tcp-close dropped it), or an unconnected
+    UDP socket."""
     id: int
     family: int
     type: int                     # SOCK_STREAM / SOCK_DGRAM
     proto: int
-    state: int                    # TCP_LISTEN, or 7 (CLOSE) for anything not listening
+    state: int                    # TCP_LISTEN, TCP_ESTABLISHED, or 7 (CLOSE) for the rest
     addr: str
     port: int
     flags: int
@@ -125,6 +133,9 @@ class InetSocket:
     inode: int = 0
     opts: SockOpts = field(default_factory=SockOpts)
     fown: Fown = field(default_factory=Fown)
+    peer_addr: str = ""           # a connected socket's peer
+    peer_port: int = 0
+    stream: TcpStream | None = None
 
     kind = FdType.INETSK
 

@@ -13,6 +13,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
+from coldsnap.connections.hold import TcpHold
 from coldsnap.images.pb import fdinfo_pb2, fown_pb2, regfile_pb2
 from coldsnap.kernel import fdinfo as K
 
@@ -36,6 +37,7 @@ class Probe:
     shell_job: bool
     pipe_data: dict[int, PipeData]   # of the whole registry: each pipe is peeked once
     st: os.stat_result | None = None  # fstat of dup, for files reached by path
+    tcp: TcpHold | None = None    # where established TCP sockets go (None: refused)
 
     @property
     def flags(self) -> int:
@@ -77,6 +79,10 @@ class FileOps:
 
     def validate(self, f: FileObj, name: str, *, shell_job: bool) -> None:
         """ImageError (one line starting with `name`) if f cannot be restored here."""
+
+    def open_order(self, f: FileObj) -> int:
+        """Files of a higher order are opened after those of a lower one (default 0)."""
+        return 0
 
     def open(self, f: FileObj, ctx: OpenCtx) -> int:
         raise NotImplementedError

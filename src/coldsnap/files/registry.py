@@ -13,6 +13,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from coldsnap.connections.hold import TcpHold
 from coldsnap.errors import AccessDenied, NoSuchProcess, TargetError, Unsupported
 from coldsnap.kernel import fdinfo as K
 from coldsnap.kernel import kcmp
@@ -33,6 +34,7 @@ class FileRegistry:
     tasks: dict[int, int] = field(default_factory=dict)         # pid -> files_id
     fs: dict[int, FsState] = field(default_factory=dict)        # pid -> cwd, root, umask
     pipe_data: dict[int, PipeData] = field(default_factory=dict)   # pipe_id -> buffered bytes
+    tcp: TcpHold | None = None    # a dump's hold of established TCP sockets (None: refused)
     next_id: int = 1
     # (fd link, inode) -> [(pid, fd, id)]: the fds kcmp compares a new fd with
     _seen: dict[tuple[str, int], list[tuple[int, int, int]]] = field(default_factory=dict, repr=False)
@@ -95,7 +97,7 @@ class FileRegistry:
                             continue    # closed since the listing, as above
                         raise TargetError(f"fd {fd}: cannot duplicate it: {e.strerror}") from e
                     try:
-                        p = Probe(pid, fd, link, info, dup, open_fds, shell_job, self.pipe_data)
+                        p = Probe(pid, fd, link, info, dup, open_fds, shell_job, self.pipe_data, tcp=self.tcp)
                         ops = ops_to_collect(classify(p), fd)
                         same = self.add(ops.collect(p, self.new_id()))
                     finally:

@@ -6,7 +6,8 @@ Layout (host byte order, i.e. little-endian on x86-64):
   service file       u32 IMG_SERVICE, u32 type magic, entries (stats-*)
   raw image          bytes only (pages-N.img)
 Entry: u32 length, protobuf bytes, then raw bytes for some kinds (pipes-/fifo-data: `bytes`,
-sk-queues: `length`, ipcns-sem: the semaphore values).
+sk-queues: `length`, ipcns-sem: the semaphore values, tcp-stream: inq_len + outq_len bytes of
+the two queues, one after the other).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from google.protobuf.message import DecodeError, Message
 
 from ..errors import ImageError
 from .pb import (core_pb2, fdinfo_pb2, fs_pb2, ids_pb2, inventory_pb2, ipc_sem_pb2, ipc_shm_pb2, mm_pb2,
-                 pagemap_pb2, pipe_pb2, pstree_pb2, sk_packet_pb2, stats_pb2)
+                 pagemap_pb2, pipe_pb2, pstree_pb2, sk_packet_pb2, stats_pb2, tcp_stream_pb2)
 
 # Every magic CRIU defines (name without the _MAGIC suffix, as crit spells them).
 MAGICS: dict[str, int] = {
@@ -121,6 +122,9 @@ KINDS: tuple[ImageKind, ...] = (
     ImageKind("IPCNS_SHM", r"ipcns-shm-(\d+)\.img", MAGICS["IPCNS_SHM"], ipc_shm_pb2.ipc_shm_entry, True),
     ImageKind("IPCNS_SEM", r"ipcns-sem-(\d+)\.img", MAGICS["IPCNS_SEM"], ipc_sem_pb2.ipc_sem_entry, True,
               payload=lambda m: (2 * m.nsems + 7) & ~7),
+    # an established TCP stream: its receive queue, then its send queue
+    ImageKind("TCP_STREAM", r"tcp-stream-([0-9a-f]+)\.img", MAGICS["TCP_STREAM"],
+              tcp_stream_pb2.tcp_stream_entry, False, payload=lambda m: m.inq_len + m.outq_len),
     # Service files: no .img suffix, IMG_SERVICE in front.
     ImageKind("STATS", r"stats-dump", MAGICS["STATS"], stats_pb2.stats_entry, False, Frame.SERVICE),
     ImageKind("STATS", r"stats-restore", MAGICS["STATS"], stats_pb2.stats_entry, False,

@@ -47,7 +47,7 @@ def open_shared(task: TaskFiles, ids: Collection[int], base: int, *, shell_job: 
     terminal = [fid for fid in ids if getattr(reg.files[fid], "terminal", False)]
     tty = _tty(base, shell_job, f"file {terminal[0]}") if terminal else None
     ctx = OpenCtx(base, tty, {fid: f"file {fid} (shared)" for fid in ids}, reg.pipe_data, task.pid)
-    return {fid: OPS[reg.files[fid].kind].open(reg.files[fid], ctx) for fid in ids}
+    return {fid: OPS[reg.files[fid].kind].open(reg.files[fid], ctx) for fid in _in_open_order(reg.files, ids)}
 
 
 def rebuild_fds(task: TaskFiles, *, shell_job: bool = False, keep_fds: Collection[int] = (),
@@ -86,7 +86,7 @@ def _rebuild_table(task: TaskFiles, shell_job: bool, keep_fds: Collection[int],
     ctx = OpenCtx(base, tty, _names(task), task.pipe_data, task.pid)
     first = task.first_fds()
     temps = {fid: inherited[fid] if fid in inherited else OPS[files[fid].kind].open(files[fid], ctx)
-             for fid in first}
+             for fid in _in_open_order(files, first)}
     for e in task.fds:
         os.dup2(temps[e.file_id], e.fd, inheritable=not e.cloexec)
     for fid, fd in first.items():    # at the final numbers: epoll registrations name them
@@ -97,6 +97,11 @@ def _rebuild_table(task: TaskFiles, shell_job: bool, keep_fds: Collection[int],
                 os.close(fd)
             except OSError:
                 pass        # the listdir's own fd, already closed
+
+
+def _in_open_order(files, ids) -> list[int]:
+    """IDS, each kind's late files (connections, after the listeners of their ports) last."""
+    return sorted(ids, key=lambda fid: OPS[files[fid].kind].open_order(files[fid]))
 
 
 def _tty(base: int, shell_job: bool, what: str) -> int:

@@ -11,6 +11,10 @@ cleared by the transplant) and waits. coldsnap sets their rlimits from outside, 
 whole tree, reshapes each process (restore/transplant.py) and lets them all go at once.
 Any failure after the root exists kills every process made: a restore either yields the
 tree or nothing.
+
+TCP connections (restore/connections.py): under the network lock the dump left (or a new
+one), each stream is rebuilt in repair mode by its blank process; repair goes off while the
+tree is held, after the transplant; the lock is lifted once everything runs, or on failure.
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ from dataclasses import dataclass
 from ..errors import CsError, TargetError
 from ..images.task import TASK_STOPPED
 from ..seize.freezer import freeze_tree
+from ..files.images import tcp_connections
 from .blank import kill_blank, make_blank_tree
+from .connections import RestoreNetwork
 from .images import DumpImages, TreeImages, load_tree
 from .shmem import SharedMemory
 from .transplant import TransplantStats, transplant
@@ -48,16 +54,19 @@ def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bo
     """lazy_pages: private anonymous memory comes after the process runs, from a detached
     server (restore/lazy_server.py); lazy_log: where that server writes (else /dev/null)."""
     t0 = time.perf_counter_ns()
-    images = load_tree(images_dir, shell_job=shell_job)
-    with SharedMemory.make(images.shmem, images.sysv) as shm:
-        result = _restore(images, shm, t0, shell_job=shell_job, lazy_pages=lazy_pages, lazy_log=lazy_log)
-        shm.finish()
+    with RestoreNetwork.of(images_dir) as net:
+        images = load_tree(images_dir, shell_job=shell_job)
+        net.lock(tcp_connections(images.files))
+        with SharedMemory.make(images.shmem, images.sysv) as shm:
+            result = _restore(images, shm, net, t0, shell_job=shell_job, lazy_pages=lazy_pages,
+                              lazy_log=lazy_log)
+            shm.finish()
     if not detach:
         result.exit_status = _wait(result.pid)
     return result
 
 
-def _restore(images: TreeImages, shm: SharedMemory, t0: int, *, shell_job: bool,
+def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, t0: int, *, shell_job: bool,
              lazy_pages: bool = False, lazy_log: str | None = None) -> RestoreResult:
     """The blank tree, each process transplanted, all let go (restore's docstring)."""
     pid = make_blank_tree(images, shell_job)
@@ -74,6 +83,7 @@ def _restore(images: TreeImages, shm: SharedMemory, t0: int, *, shell_job: bool,
                 if sorted(held.tasks) != sorted(images.procs):
                     raise TargetError(f"the blank processes under {pid} are not the dumped tree")
                 stats = {p: transplant(held.task(p), proc, shm, server) for p, proc in images.procs.items()}
+                net.finish()        # repair off: the streams go on when the tree runs
                 if server is not None:
                     server.go()         # before the detach: the first fault is answered at once
                 for p, proc in images.procs.items():

@@ -24,15 +24,16 @@ _sym_db = _symbol_database.Default()
 
 from . import fown_pb2 as fown__pb2
 from . import sk_opts_pb2 as sk__opts__pb2
+from . import tcp_stream_pb2 as tcp__stream__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rsk_inet.proto\x12\x0f\x63oldsnap.images\x1a\nfown.proto\x1a\rsk_opts.proto\"\xc4\x02\n\rinet_sk_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0b\n\x03ino\x18\x02 \x02(\r\x12\x0e\n\x06\x66\x61mily\x18\x03 \x02(\r\x12\x0c\n\x04type\x18\x04 \x02(\r\x12\r\n\x05proto\x18\x05 \x02(\r\x12\r\n\x05state\x18\x06 \x02(\r\x12\x10\n\x08src_port\x18\x07 \x02(\r\x12\x10\n\x08\x64st_port\x18\x08 \x02(\r\x12\r\n\x05\x66lags\x18\t \x02(\r\x12\x0f\n\x07\x62\x61\x63klog\x18\n \x02(\r\x12\x10\n\x08src_addr\x18\x0b \x03(\r\x12\x10\n\x08\x64st_addr\x18\x0c \x03(\r\x12)\n\x04\x66own\x18\r \x02(\x0b\x32\x1b.coldsnap.images.fown_entry\x12,\n\x04opts\x18\x0e \x02(\x0b\x32\x1e.coldsnap.images.sk_opts_entry\x12\x0e\n\x06v6only\x18\x0f \x01(\x08\x12\r\n\x05ns_id\x18\x11 \x01(\r')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rsk_inet.proto\x12\x0f\x63oldsnap.images\x1a\nfown.proto\x1a\rsk_opts.proto\x1a\x10tcp_stream.proto\"\xb7\x03\n\rinet_sk_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0b\n\x03ino\x18\x02 \x02(\r\x12\x0e\n\x06\x66\x61mily\x18\x03 \x02(\r\x12\x0c\n\x04type\x18\x04 \x02(\r\x12\r\n\x05proto\x18\x05 \x02(\r\x12\r\n\x05state\x18\x06 \x02(\r\x12\x10\n\x08src_port\x18\x07 \x02(\r\x12\x10\n\x08\x64st_port\x18\x08 \x02(\r\x12\r\n\x05\x66lags\x18\t \x02(\r\x12\x0f\n\x07\x62\x61\x63klog\x18\n \x02(\r\x12\x10\n\x08src_addr\x18\x0b \x03(\r\x12\x10\n\x08\x64st_addr\x18\x0c \x03(\r\x12)\n\x04\x66own\x18\r \x02(\x0b\x32\x1b.coldsnap.images.fown_entry\x12,\n\x04opts\x18\x0e \x02(\x0b\x32\x1e.coldsnap.images.sk_opts_entry\x12\x0e\n\x06v6only\x18\x0f \x01(\x08\x12\x0e\n\x06ifname\x18\x11 \x01(\t\x12\r\n\x05ns_id\x18\x12 \x01(\r\x12.\n\x08shutdown\x18\x13 \x01(\x0e\x32\x1c.coldsnap.images.sk_shutdown\x12\x31\n\x08tcp_opts\x18\x14 \x01(\x0b\x32\x1f.coldsnap.images.tcp_opts_entry')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sk_inet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INET_SK_ENTRY']._serialized_start=62
-  _globals['_INET_SK_ENTRY']._serialized_end=386
+  _globals['_INET_SK_ENTRY']._serialized_start=80
+  _globals['_INET_SK_ENTRY']._serialized_end=519
 # @@protoc_insertion_point(module_scope)
