@@ -1,7 +1,8 @@
 /* Lazy-restore proof workload: fills SIZE MiB with a pattern, says "ready", waits until the
  * file GO exists (the test makes it once the lazy restore returned), then, while the pages
  * are still coming in: forks a child that checks everything, munmaps one chunk, discards
- * another (madvise DONTNEED: zeros), mremaps a third elsewhere, checks a quarter from a
+ * another (madvise DONTNEED: zeros), mremaps a third elsewhere, makes a fourth read-only
+ * (the area split in three VMAs), checks a quarter from a
  * second thread and the rest itself. Prints "ok ..." or "FAIL ..." lines. */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -76,6 +77,9 @@ int main(int argc, char **argv)
     void *spot = mmap(NULL, chunk * 8, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     uint64_t *moved = mremap(mem + 9 * chunk, chunk * 8, chunk * 8, MREMAP_MAYMOVE | MREMAP_FIXED, spot);
     if (moved == MAP_FAILED || (void *)moved == (void *)(mem + 9 * chunk)) { printf("FAIL mremap\n"); return 1; }
+    /* most of chunk 13 read-only: the area is split in three VMAs at addresses no copy of
+     * the server is aligned to (3 pages in), still lazy */
+    if (mprotect(mem + 13 * chunk + 3 * 512, chunk * 8 - 3 * 4096, PROT_READ)) { printf("FAIL mprotect\n"); return 1; }
     struct part pt = {12 * chunk, words, 0};
     pthread_t th;
     pthread_create(&th, NULL, checker, &pt);

@@ -150,6 +150,7 @@ class Counters:
     forks: int = 0
     remaps: int = 0
     removes: int = 0                    # madvise(DONTNEED/REMOVE) and munmap events
+    split_runs: int = 0                 # runs copied page by page (across a mapping's end)
 
 
 class Server:
@@ -201,7 +202,7 @@ class Server:
         c = self.count
         print(f"coldsnap lazy server: every page is in after {(time.monotonic() - self.t0) * 1e3:.0f} ms: "
               f"{c.pushed_pages} pushed, {c.fault_pages} on {c.faults} faults, {c.zero_pages} zero, {c.forks} forks, "
-              f"{c.remaps} remaps, {c.removes} removes/unmaps", file=sys.stderr)
+              f"{c.remaps} remaps, {c.removes} removes/unmaps, {c.split_runs} runs split", file=sys.stderr)
         return 0
 
     def _status_socket(self) -> socket.socket | None:
@@ -352,11 +353,22 @@ class Server:
         if err == -errno.ESRCH:
             self._drop(space)
             return err
-        # EEXIST: that page is in already (what the process sees wins); ENOENT/EINVAL: no
-        # mapping there any more; either way it is not ours to fill
-        bad = run.vaddr + done
-        space.pages.done(bad, 1)
-        if err != -errno.EEXIST:
-            print(f"coldsnap lazy server: cannot fill {bad:#x} of {space.pid}: {os.strerror(-err)}",
-                  file=sys.stderr)
-        return err
+        if err == -errno.EEXIST:     # that page is in already: what the process sees wins
+            space.pages.done(run.vaddr + done, 1)
+            return err
+        # ENOENT/EINVAL: the run crosses the end of a mapping (an mprotect split the area, or
+        # part of it is gone): page by page, so that only what has no mapping is given up
+        self.count.split_runs += 1
+        for k in range(done >> PAGE_SHIFT, run.npages):
+            page = run.vaddr + (k << PAGE_SHIFT)
+            e, d = uffd.copy(space.fd, page, src + (k << PAGE_SHIFT), PAGE)
+            if e == -errno.EAGAIN:
+                return e
+            if e == -errno.ESRCH:
+                self._drop(space)
+                return e
+            space.pages.done(page, 1)
+            if e and e != -errno.EEXIST:
+                print(f"coldsnap lazy server: cannot fill {page:#x} of {space.pid}: {os.strerror(-e)}",
+                      file=sys.stderr)
+        return 0
