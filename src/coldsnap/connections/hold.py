@@ -5,7 +5,8 @@
         tcp.save()              # lock their packets, repair mode on, read every stream
         ... write images (tcp.streams, tcp.lock_id) ...
         tcp.keep()              # the tasks die: sockets stay in repair mode, lock stays
-   (or tcp.release(), or an exception: repair off, lock lifted, before the tasks run again)
+   (or an exception: repair off and lock lifted before the tasks run again; or, for
+    --leave-running, tcp.resume_sockets(), the tasks resumed, tcp.lift())
 
 The lock's undo is armed before the lock is taken: whatever happens after `save` starts
 (an error, SIGINT/SIGTERM turned into an exception), leaving the `with` without `keep`
@@ -83,7 +84,14 @@ class TcpHold:
         self._close()
 
     def release(self) -> None:
-        """Let the connections go on: repair off, lock lifted (a failed dump, --leave-running)."""
+        """Let the connections go on: repair off, then the lock lifted (a failed dump)."""
+        try:
+            self.resume_sockets()
+        finally:
+            self.lift()
+
+    def resume_sockets(self) -> None:
+        """Repair mode off on every held socket (before its task may run again)."""
         errors = []
         for h in self._held:
             if h.repaired:
@@ -93,11 +101,15 @@ class TcpHold:
                 except OSError as e:
                     errors.append(e)
         self._close()
+        if errors:
+            raise errors[0]
+
+    def lift(self) -> None:
+        """Remove the lock (its table's deletion waits for the kernel's RCU grace period,
+        ~10-15 ms: --leave-running does it once the tasks run again)."""
         if self.lock is not None:
             self.lock.remove()
             self.lock = None
-        if errors:
-            raise errors[0]
 
     def _close(self) -> None:
         for h in self._held:

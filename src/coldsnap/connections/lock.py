@@ -18,9 +18,7 @@ flows.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
-import secrets
 import socket
 from dataclasses import dataclass
 
@@ -45,6 +43,7 @@ class Conn:
         """(family on the wire, local, remote) with IPv4-mapped IPv6 addresses unmapped:
         an AF_INET6 socket talking to an IPv4 peer sends IPv4 packets."""
         if self.family == socket.AF_INET6:
+            import ipaddress
             lo, re_ = ipaddress.IPv6Address(self.local_addr), ipaddress.IPv6Address(self.remote_addr)
             if lo.ipv4_mapped is not None and re_.ipv4_mapped is not None:
                 return socket.AF_INET, str(lo.ipv4_mapped), str(re_.ipv4_mapped)
@@ -62,12 +61,12 @@ class LockError(CsError):
 @dataclass
 class NetworkLock:
     run_id: str
-    _made: bool = False       # this object made the table (no need to look for it)
+    _present: bool | None = None   # whether the table exists, when this object knows
 
     @classmethod
     def new(cls) -> NetworkLock:
         """A lock with a table name no other run uses (our pid and random bits)."""
-        return cls(f"{os.getpid()}-{secrets.token_hex(4)}")
+        return cls(f"{os.getpid()}-{os.urandom(4).hex()}", _present=False)
 
     @property
     def table(self) -> str:
@@ -86,14 +85,16 @@ class NetworkLock:
         them)."""
         if not conns:
             return
-        script = [] if self._made or self.exists() else self._table_script()
+        if self._present is None:
+            self._present = self.exists()
+        script = [] if self._present else self._table_script()
         for family, elems in _elements(conns).items():
             script.append(f"add element inet {self.table} conns{family} {{ {', '.join(elems)} }}")
         try:
             nftables.run("\n".join(script))
         except nftables.NftError as e:
             raise LockError(f"cannot lock {len(conns)} TCP connection(s) with nftables: {e}") from None
-        self._made = True
+        self._present = True
 
     def remove(self) -> None:
         """Lift the lock (drop the whole table); nothing to do if it is gone already."""
@@ -102,7 +103,7 @@ class NetworkLock:
         except nftables.NftError as e:
             if _MISSING not in str(e):
                 raise LockError(f"cannot remove nftables table inet {self.table}: {e}") from None
-        self._made = False
+        self._present = False
 
     def _table_script(self) -> list[str]:
         t = f"inet {self.table}"

@@ -401,9 +401,10 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                              extra_scanned=shm_mapped)
                 write_stats(imgdir, stats)
                 if leave_running:
-                    tcp.release()                   # repair off before the tasks touch a socket
+                    tcp.resume_sockets()            # repair off before the tasks touch a socket
                     held.resume()                   # the fsyncs of the commit need no freeze
                     times.frozen = time.perf_counter_ns() - t_frozen
+                    tcp.lift()                      # slow (RCU): after the freeze
                     session.finish()
                     imgdir.commit()
                 else:

@@ -5,11 +5,9 @@ as one transaction: all of it or none of it.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import shutil
-import subprocess
 
-_LIB_NAMES = ("libnftables.so.1", ctypes.util.find_library("nftables"))
+_SONAME = "libnftables.so.1"
 
 
 class NftError(OSError):
@@ -17,7 +15,9 @@ class NftError(OSError):
 
 
 def _load():
-    for name in _LIB_NAMES:
+    # find_library runs ldconfig: only when the usual soname is not there
+    for name in (_SONAME, _find_library):
+        name = name() if callable(name) else name
         if not name:
             continue
         try:
@@ -40,6 +40,11 @@ def _load():
 
 _lib = None
 _loaded = False
+
+
+def _find_library() -> str | None:
+    import ctypes.util
+    return ctypes.util.find_library("nftables")
 
 
 def available() -> bool:
@@ -76,6 +81,7 @@ def _library():
 
 
 def _run_program(script: str) -> str:
+    import subprocess
     nft = shutil.which("nft")
     if nft is None:
         raise NftError("nftables is not installed (neither libnftables nor nft)")
