@@ -275,7 +275,8 @@ class Server:
                 return
             except OSError as e:
                 print(f"coldsnap lazy server: reading the uffd of {space.pid}: {e.strerror}", file=sys.stderr)
-                self._drop(space)
+                if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):   # those: a fork's event, kept for later
+                    self._drop(space)
                 return
             if not data:
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -120,6 +121,10 @@ def _middle(images, root, out, pidfds, info_w, coldsnaps, server_ends, guardian_
         for s in coldsnaps:
             s.close() if isinstance(s, socket.socket) else os.close(s)
         os.setsid()
+        # every fork of a restored process while pages are outstanding costs the server and
+        # the guardian an fd each (its child's uffd)
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
