@@ -1,10 +1,10 @@
-"""Sample entries for every image kind coldsnap writes, and small helpers for image tests."""
+"""Sample entries for every image kind coldsnap writes or reads, and small helpers for image tests."""
 from __future__ import annotations
 
 from coldsnap.images.directory import ImageDir, new_inventory
 from coldsnap.images.pb import (core_pb2, core_x86_pb2, creds_pb2, eventfd_pb2, eventpoll_pb2,
                                 fdinfo_pb2, fown_pb2, fs_pb2, ids_pb2, ipc_desc_pb2, ipc_sem_pb2,
-                                ipc_shm_pb2, mm_pb2, pagemap_pb2,
+                                ipc_shm_pb2, memfd_pb2, mm_pb2, pagemap_pb2,
                                 pipe_pb2, pstree_pb2, regfile_pb2, rlimit_pb2, rseq_pb2, sa_pb2,
                                 sk_inet_pb2, sk_opts_pb2, sk_packet_pb2, stats_pb2, tcp_stream_pb2, timer_pb2)
 
@@ -148,6 +148,8 @@ def sample_images() -> dict[str, list]:
             inq_len=3, inq_seq=100, outq_len=4, outq_seq=7, opt_mask=7, snd_wscale=7, mss_clamp=65483,
             rcv_wscale=7, timestamp=12345, unsq_len=1, snd_wl1=97, snd_wnd=65536, max_window=65536,
             rcv_wnd=65536, rcv_wup=100), b"in!" + b"out!")],
+        "memfd.img": [memfd_pb2.memfd_inode_entry(name="/dev/zero", uid=0, gid=0, size=PAGE, shmid=77,
+                                                  seals=1, inode_id=1, mode=0o100777)],
         "stats-dump": [stats()],
         "stats-restore": [stats_pb2.stats_entry(restore=stats_pb2.restore_stats_entry(
             pages_compared=1, pages_skipped_cow=2, forking_time=3, restore_time=4))],

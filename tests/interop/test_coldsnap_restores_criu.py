@@ -11,7 +11,8 @@ import pytest
 from criu_peer import criu_dump, need_criu
 from restore_helpers import coldsnap, poke, start_workload, tids
 
-WORKLOADS = ("rst_signals", "rst_clock", "rst_files", "iop_threads")
+# rst_memory: CRIU 4.2 dumps its shared anonymous area as a memfd named "/dev/zero"
+WORKLOADS = ("rst_memory", "rst_signals", "rst_clock", "rst_files", "iop_threads")
 
 
 @pytest.mark.parametrize("name", WORKLOADS)

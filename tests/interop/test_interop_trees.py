@@ -141,3 +141,33 @@ def test_criu_restores_a_coldsnap_pre_dump_chain(workload_bin, python_exe, tmp_p
         assert w.ticks()[at_dump] == at_dump + 1
     finally:
         w.stop()
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_shared_anonymous_memory_of_a_family_across_tools(direction, tmp_path):
+    """A parent and two children sharing MAP_SHARED|MAP_ANONYMOUS memory (CRIU 4.2 dumps it
+    as a memfd named /dev/zero): after the restore they still see each other's writes."""
+    from shm_helpers import ROLES, start_family
+    need_criu()
+    fam = start_family(tmp_path / "logs", "anon")
+    restored = False
+    try:
+        fam.wait_ticks(2)
+        dump_with(direction, fam.proc.pid, tmp_path / "img")
+        fam.proc.wait(timeout=10)
+        reap_orphans(pids=list(fam.pids.values()))
+        before = {r: fam.ticks(r)[-1][0] for r in ROLES}
+        restore_with(direction, tmp_path / "img")
+        restored = True
+        fam.wait_ticks(4)
+        assert fam.fails() == []
+        for r in ROLES:
+            ticks = fam.ticks(r)
+            assert [n for n, _ in ticks] == list(range(1, len(ticks) + 1)), (r, ticks[-3:])
+            last_n, views = ticks[-1]
+            slots = views["anon"]
+            assert slots[ROLES.index(r)] == last_n > before[r] + 2
+            for other in ROLES:       # every process saw the others' writes after the restore
+                assert slots[ROLES.index(other)] > before[other], (r, other, slots, before)
+    finally:
+        fam.cleanup(restored)

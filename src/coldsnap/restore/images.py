@@ -19,11 +19,12 @@ from ..images.pages import pagemap_name
 from ..images.pb import core_pb2
 from ..images.source import ChainSource
 from ..images.task import TASK_DEAD
-from ..images.vma import (VMA_ANON_SHARED, VMA_AREA_SYSVIPC, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
-                          VMA_FILE_PRIVATE, VMA_FILE_SHARED)
+from ..images.vma import (VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_REGULAR, VMA_AREA_SYSVIPC, VMA_AREA_VDSO,
+                          VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..kernel.page import PAGE_SIZE
 from ..kernel.procfs import cpu_flags, read_maps, read_stat
 from ..memory.source import PageSource
+from ..memory.vma import MAP_ANONYMOUS
 from ..seize.tree import NS_KINDS, Task, Tree
 from .fdtable import validate_files
 from .sessions import plan_sessions
@@ -103,7 +104,8 @@ def load_tree(path: str | os.PathLike, *, shell_job: bool = False) -> TreeImages
     tree = read_tree(d)
     sessions = plan_sessions(tree, shell_job=shell_job)
     living = tree.living
-    mms = {t.pid: _mm(d, t.pid) for t in living}
+    anon_memfds = criu_anon_memfds(d)
+    mms = {t.pid: _mm(d, t.pid, anon_memfds) for t in living}
     shmem = _shmem_objects(d, mms)
     sysv = _sysv(d, tree, mms)
     registry = read_files_images(d.root, {t.pid: t.files_id for t in living},
@@ -114,13 +116,43 @@ def load_tree(path: str | os.PathLike, *, shell_job: bool = False) -> TreeImages
     return TreeImages(d, tree, registry, procs, sessions, shmem, sysv)
 
 
-def _mm(d: ImageDir, pid: int):
+def _mm(d: ImageDir, pid: int, anon_memfds: dict[int, int]):
     if not d.exists(f"mm-{pid}.img"):
         raise ImageError(f"{d.root}: mm-{pid}.img is missing")
     mm = d.read_single(f"mm-{pid}.img")
+    _memfds_as_shared_anon(d, mm, anon_memfds)
     _check_vmas(d, mm)
     _check_vdso(mm)
     return mm
+
+
+def criu_anon_memfds(d: ImageDir) -> dict[int, int]:
+    """files.img id -> shmid of every memfd that CRIU (4.2) made of shared anonymous memory:
+    it dumps MAP_SHARED|MAP_ANONYMOUS areas as memfds named "/dev/zero" (memfd.img), their
+    pages in pagemap-shmem-<shmid>.img as coldsnap saves them."""
+    if not d.exists("memfd.img"):
+        return {}
+    inodes = {e.inode_id: e for e in d.read("memfd.img")}
+    out = {}
+    for f in d.read("files.img", missing_ok=True) or ():
+        ino = inodes.get(f.memfd.inode_id) if f.HasField("memfd") else None
+        if ino is not None and ino.name == "/dev/zero":
+            out[f.id] = ino.shmid
+    return out
+
+
+def _memfds_as_shared_anon(d: ImageDir, mm, anon_memfds: dict[int, int]) -> None:
+    """Read CRIU's memfd areas of shared anonymous memory as coldsnap records them."""
+    for v in mm.vmas:
+        if not v.status & VMA_AREA_MEMFD:
+            continue
+        shmid = anon_memfds.get(v.shmid)
+        if shmid is None:
+            raise ImageError(f"{d.root}/mm: VMA {v.start:#x}-{v.end:#x} maps a memfd; not supported")
+        v.status = VMA_AREA_REGULAR | VMA_ANON_SHARED
+        v.flags |= MAP_ANONYMOUS
+        v.shmid = shmid
+        v.ClearField("fdflags")
 
 
 def _shmem_objects(d: ImageDir, mms: dict) -> dict[int, ShmemImage]:
