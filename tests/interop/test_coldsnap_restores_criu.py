@@ -12,7 +12,7 @@ from criu_peer import criu_dump, need_criu
 from restore_helpers import coldsnap, poke, start_workload, tids
 
 # rst_memory: CRIU 4.2 dumps its shared anonymous area as a memfd named "/dev/zero"
-WORKLOADS = ("rst_memory", "rst_signals", "rst_clock", "rst_files", "rst_python", "iop_threads")
+WORKLOADS = ("rst_memory", "rst_signals", "rst_clock", "rst_files", "rst_python", "rst_threads", "iop_threads")
 
 
 @pytest.mark.parametrize("name", WORKLOADS)

@@ -12,7 +12,7 @@ from criu_peer import criu_restore, need_criu
 from restore_helpers import coldsnap, poke, start_workload, tids
 
 # one thread (memory of every kind, signals, clocks, open files and pipes), then threads
-WORKLOADS = ("rst_memory", "rst_signals", "rst_clock", "rst_files", "rst_python", "iop_threads")
+WORKLOADS = ("rst_memory", "rst_signals", "rst_clock", "rst_files", "rst_python", "rst_threads", "iop_threads")
 
 
 @pytest.mark.parametrize("name", WORKLOADS)

@@ -171,3 +171,60 @@ def test_shared_anonymous_memory_of_a_family_across_tools(direction, tmp_path):
                 assert slots[ROLES.index(other)] > before[other], (r, other, slots, before)
     finally:
         fam.cleanup(restored)
+
+
+ZREADY = re.compile(r"^ready (\d+) (\d+) (\d+)$", re.M)
+ZTICK = re.compile(r"^tick (\d+) ok$", re.M)
+ZREAPED = re.compile(r"^reaped (-?\d+) (-?\d+)$", re.M)
+
+
+def _state(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of PID, None when gone."""
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return f[0], int(f[1])
+
+
+def _until(cond, what: str, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (got := cond()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+    return got
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_zombies_across_tools(direction, tmp_path):
+    """Two unreaped children (exit 7, SIGTERM) come back as zombies of their parent, whose
+    later waitpid gets each one's status (CRIU and coldsnap both write TASK_DEAD + status)."""
+    need_criu()
+    log = tmp_path / "parent.log"
+    proc = subprocess.Popen([str(build_workload("tree_zombies")), str(tmp_path)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    pids: list[int] = [proc.pid]
+    restored = False
+    try:
+        m = _until(lambda: ZREADY.search(log.read_text()) if log.exists() else None, "ready")
+        parent, z7, zterm = map(int, m.groups())
+        pids += [z7, zterm]
+        _until(lambda: all(_state(z) == ("Z", parent) for z in (z7, zterm)), "two zombies")
+        dump_with(direction, parent, tmp_path / "img")
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        reap_orphans(pids=pids)
+        last = max(int(n) for n in ZTICK.findall(log.read_text()))
+        restore_with(direction, tmp_path / "img")
+        restored = True
+        assert _state(z7) == ("Z", parent) and _state(zterm) == ("Z", parent)
+        _until(lambda: max(int(n) for n in ZTICK.findall(log.read_text())) > last + 3, "ticks")
+        ticks = [int(n) for n in ZTICK.findall(log.read_text())]
+        assert ticks == list(range(1, len(ticks) + 1))
+        os.kill(parent, signal.SIGUSR1)
+        reaped = _until(lambda: ZREAPED.findall(log.read_text())
+                        if len(ZREAPED.findall(log.read_text())) == 2 else None, "the parent's waitpid")
+        got = {int(p): int(s) for p, s in reaped}
+        assert os.WIFEXITED(got[z7]) and os.WEXITSTATUS(got[z7]) == 7, got
+        assert os.WIFSIGNALED(got[zterm]) and os.WTERMSIG(got[zterm]) == signal.SIGTERM, got
+    finally:
+        kill_tree(proc, pids, restored)

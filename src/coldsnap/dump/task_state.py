@@ -466,12 +466,13 @@ def _core_entry(state: TaskState, th: ThreadState):
 
 def write_tree_images(tree: Tree, imgdir) -> list[str]:
     """pstree.img (every process, parents first; ppid 0 for the root) and ids-<pid>.img for
-    each process, from the tree model; returns the names."""
+    each living process (a zombie has none, as with CRIU, whose restore would take a zombie's
+    empty ids for new namespaces), from the tree model; returns the names."""
     from coldsnap.images.pb import pstree_pb2
     imgdir.write("pstree.img", [pstree_pb2.pstree_entry(pid=t.pid, ppid=tree.image_ppid(t), pgid=t.pgid,
                                                         sid=t.sid, threads=t.tids) for t in tree])
     names = ["pstree.img"]
-    for t in tree:
+    for t in tree.living:
         imgdir.write(f"ids-{t.pid}.img", [kobj_ids(t)])
         names.append(f"ids-{t.pid}.img")
     return names

@@ -151,8 +151,9 @@ class InetOps(FileOps):
             id=f.id, ino=f.inode, family=f.family, type=f.type, proto=f.proto, state=f.state,
             src_port=f.port, dst_port=f.peer_port, flags=f.flags, backlog=f.backlog,
             src_addr=_addr_words(f.family, f.addr), fown=fown_pb(f.fown), opts=opts, v6only=o.v6only))
-        if f.peer_port:
-            e.isk.dst_addr.extend(_addr_words(f.family, f.peer_addr))
+        # no peer: the family's any-address, as CRIU writes it (its restore wants both addresses)
+        e.isk.dst_addr.extend(_addr_words(f.family, f.peer_addr) if f.peer_port else
+                              [0] * len(e.isk.src_addr))
         if f.type == socket.SOCK_STREAM:
             e.isk.tcp_opts.CopyFrom(tcp_stream_pb2.tcp_opts_entry(
                 cork=o.cork, nodelay=o.nodelay, keepcnt=o.keepcnt, keepidle=o.keepidle, keepintvl=o.keepintvl))

@@ -218,19 +218,24 @@ def _load_process(d: ImageDir, tree: Tree, task: Task, mm, registry: FileRegistr
 
 
 def read_tree(d: ImageDir) -> Tree:
-    """The tree model of a dump: pstree.img (parents first, root first) and every process's
-    ids-PID.img. The root's ppid is 0, as the image records it."""
+    """The tree model of a dump: pstree.img (parents first, root first) and every living
+    process's ids-PID.img. The root's ppid is 0, as the image records it. A zombie needs no
+    ids, and its thread list is not read (CRIU 4.2 writes garbage there)."""
     entries = d.read("pstree.img", missing_ok=True)
     if not entries:
         raise ImageError(f"{d.root}: no pstree.img: not a dump directory")
     tasks: dict[int, Task] = {}
     for e in entries:
-        tids = list(e.threads) or [e.pid]
+        exit_code = _zombie_status(d, e.pid)
+        tids = (list(e.threads) or [e.pid]) if exit_code is None else [e.pid]
         if e.pid not in tids:
             raise ImageError(f"{d.root}/pstree.img: leader {e.pid} missing from its thread list")
         if e.pid in tasks:
             raise ImageError(f"{d.root}/pstree.img: process {e.pid} listed twice")
         name = f"ids-{e.pid}.img"
+        if exit_code is not None and not d.exists(name):
+            tasks[e.pid] = Task(e.pid, e.ppid, e.pgid, e.sid, tids, exit_code=exit_code)
+            continue
         if not d.exists(name):
             raise ImageError(f"{d.root}: {name} is missing")
         ids = d.read_single(name)
@@ -238,7 +243,7 @@ def read_tree(d: ImageDir) -> Tree:
                             fs_id=ids.fs_id, sighand_id=ids.sighand_id,
                             ns_ids={k: getattr(ids, f"{k}_ns_id") for k in NS_KINDS
                                     if ids.HasField(f"{k}_ns_id")},
-                            exit_code=_zombie_status(d, e.pid))
+                            exit_code=exit_code)
     if tasks[entries[0].pid].zombie:
         raise ImageError(f"{d.root}: the root {entries[0].pid} is a zombie")
     return Tree(entries[0].pid, tasks)
