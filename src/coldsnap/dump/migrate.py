@@ -55,6 +55,7 @@ class MigrateResult:
     downtime_ms: float = 0.0        # the final dump's freeze to the destination's "running"
     final_dump_ms: float = 0.0      # freeze, pages and images sent and stored over there
     restore_ms: float = 0.0         # the destination's restore, as the source waited for it
+    restore_inner_ms: float = 0.0   # of which the restore itself, as the destination timed it
     final_pages: int = 0
     final_bytes: int = 0
     total_ms: float = 0.0
@@ -123,6 +124,7 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
             if "pid" not in answer:
                 raise TransportError(f"the destination could not restore: {answer.get('error', answer)}")
             result.destination_pid = int(answer["pid"])
+            result.restore_inner_ms = float(answer.get("total_ms") or 0.0)
 
         stats = dump(pid, final, prev_images_dir=prev, pages=final_target, after_commit=switchover)
         dumped = True

@@ -132,19 +132,22 @@ class ImageDir:
         except OSError as e:
             raise ImageError(f"{self.path(name)}: cannot open image: {e.strerror}") from e
 
-    def commit(self) -> Path:
-        """fsync everything, then rename the staging directory onto the target."""
+    def commit(self, durable: bool = True) -> Path:
+        """fsync everything, then rename the staging directory onto the target. durable=False
+        skips the fsyncs (images read back at once and thrown away: a migration's destination)."""
         if not self.writing:
             raise ImageError(f"{self.root}: nothing to commit")
         staging, target = self.root, self.target
         try:
-            for entry in os.scandir(staging):
-                if entry.is_file(follow_symlinks=False):
-                    _fsync_path(Path(entry.path))
-            _fsync_path(staging, os.O_DIRECTORY)
+            if durable:
+                for entry in os.scandir(staging):
+                    if entry.is_file(follow_symlinks=False):
+                        _fsync_path(Path(entry.path))
+                _fsync_path(staging, os.O_DIRECTORY)
             _check_target(target)
             os.rename(staging, target)
-            _fsync_path(target.parent, os.O_DIRECTORY)
+            if durable:
+                _fsync_path(target.parent, os.O_DIRECTORY)
         except OSError as e:
             self.abort()
             raise ImageError(f"{target}: cannot commit images: {e.strerror}") from e

@@ -7,8 +7,10 @@ the running pid, or the error. One migration, then it exits with the process run
 (keep_serving: wait for more). Without an images directory the sessions go to a temporary
 one, removed at the end (the restored process needs none of it any more).
 
-The restore runs in a child `coldsnap restore -d` so that the restored tree is no child of
-the receiver: it is reparented to this host's init (or subreaper) and outlives the receiver.
+The restore runs in a child (restore/receive_worker.py), started ahead with its imports
+done, so that the restored tree is no child of the receiver: it is reparented to this
+host's init (or subreaper) when the worker exits, and outlives the receiver. The sessions
+are committed without fsync: they are read back at once and thrown away.
 """
 from __future__ import annotations
 
@@ -25,17 +27,28 @@ from ..errors import CsError, Interrupted
 from ..transport.server import PageServer, ServerOptions
 
 
-def _restore_here(images: Path) -> dict:
-    p = subprocess.run([sys.executable, "-m", "coldsnap", "restore", "-D", str(images), "-d", "--json"],
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-    try:
-        out = json.loads(p.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        out = {}
-    if p.returncode == 0 and "pid" in out:
-        return {"pid": out["pid"], "total_ms": out.get("total_ms")}
-    line = (p.stderr.strip().splitlines() or ["restore failed"])[-1]
-    return {"error": line.removeprefix("coldsnap: ")}
+class Restorer:
+    """A worker process waiting to restore one images directory (its imports already done)."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-m", "coldsnap.restore.receive_worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def restore(self, images: Path) -> dict:
+        try:
+            self.proc.stdin.write(f"{images}\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+            self.proc.wait(timeout=10)
+            return json.loads(line)
+        except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+            self.close()
+            return {"error": f"the restore worker failed: {e}"}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
 
 def migrate_receive(address: str, port: int, *, images_dir: str | None = None, keep_serving: bool = False,
@@ -49,8 +62,12 @@ def migrate_receive(address: str, port: int, *, images_dir: str | None = None, k
     last: dict = {}
     opts = options or ServerOptions()
 
+    workers = [Restorer()]
+
     def restore(images: Path) -> dict:
-        answer = _restore_here(images)
+        answer = workers[-1].restore(images)
+        if keep_serving:
+            workers.append(Restorer())
         opts.log(f"migrate-receive: {images.name}: " + (f"restored, pid {answer['pid']} runs"
                                                         if "pid" in answer else f"restore failed: {answer['error']}"))
         last.clear()
@@ -60,6 +77,7 @@ def migrate_receive(address: str, port: int, *, images_dir: str | None = None, k
         return answer
 
     opts.restore = restore
+    opts.durable = False
     server = PageServer(root, address, port, opts)
     try:
         server.start()
@@ -71,6 +89,8 @@ def migrate_receive(address: str, port: int, *, images_dir: str | None = None, k
         raise Interrupted(2) from None
     finally:
         server.stop()
+        for w in workers:
+            w.close()
         if own_dir:
             shutil.rmtree(root, ignore_errors=True)
     if "error" in last:

@@ -56,6 +56,7 @@ class ServerOptions:
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
     # migrate-receive: restores a stored session on this host, returns {"pid": ...} or {"error": ...}
     restore: Callable[[Path], dict] | None = None
+    durable: bool = True            # fsync each session at its commit (migrate-receive: no need)
 
 
 def check_name(name: object, what: str) -> str:
@@ -346,7 +347,7 @@ class Session:
             if self.imgdir is not None:
                 if not self.imgdir.exists(INVENTORY):
                     self.imgdir.write(INVENTORY, [new_inventory()])
-                self.imgdir.commit()
+                self.imgdir.commit(durable=self.opts.durable)
                 self.opts.log(f"page-server: session {self.name} from {self.peer} stored")
                 self.imgdir = None
         except (ImageError, OSError) as e:
