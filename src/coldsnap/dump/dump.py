@@ -339,7 +339,7 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
 def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
          leave_running: bool = False, shell_job: bool = False, freeze_cgroup: str | None = None,
          ext_unix_sk: bool = False, pages: PageTarget = LOCAL,
-         after_commit: Callable[[], None] | None = None, tcp_close: bool = False) -> DumpStats:
+         after_commit: Callable[[], None] | None = None, tcp_close: bool = False, durable: bool = True) -> DumpStats:
     """Checkpoint the tree under process `pid` (it and every descendant, one freeze) into a
     new images directory, then kill every process (or resume them with leave_running).
     freeze_cgroup: freeze the tree through that cgroup's freezer (v1 or v2) before seizing it.
@@ -349,7 +349,8 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
     when it is written, before the commit). pages: where the pages go (default: the images
     directory; a page server: transport/sink.py ServerPages). after_commit (without
     leave_running): runs after the commit with the tree still frozen (a migration's switchover);
-    if it raises, the tree is resumed instead of killed.
+    if it raises, the tree is resumed instead of killed. durable=False: the local images are
+    committed without fsync (a migration's: the destination holds what matters).
 
     Established TCP connections are saved with TCP_REPAIR under a network lock (connections/):
     when the tree is killed their sockets die in repair mode (the peer sees nothing) and the
@@ -409,7 +410,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                     imgdir.commit()
                 else:
                     session.finish()                # the pages durable where they went,
-                    imgdir.commit()                 # all durable before the tree is gone
+                    imgdir.commit(durable=durable)  # all durable before the tree is gone
                     if after_commit is not None:
                         after_commit()              # raising: the tree is resumed, not killed
                     tcp.keep()                      # as the images say: sockets die repaired, lock stays

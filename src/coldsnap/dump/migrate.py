@@ -126,7 +126,8 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
             result.destination_pid = int(answer["pid"])
             result.restore_inner_ms = float(answer.get("total_ms") or 0.0)
 
-        stats = dump(pid, final, prev_images_dir=prev, pages=final_target, after_commit=switchover)
+        stats = dump(pid, final, prev_images_dir=prev, pages=final_target, after_commit=switchover,
+                     durable=False)
         dumped = True
         result.final_pages, result.final_bytes = stats.pages_written, final_target.bytes_sent
         result.restore_ms = round((timing["running"] - timing["committed"]) * 1000, 2)
