@@ -4,8 +4,11 @@
   thread), each process checking its memory pattern and counting on: both directions;
 - a parent feeding its child through a pipe, data in flight, the parent's waitpid reaping
   the restored child: both directions;
-- two no-freeze pre-dumps by coldsnap and a coldsnap dump on top, restored by CRIU from the
-  last directory (CRIU follows the `parent` links and reads every level's pages).
+- a family of three sharing anonymous memory, zombies with their exit status, a process
+  stopped by SIGSTOP: both directions;
+- a no-freeze pre-dump and a tracked pre-dump by coldsnap and a coldsnap dump on top, of one
+  process and of the tree of four, restored by CRIU from the last directory (CRIU follows
+  the `parent` links and reads every level's pages).
 
 `criu pre-dump` is not tried: stock CRIU 4.2 insists on soft-dirty bits, which this kernel
 lacks (shared/peers/criu-4.2/README).
@@ -16,6 +19,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -228,3 +232,74 @@ def test_zombies_across_tools(direction, tmp_path):
         assert os.WIFSIGNALED(got[zterm]) and os.WTERMSIG(got[zterm]) == signal.SIGTERM, got
     finally:
         kill_tree(proc, pids, restored)
+
+
+def test_criu_restores_a_coldsnap_pre_dump_chain_of_a_tree(tmp_path):
+    """The tree of four pre-dumped twice by coldsnap (each process tracked on its own) and
+    dumped on top: CRIU restores every process from the chain, each counting on."""
+    need_criu()
+    tree = start_counter_tree(tmp_path / "logs")
+    restored = False
+    try:
+        tree.wait_ticks(2)
+        root = tree.proc.pid
+        coldsnap("pre-dump", "-t", root, "-D", tmp_path / "1", "--pre-dump-mode", "nofreeze").check()
+        tree.wait_ticks(2)
+        coldsnap("pre-dump", "-t", root, "-D", tmp_path / "2", "--prev-images-dir", tmp_path / "1").check()
+        tree.wait_ticks(2)
+        coldsnap("dump", "-t", root, "-D", tmp_path / "3", "--prev-images-dir", tmp_path / "2").check()
+        assert tree.proc.wait(timeout=10) == -signal.SIGKILL
+        reap_orphans(pids=tree.pids)
+        last = {r: max(tree.ticks(r)) for r in ROLES}
+        criu_restore(tmp_path / "3")
+        restored = True
+        tree.wait_ticks(3)
+        for r in ROLES:
+            ticks = tree.ticks(r)
+            assert ticks == list(range(1, len(ticks) + 1)), (r, ticks[-10:])
+            assert len(ticks) > last[r] + 2
+        assert tree.fails() == []
+    finally:
+        tree.kill_all()
+        if not restored:
+            tree.proc.wait(timeout=10)
+        reap_orphans(pids=tree.pids)
+
+
+COUNTER = """
+import sys, time
+n = 0
+while True:
+    n += 1
+    open(sys.argv[1], "w").write(str(n))
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_a_stopped_process_stays_stopped_across_tools(direction, tmp_path):
+    """A process dumped while stopped (SIGSTOP) comes back stopped, and counts on after
+    SIGCONT (task_state 3 and the stop signal, as both tools write them)."""
+    need_criu()
+    count = tmp_path / "count"
+    proc = subprocess.Popen([sys.executable, "-c", COUNTER, str(count)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    pid, restored = proc.pid, False
+    try:
+        _until(lambda: count.exists() and count.read_text(), "a first count")
+        os.kill(pid, signal.SIGSTOP)
+        _until(lambda: (_state(pid) or ("",))[0] == "T", "the stop")
+        dump_with(direction, pid, tmp_path / "img")
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        reap_orphans(pids=[pid])
+        restore_with(direction, tmp_path / "img")
+        restored = True
+        time.sleep(0.2)
+        assert _state(pid)[0] == "T", "the restored process must stay stopped"
+        frozen = count.read_text()
+        time.sleep(0.1)
+        assert count.read_text() == frozen
+        os.kill(pid, signal.SIGCONT)
+        _until(lambda: count.read_text() not in ("", frozen), "counting after SIGCONT")
+    finally:
+        kill_tree(proc, [pid], restored)
