@@ -6,6 +6,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from coldsnap import TargetError
@@ -103,6 +104,33 @@ def test_pages_are_the_memory_and_the_task_runs_on(pattern, tmp_path):
     assert w.send("write 1 5") == "wrote 1"       # still serving
     assert not (tmp_path / "img" / "parent").exists()
     assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in (tmp_path / "img").iterdir())
+    # the pages file allocated before the freeze (ImageSink.prepare) was taken over and cut
+    # to the pages written: nothing spare left, no byte more
+    files = sorted(f.name for f in (tmp_path / "img").iterdir())
+    assert not [f for f in files if "spare" in f] and files.count("pages-1.img") == 1
+    assert (tmp_path / "img" / "pages-1.img").stat().st_size == stats.pages_written * PG
+
+
+def test_a_prepared_pages_file_is_taken_over_or_dropped(tmp_path):
+    from coldsnap.dump.sink import ImageSink
+    from coldsnap.images.pages import PagemapReader
+    from coldsnap.memory.sink import PagemapKey
+    with ImageDir.create(tmp_path / "img") as d, ImageSink(d) as sink:
+        sink.prepare(PagemapKey(7), 16 * PG)
+        sink.prepare(PagemapKey(8), 16 * PG)
+        sink.prepare(PagemapKey(9), 16 * PG)
+        sink.begin(PagemapKey(7))             # taken over, cut to the 2 pages written
+        sink.reserve(2 * PG).pwrite(b"ab" * PG, 0)
+        sink.placed(np.array([0x10000], np.uint64), np.array([2 * PG], np.uint64))
+        sink.end()
+        sink.begin(PagemapKey(8))             # taken over, nothing written: no pages file
+        sink.parent(0x20000, 1)
+        sink.end()
+        sink.close()                          # 9 never begun: dropped
+        assert sorted(p.name for p in d.root.iterdir()) == ["pagemap-7.img", "pagemap-8.img", "pages-1.img"]
+        with PagemapReader(d, 7) as r:
+            assert r.read_pages(0x10000, 2) == b"ab" * PG and r.pages_bytes == 2 * PG
+        assert d.path("pages-1.img").stat().st_size == 2 * PG
 
 
 def test_threads_all_saved_crit_decodes_and_the_task_is_killed(spawn, workload_bin, tmp_path):

@@ -181,6 +181,7 @@ class PagemapWriter:
         self._cursor = 0          # end of the last run added, in bytes
         self._data = 0            # bytes of present pages recorded (the pages file's end)
         self._reserved = 0        # end of the furthest reserved area in the pages file
+        self._adopted = False     # the pages file came allocated (adopt_pages_file)
         self.nr_present = self.nr_parent = self.nr_skipped = 0
         self.closed = False
 
@@ -271,6 +272,15 @@ class PagemapWriter:
             self._fd = self.imgdir.create_file(pages_name(self.pages_id))
         return self._fd
 
+    def adopt_pages_file(self, fd: int, name: str, size: int) -> None:
+        """Take NAME (open at FD, SIZE bytes already allocated, in the directory being written)
+        as the pages file: renamed now, cut to the data written when the writer closes."""
+        if self._fd is not None:
+            raise ImageError(f"pagemap {self.pid}: the pages file is already open")
+        os.rename(self.imgdir.path(name), self.imgdir.path(pages_name(self.pages_id)))
+        self._fd, self._adopted = fd, True
+        self._reserved = max(self._reserved, size)
+
     def reserve(self, nbytes: int) -> FileArea:
         """The pages file from the end of the present pages on, for the caller to fill (at
         offsets from the area's start) before it records them with add_copied."""
@@ -309,6 +319,8 @@ class PagemapWriter:
             try:
                 if self._reserved > self._data:     # reserved bytes never recorded
                     os.ftruncate(self._fd, self._data)
+                if self._adopted and not self._data:    # no pages file without pages
+                    os.unlink(self.imgdir.path(pages_name(self.pages_id)))
             finally:
                 os.close(self._fd)
                 self._fd = None
