@@ -15,7 +15,7 @@ from .inet import stream_entry, stream_image_name, stream_of
 from .kinds import OPS, ops_to_restore
 from .model import DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, InetSocket, PipeData, PipeFile, UnixSocket
 from .registry import FileRegistry
-from .unix import USK_EXTERN, link_peers, queue_entries
+from .unix import USK_EXTERN, extern_entries, link_peers, queue_entries
 
 FD_CLOEXEC = 1
 
@@ -25,7 +25,7 @@ def file_entries(reg: FileRegistry) -> list[fdinfo_pb2.file_entry]:
     out = []
     for f in reg.files.values():
         out += OPS[f.kind].to_image(f, lambda f=f: reg.extra_id(f.id))
-    return out
+    return out + extern_entries(reg.files, reg.new_id)
 
 
 def fdinfo_entries(reg: FileRegistry, files_id: int) -> list[fdinfo_pb2.fdinfo_entry]:

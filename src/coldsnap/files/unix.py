@@ -176,13 +176,7 @@ class UnixOps(FileOps):
             usk.file_perms.CopyFrom(sk_unix_pb2.file_perms_entry(mode=f.perms[0], uid=f.perms[1], gid=f.perms[2]))
         e = fdinfo_pb2.file_entry(type=fdinfo_pb2.UNIXSK, id=f.id)
         e.usk.CopyFrom(usk)
-        if not f.external:
-            return [e]
-        ext = fdinfo_pb2.file_entry(type=fdinfo_pb2.UNIXSK, id=new_id())
-        ext.usk.CopyFrom(sk_unix_pb2.unix_sk_entry(
-            id=ext.id, ino=f.peer, type=f.type, state=LISTEN, flags=0, uflags=USK_EXTERN, backlog=0,
-            peer=0, fown=fown_pb(f.fown), opts=common_entry(SockOpts()), name=f.connect_to))
-        return [e, ext]
+        return [e]
 
     def from_image(self, e, regs) -> UnixSocket:
         k, o = e.usk, e.usk.opts
@@ -401,6 +395,21 @@ def link_peers(files: dict[int, FileObj], where=None, *, ext_unix_sk: bool = Fal
         raise Unsupported(f"{where(f.id)}: unix {_TYPES[f.type]} socket (ino {f.inode}) is connected to "
                           f"socket ino {f.peer} {names.get(f.peer, '')} held by {held}, outside the dumped "
                           f"tree; {why}".replace("  ", " "))
+
+
+def extern_entries(files: dict[int, FileObj], new_id) -> list[fdinfo_pb2.file_entry]:
+    """One USK_EXTERN entry per socket outside the tree that sockets of the tree are connected
+    to (--ext-unix-sk): its inode, type and name, as CRIU writes them."""
+    out, seen = [], set()
+    for f in files.values():
+        if isinstance(f, UnixSocket) and f.external and f.peer not in seen:
+            seen.add(f.peer)
+            e = fdinfo_pb2.file_entry(type=fdinfo_pb2.UNIXSK, id=new_id())
+            e.usk.CopyFrom(sk_unix_pb2.unix_sk_entry(
+                id=e.id, ino=f.peer, type=f.type, state=LISTEN, flags=0, uflags=USK_EXTERN, backlog=0,
+                peer=0, fown=fown_pb(f.fown), opts=common_entry(SockOpts()), name=f.connect_to))
+            out.append(e)
+    return out
 
 
 def queue_entries(files: dict[int, FileObj]) -> list[tuple[sk_packet_pb2.sk_packet_entry, bytes]]:
