@@ -32,6 +32,7 @@ class EchoPeer:
         self.got = bytearray()
         self.error: BaseException | None = None
         self.max_gap = 0.0
+        self._shut = False
         self._stop = threading.Event()
         self._reading = threading.Event()
         self._writer = threading.Thread(target=self._write, daemon=True)
@@ -74,12 +75,18 @@ class EchoPeer:
             assert time.monotonic() < deadline, f"only {len(self.sent)} bytes sent"
             time.sleep(0.01)
 
-    def finish(self, timeout: float = 20) -> None:
-        """Stop sending, shut our side, read the rest: every byte echoed once, in order."""
+    def close_sending(self, timeout: float = 20) -> None:
+        """Stop sending and shut our side (the server's socket goes to CLOSE_WAIT)."""
         self._stop.set()
         self._writer.join(timeout)
+        if not self._shut:
+            self.sock.shutdown(socket.SHUT_WR)
+            self._shut = True
+
+    def finish(self, timeout: float = 20) -> None:
+        """Stop sending, shut our side, read the rest: every byte echoed once, in order."""
+        self.close_sending(timeout)
         self.start_reading()
-        self.sock.shutdown(socket.SHUT_WR)
         self._reader.join(timeout)
         self.sock.close()
         assert self.error is None, f"peer error: {self.error!r}"

@@ -64,6 +64,34 @@ def test_connection_goes_on_after_restore(tmp_path, family):
         w.stop()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_connection_closed_by_the_peer(tmp_path, family, monkeypatch):
+    """The peer shut its side before the dump while the server had not read everything: the
+    server's socket is in CLOSE_WAIT with data in both queues. After restore the server reads
+    the rest, then the end of the stream, and its echo reaches the peer whole."""
+    monkeypatch.setenv("TCP_ECHO_SNDBUF", "8192")   # its echo blocks soon: it stops reading
+    w, port = _start_server(tmp_path, family)
+    peer = EchoPeer(family, port)
+    try:
+        peer.wait_until_sent(60_000)        # well within the server's receive window
+        peer.close_sending()
+        time.sleep(0.3)                     # the FIN is in: CLOSE_WAIT
+        images = tmp_path / "img"
+        coldsnap("dump", "-t", w.pid, "-D", images).check()
+        w.reap_dumped()
+        [(entry, _)] = _streams(images)
+        assert entry.inq_len > 0 and entry.outq_len > 0
+        [isk] = [e.isk for e in framing.read_image(images / "files.img") if e.HasField("isk") and e.isk.dst_port]
+        assert isk.state == 8, "CLOSE_WAIT"
+        coldsnap("restore", "-D", images, "-d").check()
+        w.adopt_restored()
+        peer.finish()
+        w.wait_line(f"done {len(peer.sent)}")
+    finally:
+        peer.close()
+        w.stop()
+
+
 def test_leave_running_lets_the_connection_go_on(tmp_path):
     """--leave-running: repair mode off and the lock lifted before the server runs again."""
     w, port = _start_server(tmp_path, socket.AF_INET)

@@ -6,7 +6,9 @@ so that both of its queues hold data whenever the peer sends faster than it read
 "done N" when the peer shut its side (N bytes echoed) or "lost ERRNO N" when the connection
 failed, and accepts the next one. MEMORY_MIB of touched memory makes its dump longer; with
 UNIX_PATH it also holds a unix socket connected to that path (outside the dumped tree).
+TCP_ECHO_SNDBUF in the environment: the connection's SO_SNDBUF (small: the echo blocks soon).
 """
+import os
 import socket
 import sys
 import time
@@ -25,6 +27,8 @@ listener.listen(4)
 print("ready", listener.getsockname()[1], flush=True)
 while True:
     conn, _ = listener.accept()
+    if os.environ.get("TCP_ECHO_SNDBUF"):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(os.environ["TCP_ECHO_SNDBUF"]))
     total = 0
     try:
         while data := conn.recv(512):

@@ -4,7 +4,7 @@ or rebuilt (a socket-less port would answer the peer with a RST).
 
 One table per run, `inet coldsnap-<run id>`: an input and an output chain, each dropping
 what matches the set `conns4` or `conns6` (local addr . port . remote addr . port, both
-orientations). The run id goes into the images (inventory.dump_criu_run_id), so that a
+orientations) -- except coldsnap's own packets, marked LOCK_MARK (fin.py). The run id goes into the images (inventory.dump_criu_run_id), so that a
 later command -- `restore`, or `network-unlock` -- finds the table a dump left and removes
 it. Only exactly the listed connections are touched; the rest of the machine's traffic
 flows.
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from coldsnap.errors import CsError
 from coldsnap.kernel import nftables
+
+from .fin import LOCK_MARK
 
 TABLE_PREFIX = "coldsnap-"
 NFTABLES_METHOD = 1      # inventory.network_lock_method of a lock left by a dump
@@ -112,6 +114,7 @@ class NetworkLock:
                f"add set {t} conns6 {{ type ipv6_addr . inet_service . ipv6_addr . inet_service; }}"]
         for hook in ("input", "output"):
             out += [f"add chain {t} {hook} {{ type filter hook {hook} priority 0; }}",
+                    f"add rule {t} {hook} meta mark {LOCK_MARK:#x} accept",     # our own crafted FINs
                     f"add rule {t} {hook} ip saddr . tcp sport . ip daddr . tcp dport @conns4 drop",
                     f"add rule {t} {hook} ip6 saddr . tcp sport . ip6 daddr . tcp dport @conns6 drop"]
         return out

@@ -22,9 +22,13 @@ from dataclasses import dataclass
 
 from coldsnap.kernel import tcp_repair as R
 
+from .fin import TH_ACK, TH_FIN, send_segment
+
 TCP_ESTABLISHED = 1
-# TCP_REPAIR restores these directly; half-closed states need crafted FIN packets
-SUPPORTED_STATES = {TCP_ESTABLISHED}
+TCP_CLOSE_WAIT = 8          # the peer closed its side; its FIN is given back by fin.py
+# the others with a FIN of ours in flight or acked (FIN_WAIT1/2, CLOSING, LAST_ACK) are not
+# rebuilt yet
+SUPPORTED_STATES = {TCP_ESTABLISHED, TCP_CLOSE_WAIT}
 _MIN_CHUNK = 1024
 
 
@@ -83,9 +87,14 @@ def _peek_queue(s: socket.socket, queue: int, length: int) -> tuple[int, bytes]:
 def restore_stream(s: socket.socket, local: tuple, remote: tuple, st: TcpStream) -> None:
     """Make S (new, in repair mode) the established stream ST between LOCAL and REMOTE
     ((addr, port) each): sequence numbers, connection, options, queues, window. S stays in
-    repair mode: nothing has reached the wire yet. StreamError names the failed step."""
+    repair mode: nothing has reached the wire yet. StreamError names the failed step.
+
+    A stream in CLOSE_WAIT is rebuilt established, the peer's FIN one sequence number
+    short, then handed a FIN|ACK from the peer (fin.py): the kernel closes it as it did."""
+    peer_fin = st.state == TCP_CLOSE_WAIT
+    rcv_nxt = st.inq_seq - 1 if peer_fin else st.inq_seq      # before the peer's FIN
     _step("bind", s.bind, local)
-    _step("set the receive sequence", _set_seq, s, R.TCP_RECV_QUEUE, st.inq_seq - len(st.inq))
+    _step("set the receive sequence", _set_seq, s, R.TCP_RECV_QUEUE, rcv_nxt - len(st.inq))
     _step("set the send sequence", _set_seq, s, R.TCP_SEND_QUEUE, st.outq_seq - len(st.outq))
     R.select_queue(s, R.TCP_NO_QUEUE)
     _step("connect", s.connect, remote)
@@ -109,7 +118,14 @@ def restore_stream(s: socket.socket, local: tuple, remote: tuple, st: TcpStream)
         finally:
             R.set_repair(s, True)
     if st.window is not None:
-        _step("set the window", R.set_repair_window, s, st.window)
+        w = st.window
+        if peer_fin:     # the window as it was before the FIN took its sequence number
+            w = R.RepairWindow(w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd + 1, w.rcv_wup - 1)
+        _step("set the window", R.set_repair_window, s, w)
+    if peer_fin:
+        window = (st.window.snd_wnd >> st.snd_wscale) if st.window is not None else 0xFFFF
+        _step("give back the peer's FIN", send_segment, s.family, remote[:2], local[:2], rcv_nxt,
+              st.outq_seq - len(st.outq), TH_FIN | TH_ACK, window)
 
 
 def finish(s: socket.socket, reuseaddr: bool) -> None:

@@ -399,7 +399,8 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                     saved.append(dump_process(held.task(model.pid), imgdir, sink, files, parent, times,
                                               shell_job=shell_job))
                 for fid, stream in tcp.streams.items():
-                    files.files[fid].stream = stream    # type: ignore[union-attr]
+                    f = files.files[fid]
+                    f.stream, f.state = stream, stream.state    # type: ignore[union-attr]  # as locked
                 t_shm = time.perf_counter_ns()
                 views = [(m.pid, s.vmas) for m, s in zip(held.tree, saved)]
                 shm_pages, shm_mapped = save_shmem(sink, views)

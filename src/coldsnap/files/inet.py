@@ -13,7 +13,7 @@ import socket
 import struct
 
 from coldsnap.connections.lock import Conn
-from coldsnap.connections.tcp import TCP_ESTABLISHED, StreamError, TcpStream, restore_stream
+from coldsnap.connections.tcp import SUPPORTED_STATES, StreamError, TcpStream, restore_stream
 from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2, sk_inet_pb2, sk_opts_pb2, tcp_stream_pb2
 from coldsnap.kernel import fdinfo as K
@@ -119,11 +119,11 @@ class InetOps(FileOps):
                     state = R.tcp_info(s).state
                 if peer[1] and not tcp:
                     raise Unsupported(f"fd {fd}: connected UDP socket is not supported yet")
-                if state not in (TCP_CLOSE, TCP_ESTABLISHED):
+                if state != TCP_CLOSE and state not in SUPPORTED_STATES:
                     name = K.TCP_STATES.get(state, str(state))
                     raise Unsupported(f"fd {fd}: TCP socket in state {name} is not supported yet")
             addr, port = s.getsockname()[:2]
-            if state == TCP_ESTABLISHED and p.tcp is None:
+            if state in SUPPORTED_STATES and p.tcp is None:
                 where = f"{_endpoint(family, addr, port)} <-> {_endpoint(family, *peer)}"
                 raise Unsupported(f"fd {fd}: TCP connection {where}: established connections are not saved here")
             opts = _read_opts(s, family, tcp)
@@ -134,7 +134,7 @@ class InetOps(FileOps):
                 backlog = K.listen_backlog(family, p.link.inode) or 128
             f = InetSocket(fid, family, stype, proto, state, addr, port, p.flags, backlog, p.link.inode,
                            opts, read_fown(p.dup), peer[0], peer[1])
-            if state == TCP_ESTABLISHED:
+            if state in SUPPORTED_STATES:
                 p.tcp.add(p.dup, fid, conn_of(f), opts.reuseaddr, f"pid {p.pid} fd {fd}")   # locked, repaired, read later
             return f
         finally:

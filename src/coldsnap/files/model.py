@@ -125,7 +125,7 @@ class InetSocket:
     family: int
     type: int                     # SOCK_STREAM / SOCK_DGRAM
     proto: int
-    state: int                    # TCP_LISTEN, TCP_ESTABLISHED, or 7 (CLOSE) for the rest
+    state: int                    # TCP_LISTEN, ESTABLISHED, CLOSE_WAIT, or 7 (CLOSE) for the rest
     addr: str
     port: int
     flags: int
