@@ -278,7 +278,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(pattern, spawn, python_exe, tm
 
 SPECIAL_MEMORY = {
     "memfd": ("import mmap, os; fd = os.memfd_create('cs'); os.ftruncate(fd, 4096); "
-              "m = mmap.mmap(fd, 4096)", "memfd /memfd:cs is not supported"),
+              "m = mmap.mmap(fd, 4096, flags=mmap.MAP_PRIVATE)",
+              "private mapping of memfd /memfd:cs is not supported"),
 }
 
 

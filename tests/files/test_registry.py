@@ -13,6 +13,7 @@ import pytest
 from coldsnap.files.images import read_images, write_images
 from coldsnap.files.inet import STORED_EXTRA_OPTS
 from coldsnap.files.kinds import OPS
+from coldsnap.files.memfd import MemfdFile
 from coldsnap.files.model import (EpollFile, EpollTarget, EventfdFile, FdType, Fown, InetSocket, PipeFile,
                                   RegFile, SockOpts, UnixSocket)
 from coldsnap.files.registry import FileRegistry
@@ -123,6 +124,7 @@ KINDS = {
                                 True),
     "unix pair end": UnixSocket(11, 99126, socket.SOCK_DGRAM, 1, os.O_RDWR | os.O_NONBLOCK, 99127, b"\0abs\0x",
                                 0, 3, None, False, SockOpts(rcv_tmo=(3, 4))),
+    "memfd": MemfdFile(12, 8500, os.O_RDWR | os.O_APPEND, 16, Fown(signum=10)),
 }
 
 

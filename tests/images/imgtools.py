@@ -141,6 +141,8 @@ def sample_images() -> dict[str, list]:
         "fifo-data.img": [(pipe_pb2.pipe_data_entry(pipe_id=778, bytes=2), b"ok")],
         "sk-queues.img": [(sk_packet_pb2.sk_packet_entry(id_for=12, length=5), b"hello"),
                           (sk_packet_pb2.sk_packet_entry(id_for=12, length=0), b"")],
+        "memfd.img": [memfd_pb2.memfd_inode_entry(name="cs", uid=0, gid=0, size=16, shmid=8500,
+                                                  seals=0x1f, inode_id=8500, mode=0o100777)],
         "ipcns-shm-3.img": [ipc_shm_pb2.ipc_shm_entry(desc=ipc_desc(32768), size=56, in_pagemaps=True)],
         "ipcns-sem-3.img": [(ipc_sem_pb2.ipc_sem_entry(desc=ipc_desc(5), nsems=3),
                              b"\x01\x00\x07\x00\xff\xff\x00\x00")],

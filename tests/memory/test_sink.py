@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from coldsnap.dump.dump import save_shmem
+from coldsnap.dump.shmem import save_shmem
 from coldsnap.kernel.procfs import read_maps
 from coldsnap.memory.drain import Drain
 from coldsnap.memory.frozen_copy import save_frozen

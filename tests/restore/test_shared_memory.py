@@ -2,6 +2,8 @@
 that had it, so that the processes go on seeing each other's writes."""
 from __future__ import annotations
 
+import os
+
 from procs import coldsnap
 from shm_helpers import ROLES, Family, shared_inodes, start_family
 from tree_helpers import reap_orphans
@@ -68,5 +70,30 @@ def test_sysv_segment_and_semaphores_keep_ids_keys_and_values(tmp_path):
         assert shm2[:4] == shm[:4] and shm2[6:9] == shm[6:9]      # key, id, mode, size; nattch, uid, gid
         assert sem2[:6] == sem[:6]                                # key, id, mode, nsems, uid, gid
         _assert_shared_after(fam, before)                         # sem 1 still 7, sem 0 a working lock
+    finally:
+        fam.cleanup(restored)
+
+
+def test_memfd_fds_mappings_and_seals(tmp_path):
+    """The counters memfd (fd 50 in p and b, mapping only in a) and the sealed one (fd 51,
+    read-only mapping) come back once each: same inode in every process, name, size,
+    contents, seals (checked by the workload every tick), fd offsets."""
+    fam = start_family(tmp_path / "logs", "memfd")
+    restored = False
+    try:
+        fam.wait_ticks(2)
+        before_links = {r: os.readlink(f"/proc/{fam.pids[r]}/fd/50") for r in ("p", "b")}
+        _dump_restore(fam, tmp_path / "img")
+        restored = True
+        before = {r: fam.ticks(r)[-1][0] for r in ROLES}
+        maps = {r: shared_inodes(fam.pids[r]) for r in ROLES}
+        for name in ("/memfd:cs-counters (deleted)", "/memfd:cs-sealed (deleted)"):
+            assert len({maps[r][name] for r in ROLES}) == 1, (name, maps)
+        for r in ("p", "b"):
+            assert os.readlink(f"/proc/{fam.pids[r]}/fd/50") == before_links[r]
+            assert os.stat(f"/proc/{fam.pids[r]}/fd/50").st_ino == maps["a"]["/memfd:cs-counters (deleted)"]
+            assert os.stat(f"/proc/{fam.pids[r]}/fd/51").st_size == 16
+        assert not os.path.exists(f"/proc/{fam.pids['a']}/fd/50")
+        _assert_shared_after(fam, before)
     finally:
         fam.cleanup(restored)

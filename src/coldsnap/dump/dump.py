@@ -4,13 +4,13 @@ any number of threads each), in one freeze of the whole tree.
     ImageDir.create ──► freeze_tree ──► refuse what a tree restore cannot do (dump/tree.py)
     (a zombie child is kept: pstree entry and a core with TASK_DEAD and its exit status)
     ──► for each process, parents first (dump_process), the same path for every one: maps: refuse what cannot be saved (deleted or special
-      mappings, memfd, io_uring, aio, hugetlb)
+      mappings, a private memfd mapping, io_uring, aio, hugetlb)
       ──► task state (registers, signals, ...: injected calls) ──► coldsnap's parked write
       tracking: adopt it (the written set), remove it from the target
       ──► private pages: scan, drain (unreadable VMAs through /proc/PID/mem), PE_PARENT
       for what the parent chain holds and tracking says was not written since
       ──► fd table + mapped files
-      ──► shared anonymous objects of the whole tree, once each (save_shmem), and the tree's
+      ──► shared anonymous objects and memfds of the whole tree, once each (dump/shmem.py), and the tree's
       SysV segments and semaphore sets (dump/sysv.py)
       ──► pstree/ids and files images of the tree, commit ──► SIGKILL every process,
       children first (default), or resume them all (leave_running)
@@ -31,7 +31,6 @@ inventory.img (no pre_dump_mode), stats-dump.
 """
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import stat as st_
@@ -40,8 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from ..connections.hold import TcpHold
 from ..errors import TargetError, Unsupported
 from ..files.images import write_images as write_files_images
@@ -49,14 +46,13 @@ from ..files.registry import FileRegistry
 from ..images.directory import ImageDir
 from ..kernel import ptrace
 from ..kernel.libc import SYS
-from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
-from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, ns_inode, open_map_file,
-                             read_maps, read_path_link, read_stat, read_status, stat_map_file)
+from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, ns_inode, read_maps,
+                             read_path_link, read_stat, read_status, stat_map_file)
 from ..memory.frozen_copy import CopyStats, save_frozen
 from ..memory.plan import PagePlan, with_vdso
 from ..memory.ranges import Ranges
 from ..memory.scan import warm_up
-from ..memory.sink import PageSink, PagemapKey, PlanFeed, SinkCounts
+from ..memory.sink import PageSink, PagemapKey, SinkCounts
 from ..memory.tracking import PARK_FD_MIN, parked_uffd_fds
 from ..memory.vma import PROT_WRITE, Kind, Vma, classify, classify_all
 from ..seize.freezer import FrozenTask, freeze_tree
@@ -65,6 +61,7 @@ from ..seize.tree import with_zombies
 from .metadata import write_inventory, write_mm, write_stats
 from .plan import Planned, Planner, chain_parked_fds
 from .sink import LOCAL, PageSession, PageTarget
+from .shmem import memfd_mappings, save_memfds, save_shmem
 from .sysv import save_sysv
 from .stats import DumpStats, Times
 from .task_state import (collect_task_state, kobj_ids, write_core_images, write_tree_images,
@@ -106,8 +103,9 @@ def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
             raise Unsupported(f"{where}: {what} is not supported")
         if path.startswith("/[aio]"):
             raise Unsupported(f"{where}: AIO ring is not supported")
-        if path.startswith("/memfd:"):
-            raise Unsupported(f"{where}: memfd {path.removesuffix(' (deleted)')} is not supported")
+        if path.startswith("/memfd:") and not v.kind is Kind.ANON_SHARED:
+            raise Unsupported(f"{where}: a private mapping of memfd {path.removesuffix(' (deleted)')} "
+                              "is not supported")
         if path.startswith("/anon_hugepage"):
             raise Unsupported(f"{where}: hugetlb memory is not supported")
         if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED, Kind.ANON_SHARED) and path:
@@ -115,7 +113,7 @@ def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
                 huge = _hugetlbfs_devs(pid)
             if m.dev in huge:
                 raise Unsupported(f"{where}: hugetlb file {path} is not supported")
-        if path.endswith(" (deleted)") and not (v.kind is Kind.ANON_SHARED and path.startswith(("/dev/zero", "/SYSV"))):
+        if path.endswith(" (deleted)") and not (v.kind is Kind.ANON_SHARED and path.startswith(("/dev/zero", "/SYSV", "/memfd:"))):
             raise Unsupported(f"{where}: mapped file {path[:-10]} was deleted; not supported")
 
 
@@ -211,62 +209,6 @@ def save_private(task: FrozenTask, sink: PageSink, plan: PagePlan, threads: int 
     return copied, counts
 
 
-def save_shmem(sink: PageSink, views: list[tuple[int, list[Vma]]]) -> tuple[SinkCounts, int]:
-    """pagemap-shmem-SHMID, once per shared anonymous object of the tree: its pages holding
-    data (SEEK_DATA: resident or swapped) inside the windows any process maps, read from the
-    object itself through /proc/PID/map_files of one process mapping it and copied in the
-    kernel (sendfile into the sink's area). views: (pid, its VMAs) of every process.
-    Returns (pages handed to the sink, pages mapped)."""
-    objects: dict[int, list[tuple[int, Vma]]] = {}
-    for pid, vmas in views:
-        for v in vmas:
-            if v.kind is Kind.ANON_SHARED and not v.path.startswith("/SYSV"):
-                objects.setdefault(v.inode, []).append((pid, v))
-    counts, mapped = SinkCounts(), 0
-    for shmid, areas in sorted(objects.items()):
-        windows = Ranges.covering([(v.pgoff, v.pgoff + v.size) for _, v in areas])
-        mapped += windows.nr_pages
-        pid, v0 = areas[0]
-        try:
-            fd = open_map_file(pid, v0.start, v0.end, os.O_RDONLY)
-        except OSError as e:
-            raise TargetError(f"process {pid}: shared memory at {v0.start:#x}: cannot open it: "
-                              f"{e.strerror}") from None
-        try:
-            sink.begin(PagemapKey(shmid, shmem=True))
-            feed = PlanFeed(sink)
-            for lo, hi in windows.pairs():
-                for d, h in _data_runs(fd, lo, hi):
-                    # whole pages only (fewer at the object's end)
-                    n = feed.reserve(h - d).sendfile(fd, d, 0, h - d) >> PAGE_SHIFT << PAGE_SHIFT
-                    if n:
-                        feed.placed(np.array([d], np.uint64), np.array([n], np.uint64))
-            counts.add(feed.finish())
-            sink.end()
-        finally:
-            os.close(fd)
-    return counts, mapped
-
-
-def _data_runs(fd: int, lo: int, hi: int):
-    """Page-aligned [start, end) runs of [lo, hi) that hold data (SEEK_DATA / SEEK_HOLE)."""
-    pos = lo
-    while pos < hi:
-        try:
-            d = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:
-                return
-            raise
-        if d >= hi:
-            return
-        h = min(os.lseek(fd, d, os.SEEK_HOLE), hi)
-        d = d & ~(PAGE_SIZE - 1)
-        h = (h + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-        yield max(d, pos), min(h, hi)
-        pos = h
-
-
 # The root's pages file is allocated before the freeze up to this size (ImageSink.prepare):
 # the frozen copy then writes into allocated pages. Larger dumps do without: the allocation
 # zeroes every page first, which would lengthen the command more than it shortens the freeze.
@@ -338,13 +280,15 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
         if files.tcp is not None:
             files.tcp.save()     # lock, repair and read this process's connections at once
         exe, mapped, vma_paths, vma_flags = mapped_files(pid, vmas)
+        memfds = memfd_mappings(pid, vmas, files)
+        vma_flags.update({k: files.files[fid].flags for k, fid in memfds.items()})
         ids = files.add_mapped(mapped)
         t_mem = time.perf_counter_ns()
         copied, pages = save_private(task, sink, with_vdso(planned.plan))
         times.copy += time.perf_counter_ns() - t_mem
         write_core_images(state, imgdir)
         write_mm(imgdir, pid, vmas, planned.stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
-                 file_ids={k: ids[p] for k, p in vma_paths.items()}, fdflags=vma_flags,
+                 file_ids={k: ids[p] for k, p in vma_paths.items()} | memfds, fdflags=vma_flags,
                  dumpable=state.dumpable)
     except BaseException:
         planner.close()
@@ -404,6 +348,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 t_shm = time.perf_counter_ns()
                 views = [(m.pid, s.vmas) for m, s in zip(held.tree, saved)]
                 shm_pages, shm_mapped = save_shmem(sink, views)
+                shm_pages.add(save_memfds(imgdir, sink, files, views))
                 ipc_ns = held.tree.tasks[held.tree.root].ns_ids.get("ipc", 0)
                 shm_pages.add(save_sysv(imgdir, sink, views, ipc_ns).counts)
                 times.copy += time.perf_counter_ns() - t_shm

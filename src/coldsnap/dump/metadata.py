@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..connections.lock import NFTABLES_METHOD
 from ..images.directory import INVENTORY, ImageDir, new_inventory
-from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_REGULAR,
+from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_REGULAR,
                           VMA_AREA_STACK, VMA_AREA_SYSVIPC, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
                           VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..images.pb import mm_pb2, stats_pb2
@@ -48,8 +48,10 @@ AT_VECTOR_SIZE = 44       # CRIU's x86-64 limit on mm_saved_auxv (words); it ref
 def vma_status(v: Vma) -> int:
     """The image's vma_entry.status bits of an area."""
     status = _STATUS[v.kind]
-    if v.kind is Kind.ANON_SHARED and v.path.startswith("/SYSV"):
+    if v.is_sysv:
         status |= VMA_AREA_SYSVIPC
+    elif v.is_memfd:        # as CRIU has it: a shared file mapping whose file is a MEMFD entry
+        status = VMA_AREA_REGULAR | VMA_FILE_SHARED | VMA_AREA_MEMFD
     if v.name == "[stack]":
         status |= VMA_AREA_STACK
     elif v.name == "[heap]":
@@ -58,9 +60,10 @@ def vma_status(v: Vma) -> int:
 
 
 def vma_entry(v: Vma, file_id: int = 0, fdflags: int | None = None) -> mm_pb2.vma_entry:
-    """One VMA; shmid is the shmem inode for shared anonymous memory, else `file_id` (the
-    REG file_entry of a file mapping, 0 for none); fdflags the mapped file's open mode."""
-    shmid = v.inode if v.kind is Kind.ANON_SHARED else file_id
+    """One VMA; shmid is the shmem inode for shared anonymous memory (the id for SysV),
+    else `file_id` (the REG or MEMFD file_entry of a file or memfd mapping, 0 for none);
+    fdflags the mapped file's open mode."""
+    shmid = v.inode if v.kind is Kind.ANON_SHARED and not v.is_memfd else file_id
     e = mm_pb2.vma_entry(start=v.start, end=v.end, pgoff=v.pgoff, shmid=shmid, prot=v.prot,
                          flags=v.map_flags, status=vma_status(v), fd=-1)
     if fdflags is not None:

@@ -40,8 +40,7 @@ class SysvSaved:
 
 def sysv_attached(views: list[tuple[int, list[Vma]]]) -> set[int]:
     """Ids of the segments the processes have attached."""
-    return {v.inode for _, vmas in views for v in vmas
-            if v.kind is Kind.ANON_SHARED and v.path.startswith("/SYSV")}
+    return {v.inode for _, vmas in views for v in vmas if v.is_sysv}
 
 
 def save_sysv(imgdir: ImageDir, sink: PageSink, views: list[tuple[int, list[Vma]]], ns_id: int) -> SysvSaved:

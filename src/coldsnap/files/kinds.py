@@ -16,6 +16,7 @@ from coldsnap.kernel import fdinfo as K
 from .epoll import EpollOps
 from .eventfd import EventfdOps
 from .inet import InetOps
+from .memfd import PREFIX as MEMFD_PREFIX, MemfdOps
 from .model import FdType
 from .ops import FileOps, Probe
 from .pipes import FifoOps, PipeOps
@@ -30,6 +31,7 @@ OPS: dict[FdType, FileOps] = {
     FdType.EVENTPOLL: EpollOps(),
     FdType.INETSK: InetOps(),
     FdType.UNIXSK: UnixOps(),
+    FdType.MEMFD: MemfdOps(),
 }
 # kinds the format knows that may have no operations yet: how a refusal names them
 _NAMES = {FdType.TTY: "tty"}
@@ -43,8 +45,8 @@ def classify(p: Probe) -> FdType:
     for what coldsnap does not handle."""
     link, fd = p.link, p.fd
     if link.kind is K.LinkKind.PATH:
-        if link.path.startswith("/memfd:"):
-            raise Unsupported(f"fd {fd}: memfd {link.path} is not supported yet")
+        if link.path.startswith(MEMFD_PREFIX) and link.deleted:
+            return FdType.MEMFD
         p.st = os.fstat(p.dup)
         if link.deleted and p.st.st_nlink == 0:
             raise Unsupported(f"fd {fd}: file {link.path} was deleted; deleted files are not supported yet")

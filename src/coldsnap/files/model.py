@@ -20,6 +20,7 @@ class FdType(IntEnum):
     EVENTFD = 6
     EVENTPOLL = 7
     TTY = 11
+    MEMFD = 18
 
 
 DEFAULT_PIPE_SIZE = 65536

@@ -118,6 +118,7 @@ KINDS: tuple[ImageKind, ...] = (
               True, payload="bytes"),
     ImageKind("SK_QUEUES", r"sk-queues\.img", MAGICS["SK_QUEUES"], sk_packet_pb2.sk_packet_entry,
               True, payload="length"),
+    ImageKind("MEMFD_INODE", r"memfd\.img", MAGICS["MEMFD_INODE"], memfd_pb2.memfd_inode_entry, True),
     # SysV IPC objects: a semaphore set's u16 values follow its entry, padded to 8 bytes
     ImageKind("IPCNS_SHM", r"ipcns-shm-(\d+)\.img", MAGICS["IPCNS_SHM"], ipc_shm_pb2.ipc_shm_entry, True),
     ImageKind("IPCNS_SEM", r"ipcns-sem-(\d+)\.img", MAGICS["IPCNS_SEM"], ipc_sem_pb2.ipc_sem_entry, True,

@@ -38,6 +38,16 @@ class Vma:
         return self.end - self.start
 
     @property
+    def is_memfd(self) -> bool:
+        """A shared mapping of a memfd ("/memfd:NAME (deleted)")."""
+        return self.kind is Kind.ANON_SHARED and self.path.startswith("/memfd:")
+
+    @property
+    def is_sysv(self) -> bool:
+        """An attach of a SysV shared memory segment ("/SYSV<key> (deleted)", inode = its id)."""
+        return self.kind is Kind.ANON_SHARED and self.path.startswith("/SYSV")
+
+    @property
     def saves_pages(self) -> bool:
         """Whether a pre-dump copies this area's private pages (the dump policy)."""
         return self.kind in (Kind.ANON_PRIVATE, Kind.FILE_PRIVATE)
@@ -47,7 +57,7 @@ class Vma:
         shared = self.kind in (Kind.ANON_SHARED, Kind.FILE_SHARED)
         flags = MAP_SHARED if shared else MAP_PRIVATE
         # the kernel's special areas have no file behind them: anonymous, as the format has it
-        if self.kind not in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
+        if self.kind not in (Kind.FILE_PRIVATE, Kind.FILE_SHARED) and not self.is_memfd:
             flags |= MAP_ANONYMOUS
         if self.name == "[stack]":
             flags |= MAP_GROWSDOWN

@@ -16,7 +16,7 @@ from ..files.model import FdType, RegFile
 from ..files.registry import FileRegistry, TaskFiles
 from ..images.directory import ImageDir
 from ..images.pages import pagemap_name
-from ..images.pb import core_pb2
+from ..images.pb import core_pb2, fdinfo_pb2
 from ..images.source import ChainSource
 from ..images.task import TASK_DEAD
 from ..images.vma import (VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_REGULAR, VMA_AREA_SYSVIPC, VMA_AREA_VDSO,
@@ -28,7 +28,7 @@ from ..memory.vma import MAP_ANONYMOUS
 from ..seize.tree import NS_KINDS, Task, Tree
 from .fdtable import validate_files
 from .sessions import plan_sessions
-from .shmem import ShmemImage
+from .shmem import MemfdImage, ShmemImage
 from .sysv import SysvImages, read_sysv
 
 TASK_SIZE = 0x7FFFFFFFF000
@@ -80,6 +80,8 @@ class TreeImages:
     sessions: dict[int, str]          # pid -> what its blank process does (restore/sessions.py)
     shmem: dict[int, ShmemImage] = field(default_factory=dict)   # shared anonymous objects by shmid
     sysv: SysvImages = field(default_factory=SysvImages)         # SysV segments and semaphore sets
+    memfds: dict[int, MemfdImage] = field(default_factory=dict)  # memfd inodes by inode id
+    memfd_files: dict[int, int] = field(default_factory=dict)    # MEMFD file id -> inode id
 
     @property
     def root(self) -> DumpImages:
@@ -108,12 +110,13 @@ def load_tree(path: str | os.PathLike, *, shell_job: bool = False) -> TreeImages
     mms = {t.pid: _mm(d, t.pid, anon_memfds) for t in living}
     shmem = _shmem_objects(d, mms)
     sysv = _sysv(d, tree, mms)
+    memfds, memfd_files = _memfds(d, mms)
     registry = read_files_images(d.root, {t.pid: t.files_id for t in living},
                                  mapped_ids=set().union(*(_mapped_ids(mm) for mm in mms.values())))
     _check_shared_files(tree, registry)
     procs = {t.pid: _load_process(d, tree, t, mms[t.pid], registry, shell_job) for t in living}
     _check_ids_free([tid for t in tree for tid in t.tids])
-    return TreeImages(d, tree, registry, procs, sessions, shmem, sysv)
+    return TreeImages(d, tree, registry, procs, sessions, shmem, sysv, memfds, memfd_files)
 
 
 def _mm(d: ImageDir, pid: int, anon_memfds: dict[int, int]):
@@ -148,7 +151,7 @@ def _memfds_as_shared_anon(d: ImageDir, mm, anon_memfds: dict[int, int]) -> None
             continue
         shmid = anon_memfds.get(v.shmid)
         if shmid is None:
-            raise ImageError(f"{d.root}/mm: VMA {v.start:#x}-{v.end:#x} maps a memfd; not supported")
+            continue                # a real memfd (_memfds)
         v.status = VMA_AREA_REGULAR | VMA_ANON_SHARED
         v.flags |= MAP_ANONYMOUS
         v.shmid = shmid
@@ -172,6 +175,32 @@ def _shmem_objects(d: ImageDir, mms: dict) -> dict[int, ShmemImage]:
                                  f"beyond the {size} bytes the processes map")
         objects[shmid] = ShmemImage(shmid, size, pages)
     return objects
+
+
+def _memfds(d: ImageDir, mms: dict) -> tuple[dict[int, MemfdImage], dict[int, int]]:
+    """memfd.img (each inode with its pages) and the MEMFD file -> inode map of files.img;
+    every memfd VMA must name one of those files, and each file an inode of memfd.img."""
+    inodes = {}
+    for e in d.read("memfd.img", missing_ok=True):
+        if e.name == "/dev/zero":
+            continue                # CRIU's shared anonymous memory (criu_anon_memfds)
+        pages = ChainSource(d, e.shmid, shmem=True) if d.exists(pagemap_name(e.shmid, shmem=True)) else None
+        for offset, nbytes in pages.runs() if pages else ():
+            if offset + nbytes > ((e.size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)):
+                raise ImageError(f"{d.root}: {pagemap_name(e.shmid, shmem=True)}: pages at {offset:#x} "
+                                 f"beyond memfd {e.name}'s {e.size} bytes")
+        inodes[e.inode_id] = MemfdImage(e, pages)
+    files = {e.id: e.memfd.inode_id for e in d.read("files.img", missing_ok=True)
+             if e.type == fdinfo_pb2.MEMFD and e.memfd.inode_id in inodes}
+    for fid, inode in files.items():
+        if inode not in inodes:
+            raise ImageError(f"{d.root}/files.img: memfd file {fid}: inode {inode} is not in memfd.img")
+    for pid, mm in mms.items():
+        for v in mm.vmas:
+            if v.status & VMA_AREA_MEMFD and v.shmid not in files:
+                raise ImageError(f"{d.root}: process {pid} maps memfd file {v.shmid} at {v.start:#x}, "
+                                 "which files.img does not hold")
+    return inodes, files
 
 
 def _sysv(d: ImageDir, tree: Tree, mms: dict) -> SysvImages:
@@ -333,8 +362,9 @@ def _check_xstate(cores: dict[int, core_pb2.core_entry]) -> None:
 
 
 def _mapped_ids(mm) -> set[int]:
-    """REG file ids of the file VMAs and the exe."""
-    want = {v.shmid for v in mm.vmas if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)}
+    """REG file ids of the file VMAs (memfds are not files by path) and the exe."""
+    want = {v.shmid for v in mm.vmas
+            if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) and not v.status & VMA_AREA_MEMFD}
     if mm.exe_file_id:
         want.add(mm.exe_file_id)
     return want

@@ -57,7 +57,8 @@ def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bo
     with RestoreNetwork.of(images_dir) as net:
         images = load_tree(images_dir, shell_job=shell_job)
         net.lock(tcp_connections(images.files))
-        with SharedMemory.make(images.shmem, images.sysv) as shm:
+        with SharedMemory.make(images.shmem, images.sysv, images.memfds) as shm:
+            shm.give_sources(images.files, images.memfd_files)
             result = _restore(images, shm, net, t0, shell_job=shell_job, lazy_pages=lazy_pages,
                               lazy_log=lazy_log)
             shm.finish()

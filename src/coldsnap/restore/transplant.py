@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import CsError, TargetError
-from ..images.vma import VMA_ANON_SHARED, VMA_AREA_SYSVIPC, VMA_FILE_PRIVATE, VMA_FILE_SHARED
+from ..images.vma import VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC, VMA_FILE_PRIVATE, VMA_FILE_SHARED
 from ..images.xsave import build_area
 from ..kernel import ptrace
 from ..kernel.clone import CLONE_ARGS, THREAD_FLAGS, clone_args
@@ -230,13 +230,19 @@ class Transplant:
         raise CsError("no free address range for restore's scratch area")
 
     def _map_vmas(self) -> None:
-        """mmap every VMA: files opened inside the target, shared anonymous objects opened
-        from coldsnap's fd on them (restore/shmem.py made and filled each once)."""
+        """mmap every VMA: files opened inside the target, shared anonymous objects and
+        memfds opened from coldsnap's fd on them (restore/shmem.py made and filled each
+        once), SysV segments attached."""
         rc, fds = self.rc, {}
         try:
             for v in self.img.vmas():
                 fd, flags = -1, v.flags
-                if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
+                if v.status & VMA_AREA_MEMFD:
+                    key = ("memfd", v.shmid, _open_mode(v))
+                    if key not in fds:
+                        fds[key] = self._open(self.shm.memfd_path(self.shm.memfd_files[v.shmid]), key[2])
+                    fd = fds[key]
+                elif v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
                     key = (v.shmid, _open_mode(v))
                     if key not in fds:
                         fds[key] = self._open(self.img.mapped[v.shmid].path, key[1])
