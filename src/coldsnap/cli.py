@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="let the process run before its private memory is in: a detached server "
                          "answers its page faults and pushes the rest (see `lazy-status`)")
     rs.add_argument("--lazy-log", metavar="FILE", help="with --lazy-pages: the server's log (default: none)")
+    rs.add_argument("--tcp-established", action="store_true",
+                    help="rebuild saved TCP connections (the default; CRIU's spelling, accepted)")
+    rs.add_argument("--tcp-close", action="store_true",
+                    help="bring saved TCP connections back closed instead (listeners are kept)")
 
     ls = sub.add_parser("lazy-status", parents=[js], help="pages still to come of a --lazy-pages restore")
     ls.add_argument("pid", type=_pid, metavar="PID", help="the restored root process")
@@ -341,8 +345,10 @@ def run_restore(args: argparse.Namespace) -> int:
     from .restore.restore import restore
     if args.lazy_log and not args.lazy_pages:
         raise UsageError("--lazy-log goes with --lazy-pages")
+    if args.tcp_close and args.tcp_established:
+        raise UsageError("--tcp-close and --tcp-established contradict each other")
     res = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job,
-                  lazy_pages=args.lazy_pages, lazy_log=args.lazy_log)
+                  lazy_pages=args.lazy_pages, lazy_log=args.lazy_log, tcp_close=args.tcp_close)
     result = {"pid": res.pid, "processes": res.processes, "threads": res.threads, "total_ms": round(res.total_ns / 1e6, 3),
               "memory_ms": round(res.stats.memory_ns / 1e6, 3), "injected_calls": res.stats.calls}
     if res.lazy_server is not None:

@@ -141,6 +141,37 @@ def test_tcp_close_drops_connections_keeps_listeners(tmp_path):
         w.stop()
 
 
+def test_restore_tcp_close_brings_connections_back_closed(tmp_path):
+    """`restore --tcp-close` of a dump that saved the stream: the connection comes back
+    closed (the server's read fails, its listener serves a new one) and the dump's lock is
+    lifted; --tcp-established is accepted and changes nothing."""
+    w, port = _start_server(tmp_path, socket.AF_INET)
+    peer = EchoPeer(socket.AF_INET, port)
+    try:
+        peer.wait_until_sent(50_000)
+        images = tmp_path / "img"
+        coldsnap("dump", "-t", w.pid, "-D", images).check()
+        w.reap_dumped()
+        assert len(_streams(images)) == 1
+        lock = dump_lock(images)
+        assert coldsnap("restore", "-D", images, "--tcp-close", "--tcp-established").returncode == 2
+        run, pid = run_coldsnap("restore", "-D", images, "-d", "--tcp-close")
+        run.check()
+        w.adopt_restored()
+        assert_no_table(lock, *tables_of(pid))
+        w.wait_for("lost line", lambda: any(ln.startswith("lost") for ln in w.lines()))
+        again = EchoPeer(socket.AF_INET, port, rcvbuf=1 << 20)
+        try:
+            again.start_reading()
+            again.wait_until_sent(10_000)
+            again.finish()
+        finally:
+            again.close()
+    finally:
+        peer.close()
+        w.stop()
+
+
 def test_a_failed_dump_lifts_the_lock(tmp_path):
     """A dump refused after the lock was taken (a unix socket connected outside the tree is
     only seen when the whole tree is known): repair off, lock lifted, the server goes on."""

@@ -116,6 +116,13 @@ def _read_streams(d: Path, reg: FileRegistry) -> None:
                 f.stream = stream_of(m, payload or b"", f.state, str(path))
 
 
+def drop_streams(reg: FileRegistry) -> None:
+    """Forget every saved TCP stream: the connections come back closed (restore --tcp-close)."""
+    for f in reg.files.values():
+        if isinstance(f, InetSocket):
+            f.stream = None
+
+
 def tcp_connections(reg: FileRegistry) -> list[tuple[int, int, InetSocket]]:
     """(pid, fd, socket) of every TCP connection a restore rebuilds, one fd per socket (the
     first process holding it): where repair mode is turned off once the tree is whole."""

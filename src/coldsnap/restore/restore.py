@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from ..errors import CsError, TargetError
 from ..images.task import TASK_STOPPED
 from ..seize.freezer import freeze_tree
-from ..files.images import tcp_connections
+from ..files.images import drop_streams, tcp_connections
 from .blank import kill_blank, make_blank_tree
 from .connections import RestoreNetwork
 from .images import DumpImages, TreeImages, load_tree
@@ -50,12 +50,15 @@ class RestoreResult:
 
 
 def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bool = False,
-            lazy_pages: bool = False, lazy_log: str | None = None) -> RestoreResult:
+            lazy_pages: bool = False, lazy_log: str | None = None, tcp_close: bool = False) -> RestoreResult:
     """lazy_pages: private anonymous memory comes after the process runs, from a detached
-    server (restore/lazy_server.py); lazy_log: where that server writes (else /dev/null)."""
+    server (restore/lazy_server.py); lazy_log: where that server writes (else /dev/null).
+    tcp_close: saved TCP connections come back closed (the dump's lock is lifted all the same)."""
     t0 = time.perf_counter_ns()
     with RestoreNetwork.of(images_dir) as net:
         images = load_tree(images_dir, shell_job=shell_job)
+        if tcp_close:
+            drop_streams(images.files)
         net.lock(tcp_connections(images.files))
         with SharedMemory.make(images.shmem, images.sysv, images.memfds) as shm:
             shm.give_sources(images.files, images.memfd_files)
