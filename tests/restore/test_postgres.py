@@ -2,7 +2,8 @@
 memory (shared_buffers), its SysV segment, /dev/shm dynamic shared memory, unnamed POSIX
 semaphores inside shared memory, the postmaster-death pipe, signalfd/epoll latches, the
 listening TCP and unix sockets. A new session after restore sees every row, writes, and
-CHECKPOINT runs through the restored checkpointer; `pg_ctl stop` shuts it down cleanly."""
+CHECKPOINT runs through the restored checkpointer; a session held open over TCP with a
+transaction under way goes on and commits; `pg_ctl stop` shuts it down cleanly."""
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pg_wire import PgSession
 from procs import coldsnap
 from shm_helpers import remove_ipc
 from tree_helpers import reap_orphans
@@ -155,6 +157,10 @@ def test_postgres_tree_dump_restore(tmp_path):
             assert time.monotonic() < deadline, pg.children()
             time.sleep(0.1)
         before = {k: v for k, v in pg.children().items() if k in BACKGROUND}
+        session = PgSession(pg.port)                         # held open across dump and restore
+        session.query("BEGIN")
+        session.query("INSERT INTO t SELECT g, 'open' FROM generate_series(6001, 6010) g")
+        assert session.status == "T"
 
         run = coldsnap("dump", "-t", pg.pid, "-D", tmp_path / "img", timeout=120)
         if "signalfd is not supported" in run.stderr:
@@ -169,6 +175,14 @@ def test_postgres_tree_dump_restore(tmp_path):
         assert after == before                               # the same processes, alive
         assert pg.sql("SELECT count(*), sum(id), max(v) FROM t") == want           # unix socket
         assert pg.sql("SELECT count(*), sum(id), max(v) FROM t", tcp=True) == want  # TCP
+        # the open session goes on in its transaction, which others do not see yet, and commits
+        assert session.query("SELECT count(*) FROM t WHERE v = 'open'") == [("10",)]
+        assert pg.sql("SELECT count(*) FROM t WHERE v = 'open'") == "0"
+        session.query("INSERT INTO t VALUES (6011, 'open')")
+        session.query("COMMIT")
+        assert session.status == "I"
+        assert pg.sql("SELECT count(*) FROM t WHERE v = 'open'", tcp=True) == "11"
+        session.close()
         pg.sql("INSERT INTO t SELECT g, 'after' FROM generate_series(5001, 5100) g")
         pg.sql("CHECKPOINT")                                 # the restored checkpointer does it
         assert pg.sql("SELECT count(*) FROM t WHERE v = 'after'", tcp=True) == "100"
