@@ -213,6 +213,8 @@ def _out(args: argparse.Namespace, obj: dict, *lines: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command in ("pre-dump", "dump"):
+        _refuse_lazy(args.tree)
     if args.command == "pre-dump" and args.iterations > 1:
         return run_series(args)
     if args.command == "pre-dump":
@@ -339,6 +341,17 @@ def run_series(args: argparse.Namespace) -> int:
         result["dedup_freed_bytes"] = sum(d["dedup_freed_bytes"] for d in dedup)
     _out(args, result, *lines)
     return 0
+
+
+def _refuse_lazy(pid: int) -> None:
+    """A process whose pages still come from a lazy restore's server has holes that its
+    pagemap shows as never written: a dump now would save zeros for them."""
+    from .restore.lazy_start import lazy_server_listening
+    if lazy_server_listening(pid):
+        err = Unsupported(f"{pid} is being restored lazily: pages are still to come from its server; "
+                          f"dump it once `coldsnap lazy-status {pid}` says none are left")
+        err.pid = pid
+        raise err
 
 
 def run_restore(args: argparse.Namespace) -> int:

@@ -256,3 +256,20 @@ def test_cli_words_its_errors_in_one_line(tmp_path):
     assert run.returncode == 1 and "no lazy restore" in run.stderr
     assert_one_line_error(run)
     assert not (tmp_path / "log").exists()
+
+
+def test_dump_is_refused_while_pages_are_outstanding(workload_bin, tmp_path):
+    """Pages still in the server look never written in the pagemap: a dump now would save
+    zeros for them, so dump and pre-dump refuse in one line (the server held still by SIGSTOP)."""
+    with lazy_check_restored(workload_bin, tmp_path) as (w, res, go):
+        os.kill(res["lazy_server"], signal.SIGSTOP)
+        try:
+            for cmd in ("dump", "pre-dump"):
+                run = coldsnap(cmd, "-t", w.pid, "-D", tmp_path / cmd)
+                assert run.returncode == 5 and "being restored lazily" in run.stderr, run.stderr
+                assert_one_line_error(run)
+                assert not (tmp_path / cmd).exists()
+        finally:
+            os.kill(res["lazy_server"], signal.SIGCONT)
+        assert wait_served(res) == 0
+        coldsnap("dump", "-t", w.pid, "-D", tmp_path / "after", "--leave-running").check()

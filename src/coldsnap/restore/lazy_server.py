@@ -262,8 +262,11 @@ class Server:
                     "pushed_pages": c.pushed_pages, "zero_pages": c.zero_pages, "forks": c.forks,
                     "remaps": c.remaps, "removes": c.removes,
                     "elapsed_ms": round((time.monotonic() - self.t0) * 1e3, 1)}
-            conn.setblocking(True)
-            conn.sendall(json.dumps(body).encode() + b"\n")
+            try:           # whoever asked may be gone already: never a reason to stop serving
+                conn.settimeout(0.5)
+                conn.sendall(json.dumps(body).encode() + b"\n")
+            except OSError:
+                pass
 
     # -- events ----------------------------------------------------------------------
 

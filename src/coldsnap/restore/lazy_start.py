@@ -23,6 +23,18 @@ def status_name(root: int) -> bytes:
     return f"\0coldsnap-lazy-{root}".encode()
 
 
+def lazy_server_listening(root: int) -> bool:
+    """Whether a lazy restore of ROOT still has its server (its status name is bound)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(status_name(root))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def lazy_status(root: int, timeout: float = 2.0) -> dict:
     """What the server of the lazy restore of ROOT says about itself."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
