@@ -92,11 +92,11 @@ def _hugetlbfs_devs(pid: int) -> set[str]:
 
 
 def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
-    """Unsupported (one line, naming the area) for a mapping the dump cannot save."""
+    """Unsupported (one line, naming the process and the area) for a mapping the dump cannot save."""
     huge = None
     for m in lines:
         v = classify(m)
-        where = f"mapping {m.start:#x}-{m.end:#x}"
+        where = f"process {pid}: mapping {m.start:#x}-{m.end:#x}"
         path = m.path
         if path.startswith("anon_inode:"):
             what = "io_uring ring" if "io_uring" in path else path
