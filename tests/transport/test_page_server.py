@@ -126,6 +126,7 @@ def test_reading_pages_by_address(server, spawn, workload_bin, tmp_path):
     key = PagemapKey(w.pid)
     with PageServerClient(Endpoint.parse(ps.address), session="b", reading=True) as r, \
             PageChain(tmp_path / "srv" / "b", w.pid) as chain:
+        assert r.pagemaps() == [key]
         covered = r.covered(key)
         assert covered.pairs() == chain.covered_ranges().pairs()
         start, end = covered.pairs()[0]

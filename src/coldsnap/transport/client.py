@@ -250,6 +250,15 @@ class PageServerClient:
         pairs = np.frombuffer(self._recv(16 * count, "covered ranges"), np.uint64).reshape(-1, 2)
         return Ranges(pairs[:, 0].copy(), pairs[:, 1].copy())
 
+    def pagemaps(self) -> list[PagemapKey]:
+        """The pagemaps of the session (a reading one): its processes' and shared memory's."""
+        self._send(P.Header(P.CS_LIST).pack())
+        (count,) = P.COUNT.unpack(self._recv(8, "the count of pagemaps"))
+        if count > 1 << 20:
+            raise TransportError(f"page server {self.endpoint}: {count} pagemaps is not believable")
+        ids = np.frombuffer(self._recv(8 * count, "pagemap ids"), np.uint64).tolist()
+        return [PagemapKey(*P.decode_dst(i)) for i in ids]
+
     def read_pages(self, key: PagemapKey, vaddr: int, nr_pages: int) -> bytes:
         """The bytes of nr_pages pages at vaddr of pagemap KEY, wherever the chain keeps them."""
         if not 0 < nr_pages <= P.BATCH_MAX_PAGES:

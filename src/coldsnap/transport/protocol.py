@@ -22,6 +22,7 @@ Extensions are negotiated so that stock CRIU still works on either side:
   nr_pages = length of its name, vaddr = length of its bytes; name and bytes follow.
 - CS_RESTORE: restore a stored session (a reading one) on the server's host, which answers
   u32 length and a JSON object (the restored pid, or an error). Only `migrate-receive`.
+- CS_LIST: the pagemaps of a reading session: u64 count and count dst_ids.
 - CS_GET: pages of a committed session (a reading session): the answer is a BatchTrailer and
   the payload, or a trailer with codec CODEC_ERROR and no payload.
 """
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 PS_IOV_ADD, PS_IOV_HOLE, PS_IOV_OPEN, PS_IOV_OPEN2, PS_IOV_PARENT, PS_IOV_ADD_F, PS_IOV_GET = 1, 2, 3, 4, 5, 6, 7
 PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE = 0x1023, 0x1024
 CS_HELLO, CS_BATCH, CS_SKIP, CS_COVERED, CS_GET, CS_DROP = 0x4301, 0x4302, 0x4303, 0x4304, 0x4305, 0x4306
-CS_FILE, CS_RESTORE = 0x4307, 0x4308
+CS_FILE, CS_RESTORE, CS_LIST = 0x4307, 0x4308, 0x4309
 
 PS_TYPE_PID, PS_TYPE_SHMEM = 1, 2
 # type numbers older CRIU versions used for the same two kinds (the server accepts them)

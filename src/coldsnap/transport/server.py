@@ -375,6 +375,11 @@ class Session:
             answer = json.dumps(self.opts.restore(self.reading.root)).encode()
             self.send(P.COUNT.pack(len(answer)) + answer)
             return False
+        if h.cmd == P.CS_LIST:
+            ids = [P.encode_dst(i) for i in self.reading.pagemap_ids()]
+            ids += [P.encode_dst(i, shmem=True) for i in self.reading.shmem_pagemap_ids()]
+            self.send(P.COUNT.pack(len(ids)) + np.array(ids, np.uint64).tobytes())
+            return False
         pid, shmem = self.decode(h.dst_id)
         present = self.reading.exists(pagemap_name(pid, shmem))
         if h.cmd == P.CS_COVERED:
