@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     du.add_argument("--tcp-close", action="store_true",
                     help="drop established TCP connections instead of saving them: they come back "
                          "closed (listening sockets are kept)")
+    du.add_argument("--network-lock", choices=("nftables", "skip"), default="nftables",
+                    help="how the packets of saved connections are held back until the restore: an "
+                         "nftables table of their own (default), or not at all (skip: the kernel may "
+                         "answer the peer with a reset meanwhile)")
 
     ut = sub.add_parser("untrack", parents=[js],
                         help="remove coldsnap's write tracking from a process and every process below it")
@@ -173,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rebuild saved TCP connections (the default; CRIU's spelling, accepted)")
     rs.add_argument("--tcp-close", action="store_true",
                     help="bring saved TCP connections back closed instead (listeners are kept)")
+    rs.add_argument("--network-lock", choices=("nftables", "skip"), default="nftables",
+                    help="hold the connections' packets back while they are rebuilt (default), or not "
+                         "(skip); a lock the dump left is lifted either way")
 
     ls = sub.add_parser("lazy-status", parents=[js], help="pages still to come of a --lazy-pages restore")
     ls.add_argument("pid", type=_pid, metavar="PID", help="the restored root process")
@@ -246,7 +253,8 @@ def run(args: argparse.Namespace) -> int:
         stats = dump(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
                      leave_running=args.leave_running, shell_job=args.shell_job,
                      freeze_cgroup=args.freeze_cgroup, ext_unix_sk=args.ext_unix_sk,
-                     pages=cli_transport.page_target(args), tcp_close=args.tcp_close)
+                     pages=cli_transport.page_target(args), tcp_close=args.tcp_close,
+                     network_lock=args.network_lock != "skip")
         _out(args, _result(args, stats, left_running=args.leave_running),
              f"dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
              f"written, {stats.pages_skipped_parent} in parent, frozen {stats.frozen_time / 1000:.2f} ms, "
@@ -361,7 +369,8 @@ def run_restore(args: argparse.Namespace) -> int:
     if args.tcp_close and args.tcp_established:
         raise UsageError("--tcp-close and --tcp-established contradict each other")
     res = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job,
-                  lazy_pages=args.lazy_pages, lazy_log=args.lazy_log, tcp_close=args.tcp_close)
+                  lazy_pages=args.lazy_pages, lazy_log=args.lazy_log, tcp_close=args.tcp_close,
+                  network_lock=args.network_lock != "skip")
     result = {"pid": res.pid, "processes": res.processes, "threads": res.threads, "total_ms": round(res.total_ns / 1e6, 3),
               "memory_ms": round(res.stats.memory_ns / 1e6, 3), "injected_calls": res.stats.calls}
     if res.lazy_server is not None:

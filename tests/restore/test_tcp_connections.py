@@ -111,6 +111,29 @@ def test_leave_running_lets_the_connection_go_on(tmp_path):
         w.stop()
 
 
+def test_network_lock_skip_takes_no_lock(tmp_path):
+    """--network-lock skip (CRIU's spelling): the stream is saved without any nftables table."""
+    w, port = _start_server(tmp_path, socket.AF_INET)
+    peer = EchoPeer(socket.AF_INET, port)
+    try:
+        peer.wait_until_sent(50_000)
+        dumper = subprocess.Popen(coldsnap_argv("dump", "-t", w.pid, "-D", tmp_path / "img", "--leave-running",
+                                                "--network-lock", "skip"),
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seen = []
+        while dumper.poll() is None:
+            seen += tables_of(dumper.pid)
+        assert dumper.returncode == 0 and seen == []
+        assert len(_streams(tmp_path / "img")) == 1 and dump_lock(tmp_path / "img") == ""
+        peer.start_reading()
+        peer.wait_until_sent(len(peer.sent) + 50_000)
+        peer.finish()
+        w.wait_line(f"done {len(peer.sent)}")
+    finally:
+        peer.close()
+        w.stop()
+
+
 def test_tcp_close_drops_connections_keeps_listeners(tmp_path):
     """--tcp-close: no stream saved, no lock; the connection comes back closed (the server's
     read fails) and the listener accepts a new one."""

@@ -299,7 +299,8 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
 def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None = None,
          leave_running: bool = False, shell_job: bool = False, freeze_cgroup: str | None = None,
          ext_unix_sk: bool = False, pages: PageTarget = LOCAL,
-         after_commit: Callable[[], None] | None = None, tcp_close: bool = False, durable: bool = True) -> DumpStats:
+         after_commit: Callable[[], None] | None = None, tcp_close: bool = False, durable: bool = True,
+         network_lock: bool = True) -> DumpStats:
     """Checkpoint the tree under process `pid` (it and every descendant, one freeze) into a
     new images directory, then kill every process (or resume them with leave_running).
     freeze_cgroup: freeze the tree through that cgroup's freezer (v1 or v2) before seizing it.
@@ -316,7 +317,8 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
     when the tree is killed their sockets die in repair mode (the peer sees nothing) and the
     lock stays, named in inventory.img, until `restore` (or `network-unlock`) lifts it; with
     leave_running, or on any failure, repair is turned off and the lock lifted before the
-    tree runs again. tcp_close: connections are not saved (they come back closed)."""
+    tree runs again. tcp_close: connections are not saved (they come back closed).
+    network_lock=False: no lock at all (CRIU's --network-lock skip)."""
     stats = DumpStats(mode="dump")
     _HUGETLBFS.clear()
     times = Times()
@@ -333,7 +335,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 if nbytes:
                     prepare(PagemapKey(pid), nbytes)
             t0 = time.perf_counter_ns()
-            with freeze_tree(pid, cgroup=freeze_cgroup) as held, TcpHold(close=tcp_close) as tcp:
+            with freeze_tree(pid, cgroup=freeze_cgroup) as held, TcpHold(close=tcp_close, lock=network_lock) as tcp:
                 t_frozen = time.perf_counter_ns()
                 times.freezing = t_frozen - t0
                 refuse_tree(held)

@@ -44,11 +44,12 @@ class RestoreNetwork:
     def of(cls, images_dir: str | os.PathLike) -> RestoreNetwork:
         return cls(recorded_lock(images_dir))
 
-    def lock(self, conns: list[tuple[int, int, InetSocket]]) -> None:
+    def lock(self, conns: list[tuple[int, int, InetSocket]], *, take: bool = True) -> None:
         """Drop the packets of CONNS ((pid, fd, socket) each) until the end: the dump's lock
-        takes them (it holds them already when the dump ran here) or a new one does."""
+        takes them (it holds them already when the dump ran here) or a new one does
+        (take=False: none does; the dump's is still lifted at the end)."""
         self.conns = conns
-        if conns:
+        if conns and take:
             self.lock_ = self.recorded or NetworkLock.new()
             self.lock_.add([conn_of(f) for _, _, f in conns])
 

@@ -50,16 +50,18 @@ class RestoreResult:
 
 
 def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bool = False,
-            lazy_pages: bool = False, lazy_log: str | None = None, tcp_close: bool = False) -> RestoreResult:
+            lazy_pages: bool = False, lazy_log: str | None = None, tcp_close: bool = False,
+            network_lock: bool = True) -> RestoreResult:
     """lazy_pages: private anonymous memory comes after the process runs, from a detached
     server (restore/lazy_server.py); lazy_log: where that server writes (else /dev/null).
-    tcp_close: saved TCP connections come back closed (the dump's lock is lifted all the same)."""
+    tcp_close: saved TCP connections come back closed (the dump's lock is lifted all the same).
+    network_lock=False: no lock of the restore's own while the connections are rebuilt."""
     t0 = time.perf_counter_ns()
     with RestoreNetwork.of(images_dir) as net:
         images = load_tree(images_dir, shell_job=shell_job)
         if tcp_close:
             drop_streams(images.files)
-        net.lock(tcp_connections(images.files))
+        net.lock(tcp_connections(images.files), take=network_lock)
         with SharedMemory.make(images.shmem, images.sysv, images.memfds) as shm:
             shm.give_sources(images.files, images.memfd_files)
             result = _restore(images, shm, net, t0, shell_job=shell_job, lazy_pages=lazy_pages,
