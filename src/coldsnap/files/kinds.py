@@ -21,6 +21,7 @@ from .model import FdType
 from .ops import FileOps, Probe
 from .pipes import FifoOps, PipeOps
 from .regular import RegOps
+from .tty import TtyOps
 from .unix import UnixOps
 
 OPS: dict[FdType, FileOps] = {
@@ -32,7 +33,9 @@ OPS: dict[FdType, FileOps] = {
     FdType.INETSK: InetOps(),
     FdType.UNIXSK: UnixOps(),
     FdType.MEMFD: MemfdOps(),
+    FdType.TTY: TtyOps(),          # read from CRIU's images; coldsnap writes terminals as REG
 }
+READ_ONLY = {FdType.TTY}          # kinds read from other tools' images, never written
 # kinds the format knows that may have no operations yet: how a refusal names them
 _NAMES = {FdType.TTY: "tty"}
 _ANON = {"eventfd": FdType.EVENTFD, "eventpoll": FdType.EVENTPOLL}

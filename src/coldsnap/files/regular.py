@@ -14,7 +14,7 @@ from .ops import FileOps, OpenCtx, Probe, fown_of, fown_pb, read_fown
 
 _MEM_DEVICES = {(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)}   # null zero full random urandom
 # the names of the devices is_terminal_dev() counts (major 4 covers ttyN and ttySN)
-_TTY_PATH = re.compile(r"/dev/(pts/\d+|tty(S?\d+)?|console)")
+TTY_PATH = re.compile(r"/dev/(pts/\d+|tty(S?\d+)?|console)")
 
 
 def is_terminal_dev(rdev: int) -> bool:
@@ -71,7 +71,7 @@ class RegOps(FileOps):
 
     def from_image(self, e, regs) -> RegFile:
         r = e.reg
-        terminal = stat.S_ISCHR(r.mode) and _TTY_PATH.fullmatch(r.name) is not None
+        terminal = stat.S_ISCHR(r.mode) and TTY_PATH.fullmatch(r.name) is not None
         return RegFile(r.id, r.name, r.flags, r.pos, r.size if r.HasField("size") else None, r.mode,
                        r.mnt_id, fown_of(r.fown), terminal)
 

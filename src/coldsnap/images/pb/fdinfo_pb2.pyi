@@ -5,6 +5,7 @@ from . import pipe_pb2 as _pipe_pb2
 from . import regfile_pb2 as _regfile_pb2
 from . import sk_inet_pb2 as _sk_inet_pb2
 from . import sk_unix_pb2 as _sk_unix_pb2
+from . import tty_pb2 as _tty_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -73,7 +74,7 @@ class fdinfo_entry(_message.Message):
     def __init__(self, id: _Optional[int] = ..., flags: _Optional[int] = ..., type: _Optional[_Union[fd_types, str]] = ..., fd: _Optional[int] = ..., xattr_security_selinux: _Optional[str] = ...) -> None: ...
 
 class file_entry(_message.Message):
-    __slots__ = ("type", "id", "reg", "isk", "efd", "epfd", "usk", "fifo", "pipe", "memfd")
+    __slots__ = ("type", "id", "reg", "isk", "efd", "epfd", "usk", "fifo", "pipe", "tty", "memfd")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     REG_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +84,7 @@ class file_entry(_message.Message):
     USK_FIELD_NUMBER: _ClassVar[int]
     FIFO_FIELD_NUMBER: _ClassVar[int]
     PIPE_FIELD_NUMBER: _ClassVar[int]
+    TTY_FIELD_NUMBER: _ClassVar[int]
     MEMFD_FIELD_NUMBER: _ClassVar[int]
     type: fd_types
     id: int
@@ -93,5 +95,6 @@ class file_entry(_message.Message):
     usk: _sk_unix_pb2.unix_sk_entry
     fifo: _pipe_pb2.fifo_entry
     pipe: _pipe_pb2.pipe_entry
+    tty: _tty_pb2.tty_file_entry
     memfd: _memfd_pb2.memfd_file_entry
-    def __init__(self, type: _Optional[_Union[fd_types, str]] = ..., id: _Optional[int] = ..., reg: _Optional[_Union[_regfile_pb2.reg_file_entry, _Mapping]] = ..., isk: _Optional[_Union[_sk_inet_pb2.inet_sk_entry, _Mapping]] = ..., efd: _Optional[_Union[_eventfd_pb2.eventfd_file_entry, _Mapping]] = ..., epfd: _Optional[_Union[_eventpoll_pb2.eventpoll_file_entry, _Mapping]] = ..., usk: _Optional[_Union[_sk_unix_pb2.unix_sk_entry, _Mapping]] = ..., fifo: _Optional[_Union[_pipe_pb2.fifo_entry, _Mapping]] = ..., pipe: _Optional[_Union[_pipe_pb2.pipe_entry, _Mapping]] = ..., memfd: _Optional[_Union[_memfd_pb2.memfd_file_entry, _Mapping]] = ...) -> None: ...
+    def __init__(self, type: _Optional[_Union[fd_types, str]] = ..., id: _Optional[int] = ..., reg: _Optional[_Union[_regfile_pb2.reg_file_entry, _Mapping]] = ..., isk: _Optional[_Union[_sk_inet_pb2.inet_sk_entry, _Mapping]] = ..., efd: _Optional[_Union[_eventfd_pb2.eventfd_file_entry, _Mapping]] = ..., epfd: _Optional[_Union[_eventpoll_pb2.eventpoll_file_entry, _Mapping]] = ..., usk: _Optional[_Union[_sk_unix_pb2.unix_sk_entry, _Mapping]] = ..., fifo: _Optional[_Union[_pipe_pb2.fifo_entry, _Mapping]] = ..., pipe: _Optional[_Union[_pipe_pb2.pipe_entry, _Mapping]] = ..., tty: _Optional[_Union[_tty_pb2.tty_file_entry, _Mapping]] = ..., memfd: _Optional[_Union[_memfd_pb2.memfd_file_entry, _Mapping]] = ...) -> None: ...
