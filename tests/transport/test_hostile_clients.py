@@ -57,6 +57,9 @@ ATTACKS = {
     "bad checksum": _hello("b3").replace(b'"features": 0', b'"features": 2') + _open(42)
     + P.Header(P.CS_BATCH, 0, 1, 1, P.encode_dst(42)).pack() + P.RUN.pack(0x10000, 1)
     + P.BatchTrailer(P.CODEC_RAW, PG, 12345).pack() + b"\7" * PG,
+    "image file with a path": _hello("f1") + P.Header(P.CS_FILE, 0, 11, 4).pack() + b"../evil.img" + b"abcd",
+    "image file named like pages": _hello("f2") + P.Header(P.CS_FILE, 0, 11, 4).pack() + b"pages-1.img" + b"abcd",
+    "huge image file": _hello("f3") + P.Header(P.CS_FILE, 0, 8, 1 << 40).pack() + b"core.img",
     "dropped mid-pages": _open(42) + _add(0x10000, 8) + b"\0" * (3 * PG + 100),
     "dropped before close": _open(42) + _add(0x10000, 1) + b"\0" * PG,
 }
@@ -171,3 +174,17 @@ def test_a_dropped_pagemap_leaves_nothing(server):
         c.present(np.array([0x10000], np.uint64), np.array([PG], np.uint64), memoryview(b"\2" * PG))
     got = sorted(p.name for p in (base / "srv" / "dropped").iterdir())
     assert got == ["inventory.img", "pagemap-43.img", "pages-2.img"], got
+
+
+def test_a_page_server_does_not_restore(server):
+    """CS_RESTORE is migrate-receive's: a page server refuses it like any unknown command."""
+    from coldsnap.errors import TransportError
+    from coldsnap.transport.client import PageServerClient
+    from coldsnap.transport.wire import Endpoint
+    ps, base = server
+    with PageServerClient(Endpoint.parse(ps.address), session="r1"):
+        pass                                        # an empty session, stored
+    with PageServerClient(Endpoint.parse(ps.address), session="r1", reading=True) as r:
+        with pytest.raises(TransportError):
+            r.restore(timeout=5)
+    ps.wait_line("restore asked of a page server (only migrate-receive restores); connection closed")

@@ -371,7 +371,9 @@ class Session:
         if h.cmd in (P.PS_IOV_CLOSE, P.PS_IOV_FORCE_CLOSE):
             self.send(P.STATUS.pack(0))
             return True
-        if h.cmd == P.CS_RESTORE and self.opts.restore is not None:
+        if h.cmd == P.CS_RESTORE and self.opts.restore is None:
+            raise Refused("restore asked of a page server (only migrate-receive restores)")
+        if h.cmd == P.CS_RESTORE:
             answer = json.dumps(self.opts.restore(self.reading.root)).encode()
             self.send(P.COUNT.pack(len(answer)) + answer)
             return False
