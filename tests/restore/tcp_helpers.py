@@ -34,6 +34,8 @@ class EchoPeer:
         self.max_gap = 0.0
         self._shut = False
         self._stop = threading.Event()
+        self._go = threading.Event()        # cleared: the writer pauses between lines
+        self._go.set()
         self._reading = threading.Event()
         self._writer = threading.Thread(target=self._write, daemon=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -44,6 +46,7 @@ class EchoPeer:
         n = 0
         try:
             while not self._stop.is_set():
+                self._go.wait()
                 line = b"%08d\n" % n
                 self.sock.sendall(line)
                 self.sent += line
@@ -65,6 +68,13 @@ class EchoPeer:
         except BaseException as e:       # noqa: BLE001
             self.error = e
 
+    def pause_sending(self) -> None:
+        self._go.clear()
+        time.sleep(0.2)             # the line being sent goes out, nothing after it
+
+    def resume_sending(self) -> None:
+        self._go.set()
+
     def start_reading(self) -> None:
         self._reading.set()
 
@@ -78,6 +88,7 @@ class EchoPeer:
     def close_sending(self, timeout: float = 20) -> None:
         """Stop sending and shut our side (the server's socket goes to CLOSE_WAIT)."""
         self._stop.set()
+        self._go.set()
         self._writer.join(timeout)
         if not self._shut:
             self.sock.shutdown(socket.SHUT_WR)
@@ -96,6 +107,7 @@ class EchoPeer:
 
     def close(self) -> None:
         self._stop.set()
+        self._go.set()
         self._reading.set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)

@@ -112,11 +112,14 @@ def test_leave_running_lets_the_connection_go_on(tmp_path):
 
 
 def test_network_lock_skip_takes_no_lock(tmp_path):
-    """--network-lock skip (CRIU's spelling): the stream is saved without any nftables table."""
+    """--network-lock skip (CRIU's spelling): the stream is saved without any nftables table.
+    Nothing then holds the peer's packets back, so the peer is quiet during the dump (with
+    bytes still queued both ways)."""
     w, port = _start_server(tmp_path, socket.AF_INET)
     peer = EchoPeer(socket.AF_INET, port)
     try:
         peer.wait_until_sent(50_000)
+        peer.pause_sending()
         dumper = subprocess.Popen(coldsnap_argv("dump", "-t", w.pid, "-D", tmp_path / "img", "--leave-running",
                                                 "--network-lock", "skip"),
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -125,6 +128,7 @@ def test_network_lock_skip_takes_no_lock(tmp_path):
             seen += tables_of(dumper.pid)
         assert dumper.returncode == 0 and seen == []
         assert len(_streams(tmp_path / "img")) == 1 and dump_lock(tmp_path / "img") == ""
+        peer.resume_sending()
         peer.start_reading()
         peer.wait_until_sent(len(peer.sent) + 50_000)
         peer.finish()

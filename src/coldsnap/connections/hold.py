@@ -1,7 +1,7 @@
 """The established TCP sockets of one dump, held from the freeze to the end of the dump.
 
     with freeze_tree(pid) as held, TcpHold() as tcp:   # exits before the freezer resumes
-        ... collecting fds: tcp.add(fd, conn, reuseaddr) for each established socket
+        ... collecting fds: tcp.add(fd, key, conn, reuseaddr, "pid P fd N") per connection
         tcp.save()              # lock their packets, repair mode on, read every stream
         ... write images (tcp.streams, tcp.lock_id) ...
         tcp.keep()              # the tasks die: sockets stay in repair mode, lock stays

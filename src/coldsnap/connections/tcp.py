@@ -80,7 +80,8 @@ def _peek_queue(s: socket.socket, queue: int, length: int) -> tuple[int, bytes]:
     data = s.recv(length + 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     if len(data) != length:
         what = "receive" if queue == R.TCP_RECV_QUEUE else "send"
-        raise StreamError(errno.EIO, f"{what} queue holds {len(data)} bytes, {length} announced")
+        raise StreamError(errno.EIO, f"{what} queue holds {len(data)} bytes, {length} announced "
+                                     "(it changed while read: packets not held back by a network lock?)")
     return seq, data
 
 
