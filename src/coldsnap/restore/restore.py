@@ -66,7 +66,6 @@ def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bo
             shm.give_sources(images.files, images.memfd_files)
             result = _restore(images, shm, net, t0, shell_job=shell_job, lazy_pages=lazy_pages,
                               lazy_log=lazy_log)
-            shm.finish()
     if not detach:
         result.exit_status = _wait(result.pid)
     return result
@@ -90,6 +89,7 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, t0: int
                     raise TargetError(f"the blank processes under {pid} are not the dumped tree")
                 stats = {p: transplant(held.task(p), proc, shm, server) for p, proc in images.procs.items()}
                 net.finish()        # repair off: the streams go on when the tree runs
+                shm.finish()        # last seals, SHM_DEST: before any restored process runs
                 if server is not None:
                     server.go()         # before the detach: the first fault is answered at once
                 for p, proc in images.procs.items():
