@@ -49,7 +49,8 @@ def write_images(reg: FileRegistry, imgdir: ImageDir, *, ext_unix_sk: bool = Fal
     for name, want_fifo in (("pipes-data.img", False), ("fifo-data.img", True)):
         # Only pipes with something to restore: an absent entry means empty, default size.
         imgdir.write(name, [
-            (pipe_pb2.pipe_data_entry(pipe_id=pd.pipe_id, bytes=len(pd.data), size=pd.size), pd.data)
+            (pipe_pb2.pipe_data_entry(pipe_id=pd.pipe_id, bytes=len(pd.data), size=pd.size, cs_bufs=pd.bufs),
+             pd.data)
             for pd in reg.pipe_data.values()
             if (pd.pipe_id in fifos) == want_fifo and (pd.data or pd.size != DEFAULT_PIPE_SIZE)])
     queued = queue_entries(reg.files)
@@ -92,7 +93,8 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
     for name in ("pipes-data.img", "fifo-data.img"):
         for m, payload in framing.read_entries(d / name, missing_ok=True):
             reg.pipe_data[m.pipe_id] = PipeData(m.pipe_id, payload or b"",
-                                                m.size if m.HasField("size") else DEFAULT_PIPE_SIZE)
+                                                m.size if m.HasField("size") else DEFAULT_PIPE_SIZE,
+                                                list(m.cs_bufs))
     for m, payload in framing.read_entries(d / "sk-queues.img", missing_ok=True):
         f = reg.files.get(m.id_for)
         if isinstance(f, UnixSocket):

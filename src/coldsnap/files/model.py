@@ -180,10 +180,12 @@ class FdEntry:
 
 @dataclass(slots=True)
 class PipeData:
-    """Bytes buffered in a pipe or FIFO at dump time (peeked, not consumed), and its capacity."""
+    """Bytes buffered in a pipe or FIFO at dump time (peeked, not consumed), its capacity,
+    and the length of each of its buffers (empty: unknown, one run)."""
     pipe_id: int
     data: bytes
     size: int = DEFAULT_PIPE_SIZE
+    bufs: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)

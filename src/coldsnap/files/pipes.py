@@ -6,8 +6,6 @@ lone read end sees the saved data then EOF; writes to a lone write end fail with
 """
 from __future__ import annotations
 
-import ctypes
-import errno
 import fcntl
 import os
 import stat
@@ -15,39 +13,39 @@ import stat
 from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2, pipe_pb2
 from coldsnap.kernel.fdinfo import reopen_fd
-from coldsnap.kernel.libc import libc
+from coldsnap.kernel.pipe import (F_GETPIPE_SZ, F_SETPIPE_SZ, PAGE, SPLICE_F_NONBLOCK, splice_pipes, tee,
+                                  vmsplice_pages)
 
 from .model import DEFAULT_PIPE_SIZE, PipeData, PipeFile
 from .ops import FileOps, OpenCtx, Probe, fown_of, fown_pb, read_fown
 from .regular import reg_entry
 
-F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
-SPLICE_F_NONBLOCK = 2
-
-_tee = libc.tee
-_tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
-_tee.restype = ctypes.c_ssize_t
-
 
 def peek_pipe(rd: int) -> PipeData:
-    """Copy what is buffered in the pipe behind read end `rd` without consuming it (tee)."""
+    """Copy what is buffered in the pipe behind read end `rd` without consuming it, buffer
+    by buffer: tee duplicates every buffer into a pipe of ours, from which each is spliced
+    alone into a one-slot pipe and read (its length is the buffer's)."""
     size = fcntl.fcntl(rd, F_GETPIPE_SZ)
     r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    one_r, one_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         fcntl.fcntl(w, F_SETPIPE_SZ, size)     # same number of slots: tee copies all buffers
-        n = _tee(rd, w, size, SPLICE_F_NONBLOCK)
-        if n < 0:
-            err = ctypes.get_errno()
-            if err != errno.EAGAIN:
-                raise OSError(err, f"tee: {os.strerror(err)}")
+        fcntl.fcntl(one_w, F_SETPIPE_SZ, PAGE)
+        try:
+            n = tee(rd, w, size, SPLICE_F_NONBLOCK)
+        except BlockingIOError:
             n = 0
-        data = bytearray()
+        data, bufs = bytearray(), []
         while len(data) < n:
-            data += os.read(r, n - len(data))
-        return PipeData(0, bytes(data), size)
+            k = splice_pipes(r, one_w, n - len(data), SPLICE_F_NONBLOCK)
+            start = len(data)
+            while len(data) - start < k:
+                data += os.read(one_r, k - (len(data) - start))
+            bufs.append(k)
+        return PipeData(0, bytes(data), size, bufs)
     finally:
-        os.close(r)
-        os.close(w)
+        for fd in (r, w, one_r, one_w):
+            os.close(fd)
 
 
 def _peek_once(p: Probe, pipe_id: int, flags: int) -> None:
@@ -68,11 +66,22 @@ def _peek_once(p: Probe, pipe_id: int, flags: int) -> None:
 
 
 def _fill(w: int, pd: PipeData | None) -> None:
+    """Write the saved bytes back, each saved buffer as a buffer of its own where the image
+    says how they were cut (so that a full pipe is full again): all but the last spliced
+    from pages of ours, the last written, so that later writes may fill its room as they
+    would have. Without buffer lengths, one run of writes."""
     if pd is None:
         return
     if pd.size != DEFAULT_PIPE_SIZE:
         fcntl.fcntl(w, F_SETPIPE_SZ, pd.size)   # before the data: capacity must fit it
     view = memoryview(pd.data)
+    if len(pd.bufs) > 1 and sum(pd.bufs) == len(pd.data) and max(pd.bufs) <= PAGE:
+        chunks, at = [], 0
+        for n in pd.bufs[:-1]:
+            chunks.append(view[at:at + n])
+            at += n
+        vmsplice_pages(w, chunks)
+        view = view[at:]
     while view:
         view = view[os.write(w, view):]
 
@@ -93,8 +102,10 @@ class PipeOps(FileOps):
         return PipeFile(e.id, e.pipe.pipe_id, e.pipe.flags, "", fown_of(e.pipe.fown))
 
     def open(self, f: PipeFile, ctx: OpenCtx) -> int:
-        """The first end makes the pipe and writes its data back; a second end of the same
-        direction is a duplicate. An unused end is closed with everything else at the end."""
+        """The first end makes the pipe and writes its data back; another open file
+        description of the same direction (a pipe end reopened through /proc/PID/fd) is
+        opened again the same way, so that it keeps status flags of its own. An unused end
+        is closed with everything else at the end."""
         ends = ctx.shared.get(("pipe", f.pipe_id))
         if ends is None:
             r, w = (ctx.high(x) for x in os.pipe2(os.O_CLOEXEC))
@@ -102,7 +113,9 @@ class PipeOps(FileOps):
             ends = ctx.shared[("pipe", f.pipe_id)] = {"r": r, "w": w, "used": set()}
         end = ends["r"] if f.flags & os.O_ACCMODE == os.O_RDONLY else ends["w"]
         if end in ends["used"]:
-            return fcntl.fcntl(end, fcntl.F_DUPFD_CLOEXEC, ctx.base)
+            # both ends are still ours here: the open neither blocks nor fails (ENXIO)
+            mode = os.O_RDONLY if end == ends["r"] else os.O_WRONLY
+            return ctx.high(os.open(f"/proc/self/fd/{end}", mode | os.O_NONBLOCK | os.O_CLOEXEC))
         ends["used"].add(end)
         return end
 

@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from . import fown_pb2 as fown__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npipe.proto\x12\x0f\x63oldsnap.images\x1a\nfown.proto\"c\n\npipe_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0f\n\x07pipe_id\x18\x02 \x02(\r\x12\r\n\x05\x66lags\x18\x03 \x02(\r\x12)\n\x04\x66own\x18\x04 \x02(\x0b\x32\x1b.coldsnap.images.fown_entry\":\n\nfifo_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0f\n\x07pipe_id\x18\x02 \x02(\r\x12\x0f\n\x07regf_id\x18\x03 \x01(\r\"?\n\x0fpipe_data_entry\x12\x0f\n\x07pipe_id\x18\x01 \x02(\r\x12\r\n\x05\x62ytes\x18\x02 \x02(\r\x12\x0c\n\x04size\x18\x03 \x01(\r')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npipe.proto\x12\x0f\x63oldsnap.images\x1a\nfown.proto\"c\n\npipe_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0f\n\x07pipe_id\x18\x02 \x02(\r\x12\r\n\x05\x66lags\x18\x03 \x02(\r\x12)\n\x04\x66own\x18\x04 \x02(\x0b\x32\x1b.coldsnap.images.fown_entry\":\n\nfifo_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0f\n\x07pipe_id\x18\x02 \x02(\r\x12\x0f\n\x07regf_id\x18\x03 \x01(\r\"U\n\x0fpipe_data_entry\x12\x0f\n\x07pipe_id\x18\x01 \x02(\r\x12\r\n\x05\x62ytes\x18\x02 \x02(\r\x12\x0c\n\x04size\x18\x03 \x01(\r\x12\x14\n\x07\x63s_bufs\x18\xe8\x07 \x03(\rB\x02\x10\x01')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pipe_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PIPE_DATA_ENTRY'].fields_by_name['cs_bufs']._loaded_options = None
+  _globals['_PIPE_DATA_ENTRY'].fields_by_name['cs_bufs']._serialized_options = b'\020\001'
   _globals['_PIPE_ENTRY']._serialized_start=43
   _globals['_PIPE_ENTRY']._serialized_end=142
   _globals['_FIFO_ENTRY']._serialized_start=144
   _globals['_FIFO_ENTRY']._serialized_end=202
   _globals['_PIPE_DATA_ENTRY']._serialized_start=204
-  _globals['_PIPE_DATA_ENTRY']._serialized_end=267
+  _globals['_PIPE_DATA_ENTRY']._serialized_end=289
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,49 @@
+"""Single-process corners real programs hit, each on a small C program of its own
+(tests/workloads/corner_*.c, see corner.h): set up, dump, restore, then the program checks
+what the kernel really holds after the restore ("FAIL ..." lines), and the test looks at
+/proc where the program cannot see for itself."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from procs import CRIT, build_workload, crit_decode
+from restore_helpers import LogWorkload, coldsnap
+
+
+def start_corner(name: str, tmp: Path, *args) -> LogWorkload:
+    w = LogWorkload([build_workload(name), *args], tmp / f"{name}.log")
+    try:
+        w.wait_ready()
+    except BaseException:
+        w.stop()
+        raise
+    return w
+
+
+def dump_restore(w: LogWorkload, tmp: Path, *dump_args) -> Path:
+    images = tmp / "img"
+    coldsnap("dump", "-t", w.pid, "-D", images, *dump_args, check=True)
+    w.reap_dumped()
+    coldsnap("restore", "-D", images, "-d", check=True)
+    w.adopt_restored()
+    return images
+
+
+def check_round(w: LogWorkload, n: int = 1) -> None:
+    """Let the program check itself (SIGUSR1) and assert it found nothing wrong."""
+    w.signal(10)
+    w.wait_line(f"checked {n}")
+    assert not w.failures(), "\n".join(w.failures())
+
+
+def test_pipes_keep_descriptions_flags_size_and_every_byte(tmp_path):
+    w = start_corner("corner_pipes", tmp_path)
+    try:
+        images = dump_restore(w, tmp_path)
+        check_round(w)
+        if os.path.exists(CRIT):     # crit takes the entries with their buffer lengths
+            sizes = sorted(e["size"] for e in crit_decode(images / "pipes-data.img")["entries"])
+            assert sizes[-1] == 1 << 20
+    finally:
+        w.stop()
