@@ -47,3 +47,16 @@ def test_pipes_keep_descriptions_flags_size_and_every_byte(tmp_path):
             assert sizes[-1] == 1 << 20
     finally:
         w.stop()
+
+
+def test_append_files_keep_size_and_offset_and_append_at_the_end(tmp_path):
+    d = tmp_path / "files"
+    d.mkdir()
+    w = start_corner("corner_append", tmp_path, d)
+    try:
+        check_round(w)                   # round 1 on the original: appends 3 and 2 bytes
+        dump_restore(w, tmp_path)
+        check_round(w, 2)
+        assert (d / "log").stat().st_size == 1037 + 6 and (d / "rw").stat().st_size == 5004
+    finally:
+        w.stop()
