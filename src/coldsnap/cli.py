@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     du.add_argument("--ext-unix-sk", action="store_true",
                     help="dump a datagram unix socket connected to a named socket outside the tree; "
                          "restore connects it to that name again")
+    du.add_argument("--ghost-limit", type=_size, default="1M", metavar="SIZE",
+                    help="largest deleted file held open or mapped whose contents are saved (default 1M)")
     for cmd in (pd, du):
         cmd.add_argument("--freeze-cgroup", metavar="PATH",
                        help="freeze the tree through this cgroup's freezer (v1 freezer.state or v2 "
@@ -254,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
                      leave_running=args.leave_running, shell_job=args.shell_job,
                      freeze_cgroup=args.freeze_cgroup, ext_unix_sk=args.ext_unix_sk,
                      pages=cli_transport.page_target(args), tcp_close=args.tcp_close,
-                     network_lock=args.network_lock != "skip")
+                     network_lock=args.network_lock != "skip",
+                     ghost_limit=args.ghost_limit)
         _out(args, _result(args, stats, left_running=args.leave_running),
              f"dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
              f"written, {stats.pages_skipped_parent} in parent, frozen {stats.frozen_time / 1000:.2f} ms, "

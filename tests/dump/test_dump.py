@@ -201,11 +201,11 @@ def test_mixed_memory_and_mapped_files(mix, tmp_path):
     assert_running_untraced(w.pid)
 
 
-def test_a_deleted_mapped_file_is_refused(mix, tmp_path):
+def test_a_deleted_mapped_file_over_the_ghost_limit_is_refused(mix, tmp_path):
     w = mix()
     w.files[0].unlink()
-    with pytest.raises(TargetError, match=r"private\.dat was deleted"):
-        dump(w.pid, tmp_path / "img")
+    with pytest.raises(TargetError, match=r"^mapping 0x[0-9a-f]+-0x[0-9a-f]+: deleted file \S+private\.dat holds"):
+        dump(w.pid, tmp_path / "img", ghost_limit=0)
     assert not (tmp_path / "img").exists()
     assert_running_untraced(w.pid)
 

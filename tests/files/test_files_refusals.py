@@ -7,6 +7,8 @@ import socket
 import pytest
 
 from coldsnap.errors import ImageError, TargetError, Unsupported
+from coldsnap.files.ghost import GhostTable
+from coldsnap.files.registry import FileRegistry
 from coldsnap.restore.fdtable import validate_files
 
 from helpers import assert_same_table, collect_files, through_images
@@ -68,13 +70,17 @@ def test_connected_tcp_is_refused_without_a_hold(pyload, listener):
         collect_files(w.pid)
 
 
-def test_deleted_file_is_refused(pyload, tmp_path):
+def test_a_deleted_file_is_saved_as_a_ghost_up_to_the_limit(pyload, tmp_path):
     gone = tmp_path / "gone"
-    gone.write_text("x")
+    gone.write_text("x" * 5000)
     w = pyload()
     fd = w.run(f"out = os.open({str(gone)!r}, os.O_RDONLY); os.unlink({str(gone)!r})")
-    with pytest.raises(Unsupported, match=rf"^fd {fd}: file {gone} was deleted"):
-        collect_files(w.pid)
+    snap = collect_files(w.pid)
+    f = snap.file_of(fd)
+    assert f.path == str(gone) and f.ghost and f.size == 5000
+    assert snap.registry.ghosts.ghosts[f.ghost].chunks == [(0, b"x" * 5000)]
+    with pytest.raises(Unsupported, match=rf"^fd {fd}: deleted file {gone} holds \d+ bytes, more than the ghost limit 4096"):
+        FileRegistry(ghosts=GhostTable(4096)).collect(w.pid, 1)
 
 
 def test_epoll_watching_a_closed_fd_is_refused(pyload):

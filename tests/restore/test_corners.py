@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from procs import CRIT, build_workload, crit_decode
-from restore_helpers import LogWorkload, coldsnap
+from restore_helpers import LogWorkload, alive, assert_one_line_error, coldsnap
 
 
 def start_corner(name: str, tmp: Path, *args) -> LogWorkload:
@@ -58,5 +58,39 @@ def test_append_files_keep_size_and_offset_and_append_at_the_end(tmp_path):
         dump_restore(w, tmp_path)
         check_round(w, 2)
         assert (d / "log").stat().st_size == 1037 + 6 and (d / "rw").stat().st_size == 5004
+    finally:
+        w.stop()
+
+
+def test_deleted_files_open_and_mapped_come_back_deleted_with_their_bytes(tmp_path):
+    d = tmp_path / "files"
+    d.mkdir()
+    w = start_corner("corner_ghost", tmp_path, d)
+    try:
+        check_round(w)                  # the program's own checks hold before the dump
+        images = dump_restore(w, tmp_path)
+        assert os.listdir(d) == [], "a ghost file was left behind"
+        check_round(w, 2)
+        ghosts = sorted(p.name for p in images.iterdir() if p.name.startswith("ghost-file-"))
+        assert len(ghosts) == 5 and (images / "remap-fpath.img").exists()
+        if os.path.exists(CRIT):
+            dec = crit_decode(images / "remap-fpath.img")["entries"]
+            assert len(dec) == 5 and {e["remap_type"] for e in dec} == {"GHOST"}
+            crit_decode(images / ghosts[0])
+    finally:
+        w.stop()
+
+
+def test_a_deleted_file_over_the_ghost_limit_is_refused_naming_the_fd(tmp_path):
+    d = tmp_path / "files"
+    d.mkdir()
+    w = start_corner("corner_ghost", tmp_path, d, 3 << 20)
+    try:
+        run = coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img")
+        assert_one_line_error(run)
+        assert "fd " in run.stderr and "big" in run.stderr and "--ghost-limit" in run.stderr
+        assert not (tmp_path / "img").exists() and alive(w.pid)
+        dump_restore(w, tmp_path, "--ghost-limit", "4M")
+        check_round(w)
     finally:
         w.stop()

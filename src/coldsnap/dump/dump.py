@@ -42,12 +42,13 @@ from typing import Callable
 from ..connections.hold import TcpHold
 from ..errors import TargetError, Unsupported
 from ..files.images import write_images as write_files_images
+from ..files.ghost import DEFAULT_GHOST_LIMIT, GhostTable
 from ..files.registry import FileRegistry
 from ..images.directory import ImageDir
 from ..kernel import ptrace
 from ..kernel.libc import SYS
-from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, ns_inode, read_maps,
-                             read_path_link, read_stat, read_status, stat_map_file)
+from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, ns_inode, open_map_file,
+                             open_path_link, read_maps, read_path_link, read_stat, read_status, stat_map_file)
 from ..memory.frozen_copy import CopyStats, save_frozen
 from ..memory.plan import PagePlan, with_vdso
 from ..memory.ranges import Ranges
@@ -113,22 +114,31 @@ def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
                 huge = _hugetlbfs_devs(pid)
             if m.dev in huge:
                 raise Unsupported(f"{where}: hugetlb file {path} is not supported")
-        if path.endswith(" (deleted)") and not (v.kind is Kind.ANON_SHARED and path.startswith(("/dev/zero", "/SYSV", "/memfd:"))):
-            raise Unsupported(f"{where}: mapped file {path[:-10]} was deleted; not supported")
+        if path.endswith(" (deleted)") and v.kind is Kind.ANON_SHARED and not path.startswith(("/dev/zero", "/SYSV", "/memfd:")):
+            raise Unsupported(f"{where}: mapped object {path[:-10]} was deleted; not supported")
+        # a deleted file mapping is saved as a ghost file (mapped_files); not a regular one is
+        # refused there
 
 
 # -- mapped files ----------------------------------------------------------------------------
 
-def mapped_files(pid: int, vmas: list[Vma]) -> tuple[str, dict[str, tuple[int, os.stat_result]],
-                                                      dict[tuple[int, int], str], dict[tuple[int, int], int]]:
-    """(exe path, path -> (open flags, stat), file VMA -> path, file VMA -> open flags).
+def mapped_files(pid: int, vmas: list[Vma], ghosts: GhostTable
+                 ) -> tuple[str, dict[str, tuple[int, os.stat_result]], dict[tuple[int, int], str],
+                            dict[tuple[int, int], int], dict[str, int]]:
+    """(exe path, path -> (open flags, stat), file VMA -> path, file VMA -> open flags,
+    path -> ghost id of each deleted file among them, its contents saved into `ghosts`).
 
     A shared mapping is O_RDWR when it is writable or its file was opened for writing (the
     map_files link's mode shows the file's f_mode); everything else O_RDONLY.
     """
     exe = read_path_link(pid, "exe")
+    ghost_ids: dict[str, int] = {}
     if exe.path.endswith(" (deleted)"):
-        raise Unsupported(f"exe: {exe.path[:-10]} was deleted; not supported")
+        fd = open_path_link(pid, "exe", os.O_RDONLY)
+        try:
+            ghost_ids[exe.path] = ghosts.add(fd, exe.stat, "exe", exe.path[:-10])
+        finally:
+            os.close(fd)
     files: dict[str, tuple[int, os.stat_result]] = {exe.path: (os.O_RDONLY, exe.stat)}
     paths: dict[tuple[int, int], str] = {}
     flags: dict[tuple[int, int], int] = {}
@@ -144,13 +154,19 @@ def mapped_files(pid: int, vmas: list[Vma]) -> tuple[str, dict[str, tuple[int, o
         if not st_.S_ISREG(st.st_mode) and not (st_.S_ISCHR(st.st_mode) and v.path == "/dev/zero"):
             raise Unsupported(f"mapping {v.start:#x}-{v.end:#x}: {v.path} is not a regular file; "
                               f"not supported")
+        if v.path.endswith(" (deleted)") and v.path not in ghost_ids:
+            fd = open_map_file(pid, v.start, v.end, os.O_RDONLY)
+            try:
+                ghost_ids[v.path] = ghosts.add(fd, st, f"mapping {v.start:#x}-{v.end:#x}", v.path[:-10])
+            finally:
+                os.close(fd)
         mode = os.O_RDWR if v.kind is Kind.FILE_SHARED and (writable or v.prot & PROT_WRITE) else os.O_RDONLY
         old = files.get(v.path)
         if old is None or mode == os.O_RDWR:
             files[v.path] = (mode if old is None else max(mode, old[0]), st)
         paths[(v.start, v.end)] = v.path
         flags[(v.start, v.end)] = mode
-    return exe.path, files, paths, flags
+    return exe.path, files, paths, flags, ghost_ids
 
 
 # -- pages -----------------------------------------------------------------------------------
@@ -279,10 +295,10 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
         files.collect(pid, task.model.files_id, shell_job=shell_job)
         if files.tcp is not None:
             files.tcp.save()     # lock, repair and read this process's connections at once
-        exe, mapped, vma_paths, vma_flags = mapped_files(pid, vmas)
+        exe, mapped, vma_paths, vma_flags, ghost_ids = mapped_files(pid, vmas, files.ghosts)
         memfds = memfd_mappings(pid, vmas, files)
         vma_flags.update({k: files.files[fid].flags for k, fid in memfds.items()})
-        ids = files.add_mapped(mapped)
+        ids = files.add_mapped(mapped, ghost_ids)
         t_mem = time.perf_counter_ns()
         copied, pages = save_private(task, sink, with_vdso(planned.plan))
         times.copy += time.perf_counter_ns() - t_mem
@@ -300,12 +316,14 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
          leave_running: bool = False, shell_job: bool = False, freeze_cgroup: str | None = None,
          ext_unix_sk: bool = False, pages: PageTarget = LOCAL,
          after_commit: Callable[[], None] | None = None, tcp_close: bool = False, durable: bool = True,
-         network_lock: bool = True) -> DumpStats:
+         network_lock: bool = True,
+         ghost_limit: int = DEFAULT_GHOST_LIMIT) -> DumpStats:
     """Checkpoint the tree under process `pid` (it and every descendant, one freeze) into a
     new images directory, then kill every process (or resume them with leave_running).
     freeze_cgroup: freeze the tree through that cgroup's freezer (v1 or v2) before seizing it.
     ext_unix_sk: let a datagram unix socket connected to a named socket outside the tree go
     (it connects to that name again at restore), as CRIU's --ext-unix-sk.
+    A deleted file held open or mapped is saved whole up to `ghost_limit` bytes.
     Returns the stats; frozen_time there spans the whole freeze (the image's stats-dump ends
     when it is written, before the commit). pages: where the pages go (default: the images
     directory; a page server: transport/sink.py ServerPages). after_commit (without
@@ -339,7 +357,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 t_frozen = time.perf_counter_ns()
                 times.freezing = t_frozen - t0
                 refuse_tree(held)
-                files = FileRegistry(tcp=tcp)
+                files = FileRegistry(tcp=tcp, ghosts=GhostTable(ghost_limit))
                 for model in held.tree:                  # parents first
                     parent = parents.get(model.pid) or _Parent(None, Ranges.empty())
                     saved.append(dump_process(held.task(model.pid), imgdir, sink, files, parent, times,

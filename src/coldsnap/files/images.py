@@ -1,4 +1,5 @@
-"""A registry to and from images: files.img, fdinfo-<files_id>.img, fs-<pid>.img, pipe data."""
+"""A registry to and from images: files.img, fdinfo-<files_id>.img, fs-<pid>.img, pipe data,
+ghost files."""
 from __future__ import annotations
 
 import os
@@ -11,9 +12,11 @@ from coldsnap.images import framing
 from coldsnap.images.directory import ImageDir
 from coldsnap.images.pb import fdinfo_pb2, fs_pb2, pipe_pb2
 
+from .ghost import read_ghost, read_remaps, write_ghosts
 from .inet import stream_entry, stream_image_name, stream_of
 from .kinds import OPS, ops_to_restore
-from .model import DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, InetSocket, PipeData, PipeFile, UnixSocket
+from .model import (DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, InetSocket, PipeData, PipeFile, RegFile,
+                    UnixSocket)
 from .registry import FileRegistry
 from .unix import USK_EXTERN, extern_entries, link_peers, queue_entries
 
@@ -59,6 +62,7 @@ def write_images(reg: FileRegistry, imgdir: ImageDir, *, ext_unix_sk: bool = Fal
     for f in reg.files.values():
         if isinstance(f, InetSocket) and f.stream is not None:
             imgdir.write(stream_image_name(f.inode), [stream_entry(f.stream)])
+    write_ghosts(reg.ghosts, reg.remaps(), imgdir)
 
 
 def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
@@ -88,8 +92,14 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
     for fid in mapped_ids:
         if fid not in files and fid in regs:
             files[fid] = OPS[FdType.REG].from_image(entries[fid], regs)
+    remaps = read_remaps(d)
     for fid in sorted(files):
-        reg.add(files[fid])
+        f = files[fid]
+        if fid in remaps and isinstance(f, RegFile):
+            f.ghost = remaps[fid]
+            if f.ghost not in reg.ghosts.ghosts:
+                reg.ghosts.ghosts[f.ghost] = read_ghost(d, f.ghost)
+        reg.add(f)
     for name in ("pipes-data.img", "fifo-data.img"):
         for m, payload in framing.read_entries(d / name, missing_ok=True):
             reg.pipe_data[m.pipe_id] = PipeData(m.pipe_id, payload or b"",

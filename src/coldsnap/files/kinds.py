@@ -51,8 +51,9 @@ def classify(p: Probe) -> FdType:
         if link.path.startswith(MEMFD_PREFIX) and link.deleted:
             return FdType.MEMFD
         p.st = os.fstat(p.dup)
-        if link.deleted and p.st.st_nlink == 0:
-            raise Unsupported(f"fd {fd}: file {link.path} was deleted; deleted files are not supported yet")
+        if link.deleted and p.st.st_nlink == 0 and not stat.S_ISREG(p.st.st_mode):
+            raise Unsupported(f"fd {fd}: {stat.filemode(p.st.st_mode)[0]}-type file {link.path} was deleted; "
+                              "only deleted regular files are supported")
         return FdType.FIFO if stat.S_ISFIFO(p.st.st_mode) else FdType.REG
     if link.kind is K.LinkKind.PIPE:
         return FdType.PIPE

@@ -49,6 +49,7 @@ class RegFile:
     mnt_id: int = -1
     fown: Fown = field(default_factory=Fown)
     terminal: bool = False        # a tty: re-attached to the restorer's own, never reopened
+    ghost: int = 0                # deleted while open or mapped: the id of its saved contents
 
     kind = FdType.REG
 
@@ -186,6 +187,22 @@ class PipeData:
     data: bytes
     size: int = DEFAULT_PIPE_SIZE
     bufs: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Ghost:
+    """The saved contents and attributes of a regular file deleted while open or mapped (a
+    "ghost file"): `chunks` are (offset, bytes) of its data, holes left out."""
+    id: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    chunks: list[tuple[int, bytes]] = field(default_factory=list)
+    dev: int = 0
+    ino: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from coldsnap.connections.hold import TcpHold
 from coldsnap.images.pb import fdinfo_pb2, fown_pb2, regfile_pb2
 from coldsnap.kernel import fdinfo as K
 
+from .ghost import GhostTable
 from .model import FileObj, Fown, PipeData
 
 F_SETSIG, F_GETSIG = 10, 11
@@ -36,6 +37,7 @@ class Probe:
     open_fds: set[int]            # every fd number of the table (epoll checks its targets)
     shell_job: bool
     pipe_data: dict[int, PipeData]   # of the whole registry: each pipe is peeked once
+    ghosts: GhostTable               # of the whole registry: deleted files, saved once
     st: os.stat_result | None = None  # fstat of dup, for files reached by path
     tcp: TcpHold | None = None    # where established TCP sockets go (None: refused)
 

@@ -115,7 +115,7 @@ class PipeOps(FileOps):
         if end in ends["used"]:
             # both ends are still ours here: the open neither blocks nor fails (ENXIO)
             mode = os.O_RDONLY if end == ends["r"] else os.O_WRONLY
-            return ctx.high(os.open(f"/proc/self/fd/{end}", mode | os.O_NONBLOCK | os.O_CLOEXEC))
+            return ctx.high(reopen_fd(os.getpid(), end, mode | os.O_NONBLOCK))
         ends["used"].add(end)
         return end
 

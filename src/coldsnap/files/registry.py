@@ -19,6 +19,7 @@ from coldsnap.kernel import fdinfo as K
 from coldsnap.kernel import kcmp
 from coldsnap.kernel.procfs import read_path_link, read_umask
 
+from .ghost import GhostTable
 from .kinds import classify, ops_to_collect
 from .model import FdEntry, FileObj, FsState, PipeData, PipeFile, RegFile, UnixSocket
 from .ops import Probe
@@ -35,6 +36,7 @@ class FileRegistry:
     fs: dict[int, FsState] = field(default_factory=dict)        # pid -> cwd, root, umask
     pipe_data: dict[int, PipeData] = field(default_factory=dict)   # pipe_id -> buffered bytes
     tcp: TcpHold | None = None    # a dump's hold of established TCP sockets (None: refused)
+    ghosts: GhostTable = field(default_factory=GhostTable)       # deleted files' contents
     next_id: int = 1
     # (fd link, inode) -> [(pid, fd, id)]: the fds kcmp compares a new fd with
     _seen: dict[tuple[str, int], list[tuple[int, int, int]]] = field(default_factory=dict, repr=False)
@@ -97,7 +99,8 @@ class FileRegistry:
                             continue    # closed since the listing, as above
                         raise TargetError(f"fd {fd}: cannot duplicate it: {e.strerror}") from e
                     try:
-                        p = Probe(pid, fd, link, info, dup, open_fds, shell_job, self.pipe_data, tcp=self.tcp)
+                        p = Probe(pid, fd, link, info, dup, open_fds, shell_job, self.pipe_data, self.ghosts,
+                                  tcp=self.tcp)
                         ops = ops_to_collect(classify(p), fd)
                         same = self.add(ops.collect(p, self.new_id()))
                     finally:
@@ -115,16 +118,26 @@ class FileRegistry:
         fid = self.new_id()
         return self.add(RegFile(fid, link.path, _DIR_FLAGS, 0, None, link.stat.st_mode))
 
-    def add_mapped(self, mapped: dict[str, tuple[int, os.stat_result]]) -> dict[str, int]:
+    def add_mapped(self, mapped: dict[str, tuple[int, os.stat_result]],
+                   ghosts: dict[str, int] | None = None) -> dict[str, int]:
         """A REG file (pos 0) for each file behind a memory mapping or the exe.
 
-        `mapped`: path -> (open flags, its stat); returns path -> id for mm-PID.img.
+        `mapped`: path -> (open flags, its stat); `ghosts`: the ghost id of each of these
+        paths that is a deleted file (its path ends with " (deleted)"); returns path -> id
+        for mm-PID.img.
         """
         ids = {}
+        ghosts = ghosts or {}
         for path, (flags, st) in mapped.items():
             size = st.st_size if stat.S_ISREG(st.st_mode) else None
-            ids[path] = self.add(RegFile(self.new_id(), path, flags, 0, size, st.st_mode))
+            ghost = ghosts.get(path, 0)
+            name = path.removesuffix(" (deleted)") if ghost else path
+            ids[path] = self.add(RegFile(self.new_id(), name, flags, 0, size, st.st_mode, ghost=ghost))
         return ids
+
+    def remaps(self) -> list[tuple[int, int]]:
+        """(REG id, ghost id) of every file that was deleted: remap-fpath.img."""
+        return [(fid, f.ghost) for fid, f in self.files.items() if isinstance(f, RegFile) and f.ghost]
 
     # --- queries -------------------------------------------------------------------------------
 

@@ -47,14 +47,22 @@ def check_reg(name: str, f: RegFile) -> None:
         raise ImageError(f"{name}: {f.path} changed size ({f.size} -> {st.st_size} bytes)")
 
 
+def check_ghost_dir(name: str, path: str) -> None:
+    """A deleted file is made again in its old directory: that must still be one."""
+    parent = os.path.dirname(path) or "/"
+    if not os.path.isdir(parent):
+        raise ImageError(f"{name}: the directory of the deleted file {path} is gone")
+
+
 class RegOps(FileOps):
     def collect(self, p: Probe, fid: int) -> RegFile:
         st, path, fd = p.st, p.link.path, p.fd
         assert st is not None
         fown = read_fown(p.dup)
         if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+            ghost = p.ghosts.add(p.dup, st, f"fd {fd}", path) if p.link.deleted and st.st_nlink == 0 else 0
             return RegFile(fid, path, p.flags, p.info.pos, st.st_size if stat.S_ISREG(st.st_mode) else None,
-                           st.st_mode, p.info.mnt_id, fown)
+                           st.st_mode, p.info.mnt_id, fown, ghost=ghost)
         if stat.S_ISCHR(st.st_mode):
             if is_terminal_dev(st.st_rdev):
                 if not p.shell_job:
@@ -76,7 +84,9 @@ class RegOps(FileOps):
                        r.mnt_id, fown_of(r.fown), terminal)
 
     def validate(self, f: RegFile, name: str, *, shell_job: bool) -> None:
-        if not f.terminal:
+        if f.ghost:
+            check_ghost_dir(name, f.path)
+        elif not f.terminal:
             check_reg(name, f)
         elif not shell_job:
             raise ImageError(f"{name}: was the terminal {f.path}; restore needs --shell-job")
@@ -86,7 +96,8 @@ class RegOps(FileOps):
             assert ctx.tty is not None
             return fcntl.fcntl(ctx.tty, fcntl.F_DUPFD_CLOEXEC, ctx.base)
         name = ctx.name(f.id)
-        check_reg(name, f)
+        if not f.ghost:          # a ghost was made for this restore, at f.path
+            check_reg(name, f)
         try:
             fd = ctx.high(os.open(f.path, f.flags | os.O_CLOEXEC))
         except OSError as e:

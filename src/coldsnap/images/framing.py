@@ -23,8 +23,9 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 from google.protobuf.message import DecodeError, Message
 
 from ..errors import ImageError
-from .pb import (core_pb2, fdinfo_pb2, fs_pb2, ids_pb2, inventory_pb2, ipc_sem_pb2, ipc_shm_pb2, memfd_pb2,
-                 mm_pb2, pagemap_pb2, pipe_pb2, pstree_pb2, sk_packet_pb2, stats_pb2, tcp_stream_pb2)
+from .pb import (core_pb2, fdinfo_pb2, fs_pb2, ghost_file_pb2, ids_pb2, inventory_pb2, ipc_sem_pb2,
+                 ipc_shm_pb2, memfd_pb2, mm_pb2, pagemap_pb2, pipe_pb2, pstree_pb2, remap_file_path_pb2,
+                 sk_packet_pb2, stats_pb2, tcp_stream_pb2)
 
 # Every magic CRIU defines (name without the _MAGIC suffix, as crit spells them).
 MAGICS: dict[str, int] = {
@@ -76,7 +77,8 @@ class ImageKind:
     array: bool                     # False: exactly one entry
     frame: Frame = Frame.COMMON
     head: Optional[type] = None     # class of the first entry when it differs (pagemap_head)
-    # the size of raw bytes after each entry: the field giving it, or how to compute it
+    # the size of raw bytes after each entry (but the head entry, when there is one): the
+    # field giving it, or how to compute it
     payload: Union[str, Callable[[Message], int], None] = None
 
     def payload_size(self, msg: Message) -> int:
@@ -128,6 +130,11 @@ KINDS: tuple[ImageKind, ...] = (
               tcp_stream_pb2.tcp_stream_entry, False, payload=lambda m: m.inq_len + m.outq_len),
     # memfd inodes: CRIU 4.2 dumps shared anonymous memory as memfds (read, never written)
     ImageKind("MEMFD_INODE", r"memfd\.img", MAGICS["MEMFD_INODE"], memfd_pb2.memfd_inode_entry, True),
+    ImageKind("REMAP_FPATH", r"remap-fpath\.img", MAGICS["REMAP_FPATH"],
+              remap_file_path_pb2.remap_file_path_entry, True),
+    # The chunked form (files/ghost.py reads the other, raw to the end, itself); hex ids.
+    ImageKind("GHOST_FILE", r"ghost-file-([0-9a-f]+)\.img", MAGICS["GHOST_FILE"],
+              ghost_file_pb2.ghost_chunk_entry, True, head=ghost_file_pb2.ghost_file_entry, payload="len"),
     # Service files: no .img suffix, IMG_SERVICE in front.
     ImageKind("STATS", r"stats-dump", MAGICS["STATS"], stats_pb2.stats_entry, False, Frame.SERVICE),
     ImageKind("STATS", r"stats-restore", MAGICS["STATS"], stats_pb2.stats_entry, False,
@@ -203,7 +210,7 @@ class ImageWriter:
         missing = msg.FindInitializationErrors()
         if missing:
             raise ImageError(f"{self.path}: {want.__name__} lacks required {', '.join(missing)}")
-        if kind.payload is not None:
+        if kind.payload is not None and not (self.count == 0 and kind.head is not None):
             size = kind.payload_size(msg)
             if payload is None or len(payload) != size:
                 got = "none" if payload is None else len(payload)
@@ -312,7 +319,7 @@ def parse_entries(data: bytes, kind: ImageKind, where: str = "image"
                              f"required {', '.join(msg.FindInitializationErrors())}")
         pos += size
         payload = None
-        if kind.payload is not None:
+        if kind.payload is not None and not (index == 0 and kind.head is not None):
             n = kind.payload_size(msg)
             if pos + n > len(view):
                 raise ImageError(f"{where}: truncated payload of entry {index}: {n} bytes "

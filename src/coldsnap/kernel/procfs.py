@@ -211,6 +211,12 @@ def read_path_link(pid: int, name: Literal["exe", "cwd", "root"]) -> PathLink:
     return PathLink(path, os.stat(f"/proc/{pid}/{name}"))
 
 
+@on_process
+def open_path_link(pid: int, name: Literal["exe", "cwd", "root"], flags: int) -> int:
+    """An fd on what the link points at, even when it was deleted (O_CLOEXEC added)."""
+    return os.open(f"/proc/{pid}/{name}", flags | os.O_CLOEXEC)
+
+
 # /proc/PID/map_files/START-END: the object behind a file mapping. Readers raise the plain
 # OSError: ENOENT may mean the mapping is gone as well as the process.
 

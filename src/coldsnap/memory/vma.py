@@ -79,8 +79,9 @@ def classify(line: MapsLine) -> Vma:
             # e.g. a private mapping of a deleted anon inode: treat as anonymous memory
             kind = Kind.ANON_SHARED if line.shared else Kind.ANON_PRIVATE
         elif line.shared:
-            # shmem objects (/dev/zero (deleted), /memfd:..., /SYSV...) hold their own pages
-            anon_like = path.startswith(("/dev/zero", "/memfd:", "/SYSV")) or path.endswith("(deleted)")
+            # shmem objects (/dev/zero (deleted), /memfd:..., /SYSV...) hold their own pages;
+            # a deleted regular file is still a file (its contents go into a ghost file)
+            anon_like = path.startswith(("/dev/zero", "/memfd:", "/SYSV"))
             kind = Kind.ANON_SHARED if anon_like else Kind.FILE_SHARED
         else:
             kind = Kind.FILE_PRIVATE

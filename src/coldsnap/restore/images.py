@@ -45,6 +45,7 @@ class MappedFile:
     path: str
     flags: int          # open flags the dump recorded (O_RDONLY or O_RDWR)
     size: int | None
+    ghost: int = 0      # a deleted file: made again for the restore (restore/ghosts.py)
 
 
 @dataclass
@@ -376,6 +377,9 @@ def _mapped_files(d: ImageDir, mm, files: dict) -> dict[int, MappedFile]:
         r = files.get(fid)
         if not isinstance(r, RegFile):
             raise ImageError(f"{d.root}/files.img: no file with id {fid} (needed by mm-*.img)")
+        if r.ghost:
+            out[fid] = MappedFile(r.path, r.flags, r.size, r.ghost)
+            continue
         try:
             st = os.stat(r.path)
         except OSError as e:

@@ -25,11 +25,13 @@ import time
 from dataclasses import dataclass
 
 from ..errors import CsError, TargetError
+from ..files.ghost import GhostFiles
 from ..images.task import TASK_STOPPED
 from ..seize.freezer import freeze_tree
 from ..files.images import drop_streams, tcp_connections
 from .blank import kill_blank, make_blank_tree
 from .connections import RestoreNetwork
+from .ghosts import make_ghosts
 from .images import DumpImages, TreeImages, load_tree
 from .shmem import SharedMemory
 from .transplant import TransplantStats, transplant
@@ -62,16 +64,17 @@ def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bo
         if tcp_close:
             drop_streams(images.files)
         net.lock(tcp_connections(images.files), take=network_lock)
-        with SharedMemory.make(images.shmem, images.sysv, images.memfds) as shm:
+        with SharedMemory.make(images.shmem, images.sysv, images.memfds) as shm, make_ghosts(images) as ghosts:
             shm.give_sources(images.files, images.memfd_files)
-            result = _restore(images, shm, net, t0, shell_job=shell_job, lazy_pages=lazy_pages,
+            result = _restore(images, shm, net, ghosts, t0, shell_job=shell_job, lazy_pages=lazy_pages,
                               lazy_log=lazy_log)
     if not detach:
         result.exit_status = _wait(result.pid)
     return result
 
 
-def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, t0: int, *, shell_job: bool,
+def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts: GhostFiles,
+             t0: int, *, shell_job: bool,
              lazy_pages: bool = False, lazy_log: str | None = None) -> RestoreResult:
     """The blank tree, each process transplanted, all let go (restore's docstring)."""
     pid = make_blank_tree(images, shell_job)
@@ -88,6 +91,7 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, t0: int
                 if sorted(held.tasks) != sorted(images.procs):
                     raise TargetError(f"the blank processes under {pid} are not the dumped tree")
                 stats = {p: transplant(held.task(p), proc, shm, server) for p, proc in images.procs.items()}
+                ghosts.remove()         # every open is done: they hold deleted files again
                 net.finish()        # repair off: the streams go on when the tree runs
                 shm.finish()        # last seals, SHM_DEST: before any restored process runs
                 if server is not None:
