@@ -28,9 +28,7 @@ def listener():
 CASES = {
     "connected udp": ("u = socket.socket(type=socket.SOCK_DGRAM); u.connect(('127.0.0.1', 9)); out = u.fileno()",
                       r"connected UDP socket is not supported yet"),
-    "signalfd": (LIBC + "out = L.signalfd(-1, struct.pack('Q', 1 << 9), 0)", r"signalfd is not supported"),
-    "timerfd": (LIBC + "out = L.timerfd_create(1, 0)", r"timerfd is not supported"),
-    "inotify": (LIBC + "out = L.inotify_init1(0)", r"inotify is not supported"),
+    "fanotify": (LIBC + "out = L.fanotify_init(0, 0)", r"fanotify is not supported"),
     "packet pipe": ("r, w = os.pipe2(os.O_DIRECT); out = w", r"packet-mode \(O_DIRECT\) pipe is not supported"),
     "raw char device": ("out = os.open('/dev/ptmx', os.O_RDWR | os.O_NOCTTY)",
                         r"character device /dev/ptmx \(5:2\) is not supported"),

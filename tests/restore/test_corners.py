@@ -94,3 +94,33 @@ def test_a_deleted_file_over_the_ghost_limit_is_refused_naming_the_fd(tmp_path):
         check_round(w)
     finally:
         w.stop()
+
+
+def test_signalfd_timerfd_and_inotify_come_back_armed_and_watching(tmp_path):
+    d = tmp_path / "watched"
+    d.mkdir()
+    w = start_corner("corner_fds", tmp_path, d)
+    try:
+        images = dump_restore(w, tmp_path)
+        check_round(w)
+        if os.path.exists(CRIT):         # crit takes the three kinds in files.img
+            kinds = [e["type"] for e in crit_decode(images / "files.img")["entries"]]
+            assert {"SIGNALFD", "TIMERFD", "INOTIFY"} <= set(kinds) and kinds.count("TIMERFD") == 3
+    finally:
+        w.stop()
+
+
+def test_posix_timers_come_back_with_their_ids_clocks_and_time_left(tmp_path):
+    w = start_corner("corner_timers", tmp_path)
+    try:
+        before = Path(f"/proc/{w.pid}/timers").read_text()
+        images = dump_restore(w, tmp_path)
+        after = Path(f"/proc/{w.pid}/timers").read_text()
+        assert after == before      # ids, signals, values, notification (same tids), clocks
+        check_round(w)
+        if os.path.exists(CRIT):
+            posix = crit_decode(images / f"core-{w.pid}.img")["entries"][0]["tc"]["timers"]["posix"]
+            assert sorted(t["it_id"] for t in posix) == [0, 1, 3, 4]
+            assert max(t["overrun"] for t in posix) >= 0
+    finally:
+        w.stop()

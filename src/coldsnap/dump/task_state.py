@@ -16,7 +16,8 @@ Where each value comes from
                            (stat), personality, auxv, thread names
   coldsnap itself          rlimits: prlimit64(pid, r, NULL, &old) needs no injection
   injected (leader)        rt_sigaction of each caught or ignored signal and of SIGCHLD,
-                           getitimer x3, brk(0), PR_GET_DUMPABLE,
+                           getitimer x3, timer_gettime/timer_getoverrun of each POSIX timer
+                           (listed in /proc/PID/timers), brk(0), PR_GET_DUMPABLE,
                            PR_GET_CHILD_SUBREAPER, PR_GET_PDEATHSIG (the leader's), PR_GET_SECUREBITS,
                            get_robust_list(tid)
                            for every thread, the leader's sigaltstack and PR_GET_TID_ADDRESS
@@ -31,7 +32,7 @@ while the per-thread sessions run (they write into its scratch page) and closes 
 The blocked mask of a thread is the one its session learned at the first call (the real one,
 even in ppoll/sigsuspend); without a session it is PTRACE_GETSIGMASK at the interrupt stop.
 
-Not collected: posix timers, loginuid, oom_score_adj, sched policy/nice, the pdeath signal of
+Not collected: loginuid, oom_score_adj, sched policy/nice, the pdeath signal of
 threads other than the leader, LSM
 labels, seccomp filters (only the mode), cgroups, membarrier registrations, AVX-512/PKRU/CET
 components in the protobuf (they remain in `ThreadState.xstate`). clear_tid_addr is 0 when
@@ -53,12 +54,15 @@ from coldsnap.kernel import ptrace
 from coldsnap.kernel.cpuid import xstate_layout
 from coldsnap.kernel.libc import SYS, syscall
 from coldsnap.kernel.page import PAGE_SIZE
-from coldsnap.kernel.procfs import read_auxv, read_limits, read_personality, read_stat, read_status
+from coldsnap.kernel.procfs import (PosixTimerInfo, read_auxv, read_limits, read_personality, read_posix_timers,
+                                    read_stat, read_status)
 from coldsnap.seize.freezer import FrozenTask, freeze
 from coldsnap.seize.remote import RemoteCalls
 from coldsnap.seize.tree import NS_KINDS, Task, Tree
 
 NR_getitimer = 36
+NR_timer_gettime = 224
+NR_timer_getoverrun = 225
 NR_prlimit64 = 302
 PR_GET_DUMPABLE = 3
 PR_GET_SECUREBITS = 27
@@ -78,6 +82,7 @@ ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 5
 RESTART_AGAIN = (-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND)
 SYSCALL_INSN_SIZE = 2                  # `syscall` is 0f 05
 U64 = (1 << 64) - 1
+SIGEV_THREAD_ID = 4
 ITIMERS = ("real", "virt", "prof")     # ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2
 
 # scratch page layout (leader's page, shared by every session of this dump)
@@ -156,6 +161,15 @@ class SigAction:
 
 
 @dataclass
+class PosixTimer:
+    """A timer_create timer: what /proc says, its overrun count, time left and interval."""
+    info: PosixTimerInfo
+    overrun: int
+    value: tuple[int, int]        # (sec, nsec) left
+    interval: tuple[int, int]
+
+
+@dataclass
 class TaskState:
     """Everything but memory and files that a dump records of a process."""
     pid: int
@@ -178,6 +192,7 @@ class TaskState:
     secbits: int
     pdeath_sig: int = 0              # the leader's PR_SET_PDEATHSIG (0: none)
     stop_signal: int = 0             # the group-stop signal of a stopped process, else 0
+    posix_timers: list[PosixTimer] = field(default_factory=list)
     remote_calls: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -295,11 +310,14 @@ def collect_task_state(task: FrozenTask) -> TaskState:
     per_thread = {tid: _read_ptrace_side(pid, tid) for tid in tids}   # before any injection
     shared_pending = _peek_all(pid, shared=True)
     rlimits = _rlimits(pid)
+    timers = read_posix_timers(pid)
     notes: list[str] = []
     masks: dict[int, int] = {}
-    zero = bytes(_OFF_THREAD + 48 * len(tids))
+    off_timers = _OFF_THREAD + 48 * len(tids)
+    zero = bytes(off_timers + 32 * len(timers))
     if len(zero) > PAGE_SIZE:
-        raise Unsupported(f"too many threads ({len(tids)}) for one scratch page")
+        raise Unsupported(f"too many threads ({len(tids)}) and POSIX timers ({len(timers)}) "
+                          "for one scratch page")
 
     with RemoteCalls(task, tid=pid) as rc:
         base = rc.write_scratch(zero)             # zeroed: a failing call leaves 0 behind
@@ -319,6 +337,10 @@ def collect_task_state(task: FrozenTask) -> TaskState:
         for i, tid in enumerate(tids):
             off = _OFF_THREAD + 48 * i
             rc.checked(SYS.get_robust_list, tid, base + off + 32, base + off + 40, what="get_robust_list")
+        overruns = []
+        for i, t in enumerate(timers):
+            rc.checked(NR_timer_gettime, t.id, base + off_timers + 32 * i, what=f"timer_gettime({t.id})")
+            overruns.append(rc.checked(NR_timer_getoverrun, t.id, what=f"timer_getoverrun({t.id})"))
         _thread_injected(rc, base, _OFF_THREAD + 48 * tids.index(pid))
         calls = rc.stats.calls
         for i, tid in enumerate(tids):
@@ -340,6 +362,10 @@ def collect_task_state(task: FrozenTask) -> TaskState:
         isec, iusec, vsec, vusec = struct.unpack_from("<4Q", blob, _OFF_ITIMER + 32 * which)
         itimers[name] = (isec, iusec, vsec, vusec)
     subreaper, pdeath_sig = struct.unpack_from("<ii", blob, _OFF_MISC)
+    posix = []
+    for i, t in enumerate(timers):
+        isec, insec, vsec, vnsec = struct.unpack_from("<4q", blob, off_timers + 32 * i)
+        posix.append(PosixTimer(t, overruns[i], (vsec, vnsec), (isec, insec)))
 
     threads = []
     has_tid_addr = False
@@ -361,7 +387,7 @@ def collect_task_state(task: FrozenTask) -> TaskState:
                      threads=threads, sigactions=sigactions, shared_pending=shared_pending,
                      rlimits=rlimits, itimers=itimers, brk=brk, auxv=auxv, dumpable=dumpable,
                      child_subreaper=bool(subreaper), pdeath_sig=pdeath_sig, secbits=secbits, stop_signal=task.group_stopped(),
-                     remote_calls=calls, notes=notes)
+                     posix_timers=posix, remote_calls=calls, notes=notes)
 
 
 # -- images -------------------------------------------------------------------------------
@@ -451,6 +477,13 @@ def _core_entry(state: TaskState, th: ThreadState):
             isec, iusec, vsec, vusec = state.itimers[name]
             it = getattr(t.timers, name)
             it.isec, it.iusec, it.vsec, it.vusec = isec, iusec, vsec, vusec
+        for pt in state.posix_timers:
+            i = pt.info
+            e = t.timers.posix.add(it_id=i.id, clock_id=i.clockid, si_signo=i.signo, it_sigev_notify=i.notify,
+                                   sival_ptr=i.sival, overrun=pt.overrun, isec=pt.interval[0],
+                                   insec=pt.interval[1], vsec=pt.value[0], vnsec=pt.value[1])
+            if i.notify & SIGEV_THREAD_ID:
+                e.notify_thread_id = i.notify_id
         for cur, mx in state.rlimits:
             t.rlimits.rlimits.add(cur=cur, max=mx)
         if state.shared_pending:

@@ -13,6 +13,7 @@ from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2
 from coldsnap.kernel import fdinfo as K
 
+from .anon import InotifyOps, SignalfdOps, TimerfdOps
 from .epoll import EpollOps
 from .eventfd import EventfdOps
 from .inet import InetOps
@@ -32,13 +33,17 @@ OPS: dict[FdType, FileOps] = {
     FdType.EVENTPOLL: EpollOps(),
     FdType.INETSK: InetOps(),
     FdType.UNIXSK: UnixOps(),
+    FdType.SIGNALFD: SignalfdOps(),
+    FdType.TIMERFD: TimerfdOps(),
+    FdType.INOTIFY: InotifyOps(),
     FdType.MEMFD: MemfdOps(),
     FdType.TTY: TtyOps(),          # read from CRIU's images; coldsnap writes terminals as REG
 }
 READ_ONLY = {FdType.TTY}          # kinds read from other tools' images, never written
 # kinds the format knows that may have no operations yet: how a refusal names them
 _NAMES = {FdType.TTY: "tty"}
-_ANON = {"eventfd": FdType.EVENTFD, "eventpoll": FdType.EVENTPOLL}
+_ANON = {"eventfd": FdType.EVENTFD, "eventpoll": FdType.EVENTPOLL, "signalfd": FdType.SIGNALFD,
+         "timerfd": FdType.TIMERFD, "inotify": FdType.INOTIFY}
 _SOCKETS = {socket.AF_INET: FdType.INETSK, socket.AF_INET6: FdType.INETSK, socket.AF_UNIX: FdType.UNIXSK}
 _OTHER_FAMILIES = {socket.AF_NETLINK: "netlink", socket.AF_PACKET: "packet"}
 

@@ -19,7 +19,10 @@ class FdType(IntEnum):
     UNIXSK = 5
     EVENTFD = 6
     EVENTPOLL = 7
+    INOTIFY = 8
+    SIGNALFD = 9
     TTY = 11
+    TIMERFD = 17
     MEMFD = 18
 
 
@@ -77,6 +80,56 @@ class EventfdFile:
     fown: Fown = field(default_factory=Fown)
 
     kind = FdType.EVENTFD
+
+
+@dataclass(slots=True)
+class SignalfdFile:
+    """A signalfd: the signals it reads (bit n-1 for signal n)."""
+    id: int
+    flags: int
+    sigmask: int
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.SIGNALFD
+
+
+@dataclass(slots=True)
+class TimerfdFile:
+    """A timerfd: its clock, expirations not read yet, time left and interval (sec, nsec)."""
+    id: int
+    flags: int
+    clockid: int
+    ticks: int
+    settime_flags: int
+    value: tuple[int, int]
+    interval: tuple[int, int]
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.TIMERFD
+
+
+@dataclass(slots=True)
+class InotifyWatch:
+    """One watch of an inotify instance, on the file at `path` when it was dumped."""
+    wd: int
+    mask: int
+    ignored_mask: int
+    ino: int
+    dev: int                      # the kernel's dev_t (major << 20 | minor)
+    path: str
+    handle_type: int = 0
+    handle: bytes = b""
+
+
+@dataclass(slots=True)
+class InotifyFile:
+    """An inotify instance and its watches (events queued at the dump are not kept)."""
+    id: int
+    flags: int
+    watches: list[InotifyWatch] = field(default_factory=list)
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.INOTIFY
 
 
 @dataclass(slots=True)
@@ -168,7 +221,8 @@ class UnixSocket:
     kind = FdType.UNIXSK
 
 
-FileObj = RegFile | PipeFile | EventfdFile | EpollFile | InetSocket | UnixSocket
+FileObj = (RegFile | PipeFile | EventfdFile | EpollFile | InetSocket | UnixSocket | SignalfdFile | TimerfdFile
+           | InotifyFile)
 
 
 @dataclass(slots=True)

@@ -109,6 +109,28 @@ class EpollTfd:
     sdev: int
 
 
+@dataclass(frozen=True, slots=True)
+class InotifyMark:
+    """One `inotify wd:` line: a watch, the inode it is on and that inode's file handle."""
+    wd: int
+    ino: int
+    sdev: int                # the kernel's dev_t (major << 20 | minor)
+    mask: int
+    ignored_mask: int
+    handle_type: int
+    handle: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TimerfdState:
+    """The timerfd lines of an fdinfo: it_value is the time left (relative)."""
+    clockid: int
+    ticks: int
+    settime_flags: int
+    value: tuple[int, int]
+    interval: tuple[int, int]
+
+
 @dataclass(slots=True)
 class FdInfo:
     """The parsed content of /proc/PID/fdinfo/N."""
@@ -119,6 +141,9 @@ class FdInfo:
     eventfd_count: int | None = None
     eventfd_semaphore: bool | None = None
     tfds: list[EpollTfd] = field(default_factory=list)
+    sigmask: int | None = None                   # signalfd
+    timerfd: TimerfdState | None = None
+    marks: list[InotifyMark] = field(default_factory=list)   # inotify
     other: dict[str, str] = field(default_factory=dict)  # keys we do not interpret
 
 
@@ -126,9 +151,32 @@ _TFD = re.compile(r"tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)\s
                   r"pos:\s*(\d+)\s+ino:\s*([0-9a-f]+)\s+sdev:\s*([0-9a-f]+)")
 
 
+_MARK = re.compile(r"inotify wd:(\d+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) "
+                   r"ignored_mask:([0-9a-f]+)(?: fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) "
+                   r"f_handle:([0-9a-f]*))?")
+_PAIR = re.compile(r"\((-?\d+), (-?\d+)\)")
+
+
+def _timerfd(keys: dict[str, str]) -> TimerfdState | None:
+    if "clockid" not in keys:
+        return None
+    pairs = [tuple(int(x) for x in _PAIR.fullmatch(keys[k]).groups()) for k in ("it_value", "it_interval")]
+    return TimerfdState(int(keys["clockid"]), int(keys["ticks"]), int(keys["settime flags"], 8),
+                        pairs[0], pairs[1])    # type: ignore[arg-type]
+
+
 def parse_fdinfo(text: str) -> FdInfo:
     info = FdInfo()
     for line in text.splitlines():
+        if line.startswith("inotify wd:"):
+            m = _MARK.match(line)
+            if m is None:
+                raise ValueError(f"unparsable inotify line {line!r}")
+            wd, ino, sdev, mask, ign, nbytes, htype, handle = m.groups()
+            raw = bytes.fromhex(handle or "")
+            info.marks.append(InotifyMark(int(wd), int(ino, 16), int(sdev, 16), int(mask, 16), int(ign, 16),
+                                          int(htype or "0", 16), raw[:int(nbytes or "0", 16)]))
+            continue
         if line.startswith("tfd:"):
             m = _TFD.match(line)
             if m is None:
@@ -153,8 +201,11 @@ def parse_fdinfo(text: str) -> FdInfo:
             info.eventfd_count = int(value, 16)   # printed with %llx
         elif key == "eventfd-semaphore":
             info.eventfd_semaphore = value == "1"
+        elif key == "sigmask":
+            info.sigmask = int(value, 16)
         else:
             info.other[key] = value
+    info.timerfd = _timerfd(info.other)
     return info
 
 

@@ -258,6 +258,58 @@ def mount_devices(pid: int, fstype: str) -> set[str]:
     return out
 
 
+@on_process
+def mount_points(pid: int) -> list[tuple[int, int, str]]:
+    """(major, minor, mount point) of every mount the process sees, in mountinfo order."""
+    out = []
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            major, minor = (int(x) for x in fields[2].split(":"))
+            out.append((major, minor, fields[4].replace("\\040", " ")))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class PosixTimerInfo:
+    """One timer of /proc/PID/timers: id, signal and value sent, sigev_notify (with
+    SIGEV_THREAD_ID, 4, set when it notifies one thread: notify_id is then that tid), clock."""
+    id: int
+    signo: int
+    sival: int
+    notify: int
+    notify_id: int
+    clockid: int
+
+
+_NOTIFY = {"signal": 0, "none": 1, "thread": 2}
+
+
+@on_process
+def read_posix_timers(pid: int) -> list[PosixTimerInfo]:
+    """The POSIX timers of a process (timer_create), from /proc/PID/timers."""
+    with open(f"/proc/{pid}/timers") as f:
+        text = f.read()
+    blocks: list[dict[str, str]] = []
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if not sep:
+            continue
+        if key == "ID":
+            blocks.append({})
+        if blocks:
+            blocks[-1][key] = value.strip()
+    out = []
+    for lines in blocks:
+        signo, sival = lines["signal"].split("/")
+        how, target = lines["notify"].split("/")
+        kind, _, who = target.partition(".")
+        notify = _NOTIFY[how] | (4 if kind == "tid" else 0)
+        out.append(PosixTimerInfo(int(lines["ID"]), int(signo), int(sival, 16), notify, int(who),
+                                  int(lines["ClockID"])))
+    return out
+
+
 RLIM_INFINITY = (1 << 64) - 1
 
 

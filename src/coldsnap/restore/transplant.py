@@ -59,6 +59,9 @@ RSEQ_FLAG_UNREGISTER = 1
 PR_SET_NAME, PR_SET_DUMPABLE, PR_SET_PDEATHSIG = 15, 4, 1
 PR_SET_MM, PR_SET_MM_MAP = 35, 14
 PR_SET_CHILD_SUBREAPER = 36
+PR_TIMER_CREATE_RESTORE_IDS = 77      # timer_create takes the id to use from *created_timer_id
+NR_timer_create, NR_timer_settime = 222, 223
+SIGEV_THREAD_ID = 4
 PR_SET_KEEPCAPS, PR_CAPBSET_DROP, PR_SET_SECUREBITS = 8, 24, 28
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 38, 47, 2
 SECBIT_KEEP_CAPS = 1 << 4
@@ -163,6 +166,7 @@ class Transplant:
         for tid in self.img.tids:
             if tid != self.pid:
                 self._new_thread(tid)
+        self._posix_timers()            # after the threads: a timer may signal one of them
         core = self.img.leader
         self._thread_state(rc, core)
         if self.img.mm.HasField("dumpable"):   # after the creds: a change of uid resets it
@@ -340,6 +344,29 @@ class Transplant:
         below_root = self.pid != self.img.tree.root
         pdeath = self.img.leader.thread_core.pdeath_sig if below_root else 0
         rc.call(SYS.prctl, PR_SET_PDEATHSIG, pdeath, 0, 0, 0)
+
+    def _posix_timers(self) -> None:
+        """timer_create each POSIX timer with its dumped id (PR_TIMER_CREATE_RESTORE_IDS),
+        clock and notification, then arm it with the time it had left and its interval. The
+        overrun count is not restored: the kernel offers no way to set it."""
+        timers = sorted(self.img.leader.tc.timers.posix, key=lambda t: t.it_id)
+        if not timers:
+            return
+        rc = self.rc
+        rc.checked(SYS.prctl, PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, what="PR_TIMER_CREATE_RESTORE_IDS")
+        for t in timers:
+            tid = t.notify_thread_id if t.it_sigev_notify & SIGEV_THREAD_ID else 0
+            # struct sigevent (64 bytes): value, signo, notify, thread id; then the id wanted
+            sev = struct.pack("<QiiI", t.sival_ptr, t.si_signo, t.it_sigev_notify, tid).ljust(64, b"\0")
+            addr = self._put(sev + struct.pack("<i", t.it_id), _OFF_ARGS)
+            rc.checked(NR_timer_create, t.clock_id, addr, addr + 64, what=f"timer_create (timer {t.it_id})")
+            got = struct.unpack("<i", rc.read_scratch(4, _OFF_ARGS + 64))[0]
+            if got != t.it_id:
+                raise CsError(f"POSIX timer {t.it_id} came back as timer {got}")
+            if t.vsec or t.vnsec:
+                its = self._put(struct.pack("<4Q", t.isec, t.insec, t.vsec, t.vnsec))
+                rc.checked(NR_timer_settime, t.it_id, 0, its, 0, what=f"timer_settime (timer {t.it_id})")
+        rc.checked(SYS.prctl, PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, what="PR_TIMER_CREATE_RESTORE_IDS")
 
     def _new_thread(self, tid: int) -> None:
         rc = self.rc

@@ -24,25 +24,28 @@ _sym_db = _symbol_database.Default()
 
 from . import eventfd_pb2 as eventfd__pb2
 from . import eventpoll_pb2 as eventpoll__pb2
+from . import fsnotify_pb2 as fsnotify__pb2
 from . import memfd_pb2 as memfd__pb2
 from . import pipe_pb2 as pipe__pb2
 from . import regfile_pb2 as regfile__pb2
 from . import sk_inet_pb2 as sk__inet__pb2
+from . import signalfd_pb2 as signalfd__pb2
 from . import sk_unix_pb2 as sk__unix__pb2
+from . import timerfd_pb2 as timerfd__pb2
 from . import tty_pb2 as tty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x66\x64info.proto\x12\x0f\x63oldsnap.images\x1a\reventfd.proto\x1a\x0f\x65ventpoll.proto\x1a\x0bmemfd.proto\x1a\npipe.proto\x1a\rregfile.proto\x1a\rsk_inet.proto\x1a\rsk_unix.proto\x1a\ttty.proto\"~\n\x0c\x66\x64info_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12\'\n\x04type\x18\x03 \x02(\x0e\x32\x19.coldsnap.images.fd_types\x12\n\n\x02\x66\x64\x18\x04 \x02(\r\x12\x1e\n\x16xattr_security_selinux\x18\x05 \x01(\t\"\xe6\x03\n\nfile_entry\x12\'\n\x04type\x18\x01 \x02(\x0e\x32\x19.coldsnap.images.fd_types\x12\n\n\x02id\x18\x02 \x02(\r\x12,\n\x03reg\x18\x03 \x01(\x0b\x32\x1f.coldsnap.images.reg_file_entry\x12+\n\x03isk\x18\x04 \x01(\x0b\x32\x1e.coldsnap.images.inet_sk_entry\x12\x30\n\x03\x65\x66\x64\x18\x08 \x01(\x0b\x32#.coldsnap.images.eventfd_file_entry\x12\x33\n\x04\x65pfd\x18\t \x01(\x0b\x32%.coldsnap.images.eventpoll_file_entry\x12+\n\x03usk\x18\x10 \x01(\x0b\x32\x1e.coldsnap.images.unix_sk_entry\x12)\n\x04\x66ifo\x18\x11 \x01(\x0b\x32\x1b.coldsnap.images.fifo_entry\x12)\n\x04pipe\x18\x12 \x01(\x0b\x32\x1b.coldsnap.images.pipe_entry\x12,\n\x03tty\x18\x13 \x01(\x0b\x32\x1f.coldsnap.images.tty_file_entry\x12\x30\n\x05memfd\x18\x14 \x01(\x0b\x32!.coldsnap.images.memfd_file_entry*\xfd\x01\n\x08\x66\x64_types\x12\x07\n\x03UND\x10\x00\x12\x07\n\x03REG\x10\x01\x12\x08\n\x04PIPE\x10\x02\x12\x08\n\x04\x46IFO\x10\x03\x12\n\n\x06INETSK\x10\x04\x12\n\n\x06UNIXSK\x10\x05\x12\x0b\n\x07\x45VENTFD\x10\x06\x12\r\n\tEVENTPOLL\x10\x07\x12\x0b\n\x07INOTIFY\x10\x08\x12\x0c\n\x08SIGNALFD\x10\t\x12\x0c\n\x08PACKETSK\x10\n\x12\x07\n\x03TTY\x10\x0b\x12\x0c\n\x08\x46\x41NOTIFY\x10\x0c\x12\r\n\tNETLINKSK\x10\r\x12\x06\n\x02NS\x10\x0e\x12\x08\n\x04TUNF\x10\x0f\x12\x07\n\x03\x45XT\x10\x10\x12\x0b\n\x07TIMERFD\x10\x11\x12\t\n\x05MEMFD\x10\x12\x12\n\n\x06\x42PFMAP\x10\x13\x12\t\n\x05PIDFD\x10\x14')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x66\x64info.proto\x12\x0f\x63oldsnap.images\x1a\reventfd.proto\x1a\x0f\x65ventpoll.proto\x1a\x0e\x66snotify.proto\x1a\x0bmemfd.proto\x1a\npipe.proto\x1a\rregfile.proto\x1a\rsk_inet.proto\x1a\x0esignalfd.proto\x1a\rsk_unix.proto\x1a\rtimerfd.proto\x1a\ttty.proto\"~\n\x0c\x66\x64info_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12\'\n\x04type\x18\x03 \x02(\x0e\x32\x19.coldsnap.images.fd_types\x12\n\n\x02\x66\x64\x18\x04 \x02(\r\x12\x1e\n\x16xattr_security_selinux\x18\x05 \x01(\t\"\xf4\x04\n\nfile_entry\x12\'\n\x04type\x18\x01 \x02(\x0e\x32\x19.coldsnap.images.fd_types\x12\n\n\x02id\x18\x02 \x02(\r\x12,\n\x03reg\x18\x03 \x01(\x0b\x32\x1f.coldsnap.images.reg_file_entry\x12+\n\x03isk\x18\x04 \x01(\x0b\x32\x1e.coldsnap.images.inet_sk_entry\x12\x30\n\x03\x65\x66\x64\x18\x08 \x01(\x0b\x32#.coldsnap.images.eventfd_file_entry\x12\x33\n\x04\x65pfd\x18\t \x01(\x0b\x32%.coldsnap.images.eventpoll_file_entry\x12-\n\x04sgfd\x18\n \x01(\x0b\x32\x1f.coldsnap.images.signalfd_entry\x12+\n\x03tfd\x18\x0c \x01(\x0b\x32\x1e.coldsnap.images.timerfd_entry\x12\x30\n\x03ify\x18\r \x01(\x0b\x32#.coldsnap.images.inotify_file_entry\x12+\n\x03usk\x18\x10 \x01(\x0b\x32\x1e.coldsnap.images.unix_sk_entry\x12)\n\x04\x66ifo\x18\x11 \x01(\x0b\x32\x1b.coldsnap.images.fifo_entry\x12)\n\x04pipe\x18\x12 \x01(\x0b\x32\x1b.coldsnap.images.pipe_entry\x12,\n\x03tty\x18\x13 \x01(\x0b\x32\x1f.coldsnap.images.tty_file_entry\x12\x30\n\x05memfd\x18\x14 \x01(\x0b\x32!.coldsnap.images.memfd_file_entry*\xfd\x01\n\x08\x66\x64_types\x12\x07\n\x03UND\x10\x00\x12\x07\n\x03REG\x10\x01\x12\x08\n\x04PIPE\x10\x02\x12\x08\n\x04\x46IFO\x10\x03\x12\n\n\x06INETSK\x10\x04\x12\n\n\x06UNIXSK\x10\x05\x12\x0b\n\x07\x45VENTFD\x10\x06\x12\r\n\tEVENTPOLL\x10\x07\x12\x0b\n\x07INOTIFY\x10\x08\x12\x0c\n\x08SIGNALFD\x10\t\x12\x0c\n\x08PACKETSK\x10\n\x12\x07\n\x03TTY\x10\x0b\x12\x0c\n\x08\x46\x41NOTIFY\x10\x0c\x12\r\n\tNETLINKSK\x10\r\x12\x06\n\x02NS\x10\x0e\x12\x08\n\x04TUNF\x10\x0f\x12\x07\n\x03\x45XT\x10\x10\x12\x0b\n\x07TIMERFD\x10\x11\x12\t\n\x05MEMFD\x10\x12\x12\n\n\x06\x42PFMAP\x10\x13\x12\t\n\x05PIDFD\x10\x14')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fdinfo_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FD_TYPES']._serialized_start=764
-  _globals['_FD_TYPES']._serialized_end=1017
-  _globals['_FDINFO_ENTRY']._serialized_start=146
-  _globals['_FDINFO_ENTRY']._serialized_end=272
-  _globals['_FILE_ENTRY']._serialized_start=275
-  _globals['_FILE_ENTRY']._serialized_end=761
+  _globals['_FD_TYPES']._serialized_start=953
+  _globals['_FD_TYPES']._serialized_end=1206
+  _globals['_FDINFO_ENTRY']._serialized_start=193
+  _globals['_FDINFO_ENTRY']._serialized_end=319
+  _globals['_FILE_ENTRY']._serialized_start=322
+  _globals['_FILE_ENTRY']._serialized_end=950
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,13 @@
 from . import eventfd_pb2 as _eventfd_pb2
 from . import eventpoll_pb2 as _eventpoll_pb2
+from . import fsnotify_pb2 as _fsnotify_pb2
 from . import memfd_pb2 as _memfd_pb2
 from . import pipe_pb2 as _pipe_pb2
 from . import regfile_pb2 as _regfile_pb2
 from . import sk_inet_pb2 as _sk_inet_pb2
+from . import signalfd_pb2 as _signalfd_pb2
 from . import sk_unix_pb2 as _sk_unix_pb2
+from . import timerfd_pb2 as _timerfd_pb2
 from . import tty_pb2 as _tty_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -74,13 +77,16 @@ class fdinfo_entry(_message.Message):
     def __init__(self, id: _Optional[int] = ..., flags: _Optional[int] = ..., type: _Optional[_Union[fd_types, str]] = ..., fd: _Optional[int] = ..., xattr_security_selinux: _Optional[str] = ...) -> None: ...
 
 class file_entry(_message.Message):
-    __slots__ = ("type", "id", "reg", "isk", "efd", "epfd", "usk", "fifo", "pipe", "tty", "memfd")
+    __slots__ = ("type", "id", "reg", "isk", "efd", "epfd", "sgfd", "tfd", "ify", "usk", "fifo", "pipe", "tty", "memfd")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     REG_FIELD_NUMBER: _ClassVar[int]
     ISK_FIELD_NUMBER: _ClassVar[int]
     EFD_FIELD_NUMBER: _ClassVar[int]
     EPFD_FIELD_NUMBER: _ClassVar[int]
+    SGFD_FIELD_NUMBER: _ClassVar[int]
+    TFD_FIELD_NUMBER: _ClassVar[int]
+    IFY_FIELD_NUMBER: _ClassVar[int]
     USK_FIELD_NUMBER: _ClassVar[int]
     FIFO_FIELD_NUMBER: _ClassVar[int]
     PIPE_FIELD_NUMBER: _ClassVar[int]
@@ -92,9 +98,12 @@ class file_entry(_message.Message):
     isk: _sk_inet_pb2.inet_sk_entry
     efd: _eventfd_pb2.eventfd_file_entry
     epfd: _eventpoll_pb2.eventpoll_file_entry
+    sgfd: _signalfd_pb2.signalfd_entry
+    tfd: _timerfd_pb2.timerfd_entry
+    ify: _fsnotify_pb2.inotify_file_entry
     usk: _sk_unix_pb2.unix_sk_entry
     fifo: _pipe_pb2.fifo_entry
     pipe: _pipe_pb2.pipe_entry
     tty: _tty_pb2.tty_file_entry
     memfd: _memfd_pb2.memfd_file_entry
-    def __init__(self, type: _Optional[_Union[fd_types, str]] = ..., id: _Optional[int] = ..., reg: _Optional[_Union[_regfile_pb2.reg_file_entry, _Mapping]] = ..., isk: _Optional[_Union[_sk_inet_pb2.inet_sk_entry, _Mapping]] = ..., efd: _Optional[_Union[_eventfd_pb2.eventfd_file_entry, _Mapping]] = ..., epfd: _Optional[_Union[_eventpoll_pb2.eventpoll_file_entry, _Mapping]] = ..., usk: _Optional[_Union[_sk_unix_pb2.unix_sk_entry, _Mapping]] = ..., fifo: _Optional[_Union[_pipe_pb2.fifo_entry, _Mapping]] = ..., pipe: _Optional[_Union[_pipe_pb2.pipe_entry, _Mapping]] = ..., tty: _Optional[_Union[_tty_pb2.tty_file_entry, _Mapping]] = ..., memfd: _Optional[_Union[_memfd_pb2.memfd_file_entry, _Mapping]] = ...) -> None: ...
+    def __init__(self, type: _Optional[_Union[fd_types, str]] = ..., id: _Optional[int] = ..., reg: _Optional[_Union[_regfile_pb2.reg_file_entry, _Mapping]] = ..., isk: _Optional[_Union[_sk_inet_pb2.inet_sk_entry, _Mapping]] = ..., efd: _Optional[_Union[_eventfd_pb2.eventfd_file_entry, _Mapping]] = ..., epfd: _Optional[_Union[_eventpoll_pb2.eventpoll_file_entry, _Mapping]] = ..., sgfd: _Optional[_Union[_signalfd_pb2.signalfd_entry, _Mapping]] = ..., tfd: _Optional[_Union[_timerfd_pb2.timerfd_entry, _Mapping]] = ..., ify: _Optional[_Union[_fsnotify_pb2.inotify_file_entry, _Mapping]] = ..., usk: _Optional[_Union[_sk_unix_pb2.unix_sk_entry, _Mapping]] = ..., fifo: _Optional[_Union[_pipe_pb2.fifo_entry, _Mapping]] = ..., pipe: _Optional[_Union[_pipe_pb2.pipe_entry, _Mapping]] = ..., tty: _Optional[_Union[_tty_pb2.tty_file_entry, _Mapping]] = ..., memfd: _Optional[_Union[_memfd_pb2.memfd_file_entry, _Mapping]] = ...) -> None: ...

@@ -19,8 +19,30 @@ class itimer_entry(_message.Message):
     def __init__(self, isec: _Optional[int] = ..., iusec: _Optional[int] = ..., vsec: _Optional[int] = ..., vusec: _Optional[int] = ...) -> None: ...
 
 class posix_timer_entry(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("it_id", "clock_id", "si_signo", "it_sigev_notify", "sival_ptr", "overrun", "isec", "insec", "vsec", "vnsec", "notify_thread_id")
+    IT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_ID_FIELD_NUMBER: _ClassVar[int]
+    SI_SIGNO_FIELD_NUMBER: _ClassVar[int]
+    IT_SIGEV_NOTIFY_FIELD_NUMBER: _ClassVar[int]
+    SIVAL_PTR_FIELD_NUMBER: _ClassVar[int]
+    OVERRUN_FIELD_NUMBER: _ClassVar[int]
+    ISEC_FIELD_NUMBER: _ClassVar[int]
+    INSEC_FIELD_NUMBER: _ClassVar[int]
+    VSEC_FIELD_NUMBER: _ClassVar[int]
+    VNSEC_FIELD_NUMBER: _ClassVar[int]
+    NOTIFY_THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    it_id: int
+    clock_id: int
+    si_signo: int
+    it_sigev_notify: int
+    sival_ptr: int
+    overrun: int
+    isec: int
+    insec: int
+    vsec: int
+    vnsec: int
+    notify_thread_id: int
+    def __init__(self, it_id: _Optional[int] = ..., clock_id: _Optional[int] = ..., si_signo: _Optional[int] = ..., it_sigev_notify: _Optional[int] = ..., sival_ptr: _Optional[int] = ..., overrun: _Optional[int] = ..., isec: _Optional[int] = ..., insec: _Optional[int] = ..., vsec: _Optional[int] = ..., vnsec: _Optional[int] = ..., notify_thread_id: _Optional[int] = ...) -> None: ...
 
 class task_timers_entry(_message.Message):
     __slots__ = ("real", "virt", "prof", "posix")
