@@ -23,6 +23,8 @@ def describe(snap: TaskFiles, fid: int) -> dict:
     f = snap.files[fid]
     d = {k: v for k, v in asdict(f).items() if k not in _VOLATILE}
     d["kind"] = f.kind.name
+    if "targets" in d:          # epoll: the watched files' inodes are new after a rebuild
+        d["targets"] = [{k: v for k, v in t.items() if k not in ("dev", "inode")} for t in d["targets"]]
     if isinstance(f, PipeFile):
         pd = snap.pipe_data[f.pipe_id]
         d["data"], d["pipe_size"] = pd.data, pd.size

@@ -81,12 +81,12 @@ def test_a_deleted_file_is_saved_as_a_ghost_up_to_the_limit(pyload, tmp_path):
         FileRegistry(ghosts=GhostTable(4096)).collect(w.pid, 1)
 
 
-def test_epoll_watching_a_closed_fd_is_refused(pyload):
+def test_epoll_watching_a_closed_fd_is_kept_through_the_fd_that_holds_its_file(pyload):
     w = pyload()
-    ep, r = w.run("ep = select.epoll(); r, wr = os.pipe(); ep.register(r, select.EPOLLIN); "
-                  "keep = os.dup(r); os.close(r); out = (ep.fileno(), r)")
-    with pytest.raises(Unsupported, match=rf"^fd {ep}: epoll watches a file no longer open as fd {r}"):
-        collect_files(w.pid)
+    ep, r, keep = w.run("ep = select.epoll(); r, wr = os.pipe(); ep.register(r, select.EPOLLIN); "
+                        "keep = os.dup(r); os.close(r); out = (ep.fileno(), r, keep)")
+    targets = collect_files(w.pid).file_of(ep).targets
+    assert [(t.tfd, t.via) for t in targets] == [(r, keep)]
 
 
 def test_terminal_needs_shell_job_and_is_reattached(pyload, rebuild, tmp_path):

@@ -14,8 +14,8 @@ from coldsnap.files.images import read_images, write_images
 from coldsnap.files.inet import STORED_EXTRA_OPTS
 from coldsnap.files.kinds import OPS, READ_ONLY
 from coldsnap.files.memfd import MemfdFile
-from coldsnap.files.model import (EpollFile, EpollTarget, EventfdFile, FdType, Fown, InetSocket, PipeFile,
-                                  RegFile, SockOpts, UnixSocket)
+from coldsnap.files.model import (EpollFile, EpollTarget, EventfdFile, FdType, Fown, InetSocket, InotifyFile,
+                                  InotifyWatch, PipeFile, RegFile, SignalfdFile, SockOpts, TimerfdFile, UnixSocket)
 from coldsnap.files.registry import FileRegistry
 from coldsnap.images.directory import ImageDir
 from coldsnap.images.pb import fdinfo_pb2
@@ -112,7 +112,12 @@ KINDS = {
     "pipe": PipeFile(4, 81234, os.O_WRONLY | os.O_NONBLOCK, "", OWNER),
     "fifo": PipeFile(5, 81235, os.O_RDONLY, "/tmp/some fifo", OWNER),
     "eventfd": EventfdFile(6, 1 << 40, os.O_RDWR | os.O_NONBLOCK | 1, OWNER),
-    "epoll": EpollFile(7, 0, [EpollTarget(3, 0x80000019, 0xDEADBEEFCAFE), EpollTarget(9, 1, 7)], OWNER),
+    "epoll": EpollFile(7, 0, [EpollTarget(3, 0x80000019, 0xDEADBEEFCAFE), EpollTarget(9, 1, 7, 12, 0xf, 4321, 5)],
+                       OWNER),
+    "signalfd": SignalfdFile(13, os.O_RDWR | os.O_NONBLOCK, (1 << 9) | (1 << 33), OWNER),
+    "timerfd": TimerfdFile(14, os.O_RDWR, 7, 3, 1, (12, 345), (6, 789), OWNER),
+    "inotify": InotifyFile(15, os.O_RDONLY, [InotifyWatch(1, 0x100, 0, 4242, 0xfe00000, "/tmp", 1, b"12345678"),
+                                             InotifyWatch(3, 0x2, 0, 77, 0xfe00000, "/etc/hostname", 1, b"abc")]),
     "tcp6 listener": InetSocket(8, socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, 10, "::1", 8080,
                                 os.O_RDWR | os.O_NONBLOCK, 511, 99123, OPTS, OWNER),
     "udp4": InetSocket(9, socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP, 7, "127.0.0.1", 5353,

@@ -124,3 +124,24 @@ def test_posix_timers_come_back_with_their_ids_clocks_and_time_left(tmp_path):
             assert max(t["overrun"] for t in posix) >= 0
     finally:
         w.stop()
+
+
+def _epoll_lines(pid: int) -> list[str]:
+    """The registrations of the process's epoll instance, without inode numbers."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[eventpoll]":
+            lines = Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines()
+            return sorted(" ".join(ln.split()[:6]) for ln in lines if ln.startswith("tfd:"))
+    return []
+
+
+def test_epoll_watches_on_closed_and_reused_fd_numbers_come_back(tmp_path):
+    w = start_corner("corner_epoll", tmp_path)
+    try:
+        before = _epoll_lines(w.pid)
+        assert len(before) == 4
+        dump_restore(w, tmp_path)
+        assert _epoll_lines(w.pid) == before
+        check_round(w)
+    finally:
+        w.stop()

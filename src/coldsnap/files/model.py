@@ -134,10 +134,16 @@ class InotifyFile:
 
 @dataclass(slots=True)
 class EpollTarget:
-    """One fd an epoll instance watches."""
+    """One registration of an epoll instance: the fd number it was made as; `via`, when that
+    number no longer holds the watched file, an fd of the table that does (else -1); the
+    watched file's device, inode and position (as CRIU records them)."""
     tfd: int
     events: int
     data: int
+    via: int = -1
+    dev: int = 0
+    inode: int = 0
+    pos: int = 0
 
 
 @dataclass(slots=True)

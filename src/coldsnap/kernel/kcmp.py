@@ -3,12 +3,15 @@
     kcmp(pid1, pid2, KCMP_VM)                      # 0 equal, 1 less, 2 greater, 3 unordered
     same(pid1, pid2, KCMP_FILES)                   # True when they share one fd table
     same_file(pid1, fd1, pid2, fd2)                # one open file description
+    same_epoll_target(pid, fd, epfd, tfd, toff)    # fd's file is what epfd watches as tfd
 
 The kernel orders objects by an obfuscated pointer: the order is total and stable for the
 life of the objects, so callers may sort or binary-search with it; it says nothing else.
 Needs CONFIG_KCMP and PTRACE_MODE_READ on both tasks.
 """
 from __future__ import annotations
+
+import ctypes
 
 from coldsnap.kernel.libc import syscall
 
@@ -39,3 +42,14 @@ def same(pid1: int, pid2: int, kind: int) -> bool:
 def same_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
     """True when fd1 of pid1 and fd2 of pid2 are the same open file description."""
     return kcmp(pid1, pid2, KCMP_FILE, fd1, fd2) == EQUAL
+
+
+class _EpollSlot(ctypes.Structure):
+    _fields_ = [("efd", ctypes.c_uint32), ("tfd", ctypes.c_uint32), ("toff", ctypes.c_uint32)]
+
+
+def same_epoll_target(pid: int, fd: int, epfd: int, tfd: int, toff: int = 0) -> bool:
+    """True when fd of pid is the file that epoll instance epfd (of pid) watches as number
+    tfd; toff picks among several registrations made as that number (in fdinfo order)."""
+    slot = _EpollSlot(epfd, tfd, toff)
+    return kcmp(pid, pid, KCMP_EPOLL_TFD, fd, ctypes.addressof(slot)) == EQUAL
