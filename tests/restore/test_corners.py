@@ -5,6 +5,7 @@ what the kernel really holds after the restore ("FAIL ..." lines), and the test 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from procs import CRIT, build_workload, crit_decode
@@ -143,5 +144,32 @@ def test_epoll_watches_on_closed_and_reused_fd_numbers_come_back(tmp_path):
         dump_restore(w, tmp_path)
         assert _epoll_lines(w.pid) == before
         check_round(w)
+    finally:
+        w.stop()
+
+
+def test_a_thread_that_ended_unjoined_is_no_reason_to_fail(tmp_path):
+    w = start_corner("corner_zthread", tmp_path)
+    try:
+        dump_restore(w, tmp_path)
+        check_round(w)                 # joins it: its result is still there
+    finally:
+        w.stop()
+
+
+def test_a_process_whose_main_thread_ended_is_refused_in_one_line(tmp_path):
+    w = start_corner("corner_zthread", tmp_path, "leader")
+    try:
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{w.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline, "the main thread did not end"
+            time.sleep(0.01)
+        run = coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img")
+        assert_one_line_error(run)
+        assert run.returncode == 5 and "main thread has ended" in run.stderr
+        w.signal(10)                   # left running, untouched: the worker still answers
+        while "checked 1" not in w.lines():
+            assert time.monotonic() < deadline + 5, w.tail()
+            time.sleep(0.01)
     finally:
         w.stop()

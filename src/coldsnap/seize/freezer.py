@@ -537,6 +537,9 @@ def _refuse(pid: int) -> None:
     if tgid != pid:
         raise TargetError(f"{what}: it is a thread of process {tgid}")
     if status.get("State", "")[:1] in ("Z", "X"):
+        if int(status.get("Threads", "1")) > 1:
+            raise Unsupported(f"{what}: its main thread has ended (pthread_exit) while "
+                              f"{int(status['Threads']) - 1} other thread(s) run on; not supported yet")
         raise TargetError(f"{what}: it is a zombie")
     tracer = int(status.get("TracerPid", "0"))
     if tracer:
