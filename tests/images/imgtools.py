@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from coldsnap.images.directory import ImageDir, new_inventory
-from coldsnap.images.pb import (core_pb2, core_x86_pb2, creds_pb2, eventfd_pb2, eventpoll_pb2,
-                                fdinfo_pb2, fown_pb2, fs_pb2, ghost_file_pb2, ids_pb2, ipc_desc_pb2,
-                                ipc_sem_pb2, ipc_shm_pb2, memfd_pb2, mm_pb2, pagemap_pb2, pipe_pb2,
-                                pstree_pb2, regfile_pb2, remap_file_path_pb2, rlimit_pb2, rseq_pb2, sa_pb2,
+from coldsnap.images.pb import (core_pb2, core_x86_pb2, creds_pb2, eventfd_pb2, eventpoll_pb2, fdinfo_pb2,
+                                fown_pb2, fs_pb2, ghost_file_pb2, ids_pb2, ipc_desc_pb2, ipc_sem_pb2,
+                                ipc_shm_pb2, memfd_pb2, mm_pb2, pagemap_pb2, pipe_pb2, pstree_pb2,
+                                regfile_pb2, remap_file_path_pb2, rlimit_pb2, rseq_pb2, sa_pb2, seccomp_pb2,
                                 sk_inet_pb2, sk_opts_pb2, sk_packet_pb2, stats_pb2, tcp_stream_pb2, timer_pb2)
 
 from procs import CRIT, crit_decode_all  # noqa: F401  (re-exported: the one crit runner)
@@ -152,6 +152,9 @@ def sample_images() -> dict[str, list]:
             rcv_wnd=65536, rcv_wup=100), b"in!" + b"out!")],
         "memfd.img": [memfd_pb2.memfd_inode_entry(name="/dev/zero", uid=0, gid=0, size=PAGE, shmid=77,
                                                   seals=1, inode_id=1, mode=0o100777)],
+        "seccomp.img": [seccomp_pb2.seccomp_entry(seccomp_filters=[
+            seccomp_pb2.seccomp_filter(filter=bytes(range(16))),
+            seccomp_pb2.seccomp_filter(filter=bytes(8), prev=0, flags=1)])],
         "remap-fpath.img": [remap_file_path_pb2.remap_file_path_entry(orig_id=9, remap_id=1,
                                                                        remap_type=remap_file_path_pb2.GHOST)],
         "ghost-file-1a.img": [ghost_file_pb2.ghost_file_entry(uid=0, gid=0, mode=0o100600, chunks=True, size=9000),

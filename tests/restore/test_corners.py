@@ -10,6 +10,7 @@ from pathlib import Path
 
 from procs import CRIT, build_workload, crit_decode
 from restore_helpers import LogWorkload, alive, assert_one_line_error, coldsnap
+from tree_helpers import reap_orphans
 
 
 def start_corner(name: str, tmp: Path, *args) -> LogWorkload:
@@ -22,18 +23,21 @@ def start_corner(name: str, tmp: Path, *args) -> LogWorkload:
     return w
 
 
-def dump_restore(w: LogWorkload, tmp: Path, *dump_args) -> Path:
+def dump_restore(w: LogWorkload, tmp: Path, *dump_args, children=()) -> Path:
+    """Dump the program (and its CHILDREN), reap them all, restore; the images' path."""
     images = tmp / "img"
     coldsnap("dump", "-t", w.pid, "-D", images, *dump_args, check=True)
     w.reap_dumped()
+    reap_orphans(pids=children)
     coldsnap("restore", "-D", images, "-d", check=True)
     w.adopt_restored()
     return images
 
 
-def check_round(w: LogWorkload, n: int = 1) -> None:
-    """Let the program check itself (SIGUSR1) and assert it found nothing wrong."""
-    w.signal(10)
+def check_round(w: LogWorkload, n: int = 1, at: int | None = None) -> None:
+    """Let the program (or its process `at`) check itself (SIGUSR1) and assert it found
+    nothing wrong."""
+    os.kill(at or w.pid, 10)
     w.wait_line(f"checked {n}")
     assert not w.failures(), "\n".join(w.failures())
 
@@ -173,3 +177,26 @@ def test_a_process_whose_main_thread_ended_is_refused_in_one_line(tmp_path):
             time.sleep(0.01)
     finally:
         w.stop()
+
+
+def test_prctl_state_and_a_seccomp_filter_come_back_in_every_thread(tmp_path):
+    w = start_corner("corner_prctl", tmp_path)
+    child = 0
+    try:
+        child = int(next(ln for ln in w.lines() if ln.startswith("child ")).split()[1])
+        check_round(w, at=child)       # the program's checks hold before the dump
+        images = dump_restore(w, tmp_path, children=[child])
+        check_round(w, 2, at=child)
+        status = Path(f"/proc/{child}/status").read_text()
+        assert "Seccomp:\t2" in status and "Seccomp_filters:\t1" in status
+        if os.path.exists(CRIT):
+            assert len(crit_decode(images / "seccomp.img")["entries"][0]["seccomp_filters"]) == 1
+    finally:
+        w.stop()
+        if child:                      # its parent-death signal, SIGUSR2, is blocked
+            try:
+                os.kill(child, 9)
+            except ProcessLookupError:
+                pass
+            reap_orphans(pids=[child])
+

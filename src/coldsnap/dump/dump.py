@@ -65,7 +65,7 @@ from .sink import LOCAL, PageSession, PageTarget
 from .shmem import memfd_mappings, save_memfds, save_shmem
 from .sysv import save_sysv
 from .stats import DumpStats, Times
-from .task_state import (collect_task_state, kobj_ids, write_core_images, write_tree_images,
+from .task_state import (SeccompFilters, collect_task_state, kobj_ids, write_core_images, write_tree_images,
                          write_zombie_core)
 from .tree import refuse_tree
 
@@ -280,7 +280,8 @@ class _Saved:
 
 
 def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: FileRegistry,
-                 parent: _Parent, times: Times, *, shell_job: bool) -> _Saved:
+                 parent: _Parent, times: Times, *, shell_job: bool,
+                 seccomp: SeccompFilters | None = None) -> _Saved:
     """One frozen process of the tree into the images: its maps, task state and cores, page
     plan and private pages, fd table (through the one registry) and mm-PID.img. Shared
     memory is saved once for the tree afterwards (save_shmem, from the VMAs returned).
@@ -302,10 +303,10 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
         t_mem = time.perf_counter_ns()
         copied, pages = save_private(task, sink, with_vdso(planned.plan))
         times.copy += time.perf_counter_ns() - t_mem
-        write_core_images(state, imgdir)
+        write_core_images(state, imgdir, seccomp)
         write_mm(imgdir, pid, vmas, planned.stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
                  file_ids={k: ids[p] for k, p in vma_paths.items()} | memfds, fdflags=vma_flags,
-                 dumpable=state.dumpable)
+                 dumpable=state.dumpable, thp_disabled=state.thp_disabled)
     except BaseException:
         planner.close()
         raise
@@ -358,10 +359,12 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 times.freezing = t_frozen - t0
                 refuse_tree(held)
                 files = FileRegistry(tcp=tcp, ghosts=GhostTable(ghost_limit))
+                seccomp = SeccompFilters()
                 for model in held.tree:                  # parents first
                     parent = parents.get(model.pid) or _Parent(None, Ranges.empty())
                     saved.append(dump_process(held.task(model.pid), imgdir, sink, files, parent, times,
-                                              shell_job=shell_job))
+                                              shell_job=shell_job, seccomp=seccomp))
+                seccomp.write(imgdir)
                 for fid, stream in tcp.streams.items():
                     f = files.files[fid]
                     f.stream, f.state = stream, stream.state    # type: ignore[union-attr]  # as locked

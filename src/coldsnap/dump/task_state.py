@@ -32,9 +32,8 @@ while the per-thread sessions run (they write into its scratch page) and closes 
 The blocked mask of a thread is the one its session learned at the first call (the real one,
 even in ppoll/sigsuspend); without a session it is PTRACE_GETSIGMASK at the interrupt stop.
 
-Not collected: loginuid, oom_score_adj, sched policy/nice, the pdeath signal of
-threads other than the leader, LSM
-labels, seccomp filters (only the mode), cgroups, membarrier registrations, AVX-512/PKRU/CET
+Not collected: loginuid, oom_score_adj, sched policy/nice, LSM
+labels, seccomp filter flags (TSYNC/LOG...), cgroups, membarrier registrations, AVX-512/PKRU/CET
 components in the protobuf (they remain in `ThreadState.xstate`). clear_tid_addr is 0 when
 the kernel lacks PR_GET_TID_ADDRESS (CONFIG_CHECKPOINT_RESTORE).
 """
@@ -89,7 +88,9 @@ ITIMERS = ("real", "virt", "prof")     # ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER
 _OFF_SA = 0                                   # 62 x 32 bytes
 _OFF_ITIMER = 2048                            # 3 x 32 bytes
 _OFF_MISC = 2176                              # subreaper int, pdeath signal int
-_OFF_THREAD = 2304                            # per thread: 24 sas + 8 tid addr + 16 robust
+_OFF_THREAD = 2304                            # per thread: 24 sas + 8 tid addr + 16 robust + 8 pdeathsig
+_SLOT = 56
+PR_GET_TIMERSLACK = 30
 
 
 @dataclass
@@ -148,6 +149,9 @@ class ThreadState:
     creds: Creds
     seccomp_mode: int
     tls: list[TlsSlot]
+    seccomp: list[bytes] = field(default_factory=list)   # filters, oldest first (mode 2)
+    pdeath_sig: int = 0
+    timer_slack: int = 0             # ns; 0 when unknown
 
 
 @dataclass
@@ -193,6 +197,7 @@ class TaskState:
     pdeath_sig: int = 0              # the leader's PR_SET_PDEATHSIG (0: none)
     stop_signal: int = 0             # the group-stop signal of a stopped process, else 0
     posix_timers: list[PosixTimer] = field(default_factory=list)
+    thp_disabled: bool = False
     remote_calls: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -257,7 +262,11 @@ def _read_ptrace_side(pid: int, tid: int) -> dict:
     """Everything of one thread that needs no injection."""
     status = read_status(pid, tid)
     xstate, bv, ymmh = _xstate(tid)
-    return dict(tid=tid, regs=ptrace.get_regs(tid).as_dict(),
+    mode = int(status.get("Seccomp", "0"))
+    if mode == 1:
+        raise Unsupported(f"thread {tid} of {pid}: strict seccomp mode is not supported")
+    return dict(seccomp=ptrace.seccomp_filters(tid) if mode == 2 else [],
+                tid=tid, regs=ptrace.get_regs(tid).as_dict(),
                 fpregs=FpRegs.from_fxsave(ptrace.get_regset(tid, ptrace.NT_PRFPREG, 512)),
                 xstate=xstate, xstate_bv=bv, ymmh_space=ymmh, sigmask=ptrace.get_sigmask(tid),
                 rseq=_rseq(tid), pending=_peek_all(tid, shared=False),
@@ -279,11 +288,14 @@ def _rlimits(pid: int) -> list[tuple[int, int]]:
     return out
 
 
-def _thread_injected(rc: RemoteCalls, base: int, off: int) -> None:
-    """sigaltstack(NULL, base+off) and PR_GET_TID_ADDRESS into base+off+24, in rc's thread."""
+def _thread_injected(rc: RemoteCalls, base: int, off: int) -> int:
+    """sigaltstack(NULL, base+off), PR_GET_TID_ADDRESS into base+off+24 and PR_GET_PDEATHSIG
+    into base+off+48, in rc's thread; returns its timer slack (PR_GET_TIMERSLACK)."""
     rc.checked(SYS.sigaltstack, 0, base + off, what="sigaltstack")
     # fails without CONFIG_CHECKPOINT_RESTORE: the slot then stays 0 (noted in TaskState.notes)
     rc.call(SYS.prctl, PR_GET_TID_ADDRESS, base + off + 24, 0, 0, 0)
+    rc.checked(SYS.prctl, PR_GET_PDEATHSIG, base + off + 48, 0, 0, 0, what="PR_GET_PDEATHSIG")
+    return max(rc.call(SYS.prctl, PR_GET_TIMERSLACK, 0, 0, 0, 0), 0)
 
 
 def signals_to_ask(status: dict[str, str]) -> set[int]:
@@ -313,7 +325,7 @@ def collect_task_state(task: FrozenTask) -> TaskState:
     timers = read_posix_timers(pid)
     notes: list[str] = []
     masks: dict[int, int] = {}
-    off_timers = _OFF_THREAD + 48 * len(tids)
+    off_timers = _OFF_THREAD + _SLOT * len(tids)
     zero = bytes(off_timers + 32 * len(timers))
     if len(zero) > PAGE_SIZE:
         raise Unsupported(f"too many threads ({len(tids)}) and POSIX timers ({len(timers)}) "
@@ -335,19 +347,19 @@ def collect_task_state(task: FrozenTask) -> TaskState:
             notes.append(f"PR_GET_SECUREBITS failed ({-secbits}): secbits 0")
             secbits = 0
         for i, tid in enumerate(tids):
-            off = _OFF_THREAD + 48 * i
+            off = _OFF_THREAD + _SLOT * i
             rc.checked(SYS.get_robust_list, tid, base + off + 32, base + off + 40, what="get_robust_list")
         overruns = []
         for i, t in enumerate(timers):
             rc.checked(NR_timer_gettime, t.id, base + off_timers + 32 * i, what=f"timer_gettime({t.id})")
             overruns.append(rc.checked(NR_timer_getoverrun, t.id, what=f"timer_getoverrun({t.id})"))
-        _thread_injected(rc, base, _OFF_THREAD + 48 * tids.index(pid))
+        slack = {pid: _thread_injected(rc, base, _OFF_THREAD + _SLOT * tids.index(pid))}
         calls = rc.stats.calls
         for i, tid in enumerate(tids):
             if tid == pid:
                 continue
             with RemoteCalls(task, tid=tid) as trc:
-                _thread_injected(trc, base, _OFF_THREAD + 48 * i)
+                slack[tid] = _thread_injected(trc, base, _OFF_THREAD + _SLOT * i)
                 calls += trc.stats.calls
                 if trc.real_mask is not None:
                     masks[tid] = trc.real_mask
@@ -370,15 +382,16 @@ def collect_task_state(task: FrozenTask) -> TaskState:
     threads = []
     has_tid_addr = False
     for i, tid in enumerate(tids):
-        off = _OFF_THREAD + 48 * i
+        off = _OFF_THREAD + _SLOT * i
         # stack_t {ss_sp u64, ss_flags i32, pad, ss_size u64}, tid address, robust head, len
-        ss_sp, ss_flags, ss_size, tid_addr, rl_head, rl_len = struct.unpack_from("<Qi4xQQQQ", blob, off)
+        ss_sp, ss_flags, ss_size, tid_addr, rl_head, rl_len, pdeath = struct.unpack_from("<Qi4xQQQQi", blob, off)
         d = per_thread[tid]
         d["sigmask"] = masks.get(tid, d["sigmask"])
         d["creds"] = replace(d["creds"], secbits=secbits)
         has_tid_addr |= tid_addr != 0
         threads.append(ThreadState(clear_tid_addr=tid_addr, robust_list=(rl_head, rl_len),
-                                   sigaltstack=(ss_sp, ss_size, ss_flags), **d))
+                                   sigaltstack=(ss_sp, ss_size, ss_flags), pdeath_sig=pdeath,
+                                   timer_slack=slack[tid], **d))
     if not has_tid_addr:
         notes.append("clear_tid_addr unknown (PR_GET_TID_ADDRESS unavailable): written as 0")
 
@@ -387,10 +400,41 @@ def collect_task_state(task: FrozenTask) -> TaskState:
                      threads=threads, sigactions=sigactions, shared_pending=shared_pending,
                      rlimits=rlimits, itimers=itimers, brk=brk, auxv=auxv, dumpable=dumpable,
                      child_subreaper=bool(subreaper), pdeath_sig=pdeath_sig, secbits=secbits, stop_signal=task.group_stopped(),
-                     posix_timers=posix, remote_calls=calls, notes=notes)
+                     posix_timers=posix, thp_disabled=status.get("THP_enabled", "1") == "0",
+                     remote_calls=calls, notes=notes)
 
 
 # -- images -------------------------------------------------------------------------------
+
+@dataclass
+class SeccompFilters:
+    """seccomp.img of a dump: every filter once, each chained to the one installed before
+    it (`prev`), so that threads with the same filters share entries."""
+    filters: list[tuple[bytes, int | None]] = field(default_factory=list)   # (program, prev)
+    _index: dict[tuple[bytes, int | None], int] = field(default_factory=dict)
+
+    def chain(self, programs: list[bytes]) -> int | None:
+        """The index of the newest filter of a chain given oldest first (None: no filter)."""
+        prev: int | None = None
+        for prog in programs:
+            key = (prog, prev)
+            if key not in self._index:
+                self._index[key] = len(self.filters)
+                self.filters.append(key)
+            prev = self._index[key]
+        return prev
+
+    def write(self, imgdir) -> None:
+        if not self.filters:
+            return
+        from coldsnap.images.pb import seccomp_pb2
+        e = seccomp_pb2.seccomp_entry()
+        for prog, prev in self.filters:
+            f = e.seccomp_filters.add(filter=prog)
+            if prev is not None:
+                f.prev = prev
+        imgdir.write("seccomp.img", [e])
+
 
 def _signal_queue(sigs: Iterable[bytes]):
     from coldsnap.images.pb import siginfo_pb2
@@ -421,7 +465,7 @@ def _signed(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
 
 
-def _core_entry(state: TaskState, th: ThreadState):
+def _core_entry(state: TaskState, th: ThreadState, seccomp: SeccompFilters | None = None):
     from coldsnap.images.pb import core_pb2, core_x86_pb2
     core = core_pb2.core_entry(mtype=core_pb2.X86_64)
     ti = core.thread_info
@@ -457,6 +501,12 @@ def _core_entry(state: TaskState, th: ThreadState):
         tc.signals_p.CopyFrom(_signal_queue(th.pending))
     th.creds.to_entry(tc.creds)
     tc.seccomp_mode = th.seccomp_mode
+    if th.seccomp and seccomp is not None:
+        tc.seccomp_filter = seccomp.chain(th.seccomp)
+    if th.pdeath_sig:
+        tc.pdeath_sig = th.pdeath_sig
+    if th.timer_slack:
+        tc.cs_timer_slack_ns = th.timer_slack
     tc.comm = th.comm
     if th.rseq is not None:
         tc.rseq_entry.rseq_abi_pointer = th.rseq.rseq_abi_pointer
@@ -519,12 +569,13 @@ def kobj_ids(t: Task):
                                        sighand_id=t.sighand_id, **ns)
 
 
-def write_core_images(state: TaskState, imgdir) -> list[str]:
-    """Write core-<tid>.img for every thread of one process; returns the names."""
+def write_core_images(state: TaskState, imgdir, seccomp: SeccompFilters | None = None) -> list[str]:
+    """Write core-<tid>.img for every thread of one process (their seccomp filters into
+    `seccomp`, written by the caller as seccomp.img); returns the names."""
     names = []
     for th in state.threads:
         name = f"core-{th.tid}.img"
-        imgdir.write(name, [_core_entry(state, th)])
+        imgdir.write(name, [_core_entry(state, th, seccomp)])
         names.append(name)
     return names
 

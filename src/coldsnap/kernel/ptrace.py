@@ -6,6 +6,7 @@ from the same OS thread that did PTRACE_SEIZE.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 from dataclasses import dataclass
@@ -266,3 +267,23 @@ def wait_stop(tid: int, nohang: bool = False) -> Stop | None:
     if pid == 0:
         return None
     return Stop(tid, status)
+
+
+PTRACE_SECCOMP_GET_FILTER = 0x420C
+_SOCK_FILTER = 8              # one BPF instruction: u16 code, u8 jt, u8 jf, u32 k
+
+
+def seccomp_filters(tid: int) -> list[bytes]:
+    """The seccomp filters of a stopped tracee, oldest first, each its raw BPF program
+    (struct sock_filter[]): PTRACE_SECCOMP_GET_FILTER counts from the newest (index 0)."""
+    out: list[bytes] = []
+    while True:
+        try:
+            n = ptrace(PTRACE_SECCOMP_GET_FILTER, tid, len(out), 0, "PTRACE_SECCOMP_GET_FILTER")
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return out[::-1]
+            raise
+        buf = ctypes.create_string_buffer(n * _SOCK_FILTER)
+        ptrace(PTRACE_SECCOMP_GET_FILTER, tid, len(out), ctypes.addressof(buf), "PTRACE_SECCOMP_GET_FILTER")
+        out.append(buf.raw)

@@ -60,6 +60,7 @@ class DumpImages:
     files: TaskFiles                 # the task's fd table, cwd, root and umask
     mapped: dict[int, MappedFile]    # REG file_entry id -> file, for VMAs and the exe
     private: PageSource                           # the process pagemap, parents resolved
+    seccomp: list[bytes] = field(default_factory=list)   # its threads' filters, oldest first
 
     @property
     def leader(self) -> core_pb2.core_entry:
@@ -244,7 +245,31 @@ def _load_process(d: ImageDir, tree: Tree, task: Task, mm, registry: FileRegistr
     # is moved there instead
     private.drop([(v.start, v.end) for v in mm.vmas if v.status & SPECIAL])
     _check_inside(d, pid, private.runs(), [v for v in mm.vmas if not v.status & SPECIAL])
-    return DumpImages(d, tree, pid, tids, cores, mm, files, mapped, private)
+    return DumpImages(d, tree, pid, tids, cores, mm, files, mapped, private, _seccomp_chain(d, pid, cores))
+
+
+def _seccomp_chain(d: ImageDir, pid: int, cores: dict) -> list[bytes]:
+    """The seccomp filters of process pid, oldest first, from seccomp.img: every thread
+    must have the same (restore installs them once for all, with TSYNC)."""
+    heads = {core.thread_core.seccomp_filter if core.thread_core.HasField("seccomp_filter") else None
+             for core in cores.values()}
+    if len(heads) > 1:
+        raise ImageError(f"process {pid}: threads with different seccomp filters; not supported")
+    head = heads.pop()
+    if head is None:
+        return []
+    filters = list(d.read_single("seccomp.img").seccomp_filters) if d.exists("seccomp.img") else []
+    chain: list[bytes] = []
+    at: int | None = head
+    while at is not None:
+        if at >= len(filters) or len(chain) > len(filters):
+            raise ImageError(f"{d.root}/seccomp.img: no filter {at} (needed by process {pid}), or a loop")
+        f = filters[at]
+        if not f.filter or len(f.filter) % 8:
+            raise ImageError(f"{d.root}/seccomp.img: filter {at} is not a BPF program")
+        chain.append(f.filter)
+        at = f.prev if f.HasField("prev") else None
+    return chain[::-1]
 
 
 def read_tree(d: ImageDir) -> Tree:

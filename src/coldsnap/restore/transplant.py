@@ -59,6 +59,9 @@ RSEQ_FLAG_UNREGISTER = 1
 PR_SET_NAME, PR_SET_DUMPABLE, PR_SET_PDEATHSIG = 15, 4, 1
 PR_SET_MM, PR_SET_MM_MAP = 35, 14
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_TIMERSLACK, PR_SET_THP_DISABLE = 29, 41
+SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC = 1, 1
+NR_seccomp = 317
 PR_TIMER_CREATE_RESTORE_IDS = 77      # timer_create takes the id to use from *created_timer_id
 NR_timer_create, NR_timer_settime = 222, 223
 SIGEV_THREAD_ID = 4
@@ -173,6 +176,7 @@ class Transplant:
             rc.call(SYS.prctl, PR_SET_DUMPABLE, self.img.mm.dumpable, 0, 0, 0)
         self._pending(rc)
         self._sigactions()
+        self._seccomp()                 # last: the filters may forbid what restore calls
         rc.leave_as(user_regs(core), blocked_mask(core))
         self.stats.calls += rc.stats.calls
         rc.close()                      # unmaps the scratch, then sets the dumped registers
@@ -338,6 +342,8 @@ class Transplant:
                 addr = self._put(struct.pack("<4Q", t.isec, t.iusec, vsec, vusec))
                 rc.checked(SYS.setitimer, which, addr, 0, what="setitimer")
         rc.checked(SYS.personality, tc.personality, what="personality")
+        if self.img.mm.thp_disabled:
+            rc.checked(SYS.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0, what="PR_SET_THP_DISABLE")
         rc.call(SYS.prctl, PR_SET_CHILD_SUBREAPER, int(tc.child_subreaper), 0, 0, 0)
         # the blank child asked for SIGKILL; then the dumped leader's own (0: none), below the
         # root only: the root's parent is coldsnap now, whose exit must not signal it
@@ -367,6 +373,20 @@ class Transplant:
                 its = self._put(struct.pack("<4Q", t.isec, t.insec, t.vsec, t.vnsec))
                 rc.checked(NR_timer_settime, t.it_id, 0, its, 0, what=f"timer_settime (timer {t.it_id})")
         rc.checked(SYS.prctl, PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, what="PR_TIMER_CREATE_RESTORE_IDS")
+
+    def _seccomp(self) -> None:
+        """Install the process's seccomp filters, oldest first, from the leader with TSYNC:
+        every thread had the same ones (restore/images.py checked), and every thread is
+        made and set by now."""
+        rc = self.rc
+        for prog in self.img.seccomp:
+            n = len(prog) // 8
+            if 16 + len(prog) > SCRATCH - _OFF_PATH:
+                raise CsError(f"a seccomp filter of {n} instructions: more than restore can install")
+            addr = self._put(struct.pack("<H6xQ", n, 0) + prog, _OFF_PATH)
+            struct_at = self._put(struct.pack("<H6xQ", n, addr + 16), _OFF_PATH)
+            rc.checked(NR_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, struct_at,
+                       what="seccomp(SECCOMP_SET_MODE_FILTER)")
 
     def _new_thread(self, tid: int) -> None:
         rc = self.rc
@@ -412,6 +432,12 @@ class Transplant:
         if th.comm:
             rc.call(SYS.prctl, PR_SET_NAME, self._put(th.comm.encode()[:15] + b"\0"), 0, 0, 0)
         self._creds(rc, th.creds)
+        if self.pid != self.img.tree.root:
+            # after the creds (a change of ids clears it); never in the root, whose parent is
+            # coldsnap, which is about to exit
+            rc.checked(SYS.prctl, PR_SET_PDEATHSIG, th.pdeath_sig, 0, 0, 0, what="PR_SET_PDEATHSIG")
+        if th.cs_timer_slack_ns:
+            rc.checked(SYS.prctl, PR_SET_TIMERSLACK, th.cs_timer_slack_ns, 0, 0, 0, what="PR_SET_TIMERSLACK")
 
     def _creds(self, rc: RemoteCalls, cr) -> None:
         """ids, groups, capability sets, bounding set, ambient set, securebits, no_new_privs.

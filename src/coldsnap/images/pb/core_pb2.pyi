@@ -94,7 +94,7 @@ class thread_sas_entry(_message.Message):
     def __init__(self, ss_sp: _Optional[int] = ..., ss_size: _Optional[int] = ..., ss_flags: _Optional[int] = ...) -> None: ...
 
 class thread_core_entry(_message.Message):
-    __slots__ = ("futex_rla", "futex_rla_len", "sched_nice", "sched_policy", "sched_prio", "blk_sigset", "sas", "pdeath_sig", "signals_p", "creds", "seccomp_mode", "seccomp_filter", "comm", "blk_sigset_extended", "rseq_entry", "cg_set")
+    __slots__ = ("futex_rla", "futex_rla_len", "sched_nice", "sched_policy", "sched_prio", "blk_sigset", "sas", "pdeath_sig", "signals_p", "creds", "seccomp_mode", "seccomp_filter", "comm", "blk_sigset_extended", "rseq_entry", "cg_set", "cs_timer_slack_ns")
     FUTEX_RLA_FIELD_NUMBER: _ClassVar[int]
     FUTEX_RLA_LEN_FIELD_NUMBER: _ClassVar[int]
     SCHED_NICE_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class thread_core_entry(_message.Message):
     BLK_SIGSET_EXTENDED_FIELD_NUMBER: _ClassVar[int]
     RSEQ_ENTRY_FIELD_NUMBER: _ClassVar[int]
     CG_SET_FIELD_NUMBER: _ClassVar[int]
+    CS_TIMER_SLACK_NS_FIELD_NUMBER: _ClassVar[int]
     futex_rla: int
     futex_rla_len: int
     sched_nice: int
@@ -127,7 +128,8 @@ class thread_core_entry(_message.Message):
     blk_sigset_extended: int
     rseq_entry: _rseq_pb2.rseq_entry
     cg_set: int
-    def __init__(self, futex_rla: _Optional[int] = ..., futex_rla_len: _Optional[int] = ..., sched_nice: _Optional[int] = ..., sched_policy: _Optional[int] = ..., sched_prio: _Optional[int] = ..., blk_sigset: _Optional[int] = ..., sas: _Optional[_Union[thread_sas_entry, _Mapping]] = ..., pdeath_sig: _Optional[int] = ..., signals_p: _Optional[_Union[_siginfo_pb2.signal_queue_entry, _Mapping]] = ..., creds: _Optional[_Union[_creds_pb2.creds_entry, _Mapping]] = ..., seccomp_mode: _Optional[_Union[seccomp_mode, str]] = ..., seccomp_filter: _Optional[int] = ..., comm: _Optional[str] = ..., blk_sigset_extended: _Optional[int] = ..., rseq_entry: _Optional[_Union[_rseq_pb2.rseq_entry, _Mapping]] = ..., cg_set: _Optional[int] = ...) -> None: ...
+    cs_timer_slack_ns: int
+    def __init__(self, futex_rla: _Optional[int] = ..., futex_rla_len: _Optional[int] = ..., sched_nice: _Optional[int] = ..., sched_policy: _Optional[int] = ..., sched_prio: _Optional[int] = ..., blk_sigset: _Optional[int] = ..., sas: _Optional[_Union[thread_sas_entry, _Mapping]] = ..., pdeath_sig: _Optional[int] = ..., signals_p: _Optional[_Union[_siginfo_pb2.signal_queue_entry, _Mapping]] = ..., creds: _Optional[_Union[_creds_pb2.creds_entry, _Mapping]] = ..., seccomp_mode: _Optional[_Union[seccomp_mode, str]] = ..., seccomp_filter: _Optional[int] = ..., comm: _Optional[str] = ..., blk_sigset_extended: _Optional[int] = ..., rseq_entry: _Optional[_Union[_rseq_pb2.rseq_entry, _Mapping]] = ..., cg_set: _Optional[int] = ..., cs_timer_slack_ns: _Optional[int] = ...) -> None: ...
 
 class core_entry(_message.Message):
     __slots__ = ("mtype", "thread_info", "tc", "ids", "thread_core")
