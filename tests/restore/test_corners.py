@@ -200,3 +200,23 @@ def test_prctl_state_and_a_seccomp_filter_come_back_in_every_thread(tmp_path):
                 pass
             reap_orphans(pids=[child])
 
+
+def _guard_pages(pid: int, start: int, pages: int) -> list[bool]:
+    """Which of the pages from start are guard-region pages (pagemap bit 58)."""
+    import struct
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek(start // 4096 * 8)
+        return [bool(e >> 58 & 1) for e in struct.unpack(f"<{pages}Q", f.read(8 * pages))]
+
+
+def test_guard_regions_are_left_out_of_the_pages_and_installed_again(tmp_path):
+    w = start_corner("corner_guard", tmp_path)
+    try:
+        area = int(next(ln for ln in w.lines() if ln.startswith("area ")).split()[1], 16)
+        want = [False, False, True, True, False, False, False, False]
+        assert _guard_pages(w.pid, area, 8) == want
+        dump_restore(w, tmp_path)
+        assert _guard_pages(w.pid, area, 8) == want
+        check_round(w)
+    finally:
+        w.stop()

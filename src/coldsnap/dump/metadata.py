@@ -98,7 +98,8 @@ def image_auxv(auxv: list[int]) -> list[int]:
 
 def write_mm(imgdir: ImageDir, pid: int, vmas: list[Vma], stat: Stat, *, brk: int | None = None,
              auxv: list[int] | None = None, exe_file_id: int = 0, file_ids: dict | None = None,
-             fdflags: dict | None = None, dumpable: int | None = None, thp_disabled: bool = False) -> None:
+             fdflags: dict | None = None, dumpable: int | None = None, thp_disabled: bool = False,
+             guards: list[tuple[int, int]] = ()) -> None:
     """mm-PID.img. file_ids / fdflags: (start, end) of a file VMA -> REG file id / open mode."""
     heap = next((v for v in vmas if v.name == "[heap]"), None)
     mm = mm_pb2.mm_entry(
@@ -114,6 +115,8 @@ def write_mm(imgdir: ImageDir, pid: int, vmas: list[Vma], stat: Stat, *, brk: in
         mm.dumpable = dumpable
     if thp_disabled:
         mm.thp_disabled = True
+    for start, end in guards:
+        mm.cs_guards.extend((start, end))
     imgdir.write(f"mm-{pid}.img", [mm])
 
 

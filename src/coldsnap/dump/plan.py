@@ -34,7 +34,7 @@ from ..kernel.pagemap import open_pagemap
 from ..kernel.procfs import Stat, read_maps, read_stat
 from ..memory.plan import PagePlan, decide
 from ..memory.ranges import Ranges
-from ..memory.scan import scan_saved_pages
+from ..memory.scan import scan_saved_and_guards
 from ..memory.softdirty import SoftDirtyTracker
 from ..memory.tracking import PARK_FD_MIN, TrackingRefused, UffdTracker, drop_wp_markers, parked_uffd_fds
 from ..memory.vma import Vma, classify_all
@@ -152,6 +152,7 @@ class Planner:
         self.last: PagePlan | None = None  # the last plan made (tests, diagnostics)
         # markers of a parked tracking nobody adopted look like swapped pages: drop them
         self.drop_parked_markers = drop_parked_markers
+        self.guards = Ranges.empty()       # guard-region pages the last scan found (not saved)
 
     # -- the tracking ---------------------------------------------------------------------
 
@@ -240,7 +241,7 @@ class Planner:
         return dirty
 
     def _present(self, vmas: list[Vma]) -> tuple[Ranges, str]:
-        present, method = scan_saved_pages(self.pid, vmas, self.scan)
+        present, self.guards, method = scan_saved_and_guards(self.pid, vmas, self.scan)
         if self.uffd is not None:
             present = self.uffd.drop_markers(present)
         elif self.drop_parked_markers:

@@ -29,6 +29,7 @@ PAGE_IS_SWAPPED = 1 << 4
 PAGE_IS_PFNZERO = 1 << 5
 PAGE_IS_HUGE = 1 << 6
 PAGE_IS_SOFT_DIRTY = 1 << 7
+PAGE_IS_GUARD = 1 << 8          # a guard region page (MADV_GUARD_INSTALL), Linux 6.14+
 PM_SCAN_WP_MATCHING = 1 << 0
 PM_SCAN_CHECK_WPASYNC = 1 << 1
 
@@ -39,6 +40,7 @@ USER_END = 0x7FFFFFFFF000
 PM_PRESENT = 1 << 63
 PM_SWAPPED = 1 << 62
 PM_FILE_OR_SHARED = 1 << 61
+PM_GUARD_REGION = 1 << 58
 PM_EXCLUSIVE = 1 << 56
 PM_SOFT_DIRTY = 1 << 55
 PM_PFN_MASK = (1 << 55) - 1
@@ -156,6 +158,25 @@ def has_pagemap_scan() -> bool:
         finally:
             del cbuf
             probe.close()
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def has_guard_category() -> bool:
+    """True when PAGEMAP_SCAN knows PAGE_IS_GUARD (an older kernel refuses the bit)."""
+    if not has_pagemap_scan():
+        return False
+    fd = open_pagemap(os.getpid())
+    try:
+        vec = (ctypes.c_uint64 * 3)()
+        arg = PmScanArg(size=ctypes.sizeof(PmScanArg), start=0x10000, end=0x11000,
+                        vec=ctypes.addressof(vec), vec_len=1, return_mask=PAGE_IS_GUARD)
+        try:
+            check(_ioctl(fd, PAGEMAP_SCAN, ctypes.byref(arg)), "PAGEMAP_SCAN")
+            return True
+        except OSError:
+            return False
     finally:
         os.close(fd)
 

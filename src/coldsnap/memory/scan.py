@@ -53,23 +53,27 @@ def scan_with_ioctl(pagemap_fd: int, where: Ranges, scanner: pm.PagemapScanner |
     return Ranges(regions["start"].copy(), regions["end"].copy()).merged()
 
 
-def scan_with_read(pagemap_fd: int, where: Ranges) -> Ranges:
+def scan_with_read(pagemap_fd: int, where: Ranges, *, with_guards: bool = False):
+    """The pages to save from /proc/PID/pagemap (guard-region pages left out); with
+    with_guards, (pages, guard pages)."""
     zero = np.uint64(pm.zero_pfn() & 0xFFFFFFFFFFFFFFFF)
-    starts, ends = [], []
+    out: dict[bool, tuple[list, list]] = {False: ([], []), True: ([], [])}
     step = PAGEMAP_BATCH_PAGES << PAGE_SHIFT
     for lo, hi in where.pairs():
         for a in range(lo, hi, step):
             e = pm.read_entries(pagemap_fd, a, min(hi, a + step))
             present = (e & np.uint64(pm.PM_PRESENT)) != 0
+            guard = (e & np.uint64(pm.PM_GUARD_REGION)) != 0
             keep = (present | ((e & np.uint64(pm.PM_SWAPPED)) != 0)) \
                 & ((e & np.uint64(pm.PM_FILE_OR_SHARED)) == 0) \
-                & ~(present & ((e & np.uint64(pm.PM_PFN_MASK)) == zero))
-            s, t = _runs(keep)
-            starts.append(a + (s.astype(np.uint64) << np.uint64(PAGE_SHIFT)))
-            ends.append(a + (t.astype(np.uint64) << np.uint64(PAGE_SHIFT)))
-    if not starts:
-        return Ranges.empty()
-    return Ranges(np.concatenate(starts), np.concatenate(ends)).merged()
+                & ~(present & ((e & np.uint64(pm.PM_PFN_MASK)) == zero)) & ~guard
+            for which, mask in ((False, keep), (True, guard)):
+                s, t = _runs(mask)
+                out[which][0].append(a + (s.astype(np.uint64) << np.uint64(PAGE_SHIFT)))
+                out[which][1].append(a + (t.astype(np.uint64) << np.uint64(PAGE_SHIFT)))
+    found, guards = (Ranges(np.concatenate(out[w][0]), np.concatenate(out[w][1])).merged() if out[w][0]
+                     else Ranges.empty() for w in (False, True))
+    return (found, guards) if with_guards else found
 
 
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,16 +93,45 @@ def warm_up() -> None:
 
 def scan_saved_pages(pid: int, vmas: list[Vma], method: str = "auto") -> tuple[Ranges, str]:
     """The page plan of a task: ranges to copy, split at VMA boundaries, and the method used."""
+    found, _, method = scan_saved_and_guards(pid, vmas, method)
+    return found, method
+
+
+def scan_saved_and_guards(pid: int, vmas: list[Vma], method: str = "auto") -> tuple[Ranges, Ranges, str]:
+    """scan_saved_pages, and the guard-region pages (MADV_GUARD_INSTALL) found by the same
+    walk: the scan sees them as swapped entries, and reading one gives EIO, so they are
+    kept out of the plan and returned for the images instead."""
     if method == "auto":
         method = "ioctl" if pm.has_pagemap_scan() else "read"
     fd = pm.open_pagemap(pid)
     try:
         if method == "ioctl":
             scanner = pm.PagemapScanner(fd)
-            found = scan_with_ioctl(fd, spans(vmas, (Kind.ANON_PRIVATE,)), scanner, ANON_QUERY).union(
-                scan_with_ioctl(fd, spans(vmas, (Kind.FILE_PRIVATE,)), scanner, SAVE_QUERY))
+            guard = pm.PAGE_IS_GUARD if pm.has_guard_category() else 0
+            anon, anon_guards = _split_guards(scan_regions(fd, spans(vmas, (Kind.ANON_PRIVATE,)), scanner,
+                                                           _returning(ANON_QUERY, guard)), guard)
+            files, file_guards = _split_guards(scan_regions(fd, spans(vmas, (Kind.FILE_PRIVATE,)), scanner,
+                                                            _returning(SAVE_QUERY, guard)), guard)
+            found, guards = anon.union(files), anon_guards.union(file_guards)
         else:
-            found = scan_with_read(fd, spans(vmas))
+            found, guards = scan_with_read(fd, spans(vmas), with_guards=True)
     finally:
         os.close(fd)
-    return found.split_at(vma_cuts(vmas)), method
+    return found.split_at(vma_cuts(vmas)), guards, method
+
+
+def _returning(q: pm.ScanQuery, extra: int) -> pm.ScanQuery:
+    return pm.ScanQuery(q.category_mask, q.category_inverted, q.category_anyof_mask, q.return_mask | extra,
+                        q.flags, q.max_pages)
+
+
+def scan_regions(pagemap_fd: int, where: Ranges, scanner: pm.PagemapScanner, query: pm.ScanQuery) -> np.ndarray:
+    parts = [scanner.scan(s, e, query) for s, e in where.pairs()]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=pm.REGION_DTYPE)
+
+
+def _split_guards(regions: np.ndarray, guard: int) -> tuple[Ranges, Ranges]:
+    is_guard = (regions["categories"] & np.uint64(guard)) != 0 if guard else np.zeros(len(regions), bool)
+    keep, g = regions[~is_guard], regions[is_guard]
+    return (Ranges(keep["start"].copy(), keep["end"].copy()).merged(),
+            Ranges(g["start"].copy(), g["end"].copy()).merged() if len(g) else Ranges.empty())

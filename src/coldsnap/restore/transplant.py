@@ -60,6 +60,7 @@ PR_SET_NAME, PR_SET_DUMPABLE, PR_SET_PDEATHSIG = 15, 4, 1
 PR_SET_MM, PR_SET_MM_MAP = 35, 14
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_TIMERSLACK, PR_SET_THP_DISABLE = 29, 41
+MADV_GUARD_INSTALL = 102
 SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC = 1, 1
 NR_seccomp = 317
 PR_TIMER_CREATE_RESTORE_IDS = 77      # timer_create takes the id to use from *created_timer_id
@@ -163,6 +164,7 @@ class Transplant:
         t_mem = time.perf_counter_ns()
         self._map_vmas()
         self._write_pages()
+        self._guards()
         self.stats.memory_ns = time.perf_counter_ns() - t_mem
         self._set_mm()
         self._process_state()
@@ -350,6 +352,13 @@ class Transplant:
         below_root = self.pid != self.img.tree.root
         pdeath = self.img.leader.thread_core.pdeath_sig if below_root else 0
         rc.call(SYS.prctl, PR_SET_PDEATHSIG, pdeath, 0, 0, 0)
+
+    def _guards(self) -> None:
+        """Guard regions again (MADV_GUARD_INSTALL), once the pages are in."""
+        g = self.img.mm.cs_guards
+        for start, end in zip(g[0::2], g[1::2]):
+            self.rc.checked(SYS.madvise, start, end - start, MADV_GUARD_INSTALL,
+                            what=f"MADV_GUARD_INSTALL {start:#x}-{end:#x}")
 
     def _posix_timers(self) -> None:
         """timer_create each POSIX timer with its dumped id (PR_TIMER_CREATE_RESTORE_IDS),
