@@ -105,11 +105,17 @@ def _add_through(epfd: int, t: EpollTarget, ctx: OpenCtx, name: str) -> None:
     except OSError:
         saved, cloexec = -1, True
     try:
-        os.dup2(t.via, t.tfd)
+        try:
+            os.dup2(t.via, t.tfd)
+        except OSError as e:
+            raise ImageError(f"{name}: cannot watch fd {t.tfd} through fd {t.via}: {e.strerror}") from None
         _add(epfd, t, name)
     finally:
         if saved >= 0:
             os.dup2(saved, t.tfd, inheritable=not cloexec)
             os.close(saved)
         else:
-            os.close(t.tfd)
+            try:
+                os.close(t.tfd)
+            except OSError:
+                pass            # the dup2 failed: nothing there

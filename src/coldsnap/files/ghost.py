@@ -110,8 +110,9 @@ def read_remaps(d: Path) -> dict[int, int]:
         kind = m.remap_type if m.HasField("remap_type") else (
             remap_file_path_pb2.GHOST if m.remap_id >> 31 else remap_file_path_pb2.LINKED)
         if kind != remap_file_path_pb2.GHOST:
-            raise ImageError(f"remap-fpath.img: file {m.orig_id} is remapped as "
-                             f"{remap_file_path_pb2.remap_type.Name(kind)}, which coldsnap cannot restore")
+            name = {remap_file_path_pb2.LINKED: "LINKED", remap_file_path_pb2.PROCFS: "PROCFS"}.get(kind, kind)
+            raise ImageError(f"remap-fpath.img: file {m.orig_id} is remapped as {name}, "
+                             "which coldsnap cannot restore")
         out[m.orig_id] = m.remap_id & 0x7FFFFFFF
     return out
 
