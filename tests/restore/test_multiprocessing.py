@@ -3,8 +3,8 @@ pipes, a multiprocessing.Queue with its feeder thread, a consumer Process) dumpe
 restored: the work goes on from where it was and every result is right.
 
 multiprocessing's locks are POSIX semaphores: files of /dev/shm, unlinked at once and kept
-mapped. Until the dump saves such a mapping the dump is refused naming it, and this test
-xfails on exactly that refusal (anything else fails)."""
+mapped by every process of the family. The dump saves each as a ghost file (files/ghost.py),
+made once at restore and mapped shared by all of them again."""
 from __future__ import annotations
 
 import re
@@ -13,8 +13,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from procs import WORKLOADS, coldsnap
 from tree_helpers import in_session, kill_tree, reap_orphans
@@ -44,11 +42,7 @@ def test_multiprocessing_pool_and_queue_go_on_after_restore(tmp_path):
         wait_count(log, "consumed", 5)
         pids = in_session(proc.pid)
         assert len(pids) == 5                      # root, consumer, 3 workers
-        run = coldsnap("dump", "-t", proc.pid, "-D", tmp_path / "img")
-        if run.returncode and re.search(r"mapped file /dev/shm/sem\.\S+ was deleted", run.stderr):
-            pytest.xfail("multiprocessing's semaphores (deleted /dev/shm files) are not dumped yet: "
-                         + run.stderr.strip())
-        run.check()
+        coldsnap("dump", "-t", proc.pid, "-D", tmp_path / "img", check=True)
         assert proc.wait(timeout=10) == -signal.SIGKILL
         reap_orphans(pids=pids)
         before = len(numbers(log, "consumed"))
