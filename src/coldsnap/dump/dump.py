@@ -57,7 +57,6 @@ from ..memory.sink import PageSink, PagemapKey, SinkCounts
 from ..memory.tracking import PARK_FD_MIN, parked_uffd_fds
 from ..memory.vma import PROT_WRITE, Kind, Vma, classify, classify_all
 from ..seize.freezer import FrozenTask, freeze_tree
-from ..seize.remote import RemoteCalls
 from ..seize.tree import with_zombies
 from .metadata import write_inventory, write_mm, write_stats
 from .plan import Planned, Planner, chain_parked_fds
@@ -187,28 +186,25 @@ def _parents(prev: Path | None, pages: PageSession) -> dict[int, _Parent]:
     return {pid: _Parent(fd, pages.covered(pid)) for pid, fd in parked.items()}
 
 
-def plan_pages(task: FrozenTask, vmas: list[Vma], parent: _Parent, times: Times) -> tuple[Planner, Planned]:
-    """The page plan of a frozen task, then coldsnap's tracking removed from it.
+def plan_pages(task: FrozenTask, vmas: list[Vma], parent: _Parent,
+               times: Times) -> tuple[Planner, Planned, list[int]]:
+    """The page plan of a frozen task, and the parked coldsnap userfaultfds to close in it.
 
     With a parent whose stats name a parked userfaultfd, adopt it: saved = present ∩
     (written ∪ not covered by the chain), the rest PE_PARENT; otherwise save everything
-    present. Every parked coldsnap userfaultfd is closed in the target before returning.
-    The planner holds our copy of an adopted userfaultfd: releasing it clears the write
-    protection of every tracked page (about 25 ms per GiB), so the caller closes it after
-    the freeze, not in it.
+    present. The caller closes every parked fd returned in the target (collect_task_state's
+    injected calls, not a session of their own). The planner holds our copy of an adopted
+    userfaultfd: releasing it clears the write protection of every tracked page (about
+    25 ms per GiB), so the caller closes it after the freeze, not in it.
     """
     pid = task.pid
     parked = [fd for fd in parked_uffd_fds(pid) if fd >= PARK_FD_MIN]
-    planner = Planner(pid, "none", drop_parked_markers=bool(parked))
+    planner = Planner(pid, "none", drop_parked_markers=bool(parked), final=True)
     try:
         if parent.uffd_fd is not None and parent.uffd_fd in parked:
             planner.adopt(parent.uffd_fd, vmas)
         planned = planner.plan(parent.covered, task=task, vmas=vmas, times=times, skip_unreadable=False)
-        if parked:
-            with RemoteCalls(task) as rc:
-                for pfd in parked:
-                    rc.checked(SYS.close, pfd, what=f"close({pfd}) of coldsnap's parked userfaultfd")
-        return planner, planned
+        return planner, planned, parked
     except BaseException:
         planner.close()
         raise
@@ -289,10 +285,11 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
     pid = task.pid
     maps = read_maps(pid)
     refuse_mappings(pid, maps)
-    state = collect_task_state(task)     # its scratch page is gone again: maps hold
     vmas = classify_all(maps)
-    planner, planned = plan_pages(task, vmas, parent, times)
+    planner, planned, parked = plan_pages(task, vmas, parent, times)
     try:
+        # its scratch page is gone again after it: maps hold; the parked fds closed there too
+        state = collect_task_state(task, close_fds=parked)
         files.collect(pid, task.model.files_id, shell_job=shell_job)
         if files.tcp is not None:
             files.tcp.save()     # lock, repair and read this process's connections at once

@@ -141,8 +141,9 @@ class Planner:
     """
 
     def __init__(self, pid: int, track: str = "none", *, scan: str = "auto", park: bool = False,
-                 drop_parked_markers: bool = False):
+                 drop_parked_markers: bool = False, final: bool = False):
         self.pid, self.track, self.scan = pid, track, scan
+        self.final = final                 # one plan of a final dump: the tracking ends with it
         self.park = park                   # leave the userfaultfd in the target for a later run
         self.uffd: UffdTracker | None = None
         self.soft: SoftDirtyTracker | None = None
@@ -187,7 +188,8 @@ class Planner:
         """Take over the userfaultfd an earlier run parked in the target at target_fd."""
         tracker = UffdTracker()
         try:
-            tracker.adopt(self.pid, target_fd, vmas if vmas is not None else classify_all(read_maps(self.pid)))
+            tracker.adopt(self.pid, target_fd, vmas if vmas is not None else classify_all(read_maps(self.pid)),
+                          final=self.final)
         except TrackingRefused:
             tracker.close()
             return False
@@ -232,7 +234,8 @@ class Planner:
         elif self.uffd is not None:
             try:
                 # the first collect registers (and resets) everything: all of it is dirty
-                dirty, self.untracked = self.uffd.collect(vmas)
+                collect = self.uffd.collect_final if self.final else self.uffd.collect
+                dirty, self.untracked = collect(vmas)
             except TrackingRefused as e:
                 self._fall_back(e)
                 return None

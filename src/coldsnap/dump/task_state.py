@@ -14,13 +14,14 @@ Where each value comes from
                            TLS slots (PTRACE_GET_THREAD_AREA, entries 12..14)
   /proc                    creds/NoNewPrivs/Seccomp/umask (status), comm/flags/pgid/sid/ppid
                            (stat), personality, auxv, thread names
-  coldsnap itself          rlimits: prlimit64(pid, r, NULL, &old) needs no injection
+  coldsnap itself          rlimits: prlimit64(pid, r, NULL, &old) and get_robust_list(tid)
+                           need no injection (each injected call waits for the target to run)
   injected (leader)        rt_sigaction of each caught or ignored signal and of SIGCHLD,
                            getitimer x3, timer_gettime/timer_getoverrun of each POSIX timer
                            (listed in /proc/PID/timers), brk(0), PR_GET_DUMPABLE,
                            PR_GET_CHILD_SUBREAPER, PR_GET_PDEATHSIG (the leader's), PR_GET_SECUREBITS,
-                           get_robust_list(tid)
-                           for every thread, the leader's sigaltstack and PR_GET_TID_ADDRESS
+                           get_robust_list(tid) of every thread where coldsnap may not
+                           ask itself (see below), the leader's sigaltstack and PR_GET_TID_ADDRESS
   injected (other threads) sigaltstack and PR_GET_TID_ADDRESS are about the *calling* thread
                            only, so every other thread runs these two calls in a short session
                            of its own; results go to the leader's scratch page (same mm), so
@@ -43,7 +44,7 @@ import ctypes
 import errno
 import struct
 from dataclasses import dataclass, field, replace
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from coldsnap.creds import Creds
 from coldsnap.errors import TargetError, Unsupported
@@ -71,7 +72,7 @@ PR_GET_TID_ADDRESS = 40
 PTRACE_GET_THREAD_AREA = 25
 GDT_TLS_ENTRIES = (12, 13, 14)
 RLIM_NLIMITS = 16
-SIGKILL, SIGSTOP, SIGCHLD = 9, 19, 17
+SIGKILL, SIGSTOP, SIGCHLD, SIGTRAP = 9, 19, 17, 5
 SIGACTION_SIGNALS = tuple(s for s in range(1, 65) if s not in (SIGKILL, SIGSTOP))
 KSIGACTION = struct.Struct("<QQQQ")  # handler, flags, restorer, mask (kernel struct sigaction)
 XSTATE_BV_OFF = 512
@@ -288,6 +289,18 @@ def _rlimits(pid: int) -> list[tuple[int, int]]:
     return out
 
 
+def _robust_list(tid: int) -> tuple[int, int] | None:
+    """get_robust_list(tid) from coldsnap itself (no injection); None when not permitted
+    (another user's thread while root lacks CAP_SYS_PTRACE): then it is injected."""
+    head, size = ctypes.c_uint64(), ctypes.c_uint64()
+    try:
+        syscall(SYS.get_robust_list, tid, ctypes.addressof(head), ctypes.addressof(size),
+                what=f"get_robust_list({tid})")
+    except PermissionError:
+        return None
+    return head.value, size.value
+
+
 def _thread_injected(rc: RemoteCalls, base: int, off: int) -> int:
     """sigaltstack(NULL, base+off), PR_GET_TID_ADDRESS into base+off+24 and PR_GET_PDEATHSIG
     into base+off+48, in rc's thread; returns its timer slack (PR_GET_TIMERSLACK)."""
@@ -307,8 +320,10 @@ def signals_to_ask(status: dict[str, str]) -> set[int]:
     return {s for s in SIGACTION_SIGNALS if bits >> (s - 1) & 1} | {SIGCHLD}
 
 
-def collect_task_state(task: FrozenTask) -> TaskState:
-    """Read the whole non-memory state of a frozen task (see the module docstring)."""
+def collect_task_state(task: FrozenTask, close_fds: Sequence[int] = ()) -> TaskState:
+    """Read the whole non-memory state of a frozen task (see the module docstring).
+    close_fds: fds of coldsnap's own to close in the target in the same injected session
+    (a final dump's parked userfaultfds: no session of their own)."""
     pid = task.pid
     tids = list(task.tids)
     if pid not in tids:
@@ -331,7 +346,11 @@ def collect_task_state(task: FrozenTask) -> TaskState:
         raise Unsupported(f"too many threads ({len(tids)}) and POSIX timers ({len(timers)}) "
                           "for one scratch page")
 
-    with RemoteCalls(task, tid=pid) as rc:
+    robust = {tid: _robust_list(tid) for tid in tids}
+    # SigIgn is process-wide: no status read per session (RemoteCalls would read it)
+    mode = "syscall" if int(status.get("SigIgn", "0"), 16) >> (SIGTRAP - 1) & 1 else "step"
+
+    with RemoteCalls(task, tid=pid, mode=mode) as rc:
         base = rc.write_scratch(zero)             # zeroed: a failing call leaves 0 behind
         for i, sig in enumerate(SIGACTION_SIGNALS):
             if sig in asked:
@@ -347,8 +366,9 @@ def collect_task_state(task: FrozenTask) -> TaskState:
             notes.append(f"PR_GET_SECUREBITS failed ({-secbits}): secbits 0")
             secbits = 0
         for i, tid in enumerate(tids):
-            off = _OFF_THREAD + _SLOT * i
-            rc.checked(SYS.get_robust_list, tid, base + off + 32, base + off + 40, what="get_robust_list")
+            if robust[tid] is None:
+                off = _OFF_THREAD + _SLOT * i
+                rc.checked(SYS.get_robust_list, tid, base + off + 32, base + off + 40, what="get_robust_list")
         overruns = []
         for i, t in enumerate(timers):
             rc.checked(NR_timer_gettime, t.id, base + off_timers + 32 * i, what=f"timer_gettime({t.id})")
@@ -358,7 +378,7 @@ def collect_task_state(task: FrozenTask) -> TaskState:
         for i, tid in enumerate(tids):
             if tid == pid:
                 continue
-            with RemoteCalls(task, tid=tid) as trc:
+            with RemoteCalls(task, tid=tid, mode=mode) as trc:
                 slack[tid] = _thread_injected(trc, base, _OFF_THREAD + _SLOT * i)
                 calls += trc.stats.calls
                 if trc.real_mask is not None:
@@ -366,6 +386,9 @@ def collect_task_state(task: FrozenTask) -> TaskState:
         if rc.real_mask is not None:
             masks[pid] = rc.real_mask
         blob = rc.read_scratch(len(zero))
+        for fd in close_fds:
+            rc.checked(SYS.close, fd, what=f"close({fd}) of coldsnap's parked userfaultfd")
+            calls += 1
 
     sigactions = [SigAction(sig, *KSIGACTION.unpack_from(blob, _OFF_SA + 32 * i))
                   for i, sig in enumerate(SIGACTION_SIGNALS)]
@@ -385,6 +408,7 @@ def collect_task_state(task: FrozenTask) -> TaskState:
         off = _OFF_THREAD + _SLOT * i
         # stack_t {ss_sp u64, ss_flags i32, pad, ss_size u64}, tid address, robust head, len
         ss_sp, ss_flags, ss_size, tid_addr, rl_head, rl_len, pdeath = struct.unpack_from("<Qi4xQQQQi", blob, off)
+        rl_head, rl_len = robust[tid] or (rl_head, rl_len)
         d = per_thread[tid]
         d["sigmask"] = masks.get(tid, d["sigmask"])
         d["creds"] = replace(d["creds"], secbits=secbits)

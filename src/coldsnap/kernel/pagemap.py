@@ -77,7 +77,7 @@ class PagemapScanner:
     def __init__(self, pagemap_fd: int, vec_len: int = 1 << 15):
         import numpy as np
         self.fd = pagemap_fd
-        self._vec = np.zeros(vec_len, dtype=REGION_DTYPE)
+        self._vec = np.empty(vec_len, dtype=REGION_DTYPE)   # only [:n] is ever read
         self._arg = PmScanArg(size=ctypes.sizeof(PmScanArg))
         self.calls = 0
 

@@ -81,6 +81,10 @@ UFFD_LINK = "anon_inode:[userfaultfd]"
 WRITTEN_RESET_QUERY = pm.ScanQuery(
     category_mask=pm.PAGE_IS_WRITTEN, return_mask=pm.PAGE_IS_WRITTEN,
     flags=pm.PM_SCAN_WP_MATCHING | pm.PM_SCAN_CHECK_WPASYNC)
+# Written pages, left as they are (the last look before the tracking is released).
+WRITTEN_QUERY = pm.ScanQuery(
+    category_mask=pm.PAGE_IS_WRITTEN, return_mask=pm.PAGE_IS_WRITTEN,
+    flags=pm.PM_SCAN_CHECK_WPASYNC)
 # Registration probe: EPERM when the VMA has no WP_ASYNC registration; a registered VMA
 # (WPALLOWED) does not match, so the kernel skips it without walking its page tables.
 PROBE_QUERY = pm.ScanQuery(
@@ -116,18 +120,19 @@ def uffd_fds(pid: int) -> list[int]:
     return sorted(fd for fd, link in fd_links(pid).items() if link == UFFD_LINK)
 
 
+def _coldsnap_uffd(pid: int, fd: int) -> bool:
+    """Whether the target's userfaultfd FD carries coldsnap's feature set."""
+    try:
+        api = read_fdinfo(pid, fd).other["API"].split()[0]
+        features = int(api.split(":")[1], 16)
+    except (OSError, ValueError, KeyError, IndexError):
+        return False
+    return features & FEATURES == FEATURES
+
+
 def parked_uffd_fds(pid: int) -> list[int]:
     """The target's userfaultfds that carry coldsnap's feature set (parked by `arm(park=True)`)."""
-    out = []
-    for fd in uffd_fds(pid):
-        try:
-            api = read_fdinfo(pid, fd).other["API"].split()[0]
-        except (OSError, ValueError, KeyError, IndexError):
-            continue
-        features = int(api.split(":")[1], 16)
-        if features & FEATURES == FEATURES:
-            out.append(fd)
-    return out
+    return [fd for fd in uffd_fds(pid) if _coldsnap_uffd(pid, fd)]
 
 
 def untrack(pid: int, inject: Inject) -> list[int]:
@@ -309,15 +314,19 @@ class UffdTracker:
                               f"{os.strerror(-err)}")
         self.fd = ours
 
-    def adopt(self, pid: int, target_fd: int, vmas: list[Vma]) -> None:
-        """Take over the tracking parked in the target at `target_fd` by an earlier run."""
+    def adopt(self, pid: int, target_fd: int, vmas: list[Vma], *, final: bool = False) -> None:
+        """Take over the tracking parked in the target at `target_fd` by an earlier run.
+        final: only collect_final() follows (a final dump), which needs no map of ours."""
         if self.fd is not None:
             raise CsError("tracker is already armed")
-        refuse_blind_spots(pid)
-        parked = parked_uffd_fds(pid)
-        if target_fd not in parked:
+        links = fd_links(pid)                # one listing for every check below
+        rings = sorted(fd for fd, link in links.items() if link == IO_URING_LINK)
+        if rings:
+            raise TrackingRefused(f"process {pid} has an io_uring instance (fd {rings[0]}): "
+                                  f"kernel writes into its buffers are not tracked")
+        if links.get(target_fd) != UFFD_LINK or not _coldsnap_uffd(pid, target_fd):
             raise TrackingRefused(f"process {pid} has no coldsnap tracking at fd {target_fd}")
-        if len(uffd_fds(pid)) > 1:
+        if sum(link == UFFD_LINK for link in links.values()) > 1:
             raise TrackingRefused(f"process {pid} uses userfaultfd itself: cannot tell its "
                                   f"registrations from ours")
         self.fd = take_fd(pid, target_fd)
@@ -325,7 +334,8 @@ class UffdTracker:
         self._pagemap_fd = pm.open_pagemap(pid)
         self._scanner = pm.PagemapScanner(self._pagemap_fd)
         # Every WP_ASYNC registration is ours: the target has no other userfaultfd.
-        self._mine = _ranges([(v.start, v.end) for v in vmas if tracked_vma(v) and self._probe(v)])
+        if not final:
+            self._mine = _ranges([(v.start, v.end) for v in vmas if tracked_vma(v) and self._probe(v)])
 
     # -- registering ------------------------------------------------------------------
 
@@ -437,6 +447,35 @@ class UffdTracker:
         if whole:
             dirty = dirty.union(_ranges(whole))
         return dirty, _ranges(untracked)
+
+    def collect_final(self, vmas: list[Vma]) -> tuple[Ranges, Ranges]:
+        """collect() for the last look of a final dump, the task frozen and the tracking
+        released right after: the pages written since the last reset, nothing registered
+        or re-protected. A tracked VMA without our registration (new since the last run,
+        or reshaped) counts whole. untracked: always empty (nothing was refused now)."""
+        self._need_armed()
+        whole: list[tuple[int, int]] = []
+        parts: list[np.ndarray] = []
+        for v in vmas:
+            if not v.saves_pages or v.kind is Kind.ANON_SHARED:
+                continue
+            if not tracked_vma(v):
+                whole.append((v.start, v.end))
+                continue
+            try:
+                parts.append(self._scanner.scan(v.start, v.end, WRITTEN_QUERY))
+            except OSError as e:
+                if e.errno != errno.EPERM:
+                    if not alive(self.pid):
+                        raise NoSuchProcess(self.pid, during="write tracking") from None
+                    raise
+                whole.append((v.start, v.end))      # not registered (EPERM): not tracked
+        found = np.concatenate(parts) if parts else np.zeros(0, dtype=pm.REGION_DTYPE)
+        order = np.argsort(found["start"], kind="stable")
+        dirty = Ranges(found["start"][order].copy(), found["end"][order].copy()).merged()
+        if whole:
+            dirty = dirty.union(_ranges(whole))
+        return dirty, Ranges.empty()
 
     def drop_markers(self, pages: Ranges) -> Ranges:
         """PAGES (from a saved-pages scan) without the unpopulated pages our resets marked."""
