@@ -164,3 +164,19 @@ def test_destination_killed_mid_iteration_the_source_runs_on(hosts, workload_bin
         assert uffds == []                               # coldsnap's tracking taken out again
     finally:
         w.stop()
+
+
+def test_a_source_without_the_token_is_refused(hosts, workload_bin, tmp_path):
+    (tmp_path / "token").write_text("between us\n")
+    to = _receiver(hosts, tmp_path, "--token-file", tmp_path / "token")
+    w = _writer(workload_bin, tmp_path, 16, 10)
+    try:
+        r = coldsnap("migrate", "-t", w.pid, "--to", to, timeout=120)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("coldsnap: ")]
+        assert r.returncode != 0 and len(errors) == 1 and "refused the token" in errors[0], r.stderr
+        hosts.wait_log("no token presented")
+        w.wait_ticks(5)
+        w.assert_healthy()
+        assert not [fd for fd in os.listdir(f"/proc/{w.pid}/fd") if "userfaultfd" in os.readlink(f"/proc/{w.pid}/fd/{fd}")]
+    finally:
+        w.stop()
