@@ -6,7 +6,8 @@ from coldsnap.images.pb import (core_pb2, core_x86_pb2, creds_pb2, eventfd_pb2, 
                                 fown_pb2, fs_pb2, ghost_file_pb2, ids_pb2, ipc_desc_pb2, ipc_sem_pb2,
                                 ipc_shm_pb2, memfd_pb2, mm_pb2, pagemap_pb2, pipe_pb2, pstree_pb2,
                                 regfile_pb2, remap_file_path_pb2, rlimit_pb2, rseq_pb2, sa_pb2, seccomp_pb2,
-                                sk_inet_pb2, sk_opts_pb2, sk_packet_pb2, stats_pb2, tcp_stream_pb2, timer_pb2)
+                                sk_inet_pb2, sk_opts_pb2, sk_packet_pb2, stats_pb2, tcp_stream_pb2, timer_pb2,
+                                tty_info_pb2)
 
 from procs import CRIT, crit_decode_all  # noqa: F401  (re-exported: the one crit runner)
 
@@ -160,6 +161,9 @@ def sample_images() -> dict[str, list]:
         "ghost-file-1a.img": [ghost_file_pb2.ghost_file_entry(uid=0, gid=0, mode=0o100600, chunks=True, size=9000),
                               (ghost_file_pb2.ghost_chunk_entry(len=3, off=0), b"abc"),
                               (ghost_file_pb2.ghost_chunk_entry(len=2, off=8192), b"yz")],
+        "tty-info.img": [tty_info_pb2.tty_info_entry(id=3, type=tty_info_pb2.PTY, locked=False, exclusive=False,
+                                                     packet_mode=False, sid=0, pgrp=0, rdev=0x8804,
+                                                     pty=tty_info_pb2.tty_pty_entry(index=4))],
         "stats-dump": [stats()],
         "stats-restore": [stats_pb2.stats_entry(restore=stats_pb2.restore_stats_entry(
             pages_compared=1, pages_skipped_cow=2, forking_time=3, restore_time=4))],

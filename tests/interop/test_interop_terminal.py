@@ -1,15 +1,15 @@
-"""A shell job across the tools: `criu dump --shell-job` of a process whose stdio is the
-slave of pty A, then `coldsnap restore -d --shell-job` on pty B: coldsnap reads CRIU's TTY
-entry as the job's terminal and puts its own there; the counter carries on at B.
-
-The other way (`criu restore --shell-job` of coldsnap's dump) is not supported yet: coldsnap
-records the terminal as a REG entry of /dev/pts/N, which CRIU reopens as a file."""
+"""A shell job across the tools: a process whose stdio is the slave of pty A is dumped with
+--shell-job by one tool and restored with --shell-job on pty B by the other; the restorer
+puts its own terminal there (coldsnap reads CRIU's TTY entry as the job's terminal, CRIU
+inherits its stdin for coldsnap's TTY entry and sets the saved termios on it), and the
+counter carries on at B."""
 from __future__ import annotations
 
 import signal
+import subprocess
 
-from criu_peer import criu_dump, need_criu
-from restore_helpers import kill_and_reap, wait_gone
+from criu_peer import criu_dump, criu_path, need_criu
+from restore_helpers import coldsnap, kill_and_reap, wait_gone
 from test_shell_job import Pty, adopt, ask, fd_paths, restore_on, start_echo, wait_sleeping
 
 
@@ -66,3 +66,37 @@ def test_criu_tty_entries_read_as_the_jobs_terminal():
     e.tty.regf_id = 6
     with pytest.raises(ImageError, match="/dev/ptmx"):
         OPS[FdType.TTY].from_image(e, regs)
+
+
+def test_criu_restores_a_coldsnap_shell_job_on_a_new_terminal(tmp_path):
+    need_criu()
+    a, b = Pty(), None
+    pid = None
+    try:
+        proc = start_echo(a)
+        pid = proc.pid
+        try:
+            assert ask(a, "one") == "echo 1: one"
+            coldsnap("dump", "-t", pid, "-D", tmp_path / "img", "--shell-job").check()
+            assert proc.wait(timeout=5) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        wait_gone(pid)
+        b = Pty()
+        run = subprocess.run([str(criu_path()), "restore", "-D", str(tmp_path / "img"), "-d", "--shell-job",
+                              "-o", "restore.log"], stdin=b.slave, stdout=b.slave, stderr=subprocess.PIPE,
+                             text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        adopt(pid)
+        assert fd_paths(pid) == [b.path] * 3
+        assert ask(b, "two") == "echo 2: two"
+        assert ask(b, "err") == "err 3"
+        wait_sleeping(pid)
+    finally:
+        if pid is not None:
+            kill_and_reap(pid)
+        a.close()
+        if b is not None:
+            b.close()

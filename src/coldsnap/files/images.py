@@ -18,6 +18,7 @@ from .kinds import OPS, ops_to_restore
 from .model import (DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, InetSocket, PipeData, PipeFile, RegFile,
                     UnixSocket)
 from .registry import FileRegistry
+from .tty import attach_tty_info, tty_info_entries
 from .unix import USK_EXTERN, extern_entries, link_peers, queue_entries
 
 FD_CLOEXEC = 1
@@ -56,6 +57,9 @@ def write_images(reg: FileRegistry, imgdir: ImageDir, *, ext_unix_sk: bool = Fal
              pd.data)
             for pd in reg.pipe_data.values()
             if (pd.pipe_id in fifos) == want_fifo and (pd.data or pd.size != DEFAULT_PIPE_SIZE)])
+    ttys = tty_info_entries(reg.files.values())
+    if ttys:
+        imgdir.write("tty-info.img", ttys)
     queued = queue_entries(reg.files)
     if queued:
         imgdir.write("sk-queues.img", queued)
@@ -92,6 +96,7 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
     for fid in mapped_ids:
         if fid not in files and fid in regs:
             files[fid] = OPS[FdType.REG].from_image(entries[fid], regs)
+    attach_tty_info(files, entries, framing.read_image(d / "tty-info.img", missing_ok=True) or ())
     remaps = read_remaps(d)
     for fid in sorted(files):
         f = files[fid]

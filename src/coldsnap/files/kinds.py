@@ -37,9 +37,8 @@ OPS: dict[FdType, FileOps] = {
     FdType.TIMERFD: TimerfdOps(),
     FdType.INOTIFY: InotifyOps(),
     FdType.MEMFD: MemfdOps(),
-    FdType.TTY: TtyOps(),          # read from CRIU's images; coldsnap writes terminals as REG
+    FdType.TTY: TtyOps(),
 }
-READ_ONLY = {FdType.TTY}          # kinds read from other tools' images, never written
 # kinds the format knows that may have no operations yet: how a refusal names them
 _NAMES = {FdType.TTY: "tty"}
 _ANON = {"eventfd": FdType.EVENTFD, "eventpoll": FdType.EVENTPOLL, "signalfd": FdType.SIGNALFD,

@@ -53,8 +53,11 @@ class RegFile:
     fown: Fown = field(default_factory=Fown)
     terminal: bool = False        # a tty: re-attached to the restorer's own, never reopened
     ghost: int = 0                # deleted while open or mapped: the id of its saved contents
+    tty_info: bytes | None = None  # a terminal's tty_info_entry (serialized, id unset): a TTY entry
 
-    kind = FdType.REG
+    @property
+    def kind(self) -> FdType:
+        return FdType.TTY if self.tty_info is not None else FdType.REG
 
 
 @dataclass(slots=True)

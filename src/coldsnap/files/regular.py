@@ -11,6 +11,7 @@ from coldsnap.images.pb import fdinfo_pb2, regfile_pb2
 
 from .model import Fown, RegFile
 from .ops import FileOps, OpenCtx, Probe, fown_of, fown_pb, read_fown
+from .ttyinfo import tty_info
 
 _MEM_DEVICES = {(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)}   # null zero full random urandom
 # the names of the devices is_terminal_dev() counts (major 4 covers ttyN and ttySN)
@@ -67,7 +68,8 @@ class RegOps(FileOps):
             if is_terminal_dev(st.st_rdev):
                 if not p.shell_job:
                     raise TargetError(f"fd {fd}: terminal {path} is attached (use --shell-job)")
-                return RegFile(fid, path, p.flags, 0, None, st.st_mode, p.info.mnt_id, fown, terminal=True)
+                return RegFile(fid, path, p.flags, 0, None, st.st_mode, p.info.mnt_id, fown, terminal=True,
+                               tty_info=tty_info(p.dup, st))
             if (os.major(st.st_rdev), os.minor(st.st_rdev)) in _MEM_DEVICES:
                 return RegFile(fid, path, p.flags, p.info.pos, None, st.st_mode, p.info.mnt_id, fown)
             raise Unsupported(f"fd {fd}: character device {path} "

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from ..errors import ImageError
 from .pb import (core_pb2, fdinfo_pb2, fs_pb2, ghost_file_pb2, ids_pb2, inventory_pb2, ipc_sem_pb2,
                  ipc_shm_pb2, memfd_pb2, mm_pb2, pagemap_pb2, pipe_pb2, pstree_pb2, remap_file_path_pb2,
-                 seccomp_pb2, sk_packet_pb2, stats_pb2, tcp_stream_pb2)
+                 seccomp_pb2, sk_packet_pb2, stats_pb2, tcp_stream_pb2, tty_info_pb2)
 
 # Every magic CRIU defines (name without the _MAGIC suffix, as crit spells them).
 MAGICS: dict[str, int] = {
@@ -128,6 +128,7 @@ KINDS: tuple[ImageKind, ...] = (
     # an established TCP stream: its receive queue, then its send queue
     ImageKind("TCP_STREAM", r"tcp-stream-([0-9a-f]+)\.img", MAGICS["TCP_STREAM"],
               tcp_stream_pb2.tcp_stream_entry, False, payload=lambda m: m.inq_len + m.outq_len),
+    ImageKind("TTY_INFO", r"tty-info\.img", MAGICS["TTY_INFO"], tty_info_pb2.tty_info_entry, True),
     # memfd inodes: CRIU 4.2 dumps shared anonymous memory as memfds (read, never written)
     ImageKind("MEMFD_INODE", r"memfd\.img", MAGICS["MEMFD_INODE"], memfd_pb2.memfd_inode_entry, True),
     ImageKind("SECCOMP", r"seccomp\.img", MAGICS["SECCOMP"], seccomp_pb2.seccomp_entry, False),
