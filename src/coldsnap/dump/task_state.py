@@ -19,7 +19,7 @@ Where each value comes from
   injected (leader)        rt_sigaction of each caught or ignored signal and of SIGCHLD,
                            getitimer x3, timer_gettime/timer_getoverrun of each POSIX timer
                            (listed in /proc/PID/timers), brk(0), PR_GET_DUMPABLE,
-                           PR_GET_CHILD_SUBREAPER, PR_GET_PDEATHSIG (the leader's), PR_GET_SECUREBITS,
+                           PR_GET_CHILD_SUBREAPER, PR_GET_SECUREBITS,
                            get_robust_list(tid) of every thread where coldsnap may not
                            ask itself (see below), the leader's sigaltstack and PR_GET_TID_ADDRESS
   injected (other threads) sigaltstack and PR_GET_TID_ADDRESS are about the *calling* thread
@@ -88,7 +88,7 @@ ITIMERS = ("real", "virt", "prof")     # ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER
 # scratch page layout (leader's page, shared by every session of this dump)
 _OFF_SA = 0                                   # 62 x 32 bytes
 _OFF_ITIMER = 2048                            # 3 x 32 bytes
-_OFF_MISC = 2176                              # subreaper int, pdeath signal int
+_OFF_MISC = 2176                              # subreaper int
 _OFF_THREAD = 2304                            # per thread: 24 sas + 8 tid addr + 16 robust + 8 pdeathsig
 _SLOT = 56
 PR_GET_TIMERSLACK = 30
@@ -259,9 +259,9 @@ def _rseq(tid: int) -> ptrace.RseqConfiguration | None:
     return conf if conf.rseq_abi_pointer else None
 
 
-def _read_ptrace_side(pid: int, tid: int) -> dict:
+def _read_ptrace_side(pid: int, tid: int, status: dict[str, str] | None = None) -> dict:
     """Everything of one thread that needs no injection."""
-    status = read_status(pid, tid)
+    status = status if status is not None else read_status(pid, tid)
     xstate, bv, ymmh = _xstate(tid)
     mode = int(status.get("Seccomp", "0"))
     if mode == 1:
@@ -334,7 +334,8 @@ def collect_task_state(task: FrozenTask, close_fds: Sequence[int] = ()) -> TaskS
     asked = signals_to_ask(status)
     personality = read_personality(pid)
     auxv = read_auxv(pid)
-    per_thread = {tid: _read_ptrace_side(pid, tid) for tid in tids}   # before any injection
+    # before any injection; the leader's status is the one just read (same task)
+    per_thread = {tid: _read_ptrace_side(pid, tid, status if tid == pid else None) for tid in tids}
     shared_pending = _peek_all(pid, shared=True)
     rlimits = _rlimits(pid)
     timers = read_posix_timers(pid)
@@ -360,7 +361,6 @@ def collect_task_state(task: FrozenTask, close_fds: Sequence[int] = ()) -> TaskS
         brk = rc.checked(SYS.brk, 0, what="brk")
         dumpable = rc.checked(SYS.prctl, PR_GET_DUMPABLE, 0, 0, 0, 0, what="PR_GET_DUMPABLE")
         rc.checked(SYS.prctl, PR_GET_CHILD_SUBREAPER, base + _OFF_MISC, 0, 0, 0, what="PR_GET_CHILD_SUBREAPER")
-        rc.checked(SYS.prctl, PR_GET_PDEATHSIG, base + _OFF_MISC + 4, 0, 0, 0, what="PR_GET_PDEATHSIG")
         secbits = rc.call(SYS.prctl, PR_GET_SECUREBITS, 0, 0, 0, 0)
         if secbits < 0:
             notes.append(f"PR_GET_SECUREBITS failed ({-secbits}): secbits 0")
@@ -396,7 +396,9 @@ def collect_task_state(task: FrozenTask, close_fds: Sequence[int] = ()) -> TaskS
     for which, name in enumerate(ITIMERS):
         isec, iusec, vsec, vusec = struct.unpack_from("<4Q", blob, _OFF_ITIMER + 32 * which)
         itimers[name] = (isec, iusec, vsec, vusec)
-    subreaper, pdeath_sig = struct.unpack_from("<ii", blob, _OFF_MISC)
+    subreaper, = struct.unpack_from("<i", blob, _OFF_MISC)
+    # the leader's parent-death signal: its own thread slot (_thread_injected), not a second call
+    pdeath_sig, = struct.unpack_from("<i", blob, _OFF_THREAD + _SLOT * tids.index(pid) + 48)
     posix = []
     for i, t in enumerate(timers):
         isec, insec, vsec, vnsec = struct.unpack_from("<4q", blob, off_timers + 32 * i)
