@@ -36,9 +36,12 @@ def _streams(images) -> list:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_connection_goes_on_after_restore(tmp_path, family):
+def test_connection_goes_on_after_restore(tmp_path, family, monkeypatch):
     """Both queues hold data at dump time; the peer, outside the tree, keeps sending through
     dump and restore and gets every byte echoed once, in order: it saw only a pause."""
+    # a small send buffer: the server's echo blocks after a few KiB, so that what the peer
+    # sent beyond them waits in the server's receive queue, however the machine is loaded
+    monkeypatch.setenv("TCP_ECHO_SNDBUF", "8192")
     w, port = _start_server(tmp_path, family)
     peer = EchoPeer(family, port)
     try:
