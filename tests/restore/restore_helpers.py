@@ -54,6 +54,11 @@ def alive(pid: int) -> bool:
     return state_of(pid) not in ("", "Z")
 
 
+def running(pid: int) -> bool:
+    """Alive, or a zombie leader whose other threads go on (it ended with pthread_exit)."""
+    return alive(pid) or (state_of(pid) == "Z" and len(tids(pid)) > 1)
+
+
 def exists(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
@@ -161,7 +166,7 @@ class LogWorkload:
     def wait_for(self, what: str, pred: Callable[[], bool], timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
         while not pred():
-            if not alive(self.pid):
+            if not running(self.pid):
                 raise AssertionError(f"{self.pid} died while waiting for {what} "
                                      f"(state {state_of(self.pid)!r}); log:\n{self.tail()}")
             if time.monotonic() > deadline:
