@@ -10,7 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from coldsnap.connections.lock import TABLE_PREFIX, our_tables
+import pytest
+
+from coldsnap.connections.lock import TABLE_PREFIX, NetworkLock, our_tables
 from coldsnap.images import framing
 
 from procs import Run, coldsnap_argv
@@ -144,6 +146,20 @@ def dump_lock(images) -> str:
     """The table of the lock a dump left, as its inventory names it ('' for none)."""
     inv = framing.read_single(Path(images) / "inventory.img")
     return f"{TABLE_PREFIX}{inv.dump_criu_run_id}" if inv.dump_criu_run_id else ""
+
+
+@pytest.fixture(autouse=False)
+def lift_left_locks(tmp_path):
+    """After a test (passed or failed), lift the lock of any dump under tmp_path that no
+    restore lifted (a test failing between dump and restore would leave it)."""
+    yield
+    for inv in tmp_path.glob("**/inventory.img"):
+        try:
+            run_id = framing.read_single(inv).dump_criu_run_id
+        except Exception:       # noqa: BLE001 - a half-written dump: nothing to lift
+            continue
+        if run_id:
+            NetworkLock(run_id).remove()
 
 
 def assert_no_table(*names: str) -> None:

@@ -18,9 +18,10 @@ from coldsnap.images import framing
 from restore_helpers import LogWorkload, alive, coldsnap, exists
 from procs import coldsnap_argv
 from tree_helpers import reap_orphans
-from tcp_helpers import EchoPeer, assert_no_table, dump_lock, echo_server_argv, run_coldsnap, tables_of
+from tcp_helpers import lift_left_locks, EchoPeer, assert_no_table, dump_lock, echo_server_argv, run_coldsnap, tables_of  # noqa: F401  (the fixture)
 
 WORKLOADS = Path(__file__).resolve().parent.parent / "workloads"
+pytestmark = pytest.mark.usefixtures("lift_left_locks")
 FAMILIES = [pytest.param(socket.AF_INET, id="ipv4"), pytest.param(socket.AF_INET6, id="ipv6")]
 
 

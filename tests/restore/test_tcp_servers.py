@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from restore_helpers import alive, coldsnap, kill_and_reap, wait_gone
-from tcp_helpers import assert_no_table, dump_lock, run_coldsnap, tables_of
+from tcp_helpers import lift_left_locks, assert_no_table, dump_lock, run_coldsnap, tables_of  # noqa: F401  (the fixture)
 from test_redis_roundtrip import _free_port, _resp, _wait_answering
 from tree_helpers import kill_tree, reap_orphans
 
+pytestmark = pytest.mark.usefixtures("lift_left_locks")
 REDIS = shutil.which("redis-server")
 
 
