@@ -8,34 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from criu_peer import need_criu
 from test_interop_trees import DIRECTIONS, dump_with, restore_with
+from test_unix_sockets import _children, _wait_for
 from tree_helpers import reap_orphans
 
 WORKLOAD = Path(__file__).resolve().parents[1] / "workloads" / "unix_pairs.py"
-
-
-def _wait_for(path: Path, line: str, timeout: float = 15.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text() if path.exists() else ""
-        if line in text.splitlines():
-            return text
-        assert time.monotonic() < deadline, f"no {line!r} in {text[-600:]!r}"
-        time.sleep(0.01)
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except FileNotFoundError:
-        return []
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)

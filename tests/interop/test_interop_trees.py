@@ -27,6 +27,8 @@ import pytest
 from criu_peer import criu_dump, criu_restore, need_criu
 from procs import build_workload
 from restore_helpers import coldsnap, start_workload
+from test_tree_restore import _wait_for
+from test_zombies import READY as ZREADY, REAPED as ZREAPED, TICK as ZTICK, _stat as _state, _until
 from tree_helpers import ROLES, ids_now, kill_tree, reap_orphans, start_counter_tree, tids_now
 
 DIRECTIONS = ("coldsnap-to-criu", "criu-to-coldsnap")
@@ -79,16 +81,6 @@ def test_a_tree_of_four_across_tools(direction, tmp_path):
         if not restored:
             tree.proc.wait(timeout=10)
         reap_orphans(pids=tree.pids)
-
-
-def _wait_for(path, pattern: str, timeout: float = 15.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text()
-        if re.search(pattern, text, re.M):
-            return text
-        assert time.monotonic() < deadline, f"no {pattern!r} in {text[-400:]!r}"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
@@ -175,28 +167,6 @@ def test_shared_anonymous_memory_of_a_family_across_tools(direction, tmp_path):
                 assert slots[ROLES.index(other)] > before[other], (r, other, slots, before)
     finally:
         fam.cleanup(restored)
-
-
-ZREADY = re.compile(r"^ready (\d+) (\d+) (\d+)$", re.M)
-ZTICK = re.compile(r"^tick (\d+) ok$", re.M)
-ZREAPED = re.compile(r"^reaped (-?\d+) (-?\d+)$", re.M)
-
-
-def _state(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of PID, None when gone."""
-    try:
-        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return f[0], int(f[1])
-
-
-def _until(cond, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not (got := cond()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-    return got
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
