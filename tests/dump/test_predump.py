@@ -169,8 +169,17 @@ def test_sigint_or_sigterm_of_coldsnap_resumes_the_target(sig, pattern, tmp_path
     p.send_signal(sig)
     _, err = p.communicate(timeout=10)
     assert p.returncode == 128 + sig and err.strip() == f"coldsnap: interrupted by {sig.name}"
-    assert proc_state(w.pid) == ("S", 0)
+    _assert_left_running(w.pid)
     assert list(tmp_path.iterdir()) == []
+
+
+def _assert_left_running(pid: int) -> None:
+    """Neither stopped nor traced: back asleep on its stdin (it may be scheduled a moment
+    longer on a loaded machine after printing its last answer, state R)."""
+    deadline = time.monotonic() + 5
+    while proc_state(pid) != ("S", 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc_state(pid) == ("S", 0)
 
 
 def _zombie():
@@ -217,7 +226,7 @@ def test_bad_input_gets_one_line_and_nonzero_exit(case, pattern, tmp_path):
         assert [p.name for p in images.iterdir()] == ["keep"]
     elif case != "unwritable-dir":
         assert not images.exists()
-    assert proc_state(w.pid) == ("S", 0)
+    _assert_left_running(w.pid)
 
 
 def test_crit_decodes_every_image(pattern, tmp_path):

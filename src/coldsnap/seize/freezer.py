@@ -311,8 +311,11 @@ class FrozenTask:
             except OSError as e:
                 if e.errno == errno.ESRCH:
                     return  # exited between listing and seize
-                if e.errno == errno.EPERM and tid != self.pid and not alive(self.pid, tid):
-                    return
+                if e.errno == errno.EPERM and not alive(self.pid, tid):
+                    if tid != self.pid:
+                        return      # a thread on its way out
+                    # the kernel refuses to attach to an exiting process: it exited meanwhile
+                    raise NoSuchProcess(self.pid, during="the seize") from None
                 if e.errno == errno.EPERM:
                     tracer = _tracer(self.pid, tid)
                     if tracer:
