@@ -9,8 +9,14 @@
           the process runs ──► only then is the source killed
 
 Until the destination confirms, any failure (destination gone, link cut, a refused image,
-a timeout) leaves the source running: the dump resumes the tree, and coldsnap's tracking
-is taken out of it.
+a timeout) leaves the source running: the dump resumes the tree (TCP repair off, its network
+lock lifted), and coldsnap's tracking is taken out of it.
+
+Established TCP connections are saved by the final dump and rebuilt over there; the dump's
+network lock stays on the source until the source is killed, then migrate lifts it (the
+destination's restore takes and lifts a lock of the same name in its own network namespace).
+A connection goes on only when its address moves with the process; otherwise its peer gets
+a reset once the source's lock is lifted.
 """
 from __future__ import annotations
 
@@ -21,7 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..connections.lock import NetworkLock
 from ..errors import CsError, TransportError
+from ..images.directory import ImageDir
 from ..kernel.page import PAGE_SHIFT
 from ..transport.client import ClientOptions, PageServerClient
 from ..transport.sink import ServerPages
@@ -126,8 +134,12 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
             result.destination_pid = int(answer["pid"])
             result.restore_inner_ms = float(answer.get("total_ms") or 0.0)
 
-        stats = dump(pid, final, prev_images_dir=prev, pages=final_target, after_commit=switchover,
-                     durable=False)
+        try:
+            stats = dump(pid, final, prev_images_dir=prev, pages=final_target, after_commit=switchover,
+                         durable=False)
+        except BaseException:
+            _lift_source_lock(final)    # a dump failing after its commit (kill) may have kept it
+            raise
         dumped = True
         result.final_pages, result.final_bytes = stats.pages_written, final_target.bytes_sent
         result.restore_ms = round((timing["running"] - timing["committed"]) * 1000, 2)
@@ -140,5 +152,18 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
             except CsError:
                 pass
         raise MigrationFailed(f"migration of {pid} to {to} failed, {pid} runs on here: {e}") from None
+    _lift_source_lock(final)            # the source is gone: its connections' packets go to the destination
     result.total_ms = round((time.perf_counter() - t_start) * 1000, 1)
     return result
+
+
+def _lift_source_lock(final: Path) -> None:
+    """Lift the lock the final dump left here for a restore: the restore ran on the
+    destination, in its own network namespace, so nothing else would. Once the source is
+    killed (success) or resumed (a failed dump lifted it already: removing is idempotent)."""
+    try:
+        run_id = ImageDir.open(final).inventory.dump_criu_run_id
+    except (CsError, OSError):
+        return                      # no committed images: the dump lifted its lock itself
+    if run_id:
+        NetworkLock(run_id).remove()
