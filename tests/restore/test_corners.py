@@ -220,3 +220,43 @@ def test_guard_regions_are_left_out_of_the_pages_and_installed_again(tmp_path):
         check_round(w)
     finally:
         w.stop()
+
+
+# the VmFlags code (smaps) each area of corner_advice.c must show, before and after
+ADVICE_CODES = {"seq": "sr", "rand": "rr", "dontfork": "dc", "wipeonfork": "wf", "dontdump": "dd",
+                "huge": "hg", "nohuge": "nh", "locked": "lo", "mlocked": "lo", "growsdown": "gd"}
+
+
+def _vm_flags(pid: int, at: int) -> set[str]:
+    """The advice codes among the VmFlags of the mapping holding address AT (two areas with
+    the same flags may come back as one mapping: the kernel merges them)."""
+    found = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if "-" in line.split(None, 1)[0] and not line.startswith("VmFlags"):
+                lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+                found = lo <= at < hi
+            elif found and line.startswith("VmFlags:"):
+                return set(line.split()[1:]) & set(ADVICE_CODES.values())
+    raise AssertionError(f"no mapping at {at:#x}")
+
+
+def test_vma_advice_and_flags_come_back_and_act_across_a_fork(tmp_path):
+    w = start_corner("corner_advice", tmp_path)
+    try:
+        areas = {ln.split()[1]: int(ln.split()[2], 16) for ln in w.lines() if ln.startswith("area ")}
+        assert not w.failures(), "\n".join(w.failures())
+        before = {name: _vm_flags(w.pid, at) for name, at in areas.items()}
+        assert before == {name: {code} for name, code in ADVICE_CODES.items()}
+        images = dump_restore(w, tmp_path)
+        assert {name: _vm_flags(w.pid, at) for name, at in areas.items()} == before
+        check_round(w)
+        # stored as CRIU stores them: advice as bits 1 << MADV_x of madv, the rest as mmap flags
+        vmas = {v["start"]: v for v in crit_decode(images / f"mm-{w.pid}.img")["entries"][0]["vmas"]}
+        madv = {"seq": 2, "rand": 1, "dontfork": 10, "wipeonfork": 18, "dontdump": 16, "huge": 14, "nohuge": 15}
+        for name, advice in madv.items():
+            assert vmas[areas[name]].get("madv") == 1 << advice, name
+        for name, flag in {"locked": 0x2000, "mlocked": 0x2000, "growsdown": 0x100}.items():
+            assert vmas[areas[name]]["flags"] & flag and not vmas[areas[name]].get("madv"), name
+    finally:
+        w.stop()

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..connections.hold import TcpHold
-from ..errors import TargetError, Unsupported
+from ..errors import CsError, TargetError, Unsupported
 from ..files.images import write_images as write_files_images
 from ..files.ghost import DEFAULT_GHOST_LIMIT, GhostTable
 from ..files.registry import FileRegistry
@@ -48,7 +48,7 @@ from ..images.directory import ImageDir
 from ..kernel import ptrace
 from ..kernel.libc import SYS
 from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, ns_inode, open_map_file,
-                             open_path_link, read_maps, read_path_link, read_stat, read_status, stat_map_file)
+                             open_path_link, read_maps, read_path_link, read_stat, read_vm_flags, read_status, stat_map_file)
 from ..memory.frozen_copy import CopyStats, save_frozen
 from ..memory.plan import PagePlan, with_vdso
 from ..memory.ranges import Ranges
@@ -64,6 +64,7 @@ from .sink import LOCAL, PageSession, PageTarget
 from .shmem import memfd_mappings, save_memfds, save_shmem
 from .sysv import save_sysv
 from .stats import DumpStats, Times
+from .step import list_tree
 from .task_state import (SeccompFilters, collect_task_state, kobj_ids, write_core_images, write_tree_images,
                          write_zombie_core)
 from .tree import refuse_tree
@@ -275,17 +276,43 @@ class _Saved:
     vmas: list[Vma]
 
 
+def vm_flags_before_freeze(root: int) -> dict[int, dict]:
+    """pid -> its VMAs' VmFlags (smaps), read before the freeze: smaps walks the page tables
+    (milliseconds), too slow for the frozen window. A process gone meanwhile has none."""
+    out = {}
+    try:
+        pids = list_tree(root)
+    except CsError:
+        return out
+    for p in pids:
+        try:
+            out[p] = read_vm_flags(p)
+        except (CsError, OSError):
+            pass
+    return out
+
+
+def frozen_vm_flags(pid: int, vmas: list[Vma], before: dict | None) -> dict:
+    """The VmFlags of VMAS: those read before the freeze when every VMA is still there with
+    the same bounds, else (one changed meanwhile, or a new process) smaps read again now."""
+    if before is not None and all((v.start, v.end) in before for v in vmas):
+        return before
+    return read_vm_flags(pid)
+
+
 def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: FileRegistry,
                  parent: _Parent, times: Times, *, shell_job: bool,
-                 seccomp: SeccompFilters | None = None) -> _Saved:
+                 seccomp: SeccompFilters | None = None, vm_flags: dict | None = None) -> _Saved:
     """One frozen process of the tree into the images: its maps, task state and cores, page
     plan and private pages, fd table (through the one registry) and mm-PID.img. Shared
     memory is saved once for the tree afterwards (save_shmem, from the VMAs returned).
-    The caller closes the planner after the freeze."""
+    The caller closes the planner after the freeze. vm_flags: its VmFlags read before the
+    freeze (vm_flags_before_freeze)."""
     pid = task.pid
     maps = read_maps(pid)
     refuse_mappings(pid, maps)
     vmas = classify_all(maps)
+    vm_flags = frozen_vm_flags(pid, vmas, vm_flags)
     planner, planned, parked = plan_pages(task, vmas, parent, times)
     try:
         # its scratch page is gone again after it: maps hold; the parked fds closed there too
@@ -304,7 +331,7 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
         write_mm(imgdir, pid, vmas, planned.stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
                  file_ids={k: ids[p] for k, p in vma_paths.items()} | memfds, fdflags=vma_flags,
                  dumpable=state.dumpable, thp_disabled=state.thp_disabled,
-                 guards=[(int(a), int(b)) for a, b in planner.guards.pairs()])
+                 guards=[(int(a), int(b)) for a, b in planner.guards.pairs()], vm_flags=vm_flags)
     except BaseException:
         planner.close()
         raise
@@ -351,6 +378,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 nbytes = min(resident_private_bytes(pid), PREPARE_MAX)
                 if nbytes:
                     prepare(PagemapKey(pid), nbytes)
+            vm_flags = vm_flags_before_freeze(pid)
             t0 = time.perf_counter_ns()
             with freeze_tree(pid, cgroup=freeze_cgroup) as held, TcpHold(close=tcp_close, lock=network_lock) as tcp:
                 t_frozen = time.perf_counter_ns()
@@ -361,7 +389,8 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                 for model in held.tree:                  # parents first
                     parent = parents.get(model.pid) or _Parent(None, Ranges.empty())
                     saved.append(dump_process(held.task(model.pid), imgdir, sink, files, parent, times,
-                                              shell_job=shell_job, seccomp=seccomp))
+                                              shell_job=shell_job, seccomp=seccomp,
+                                              vm_flags=vm_flags.get(model.pid)))
                 seccomp.write(imgdir)
                 for fid, stream in tcp.streams.items():
                     f = files.files[fid]

@@ -8,7 +8,7 @@ from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_
                           VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..images.pb import mm_pb2, stats_pb2
 from ..kernel.procfs import Stat, uptime_us
-from ..memory.vma import Kind, Vma
+from ..memory.vma import MAP_GROWSDOWN, Kind, Vma
 from .stats import DumpStats
 
 PRE_DUMP_MODE_READ = 2   # inventory.pre_dump_mode: pages were read with process_vm_readv
@@ -42,6 +42,11 @@ _STATUS = {
     Kind.VSYSCALL: VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE,
 }
 MADV_DONTDUMP = 16
+MAP_LOCKED = 0x2000
+# VmFlags codes of /proc/PID/smaps -> the mmap flag (vma_entry.flags) or the madvise advice
+# (a bit 1 << MADV_x of vma_entry.madv) that gives them back, as CRIU reads and restores them
+VM_FLAG_MAP = {"gd": MAP_GROWSDOWN, "lo": MAP_LOCKED}
+VM_FLAG_MADV = {"sr": 2, "rr": 1, "dc": 10, "dd": MADV_DONTDUMP, "mg": 12, "hg": 14, "nh": 15, "wf": 18}
 AT_VECTOR_SIZE = 44       # CRIU's x86-64 limit on mm_saved_auxv (words); it refuses more
 
 
@@ -59,25 +64,36 @@ def vma_status(v: Vma) -> int:
     return status
 
 
-def vma_entry(v: Vma, file_id: int = 0, fdflags: int | None = None) -> mm_pb2.vma_entry:
+def vma_entry(v: Vma, file_id: int = 0, fdflags: int | None = None,
+              vm_flags: frozenset[str] = frozenset()) -> mm_pb2.vma_entry:
     """One VMA; shmid is the shmem inode for shared anonymous memory (the id for SysV),
     else `file_id` (the REG or MEMFD file_entry of a file or memfd mapping, 0 for none);
-    fdflags the mapped file's open mode."""
+    fdflags the mapped file's open mode; vm_flags its VmFlags codes (smaps)."""
     shmid = v.inode if v.kind is Kind.ANON_SHARED and not v.is_memfd else file_id
+    flags, madv = v.map_flags, 0
+    for code in vm_flags:
+        flags |= VM_FLAG_MAP.get(code, 0)
+        if code in VM_FLAG_MADV:
+            madv |= 1 << VM_FLAG_MADV[code]
     e = mm_pb2.vma_entry(start=v.start, end=v.end, pgoff=v.pgoff, shmid=shmid, prot=v.prot,
-                         flags=v.map_flags, status=vma_status(v), fd=-1)
+                         flags=flags, status=vma_status(v), fd=-1)
+    if madv:
+        e.madv = madv
     if fdflags is not None:
         e.fdflags = fdflags
     return e
 
 
-def image_vmas(vmas: list[Vma], file_ids: dict, fdflags: dict) -> list[mm_pb2.vma_entry]:
+def image_vmas(vmas: list[Vma], file_ids: dict, fdflags: dict,
+               vm_flags: dict | None = None) -> list[mm_pb2.vma_entry]:
     """The vma_entry list of mm-PID.img. [vvar] and [vvar_vclock] (two areas since Linux
     6.13) become one VVAR area, as CRIU writes and reads them: one vvar block beside the
     vDSO, marked MADV_DONTDUMP as the kernel marks it."""
     out: list[mm_pb2.vma_entry] = []
     for v in vmas:
-        e = vma_entry(v, file_ids.get((v.start, v.end), 0), fdflags.get((v.start, v.end)))
+        span = (v.start, v.end)
+        e = vma_entry(v, file_ids.get(span, 0), fdflags.get(span),
+                      (vm_flags or {}).get(span, frozenset()) if v.saves_pages or v.kind in _ADVISED else frozenset())
         if v.kind is Kind.VVAR:
             e.madv = 1 << MADV_DONTDUMP
             if out and out[-1].status & VMA_AREA_VVAR and out[-1].end == v.start:
@@ -85,6 +101,9 @@ def image_vmas(vmas: list[Vma], file_ids: dict, fdflags: dict) -> list[mm_pb2.vm
                 continue
         out.append(e)
     return out
+
+
+_ADVISED = (Kind.ANON_SHARED, Kind.FILE_SHARED)     # with saves_pages: the areas restore maps itself
 
 
 def image_auxv(auxv: list[int]) -> list[int]:
@@ -99,8 +118,9 @@ def image_auxv(auxv: list[int]) -> list[int]:
 def write_mm(imgdir: ImageDir, pid: int, vmas: list[Vma], stat: Stat, *, brk: int | None = None,
              auxv: list[int] | None = None, exe_file_id: int = 0, file_ids: dict | None = None,
              fdflags: dict | None = None, dumpable: int | None = None, thp_disabled: bool = False,
-             guards: list[tuple[int, int]] = ()) -> None:
-    """mm-PID.img. file_ids / fdflags: (start, end) of a file VMA -> REG file id / open mode."""
+             guards: list[tuple[int, int]] = (), vm_flags: dict | None = None) -> None:
+    """mm-PID.img. file_ids / fdflags: (start, end) of a file VMA -> REG file id / open mode;
+    vm_flags: (start, end) -> VmFlags codes (kernel.procfs.read_vm_flags)."""
     heap = next((v for v in vmas if v.name == "[heap]"), None)
     mm = mm_pb2.mm_entry(
         mm_start_code=stat.start_code, mm_end_code=stat.end_code,
@@ -110,7 +130,7 @@ def write_mm(imgdir: ImageDir, pid: int, vmas: list[Vma], stat: Stat, *, brk: in
         mm_arg_start=stat.arg_start, mm_arg_end=stat.arg_end,
         mm_env_start=stat.env_start, mm_env_end=stat.env_end,
         exe_file_id=exe_file_id, mm_saved_auxv=image_auxv(auxv or []),
-        vmas=image_vmas(vmas, file_ids or {}, fdflags or {}))
+        vmas=image_vmas(vmas, file_ids or {}, fdflags or {}, vm_flags))
     if dumpable is not None:
         mm.dumpable = dumpable
     if thp_disabled:

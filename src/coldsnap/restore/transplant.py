@@ -164,6 +164,7 @@ class Transplant:
         t_mem = time.perf_counter_ns()
         self._map_vmas()
         self._write_pages()
+        self._advice()
         self._guards()
         self.stats.memory_ns = time.perf_counter_ns() - t_mem
         self._set_mm()
@@ -353,6 +354,14 @@ class Transplant:
         pdeath = self.img.leader.thread_core.pdeath_sig if below_root else 0
         rc.call(SYS.prctl, PR_SET_PDEATHSIG, pdeath, 0, 0, 0)
 
+    def _advice(self) -> None:
+        """madvise each advice of vma_entry.madv (bit 1 << MADV_x) again, once the pages are
+        in; one call per run of adjacent areas with the same advice. MAP_LOCKED and
+        MAP_GROWSDOWN came back with the mmap flags."""
+        for advice, start, end in advice_runs(self.img.vmas()):
+            self.rc.checked(SYS.madvise, start, end - start, advice,
+                            what=f"madvise({advice}) {start:#x}-{end:#x}")
+
     def _guards(self) -> None:
         """Guard regions again (MADV_GUARD_INSTALL), once the pages are in."""
         g = self.img.mm.cs_guards
@@ -533,6 +542,25 @@ class Transplant:
             except OSError:
                 pass
         ptrace.set_regset(tid, ptrace.NT_PRFPREG, fxsave(core))
+
+
+def advice_runs(vmas) -> list[tuple[int, int, int]]:
+    """(advice, start, end) for each run of adjacent VMAs that share advice bit 1 << advice."""
+    runs: list[tuple[int, int, int]] = []
+    last: dict[int, int] = {}           # advice -> index of its open run in runs
+    for v in vmas:
+        madv = v.madv if v.HasField("madv") else 0
+        while madv:
+            bit = madv & -madv
+            madv ^= bit
+            advice = bit.bit_length() - 1
+            i = last.get(advice)
+            if i is not None and runs[i][2] == v.start:
+                runs[i] = (advice, runs[i][1], v.end)
+            else:
+                last[advice] = len(runs)
+                runs.append((advice, v.start, v.end))
+    return runs
 
 
 def _open_mode(v) -> int:
