@@ -260,3 +260,25 @@ def test_vma_advice_and_flags_come_back_and_act_across_a_fork(tmp_path):
             assert vmas[areas[name]]["flags"] & flag and not vmas[areas[name]].get("madv"), name
     finally:
         w.stop()
+
+
+def test_locked_and_advised_areas_come_back_under_lazy_pages(tmp_path):
+    """64-page areas (lazy ones): MAP_LOCKED would fill a locked area with zeros before the
+    userfaultfd; restore mlocks it once the server answers, and every page holds its data."""
+    from test_lazy_restore import _reap_quietly, dumped, lazy_restore, wait_served
+    w = start_corner("corner_advice", tmp_path, 64)
+    res = None
+    try:
+        areas = {ln.split()[1]: int(ln.split()[2], 16) for ln in w.lines() if ln.startswith("area ")}
+        before = {name: _vm_flags(w.pid, at) for name, at in areas.items()}
+        dumped(w, tmp_path / "img")
+        res = lazy_restore(tmp_path / "img")
+        w.adopt_restored()
+        assert res["lazy_pages"] > 0
+        assert {name: _vm_flags(w.pid, at) for name, at in areas.items()} == before
+        check_round(w)
+        assert wait_served(res) == 0
+    finally:
+        w.stop()
+        if res:
+            _reap_quietly(res["lazy_guardian"])

@@ -1,6 +1,6 @@
 /* VMA flags and advice: one 4-page private anonymous area per advice or flag (madvise
  * SEQUENTIAL, RANDOM, DONTFORK, WIPEONFORK, DONTDUMP, HUGEPAGE, NOHUGEPAGE; MAP_LOCKED, mlock,
- * MAP_GROWSDOWN), each page holding data. Says "area NAME ADDR" for each, then "ready"
+ * MAP_GROWSDOWN), each page holding data (argv[1]: pages per area, default 4). Says "area NAME ADDR" for each, then "ready"
  * (corner.h); each SIGUSR1 checks the data, then forks: the child must not have the
  * DONTFORK area and must read zeros in the WIPEONFORK one. */
 #define _GNU_SOURCE
@@ -12,8 +12,8 @@
 #include <unistd.h>
 #include "corner.h"
 
-#define PAGES 4
 #define PG 4096
+static int PAGES = 4;         /* argv[1]: pages per area (64 and more: lazy areas) */
 
 enum { SEQ, RAND, DONTFORK, WIPE, DONTDUMP, HUGE, NOHUGE, LOCKED, MLOCKED, GROWSDOWN, N };
 static const char *names[N] = { "seq", "rand", "dontfork", "wipeonfork", "dontdump", "huge", "nohuge",
@@ -26,7 +26,7 @@ static void check(void)
 {
     for (int a = 0; a < N; a++)
         for (int p = 0; p < PAGES; p++)
-            CHECK(area[a][p * PG] == a * 16 + p + 1, "%s page %d lost its data\n", names[a], p);
+            CHECK(area[a][p * PG] == (unsigned char)(a * 16 + p + 1), "%s page %d lost its data\n", names[a], p);
     pid_t child = fork();
     if (child == 0) {
         unsigned char vec;
@@ -38,8 +38,10 @@ static void check(void)
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "fork child: status %#x\n", status);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1)
+        PAGES = atoi(argv[1]);
     corner_init();
     for (int a = 0; a < N; a++) {
         int flags = MAP_PRIVATE | MAP_ANONYMOUS | (a == LOCKED ? MAP_LOCKED : 0) |
@@ -48,7 +50,7 @@ int main(void)
         if (area[a] == MAP_FAILED)
             FAIL("mmap %s: %s\n", names[a], strerror(errno));
         for (int p = 0; p < PAGES; p++)
-            area[a][p * PG] = a * 16 + p + 1;
+            area[a][p * PG] = (unsigned char)(a * 16 + p + 1);
         if (advice[a] >= 0 && madvise(area[a], PAGES * PG, advice[a]))
             FAIL("madvise %s: %s\n", names[a], strerror(errno));
         if (a == MLOCKED && mlock(area[a], PAGES * PG))

@@ -75,6 +75,7 @@ class SYS:
     mremap = 25
     mincore = 27
     madvise = 28
+    mlock = 149
     shmget = 29
     shmat = 30
     shmctl = 31

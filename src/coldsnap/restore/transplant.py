@@ -52,6 +52,7 @@ from .shmem import SharedMemory
 
 SCRATCH = 4 * PAGE
 MAP_FIXED = 0x10
+MAP_LOCKED = 0x2000
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 AT_FDCWD = -100
 O_CLOEXEC = 0o2000000
@@ -266,6 +267,8 @@ class Transplant:
                     if key not in fds:
                         fds[key] = self._open(self.shm.path(v.shmid), os.O_RDWR)
                     fd, flags = fds[key], v.flags & ~MAP_ANONYMOUS
+                if self.lazy:       # MAP_LOCKED would fill the area before the userfaultfd: mlock later
+                    flags &= ~MAP_LOCKED
                 rc.checked(SYS.mmap, v.start, v.end - v.start, v.prot, flags | MAP_FIXED, fd,
                            v.pgoff if fd >= 0 else 0, what=f"mmap {v.start:#x}")
         finally:
@@ -357,10 +360,14 @@ class Transplant:
     def _advice(self) -> None:
         """madvise each advice of vma_entry.madv (bit 1 << MADV_x) again, once the pages are
         in; one call per run of adjacent areas with the same advice. MAP_LOCKED and
-        MAP_GROWSDOWN came back with the mmap flags."""
+        MAP_GROWSDOWN came back with the mmap flags (MAP_LOCKED lazily: mlock now, the
+        lazy pages' server answers the faults it makes)."""
         for advice, start, end in advice_runs(self.img.vmas()):
             self.rc.checked(SYS.madvise, start, end - start, advice,
                             what=f"madvise({advice}) {start:#x}-{end:#x}")
+        for v in self.img.vmas() if self.lazy else ():
+            if v.flags & MAP_LOCKED:
+                self.rc.checked(SYS.mlock, v.start, v.end - v.start, what=f"mlock {v.start:#x}")
 
     def _guards(self) -> None:
         """Guard regions again (MADV_GUARD_INSTALL), once the pages are in."""
