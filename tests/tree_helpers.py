@@ -104,6 +104,18 @@ def start_counter_tree(logdir: Path) -> CounterTree:
     return tree
 
 
+def wait_for_log(path: Path, pattern: str, timeout: float = 15.0) -> str:
+    """The log's whole text once one of its lines matches PATTERN (a regular expression;
+    ^ and $ match at each line); an assertion naming the pattern after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if re.search(pattern, text, re.M):
+            return text
+        assert time.monotonic() < deadline, f"no {pattern!r} in {text[-600:]!r}"
+        time.sleep(0.01)
+
+
 def reap_orphans(timeout: float = 5.0, pids=()) -> None:
     """Reap (we are a subreaper) until none of PIDS exists any more."""
     deadline = time.monotonic() + timeout

@@ -27,7 +27,7 @@ import pytest
 from criu_peer import criu_dump, criu_restore, need_criu
 from procs import build_workload
 from restore_helpers import coldsnap, start_workload
-from test_tree_restore import _wait_for
+from tree_helpers import wait_for_log as _wait_for
 from test_zombies import READY as ZREADY, REAPED as ZREAPED, TICK as ZTICK, _stat as _state, _until
 from tree_helpers import ROLES, ids_now, kill_tree, reap_orphans, start_counter_tree, tids_now
 

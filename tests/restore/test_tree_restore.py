@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 from procs import coldsnap
 from restore_helpers import assert_one_line_error
 from tree_helpers import ROLES, ids_now, kill_tree, reap_orphans, start_counter_tree, tids_now
+from tree_helpers import wait_for_log as _wait_for
 
 
 def test_tree_restored_whole(tmp_path):
@@ -58,17 +58,6 @@ def test_tree_restore_refused_when_a_pid_is_taken(tmp_path):
         tree.kill_all()
         tree.proc.wait(timeout=10)
         reap_orphans(pids=tree.pids)
-
-
-def _wait_for(path, pattern: str, timeout: float = 15.0) -> str:
-    import re
-    deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text()
-        if re.search(pattern, text, re.M):
-            return text
-        assert time.monotonic() < deadline, f"no {pattern!r} in {text[-400:]!r}"
-        time.sleep(0.01)
 
 
 def test_pipe_between_parent_and_child_and_wait(tmp_path):

@@ -5,6 +5,7 @@ and the refusal of a socket connected outside the dumped tree."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,19 +16,13 @@ from pathlib import Path
 
 from procs import CRIT, coldsnap, crit_decode_each
 from restore_helpers import assert_one_line_error
-from tree_helpers import reap_orphans
+from tree_helpers import reap_orphans, wait_for_log
 
 WORKLOAD = Path(__file__).resolve().parents[1] / "workloads" / "unix_pairs.py"
 
 
 def _wait_for(path: Path, line: str, timeout: float = 15.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text() if path.exists() else ""
-        if line in text.splitlines():
-            return text
-        assert time.monotonic() < deadline, f"no {line!r} in {text[-600:]!r}"
-        time.sleep(0.01)
+    return wait_for_log(path, rf"^{re.escape(line)}$", timeout)
 
 
 def _children(pid: int) -> list[int]:
@@ -302,13 +297,7 @@ def test_full_queues_come_back_whole(tmp_path):
 
 
 def _wait_for_prefix(path: Path, prefix: str, timeout: float = 15.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text() if path.exists() else ""
-        if any(x.startswith(prefix) for x in text.splitlines()):
-            return text
-        assert time.monotonic() < deadline, f"no {prefix!r} in {text[-600:]!r}"
-        time.sleep(0.01)
+    return wait_for_log(path, f"^{re.escape(prefix)}", timeout)
 
 
 _EMPTY_DGRAM = """

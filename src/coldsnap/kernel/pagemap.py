@@ -139,46 +139,40 @@ def read_entry(pagemap_fd: int, addr: int) -> int:
     return int.from_bytes(data, "little")
 
 
-@functools.cache
-def has_pagemap_scan() -> bool:
-    """True when this kernel offers PAGEMAP_SCAN (probed on our own pagemap; no numpy)."""
+def _scan_accepts(start: int, end: int, return_mask: int) -> bool:
+    """One PAGEMAP_SCAN of our own [start, end) asking for RETURN_MASK: True unless the
+    kernel refuses it (no such ioctl, or a category it does not know)."""
     fd = open_pagemap(os.getpid())
     try:
-        probe = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        cbuf = ctypes.c_char.from_buffer(probe)
-        addr = ctypes.addressof(cbuf)
         vec = (ctypes.c_uint64 * (3 * 4))()       # 4 page_region entries
-        arg = PmScanArg(size=ctypes.sizeof(PmScanArg), start=addr, end=addr + PAGE_SIZE,
-                        vec=ctypes.addressof(vec), vec_len=4, return_mask=PAGE_IS_PRESENT)
+        arg = PmScanArg(size=ctypes.sizeof(PmScanArg), start=start, end=end,
+                        vec=ctypes.addressof(vec), vec_len=4, return_mask=return_mask)
         try:
             check(_ioctl(fd, PAGEMAP_SCAN, ctypes.byref(arg)), "PAGEMAP_SCAN")
             return True
         except OSError:
             return False
-        finally:
-            del cbuf
-            probe.close()
     finally:
         os.close(fd)
+
+
+@functools.cache
+def has_pagemap_scan() -> bool:
+    """True when this kernel offers PAGEMAP_SCAN (probed on a page of our own; no numpy)."""
+    probe = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    cbuf = ctypes.c_char.from_buffer(probe)
+    try:
+        addr = ctypes.addressof(cbuf)
+        return _scan_accepts(addr, addr + PAGE_SIZE, PAGE_IS_PRESENT)
+    finally:
+        del cbuf
+        probe.close()
 
 
 @functools.cache
 def has_guard_category() -> bool:
     """True when PAGEMAP_SCAN knows PAGE_IS_GUARD (an older kernel refuses the bit)."""
-    if not has_pagemap_scan():
-        return False
-    fd = open_pagemap(os.getpid())
-    try:
-        vec = (ctypes.c_uint64 * 3)()
-        arg = PmScanArg(size=ctypes.sizeof(PmScanArg), start=0x10000, end=0x11000,
-                        vec=ctypes.addressof(vec), vec_len=1, return_mask=PAGE_IS_GUARD)
-        try:
-            check(_ioctl(fd, PAGEMAP_SCAN, ctypes.byref(arg)), "PAGEMAP_SCAN")
-            return True
-        except OSError:
-            return False
-    finally:
-        os.close(fd)
+    return has_pagemap_scan() and _scan_accepts(0x10000, 0x11000, PAGE_IS_GUARD)
 
 
 _zero_pfn: int | None = None
