@@ -176,3 +176,32 @@ def test_freeze_cgroup_refuses_a_child_outside_and_bad_paths(tmp_path, cgroup):
         proc.kill()
         proc.wait()
         reap_orphans()
+
+
+def test_freeze_cgroup_frozen_before_stays_frozen(tmp_path, cgroup):
+    """A cgroup the user froze before is frozen again when coldsnap lets the tree go: the
+    dump with --leave-running and a live pre-dump leave every process frozen and untraced
+    (nothing is reaped meanwhile), and the tree goes on once the user thaws it."""
+    version, cg = cgroup
+    log = tmp_path / "log"
+    proc = start(log, cg)
+    ctl = cg / ("freezer.state" if version == 1 else "cgroup.freeze")
+    try:
+        ctl.write_text("FROZEN" if version == 1 else "1")
+        deadline = time.monotonic() + 10
+        while not frozen(cg, version) or (version == 1 and "FREEZING" in ctl.read_text()):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        before = reaped(log)
+        coldsnap("dump", "-t", proc.pid, "-D", tmp_path / "img", "--leave-running", "--freeze-cgroup", cg, check=True)
+        coldsnap("pre-dump", "-t", proc.pid, "-D", tmp_path / "pre", "--pre-dump-mode", "live",
+                 "--freeze-cgroup", cg, check=True)
+        time.sleep(0.3)
+        assert frozen(cg, version) and reaped(log) == before
+        for p in in_session(proc.pid):
+            assert "TracerPid:\t0\n" in Path(f"/proc/{p}/status").read_text()
+        ctl.write_text("THAWED" if version == 1 else "0")
+        wait_reaped(log, 5)
+        assert "bad" not in log.read_text()
+    finally:
+        end(proc)

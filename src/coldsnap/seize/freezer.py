@@ -23,7 +23,9 @@ Through the cgroup freezer (`freeze_tree(pid, cgroup=PATH)`, v1 or v2): freeze t
 list the tree under the root among its processes (a process below the root outside the
 cgroup is refused: it would run on), seize and interrupt every thread while they are frozen,
 thaw (the pending interrupt stops each thread before it runs a user instruction) and collect
-the stops. The cgroup is thawed on every exit path, even one that was frozen before.
+the stops. The cgroup is thawed on every exit path; one that was frozen before coldsnap came
+is frozen again before the threads are let go (the kernel counts traced threads as frozen, so
+the freeze completes at once and each thread enters the freezer as it leaves its stop).
 
 Users that leave state in the target (remote-call sessions: registers, scratch page) register
 an undo with `task.at_resume(key, undo)`; resume runs the undos (last registered first) while
@@ -124,6 +126,7 @@ class FrozenTree:
         self._owner = 0
         self._t0 = 0
         self._model: Tree | None = None
+        self._refreeze: CgroupFreezer | None = None    # a cgroup frozen before we came
 
     def __enter__(self) -> "FrozenTree":
         _refuse(self.root)
@@ -157,6 +160,8 @@ class FrozenTree:
         """Every thread of the tree seized and interrupted while the cgroup is frozen; the
         stops are collected after the thaw (by _seize_all)."""
         with self._guard:
+            if cgroup.frozen():
+                self._refreeze = cgroup
             cgroup.freeze(self.timeout)
         try:
             members = set(cgroup.pids())
@@ -240,6 +245,16 @@ class FrozenTree:
         self._released()
         if errors:
             raise errors[0]
+
+    def _before_release(self) -> None:
+        """A task is about to let its threads go: a cgroup that was frozen before we came is
+        frozen again first, so that no thread runs on leaving its stop. Not while a task still
+        has undos to run (they may run injected calls, which a freezing task would never
+        finish): normally none has by then; else the last one's resume does it."""
+        if self._refreeze is None or any(t._undo for t in self.tasks.values()):
+            return
+        cgroup, self._refreeze = self._refreeze, None
+        cgroup.freeze(self.timeout)
 
     def _released(self) -> None:
         """A task was resumed: when none is held any more, the tree ends."""
@@ -384,6 +399,10 @@ class FrozenTask:
                     undo()
                 except Exception as e:  # keep undoing and detaching the others
                     errors.append(e)
+            try:
+                self._tree._before_release()
+            except CsError as e:
+                errors.append(e)
             for th in list(self._threads.values()):
                 self._release(th)
             self._threads.clear()
