@@ -126,7 +126,7 @@ def echo_server_argv(family: int, memory_mib: int = 0, unix_path=None) -> list[s
 
 def run_coldsnap(*args, timeout: float = 60) -> tuple[Run, int]:
     """`coldsnap ARGS` to the end, and its pid: the lock tables it makes carry it
-    (coldsnap-PID-...), so that a test checks its own runs' tables only (other tests, of
+    (CRIU-PID-...), so that a test checks its own runs' tables only (other tests, of
     other people, may hold locks of their own meanwhile)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         argv = coldsnap_argv(*args)
@@ -145,7 +145,7 @@ def tables_of(pid: int) -> list[str]:
 def dump_lock(images) -> str:
     """The table of the lock a dump left, as its inventory names it ('' for none)."""
     inv = framing.read_single(Path(images) / "inventory.img")
-    return f"{TABLE_PREFIX}{inv.dump_criu_run_id}" if inv.dump_criu_run_id else ""
+    return NetworkLock(inv.dump_criu_run_id).table if inv.dump_criu_run_id else ""
 
 
 @pytest.fixture(autouse=False)

@@ -2,11 +2,13 @@
 ways, so that neither end's kernel answers the other while a stream is being saved, moved
 or rebuilt (a socket-less port would answer the peer with a RST).
 
-One table per run, `inet coldsnap-<run id>`: an input and an output chain, each dropping
+One table per run, `inet CRIU-<run id>`: an input and an output chain, each dropping
 what matches the set `conns4` or `conns6` (local addr . port . remote addr . port, both
-orientations) -- except coldsnap's own packets, marked LOCK_MARK (fin.py). The run id goes into the images (inventory.dump_criu_run_id), so that a
-later command -- `restore`, or `network-unlock` -- finds the table a dump left and removes
-it. Only exactly the listed connections are touched; the rest of the machine's traffic
+orientations) -- except coldsnap's own packets, marked LOCK_MARK (fin.py). The run id goes
+into the images (inventory.dump_criu_run_id), so that a later command -- `restore`, or
+`network-unlock` -- finds the table a dump left and removes it. The name and the table's
+shape are the ones CRIU derives from that field (its name buffer keeps 26 characters of
+`CRIU-<id>`), so that either tool lifts the lock the other's dump left. Only exactly the listed connections are touched; the rest of the machine's traffic
 flows.
 
     lock = NetworkLock.new()
@@ -27,7 +29,8 @@ from coldsnap.kernel import nftables
 
 from .fin import LOCK_MARK
 
-TABLE_PREFIX = "coldsnap-"
+TABLE_PREFIX = "CRIU-"
+TABLE_NAME_MAX = 26      # "inet " + name in CRIU's 32-byte buffer, its NUL included
 NFTABLES_METHOD = 1      # inventory.network_lock_method of a lock left by a dump
 _MISSING = "No such file or directory"
 
@@ -72,7 +75,7 @@ class NetworkLock:
 
     @property
     def table(self) -> str:
-        return f"{TABLE_PREFIX}{self.run_id}"
+        return f"{TABLE_PREFIX}{self.run_id}"[:TABLE_NAME_MAX]
 
     def exists(self) -> bool:
         try:
@@ -121,7 +124,7 @@ class NetworkLock:
 
 
 def our_tables() -> list[str]:
-    """Names of the lock tables of coldsnap present now (any run)."""
+    """Names of the lock tables present now (any run, of coldsnap or CRIU)."""
     out = nftables.run("list tables")
     return [w for line in out.splitlines() for w in line.split()[-1:] if w.startswith(TABLE_PREFIX)]
 
