@@ -224,7 +224,8 @@ def test_guard_regions_are_left_out_of_the_pages_and_installed_again(tmp_path):
 
 # the VmFlags code (smaps) each area of corner_advice.c must show, before and after
 ADVICE_CODES = {"seq": "sr", "rand": "rr", "dontfork": "dc", "wipeonfork": "wf", "dontdump": "dd",
-                "huge": "hg", "nohuge": "nh", "locked": "lo", "mlocked": "lo", "growsdown": "gd"}
+                "huge": "hg", "nohuge": "nh", "locked": "lo", "mlocked": "lo", "growsdown": "gd",
+                "noreserve": "nr"}
 
 
 def _vm_flags(pid: int, at: int) -> set[str]:
@@ -256,7 +257,7 @@ def test_vma_advice_and_flags_come_back_and_act_across_a_fork(tmp_path):
         madv = {"seq": 2, "rand": 1, "dontfork": 10, "wipeonfork": 18, "dontdump": 16, "huge": 14, "nohuge": 15}
         for name, advice in madv.items():
             assert vmas[areas[name]].get("madv") == 1 << advice, name
-        for name, flag in {"locked": 0x2000, "mlocked": 0x2000, "growsdown": 0x100}.items():
+        for name, flag in {"locked": 0x2000, "mlocked": 0x2000, "growsdown": 0x100, "noreserve": 0x4000}.items():
             assert vmas[areas[name]]["flags"] & flag and not vmas[areas[name]].get("madv"), name
     finally:
         w.stop()

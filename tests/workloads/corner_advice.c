@@ -1,6 +1,6 @@
 /* VMA flags and advice: one 4-page private anonymous area per advice or flag (madvise
  * SEQUENTIAL, RANDOM, DONTFORK, WIPEONFORK, DONTDUMP, HUGEPAGE, NOHUGEPAGE; MAP_LOCKED, mlock,
- * MAP_GROWSDOWN), each page holding data (argv[1]: pages per area, default 4). Says "area NAME ADDR" for each, then "ready"
+ * MAP_GROWSDOWN, MAP_NORESERVE), each page holding data (argv[1]: pages per area, default 4). Says "area NAME ADDR" for each, then "ready"
  * (corner.h); each SIGUSR1 checks the data, then forks: the child must not have the
  * DONTFORK area and must read zeros in the WIPEONFORK one. */
 #define _GNU_SOURCE
@@ -15,11 +15,11 @@
 #define PG 4096
 static int PAGES = 4;         /* argv[1]: pages per area (64 and more: lazy areas) */
 
-enum { SEQ, RAND, DONTFORK, WIPE, DONTDUMP, HUGE, NOHUGE, LOCKED, MLOCKED, GROWSDOWN, N };
+enum { SEQ, RAND, DONTFORK, WIPE, DONTDUMP, HUGE, NOHUGE, LOCKED, MLOCKED, GROWSDOWN, NORESERVE, N };
 static const char *names[N] = { "seq", "rand", "dontfork", "wipeonfork", "dontdump", "huge", "nohuge",
-                                "locked", "mlocked", "growsdown" };
+                                "locked", "mlocked", "growsdown", "noreserve" };
 static const int advice[N] = { MADV_SEQUENTIAL, MADV_RANDOM, MADV_DONTFORK, MADV_WIPEONFORK,
-                               MADV_DONTDUMP, MADV_HUGEPAGE, MADV_NOHUGEPAGE, -1, -1, -1 };
+                               MADV_DONTDUMP, MADV_HUGEPAGE, MADV_NOHUGEPAGE, -1, -1, -1, -1 };
 static unsigned char *area[N];
 
 static void check(void)
@@ -45,7 +45,7 @@ int main(int argc, char **argv)
     corner_init();
     for (int a = 0; a < N; a++) {
         int flags = MAP_PRIVATE | MAP_ANONYMOUS | (a == LOCKED ? MAP_LOCKED : 0) |
-                    (a == GROWSDOWN ? MAP_GROWSDOWN : 0);
+                    (a == GROWSDOWN ? MAP_GROWSDOWN : 0) | (a == NORESERVE ? MAP_NORESERVE : 0);
         area[a] = mmap(NULL, PAGES * PG, PROT_READ | PROT_WRITE, flags, -1, 0);
         if (area[a] == MAP_FAILED)
             FAIL("mmap %s: %s\n", names[a], strerror(errno));

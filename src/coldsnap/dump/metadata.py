@@ -43,9 +43,10 @@ _STATUS = {
 }
 MADV_DONTDUMP = 16
 MAP_LOCKED = 0x2000
+MAP_NORESERVE = 0x4000
 # VmFlags codes of /proc/PID/smaps -> the mmap flag (vma_entry.flags) or the madvise advice
 # (a bit 1 << MADV_x of vma_entry.madv) that gives them back, as CRIU reads and restores them
-VM_FLAG_MAP = {"gd": MAP_GROWSDOWN, "lo": MAP_LOCKED}
+VM_FLAG_MAP = {"gd": MAP_GROWSDOWN, "lo": MAP_LOCKED, "nr": MAP_NORESERVE}
 VM_FLAG_MADV = {"sr": 2, "rr": 1, "dc": 10, "dd": MADV_DONTDUMP, "mg": 12, "hg": 14, "nh": 15, "wf": 18}
 AT_VECTOR_SIZE = 44       # CRIU's x86-64 limit on mm_saved_auxv (words); it refuses more
 
