@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="let the process run before its private memory is in: a detached server "
                          "answers its page faults and pushes the rest (see `lazy-status`)")
     rs.add_argument("--lazy-log", metavar="FILE", help="with --lazy-pages: the server's log (default: none)")
+    cli_transport.add_restore_args(rs)
     rs.add_argument("--tcp-established", action="store_true",
                     help="rebuild saved TCP connections (the default; CRIU's spelling, accepted)")
     rs.add_argument("--tcp-close", action="store_true",
@@ -373,7 +374,7 @@ def run_restore(args: argparse.Namespace) -> int:
         raise UsageError("--tcp-close and --tcp-established contradict each other")
     res = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job,
                   lazy_pages=args.lazy_pages, lazy_log=args.lazy_log, tcp_close=args.tcp_close,
-                  network_lock=args.network_lock != "skip")
+                  network_lock=args.network_lock != "skip", pages=cli_transport.restore_pages(args))
     result = {"pid": res.pid, "processes": res.processes, "threads": res.threads, "total_ms": round(res.total_ns / 1e6, 3),
               "memory_ms": round(res.stats.memory_ns / 1e6, 3), "injected_calls": res.stats.calls}
     if res.lazy_server is not None:

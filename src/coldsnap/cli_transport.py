@@ -26,6 +26,33 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
     add_tls_args(p)
 
 
+def add_restore_args(p: argparse.ArgumentParser) -> None:
+    """--page-server and its options, for restore: the pages of a session stored there."""
+    p.add_argument("--page-server", metavar="HOST:PORT",
+                   help="read the pages from a coldsnap page server's session (the other images "
+                        "from -D); with --lazy-pages they are fetched as the process needs them")
+    p.add_argument("--page-session", metavar="NAME",
+                   help="with --page-server: the session to read (default: the name of -D, which "
+                        "is the session a dump -D DIR --page-server made)")
+    p.add_argument("--token-file", metavar="FILE", help="present the shared token in FILE to the page server")
+    add_tls_args(p)
+
+
+def restore_pages(args: argparse.Namespace):
+    """Where a restore reads its pages: None (the images directory) or a page server's session."""
+    import os
+    if not args.page_server:
+        if args.page_session or args.token_file or args.tls_cacert or args.tls_cert or args.tls_key:
+            raise CsError("--page-session, --token-file and --tls-* go with --page-server")
+        return None
+    from .transport.client import ClientOptions
+    from .transport.source import RemotePages
+    from .transport.wire import Endpoint, tls_files
+    opts = ClientOptions(token=read_token(args.token_file), tls=tls_files(args.tls_cacert, args.tls_cert, args.tls_key))
+    session = args.page_session or os.path.basename(os.path.normpath(args.images_dir))
+    return RemotePages(Endpoint.parse(args.page_server), opts, session)
+
+
 def add_server_args(p: argparse.ArgumentParser) -> None:
     """Where a server listens and whom it lets in (page-server, migrate-receive)."""
     p.add_argument("--port", type=int, required=True, metavar="N", help="TCP port (0: any free one)")

@@ -15,6 +15,41 @@ from .directory import ImageDir
 from .pages import pagemap_name
 
 
+def cut_runs(runs: list[tuple[int, int, int, int]], areas: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
+    """(level, vaddr, nbytes, offset) runs without what lies inside AREAS ([start, end))."""
+    for lo, hi in areas:
+        kept = []
+        for level, vaddr, nbytes, offset in runs:
+            end = vaddr + nbytes
+            if end <= lo or vaddr >= hi:
+                kept.append((level, vaddr, nbytes, offset))
+                continue
+            if vaddr < lo:
+                kept.append((level, vaddr, lo - vaddr, offset))
+            if end > hi:
+                kept.append((level, hi, end - hi, offset + hi - vaddr))
+        runs = kept
+    return runs
+
+
+class LocalPages:
+    """Where a restore reads pages by default: each pagemap's chain in the images directory
+    (the other origin: transport/source.py RemotePages, a page server's session)."""
+
+    def source(self, imgdir: ImageDir, key: int, shmem: bool = False) -> "ChainSource | None":
+        """The pages of pagemap KEY, or None when the dump has no such pagemap."""
+        return ChainSource(imgdir, key, shmem) if imgdir.exists(pagemap_name(key, shmem)) else None
+
+    def start(self) -> None:
+        """In the lazy-pages server, before it serves: nothing to open here."""
+
+    def forked(self) -> None:
+        """In a process forked from the restore: nothing inherited to let go."""
+
+    def close(self) -> None:
+        pass
+
+
 class ChainSource:
     """The pages of pagemap KEY (a pid, or a shmid with shmem=True) as the chain holds them.
 
@@ -32,18 +67,7 @@ class ChainSource:
 
     def drop(self, areas: list[tuple[int, int]]) -> None:
         """Forget the pages inside AREAS ([start, end) pairs): runs are cut around them."""
-        for lo, hi in areas:
-            kept = []
-            for level, vaddr, nbytes, offset in self._runs:
-                end = vaddr + nbytes
-                if end <= lo or vaddr >= hi:
-                    kept.append((level, vaddr, nbytes, offset))
-                    continue
-                if vaddr < lo:
-                    kept.append((level, vaddr, lo - vaddr, offset))
-                if end > hi:
-                    kept.append((level, hi, end - hi, offset + hi - vaddr))
-            self._runs = kept
+        self._runs = cut_runs(self._runs, areas)
         self._starts = [vaddr for _, vaddr, _, _ in self._runs]
 
     def runs(self) -> list[tuple[int, int]]:
@@ -74,9 +98,9 @@ class ChainSource:
         """(level, vaddr, nbytes, offset) of every run: level 0 is this dump, 1 its parent..."""
         return list(self._runs)
 
-    def level_buffer(self, level: int) -> np.ndarray:
-        """The pages file of chain level LEVEL, mapped read-only (valid until close())."""
-        return self._level(level)
+    def saved(self, level: int, offset: int, nbytes: int) -> np.ndarray:
+        """The bytes at OFFSET of chain level LEVEL's pages file (a view of its mapping)."""
+        return self._level(level)[offset:offset + nbytes]
 
     def read_into(self, vaddr: int, buf: memoryview) -> None:
         out = np.frombuffer(buf, np.uint8)

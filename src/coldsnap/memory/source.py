@@ -3,6 +3,8 @@
     src.runs()                  # [(vaddr, nbytes)]: every run that has data, ascending
     for vaddr, nbytes, buf, offset in src.mapped(): ...   # the bytes: buf[offset:offset + nbytes]
     src.read_into(vaddr, view)  # the bytes of any pages it has, copied into view
+    src.located()               # [(level, vaddr, nbytes, offset)]: where each run's bytes are kept
+    src.saved(level, offset, nbytes)   # those bytes (a lazy restore's server, EagerPart)
     src.close()
 
 A run's "address" is a byte offset in the object for a shared memory pagemap.
@@ -13,8 +15,16 @@ using it before closing the source. The images chain maps its pages files; a pag
 or a lazy-restore server would fetch runs into memory it keeps until close(), and answer
 read_into() (one faulting page at a time) from the network.
 
+A run's (level, offset) names where its bytes are kept, whatever address the run has now
+(a lazily restored process may move its pages with mremap): for the chain, the level's
+pages file and the offset in it; for a page server, level 0 and the run's saved address.
+saved() returns a buffer valid until the next saved() call or close() (a view of a mapped
+file, or pages just fetched): the caller keeps what it needs longer.
+
 Implementations: the images directory and its parent chain (images/source.py ChainSource);
-the restore's PageWriter reads through this interface only.
+a page server's session (transport/source.py RemoteSource). The restore's PageWriter and
+the lazy-pages server read through this interface only. Where a restore's sources come
+from is a PageOrigin (images/source.py LocalPages, transport/source.py RemotePages).
 """
 from __future__ import annotations
 
@@ -33,5 +43,27 @@ class PageSource(Protocol):
     def read_into(self, vaddr: int, buf: memoryview) -> None:
         """Copy the pages [vaddr, vaddr + len(buf)) into buf (whole pages, all present)."""
 
+    def located(self) -> list[tuple[int, int, int, int]]:
+        """(level, vaddr, nbytes, offset) of every run, ascending."""
+
+    def saved(self, level: int, offset: int, nbytes: int) -> np.ndarray:
+        """The bytes kept at (level, offset) (module docstring: how long the buffer lives)."""
+
     def close(self) -> None:
         """Release what the source holds; buffers it gave out are invalid from now on."""
+
+
+class PageOrigin(Protocol):
+    """Where a restore's page sources come from: the images directory, or a page server."""
+
+    def source(self, imgdir, key: int, shmem: bool = False) -> PageSource | None:
+        """The pages of pagemap KEY (a pid, or a shmid with shmem), None if the dump has none."""
+
+    def start(self) -> None:
+        """In the lazy-pages server, before it serves (a remote one connects now)."""
+
+    def forked(self) -> None:
+        """In a process just forked from the restore: let go of what was inherited."""
+
+    def close(self) -> None:
+        """The restore is over: release connections (sources close on their own)."""

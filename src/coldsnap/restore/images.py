@@ -17,13 +17,13 @@ from ..files.registry import FileRegistry, TaskFiles
 from ..images.directory import ImageDir
 from ..images.pages import pagemap_name
 from ..images.pb import core_pb2, fdinfo_pb2
-from ..images.source import ChainSource
+from ..images.source import LocalPages
 from ..images.task import TASK_DEAD
 from ..images.vma import (VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_REGULAR, VMA_AREA_SYSVIPC, VMA_AREA_VDSO,
                           VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..kernel.page import PAGE_SIZE
 from ..kernel.procfs import cpu_flags, read_maps, read_stat
-from ..memory.source import PageSource
+from ..memory.source import PageOrigin, PageSource
 from ..memory.vma import MAP_ANONYMOUS
 from ..seize.tree import NS_KINDS, Task, Tree
 from .fdtable import validate_files
@@ -84,6 +84,7 @@ class TreeImages:
     sysv: SysvImages = field(default_factory=SysvImages)         # SysV segments and semaphore sets
     memfds: dict[int, MemfdImage] = field(default_factory=dict)  # memfd inodes by inode id
     memfd_files: dict[int, int] = field(default_factory=dict)    # MEMFD file id -> inode id
+    origin: PageOrigin = field(default_factory=LocalPages)       # where the pages are read
 
     @property
     def root(self) -> DumpImages:
@@ -99,9 +100,11 @@ def load(path: str | os.PathLike, *, shell_job: bool = False) -> DumpImages:
     return images.root
 
 
-def load_tree(path: str | os.PathLike, *, shell_job: bool = False) -> TreeImages:
-    """Every process of a dump, checked (module docstring)."""
+def load_tree(path: str | os.PathLike, *, shell_job: bool = False, pages: PageOrigin | None = None) -> TreeImages:
+    """Every process of a dump, checked (module docstring). pages: where the pages are
+    read (default: the directory's chain; transport/source.py RemotePages: a page server)."""
     d = ImageDir.open(path)
+    origin = pages or LocalPages()
     inv = d.inventory
     if inv.HasField("pre_dump_mode"):
         raise ImageError(f"{d.root}: a pre-dump, not a dump: restore needs the images of `coldsnap dump`")
@@ -110,15 +113,15 @@ def load_tree(path: str | os.PathLike, *, shell_job: bool = False) -> TreeImages
     living = tree.living
     anon_memfds = criu_anon_memfds(d)
     mms = {t.pid: _mm(d, t.pid, anon_memfds) for t in living}
-    shmem = _shmem_objects(d, mms)
-    sysv = _sysv(d, tree, mms)
-    memfds, memfd_files = _memfds(d, mms)
+    shmem = _shmem_objects(d, mms, origin)
+    sysv = _sysv(d, tree, mms, origin)
+    memfds, memfd_files = _memfds(d, mms, origin)
     registry = read_files_images(d.root, {t.pid: t.files_id for t in living},
                                  mapped_ids=set().union(*(_mapped_ids(mm) for mm in mms.values())))
     _check_shared_files(tree, registry)
-    procs = {t.pid: _load_process(d, tree, t, mms[t.pid], registry, shell_job) for t in living}
+    procs = {t.pid: _load_process(d, tree, t, mms[t.pid], registry, shell_job, origin) for t in living}
     _check_ids_free([tid for t in tree for tid in t.tids])
-    return TreeImages(d, tree, registry, procs, sessions, shmem, sysv, memfds, memfd_files)
+    return TreeImages(d, tree, registry, procs, sessions, shmem, sysv, memfds, memfd_files, origin)
 
 
 def _mm(d: ImageDir, pid: int, anon_memfds: dict[int, int]):
@@ -160,7 +163,7 @@ def _memfds_as_shared_anon(d: ImageDir, mm, anon_memfds: dict[int, int]) -> None
         v.ClearField("fdflags")
 
 
-def _shmem_objects(d: ImageDir, mms: dict) -> dict[int, ShmemImage]:
+def _shmem_objects(d: ImageDir, mms: dict, origin: PageOrigin) -> dict[int, ShmemImage]:
     """Every shared anonymous object the processes map (restore/shmem.py makes each once):
     its size is the largest window mapped; its saved pages must lie inside it."""
     sizes: dict[int, int] = {}
@@ -170,7 +173,7 @@ def _shmem_objects(d: ImageDir, mms: dict) -> dict[int, ShmemImage]:
                 sizes[v.shmid] = max(sizes.get(v.shmid, 0), v.pgoff + v.end - v.start)
     objects = {}
     for shmid, size in sorted(sizes.items()):
-        pages = ChainSource(d, shmid, shmem=True) if d.exists(pagemap_name(shmid, shmem=True)) else None
+        pages = origin.source(d, shmid, shmem=True)
         for offset, nbytes in pages.runs() if pages else ():
             if offset + nbytes > size:
                 raise ImageError(f"{d.root}: {pagemap_name(shmid, shmem=True)}: pages at {offset:#x} "
@@ -179,14 +182,14 @@ def _shmem_objects(d: ImageDir, mms: dict) -> dict[int, ShmemImage]:
     return objects
 
 
-def _memfds(d: ImageDir, mms: dict) -> tuple[dict[int, MemfdImage], dict[int, int]]:
+def _memfds(d: ImageDir, mms: dict, origin: PageOrigin) -> tuple[dict[int, MemfdImage], dict[int, int]]:
     """memfd.img (each inode with its pages) and the MEMFD file -> inode map of files.img;
     every memfd VMA must name one of those files, and each file an inode of memfd.img."""
     inodes = {}
     for e in d.read("memfd.img", missing_ok=True):
         if e.name == "/dev/zero":
             continue                # CRIU's shared anonymous memory (criu_anon_memfds)
-        pages = ChainSource(d, e.shmid, shmem=True) if d.exists(pagemap_name(e.shmid, shmem=True)) else None
+        pages = origin.source(d, e.shmid, shmem=True)
         for offset, nbytes in pages.runs() if pages else ():
             if offset + nbytes > ((e.size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)):
                 raise ImageError(f"{d.root}: {pagemap_name(e.shmid, shmem=True)}: pages at {offset:#x} "
@@ -205,10 +208,10 @@ def _memfds(d: ImageDir, mms: dict) -> tuple[dict[int, MemfdImage], dict[int, in
     return inodes, files
 
 
-def _sysv(d: ImageDir, tree: Tree, mms: dict) -> SysvImages:
+def _sysv(d: ImageDir, tree: Tree, mms: dict, origin: PageOrigin) -> SysvImages:
     """The dump's SysV objects; every attached segment must be one of them."""
     def pages(shmid: int):
-        return ChainSource(d, shmid, shmem=True) if d.exists(pagemap_name(shmid, shmem=True)) else None
+        return origin.source(d, shmid, shmem=True)
     sysv = read_sysv(d, tree.root_task.ns_ids.get("ipc", 0), pages)
     ids = {s.desc.id for s in sysv.segments}
     for pid, mm in mms.items():
@@ -231,16 +234,17 @@ def _check_shared_files(tree: Tree, registry: FileRegistry) -> None:
 
 
 def _load_process(d: ImageDir, tree: Tree, task: Task, mm, registry: FileRegistry,
-                  shell_job: bool) -> DumpImages:
+                  shell_job: bool, origin: PageOrigin) -> DumpImages:
     pid, tids = task.pid, task.tids
     cores = {tid: _core(d, tid) for tid in tids}
     _check_xstate(cores)
     files = registry.task(pid)
     validate_files(files, shell_job=shell_job)
     mapped = _mapped_files(d, mm, registry.files)
-    if not d.exists(pagemap_name(pid)):
-        raise ImageError(f"{d.root}: {pagemap_name(pid)} is missing")
-    private = ChainSource(d, pid)
+    private = origin.source(d, pid)
+    if private is None:
+        where = d.root if isinstance(origin, LocalPages) else origin
+        raise ImageError(f"{where}: {pagemap_name(pid)} is missing")
     # the vDSO's pages (CRIU saves them, and so does coldsnap for CRIU): the running vDSO
     # is moved there instead
     private.drop([(v.start, v.end) for v in mm.vmas if v.status & SPECIAL])

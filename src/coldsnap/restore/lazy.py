@@ -121,36 +121,46 @@ def _subtract(runs: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list
 
 class EagerPart:
     """The part of a page source written before the process runs: every run outside the lazy
-    areas, and the eager pages inside them (a PageSource for PageWriter)."""
+    areas, and the eager pages inside them (a PageSource for PageWriter). Only those pieces
+    are read from the source (a page server sends nothing else)."""
 
     def __init__(self, src: PageSource, layout: LazyLayout):
         self.src = src
         self.cut = layout.areas
         self.keep = layout.eager
+        self._held: list[np.ndarray] = []       # the buffers given out, until close()
+
+    def located(self) -> list[tuple[int, int, int, int]]:
+        return [(level, a, b - a, offset + a - vaddr) for level, vaddr, nbytes, offset in self.src.located()
+                for a, b in self._spans(vaddr, vaddr + nbytes)]
 
     def runs(self) -> list[tuple[int, int]]:
-        return [(v, n) for v, n, _, _ in self._pieces(((v, n, None, 0) for v, n in self.src.runs()))]
+        return [(v, n) for _, v, n, _ in self.located()]
 
     def mapped(self) -> Iterator[tuple[int, int, np.ndarray, int]]:
-        return self._pieces(self.src.mapped())
+        for level, vaddr, nbytes, offset in self.located():
+            buf = self.src.saved(level, offset, nbytes)
+            self._held.append(buf)
+            yield vaddr, nbytes, buf, 0
 
-    def _pieces(self, runs):
-        for vaddr, nbytes, buf, offset in runs:
-            end = vaddr + nbytes
-            spans = [(vaddr, end)]
-            for s, e in self.cut:
-                spans = [p for a, b in spans for p in ((a, min(b, s)), (max(a, e), b)) if p[0] < p[1]]
-            for s, e in self.keep:
-                lo, hi = max(vaddr, s), min(end, e)
-                if lo < hi:
-                    spans.append((lo, hi))
-            for a, b in sorted(spans):
-                yield a, b - a, buf, offset + a - vaddr
+    def saved(self, level: int, offset: int, nbytes: int) -> np.ndarray:
+        return self.src.saved(level, offset, nbytes)
+
+    def _spans(self, vaddr: int, end: int) -> list[tuple[int, int]]:
+        spans = [(vaddr, end)]
+        for s, e in self.cut:
+            spans = [p for a, b in spans for p in ((a, min(b, s)), (max(a, e), b)) if p[0] < p[1]]
+        for s, e in self.keep:
+            lo, hi = max(vaddr, s), min(end, e)
+            if lo < hi:
+                spans.append((lo, hi))
+        return sorted(spans)
 
     def read_into(self, vaddr: int, buf: memoryview) -> None:
         self.src.read_into(vaddr, buf)
 
     def close(self) -> None:
+        self._held.clear()
         self.src.close()
 
 

@@ -9,7 +9,8 @@ Started by restore/lazy_start.py (the part coldsnap imports); this module runs i
 coldsnap forks a short-lived middle process that calls setsid() and forks the **guardian**,
 which forks the **server**; both have their own session, no terminal, stdio on /dev/null
 (or the log file). The server answers faults (UFFDIO_COPY from the images' pages files,
-mapped read-only: one copy from the page cache; the fault's neighbourhood first), follows
+mapped read-only: one copy from the page cache; or from a page server's session, fetched
+first: memory/source.py; the fault's neighbourhood first), follows
 the events (fork: the child's own uffd, cloned state; mremap moves pending pages; munmap
 and madvise(DONTNEED) drop them: a later fault there gets zeros, as it would have), and
 between two polls pushes the rest in background order (lazy_pages.py). It exits 0 once
@@ -20,8 +21,9 @@ areas, and a missing page then faults in as zeros: a process whose server died w
 with holes. The guardian holds a copy of every uffd (coldsnap sends it each one, the server
 each fork's) so that the server's death leaves the faults waiting; it is the server's
 parent, so it learns its end with waitpid. A server that exits with anything but 0 (killed,
-crashed, aborted restore) makes the guardian SIGKILL every restored process and every
-descendant of theirs, wait until they are gone, and only then drop the uffds.
+crashed, its page server lost or wrong, aborted restore) makes the guardian SIGKILL every
+restored process and every descendant of theirs, wait until they are gone, and only then
+drop the uffds.
 
 The status: the server listens on the abstract unix socket `coldsnap-lazy-PID` (PID: the
 restored root; no file is made) and answers one JSON line (`coldsnap lazy-status PID`).
@@ -44,6 +46,7 @@ from ..kernel import uffd
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE as PAGE
 from ..kernel.pidfd import pidfd_open, pidfd_send_signal
 from ..kernel.procfs import child_pids
+from ..memory.source import PageSource
 from .lazy import lazy_layout
 from .lazy_pages import LazyPages, Run
 from .lazy_start import status_name
@@ -135,7 +138,7 @@ class Space:
     fd: int
     pid: int | None
     pages: LazyPages
-    source: object                      # the ChainSource its pages come from
+    source: PageSource                  # where its pages are read (images, or a page server)
     deferred: list[int] = field(default_factory=list)    # faults to retry (EAGAIN)
     window_end: int = 0                 # where the last fault's window ended
     ahead: int = AHEAD
@@ -169,6 +172,7 @@ class Server:
     # -- main loop -------------------------------------------------------------------
 
     def run(self) -> int:
+        self.images.origin.start()      # a page server: connected before any fault
         listener = self._status_socket()
         self.poller.register(self.ctl.fileno(), select.POLLIN)
         if listener is not None:
@@ -203,6 +207,7 @@ class Server:
         print(f"coldsnap lazy server: every page is in after {(time.monotonic() - self.t0) * 1e3:.0f} ms: "
               f"{c.pushed_pages} pushed, {c.fault_pages} on {c.faults} faults, {c.zero_pages} zero, {c.forks} forks, "
               f"{c.remaps} remaps, {c.removes} removes/unmaps, {c.split_runs} runs split", file=sys.stderr)
+        self.images.origin.close()      # a page server learns that every page is in
         return 0
 
     def _status_socket(self) -> socket.socket | None:
@@ -348,7 +353,8 @@ class Server:
 
     def _copy(self, space: Space, run: Run) -> int:
         """UFFDIO_COPY one run; the state follows what really went in. 0, or -errno."""
-        src = space.source.level_buffer(run.level).ctypes.data + run.off
+        saved = space.source.saved(run.level, run.off, run.npages << PAGE_SHIFT)   # held until we return
+        src = saved.ctypes.data
         err, done = uffd.copy(space.fd, run.vaddr, src, run.npages << PAGE_SHIFT)
         if done:
             space.pages.done(run.vaddr, done >> PAGE_SHIFT)

@@ -132,6 +132,7 @@ def _middle(images, root, out, pidfds, info_w, coldsnaps, server_ends, guardian_
     try:
         for s in coldsnaps:
             s.close() if isinstance(s, socket.socket) else os.close(s)
+        images.origin.forked()      # a page server's connection stays the restore's alone
         os.setsid()
         # every fork of a restored process while pages are outstanding costs the server and
         # the guardian an fd each (its child's uffd)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from ..errors import CsError, TargetError
 from ..files.ghost import GhostFiles
 from ..images.task import TASK_STOPPED
+from ..memory.source import PageOrigin
 from ..seize.freezer import freeze_tree
 from ..files.images import drop_streams, tcp_connections
 from .blank import kill_blank, make_blank_tree
@@ -53,24 +54,35 @@ class RestoreResult:
 
 def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bool = False,
             lazy_pages: bool = False, lazy_log: str | None = None, tcp_close: bool = False,
-            network_lock: bool = True) -> RestoreResult:
+            network_lock: bool = True, pages: PageOrigin | None = None) -> RestoreResult:
     """lazy_pages: private anonymous memory comes after the process runs, from a detached
     server (restore/lazy_server.py); lazy_log: where that server writes (else /dev/null).
+    pages: where the pages are read (default: the images directory; transport/source.py
+    RemotePages: a page server's session, closed here when the restore is done).
     tcp_close: saved TCP connections come back closed (the dump's lock is lifted all the same).
     network_lock=False: no lock of the restore's own while the connections are rebuilt."""
     t0 = time.perf_counter_ns()
+    try:
+        result = _load_and_restore(images_dir, t0, shell_job, lazy_pages, lazy_log, tcp_close, network_lock, pages)
+    finally:
+        if pages is not None:
+            pages.close()
+    if not detach:
+        result.exit_status = _wait(result.pid)
+    return result
+
+
+def _load_and_restore(images_dir, t0: int, shell_job: bool, lazy_pages: bool, lazy_log: str | None,
+                      tcp_close: bool, network_lock: bool, pages: PageOrigin | None) -> RestoreResult:
     with RestoreNetwork.of(images_dir) as net:
-        images = load_tree(images_dir, shell_job=shell_job)
+        images = load_tree(images_dir, shell_job=shell_job, pages=pages)
         if tcp_close:
             drop_streams(images.files)
         net.lock(tcp_connections(images.files), take=network_lock)
         with SharedMemory.make(images.shmem, images.sysv, images.memfds) as shm, make_ghosts(images) as ghosts:
             shm.give_sources(images.files, images.memfd_files)
-            result = _restore(images, shm, net, ghosts, t0, shell_job=shell_job, lazy_pages=lazy_pages,
-                              lazy_log=lazy_log)
-    if not detach:
-        result.exit_status = _wait(result.pid)
-    return result
+            return _restore(images, shm, net, ghosts, t0, shell_job=shell_job, lazy_pages=lazy_pages,
+                            lazy_log=lazy_log)
 
 
 def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts: GhostFiles,

@@ -26,7 +26,7 @@ from ..kernel.page import PAGE_SHIFT
 from ..memory.ranges import Ranges
 from ..memory.sink import PagemapKey
 from . import protocol as P
-from .wire import Endpoint, TlsFiles, recv_exact
+from .wire import Endpoint, TlsFiles, recv_exact, recv_into_exact
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -261,16 +261,27 @@ class PageServerClient:
 
     def read_pages(self, key: PagemapKey, vaddr: int, nr_pages: int) -> bytes:
         """The bytes of nr_pages pages at vaddr of pagemap KEY, wherever the chain keeps them."""
-        if not 0 < nr_pages <= P.BATCH_MAX_PAGES:
-            raise ValueError(f"read {nr_pages} pages: at most {P.BATCH_MAX_PAGES} at a time")
+        buf = bytearray(nr_pages << PAGE_SHIFT)
+        self.read_pages_into(key, vaddr, memoryview(buf))
+        return bytes(buf)
+
+    def read_pages_into(self, key: PagemapKey, vaddr: int, view: memoryview) -> None:
+        """Fill VIEW (whole pages, at most BATCH_MAX_PAGES) with the pages at vaddr of KEY.
+        An answer of any other length, a refusal or a bad checksum is a TransportError."""
+        nr_pages = view.nbytes >> PAGE_SHIFT
+        if not 0 < nr_pages <= P.BATCH_MAX_PAGES or view.nbytes & ((1 << PAGE_SHIFT) - 1):
+            raise ValueError(f"read {view.nbytes} bytes: whole pages, at most {P.BATCH_MAX_PAGES} at a time")
         self._send(P.Header(P.CS_GET, 0, nr_pages, vaddr, P.encode_dst(key.id, key.shmem)).pack())
         t = P.BatchTrailer.unpack(self._recv(P.TRAILER.size, "the answer to get"))
         if t.codec == P.CODEC_ERROR:
             raise TransportError(f"page server {self.endpoint}: pages {vaddr:#x}+{nr_pages} of "
                                  f"{key.id} are not in session {self.session}")
-        if t.length != nr_pages << PAGE_SHIFT:
-            raise TransportError(f"page server {self.endpoint}: answered {t.length} bytes for {nr_pages} pages")
-        data = bytes(self._recv(t.length, "pages"))
-        if self.features & P.FEAT_CRC and zlib.crc32(data) != t.crc:
+        if t.codec != P.CODEC_RAW or t.length != view.nbytes:
+            raise TransportError(f"page server {self.endpoint}: answered {t.length} bytes (codec {t.codec}) "
+                                 f"for {nr_pages} pages")
+        try:
+            recv_into_exact(self._sock, view, "pages")
+        except TransportError as e:
+            raise TransportError(f"page server {self.endpoint}: {e}") from None
+        if self.features & P.FEAT_CRC and zlib.crc32(view) != t.crc:
             raise TransportError(f"page server {self.endpoint}: checksum mismatch in pages at {vaddr:#x}")
-        return data

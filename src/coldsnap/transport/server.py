@@ -100,6 +100,7 @@ class Session:
         self.imgdir: ImageDir | None = None     # writing
         self.parent: ImageDir | None = None
         self.reading: ImageDir | None = None
+        self.chains: dict[tuple[int, bool], PageChain] = {}     # reading: opened pagemaps
         self.pagemap: _Pagemap | None = None
         self.buf = bytearray(_CHUNK)
         self._dctx = None
@@ -130,6 +131,9 @@ class Session:
             self.drop()
 
     def drop(self) -> None:
+        for chain in self.chains.values():
+            chain.close()
+        self.chains.clear()
         if self.pagemap is not None:
             self.pagemap.writer.abort()
             self.pagemap = None
@@ -367,6 +371,14 @@ class Session:
 
     # -- a reading session ------------------------------------------------------------
 
+    def chain(self, pid: int, shmem: bool) -> PageChain:
+        """The chain of one pagemap of the session read, opened once (a lazy restore asks
+        for pages thousands of times)."""
+        chain = self.chains.get((pid, shmem))
+        if chain is None:
+            chain = self.chains[(pid, shmem)] = PageChain(self.reading, pid, shmem)
+        return chain
+
     def read_command(self, h: P.Header) -> bool:
         if h.cmd in (P.PS_IOV_CLOSE, P.PS_IOV_FORCE_CLOSE):
             self.send(P.STATUS.pack(0))
@@ -389,16 +401,18 @@ class Session:
         elif h.cmd == P.CS_GET:
             if not 0 < h.nr_pages <= P.BATCH_MAX_PAGES or h.vaddr % PAGE_SIZE:
                 raise Refused(f"get of {h.nr_pages} pages at {h.vaddr:#x} is beyond the limits")
+            data = memoryview(self.buf)[:h.nr_pages << PAGE_SHIFT] if h.nr_pages << PAGE_SHIFT <= len(self.buf) \
+                else memoryview(bytearray(h.nr_pages << PAGE_SHIFT))
             try:
                 if not present:
                     raise ImageError("no such pagemap")
-                with PageChain(self.reading, pid, shmem) as chain:
-                    data = chain.lookup(h.vaddr, h.nr_pages)
+                self.chain(pid, shmem).lookup_into(h.vaddr, data)
             except ImageError:
                 self.send(P.BatchTrailer(P.CODEC_ERROR, 0, 0).pack())
                 return False
             crc = zlib.crc32(data) if self.features & P.FEAT_CRC else 0
-            self.send(P.BatchTrailer(P.CODEC_RAW, len(data), crc).pack() + data)
+            self.send(P.BatchTrailer(P.CODEC_RAW, data.nbytes, crc).pack())
+            self.send(data)
         else:
             raise Refused(f"command {h.cmd:#x} in a reading session")
         return False
@@ -453,6 +467,8 @@ class PageServer:
     def serve_one(self, conn: socket.socket, peer: str) -> None:
         try:
             conn.settimeout(self.options.idle_timeout)
+            # answers are a small trailer and the pages: no Nagle wait for the delayed ack
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls is not None:
                 try:
                     conn = self._tls.wrap_socket(conn, server_side=True)

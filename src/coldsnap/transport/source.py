@@ -1,0 +1,140 @@
+"""A page server's stored session as the pages of a restore (memory/source.py PageSource):
+`coldsnap restore -D DIR --page-server HOST:PORT`, eager or --lazy-pages.
+
+    origin = RemotePages(endpoint, options, session="final")
+    src = origin.source(imgdir, pid)        # covered runs asked once (CS_COVERED)
+    src.saved(0, vaddr, nbytes)             # fetched (CS_GET), whatever the chain over there
+
+Every run is at level 0 with its saved address as offset: the server resolves its own
+chain. What the server says is checked like an image: covered ranges must be page-aligned,
+ascending and inside an address space (the restore then checks them against the VMAs), an
+answer must be exactly the pages asked for (client.py); anything else is a TransportError,
+never a hole. When DIR holds the pagemap too, the server's ranges must be the same.
+
+One connection per process: the restore's, and the lazy-pages server's own (start()); a
+process forked from the restore lets the inherited one go without a word (forked()).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ImageError, TransportError
+from ..images.chain import PageChain
+from ..images.pages import pagemap_name
+from ..images.source import cut_runs
+from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
+from ..memory.sink import PagemapKey
+from . import protocol as P
+from .client import ClientOptions, PageServerClient
+from .wire import Endpoint
+
+FETCH_MAX = P.BATCH_MAX_PAGES << PAGE_SHIFT     # one CS_GET at most
+
+
+class RemotePages:
+    """The session SESSION of the page server at ENDPOINT, read (a PageOrigin)."""
+
+    def __init__(self, endpoint: Endpoint, options: ClientOptions = ClientOptions(), session: str = ""):
+        self.endpoint, self.options, self.session = endpoint, options, session
+        self._client: PageServerClient | None = None
+        self._keys: set[PagemapKey] | None = None
+
+    def __str__(self) -> str:
+        return f"session {self.session!r} of page server {self.endpoint}"
+
+    def client(self) -> PageServerClient:
+        if self._client is None:
+            self._client = PageServerClient(self.endpoint, self.options, session=self.session, reading=True)
+        return self._client
+
+    def source(self, imgdir, key: int, shmem: bool = False) -> "RemoteSource | None":
+        if self._keys is None:
+            self._keys = set(self.client().pagemaps())
+        pk = PagemapKey(key, shmem)
+        if pk not in self._keys:
+            return None
+        src = RemoteSource(self, pk)
+        name = pagemap_name(key, shmem)
+        if imgdir.exists(name):
+            with PageChain(imgdir, key, shmem) as chain:
+                local = chain.covered_ranges().merged()
+            theirs = [(v, v + n) for v, n in src.runs()]
+            if list(zip(local.starts.tolist(), local.ends.tolist())) != _joined(theirs):
+                raise ImageError(f"{imgdir.path(name)}: {self} holds other pages than this pagemap")
+        return src
+
+    def start(self) -> None:
+        self.client()
+
+    def forked(self) -> None:
+        """Close the inherited descriptor (the restore goes on using the connection)."""
+        if self._client is not None:
+            self._client.abort()
+            self._client = None
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except TransportError:
+                pass
+            self._client = None
+
+
+def _joined(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in pairs:
+        if out and out[-1][1] == s:
+            out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return out
+
+
+class RemoteSource:
+    """One pagemap of a page server's session (memory/source.py PageSource)."""
+
+    def __init__(self, origin: RemotePages, key: PagemapKey):
+        self.origin, self.key = origin, key
+        cov = origin.client().covered(key)
+        starts, ends = cov.starts.astype(np.uint64), cov.ends.astype(np.uint64)
+        bad = (starts % np.uint64(PAGE_SIZE) != 0) | (ends % np.uint64(PAGE_SIZE) != 0) | (ends <= starts) \
+            | (ends > np.uint64(P.ADDR_LIMIT))
+        if len(starts) > 1:
+            bad[1:] |= starts[1:] < ends[:-1]
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise TransportError(f"{origin}: pagemap {key.id}: range {int(starts[i]):#x}-{int(ends[i]):#x} "
+                                 "is not page-aligned, ascending and inside an address space")
+        self._runs = [(0, s, e - s, s) for s, e in zip(starts.tolist(), ends.tolist())]
+        self._held: list[np.ndarray] = []
+
+    def drop(self, areas: list[tuple[int, int]]) -> None:
+        """Forget the pages inside AREAS (the vDSO's: the running one is moved there)."""
+        self._runs = cut_runs(self._runs, areas)
+
+    def runs(self) -> list[tuple[int, int]]:
+        return [(v, n) for _, v, n, _ in self._runs]
+
+    def located(self) -> list[tuple[int, int, int, int]]:
+        return list(self._runs)
+
+    def saved(self, level: int, offset: int, nbytes: int) -> np.ndarray:
+        buf = np.empty(nbytes, np.uint8)
+        self.read_into(offset, memoryview(buf))
+        return buf
+
+    def mapped(self):
+        for _, vaddr, nbytes, offset in self._runs:
+            buf = self.saved(0, offset, nbytes)
+            self._held.append(buf)          # the writer's threads read it after we yield
+            yield vaddr, nbytes, buf, 0
+
+    def read_into(self, vaddr: int, buf: memoryview) -> None:
+        view = memoryview(buf).cast("B")
+        client = self.origin.client()
+        for at in range(0, view.nbytes, FETCH_MAX):
+            client.read_pages_into(self.key, vaddr + at, view[at:at + FETCH_MAX])
+
+    def close(self) -> None:
+        self._held.clear()
