@@ -1,6 +1,9 @@
 """Reading images back and comparing them with a live process's memory."""
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from pathlib import Path
 
 from coldsnap.images.directory import ImageDir
@@ -53,3 +56,22 @@ def wait_quiet(pid: int, timeout: float = 5.0) -> None:
             pass
         time.sleep(0.002)
     raise TimeoutError(f"{pid} did not block in read()")
+
+
+@contextlib.contextmanager
+def command_when_draining(w, where: Path, command: bytes):
+    """Send the workload a command once a drain into `where` has written its first pages."""
+    def watch():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if any(f.stat().st_size for f in where.glob(".*.staging/pages-*.img")):
+                break
+            time.sleep(0.0005)
+        w.proc.stdin.write(command)
+        w.proc.stdin.flush()
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        yield
+    finally:
+        t.join()

@@ -1,12 +1,10 @@
 """Live and frozen pre-dumps of real processes: contents, races, refusals, cleanliness."""
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from coldsnap.kernel import ptrace
 from coldsnap.seize.freezer import freeze
 
 from procs import coldsnap_argv, crit, crit_decode_each, need_crit, proc_state
-from predump_helpers import PG, coldsnap, image_pages, mismatched_pages, present_runs, wait_quiet
+from predump_helpers import PG, coldsnap, command_when_draining, image_pages, mismatched_pages, present_runs, wait_quiet
 from rseq_mask import masked
 
 FILLER = 0x100000000000
@@ -104,25 +102,6 @@ def test_target_exiting_during_the_drain_fails_cleanly(pattern, tmp_path):
     assert r.stderr.count("\n") == 1 and "exited during the pre-dump" in r.stderr, r.stderr
     assert w.proc.wait(5) == 3
     assert list(tmp_path.iterdir()) == []
-
-
-@contextlib.contextmanager
-def command_when_draining(w, where: Path, command: bytes):
-    """Send the workload a command once a drain into `where` has written its first pages."""
-    def watch():
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if any(f.stat().st_size for f in where.glob(".*.staging/pages-*.img")):
-                break
-            time.sleep(0.0005)
-        w.proc.stdin.write(command)
-        w.proc.stdin.flush()
-    t = threading.Thread(target=watch)
-    t.start()
-    try:
-        yield
-    finally:
-        t.join()
 
 
 def test_multithreaded_target_is_resumed_whole(spawn, workload_bin, tmp_path):

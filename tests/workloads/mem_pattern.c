@@ -7,6 +7,8 @@
  * number, prints "ready", then obeys one command per line:
  *   race      at once: munmap A, mprotect B to PROT_NONE, mremap C elsewhere, shrink D to
  *             its first half; print "done"
+ *   hide      mprotect B to PROT_NONE (not one byte written); print "hidden"
+ *   unhide    make B readable and writable again (still not written); print "shown"
  *   write N G rewrite N pages of the filler (every FILLER_PAGES/N-th page) with generation G
  *   gen       print the generation of every filler page's first word, as a count
  *   exit      exit at once with status 3
@@ -63,6 +65,12 @@ int main(int argc, char **argv)
 				   (char *)0x300000000000UL) == MAP_FAILED) { perror("mremap"); exit(1); }
 			munmap(v[3] + victim / 2 * PG, (victim - victim / 2) * PG);
 			printf("done\n");
+		} else if (!strncmp(line, "hide", 4)) {
+			mprotect(v[1], victim * PG, PROT_NONE);
+			printf("hidden\n");
+		} else if (!strncmp(line, "unhide", 6)) {
+			mprotect(v[1], victim * PG, PROT_READ | PROT_WRITE);
+			printf("shown\n");
 		} else if (!strncmp(line, "write", 5)) {
 			size_t n; uint64_t g;
 			sscanf(line + 5, "%zu %lu", &n, &g);
