@@ -13,3 +13,12 @@ def need_crit() -> str:
     if not os.path.exists(CRIT):
         pytest.skip("crit is not installed")
     return CRIT
+
+
+@pytest.fixture(scope="session")
+def fuzz_dump(tmp_path_factory):
+    """(images, layout): one dump of tests/workloads/fuzz_pair.c (a parent and its child,
+    both gone once it is made) that the hostile-image tests copy and mutate."""
+    from image_fuzz import Layout, make_dump
+    images = make_dump(tmp_path_factory.mktemp("fuzz"))
+    return images, Layout.of(images)

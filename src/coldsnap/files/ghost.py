@@ -122,7 +122,7 @@ def read_ghost(d: Path, gid: int) -> Ghost:
     path = d / ghost_image_name(gid)
     kind = framing.kind_for(path)
     try:
-        data = path.read_bytes()
+        data = framing.read_image_bytes(path)
     except OSError as e:
         raise ImageError(f"{path}: cannot read image: {e.strerror}") from None
     view = memoryview(data)

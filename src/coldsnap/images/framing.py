@@ -15,6 +15,7 @@ import enum
 import io
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,15 +268,41 @@ def write_image(path: Union[str, os.PathLike], kind: Union[ImageKind, str, None]
         return w.count
 
 
+def open_image(path: Union[str, os.PathLike]) -> int:
+    """An fd (O_CLOEXEC) on an image file to read. Anything but a regular file is refused:
+    a FIFO in its place would block the reader, a device (/dev/zero) never end.
+    FileNotFoundError passes through for the callers to whom a missing image means empty."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ImageError(f"{path}: cannot open image: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageError(f"{path}: not a regular file")
+    return fd
+
+
+def read_image_bytes(path: Union[str, os.PathLike]) -> bytes:
+    """The whole content of an image file (open_image's checks; FileNotFoundError passes)."""
+    fd = open_image(path)
+    try:
+        with open(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read image: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 def _load(path: Path, missing_ok: bool) -> Optional[bytes]:
     try:
-        return path.read_bytes()
+        return read_image_bytes(path)
     except FileNotFoundError:
         if missing_ok:
             return None
         raise ImageError(f"{path}: no such image") from None
-    except OSError as e:
-        raise ImageError(f"{path}: cannot read image: {e.strerror}") from e
 
 
 def check_header(view: memoryview, kind: ImageKind, where: str) -> int:

@@ -6,6 +6,7 @@ the caller's buffers, and the pagemap entries are encoded in one vectorised pass
 from __future__ import annotations
 
 import os
+import stat
 from array import array
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -15,7 +16,7 @@ import numpy as np
 from ..errors import ImageError
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..memory.ranges import Ranges
-from .framing import _U32, check_header, entry_size, kind_for, parse_entries
+from .framing import _U32, check_header, entry_size, kind_for, open_image, parse_entries, read_image_bytes
 from .pb import pagemap_pb2
 
 PE_PARENT, PE_LAZY, PE_PRESENT = 1, 2, 4
@@ -388,9 +389,9 @@ class PagemapReader:
     def _load(self):
         """Parse the head with protobuf and the entries with the vectorised decoder."""
         try:
-            data = self.path.read_bytes()
-        except OSError as e:
-            raise ImageError(f"{self.path}: cannot read pagemap: {e.strerror}") from e
+            data = read_image_bytes(self.path)
+        except FileNotFoundError:
+            raise ImageError(f"{self.path}: cannot read pagemap: no such file") from None
         view, where, kind = memoryview(data), str(self.path), kind_for(self.path)
         pos = check_header(view, kind, where)
         if pos == len(view):
@@ -430,9 +431,14 @@ class PagemapReader:
 
     def _check_pages_file(self) -> None:
         try:
-            size = os.stat(self.pages_path).st_size
+            st = os.stat(self.pages_path)
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageError(f"{self.pages_path}: not a regular file")
+            size = st.st_size
         except FileNotFoundError:
             size = None
+        except OSError as e:
+            raise ImageError(f"{self.pages_path}: {e.strerror}") from None
         if self.pages_bytes and size is None:
             raise ImageError(f"{self.pages_path}: missing, but {self.path.name} lists "
                              f"{self.pages_bytes >> PAGE_SHIFT} present pages")
@@ -456,7 +462,7 @@ class PagemapReader:
 
     def _fileno(self) -> int:
         if self._fd is None:
-            self._fd = os.open(self.pages_path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = open_image(self.pages_path)
         return self._fd
 
     def pread_into(self, offset: int, buf: memoryview) -> None:

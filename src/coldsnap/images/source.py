@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import ImageError
 from .chain import PageChain
 from .directory import ImageDir
+from .framing import open_image
 from .pages import pagemap_name
 
 
@@ -79,7 +80,7 @@ class ChainSource:
             path = self.files[level]
             if path is None:
                 raise ImageError(f"{self.where}: chain level {level} has no pages file")
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_image(path)
             try:
                 size = os.fstat(fd).st_size
                 m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None
