@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from coldsnap.images.pb import fdinfo_pb2
+
 from image_fuzz import Mutation, run_case
+
+
+def _entry_of_type(pristine, layout, kind: int):
+    from coldsnap.images.framing import kind_for, read_entries
+    msgs = [m for m, _ in read_entries(pristine / "files.img", kind_for("files.img"))]
+    index = next(i for i, m in enumerate(msgs) if m.type == kind)
+    return layout.entries["files.img"][index]
 
 
 def _pages(layout) -> str:
@@ -31,3 +40,22 @@ def test_a_pages_file_that_is_no_regular_file(fuzz_dump, tmp_path, target, words
 def test_a_fifo_in_place_of_an_image(fuzz_dump, tmp_path, name):
     pristine, _ = fuzz_dump
     _refused(pristine, Mutation("symlink", name, ("fifo",)), tmp_path, "not a regular file")
+
+
+def test_a_file_entry_whose_part_names_another_id(fuzz_dump, tmp_path):
+    """files.img entry N whose reg part says id M: filed under M, a KeyError once an fd
+    table looked N up."""
+    pristine, layout = fuzz_dump
+    entry = _entry_of_type(pristine, layout, fdinfo_pb2.REG)
+    _refused(pristine, Mutation("field", "files.img", (entry, (("reg", None), ("id", None)), 4242)),
+             tmp_path, "describes file 4242")
+
+
+def test_a_file_entry_retyped(fuzz_dump, tmp_path):
+    """A REG entry whose type says INETSK: the socket reader choked on its absent
+    address family (ValueError)."""
+    pristine, layout = fuzz_dump
+    entry = _entry_of_type(pristine, layout, fdinfo_pb2.REG)
+    index = [v.number for v in fdinfo_pb2.fd_types.DESCRIPTOR.values].index(fdinfo_pb2.INETSK)
+    _refused(pristine, Mutation("field", "files.img", (entry, (("type", None),), index)),
+             tmp_path, "not a valid INETSK file")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -92,10 +93,10 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
         if fid not in files:
             if fid not in entries:
                 raise ImageError(f"files.img: no file with id {fid}")
-            files[fid] = ops_to_restore(entries[fid]).from_image(entries[fid], regs)
+            files[fid] = _from_image(entries[fid], regs)
     for fid in mapped_ids:
         if fid not in files and fid in regs:
-            files[fid] = OPS[FdType.REG].from_image(entries[fid], regs)
+            files[fid] = _from_image(entries[fid], regs, OPS[FdType.REG])
     attach_tty_info(files, entries, framing.read_image(d / "tty-info.img", missing_ok=True) or ())
     remaps = read_remaps(d)
     for fid in sorted(files):
@@ -121,6 +122,21 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
         if isinstance(f, PipeFile) and f.pipe_id not in reg.pipe_data:
             reg.pipe_data[f.pipe_id] = PipeData(f.pipe_id, b"")
     return reg
+
+
+def _from_image(e: fdinfo_pb2.file_entry, regs, ops=None):
+    """The file of files.img entry E; the id its kind's part gives must be the entry's own
+    (a mismatch would file it under another id than the fd tables name)."""
+    try:
+        f = (ops or ops_to_restore(e)).from_image(e, regs)
+    except (ValueError, KeyError, IndexError, OverflowError, struct.error) as err:
+        # a kind's reader trusts its own fields (address families, lengths): a hostile
+        # entry breaks it in its own words
+        raise ImageError(f"files.img: entry {e.id} is not a valid {fdinfo_pb2.fd_types.Name(e.type)} "
+                         f"file: {err}") from None
+    if f.id != e.id:
+        raise ImageError(f"files.img: entry {e.id} describes file {f.id}")
+    return f
 
 
 def _read_streams(d: Path, reg: FileRegistry) -> None:
