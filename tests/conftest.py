@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import build_workload, proc_state  # noqa: F401  (fixtures below; tests import procs)
+from procs import build_workload, end_child, proc_state  # noqa: F401  (fixtures below; tests import procs)
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -116,9 +116,11 @@ class Workload:
         return self.proc.stdout.readline().decode().strip()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        """Kill and reap the workload, bounded in time whatever state a failed test left it
+        in (stopped, traced, frozen: procs.end_child)."""
+        if self.proc.returncode is None:
+            end_child(self.pid)
+            self.proc.returncode = -9
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 f.close()

@@ -44,6 +44,58 @@ def proc_state(pid: int, tid: int | None = None) -> tuple[str, int]:
     return state, int(tracer or 0)
 
 
+# -- ending a workload, bounded ----------------------------------------------------------------
+
+CGROUP_ROOTS = {"freezer": Path("/sys/fs/cgroup/freezer"), "": Path("/sys/fs/cgroup/unified")}
+
+
+def thaw_cgroups_of(pid: int) -> None:
+    """Thaw the freezer cgroups (v1 and v2) that hold PID: a task of a frozen v1 cgroup does
+    not die of SIGKILL until thawed. Errors are ignored: this only helps a teardown along."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        root = CGROUP_ROOTS.get(controllers)
+        if root is None or path == "/":
+            continue
+        knob, value = ("freezer.state", "THAWED") if controllers else ("cgroup.freeze", "0")
+        try:
+            (root / path.lstrip("/") / knob).write_text(value)
+        except OSError:
+            pass
+
+
+def end_child(pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL and reap a child of this process within TIMEOUT seconds, never blocking for
+    ever: a child that does not die (in a frozen cgroup, held in a D state) has its
+    freezer cgroups thawed once; still there after that, an AssertionError names its state."""
+    import signal
+    import time
+    thawed = False
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            got, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if got == pid:
+            return
+        if time.monotonic() > deadline:
+            if thawed:
+                raise AssertionError(f"child {pid} did not end within {2 * timeout} s of SIGKILL "
+                                     f"(state, tracer: {proc_state(pid)})")
+            thaw_cgroups_of(pid)
+            thawed, deadline = True, time.monotonic() + timeout
+        time.sleep(0.005)
+
+
 # -- the coldsnap command ------------------------------------------------------------------
 
 def coldsnap_argv(*args) -> list[str]:

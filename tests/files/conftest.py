@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from coldsnap.files.registry import TaskFiles  # noqa: E402
 from coldsnap.restore.fdtable import rebuild_fds  # noqa: E402
 
 from helpers import collect_files  # noqa: E402
+from procs import end_child  # noqa: E402
 
 HERE = Path(__file__).parent
 REPORT_FD = 1000      # the child's channel back to the test, far above dumped fds
@@ -55,8 +55,7 @@ class Rebuilt:
     def stop(self) -> None:
         if self.pid == 0:
             return
-        os.kill(self.pid, signal.SIGKILL)   # still our unreaped child: the pid is not reused
-        os.waitpid(self.pid, 0)
+        end_child(self.pid)                 # still our unreaped child: the pid is not reused
         self.pid = 0
 
 
