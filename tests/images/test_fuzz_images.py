@@ -2,7 +2,7 @@
 ends, for `show` and restore's loading, in a one-line coldsnap error or is accepted; a
 sample also goes through the `coldsnap show` and `coldsnap restore` commands.
 
-FUZZ_CASES (environment) sets the number of in-process cases (default 2000, ~40 s alone);
+FUZZ_CASES (environment) sets the number of in-process cases (default 1500, ~30 s alone);
 the longer job is bench/fuzz_images.py. Derandomized: CI runs the same cases every time."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from image_fuzz import Mutation, check_images, mutations, run_case
 from tree_helpers import reap_orphans
 
-CASES = int(os.environ.get("FUZZ_CASES", "2000"))
+CASES = int(os.environ.get("FUZZ_CASES", "1500"))
 DOCUMENTED_EXITS = {1, 3, 4, 5, 6}
 
 
@@ -88,7 +88,7 @@ def test_commands_on_a_sample_of_mutations(fuzz_dump, tmp_path):
     from procs import coldsnap
     pristine, layout = fuzz_dump
 
-    @fuzz_settings(12)
+    @fuzz_settings(10)
     @given(st.data())
     def case(data):
         m = data.draw(st.one_of(st.just(Mutation("flip", "stats-dump", (0, 0))), mutations(layout)),
