@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from . import cli_transport
+from . import cli_stream, cli_transport
 from .errors import AccessDenied, CsError, ImageError, Interrupted, NoSuchProcess, Unsupported
 
 EXIT_OK = 0
@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     pd = sub.add_parser("pre-dump", parents=[js],
                         help="save a running process's memory, keeping it frozen only to plan")
     pd.add_argument("-t", "--tree", type=_pid, required=True, metavar="PID", help="process to pre-dump")
-    pd.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="new or empty directory for the images")
+    pd.add_argument("-D", "--images-dir", metavar="DIR", help="new or empty directory for the images")
+    cli_stream.add_args(pd)
     pd.add_argument("--prev-images-dir", metavar="DIR", help="previous images to link as parent")
     pd.add_argument("--pre-dump-mode", choices=("nofreeze", "live", "frozen"),
                     help="nofreeze (default where userfaultfd write tracking works): track writes "
@@ -132,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     du = sub.add_parser("dump", parents=[js], help="checkpoint a process for good: all its state, then kill it")
     du.add_argument("-t", "--tree", type=_pid, required=True, metavar="PID", help="process to dump")
-    du.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="new or empty directory for the images")
+    du.add_argument("-D", "--images-dir", metavar="DIR", help="new or empty directory for the images")
+    cli_stream.add_args(du)
     du.add_argument("--prev-images-dir", metavar="DIR",
                     help="previous (pre-)dump to link as parent; with its parked tracking, "
                          "pages not written since are left to it")
@@ -163,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     ut.add_argument("pid", type=_pid, metavar="PID")
 
     rs = sub.add_parser("restore", parents=[js], help="bring a dumped process back to life (same PID and TIDs)")
-    rs.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="images of `coldsnap dump`")
+    rs.add_argument("-D", "--images-dir", metavar="DIR", help="images of `coldsnap dump`")
+    cli_stream.add_args(rs, restore=True)
     rs.add_argument("-d", "--restore-detached", action="store_true",
                     help="detach once the process runs (default: wait and pass its exit status on)")
     rs.add_argument("--ext-unix-sk", action="store_true",
@@ -214,6 +217,9 @@ def _json(obj, **how) -> str:
 
 def _out(args: argparse.Namespace, obj: dict, *lines: str) -> None:
     """The result of a command: one JSON object with --json, else its lines of text."""
+    if getattr(args, "defer_output", False):
+        args.deferred = (obj, lines)    # --stream: said once the stream is written
+        return
     _close_display()
     if getattr(args, "json", False):
         print(_json(obj))
@@ -223,8 +229,16 @@ def _out(args: argparse.Namespace, obj: dict, *lines: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command in ("pre-dump", "dump", "restore"):
+        cli_stream.check(args, UsageError)
     if args.command in ("pre-dump", "dump"):
         _refuse_lazy(args.tree)
+        if args.stream:
+            return cli_stream.run_dump(args, run_command)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
     if args.command == "pre-dump" and args.iterations > 1:
         return run_series(args)
     if args.command == "pre-dump":
@@ -258,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
                      freeze_cgroup=args.freeze_cgroup, ext_unix_sk=args.ext_unix_sk,
                      pages=cli_transport.page_target(args), tcp_close=args.tcp_close,
                      network_lock=args.network_lock != "skip",
-                     ghost_limit=args.ghost_limit)
+                     ghost_limit=args.ghost_limit, durable=not args.stream)
         _out(args, _result(args, stats, left_running=args.leave_running),
              f"dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
              f"written, {stats.pages_skipped_parent} in parent, frozen {stats.frozen_time / 1000:.2f} ms, "
@@ -372,9 +386,15 @@ def run_restore(args: argparse.Namespace) -> int:
         raise UsageError("--lazy-log goes with --lazy-pages")
     if args.tcp_close and args.tcp_established:
         raise UsageError("--tcp-close and --tcp-established contradict each other")
-    res = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job,
-                  lazy_pages=args.lazy_pages, lazy_log=args.lazy_log, tcp_close=args.tcp_close,
-                  network_lock=args.network_lock != "skip", pages=cli_transport.restore_pages(args))
+    how = dict(shell_job=args.shell_job, lazy_pages=args.lazy_pages, lazy_log=args.lazy_log,
+               tcp_close=args.tcp_close, network_lock=args.network_lock != "skip")
+    if args.stream:
+        with cli_stream.StreamSpool() as spool:     # removed once the process runs
+            res = restore(spool.read(), detach=True, **how)
+        if not args.restore_detached:
+            res.exit_status = os.waitpid(res.pid, 0)[1]
+    else:
+        res = restore(args.images_dir, detach=args.restore_detached, pages=cli_transport.restore_pages(args), **how)
     result = {"pid": res.pid, "processes": res.processes, "threads": res.threads, "total_ms": round(res.total_ns / 1e6, 3),
               "memory_ms": round(res.stats.memory_ns / 1e6, 3), "injected_calls": res.stats.calls}
     if res.lazy_server is not None:
