@@ -3,6 +3,7 @@ options of pre-dump and dump (kept apart from cli.py, which calls in here)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import CsError
@@ -98,6 +99,10 @@ def add_migrate_commands(sub) -> None:
     mg.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                     help="give up (the source runs on) when the destination is silent this long (default 60)")
     mg.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
+    mg.add_argument("--on-switchover", metavar="CMD",
+                    help="shell command run here once the destination runs the process and the source is "
+                         "killed, before the source's network lock is lifted: move the service address "
+                         "(env COLDSNAP_SOURCE_PID, COLDSNAP_DESTINATION_PID; its output goes to stderr)")
     add_tls_args(mg)
 
 
@@ -126,7 +131,8 @@ def run_migrate(args: argparse.Namespace) -> int:
     try:
         r = migrate(args.tree, Endpoint.parse(args.to), opts,
                     policy=Policy(args.max_downtime, args.max_iterations), workdir=work,
-                    report=(lambda line: print(line, file=sys.stderr, flush=True)) if show else (lambda line: None))
+                    report=(lambda line: print(line, file=sys.stderr, flush=True)) if show else (lambda line: None),
+                    on_switchover=_switchover_hook(args.on_switchover, args.to))
     finally:
         if not args.images_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -138,6 +144,23 @@ def run_migrate(args: argparse.Namespace) -> int:
               f"{r.final_dump_ms:.1f}, restore {r.restore_ms:.1f}), {r.final_pages} pages in the final dump, "
               f"total {r.total_ms / 1000:.2f} s")
     return 0
+
+
+def _switchover_hook(cmd: str | None, to: str):
+    """migrate's on_switchover for --on-switchover CMD: `sh -c CMD`, a failure in one line."""
+    if cmd is None:
+        return None
+    import subprocess
+
+    def run(result) -> None:
+        env = dict(os.environ, COLDSNAP_SOURCE_PID=str(result.pid),
+                   COLDSNAP_DESTINATION_PID=str(result.destination_pid))
+        rc = subprocess.run(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
+                            env=env).returncode
+        if rc:
+            raise CsError(f"{result.pid} runs on {to} (pid {result.destination_pid} there), but "
+                          f"--on-switchover exited {rc}")
+    return run
 
 
 def read_token(path: str | None) -> bytes | None:

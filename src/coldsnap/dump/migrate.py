@@ -16,7 +16,10 @@ Established TCP connections are saved by the final dump and rebuilt over there; 
 network lock stays on the source until the source is killed, then migrate lifts it (the
 destination's restore takes and lifts a lock of the same name in its own network namespace).
 A connection goes on only when its address moves with the process; otherwise its peer gets
-a reset once the source's lock is lifted.
+a reset once the source's lock is lifted. on_switchover (`--on-switchover CMD`) is where the
+address moves: it runs once the destination runs the process and the source is killed, while
+the source's lock still drops the connections' packets (so this host never answers them with
+a reset), and the lock is lifted after it, whatever it did.
 """
 from __future__ import annotations
 
@@ -91,7 +94,8 @@ def _stop_reason(its: list[Iteration], policy: Policy) -> str:
 
 
 def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *, policy: Policy = Policy(),
-            workdir: str | Path | None = None, report: Callable[[str], None] = lambda line: None) -> MigrateResult:
+            workdir: str | Path | None = None, report: Callable[[str], None] = lambda line: None,
+            on_switchover: Callable[[MigrateResult], None] | None = None) -> MigrateResult:
     t_start = time.perf_counter()
     base = Path(workdir or tempfile.mkdtemp(prefix="coldsnap-migrate-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -152,7 +156,11 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
             except CsError:
                 pass
         raise MigrationFailed(f"migration of {pid} to {to} failed, {pid} runs on here: {e}") from None
-    _lift_source_lock(final)            # the source is gone: its connections' packets go to the destination
+    try:
+        if on_switchover is not None:
+            on_switchover(result)       # e.g. the service address moves: no packet is answered here meanwhile
+    finally:
+        _lift_source_lock(final)        # the source is gone: its connections' packets go to the destination
     result.total_ms = round((time.perf_counter() - t_start) * 1000, 1)
     return result
 
