@@ -93,7 +93,7 @@ def main() -> int:
     meta = run_meta("migrate_redis.py", None)
     lines = [SECTION, "", f"Command: `{meta['cmd']}`  ", f"coldsnap: {meta['rev']}  ",
              f"Date: {meta['date']}; kernel `{meta['uname']}`; {meta['cpus']} CPUs (shared machine); "
-             f"Redis {subprocess.run([REDIS, '--version'], capture_output=True, text=True).stdout.split()[2]}.", "",
+             f"Redis {subprocess.run([REDIS, '--version'], capture_output=True, text=True).stdout.split()[2].removeprefix('v=')}.", "",
              "| size | keys | iterations (stop reason) | downtime ms (final dump / restore) | longest SET or GET ms "
              "| client ops | errors, missing keys | connections received before / after |",
              "|---|---|---|---|---|---|---|---|"]

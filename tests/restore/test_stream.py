@@ -300,3 +300,22 @@ def test_reader_dying_mid_stream_keeps_the_images(workload_bin, python_exe, tmp_
         assert not w.failures()
     finally:
         w.stop()
+
+
+def test_a_dump_that_fails_streams_nothing_and_the_restore_says_so(tmp_path):
+    """The target gone before the dump could take it: the dump fails (exit 3) with nothing on
+    its stdout, and the restore at the pipe's other end fails in one line (exit 6)."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    env = _env(tmp_path)
+    dump = subprocess.Popen(coldsnap_argv("dump", "-t", p.pid, "--stream"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    restore = subprocess.run(coldsnap_argv("restore", "--stream", "-d"), stdin=dump.stdout,
+                             capture_output=True, env=env, timeout=60)
+    dump.stdout.close()
+    dump_err = dump.stderr.read().decode()
+    assert dump.wait(timeout=30) == 3 and len(dump_err.strip().splitlines()) == 1, dump_err
+    r = Run(restore.args, restore.returncode, restore.stdout.decode(), restore.stderr.decode())
+    assert_one_line_error(r)
+    assert r.returncode == EXIT_BAD_IMAGE and "truncated after 0 bytes" in r.stderr
+    assert spools_left(tmp_path) == []
