@@ -3,10 +3,11 @@ or stdin (images/stream.py) instead of a directory, e.g. `coldsnap dump -t PID -
 ssh host coldsnap restore --stream -d`.
 
 The (pre-)dump itself is unchanged and writes into a private spool directory (mkdtemp under
-$TMPDIR, 0700, committed without fsync): its frozen window is that of a dump with -D. The
-stream is written from the spool once the command's work is done (the target already killed
-or running again), and the spool is removed. If the stream breaks after a dump killed its
-target, the spool is all that is left of the process: it is kept and the error names it.
+$TMPDIR, 0700; a dump's committed without fsync): its frozen window is that of a dump with
+-D. The stream is written from the spool once the command's work is done (the target
+already killed or running again), and the spool is removed. If the stream breaks (or a
+signal ends coldsnap) after a dump killed its target, the spool is all that is left of the
+process: it is kept and the error names it.
 A restore reads the whole stream into its own spool, checks it to its end marker, restores
 from it and removes it (before waiting for the process, without -d): a truncated, corrupt or
 hostile stream makes no process. Results and errors go to stderr, stdout carries the stream.
@@ -16,12 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .errors import CsError, ImageError
+from .errors import CsError, ImageError, Interrupted
 
 SPOOL_PREFIX = "coldsnap-stream."
 
@@ -96,15 +98,11 @@ def run_dump(args: argparse.Namespace, inner: Callable[[argparse.Namespace], int
     try:
         counts = write_stream(images, out)
         os.close(out)
-    except ImageError as e:
-        if target_gone:
-            raise type(e)(f"{e}; the images are kept in {images}") from None
-        shutil.rmtree(spool, ignore_errors=True)
-        raise
-    except BaseException:
+    except BaseException as e:
         if not target_gone:
             shutil.rmtree(spool, ignore_errors=True)
-        raise
+            raise
+        raise _kept(e, images) from None
     shutil.rmtree(spool, ignore_errors=True)
     obj, lines = args.deferred
     obj = {**obj, "images_dir": None, "stream": {"levels": counts.levels, "entries": counts.entries,
@@ -114,6 +112,16 @@ def run_dump(args: argparse.Namespace, inner: Callable[[argparse.Namespace], int
     _out(args, obj, *lines, f"streamed {counts.levels} images director{'ies' if counts.levels > 1 else 'y'}, "
                             f"{counts.entries} files, {counts.stream_bytes / (1 << 20):.1f} MiB")
     return code
+
+
+def _kept(e: BaseException, images: Path) -> BaseException:
+    """The error of a stream broken after the dump killed its target (a broken pipe, a
+    signal...), its words naming where the images stay: they are all that is left of it."""
+    if isinstance(e, KeyboardInterrupt):
+        e = Interrupted(signal.SIGINT)
+    if isinstance(e, (ImageError, Interrupted)):
+        e.args = (f"{e}; the images are kept in {images}",)
+    return e
 
 
 class StreamSpool:

@@ -319,3 +319,47 @@ def test_a_dump_that_fails_streams_nothing_and_the_restore_says_so(tmp_path):
     assert_one_line_error(r)
     assert r.returncode == EXIT_BAD_IMAGE and "truncated after 0 bytes" in r.stderr
     assert spools_left(tmp_path) == []
+
+
+def test_restore_stream_without_detach_removes_its_spool_while_the_process_runs(real_stream, tmp_path):
+    """Without -d the restore waits for the process and passes its status on; its spool is
+    gone as soon as the process runs, not when it ends."""
+    restore = subprocess.Popen(coldsnap_argv("restore", "--stream"), stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(tmp_path))
+    restore.stdin.write(real_stream)
+    restore.stdin.close()
+    pid = None
+    try:
+        deadline = time.monotonic() + 30
+        while pid is None or spools_left(tmp_path):     # the spool goes once the process runs
+            kids = Path(f"/proc/{restore.pid}/task/{restore.pid}/children").read_text().split()
+            pid = next((int(k) for k in kids if alive(int(k))), None)
+            assert time.monotonic() < deadline and restore.poll() is None, restore.stderr.read()
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert restore.poll() is None and alive(pid), "the restore ended with its process running"
+        os.kill(pid, signal.SIGKILL)
+        assert restore.wait(timeout=30) == 128 + signal.SIGKILL
+    finally:
+        if restore.poll() is None:
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+            restore.kill()
+            restore.wait()
+
+
+def test_a_dump_interrupted_mid_stream_keeps_the_images(workload_bin, python_exe, tmp_path):
+    w = start_workload("rst_memory", workload_bin, python_exe, tmp_path)
+    try:
+        dump = subprocess.Popen(coldsnap_argv("dump", "-t", w.pid, "--stream"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(tmp_path))
+        dump.stdout.read(4096)                  # streaming: the target is gone already
+        dump.send_signal(signal.SIGTERM)
+        err = dump.stderr.read().decode()
+        assert dump.wait(timeout=30) == 128 + signal.SIGTERM, err
+        dump.stdout.close()
+        assert len(err.strip().splitlines()) == 1 and "interrupted by SIGTERM; the images are kept in" in err
+        assert Path(err.strip().rsplit(" ", 1)[1]).is_dir()
+        w.reap_dumped()
+    finally:
+        w.stop()
