@@ -363,3 +363,23 @@ def test_a_dump_interrupted_mid_stream_keeps_the_images(workload_bin, python_exe
         w.reap_dumped()
     finally:
         w.stop()
+
+
+def test_a_stream_filling_the_spool_fails_cleanly(tmp_path):
+    """Entries each smaller than the free space, together larger: the spool's filesystem (a
+    1 MiB tmpfs of a private mount namespace here) would run full; the entry that does not fit
+    any more is refused (or, were the space taken meanwhile, its write fails): one line, exit 6."""
+    stream = (StreamBuilder().file(b"inventory.img", b"")
+              .file(b"pages-1.img", b"x" * (600 << 10)).file(b"pages-2.img", b"y" * (600 << 10)).end())
+    (tmp_path / "s").write_bytes(stream)
+    spool = tmp_path / "small"
+    spool.mkdir()
+    script = (f"mount -t tmpfs -o size=1m none {spool} && TMPDIR={spool} "
+              f"{' '.join(coldsnap_argv('restore', '--stream', '-d'))} < {tmp_path / 's'}; "
+              f"rc=$?; ls -A {spool}; exit $rc")
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                       capture_output=True, text=True, timeout=60)
+    r = Run(p.args, p.returncode, p.stdout, p.stderr)
+    assert_one_line_error(r)
+    assert r.returncode == EXIT_BAD_IMAGE and "entry pages-2.img" in r.stderr, r.stderr
+    assert r.stdout == "", f"left in the spool: {r.stdout}"

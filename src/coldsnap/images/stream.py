@@ -47,7 +47,7 @@ KIND_FILE, KIND_END = 1, 2
 CHUNK = 1 << 20
 F_SETPIPE_SZ = 1031
 MAX_LEVELS = 1024                       # parent chains deeper than this are refused
-MAX_ENTRIES = 1 << 20
+MAX_ENTRIES = 1 << 16                   # a dump of 100 processes has about 1500
 NAME_MAX = 255
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -285,7 +285,10 @@ def _spool_file(inp: _In, level: ImageDir, size: int, name: str, buf: memoryview
             inp.fill(chunk, f"entry {name}")
             view = chunk
             while view:
-                view = view[os.write(fd, view):]
+                try:
+                    view = view[os.write(fd, view):]
+                except OSError as e:
+                    raise ImageError(f"stream: cannot spool entry {name} into {level.root}: {e.strerror}") from None
             left -= len(chunk)
     finally:
         os.close(fd)
