@@ -98,6 +98,10 @@ def add_migrate_commands(sub) -> None:
     mg.add_argument("--compress", action="store_true", help="zstd-compress pages on the wire")
     mg.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                     help="give up (the source runs on) when the destination is silent this long (default 60)")
+    mg.add_argument("--post-copy", action="store_true",
+                    help="after the pre-copy iterations, send no private page: the destination runs the "
+                         "process at once and fetches them from this command, which serves until it has "
+                         "them all (losing this host meanwhile kills the process there)")
     mg.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
     mg.add_argument("--on-switchover", metavar="CMD",
                     help="shell command run here once the destination runs the process and the source is "
@@ -132,7 +136,8 @@ def run_migrate(args: argparse.Namespace) -> int:
         r = migrate(args.tree, Endpoint.parse(args.to), opts,
                     policy=Policy(args.max_downtime, args.max_iterations), workdir=work,
                     report=(lambda line: print(line, file=sys.stderr, flush=True)) if show else (lambda line: None),
-                    on_switchover=_switchover_hook(args.on_switchover, args.to))
+                    on_switchover=_switchover_hook(args.on_switchover, args.to),
+                    post_copy=args.post_copy)
     finally:
         if not args.images_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -141,8 +146,9 @@ def run_migrate(args: argparse.Namespace) -> int:
     else:
         print(f"migrated {r.pid} to {args.to} (pid {r.destination_pid} there) after {len(r.iterations)} "
               f"pre-copy iterations ({r.stop_reason}): downtime {r.downtime_ms:.1f} ms (final dump "
-              f"{r.final_dump_ms:.1f}, restore {r.restore_ms:.1f}), {r.final_pages} pages in the final dump, "
-              f"total {r.total_ms / 1000:.2f} s")
+              f"{r.final_dump_ms:.1f}, restore {r.restore_ms:.1f}), {r.final_pages} pages in the final dump"
+              + (f" ({r.post_copy_pages} pages came after, in {r.post_copy_ms:.0f} ms)" if r.post_copy else "")
+              + f", total {r.total_ms / 1000:.2f} s")
     return 0
 
 

@@ -8,6 +8,12 @@
       ──► with the tree still frozen: the destination restores the final session and says
           the process runs ──► only then is the source killed
 
+--post-copy (dump/postcopy.py): the final dump keeps the private pages here and sends only
+the images and the pagemaps; the destination restores lazily at once and fetches them from
+a page server this process runs until the destination's lazy server has them all. After
+the confirmation the source is gone: losing this host or this process from then on kills
+the migrated process over there (it cannot run with holes).
+
 Until the destination confirms, any failure (destination gone, link cut, a refused image,
 a timeout) leaves the source running: the dump resumes the tree (TCP repair off, its network
 lock lifted), and coldsnap's tracking is taken out of it.
@@ -70,6 +76,9 @@ class MigrateResult:
     final_pages: int = 0
     final_bytes: int = 0
     total_ms: float = 0.0
+    post_copy: bool = False
+    post_copy_pages: int = 0        # left to the destination's lazy server (from here and its chain)
+    post_copy_ms: float = 0.0       # "running" over there to its last page in
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -95,14 +104,18 @@ def _stop_reason(its: list[Iteration], policy: Policy) -> str:
 
 def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *, policy: Policy = Policy(),
             workdir: str | Path | None = None, report: Callable[[str], None] = lambda line: None,
-            on_switchover: Callable[[MigrateResult], None] | None = None) -> MigrateResult:
+            on_switchover: Callable[[MigrateResult], None] | None = None,
+            post_copy: bool = False) -> MigrateResult:
+    """post_copy: the final dump sends no private page; the destination restores lazily at
+    once and fetches them from a page server run here until it has them all (dump/postcopy.py)."""
     t_start = time.perf_counter()
     base = Path(workdir or tempfile.mkdtemp(prefix="coldsnap-migrate-"))
     base.mkdir(parents=True, exist_ok=True)
     tag = f"m{os.getpid()}-{int(time.time() * 1000) % 10**9}"      # session names unique on the destination
     target = ServerPages(to, options)
-    result = MigrateResult(pid, 0)
+    result = MigrateResult(pid, 0, post_copy=post_copy)
     dumped = False
+    source = None
     try:
         with PreDumpSeries(pid, base, track="uffd", park=True, pages=target) as series:
             rate = 1.0
@@ -125,18 +138,25 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
             prev = series.prev
         report(f"stopping: {result.stop_reason}; final dump")
         final = base / f"{tag}-final"
-        final_target = ServerPages(to, options, send_images=True)
+        if post_copy:
+            from .postcopy import PostCopyPages, SourcePageServer
+            final_target = PostCopyPages(to, options)
+            source = SourcePageServer(base, to, options)
+            request = source.request(final.name)
+        else:
+            final_target, request = ServerPages(to, options, send_images=True), None
         timing: dict[str, float] = {}
 
         def switchover() -> None:
             timing["committed"] = time.perf_counter()
             with PageServerClient(to, options, session=final.name, reading=True) as c:
-                answer = c.restore()
+                answer = c.restore(request=request)
             timing["running"] = time.perf_counter()
             if "pid" not in answer:
                 raise TransportError(f"the destination could not restore: {answer.get('error', answer)}")
             result.destination_pid = int(answer["pid"])
             result.restore_inner_ms = float(answer.get("total_ms") or 0.0)
+            result.post_copy_pages = int(answer.get("lazy_pages") or 0)
 
         try:
             stats = dump(pid, final, prev_images_dir=prev, pages=final_target, after_commit=switchover,
@@ -150,6 +170,8 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
         result.downtime_ms = round(stats.frozen_time / 1000, 2)
         result.final_dump_ms = round(result.downtime_ms - result.restore_ms, 2)
     except (CsError, OSError) as e:
+        if source is not None:
+            source.stop()
         if not dumped:
             try:
                 untrack(pid)            # the source runs on, without coldsnap's tracking
@@ -161,6 +183,13 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
             on_switchover(result)       # e.g. the service address moves: no packet is answered here meanwhile
     finally:
         _lift_source_lock(final)        # the source is gone: its connections' packets go to the destination
+        if source is not None:          # whatever the hook did: the process over there needs its pages
+            report(f"{pid} runs at {to}; serving its last pages from {source.endpoint}")
+            try:
+                source.wait_done(options.timeout)
+            finally:
+                source.stop()
+            result.post_copy_ms = round((source.t_end - timing["running"]) * 1000, 1)
     result.total_ms = round((time.perf_counter() - t_start) * 1000, 1)
     return result
 

@@ -18,7 +18,7 @@ from ..kernel.libc import libc
 from .directory import ImageDir
 from ..kernel.page import PAGE_SHIFT
 from ..memory.ranges import Ranges
-from .pages import PE_PARENT, PE_PRESENT, PagemapReader, pagemap_name, pages_name
+from .pages import PE_LAZY, PE_PARENT, PE_PRESENT, PagemapReader, pagemap_name, pages_name
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -44,6 +44,7 @@ class PageChain:
         self.shmem = shmem
         self.dirs = self.top.chain()
         self._readers: dict[int, PagemapReader] = {}
+        self.lazy_level: int | None = None   # set: PE_LAZY runs are located at this level
         self.reader(0)  # the top directory must have this pagemap
 
     def reader(self, level: int) -> Optional[PagemapReader]:
@@ -111,6 +112,8 @@ class PageChain:
                 out.append((level, pos, stop - pos, int(r.offset[i]) + pos - int(r.vaddr[i])))
             elif flags & PE_PARENT:
                 self._locate(level + 1, pos, stop, out)
+            elif flags & PE_LAZY and self.lazy_level is not None:
+                out.append((self.lazy_level, pos, stop - pos, pos))     # kept elsewhere, by address
             else:
                 raise ImageError(f"{r.path}: pages {pos:#x}-{stop:#x} are lazy, not in the image")
             pos, i = stop, i + 1

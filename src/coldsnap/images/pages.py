@@ -183,7 +183,7 @@ class PagemapWriter:
         self._data = 0            # bytes of present pages recorded (the pages file's end)
         self._reserved = 0        # end of the furthest reserved area in the pages file
         self._adopted = False     # the pages file came allocated (adopt_pages_file)
-        self.nr_present = self.nr_parent = self.nr_skipped = 0
+        self.nr_present = self.nr_parent = self.nr_skipped = self.nr_lazy = 0
         self.closed = False
 
     def _advance(self, vaddr: int, nr_pages: int) -> None:
@@ -301,6 +301,13 @@ class PagemapWriter:
         self._advance(vaddr, nr_pages)
         self._add(vaddr, nr_pages, PE_PARENT)
         self.nr_parent += nr_pages
+
+    def add_lazy(self, vaddr: int, nr_pages: int) -> None:
+        """Pages whose bytes stay elsewhere, fetched by a lazy restore (PE_LAZY alone, as
+        CRIU writes them for --lazy-pages): the source of a post-copy migration keeps them."""
+        self._advance(vaddr, nr_pages)
+        self._add(vaddr, nr_pages, PE_LAZY)
+        self.nr_lazy += nr_pages
 
     def add_skipped(self, vaddr: int, nr_pages: int) -> None:
         """Pages planned but unreadable: recorded in the head, never trusted later."""

@@ -10,6 +10,7 @@ from typing import Iterator, Union
 import numpy as np
 
 from ..errors import ImageError
+from ..memory.source import PageSource
 from .chain import PageChain
 from .directory import ImageDir
 from .framing import open_image
@@ -35,36 +36,57 @@ def cut_runs(runs: list[tuple[int, int, int, int]], areas: list[tuple[int, int]]
 
 class LocalPages:
     """Where a restore reads pages by default: each pagemap's chain in the images directory
-    (the other origin: transport/source.py RemotePages, a page server's session)."""
+    (the other origin: transport/source.py RemotePages, a page server's session). LAZY: where
+    the chain's PE_LAZY runs are (a post-copy migration's source), read by address."""
+
+    def __init__(self, lazy=None):
+        self.lazy = lazy
 
     def source(self, imgdir: ImageDir, key: int, shmem: bool = False) -> "ChainSource | None":
         """The pages of pagemap KEY, or None when the dump has no such pagemap."""
-        return ChainSource(imgdir, key, shmem) if imgdir.exists(pagemap_name(key, shmem)) else None
+        if not imgdir.exists(pagemap_name(key, shmem)):
+            return None
+        return ChainSource(imgdir, key, shmem, lazy=self.lazy.by_address(key, shmem) if self.lazy else None)
 
     def start(self) -> None:
-        """In the lazy-pages server, before it serves: nothing to open here."""
+        """In the lazy-pages server, before it serves."""
+        if self.lazy is not None:
+            self.lazy.start()
 
     def forked(self) -> None:
-        """In a process forked from the restore: nothing inherited to let go."""
+        """In a process forked from the restore: let go of what was inherited."""
+        if self.lazy is not None:
+            self.lazy.forked()
 
     def close(self) -> None:
-        pass
+        if self.lazy is not None:
+            self.lazy.close()
 
 
 class ChainSource:
     """The pages of pagemap KEY (a pid, or a shmid with shmem=True) as the chain holds them.
 
     The pagemaps are read (and checked) here; the pages files are mapped read-only on the
-    first mapped() and unmapped by close()."""
+    first mapped() and unmapped by close().
 
-    def __init__(self, imgdir: Union[ImageDir, str, os.PathLike], key: int, shmem: bool = False):
+    LAZY: where the chain's PE_LAZY runs are read, by address (a post-copy migration's
+    source). Its runs are level 0, and the chain's levels come after it: they are the
+    newest pages (the final delta), and fetched first, the source is free the soonest."""
+
+    def __init__(self, imgdir: Union[ImageDir, str, os.PathLike], key: int, shmem: bool = False,
+                 lazy: "PageSource | None" = None):
+        self.lazy = lazy
+        self._shift = 1 if lazy is not None else 0     # levels of the chain, past the lazy one
         with PageChain(imgdir, key, shmem=shmem) as chain:
-            self._runs = chain.sources()          # (level, vaddr, nbytes, offset)
-            self.files = [r.pages_path if r is not None else None
-                          for r in (chain.reader(level) for level in range(len(chain.dirs)))]
+            if lazy is not None:
+                chain.lazy_level = -1
+            self._runs = [(level + self._shift, v, n, off) for level, v, n, off in chain.sources()]
+            self.files = [None] * self._shift + [r.pages_path if r is not None else None
+                                                 for r in (chain.reader(level) for level in range(len(chain.dirs)))]
             self.where = chain.top.path(pagemap_name(key, shmem))
         self._starts = [vaddr for _, vaddr, _, _ in self._runs]
         self._maps: dict[int, np.ndarray] = {}
+        self._held: list[np.ndarray] = []        # lazy runs fetched for mapped(), until close()
 
     def drop(self, areas: list[tuple[int, int]]) -> None:
         """Forget the pages inside AREAS ([start, end) pairs): runs are cut around them."""
@@ -93,14 +115,30 @@ class ChainSource:
 
     def mapped(self) -> Iterator[tuple[int, int, np.ndarray, int]]:
         for level, vaddr, nbytes, offset in self._runs:
-            yield vaddr, nbytes, self._level(level), offset
+            if self._shift and level == 0:
+                buf = self.saved(level, offset, nbytes)
+                self._held.append(buf)      # read by the writer's threads after we yield
+                yield vaddr, nbytes, buf, 0
+            else:
+                yield vaddr, nbytes, self._level(level), offset
 
     def located(self) -> list[tuple[int, int, int, int]]:
-        """(level, vaddr, nbytes, offset) of every run: level 0 is this dump, 1 its parent..."""
+        """(level, vaddr, nbytes, offset) of every run: level 0 is this dump, 1 its parent...
+        (with a lazy source: 0 is the lazy source, 1 this dump...)"""
         return list(self._runs)
 
+    def pin(self) -> None:
+        """Map every pages file now: the bytes stay reachable once the directory is gone (a
+        lazy restore's server outlives it; migrate-receive removes its own at once)."""
+        levels = {run[0] for run in self._runs} - ({0} if self._shift else set())
+        for level in sorted(levels):
+            self._level(level)
+
     def saved(self, level: int, offset: int, nbytes: int) -> np.ndarray:
-        """The bytes at OFFSET of chain level LEVEL's pages file (a view of its mapping)."""
+        """The bytes at OFFSET of chain level LEVEL's pages file (a view of its mapping), or
+        of the lazy source (its level: OFFSET is the address)."""
+        if self._shift and level == 0:
+            return self.lazy.saved(0, offset, nbytes)
         return self._level(level)[offset:offset + nbytes]
 
     def read_into(self, vaddr: int, buf: memoryview) -> None:
@@ -113,8 +151,7 @@ class ChainSource:
             if start > pos:
                 break
             stop = min(end, start + nbytes)
-            skip = offset + pos - start
-            out[pos - vaddr:stop - vaddr] = self._level(level)[skip:skip + stop - pos]
+            out[pos - vaddr:stop - vaddr] = self.saved(level, offset + pos - start, stop - pos)
             pos = stop
             if pos >= end:
                 return
@@ -122,6 +159,7 @@ class ChainSource:
 
     def close(self) -> None:
         self._maps.clear()
+        self._held.clear()
 
     def __enter__(self) -> "ChainSource":
         return self

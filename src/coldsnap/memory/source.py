@@ -49,6 +49,10 @@ class PageSource(Protocol):
     def saved(self, level: int, offset: int, nbytes: int) -> np.ndarray:
         """The bytes kept at (level, offset) (module docstring: how long the buffer lives)."""
 
+    def pin(self) -> None:
+        """Hold every byte from now on, whatever becomes of the files' names (the lazy
+        server reads after the restore returned, and its directory may be removed)."""
+
     def close(self) -> None:
         """Release what the source holds; buffers it gave out are invalid from now on."""
 

@@ -103,6 +103,8 @@ def start_server(images, root: int, log: str | None = None) -> LazyServer:
     """Fork the detached guardian and server (module docstring) for the processes of IMAGES
     (restore/images.py TreeImages), whose blank processes exist already."""
     pidfds = {p: pidfd_open(p) for p in images.procs}
+    for proc in images.procs.values():
+        proc.private.pin()          # mapped before the fork: the directory may go once we return
     c2s, s_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     c2g, g_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     g_srv, s_grd = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

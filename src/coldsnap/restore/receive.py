@@ -3,8 +3,9 @@
 A page server (transport/server.py) that also restores: pre-dump iterations arrive as a
 chain of sessions, the final dump as a session with every image; when the source asks
 (CS_RESTORE, its tree still frozen), the final session is restored here and the answer is
-the running pid, or the error. One migration, then it exits with the process running
-(keep_serving: wait for more). Without an images directory the sessions go to a temporary
+the running pid, or the error. A post-copy request names the source's page server: the
+restore is lazy, its PE_LAZY pages fetched from there (restore/receive_worker.py). One
+migration, then it exits with the process running (keep_serving: wait for more). Without an images directory the sessions go to a temporary
 one, removed at the end (the restored process needs none of it any more).
 
 The restore runs in a child (restore/receive_worker.py), started ahead with its imports
@@ -34,9 +35,9 @@ class Restorer:
         self.proc = subprocess.Popen([sys.executable, "-m", "coldsnap.restore.receive_worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def restore(self, images: Path) -> dict:
+    def restore(self, images: Path, request: dict | None = None) -> dict:
         try:
-            self.proc.stdin.write(f"{images}\n")
+            self.proc.stdin.write(json.dumps({"images": str(images), **(request or {})}) + "\n")
             self.proc.stdin.flush()
             line = self.proc.stdout.readline()
             self.proc.wait(timeout=10)
@@ -49,6 +50,17 @@ class Restorer:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+
+def _post_copy(request: dict, opts: ServerOptions) -> dict:
+    """What the worker needs of a post-copy request: the source's page server and session,
+    and this receiver's own token and TLS files to present there (never sent over the wire)."""
+    if not request.get("lazy_from"):
+        return {}
+    tls = opts.tls
+    return {"lazy_from": str(request["lazy_from"]), "session": str(request.get("session") or ""),
+            "token": opts.token.decode("latin-1") if opts.token else None,
+            "tls": [tls.cacert, tls.cert, tls.key] if tls else None}
 
 
 def migrate_receive(address: str, port: int, *, images_dir: str | None = None, keep_serving: bool = False,
@@ -64,8 +76,8 @@ def migrate_receive(address: str, port: int, *, images_dir: str | None = None, k
 
     workers = [Restorer()]
 
-    def restore(images: Path) -> dict:
-        answer = workers[-1].restore(images)
+    def restore(images: Path, request: dict) -> dict:
+        answer = workers[-1].restore(images, _post_copy(request, opts))
         if keep_serving:
             workers.append(Restorer())
         opts.log(f"migrate-receive: {images.name}: " + (f"restored, pid {answer['pid']} runs"

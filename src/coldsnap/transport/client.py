@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import TransportError
+from ..images.pages import PE_LAZY
 from ..kernel.page import PAGE_SHIFT
 from ..memory.ranges import Ranges
 from ..memory.sink import PagemapKey
@@ -42,9 +43,11 @@ class ClientOptions:
 
 class PageServerClient:
     def __init__(self, endpoint: Endpoint, options: ClientOptions = ClientOptions(), *,
-                 session: str | None = None, parent: str | None = None, reading: bool = False):
+                 session: str | None = None, parent: str | None = None, reading: bool = False,
+                 role: str | None = None):
         self.endpoint, self.options = endpoint, options
         self.session, self.parent_session, self.reading = session, parent, reading
+        self.role = role            # a reading session's purpose, told to the server ("lazy")
         self.extended = False
         self.features = 0
         self.has_parent = False
@@ -115,7 +118,8 @@ class PageServerClient:
         self.extended = True
         want = (P.FEAT_ZSTD if self.options.compress else 0) | (P.FEAT_CRC if self.options.checksum else 0)
         hello = json.dumps({"token": (self.options.token or b"").decode("latin-1"), "session": self.session,
-                            "parent": self.parent_session, "reading": self.reading, "features": want}).encode()
+                            "parent": self.parent_session, "reading": self.reading, "features": want,
+                            **({"role": self.role} if self.role else {})}).encode()
         self._send(P.Header(P.CS_HELLO, nr_pages=len(hello)).pack(), hello)
         status, granted = P.HELLO_REPLY.unpack(self._recv(P.HELLO_REPLY.size, "the answer to hello"))
         if status != 0:
@@ -178,6 +182,17 @@ class PageServerClient:
     def parent(self, vaddr: int, nr_pages: int) -> None:
         self._send(P.Header(P.PS_IOV_ADD_F, 1, nr_pages, vaddr, self._dst).pack())
 
+    def lazy(self, vaddrs: np.ndarray, lengths: np.ndarray) -> None:
+        """Runs the client keeps, to be fetched by a lazy restore (PE_LAZY, no bytes): one
+        header each, sent together."""
+        heads = np.zeros(len(vaddrs), dtype=[("cmd", "<u4"), ("pad", "<u4"), ("nr", "<u8"), ("vaddr", "<u8"),
+                                             ("dst", "<u8")])
+        heads["cmd"] = P.PS_IOV_ADD_F | (PE_LAZY << 16)
+        heads["nr"] = lengths.astype(np.uint64) >> np.uint64(PAGE_SHIFT)
+        heads["vaddr"] = vaddrs
+        heads["dst"] = self._dst
+        self._send(heads.tobytes())
+
     def skipped(self, vaddr: int, nr_pages: int) -> None:
         """Pages that could not be read: told to a coldsnap server, absent for CRIU's."""
         if self.extended:
@@ -190,10 +205,11 @@ class PageServerClient:
         raw = name.encode()
         self._send(P.Header(P.CS_FILE, 0, len(raw), len(data)).pack(), raw, data)
 
-    def restore(self, timeout: float = 60.0) -> dict:
+    def restore(self, timeout: float = 60.0, request: dict | None = None) -> dict:
         """Have the server's host restore the session (a reading one); returns its answer:
-        {"pid": ...} or {"error": "..."}."""
-        self._send(P.Header(P.CS_RESTORE).pack())
+        {"pid": ...} or {"error": "..."}. request: how (protocol.py CS_RESTORE)."""
+        body = json.dumps(request).encode() if request else b""
+        self._send(P.Header(P.CS_RESTORE, nr_pages=len(body)).pack(), body)
         self._sock.settimeout(timeout)
         (n,) = P.COUNT.unpack(self._recv(8, "the answer to restore"))
         if n > P.HELLO_MAX:

@@ -21,7 +21,11 @@ Extensions are negotiated so that stock CRIU still works on either side:
 - CS_FILE: one more image file of a writing session (a migration sends every image):
   nr_pages = length of its name, vaddr = length of its bytes; name and bytes follow.
 - CS_RESTORE: restore a stored session (a reading one) on the server's host, which answers
-  u32 length and a JSON object (the restored pid, or an error). Only `migrate-receive`.
+  u64 length and a JSON object (the restored pid, or an error). Only `migrate-receive`.
+  nr_pages: the length of a JSON request that follows (0: none, an eager restore); a
+  post-copy one names where the PE_LAZY pages are: {"lazy_from": "HOST:PORT", "session": S}.
+- A reading hello may say its "role": "lazy" is a lazy restore's server, whose CLOSE means
+  that every page it needed is in (the post-copy source stops serving then).
 - CS_LIST: the pagemaps of a reading session: u64 count and count dst_ids.
 - CS_GET: pages of a committed session (a reading session): the answer is a BatchTrailer and
   the payload, or a trailer with codec CODEC_ERROR and no payload.

@@ -54,8 +54,11 @@ class ServerOptions:
     idle_timeout: float = 60.0
     max_clients: int = 16
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
-    # migrate-receive: restores a stored session on this host, returns {"pid": ...} or {"error": ...}
-    restore: Callable[[Path], dict] | None = None
+    # migrate-receive: restores a stored session on this host as the request asks (post-copy:
+    # {"lazy_from": "HOST:PORT", "session": ...}), returns {"pid": ...} or {"error": ...}
+    restore: Callable[[Path, dict], dict] | None = None
+    # a reading session (session name, its role) is "open", "closed" by the client, or "lost"
+    reader_event: Callable[[str, str | None, str], None] | None = None
     durable: bool = True            # fsync each session at its commit (migrate-receive: no need)
 
 
@@ -101,6 +104,8 @@ class Session:
         self.parent: ImageDir | None = None
         self.reading: ImageDir | None = None
         self.chains: dict[tuple[int, bool], PageChain] = {}     # reading: opened pagemaps
+        self.role: str | None = None            # reading: what for, as the client says
+        self.clean = False                      # reading: ended by the client's CLOSE
         self.pagemap: _Pagemap | None = None
         self.buf = bytearray(_CHUNK)
         self._dctx = None
@@ -134,6 +139,9 @@ class Session:
         for chain in self.chains.values():
             chain.close()
         self.chains.clear()
+        if self.reading is not None and self.opts.reader_event is not None:
+            reading, self.reading = self.reading, None
+            self.opts.reader_event(reading.root.name, self.role, "closed" if self.clean else "lost")
         if self.pagemap is not None:
             self.pagemap.writer.abort()
             self.pagemap = None
@@ -213,6 +221,7 @@ class Session:
             raise
         root = self.server.images_dir
         if msg.get("reading"):
+            self.role = msg.get("role") if isinstance(msg.get("role"), str) else None
             try:
                 self.reading = ImageDir.open(root / name)
             except ImageError:
@@ -228,6 +237,8 @@ class Session:
         self.greeted = True
         self.features = int(msg.get("features") or 0) & (P.FEAT_ZSTD | P.FEAT_CRC)
         self.send(P.HELLO_REPLY.pack(0, self.features))
+        if self.reading is not None and self.opts.reader_event is not None:
+            self.opts.reader_event(self.reading.root.name, self.role, "open")
 
     def begin(self, name: str, parent: ImageDir | None) -> None:
         if not self.server.claim(name):
@@ -296,6 +307,10 @@ class Session:
 
     def add(self, h: P.Header, flags: int) -> None:
         pm = self.current(h)
+        if flags == PE_LAZY and not pm.shmem:     # the bytes stay with the client (post-copy)
+            pm.check_run(h.vaddr, h.nr_pages)
+            pm.writer.add_lazy(h.vaddr, h.nr_pages)
+            return
         if flags & ~(PE_PRESENT | PE_PARENT | PE_LAZY) or bool(flags & PE_PRESENT) == bool(flags & PE_PARENT):
             raise Refused(f"pagemap flags {flags:#x} make no sense")
         pm.check_run(h.vaddr, h.nr_pages)
@@ -381,12 +396,21 @@ class Session:
 
     def read_command(self, h: P.Header) -> bool:
         if h.cmd in (P.PS_IOV_CLOSE, P.PS_IOV_FORCE_CLOSE):
+            self.clean = True
             self.send(P.STATUS.pack(0))
             return True
         if h.cmd == P.CS_RESTORE and self.opts.restore is None:
             raise Refused("restore asked of a page server (only migrate-receive restores)")
         if h.cmd == P.CS_RESTORE:
-            answer = json.dumps(self.opts.restore(self.reading.root)).encode()
+            if h.nr_pages > P.HELLO_MAX:
+                raise Refused(f"restore request of {h.nr_pages} bytes is too long")
+            try:
+                request = json.loads(bytes(self.recv(h.nr_pages, "the restore request"))) if h.nr_pages else {}
+            except ValueError:
+                raise Refused("restore request is not JSON") from None
+            if not isinstance(request, dict):
+                raise Refused("restore request is not a JSON object")
+            answer = json.dumps(self.opts.restore(self.reading.root, request)).encode()
             self.send(P.COUNT.pack(len(answer)) + answer)
             return False
         if h.cmd == P.CS_LIST:

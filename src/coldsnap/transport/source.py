@@ -38,13 +38,15 @@ class RemotePages:
         self.endpoint, self.options, self.session = endpoint, options, session
         self._client: PageServerClient | None = None
         self._keys: set[PagemapKey] | None = None
+        self.role: str | None = None
 
     def __str__(self) -> str:
         return f"session {self.session!r} of page server {self.endpoint}"
 
     def client(self) -> PageServerClient:
         if self._client is None:
-            self._client = PageServerClient(self.endpoint, self.options, session=self.session, reading=True)
+            self._client = PageServerClient(self.endpoint, self.options, session=self.session, reading=True,
+                                            role=self.role)
         return self._client
 
     def source(self, imgdir, key: int, shmem: bool = False) -> "RemoteSource | None":
@@ -53,7 +55,7 @@ class RemotePages:
         pk = PagemapKey(key, shmem)
         if pk not in self._keys:
             return None
-        src = RemoteSource(self, pk)
+        src = RemoteSource(self, pk, _checked_ranges(self, pk, self.client().covered(pk)))
         name = pagemap_name(key, shmem)
         if imgdir.exists(name):
             with PageChain(imgdir, key, shmem) as chain:
@@ -63,7 +65,13 @@ class RemotePages:
                 raise ImageError(f"{imgdir.path(name)}: {self} holds other pages than this pagemap")
         return src
 
+    def by_address(self, key: int, shmem: bool = False) -> "RemoteSource":
+        """Pagemap KEY's pages fetched by address, its ranges not asked (the PE_LAZY runs of a
+        local pagemap say which: images/source.py ChainSource)."""
+        return RemoteSource(self, PagemapKey(key, shmem), [])
+
     def start(self) -> None:
+        self.role = "lazy"      # its clean close tells the server that every page is in
         self.client()
 
     def forked(self) -> None:
@@ -91,22 +99,27 @@ def _joined(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-class RemoteSource:
-    """One pagemap of a page server's session (memory/source.py PageSource)."""
+def _checked_ranges(origin: RemotePages, key: PagemapKey, cov) -> list[tuple[int, int]]:
+    """The covered ranges a server answered, as (start, end) pairs, if they make sense."""
+    starts, ends = cov.starts.astype(np.uint64), cov.ends.astype(np.uint64)
+    bad = (starts % np.uint64(PAGE_SIZE) != 0) | (ends % np.uint64(PAGE_SIZE) != 0) | (ends <= starts) \
+        | (ends > np.uint64(P.ADDR_LIMIT))
+    if len(starts) > 1:
+        bad[1:] |= starts[1:] < ends[:-1]
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise TransportError(f"{origin}: pagemap {key.id}: range {int(starts[i]):#x}-{int(ends[i]):#x} "
+                             "is not page-aligned, ascending and inside an address space")
+    return list(zip(starts.tolist(), ends.tolist()))
 
-    def __init__(self, origin: RemotePages, key: PagemapKey):
+
+class RemoteSource:
+    """One pagemap of a page server's session (memory/source.py PageSource): RANGES, the
+    (start, end) pairs it holds."""
+
+    def __init__(self, origin: RemotePages, key: PagemapKey, ranges: list[tuple[int, int]]):
         self.origin, self.key = origin, key
-        cov = origin.client().covered(key)
-        starts, ends = cov.starts.astype(np.uint64), cov.ends.astype(np.uint64)
-        bad = (starts % np.uint64(PAGE_SIZE) != 0) | (ends % np.uint64(PAGE_SIZE) != 0) | (ends <= starts) \
-            | (ends > np.uint64(P.ADDR_LIMIT))
-        if len(starts) > 1:
-            bad[1:] |= starts[1:] < ends[:-1]
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise TransportError(f"{origin}: pagemap {key.id}: range {int(starts[i]):#x}-{int(ends[i]):#x} "
-                                 "is not page-aligned, ascending and inside an address space")
-        self._runs = [(0, s, e - s, s) for s, e in zip(starts.tolist(), ends.tolist())]
+        self._runs = [(0, s, e - s, s) for s, e in ranges]
         self._held: list[np.ndarray] = []
 
     def drop(self, areas: list[tuple[int, int]]) -> None:
@@ -123,6 +136,9 @@ class RemoteSource:
         buf = np.empty(nbytes, np.uint8)
         self.read_into(offset, memoryview(buf))
         return buf
+
+    def pin(self) -> None:
+        """Nothing here: the server keeps the pages."""
 
     def mapped(self):
         for _, vaddr, nbytes, offset in self._runs:

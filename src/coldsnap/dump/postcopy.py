@@ -1,0 +1,182 @@
+"""`coldsnap migrate --post-copy`, the source's side: the final dump keeps the private pages
+here and the destination runs the process at once, fetching them from a page server of ours.
+
+    pages = PostCopyPages(to, options)          # the final dump's page target
+    server = SourcePageServer(base, to, options)   # before the final dump: serves base/
+    ... dump(pid, final, pages=pages, after_commit=switchover(server.request(final.name)))
+    server.wait_done(timeout)                   # the destination's lazy server has every page
+
+What the final dump sends: every image, the shared memory pages, and for each process's
+private memory only its pagemap: PE_PARENT runs (the destination holds them from the
+pre-copy iterations) and PE_LAZY runs for what the final dump saved. The bytes of those
+are written here, in the final images directory, as a local dump writes them: the frozen
+window pays a local copy of the last delta and the images on the wire, whatever the delta.
+The destination's restore (lazy) reads the PE_LAZY runs from our page server by address
+(images/source.py ChainSource with a lazy source), the rest from its own chain.
+
+The server answers reading sessions only (a writing client is refused by the token and
+the session names it claims never exist here). When the destination's lazy server closes
+its session (role "lazy", protocol.py) every page is there and we are done; if it drops
+the connection instead, the migrated process has been killed over there.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CsError, TransportError
+from ..images.directory import ImageDir
+from ..memory.sink import PagemapKey
+from ..transport.client import ClientOptions
+from ..transport.server import PageServer, ServerOptions
+from ..transport.sink import ServerPages, ServerSession, ServerSink
+from ..transport.wire import Endpoint
+from .sink import ImageSink
+
+
+class TeeSink:
+    """Private pagemaps: bytes into the local images, PE_LAZY runs to the destination;
+    shared memory pagemaps: all to the destination (a PageSink)."""
+
+    def __init__(self, local: ImageSink, remote: ServerSink):
+        self.local, self.remote = local, remote
+        self.private = False
+
+    def prepare(self, pagemap: PagemapKey, nbytes: int) -> None:
+        if not pagemap.shmem:
+            self.local.prepare(pagemap, nbytes)
+
+    def begin(self, pagemap: PagemapKey) -> None:
+        self.private = not pagemap.shmem
+        self.remote.begin(pagemap)
+        if self.private:
+            self.local.begin(pagemap)
+
+    def present(self, vaddrs: np.ndarray, lengths: np.ndarray, data: memoryview) -> None:
+        if self.private:
+            self.local.present(vaddrs, lengths, data)
+            self.remote.client.lazy(vaddrs, lengths)
+        else:
+            self.remote.present(vaddrs, lengths, data)
+
+    def parent(self, vaddr: int, nr_pages: int) -> None:
+        self.remote.parent(vaddr, nr_pages)
+
+    def skipped(self, vaddr: int, nr_pages: int) -> None:
+        self.remote.skipped(vaddr, nr_pages)
+        if self.private:
+            self.local.skipped(vaddr, nr_pages)
+
+    def reserve(self, nbytes: int):
+        return self.local.reserve(nbytes) if self.private else self.remote.reserve(nbytes)
+
+    def placed(self, vaddrs: np.ndarray, lengths: np.ndarray) -> None:
+        if self.private:
+            self.local.placed(vaddrs, lengths)
+            self.remote.client.lazy(vaddrs, lengths)
+        else:
+            self.remote.placed(vaddrs, lengths)
+
+    def end(self) -> None:
+        self.remote.end()
+        if self.private:
+            self.local.end()
+        self.private = False
+
+    def close(self) -> None:
+        self.local.close()
+        self.remote.close()
+
+    def __enter__(self) -> "TeeSink":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.local.__exit__(exc_type, *exc)
+        self.remote.__exit__(exc_type, *exc)
+
+
+class PostCopySession(ServerSession):
+    def sink(self, imgdir: ImageDir) -> TeeSink:
+        self.imgdir = imgdir
+        return TeeSink(ImageSink(imgdir), ServerSink(self._client()))
+
+    def send_images(self) -> None:
+        """Every image but the pages and pagemaps kept here (the destination has its own
+        pagemaps, received run by run)."""
+        for entry in sorted(os.scandir(self.imgdir.root), key=lambda e: e.name):
+            if entry.is_file(follow_symlinks=False) and not entry.name.startswith(("pagemap-", "pages-", ".")):
+                with open(entry.path, "rb") as f:
+                    self.client.send_file(entry.name, f.read())
+
+
+class PostCopyPages(ServerPages):
+    """The page target of the final dump of a post-copy migration."""
+
+    def __init__(self, endpoint: Endpoint, options: ClientOptions = ClientOptions()):
+        super().__init__(endpoint, options, send_images=True)
+
+    def session(self, path: str | Path, prev: str | Path | None) -> PostCopySession:
+        return PostCopySession(self, Path(path).name, Path(prev).name if prev is not None else None)
+
+
+def address_towards(to: Endpoint) -> str:
+    """This host's address on the route to TO (what the destination can reach us at)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(to.host, to.port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.connect(addr)             # a datagram socket: no packet, only the route
+            return s.getsockname()[0]
+    except OSError as e:
+        raise TransportError(f"no route to {to}: {e.strerror or e}") from None
+
+
+class SourcePageServer:
+    """Our page server for the destination's lazy restore: serves the sessions of BASE (the
+    final images directory), on this host's address towards the destination, with the
+    migration's token and TLS files."""
+
+    def __init__(self, base: Path, to: Endpoint, options: ClientOptions, log=lambda line: None):
+        self.session: str | None = None
+        self.opened = threading.Event()
+        self.ended = threading.Event()
+        self.clean = False
+        self.t_open = self.t_end = 0.0
+        address = address_towards(to)
+        self.server = PageServer(base, address, 0, ServerOptions(
+            token=options.token, tls=options.tls, idle_timeout=options.timeout, log=log,
+            reader_event=self._event)).start()
+        self.endpoint = Endpoint(address, self.server.port)
+
+    def request(self, session: str) -> dict:
+        """The CS_RESTORE request of a post-copy switchover for SESSION."""
+        self.session = session
+        return {"lazy_from": str(self.endpoint), "session": session}
+
+    def _event(self, name: str, role: str | None, event: str) -> None:
+        if name != self.session or role != "lazy":
+            return
+        if event == "open":
+            self.t_open = time.perf_counter()
+            self.opened.set()
+        else:
+            self.clean = event == "closed"
+            self.t_end = time.perf_counter()
+            self.ended.set()
+
+    def wait_done(self, start_timeout: float) -> None:
+        """Until the destination's lazy server has every page (its session closed); raises
+        CsError if it never came (within start_timeout) or dropped the connection."""
+        if not self.opened.wait(start_timeout):
+            raise CsError(f"the destination's lazy-pages server never asked {self.endpoint} for pages")
+        self.ended.wait()
+        if not self.clean:
+            raise CsError("the destination's lazy-pages server lost its connection before every page "
+                          "was in: the migrated process was killed there")
+
+    def stop(self) -> None:
+        self.server.stop()

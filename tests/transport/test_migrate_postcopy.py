@@ -1,0 +1,90 @@
+"""`coldsnap migrate --post-copy`: after the pre-copy the destination runs the process at once
+and fetches the final delta from the source's page server; the writer's memory is whole."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from ps_helpers import PageServerProc  # noqa: F401  (test helper paths)
+from restore_helpers import coldsnap
+from test_migrate import _migrate_in_background, _netns_inode, _pid_in_root_ns, _receiver, _wait_log, _writer, hosts  # noqa: F401
+
+PG = 4096
+
+
+def test_a_writer_migrates_post_copy_and_its_memory_is_whole(hosts, workload_bin, tmp_path):
+    (tmp_path / "token").write_text("between us\n")
+    to = _receiver(hosts, tmp_path, "--token-file", tmp_path / "token")
+    w = _writer(workload_bin, tmp_path, 128, 50)
+    try:
+        r = coldsnap("migrate", "-t", w.pid, "--to", to, "--post-copy", "--json", "--token-file",
+                     tmp_path / "token", timeout=300)
+        assert r.returncode == 0, r.stderr + hosts.log.read_text()
+        res = json.loads(r.stdout)
+        print(r.stdout)
+        assert res["destination_pid"] == w.pid and res["post_copy"] and res["downtime_ms"] > 0
+        assert res["post_copy_pages"] > 0 and res["post_copy_ms"] >= 0
+        w.reap_dumped()
+        there = _pid_in_root_ns(w.pid, _netns_inode(hosts))
+        assert there is not None, "the migrated process is not in the destination's namespaces"
+        ticks = len(w.ticks())
+        _wait_log(w, lambda: len(w.ticks()) >= ticks + 5, "5 more ticks")
+        os.kill(there, signal.SIGUSR1)
+        _wait_log(w, lambda: f"full check ok {(128 << 20) // PG}" in w.lines(), "a full check")
+        w.assert_healthy()
+        hosts.wait_log("runs here")
+        assert hosts.receiver_status() == "exit 0"
+    finally:
+        if w.original is not None:
+            w.original.kill()
+            w.original.wait()
+
+
+
+def _tc(*args: str) -> None:
+    subprocess.run(["tc", *args], check=True, capture_output=True)
+
+
+def test_source_killed_during_post_copy_kills_the_destination_process(hosts, workload_bin, tmp_path):
+    """The link slowed down once the pre-copy is over (the final delta takes seconds to come),
+    then the source's coldsnap SIGKILLed while it serves: the migrated process is killed over
+    there by its guardian, never left running with holes."""
+    to = _receiver(hosts, tmp_path)
+    w = _writer(workload_bin, tmp_path, 128, 50)
+    p = None
+    try:
+        p = _migrate_in_background(w, to, "--post-copy")
+        _stderr_line(p, "final dump")
+        _tc("qdisc", "add", "dev", hosts.veth_src, "root", "tbf", "rate", "4mbit", "burst", "32kbit", "latency", "400ms")
+        _stderr_line(p, "serving its last pages")
+        p.kill()
+        p.communicate(timeout=30)
+        w.reap_dumped()
+        hosts.wait_log("runs here")
+        deadline = time.monotonic() + 30
+        while _pid_in_root_ns(w.pid, _netns_inode(hosts)) is not None:
+            assert time.monotonic() < deadline, "the migrated process runs on without its source"
+            time.sleep(0.05)
+        assert not any(ln.startswith("FAIL") for ln in w.lines()), w.tail()
+    finally:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+        if w.original is not None:
+            w.original.kill()
+            w.original.wait()
+
+
+def _stderr_line(p: subprocess.Popen, what: str, timeout: float = 120.0) -> str:
+    """Read p's stderr until a line holds WHAT (the migration's progress lines)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = p.stderr.readline()
+        if what in line:
+            return line
+        if not line and p.poll() is not None:
+            break
+    raise AssertionError(f"migrate said no {what!r} (exit {p.poll()})")
