@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Live migration downtime: `coldsnap migrate` and CRIU 4.2's page-server migration (issue 11).
 
-    python3 bench/migrate.py [--sizes 256M,1G] [--rate 50] [--criu PATH] [--out FILE]
+    python3 bench/migrate.py [--sizes 256M,1G] [--rate 50] [--modes pre-copy,post-copy] [--criu PATH] [--out FILE]
 
 Two "hosts" as in the tests (tests/transport/twohosts.py): the destination is a network
 namespace joined by a veth pair, with its own PID and mount namespaces. Target:
@@ -9,7 +9,9 @@ tests/workloads/mig_writer.c, SIZE of private memory rewritten at --rate MB/s an
 (its log must show no FAIL after the move).
 
 coldsnap: `coldsnap migrate-receive` over there, `coldsnap migrate --json` here: its
-iterations, downtime_ms (the final dump's freeze to the destination's "running") and split.
+iterations, downtime_ms (the final dump's freeze to the destination's "running") and split;
+with `--post-copy` too (the destination restores lazily, the final delta fetched from the
+source after it runs): how many pages came after "running", and how long they took.
 
 CRIU 4.2 (its pre-dump needs soft-dirty bits, which this kernel lacks, so no pre-copy):
 `criu page-server` over there, `criu dump --page-server` here (the target is killed after
@@ -70,7 +72,7 @@ def healthy_after(logf: Path, before: int) -> bool:
     return "FAIL" not in text and text.count(" ok\n") > before + 5
 
 
-def coldsnap_run(size: int, rate: int, tmp: Path) -> dict:
+def coldsnap_run(size: int, rate: int, tmp: Path, post_copy: bool = False) -> dict:
     hosts = TwoHosts(tmp)
     writer = None
     try:
@@ -79,8 +81,8 @@ def coldsnap_run(size: int, rate: int, tmp: Path) -> dict:
         to = f"{hosts.dst_addr}:{text.split('listening on ')[1].split()[0].rsplit(':', 1)[1]}"
         logf = tmp / "writer.log"
         writer = start_writer(size, rate, logf)
-        p = subprocess.run(COLDSNAP + ["migrate", "-t", str(writer.pid), "--to", to, "--json"],
-                           capture_output=True, text=True, timeout=900)
+        p = subprocess.run(COLDSNAP + ["migrate", "-t", str(writer.pid), "--to", to, "--json"]
+                           + (["--post-copy"] if post_copy else []), capture_output=True, text=True, timeout=900)
         if p.returncode != 0:
             raise RuntimeError(p.stderr.strip().splitlines()[-1])
         res = json.loads(p.stdout)
@@ -144,13 +146,17 @@ def report(rows: list[tuple[int, dict, dict | str]], rate: int, meta: dict, criu
            f"into the destination's namespaces (tests/transport/twohosts.py). CRIU: {criu_note}", "",
            "| size | tool | iterations (pages each) | stop reason | downtime ms | split | final pages | total s | first copy s | memory whole after |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-    for size, cs, cr in rows:
-        its = cs.get("iterations", [])
-        out.append(f"| {size_name(size)} | coldsnap | {len(its)} ({', '.join(str(i['pages']) for i in its)}) | "
-                   f"{cs.get('stop_reason', cs.get('error', ''))} | **{cs.get('downtime_ms', '-')}** | "
-                   f"final dump {cs.get('final_dump_ms', '-')}, restore {cs.get('restore_ms', '-')} "
-                   f"(of which the restore itself {cs.get('restore_inner_ms', '-')}) | {cs.get('final_pages', '-')} | "
-                   f"{cs.get('total_ms', 0) / 1000:.1f} | {its[0]['seconds'] if its else '-'} | {cs.get('healthy', '-')} |")
+    for size, runs, cr in rows:
+        for name, cs in runs:
+            its = cs.get("iterations", [])
+            after = (f"; then {cs.get('post_copy_pages')} pages lazily in {cs.get('post_copy_ms')} ms"
+                     if cs.get("post_copy") else "")
+            out.append(f"| {size_name(size)} | {name} | {len(its)} ({', '.join(str(i['pages']) for i in its)}) | "
+                       f"{cs.get('stop_reason', cs.get('error', ''))} | **{cs.get('downtime_ms', '-')}** | "
+                       f"final dump {cs.get('final_dump_ms', '-')}, restore {cs.get('restore_ms', '-')} "
+                       f"(of which the restore itself {cs.get('restore_inner_ms', '-')}){after} | "
+                       f"{cs.get('final_pages', '-')} | {cs.get('total_ms', 0) / 1000:.1f} | "
+                       f"{its[0]['seconds'] if its else '-'} | {cs.get('healthy', '-')} |")
         if isinstance(cr, dict):
             out.append(f"| {size_name(size)} | CRIU 4.2 | 0 (no pre-dump here) | - | **{cr.get('downtime_ms', '-')}** | "
                        f"dump {cr.get('dump_ms', '-')}, copy + restore {cr.get('restore_ms', '-')} | all | "
@@ -159,8 +165,11 @@ def report(rows: list[tuple[int, dict, dict | str]], rate: int, meta: dict, criu
             out.append(f"| {size_name(size)} | CRIU 4.2 | {cr} | | | | | | | |")
     out += ["", "coldsnap's downtime: from the final dump's freeze to the destination's answer that the process "
             "runs; \"restore\" is that answer's wait as the source saw it, the restore itself as the destination "
-            "timed it. The whole memory is restored from the received chain at switchover (not built ahead of "
-            "time yet), so the restore of all of it is inside the downtime."]
+            "timed it. Pre-copy: the whole memory is restored from the received chain at switchover, so the "
+            "restore of all of it is inside the downtime. `--post-copy`: the final dump keeps the private pages "
+            "at the source, the destination restores lazily (its chain and the source's page server behind "
+            "it), so neither the memory's size nor the final delta is in the downtime; the pages that come after "
+            "are counted from \"running\" to the destination's lazy server closing its session."]
     return "\n".join(out) + "\n"
 
 
@@ -168,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="256M,1G")
     ap.add_argument("--rate", type=int, default=50, help="MB/s the target writes")
-    ap.add_argument("--criu", default=str(CRIU_DEFAULT))
+    ap.add_argument("--criu", default=str(CRIU_DEFAULT), help="CRIU binary ('' to skip it)")
+    ap.add_argument("--modes", default="pre-copy,post-copy", help="coldsnap's runs: pre-copy, post-copy")
     ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     args = ap.parse_args(argv)
     become_subreaper()
@@ -178,13 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     import tempfile
     for size in map(parse_size, args.sizes.split(",")):
-        with tempfile.TemporaryDirectory(prefix="coldsnap-mig-") as d:
-            log(f"coldsnap {size_name(size)}")
-            try:
-                cs = coldsnap_run(size, args.rate, Path(d))
-            except (RuntimeError, subprocess.SubprocessError, OSError) as e:
-                cs = {"error": str(e)}
-            log(f"  {cs}")
+        runs = []
+        for mode in args.modes.split(","):
+            with tempfile.TemporaryDirectory(prefix="coldsnap-mig-") as d:
+                log(f"coldsnap {mode} {size_name(size)}")
+                try:
+                    cs = coldsnap_run(size, args.rate, Path(d), post_copy=mode == "post-copy")
+                except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                    cs = {"error": str(e)}
+                log(f"  {cs}")
+            runs.append(("coldsnap" + (" --post-copy" if mode == "post-copy" else ""), cs))
         if skip:
             cr: dict | str = f"skipped: {skip}"
         else:
@@ -195,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 except (RuntimeError, subprocess.SubprocessError, OSError) as e:
                     cr = f"failed: {e}"
                 log(f"  {cr}")
-        rows.append((size, cs, cr))
+        rows.append((size, runs, cr))
     meta = run_meta("migrate.py", argv)
     section = report(rows, args.rate, meta, f"`{criu}`" if not skip else f"skipped: {skip}")
     print(section)
