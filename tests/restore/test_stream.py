@@ -383,3 +383,26 @@ def test_a_stream_filling_the_spool_fails_cleanly(tmp_path):
     assert_one_line_error(r)
     assert r.returncode == EXIT_BAD_IMAGE and "entry pages-2.img" in r.stderr, r.stderr
     assert r.stdout == "", f"left in the spool: {r.stdout}"
+
+
+def test_restore_interrupted_mid_stream_removes_its_spool(real_stream, tmp_path):
+    restore = subprocess.Popen(coldsnap_argv("restore", "--stream", "-d"), stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(tmp_path))
+    try:
+        restore.stdin.write(real_stream[:len(real_stream) // 2])
+        restore.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not spools_left(tmp_path):
+            assert time.monotonic() < deadline and restore.poll() is None
+            time.sleep(0.02)
+        time.sleep(0.3)                          # reading, waiting for the rest
+        restore.send_signal(signal.SIGTERM)
+        assert restore.wait(timeout=30) == 128 + signal.SIGTERM
+        err = restore.stderr.read().decode()
+        assert err.strip() == "coldsnap: interrupted by SIGTERM", err
+        assert spools_left(tmp_path) == []
+    finally:
+        restore.stdin.close()
+        if restore.poll() is None:
+            restore.kill()
+            restore.wait()
