@@ -197,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", parents=[js], help="summarise an images directory")
     sh.add_argument("dir", metavar="DIR")
 
+    gcp = sub.add_parser("gc", parents=[js],
+                         help="remove the staging directories that killed coldsnap runs left beside "
+                              "images directory DIR (and inside DIR); a live run's are kept")
+    gcp.add_argument("dir", metavar="DIR")
+
     sub.add_parser("check", parents=[js], help="report which kernel features coldsnap can use here, "
                                               "and which CRIU versions its images are tested with")
 
@@ -311,6 +316,14 @@ def run_command(args: argparse.Namespace) -> int:
         from .show import describe, render
         info = describe(args.dir)
         print(_json(info, indent=2) if args.json else render(info))
+        return 0
+    if args.command == "gc":
+        from .images.directory import collect_garbage
+        removed, kept = collect_garbage(args.dir)
+        as_dict = lambda s: {"path": str(s.path), "pid": s.pid}  # noqa: E731
+        _out(args, {"removed": [as_dict(s) for s in removed], "kept": [as_dict(s) for s in kept]},
+             *[f"removed {s.path} (left by coldsnap {s.pid})" for s in removed],
+             *[f"kept {s.path}: coldsnap {s.pid} is still writing it" for s in kept])
         return 0
     if args.command == "check":
         from . import CRIU_TESTED
@@ -447,7 +460,7 @@ def _close_display() -> None:
 
 def one_shot(args: argparse.Namespace) -> bool:
     """A command that ends as soon as its one job is done (no server, no series)."""
-    return (args.command in ("dump", "untrack", "show", "check")
+    return (args.command in ("dump", "untrack", "show", "check", "gc")
             or (args.command == "pre-dump" and args.iterations == 1)
             or (args.command == "restore" and not args.lazy_pages))
 

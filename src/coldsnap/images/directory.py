@@ -6,16 +6,19 @@ the staging directory, mode 0600, and the fsync of the commit are decided in one
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from google.protobuf.message import Message
 
-from ..errors import ImageError
+from ..errors import ImageError, NoSuchProcess
+from ..kernel.procfs import read_stat
 from .framing import EntryLike, ImageWriter, create_image_file, read_image, read_single, write_image
 from .pb import inventory_pb2
 
@@ -39,6 +42,75 @@ def new_inventory(*, pre_dump_mode: Optional[int] = None, dump_uptime: Optional[
     if dump_uptime is not None:
         inv.dump_uptime = dump_uptime
     return inv
+
+
+# A staging directory's name says who made it: `.NAME.PID-START.XXXXXXXX.staging`, the
+# pid and start time (clock ticks since boot) of the coldsnap process writing NAME. A process
+# with that pid and start time still there is a live run; anything else left it behind.
+_STAGING = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-(?P<start>\d+)\.[A-Za-z0-9_]+\.staging")
+
+
+@dataclass(frozen=True)
+class Staging:
+    """A staging directory found beside images directories."""
+    path: Path
+    name: str        # the images directory it was written for
+    pid: int         # the coldsnap process that made it
+    live: bool       # that process still runs: never touched
+
+
+@functools.cache
+def _creator_tag(pid: int) -> str:
+    return f"{pid}-{read_stat(pid).starttime}"
+
+
+def _alive(pid: int, start: int) -> bool:
+    try:
+        return read_stat(pid).starttime == start
+    except NoSuchProcess:
+        return False
+    except (OSError, ValueError):       # cannot tell: keep it
+        return True
+
+
+def stagings(where: PathLike, name: Optional[str] = None) -> list[Staging]:
+    """The staging directories in WHERE (those made for images directory NAME only, if
+    given), each with whether its creator still runs."""
+    out = []
+    try:
+        entries = list(os.scandir(where))
+    except OSError as e:
+        raise ImageError(f"{where}: cannot list: {e.strerror}") from None
+    for e in entries:
+        m = _STAGING.fullmatch(e.name)
+        if m is None or (name is not None and m["name"] != name) or not e.is_dir(follow_symlinks=False):
+            continue
+        pid = int(m["pid"])
+        out.append(Staging(Path(e.path), m["name"], pid, _alive(pid, int(m["start"]))))
+    return sorted(out, key=lambda s: s.path)
+
+
+def remove_stale_stagings(where: PathLike, name: Optional[str] = None) -> list[Staging]:
+    """Remove what killed coldsnap runs left in WHERE (for NAME only, if given); returns them."""
+    gone = [s for s in stagings(where, name) if not s.live]
+    for s in gone:
+        shutil.rmtree(s.path, ignore_errors=True)
+    return gone
+
+
+def collect_garbage(path: PathLike) -> tuple[list[Staging], list[Staging]]:
+    """`coldsnap gc PATH`: (removed, kept) staging directories of images directory PATH
+    (beside it) and, when PATH is a directory, of those inside it."""
+    target = Path(os.path.abspath(path))
+    if not target.parent.is_dir():
+        raise ImageError(f"{target.parent}: no such directory")
+    found = stagings(target.parent, target.name)
+    if target.is_dir() and not target.is_symlink():
+        found += stagings(target)
+    for s in found:
+        if not s.live:
+            shutil.rmtree(s.path, ignore_errors=True)
+    return [s for s in found if not s.live], [s for s in found if s.live]
 
 
 def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
@@ -85,9 +157,10 @@ class ImageDir:
             raise ImageError(f"{where}: no such directory to create images in")
         _check_target(target)
         parent_dir = cls.open(parent) if parent is not None else None
+        remove_stale_stagings(where, target.name)
         try:
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging",
-                                            dir=where))
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_creator_tag(os.getpid())}.",
+                                            suffix=".staging", dir=where))
         except OSError as e:
             raise ImageError(f"{where}: cannot create images here: {e.strerror}") from e
         d = cls(staging, target=target, parent=parent_dir)

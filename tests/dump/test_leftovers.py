@@ -1,0 +1,79 @@
+"""What a SIGKILLed coldsnap leaves: its hidden staging directory beside -D
+(`.NAME.PID-START.XXXXXXXX.staging`). The next run writing NAME removes it, `coldsnap gc DIR`
+does explicitly; a staging directory whose creator still runs is never touched."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from coldsnap.images.directory import ImageDir, stagings
+
+from procs import coldsnap, coldsnap_argv
+
+WORKLOAD = ("import sys, time\nb = bytearray(96 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
+            "print('ready', flush=True)\nwhile True: time.sleep(1)\n")
+
+
+def killed_mid_dump(pid: int, images: Path) -> Path:
+    """Start `coldsnap dump -t PID -D IMAGES`, SIGKILL it once its staging directory holds a
+    pages file; returns that staging directory (left behind)."""
+    where = images.parent
+    cmd = subprocess.Popen(coldsnap_argv("dump", "-t", pid, "-D", images, "--leave-running"),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            found = [s.path for s in stagings(where, images.name)]
+            if found and any(n.startswith("pages-") for n in os.listdir(found[0])):
+                break
+            assert cmd.poll() is None, "the dump ended before it could be killed"
+            assert time.monotonic() < deadline, "no staging directory with pages appeared"
+            time.sleep(0.001)
+    finally:
+        cmd.send_signal(signal.SIGKILL)
+        cmd.wait(timeout=10)
+    assert not images.exists()
+    (left,) = stagings(where, images.name)
+    assert left.pid == cmd.pid and not left.live
+    return left.path
+
+
+def test_sigkilled_dump_leaves_staging_that_gc_and_the_next_run_remove(spawn, python_exe, tmp_path):
+    w = spawn([python_exe, "-c", WORKLOAD])
+    images = tmp_path / "img"
+
+    left = killed_mid_dump(w.pid, images)
+    killer = int(left.name.split(".")[2].split("-")[0])
+    run = coldsnap("gc", images, check=True)
+    assert run.stdout.splitlines() == [f"removed {left} (left by coldsnap {killer})"]
+    assert not left.exists()
+
+    left = killed_mid_dump(w.pid, images)
+    assert coldsnap("gc", tmp_path / "other", "--json", check=True).stdout.strip() == '{"removed": [], "kept": []}'
+    coldsnap("dump", "-t", w.pid, "-D", images, "--leave-running", check=True)
+    assert not left.exists() and (images / "inventory.img").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_live_runs_staging_is_kept(spawn, python_exe, tmp_path):
+    """This process writes images (its staging directory lives): neither gc nor a run
+    writing the same name touches it."""
+    w = spawn([python_exe, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(60)"])
+    images = tmp_path / "img"
+    mine = ImageDir.create(images)
+    try:
+        out = json.loads(coldsnap("gc", images, "--json", check=True).stdout)
+        assert out == {"removed": [], "kept": [{"path": str(mine.root), "pid": os.getpid()}]}
+        coldsnap("dump", "-t", w.pid, "-D", images, "--leave-running", check=True)
+        assert mine.root.is_dir()
+    finally:
+        mine.abort()
+
+
+def test_gc_of_a_directory_that_cannot_hold_images(tmp_path):
+    run = coldsnap("gc", tmp_path / "no" / "img")
+    assert run.returncode == 6 and run.stderr.strip() == f"coldsnap: {tmp_path / 'no'}: no such directory"
