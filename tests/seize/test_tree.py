@@ -188,3 +188,20 @@ def test_restore_plans_the_sessions_and_groups_of_a_dumped_tree(family):
         plan_sessions(tree)
 
 
+
+
+def test_a_held_process_that_exits_is_dropped_from_the_model(family):
+    """A process killed while held (an exiting one in a forking tree, seen once: its
+    /proc/PID/ns links answer EACCES or ENOENT from then on) is no living task of the model
+    but one of the zombies; the rest of the tree is modelled and resumed as usual."""
+    import signal
+    w, p = family
+    with freeze_tree(p["main"]) as held:
+        os.kill(p["a1"], signal.SIGKILL)
+        wait_until(lambda: proc_state(p["a1"])[0] == "Z", what="a1 to be a zombie")
+        tree = held.tree
+        assert p["a1"] not in tree.tasks and p["a1"] in held.zombies
+        assert sorted(tree.tasks) == sorted(v for k, v in p.items() if k != "a1")
+        assert all(tree.task(pid).ns_ids for pid in tree.tasks)
+    for k in ("main", "a", "b", "c"):
+        assert_running_untraced(p[k])

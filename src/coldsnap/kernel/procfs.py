@@ -194,9 +194,12 @@ def ns_inode(pid: int, kind: str) -> int | None:
     has no such namespace."""
     try:
         return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
-    except FileNotFoundError:
-        if not os.path.exists(f"/proc/{pid}/ns"):
+    except (FileNotFoundError, PermissionError) as e:
+        # an exiting process drops its namespaces: their links answer EACCES or ENOENT
+        if not os.path.exists(f"/proc/{pid}/ns") or not alive(pid):
             raise NoSuchProcess(pid) from None
+        if isinstance(e, PermissionError):
+            raise
         return None
 
 

@@ -57,7 +57,7 @@ from coldsnap.kernel import ptrace
 from coldsnap.kernel.cgroup import CgroupFreezer
 from coldsnap.kernel.libc import SYS, syscall
 from coldsnap.kernel.procfs import alive, child_pids, find_mapping, list_tids, open_mem, read_stat, read_status
-from coldsnap.seize.tree import Task, Tree, read_tree
+from coldsnap.seize.tree import Task, Tree, own_ns_inodes, read_tree
 
 PF_KTHREAD = 0x00200000
 SEIZE_OPTIONS = ptrace.PTRACE_O_TRACESYSGOOD   # never EXITKILL: our death must not kill the target
@@ -130,6 +130,8 @@ class FrozenTree:
 
     def __enter__(self) -> "FrozenTree":
         _refuse(self.root)
+        if self.descendants:
+            own_ns_inodes(os.getpid())      # the tree model needs them: read before freezing
         self._owner = threading.get_ident()
         self._guard.install()
         self._t0 = time.monotonic_ns()
@@ -214,13 +216,16 @@ class FrozenTree:
     def _settle(self, pid: int) -> None:
         """Seize every thread of PID below the root and collect their stops; one that exited
         meanwhile is dropped and listed with the zombies."""
-        task = self.tasks[pid]
         try:
-            task._seize_all()
+            self.tasks[pid]._seize_all()
         except NoSuchProcess:
-            task.resume()
-            del self.tasks[pid]
-            self.zombies.append(pid)
+            self._drop(pid)
+
+    def _drop(self, pid: int) -> None:
+        """A process below the root exited while held: let it go, list it with the zombies
+        (its parent is held: nobody reaps it; with_zombies waits for its exit status)."""
+        self.tasks.pop(pid).resume()
+        self.zombies.append(pid)
 
     @property
     def tree(self) -> Tree:
@@ -228,7 +233,15 @@ class FrozenTree:
         if self._model is None:
             if self.resumed:
                 raise CsError(f"the tree of {self.root} was already resumed")
-            self._model = read_tree(self.root, {pid: t.tids for pid, t in self.tasks.items()})
+            while True:
+                try:
+                    self._model = read_tree(self.root, {pid: t.tids for pid, t in self.tasks.items()})
+                    break
+                except NoSuchProcess as e:
+                    # an exiting process's /proc links answer EACCES/ENOENT: it exited
+                    if e.pid == self.root or e.pid not in self.tasks:
+                        raise
+                    self._drop(e.pid)
         return self._model
 
     def task(self, pid: int) -> "FrozenTask":

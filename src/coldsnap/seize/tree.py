@@ -18,6 +18,7 @@ thread that unshared its fd table or fs is not told apart (not supported).
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -135,13 +136,23 @@ class NamespaceIds:
         self._ids: dict[tuple[str, int], int] = {}
 
     def ids_of(self, pid: int) -> dict[str, int]:
-        out = {}
-        for kind in NS_KINDS:
-            ino = ns_inode(pid, kind)
-            if ino is None:
-                continue                    # this kernel has no such namespace
-            out[kind] = self._ids.setdefault((kind, ino), len(self._ids) + 1)
-        return out
+        return self.ids_from(ns_inodes(pid))
+
+    def ids_from(self, inodes: dict[str, int]) -> dict[str, int]:
+        return {kind: self._ids.setdefault((kind, ino), len(self._ids) + 1) for kind, ino in inodes.items()}
+
+
+def ns_inodes(pid: int) -> dict[str, int]:
+    """kind -> namespace inode of PID (the kinds this kernel has)."""
+    return {kind: ino for kind in NS_KINDS if (ino := ns_inode(pid, kind)) is not None}
+
+
+@functools.cache
+def own_ns_inodes(pid: int) -> dict[str, int]:
+    """This process's namespace inodes (pid: os.getpid(), so that a fork reads its own),
+    read once: a tree's model needs them, and nothing makes them change under a freeze, so
+    FrozenTree reads them before it freezes anything."""
+    return ns_inodes(pid)
 
 
 def tree_order(root: int, parents: dict[int, int]) -> list[int]:
@@ -174,7 +185,7 @@ def read_tree(root: int, threads: dict[int, list[int]]) -> Tree:
                           ns_ids=namespaces.ids_of(pid))
     me = os.getpid()
     dumper = Task(me, 0, 0, 0, [me], **{name: ids.id_of(me) for name, ids in allocators.items()},
-                  ns_ids=namespaces.ids_of(me))
+                  ns_ids=namespaces.ids_from(own_ns_inodes(me)))
     return Tree(root, tasks, dumper)
 
 
