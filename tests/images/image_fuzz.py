@@ -253,7 +253,8 @@ class Mutation:
 
     def _symlink(self, d: Path, path: Path) -> None:
         (target,) = self.args
-        path.unlink()
+        if os.path.lexists(path):
+            path.unlink()
         if target == "fifo":
             os.mkfifo(path)     # a FIFO in place of a file: a reader that opens it blocks
         else:
@@ -407,6 +408,7 @@ def run_case(pristine: Path, mutation: Mutation, scratch: Path) -> Outcome:
 
 # -- the hypothesis strategy ------------------------------------------------------------------
 
+PARENT_TARGETS = (".", "..", "/nonexistent", "inventory.img", "/dev/zero", "/proc/self/cwd", "/")
 SYMLINK_TARGETS = ("/dev/zero", "/dev/null", "fifo", "/nonexistent/file", "/proc/self/mem", "/etc/hostname", ".")
 
 
@@ -455,13 +457,15 @@ def mutations(layout: Layout):
     @st.composite
     def whole_file(draw):
         name = draw(files)
-        op = draw(st.sampled_from(("remove", "empty", "swap", "symlink", "append")))
+        op = draw(st.sampled_from(("remove", "empty", "swap", "symlink", "append", "parent")))
         if op == "swap":
             return Mutation(op, name, (draw(files.filter(lambda n: n != name)),))
         if op == "symlink":
             return Mutation(op, name, (draw(st.one_of(st.sampled_from(SYMLINK_TARGETS), files)),))
         if op == "append":
             return Mutation(op, name, (draw(st.binary(min_size=1, max_size=64)),))
+        if op == "parent":      # a parent link where the dump has none: loops, files, nowhere
+            return Mutation("symlink", "parent", (draw(st.sampled_from(PARENT_TARGETS)),))
         return Mutation(op, name)
 
     # protobuf values first: they reach the validators behind the framing checks
