@@ -59,3 +59,19 @@ def test_a_file_entry_retyped(fuzz_dump, tmp_path):
     index = [v.number for v in fdinfo_pb2.fd_types.DESCRIPTOR.values].index(fdinfo_pb2.INETSK)
     _refused(pristine, Mutation("field", "files.img", (entry, (("type", None),), index)),
              tmp_path, "not a valid INETSK file")
+
+
+@pytest.mark.parametrize("flag", ["O_TRUNC", "O_CREAT"])
+def test_a_regular_file_with_create_or_truncate_flags(fuzz_dump, tmp_path, flag):
+    """The kernel clears O_CREAT/O_EXCL/O_TRUNC/O_NOCTTY from an open file's flags, so no
+    dump has them; restore hands the flags to open(2), which would truncate or create the
+    file: refused before."""
+    import os
+    from coldsnap.images.framing import kind_for, read_entries
+    pristine, layout = fuzz_dump
+    msgs = [m for m, _ in read_entries(pristine / "files.img", kind_for("files.img"))]
+    index = next(i for i, m in enumerate(msgs) if m.type == fdinfo_pb2.REG and m.reg.name.endswith("/data"))
+    flags = msgs[index].reg.flags | getattr(os, flag)
+    _refused(pristine, Mutation("field", "files.img", (layout.entries["files.img"][index],
+                                                       (("reg", None), ("flags", None)), flags)),
+             tmp_path, "create/truncate flags")

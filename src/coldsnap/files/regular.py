@@ -36,8 +36,16 @@ def reg_entry(fid: int, path: str, flags: int, pos: int, fown: Fown, mnt_id: int
     return e
 
 
+# the kernel clears these from an open file's flags: a dump never records them, and
+# restore passes the flags to open(2), where they would create or truncate the file
+_OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
+
+
 def check_reg(name: str, f: RegFile) -> None:
     """The file is still there, of the same kind, and (read-only ones) of the same size."""
+    if f.flags & _OPEN_ONLY:
+        raise ImageError(f"{name}: open flags {f.flags:#o} for {f.path} (create/truncate flags "
+                         "no open file has)")
     try:
         st = os.stat(f.path)
     except OSError as e:
