@@ -75,3 +75,15 @@ def test_a_regular_file_with_create_or_truncate_flags(fuzz_dump, tmp_path, flag)
     _refused(pristine, Mutation("field", "files.img", (layout.entries["files.img"][index],
                                                        (("reg", None), ("flags", None)), flags)),
              tmp_path, "create/truncate flags")
+
+
+def test_a_path_that_is_not_utf8(fuzz_dump, tmp_path):
+    """A byte of a file's path flipped into invalid UTF-8: protobuf handed it over as bytes
+    and the terminal check's regular expression raised TypeError."""
+    from coldsnap.images.framing import kind_for, read_entries
+    pristine, layout = fuzz_dump
+    msgs = [m for m, _ in read_entries(pristine / "files.img", kind_for("files.img"))]
+    index = next(i for i, m in enumerate(msgs) if m.type == fdinfo_pb2.REG)
+    entry = layout.entries["files.img"][index]
+    at = (pristine / "files.img").read_bytes().index(msgs[index].reg.name.encode(), entry.offset)
+    _refused(pristine, Mutation("flip", "files.img", (at + 1, 0xAA)), tmp_path, "is not UTF-8 text")

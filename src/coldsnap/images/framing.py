@@ -12,6 +12,7 @@ the two queues, one after the other).
 from __future__ import annotations
 
 import enum
+import functools
 import io
 import os
 import re
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from ..errors import ImageError
@@ -329,6 +331,31 @@ def entry_size(view: memoryview, pos: int, index: int, where: str) -> int:
     return size
 
 
+@functools.cache
+def _text_fields(descriptor) -> tuple[tuple, tuple]:
+    """(string fields, message fields that hold strings somewhere below) of a message type."""
+    strings = tuple(f for f in descriptor.fields if f.type == FieldDescriptor.TYPE_STRING)
+    subs = tuple(f for f in descriptor.fields if f.type == FieldDescriptor.TYPE_MESSAGE
+                 and f.message_type is not descriptor and any(_text_fields(f.message_type)))
+    return strings, subs
+
+
+def _not_utf8(msg: Message) -> Optional[str]:
+    """The name of a string field of MSG (or below) that is not UTF-8, else None: protobuf
+    hands such a value over as bytes, which every reader of a path or a name chokes on."""
+    strings, subs = _text_fields(msg.DESCRIPTOR)
+    for f in strings:
+        value = getattr(msg, f.name)
+        if any(isinstance(v, bytes) for v in value) if f.is_repeated else isinstance(value, bytes):
+            return f.name
+    for f in subs:
+        for sub in getattr(msg, f.name) if f.is_repeated else ([getattr(msg, f.name)] if msg.HasField(f.name) else []):
+            bad = _not_utf8(sub)
+            if bad:
+                return f"{f.name}.{bad}"
+    return None
+
+
 def parse_entries(data: bytes, kind: ImageKind, where: str = "image"
                   ) -> Iterator[tuple[Message, Optional[bytes]]]:
     """Yield (message, payload or None) from the bytes of a whole image file."""
@@ -346,6 +373,9 @@ def parse_entries(data: bytes, kind: ImageKind, where: str = "image"
         if not msg.IsInitialized():  # upb parses partial messages without complaint
             raise ImageError(f"{where}: entry {index} is not a valid {cls.__name__}: lacks "
                              f"required {', '.join(msg.FindInitializationErrors())}")
+        bad = _not_utf8(msg)
+        if bad:
+            raise ImageError(f"{where}: entry {index}: {cls.__name__}.{bad} is not UTF-8 text")
         pos += size
         payload = None
         if kind.payload is not None and not (index == 0 and kind.head is not None):
