@@ -11,6 +11,7 @@ a real restore is then tried on (test_fuzz_images.py samples some).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+from unittest import mock
 
 from google.protobuf.descriptor import FieldDescriptor as FD
 from google.protobuf.message import Message
@@ -375,8 +377,12 @@ def check_images(images: Path, watch: Path, seconds: float = CASE_SECONDS) -> Ou
                 if step == "show":
                     info = show.describe(str(images))
                     show.render(info)
+                    json.dumps(info)            # show --json
                 else:
-                    restore_images.load_tree(images)
+                    # the images' PIDs being free is the machine's business, not the images':
+                    # on a busy machine (pid_max 32768) they are soon reused by others
+                    with mock.patch.object(restore_images, "_check_ids_free", lambda tids: None):
+                        restore_images.load_tree(images)
                     accepted = True
         except CsError as e:
             line = str(e)
