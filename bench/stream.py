@@ -7,8 +7,10 @@ Target: bench/restore_target.c with SIZE of private anonymous memory, idle. Per 
 size, two cycles, alternating which goes first:
 
   -D       `coldsnap dump -t PID -D DIR --json` (DIR on tmpfs), then `restore -D DIR -d`
-  stream   `coldsnap dump -t PID --stream --json | coldsnap restore --stream -d`, one OS pipe
-           (both spools under TMPDIR on the same tmpfs)
+  stream   `coldsnap dump -t PID --stream --json | coldsnap restore --stream -d`, one OS pipe,
+           both started at once as a shell starts a pipeline (both spools under TMPDIR on the
+           same tmpfs; the dumped PID is free again long before the restore, which reads the
+           whole stream first, checks it)
 
 Wall of the dump command (exec to exit; for the stream, until its last byte is in the pipe),
 the dump's `frozen_time` (from its JSON), the dump's peak RSS (wait4), and the wall of the
@@ -70,10 +72,10 @@ def cycle(kind: str, size: int, scratch: Path) -> dict:
         else:
             dump = subprocess.Popen([*COLDSNAP, "dump", "-t", str(pid), "--stream", "--json"],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-            reap(pid)       # killed before the stream is written: free for the restore below
             restore = subprocess.Popen([*COLDSNAP, "restore", "--stream", "-d"], stdin=dump.stdout,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
             dump.stdout.close()
+            reap(pid)       # killed before the stream begins: free long before the restore checks it
             rc, t1, ru = _wait(dump)
             err = dump.stderr.read().decode()
             assert rc == 0, err

@@ -394,7 +394,6 @@ def _refuse_lazy(pid: int) -> None:
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    from .restore.restore import restore
     if args.lazy_log and not args.lazy_pages:
         raise UsageError("--lazy-log goes with --lazy-pages")
     if args.tcp_close and args.tcp_established:
@@ -403,10 +402,13 @@ def run_restore(args: argparse.Namespace) -> int:
                tcp_close=args.tcp_close, network_lock=args.network_lock != "skip")
     if args.stream:
         with cli_stream.StreamSpool() as spool:     # removed once the process runs
-            res = restore(spool.read(), detach=True, **how)
+            top = spool.read()          # before the restore's imports: the writer waits for no one
+            from .restore.restore import restore
+            res = restore(top, detach=True, **how)
         if not args.restore_detached:
             res.exit_status = os.waitpid(res.pid, 0)[1]
     else:
+        from .restore.restore import restore
         res = restore(args.images_dir, detach=args.restore_detached, pages=cli_transport.restore_pages(args), **how)
     result = {"pid": res.pid, "processes": res.processes, "threads": res.threads, "total_ms": round(res.total_ns / 1e6, 3),
               "memory_ms": round(res.stats.memory_ns / 1e6, 3), "injected_calls": res.stats.calls}
