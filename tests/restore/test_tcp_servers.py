@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -18,7 +19,7 @@ import pytest
 from restore_helpers import alive, coldsnap, kill_and_reap, wait_gone
 from tcp_helpers import lift_left_locks, assert_no_table, dump_lock, run_coldsnap, tables_of  # noqa: F401  (the fixture)
 from test_redis_roundtrip import _free_port, _resp, _wait_answering
-from tree_helpers import kill_tree, reap_orphans
+from tree_helpers import in_session, kill_tree, reap_orphans
 
 pytestmark = pytest.mark.usefixtures("lift_left_locks")
 REDIS = shutil.which("redis-server")
@@ -237,7 +238,13 @@ def test_nginx_keepalive_connection_survives(tmp_path):
         assert not bad, "\n".join(bad)
     finally:
         client.close()
-        kill_tree(proc, sorted(known | set(_children(master))), restored)
+        # the master first: it respawns a worker that dies, so killing a listing of its
+        # children could leave one made meanwhile; then everything of its session
+        try:
+            os.kill(master, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        kill_tree(proc, sorted(known | set(in_session(master))), restored)
         shutil.rmtree(prefix, ignore_errors=True)
 
 
