@@ -5,10 +5,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 
+from coldsnap.errors import TargetError
 from coldsnap.images.pages import FileArea
 from coldsnap.memory.frozen_copy import copy_frozen, pieces
 from coldsnap.memory.ranges import Ranges
@@ -36,6 +38,18 @@ def test_pieces_cover_the_ranges_in_chunks_back_to_back():
     assert got.pairs() == r.pairs()
 
 
+class WatchedArea(FileArea):
+    """A pages file area that notes which thread made each write."""
+
+    def __init__(self, fd: int):
+        super().__init__(fd, 0)
+        self.writers: list[str] = []
+
+    def pwrite(self, data, offset: int) -> int:
+        self.writers.append(threading.current_thread().name)
+        return super().pwrite(data, offset)
+
+
 SPANS = {"runs": [(0, 20), (25, 40)],                     # long runs cut into pieces
          "fragmented": [(i, i + 1) for i in range(0, 40, 2)]}   # one page in two, batched
 
@@ -52,7 +66,8 @@ def test_copy_equals_memory_including_unreadable_pages(tmp_path, threads, layout
         out = os.open(tmp_path / "pages", os.O_RDWR | os.O_CREAT, 0o600)
         mem = os.open(f"/proc/{proc.pid}/mem", os.O_RDONLY)
         try:
-            stats = copy_frozen(proc.pid, mem, ranges, FileArea(out, 0), threads=threads, chunk=chunk,
+            area = WatchedArea(out)
+            stats = copy_frozen(proc.pid, mem, ranges, area, threads=threads, chunk=chunk,
                                 parallel_from=0)
         finally:
             os.close(mem)
@@ -65,6 +80,43 @@ def test_copy_equals_memory_including_unreadable_pages(tmp_path, threads, layout
         assert stats.bytes == len(want) and stats.forced_bytes >= len(set(pages) & {8, 9, 10, 11}) * PG
         if layout == "fragmented":
             assert stats.syscalls < len(pages)              # pages read together, not one by one
+        assert stats.syscalls >= 2 * len(area.writers)      # every write came after a read
+        workers = {name for name in area.writers if name.startswith("coldsnap-copy")}
+        assert bool(workers) == (threads > 1), area.writers
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+PAST_EOF = r"""
+import ctypes, mmap, os, sys
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+base = libc.mmap(None, 4 * 4096, 3, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+ctypes.memset(base, 7, 4 * 4096)
+fd = os.memfd_create("short")                     # pages 2, 3: a file mapped past its end
+libc.mmap(base + 2 * 4096, 2 * 4096, 1, mmap.MAP_PRIVATE | 0x10, fd, 0)
+print(base, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_page_nothing_can_read_is_a_one_line_error_naming_it(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", PAST_EOF], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        base = int(proc.stdout.readline())
+        os.kill(proc.pid, signal.SIGSTOP)
+        out = os.open(tmp_path / "pages", os.O_RDWR | os.O_CREAT, 0o600)
+        mem = os.open(f"/proc/{proc.pid}/mem", os.O_RDONLY)
+        try:
+            with pytest.raises(TargetError) as e:
+                copy_frozen(proc.pid, mem, Ranges.of([(base, base + 4 * PG)]), FileArea(out, 0), threads=1)
+        finally:
+            os.close(mem)
+            os.close(out)
+        assert str(e.value).startswith(f"cannot read page {base + 2 * PG:#x} of {proc.pid}")
+        assert "\n" not in str(e.value)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -1,6 +1,6 @@
 """Range algebra against a brute-force model of page sets."""
 import numpy as np
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 from coldsnap.memory.ranges import Ranges, sorted_unique
 
@@ -66,12 +66,24 @@ def test_covering_joins_any_pairs(spans):
 
 
 @given(page_sets(), page_sets(), st.sets(st.integers(0, 201), max_size=20))
+@example(set(range(10, 20)), {0, 11, 13}, set())          # one range across two, after another
+@example(set(range(10, 20)), {11, 13, 15}, {12})
 def test_pieces_in_keep_the_ranges_they_come_from(a, b, cuts):
     ra = to_ranges(a).split_at(np.array(sorted(c * PG for c in cuts), dtype=np.uint64))
     s, e, idx = ra.pieces_in(to_ranges(b))
     assert to_pages(Ranges.covering(zip(s.tolist(), e.tolist()))) == a & b
     for lo, hi, i in zip(s.tolist(), e.tolist(), idx.tolist()):
         assert ra.starts[i] <= lo < hi <= ra.ends[i]
+
+
+@given(page_sets())
+@example({1, 2})                                        # two ranges that touch
+@example({1, 2, 5, 6, 7})
+def test_merged_joins_exactly_the_ranges_that_touch(a):
+    r = to_ranges(a)
+    per_page = Ranges.of([(p * PG, (p + 1) * PG) for p in sorted(a)]) if a else Ranges.empty()
+    assert per_page.merged().pairs() == r.pairs()
+    assert r.merged().pairs() == r.pairs()
 
 
 def test_sorted_unique_is_np_unique():

@@ -55,3 +55,35 @@ def test_plan_never_crosses_a_vma_boundary(kinds):
     plan, _ = scan_saved_pages(w.pid, vmas)
     for lo, hi in plan.pairs():
         assert any(v.start <= lo and hi <= v.end and v.saves_pages for v in vmas)
+
+
+GUARDED = r"""
+import ctypes, mmap, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+base = libc.mmap(None, 8 * 4096, 3, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+ctypes.memset(base, 1, 8 * 4096)
+if libc.madvise(ctypes.c_void_p(base + 2 * 4096), 2 * 4096, 102) != 0:     # MADV_GUARD_INSTALL
+    print("no", flush=True)
+else:
+    print(base, flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("method", ["ioctl", "read"])
+def test_guard_pages_are_found_and_kept_out_of_the_plan(spawn, python_exe, method):
+    from coldsnap.kernel.pagemap import has_guard_category
+    from coldsnap.memory.scan import scan_saved_and_guards
+    if method == "ioctl" and not has_guard_category():
+        pytest.skip("PAGEMAP_SCAN has no guard category on this kernel")
+    w = spawn([python_exe, "-c", GUARDED])
+    if w.ready == "no":
+        pytest.skip("this kernel has no MADV_GUARD_INSTALL")
+    base = int(w.ready)
+    vmas = classify_all(read_maps(w.pid))
+    found, guards, used = scan_saved_and_guards(w.pid, vmas, method)
+    assert used == method
+    assert guards.pairs() == [(base + 2 * PG, base + 4 * PG)]
+    assert pages_in(found, base, base + 8 * PG) == [0, 1, 4, 5, 6, 7]
