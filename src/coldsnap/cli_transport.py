@@ -85,6 +85,8 @@ def add_migrate_commands(sub) -> None:
     mr.add_argument("-D", "--images-dir", metavar="DIR", help="keep the received images here (default: a "
                     "temporary directory, removed at the end)")
     mr.add_argument("--keep-serving", action="store_true", help="serve more migrations after the first")
+    mr.add_argument("--no-prebuild", action="store_true", help="do not build the process's memory ahead as "
+                    "pre-copies arrive: restore all of it at switchover")
     add_server_args(mr)
     mg = sub.add_parser("migrate", help="move a running process tree to a `coldsnap migrate-receive`")
     mg.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="process to move")
@@ -114,7 +116,7 @@ def run_migrate_receive(args: argparse.Namespace) -> int:
     from .restore.receive import migrate_receive
     opts = server_options(args)
     answer = migrate_receive(args.address, args.port, images_dir=args.images_dir, keep_serving=args.keep_serving,
-                             options=opts, ready=lambda port: print(f"migrate-receive: listening on "
+                             prebuild=not args.no_prebuild, options=opts, ready=lambda port: print(f"migrate-receive: listening on "
                                                                     f"{args.address}:{port}", flush=True))
     print(f"migrate-receive: process {answer['pid']} runs here", flush=True)
     return 0

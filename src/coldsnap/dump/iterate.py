@@ -109,6 +109,7 @@ class PreDumpSeries:
                 stats = save_step(planners, imgdir, self.mode, covered=covered,
                                   buffer_size=self.buffer_size, times=times,
                                   freeze_cgroup=self.freeze_cgroup, pages=pages)
+                pages.finish()          # a target sending images too (migrate) sends them now
         self.plan = self.planner.last
         self.n += 1
         self.prev = path

@@ -73,6 +73,8 @@ class MigrateResult:
     final_dump_ms: float = 0.0      # freeze, pages and images sent and stored over there
     restore_ms: float = 0.0         # the destination's restore, as the source waited for it
     restore_inner_ms: float = 0.0   # of which the restore itself, as the destination timed it
+    prebuilt_bytes: int = 0         # of the memory built ahead over there (kept, not written at switchover)
+    final_apply_ms: float = 0.0     # the final delta written into the memory built ahead, over there
     final_pages: int = 0
     final_bytes: int = 0
     total_ms: float = 0.0
@@ -112,7 +114,8 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
     base = Path(workdir or tempfile.mkdtemp(prefix="coldsnap-migrate-"))
     base.mkdir(parents=True, exist_ok=True)
     tag = f"m{os.getpid()}-{int(time.time() * 1000) % 10**9}"      # session names unique on the destination
-    target = ServerPages(to, options)
+    # the pre-dumps' images go too (mm, pstree: the destination builds the memory ahead from them)
+    target = ServerPages(to, options, send_images=True)
     result = MigrateResult(pid, 0, post_copy=post_copy)
     dumped = False
     source = None
@@ -157,6 +160,8 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
             result.destination_pid = int(answer["pid"])
             result.restore_inner_ms = float(answer.get("total_ms") or 0.0)
             result.post_copy_pages = int(answer.get("lazy_pages") or 0)
+            result.prebuilt_bytes = int(answer.get("prebuilt_bytes") or 0)
+            result.final_apply_ms = float(answer.get("last_apply_ms") or 0.0)
 
         try:
             stats = dump(pid, final, prev_images_dir=prev, pages=final_target, after_commit=switchover,

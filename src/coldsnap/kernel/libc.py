@@ -104,6 +104,7 @@ class SYS:
     set_tid_address = 218
     exit_group = 231
     tgkill = 234
+    preadv = 295
     rt_tgsigqueueinfo = 297
     openat = 257
     set_robust_list = 273

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
 
 import numpy as np
 
@@ -48,4 +50,48 @@ def writev_pairs(pid: int, local: np.ndarray, remote: np.ndarray, count: int) ->
                    ctypes.c_void_p(remote.ctypes.data), ctypes.c_ulong(count), ctypes.c_ulong(0))
     if res == -1:
         raise process_error(ctypes.get_errno(), pid)
+    return res
+
+
+# -- this process's own memory (the migration's restore worker builds areas in itself) ------
+
+MAP_FIXED_NOREPLACE = 0x100000
+MADV_DONTNEED, MADV_DONTFORK, MADV_DOFORK = 4, 10, 11
+
+
+def map_anon_at(addr: int, size: int, flags: int) -> bool:
+    """mmap(addr, size, PROT_READ|PROT_WRITE, flags|MAP_FIXED_NOREPLACE) of anonymous memory
+    in this process; False when something of ours is already there (EEXIST)."""
+    res = _syscall(ctypes.c_long(SYS.mmap), ctypes.c_ulong(addr), ctypes.c_ulong(size), ctypes.c_ulong(3),
+                   ctypes.c_ulong(flags | MAP_FIXED_NOREPLACE), ctypes.c_long(-1), ctypes.c_ulong(0))
+    if res == -1:
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        raise OSError(err, f"mmap {addr:#x}+{size:#x}: {os.strerror(err)}")
+    if res != addr:                 # a kernel before 4.17 takes the flag as a mere hint
+        _syscall(ctypes.c_long(SYS.munmap), ctypes.c_ulong(res), ctypes.c_ulong(size))
+        return False
+    return True
+
+
+def unmap(addr: int, size: int) -> None:
+    if _syscall(ctypes.c_long(SYS.munmap), ctypes.c_ulong(addr), ctypes.c_ulong(size)) == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"munmap {addr:#x}+{size:#x}: {os.strerror(err)}")
+
+
+def madvise(addr: int, size: int, advice: int) -> None:
+    if _syscall(ctypes.c_long(SYS.madvise), ctypes.c_ulong(addr), ctypes.c_ulong(size), ctypes.c_ulong(advice)) == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"madvise({advice}) {addr:#x}+{size:#x}: {os.strerror(err)}")
+
+
+def preadv_pairs(fd: int, iov: np.ndarray, count: int, offset: int) -> int:
+    """preadv(2) of iov[:count] (an (n, 2) u64 array: our addresses, lengths) at OFFSET."""
+    res = _syscall(ctypes.c_long(SYS.preadv), ctypes.c_long(fd), ctypes.c_void_p(iov.ctypes.data),
+                   ctypes.c_ulong(count), ctypes.c_ulong(offset), ctypes.c_ulong(0))
+    if res == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"preadv: {os.strerror(err)}")
     return res

@@ -49,6 +49,7 @@ import struct
 
 from ..errors import AccessDenied, CsError, ImageError, TargetError
 from ..kernel.clone import fork_with_pid
+from ..kernel import vm
 from ..kernel.libc import libc
 from .fdtable import open_shared, rebuild_fds
 from ..seize.tree import Task
@@ -63,9 +64,10 @@ _LEN = struct.Struct("<I")
 OK = b"ok"
 
 
-def make_blank_tree(images: TreeImages, shell_job: bool) -> int:
+def make_blank_tree(images: TreeImages, shell_job: bool, dontfork: list[tuple[int, int]] = ()) -> int:
     """Every blank process of the tree; returns the root's PID. On failure nothing is left
-    (the root is killed, the others die with it) and the first error is raised."""
+    (the root is killed, the others die with it) and the first error is raised. DONTFORK:
+    areas of ours the root keeps (restore/prebuild.py) and its children must not inherit."""
     tables = [e.fd for t in images.procs.values() for e in t.files.fds]
     r, w0 = os.pipe()
     try:
@@ -84,6 +86,8 @@ def make_blank_tree(images: TreeImages, shell_job: bool) -> int:
         os.close(r)
         shared = {}
         try:
+            for start, end in dontfork:
+                vm.madvise(start, end - start, vm.MADV_DONTFORK)
             shared = open_shared(images.root.files, images.files.shared_ids(), w + 1, shell_job=shell_job)
         except BaseException as e:   # noqa: BLE001 - report anything to coldsnap
             _fail(w, e)

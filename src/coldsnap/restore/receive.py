@@ -12,6 +12,10 @@ The restore runs in a child (restore/receive_worker.py), started ahead with its 
 done, so that the restored tree is no child of the receiver: it is reparented to this
 host's init (or subreaper) when the worker exits, and outlives the receiver. The sessions
 are committed without fsync: they are read back at once and thrown away.
+
+Each session stored is handed to the worker as it arrives: the worker builds the root's
+private memory from it in its own address space (restore/prebuild.py), so that at
+switchover the restore inherits it instead of writing it (prebuild=False: it does not).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -29,24 +34,45 @@ from ..transport.server import PageServer, ServerOptions
 
 
 class Restorer:
-    """A worker process waiting to restore one images directory (its imports already done)."""
+    """A worker process waiting to restore one images directory (its imports already done),
+    building the memory ahead from the sessions it is told of meanwhile."""
 
-    def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-m", "coldsnap.restore.receive_worker"],
+    def __init__(self, prebuild: bool = True):
+        self.proc = subprocess.Popen([sys.executable, "-m", "coldsnap.restore.receive_worker"]
+                                     + ([] if prebuild else ["--no-prebuild"]),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._lock = threading.Lock()
+        self.answered = False
+
+    def apply(self, session: Path) -> None:
+        """A session is stored: the worker builds from it (no answer; a dead worker shows
+        at restore)."""
+        with self._lock:
+            try:
+                self.proc.stdin.write(f"apply {session}\n")
+                self.proc.stdin.flush()
+            except OSError:
+                pass
 
     def restore(self, images: Path, request: dict | None = None) -> dict:
         try:
-            self.proc.stdin.write(json.dumps({"images": str(images), **(request or {})}) + "\n")
-            self.proc.stdin.flush()
+            with self._lock:
+                self.proc.stdin.write(json.dumps({"images": str(images), **(request or {})}) + "\n")
+                self.proc.stdin.flush()
             line = self.proc.stdout.readline()
-            self.proc.wait(timeout=10)
-            return json.loads(line)
-        except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+            answer = json.loads(line)
+            self.answered = True        # the worker exits by itself now (not waited for here:
+            return answer               # the source waits for this answer, not for that)
+        except (OSError, ValueError) as e:
             self.close()
             return {"error": f"the restore worker failed: {e}"}
 
     def close(self) -> None:
+        if self.answered:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
@@ -64,7 +90,8 @@ def _post_copy(request: dict, opts: ServerOptions) -> dict:
 
 
 def migrate_receive(address: str, port: int, *, images_dir: str | None = None, keep_serving: bool = False,
-                    options: ServerOptions | None = None, ready: Callable[[int], None] = lambda port: None) -> dict:
+                    options: ServerOptions | None = None, ready: Callable[[int], None] = lambda port: None,
+                    prebuild: bool = True) -> dict:
     """Serve until one migration is restored here (or forever with keep_serving); returns the
     last restore's answer. Raises CsError when that restore failed."""
     own_dir = images_dir is None
@@ -74,13 +101,15 @@ def migrate_receive(address: str, port: int, *, images_dir: str | None = None, k
     last: dict = {}
     opts = options or ServerOptions()
 
-    workers = [Restorer()]
+    workers = [Restorer(prebuild)]
 
     def restore(images: Path, request: dict) -> dict:
+        t0 = time.perf_counter()
         answer = workers[-1].restore(images, _post_copy(request, opts))
+        answer["asked_ms"] = round((time.perf_counter() - t0) * 1000, 2)    # the restore as this side waited for it
         if keep_serving:
-            workers.append(Restorer())
-        opts.log(f"migrate-receive: {images.name}: " + (f"restored, pid {answer['pid']} runs"
+            workers.append(Restorer(prebuild))
+        opts.log(f"migrate-receive: {images.name}: " + (f"restored, pid {answer['pid']} runs ({_timing(answer)})"
                                                         if "pid" in answer else f"restore failed: {answer['error']}"))
         last.clear()
         last.update(answer)
@@ -89,6 +118,7 @@ def migrate_receive(address: str, port: int, *, images_dir: str | None = None, k
         return answer
 
     opts.restore = restore
+    opts.stored = lambda session: workers[-1].apply(session)
     opts.durable = False
     server = PageServer(root, address, port, opts)
     try:
@@ -108,3 +138,9 @@ def migrate_receive(address: str, port: int, *, images_dir: str | None = None, k
     if "error" in last:
         raise CsError(f"migrate-receive: the restore failed: {last['error']}")
     return last
+
+
+def _timing(answer: dict) -> str:
+    return (f"restore {answer.get('total_ms')} ms, worker {answer.get('wall_ms')} ms, asked {answer.get('asked_ms')} ms; "
+            f"final session applied in {answer.get('last_apply_ms', '-')} ms, "
+            f"{answer.get('prebuilt_bytes', 0) / 2**20:.1f} MiB built ahead")

@@ -1,33 +1,59 @@
-"""The restore worker of migrate-receive (restore/receive.py): imports the restore, waits for
-one request on stdin (a JSON line: the images directory, and for a post-copy where its lazy
-pages are), restores it detached and prints one JSON line, then exits at once, so the
-restored tree is reparented to this host's init. Everything is imported before the request."""
+"""The restore worker of migrate-receive (restore/receive.py): imports the restore, then reads
+one command a line on stdin:
+
+    apply PATH      a session of the migration is stored: build the root's memory ahead
+                    from it, in this process (restore/prebuild.py); no answer
+    {JSON}          the restore request: the images directory, and for a post-copy where its
+                    lazy pages are; restore it detached (keeping what was built ahead), print
+                    one JSON line and exit at once, so the restored tree is reparented to this
+                    host's init. Everything is imported before the request.
+
+`--no-prebuild` as argument: apply lines are ignored (the whole memory is written at restore).
+"""
 from __future__ import annotations
 
 import json
 import os
 import sys
+import time
 
 from ..errors import CsError
 from ..images.source import LocalPages
 from ..transport.client import ClientOptions
 from ..transport.source import RemotePages
 from ..transport.wire import Endpoint, TlsFiles
+from .prebuild import Prebuilt
 from .restore import restore
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    line = sys.stdin.readline().strip()
-    if not line:
+    prebuild = "--no-prebuild" not in (argv if argv is not None else sys.argv[1:])
+    built = Prebuilt()
+    for line in sys.stdin:
+        line = line.strip()
+        if line.startswith("apply "):
+            if prebuild:
+                built.apply(line[len("apply "):])
+            continue
+        if not line:
+            return 0
+        t0 = time.perf_counter()
+        try:
+            request = json.loads(line)
+            lazy = _post_copy(request)
+            if lazy:
+                built.drop()            # a post-copy restore writes nothing itself: no fork of them either
+            r = restore(request["images"], detach=True, prebuilt=built if prebuild and not lazy else None, **lazy)
+            answer = {"pid": r.pid, "total_ms": round(r.total_ns / 1e6, 2), "lazy_pages": r.stats.lazy_pages,
+                      "prebuilt_bytes": r.prebuilt_bytes, "prebuilt_areas": [[s, e] for s, e in r.prebuilt],
+                      "wall_ms": round((time.perf_counter() - t0) * 1000, 2)}
+            if built.stats:
+                answer["last_apply_ms"] = built.stats[-1].ms
+        except (CsError, OSError, ValueError, KeyError) as e:
+            answer = {"error": str(e)}
+        print(json.dumps(answer), flush=True)
         return 0
-    try:
-        request = json.loads(line)
-        r = restore(request["images"], detach=True, **_post_copy(request))
-        answer = {"pid": r.pid, "total_ms": round(r.total_ns / 1e6, 2), "lazy_pages": r.stats.lazy_pages}
-    except (CsError, OSError) as e:
-        answer = {"error": str(e)}
-    print(json.dumps(answer), flush=True)
     return 0
 
 

@@ -22,7 +22,7 @@ import os
 import resource
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import CsError, TargetError
 from ..files.ghost import GhostFiles
@@ -33,6 +33,7 @@ from ..files.images import drop_streams, tcp_connections
 from .blank import kill_blank, make_blank_tree
 from .connections import RestoreNetwork
 from .ghosts import make_ghosts
+from .prebuild import Prebuilt
 from .images import DumpImages, TreeImages, load_tree
 from .shmem import SharedMemory
 from .transplant import TransplantStats, transplant
@@ -50,20 +51,29 @@ class RestoreResult:
     processes: int = 1               # of the tree (threads, stats: summed over every process)
     lazy_server: int | None = None   # --lazy-pages: the server bringing the pages in, and its guardian
     lazy_guardian: int | None = None
+    prebuilt: list = field(default_factory=list)   # (start, end) of the root's areas built ahead and kept
+
+    @property
+    def prebuilt_bytes(self) -> int:
+        return sum(e - s for s, e in self.prebuilt)
 
 
 def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bool = False,
             lazy_pages: bool = False, lazy_log: str | None = None, tcp_close: bool = False,
-            network_lock: bool = True, pages: PageOrigin | None = None) -> RestoreResult:
+            network_lock: bool = True, pages: PageOrigin | None = None,
+            prebuilt: Prebuilt | None = None) -> RestoreResult:
     """lazy_pages: private anonymous memory comes after the process runs, from a detached
     server (restore/lazy_server.py); lazy_log: where that server writes (else /dev/null).
     pages: where the pages are read (default: the images directory; transport/source.py
     RemotePages: a page server's session, closed here when the restore is done).
     tcp_close: saved TCP connections come back closed (the dump's lock is lifted all the same).
-    network_lock=False: no lock of the restore's own while the connections are rebuilt."""
+    network_lock=False: no lock of the restore's own while the connections are rebuilt.
+    prebuilt: the root's memory built ahead in this process (restore/prebuild.py, a migration's
+    restore worker): those areas are inherited by the root and kept as they are."""
     t0 = time.perf_counter_ns()
     try:
-        result = _load_and_restore(images_dir, t0, shell_job, lazy_pages, lazy_log, tcp_close, network_lock, pages)
+        result = _load_and_restore(images_dir, t0, shell_job, lazy_pages, lazy_log, tcp_close, network_lock, pages,
+                                   prebuilt)
     finally:
         if pages is not None:
             pages.close()
@@ -73,7 +83,8 @@ def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bo
 
 
 def _load_and_restore(images_dir, t0: int, shell_job: bool, lazy_pages: bool, lazy_log: str | None,
-                      tcp_close: bool, network_lock: bool, pages: PageOrigin | None) -> RestoreResult:
+                      tcp_close: bool, network_lock: bool, pages: PageOrigin | None,
+                      prebuilt: Prebuilt | None = None) -> RestoreResult:
     with RestoreNetwork.of(images_dir) as net:
         images = load_tree(images_dir, shell_job=shell_job, pages=pages)
         if tcp_close:
@@ -82,14 +93,21 @@ def _load_and_restore(images_dir, t0: int, shell_job: bool, lazy_pages: bool, la
         with SharedMemory.make(images.shmem, images.sysv, images.memfds) as shm, make_ghosts(images) as ghosts:
             shm.give_sources(images.files, images.memfd_files)
             return _restore(images, shm, net, ghosts, t0, shell_job=shell_job, lazy_pages=lazy_pages,
-                            lazy_log=lazy_log)
+                            lazy_log=lazy_log, prebuilt=prebuilt)
 
 
 def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts: GhostFiles,
              t0: int, *, shell_job: bool,
-             lazy_pages: bool = False, lazy_log: str | None = None) -> RestoreResult:
+             lazy_pages: bool = False, lazy_log: str | None = None,
+             prebuilt: Prebuilt | None = None) -> RestoreResult:
     """The blank tree, each process transplanted, all let go (restore's docstring)."""
-    pid = make_blank_tree(images, shell_job)
+    root = images.tree.root
+    kept = prebuilt.kept_for(root, images.root.mm) if prebuilt is not None and not lazy_pages else []
+    try:
+        pid = make_blank_tree(images, shell_job, dontfork=kept)
+    finally:
+        if prebuilt is not None:
+            prebuilt.release()          # the root has its own copy: its writes need not copy
     t_blank = time.perf_counter_ns()
     server = None
     try:
@@ -102,7 +120,8 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts:
             try:
                 if sorted(held.tasks) != sorted(images.procs):
                     raise TargetError(f"the blank processes under {pid} are not the dumped tree")
-                stats = {p: transplant(held.task(p), proc, shm, server) for p, proc in images.procs.items()}
+                stats = {p: transplant(held.task(p), proc, shm, server, kept=kept if p == root else ())
+                         for p, proc in images.procs.items()}
                 ghosts.remove()         # every open is done: they hold deleted files again
                 net.finish()        # repair off: the streams go on when the tree runs
                 shm.finish()        # last seals, SHM_DEST: before any restored process runs
@@ -124,7 +143,8 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts:
         raise
     threads = sum(len(proc.tids) for proc in images.procs.values())
     result = RestoreResult(pid, threads, _tree_stats(stats[pid], stats.values()), t_blank - t0,
-                           time.perf_counter_ns() - t0, processes=len(images.procs))
+                           time.perf_counter_ns() - t0, processes=len(images.procs),
+                           prebuilt=kept)
     if server is not None:
         result.lazy_server, result.lazy_guardian = server.server, server.guardian
     return result

@@ -12,9 +12,12 @@ needed once the vDSO has moved):
 
  1. unregister the child's inherited rseq area (the kernel would fault on it once unmapped)
  2. mremap [vvar] [vvar_vclock] [vdso] to where the images had them (same kernel layout)
- 3. munmap everything else, in two calls around the vDSO block
+ 3. munmap everything else, in two calls around the vDSO block (and around the kept areas:
+    private areas the blank child inherited with their pages, built ahead by a migration's
+    restore worker, restore/prebuild.py)
  4. map every VMA at its address with its protection, file and flags (a shared anonymous
-    object: the one coldsnap made, restore/shmem.py); write the private pages
+    object: the one coldsnap made, restore/shmem.py); write the private pages (a kept area
+    is only mprotected and madvised as the images say; its pages are in)
  5. PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv, exe file
  6. itimers, personality, dumpable, subreaper; create each other thread with clone3 set_tid
     (PTRACE_O_TRACECLONE hands it to us stopped) and set its per-thread state
@@ -62,6 +65,7 @@ PR_SET_MM, PR_SET_MM_MAP = 35, 14
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_TIMERSLACK, PR_SET_THP_DISABLE = 29, 41
 MADV_GUARD_INSTALL = 102
+MADV_DONTFORK, MADV_DOFORK = 10, 11
 SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC = 1, 1
 NR_seccomp = 317
 PR_TIMER_CREATE_RESTORE_IDS = 77      # timer_create takes the id to use from *created_timer_id
@@ -127,8 +131,10 @@ def fxsave(core) -> bytes:
 
 
 class Transplant:
-    def __init__(self, task: FrozenTask, images: DumpImages, shm: SharedMemory, lazy=None):
+    def __init__(self, task: FrozenTask, images: DumpImages, shm: SharedMemory, lazy=None,
+                 kept: list[tuple[int, int]] = ()):
         self.task = task
+        self.kept = sorted(kept)        # areas the blank child already holds, pages and all
         self.lazy = lazy                # restore/lazy_server.py LazyServer: pages come later
         self.img = images
         self.shm = shm
@@ -204,8 +210,11 @@ class Transplant:
             return
         block = have[-1][1] - have[0][0]
         lo, hi = min(have[0][0], want[0][0]), max(have[-1][1], want[-1][1])
-        if hi - lo < 2 * block:      # overlapping: go through a spot clear of both
+        if hi - lo < 2 * block:      # overlapping: go through a spot clear of both (and of kept areas)
             tmp = lo - block - PAGE
+            for start, end in reversed(self.kept):
+                if start < tmp + block + PAGE and tmp - PAGE < end:
+                    tmp = start - block - PAGE
             self._mremap_block(have, tmp)
             have = [(s - have[0][0] + tmp, e - have[0][0] + tmp) for s, e in have]
         self._mremap_block(have, want[0][0])
@@ -218,11 +227,15 @@ class Transplant:
         self.rc.vdso_moved(to - base)
 
     def _unmap_all(self) -> None:
+        """Everything but the vDSO block and the kept areas: one munmap per gap."""
         areas = vdso_layout(self.img.mm.vmas)
-        lo, hi = areas[0][0], areas[-1][1]
-        self.rc.checked(SYS.munmap, 0, lo, what="munmap below the vdso")
-        if hi < TASK_SIZE:
-            self.rc.checked(SYS.munmap, hi, TASK_SIZE - hi, what="munmap above the vdso")
+        at = 0
+        for lo, hi in sorted([(areas[0][0], areas[-1][1])] + self.kept):
+            if at < lo:
+                self.rc.checked(SYS.munmap, at, lo - at, what=f"munmap {at:#x}-{lo:#x}")
+            at = max(at, hi)
+        if at < TASK_SIZE:
+            self.rc.checked(SYS.munmap, at, TASK_SIZE - at, what=f"munmap above {at:#x}")
 
     def _occupied(self) -> list[tuple[int, int]]:
         spans = [(v.start, v.end) for v in self.img.mm.vmas if v.end <= TASK_SIZE]
@@ -246,8 +259,13 @@ class Transplant:
         memfds opened from coldsnap's fd on them (restore/shmem.py made and filled each
         once), SysV segments attached."""
         rc, fds = self.rc, {}
+        kept = set(self.kept)
         try:
             for v in self.img.vmas():
+                if (v.start, v.end) in kept:        # mapped and filled already: its protection only
+                    if v.prot != PROT_READ | PROT_WRITE:
+                        rc.checked(SYS.mprotect, v.start, v.end - v.start, v.prot, what=f"mprotect {v.start:#x}")
+                    continue
                 fd, flags = -1, v.flags
                 if v.status & VMA_AREA_MEMFD:
                     key = ("memfd", v.shmid, _open_mode(v))
@@ -295,6 +313,8 @@ class Transplant:
 
     def _write_pages(self) -> None:
         areas = [(v.start, v.end, v.prot) for v in self.img.vmas()]
+        if self.kept:
+            self.img.private.drop(self.kept)     # their pages are in already
         writer = PageWriter(self.pid, self.task.mem_fd())
         layout = None
         if self.lazy:
@@ -365,6 +385,11 @@ class Transplant:
         for advice, start, end in advice_runs(self.img.vmas()):
             self.rc.checked(SYS.madvise, start, end - start, advice,
                             what=f"madvise({advice}) {start:#x}-{end:#x}")
+        kept = set(self.kept)
+        for v in self.img.vmas():
+            # blank.py made kept areas MADV_DONTFORK; the process had them so only when it said so
+            if (v.start, v.end) in kept and not (v.madv if v.HasField("madv") else 0) & 1 << MADV_DONTFORK:
+                self.rc.checked(SYS.madvise, v.start, v.end - v.start, MADV_DOFORK, what=f"MADV_DOFORK {v.start:#x}")
         for v in self.img.vmas() if self.lazy else ():
             if v.flags & MAP_LOCKED:
                 self.rc.checked(SYS.mlock, v.start, v.end - v.start, what=f"mlock {v.start:#x}")
@@ -586,5 +611,9 @@ def _same_exe(path: str, pid: int) -> bool:
         return False
 
 
-def transplant(task: FrozenTask, images: DumpImages, shm: SharedMemory, lazy=None) -> TransplantStats:
-    return Transplant(task, images, shm, lazy).run()
+def transplant(task: FrozenTask, images: DumpImages, shm: SharedMemory, lazy=None,
+               kept: list[tuple[int, int]] = ()) -> TransplantStats:
+    """KEPT: (start, end) of private areas the blank child holds already, pages and all
+    (restore/prebuild.py): not unmapped, not mapped, no page written; protection and
+    advice set as the images say."""
+    return Transplant(task, images, shm, lazy, kept).run()

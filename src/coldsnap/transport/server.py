@@ -60,6 +60,8 @@ class ServerOptions:
     # a reading session (session name, its role) is "open", "closed" by the client, or "lost"
     reader_event: Callable[[str, str | None, str], None] | None = None
     durable: bool = True            # fsync each session at its commit (migrate-receive: no need)
+    # migrate-receive: told of each session stored (before its client hears so)
+    stored: Callable[[Path], None] | None = None
 
 
 def check_name(name: object, what: str) -> str:
@@ -369,6 +371,8 @@ class Session:
                 self.imgdir.commit(durable=self.opts.durable)
                 self.opts.log(f"page-server: session {self.name} from {self.peer} stored")
                 self.imgdir = None
+                if self.opts.stored is not None:
+                    self.opts.stored(self.server.images_dir / self.name)
         except (ImageError, OSError) as e:
             self.opts.log(f"page-server: session {self.name}: cannot store it: {e}")
             status = -1

@@ -45,8 +45,9 @@ class BufferArea:
 class ServerSink:
     """PageSink writing one images directory's pages to a page server session."""
 
-    def __init__(self, client: PageServerClient):
+    def __init__(self, client: PageServerClient, close_at_end: bool = True):
         self.client = client
+        self.close_at_end = close_at_end    # False: the session goes on (images follow, then finish())
         self._area: BufferArea | None = None
         self._open = False
 
@@ -90,8 +91,10 @@ class ServerSink:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is None:
+        if exc_type is None and self.close_at_end:
             self.client.close()         # the server commits the session, or this raises
+        elif exc_type is None:
+            pass                        # ServerSession.finish() sends the images and closes
         else:
             self.client.abort()
 
@@ -118,7 +121,7 @@ class ServerSession:
 
     def sink(self, imgdir: ImageDir) -> ServerSink:
         self.imgdir = imgdir
-        return ServerSink(self._client())
+        return ServerSink(self._client(), close_at_end=not self.target.send_images)
 
     def finish(self) -> None:
         if self.client is None:
