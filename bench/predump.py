@@ -27,6 +27,7 @@ import platform
 import subprocess
 import sys
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,18 +76,17 @@ def batches(plan, bufsize: int):
     """Pack the plan's pieces (cut to the buffer size) into iovec arrays of at most IOV_MAX
     entries and bufsize bytes each, before any timing: the timed loop is only system calls."""
     cut = plan.chunked(bufsize)
-    starts, ends = cut.starts, cut.ends
-    lens = (ends - starts).tolist()
+    lens = cut.lengths.tolist()
     out, i, n = [], 0, len(lens)
-    starts = starts.tolist()
+    starts = cut.starts.tolist()
     while i < n:
         j, total = i, 0
         while j < n and j - i < vm.IOV_MAX and total + lens[j] <= bufsize:
             total += lens[j]
             j += 1
         iov = vm.new_iov_array(j - i)
-        iov[:, 0] = starts[i:j]
-        iov[:, 1] = lens[i:j]
+        iov[0::2] = array("Q", starts[i:j])
+        iov[1::2] = array("Q", lens[i:j])
         out.append((iov, j - i, total))
         i = j
     return out
@@ -189,7 +189,7 @@ def _write_passes(res: SizeResult, pid: int, plan_batches, bufsize: int) -> None
 def bench_size(res: SizeResult, pid: int, bufsize: int, with_rss: bool, rss_runs: int,
                log) -> None:
     plan, _ = page_plan(pid)
-    res.pages_plan = int(((plan.ends - plan.starts) >> 12).sum())
+    res.pages_plan = plan.nr_pages
     res.plan_ranges = len(plan.starts)
     plan_batches = batches(plan, bufsize)
     # One unmeasured pass of each kind: first-call costs (imports, numpy paths, page tables

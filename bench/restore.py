@@ -67,7 +67,7 @@ CRIU_FROZEN = {256 * MIB: 0.15, 1 * GIB: 1.1, 4 * GIB: 8.0}
 def read_page(pid: int, addr: int) -> bytes:
     buf = ctypes.create_string_buffer(PAGE)
     iov = vm.new_iov_array(1)
-    iov[0] = (addr, PAGE)
+    iov[0], iov[1] = addr, PAGE
     got = vm.readv(pid, ctypes.addressof(buf), PAGE, iov, 1)
     if got != PAGE:
         raise RuntimeError(f"short read of {pid} at {addr:#x}")
@@ -136,8 +136,8 @@ def run_writev(path: Path) -> dict:
             n, total = 0, 0
             while off + total < nbytes and n < vm.IOV_MAX and total < CALL_MAX:
                 ln = min(CHUNK, nbytes - off - total)
-                local[n] = (base + off + total, ln)
-                remote[n] = (addr + off + total, ln)
+                local[2 * n], local[2 * n + 1] = base + off + total, ln
+                remote[2 * n], remote[2 * n + 1] = addr + off + total, ln
                 n, total = n + 1, total + ln
             done = vm.writev_pairs(pid, local, remote, n)
             calls += 1

@@ -71,6 +71,45 @@ def test_restore_needs_no_dump_nor_tracking():
     assert loaded(mods, "coldsnap.dump", *TRACKING, "concurrent.futures", "coldsnap.transport") == []
 
 
+def test_dump_restore_and_pre_dump_modules_load_no_numpy():
+    """Page plans, pagemaps and page writes use plain ints and array('Q') (issue 13: numpy
+    alone cost ~60 ms of every command); numpy stays for the write tracking's collect, the
+    lazy-restore server and very long range lists, imported there."""
+    mods = modules_after("import coldsnap.dump.dump, coldsnap.dump.predump, coldsnap.restore.restore, "
+                         "coldsnap.memory.tracking, coldsnap.memory.softdirty")
+    assert loaded(mods, "numpy") == []
+
+
+def _command_modules(argv: list[str]) -> set[str]:
+    """sys.modules after coldsnap's main(ARGV) ran in a fresh interpreter (it must succeed)."""
+    mods = modules_after(f"from coldsnap.cli import main\nassert main({argv!r}) == 0")
+    return mods
+
+
+def test_a_dump_and_a_restore_of_a_process_load_no_numpy(spawn, workload_bin, tmp_path):
+    """The real commands, not only their imports: nothing on the way loads numpy late."""
+    import signal
+    import time
+    w = spawn([str(workload_bin("rst_still"))], stderr=subprocess.DEVNULL)
+    d, pre = tmp_path / "d", tmp_path / "pre"
+    assert loaded(_command_modules(["pre-dump", "-t", str(w.pid), "-D", str(pre), "--track-mem", "none"]),
+                  "numpy") == []
+    assert loaded(_command_modules(["dump", "-t", str(w.pid), "-D", str(d), "--prev-images-dir", str(pre)]),
+                  "numpy") == []
+    w.proc.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{w.pid}") and time.monotonic() < deadline:
+        time.sleep(0.005)
+    try:
+        assert loaded(_command_modules(["restore", "-D", str(d), "-d"]), "numpy") == []
+    finally:
+        try:
+            os.kill(w.pid, signal.SIGKILL)
+            os.waitpid(w.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
 def test_the_probe_sees_imports():
     assert loaded(modules_after("pass"), "json", "numpy") == []
     assert loaded(modules_after("import json.scanner"), "json", "numpy") == ["json", "json.decoder",
@@ -80,7 +119,7 @@ def test_the_probe_sees_imports():
 def test_range_arithmetic_leaves_numpy_ma_alone():
     """np.unique imports numpy.ma on first use (~9 ms of every dump): the interval library
     does without it."""
-    mods = modules_after("from coldsnap.memory.scan import warm_up\nwarm_up()")
+    mods = modules_after("from coldsnap.memory.scan import warm_up\nwarm_up(numpy=True)")
     assert "numpy" in mods and loaded(mods, "numpy.ma") == []
 
 

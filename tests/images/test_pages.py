@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+from array import array
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_merging_flags_and_arrays(tmp_path):
                         PageRun(0x14000, 2, PE_PRESENT | PE_LAZY, 4 * PAGE),
                         PageRun(0x16000, 4, PE_PARENT, 6 * PAGE),
                         PageRun(0x30000, 1, PE_PARENT, 6 * PAGE)]
-    assert r.vaddr.dtype == np.uint64 and len(r) == 4
+    assert r.vaddr.typecode == "Q" and len(r) == 4
     assert r.skipped.pairs() == [(0x20000, 0x23000)]
     assert r.read_pages(0x10000, 6) == page_bytes(0x10000, 6)   # spans two entries
     assert r.read_pages(0x13000, 2) == page_bytes(0x13000, 2)
@@ -128,7 +129,8 @@ def test_pages_file_checks(tmp_path):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
                           st.integers(0, 2**32 - 1)), max_size=30))
-def test_vectorised_encoding_matches_protobuf(rows):
+def test_plain_and_vectorised_encodings_match_protobuf(rows):
+    from coldsnap.images import pages_np
     v = np.array([r[0] for r in rows], np.uint64)
     n = np.array([r[1] for r in rows], np.uint64)
     f = np.array([r[2] for r in rows], np.uint32)
@@ -137,7 +139,8 @@ def test_vectorised_encoding_matches_protobuf(rows):
         m = pagemap_pb2.pagemap_entry(vaddr=a, compat_nr_pages=b if b < 2**32 else 0, flags=c,
                                       nr_pages=b).SerializeToString()
         want += struct.pack("<I", len(m)) + m
-    assert encode_pagemap_entries(v, n, f) == want
+    assert pages_np.encode_pagemap_entries(v, n, f) == want
+    assert encode_pagemap_entries(array("Q", v.tolist()), array("Q", n.tolist()), array("I", f.tolist())) == want
 
 
 def test_header_constants():
@@ -151,8 +154,8 @@ def test_header_constants():
     optional={"in_parent": st.booleans(), "flags": st.integers(0, 2**32 - 1),
               "nr_pages": st.integers(0, 2**64 - 1)}), min_size=1, max_size=20),
        st.booleans())
-def test_vectorised_decoding_matches_protobuf(entries, foreign_field):
-    """The fast reader agrees with protobuf, also for CRIU/old layouts and unknown fields."""
+def test_plain_and_vectorised_decodings_match_protobuf(entries, foreign_field):
+    """The fast readers agree with protobuf, also for CRIU/old layouts and unknown fields."""
     from coldsnap.images.framing import check_header, kind_for
     from coldsnap.images.pages import _entry_bounds, decode_pagemap_entries
     msgs = [pagemap_pb2.pagemap_entry(**e) for e in entries]
@@ -166,15 +169,18 @@ def test_vectorised_decoding_matches_protobuf(entries, foreign_field):
     view = memoryview(data)
     pos = check_header(view, kind_for("pagemap-1.img"), "t") + 4 + len(head)
     starts, sizes = _entry_bounds(view, pos, "t")
-    vaddr, compat, in_parent, flags, has_f, nr, has_n = decode_pagemap_entries(
-        np.frombuffer(data, np.uint8), starts, sizes)
-    assert vaddr.tolist() == [m.vaddr for m in msgs]
-    assert compat.tolist() == [m.compat_nr_pages for m in msgs]
-    assert in_parent.tolist() == [m.in_parent for m in msgs]
-    assert has_f.tolist() == [m.HasField("flags") for m in msgs]
-    assert [f for f, h in zip(flags.tolist(), has_f) if h] == [m.flags for m in msgs if m.HasField("flags")]
-    assert has_n.tolist() == [m.HasField("nr_pages") for m in msgs]
-    assert [v for v, h in zip(nr.tolist(), has_n) if h] == [m.nr_pages for m in msgs if m.HasField("nr_pages")]
+    from coldsnap.images import pages_np
+    vectorised = [x.tolist() for x in pages_np.decode_pagemap_entries(
+        np.frombuffer(data, np.uint8), np.asarray(starts, np.int64), np.asarray(sizes, np.int64))]
+    plain = decode_pagemap_entries(data, starts, sizes)
+    for vaddr, compat, in_parent, flags, has_f, nr, has_n in (vectorised, plain):
+        assert list(vaddr) == [m.vaddr for m in msgs]
+        assert list(compat) == [m.compat_nr_pages for m in msgs]
+        assert list(in_parent) == [m.in_parent for m in msgs]
+        assert list(has_f) == [m.HasField("flags") for m in msgs]
+        assert [f for f, h in zip(flags, has_f) if h] == [m.flags for m in msgs if m.HasField("flags")]
+        assert list(has_n) == [m.HasField("nr_pages") for m in msgs]
+        assert [v for v, h in zip(nr, has_n) if h] == [m.nr_pages for m in msgs if m.HasField("nr_pages")]
 
 
 def test_reader_falls_back_on_unusual_fields(tmp_path):

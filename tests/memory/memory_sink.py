@@ -47,7 +47,7 @@ class MemorySink:
 
     def present(self, vaddrs, lengths, data) -> None:
         off = 0
-        for v, n in zip(vaddrs.tolist(), lengths.tolist()):
+        for v, n in zip(map(int, vaddrs), map(int, lengths)):
             self._runs().append(("present", v, n // PG, bytes(data[off:off + n])))   # copy: data is lent
             off += n
         assert off == data.nbytes
@@ -67,7 +67,7 @@ class MemorySink:
         return self._area
 
     def placed(self, vaddrs, lengths) -> None:
-        for v, n in zip(vaddrs.tolist(), lengths.tolist()):
+        for v, n in zip(map(int, vaddrs), map(int, lengths)):
             data = bytes(self._area.buf[self._area_pos:self._area_pos + n])
             assert len(data) == n, "placed beyond the reserved area"
             self._area_pos += n

@@ -1,8 +1,9 @@
 """Range algebra against a brute-force model of page sets."""
 import numpy as np
-from hypothesis import example, given, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
-from coldsnap.memory.ranges import Ranges, sorted_unique
+from coldsnap.memory.ranges import Ranges
+from coldsnap.memory.ranges_np import sorted_unique
 
 PG = 4096
 
@@ -54,7 +55,7 @@ def test_split_into_buffer_sized_pieces(a, pages):
     cut = to_ranges(a).chunked(pages * PG)
     starts, ends = cut.starts, cut.ends
     assert to_pages(Ranges(starts, ends)) == a
-    assert ((ends - starts) <= pages * PG).all()
+    assert all(e - s <= pages * PG for s, e in zip(starts, ends))
 
 
 @given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 40)), max_size=30))
@@ -92,3 +93,14 @@ def test_sorted_unique_is_np_unique():
         x = rng.integers(0, 20, n).astype(np.uint64)
         got = sorted_unique(x)
         assert got.dtype == np.uint64 and got.tolist() == np.unique(x).tolist()
+
+
+@settings(deadline=None)      # the first example imports numpy
+@given(page_sets(), page_sets())
+def test_vectorised_set_operations_match_the_plain_ones(a, b):
+    """Past ranges.BIG the set operations go to numpy (ranges_np): the same results."""
+    from coldsnap.memory import ranges_np
+    ra, rb = to_ranges(a), to_ranges(b)
+    assert ranges_np.boolean(ra, rb, "or") == ra.union(rb)
+    assert ranges_np.boolean(ra, rb, "and") == ra.intersect(rb)
+    assert ranges_np.boolean(ra, rb, "sub") == ra.subtract(rb)

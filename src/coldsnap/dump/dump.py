@@ -366,13 +366,13 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
     stats = DumpStats(mode="dump")
     _HUGETLBFS.clear()
     times = Times()
-    warm_up()
     prev = Path(prev_images_dir) if prev_images_dir is not None else None
     saved: list[_Saved] = []
     try:
         with pages.session(images_dir, prev) as session, \
                 ImageDir.create(images_dir, parent=prev_images_dir) as imgdir, session.sink(imgdir) as sink:
             parents = _parents(prev, session)
+            warm_up(numpy=any(p.uffd_fd is not None for p in parents.values()))   # an adopted tracking collects with numpy
             prepare = getattr(sink, "prepare", None)
             if prepare is not None and pid not in parents:
                 nbytes = min(resident_private_bytes(pid), PREPARE_MAX)

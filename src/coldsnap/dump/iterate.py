@@ -95,7 +95,7 @@ class PreDumpSeries:
 
     def step(self, path: Path | None = None) -> DumpStats:
         """One more pre-dump (into base_dir/N, or `path`); returns its stats."""
-        warm_up()
+        warm_up(numpy=True)                 # the tracking's collect uses numpy
         times = Times()
         if self.n == 0 and path is None:
             self.base.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,6 @@ import stat as st_
 from functools import partial
 from typing import Callable
 
-import numpy as np
 
 from ..errors import TargetError
 from ..files.memfd import MemfdFile, memfd_name, seals_of
@@ -121,7 +120,7 @@ def save_object(sink: PageSink, key: int, fd: int, windows) -> SinkCounts:
                 area.pwrite(memoryview(bytes(PAGE_SIZE - n % PAGE_SIZE)), n)
                 n += PAGE_SIZE - n % PAGE_SIZE
             if n:
-                feed.placed(np.array([d], np.uint64), np.array([n], np.uint64))
+                feed.placed((d,), (n,))
     counts = feed.finish()
     sink.end()
     return counts

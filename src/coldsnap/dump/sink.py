@@ -8,11 +8,8 @@ reserved area is the pages file itself at the next present offset (pwrite, sendf
 from __future__ import annotations
 
 import os
-
-import numpy as np
-
 from pathlib import Path
-from typing import ContextManager, Protocol
+from typing import ContextManager, Protocol, Sequence
 
 from ..images.directory import ImageDir
 from ..images.pages import FileArea, PagemapWriter
@@ -58,7 +55,7 @@ class ImageSink:
         if spare is not None:
             self._writer.adopt_pages_file(*spare)
 
-    def present(self, vaddrs: np.ndarray, lengths: np.ndarray, data: memoryview) -> None:
+    def present(self, vaddrs: Sequence[int], lengths: Sequence[int], data: memoryview) -> None:
         self._current().add_runs(vaddrs, lengths, data)
 
     def parent(self, vaddr: int, nr_pages: int) -> None:
@@ -70,7 +67,7 @@ class ImageSink:
     def reserve(self, nbytes: int) -> FileArea:
         return self._current().reserve(nbytes)
 
-    def placed(self, vaddrs: np.ndarray, lengths: np.ndarray) -> None:
+    def placed(self, vaddrs: Sequence[int], lengths: Sequence[int]) -> None:
         self._current().add_copied(vaddrs, lengths)
 
     def end(self) -> None:

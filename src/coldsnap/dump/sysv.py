@@ -15,10 +15,9 @@ adjustments of processes cannot be read from outside: they are not saved.
 from __future__ import annotations
 
 import ctypes
+import re
 import struct
 from dataclasses import dataclass
-
-import numpy as np
 
 from ..errors import TargetError, Unsupported
 from ..images.directory import ImageDir
@@ -92,15 +91,13 @@ def _save_segment(sink: PageSink, o: SysvObject) -> SinkCounts:
     except OSError as e:
         raise TargetError(f"SysV shared memory {o.id}: cannot attach it: {e.strerror}") from None
     try:
-        have = np.ones(size // PAGE_SIZE, bool) if o.swap else resident_pages(addr, size)
+        have = b"\1" * (size // PAGE_SIZE) if o.swap else resident_pages(addr, size)
         sink.begin(PagemapKey(o.id, shmem=True))
         feed = PlanFeed(sink)
-        starts = np.flatnonzero(np.diff(np.concatenate(([0], have.view(np.int8), [0]))) == 1)
-        ends = np.flatnonzero(np.diff(np.concatenate(([0], have.view(np.int8), [0]))) == -1)
-        for s, e in zip(starts, ends):
-            off, n = int(s) * PAGE_SIZE, int(e - s) * PAGE_SIZE
+        for run in re.finditer(b"\1+", have):          # runs of resident pages
+            off, n = run.start() * PAGE_SIZE, (run.end() - run.start()) * PAGE_SIZE
             data = (ctypes.c_char * n).from_address(addr + off)
-            feed.present(np.array([off], np.uint64), np.array([n], np.uint64), memoryview(data))
+            feed.present((off,), (n,), memoryview(data))
         counts = feed.finish()
         sink.end()
         return counts

@@ -8,10 +8,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from bisect import bisect_right
 from pathlib import Path
 from typing import Optional, Union
-
-import numpy as np
 
 from ..errors import ImageError
 from ..kernel.libc import libc
@@ -93,7 +92,7 @@ class PageChain:
         offset in that level's pages file), in address order, PE_PARENT runs resolved."""
         out: list[tuple[int, int, int, int]] = []
         top = self.reader(0)
-        for start, end in zip(top.vaddr.tolist(), top.ends.tolist()):
+        for start, end in zip(top.vaddr, top.ends):
             self._locate(0, start, end, out)
         return out
 
@@ -101,15 +100,15 @@ class PageChain:
         r = self.reader(level)
         if r is None:
             raise self._uncovered(level, start, end)
-        i = int(np.searchsorted(r.ends, np.uint64(start), side="right"))
+        i = bisect_right(r.ends, start)
         pos = start
         while pos < end:
-            if i >= len(r) or int(r.vaddr[i]) > pos:
-                raise self._uncovered(level, pos, min(end, int(r.vaddr[i]) if i < len(r) else end))
-            stop = min(end, int(r.ends[i]))
-            flags = int(r.flags[i])
+            if i >= len(r) or r.vaddr[i] > pos:
+                raise self._uncovered(level, pos, min(end, r.vaddr[i] if i < len(r) else end))
+            stop = min(end, r.ends[i])
+            flags = r.flags[i]
             if flags & PE_PRESENT:
-                out.append((level, pos, stop - pos, int(r.offset[i]) + pos - int(r.vaddr[i])))
+                out.append((level, pos, stop - pos, r.offset[i] + pos - r.vaddr[i]))
             elif flags & PE_PARENT:
                 self._locate(level + 1, pos, stop, out)
             elif flags & PE_LAZY and self.lazy_level is not None:
@@ -142,7 +141,7 @@ class PageChain:
                 continue
             missing = holes.subtract(self.covered_ranges(level + 1))
             if len(missing):
-                raise self._uncovered(level + 1, int(missing.starts[0]), int(missing.ends[0]))
+                raise self._uncovered(level + 1, missing.starts[0], missing.ends[0])
 
     def close(self) -> None:
         for r in self._readers.values():
@@ -155,21 +154,21 @@ class PageChain:
         self.close()
 
 
-def _punch(d: ImageDir, name: str, offsets: np.ndarray, lengths: np.ndarray) -> int:
+def _punch(d: ImageDir, name: str, offsets: list[int], lengths: list[int]) -> int:
     """One fallocate(PUNCH_HOLE|KEEP_SIZE) per contiguous run of image NAME of D; sizes (and
     offsets) stay."""
-    if not len(offsets):
+    runs: list[list[int]] = []
+    for off, n in zip(offsets, lengths):
+        if runs and runs[-1][1] == off:
+            runs[-1][1] = off + n
+        else:
+            runs.append([off, off + n])
+    if not runs:
         return 0
-    new = np.ones(len(offsets), bool)
-    new[1:] = offsets[1:] != offsets[:-1] + lengths[:-1]
-    first = np.flatnonzero(new)
-    last = np.append(first[1:], len(offsets)) - 1
-    starts = offsets[first]
-    ends = offsets[last] + lengths[last]
     path = d.path(name)
     fd = d.open_committed(name, os.O_WRONLY)
     try:
-        for s, e in zip(starts.tolist(), ends.tolist()):
+        for s, e in runs:
             if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, s, e - s) != 0:
                 err = ctypes.get_errno()
                 if err in (errno.EOPNOTSUPP, errno.ENOSYS):
@@ -177,7 +176,7 @@ def _punch(d: ImageDir, name: str, offsets: np.ndarray, lengths: np.ndarray) -> 
                 raise ImageError(f"{path}: fallocate punch failed: {os.strerror(err)}")
     finally:
         os.close(fd)
-    return int((ends - starts).sum())
+    return sum(e - s for s, e in runs)
 
 
 def punch_superseded(parent_dir: Union[ImageDir, str, os.PathLike], pid: int, ranges,
@@ -196,10 +195,10 @@ def punch_superseded(parent_dir: Union[ImageDir, str, os.PathLike], pid: int, ra
             s, e, idx = r.spans(PE_PRESENT).pieces_in(want)
             if not len(s):
                 continue
-            present = np.flatnonzero((r.flags & PE_PRESENT) != 0)
-            entry = present[idx]
-            offsets = r.offset[entry] + (s - r.vaddr[entry])
-            total += _punch(d, pages_name(r.pages_id), offsets, e - s)
+            present = [i for i, f in enumerate(r.flags) if f & PE_PRESENT]
+            entry = [present[i] for i in idx]
+            offsets = [r.offset[k] + a - r.vaddr[k] for k, a in zip(entry, s)]
+            total += _punch(d, pages_name(r.pages_id), offsets, [b - a for a, b in zip(s, e)])
     return total
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import stat
 from array import array
+from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Optional, Sequence, Union
-
-import numpy as np
 
 from ..errors import ImageError
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
@@ -21,8 +21,11 @@ from .pb import pagemap_pb2
 
 PE_PARENT, PE_LAZY, PE_PRESENT = 1, 2, 4
 _U32_MAX = 0xFFFFFFFF
+# From this many entries on a pagemap is encoded and decoded with numpy (images/pages_np.py):
+# its vectorised passes win even counting its import.
+BIG_PAGEMAP = 20000
 
-BytesLike = Union[bytes, bytearray, memoryview, np.ndarray]
+BytesLike = Union[bytes, bytearray, memoryview]
 
 
 def pagemap_name(pid: int, shmem: bool = False) -> str:
@@ -69,40 +72,31 @@ class FileArea:
         return done
 
 
-_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append(v & 0x7F | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
 
 
-def _varints(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Protobuf varint bytes of each value as an (n, width) matrix plus a validity mask."""
-    v = values.astype(np.uint64)
-    shifts = np.arange(width, dtype=np.uint64) * np.uint64(7)
-    groups = ((v[:, None] >> shifts) & np.uint64(0x7F)).astype(np.uint8)
-    nbytes = 1 + (v[:, None] >= _VARINT_LIMITS[None, :width - 1]).sum(axis=1)
-    cols = np.arange(width)
-    mask = cols[None, :] < nbytes[:, None]
-    groups |= (cols[None, :] < (nbytes[:, None] - 1)).astype(np.uint8) << 7
-    return groups, mask
-
-
-def encode_pagemap_entries(vaddr: np.ndarray, nr: np.ndarray, flags: np.ndarray) -> bytes:
+def encode_pagemap_entries(vaddr: Sequence[int], nr: Sequence[int], flags: Sequence[int]) -> bytes:
     """Size-prefixed pagemap_entry messages, byte-identical to protobuf's own encoding."""
-    n = len(vaddr)
-    if n == 0:
-        return b""
-    compat = np.where(nr <= _U32_MAX, nr, 0)  # field 2 is u32; huge runs rely on field 5
-    parts = [(np.full((n, 1), 0x08, np.uint8), np.ones((n, 1), bool)), _varints(vaddr, 10),
-             (np.full((n, 1), 0x10, np.uint8), np.ones((n, 1), bool)), _varints(compat, 5),
-             (np.full((n, 1), 0x20, np.uint8), np.ones((n, 1), bool)), _varints(flags, 5),
-             (np.full((n, 1), 0x28, np.uint8), np.ones((n, 1), bool)), _varints(nr, 10)]
-    body = np.concatenate([p[0] for p in parts], axis=1)
-    mask = np.concatenate([p[1] for p in parts], axis=1)
-    size = mask.sum(axis=1).astype("<u4")
-    full = np.concatenate([size.view(np.uint8).reshape(n, 4), body], axis=1)
-    fmask = np.concatenate([np.ones((n, 4), bool), mask], axis=1)
-    return full[fmask].tobytes()
+    if len(vaddr) >= BIG_PAGEMAP:
+        from .pages_np import encode_pagemap_entries as vectorised
+        import numpy as np
+        return vectorised(np.asarray(vaddr, np.uint64), np.asarray(nr, np.uint64), np.asarray(flags, np.uint32))
+    out, pack = bytearray(), _U32.pack
+    for v, n, f in zip(vaddr, nr, flags):
+        body = b"\x08" + _varint(int(v)) + b"\x10" + _varint(int(n) if n <= _U32_MAX else 0) \
+            + b"\x20" + _varint(int(f)) + b"\x28" + _varint(int(n))   # field 2 is u32; huge runs rely on field 5
+        out += pack(len(body))
+        out += body
+    return bytes(out)
 
 
-def _entry_bounds(view: memoryview, pos: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _entry_bounds(view: memoryview, pos: int, where: str) -> tuple[array, array]:
     """Start and size of every entry body from pos on (the one serial step of reading)."""
     starts, sizes, end, unpack = array("q"), array("q"), len(view), _U32.unpack_from
     index = 1
@@ -114,53 +108,54 @@ def _entry_bounds(view: memoryview, pos: int, where: str) -> tuple[np.ndarray, n
         sizes.append(size)
         pos += 4 + size
         index += 1
-    return np.frombuffer(starts, np.int64), np.frombuffer(sizes, np.int64)
+    return starts, sizes
 
 
-def decode_pagemap_entries(data: np.ndarray, starts: np.ndarray, sizes: np.ndarray
-                           ) -> Optional[tuple[np.ndarray, ...]]:
-    """Vectorised decode of pagemap_entry bodies into (vaddr, compat, in_parent, flags,
-    has_flags, nr_pages, has_nr) arrays; None when an entry uses anything but varint
-    fields (the caller then falls back to protobuf)."""
+def decode_pagemap_entries(data: bytes, starts: Sequence[int], sizes: Sequence[int]
+                           ) -> Optional[tuple[list, ...]]:
+    """Decode of pagemap_entry bodies into (vaddr, compat, in_parent, flags, has_flags,
+    nr_pages, has_nr) lists; None when an entry uses anything but varint fields (the caller
+    then falls back to protobuf)."""
+    if len(starts) >= BIG_PAGEMAP:
+        from .pages_np import decode_pagemap_entries as vectorised
+        import numpy as np
+        out = vectorised(np.frombuffer(data, np.uint8), np.asarray(starts, np.int64), np.asarray(sizes, np.int64))
+        return None if out is None else tuple(x.tolist() for x in out)
     n = len(starts)
-    total = int(sizes.sum())
-    if n == 0 or total == 0 or (sizes == 0).any():
+    if n == 0:
         return None
-    first = np.cumsum(sizes) - sizes                       # body offset of each entry
-    body = data[np.repeat(starts - first, sizes) + np.arange(total)]
-    term = body < 0x80                                      # last byte of a varint
-    if not term[first + sizes - 1].all():
-        return None
-    tpos = np.flatnonzero(term)
-    vstart = np.empty(len(tpos), np.int64)
-    vstart[0] = 0
-    vstart[1:] = tpos[:-1] + 1
-    vlen = tpos - vstart + 1
-    if (vlen > 10).any():
-        return None
-    k = (np.arange(total) - np.repeat(vstart, vlen)).astype(np.uint64) * np.uint64(7)
-    vals = np.add.reduceat((body & 0x7F).astype(np.uint64) << k, vstart)
-    ventry = np.repeat(np.arange(n), sizes)[vstart]
-    counts = np.bincount(ventry, minlength=n)
-    if (counts % 2).any():
-        return None
-    within = np.arange(len(vals)) - np.repeat(np.cumsum(counts) - counts, counts)
-    tags, values, owner = vals[within % 2 == 0], vals[within % 2 == 1], ventry[within % 2 == 0]
-    if (tags & np.uint64(7)).any():
-        return None
-    field = tags >> np.uint64(3)
-    out = []
-    for f in (1, 2, 3, 4, 5):
-        sel = field == f
-        col, has = np.zeros(n, np.uint64), np.zeros(n, bool)
-        col[owner[sel]] = values[sel]
-        has[owner[sel]] = True
-        out.append((col, has))
-    (vaddr, has_v), (compat, has_c), (in_parent, _), (flags, has_f), (nr, has_n) = out
-    if not (has_v.all() and has_c.all()):
+    cols = [[0] * n for _ in range(6)]          # fields 1..5 by number; [0] unused
+    has = [[False] * n for _ in range(6)]
+    for k, (pos, size) in enumerate(zip(starts, sizes)):
+        end = pos + size
+        if size == 0:
+            return None
+        while pos < end:
+            tag, pos = _read_varint(data, pos, end)
+            if tag is None or tag & 7:
+                return None
+            value, pos = _read_varint(data, pos, end)
+            if value is None:
+                return None
+            f = tag >> 3
+            if 1 <= f <= 5:
+                cols[f][k], has[f][k] = value, True
+    if not (all(has[1]) and all(has[2])):
         return None   # let protobuf produce the "missing required field" error
-    mask32 = np.uint64(_U32_MAX)
-    return vaddr, compat & mask32, in_parent != 0, flags & mask32, has_f, nr, has_n
+    return (cols[1], [c & _U32_MAX for c in cols[2]], [x != 0 for x in cols[3]],
+            [x & _U32_MAX for x in cols[4]], has[4], cols[5], has[5])
+
+
+def _read_varint(data: bytes, pos: int, end: int) -> tuple[Optional[int], int]:
+    """(value, position after it), or (None, pos) when it runs past END or over 10 bytes."""
+    value = shift = 0
+    for i in range(pos, min(end, pos + 10)):
+        b = data[i]
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value & 0xFFFFFFFFFFFFFFFF, i + 1
+        shift += 7
+    return None, pos
 
 
 class PagemapWriter:
@@ -205,42 +200,28 @@ class PagemapWriter:
             self._nr.append(nr_pages)
             self._flags.append(flags)
 
-    def _add_runs(self, vaddrs: np.ndarray, lengths: np.ndarray, flags: int) -> None:
-        """Runs (vaddrs[i], lengths[i] bytes) with one flag, checked and recorded together:
-        per run in Python for a few, in numpy passes for many (a batch of the drain, every
-        run of a frozen copy)."""
-        if len(vaddrs) < 8:
-            for vaddr, length in zip(vaddrs.tolist(), lengths.tolist()):
-                self._advance(vaddr, length >> PAGE_SHIFT)
-                self._add(vaddr, length >> PAGE_SHIFT, flags)
-            return
+    def _add_runs(self, vaddrs: Sequence[int], lengths: Sequence[int], flags: int) -> None:
+        """Runs (vaddrs[i], lengths[i] bytes) with one flag, checked and recorded together
+        (a batch of the drain, every run of a frozen copy); touching runs make one entry."""
         if self.closed:
             raise ImageError(f"pagemap {self.pid}: writer is closed")
-        v = vaddrs.astype(np.uint64)
-        size = lengths.astype(np.uint64)
-        ends = v + size
-        bad = (v % np.uint64(PAGE_SIZE) != 0) | (size % np.uint64(PAGE_SIZE) != 0) | (size == 0)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"bad run {int(v[i]):#x}+{int(size[i])} bytes: must be whole pages, non-empty")
-        back = np.flatnonzero(v[1:] < ends[:-1])
-        if int(v[0]) < self._cursor or len(back):
-            at, prev = (int(v[0]), self._cursor) if int(v[0]) < self._cursor else \
-                (int(v[back[0] + 1]), int(ends[back[0]]))
-            raise ImageError(f"pagemap {self.pid}: run at {at:#x} is not above the previous "
-                             f"run's end {prev:#x}; runs must be strictly ascending")
-        # touching runs make one entry, as _add would have made them
-        first = np.flatnonzero(np.concatenate(([True], v[1:] != ends[:-1])))
-        last = np.append(first[1:], len(v)) - 1
-        starts, nr = v[first], (ends[last] - v[first]) >> np.uint64(PAGE_SHIFT)
-        if (self._vaddr and self._flags[-1] == flags
-                and self._vaddr[-1] + (self._nr[-1] << PAGE_SHIFT) == int(starts[0])):
-            self._nr[-1] += int(nr[0])
-            starts, nr = starts[1:], nr[1:]
-        self._vaddr.frombytes(starts.tobytes())
-        self._nr.frombytes(nr.tobytes())
-        self._flags.frombytes(np.full(len(starts), flags, np.uint32).tobytes())
-        self._cursor = int(ends[-1])
+        if hasattr(vaddrs, "tolist"):
+            vaddrs, lengths = vaddrs.tolist(), lengths.tolist()
+        va, nrs, fl, cursor = self._vaddr, self._nr, self._flags, self._cursor
+        for v, size in zip(vaddrs, lengths):
+            if v % PAGE_SIZE or size % PAGE_SIZE or not size:
+                raise ValueError(f"bad run {v:#x}+{size} bytes: must be whole pages, non-empty")
+            if v < cursor:
+                raise ImageError(f"pagemap {self.pid}: run at {v:#x} is not above the previous "
+                                 f"run's end {cursor:#x}; runs must be strictly ascending")
+            if va and fl[-1] == flags and va[-1] + (nrs[-1] << PAGE_SHIFT) == v:
+                nrs[-1] += size >> PAGE_SHIFT
+            else:
+                va.append(v)
+                nrs.append(size >> PAGE_SHIFT)
+                fl.append(flags)
+            cursor = v + size
+        self._cursor = cursor
 
     def add_present(self, vaddr: int, data: Union[BytesLike, Sequence[BytesLike]],
                     lazy: bool = False) -> None:
@@ -257,12 +238,13 @@ class PagemapWriter:
         self._add(vaddr, nr, PE_PRESENT | (PE_LAZY if lazy else 0))
         self.nr_present += nr
 
-    def add_runs(self, vaddrs: np.ndarray, lengths: np.ndarray, data: BytesLike) -> None:
+    def add_runs(self, vaddrs: Sequence[int], lengths: Sequence[int], data: BytesLike) -> None:
         """Present runs (vaddrs[i], lengths[i] bytes) whose bytes follow each other in data:
         one write for all of them."""
         view = memoryview(data).cast("B")
-        if view.nbytes % PAGE_SIZE or int(lengths.sum()) != view.nbytes:
-            raise ValueError(f"{view.nbytes} bytes of data for runs of {int(lengths.sum())} bytes")
+        total = int(sum(lengths))
+        if view.nbytes % PAGE_SIZE or total != view.nbytes:
+            raise ValueError(f"{view.nbytes} bytes of data for runs of {total} bytes")
         self._add_runs(vaddrs, lengths, PE_PRESENT)
         _pwrite_all(self._pages_fd(), [view], self._data)
         self._data += view.nbytes
@@ -288,11 +270,11 @@ class PagemapWriter:
         self._reserved = max(self._reserved, self._data + nbytes)
         return FileArea(self._pages_fd(), self._data)
 
-    def add_copied(self, vaddrs: np.ndarray, lengths: np.ndarray) -> None:
+    def add_copied(self, vaddrs: Sequence[int], lengths: Sequence[int]) -> None:
         """Present runs (vaddrs[i], lengths[i] bytes) whose data the caller wrote into the
         reserved area (after the present pages before them, back to back)."""
         self._add_runs(vaddrs, lengths, PE_PRESENT)
-        size = int(lengths.sum())
+        size = int(sum(lengths))
         self._data += size
         self.nr_present += size >> PAGE_SHIFT
 
@@ -335,9 +317,7 @@ class PagemapWriter:
         head = pagemap_pb2.pagemap_head(pages_id=self.pages_id)
         for v, n in self._skipped:
             head.cs_skipped.add(vaddr=v, nr_pages=n)
-        body = encode_pagemap_entries(np.frombuffer(self._vaddr, np.uint64),
-                                      np.frombuffer(self._nr, np.uint64),
-                                      np.frombuffer(self._flags, np.uint32))
+        body = encode_pagemap_entries(self._vaddr, self._nr, self._flags)
         with self.imgdir.writer(pagemap_name(self.pid, self.shmem)) as w:
             w.write(head)
             w.write_encoded(body, len(self._vaddr))
@@ -357,6 +337,10 @@ class PagemapWriter:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _pick(has_nr: bool, nr: int, compat: int) -> int:
+    return nr if has_nr else compat
 
 
 @dataclass(frozen=True)
@@ -384,17 +368,16 @@ class PagemapReader:
         self.pages_path = imgdir.path(pages_name(self.pages_id))
         sk = [(r.vaddr, r.vaddr + (r.nr_pages << PAGE_SHIFT)) for r in head.cs_skipped]
         self.skipped = Ranges.of(sk)
-        self.ends = self.vaddr + (self.nr_pages << np.uint64(PAGE_SHIFT))
         self._validate()
-        present = (self.flags & PE_PRESENT) != 0
-        sizes = np.where(present, self.nr_pages << np.uint64(PAGE_SHIFT), np.uint64(0))
-        self.offset = np.cumsum(sizes, dtype=np.uint64) - sizes
-        self.pages_bytes = int(sizes.sum())
+        sizes = [n << PAGE_SHIFT if f & PE_PRESENT else 0 for n, f in zip(self.nr_pages, self.flags)]
+        self.offset = array("Q", accumulate(sizes, initial=0))
+        self.pages_bytes = self.offset.pop()
         self._check_pages_file()
         self._fd: Optional[int] = None
 
     def _load(self):
-        """Parse the head with protobuf and the entries with the vectorised decoder."""
+        """Parse the head with protobuf and the entries with the plain (or, for very many,
+        the vectorised) decoder."""
         try:
             data = read_image_bytes(self.path)
         except FileNotFoundError:
@@ -406,35 +389,36 @@ class PagemapReader:
         size = entry_size(view, pos, 0, where)
         head = next(parse_entries(data[:pos + 4 + size], kind, where))[0]
         starts, sizes = _entry_bounds(view, pos + 4 + size, where)
-        fast = decode_pagemap_entries(np.frombuffer(data, np.uint8), starts, sizes)
+        fast = decode_pagemap_entries(data, starts, sizes)
         if fast is not None:
             vaddr, compat, in_parent, flags, has_f, nr, has_n = fast
         else:  # unusual encodings (or errors): protobuf, one entry at a time
             entries = [m for m, _ in parse_entries(data, kind, where)][1:]
-            n = len(entries)
-            vaddr = np.fromiter((e.vaddr for e in entries), np.uint64, n)
-            compat = np.fromiter((e.compat_nr_pages for e in entries), np.uint64, n)
-            in_parent = np.fromiter((e.in_parent for e in entries), bool, n)
-            flags = np.fromiter((e.flags for e in entries), np.uint64, n)
-            has_f = np.fromiter((e.HasField("flags") for e in entries), bool, n)
-            nr = np.fromiter((e.nr_pages for e in entries), np.uint64, n)
-            has_n = np.fromiter((e.HasField("nr_pages") for e in entries), bool, n)
-        self.vaddr = vaddr
+            vaddr = [e.vaddr for e in entries]
+            compat = [e.compat_nr_pages for e in entries]
+            in_parent = [e.in_parent for e in entries]
+            flags = [e.flags for e in entries]
+            has_f = [e.HasField("flags") for e in entries]
+            nr = [e.nr_pages for e in entries]
+            has_n = [e.HasField("nr_pages") for e in entries]
+        self.vaddr = array("Q", vaddr)
         # Field 5 wins; field 2 is the old count. No flags: PE_PRESENT, or PE_PARENT if in_parent.
-        self.nr_pages = np.where(has_n, nr, compat).astype(np.uint64)
-        legacy = np.where(in_parent, PE_PARENT, PE_PRESENT).astype(np.uint64)
-        self.flags = np.where(has_f, flags, legacy).astype(np.uint32)
+        self.nr_pages = array("Q", map(_pick, has_n, nr, compat))
+        self.flags = array("I", (f if h else PE_PARENT if p else PE_PRESENT
+                                 for f, h, p in zip(flags, has_f, in_parent)))
         return head
 
     def _validate(self) -> None:
-        bad = np.flatnonzero((self.vaddr % PAGE_SIZE != 0) | (self.nr_pages == 0))
-        if len(bad):
-            raise ImageError(f"{self.path}: entry {bad[0]} is not a page-aligned, non-empty run")
-        if len(self.vaddr) > 1:
-            bad = np.flatnonzero(self.vaddr[1:] < self.ends[:-1])
-            if len(bad):
-                raise ImageError(f"{self.path}: entry {bad[0] + 1} at {int(self.vaddr[bad[0] + 1]):#x} "
-                                 f"overlaps or precedes the previous one")
+        ends, prev = array("Q"), 0
+        for i, (v, n) in enumerate(zip(self.vaddr, self.nr_pages)):
+            end = v + (n << PAGE_SHIFT)
+            if v % PAGE_SIZE or not n or end >= 1 << 64:
+                raise ImageError(f"{self.path}: entry {i} is not a page-aligned, non-empty run")
+            if v < prev:
+                raise ImageError(f"{self.path}: entry {i} at {v:#x} overlaps or precedes the previous one")
+            ends.append(end & 0xFFFFFFFFFFFFFFFF)
+            prev = end
+        self.ends = ends
 
     def _check_pages_file(self) -> None:
         try:
@@ -457,15 +441,14 @@ class PagemapReader:
         return len(self.vaddr)
 
     def runs(self) -> list[PageRun]:
-        return [PageRun(*t) for t in zip(self.vaddr.tolist(), self.nr_pages.tolist(),
-                                         self.flags.tolist(), self.offset.tolist())]
+        return [PageRun(*t) for t in zip(self.vaddr, self.nr_pages, self.flags, self.offset)]
 
     def spans(self, flag: Optional[int] = None) -> Ranges:
         """[start, end) byte ranges of all entries, or of those having `flag` (not joined)."""
         if flag is None:
             return Ranges(self.vaddr, self.ends)
-        sel = (self.flags & flag) != 0
-        return Ranges(self.vaddr[sel], self.ends[sel])
+        sel = [i for i, f in enumerate(self.flags) if f & flag]
+        return Ranges(array("Q", (self.vaddr[i] for i in sel)), array("Q", (self.ends[i] for i in sel)))
 
     def _fileno(self) -> int:
         if self._fd is None:
@@ -484,14 +467,13 @@ class PagemapReader:
     def read_pages_into(self, vaddr: int, buf: memoryview) -> None:
         """Fill buf with the pages at vaddr, which must all be PE_PRESENT here."""
         end = vaddr + buf.nbytes
-        i = int(np.searchsorted(self.ends, np.uint64(vaddr), side="right"))
+        i = bisect_right(self.ends, vaddr)
         pos = vaddr
         while pos < end:
-            if i >= len(self.vaddr) or int(self.vaddr[i]) > pos or not self.flags[i] & PE_PRESENT:
+            if i >= len(self.vaddr) or self.vaddr[i] > pos or not self.flags[i] & PE_PRESENT:
                 raise ImageError(f"{self.path}: page {pos:#x} has no data in {self.pages_path.name}")
-            stop = min(end, int(self.ends[i]))
-            self.pread_into(int(self.offset[i]) + pos - int(self.vaddr[i]),
-                            buf[pos - vaddr:stop - vaddr])
+            stop = min(end, self.ends[i])
+            self.pread_into(self.offset[i] + pos - self.vaddr[i], buf[pos - vaddr:stop - vaddr])
             pos, i = stop, i + 1
 
     def read_pages(self, vaddr: int, nr_pages: int) -> bytes:

@@ -7,8 +7,6 @@ import mmap
 import os
 from typing import Iterator, Union
 
-import numpy as np
-
 from ..errors import ImageError
 from ..memory.source import PageSource
 from .chain import PageChain
@@ -85,8 +83,8 @@ class ChainSource:
                                                  for r in (chain.reader(level) for level in range(len(chain.dirs)))]
             self.where = chain.top.path(pagemap_name(key, shmem))
         self._starts = [vaddr for _, vaddr, _, _ in self._runs]
-        self._maps: dict[int, np.ndarray] = {}
-        self._held: list[np.ndarray] = []        # lazy runs fetched for mapped(), until close()
+        self._maps: dict[int, memoryview] = {}
+        self._held: list = []                    # lazy runs fetched for mapped(), until close()
 
     def drop(self, areas: list[tuple[int, int]]) -> None:
         """Forget the pages inside AREAS ([start, end) pairs): runs are cut around them."""
@@ -96,9 +94,9 @@ class ChainSource:
     def runs(self) -> list[tuple[int, int]]:
         return [(vaddr, nbytes) for _, vaddr, nbytes, _ in self._runs]
 
-    def _level(self, level: int) -> np.ndarray:
-        arr = self._maps.get(level)
-        if arr is None:
+    def _level(self, level: int) -> memoryview:
+        view = self._maps.get(level)
+        if view is None:
             path = self.files[level]
             if path is None:
                 raise ImageError(f"{self.where}: chain level {level} has no pages file")
@@ -108,12 +106,12 @@ class ChainSource:
                 m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None
             finally:
                 os.close(fd)
-            # the array holds the mapping: dropping it unmaps the file
-            arr = np.frombuffer(m, np.uint8) if m is not None else np.zeros(0, np.uint8)
-            self._maps[level] = arr
-        return arr
+            # the view holds the mapping: dropping the last view of it unmaps the file
+            view = memoryview(m) if m is not None else memoryview(b"")
+            self._maps[level] = view
+        return view
 
-    def mapped(self) -> Iterator[tuple[int, int, np.ndarray, int]]:
+    def mapped(self) -> Iterator[tuple[int, int, memoryview, int]]:
         for level, vaddr, nbytes, offset in self._runs:
             if self._shift and level == 0:
                 buf = self.saved(level, offset, nbytes)
@@ -127,14 +125,7 @@ class ChainSource:
         (with a lazy source: 0 is the lazy source, 1 this dump...)"""
         return list(self._runs)
 
-    def pin(self) -> None:
-        """Map every pages file now: the bytes stay reachable once the directory is gone (a
-        lazy restore's server outlives it; migrate-receive removes its own at once)."""
-        levels = {run[0] for run in self._runs} - ({0} if self._shift else set())
-        for level in sorted(levels):
-            self._level(level)
-
-    def saved(self, level: int, offset: int, nbytes: int) -> np.ndarray:
+    def saved(self, level: int, offset: int, nbytes: int):
         """The bytes at OFFSET of chain level LEVEL's pages file (a view of its mapping), or
         of the lazy source (its level: OFFSET is the address)."""
         if self._shift and level == 0:
@@ -142,7 +133,7 @@ class ChainSource:
         return self._level(level)[offset:offset + nbytes]
 
     def read_into(self, vaddr: int, buf: memoryview) -> None:
-        out = np.frombuffer(buf, np.uint8)
+        out = memoryview(buf).cast("B")
         end, pos = vaddr + len(out), vaddr
         i = max(0, bisect.bisect_right(self._starts, vaddr) - 1)
         for level, start, nbytes, offset in self._runs[i:]:

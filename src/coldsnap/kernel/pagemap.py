@@ -1,7 +1,7 @@
 """Page-table queries on /proc/PID/pagemap: the PAGEMAP_SCAN ioctl and the plain u64 read.
 
-Results are numpy arrays so that callers never hold one Python object per page; numpy is
-imported by the calls that build them, so that probing (`coldsnap check`) never loads it.
+Scan results are flat array('Q') of (start, end, categories) regions, or numpy arrays for
+callers that ask (numpy imported by those calls only: a dump's default path never loads it).
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import ctypes
 import functools
 import mmap
 import os
+from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -75,35 +76,38 @@ class PagemapScanner:
     """PAGEMAP_SCAN over one process's pagemap, with a reused result vector."""
 
     def __init__(self, pagemap_fd: int, vec_len: int = 1 << 15):
-        import numpy as np
         self.fd = pagemap_fd
-        self._vec = np.empty(vec_len, dtype=REGION_DTYPE)   # only [:n] is ever read
+        self._vec = array("Q", bytes(24 * vec_len))     # struct page_region[vec_len]
+        self._vec_len = vec_len
         self._arg = PmScanArg(size=ctypes.sizeof(PmScanArg))
         self.calls = 0
 
-    def scan(self, start: int, end: int, q: ScanQuery) -> np.ndarray:
-        """Regions of [start, end) matching q, as an (n,) REGION_DTYPE array (copied out)."""
-        import numpy as np
+    def scan_flat(self, start: int, end: int, q: ScanQuery) -> array:
+        """Regions of [start, end) matching q, flat: start, end, categories of each in turn
+        (an array('Q'), copied out; no numpy)."""
         arg, vec = self._arg, self._vec
         arg.flags, arg.max_pages = q.flags, q.max_pages
         arg.category_inverted, arg.category_mask = q.category_inverted, q.category_mask
         arg.category_anyof_mask, arg.return_mask = q.category_anyof_mask, q.return_mask
-        arg.vec, arg.vec_len = vec.ctypes.data, len(vec)
-        chunks = []
+        arg.vec, arg.vec_len = vec.buffer_info()[0], self._vec_len
+        out = array("Q")
         while start < end:
             arg.start, arg.end, arg.walk_end = start, end, 0
             self.calls += 1
             n = check(_ioctl(self.fd, PAGEMAP_SCAN, ctypes.byref(arg)), "PAGEMAP_SCAN")
             if n:
-                chunks.append(vec[:n].copy())
+                out.extend(vec[:3 * n] if n < self._vec_len else vec)
             if arg.walk_end <= start:  # defensive: the kernel always makes progress
                 break
             start = arg.walk_end
             if q.max_pages:
                 break
-        if not chunks:
-            return np.zeros(0, dtype=REGION_DTYPE)
-        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        return out
+
+    def scan(self, start: int, end: int, q: ScanQuery) -> np.ndarray:
+        """Regions of [start, end) matching q, as an (n,) REGION_DTYPE array (imports numpy)."""
+        import numpy as np
+        return np.frombuffer(self.scan_flat(start, end, q), dtype=REGION_DTYPE)
 
     def reset_written(self, start: int, end: int) -> None:
         """Write-protect again every written page of [start, end) (vec_len 0 = pure reset)."""
@@ -129,6 +133,14 @@ def read_entries(pagemap_fd: int, start: int, end: int) -> np.ndarray:
     buf = np.empty(n, dtype="<u8")
     got = os.preadv(pagemap_fd, [memoryview(buf).cast("B")], (start >> PAGE_SHIFT) * 8)
     return buf[: got // 8]
+
+
+def read_entries_plain(pagemap_fd: int, start: int, end: int) -> array:
+    """read_entries as an array('Q') (no numpy), for a few pages."""
+    buf = array("Q", bytes(((end - start) >> PAGE_SHIFT) * 8))
+    got = os.preadv(pagemap_fd, [memoryview(buf).cast("B")], (start >> PAGE_SHIFT) * 8)
+    del buf[got // 8:]
+    return buf
 
 
 def read_entry(pagemap_fd: int, addr: int) -> int:

@@ -1,9 +1,8 @@
 """Shared memory objects made by coldsnap itself: thin bindings, no policy."""
 from __future__ import annotations
 
+import ctypes
 import os
-
-import numpy as np
 
 from .libc import SYS, syscall
 from .page import PAGE_SIZE
@@ -11,6 +10,7 @@ from .procfs import open_map_file
 
 PROT_READ, PROT_WRITE = 1, 2
 MAP_SHARED, MAP_ANONYMOUS = 0x01, 0x20
+_LOW_BIT = bytes(b & 1 for b in range(256))    # mincore's other bits are reserved
 
 
 def anon_shmem(size: int) -> int:
@@ -25,10 +25,10 @@ def anon_shmem(size: int) -> int:
         syscall(SYS.munmap, addr, size, what="munmap")
 
 
-def resident_pages(addr: int, size: int) -> np.ndarray:
-    """mincore(2) of our own mapping [addr, addr+size): one bool per page, True when the page
-    is in memory (a page of a shared object in swap reads False)."""
+def resident_pages(addr: int, size: int) -> bytes:
+    """mincore(2) of our own mapping [addr, addr+size): one byte per page, 1 when the page
+    is in memory, 0 otherwise (a page of a shared object in swap reads 0)."""
     n = (size + PAGE_SIZE - 1) // PAGE_SIZE
-    vec = np.zeros(n, np.uint8)
-    syscall(SYS.mincore, addr, size, vec.ctypes.data, what="mincore")
-    return (vec & 1).astype(bool)
+    vec = (ctypes.c_uint8 * n)()
+    syscall(SYS.mincore, addr, size, ctypes.addressof(vec), what="mincore")
+    return bytes(vec).translate(_LOW_BIT)

@@ -1,11 +1,13 @@
-"""process_vm_readv/writev with iovec arrays held in numpy (no per-iovec Python objects)."""
+"""process_vm_readv/writev with iovec arrays held in array('Q') (no per-iovec Python objects).
+
+An iovec array is flat: base, length of iovec 0, then of iovec 1... (numpy (n, 2) uint64
+arrays work too, for callers that have them)."""
 from __future__ import annotations
 
 import ctypes
 import errno
 import os
-
-import numpy as np
+from array import array
 
 from .libc import SYS, libc, process_error
 
@@ -19,35 +21,62 @@ class Iovec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
-def new_iov_array(n: int = IOV_MAX) -> np.ndarray:
-    """An (n, 2) u64 array laid out like struct iovec[n]: column 0 base, column 1 length."""
-    return np.zeros((n, 2), dtype=np.uint64)
+def new_iov_array(n: int = IOV_MAX) -> array:
+    """Room for n iovecs laid out like struct iovec[n]: iov[2k] base, iov[2k + 1] length."""
+    return array("Q", bytes(16 * n))
 
 
-def _rw(nr: int, pid: int, local_addr: int, local_len: int, remote: np.ndarray, count: int) -> int:
+class _PyBuffer(ctypes.Structure):
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+
+
+def address(buf) -> int:
+    """Address of the first byte of any contiguous buffer (array, bytearray, memoryview,
+    mmap, numpy array), read-only ones too. Valid while BUF lives (and is not resized):
+    the caller keeps it."""
+    if isinstance(buf, array):
+        return buf.buffer_info()[0]
+    view = _PyBuffer()
+    _get_buffer(buf, ctypes.byref(view), 0)     # PyBUF_SIMPLE: contiguous bytes
+    try:
+        return view.buf or 0
+    finally:
+        _release_buffer(ctypes.byref(view))
+
+
+def _rw(nr: int, pid: int, local_addr: int, local_len: int, remote, count: int) -> int:
     local = Iovec(local_addr, local_len)
     res = _syscall(ctypes.c_long(nr), ctypes.c_long(pid), ctypes.byref(local), ctypes.c_ulong(1),
-                   ctypes.c_void_p(remote.ctypes.data), ctypes.c_ulong(count), ctypes.c_ulong(0))
+                   ctypes.c_void_p(address(remote)), ctypes.c_ulong(count), ctypes.c_ulong(0))
     if res == -1:
         raise process_error(ctypes.get_errno(), pid)
     return res
 
 
-def readv(pid: int, local_addr: int, local_len: int, remote: np.ndarray, count: int) -> int:
-    """Copy remote[:count] ranges of pid into local memory; returns bytes read (may be short)."""
+def readv(pid: int, local_addr: int, local_len: int, remote, count: int) -> int:
+    """Copy the first count remote iovecs of pid into local memory; returns bytes read (may be short)."""
     return _rw(SYS.process_vm_readv, pid, local_addr, local_len, remote, count)
 
 
-def writev(pid: int, local_addr: int, local_len: int, remote: np.ndarray, count: int) -> int:
-    """Copy local memory into remote[:count] ranges of pid; returns bytes written (may be short)."""
+def writev(pid: int, local_addr: int, local_len: int, remote, count: int) -> int:
+    """Copy local memory into the first count remote iovecs of pid; returns bytes written (may be short)."""
     return _rw(SYS.process_vm_writev, pid, local_addr, local_len, remote, count)
 
 
-def writev_pairs(pid: int, local: np.ndarray, remote: np.ndarray, count: int) -> int:
-    """process_vm_writev with count local and count remote iovecs ((n, 2) u64 arrays)."""
+def writev_pairs(pid: int, local, remote, count: int) -> int:
+    """process_vm_writev with count local and count remote iovecs."""
     res = _syscall(ctypes.c_long(SYS.process_vm_writev), ctypes.c_long(pid),
-                   ctypes.c_void_p(local.ctypes.data), ctypes.c_ulong(count),
-                   ctypes.c_void_p(remote.ctypes.data), ctypes.c_ulong(count), ctypes.c_ulong(0))
+                   ctypes.c_void_p(address(local)), ctypes.c_ulong(count),
+                   ctypes.c_void_p(address(remote)), ctypes.c_ulong(count), ctypes.c_ulong(0))
     if res == -1:
         raise process_error(ctypes.get_errno(), pid)
     return res
@@ -87,9 +116,9 @@ def madvise(addr: int, size: int, advice: int) -> None:
         raise OSError(err, f"madvise({advice}) {addr:#x}+{size:#x}: {os.strerror(err)}")
 
 
-def preadv_pairs(fd: int, iov: np.ndarray, count: int, offset: int) -> int:
-    """preadv(2) of iov[:count] (an (n, 2) u64 array: our addresses, lengths) at OFFSET."""
-    res = _syscall(ctypes.c_long(SYS.preadv), ctypes.c_long(fd), ctypes.c_void_p(iov.ctypes.data),
+def preadv_pairs(fd: int, iov, count: int, offset: int) -> int:
+    """preadv(2) of the first count iovecs of IOV (our addresses, lengths) at OFFSET."""
+    res = _syscall(ctypes.c_long(SYS.preadv), ctypes.c_long(fd), ctypes.c_void_p(address(iov)),
                    ctypes.c_ulong(count), ctypes.c_ulong(offset), ctypes.c_ulong(0))
     if res == -1:
         err = ctypes.get_errno()

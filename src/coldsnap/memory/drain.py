@@ -13,6 +13,7 @@ the GIL), so reading and writing overlap in the same memory as one buffer. Every
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import queue
@@ -20,8 +21,6 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
-
-import numpy as np
 
 from .. import progress
 from ..errors import AccessDenied, NoSuchProcess, TargetError
@@ -116,7 +115,7 @@ class Drain:
         self.size = buffer_size - buffer_size % PAGE_SIZE
         self._buf = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._view = memoryview(self._buf)
-        self._addr = np.frombuffer(self._buf, dtype=np.uint8).ctypes.data
+        self._addr = ctypes.addressof(ctypes.c_char.from_buffer(self._buf))
         self._iov = vm.new_iov_array()
         self.stats = DrainStats()
         self._last_bad = -1    # where the last skip ended: a failure right there repeats
@@ -157,47 +156,50 @@ class Drain:
 
     def _run(self, plan: Ranges) -> None:
         cut = plan.chunked(self.batch)
-        starts, ends = cut.starts, cut.ends
-        lens = ends - starts
-        n, i, cur = len(starts), 0, int(starts[0]) if len(starts) else 0
+        starts, ends, lens = cut.starts, cut.ends, cut.lengths
+        planned = sum(lens)
+        n, i, cur = len(starts), 0, starts[0] if len(starts) else 0
         iov, size = self._iov, self.batch
         while i < n:
             # Fill one batch: the rest of range i, then whole ranges while they fit.
-            first_len = int(ends[i]) - cur
-            room = size - first_len
-            cum = np.cumsum(lens[i + 1:i + vm.IOV_MAX])
-            k = int(np.searchsorted(cum, room, side="right"))
-            iov[0, 0], iov[0, 1] = cur, first_len
-            iov[1:k + 1, 0] = starts[i + 1:i + 1 + k]
-            iov[1:k + 1, 1] = lens[i + 1:i + 1 + k]
+            first_len = ends[i] - cur
+            iov[0], iov[1] = cur, first_len
+            total, k = first_len, 0
+            for ln in lens[i + 1:i + vm.IOV_MAX]:
+                if total + ln > size:
+                    break
+                total += ln
+                k += 1
+            iov[2:2 * k + 2:2] = starts[i + 1:i + 1 + k]
+            iov[3:2 * k + 3:2] = lens[i + 1:i + 1 + k]
             count = k + 1
-            total = first_len + (int(cum[k - 1]) if k else 0)
             got = self._read(count, total)
             if got:
                 self._emit(count, got)
             if progress.reporter:
                 done = (self.stats.pages_read + self.stats.pages_skipped) << PAGE_SHIFT
-                progress.reporter("reading pages", done, int(lens.sum()))
+                progress.reporter("reading pages", done, planned)
             if got == total:
                 i += count
-                cur = int(starts[i]) if i < n else 0
+                cur = starts[i] if i < n else 0
                 continue
             # Short read: locate the page where the copy stopped.
-            seg_ends = np.cumsum(iov[:count, 1])
-            j = int(np.searchsorted(seg_ends, got, side="right"))
-            bad = int(iov[j, 0]) + got - (int(seg_ends[j - 1]) if j else 0)
+            j, before = 0, 0
+            while before + iov[2 * j + 1] <= got:
+                before += iov[2 * j + 1]
+                j += 1
+            bad = iov[2 * j] + got - before
             i += j
-            range_end = int(ends[i])
+            range_end = ends[i]
             resume = self._next_readable(bad, range_end, consecutive=(got == 0 and self._last_bad == bad))
             self._skip(bad, resume)
             self._last_bad = resume
             if resume >= range_end:
                 i += 1
-                cur = int(starts[i]) if i < n else 0
+                cur = starts[i] if i < n else 0
             else:
                 cur = resume
         if progress.reporter:               # done, whatever the last batch skipped
-            planned = int(lens.sum())
             progress.reporter("reading pages", planned, planned)
 
     def _read(self, count: int, total: int) -> int:
@@ -239,15 +241,16 @@ class Drain:
 
     def _emit(self, count: int, got: int) -> None:
         """Hand the first `got` bytes of the batch to the sink, as runs."""
-        lengths = self._iov[:count, 1]
-        seg_ends = np.cumsum(lengths)
-        full = int(np.searchsorted(seg_ends, got, side="right"))
-        vaddrs = self._iov[:count, 0][:full + 1].copy()
-        lens = lengths[:full + 1].copy()
-        if full < count:
-            lens[full] = got - (int(seg_ends[full - 1]) if full else 0)
-            if lens[full] == 0:
-                vaddrs, lens = vaddrs[:full], lens[:full]
+        vaddrs, lens = self._iov[0:2 * count:2], self._iov[1:2 * count:2]   # copies
+        full, done = 0, 0
+        while full < count and done + lens[full] <= got:
+            done += lens[full]
+            full += 1
+        if full < count:                    # a short read: the last run is cut
+            if got > done:
+                lens[full] = got - done
+                full += 1
+            del vaddrs[full:], lens[full:]
         data = self._view[self._slot * self.batch:][:got]
         self._to_sink(lambda: self.sink.present(vaddrs, lens, data), self._slot)
         self.stats.pages_read += got >> PAGE_SHIFT

@@ -18,9 +18,9 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from array import array
 from dataclasses import dataclass
-
-import numpy as np
+from itertools import accumulate
 
 from .. import progress
 from ..errors import NoSuchProcess, TargetError
@@ -45,24 +45,26 @@ class CopyStats:
     syscalls: int = 0
 
 
-def pieces(ranges: Ranges, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pieces(ranges: Ranges, chunk: int = CHUNK) -> tuple[array, array, list[int]]:
     """(addresses, lengths, file offsets) of RANGES cut into pieces of at most CHUNK bytes."""
     cut = ranges.chunked(chunk)
-    lens = cut.ends - cut.starts
-    return cut.starts, lens, np.cumsum(lens) - lens
+    lens = cut.lengths
+    return cut.starts, lens, list(accumulate(lens, initial=0))[:-1]
 
 
-def batches(lens: np.ndarray, chunk: int = CHUNK) -> list[tuple[int, int]]:
+def batches(lens, chunk: int = CHUNK) -> list[tuple[int, int]]:
     """[i, j) index ranges of pieces that one call reads: at most IOV_MAX pieces whose file
     offsets start within one CHUNK-sized window (so at most 2 * CHUNK bytes)."""
     n = len(lens)
     if not n:
         return []
-    offs = np.cumsum(lens) - lens
-    key_off = offs // np.uint64(chunk)
-    key_n = np.arange(n) // vm.IOV_MAX
-    cuts = np.flatnonzero((key_off[1:] != key_off[:-1]) | (key_n[1:] != key_n[:-1])) + 1
-    edges = [0, *cuts.tolist(), n]
+    edges, off, window = [0], 0, 0
+    for k, ln in enumerate(lens):
+        if k and (off // chunk != window or k % vm.IOV_MAX == 0):
+            edges.append(k)
+        window = off // chunk
+        off += ln
+    edges.append(n)
     return list(zip(edges[:-1], edges[1:]))
 
 
@@ -86,7 +88,7 @@ def save_frozen(pid: int, mem_fd: int, plan: PagePlan, sink: PageSink, *, thread
         copied = copy_frozen(pid, mem_fd, plan.to_read, area, threads=threads, chunk=chunk,
                              parallel_from=parallel_from)
         runs = plan.to_read
-        feed.placed(runs.starts, runs.ends - runs.starts)
+        feed.placed(runs.starts, runs.lengths)
     return copied, feed.finish()
 
 
@@ -99,32 +101,32 @@ def copy_frozen(pid: int, mem_fd: int, ranges: Ranges, area: PageArea, *, thread
     from PARALLEL_FROM bytes on, one below."""
     addrs, lens, offs = pieces(ranges, chunk)
     jobs = batches(lens, chunk)
-    ends = np.cumsum(lens)
-    size = max((int(ends[j - 1] - ends[i] + lens[i]) for i, j in jobs), default=0)
+    ends = list(accumulate(lens))
+    size = max((ends[j - 1] - ends[i] + lens[i] for i, j in jobs), default=0)
     tls = threading.local()            # buffers made by each worker, as big as a batch needs
 
     def copy(i: int, j: int) -> tuple[int, int]:
         w = getattr(tls, "w", None) or _Buffers(size)
         tls.w = w
         n = j - i
-        w.iov[:n, 0], w.iov[:n, 1] = addrs[i:j], lens[i:j]
-        total = int(lens[i:j].sum())
+        w.iov[0:2 * n:2], w.iov[1:2 * n:2] = addrs[i:j], lens[i:j]
+        total = ends[j - 1] - ends[i] + lens[i]
         try:
             got = vm.readv(pid, w.addr, total, w.iov, n)
         except OSError:
             got = 0                     # the first page is unreadable this way
         calls, view, forced = 1, memoryview(w.buf), total - got
         if got < total:                 # no PROT_READ (or a failure): through /proc/PID/mem
-            calls += _read_rest(pid, mem_fd, view, addrs[i:j].tolist(), lens[i:j].tolist(), got)
+            calls += _read_rest(pid, mem_fd, view, addrs[i:j], lens[i:j], got)
         done = 0
         while done < total:
-            done += area.pwrite(view[done:total], int(offs[i]) + done)
+            done += area.pwrite(view[done:total], offs[i] + done)
             calls += 1
         if progress.reporter:
-            progress.reporter("copying pages", int(ends[j - 1]), int(ends[-1]))
+            progress.reporter("copying pages", ends[j - 1], ends[-1])
         return forced, calls
 
-    stats = CopyStats(bytes=int(lens.sum()))
+    stats = CopyStats(bytes=ends[-1] if ends else 0)
     if threads <= 1 or len(jobs) < 2 or stats.bytes < parallel_from:
         results = [copy(i, j) for i, j in jobs]
     else:

@@ -1,145 +1,233 @@
-"""Page ranges as numpy arrays of [start, end) byte addresses: the currency of plans, scans
-and pagemaps (the one interval library of coldsnap: no per-page work anywhere)."""
+"""Page ranges as two arrays of [start, end) byte addresses (array('Q')): the currency of
+plans, scans and pagemaps (the one interval library of coldsnap: no per-page work anywhere).
+
+Plain Python over the ranges, not numpy: a dump or a restore of an ordinary process sees a
+few dozen ranges, and importing numpy would cost more (about 60 ms of every command) than
+all their arithmetic. Past BIG ranges (a fragmented address space of gigabytes) the set
+operations hand over to the vectorised versions of ranges_np, which import numpy then.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
+from array import array
+from bisect import bisect_right
+from heapq import merge
+from typing import Iterable, Sequence
 
 from ..kernel.page import PAGE_SHIFT
 
+# From this many ranges on (both operands together), numpy's passes win even counting
+# its import (measured: bench/ranges.py).
+BIG = 20000
 
-@dataclass(frozen=True)
+
+def u64(values) -> array:
+    """An array('Q') of VALUES: an array('Q') as it is, a numpy array through its bytes,
+    any other iterable of ints element by element."""
+    if isinstance(values, array) and values.typecode == "Q":
+        return values
+    if type(values).__module__ == "numpy":
+        return array("Q", values.astype("<u8", copy=False).tobytes())
+    return array("Q", values)
+
+
 class Ranges:
     """Sorted, non-overlapping, page-aligned [start, end) ranges."""
-    starts: np.ndarray
-    ends: np.ndarray
+    __slots__ = ("starts", "ends")
+
+    def __init__(self, starts, ends):
+        self.starts: array = u64(starts)
+        self.ends: array = u64(ends)
+
+    def __repr__(self) -> str:
+        return f"Ranges({[(hex(s), hex(e)) for s, e in self.pairs()]})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Ranges) and self.starts == other.starts and self.ends == other.ends
 
     @staticmethod
     def empty() -> "Ranges":
-        z = np.zeros(0, dtype=np.uint64)
-        return Ranges(z, z.copy())
+        return Ranges(array("Q"), array("Q"))
 
     @staticmethod
-    def of(pairs) -> "Ranges":
-        arr = np.asarray(list(pairs), dtype=np.uint64).reshape(-1, 2)
-        return Ranges(arr[:, 0].copy(), arr[:, 1].copy())
+    def of(pairs: Iterable[Sequence[int]]) -> "Ranges":
+        starts, ends = array("Q"), array("Q")
+        for s, e in pairs:
+            starts.append(s)
+            ends.append(e)
+        return Ranges(starts, ends)
 
     @staticmethod
-    def covering(pairs) -> "Ranges":
+    def covering(pairs: Iterable[Sequence[int]]) -> "Ranges":
         """Ranges covering any [start, end) pairs (unsorted, overlapping): sorted, joined."""
-        arr = np.asarray(list(pairs), dtype=np.uint64).reshape(-1, 2)
-        arr = arr[arr[:, 1] > arr[:, 0]]
-        if not len(arr):
-            return Ranges.empty()
-        arr = arr[np.argsort(arr[:, 0], kind="stable")]
-        reach = np.maximum.accumulate(arr[:, 1])
-        new = np.ones(len(arr), dtype=bool)
-        new[1:] = arr[1:, 0] > reach[:-1]
-        first = np.flatnonzero(new)
-        last = np.append(first[1:], len(arr)) - 1
-        return Ranges(arr[first, 0].copy(), reach[last].copy())
+        return _join_sorted(sorted((int(s), int(e)) for s, e in pairs if e > s))
 
     def __len__(self) -> int:
         return len(self.starts)
 
     @property
     def nr_pages(self) -> int:
-        return int(((self.ends - self.starts) >> np.uint64(PAGE_SHIFT)).sum())
+        return (sum(self.ends) - sum(self.starts)) >> PAGE_SHIFT
+
+    @property
+    def lengths(self) -> array:
+        """Bytes of each range."""
+        return array("Q", map(int.__sub__, self.ends, self.starts))
 
     def pairs(self) -> list[tuple[int, int]]:
-        return list(zip(self.starts.tolist(), self.ends.tolist()))
+        return list(zip(self.starts, self.ends))
+
+    def as_numpy(self):
+        """(starts, ends) as numpy uint64 arrays sharing this object's memory (imports numpy)."""
+        import numpy as np
+        return np.frombuffer(self.starts, np.uint64), np.frombuffer(self.ends, np.uint64)
 
     def merged(self) -> "Ranges":
         """Join ranges that touch."""
         if len(self) < 2:
             return self
-        keep = np.ones(len(self), dtype=bool)
-        keep[1:] = self.starts[1:] != self.ends[:-1]
-        starts = self.starts[keep]
-        last = np.flatnonzero(np.append(keep[1:], True))
-        return Ranges(starts, self.ends[last])
+        starts, ends = array("Q"), array("Q")
+        for s, e in zip(self.starts, self.ends):
+            if ends and s == ends[-1]:
+                ends[-1] = e
+            else:
+                starts.append(s)
+                ends.append(e)
+        return Ranges(starts, ends)
 
     def chunked(self, size: int) -> "Ranges":
-        """The same bytes in pieces of at most SIZE bytes (numpy, no per-page work)."""
-        starts, ends = self.starts.astype(np.uint64), self.ends.astype(np.uint64)
-        pieces = ((ends - starts + np.uint64(size - 1)) // np.uint64(size)).astype(np.int64)
-        if not len(pieces) or pieces.max(initial=0) <= 1:
-            return Ranges(starts, ends)
-        idx = np.repeat(np.arange(len(starts)), pieces)
-        k = np.arange(len(idx)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-        s = starts[idx] + k.astype(np.uint64) * np.uint64(size)
-        return Ranges(s, np.minimum(s + np.uint64(size), ends[idx]))
-
-    def split_at(self, cuts: np.ndarray) -> "Ranges":
-        """Split ranges at the given addresses (e.g. VMA boundaries) so none crosses a cut."""
-        cuts = np.asarray(cuts, dtype=np.uint64)
-        if not len(self) or not len(cuts):
+        """The same bytes in pieces of at most SIZE bytes."""
+        if not len(self) or max(self.lengths) <= size:
             return self
-        lo = np.searchsorted(cuts, self.starts, side="right")
-        hi = np.searchsorted(cuts, self.ends, side="left")
-        inner = hi - lo  # number of cuts strictly inside each range
-        if not inner.any():
-            return self
-        idx = np.repeat(np.arange(len(self)), inner)
-        offs = np.arange(len(idx)) - np.repeat(np.cumsum(inner) - inner, inner)
-        cut_vals = cuts[lo[idx] + offs]
-        starts = np.concatenate([self.starts, cut_vals])
-        ends = np.concatenate([cut_vals, self.ends])
-        return Ranges(np.sort(starts), np.sort(ends))
+        starts, ends = array("Q"), array("Q")
+        for s, e in zip(self.starts, self.ends):
+            if e - s <= size:
+                starts.append(s)
+                ends.append(e)
+                continue
+            for a in range(s, e, size):
+                starts.append(a)
+                ends.append(min(a + size, e))
+        return Ranges(starts, ends)
 
-    def pieces_in(self, other: "Ranges") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def split_at(self, cuts: Sequence[int]) -> "Ranges":
+        """Split ranges at the given sorted addresses (e.g. VMA boundaries) so none crosses a
+        cut. Work per cut (a few hundred VMA bounds), not per range (maybe 100000s)."""
+        cuts = cuts.tolist() if hasattr(cuts, "tolist") else cuts
+        starts, ends = self.starts, self.ends
+        inner = []                      # (range index, cut strictly inside it), ascending
+        for c in cuts:
+            i = bisect_right(starts, c) - 1
+            if i >= 0 and c < ends[i] and starts[i] < c:
+                inner.append((i, c))
+        if not inner:
+            return self
+        out_s, out_e = array("Q"), array("Q")
+        pos, open_i = 0, -1             # next range to copy whole; the range being cut
+        for i, c in inner:
+            if i != open_i:
+                if open_i >= 0:
+                    out_e.append(ends[open_i])
+                out_s.extend(starts[pos:i])
+                out_e.extend(ends[pos:i])
+                out_s.append(starts[i])
+                pos, open_i = i + 1, i
+            out_e.append(c)
+            out_s.append(c)
+        out_e.append(ends[open_i])
+        out_s.extend(starts[pos:])
+        out_e.extend(ends[pos:])
+        return Ranges(out_s, out_e)
+
+    def pieces_in(self, other: "Ranges") -> tuple[array, array, array]:
         """(starts, ends, index): the parts of each range of self that lie in other, not
         joined, with the index of the range of self each part comes from."""
-        if not len(self) or not len(other):
-            z = np.zeros(0, dtype=np.uint64)
-            return z, z.copy(), np.zeros(0, dtype=np.int64)
-        lo = np.searchsorted(other.ends, self.starts, side="right")   # first other ending after
-        hi = np.searchsorted(other.starts, self.ends, side="left")    # first other starting at/after the end
-        n = np.maximum(hi - lo, 0)
-        idx = np.repeat(np.arange(len(self)), n)
-        oth = np.repeat(lo, n) + (np.arange(len(idx)) - np.repeat(np.cumsum(n) - n, n))
-        s = np.maximum(self.starts[idx], other.starts[oth])
-        e = np.minimum(self.ends[idx], other.ends[oth])
-        ok = s < e
-        return s[ok], e[ok], idx[ok]
+        ps, pe, idx = array("Q"), array("Q"), array("q")
+        os_, oe, m, j = other.starts, other.ends, len(other), 0
+        for i, (s, e) in enumerate(zip(self.starts, self.ends)):
+            while j < m and oe[j] <= s:
+                j += 1
+            k = j
+            while k < m and os_[k] < e:
+                a, b = max(s, os_[k]), min(e, oe[k])
+                if a < b:
+                    ps.append(a)
+                    pe.append(b)
+                    idx.append(i)
+                k += 1
+        return ps, pe, idx
 
     def intersect(self, other: "Ranges") -> "Ranges":
-        return _boolean(self, other, lambda a, b: a & b)
+        if len(self) + len(other) >= BIG:
+            return _vectorised(self, other, "and")
+        out = _Joined()
+        a_s, a_e, b_s, b_e = self.starts, self.ends, other.starts, other.ends
+        i = j = 0
+        na, nb = len(a_s), len(b_s)
+        while i < na and j < nb:
+            lo, hi = max(a_s[i], b_s[j]), min(a_e[i], b_e[j])
+            if lo < hi:
+                out.add(lo, hi)
+            if a_e[i] < b_e[j]:
+                i += 1
+            else:
+                j += 1
+        return out.ranges()
 
     def subtract(self, other: "Ranges") -> "Ranges":
-        return _boolean(self, other, lambda a, b: a & ~b)
+        if len(self) + len(other) >= BIG:
+            return _vectorised(self, other, "sub")
+        out = _Joined()
+        b_s, b_e, nb, j = other.starts, other.ends, len(other), 0
+        for s, e in zip(self.starts, self.ends):
+            while j < nb and b_e[j] <= s:
+                j += 1
+            k, cur = j, s
+            while k < nb and b_s[k] < e:
+                if b_s[k] > cur:
+                    out.add(cur, b_s[k])
+                cur = max(cur, b_e[k])
+                k += 1
+            if cur < e:
+                out.add(cur, e)
+        return out.ranges()
 
     def union(self, other: "Ranges") -> "Ranges":
-        return _boolean(self, other, lambda a, b: a | b)
+        if len(self) + len(other) >= BIG:
+            return _vectorised(self, other, "or")
+        return _join_sorted(merge(zip(self.starts, self.ends), zip(other.starts, other.ends)))
 
 
-def sorted_unique(values: np.ndarray) -> np.ndarray:
-    """np.unique of a 1-d array, done by hand: numpy 2's np.unique imports numpy.ma on its
-    first call (~9 ms of a dump command)."""
-    out = np.sort(values)
-    if len(out) > 1:
-        out = out[np.concatenate(([True], out[1:] != out[:-1]))]
-    return out
+def _join_sorted(pairs) -> Ranges:
+    """Ranges of (start, end) pairs sorted by start: overlapping and touching ones joined."""
+    starts, ends = array("Q"), array("Q")
+    for s, e in pairs:
+        if ends and s <= ends[-1]:
+            if e > ends[-1]:
+                ends[-1] = e
+        else:
+            starts.append(s)
+            ends.append(e)
+    return Ranges(starts, ends)
 
 
-def _boolean(a: Ranges, b: Ranges, op) -> Ranges:
-    """Set operation on two range lists by sweeping their sorted boundaries."""
-    pts = sorted_unique(np.concatenate([a.starts, a.ends, b.starts, b.ends]))
-    if len(pts) < 2:
-        return Ranges.empty()
-    mids = pts[:-1]
-    in_a = _covers(a, mids)
-    in_b = _covers(b, mids)
-    sel = op(in_a, in_b)
-    return Ranges(mids[sel], pts[1:][sel]).merged()
+class _Joined:
+    """Ranges built in ascending order, touching ones joined."""
+    __slots__ = ("starts", "ends")
+
+    def __init__(self):
+        self.starts, self.ends = array("Q"), array("Q")
+
+    def add(self, s: int, e: int) -> None:
+        if self.ends and self.ends[-1] == s:
+            self.ends[-1] = e
+        else:
+            self.starts.append(s)
+            self.ends.append(e)
+
+    def ranges(self) -> Ranges:
+        return Ranges(self.starts, self.ends)
 
 
-def _covers(r: Ranges, points: np.ndarray) -> np.ndarray:
-    if not len(r):
-        return np.zeros(len(points), dtype=bool)
-    i = np.searchsorted(r.starts, points, side="right") - 1
-    ok = i >= 0
-    res = np.zeros(len(points), dtype=bool)
-    res[ok] = points[ok] < r.ends[i[ok]]
-    return res
+def _vectorised(a: Ranges, b: Ranges, op: str) -> Ranges:
+    from . import ranges_np
+    return ranges_np.boolean(a, b, op)

@@ -1,18 +1,18 @@
 """Find the pages a dump must save: present or swapped private pages, not file-backed, not zero.
 
 Two interchangeable methods give the same page set: the PAGEMAP_SCAN ioctl (ranges straight
-from the kernel) and a batched read of /proc/PID/pagemap decoded with numpy.
+from the kernel, no numpy) and a batched read of /proc/PID/pagemap decoded with numpy (the
+fallback of kernels without the ioctl: numpy is imported then).
 """
 from __future__ import annotations
 
 import os
+from array import array
 from typing import Iterable
-
-import numpy as np
 
 from ..kernel import pagemap as pm
 from ..kernel.page import PAGE_SHIFT
-from .ranges import Ranges, sorted_unique
+from .ranges import Ranges
 from .vma import Kind, Vma
 
 # Anything present or swapped that is neither a file page nor the zero page.
@@ -41,21 +41,21 @@ def spans(vmas: Iterable[Vma], kinds: tuple[Kind, ...] = (Kind.ANON_PRIVATE, Kin
     return Ranges.of(pairs).merged() if pairs else Ranges.empty()
 
 
-def vma_cuts(vmas: Iterable[Vma]) -> np.ndarray:
-    return sorted_unique(np.array([a for v in vmas for a in (v.start, v.end)], dtype=np.uint64))
+def vma_cuts(vmas: Iterable[Vma]) -> list[int]:
+    return sorted({a for v in vmas for a in (v.start, v.end)})
 
 
 def scan_with_ioctl(pagemap_fd: int, where: Ranges, scanner: pm.PagemapScanner | None = None,
                     query: pm.ScanQuery = SAVE_QUERY) -> Ranges:
     scanner = scanner or pm.PagemapScanner(pagemap_fd)
-    parts = [scanner.scan(s, e, query) for s, e in where.pairs()]
-    regions = np.concatenate(parts) if parts else np.zeros(0, dtype=pm.REGION_DTYPE)
-    return Ranges(regions["start"].copy(), regions["end"].copy()).merged()
+    regions = scan_regions(pagemap_fd, where, scanner, query)
+    return Ranges(regions[0::3], regions[1::3]).merged()
 
 
 def scan_with_read(pagemap_fd: int, where: Ranges, *, with_guards: bool = False):
     """The pages to save from /proc/PID/pagemap (guard-region pages left out); with
     with_guards, (pages, guard pages)."""
+    import numpy as np
     zero = np.uint64(pm.zero_pfn() & 0xFFFFFFFFFFFFFFFF)
     out: dict[bool, tuple[list, list]] = {False: ([], []), True: ([], [])}
     step = PAGEMAP_BATCH_PAGES << PAGE_SHIFT
@@ -76,18 +76,24 @@ def scan_with_read(pagemap_fd: int, where: Ranges, *, with_guards: bool = False)
     return (found, guards) if with_guards else found
 
 
-def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end indices of the runs of True in a boolean array."""
+def _runs(mask):
+    """Start and end indices of the runs of True in a boolean numpy array."""
+    import numpy as np
     d = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
     return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
 
 
-def warm_up() -> None:
-    """Run the numpy paths once on tiny inputs: their first call costs milliseconds,
-    which must not land inside a frozen window."""
+def warm_up(numpy: bool = False) -> None:
+    """Before a freeze: with numpy (a command whose write tracking collects with it), import
+    it and run its range paths once on tiny inputs: the import and their first calls cost
+    milliseconds, which must not land inside a frozen window. The plain paths need nothing."""
+    if not numpy:
+        return
+    import numpy as np
+    from . import ranges_np
     a = Ranges.of([(0, 8192), (12288, 16384)])
     b = Ranges.of([(4096, 12288)])
-    a.union(b).subtract(b).intersect(a).split_at(np.array([4096], dtype=np.uint64)).merged()
+    ranges_np.boolean(ranges_np.boolean(a, b, "or"), b, "sub")
     _runs(np.array([True, False, True]))
 
 
@@ -125,13 +131,22 @@ def _returning(q: pm.ScanQuery, extra: int) -> pm.ScanQuery:
                         q.flags, q.max_pages)
 
 
-def scan_regions(pagemap_fd: int, where: Ranges, scanner: pm.PagemapScanner, query: pm.ScanQuery) -> np.ndarray:
-    parts = [scanner.scan(s, e, query) for s, e in where.pairs()]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=pm.REGION_DTYPE)
+def scan_regions(pagemap_fd: int, where: Ranges, scanner: pm.PagemapScanner, query: pm.ScanQuery) -> array:
+    """The regions of every range of WHERE, flat (start, end, categories) triplets."""
+    out = array("Q")
+    for s, e in where.pairs():
+        out.extend(scanner.scan_flat(s, e, query))
+    return out
 
 
-def _split_guards(regions: np.ndarray, guard: int) -> tuple[Ranges, Ranges]:
-    is_guard = (regions["categories"] & np.uint64(guard)) != 0 if guard else np.zeros(len(regions), bool)
-    keep, g = regions[~is_guard], regions[is_guard]
-    return (Ranges(keep["start"].copy(), keep["end"].copy()).merged(),
-            Ranges(g["start"].copy(), g["end"].copy()).merged() if len(g) else Ranges.empty())
+def _split_guards(regions: array, guard: int) -> tuple[Ranges, Ranges]:
+    """(pages, guard pages) of flat scan regions, each joined."""
+    cats = regions[2::3]
+    if not guard or not any(c & guard for c in cats):
+        return Ranges(regions[0::3], regions[1::3]).merged(), Ranges.empty()
+    keep, g = Ranges.empty(), Ranges.empty()
+    for s, e, c in zip(regions[0::3], regions[1::3], cats):
+        r = g if c & guard else keep
+        r.starts.append(s)
+        r.ends.append(e)
+    return keep.merged(), g.merged()

@@ -27,10 +27,9 @@ and the frozen copy with an in-memory one.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Protocol
-
-import numpy as np
+from typing import Protocol, Sequence
 
 from ..kernel.page import PAGE_SHIFT
 from .ranges import Ranges
@@ -58,7 +57,7 @@ class PageSink(Protocol):
     def begin(self, pagemap: PagemapKey) -> None:
         """The runs that follow belong to this pagemap."""
 
-    def present(self, vaddrs: np.ndarray, lengths: np.ndarray, data: memoryview) -> None:
+    def present(self, vaddrs: Sequence[int], lengths: Sequence[int], data: memoryview) -> None:
         """Pages really copied: runs (vaddrs[i], lengths[i] bytes) whose bytes follow each
         other in data. data is valid only during the call."""
 
@@ -71,7 +70,7 @@ class PageSink(Protocol):
     def reserve(self, nbytes: int) -> PageArea:
         """An area for the bytes of the next present pages, to be filled and then placed."""
 
-    def placed(self, vaddrs: np.ndarray, lengths: np.ndarray) -> None:
+    def placed(self, vaddrs: Sequence[int], lengths: Sequence[int]) -> None:
         """Present runs (vaddrs[i], lengths[i] bytes) whose bytes are the next ones of the
         reserved area, back to back."""
 
@@ -107,7 +106,6 @@ class PlanFeed:
         known += [(s, e, False) for s, e in (skipped or Ranges.empty()).pairs()]
         known.sort()
         self._known = known
-        self._starts = np.array([k[0] for k in known], dtype=np.uint64)
         self._next = 0
 
     def _flush_known_before(self, vaddr: int) -> None:
@@ -124,7 +122,7 @@ class PlanFeed:
             i += 1
         self._next = i
 
-    def _between_known(self, vaddrs: np.ndarray):
+    def _between_known(self, vaddrs: Sequence[int]):
         """Slices [i, j) of a batch of runs with no known run inside; the known runs before
         each slice are handed over first."""
         i, n = 0, len(vaddrs)
@@ -132,21 +130,21 @@ class PlanFeed:
             if self._next >= len(self._known):
                 yield i, n
                 return
-            j = i + int(np.searchsorted(vaddrs[i:], self._starts[self._next], side="left"))
+            j = bisect_left(vaddrs, self._known[self._next][0], i)
             if j == i:
                 self._flush_known_before(int(vaddrs[i]))
                 continue
             yield i, j
             i = j
 
-    def present(self, vaddrs: np.ndarray, lengths: np.ndarray, data: memoryview) -> None:
+    def present(self, vaddrs: Sequence[int], lengths: Sequence[int], data: memoryview) -> None:
         self.counts.present += data.nbytes >> PAGE_SHIFT
         if self._next >= len(self._known):
             self.sink.present(vaddrs, lengths, data)
             return
         off = 0
         for i, j in self._between_known(vaddrs):
-            size = int(lengths[i:j].sum())
+            size = int(sum(lengths[i:j]))
             self.sink.present(vaddrs[i:j], lengths[i:j], data[off:off + size])
             off += size
 
@@ -159,8 +157,8 @@ class PlanFeed:
     def reserve(self, nbytes: int) -> PageArea:
         return self.sink.reserve(nbytes)
 
-    def placed(self, vaddrs: np.ndarray, lengths: np.ndarray) -> None:
-        self.counts.present += int(lengths.sum()) >> PAGE_SHIFT
+    def placed(self, vaddrs: Sequence[int], lengths: Sequence[int]) -> None:
+        self.counts.present += int(sum(lengths)) >> PAGE_SHIFT
         for i, j in self._between_known(vaddrs):
             self.sink.placed(vaddrs[i:j], lengths[i:j])
 

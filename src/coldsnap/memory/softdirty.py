@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 
 from ..errors import AccessDenied, CsError, NoSuchProcess
 from ..kernel import pagemap as pm
@@ -54,6 +53,8 @@ class SoftDirtyTracker:
         return dirty
 
     def _read_bits(self, where: Ranges) -> Ranges:
+        """The soft-dirty pages from /proc/PID/pagemap (kernels without PAGEMAP_SCAN; numpy)."""
+        import numpy as np
         starts, ends = [], []
         for lo, hi in where.pairs():
             entries = pm.read_entries(self._fd, lo, hi)

@@ -9,7 +9,8 @@
 
 A run's "address" is a byte offset in the object for a shared memory pagemap.
 
-Buffer lifetime: a buffer mapped() yields (a uint8 numpy array; its address goes straight to
+Buffer lifetime: a buffer mapped() yields (any contiguous bytes buffer, e.g. a memoryview of
+a mapped file; its address (kernel/vm.py address()) goes straight to
 process_vm_writev on worker threads) stays valid until close(), not longer: the caller stops
 using it before closing the source. The images chain maps its pages files; a page server
 or a lazy-restore server would fetch runs into memory it keeps until close(), and answer
@@ -30,14 +31,12 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol
 
-import numpy as np
-
 
 class PageSource(Protocol):
     def runs(self) -> list[tuple[int, int]]:
         """(vaddr, nbytes) of every run with data, in ascending address order."""
 
-    def mapped(self) -> Iterator[tuple[int, int, np.ndarray, int]]:
+    def mapped(self) -> Iterator[tuple[int, int, memoryview, int]]:
         """Every run as (vaddr, nbytes, buffer, offset), ascending; valid until close()."""
 
     def read_into(self, vaddr: int, buf: memoryview) -> None:
@@ -46,7 +45,7 @@ class PageSource(Protocol):
     def located(self) -> list[tuple[int, int, int, int]]:
         """(level, vaddr, nbytes, offset) of every run, ascending."""
 
-    def saved(self, level: int, offset: int, nbytes: int) -> np.ndarray:
+    def saved(self, level: int, offset: int, nbytes: int) -> memoryview:
         """The bytes kept at (level, offset) (module docstring: how long the buffer lives)."""
 
     def pin(self) -> None:

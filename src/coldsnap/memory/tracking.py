@@ -34,9 +34,8 @@ import errno
 import mmap
 import os
 from dataclasses import dataclass, field
+from array import array
 from typing import Callable, ContextManager, Protocol
-
-import numpy as np
 
 from ..errors import CsError, NoSuchProcess, TargetError
 from ..kernel import pagemap as pm
@@ -46,8 +45,8 @@ from ..kernel.libc import SYS, syscall
 from ..kernel.fdinfo import raw_fd_links, read_fdinfo
 from ..kernel.pidfd import take_fd
 from ..kernel.procfs import alive, read_status
-from .ranges import Ranges, sorted_unique
-from .scan import PAGEMAP_BATCH_PAGES, _runs
+from .ranges import Ranges
+from .scan import PAGEMAP_BATCH_PAGES
 from .vma import PROT_READ, Kind, Vma
 
 
@@ -189,7 +188,7 @@ def wp_marker_entry() -> int:
             pmfd = pm.open_pagemap(os.getpid())
             try:
                 pm.PagemapScanner(pmfd, 4).reset_written(addr, addr + PAGE_SIZE)
-                entry = int(pm.read_entries(pmfd, addr, addr + PAGE_SIZE)[0]) & PM_ENTRY_MASK
+                entry = pm.read_entry(pmfd, addr) & PM_ENTRY_MASK
             finally:
                 os.close(pmfd)
         finally:
@@ -208,22 +207,25 @@ def drop_wp_markers(pagemap_fd: int, pages: Ranges, scanner: pm.PagemapScanner |
     if not marker or not len(pages):
         return pages
     scanner = scanner or pm.PagemapScanner(pagemap_fd)
-    where = pages.merged()
-    found = [scanner.scan(s, e, MARKER_QUERY) for s, e in where.pairs()]
-    found = [f for f in found if len(f)]
-    if not found:
+    cand = array("Q")
+    for s, e in pages.merged().pairs():
+        cand.extend(scanner.scan_flat(s, e, MARKER_QUERY))
+    if not cand:
         return pages
-    cand = np.concatenate(found)
-    starts, ends = [], []
+    drop = Ranges.empty()
     step = PAGEMAP_BATCH_PAGES << PAGE_SHIFT
-    for lo, hi in zip(cand["start"].tolist(), cand["end"].tolist()):
+    for lo, hi in zip(cand[0::3], cand[1::3]):      # swapped-looking pages only: few
         for a in range(lo, hi, step):
-            e = pm.read_entries(pagemap_fd, a, min(hi, a + step))
-            s, t = _runs((e & np.uint64(PM_ENTRY_MASK)) == np.uint64(marker))
-            starts.append(a + (s.astype(np.uint64) << np.uint64(PAGE_SHIFT)))
-            ends.append(a + (t.astype(np.uint64) << np.uint64(PAGE_SHIFT)))
-    drop = Ranges(np.concatenate(starts), np.concatenate(ends)).merged()
-    return pages.subtract(drop).split_at(sorted_unique(np.concatenate([pages.starts, pages.ends]))) if len(drop) else pages
+            entries = pm.read_entries_plain(pagemap_fd, a, min(hi, a + step))
+            for k, e in enumerate(entries):
+                if e & PM_ENTRY_MASK == marker:
+                    page = a + (k << PAGE_SHIFT)
+                    if drop.ends and drop.ends[-1] == page:
+                        drop.ends[-1] = page + PAGE_SIZE
+                    else:
+                        drop.starts.append(page)
+                        drop.ends.append(page + PAGE_SIZE)
+    return pages.subtract(drop).split_at(sorted({*pages.starts, *pages.ends})) if len(drop) else pages
 
 
 def _ranges(pairs) -> Ranges:
@@ -405,6 +407,7 @@ class UffdTracker:
         newly registered (now or since the last collect), untracked and unreadable VMAs, whole.
         untracked: the VMAs that cannot be registered, whole (they are in dirty too).
         """
+        import numpy as np   # loaded before any freeze (scan.warm_up(numpy=True))
         self._need_armed()
         if self.pid:
             refuse_blind_spots(self.pid)
@@ -413,7 +416,7 @@ class UffdTracker:
         self._fresh = []
         whole: list[tuple[int, int]] = []
         untracked: list[tuple[int, int]] = []
-        parts: list[np.ndarray] = []
+        parts: list = []
         for v in vmas:
             if not v.saves_pages or v.kind is Kind.ANON_SHARED:
                 continue
@@ -453,9 +456,10 @@ class UffdTracker:
         released right after: the pages written since the last reset, nothing registered
         or re-protected. A tracked VMA without our registration (new since the last run,
         or reshaped) counts whole. untracked: always empty (nothing was refused now)."""
+        import numpy as np   # loaded before any freeze (scan.warm_up(numpy=True))
         self._need_armed()
         whole: list[tuple[int, int]] = []
-        parts: list[np.ndarray] = []
+        parts: list = []
         for v in vmas:
             if not v.saves_pages or v.kind is Kind.ANON_SHARED:
                 continue

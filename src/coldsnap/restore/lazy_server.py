@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..kernel import uffd
+from ..kernel import uffd, vm
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE as PAGE
 from ..kernel.pidfd import pidfd_open, pidfd_send_signal
 from ..kernel.procfs import child_pids
@@ -354,7 +354,7 @@ class Server:
     def _copy(self, space: Space, run: Run) -> int:
         """UFFDIO_COPY one run; the state follows what really went in. 0, or -errno."""
         saved = space.source.saved(run.level, run.off, run.npages << PAGE_SHIFT)   # held until we return
-        src = saved.ctypes.data
+        src = vm.address(saved)
         err, done = uffd.copy(space.fd, run.vaddr, src, run.npages << PAGE_SHIFT)
         if done:
             space.pages.done(run.vaddr, done >> PAGE_SHIFT)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import bisect
 import os
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from .. import progress
 from ..errors import CsError
@@ -63,7 +62,7 @@ class PageWriter:
         view, base = None, 0
         for key, nbytes, buf, offset in src.mapped():
             if buf is not view:
-                view, base = buf, buf.ctypes.data
+                view, base = buf, vm.address(buf)
             pieces = translate(key, nbytes) if translate else [(key, 0, nbytes)]
             for vaddr, skip, size in pieces:
                 for start, end, writable in _split(areas, starts, vaddr, vaddr + size):
@@ -71,8 +70,8 @@ class PageWriter:
                     if writable:
                         while start < end:   # a call moves at most MAX_CALL bytes
                             chunk = min(end - start, MAX_CALL - batch)
-                            local[n] = (base + off, chunk)
-                            remote[n] = (start, chunk)
+                            local[2 * n], local[2 * n + 1] = base + off, chunk
+                            remote[2 * n], remote[2 * n + 1] = start, chunk
                             n, batch, start, off = n + 1, batch + chunk, start + chunk, off + chunk
                             if n == vm.IOV_MAX or batch == MAX_CALL:
                                 self._flush(local, remote, n)
@@ -80,24 +79,25 @@ class PageWriter:
                     else:
                         self._pwrite(view[off:off + end - start], start)
         if n and self._pool is None:    # one batch in all (a small process): no worker thread
-            self._count(self._writev(local[:n], remote[:n]))
+            self._count(self._writev(local[:2 * n], remote[:2 * n]))
         elif n:
             self._flush(local, remote, n)
         while self._pending:
             self._collect()
 
-    def _flush(self, local: np.ndarray, remote: np.ndarray, n: int) -> None:
+    def _flush(self, local: array, remote: array, n: int) -> None:
         """Hand a batch to a worker (copies of the iovecs: the arrays are reused)."""
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coldsnap-writev")
-        self._pending.append(self._pool.submit(self._writev, local[:n].copy(), remote[:n].copy()))
+        self._pending.append(self._pool.submit(self._writev, local[:2 * n], remote[:2 * n]))
         if len(self._pending) > 2 * self.threads:
             self._collect()
 
-    def _writev(self, local: np.ndarray, remote: np.ndarray) -> int:
-        want = int(local[:, 1].sum())
-        done = vm.writev_pairs(self.pid, local, remote, len(local))
+    def _writev(self, local: array, remote: array) -> int:
+        """One process_vm_writev of the iovecs (flat arrays, see kernel/vm.py)."""
+        want = sum(local[1::2])
+        done = vm.writev_pairs(self.pid, local, remote, len(local) // 2)
         if done != want:
             raise CsError(f"process_vm_writev into {self.pid} wrote {done} of {want} bytes")
         return done
@@ -111,7 +111,7 @@ class PageWriter:
         if progress.reporter:
             progress.reporter("writing pages", self.stats.bytes_vm, 0)
 
-    def _pwrite(self, data: np.ndarray, addr: int) -> None:
+    def _pwrite(self, data, addr: int) -> None:
         view = memoryview(data)
         done = 0
         while done < len(view):

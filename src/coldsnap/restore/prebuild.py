@@ -31,11 +31,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from array import array
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-
-import numpy as np
 
 from ..errors import CsError
 from ..images.directory import ImageDir
@@ -44,6 +44,7 @@ from ..images.source import ChainSource
 from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_STACK, VMA_AREA_SYSVIPC,
                           VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..kernel import vm
+from ..kernel.page import PAGE_SHIFT
 from ..memory.ranges import Ranges
 from ..memory.vma import MAP_ANONYMOUS, MAP_PRIVATE
 
@@ -123,7 +124,7 @@ class Prebuilt:
             self._unmap(self.areas.pop(key))
         with ChainSource(d, pid) as src:
             runs = src.located()
-            starts = np.array([r[1] for r in runs], np.uint64)
+            starts = [r[1] for r in runs]
             covered = Ranges.covering([(r[1], r[1] + r[2]) for r in runs])
             fds: dict[int, int] = {}
             try:
@@ -152,19 +153,19 @@ class Prebuilt:
                     os.close(fd)
         self.last = d.root.name
 
-    def _write(self, src: ChainSource, runs: list, starts: np.ndarray, lo: int, hi: int,
+    def _write(self, src: ChainSource, runs: list, starts: list[int], lo: int, hi: int,
                fds: dict[int, int], levels: int | None) -> int:
         """Every run inside [lo, hi) (of chain level `levels` only, or of any level) read
         from its pages file into our memory at its address; one preadv per stretch of a
         pages file that is contiguous."""
-        i = max(0, int(np.searchsorted(starts, np.uint64(lo), side="right")) - 1)
+        i = max(0, bisect_right(starts, lo) - 1)
         iov = vm.new_iov_array()
         n, level0, at, total = 0, -1, 0, 0
 
         def flush() -> None:
             nonlocal n
             if n:
-                want = int(iov[:n, 1].sum())
+                want = sum(iov[1:2 * n:2])
                 fd = fds.get(level0)
                 if fd is None:
                     fd = fds[level0] = os.open(src.files[level0], os.O_RDONLY | os.O_CLOEXEC)
@@ -186,7 +187,7 @@ class Prebuilt:
             if n and (level != level0 or off != at or n == vm.IOV_MAX):
                 flush()
             level0 = level
-            iov[n] = (s, e - s)
+            iov[2 * n], iov[2 * n + 1] = s, e - s
             n, at, total = n + 1, off + e - s, total + e - s
         flush()
         return total
@@ -194,7 +195,7 @@ class Prebuilt:
     def _zero(self, ranges: Ranges) -> int:
         for s, e in ranges.pairs():
             vm.madvise(s, e - s, vm.MADV_DONTNEED)
-        return int((ranges.ends - ranges.starts).sum()) if len(ranges) else 0
+        return ranges.nr_pages << PAGE_SHIFT
 
     def _unmap(self, a: Area) -> None:
         vm.unmap(a.start, a.end - a.start)
@@ -223,14 +224,16 @@ class Prebuilt:
         self.drop()
 
 
-def _rest(iov: np.ndarray, n: int, done: int) -> tuple[np.ndarray, int]:
-    """The iovecs of iov[:n] past the first DONE bytes (a short preadv's remainder)."""
+def _rest(iov: array, n: int, done: int) -> tuple[array, int]:
+    """The iovecs of the first n of IOV (flat, kernel/vm.py) past the first DONE bytes (a
+    short preadv's remainder)."""
     if done == 0:
         return iov, n
-    lens = np.cumsum(iov[:n, 1].astype(np.int64))
-    k = int(np.searchsorted(lens, done, side="right"))
-    rest = iov[k:n].copy()
-    used = done - (int(lens[k - 1]) if k else 0)
-    rest[0, 0] += np.uint64(used)
-    rest[0, 1] -= np.uint64(used)
+    k, before = 0, 0
+    while before + iov[2 * k + 1] <= done:
+        before += iov[2 * k + 1]
+        k += 1
+    rest = iov[2 * k:2 * n]
+    rest[0] += done - before
+    rest[1] -= done - before
     return rest, n - k

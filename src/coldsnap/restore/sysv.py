@@ -27,7 +27,7 @@ from ..errors import CsError, TargetError
 from ..images import framing
 from ..images.directory import ImageDir
 from ..images.pb import ipc_sem_pb2, ipc_shm_pb2
-from ..kernel import sysv
+from ..kernel import sysv, vm
 from ..kernel.page import PAGE_SIZE
 from ..kernel.procfs import SysvObject, read_sysvipc, set_ipc_next_id
 from ..memory.source import PageSource
@@ -171,7 +171,7 @@ def _fill(sid: int, size: int, pages: PageSource | None) -> None:
         for offset, nbytes, buf, at in pages.mapped():
             if offset + nbytes > limit:
                 raise CsError(f"pagemap-shmem-{sid}.img: pages at {offset:#x} beyond the segment's {size} bytes")
-            ctypes.memmove(addr + offset, buf.ctypes.data + at, nbytes)
+            ctypes.memmove(addr + offset, vm.address(buf) + at, nbytes)
     finally:
         sysv.shmdt(addr)
         pages.close()

@@ -142,6 +142,7 @@ class PageServerClient:
 
     def present(self, vaddrs: np.ndarray, lengths: np.ndarray, data: memoryview) -> None:
         """Runs whose bytes follow each other in data (valid only during the call)."""
+        vaddrs, lengths = np.asarray(vaddrs, np.uint64), np.asarray(lengths, np.uint64)
         if not self.extended:
             off = 0
             for v, n in zip(vaddrs.tolist(), lengths.tolist()):

@@ -72,7 +72,7 @@ class ServerSink:
 
     def placed(self, vaddrs: np.ndarray, lengths: np.ndarray) -> None:
         area = self._area
-        size = int(lengths.sum())
+        size = int(sum(lengths))
         self.client.present(vaddrs, lengths, area.view[area.sent:area.sent + size])
         area.sent += size
 
