@@ -63,6 +63,14 @@ RAW_MAGIC = 0  # pages-N.img: no magic at all
 _U32 = struct.Struct("=I")  # host order, like CRIU and crit
 
 
+def _literal_head(pattern: str) -> str:
+    """The part of a regex before its first special character (all of it if none)."""
+    for i, c in enumerate(pattern):
+        if c in "\\()[].*+?{|^$":
+            return pattern[:i]
+    return pattern
+
+
 class Frame(enum.Enum):
     INVENTORY = "inventory"  # type magic only
     COMMON = "common"        # IMG_COMMON + type magic
@@ -88,7 +96,9 @@ class ImageKind:
         return self.payload(msg) if callable(self.payload) else getattr(msg, self.payload)
 
     def matches(self, file_name: str) -> bool:
-        return re.fullmatch(self.pattern, file_name) is not None
+        # the pattern's literal head first: most kinds are ruled out without compiling their
+        # regex (about 25 compiles, 3-4 ms of every command that reads images)
+        return file_name.startswith(_literal_head(self.pattern)) and re.fullmatch(self.pattern, file_name) is not None
 
     def file_name(self, key: Optional[int] = None) -> str:
         """The file name for this kind, e.g. pagemap-{key}.img."""

@@ -101,7 +101,7 @@ def _joined(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def _checked_ranges(origin: RemotePages, key: PagemapKey, cov) -> list[tuple[int, int]]:
     """The covered ranges a server answered, as (start, end) pairs, if they make sense."""
-    starts, ends = cov.starts.astype(np.uint64), cov.ends.astype(np.uint64)
+    starts, ends = cov.as_numpy()
     bad = (starts % np.uint64(PAGE_SIZE) != 0) | (ends % np.uint64(PAGE_SIZE) != 0) | (ends <= starts) \
         | (ends > np.uint64(P.ADDR_LIMIT))
     if len(starts) > 1:
