@@ -125,6 +125,13 @@ class ChainSource:
         (with a lazy source: 0 is the lazy source, 1 this dump...)"""
         return list(self._runs)
 
+    def pin(self) -> None:
+        """Map every pages file now: the bytes stay reachable once the directory is gone (a
+        lazy restore's server outlives it; migrate-receive removes its own at once)."""
+        levels = {run[0] for run in self._runs} - ({0} if self._shift else set())
+        for level in sorted(levels):
+            self._level(level)
+
     def saved(self, level: int, offset: int, nbytes: int):
         """The bytes at OFFSET of chain level LEVEL's pages file (a view of its mapping), or
         of the lazy source (its level: OFFSET is the address)."""
