@@ -186,6 +186,7 @@ class PageServerClient:
     def lazy(self, vaddrs: np.ndarray, lengths: np.ndarray) -> None:
         """Runs the client keeps, to be fetched by a lazy restore (PE_LAZY, no bytes): one
         header each, sent together."""
+        vaddrs, lengths = np.asarray(vaddrs, np.uint64), np.asarray(lengths, np.uint64)
         heads = np.zeros(len(vaddrs), dtype=[("cmd", "<u4"), ("pad", "<u4"), ("nr", "<u8"), ("vaddr", "<u8"),
                                              ("dst", "<u8")])
         heads["cmd"] = P.PS_IOV_ADD_F | (PE_LAZY << 16)
