@@ -49,7 +49,7 @@ from ..kernel import ptrace
 from ..kernel.libc import SYS
 from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, ns_inode, open_map_file,
                              open_path_link, read_maps, read_path_link, read_stat, read_vm_flags, read_status, stat_map_file)
-from ..memory.frozen_copy import CopyStats, save_frozen
+from ..memory.frozen_copy import CopyStats, prepare_copy, save_frozen
 from ..memory.plan import PagePlan, with_vdso
 from ..memory.ranges import Ranges
 from ..memory.scan import warm_up
@@ -374,10 +374,11 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
             parents = _parents(prev, session)
             warm_up(numpy=any(p.uffd_fd is not None for p in parents.values()))   # an adopted tracking collects with numpy
             prepare = getattr(sink, "prepare", None)
-            if prepare is not None and pid not in parents:
-                nbytes = min(resident_private_bytes(pid), PREPARE_MAX)
-                if nbytes:
-                    prepare(PagemapKey(pid), nbytes)
+            if pid not in parents:
+                resident = resident_private_bytes(pid)
+                if prepare is not None and resident:
+                    prepare(PagemapKey(pid), min(resident, PREPARE_MAX))
+                prepare_copy(resident)
             vm_flags = vm_flags_before_freeze(pid)
             t0 = time.perf_counter_ns()
             with freeze_tree(pid, cgroup=freeze_cgroup) as held, TcpHold(close=tcp_close, lock=network_lock) as tcp:
