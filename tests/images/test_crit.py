@@ -79,3 +79,19 @@ def test_crit_refuses_raw_pages(need_crit, full_dir):
     root, _ = full_dir
     res = crit("decode", "-i", root / "pages-1.img")
     assert res.returncode != 0 and "raw data" in res.stdout + res.stderr
+
+
+def test_every_magic_is_the_one_crit_knows():
+    """The magic of each image kind, against the table of the installed crit (Debian's
+    CRIU): a wrong one makes CRIU refuse, or misread, an image kind no test of ours writes."""
+    import os
+    import subprocess
+    from coldsnap.images.framing import MAGICS
+    if not os.path.isdir("/usr/lib/python3/dist-packages/pycriu"):
+        pytest.skip("crit's python package (Debian package criu) is not installed")
+    out = subprocess.run(["/usr/bin/python3", "-c", "import json; from pycriu.images import magic; "
+                          "print(json.dumps(magic.by_name))"], capture_output=True, text=True, check=True)
+    theirs = json.loads(out.stdout)
+    common = sorted(set(MAGICS) & set(theirs))
+    assert len(common) >= 60, common
+    assert {k: hex(MAGICS[k]) for k in common} == {k: hex(theirs[k]) for k in common}

@@ -143,3 +143,9 @@ def test_file_names():
     assert kind_for("pages-3.img").name == "PAGES"
     with pytest.raises(ValueError):
         kind_for("files.img").file_name(3)
+
+
+def test_an_image_that_cannot_be_created_is_a_one_line_error(tmp_path):
+    from coldsnap.images.framing import create_image_file
+    with pytest.raises(ImageError, match=r"nowhere/x\.img: cannot create image: No such file or directory$"):
+        create_image_file(tmp_path / "nowhere" / "x.img")

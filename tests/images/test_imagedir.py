@@ -129,3 +129,20 @@ def test_chain_errors(tmp_path):
         ImageDir.open(tmp_path / "3")
     with pytest.raises(ImageError, match="cannot open"):
         ImageDir.open(tmp_path / "nope")
+
+
+def test_the_inventory_says_what_current_criu_writes(tmp_path):
+    """CRIU's restore reads fd info and namespaces per id only when the inventory says so."""
+    with ImageDir.create(tmp_path / "img") as d:
+        d.write("inventory.img", [new_inventory(pre_dump_mode=2, dump_uptime=7)])
+    inv = ImageDir.open(tmp_path / "img").inventory
+    assert (inv.img_version, inv.fdinfo_per_id, inv.ns_per_id) == (2, True, True)
+    assert (inv.pre_dump_mode, inv.dump_uptime) == (2, 7)
+    plain = new_inventory()
+    assert not plain.HasField("pre_dump_mode") and not plain.HasField("dump_uptime")
+
+
+def test_opening_a_file_says_it_is_not_a_directory(tmp_path):
+    (tmp_path / "f").write_bytes(b"")
+    with pytest.raises(ImageError, match=r"f: not a directory$"):
+        ImageDir.open(tmp_path / "f")
