@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from coldsnap.errors import ImageError
 from coldsnap.images import chain as chain_mod
 from coldsnap.images.chain import PageChain, disk_usage, punch_superseded
-from coldsnap.images.directory import ImageDir
+from coldsnap.images.directory import ImageDir, new_inventory
 from imgtools import PAGE, PID, make_dir, page_bytes
 
 B = 0x10000  # base address of the test layouts
@@ -201,3 +201,16 @@ def test_the_chain_as_a_page_source(three):
         assert bytes(got) == want[3 * PAGE:8 * PAGE]
         with pytest.raises(ImageError, match="no data"):
             src.read_into(B + 0xF000, memoryview(bytearray(2 * PAGE)))
+
+
+def test_a_chain_needs_the_pagemap_at_its_top_and_lazy_runs_are_not_data(tmp_path):
+    from coldsnap.images.pages import PagemapWriter
+    make_dir(tmp_path / "1", runs=[("present", B, 2)])
+    with pytest.raises(ImageError, match="pagemap-99.img"):
+        PageChain(tmp_path / "1", 99)                 # refused at once, not at the first lookup
+    with ImageDir.create(tmp_path / "lazy") as d:
+        d.write("inventory.img", [new_inventory()])
+        with PagemapWriter(d, PID) as w:
+            w.add_lazy(B, 2)
+    with PageChain(tmp_path / "lazy", PID) as c, pytest.raises(ImageError, match="are lazy, not in the image"):
+        c.lookup(B, 1)

@@ -149,3 +149,21 @@ def test_an_image_that_cannot_be_created_is_a_one_line_error(tmp_path):
     from coldsnap.images.framing import create_image_file
     with pytest.raises(ImageError, match=r"nowhere/x\.img: cannot create image: No such file or directory$"):
         create_image_file(tmp_path / "nowhere" / "x.img")
+
+
+def test_a_fifo_as_an_image_is_refused_without_an_fd_left_open(tmp_path):
+    import os
+    from coldsnap.images.framing import read_image
+    os.mkfifo(tmp_path / "core-1.img")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(ImageError, match="not a regular file"):
+            read_image(tmp_path / "core-1.img")
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_missing_image_is_missing_unless_asked_otherwise(tmp_path):
+    from coldsnap.images.framing import read_entries
+    with pytest.raises(ImageError, match="core-1.img: no such image"):
+        read_entries(tmp_path / "core-1.img")
+    assert read_entries(tmp_path / "core-1.img", missing_ok=True) == []
