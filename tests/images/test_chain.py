@@ -214,3 +214,13 @@ def test_a_chain_needs_the_pagemap_at_its_top_and_lazy_runs_are_not_data(tmp_pat
             w.add_lazy(B, 2)
     with PageChain(tmp_path / "lazy", PID) as c, pytest.raises(ImageError, match="are lazy, not in the image"):
         c.lookup(B, 1)
+
+
+def test_a_chain_source_forgets_the_pages_of_dropped_areas(tmp_path):
+    from coldsnap.images.source import ChainSource
+    make_dir(tmp_path / "1", runs=[("present", B, 8)])
+    make_dir(tmp_path / "2", parent=tmp_path / "1", runs=[("parent", B, 4), ("present", B + 4 * PAGE, 4)])
+    src = ChainSource(ImageDir.open(tmp_path / "2"), PID)
+    assert src.runs() == [(B, 4 * PAGE), (B + 4 * PAGE, 4 * PAGE)]
+    src.drop([(B + 2 * PAGE, B + 5 * PAGE)])
+    assert src.runs() == [(B, 2 * PAGE), (B + 5 * PAGE, 3 * PAGE)]
