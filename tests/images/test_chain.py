@@ -224,3 +224,18 @@ def test_a_chain_source_forgets_the_pages_of_dropped_areas(tmp_path):
     assert src.runs() == [(B, 4 * PAGE), (B + 4 * PAGE, 4 * PAGE)]
     src.drop([(B + 2 * PAGE, B + 5 * PAGE)])
     assert src.runs() == [(B, 2 * PAGE), (B + 5 * PAGE, 3 * PAGE)]
+
+
+def test_a_pinned_chain_source_reads_on_after_its_directories_are_gone(tmp_path):
+    import shutil
+    from coldsnap.images.source import ChainSource
+    make_dir(tmp_path / "1", runs=[("present", B, 8)])
+    make_dir(tmp_path / "2", parent=tmp_path / "1", runs=[("parent", B, 4), ("present", B + 4 * PAGE, 4, 9)])
+    src = ChainSource(ImageDir.open(tmp_path / "2"), PID)
+    src.pin()
+    shutil.rmtree(tmp_path / "1")
+    shutil.rmtree(tmp_path / "2")
+    buf = bytearray(8 * PAGE)
+    src.read_into(B, memoryview(buf))
+    assert bytes(buf) == page_bytes(B, 4) + page_bytes(B + 4 * PAGE, 4, 9)
+    src.close()
