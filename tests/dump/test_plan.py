@@ -31,3 +31,12 @@ def test_mismatches_are_refused_in_one_line(mode, track, words):
     with pytest.raises(CsError, match=words) as e:
         choose_pre_dump(mode, track, feats())
     assert "\n" not in str(e.value)
+
+
+def test_a_held_tree_is_never_nofreeze():
+    """--freeze-cgroup holds the tree: nofreeze is refused, and the default falls to live."""
+    with pytest.raises(CsError, match="--freeze-cgroup holds the tree") as e:
+        choose_pre_dump("nofreeze", None, feats(), held=True)
+    assert "\n" not in str(e.value)
+    assert choose_pre_dump(None, None, feats(), held=True) == ("live", "uffd")
+    assert choose_pre_dump(None, "none", feats(), held=True) == ("live", "none")
