@@ -79,3 +79,4 @@ def test_a_final_dump_on_a_tracked_chain_saves_what_the_chain_skipped(hidden_in_
     run = coldsnap("dump", "--json", "-t", w.pid, "-D", tmp_path / "2", "--prev-images-dir", parent,
                    "--leave-running", check=True)
     _assert_b_saved_and_the_rest_left_to_the_parent(run, tmp_path / "2", w.pid)
+    assert json.loads(run.stdout)["stats"]["uffd_fd"] == -1     # the dump took the tracking out
