@@ -35,7 +35,12 @@ WANT = [(Kind.ANON_PRIVATE, True, 0x22), (Kind.ANON_SHARED, False, 0x21),
 def test_every_kind_of_mapping_is_classified_with_its_flags(spawn):
     w = spawn([sys.executable, "-c", TARGET])
     starts = [int(a) for a in w.ready.split()]
-    vmas = {v.start: v for v in classify_all(read_maps(w.pid))}
+    maps = read_maps(w.pid)
+    vmas = {v.start: v for v in classify_all(maps)}
+    # the protection as the kernel shows it (r, w, x): restore maps each area with it
+    assert {m.start: (m.perms[0] == "r") | (m.perms[1] == "w") << 1 | (m.perms[2] == "x") << 2 for m in maps} == \
+        {a: v.prot for a, v in vmas.items()}
+    assert any(v.prot == 5 for v in vmas.values())       # text: r-x
     got = [(vmas[a].kind, vmas[a].saves_pages, vmas[a].map_flags) for a in starts]
     assert got == WANT
     assert vmas[starts[0]].prot == 1 and vmas[starts[1]].prot == 3
