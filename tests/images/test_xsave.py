@@ -50,4 +50,4 @@ def test_an_area_is_built_back_with_the_components_that_fit():
     assert struct.unpack_from("<QQ", area, 512) == (0b11 | AVX | PKRU, 0)
     assert area[576:840] == raw[576:840]            # PKRU ends exactly at the area's end: kept
     smaller = build_area(raw[:512], e, LAYOUT, SIZE - 4)   # PKRU does not fit: left out
-    assert struct.unpack_from("<Q", smaller, 512)[0] == 0b11 | AVX
+    assert len(smaller) == SIZE - 4 and struct.unpack_from("<Q", smaller, 512)[0] == 0b11 | AVX
