@@ -48,6 +48,7 @@ def _restore_one(case: Path) -> str:
                 pass
         reap_orphans(timeout=10, pids=pids)
         return "restored"
+    reap_orphans(timeout=1)      # what a failed restore killed: orphans of ours (a subreaper)
     lines = run.stderr.strip().splitlines()
     if len(lines) != 1 or not lines[0].startswith("coldsnap: ") or run.returncode not in (1, 3, 4, 5, 6):
         return f"restore exit {run.returncode}: {run.stderr.strip()[-300:]}"
