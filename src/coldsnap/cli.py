@@ -55,14 +55,16 @@ def exit_code(e: BaseException) -> int:
 
 
 def error_words(e: BaseException) -> str:
-    """The one line a person reads for an error that reached the CLI."""
+    """The one line a person reads for an error that reached the CLI: control characters
+    (a newline in a path the error names: a file's or one a hostile image made up) are
+    shown escaped, so that it stays one line."""
     if isinstance(e, KeyboardInterrupt):
         return "interrupted by SIGINT"
-    if isinstance(e, CsError):
-        return str(e)
-    if isinstance(e, OSError):
-        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-    return str(e)
+    if isinstance(e, OSError) and not isinstance(e, CsError):
+        words = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    else:
+        words = str(e)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in words)
 
 
 def _size(text: str) -> int:

@@ -28,6 +28,7 @@ from unittest import mock
 from google.protobuf.descriptor import FieldDescriptor as FD
 from google.protobuf.message import Message
 
+from coldsnap.cli import error_words
 from coldsnap.errors import CsError
 from coldsnap.images.framing import Frame, check_header, entry_size, kind_for, parse_entries
 
@@ -385,7 +386,7 @@ def check_images(images: Path, watch: Path, seconds: float = CASE_SECONDS) -> Ou
                         restore_images.load_tree(images)
                     accepted = True
         except CsError as e:
-            line = str(e)
+            line = error_words(e)           # what the command prints after "coldsnap: "
             if "\n" in line or not line:
                 return Outcome(False, failure=f"{step}: {type(e).__name__} not one line: {line!r}")
             errors.append(f"{step}: {line}")

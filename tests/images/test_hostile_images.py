@@ -87,3 +87,20 @@ def test_a_path_that_is_not_utf8(fuzz_dump, tmp_path):
     entry = layout.entries["files.img"][index]
     at = (pristine / "files.img").read_bytes().index(msgs[index].reg.name.encode(), entry.offset)
     _refused(pristine, Mutation("flip", "files.img", (at + 1, 0xAA)), tmp_path, "is not UTF-8 text")
+
+
+def test_a_path_with_a_newline_is_named_on_one_line(fuzz_dump, tmp_path):
+    """A path holding a newline (a byte of a file's name flipped into one) made the
+    command's error two lines: control characters are shown escaped."""
+    from coldsnap.images.framing import kind_for, read_entries
+    from procs import coldsnap
+    pristine, layout = fuzz_dump
+    msgs = [m for m, _ in read_entries(pristine / "files.img", kind_for("files.img"))]
+    index = next(i for i, m in enumerate(msgs) if m.type == fdinfo_pb2.REG and m.reg.name.endswith("/log"))
+    at = (pristine / "files.img").read_bytes().index(b"/log", layout.entries["files.img"][index].offset)
+    case = tmp_path / "case"
+    case.mkdir()
+    Mutation("flip", "files.img", (at + 1, ord("l") ^ ord("\n"))).apply(pristine, case)
+    run = coldsnap("restore", "-D", case, "-d")
+    assert run.returncode == 6 and run.stderr.count("\n") == 1, run.stderr
+    assert "/\\nog is gone" in run.stderr
