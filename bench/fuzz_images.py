@@ -16,7 +16,6 @@ import collections
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -34,23 +33,16 @@ SECTION = "## Hostile images: fuzzing show and restore (issue 10)"
 def _restore_one(case: Path) -> str:
     """`coldsnap restore -d` of CASE: 'restored', 'refused N' (one line, documented code) or
     a failure's description."""
+    from image_fuzz import DOCUMENTED_EXITS, kill_restored
     from procs import coldsnap
     from tree_helpers import reap_orphans
     run = coldsnap("restore", "-D", case, "-d", "--json", timeout=120)
     if run.returncode == 0:
-        pid = json.loads(run.stdout)["pid"]
-        pids = [pid] + [int(k) for t in os.listdir(f"/proc/{pid}/task")
-                        for k in open(f"/proc/{pid}/task/{t}/children").read().split()]
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        reap_orphans(timeout=10, pids=pids)
+        kill_restored(json.loads(run.stdout)["pid"])
         return "restored"
     reap_orphans(timeout=1)      # what a failed restore killed: orphans of ours (a subreaper)
     lines = run.stderr.strip().splitlines()
-    if len(lines) != 1 or not lines[0].startswith("coldsnap: ") or run.returncode not in (1, 3, 4, 5, 6):
+    if len(lines) != 1 or not lines[0].startswith("coldsnap: ") or run.returncode not in DOCUMENTED_EXITS:
         return f"restore exit {run.returncode}: {run.stderr.strip()[-300:]}"
     return f"refused {run.returncode}"
 

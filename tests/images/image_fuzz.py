@@ -328,6 +328,42 @@ def _reshape(items, how: str, i: int, j: int) -> None:
     items.extend(copies)
 
 
+# -- restored processes ------------------------------------------------------------------------
+
+DOCUMENTED_EXITS = {1, 3, 4, 5, 6}      # README: exit codes of an error (not usage, not signals)
+
+
+def _below(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                kids = [int(k) for k in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def kill_restored(pid: int) -> None:
+    """SIGKILL a restored root (`restore -d`: reparented to us, a subreaper) and everything
+    below it; reap them."""
+    from tree_helpers import reap_orphans
+    pids = [pid] + _below(pid)
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    reap_orphans(timeout=10, pids=pids)
+
+
 # -- one case -------------------------------------------------------------------------------
 
 class CaseTimeout(Exception):

@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from image_fuzz import Mutation, check_images, mutations, run_case
+from image_fuzz import DOCUMENTED_EXITS, Mutation, check_images, kill_restored, mutations, run_case
 from tree_helpers import reap_orphans
 
 CASES = int(os.environ.get("FUZZ_CASES", "1500"))
-DOCUMENTED_EXITS = {1, 3, 4, 5, 6}
 
 
 def fuzz_settings(cases: int) -> settings:
@@ -43,35 +41,6 @@ def test_mutated_images_end_in_one_line_errors_or_load(fuzz_dump, tmp_path):
     case()
     # the cases reach both sides of the validators, not only the framing checks
     assert tally["refused"] > CASES // 4 and tally["accepted"] > CASES // 20, tally
-
-
-def _below(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for t in tasks:
-            try:
-                kids = [int(k) for k in open(f"/proc/{p}/task/{t}/children").read().split()]
-            except OSError:
-                continue
-            out += kids
-            todo += kids
-    return out
-
-
-def _kill_restored(pid: int) -> None:
-    """SIGKILL a restored root (reparented to this subreaper) and everything below it; reap."""
-    pids = [pid] + _below(pid)
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    reap_orphans(timeout=10, pids=pids)
 
 
 def _one_line_error(run) -> None:
@@ -104,7 +73,7 @@ def test_commands_on_a_sample_of_mutations(fuzz_dump, tmp_path):
                 _one_line_error(show)
             run = coldsnap("restore", "-D", case_dir, "-d", "--json", timeout=60)
             if run.returncode == 0:
-                _kill_restored(json.loads(run.stdout)["pid"])
+                kill_restored(json.loads(run.stdout)["pid"])
             else:
                 reap_orphans(timeout=1)      # what a failed restore killed (orphans of ours)
                 _one_line_error(run)
