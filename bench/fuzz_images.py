@@ -57,6 +57,7 @@ def fuzz(cases: int, seed, restores: int, work: Path) -> dict:
     scratch = work / "scratch"
     scratch.mkdir()
     tally = collections.Counter()
+    strategy = mutations(layout)
     failures: dict[str, list] = {}
 
     def fail(key: str, m) -> None:
@@ -67,7 +68,7 @@ def fuzz(cases: int, seed, restores: int, work: Path) -> dict:
               phases=("generate",))
     @given(st.data())
     def case(data):
-        m = data.draw(mutations(layout))
+        m = data.draw(strategy)
         tally["cases"] += 1
         out = run_case(pristine, m, scratch)
         if out.failure:
