@@ -56,7 +56,7 @@ class EchoPeer:
                 if n % 64 == 0:
                     time.sleep(0.001)
         except BaseException as e:       # noqa: BLE001 - reported by finish
-            self.error = e
+            self._failed(e)
 
     def _read(self) -> None:
         self._reading.wait()
@@ -68,6 +68,14 @@ class EchoPeer:
                 last = now
                 self.got += data
         except BaseException as e:       # noqa: BLE001
+            self._failed(e)
+
+    def _failed(self, e: BaseException) -> None:
+        """Keep the connection's first error, but the reset over the broken pipe it causes:
+        after a RST the first call to fail gets ECONNRESET and a send after it EPIPE, and which
+        thread records its error first is up to the scheduler (a loaded run once saw the
+        writer's EPIPE overwrite the reader's ECONNRESET)."""
+        if self.error is None or (isinstance(self.error, BrokenPipeError) and isinstance(e, ConnectionResetError)):
             self.error = e
 
     def pause_sending(self) -> None:
