@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Live migration downtime: `coldsnap migrate` and CRIU 4.2's page-server migration (issue 11).
 
-    python3 bench/migrate.py [--sizes 256M,1G] [--rate 50] [--modes pre-copy,post-copy] [--criu PATH] [--out FILE]
+    python3 bench/migrate.py [--sizes 256M,1G] [--rate 50] [--modes pre-copy,no-prebuild,post-copy] [--criu PATH] [--out FILE]
 
 Two "hosts" as in the tests (tests/transport/twohosts.py): the destination is a network
 namespace joined by a veth pair, with its own PID and mount namespaces. Target:
@@ -9,8 +9,10 @@ tests/workloads/mig_writer.c, SIZE of private memory rewritten at --rate MB/s an
 (its log must show no FAIL after the move).
 
 coldsnap: `coldsnap migrate-receive` over there, `coldsnap migrate --json` here: its
-iterations, downtime_ms (the final dump's freeze to the destination's "running") and split;
-with `--post-copy` too (the destination restores lazily, the final delta fetched from the
+iterations, downtime_ms (the final dump's freeze to the destination's "running") and split.
+Pre-copy: the receiver builds the memory ahead as the iterations arrive; `no-prebuild`: the
+same with `migrate-receive --no-prebuild` (the whole memory restored at switchover), for
+comparison; with `--post-copy` too (the destination restores lazily, the final delta fetched from the
 source after it runs): how many pages came after "running", and how long they took.
 
 CRIU 4.2 (its pre-dump needs soft-dirty bits, which this kernel lacks, so no pre-copy):
@@ -72,11 +74,12 @@ def healthy_after(logf: Path, before: int) -> bool:
     return "FAIL" not in text and text.count(" ok\n") > before + 5
 
 
-def coldsnap_run(size: int, rate: int, tmp: Path, post_copy: bool = False) -> dict:
+def coldsnap_run(size: int, rate: int, tmp: Path, post_copy: bool = False, prebuild: bool = True) -> dict:
     hosts = TwoHosts(tmp)
     writer = None
     try:
-        hosts.start_destination("migrate-receive", "--address", hosts.dst_addr, "--port", 0, log=tmp / "dest.log")
+        hosts.start_destination("migrate-receive", "--address", hosts.dst_addr, "--port", 0,
+                                *([] if prebuild else ["--no-prebuild"]), log=tmp / "dest.log")
         text = hosts.wait_log("listening on")
         to = f"{hosts.dst_addr}:{text.split('listening on ')[1].split()[0].rsplit(':', 1)[1]}"
         logf = tmp / "writer.log"
@@ -151,6 +154,14 @@ def report(rows: list[tuple[int, dict, dict | str]], rate: int, meta: dict, criu
             its = cs.get("iterations", [])
             after = (f"; then {cs.get('post_copy_pages')} pages lazily in {cs.get('post_copy_ms')} ms"
                      if cs.get("post_copy") else "")
+            if cs.get("prebuilt_bytes"):
+                after += (f"; {cs['prebuilt_bytes'] / 2**20:.0f} MiB built ahead, the final delta written "
+                          f"into it over there in {cs.get('final_apply_ms')} ms")
+            sp = cs.get("final_split") or {}
+            if sp:
+                after += (f"; final dump = plan {sp.get('plan_ms')} + pages {sp.get('pages_ms')} + images, state and "
+                          f"commits {sp.get('rest_ms')}")
+            after += f"; load {cs['load']}" if cs.get("load") else ""
             out.append(f"| {size_name(size)} | {name} | {len(its)} ({', '.join(str(i['pages']) for i in its)}) | "
                        f"{cs.get('stop_reason', cs.get('error', ''))} | **{cs.get('downtime_ms', '-')}** | "
                        f"final dump {cs.get('final_dump_ms', '-')}, restore {cs.get('restore_ms', '-')} "
@@ -165,8 +176,11 @@ def report(rows: list[tuple[int, dict, dict | str]], rate: int, meta: dict, criu
             out.append(f"| {size_name(size)} | CRIU 4.2 | {cr} | | | | | | | |")
     out += ["", "coldsnap's downtime: from the final dump's freeze to the destination's answer that the process "
             "runs; \"restore\" is that answer's wait as the source saw it, the restore itself as the destination "
-            "timed it. Pre-copy: the whole memory is restored from the received chain at switchover, so the "
-            "restore of all of it is inside the downtime. `--post-copy`: the final dump keeps the private pages "
+            "timed it. Pre-copy: the receiver builds the root's private memory ahead as the iterations arrive, "
+            "the switchover applies the final delta to it and restores the rest (task state, files, memory of "
+            "other kinds); `--no-prebuild` on the receiver: the whole memory is restored from the received chain "
+            "at switchover, so the restore of all of it is inside the downtime. The load is the 1-minute average "
+            "before each run. `--post-copy`: the final dump keeps the private pages "
             "at the source, the destination restores lazily (its chain and the source's page server behind "
             "it), so neither the memory's size nor the final delta is in the downtime; the pages that come after "
             "are counted from \"running\" to the destination's lazy server closing its session."]
@@ -178,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="256M,1G")
     ap.add_argument("--rate", type=int, default=50, help="MB/s the target writes")
     ap.add_argument("--criu", default=str(CRIU_DEFAULT), help="CRIU binary ('' to skip it)")
-    ap.add_argument("--modes", default="pre-copy,post-copy", help="coldsnap's runs: pre-copy, post-copy")
+    ap.add_argument("--modes", default="pre-copy,post-copy",
+                    help="coldsnap's runs: pre-copy, no-prebuild (pre-copy, nothing built ahead), post-copy")
     ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     args = ap.parse_args(argv)
     become_subreaper()
@@ -192,12 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes.split(","):
             with tempfile.TemporaryDirectory(prefix="coldsnap-mig-") as d:
                 log(f"coldsnap {mode} {size_name(size)}")
+                load = round(os.getloadavg()[0], 1)
                 try:
-                    cs = coldsnap_run(size, args.rate, Path(d), post_copy=mode == "post-copy")
+                    cs = coldsnap_run(size, args.rate, Path(d), post_copy=mode == "post-copy",
+                                      prebuild=mode != "no-prebuild")
                 except (RuntimeError, subprocess.SubprocessError, OSError) as e:
                     cs = {"error": str(e)}
+                cs["load"] = load
                 log(f"  {cs}")
-            runs.append(("coldsnap" + (" --post-copy" if mode == "post-copy" else ""), cs))
+            runs.append(("coldsnap" + {"post-copy": " --post-copy", "no-prebuild": " (receiver --no-prebuild)"}
+                         .get(mode, ""), cs))
         if skip:
             cr: dict | str = f"skipped: {skip}"
         else:

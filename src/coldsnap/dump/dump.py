@@ -380,7 +380,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                     prepare(PagemapKey(pid), min(resident, PREPARE_MAX))
                 prepare_copy(resident)
             vm_flags = vm_flags_before_freeze(pid)
-            t0 = time.perf_counter_ns()
+            t0 = stats.frozen_at_ns = time.perf_counter_ns()
             with freeze_tree(pid, cgroup=freeze_cgroup) as held, TcpHold(close=tcp_close, lock=network_lock) as tcp:
                 t_frozen = time.perf_counter_ns()
                 times.freezing = t_frozen - t0

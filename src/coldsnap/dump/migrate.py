@@ -69,12 +69,15 @@ class MigrateResult:
     destination_pid: int
     iterations: list[Iteration] = field(default_factory=list)
     stop_reason: str = ""
-    downtime_ms: float = 0.0        # the final dump's freeze to the destination's "running"
-    final_dump_ms: float = 0.0      # freeze, pages and images sent and stored over there
+    downtime_ms: float = 0.0        # the final dump's freeze (its seize) to the destination's "running"
+    final_dump_ms: float = 0.0      # seize, pages and images sent and stored over there
     restore_ms: float = 0.0         # the destination's restore, as the source waited for it
     restore_inner_ms: float = 0.0   # of which the restore itself, as the destination timed it
     prebuilt_bytes: int = 0         # of the memory built ahead over there (kept, not written at switchover)
     final_apply_ms: float = 0.0     # the final delta written into the memory built ahead, over there
+    # final_dump_ms split: seizing (before the downtime counts), planning (tracking collect,
+    # scan), pages (read and sent), the rest (task state, images written and sent, commits)
+    final_split: dict = field(default_factory=dict)
     final_pages: int = 0
     final_bytes: int = 0
     total_ms: float = 0.0
@@ -172,8 +175,15 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
         dumped = True
         result.final_pages, result.final_bytes = stats.pages_written, final_target.bytes_sent
         result.restore_ms = round((timing["running"] - timing["committed"]) * 1000, 2)
-        result.downtime_ms = round(stats.frozen_time / 1000, 2)
+        # not the dump's frozen_time: that goes on while the killed source's memory is freed,
+        # which the process running over there does not wait for
+        result.downtime_ms = round((timing["running"] * 1e9 - stats.frozen_at_ns) / 1e6, 2)
         result.final_dump_ms = round(result.downtime_ms - result.restore_ms, 2)
+        seize_ms = stats.freezing_time / 1000
+        plan_ms, pages_ms = stats.scan_time / 1000, (stats.memdump_time + stats.memwrite_time) / 1000
+        result.final_split = {"seize_ms": round(seize_ms, 2), "plan_ms": round(plan_ms, 2),
+                              "pages_ms": round(pages_ms, 2),
+                              "rest_ms": round(result.final_dump_ms - seize_ms - plan_ms - pages_ms, 2)}
     except (CsError, OSError) as e:
         if source is not None:
             source.stop()

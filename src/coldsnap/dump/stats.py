@@ -43,6 +43,7 @@ class DumpStats:
     vmas: int = 0
     read_syscalls: int = 0
     uffd_fd: int = -1             # userfaultfd parked in the target for the next run (-1: none)
+    frozen_at_ns: int = 0         # perf_counter_ns when the seize began (a dump's; not reported)
 
     def record(self, plans: list[PagePlan], pages: SinkCounts, times: Times, *, syscalls: int,
                extra_scanned: int = 0) -> "DumpStats":
@@ -64,4 +65,6 @@ class DumpStats:
         self.memdump_time, self.memwrite_time = us(times.copy - times.sink), us(times.sink)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("frozen_at_ns")
+        return d

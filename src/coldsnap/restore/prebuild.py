@@ -52,6 +52,7 @@ MAP_NORESERVE = 0x4000
 _NOT_PLAIN = (VMA_FILE_PRIVATE | VMA_FILE_SHARED | VMA_ANON_SHARED | VMA_AREA_SYSVIPC | VMA_AREA_MEMFD
               | VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_STACK)
 TASK_SIZE = 0x7FFFFFFFF000
+_UNMAP_STEP = 64 << 20
 
 
 def prebuildable(v) -> bool:
@@ -198,7 +199,8 @@ class Prebuilt:
         return ranges.nr_pages << PAGE_SHIFT
 
     def _unmap(self, a: Area) -> None:
-        vm.unmap(a.start, a.end - a.start)
+        for at in range(a.start, a.end, _UNMAP_STEP):   # steps: our mmap lock is never held long
+            vm.unmap(at, min(_UNMAP_STEP, a.end - at))
 
     def drop(self) -> None:
         """Unmap every area: nothing is built ahead any more."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -103,11 +104,14 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts:
     """The blank tree, each process transplanted, all let go (restore's docstring)."""
     root = images.tree.root
     kept = prebuilt.kept_for(root, images.root.mm) if prebuilt is not None and not lazy_pages else []
+    if prebuilt is not None and not kept:
+        prebuilt.release()
     try:
         pid = make_blank_tree(images, shell_job, dontfork=kept)
-    finally:
+    except BaseException:
         if prebuilt is not None:
-            prebuilt.release()          # the root has its own copy: its writes need not copy
+            prebuilt.release()
+        raise
     t_blank = time.perf_counter_ns()
     server = None
     try:
@@ -141,6 +145,11 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts:
             server.abort()
         kill_blank(pid)
         raise
+    if kept:
+        # the root has its own copy now; ours goes once the tree runs, not waited for (before,
+        # its munmap would hold our mmap lock against the transplant; a page the restored
+        # process writes before ours is gone is copied, that is all)
+        threading.Thread(target=prebuilt.release, name="coldsnap-release", daemon=True).start()
     threads = sum(len(proc.tids) for proc in images.procs.values())
     result = RestoreResult(pid, threads, _tree_stats(stats[pid], stats.values()), t_blank - t0,
                            time.perf_counter_ns() - t0, processes=len(images.procs),
