@@ -22,15 +22,17 @@ NP = 256 * 4096
 
 
 def _migrate_locally(w: LogWorkload, tmp: Path, *, iterations: int = 2, between=lambda i: None,
-                     prebuild: bool = True, worker: Restorer | None = None) -> dict:
+                     prebuild: bool = True, worker: Restorer | None = None, apply_final: bool = True) -> dict:
     """Pre-dumps and a final dump of W in TMP, applied by a restore worker as they are
     stored; then the worker restores W and answers."""
-    answer = _sessions_then_restore(w.pid, tmp, iterations, between, w.reap_dumped, worker or Restorer(prebuild))
+    answer = _sessions_then_restore(w.pid, tmp, iterations, between, w.reap_dumped, worker or Restorer(prebuild),
+                                    apply_final)
     w.adopt_restored()
     return answer
 
 
-def _sessions_then_restore(pid: int, tmp: Path, iterations: int, between, reap, worker: Restorer) -> dict:
+def _sessions_then_restore(pid: int, tmp: Path, iterations: int, between, reap, worker: Restorer,
+                           apply_final: bool = True) -> dict:
     tmp.mkdir()
     try:
         with PreDumpSeries(pid, tmp, track="uffd", park=True) as series:
@@ -40,7 +42,8 @@ def _sessions_then_restore(pid: int, tmp: Path, iterations: int, between, reap, 
                 between(i)
             prev = series.prev
         dump(pid, tmp / "final", prev_images_dir=prev)
-        worker.apply(tmp / "final")
+        if apply_final:
+            worker.apply(tmp / "final")
         reap()
         answer = worker.restore(tmp / "final")
     finally:
@@ -75,6 +78,17 @@ def test_without_prebuild_the_restore_writes_everything(workload_bin, tmp_path):
     try:
         w.wait_ready()
         answer = _migrate_locally(w, tmp_path / "img", prebuild=False)
+        assert answer["prebuilt_bytes"] == 0
+        _full_check(w, f"full check ok {(16 << 20) // 4096}")
+    finally:
+        w.stop()
+
+
+def test_areas_not_brought_up_to_date_by_the_session_restored_are_not_kept(workload_bin, tmp_path):
+    w = LogWorkload([workload_bin("mig_writer"), 16, 20], tmp_path / "w.log")
+    try:
+        w.wait_ready()
+        answer = _migrate_locally(w, tmp_path / "img", apply_final=False)   # the final delta never applied
         assert answer["prebuilt_bytes"] == 0
         _full_check(w, f"full check ok {(16 << 20) // 4096}")
     finally:

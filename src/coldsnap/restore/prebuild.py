@@ -212,10 +212,12 @@ class Prebuilt:
         self.areas.clear()
         self.last = None
 
-    def kept_for(self, pid: int, mm) -> list[tuple[int, int]]:
-        """The areas a restore of process PID with mm image MM keeps (up to date, and one
-        of its plain private areas); the others are dropped now."""
-        want = {(v.start, v.end) for v in mm.vmas if prebuildable(v)} if pid == self.root else set()
+    def kept_for(self, session: str, pid: int, mm) -> list[tuple[int, int]]:
+        """The areas a restore of SESSION's process PID with mm image MM keeps (brought up to
+        date by that very session, and one of its plain private areas); the others are
+        dropped now."""
+        up_to_date = pid == self.root and session == self.last
+        want = {(v.start, v.end) for v in mm.vmas if prebuildable(v)} if up_to_date else set()
         keep = [k for k in self.kept() if k in want]
         for k in [k for k in self.areas if k not in keep]:
             self._unmap(self.areas.pop(k))

@@ -103,7 +103,8 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts:
              prebuilt: Prebuilt | None = None) -> RestoreResult:
     """The blank tree, each process transplanted, all let go (restore's docstring)."""
     root = images.tree.root
-    kept = prebuilt.kept_for(root, images.root.mm) if prebuilt is not None and not lazy_pages else []
+    kept = (prebuilt.kept_for(images.dir.root.name, root, images.root.mm)
+            if prebuilt is not None and not lazy_pages else [])
     if prebuilt is not None and not kept:
         prebuilt.release()
     try:
