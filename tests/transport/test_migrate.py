@@ -31,8 +31,11 @@ def _pid_in_root_ns(nspid: int, netns_inode: int) -> int | None:
             continue
         m = re.search(r"^NSpid:\s+(.*)$", status, re.M)
         if m and len(ids := m.group(1).split()) > 1 and int(ids[-1]) == nspid:
-            if os.stat(f"/proc/{entry}/ns/net").st_ino == netns_inode:
-                return int(entry)
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == netns_inode:
+                    return int(entry)
+            except OSError:
+                continue                # gone meanwhile (a test waiting for it to be killed)
     return None
 
 
