@@ -14,6 +14,8 @@ turn (the order rotates each round):
 - lazy:  the same with `--lazy-pages`; also when the last page is in (the server's guardian
          exits) and the time a request that reads every page takes right after the first
          answer, inside the program, against the same request after an eager restore
+- lazy-ps: the same, dumped with --page-server to a coldsnap page server on loopback and
+         restored with --lazy-pages --page-server (every lazy page fetched over TCP)
 - criu:  CRIU 4.2 `criu lazy-pages -D DIR` daemon + `criu restore --lazy-pages -d` of CRIU's
          own dump (needs fs.pipe-max-size >= 4 MiB: raised for these runs, then put back)
 
@@ -106,17 +108,18 @@ class App:
         return ms(t0)
 
 
-def coldsnap_dump(app: App, images: Path) -> None:
-    r = run([*COLDSNAP, "dump", "-t", app.pid, "-D", images])
+def coldsnap_dump(app: App, images: Path, server: str | None = None) -> None:
+    r = run([*COLDSNAP, "dump", "-t", app.pid, "-D", images, *(["--page-server", server] if server else [])])
     if r.returncode:
         raise RuntimeError(f"coldsnap dump: {r.stderr.strip()}")
     reap(app.pid)
 
 
-def coldsnap_restore(images: Path, lazy: bool) -> tuple[float, float, dict]:
-    """(command ms, ms to the first answer, --json result)."""
+def coldsnap_restore(images: Path, lazy: bool, server: str | None = None) -> tuple[float, float, dict]:
+    """(command ms, ms to the first answer, --json result); server: pages from that page server."""
     t0 = time.perf_counter_ns()
-    r = run([*COLDSNAP, "restore", "-D", images, "-d", "--json", *(["--lazy-pages"] if lazy else [])])
+    r = run([*COLDSNAP, "restore", "-D", images, "-d", "--json", *(["--lazy-pages"] if lazy else []),
+             *(["--page-server", server] if server else [])])
     t_cmd = ms(t0)
     if r.returncode:
         raise RuntimeError(f"coldsnap restore: {r.stderr.strip()}")
@@ -125,11 +128,11 @@ def coldsnap_restore(images: Path, lazy: bool) -> tuple[float, float, dict]:
     return t_cmd, t0, res
 
 
-def one_coldsnap(app: App, images: Path, lazy: bool, out: dict) -> None:
-    t_cmd, t0, res = coldsnap_restore(images, lazy)
+def one_coldsnap(app: App, images: Path, lazy: bool, out: dict, server: str | None = None) -> None:
+    t_cmd, t0, res = coldsnap_restore(images, lazy, server)
     ask(app.port, "first")
     t_first = ms(t0)
-    key = "lazy" if lazy else "eager"
+    key = ("lazy" if lazy else "eager") + ("_ps" if server else "")
     out.setdefault(f"{key}_cmd", []).append(t_cmd)
     out.setdefault(f"{key}_first", []).append(t_first)
     out.setdefault(f"{key}_inside", []).append(res["total_ms"])   # restore() itself, start-up excluded
@@ -141,7 +144,7 @@ def one_coldsnap(app: App, images: Path, lazy: bool, out: dict) -> None:
     if lazy:
         LIVE.add(res["lazy_guardian"])
         wait_exit(res["lazy_guardian"])
-        out.setdefault("lazy_last", []).append(ms(t0))
+        out.setdefault(f"{key}_last", []).append(ms(t0))
     kill_reap(res["pid"])
 
 
@@ -181,14 +184,27 @@ def one_criu(app: App, criu: str, work: Path, out: dict) -> None:
         kill_reap(app.pid)
 
 
-def bench_size(size: int, runs: int, criu: str | None, work: Path) -> dict:
+def start_page_server(store: Path) -> tuple[subprocess.Popen, str]:
+    """A `coldsnap page-server` on loopback for the lazy-ps variant: (process, HOST:PORT)."""
+    store.mkdir()
+    p = subprocess.Popen([*COLDSNAP, "page-server", "-D", store, "--port", "0"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = p.stdout.readline()
+    if "listening on" not in line:
+        p.kill()
+        p.wait()
+        raise RuntimeError(f"coldsnap page-server did not start: {line!r}")
+    return p, line.split("listening on ")[1].split(",")[0]
+
+
+def bench_size(size: int, runs: int, criu: str | None, work: Path, server: str | None = None) -> dict:
     import numpy as np
     data = work / "data.npy"
     np.save(data, np.arange(size // 8, dtype=np.int64) * 7 + 3)
     out: dict = {}
     app = App(work, data)
     images = work / "img"
-    variants = ["cold", "eager", "lazy"] + (["criu"] if criu else [])
+    variants = ["cold", "eager", "lazy"] + (["lazy-ps"] if server else []) + (["criu"] if criu else [])
     for rnd in range(runs):
         order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
         for v in order:
@@ -205,8 +221,11 @@ def bench_size(size: int, runs: int, criu: str | None, work: Path) -> dict:
                     kill_reap(app.pid)
                 continue
             shutil.rmtree(images, ignore_errors=True)
-            coldsnap_dump(app, images)
-            one_coldsnap(app, images, v == "lazy", out)
+            remote = server if v == "lazy-ps" else None
+            if remote:
+                shutil.rmtree(work / "store" / images.name, ignore_errors=True)
+            coldsnap_dump(app, images, remote)
+            one_coldsnap(app, images, v != "eager", out, remote)
         log(f"{size_name(size)} round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in out.items()
                                                                  if isinstance(v, list)))
     data.unlink()
@@ -311,6 +330,23 @@ def report(meta: dict, sizes: dict, redis: dict | None, criu_note: str) -> str:
               "answer (so, after a lazy restore, while the pages still arrive), timed inside the program. "
               "\"last page in\": from the restore command's start until the lazy server's guardian (or CRIU's "
               "lazy-pages daemon) exits."]
+    if any(o.get("lazy_ps_first") for o in sizes.values()):
+        lines += ["", "### Lazy restore from a page server", "",
+                  "The same service dumped with `--page-server` to a coldsnap page server on loopback (its "
+                  "session on tmpfs) and restored with `--lazy-pages --page-server`: every lazy page is fetched "
+                  "over TCP (one request per fault window or per 1 MiB pushed) instead of mapped from the local "
+                  "pages files. ms, medians (min–max).", "",
+                  "| size | n | first answer: local / page server | restore() alone: local / page server "
+                  "| last page in: local / page server | read-all inside the program: local / page server |",
+                  "|---|---|---|---|---|---|"]
+        for size, o in sizes.items():
+            if not o.get("lazy_ps_first"):
+                continue
+            lines.append(
+                f"| {size_name(size)} | {len(o['lazy_ps_first'])} | {spread(o['lazy_first'], f1)} / "
+                f"**{spread(o['lazy_ps_first'], f1)}** | {f1(median(o['lazy_inside']))} / "
+                f"{f1(median(o['lazy_ps_inside']))} | {f1(median(o['lazy_last']))} / {f1(median(o['lazy_ps_last']))} | "
+                f"{f1(median(o['lazy_all_inside']))} / {f1(median(o['lazy_ps_all_inside']))} |")
     if redis:
         lines += ["", f"### Redis: a GET right after the restore", ""]
         if "error" in redis:
@@ -333,6 +369,7 @@ def main() -> int:
     ap.add_argument("--redis", default="1G", help="redis data size (0: skip)")
     ap.add_argument("--redis-runs", type=int, default=2)
     ap.add_argument("--criu", default=str(CRIU_DEFAULT))
+    ap.add_argument("--no-page-server", action="store_true", help="skip the lazy restore from a page server")
     ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     args = ap.parse_args()
     unwind_on_signals()
@@ -347,15 +384,22 @@ def main() -> int:
     work.mkdir()
     sizes: dict = {}
     redis = None
+    page_server = None
     try:
         if criu and int(old_pipe_max) < 4 * MIB:
             PIPE_MAX.write_text(str(4 * MIB))
+        server = None
+        if not args.no_page_server:
+            page_server, server = start_page_server(work / "store")
         for text in args.sizes.split(","):
             size = parse_size(text)
-            sizes[size] = bench_size(size, args.runs, criu, work)
+            sizes[size] = bench_size(size, args.runs, criu, work, server)
         if parse_size(args.redis):
             redis = bench_redis(parse_size(args.redis), args.redis_runs, work)
     finally:
+        if page_server is not None:
+            page_server.terminate()
+            page_server.wait()
         PIPE_MAX.write_text(old_pipe_max)
         for pid in list(LIVE):
             kill_reap(pid)
