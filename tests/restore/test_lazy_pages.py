@@ -26,7 +26,7 @@ def test_background_order_is_the_dump_first_then_the_parent():
         got.append(run)
         lp.done(run.vaddr, run.npages)
     assert got == [Run(A, 0, 0, 20), Run(A + 20 * P, 0, 20 * P, 12), Run(A + 32 * P, 1, 8 * P, 16)]
-    assert lp.pending == 0
+    assert lp.pending == 0 and lp.pending_newest == 0
 
 
 def test_a_fault_window_starts_at_the_faulting_page():
@@ -38,14 +38,15 @@ def test_a_fault_window_starts_at_the_faulting_page():
 def test_clear_move_and_clone():
     lp = pages()
     lp.clear(A, A + 8 * P)                       # discarded (DONTNEED) or unmapped
-    assert lp.pending == 40 and not lp.is_pending(A)
+    assert lp.pending == 40 and not lp.is_pending(A) and lp.pending_newest == 24
     twin = lp.clone()                            # a fork: the child lacks the same pages
     lp.move(A + 8 * P, 0x20000000, 8 * P)        # mremap: the pending state follows the pages
     assert lp.pending == 40 and lp.is_pending(0x20000000) and not lp.is_pending(A + 8 * P)
+    assert lp.pending_newest == 24 and twin.pending_newest == 24
     assert lp.window(0x20000000, 4, 0) == [Run(0x20000000, 0, 8 * P, 4)]
     assert twin.is_pending(A + 8 * P) and twin.pending == 40
     seen = 0
     while (run := lp.next_run(64)) is not None:
         seen += run.npages
         lp.done(run.vaddr, run.npages)
-    assert seen == 40 and lp.pending == 0
+    assert seen == 40 and lp.pending == 0 and lp.pending_newest == 0

@@ -171,3 +171,29 @@ def test_wrong_answers_are_errors_not_holes(lying_server, workload_bin, tmp_path
         wait_gone(w.pid)
     finally:
         w.stop()
+
+
+def test_a_read_only_server_refuses_writing_sessions(tmp_path):
+    """A post-copy source's page server serves reading sessions only, to coldsnap and CRIU clients."""
+    from coldsnap.errors import TransportError
+    from coldsnap.transport import protocol as P
+    from coldsnap.transport.client import PageServerClient
+    from coldsnap.transport.server import PageServer, ServerOptions
+    from coldsnap.transport.wire import Endpoint
+    lines = []
+    server = PageServer(tmp_path, "127.0.0.1", 0, ServerOptions(read_only=True, log=lines.append)).start()
+    try:
+        ep = Endpoint("127.0.0.1", server.port)
+        with pytest.raises(TransportError, match="refused the session name"):
+            PageServerClient(ep, session="mine")
+        import socket
+        with socket.create_connection(("127.0.0.1", server.port)) as s:     # CRIU's first command
+            s.sendall(P.Header(P.PS_IOV_OPEN2, dst_id=P.encode_dst(1)).pack())
+            assert s.recv(16) == b""
+        deadline = time.monotonic() + 5
+        while len(lines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all("only serves reading sessions" in ln for ln in lines) and len(lines) == 2, lines
+        assert os.listdir(tmp_path) == []
+    finally:
+        server.stop()

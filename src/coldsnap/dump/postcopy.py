@@ -14,10 +14,10 @@ window pays a local copy of the last delta and the images on the wire, whatever 
 The destination's restore (lazy) reads the PE_LAZY runs from our page server by address
 (images/source.py ChainSource with a lazy source), the rest from its own chain.
 
-The server answers reading sessions only (a writing client is refused by the token and
-the session names it claims never exist here). When the destination's lazy server closes
-its session (role "lazy", protocol.py) every page is there and we are done; if it drops
-the connection instead, the migrated process has been killed over there.
+The server answers reading sessions only (ServerOptions.read_only), with the migration's
+token and TLS files. When the destination's lazy server closes
+its session (role "lazy", protocol.py: it does once no page of ours is left to fetch) we
+are done; if it drops the connection instead, the migrated process has been killed there.
 """
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ class SourcePageServer:
         address = address_towards(to)
         self.server = PageServer(base, address, 0, ServerOptions(
             token=options.token, tls=options.tls, idle_timeout=options.timeout, log=log,
-            reader_event=self._event)).start()
+            reader_event=self._event, read_only=True)).start()
         self.endpoint = Endpoint(address, self.server.port)
 
     def request(self, session: str) -> dict:

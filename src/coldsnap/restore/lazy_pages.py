@@ -46,6 +46,7 @@ class LazyPages:
     def __init__(self, segs: list[Seg]):
         self.segs = sorted(segs, key=lambda s: s.start)
         self.pending = sum(int((s.level >= 0).sum()) for s in self.segs)
+        self.pending_newest = sum(int((s.level == 0).sum()) for s in self.segs)   # level 0's
         self._pass = 0
         self._cursor = 0
         self.levels = 1 + max((int(s.level.max()) for s in self.segs if len(s.level)), default=-1)
@@ -152,6 +153,7 @@ class LazyPages:
         """Nothing to copy in [start, end) any more (copied, discarded, unmapped)."""
         for seg, i, j in self._slices(start, end):
             self.pending -= int((seg.level[i:j] >= 0).sum())
+            self.pending_newest -= int((seg.level[i:j] == 0).sum())
             seg.level[i:j] = NONE
 
     def move(self, frm: int, to: int, length: int) -> None:
@@ -171,6 +173,7 @@ class LazyPages:
             self.segs = [s for s in self.segs if not (to <= s.start and s.end <= to + length)]
             bisect.insort(self.segs, Seg(to, level, off), key=lambda s: s.start)
             self.pending += int((level >= 0).sum())
+            self.pending_newest += int((level == 0).sum())
             self.levels = max(self.levels, 1 + int(level.max()))
 
     def _cut(self, addr: int) -> None:
@@ -183,6 +186,7 @@ class LazyPages:
 
     def recount(self) -> None:
         self.pending = sum(int((s.level >= 0).sum()) for s in self.segs)
+        self.pending_newest = sum(int((s.level == 0).sum()) for s in self.segs)
 
     def clone(self) -> "LazyPages":
         """The state of a child made by fork: its missing pages are the parent's."""

@@ -178,6 +178,7 @@ class Server:
         if listener is not None:
             self.poller.register(listener.fileno(), select.POLLIN)
         turn = 0
+        released = False
         try:
             while not self.go or self._pending():
                 busy = self.go and self._pending()
@@ -200,6 +201,11 @@ class Server:
                     if live:
                         turn = (turn + 1) % len(live)
                         self._push(live[turn])
+                if self.go and not released and not any(s.pages.pending_newest for s in self.spaces.values()):
+                    # level 0 (with a page server: what it holds) is in: let the source go now,
+                    # the rest comes from local files (a post-copy's source stops serving)
+                    self.images.origin.close()
+                    released = True
         finally:
             if listener is not None:
                 listener.close()

@@ -66,6 +66,7 @@ def _post_copy(request: dict) -> dict:
     token = request["token"].encode("latin-1") if request.get("token") else None
     remote = RemotePages(Endpoint.parse(request["lazy_from"]), ClientOptions(token=token, tls=tls),
                          str(request["session"]))
+    remote.client()         # the source's page server unreachable: an error now, while the source waits
     return {"lazy_pages": True, "pages": LocalPages(lazy=remote)}
 
 

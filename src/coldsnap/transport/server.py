@@ -62,6 +62,7 @@ class ServerOptions:
     durable: bool = True            # fsync each session at its commit (migrate-receive: no need)
     # migrate-receive: told of each session stored (before its client hears so)
     stored: Callable[[Path], None] | None = None
+    read_only: bool = False         # reading sessions only (a post-copy source's server)
 
 
 def check_name(name: object, what: str) -> str:
@@ -169,6 +170,8 @@ class Session:
             return False
         if self.opts.token is not None and not self.greeted:
             raise Refused("no token presented (a plain CRIU client cannot send one)")
+        if self.opts.read_only and self.reading is None:
+            raise Refused("this server only serves reading sessions (a plain CRIU client cannot read)")
         if self.reading is not None:
             return self.read_command(h)
         if h.cmd in (P.PS_IOV_CLOSE, P.PS_IOV_FORCE_CLOSE):
@@ -229,6 +232,9 @@ class Session:
             except ImageError:
                 self.send(P.HELLO_REPLY.pack(4, 0))
                 raise Refused(f"no session {name!r} to read") from None
+        elif self.opts.read_only:
+            self.send(P.HELLO_REPLY.pack(2, 0))
+            raise Refused(f"session {name!r}: this server only serves reading sessions")
         else:
             try:
                 parent_dir = ImageDir.open(root / parent) if parent else None
