@@ -58,7 +58,7 @@ def test_source_killed_during_post_copy_kills_the_destination_process(hosts, wor
     try:
         p = _migrate_in_background(w, to, "--post-copy")
         _stderr_line(p, "final dump")
-        _tc("qdisc", "add", "dev", hosts.veth_src, "root", "tbf", "rate", "4mbit", "burst", "32kbit", "latency", "400ms")
+        _tc("qdisc", "add", "dev", hosts.veth_src, "root", "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "2s")
         _stderr_line(p, "serving its last pages")
         p.kill()
         p.communicate(timeout=30)

@@ -193,13 +193,14 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
             except CsError:
                 pass
         raise MigrationFailed(f"migration of {pid} to {to} failed, {pid} runs on here: {e}") from None
+    if source is not None:
+        report(f"{pid} runs at {to}; serving its last pages from {source.endpoint}")
     try:
         if on_switchover is not None:
             on_switchover(result)       # e.g. the service address moves: no packet is answered here meanwhile
     finally:
         _lift_source_lock(final)        # the source is gone: its connections' packets go to the destination
         if source is not None:          # whatever the hook did: the process over there needs its pages
-            report(f"{pid} runs at {to}; serving its last pages from {source.endpoint}")
             try:
                 source.wait_done(options.timeout)
             finally:
