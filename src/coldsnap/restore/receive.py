@@ -16,6 +16,8 @@ are committed without fsync: they are read back at once and thrown away.
 Each session stored is handed to the worker as it arrives: the worker builds the root's
 private memory from it in its own address space (restore/prebuild.py), so that at
 switchover the restore inherits it instead of writing it (prebuild=False: it does not).
+The source hears that a session is stored only once it is built from: an iteration's time
+includes it, and the final session never waits behind an earlier one.
 """
 from __future__ import annotations
 
@@ -45,12 +47,15 @@ class Restorer:
         self.answered = False
 
     def apply(self, session: Path) -> None:
-        """A session is stored: the worker builds from it (no answer; a dead worker shows
-        at restore)."""
+        """A session is stored: the worker builds from it, and this returns once it has
+        (before the source hears that the session is stored, so that its next iteration,
+        and above all the switchover, never wait behind a build). A dead worker shows at
+        restore."""
         with self._lock:
             try:
                 self.proc.stdin.write(f"apply {session}\n")
                 self.proc.stdin.flush()
+                self.proc.stdout.readline()     # "applied" ('' if the worker died)
             except OSError:
                 pass
 

@@ -2,13 +2,15 @@
 one command a line on stdin:
 
     apply PATH      a session of the migration is stored: build the root's memory ahead
-                    from it, in this process (restore/prebuild.py); no answer
+                    from it, in this process (restore/prebuild.py); answers "applied" once
+                    done (the source's next iteration waits for it: a switchover must never
+                    wait behind earlier sessions still being built)
     {JSON}          the restore request: the images directory, and for a post-copy where its
                     lazy pages are; restore it detached (keeping what was built ahead), print
                     one JSON line and exit at once, so the restored tree is reparented to this
                     host's init. Everything is imported before the request.
 
-`--no-prebuild` as argument: apply lines are ignored (the whole memory is written at restore).
+`--no-prebuild` as argument: apply lines are only answered (the whole memory is written at restore).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         if line.startswith("apply "):
             if prebuild:
                 built.apply(line[len("apply "):])
+            print("applied", flush=True)
             continue
         if not line:
             return 0
