@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Live migration downtime: `coldsnap migrate` and CRIU 4.2's page-server migration (issue 11).
 
-    python3 bench/migrate.py [--sizes 256M,1G] [--rate 50] [--modes pre-copy,no-prebuild,post-copy] [--criu PATH] [--out FILE]
+    python3 bench/migrate.py [--sizes 256M,1G] [--rate 50] [--modes pre-copy,no-prebuild,post-copy,compressed] [--criu PATH] [--out FILE]
 
 Two "hosts" as in the tests (tests/transport/twohosts.py): the destination is a network
 namespace joined by a veth pair, with its own PID and mount namespaces. Target:
@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -74,7 +75,8 @@ def healthy_after(logf: Path, before: int) -> bool:
     return "FAIL" not in text and text.count(" ok\n") > before + 5
 
 
-def coldsnap_run(size: int, rate: int, tmp: Path, post_copy: bool = False, prebuild: bool = True) -> dict:
+def coldsnap_run(size: int, rate: int, tmp: Path, post_copy: bool = False, prebuild: bool = True,
+                 compress: bool = False) -> dict:
     hosts = TwoHosts(tmp)
     writer = None
     try:
@@ -84,11 +86,19 @@ def coldsnap_run(size: int, rate: int, tmp: Path, post_copy: bool = False, prebu
         to = f"{hosts.dst_addr}:{text.split('listening on ')[1].split()[0].rsplit(':', 1)[1]}"
         logf = tmp / "writer.log"
         writer = start_writer(size, rate, logf)
-        p = subprocess.run(COLDSNAP + ["migrate", "-t", str(writer.pid), "--to", to, "--json"]
-                           + (["--post-copy"] if post_copy else []), capture_output=True, text=True, timeout=900)
-        if p.returncode != 0:
-            raise RuntimeError(p.stderr.strip().splitlines()[-1])
-        res = json.loads(p.stdout)
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            p = subprocess.Popen(COLDSNAP + ["migrate", "-t", str(writer.pid), "--to", to, "--json"]
+                                 + (["--post-copy"] if post_copy else []) + (["--compress"] if compress else []),
+                                 stdout=out, stderr=err, text=True)
+            _, status, usage = os.wait4(p.pid, 0)       # the source command's own peak memory
+            p.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            err.seek(0)
+            if p.returncode != 0:
+                raise RuntimeError((err.read().strip().splitlines() or ["no error"])[-1])
+            res = json.loads(out.read())
+        res["source_maxrss_mib"] = round(usage.ru_maxrss / 1024, 1)
+        res["bytes_on_wire"] = sum(i["bytes_sent"] for i in res.get("iterations", [])) + res.get("final_bytes", 0)
         writer.wait()
         res["healthy"] = healthy_after(logf, logf.read_text().count(" ok\n"))
         return res
@@ -161,6 +171,9 @@ def report(rows: list[tuple[int, dict, dict | str]], rate: int, meta: dict, criu
             if sp:
                 after += (f"; final dump = plan {sp.get('plan_ms')} + pages {sp.get('pages_ms')} + images, state and "
                           f"commits {sp.get('rest_ms')}")
+            if cs.get("bytes_on_wire"):
+                after += (f"; {cs['bytes_on_wire'] / 2**20:.0f} MiB on the wire, source command's peak RSS "
+                          f"{cs.get('source_maxrss_mib')} MiB")
             after += f"; load {cs['load']}" if cs.get("load") else ""
             out.append(f"| {size_name(size)} | {name} | {len(its)} ({', '.join(str(i['pages']) for i in its)}) | "
                        f"{cs.get('stop_reason', cs.get('error', ''))} | **{cs.get('downtime_ms', '-')}** | "
@@ -193,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=50, help="MB/s the target writes")
     ap.add_argument("--criu", default=str(CRIU_DEFAULT), help="CRIU binary ('' to skip it)")
     ap.add_argument("--modes", default="pre-copy,post-copy",
-                    help="coldsnap's runs: pre-copy, no-prebuild (pre-copy, nothing built ahead), post-copy")
+                    help="coldsnap's runs: pre-copy, no-prebuild (pre-copy, nothing built ahead), post-copy, "
+                         "compressed (pre-copy with --compress)")
     ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     args = ap.parse_args(argv)
     become_subreaper()
@@ -210,12 +224,13 @@ def main(argv: list[str] | None = None) -> int:
                 load = round(os.getloadavg()[0], 1)
                 try:
                     cs = coldsnap_run(size, args.rate, Path(d), post_copy=mode == "post-copy",
-                                      prebuild=mode != "no-prebuild")
+                                      prebuild=mode != "no-prebuild", compress=mode == "compressed")
                 except (RuntimeError, subprocess.SubprocessError, OSError) as e:
                     cs = {"error": str(e)}
                 cs["load"] = load
                 log(f"  {cs}")
-            runs.append(("coldsnap" + {"post-copy": " --post-copy", "no-prebuild": " (receiver --no-prebuild)"}
+            runs.append(("coldsnap" + {"post-copy": " --post-copy", "no-prebuild": " (receiver --no-prebuild)",
+                                       "compressed": " --compress"}
                          .get(mode, ""), cs))
         if skip:
             cr: dict | str = f"skipped: {skip}"
