@@ -41,17 +41,14 @@ def add_restore_args(p: argparse.ArgumentParser) -> None:
 
 def restore_pages(args: argparse.Namespace):
     """Where a restore reads its pages: None (the images directory) or a page server's session."""
-    import os
     if not args.page_server:
-        if args.page_session or args.token_file or args.tls_cacert or args.tls_cert or args.tls_key:
+        if args.page_session or _client_options_given(args):
             raise CsError("--page-session, --token-file and --tls-* go with --page-server")
         return None
-    from .transport.client import ClientOptions
     from .transport.source import RemotePages
-    from .transport.wire import Endpoint, tls_files
-    opts = ClientOptions(token=read_token(args.token_file), tls=tls_files(args.tls_cacert, args.tls_cert, args.tls_key))
+    from .transport.wire import Endpoint
     session = args.page_session or os.path.basename(os.path.normpath(args.images_dir))
-    return RemotePages(Endpoint.parse(args.page_server), opts, session)
+    return RemotePages(Endpoint.parse(args.page_server), _client_options(args), session)
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
@@ -188,15 +185,25 @@ def page_target(args: argparse.Namespace):
     """The page target of a pre-dump or dump: the images dir, or a page server."""
     from .dump.sink import LOCAL
     if not getattr(args, "page_server", None):
-        if getattr(args, "token_file", None) or getattr(args, "compress", False) or getattr(args, "tls_cacert", None):
+        if _client_options_given(args):
             raise CsError("--token-file, --compress and --tls-* go with --page-server")
         return LOCAL
-    from .transport.client import ClientOptions
     from .transport.sink import ServerPages
-    from .transport.wire import Endpoint, tls_files
-    opts = ClientOptions(token=read_token(args.token_file), compress=args.compress,
+    from .transport.wire import Endpoint
+    return ServerPages(Endpoint.parse(args.page_server), _client_options(args))
+
+
+def _client_options_given(args: argparse.Namespace) -> bool:
+    """Whether any option of a page-server client was given (they need --page-server)."""
+    return any(getattr(args, name, None) for name in ("token_file", "compress", "tls_cacert", "tls_cert", "tls_key"))
+
+
+def _client_options(args: argparse.Namespace):
+    """The page-server client's token, compression and TLS, as the options give them."""
+    from .transport.client import ClientOptions
+    from .transport.wire import tls_files
+    return ClientOptions(token=read_token(args.token_file), compress=getattr(args, "compress", False),
                          tls=tls_files(args.tls_cacert, args.tls_cert, args.tls_key))
-    return ServerPages(Endpoint.parse(args.page_server), opts)
 
 
 def run_page_server(args: argparse.Namespace) -> int:

@@ -331,7 +331,7 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
         write_mm(imgdir, pid, vmas, planned.stat, brk=state.brk, auxv=state.auxv, exe_file_id=ids[exe],
                  file_ids={k: ids[p] for k, p in vma_paths.items()} | memfds, fdflags=vma_flags,
                  dumpable=state.dumpable, thp_disabled=state.thp_disabled,
-                 guards=[(int(a), int(b)) for a, b in planner.guards.pairs()], vm_flags=vm_flags)
+                 guards=planner.guards.pairs(), vm_flags=vm_flags)
     except BaseException:
         planner.close()
         raise

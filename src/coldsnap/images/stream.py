@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ImageError
+from ..kernel.pipe import F_SETPIPE_SZ
 from .directory import PARENT_LINK, ImageDir
 
 MAGIC = b"CSSTREAM"
@@ -45,7 +46,6 @@ _END = struct.Struct("<HIQ")            # after the kind: levels, entries, bytes
 _CRC = struct.Struct("<I")
 KIND_FILE, KIND_END = 1, 2
 CHUNK = 1 << 20
-F_SETPIPE_SZ = 1031
 MAX_LEVELS = 1024                       # parent chains deeper than this are refused
 MAX_ENTRIES = 1 << 16                   # a dump of 100 processes has about 1500
 NAME_MAX = 255

@@ -86,8 +86,10 @@ def _runs(mask):
 def warm_up(numpy: bool = False) -> None:
     """Before a freeze: with numpy (a command whose write tracking collects with it), import
     it and run its range paths once on tiny inputs: the import and their first calls cost
-    milliseconds, which must not land inside a frozen window. The plain paths need nothing."""
-    if not numpy:
+    milliseconds, which must not land inside a frozen window. The plain paths need nothing,
+    unless this kernel has no PAGEMAP_SCAN: the page scan then decodes /proc/PID/pagemap
+    with numpy, in the freeze."""
+    if not numpy and pm.has_pagemap_scan():
         return
     import numpy as np
     from . import ranges_np

@@ -228,14 +228,6 @@ def drop_wp_markers(pagemap_fd: int, pages: Ranges, scanner: pm.PagemapScanner |
     return pages.subtract(drop).split_at(sorted({*pages.starts, *pages.ends})) if len(drop) else pages
 
 
-def _ranges(pairs) -> Ranges:
-    """Ranges from possibly unsorted, overlapping (start, end) pairs."""
-    pairs = sorted(set(pairs))
-    if not pairs:
-        return Ranges.empty()
-    one = Ranges.of(pairs[:1])
-    return one.union(Ranges.of(pairs[1:])) if len(pairs) > 1 else one
-
 
 @dataclass
 class ArmStats:
@@ -337,7 +329,7 @@ class UffdTracker:
         self._scanner = pm.PagemapScanner(self._pagemap_fd)
         # Every WP_ASYNC registration is ours: the target has no other userfaultfd.
         if not final:
-            self._mine = _ranges([(v.start, v.end) for v in vmas if tracked_vma(v) and self._probe(v)])
+            self._mine = Ranges.covering([(v.start, v.end) for v in vmas if tracked_vma(v) and self._probe(v)])
 
     # -- registering ------------------------------------------------------------------
 
@@ -392,7 +384,7 @@ class UffdTracker:
             self._mine = self._mine.union(Ranges.of([key]))
             new.append(key)
         self._fresh.extend(new)
-        return _ranges(new), failed
+        return Ranges.covering(new), failed
 
     def _ours(self, v: Vma) -> bool:
         """Whether the VMA lies inside ranges we registered (splits and shrinks keep ours)."""
@@ -448,8 +440,8 @@ class UffdTracker:
         order = np.argsort(found["start"], kind="stable")
         dirty = Ranges(found["start"][order].copy(), found["end"][order].copy()).merged()
         if whole:
-            dirty = dirty.union(_ranges(whole))
-        return dirty, _ranges(untracked)
+            dirty = dirty.union(Ranges.covering(whole))
+        return dirty, Ranges.covering(untracked)
 
     def collect_final(self, vmas: list[Vma]) -> tuple[Ranges, Ranges]:
         """collect() for the last look of a final dump, the task frozen and the tracking
@@ -478,7 +470,7 @@ class UffdTracker:
         order = np.argsort(found["start"], kind="stable")
         dirty = Ranges(found["start"][order].copy(), found["end"][order].copy()).merged()
         if whole:
-            dirty = dirty.union(_ranges(whole))
+            dirty = dirty.union(Ranges.covering(whole))
         return dirty, Ranges.empty()
 
     def drop_markers(self, pages: Ranges) -> Ranges:

@@ -140,11 +140,9 @@ class Prebuilt:
                         stats.new_areas += 1
                     whole = Ranges.of([(start, end)])
                     now = covered.intersect(whole)
-                    fresh = a.session != parent or parent is None
-                    if fresh and len(a.held):
-                        stats.bytes_zeroed += self._zero(a.held)
-                    elif len(a.held):
-                        stats.bytes_zeroed += self._zero(a.held.subtract(now))
+                    fresh = a.session != parent      # a.session is a name ("": new), parent may be None
+                    if len(a.held):
+                        stats.bytes_zeroed += self._zero(a.held if fresh else a.held.subtract(now))
                     stats.bytes_written += self._write(src, runs, starts, start, end, fds,
                                                        levels=None if fresh else 0)
                     a.held, a.session = now, d.root.name

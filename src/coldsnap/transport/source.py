@@ -26,6 +26,7 @@ from ..images.chain import PageChain
 from ..images.pages import pagemap_name
 from ..images.source import cut_runs
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
+from ..memory.ranges import Ranges
 from ..memory.sink import PagemapKey
 from . import protocol as P
 from .client import ClientOptions, PageServerClient
@@ -66,7 +67,7 @@ class RemotePages:
             with PageChain(imgdir, key, shmem) as chain:
                 local = chain.covered_ranges().merged()
             theirs = [(v, v + n) for v, n in src.runs()]
-            if list(zip(local.starts.tolist(), local.ends.tolist())) != _joined(theirs):
+            if local.pairs() != Ranges.of(theirs).merged().pairs():
                 raise ImageError(f"{imgdir.path(name)}: {self} holds other pages than this pagemap")
         return src
 
@@ -92,16 +93,6 @@ class RemotePages:
             except TransportError:
                 pass
             self._client = None
-
-
-def _joined(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for s, e in pairs:
-        if out and out[-1][1] == s:
-            out[-1] = (out[-1][0], e)
-        else:
-            out.append((s, e))
-    return out
 
 
 def _checked_ranges(origin: RemotePages, key: PagemapKey, cov) -> list[tuple[int, int]]:
