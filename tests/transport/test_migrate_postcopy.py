@@ -53,7 +53,9 @@ def test_source_killed_during_post_copy_kills_the_destination_process(hosts, wor
     then the source's coldsnap SIGKILLed while it serves: the migrated process is killed over
     there by its guardian, never left running with holes."""
     to = _receiver(hosts, tmp_path)
-    w = _writer(workload_bin, tmp_path, 128, 50)
+    # rewriting its whole memory faster than the link: the final delta is all of it, so its
+    # fetch cannot be over before the throttle (a small one could, on a quiet machine)
+    w = _writer(workload_bin, tmp_path, 128, 2000)
     p = None
     try:
         p = _migrate_in_background(w, to, "--post-copy")
