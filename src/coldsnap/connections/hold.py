@@ -11,18 +11,23 @@
 The lock's undo is armed before the lock is taken: whatever happens after `save` starts
 (an error, SIGINT/SIGTERM turned into an exception), leaving the `with` without `keep`
 turns repair off on every socket and removes the table.
+
+Every dump holds one; the lock's and the streams' modules are imported only once there is a
+connection to save (a dump imports them before its freeze when the process has sockets:
+files/kinds.py prepare).
 """
 from __future__ import annotations
 
 import os
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from coldsnap.errors import TargetError
-from coldsnap.kernel import tcp_repair as R
 
-from .lock import Conn, NetworkLock
-from .tcp import TcpStream, finish, save_stream
+if TYPE_CHECKING:
+    from .lock import Conn, NetworkLock
+    from .tcp import TcpStream
 
 
 @dataclass
@@ -61,6 +66,10 @@ class TcpHold:
         todo = [h for h in self._held if h.key not in self.streams]
         if not todo:
             return
+        from coldsnap.kernel import tcp_repair as R
+
+        from .lock import NetworkLock
+        from .tcp import save_stream
         if self._lock_wanted:
             if self.lock is None:
                 self.lock = NetworkLock.new()      # armed: __exit__ removes it from here on
@@ -95,6 +104,7 @@ class TcpHold:
         errors = []
         for h in self._held:
             if h.repaired:
+                from .tcp import finish     # loaded by save()
                 try:
                     finish(h.sock, h.reuseaddr)
                     h.repaired = False

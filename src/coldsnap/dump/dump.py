@@ -43,6 +43,7 @@ from typing import Callable
 from ..connections.hold import TcpHold
 from ..errors import CsError, TargetError, Unsupported
 from ..files.images import write_images as write_files_images
+from ..files.kinds import prepare as prepare_file_kinds
 from ..files.ghost import DEFAULT_GHOST_LIMIT, GhostTable
 from ..files.registry import FileRegistry
 from ..images.directory import ImageDir
@@ -411,6 +412,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                         allocating.start(prepare, PagemapKey(pid), min(resident, PREPARE_MAX))
                     prepare_copy(resident)
                 vm_flags = vm_flags_before_freeze(pid)
+                prepare_file_kinds(vm_flags.keys())     # the same processes: no import while frozen
             t0 = stats.frozen_at_ns = time.perf_counter_ns()
             with freeze_tree(pid, cgroup=freeze_cgroup) as held, TcpHold(close=tcp_close, lock=network_lock) as tcp:
                 t_frozen = time.perf_counter_ns()

@@ -1,7 +1,6 @@
 """Small images every (pre-)dump writes: inventory, mm (VMAs and mm fields), stats."""
 from __future__ import annotations
 
-from ..connections.lock import NFTABLES_METHOD
 from ..images.directory import INVENTORY, ImageDir, new_inventory
 from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_REGULAR,
                           VMA_AREA_STACK, VMA_AREA_SYSVIPC, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
@@ -24,6 +23,7 @@ def write_inventory(imgdir: ImageDir, *, pre_dump: bool, root_ids=None, network_
     if root_ids is not None:
         inv.root_ids.CopyFrom(root_ids)
     if network_lock is not None:
+        from ..connections.lock import NFTABLES_METHOD     # loaded already: the lock was taken
         inv.network_lock_method = NFTABLES_METHOD
         inv.dump_criu_run_id = network_lock
     if tcp_close:

@@ -1,5 +1,5 @@
 """A registry to and from images: files.img, fdinfo-<files_id>.img, fs-<pid>.img, pipe data,
-ghost files."""
+ghost files. The socket kinds' modules are imported only for a registry holding sockets."""
 from __future__ import annotations
 
 import os
@@ -14,13 +14,11 @@ from coldsnap.images.directory import ImageDir
 from coldsnap.images.pb import fdinfo_pb2, fs_pb2, pipe_pb2
 
 from .ghost import read_ghost, read_remaps, write_ghosts
-from .inet import stream_entry, stream_image_name, stream_of
 from .kinds import OPS, ops_to_restore
 from .model import (DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, InetSocket, PipeData, PipeFile, RegFile,
                     UnixSocket)
 from .registry import FileRegistry
 from .tty import attach_tty_info, tty_info_entries
-from .unix import USK_EXTERN, extern_entries, link_peers, queue_entries
 
 FD_CLOEXEC = 1
 
@@ -30,7 +28,10 @@ def file_entries(reg: FileRegistry) -> list[fdinfo_pb2.file_entry]:
     out = []
     for f in reg.files.values():
         out += OPS[f.kind].to_image(f, lambda f=f: reg.extra_id(f.id))
-    return out + extern_entries(reg.files, reg.new_id)
+    if _holds(reg.files, UnixSocket):
+        from .unix import extern_entries
+        out += extern_entries(reg.files, reg.new_id)
+    return out
 
 
 def fdinfo_entries(reg: FileRegistry, files_id: int) -> list[fdinfo_pb2.fdinfo_entry]:
@@ -44,7 +45,10 @@ def write_images(reg: FileRegistry, imgdir: ImageDir, *, ext_unix_sk: bool = Fal
     per established TCP connection whose stream was saved. Refuses first what
     only the whole tree shows: a unix socket connected outside it (ext_unix_sk: a datagram one
     to a named socket is let go, files/unix.py)."""
-    link_peers(reg.files, reg.where, ext_unix_sk=ext_unix_sk)
+    unix = _holds(reg.files, UnixSocket)
+    if unix:
+        from .unix import link_peers
+        link_peers(reg.files, reg.where, ext_unix_sk=ext_unix_sk)
     imgdir.write("files.img", file_entries(reg))
     for files_id in reg.tables:
         imgdir.write(f"fdinfo-{files_id}.img", fdinfo_entries(reg, files_id))
@@ -61,11 +65,14 @@ def write_images(reg: FileRegistry, imgdir: ImageDir, *, ext_unix_sk: bool = Fal
     ttys = tty_info_entries(reg.files.values())
     if ttys:
         imgdir.write("tty-info.img", ttys)
-    queued = queue_entries(reg.files)
-    if queued:
-        imgdir.write("sk-queues.img", queued)
+    if unix:
+        from .unix import queue_entries
+        queued = queue_entries(reg.files)
+        if queued:
+            imgdir.write("sk-queues.img", queued)
     for f in reg.files.values():
         if isinstance(f, InetSocket) and f.stream is not None:
+            from .inet import stream_entry, stream_image_name
             imgdir.write(stream_image_name(f.inode), [stream_entry(f.stream)])
     write_ghosts(reg.ghosts, reg.remaps(), imgdir)
 
@@ -115,13 +122,19 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
         f = reg.files.get(m.id_for)
         if isinstance(f, UnixSocket):
             f.queue.append(payload or b"")
-    link_peers(reg.files, externs={e.usk.ino: e.usk.name for e in entries.values()
-                                   if e.type == fdinfo_pb2.UNIXSK and e.usk.uflags & USK_EXTERN})
+    if _holds(reg.files, UnixSocket):
+        from .unix import USK_EXTERN, link_peers
+        link_peers(reg.files, externs={e.usk.ino: e.usk.name for e in entries.values()
+                                       if e.type == fdinfo_pb2.UNIXSK and e.usk.uflags & USK_EXTERN})
     _read_streams(d, reg)
     for f in reg.files.values():
         if isinstance(f, PipeFile) and f.pipe_id not in reg.pipe_data:
             reg.pipe_data[f.pipe_id] = PipeData(f.pipe_id, b"")
     return reg
+
+
+def _holds(files: Mapping[int, object], kind: type) -> bool:
+    return any(isinstance(f, kind) for f in files.values())
 
 
 def _from_image(e: fdinfo_pb2.file_entry, regs, ops=None):
@@ -144,6 +157,7 @@ def _read_streams(d: Path, reg: FileRegistry) -> None:
     was dropped at dump (--tcp-close) and comes back closed."""
     for f in reg.files.values():
         if isinstance(f, InetSocket) and f.peer_port and f.type == socket.SOCK_STREAM:
+            from .inet import stream_image_name, stream_of
             path = d / stream_image_name(f.inode)
             for m, payload in framing.read_entries(path, missing_ok=True):
                 f.stream = stream_of(m, payload or b"", f.state, str(path))

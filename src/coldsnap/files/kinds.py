@@ -2,49 +2,95 @@
 
 A new kind is one FileOps subclass and one line in OPS (plus, for a new kind of object,
 a line in `classify`); a kind of the format without operations is refused by name.
+A kind's module is imported the first time OPS is asked for that kind: a command pays
+only for the kinds its process has (most have regular files and pipes, no sockets).
 """
 from __future__ import annotations
 
 import os
 import socket
 import stat
+from collections.abc import Iterable, Mapping
+from importlib import import_module
+from typing import TYPE_CHECKING
 
-from coldsnap.errors import ImageError, Unsupported
+from coldsnap.errors import CsError, ImageError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2
 from coldsnap.kernel import fdinfo as K
 
-from .anon import InotifyOps, SignalfdOps, TimerfdOps
-from .epoll import EpollOps
-from .eventfd import EventfdOps
-from .inet import InetOps
-from .memfd import PREFIX as MEMFD_PREFIX, MemfdOps
-from .model import FdType
-from .ops import FileOps, Probe
-from .pipes import FifoOps, PipeOps
-from .regular import RegOps
-from .tty import TtyOps
-from .unix import UnixOps
+from .model import MEMFD_PREFIX, FdType
 
-OPS: dict[FdType, FileOps] = {
-    FdType.REG: RegOps(),
-    FdType.PIPE: PipeOps(),
-    FdType.FIFO: FifoOps(),
-    FdType.EVENTFD: EventfdOps(),
-    FdType.EVENTPOLL: EpollOps(),
-    FdType.INETSK: InetOps(),
-    FdType.UNIXSK: UnixOps(),
-    FdType.SIGNALFD: SignalfdOps(),
-    FdType.TIMERFD: TimerfdOps(),
-    FdType.INOTIFY: InotifyOps(),
-    FdType.MEMFD: MemfdOps(),
-    FdType.TTY: TtyOps(),
+if TYPE_CHECKING:
+    from .ops import FileOps, Probe
+
+# kind -> (module of this package, operations class)
+_OPS_CLASSES: dict[FdType, tuple[str, str]] = {
+    FdType.REG: ("regular", "RegOps"),
+    FdType.PIPE: ("pipes", "PipeOps"),
+    FdType.FIFO: ("pipes", "FifoOps"),
+    FdType.EVENTFD: ("eventfd", "EventfdOps"),
+    FdType.EVENTPOLL: ("epoll", "EpollOps"),
+    FdType.INETSK: ("inet", "InetOps"),
+    FdType.UNIXSK: ("unix", "UnixOps"),
+    FdType.SIGNALFD: ("anon", "SignalfdOps"),
+    FdType.TIMERFD: ("anon", "TimerfdOps"),
+    FdType.INOTIFY: ("anon", "InotifyOps"),
+    FdType.MEMFD: ("memfd", "MemfdOps"),
+    FdType.TTY: ("tty", "TtyOps"),
 }
+
+
+class _Table(Mapping):
+    """OPS: kind -> its operations, each made (its module imported) on first use."""
+
+    def __init__(self) -> None:
+        self._made: dict[FdType, FileOps] = {}
+
+    def __getitem__(self, kind: FdType) -> FileOps:
+        ops = self._made.get(kind)
+        if ops is None:
+            module, name = _OPS_CLASSES[kind]
+            ops = self._made[kind] = getattr(import_module(f".{module}", __package__), name)()
+        return ops
+
+    def __iter__(self):
+        return iter(_OPS_CLASSES)
+
+    def __len__(self) -> int:
+        return len(_OPS_CLASSES)
+
+
+OPS: Mapping[FdType, FileOps] = _Table()
 # kinds the format knows that may have no operations yet: how a refusal names them
 _NAMES = {FdType.TTY: "tty"}
 _ANON = {"eventfd": FdType.EVENTFD, "eventpoll": FdType.EVENTPOLL, "signalfd": FdType.SIGNALFD,
          "timerfd": FdType.TIMERFD, "inotify": FdType.INOTIFY}
 _SOCKETS = {socket.AF_INET: FdType.INETSK, socket.AF_INET6: FdType.INETSK, socket.AF_UNIX: FdType.UNIXSK}
 _OTHER_FAMILIES = {socket.AF_NETLINK: "netlink", socket.AF_PACKET: "packet"}
+
+
+def prepare(pids: Iterable[int]) -> None:
+    """Import, before a dump's freeze, the operations of every kind the fds of PIDS may
+    be (from their /proc links alone: a socket may be inet or unix), so that the frozen
+    window never waits for an import. A process gone meanwhile is skipped."""
+    kinds = {FdType.REG}
+    for pid in pids:
+        try:
+            links = K.raw_fd_links(pid)
+        except (CsError, OSError):
+            continue
+        for raw in set(links.values()):
+            link = K.parse_fd_link(-1, raw)
+            if link.kind is K.LinkKind.PIPE:
+                kinds.add(FdType.PIPE)
+            elif link.kind is K.LinkKind.SOCKET:
+                kinds |= {FdType.INETSK, FdType.UNIXSK}
+            elif link.kind is K.LinkKind.ANON and link.anon in _ANON:
+                kinds.add(_ANON[link.anon])
+            elif link.kind is K.LinkKind.PATH and link.path.startswith(MEMFD_PREFIX):
+                kinds.add(FdType.MEMFD)
+    for kind in kinds:
+        OPS[kind]
 
 
 def classify(p: Probe) -> FdType:

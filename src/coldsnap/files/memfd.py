@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from coldsnap.errors import ImageError
 from coldsnap.images.pb import fdinfo_pb2, memfd_pb2
 
-from .model import FdType, Fown
+from .model import MEMFD_PREFIX, FdType, Fown
 from .ops import FileOps, OpenCtx, Probe, fown_of, fown_pb, read_fown
 
 F_GET_SEALS = 1034
-PREFIX = "/memfd:"
 
 
 @dataclass(slots=True)
@@ -38,7 +37,7 @@ class MemfdFile:
 
 def memfd_name(path: str) -> str:
     """The memfd's name from a /proc link or maps path ("/memfd:NAME (deleted)")."""
-    return path.removesuffix(" (deleted)").removeprefix(PREFIX)
+    return path.removesuffix(" (deleted)").removeprefix(MEMFD_PREFIX)
 
 
 def seals_of(fd: int) -> int:

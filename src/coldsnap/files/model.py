@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
-from coldsnap.connections.tcp import TcpStream
+if TYPE_CHECKING:
+    from coldsnap.connections.tcp import TcpStream
 
 
 class FdType(IntEnum):
@@ -28,6 +30,7 @@ class FdType(IntEnum):
 
 DEFAULT_PIPE_SIZE = 65536
 EFD_SEMAPHORE = 1
+MEMFD_PREFIX = "/memfd:"    # how /proc/PID/fd names a memfd
 
 
 @dataclass(slots=True)

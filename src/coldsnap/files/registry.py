@@ -12,8 +12,8 @@ import errno
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from coldsnap.connections.hold import TcpHold
 from coldsnap.errors import AccessDenied, NoSuchProcess, TargetError, Unsupported
 from coldsnap.kernel import fdinfo as K
 from coldsnap.kernel import kcmp
@@ -23,6 +23,9 @@ from .ghost import GhostTable
 from .kinds import classify, ops_to_collect
 from .model import FdEntry, FileObj, FsState, PipeData, PipeFile, RegFile, UnixSocket
 from .ops import Probe
+
+if TYPE_CHECKING:
+    from coldsnap.connections.hold import TcpHold
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_LARGEFILE
 

@@ -8,6 +8,9 @@ once the tree is whole.
         ... transplant, while every process is held: net.finish()   (repair off)
     # out of the `with`, on every path: the lock is lifted (the processes run by then)
 
+The lock's and the sockets' modules are imported only when the images hold connections or
+name a lock (most restores have neither).
+
 Who lifts a dump's lock: the next `restore` of its images, whatever its outcome (a failed
 restore cannot leave the peers waiting on dropped packets for ever), or `network-unlock`.
 """
@@ -16,22 +19,24 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..connections.lock import NFTABLES_METHOD, NetworkLock
-from ..connections.tcp import finish
 from ..errors import TargetError
-from ..files.inet import conn_of
-from ..files.model import InetSocket
 from ..images.directory import ImageDir
 from ..kernel.pidfd import pidfd_getfd, pidfd_open
+
+if TYPE_CHECKING:
+    from ..connections.lock import NetworkLock
+    from ..files.model import InetSocket
 
 
 def recorded_lock(images_dir: str | os.PathLike) -> NetworkLock | None:
     """The lock a dump left in place, as its inventory names it (None: it left none)."""
     inv = ImageDir.open(images_dir).inventory
-    if inv.network_lock_method == NFTABLES_METHOD and inv.dump_criu_run_id:
-        return NetworkLock(inv.dump_criu_run_id)
-    return None
+    if not inv.dump_criu_run_id:
+        return None
+    from ..connections.lock import NFTABLES_METHOD, NetworkLock
+    return NetworkLock(inv.dump_criu_run_id) if inv.network_lock_method == NFTABLES_METHOD else None
 
 
 @dataclass
@@ -50,11 +55,17 @@ class RestoreNetwork:
         (take=False: none does; the dump's is still lifted at the end)."""
         self.conns = conns
         if conns and take:
+            from ..connections.lock import NetworkLock
+            from ..files.inet import conn_of
             self.lock_ = self.recorded or NetworkLock.new()
             self.lock_.add([conn_of(f) for _, _, f in conns])
 
     def finish(self) -> None:
         """Repair mode off on every rebuilt connection (its processes held, not running)."""
+        if not self.conns:
+            return
+        from ..connections.tcp import finish
+        from ..files.inet import conn_of
         for pid, fd, f in self.conns:
             pidfd = pidfd_open(pid)
             try:
