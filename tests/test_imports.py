@@ -74,9 +74,10 @@ def test_restore_needs_no_dump_nor_tracking():
 def test_dump_restore_and_pre_dump_modules_load_no_numpy():
     """Page plans, pagemaps and page writes use plain ints and array('Q') (issue 13: numpy
     alone cost ~60 ms of every command); numpy stays for the write tracking's collect, the
-    lazy-restore server and very long range lists, imported there."""
+    lazy-restore server (not the restore command that starts it) and very long range lists,
+    imported there."""
     mods = modules_after("import coldsnap.dump.dump, coldsnap.dump.predump, coldsnap.restore.restore, "
-                         "coldsnap.memory.tracking, coldsnap.memory.softdirty")
+                         "coldsnap.memory.tracking, coldsnap.memory.softdirty, coldsnap.restore.lazy")
     assert loaded(mods, "numpy") == []
 
 
@@ -86,28 +87,45 @@ def _command_modules(argv: list[str]) -> set[str]:
     return mods
 
 
+# what a process without sockets (nor epoll, eventfd, signalfd, timerfd, inotify, memfd)
+# never needs: each kind's module is imported for a process that has such files only
+SOCKET_KINDS = ("coldsnap.files.inet", "coldsnap.files.unix", "coldsnap.files.sockopts", "coldsnap.files.epoll",
+                "coldsnap.files.eventfd", "coldsnap.files.anon", "coldsnap.connections.lock",
+                "coldsnap.connections.tcp", "coldsnap.kernel.tcp_repair", "coldsnap.kernel.nftables",
+                "coldsnap.kernel.unixdiag")
+
+
 def test_a_dump_and_a_restore_of_a_process_load_no_numpy(spawn, workload_bin, tmp_path):
-    """The real commands, not only their imports: nothing on the way loads numpy late."""
+    """The real commands, not only their imports: nothing on the way loads numpy late, nor
+    the operations of file kinds the process does not have."""
     import signal
     import time
     w = spawn([str(workload_bin("rst_still"))], stderr=subprocess.DEVNULL)
     d, pre = tmp_path / "d", tmp_path / "pre"
     assert loaded(_command_modules(["pre-dump", "-t", str(w.pid), "-D", str(pre), "--track-mem", "none"]),
-                  "numpy") == []
+                  "numpy", *SOCKET_KINDS) == []
     assert loaded(_command_modules(["dump", "-t", str(w.pid), "-D", str(d), "--prev-images-dir", str(pre)]),
-                  "numpy") == []
+                  "numpy", *SOCKET_KINDS) == []
     w.proc.wait(timeout=10)
     deadline = time.monotonic() + 5
     while os.path.exists(f"/proc/{w.pid}") and time.monotonic() < deadline:
         time.sleep(0.005)
     try:
-        assert loaded(_command_modules(["restore", "-D", str(d), "-d"]), "numpy") == []
+        assert loaded(_command_modules(["restore", "-D", str(d), "-d"]), "numpy", *SOCKET_KINDS) == []
     finally:
         try:
             os.kill(w.pid, signal.SIGKILL)
             os.waitpid(w.pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+
+
+def test_a_first_tracked_pre_dump_loads_no_numpy(spawn, workload_bin, tmp_path):
+    """A first tracked pre-dump arms the tracking and collects nothing: numpy (the collect's)
+    is for the runs after it."""
+    w = spawn([str(workload_bin("rst_still"))], stderr=subprocess.DEVNULL)
+    assert loaded(_command_modules(["pre-dump", "-t", str(w.pid), "-D", str(tmp_path / "d")]),
+                  "numpy", *SOCKET_KINDS) == []
 
 
 def test_the_probe_sees_imports():
@@ -145,3 +163,15 @@ def test_the_garbage_collector_stays_on_for_callers_of_main():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert "GC True" in p.stdout, p.stderr
+
+
+def test_a_dump_imports_the_kinds_of_its_process_before_the_freeze():
+    """files.kinds.prepare (before the freeze) loads what the process's fd links call for,
+    so that collecting its fds inside the freeze imports nothing; a socket may be inet or
+    unix, so both come, and the connection lock with them (a TCP socket takes it frozen)."""
+    plain = modules_after("import os\nfrom coldsnap.files.kinds import prepare\nprepare([os.getpid()])")
+    assert "coldsnap.files.regular" in plain and loaded(plain, *SOCKET_KINDS) == []
+    sock = modules_after("import os, socket\ns = socket.socket()\nr, w = os.pipe()\n"
+                         "from coldsnap.files.kinds import prepare\nprepare([os.getpid()])")
+    assert {"coldsnap.files.inet", "coldsnap.files.unix", "coldsnap.files.pipes", "coldsnap.connections.lock",
+            "coldsnap.connections.tcp", "coldsnap.kernel.tcp_repair"} <= sock

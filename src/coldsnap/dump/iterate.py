@@ -95,11 +95,13 @@ class PreDumpSeries:
 
     def step(self, path: Path | None = None) -> DumpStats:
         """One more pre-dump (into base_dir/N, or `path`); returns its stats."""
-        warm_up(numpy=True)                 # the tracking's collect uses numpy
         times = Times()
         if self.n == 0 and path is None:
             self.base.mkdir(parents=True, exist_ok=True)
         planners = self._current(times)
+        # a tracking's collect uses numpy, imported before the freeze; a first step (every
+        # planner fresh) collects nothing and goes without it
+        warm_up(numpy=any(not p.fresh and p.track != "none" for p in planners.values()))
         path = path or self.base / str(self.n + 1)
         with self.pages.session(path, self.prev) as pages:
             # what the parent chain holds, read before any freeze (only a tracked plan needs it)

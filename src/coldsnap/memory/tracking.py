@@ -201,6 +201,18 @@ def wp_marker_entry() -> int:
     return _marker
 
 
+def _found(parts: list) -> Ranges:
+    """The written regions that PAGEMAP_SCAN calls found (arrays of pm.REGION_DTYPE),
+    sorted and merged; numpy (loaded before any freeze: scan.warm_up(numpy=True)) only when
+    there are any: a first collect of a fresh tracking scans nothing."""
+    if not parts:
+        return Ranges.empty()
+    import numpy as np
+    found = np.concatenate(parts)
+    order = np.argsort(found["start"], kind="stable")
+    return Ranges(found["start"][order].copy(), found["end"][order].copy()).merged()
+
+
 def drop_wp_markers(pagemap_fd: int, pages: Ranges, scanner: pm.PagemapScanner | None = None) -> Ranges:
     """PAGES without the uffd-wp markers among them (only swapped-looking pages are read)."""
     marker = wp_marker_entry()
@@ -336,7 +348,7 @@ class UffdTracker:
     def _probe(self, v: Vma) -> bool:
         """True when [v.start, v.end) is registered with WP_ASYNC (ours, in practice)."""
         try:
-            self._scanner.scan(v.start, v.end, PROBE_QUERY)
+            self._scanner.scan_flat(v.start, v.end, PROBE_QUERY)     # only its error matters: no numpy
             return True
         except OSError as e:
             if e.errno == errno.EPERM:
@@ -399,7 +411,6 @@ class UffdTracker:
         newly registered (now or since the last collect), untracked and unreadable VMAs, whole.
         untracked: the VMAs that cannot be registered, whole (they are in dirty too).
         """
-        import numpy as np   # loaded before any freeze (scan.warm_up(numpy=True))
         self._need_armed()
         if self.pid:
             refuse_blind_spots(self.pid)
@@ -436,9 +447,7 @@ class UffdTracker:
                 whole.append(key)
         # fresh registrations whose VMA changed shape meanwhile: still dirty
         whole.extend(k for k in fresh if k not in {(v.start, v.end) for v in vmas})
-        found = np.concatenate(parts) if parts else np.zeros(0, dtype=pm.REGION_DTYPE)
-        order = np.argsort(found["start"], kind="stable")
-        dirty = Ranges(found["start"][order].copy(), found["end"][order].copy()).merged()
+        dirty = _found(parts)
         if whole:
             dirty = dirty.union(Ranges.covering(whole))
         return dirty, Ranges.covering(untracked)
@@ -448,7 +457,6 @@ class UffdTracker:
         released right after: the pages written since the last reset, nothing registered
         or re-protected. A tracked VMA without our registration (new since the last run,
         or reshaped) counts whole. untracked: always empty (nothing was refused now)."""
-        import numpy as np   # loaded before any freeze (scan.warm_up(numpy=True))
         self._need_armed()
         whole: list[tuple[int, int]] = []
         parts: list = []
@@ -466,9 +474,7 @@ class UffdTracker:
                         raise NoSuchProcess(self.pid, during="write tracking") from None
                     raise
                 whole.append((v.start, v.end))      # not registered (EPERM): not tracked
-        found = np.concatenate(parts) if parts else np.zeros(0, dtype=pm.REGION_DTYPE)
-        order = np.argsort(found["start"], kind="stable")
-        dirty = Ranges(found["start"][order].copy(), found["end"][order].copy()).merged()
+        dirty = _found(parts)
         if whole:
             dirty = dirty.union(Ranges.covering(whole))
         return dirty, Ranges.empty()

@@ -20,10 +20,9 @@ with pidfd_getfd and closes the target's copy: the restored process holds no ext
 from __future__ import annotations
 
 import os
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from typing import Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Iterator
 
 from ..errors import CsError
 from ..images.vma import VMA_ANON_PRIVATE, VMA_AREA_STACK
@@ -33,6 +32,9 @@ from ..kernel.page import PAGE_SIZE as PAGE
 from ..kernel.pidfd import take_fd
 from ..memory.source import PageSource
 from ..memory.vma import PROT_READ, PROT_WRITE
+
+if TYPE_CHECKING:
+    import numpy as np
 
 LAZY_MIN = 256 << 10          # smaller areas are written eagerly: one fault would cost more
 O_NONBLOCK = 0o4000
@@ -56,16 +58,16 @@ class LazyLayout:
 def lazy_layout(images) -> LazyLayout:
     """The lazy areas of one process (restore/images.py DumpImages)."""
     runs = images.private.runs()
-    starts = np.array([v for v, _ in runs], dtype=np.int64)
-    ends = starts + np.array([n for _, n in runs], dtype=np.int64)
+    starts = [v for v, _ in runs]
+    ends = [v + n for v, n in runs]
     areas = []
     for v in images.vmas():
         if not v.status & VMA_ANON_PRIVATE or v.status & VMA_AREA_STACK:
             continue
         if v.prot & (PROT_READ | PROT_WRITE) != PROT_READ | PROT_WRITE:
             continue
-        lo, hi = np.searchsorted(ends, v.start, "right"), np.searchsorted(starts, v.end, "left")
-        held = int((np.minimum(ends[lo:hi], v.end) - np.maximum(starts[lo:hi], v.start)).sum()) if hi > lo else 0
+        lo, hi = bisect_right(ends, v.start), bisect_left(starts, v.end)
+        held = sum(min(ends[i], v.end) - max(starts[i], v.start) for i in range(lo, hi))
         if held >= LAZY_MIN:
             areas.append((v.start, v.end))
     eager = _merge([(a & ~(PAGE - 1), (a + 32 + PAGE - 1) & ~(PAGE - 1))

@@ -8,7 +8,6 @@ imported in the forked server and guardian, so the restore command does not pay 
 """
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -49,6 +48,7 @@ def lazy_status(root: int, timeout: float = 2.0) -> dict:
             data += chunk
     finally:
         s.close()
+    import json         # here only: every dump asks lazy_server_listening first (cli.py)
     return json.loads(data)
 
 
