@@ -75,3 +75,48 @@ def test_pages_land_in_writable_and_read_only_areas(tmp_path, monkeypatch, max_c
     finally:
         proc.kill()
         proc.wait()
+
+
+COPY_TARGET = r"""
+import ctypes, mmap, os, sys
+rw = mmap.mmap(-1, 64 * 4096, flags=mmap.MAP_PRIVATE)
+rw[2 * 4096] = 1                  # one page there already: UFFDIO_COPY says EEXIST for it
+uffd = ctypes.CDLL(None, use_errno=True).syscall(323, os.O_CLOEXEC | os.O_NONBLOCK)
+print(ctypes.addressof(ctypes.c_char.from_buffer(rw)), uffd, flush=True)
+print(sys.stdin.readline(), flush=True)
+"""
+
+
+def test_copy_areas_filled_by_uffdio_copy_and_a_present_page_by_writev():
+    from coldsnap.kernel import uffd
+    from coldsnap.kernel.pidfd import take_fd
+    proc = subprocess.Popen([sys.executable, "-c", COPY_TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        rw, tfd = map(int, proc.stdout.readline().split())
+        if tfd < 0:
+            pytest.skip("no userfaultfd on this kernel")
+        fd = take_fd(proc.pid, tfd)
+        uffd.api(fd, 0)
+        data = bytes((i * 13 + i // PAGE) & 255 for i in range(12 * PAGE))
+        runs = [(rw + PAGE, 5 * PAGE, 0), (rw + 10 * PAGE, 7 * PAGE, 5 * PAGE)]
+        areas = [(rw, rw + 64 * PAGE, 3)]
+        mem_fd = os.open(f"/proc/{proc.pid}/mem", os.O_RDWR)
+        writer = PageWriter(proc.pid, mem_fd, uffd=fd)
+        try:
+            writer.write(BytesSource(data, runs), areas, copy=[(rw, rw + 64 * PAGE)])
+        finally:
+            writer.close()
+            os.close(fd)
+            got = {vaddr: os.pread(mem_fd, n, vaddr) for vaddr, n, _ in runs}
+            os.close(mem_fd)
+        for vaddr, n, off in runs:
+            assert got[vaddr] == data[off:off + n]
+        # page 2 was there: it and what follows in its run went by process_vm_writev
+        assert writer.stats.bytes_copy == PAGE + 7 * PAGE and writer.stats.bytes_vm == 4 * PAGE
+        # unregistered again: no area of the target keeps a userfaultfd flag ("um": missing mode)
+        flags = [line.split()[1:] for line in open(f"/proc/{proc.pid}/smaps") if line.startswith("VmFlags:")]
+        assert flags and not any("um" in f for f in flags)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -36,13 +36,15 @@ import time
 from dataclasses import dataclass
 
 from ..errors import CsError, TargetError
-from ..images.vma import VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC, VMA_FILE_PRIVATE, VMA_FILE_SHARED
+from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC, VMA_FILE_PRIVATE,
+                          VMA_FILE_SHARED)
 from ..images.xsave import build_area
 from ..kernel import ptrace
 from ..kernel.clone import CLONE_ARGS, THREAD_FLAGS, clone_args
 from ..kernel.cpuid import cpuid, xstate_layout
 from ..kernel.libc import SYS, syscall
 from ..kernel.page import PAGE_SIZE as PAGE
+from ..kernel.pidfd import take_fd
 from ..kernel.procfs import cap_last_cap, read_path_link, read_status
 from ..kernel.sysv import SHM_EXEC, SHM_RDONLY
 from ..memory.vma import MAP_ANONYMOUS, PROT_EXEC, PROT_READ, PROT_WRITE
@@ -315,15 +317,20 @@ class Transplant:
         areas = [(v.start, v.end, v.prot) for v in self.img.vmas()]
         if self.kept:
             self.img.private.drop(self.kept)     # their pages are in already
-        writer = PageWriter(self.pid, self.task.mem_fd())
-        layout = None
+        layout = copy = None
         if self.lazy:
             from . import lazy as lazy_pages     # userfaultfd bindings: only for --lazy-pages
             layout = lazy_pages.lazy_layout(self.img)
+        else:
+            copy = self._copy_uffd()
+        writer = PageWriter(self.pid, self.task.mem_fd(), uffd=copy)
         try:
-            writer.write(lazy_pages.EagerPart(self.img.private, layout) if layout else self.img.private, areas)
+            writer.write(lazy_pages.EagerPart(self.img.private, layout) if layout else self.img.private, areas,
+                         copy=self._copyable() if copy is not None else ())
         finally:
             writer.close()
+            if copy is not None:
+                os.close(copy)
             self.img.private.close()
         self.stats.write = writer.stats
         if layout is not None:
@@ -334,6 +341,33 @@ class Transplant:
             finally:
                 os.close(fd)
             self.stats.lazy_pages = layout.pages
+
+    def _copy_uffd(self) -> int | None:
+        """A userfaultfd of the target's mm for PageWriter's UFFDIO_COPY (made inside it,
+        taken, its copy closed), or None where userfaultfd is unavailable: the pages then go
+        by process_vm_writev."""
+        from ..kernel import uffd          # not at import (tests/test_imports.py)
+        tfd = self.rc.call(SYS.userfaultfd, O_CLOEXEC | os.O_NONBLOCK)
+        if tfd < 0:
+            return None
+        try:
+            ours = take_fd(self.pid, tfd)
+        finally:
+            self.rc.call(SYS.close, tfd)
+        try:
+            uffd.api(ours, 0)
+        except OSError:
+            os.close(ours)
+            return None
+        return ours
+
+    def _copyable(self) -> list[tuple[int, int]]:
+        """The areas PageWriter may fill with UFFDIO_COPY: writable private anonymous ones
+        mapped empty (not MAP_LOCKED, which comes populated; not kept, whose pages are in)."""
+        kept = set(self.kept)
+        return [(v.start, v.end) for v in self.img.vmas()
+                if v.status & VMA_ANON_PRIVATE and not v.status & (VMA_AREA_MEMFD | VMA_AREA_SYSVIPC)
+                and v.prot & PROT_WRITE and not v.flags & MAP_LOCKED and (v.start, v.end) not in kept]
 
     def _set_mm(self) -> None:
         mm, rc = self.img.mm, self.rc
