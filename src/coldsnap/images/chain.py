@@ -73,6 +73,14 @@ class PageChain:
         for level, start, nbytes, offset in found:
             self.reader(level).pread_into(offset, buf[start - vaddr:start - vaddr + nbytes])
 
+    def file_pieces(self, vaddr: int, nbytes: int) -> list[tuple[int, int, int]]:
+        """Where the bytes of [vaddr, vaddr + nbytes) are: (fd of a pages file, offset in
+        it, length) pieces in order (a page server sends them straight from the files).
+        The fds stay the chain's (closed with it)."""
+        found: list[tuple[int, int, int, int]] = []
+        self._locate(0, vaddr, vaddr + nbytes, found)
+        return [(self.reader(level).fileno(), offset, n) for level, _, n, offset in found]
+
     def _uncovered(self, level: int, start: int, end: int) -> ImageError:
         if level == 0:
             return ImageError(f"{self.top.path(pagemap_name(self.pid, self.shmem))}: "

@@ -450,14 +450,15 @@ class PagemapReader:
         sel = [i for i, f in enumerate(self.flags) if f & flag]
         return Ranges(array("Q", (self.vaddr[i] for i in sel)), array("Q", (self.ends[i] for i in sel)))
 
-    def _fileno(self) -> int:
+    def fileno(self) -> int:
+        """The pages file, opened once (closed with the reader)."""
         if self._fd is None:
             self._fd = open_image(self.pages_path)
         return self._fd
 
     def pread_into(self, offset: int, buf: memoryview) -> None:
         """Fill buf from the pages file at offset."""
-        fd, done = self._fileno(), 0
+        fd, done = self.fileno(), 0
         while done < buf.nbytes:
             n = os.preadv(fd, [buf[done:]], offset + done)
             if n == 0:

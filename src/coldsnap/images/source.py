@@ -68,7 +68,8 @@ class ChainSource:
     first mapped() and unmapped by close().
 
     LAZY: where the chain's PE_LAZY runs are read, by address (a post-copy migration's
-    source). Its runs are level 0, and the chain's levels come after it: they are the
+    source: transport/source.py RemotePages.by_address(), told which runs with expect()).
+    Its runs are level 0, and the chain's levels come after it: they are the
     newest pages (the final delta), and fetched first, the source is free the soonest."""
 
     def __init__(self, imgdir: Union[ImageDir, str, os.PathLike], key: int, shmem: bool = False,
@@ -83,6 +84,8 @@ class ChainSource:
                                                  for r in (chain.reader(level) for level in range(len(chain.dirs)))]
             self.where = chain.top.path(pagemap_name(key, shmem))
         self._starts = [vaddr for _, vaddr, _, _ in self._runs]
+        if lazy is not None:        # what it will be read by address, in order (it asks ahead)
+            lazy.expect([(v, n) for level, v, n, _ in self._runs if level == 0])
         self._maps: dict[int, memoryview] = {}
         self._held: list = []                    # lazy runs fetched for mapped(), until close()
 

@@ -27,7 +27,7 @@ from ..kernel.page import PAGE_SHIFT
 from ..memory.ranges import Ranges
 from ..memory.sink import PagemapKey
 from . import protocol as P
-from .wire import Endpoint, TlsFiles, recv_exact, recv_into_exact
+from .wire import Endpoint, TlsFiles, liveness, recv_exact, recv_into_exact
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -39,6 +39,10 @@ class ClientOptions:
     compress: bool = False          # zstd over the wire (a coldsnap server only)
     checksum: bool = True           # crc32 of every batch, when the server speaks coldsnap
     timeout: float = DEFAULT_TIMEOUT
+    # a reading session (a lazy restore): seconds a silent server may keep us waiting (an
+    # answer with no byte coming, data sent and not acknowledged, a peer gone without a
+    # reset) before that is an error; None: `timeout` alone (wire.py liveness())
+    silence: float | None = None
 
 
 class PageServerClient:
@@ -67,10 +71,12 @@ class PageServerClient:
     def _connect(self) -> socket.socket:
         try:
             sock = socket.create_connection((self.endpoint.host, self.endpoint.port),
-                                            timeout=self.options.timeout)
+                                            timeout=self.options.silence or self.options.timeout)
         except OSError as e:
             raise TransportError(f"page server {self.endpoint}: cannot connect: {e.strerror or e}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.options.silence:
+            liveness(sock, self.options.silence)
         if self.options.tls is None:
             return sock
         try:
@@ -237,6 +243,14 @@ class PageServerClient:
         finally:
             self.abort()
 
+    def cut(self) -> None:
+        """Shut the connection down both ways, without closing it: wakes a thread blocked
+        reading it (abort() afterwards)."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def abort(self) -> None:
         """Drop the connection: a server drops what it received of this session."""
         self.closed = True
@@ -286,10 +300,23 @@ class PageServerClient:
     def read_pages_into(self, key: PagemapKey, vaddr: int, view: memoryview) -> None:
         """Fill VIEW (whole pages, at most BATCH_MAX_PAGES) with the pages at vaddr of KEY.
         An answer of any other length, a refusal or a bad checksum is a TransportError."""
+        self.ask_pages([(key, vaddr, view.nbytes)])
+        self.receive_pages_into(key, vaddr, view)
+
+    def ask_pages(self, asks: list[tuple[PagemapKey, int, int]]) -> None:
+        """Send CS_GET for every (key, vaddr, nbytes) at once, answers not read (pipelined:
+        receive_pages_into() each, in the same order)."""
+        heads = []
+        for key, vaddr, nbytes in asks:
+            nr_pages = nbytes >> PAGE_SHIFT
+            if not 0 < nr_pages <= P.BATCH_MAX_PAGES or nbytes & ((1 << PAGE_SHIFT) - 1):
+                raise ValueError(f"read {nbytes} bytes: whole pages, at most {P.BATCH_MAX_PAGES} at a time")
+            heads.append(P.Header(P.CS_GET, 0, nr_pages, vaddr, P.encode_dst(key.id, key.shmem)).pack())
+        self._send(b"".join(heads))
+
+    def receive_pages_into(self, key: PagemapKey, vaddr: int, view: memoryview) -> None:
+        """The answer to the oldest CS_GET not yet received: the pages at vaddr of KEY, into VIEW."""
         nr_pages = view.nbytes >> PAGE_SHIFT
-        if not 0 < nr_pages <= P.BATCH_MAX_PAGES or view.nbytes & ((1 << PAGE_SHIFT) - 1):
-            raise ValueError(f"read {view.nbytes} bytes: whole pages, at most {P.BATCH_MAX_PAGES} at a time")
-        self._send(P.Header(P.CS_GET, 0, nr_pages, vaddr, P.encode_dst(key.id, key.shmem)).pack())
         t = P.BatchTrailer.unpack(self._recv(P.TRAILER.size, "the answer to get"))
         if t.codec == P.CODEC_ERROR:
             raise TransportError(f"page server {self.endpoint}: pages {vaddr:#x}+{nr_pages} of "

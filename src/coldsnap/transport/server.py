@@ -36,7 +36,7 @@ from ..images.pages import PE_LAZY, PE_PARENT, PE_PRESENT, PagemapWriter, pagema
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..memory.ranges import Ranges
 from . import protocol as P
-from .wire import TlsFiles, recv_exact, recv_into_exact
+from .wire import TlsFiles, recv_exact, recv_into_exact, send_file_range
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 _FILE = re.compile(r"[a-z][a-z0-9_-]{0,100}(\.img)?")
@@ -433,23 +433,36 @@ class Session:
         if h.cmd == P.CS_COVERED:
             self.covered(self.reading, pid, shmem)
         elif h.cmd == P.CS_GET:
-            if not 0 < h.nr_pages <= P.BATCH_MAX_PAGES or h.vaddr % PAGE_SIZE:
-                raise Refused(f"get of {h.nr_pages} pages at {h.vaddr:#x} is beyond the limits")
-            data = memoryview(self.buf)[:h.nr_pages << PAGE_SHIFT] if h.nr_pages << PAGE_SHIFT <= len(self.buf) \
-                else memoryview(bytearray(h.nr_pages << PAGE_SHIFT))
-            try:
-                if not present:
-                    raise ImageError("no such pagemap")
-                self.chain(pid, shmem).lookup_into(h.vaddr, data)
-            except ImageError:
-                self.send(P.BatchTrailer(P.CODEC_ERROR, 0, 0).pack())
-                return False
-            crc = zlib.crc32(data) if self.features & P.FEAT_CRC else 0
-            self.send(P.BatchTrailer(P.CODEC_RAW, data.nbytes, crc).pack())
-            self.send(data)
+            self.get(h, pid, shmem, present)
         else:
             raise Refused(f"command {h.cmd:#x} in a reading session")
         return False
+
+
+    def get(self, h: P.Header, pid: int, shmem: bool, present: bool) -> None:
+        """Answer CS_GET: a trailer and the pages, sent straight from the pages files (no copy
+        here) unless TLS or a checksum needs the bytes in hand."""
+        nbytes = h.nr_pages << PAGE_SHIFT
+        if not 0 < h.nr_pages <= P.BATCH_MAX_PAGES or h.vaddr % PAGE_SIZE:
+            raise Refused(f"get of {h.nr_pages} pages at {h.vaddr:#x} is beyond the limits")
+        try:
+            if not present:
+                raise ImageError("no such pagemap")
+            chain = self.chain(pid, shmem)
+            if not isinstance(self.sock, ssl.SSLSocket) and not self.features & P.FEAT_CRC:
+                pieces = chain.file_pieces(h.vaddr, nbytes)
+                self.send(P.BatchTrailer(P.CODEC_RAW, nbytes, 0).pack())
+                for fd, offset, n in pieces:
+                    send_file_range(self.sock, fd, offset, n)
+                return
+            data = memoryview(self.buf)[:nbytes] if nbytes <= len(self.buf) else memoryview(bytearray(nbytes))
+            chain.lookup_into(h.vaddr, data)
+        except ImageError:
+            self.send(P.BatchTrailer(P.CODEC_ERROR, 0, 0).pack())
+            return
+        crc = zlib.crc32(data) if self.features & P.FEAT_CRC else 0
+        self.send(P.BatchTrailer(P.CODEC_RAW, data.nbytes, crc).pack())
+        self.send(data)
 
 
 class PageServer:

@@ -13,7 +13,16 @@ else is a TransportError, never a hole. When DIR holds the pagemap too, the serv
 must be the same.
 
 One connection per process: the restore's, and the lazy-pages server's own (start()); a
-process forked from the restore lets the inherited one go without a word (forked()).
+process forked from the restore lets the inherited one go without a word (forked()). The
+lazy-pages server has a second one, on which the pages are asked ahead of its reads
+(transport/fetch.py): its own connection is left to faults.
+
+A lazy restore's connections bound a silent server (ClientOptions.silence, wire.py
+liveness()): SILENCE seconds without a byte of an answer owed, or with data unacknowledged,
+is an error, the lazy server then exits and its guardian kills the restored processes.
+5 s: a page server answers a request within milliseconds (a 4 MiB window on a loaded
+machine: tens), and even at a load of 20 on 2 CPUs a runnable process waits well under a
+second for a CPU.
 """
 from __future__ import annotations
 
@@ -30,9 +39,11 @@ from ..memory.ranges import Ranges
 from ..memory.sink import PagemapKey
 from . import protocol as P
 from .client import ClientOptions, PageServerClient
+from .fetch import Pipeline, Readahead
 from .wire import Endpoint
 
 FETCH_MAX = P.BATCH_MAX_PAGES << PAGE_SHIFT     # one CS_GET at most
+SILENCE = 5.0                                   # seconds (module docstring)
 
 
 class RemotePages:
@@ -41,10 +52,12 @@ class RemotePages:
     def __init__(self, endpoint: Endpoint, options: ClientOptions = ClientOptions(), session: str = ""):
         # no crc32 of every answer: it costs more than the transfer (1 ms per MiB on each end,
         # under load), while TCP's checksum (and TLS's MAC) cover the bytes on the way
-        self.endpoint, self.options, self.session = endpoint, replace(options, checksum=False), session
+        self.endpoint, self.session = endpoint, session
+        self.options = replace(options, checksum=False, silence=options.silence or SILENCE)
         self._client: PageServerClient | None = None
         self._keys: set[PagemapKey] | None = None
         self.role: str | None = None
+        self.pipe: Pipeline | None = None       # the lazy-pages server's pages asked ahead
 
     def __str__(self) -> str:
         return f"session {self.session!r} of page server {self.endpoint}"
@@ -79,6 +92,8 @@ class RemotePages:
     def start(self) -> None:
         self.role = "lazy"      # its clean close tells the server that every page is in
         self.client()
+        self.pipe = Pipeline(PageServerClient(self.endpoint, self.options, session=self.session, reading=True,
+                                              role="lazy-ahead"))
 
     def forked(self) -> None:
         """Close the inherited descriptor (the restore goes on using the connection)."""
@@ -87,6 +102,12 @@ class RemotePages:
             self._client = None
 
     def close(self) -> None:
+        if self.pipe is not None:
+            pipe, self.pipe = self.pipe, None
+            try:
+                pipe.close(self.options.silence)
+            except TransportError:
+                pass
         if self._client is not None:
             try:
                 self._client.close()
@@ -117,6 +138,13 @@ class RemoteSource:
         self.origin, self.key = origin, key
         self._runs = [(0, s, e - s, s) for s, e in ranges]
         self._held: list[np.ndarray] = []
+        self._ahead: Readahead | None = None
+        self._expected: list[tuple[int, int]] | None = None
+
+    def expect(self, runs: list[tuple[int, int]]) -> None:
+        """The (vaddr, nbytes) runs this source will be read by address (those of by_address()
+        that a local pagemap knows), ascending: what the lazy server's reads are guessed along."""
+        self._expected = runs
 
     def drop(self, areas: list[tuple[int, int]]) -> None:
         """Forget the pages inside AREAS (the vDSO's: the running one is moved there)."""
@@ -129,9 +157,21 @@ class RemoteSource:
         return list(self._runs)
 
     def saved(self, level: int, offset: int, nbytes: int) -> np.ndarray:
-        buf = np.empty(nbytes, np.uint8)
-        self.read_into(offset, memoryview(buf))
-        return buf
+        ahead = self._readahead()
+        got = ahead.take(offset, nbytes) if ahead is not None else None
+        if got is None:
+            got = np.empty(nbytes, np.uint8)
+            self.read_into(offset, memoryview(got))
+        if ahead is not None:
+            ahead.fill(offset, nbytes)
+        return got
+
+    def _readahead(self) -> Readahead | None:
+        """In the lazy-pages server only (its pipe): this pagemap's pages asked ahead."""
+        if self._ahead is None and self.origin.pipe is not None:
+            runs = self._expected if self._expected is not None else self.runs()
+            self._ahead = Readahead(self.origin.pipe, self.key, runs)
+        return self._ahead if self.origin.pipe is not None else None
 
     def pin(self) -> None:
         """Nothing here: the server keeps the pages."""

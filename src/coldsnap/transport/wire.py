@@ -1,6 +1,8 @@
 """Sockets for the page server and its clients: endpoints, TLS contexts, exact reads."""
 from __future__ import annotations
 
+import os
+import select
 import socket
 import ssl
 from dataclasses import dataclass
@@ -56,6 +58,39 @@ def tls_files(cacert: str | None, cert: str | None, key: str | None) -> TlsFiles
     return TlsFiles(cacert, cert, key)
 
 
+def liveness(sock: socket.socket, silence: float) -> None:
+    """Make a peer that goes silent an error after about SILENCE seconds, whether it stops
+    answering (a stopped process: its kernel still acknowledges, so only the socket's own
+    timeout sees it: no byte for SILENCE while we wait), its host or the path between us
+    goes (data we sent unacknowledged for SILENCE: TCP_USER_TIMEOUT, ETIMEDOUT), or the
+    connection is idle meanwhile (keepalive probes from SILENCE/2 on, one a second, given up
+    within the same user timeout)."""
+    sock.settimeout(silence)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(silence * 1000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(silence / 2)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, int(silence)))
+
+
+def send_file_range(sock: socket.socket, fd: int, offset: int, count: int) -> None:
+    """COUNT bytes of file FD from OFFSET on the (plain) socket, with sendfile(2): no copy
+    through user space. A file shorter than that is a TransportError."""
+    timeout = sock.gettimeout()
+    while count:
+        try:
+            n = os.sendfile(sock.fileno(), fd, offset, count)
+        except BlockingIOError:         # a socket with a timeout is non-blocking underneath
+            if not select.select([], [sock], [], timeout)[1]:
+                raise TransportError(f"could not send for {timeout:g} s") from None
+            continue
+        except OSError as e:
+            raise TransportError(f"connection lost while sending: {e.strerror}") from None
+        if n == 0:
+            raise TransportError(f"a pages file ends before byte {offset + count}")
+        offset, count = offset + n, count - n
+
+
 def recv_exact(sock: socket.socket, n: int, what: str) -> bytearray:
     """Exactly n bytes, or TransportError naming what was being read."""
     buf = bytearray(n)
@@ -70,6 +105,9 @@ def recv_into_exact(sock: socket.socket, view: memoryview, what: str, *, eof_ok:
     while got < view.nbytes:
         try:
             k = sock.recv_into(view[got:])
+        except TimeoutError:
+            raise TransportError(f"timed out: nothing came for {sock.gettimeout():g} s while reading {what} "
+                                 f"({got} of {view.nbytes} bytes)") from None
         except (OSError, ssl.SSLError) as e:
             raise TransportError(f"connection lost while reading {what}: {e}") from None
         if k == 0:
