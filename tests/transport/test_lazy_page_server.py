@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,11 +46,13 @@ def _dumped_to(w: LogWorkload, images: Path, server: str) -> None:
     assert not any(n.startswith(("pagemap-", "pages-")) for n in os.listdir(images)), "pages stayed local"
 
 
-def _restored(workload_bin, tmp_path: Path, server: str):
+def _restored(workload_bin, tmp_path: Path, server: str, before=lambda: None):
+    """lazy_check dumped to SERVER and restored lazily from it (BEFORE: just before the restore)."""
     go = tmp_path / "go"
     w = LogWorkload([workload_bin("lazy_check"), SIZE_MB, go], tmp_path / "log")
     w.wait_ready()
     _dumped_to(w, tmp_path / "img", server)
+    before()
     run = coldsnap("restore", "-D", tmp_path / "img", "-d", "--lazy-pages", "--json", "--page-server", server,
                    "--lazy-log", tmp_path / "lazy.log").check()
     res = json.loads(run.stdout)
@@ -94,6 +97,78 @@ def test_page_server_killed_midway_kills_the_process(hosts, workload_bin, tmp_pa
         assert not any(ln.startswith("ok") for ln in w.lines()), "finished before the kill: make it bigger"
         assert "connection" in (tmp_path / "lazy.log").read_text()
     finally:
+        if w is not None:
+            w.stop()
+        if res:
+            _reap_quietly(res["lazy_guardian"])
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").iterdir():
+            kids = [int(k) for k in (task / "children").read_text().split()]
+            out += kids
+            todo += kids
+    return out
+
+
+def _page_server_pid(hosts: TwoHosts) -> int:
+    """The destination's page server, as this PID namespace sees it."""
+    for pid in _descendants(hosts.dest.pid):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if argv[1:4] == [b"-m", b"coldsnap", b"page-server"]:      # not ns_init, which names it
+            return pid
+    raise AssertionError("no page server over there")
+
+
+def _in_netns(hosts: TwoHosts, *argv) -> None:
+    subprocess.run(["ip", "netns", "exec", hosts.netns, *map(str, argv)], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("how", ["stopped", "dropped"])
+def test_a_silent_page_server_kills_the_process_within_seconds(hosts, workload_bin, tmp_path, how):
+    """The page server stops answering without a reset: SIGSTOPped (its kernel still
+    acknowledges every byte), or every packet of its port dropped over there (nftables). The
+    link is slowed down first, so that pages are still owed. Within the silence bound (5 s)
+    the lazy server gives up, its guardian kills the process: not after the 60 s it took."""
+    server = _page_server_there(hosts, tmp_path)
+    port = server.rsplit(":", 1)[1]
+    table = f"cslazy{os.getpid()}"
+    ps, w, res = None, None, None
+    try:
+        w, res, go = _restored(workload_bin, tmp_path, server, before=lambda: _in_netns(
+            hosts, "tc", "qdisc", "add", "dev", hosts.veth_dst, "root", "tbf", "rate", "16mbit", "burst", "32kbit",
+            "latency", "1s"))
+        go.touch()
+        time.sleep(0.3)
+        assert alive(w.pid) and not any(ln.startswith("ok") for ln in w.lines())
+        if how == "stopped":
+            ps = _page_server_pid(hosts)
+            os.kill(ps, signal.SIGSTOP)
+        else:
+            _in_netns(hosts, "nft", f"add table inet {table}; "
+                      f"add chain inet {table} i {{ type filter hook input priority 0; }}; "
+                      f"add chain inet {table} o {{ type filter hook output priority 0; }}; "
+                      f"add rule inet {table} i tcp dport {port} drop; add rule inet {table} o tcp sport {port} drop")
+        t0 = time.monotonic()
+        status = wait_served(res, timeout=40)
+        took = time.monotonic() - t0
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
+        st = reap(w.pid, 10)
+        assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGKILL
+        assert took < 15, f"noticed after {took:.1f} s"
+        log = (tmp_path / "lazy.log").read_text()
+        assert "timed out" in log, log
+        assert not any(ln.startswith("ok") for ln in w.lines()), "finished before the silence: slow it more"
+        assert not w.failures(), w.tail()
+    finally:
+        if ps is not None:
+            os.kill(ps, signal.SIGCONT)
+        if how == "dropped":
+            subprocess.run(["ip", "netns", "exec", hosts.netns, "nft", "delete", "table", "inet", table],
+                           capture_output=True)
         if w is not None:
             w.stop()
         if res:
