@@ -5,7 +5,8 @@ from dataclasses import asdict
 
 from coldsnap.files.images import read_images, write_images
 from coldsnap.files.inet import STORED_EXTRA_OPTS
-from coldsnap.files.model import InetSocket, PipeFile
+from coldsnap.files.inet import InetSocket
+from coldsnap.files.model import PipeFile
 from coldsnap.files.registry import FileRegistry, TaskFiles
 from coldsnap.images.directory import ImageDir
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from coldsnap.files.model import InetSocket
+from coldsnap.files.inet import InetSocket
 from coldsnap.kernel.fdinfo import pidfd_getfd, pidfd_open
 from coldsnap.restore.fdtable import validate_files
 

@@ -8,7 +8,9 @@ import subprocess
 
 import pytest
 
-from coldsnap.files.model import EpollFile, EventfdFile, PipeFile, RegFile
+from coldsnap.files.epoll import EpollFile
+from coldsnap.files.eventfd import EventfdFile
+from coldsnap.files.model import PipeFile, RegFile
 from coldsnap.kernel.fdinfo import pidfd_getfd, pidfd_open
 from coldsnap.restore.fdtable import validate_files
 

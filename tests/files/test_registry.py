@@ -10,13 +10,17 @@ import time
 
 import pytest
 
+from coldsnap.files.anon import InotifyFile, InotifyWatch, SignalfdFile, TimerfdFile
+from coldsnap.files.epoll import EpollFile, EpollTarget
+from coldsnap.files.eventfd import EventfdFile
 from coldsnap.files.images import read_images, write_images
-from coldsnap.files.inet import STORED_EXTRA_OPTS
+from coldsnap.files.inet import STORED_EXTRA_OPTS, InetSocket
 from coldsnap.files.kinds import OPS
 from coldsnap.files.memfd import MemfdFile
-from coldsnap.files.model import (EpollFile, EpollTarget, EventfdFile, FdType, Fown, InetSocket, InotifyFile,
-                                  InotifyWatch, PipeFile, RegFile, SignalfdFile, SockOpts, TimerfdFile, UnixSocket)
+from coldsnap.files.model import FdType, Fown, PipeFile, RegFile
 from coldsnap.files.registry import FileRegistry
+from coldsnap.files.sockopts import SockOpts
+from coldsnap.files.unix import UnixSocket
 from coldsnap.images.directory import ImageDir
 from coldsnap.images.pb import fdinfo_pb2
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from dataclasses import dataclass, field
 
 from coldsnap.errors import ImageError, TargetError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2, fh_pb2, fsnotify_pb2, signalfd_pb2, timerfd_pb2
@@ -18,7 +19,7 @@ from coldsnap.kernel import anonfd as A
 from coldsnap.kernel.fdinfo import InotifyMark, read_fd_link
 from coldsnap.kernel.procfs import mount_points
 
-from .model import InotifyFile, InotifyWatch, SignalfdFile, TimerfdFile
+from .model import FdType, Fown
 from .ops import FileOps, OpenCtx, Probe, fown_of, fown_pb, read_fown
 
 _NONBLOCK = os.O_NONBLOCK
@@ -26,6 +27,56 @@ _CLOEXEC = os.O_CLOEXEC
 _IN_MASK_ADD = 0x20000000
 _IN_MASK_CREATE = 0x10000000
 _FH_WORDS = 16                    # fh_entry holds at least 16 64-bit words (128 bytes)
+
+
+@dataclass(slots=True)
+class SignalfdFile:
+    """A signalfd: the signals it reads (bit n-1 for signal n)."""
+    id: int
+    flags: int
+    sigmask: int
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.SIGNALFD
+
+
+@dataclass(slots=True)
+class TimerfdFile:
+    """A timerfd: its clock, expirations not read yet, time left and interval (sec, nsec)."""
+    id: int
+    flags: int
+    clockid: int
+    ticks: int
+    settime_flags: int
+    value: tuple[int, int]
+    interval: tuple[int, int]
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.TIMERFD
+
+
+@dataclass(slots=True)
+class InotifyWatch:
+    """One watch of an inotify instance, on the file at `path` when it was dumped."""
+    wd: int
+    mask: int
+    ignored_mask: int
+    ino: int
+    dev: int                      # the kernel's dev_t (major << 20 | minor)
+    path: str
+    handle_type: int = 0
+    handle: bytes = b""
+
+
+@dataclass(slots=True)
+class InotifyFile:
+    """An inotify instance and its watches (events queued at the dump are not kept)."""
+    id: int
+    flags: int
+    watches: list[InotifyWatch] = field(default_factory=list)
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.INOTIFY
 
 
 class SignalfdOps(FileOps):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+from dataclasses import dataclass, field
 
 from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import eventpoll_pb2, fdinfo_pb2
@@ -17,10 +18,35 @@ from coldsnap.kernel.fdinfo import EpollTfd, fd_inode
 from coldsnap.kernel.kcmp import same_epoll_target
 from coldsnap.kernel.libc import check, libc
 
-from .model import EpollFile, EpollTarget
+from .model import FdType, Fown
 from .ops import FileOps, OpenCtx, Probe, fown_of, fown_pb, read_fown
 
 EPOLL_CTL_ADD = 1
+
+
+@dataclass(slots=True)
+class EpollTarget:
+    """One registration of an epoll instance: the fd number it was made as; `via`, when that
+    number no longer holds the watched file, an fd of the table that does (else -1); the
+    watched file's device, inode and position (as CRIU records them)."""
+    tfd: int
+    events: int
+    data: int
+    via: int = -1
+    dev: int = 0
+    inode: int = 0
+    pos: int = 0
+
+
+@dataclass(slots=True)
+class EpollFile:
+    """An epoll instance and what it watches."""
+    id: int
+    flags: int
+    targets: list[EpollTarget] = field(default_factory=list)
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.EVENTPOLL
 
 
 class _EpollEvent(ctypes.Structure):

@@ -2,11 +2,23 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 from coldsnap.images.pb import eventfd_pb2, fdinfo_pb2
 
-from .model import EFD_SEMAPHORE, EventfdFile
+from .model import EFD_SEMAPHORE, FdType, Fown
 from .ops import FileOps, OpenCtx, Probe, fown_of, fown_pb, read_fown
+
+
+@dataclass(slots=True)
+class EventfdFile:
+    """An eventfd: its counter and flags."""
+    id: int
+    counter: int
+    flags: int                    # open flags (O_NONBLOCK) | EFD_SEMAPHORE
+    fown: Fown = field(default_factory=Fown)
+
+    kind = FdType.EVENTFD
 
 
 class EventfdOps(FileOps):

@@ -7,6 +7,7 @@ import socket
 import struct
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coldsnap.errors import ImageError
 from coldsnap.images import framing
@@ -15,10 +16,12 @@ from coldsnap.images.pb import fdinfo_pb2, fs_pb2, pipe_pb2
 
 from .ghost import read_ghost, read_remaps, write_ghosts
 from .kinds import OPS, ops_to_restore
-from .model import (DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, InetSocket, PipeData, PipeFile, RegFile,
-                    UnixSocket)
+from .model import DEFAULT_PIPE_SIZE, FdEntry, FdType, FsState, PipeData, PipeFile, RegFile
 from .registry import FileRegistry
 from .tty import attach_tty_info, tty_info_entries
+
+if TYPE_CHECKING:
+    from .inet import InetSocket
 
 FD_CLOEXEC = 1
 
@@ -28,7 +31,7 @@ def file_entries(reg: FileRegistry) -> list[fdinfo_pb2.file_entry]:
     out = []
     for f in reg.files.values():
         out += OPS[f.kind].to_image(f, lambda f=f: reg.extra_id(f.id))
-    if _holds(reg.files, UnixSocket):
+    if _holds(reg.files, FdType.UNIXSK):
         from .unix import extern_entries
         out += extern_entries(reg.files, reg.new_id)
     return out
@@ -45,7 +48,7 @@ def write_images(reg: FileRegistry, imgdir: ImageDir, *, ext_unix_sk: bool = Fal
     per established TCP connection whose stream was saved. Refuses first what
     only the whole tree shows: a unix socket connected outside it (ext_unix_sk: a datagram one
     to a named socket is let go, files/unix.py)."""
-    unix = _holds(reg.files, UnixSocket)
+    unix = _holds(reg.files, FdType.UNIXSK)
     if unix:
         from .unix import link_peers
         link_peers(reg.files, reg.where, ext_unix_sk=ext_unix_sk)
@@ -71,7 +74,7 @@ def write_images(reg: FileRegistry, imgdir: ImageDir, *, ext_unix_sk: bool = Fal
         if queued:
             imgdir.write("sk-queues.img", queued)
     for f in reg.files.values():
-        if isinstance(f, InetSocket) and f.stream is not None:
+        if f.kind is FdType.INETSK and f.stream is not None:
             from .inet import stream_entry, stream_image_name
             imgdir.write(stream_image_name(f.inode), [stream_entry(f.stream)])
     write_ghosts(reg.ghosts, reg.remaps(), imgdir)
@@ -120,9 +123,9 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
                                                 list(m.cs_bufs))
     for m, payload in framing.read_entries(d / "sk-queues.img", missing_ok=True):
         f = reg.files.get(m.id_for)
-        if isinstance(f, UnixSocket):
+        if f is not None and f.kind is FdType.UNIXSK:
             f.queue.append(payload or b"")
-    if _holds(reg.files, UnixSocket):
+    if _holds(reg.files, FdType.UNIXSK):
         from .unix import USK_EXTERN, link_peers
         link_peers(reg.files, externs={e.usk.ino: e.usk.name for e in entries.values()
                                        if e.type == fdinfo_pb2.UNIXSK and e.usk.uflags & USK_EXTERN})
@@ -133,8 +136,8 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
     return reg
 
 
-def _holds(files: Mapping[int, object], kind: type) -> bool:
-    return any(isinstance(f, kind) for f in files.values())
+def _holds(files: Mapping, kind: FdType) -> bool:
+    return any(f.kind is kind for f in files.values())
 
 
 def _from_image(e: fdinfo_pb2.file_entry, regs, ops=None):
@@ -156,7 +159,7 @@ def _read_streams(d: Path, reg: FileRegistry) -> None:
     """Each connected TCP socket's stream, from tcp-stream-INODE.img; a socket without one
     was dropped at dump (--tcp-close) and comes back closed."""
     for f in reg.files.values():
-        if isinstance(f, InetSocket) and f.peer_port and f.type == socket.SOCK_STREAM:
+        if f.kind is FdType.INETSK and f.peer_port and f.type == socket.SOCK_STREAM:
             from .inet import stream_image_name, stream_of
             path = d / stream_image_name(f.inode)
             for m, payload in framing.read_entries(path, missing_ok=True):
@@ -166,7 +169,7 @@ def _read_streams(d: Path, reg: FileRegistry) -> None:
 def drop_streams(reg: FileRegistry) -> None:
     """Forget every saved TCP stream: the connections come back closed (restore --tcp-close)."""
     for f in reg.files.values():
-        if isinstance(f, InetSocket):
+        if f.kind is FdType.INETSK:
             f.stream = None
 
 
@@ -177,7 +180,7 @@ def tcp_connections(reg: FileRegistry) -> list[tuple[int, int, InetSocket]]:
     for pid, files_id in reg.tasks.items():
         for e in reg.tables.get(files_id, []):
             f = reg.files[e.file_id]
-            if isinstance(f, InetSocket) and f.stream is not None and f.id not in seen:
+            if f.kind is FdType.INETSK and f.stream is not None and f.id not in seen:
                 seen.add(f.id)
                 out.append((pid, e.fd, f))
     return out

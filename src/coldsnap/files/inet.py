@@ -11,6 +11,7 @@ import errno
 import os
 import socket
 import struct
+from dataclasses import dataclass, field
 
 from coldsnap.connections.lock import Conn
 from coldsnap.connections.tcp import SUPPORTED_STATES, StreamError, TcpStream, restore_stream
@@ -19,9 +20,9 @@ from coldsnap.images.pb import fdinfo_pb2, sk_inet_pb2, sk_opts_pb2, tcp_stream_
 from coldsnap.kernel import fdinfo as K
 from coldsnap.kernel import tcp_repair as R
 
-from .model import InetSocket, SockOpts
+from .model import FdType, Fown
 from .ops import FileOps, OpenCtx, Probe, fown_of, fown_pb, read_fown
-from .sockopts import common_entry, common_of, read_common, set_timeouts
+from .sockopts import SockOpts, common_entry, common_of, read_common, set_timeouts
 
 TCP_CLOSE = 7
 # SockOpts fields without a CRIU field in sk_opts_entry: written as coldsnap extension
@@ -29,6 +30,30 @@ TCP_CLOSE = 7
 EXTRA_OPTS = {"so_broadcast": "broadcast"}
 _OPT_FIELDS = sk_opts_pb2.sk_opts_entry.DESCRIPTOR.fields_by_name
 STORED_EXTRA_OPTS = {attr for name, attr in EXTRA_OPTS.items() if name in _OPT_FIELDS}
+
+
+@dataclass(slots=True)
+class InetSocket:
+    """A TCP socket that listens, is not connected yet or is connected (an established stream:
+    `stream` holds what TCP_REPAIR read, None when --tcp-close dropped it), or an unconnected
+    UDP socket."""
+    id: int
+    family: int
+    type: int                     # SOCK_STREAM / SOCK_DGRAM
+    proto: int
+    state: int                    # TCP_LISTEN, ESTABLISHED, CLOSE_WAIT, or 7 (CLOSE) for the rest
+    addr: str
+    port: int
+    flags: int
+    backlog: int = 0
+    inode: int = 0
+    opts: SockOpts = field(default_factory=SockOpts)
+    fown: Fown = field(default_factory=Fown)
+    peer_addr: str = ""           # a connected socket's peer
+    peer_port: int = 0
+    stream: TcpStream | None = None
+
+    kind = FdType.INETSK
 
 
 def _addr_words(family: int, addr: str) -> list[int]:

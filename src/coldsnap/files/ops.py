@@ -18,10 +18,12 @@ from coldsnap.images.pb import fdinfo_pb2, fown_pb2, regfile_pb2
 from coldsnap.kernel import fdinfo as K
 
 from .ghost import GhostTable
-from .model import FileObj, Fown, PipeData
+from .model import Fown, PipeData
 
 if TYPE_CHECKING:
     from coldsnap.connections.hold import TcpHold
+
+    from .model import FileObj
 
 F_SETSIG, F_GETSIG = 10, 11
 F_SETOWN_EX, F_GETOWN_EX = 15, 16

@@ -21,11 +21,13 @@ from coldsnap.kernel.procfs import read_path_link, read_umask
 
 from .ghost import GhostTable
 from .kinds import classify, ops_to_collect
-from .model import FdEntry, FileObj, FsState, PipeData, PipeFile, RegFile, UnixSocket
+from .model import FdEntry, FdType, FsState, PipeData, PipeFile, RegFile
 from .ops import Probe
 
 if TYPE_CHECKING:
     from coldsnap.connections.hold import TcpHold
+
+    from .model import FileObj
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_LARGEFILE
 
@@ -169,10 +171,10 @@ class FileRegistry:
             if len({files_id for files_id, _ in ends}) > 1:
                 out.update(e.file_id for _, e in ends)
         # the two ends of a connected unix pair are made together, like a pipe's
-        by_inode = {f.inode: fid for fid, f in self.files.items() if isinstance(f, UnixSocket)}
+        by_inode = {f.inode: fid for fid, f in self.files.items() if f.kind is FdType.UNIXSK}
         for fid, holders in tables.items():
             f = self.files[fid]
-            if isinstance(f, UnixSocket) and f.peer in by_inode:
+            if f.kind is FdType.UNIXSK and f.peer in by_inode:
                 peer = by_inode[f.peer]
                 if tables.get(peer, set()) != holders or len(holders) > 1:
                     out.update((fid, peer))

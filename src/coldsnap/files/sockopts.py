@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import socket
 import struct
+from dataclasses import dataclass
 
 from coldsnap.images.pb import sk_opts_pb2
 
-from .model import SockOpts
-
 _TIMEVAL = struct.Struct("qq")
+
+
+@dataclass(slots=True)
+class SockOpts:
+    """The socket options a dump keeps."""
+    reuseaddr: bool = False
+    reuseport: bool = False
+    rcvbuf: int = 0               # as getsockopt reports it (twice what was set)
+    sndbuf: int = 0
+    keepalive: bool = False
+    broadcast: bool = False       # likewise (see inet.EXTRA_OPTS)
+    nodelay: bool = False         # TCP only (tcp_opts_entry), like the four below
+    cork: bool = False
+    keepcnt: int = 0
+    keepidle: int = 0
+    keepintvl: int = 0
+    v6only: bool = False          # AF_INET6 only
+    snd_tmo: tuple[int, int] = (0, 0)   # SO_SNDTIMEO (sec, usec)
+    rcv_tmo: tuple[int, int] = (0, 0)   # SO_RCVTIMEO
+    passcred: bool = False        # SO_PASSCRED, unix sockets only
 
 
 def read_common(s: socket.socket) -> dict:

@@ -24,14 +24,19 @@ import errno
 import os
 import socket
 import stat
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2, sk_packet_pb2, sk_unix_pb2
 from coldsnap.kernel.unixdiag import socket_holders, unix_diag, unix_socket_paths
 
-from .model import FileObj, SockOpts, UnixSocket
+from .model import FdType, Fown
 from .ops import FileOps, OpenCtx, Probe, fown_of, fown_pb, read_fown
-from .sockopts import common_entry, common_of, read_common, set_timeouts
+from .sockopts import SockOpts, common_entry, common_of, read_common, set_timeouts
+
+if TYPE_CHECKING:
+    from .model import FileObj
 
 ESTABLISHED, CLOSE, LISTEN = 1, 7, 10
 SO_PEEK_OFF = 42
@@ -41,6 +46,32 @@ _SHUT = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
 _MAX_DGRAM = 1 << 26
 _FILL_SNDBUF = 1 << 26       # while queues are written back; the dumped size is set after
 USK_EXTERN = 1               # unix_sk_entry.uflags: a peer outside the dump (CRIU's flag)
+
+
+@dataclass(slots=True)
+class UnixSocket:
+    """An AF_UNIX socket: one end of a connected pair inside the tree, a listener, or an
+    unconnected socket. Peers pair by inode; `queue` is what waits in its receive queue
+    (peeked, not consumed), one item per datagram / seqpacket record."""
+    id: int
+    inode: int
+    type: int                     # SOCK_STREAM / SOCK_DGRAM / SOCK_SEQPACKET
+    state: int                    # 1 connected, 10 listening, 7 neither
+    flags: int
+    peer: int = 0                 # inode of the other end
+    name: bytes = b""             # bound name; abstract names start with NUL
+    backlog: int = 0
+    shutdown: int = 0             # 1 receive, 2 send side shut down
+    perms: tuple[int, int, int] | None = None   # mode, uid, gid of the bound socket file
+    deleted: bool = False         # its socket file was unlinked since bind
+    opts: SockOpts = field(default_factory=SockOpts)
+    queue: list[bytes] = field(default_factory=list)
+    fown: Fown = field(default_factory=Fown)
+    connect_to: bytes = b""       # not in images: the peer's name, for a datagram socket
+                                  # connected one-way to a named socket of the tree
+    external: bool = False        # connect_to names a socket outside the tree (--ext-unix-sk)
+
+    kind = FdType.UNIXSK
 
 
 def show_name(name: bytes) -> str:

@@ -27,7 +27,7 @@ from ..kernel.pidfd import pidfd_getfd, pidfd_open
 
 if TYPE_CHECKING:
     from ..connections.lock import NetworkLock
-    from ..files.model import InetSocket
+    from ..files.inet import InetSocket
 
 
 def recorded_lock(images_dir: str | os.PathLike) -> NetworkLock | None:
