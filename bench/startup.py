@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What the short commands pay before their work: interpreter start-up and imports (issue 13).
 
-    python3 bench/startup.py [--runs 9] [--size 8M] [--src DIR] [--callgrind] [--launcher CMD]
+    python3 bench/startup.py [--runs 9] [--size 8M] [--src DIR...] [--callgrind] [--launcher CMD]
 
 Per round, on fresh 8 MiB targets (bench/restore_target.c, images on tmpfs): `pre-dump
 --track-mem none`, a tracked `pre-dump` (the default), `dump`, `restore -d` and `restore -d
@@ -9,6 +9,8 @@ Per round, on fresh 8 MiB targets (bench/restore_target.c, images on tmpfs): `pr
 coldsnap` with the sources of --src (default: this tree's src/, byte-compiled first). Wall =
 exec to exit; CPU = user + system of the command's process (wait4). --launcher CMD: also time
 the same commands started by CMD (e.g. an installed script) instead of `python3 -m coldsnap`.
+Several --src trees (e.g. a base revision's, extracted with `git archive`) alternate round by
+round, so that the machine's drift hits each alike.
 
 --callgrind: instructions (valgrind --tool=callgrind, deterministic whatever the load) of
 importing, in a fresh interpreter, every module each command had loaded by its end (in the
@@ -64,7 +66,7 @@ def wait_exit(pid: int, timeout: float = 60) -> None:
     reap(pid)
 
 
-def one_round(prefix: list[str], size: int, env: dict, res: dict) -> None:
+def one_round(prefix: list[str], env: dict, size: int, res: dict) -> None:
     """Every command once on fresh targets; res[command] gets (wall, CPU, stderr)."""
     def run(name: str, *args) -> str:
         wall, cpu, out, err = timed(prefix + [str(a) for a in args], env)
@@ -118,45 +120,50 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--size", default="8M")
-    ap.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src")
+    ap.add_argument("--src", type=Path, nargs="+", default=[Path(__file__).resolve().parents[1] / "src"],
+                    help="source trees, timed side by side (e.g. a base's and this one's)")
     ap.add_argument("--callgrind", action="store_true")
-    ap.add_argument("--launcher", help="also time the commands started by this command")
+    ap.add_argument("--launcher", help="also time the commands started by this command (first --src)")
     a = ap.parse_args(argv)
     unwind_on_signals()
     become_subreaper()
     build_restore_target()
     size = parse_size(a.size)
-    src = a.src.resolve()
-    subprocess.run([PY, "-m", "compileall", "-q", str(src)], check=True)
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    ways = {"python3 -m coldsnap": [PY, "-m", "coldsnap"]}
-    if a.launcher:
-        ways[a.launcher] = a.launcher.split()
+    ways: dict[str, tuple[list[str], dict]] = {}
+    for src in (s.resolve() for s in a.src):
+        subprocess.run([PY, "-m", "compileall", "-q", str(src)], check=True)
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        ways[f"{src}"] = ([PY, "-m", "coldsnap"], env)
+        if a.launcher and len(ways) == 1:
+            ways[f"{a.launcher} ({src})"] = (a.launcher.split(), env)
     res: dict[str, dict] = {w: {} for w in ways}
     floor: list[float] = []
     for i in range(a.runs):
         for w in (list(ways) if i % 2 == 0 else list(ways)[::-1]):
-            one_round(ways[w], size, env, res[w])
-        floor.append(timed([PY, "-c", "pass"], env)[0])
-    print(f"src: {src}; {a.runs} rounds, {size // MIB} MiB targets; `python3 -c pass` "
-          f"{spread(floor, lambda x: f'{x:.0f}')} ms; load {os.getloadavg()[0]:.1f}\n")
-    print("| command | " + " | ".join(f"{w}: wall ms | CPU ms" for w in ways) + " |")
-    print("|---|" + "---|---|" * len(ways))
+            one_round(*ways[w], size, res[w])
+        floor.append(timed([PY, "-c", "pass"], os.environ)[0])
+    print(f"{a.runs} rounds, {size // MIB} MiB targets; `python3 -c pass` "
+          f"{spread(floor, lambda x: f'{x:.0f}')} ms; load {os.getloadavg()[0]:.1f} at the end\n")
     f = lambda x: f"{x:.0f}"  # noqa: E731
-    for c in COMMANDS:
-        cells = [f"{spread([r[0] for r in res[w][c]], f)} | {spread([r[1] for r in res[w][c]], f)}" for w in ways]
-        print(f"| {c} | " + " | ".join(cells) + " |")
-    if a.callgrind:
-        imp: dict[str, list] = {}
-        one_round([PY, "-X", "importtime", "-m", "coldsnap"], size, env, imp)
-        base = instructions("import importlib", env)
-        print(f"\n| command | modules imported after site | import instructions (callgrind) |\n|---|---|---|")
-        print(f"| `python3 -c pass` (all of it) | - | {base / 1e6:.0f} M |")
+    for w in ways:
+        print(f"{w}:\n\n| command | wall ms | CPU ms |\n|---|---|---|")
         for c in COMMANDS:
-            mods = [m for m in loaded_modules(imp[c][0][2]) if m not in ("__main__", "coldsnap.__main__")]
-            code = f"import importlib\nfor m in {mods!r}:\n try: importlib.import_module(m)\n except ImportError: pass"
-            n = instructions(code, env) - base
-            print(f"| {c} | {len(mods)} | {n / 1e6:.0f} M |")
+            print(f"| {c} | {spread([r[0] for r in res[w][c]], f)} | {spread([r[1] for r in res[w][c]], f)} |")
+        print()
+    if a.callgrind:
+        for src in a.src:
+            env = ways[f"{src.resolve()}"][1]
+            imp: dict[str, list] = {}
+            one_round([PY, "-X", "importtime", "-m", "coldsnap"], env, size, imp)
+            base = instructions("import importlib", env)
+            print(f"{src}:\n\n| command | modules imported after site | import instructions (callgrind) |\n|---|---|---|")
+            print(f"| `python3 -c pass` (all of it) | - | {base / 1e6:.0f} M |")
+            for c in COMMANDS:
+                mods = [m for m in loaded_modules(imp[c][0][2]) if m not in ("__main__", "coldsnap.__main__")]
+                code = f"import importlib\nfor m in {mods!r}:\n try: importlib.import_module(m)\n except ImportError: pass"
+                n = instructions(code, env) - base
+                print(f"| {c} | {len(mods)} | {n / 1e6:.0f} M |")
+            print()
     return 0
 
 
