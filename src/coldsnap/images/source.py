@@ -8,11 +8,14 @@ import os
 from typing import Iterator, Union
 
 from ..errors import ImageError
+from ..kernel.vm import MADV_POPULATE_READ, address, madvise
 from ..memory.source import PageSource
 from .chain import PageChain
 from .directory import ImageDir
 from .framing import open_image
 from .pages import pagemap_name
+
+WARM_STEP = 32 << 20            # bytes of a pages file mapped in per madvise
 
 
 def cut_runs(runs: list[tuple[int, int, int, int]], areas: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
@@ -134,6 +137,19 @@ class ChainSource:
         levels = {run[0] for run in self._runs} - ({0} if self._shift else set())
         for level in sorted(levels):
             self._level(level)
+
+    def warm(self) -> None:
+        """Fill our page tables for the mapped pages files now, newest level first (a lazy
+        restore's server, on a thread of its own while the process runs): a UFFDIO_COPY
+        from them then takes no page fault per 64 KiB, a third of its time."""
+        for level in sorted(self._maps):
+            view = self._maps[level]
+            base = address(view)
+            for at in range(0, len(view), WARM_STEP):
+                try:
+                    madvise(base + at, min(WARM_STEP, len(view) - at), MADV_POPULATE_READ)
+                except OSError:
+                    return          # an old kernel (EINVAL): the copies fault them in
 
     def saved(self, level: int, offset: int, nbytes: int):
         """The bytes at OFFSET of chain level LEVEL's pages file (a view of its mapping), or

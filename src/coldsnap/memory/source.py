@@ -52,6 +52,11 @@ class PageSource(Protocol):
         """Hold every byte from now on, whatever becomes of the files' names (the lazy
         server reads after the restore returned, and its directory may be removed)."""
 
+    def warm(self) -> None:
+        """Make the saved bytes quick to read from now on (the lazy server calls it once, on
+        a thread of its own, while it serves; the chain maps its files in; a page server's
+        source does nothing there)."""
+
     def close(self) -> None:
         """Release what the source holds; buffers it gave out are invalid from now on."""
 

@@ -20,6 +20,7 @@ import numpy as np
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE as PAGE
 
 NONE = -1
+SCAN = 1 << 14                  # pages looked at per step of the background's search
 
 
 @dataclass
@@ -125,12 +126,14 @@ class LazyPages:
                 for seg in self.segs:
                     if seg.end <= self._cursor:
                         continue
-                    i0 = max(0, (self._cursor - seg.start) >> PAGE_SHIFT)
-                    hit = np.flatnonzero(seg.level[i0:] == self._pass)
-                    if hit.size:
-                        run = self._run_from(seg, i0 + int(hit[0]), max_pages)
-                        self._cursor = run.vaddr + (run.npages << PAGE_SHIFT)
-                        return run
+                    i = max(0, (self._cursor - seg.start) >> PAGE_SHIFT)
+                    while i < len(seg.level):      # in slices: each call costs what it skips, not the whole area
+                        hit = np.flatnonzero(seg.level[i:i + SCAN] == self._pass)
+                        if hit.size:
+                            run = self._run_from(seg, i + int(hit[0]), max_pages)
+                            self._cursor = run.vaddr + (run.npages << PAGE_SHIFT)
+                            return run
+                        i += SCAN
                 self._pass += 1
                 self._cursor = 0
             if not self.pending:

@@ -13,8 +13,11 @@ mapped read-only: one copy from the page cache; or from a page server's session,
 first: memory/source.py; the fault's neighbourhood first), follows
 the events (fork: the child's own uffd, cloned state; mremap moves pending pages; munmap
 and madvise(DONTNEED) drop them: a later fault there gets zeros, as it would have), and
-between two polls pushes the rest in background order (lazy_pages.py). It exits 0 once
-every page is in, closing the uffds: every registration vanishes with them.
+between two polls pushes the rest in background order (lazy_pages.py), 2 MiB a step. Each
+copy is cut in pieces that a helper thread at nice 19 shares (lazy_copier.py: two CPUs copy
+when the process leaves one idle), and once the process runs a thread at nice 19 fills the
+server's page tables of the pages files ahead of the copies (PageSource.warm). It exits 0
+once every page is in, closing the uffds: every registration vanishes with them.
 
 Why a guardian: when the last holder of a userfaultfd closes it the kernel unregisters its
 areas, and a missing page then faults in as zeros: a process whose server died would run
@@ -33,10 +36,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import select
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -48,12 +53,14 @@ from ..kernel.pidfd import pidfd_open, pidfd_send_signal
 from ..kernel.procfs import child_pids
 from ..memory.source import PageSource
 from .lazy import lazy_layout
+from .lazy_copier import Copier, background
 from .lazy_pages import LazyPages, Run
 from .lazy_start import status_name
 
 AHEAD, BEHIND = 64, 16          # pages copied around a fault: sequential readers run ahead
 STREAM_MAX = 1024               # ...and a fault just past the last window doubles it, up to 4 MiB
-PUSH_PAGES = 256                # one background UFFDIO_COPY (1 MiB): the longest a fault waits
+FIRST = 16                      # a fault's own pages go in alone first: the faulting thread runs on
+PUSH_PAGES = 512                # one background step (2 MiB, two threads: lazy_copier.py): the longest a fault waits
 ABORTED = 3                     # server exit status: coldsnap never said go
 _ZERO = np.zeros(PAGE, np.uint8)
 
@@ -164,10 +171,12 @@ class Server:
         self.guardian = guardian
         self.spaces: dict[int, Space] = {}        # uffd -> space
         self.go = False
+        self.t_go = 0.0
         self.total = 0
         self.count = Counters()
         self.t0 = time.monotonic()
         self.poller = select.poll()
+        self.copier = Copier()
 
     # -- main loop -------------------------------------------------------------------
 
@@ -210,11 +219,19 @@ class Server:
             if listener is not None:
                 listener.close()
         c = self.count
-        print(f"coldsnap lazy server: every page is in after {(time.monotonic() - self.t0) * 1e3:.0f} ms: "
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
+        print(f"coldsnap lazy server: every page is in after {(time.monotonic() - self.t0) * 1e3:.0f} ms "
+              f"({(time.monotonic() - self.t_go) * 1e3:.0f} ms after go, CPU {(cpu.ru_utime + cpu.ru_stime) * 1e3:.0f} ms): "
               f"{c.pushed_pages} pushed, {c.fault_pages} on {c.faults} faults, {c.zero_pages} zero, {c.forks} forks, "
               f"{c.remaps} remaps, {c.removes} removes/unmaps, {c.split_runs} runs split", file=sys.stderr)
         self.images.origin.close()      # a page server learns that every page is in
         return 0
+
+    def _warm(self) -> None:
+        """The sources made quick to read (PageSource.warm), ahead of the copies."""
+        background()
+        for proc in self.images.procs.values():
+            proc.private.warm()
 
     def _status_socket(self) -> socket.socket | None:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
@@ -240,6 +257,9 @@ class Server:
         msg, fds = got
         if msg == b"go":
             self.go = True
+            self.t_go = time.monotonic()
+            # not before: the restore needs the CPUs until it says go
+            threading.Thread(target=self._warm, name="coldsnap-warm", daemon=True).start()
         elif msg.startswith(b"fd "):
             pid = int(msg.split()[1])
             proc = self.images.procs[pid]
@@ -324,14 +344,17 @@ class Server:
             space.ahead = min(STREAM_MAX, space.ahead * 2) if near else AHEAD
             space.window_end = addr + (space.ahead << PAGE_SHIFT)
             space.pages.follow(space.window_end)    # the background goes on from there
-            for run in space.pages.window(addr, space.ahead, BEHIND):
-                got = self._copy(space, run)
+            runs = space.pages.window(addr, space.ahead, BEHIND)
+            if runs and runs[0].npages > FIRST:
+                runs[:1] = _cut(runs[0], FIRST)
+            for run in runs:
+                got, copied = self._copy(space, run)
+                self.count.fault_pages += copied
                 if got == -errno.EAGAIN:
                     space.deferred.append(addr)
                     return
                 if got == -errno.ESRCH:
                     return
-                self.count.fault_pages += run.npages
             if space.pages.is_pending(addr):      # an EEXIST stopped the run short of it
                 space.deferred.append(addr)
             return
@@ -354,37 +377,56 @@ class Server:
         if run is None:
             space.pages.recount()       # never spin on a count that went wrong
         else:
-            if self._copy(space, run) == 0:
-                self.count.pushed_pages += run.npages
+            self.count.pushed_pages += self._copy(space, run)[1]
 
-    def _copy(self, space: Space, run: Run) -> int:
-        """UFFDIO_COPY one run; the state follows what really went in. 0, or -errno."""
+    def _copy(self, space: Space, run: Run) -> tuple[int, int]:
+        """UFFDIO_COPY one run (in pieces, at once); the state follows what really went in.
+        (0 or the first -errno of a piece, pages copied)."""
         saved = space.source.saved(run.level, run.off, run.npages << PAGE_SHIFT)   # held until we return
-        src = vm.address(saved)
-        err, done = uffd.copy(space.fd, run.vaddr, src, run.npages << PAGE_SHIFT)
-        if done:
-            space.pages.done(run.vaddr, done >> PAGE_SHIFT)
-        if err == 0 or err == -errno.EAGAIN:
-            return err
+        worst, copied = 0, 0
+        for piece, (err, done) in self.copier.copy(space.fd, run.vaddr, vm.address(saved), run.npages << PAGE_SHIFT):
+            if done:
+                space.pages.done(piece[0], done >> PAGE_SHIFT)
+                copied += done >> PAGE_SHIFT
+            if err:
+                err, more = self._failed(space, piece, err, done)
+                copied += more
+                if err == -errno.ESRCH:
+                    return err, copied
+                worst = worst or err
+        return worst, copied
+
+    def _failed(self, space: Space, piece: tuple[int, int, int], err: int, done: int) -> tuple[int, int]:
+        """A piece stopped at DONE bytes with ERR: (what the caller should know, pages copied since)."""
+        if err == -errno.EAGAIN:
+            return err, 0
         if err == -errno.ESRCH:
             self._drop(space)
-            return err
+            return err, 0
+        dst, src, nbytes = piece
         if err == -errno.EEXIST:     # that page is in already: what the process sees wins
-            space.pages.done(run.vaddr + done, 1)
-            return err
+            space.pages.done(dst + done, 1)
+            return err, 0
         # ENOENT/EINVAL: the run crosses the end of a mapping (an mprotect split the area, or
         # part of it is gone): page by page, so that only what has no mapping is given up
         self.count.split_runs += 1
-        for k in range(done >> PAGE_SHIFT, run.npages):
-            page = run.vaddr + (k << PAGE_SHIFT)
-            e, d = uffd.copy(space.fd, page, src + (k << PAGE_SHIFT), PAGE)
+        copied = 0
+        for at in range(done, nbytes, PAGE):
+            e, d = uffd.copy(space.fd, dst + at, src + at, PAGE)
             if e == -errno.EAGAIN:
-                return e
+                return e, copied
             if e == -errno.ESRCH:
                 self._drop(space)
-                return e
-            space.pages.done(page, 1)
+                return e, copied
+            space.pages.done(dst + at, 1)
+            copied += d >> PAGE_SHIFT
             if e and e != -errno.EEXIST:
-                print(f"coldsnap lazy server: cannot fill {page:#x} of {space.pid}: {os.strerror(-e)}",
+                print(f"coldsnap lazy server: cannot fill {dst + at:#x} of {space.pid}: {os.strerror(-e)}",
                       file=sys.stderr)
-        return 0
+        return 0, copied
+
+
+def _cut(run: Run, n: int) -> list[Run]:
+    """RUN as its first N pages and the rest."""
+    return [Run(run.vaddr, run.level, run.off, n),
+            Run(run.vaddr + (n << PAGE_SHIFT), run.level, run.off + (n << PAGE_SHIFT), run.npages - n)]

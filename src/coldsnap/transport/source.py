@@ -176,6 +176,9 @@ class RemoteSource:
     def pin(self) -> None:
         """Nothing here: the server keeps the pages."""
 
+    def warm(self) -> None:
+        """Nothing here (the lazy server's main thread owns the connection)."""
+
     def mapped(self):
         for _, vaddr, nbytes, offset in self._runs:
             buf = self.saved(0, offset, nbytes)
