@@ -104,3 +104,24 @@ def test_a_path_with_a_newline_is_named_on_one_line(fuzz_dump, tmp_path):
     run = coldsnap("restore", "-D", case, "-d")
     assert run.returncode == 6 and run.stderr.count("\n") == 1, run.stderr
     assert "/\\nog is gone" in run.stderr
+
+
+def test_a_memfd_file_whose_inode_is_not_in_memfd_img(fuzz_dump, tmp_path):
+    """A MEMFD file entry naming an inode memfd.img does not hold was dropped without a
+    word (a check that could never fail): now refused, one line, the image exit code."""
+    from coldsnap.images.pb import fown_pb2, memfd_pb2
+    from procs import coldsnap
+    pristine, _ = fuzz_dump
+    e = fdinfo_pb2.file_entry(type=fdinfo_pb2.MEMFD, id=4243)
+    e.memfd.CopyFrom(memfd_pb2.memfd_file_entry(id=4243, flags=2, pos=0, inode_id=77,
+                                                fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0,
+                                                                         pid_type=0, pid=0)))
+    raw = e.SerializeToString()
+    m = Mutation("append", "files.img", (len(raw).to_bytes(4, "little") + raw,))
+    words = "memfd file 4243: inode 77 is not in memfd.img"
+    _refused(pristine, m, tmp_path, words)
+    case = tmp_path / "cmd"
+    case.mkdir()
+    m.apply(pristine, case)
+    run = coldsnap("restore", "-D", case, "-d")
+    assert run.returncode == 6 and run.stderr.count("\n") == 1 and words in run.stderr, run.stderr

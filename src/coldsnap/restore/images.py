@@ -185,10 +185,11 @@ def _shmem_objects(d: ImageDir, mms: dict, origin: PageOrigin) -> dict[int, Shme
 def _memfds(d: ImageDir, mms: dict, origin: PageOrigin) -> tuple[dict[int, MemfdImage], dict[int, int]]:
     """memfd.img (each inode with its pages) and the MEMFD file -> inode map of files.img;
     every memfd VMA must name one of those files, and each file an inode of memfd.img."""
-    inodes = {}
+    inodes, anon = {}, set()
     for e in d.read("memfd.img", missing_ok=True):
         if e.name == "/dev/zero":
-            continue                # CRIU's shared anonymous memory (criu_anon_memfds)
+            anon.add(e.inode_id)    # CRIU's shared anonymous memory (criu_anon_memfds)
+            continue
         pages = origin.source(d, e.shmid, shmem=True)
         for offset, nbytes in pages.runs() if pages else ():
             if offset + nbytes > ((e.size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)):
@@ -196,7 +197,7 @@ def _memfds(d: ImageDir, mms: dict, origin: PageOrigin) -> tuple[dict[int, Memfd
                                  f"beyond memfd {e.name}'s {e.size} bytes")
         inodes[e.inode_id] = MemfdImage(e, pages)
     files = {e.id: e.memfd.inode_id for e in d.read("files.img", missing_ok=True)
-             if e.type == fdinfo_pb2.MEMFD and e.memfd.inode_id in inodes}
+             if e.type == fdinfo_pb2.MEMFD and e.memfd.inode_id not in anon}
     for fid, inode in files.items():
         if inode not in inodes:
             raise ImageError(f"{d.root}/files.img: memfd file {fid}: inode {inode} is not in memfd.img")
