@@ -25,12 +25,12 @@ def _hello(session: str, parent: str | None = None) -> bytes:
     return P.Header(P.CS_HELLO, nr_pages=len(body)).pack() + body
 
 
-def _open(pid: int) -> bytes:
-    return P.Header(P.PS_IOV_OPEN2, dst_id=P.encode_dst(pid)).pack()
+def _open(pid: int, shmem: bool = False) -> bytes:
+    return P.Header(P.PS_IOV_OPEN2, dst_id=P.encode_dst(pid, shmem)).pack()
 
 
-def _add(vaddr: int, nr: int, flags: int = 4, pid: int = 42) -> bytes:
-    return P.Header(P.PS_IOV_ADD_F, flags, nr, vaddr, P.encode_dst(pid)).pack()
+def _add(vaddr: int, nr: int, flags: int = 4, pid: int = 42, shmem: bool = False) -> bytes:
+    return P.Header(P.PS_IOV_ADD_F, flags, nr, vaddr, P.encode_dst(pid, shmem)).pack()
 
 
 ATTACKS = {
@@ -51,6 +51,10 @@ ATTACKS = {
     "pages for another pagemap": _open(42) + _add(0x10000, 1, pid=43) + b"\0" * PG,
     "parent pages without a parent": _open(42) + _add(0x10000, 4, flags=1),
     "nonsense flags": _open(42) + _add(0x10000, 1, flags=5),
+    "no flags": _open(42) + _add(0x10000, 1, flags=0),
+    "lazy and unknown flags": _open(42) + _add(0x10000, 1, flags=2 | 0x10),
+    "lazy, present and parent": _open(42) + _add(0x10000, 1, flags=7) + b"\0" * PG,
+    "lazy pages of shared memory": _open(7, shmem=True) + _add(0x0, 1, flags=2, pid=7, shmem=True),
     "batch beyond the limits": _hello("b1") + _open(42) + P.Header(P.CS_BATCH, 0, 1 << 30, 1, P.encode_dst(42)).pack(),
     "batch lying about its size": _hello("b2") + _open(42) + P.Header(P.CS_BATCH, 0, 2, 1, P.encode_dst(42)).pack()
     + P.RUN.pack(0x10000, 2) + P.BatchTrailer(P.CODEC_RAW, 1 << 31, 0).pack(),
@@ -133,6 +137,19 @@ def test_a_hostile_client_is_closed_with_one_line(server, name):
     after = _files_under(base)
     assert after == before, after - before          # nothing written, nothing left
     assert not any("escape" in p for p in _files_under("/tmp") if p.startswith("/tmp/escape"))
+
+
+@pytest.mark.parametrize("name, words", [("lazy and unknown flags", "flags 0x12 make no sense"),
+                                         ("lazy, present and parent", "flags 0x7 make no sense"),
+                                         ("lazy pages of shared memory", "lazy pages of shared memory")])
+def test_lazy_flags_are_checked_like_the_others(server, name, words):
+    """PE_LAZY (a post-copy source's runs, no bytes) passes the same flag check as every run:
+    with other flags, or for shared memory (whose bytes a source always sends), refused."""
+    ps, _ = server
+    lines = len(ps.lines())
+    _attack(ps.port, ATTACKS[name])
+    ps.wait_line("connection closed", sum("connection closed" in line for line in ps.lines()[:lines]) + 1)
+    assert words in ps.lines()[-1], ps.lines()[lines:]
 
 
 def test_the_server_still_serves_after_all_that(server, spawn, workload_bin):

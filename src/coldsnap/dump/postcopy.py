@@ -21,7 +21,6 @@ are done; if it drops the connection instead, the migrated process has been kill
 """
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -101,17 +100,12 @@ class TeeSink:
 
 
 class PostCopySession(ServerSession):
+    # the pages and pagemaps stay here: the destination has its own pagemaps, received run by run
+    KEEP_LOCAL = ("pagemap-", "pages-", ".")
+
     def sink(self, imgdir: ImageDir) -> TeeSink:
         self.imgdir = imgdir
         return TeeSink(ImageSink(imgdir), ServerSink(self._client()))
-
-    def send_images(self) -> None:
-        """Every image but the pages and pagemaps kept here (the destination has its own
-        pagemaps, received run by run)."""
-        for entry in sorted(os.scandir(self.imgdir.root), key=lambda e: e.name):
-            if entry.is_file(follow_symlinks=False) and not entry.name.startswith(("pagemap-", "pages-", ".")):
-                with open(entry.path, "rb") as f:
-                    self.client.send_file(entry.name, f.read())
 
 
 class PostCopyPages(ServerPages):

@@ -315,13 +315,16 @@ class Session:
 
     def add(self, h: P.Header, flags: int) -> None:
         pm = self.current(h)
-        if flags == PE_LAZY and not pm.shmem:     # the bytes stay with the client (post-copy)
-            pm.check_run(h.vaddr, h.nr_pages)
+        lazy = flags == PE_LAZY                 # the bytes stay with the client (post-copy)
+        if flags & ~(PE_PRESENT | PE_PARENT | PE_LAZY) \
+                or not lazy and bool(flags & PE_PRESENT) == bool(flags & PE_PARENT):
+            raise Refused(f"pagemap flags {flags:#x} make no sense")
+        if lazy and pm.shmem:
+            raise Refused("lazy pages of shared memory (a post-copy source sends their bytes)")
+        pm.check_run(h.vaddr, h.nr_pages)
+        if lazy:
             pm.writer.add_lazy(h.vaddr, h.nr_pages)
             return
-        if flags & ~(PE_PRESENT | PE_PARENT | PE_LAZY) or bool(flags & PE_PRESENT) == bool(flags & PE_PARENT):
-            raise Refused(f"pagemap flags {flags:#x} make no sense")
-        pm.check_run(h.vaddr, h.nr_pages)
         if flags & PE_PARENT:
             pm.add_parent(h.vaddr, h.nr_pages)
             return

@@ -102,6 +102,8 @@ class ServerSink:
 class ServerSession:
     """One images directory's pages on the server: the connection is opened at the first
     question (covered) or at sink(), and used for both."""
+    KEEP_LOCAL: tuple[str, ...] = ()       # name prefixes send_images leaves out
+
 
     def __init__(self, target: "ServerPages", name: str, parent: str | None):
         self.target, self.name, self.parent = target, name, parent
@@ -131,10 +133,10 @@ class ServerSession:
         self.client.close()
 
     def send_images(self) -> None:
-        """Every image written so far in the local directory (migration: the destination
-        restores from its session alone)."""
+        """Every image written so far in the local directory but KEEP_LOCAL's (migration:
+        the destination restores from its session alone)."""
         for entry in sorted(os.scandir(self.imgdir.root), key=lambda e: e.name):
-            if entry.is_file(follow_symlinks=False):
+            if entry.is_file(follow_symlinks=False) and not entry.name.startswith(self.KEEP_LOCAL):
                 with open(entry.path, "rb") as f:
                     self.client.send_file(entry.name, f.read())
 
