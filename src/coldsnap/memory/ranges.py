@@ -162,7 +162,7 @@ class Ranges:
     def intersect(self, other: "Ranges") -> "Ranges":
         if _big(len(self) + len(other)):
             return _vectorised(self, other, "and")
-        out = _Joined()
+        out = Joined()
         a_s, a_e, b_s, b_e = self.starts, self.ends, other.starts, other.ends
         i = j = 0
         na, nb = len(a_s), len(b_s)
@@ -179,7 +179,7 @@ class Ranges:
     def subtract(self, other: "Ranges") -> "Ranges":
         if _big(len(self) + len(other)):
             return _vectorised(self, other, "sub")
-        out = _Joined()
+        out = Joined()
         b_s, b_e, nb, j = other.starts, other.ends, len(other), 0
         for s, e in zip(self.starts, self.ends):
             while j < nb and b_e[j] <= s:
@@ -213,8 +213,8 @@ def _join_sorted(pairs) -> Ranges:
     return Ranges(starts, ends)
 
 
-class _Joined:
-    """Ranges built in ascending order, touching ones joined."""
+class Joined:
+    """Ranges built in ascending order, touching ones joined (add, then ranges())."""
     __slots__ = ("starts", "ends")
 
     def __init__(self):

@@ -48,8 +48,7 @@ def vma_cuts(vmas: Iterable[Vma]) -> list[int]:
 def scan_with_ioctl(pagemap_fd: int, where: Ranges, scanner: pm.PagemapScanner | None = None,
                     query: pm.ScanQuery = SAVE_QUERY) -> Ranges:
     scanner = scanner or pm.PagemapScanner(pagemap_fd)
-    regions = scan_regions(pagemap_fd, where, scanner, query)
-    return Ranges(regions[0::3], regions[1::3]).merged()
+    return _split_guards(scan_regions(pagemap_fd, where, scanner, query), 0)[0]
 
 
 def scan_with_read(pagemap_fd: int, where: Ranges, *, with_guards: bool = False):
@@ -142,12 +141,11 @@ def scan_regions(pagemap_fd: int, where: Ranges, scanner: pm.PagemapScanner, que
 
 
 def _split_guards(regions: array, guard: int) -> tuple[Ranges, Ranges]:
-    """(pages, guard pages) of flat scan regions, each joined."""
-    cats = regions[2::3]
-    if not guard or not any(c & guard for c in cats):
+    """(pages, guard pages) of flat scan regions, each joined (guard 0: none asked for)."""
+    if not guard or not any(c & guard for c in regions[2::3]):
         return Ranges(regions[0::3], regions[1::3]).merged(), Ranges.empty()
     keep, g = Ranges.empty(), Ranges.empty()
-    for s, e, c in zip(regions[0::3], regions[1::3], cats):
+    for s, e, c in zip(regions[0::3], regions[1::3], regions[2::3]):
         r = g if c & guard else keep
         r.starts.append(s)
         r.ends.append(e)

@@ -45,7 +45,7 @@ from ..kernel.libc import SYS, syscall
 from ..kernel.fdinfo import raw_fd_links, read_fdinfo
 from ..kernel.pidfd import take_fd
 from ..kernel.procfs import alive, read_status
-from .ranges import Ranges
+from .ranges import Joined, Ranges
 from .scan import PAGEMAP_BATCH_PAGES
 from .vma import PROT_READ, Kind, Vma
 
@@ -224,7 +224,7 @@ def drop_wp_markers(pagemap_fd: int, pages: Ranges, scanner: pm.PagemapScanner |
         cand.extend(scanner.scan_flat(s, e, MARKER_QUERY))
     if not cand:
         return pages
-    drop = Ranges.empty()
+    markers = Joined()
     step = PAGEMAP_BATCH_PAGES << PAGE_SHIFT
     for lo, hi in zip(cand[0::3], cand[1::3]):      # swapped-looking pages only: few
         for a in range(lo, hi, step):
@@ -232,11 +232,8 @@ def drop_wp_markers(pagemap_fd: int, pages: Ranges, scanner: pm.PagemapScanner |
             for k, e in enumerate(entries):
                 if e & PM_ENTRY_MASK == marker:
                     page = a + (k << PAGE_SHIFT)
-                    if drop.ends and drop.ends[-1] == page:
-                        drop.ends[-1] = page + PAGE_SIZE
-                    else:
-                        drop.starts.append(page)
-                        drop.ends.append(page + PAGE_SIZE)
+                    markers.add(page, page + PAGE_SIZE)
+    drop = markers.ranges()
     return pages.subtract(drop).split_at(sorted({*pages.starts, *pages.ends})) if len(drop) else pages
 
 
