@@ -9,6 +9,7 @@ import gc
 import os
 import signal
 import sys
+from typing import Callable
 
 from . import cli_stream, cli_transport
 from .errors import AccessDenied, CsError, ImageError, Interrupted, NoSuchProcess, Unsupported
@@ -224,9 +225,6 @@ def _json(obj, **how) -> str:
 
 def _out(args: argparse.Namespace, obj: dict, *lines: str) -> None:
     """The result of a command: one JSON object with --json, else its lines of text."""
-    if getattr(args, "defer_output", False):
-        args.deferred = (obj, lines)    # --stream: said once the stream is written
-        return
     _close_display()
     if getattr(args, "json", False):
         print(_json(obj))
@@ -241,11 +239,12 @@ def run(args: argparse.Namespace) -> int:
     if args.command in ("pre-dump", "dump"):
         _refuse_lazy(args.tree)
         if args.stream:
-            return cli_stream.run_dump(args, run_command)
+            return cli_stream.run_dump(args, run_command, _out)
     return run_command(args)
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace, out: Callable[..., None] = _out) -> int:
+    """The command ARGS names; its result said through OUT (--stream: cli_stream.run_dump's)."""
     if args.command == "pre-dump" and args.iterations > 1:
         return run_series(args)
     if args.command == "pre-dump":
@@ -268,7 +267,7 @@ def run_command(args: argparse.Namespace) -> int:
         if stats.uffd_fd >= 0:
             lines.append(f"write tracking stays in {args.tree} (fd {stats.uffd_fd}) until `coldsnap dump` "
                          f"or `coldsnap untrack {args.tree}`")
-        _out(args, _dedup(args, args.images_dir, lines, _result(args, stats)), *lines)
+        out(args, _dedup(args, args.images_dir, lines, _result(args, stats)), *lines)
         return 0
     if args.command == "dump":
         from .dump.dump import dump
@@ -280,10 +279,10 @@ def run_command(args: argparse.Namespace) -> int:
                      pages=cli_transport.page_target(args), tcp_close=args.tcp_close,
                      network_lock=args.network_lock != "skip",
                      ghost_limit=args.ghost_limit, durable=not args.stream)
-        _out(args, _result(args, stats, left_running=args.leave_running),
-             f"dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
-             f"written, {stats.pages_skipped_parent} in parent, frozen {stats.frozen_time / 1000:.2f} ms, "
-             f"{'left running' if args.leave_running else 'killed'}")
+        out(args, _result(args, stats, left_running=args.leave_running),
+            f"dump of {args.tree} (tracking {stats.track_backend}): {stats.pages_written} pages "
+            f"written, {stats.pages_skipped_parent} in parent, frozen {stats.frozen_time / 1000:.2f} ms, "
+            f"{'left running' if args.leave_running else 'killed'}")
         return 0
     if args.command == "page-server":
         return cli_transport.run_page_server(args)
@@ -295,24 +294,24 @@ def run_command(args: argparse.Namespace) -> int:
         from .dump.untrack import untrack
         closed = untrack(args.pid)
         where = ", ".join(f"{p} (fd {', '.join(map(str, fds))})" for p, fds in closed.items())
-        _out(args, {"pid": args.pid, "closed_fds": closed.get(args.pid, []),
-                    "processes": {str(p): fds for p, fds in closed.items()}},
-             f"closed coldsnap's userfaultfd in {where}" if closed
-             else f"{args.pid} and the processes below it carry no coldsnap tracking")
+        out(args, {"pid": args.pid, "closed_fds": closed.get(args.pid, []),
+                   "processes": {str(p): fds for p, fds in closed.items()}},
+            f"closed coldsnap's userfaultfd in {where}" if closed
+            else f"{args.pid} and the processes below it carry no coldsnap tracking")
         return 0
     if args.command == "restore":
         return run_restore(args)
     if args.command == "lazy-status":
         from .restore.lazy_start import lazy_status
         st = lazy_status(args.pid)
-        _out(args, st, f"lazy restore of {args.pid}: {st['pages_left']} of {st['pages_total']} pages still to "
-                       f"come ({st['faults']} faults, {st['pushed_pages']} pages pushed, server {st['server']})")
+        out(args, st, f"lazy restore of {args.pid}: {st['pages_left']} of {st['pages_total']} pages still to "
+                      f"come ({st['faults']} faults, {st['pushed_pages']} pages pushed, server {st['server']})")
         return 0
     if args.command == "network-unlock":
         from .restore.connections import unlock_images
         table = unlock_images(args.images_dir)
-        _out(args, {"images_dir": str(args.images_dir), "table": table},
-             f"removed nftables table inet {table}" if table else f"{args.images_dir}: the dump left no network lock")
+        out(args, {"images_dir": str(args.images_dir), "table": table},
+            f"removed nftables table inet {table}" if table else f"{args.images_dir}: the dump left no network lock")
         return 0
     if args.command == "show":
         from .show import describe, render
@@ -323,18 +322,18 @@ def run_command(args: argparse.Namespace) -> int:
         from .images.directory import collect_garbage
         removed, kept = collect_garbage(args.dir)
         as_dict = lambda s: {"path": str(s.path), "pid": s.pid}  # noqa: E731
-        _out(args, {"removed": [as_dict(s) for s in removed], "kept": [as_dict(s) for s in kept]},
-             *[f"removed {s.path} (left by coldsnap {s.pid})" for s in removed],
-             *[f"kept {s.path}: coldsnap {s.pid} is still writing it" for s in kept])
+        out(args, {"removed": [as_dict(s) for s in removed], "kept": [as_dict(s) for s in kept]},
+            *[f"removed {s.path} (left by coldsnap {s.pid})" for s in removed],
+            *[f"kept {s.path}: coldsnap {s.pid} is still writing it" for s in kept])
         return 0
     if args.command == "check":
         from . import CRIU_TESTED
         from .kernel.features import FALLBACKS, probe
         feats = probe().as_dict()
-        _out(args, {**feats, "criu_tested": list(CRIU_TESTED)},
-             *(f"{name:16} {'yes' if ok else 'no '}  " + ("" if ok else f"-> {FALLBACKS[name]}")
-               for name, ok in feats.items()),
-             f"{'criu':16} images tested both ways with CRIU {', '.join(CRIU_TESTED)}")
+        out(args, {**feats, "criu_tested": list(CRIU_TESTED)},
+            *(f"{name:16} {'yes' if ok else 'no '}  " + ("" if ok else f"-> {FALLBACKS[name]}")
+              for name, ok in feats.items()),
+            f"{'criu':16} images tested both ways with CRIU {', '.join(CRIU_TESTED)}")
         return 0
     if args.command == "demo":
         from .demo import demo

@@ -82,34 +82,37 @@ def new_spool() -> Path:
         raise ImageError(f"{tempfile.gettempdir()}: cannot make a spool directory: {e.strerror}") from None
 
 
-def run_dump(args: argparse.Namespace, inner: Callable[[argparse.Namespace], int]) -> int:
-    """dump/pre-dump --stream: inner (the command as with -D) into a spool, then the stream."""
+Output = Callable[..., None]            # cli._out: (args, result object, *lines)
+
+
+def run_dump(args: argparse.Namespace, inner: Callable[[argparse.Namespace, Output], int], out: Output) -> int:
+    """dump/pre-dump --stream: inner (the command as with -D) into a spool, then the stream;
+    inner's result is said through OUT once the stream is written."""
     from .images.stream import write_stream
-    out = take_stdout()
+    said: list[tuple[dict, tuple[str, ...]]] = []
+    stream_fd = take_stdout()
     spool = new_spool()
     images = spool / "images"
-    args.images_dir, args.defer_output = str(images), True
+    args.images_dir = str(images)
     try:
-        code = inner(args)
+        code = inner(args, lambda _args, obj, *lines: said.append((obj, lines)))
     except BaseException:
         shutil.rmtree(spool, ignore_errors=True)
         raise
     target_gone = args.command == "dump" and not args.leave_running
     try:
-        counts = write_stream(images, out)
-        os.close(out)
+        counts = write_stream(images, stream_fd)
+        os.close(stream_fd)
     except BaseException as e:
         if not target_gone:
             shutil.rmtree(spool, ignore_errors=True)
             raise
         raise _kept(e, images) from None
     shutil.rmtree(spool, ignore_errors=True)
-    obj, lines = args.deferred
+    obj, lines = said[-1]
     obj = {**obj, "images_dir": None, "stream": {"levels": counts.levels, "entries": counts.entries,
                                                 "data_bytes": counts.data_bytes, "bytes": counts.stream_bytes}}
-    args.defer_output = False
-    from .cli import _out
-    _out(args, obj, *lines, f"streamed {counts.levels} images director{'ies' if counts.levels > 1 else 'y'}, "
+    out(args, obj, *lines, f"streamed {counts.levels} images director{'ies' if counts.levels > 1 else 'y'}, "
                             f"{counts.entries} files, {counts.stream_bytes / (1 << 20):.1f} MiB")
     return code
 
