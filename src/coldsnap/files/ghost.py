@@ -20,6 +20,7 @@ from coldsnap.errors import CsError, ImageError, Unsupported
 from coldsnap.images import framing
 from coldsnap.images.pb import ghost_file_pb2, remap_file_path_pb2, time_pb2
 from coldsnap.kernel.fdinfo import reopen_fd
+from coldsnap.kernel.fdio import write_all
 
 from .model import Ghost
 
@@ -176,9 +177,7 @@ class GhostFiles:
         self.paths.append(where)
         try:
             for off, data in g.chunks:
-                view = memoryview(data)
-                while view:
-                    view = view[os.pwrite(fd, view, off + len(data) - len(view)):]
+                write_all(fd, data, off)
             os.ftruncate(fd, g.size)
             os.fchown(fd, g.uid, g.gid)
             os.fchmod(fd, stat.S_IMODE(g.mode))

@@ -13,6 +13,7 @@ import stat
 from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2, pipe_pb2
 from coldsnap.kernel.fdinfo import reopen_fd
+from coldsnap.kernel.fdio import write_all
 from coldsnap.kernel.pipe import (F_GETPIPE_SZ, F_SETPIPE_SZ, PAGE, SPLICE_F_NONBLOCK, splice_pipes, tee,
                                   vmsplice_pages)
 
@@ -82,8 +83,7 @@ def _fill(w: int, pd: PipeData | None) -> None:
             at += n
         vmsplice_pages(w, chunks)
         view = view[at:]
-    while view:
-        view = view[os.write(w, view):]
+    write_all(w, view)
 
 
 class PipeOps(FileOps):

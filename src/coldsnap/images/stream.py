@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ImageError
+from ..kernel.fdio import write_all
 from ..kernel.pipe import F_SETPIPE_SZ
 from .directory import PARENT_LINK, ImageDir
 
@@ -88,15 +89,12 @@ class _Out:
 
     def put(self, data: bytes | memoryview) -> None:
         self.crc = zlib.crc32(data, self.crc)
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self.fd, view)
-            except OSError as e:
-                why = "the reader went away" if e.errno == 32 else e.strerror
-                raise StreamBroken(f"stream: cannot write after {self.written} bytes: {why}") from None
-            view = view[n:]
-            self.written += n
+        try:
+            write_all(self.fd, data)
+        except OSError as e:
+            why = "the reader went away" if e.errno == 32 else e.strerror
+            raise StreamBroken(f"stream: cannot write after {self.written} bytes: {why}") from None
+        self.written += memoryview(data).nbytes
 
     def put_crc(self) -> None:
         self.put(_CRC.pack(self.crc))
@@ -283,12 +281,10 @@ def _spool_file(inp: _In, level: ImageDir, size: int, name: str, buf: memoryview
         while left:
             chunk = buf[:min(left, CHUNK)]
             inp.fill(chunk, f"entry {name}")
-            view = chunk
-            while view:
-                try:
-                    view = view[os.write(fd, view):]
-                except OSError as e:
-                    raise ImageError(f"stream: cannot spool entry {name} into {level.root}: {e.strerror}") from None
+            try:
+                write_all(fd, chunk)
+            except OSError as e:
+                raise ImageError(f"stream: cannot spool entry {name} into {level.root}: {e.strerror}") from None
             left -= len(chunk)
     finally:
         os.close(fd)

@@ -28,6 +28,7 @@ from ..errors import ImageError
 from ..files.memfd import MemfdFile
 from ..files.registry import FileRegistry
 from ..images.pb import memfd_pb2
+from ..kernel.fdio import write_all
 from ..kernel.page import PAGE_SIZE
 from ..kernel.procfs import fd_path
 from ..kernel.shm import anon_shmem
@@ -137,10 +138,7 @@ def _fill(fd: int, pages: PageSource) -> None:
     """Write the saved pages into object FD at their offsets, straight from the pages files."""
     try:
         for offset, nbytes, buf, at in pages.mapped():
-            view = memoryview(buf[at:at + nbytes])
-            done = 0
-            while done < nbytes:
-                done += os.pwrite(fd, view[done:], offset + done)
+            write_all(fd, buf[at:at + nbytes], offset)
     finally:
         pages.close()
 

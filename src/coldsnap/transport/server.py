@@ -33,6 +33,7 @@ from ..errors import CsError, ImageError, TransportError
 from ..images.chain import PageChain
 from ..images.directory import INVENTORY, ImageDir, new_inventory
 from ..images.pages import PE_LAZY, PE_PARENT, PE_PRESENT, PagemapWriter, pagemap_name, pages_name
+from ..kernel.fdio import write_all
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..memory.ranges import Ranges
 from . import protocol as P
@@ -293,9 +294,7 @@ class Session:
         self.end_pagemap()
         fd = self.imgdir.create_file(name)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
         finally:
             os.close(fd)
 
