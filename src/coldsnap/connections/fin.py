@@ -27,18 +27,15 @@ def send_segment(family: int, src: tuple, dst: tuple, seq: int, ack: int, flags:
                     min(window, 0xFFFF), 0, 0)
     if fam == socket.AF_INET:
         pseudo = s_addr + d_addr + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+        # the kernel fills in the total length, the id and the header checksum
+        ip = _IP4.pack(0x45, 0, 0, 0, 0, 64, socket.IPPROTO_TCP, 0, s_addr, d_addr)
     else:
         pseudo = s_addr + d_addr + struct.pack("!IxxxB", len(tcp), socket.IPPROTO_TCP)
+        ip = struct.pack("!IHBB", 6 << 28, len(tcp), socket.IPPROTO_TCP, 64) + s_addr + d_addr
     tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
     with socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:   # we write the IP header
         raw.setsockopt(socket.SOL_SOCKET, SO_MARK, LOCK_MARK)
-        if fam == socket.AF_INET:
-            # the kernel fills in the total length, the id and the header checksum
-            ip = _IP4.pack(0x45, 0, 0, 0, 0, 64, socket.IPPROTO_TCP, 0, s_addr, d_addr)
-            raw.sendto(ip + tcp, (dst[0], 0))
-        else:
-            ip = struct.pack("!IHBB", 6 << 28, len(tcp), socket.IPPROTO_TCP, 64) + s_addr + d_addr
-            raw.sendto(ip + tcp, (dst[0], 0))
+        raw.sendto(ip + tcp, (dst[0], 0))
 
 
 def _checksum(data: bytes) -> int:
