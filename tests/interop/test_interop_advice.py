@@ -14,8 +14,7 @@ from test_interop_trees import DIRECTIONS, dump_with, restore_with
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_vma_advice_and_flags_across_tools(direction, tmp_path):
     need_criu()
-    w = start_corner("corner_advice", tmp_path)
-    try:
+    with start_corner("corner_advice", tmp_path) as w:
         areas = {ln.split()[1]: int(ln.split()[2], 16) for ln in w.lines() if ln.startswith("area ")}
         before = {name: _vm_flags(w.pid, at) for name, at in areas.items()}
         assert before == {name: {code} for name, code in ADVICE_CODES.items()}
@@ -25,5 +24,3 @@ def test_vma_advice_and_flags_across_tools(direction, tmp_path):
         w.adopt_restored()
         assert {name: _vm_flags(w.pid, at) for name, at in areas.items()} == before
         check_round(w)
-    finally:
-        w.stop()

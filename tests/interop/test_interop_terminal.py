@@ -5,47 +5,23 @@ inherits its stdin for coldsnap's TTY entry and sets the saved termios on it), a
 counter carries on at B."""
 from __future__ import annotations
 
-import signal
 import subprocess
 
 from criu_peer import criu_dump, criu_path, need_criu
-from restore_helpers import coldsnap, kill_and_reap, wait_gone
-from test_shell_job import Pty, adopt, ask, fd_paths, restore_on, start_echo, wait_sleeping
+from test_shell_job import Pty, Terminals, ask, dumped_echo, wait_sleeping
 
 
 def test_coldsnap_restores_a_criu_shell_job_on_a_new_terminal(tmp_path):
     need_criu()
-    a, b = Pty(), None
-    pid = None
-    try:
-        proc = start_echo(a)
-        pid = proc.pid
-        try:
-            assert ask(a, "one") == "echo 1: one"
-            assert ask(a, "err") == "err 2"
-            criu_dump(pid, tmp_path / "img", "--shell-job")
-            assert proc.wait(timeout=5) == -signal.SIGKILL
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        wait_gone(pid)
-        b = Pty()
-        rc, out = restore_on(b, tmp_path / "img", "--shell-job")
-        assert rc == 0, out
-        adopt(pid)
-        assert fd_paths(pid) == [b.path] * 3
-        assert ask(b, "three") == "echo 3: three"          # the counter carries on
-        assert ask(b, "err") == "err 4"                     # fd 2 too
-        a.type("to the old terminal")
-        assert a.drain(0.2) == []
-        wait_sleeping(pid)
-    finally:
-        if pid is not None:
-            kill_and_reap(pid)
-        a.close()
-        if b is not None:
-            b.close()
+    with Terminals() as t:
+        t.pid = dumped_echo(t.a, tmp_path / "img", ("one", "err"),
+                            lambda pid, images: criu_dump(pid, images, "--shell-job"))
+        t.restore_on_b(tmp_path / "img")
+        assert ask(t.b, "three") == "echo 3: three"        # the counter carries on
+        assert ask(t.b, "err") == "err 4"                   # fd 2 too
+        t.a.type("to the old terminal")
+        assert t.a.drain(0.2) == []
+        wait_sleeping(t.pid)
 
 
 def test_criu_tty_entries_read_as_the_jobs_terminal():
@@ -70,33 +46,17 @@ def test_criu_tty_entries_read_as_the_jobs_terminal():
 
 def test_criu_restores_a_coldsnap_shell_job_on_a_new_terminal(tmp_path):
     need_criu()
-    a, b = Pty(), None
-    pid = None
-    try:
-        proc = start_echo(a)
-        pid = proc.pid
-        try:
-            assert ask(a, "one") == "echo 1: one"
-            coldsnap("dump", "-t", pid, "-D", tmp_path / "img", "--shell-job").check()
-            assert proc.wait(timeout=5) == -signal.SIGKILL
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        wait_gone(pid)
-        b = Pty()
+
+    def criu_restore(b: Pty) -> list[str]:
         run = subprocess.run([str(criu_path()), "restore", "-D", str(tmp_path / "img"), "-d", "--shell-job",
                               "-o", "restore.log"], stdin=b.slave, stdout=b.slave, stderr=subprocess.PIPE,
                              text=True, timeout=60)
         assert run.returncode == 0, run.stderr
-        adopt(pid)
-        assert fd_paths(pid) == [b.path] * 3
-        assert ask(b, "two") == "echo 2: two"
-        assert ask(b, "err") == "err 3"
-        wait_sleeping(pid)
-    finally:
-        if pid is not None:
-            kill_and_reap(pid)
-        a.close()
-        if b is not None:
-            b.close()
+        return []
+
+    with Terminals() as t:
+        t.pid = dumped_echo(t.a, tmp_path / "img", ("one",))
+        t.restore_on_b(tmp_path / "img", criu_restore)
+        assert ask(t.b, "two") == "echo 2: two"
+        assert ask(t.b, "err") == "err 3"
+        wait_sleeping(t.pid)

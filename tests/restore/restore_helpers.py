@@ -232,8 +232,14 @@ class LogWorkload:
             time.sleep(0.005)
         self.restored = True
 
+    def __enter__(self) -> "LogWorkload":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self) -> None:
-        """Kill and reap whatever incarnation is alive (for finally blocks)."""
+        """Kill and reap whatever incarnation is alive (for finally blocks; `with` does it)."""
         if self.original is not None:
             if self.original.poll() is None:
                 self.original.kill()

@@ -14,6 +14,7 @@ from tree_helpers import reap_orphans
 
 
 def start_corner(name: str, tmp: Path, *args) -> LogWorkload:
+    """The program, ready; `with start_corner(...) as w:` stops it at the end."""
     w = LogWorkload([build_workload(name), *args], tmp / f"{name}.log")
     try:
         w.wait_ready()
@@ -43,35 +44,28 @@ def check_round(w: LogWorkload, n: int = 1, at: int | None = None) -> None:
 
 
 def test_pipes_keep_descriptions_flags_size_and_every_byte(tmp_path):
-    w = start_corner("corner_pipes", tmp_path)
-    try:
+    with start_corner("corner_pipes", tmp_path) as w:
         images = dump_restore(w, tmp_path)
         check_round(w)
         if os.path.exists(CRIT):     # crit takes the entries with their buffer lengths
             sizes = sorted(e["size"] for e in crit_decode(images / "pipes-data.img")["entries"])
             assert sizes[-1] == 1 << 20
-    finally:
-        w.stop()
 
 
 def test_append_files_keep_size_and_offset_and_append_at_the_end(tmp_path):
     d = tmp_path / "files"
     d.mkdir()
-    w = start_corner("corner_append", tmp_path, d)
-    try:
+    with start_corner("corner_append", tmp_path, d) as w:
         check_round(w)                   # round 1 on the original: appends 3 and 2 bytes
         dump_restore(w, tmp_path)
         check_round(w, 2)
         assert (d / "log").stat().st_size == 1037 + 6 and (d / "rw").stat().st_size == 5004
-    finally:
-        w.stop()
 
 
 def test_deleted_files_open_and_mapped_come_back_deleted_with_their_bytes(tmp_path):
     d = tmp_path / "files"
     d.mkdir()
-    w = start_corner("corner_ghost", tmp_path, d)
-    try:
+    with start_corner("corner_ghost", tmp_path, d) as w:
         check_round(w)                  # the program's own checks hold before the dump
         images = dump_restore(w, tmp_path)
         assert os.listdir(d) == [], "a ghost file was left behind"
@@ -82,42 +76,33 @@ def test_deleted_files_open_and_mapped_come_back_deleted_with_their_bytes(tmp_pa
             dec = crit_decode(images / "remap-fpath.img")["entries"]
             assert len(dec) == 5 and {e["remap_type"] for e in dec} == {"GHOST"}
             crit_decode(images / ghosts[0])
-    finally:
-        w.stop()
 
 
 def test_a_deleted_file_over_the_ghost_limit_is_refused_naming_the_fd(tmp_path):
     d = tmp_path / "files"
     d.mkdir()
-    w = start_corner("corner_ghost", tmp_path, d, 3 << 20)
-    try:
+    with start_corner("corner_ghost", tmp_path, d, 3 << 20) as w:
         run = coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img")
         assert_one_line_error(run)
         assert "fd " in run.stderr and "big" in run.stderr and "--ghost-limit" in run.stderr
         assert not (tmp_path / "img").exists() and alive(w.pid)
         dump_restore(w, tmp_path, "--ghost-limit", "4M")
         check_round(w)
-    finally:
-        w.stop()
 
 
 def test_signalfd_timerfd_and_inotify_come_back_armed_and_watching(tmp_path):
     d = tmp_path / "watched"
     d.mkdir()
-    w = start_corner("corner_fds", tmp_path, d)
-    try:
+    with start_corner("corner_fds", tmp_path, d) as w:
         images = dump_restore(w, tmp_path)
         check_round(w)
         if os.path.exists(CRIT):         # crit takes the three kinds in files.img
             kinds = [e["type"] for e in crit_decode(images / "files.img")["entries"]]
             assert {"SIGNALFD", "TIMERFD", "INOTIFY"} <= set(kinds) and kinds.count("TIMERFD") == 3
-    finally:
-        w.stop()
 
 
 def test_posix_timers_come_back_with_their_ids_clocks_and_time_left(tmp_path):
-    w = start_corner("corner_timers", tmp_path)
-    try:
+    with start_corner("corner_timers", tmp_path) as w:
         before = Path(f"/proc/{w.pid}/timers").read_text()
         images = dump_restore(w, tmp_path)
         after = Path(f"/proc/{w.pid}/timers").read_text()
@@ -127,8 +112,6 @@ def test_posix_timers_come_back_with_their_ids_clocks_and_time_left(tmp_path):
             posix = crit_decode(images / f"core-{w.pid}.img")["entries"][0]["tc"]["timers"]["posix"]
             assert sorted(t["it_id"] for t in posix) == [0, 1, 3, 4]
             assert max(t["overrun"] for t in posix) >= 0
-    finally:
-        w.stop()
 
 
 def _epoll_lines(pid: int) -> list[str]:
@@ -141,29 +124,22 @@ def _epoll_lines(pid: int) -> list[str]:
 
 
 def test_epoll_watches_on_closed_and_reused_fd_numbers_come_back(tmp_path):
-    w = start_corner("corner_epoll", tmp_path)
-    try:
+    with start_corner("corner_epoll", tmp_path) as w:
         before = _epoll_lines(w.pid)
         assert len(before) == 4
         dump_restore(w, tmp_path)
         assert _epoll_lines(w.pid) == before
         check_round(w)
-    finally:
-        w.stop()
 
 
 def test_a_thread_that_ended_unjoined_is_no_reason_to_fail(tmp_path):
-    w = start_corner("corner_zthread", tmp_path)
-    try:
+    with start_corner("corner_zthread", tmp_path) as w:
         dump_restore(w, tmp_path)
         check_round(w)                 # joins it: its result is still there
-    finally:
-        w.stop()
 
 
 def test_a_process_whose_main_thread_ended_is_refused_in_one_line(tmp_path):
-    w = start_corner("corner_zthread", tmp_path, "leader")
-    try:
+    with start_corner("corner_zthread", tmp_path, "leader") as w:
         deadline = time.monotonic() + 5
         while Path(f"/proc/{w.pid}/stat").read_text().split(") ")[1][0] != "Z":
             assert time.monotonic() < deadline, "the main thread did not end"
@@ -175,8 +151,6 @@ def test_a_process_whose_main_thread_ended_is_refused_in_one_line(tmp_path):
         while "checked 1" not in w.lines():
             assert time.monotonic() < deadline + 5, w.tail()
             time.sleep(0.01)
-    finally:
-        w.stop()
 
 
 def test_prctl_state_and_a_seccomp_filter_come_back_in_every_thread(tmp_path):
@@ -210,16 +184,13 @@ def _guard_pages(pid: int, start: int, pages: int) -> list[bool]:
 
 
 def test_guard_regions_are_left_out_of_the_pages_and_installed_again(tmp_path):
-    w = start_corner("corner_guard", tmp_path)
-    try:
+    with start_corner("corner_guard", tmp_path) as w:
         area = int(next(ln for ln in w.lines() if ln.startswith("area ")).split()[1], 16)
         want = [False, False, True, True, False, False, False, False]
         assert _guard_pages(w.pid, area, 8) == want
         dump_restore(w, tmp_path)
         assert _guard_pages(w.pid, area, 8) == want
         check_round(w)
-    finally:
-        w.stop()
 
 
 # the VmFlags code (smaps) each area of corner_advice.c must show, before and after
@@ -243,8 +214,7 @@ def _vm_flags(pid: int, at: int) -> set[str]:
 
 
 def test_vma_advice_and_flags_come_back_and_act_across_a_fork(tmp_path):
-    w = start_corner("corner_advice", tmp_path)
-    try:
+    with start_corner("corner_advice", tmp_path) as w:
         areas = {ln.split()[1]: int(ln.split()[2], 16) for ln in w.lines() if ln.startswith("area ")}
         assert not w.failures(), "\n".join(w.failures())
         before = {name: _vm_flags(w.pid, at) for name, at in areas.items()}
@@ -259,8 +229,6 @@ def test_vma_advice_and_flags_come_back_and_act_across_a_fork(tmp_path):
             assert vmas[areas[name]].get("madv") == 1 << advice, name
         for name, flag in {"locked": 0x2000, "mlocked": 0x2000, "growsdown": 0x100, "noreserve": 0x4000}.items():
             assert vmas[areas[name]]["flags"] & flag and not vmas[areas[name]].get("madv"), name
-    finally:
-        w.stop()
 
 
 def test_locked_and_advised_areas_come_back_under_lazy_pages(tmp_path):

@@ -169,13 +169,18 @@ def stat_fields(pid: int) -> dict[str, int]:
     return {"pgrp": int(f[2]), "session": int(f[3]), "tty_nr": int(f[4]), "tpgid": int(f[5])}
 
 
-def dumped_echo(pty: Pty, images: Path) -> int:
-    """Start the workload on pty, have it count 2 lines, dump --shell-job, reap: its PID."""
+def coldsnap_dump(pid: int, images: Path) -> None:
+    coldsnap("dump", "-t", pid, "-D", images, "--shell-job").check()
+
+
+def dumped_echo(pty: Pty, images: Path, lines=("one", "two"), dump=coldsnap_dump) -> int:
+    """Start the workload on pty, have it answer LINES ("err" on fd 2), DUMP(pid, images)
+    it with --shell-job (killed), reap: its PID."""
     proc = start_echo(pty)
     try:
-        assert ask(pty, "one") == "echo 1: one"
-        assert ask(pty, "two") == "echo 2: two"
-        coldsnap("dump", "-t", proc.pid, "-D", images, "--shell-job").check()
+        for n, line in enumerate(lines, 1):
+            assert ask(pty, line) == (f"err {n}" if line == "err" else f"echo {n}: {line}")
+        dump(proc.pid, images)
         assert proc.wait(timeout=5) == -signal.SIGKILL
     finally:
         if proc.poll() is None:
@@ -183,6 +188,36 @@ def dumped_echo(pty: Pty, images: Path) -> int:
         proc.wait()
     wait_gone(proc.pid)
     return proc.pid
+
+
+class Terminals:
+    """Pty A (the job before its dump) and pty B (after its restore), both open throughout so
+    that B is another /dev/pts/N. Leaving `with` kills and reaps the job (pid, once set)
+    and closes both."""
+
+    def __init__(self):
+        self.a, self.b, self.pid = Pty(), Pty(), None
+
+    def __enter__(self) -> "Terminals":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pid is not None:
+            kill_and_reap(self.pid)
+        self.a.close()
+        self.b.close()
+
+    def restore_on_b(self, images: Path, restore=None) -> list[str]:
+        """Restore the job with fds 0-2 on B (RESTORE(b), default `coldsnap restore -d
+        --shell-job`), back under its PID as our child with B on fds 0-2; coldsnap's output."""
+        if restore is None:
+            rc, out = restore_on(self.b, images, "--shell-job")
+            assert rc == 0, out
+        else:
+            out = restore(self.b)
+        adopt(self.pid)
+        assert fd_paths(self.pid) == [self.b.path] * 3, "fds 0-2 are not the restorer's terminal"
+        return out
 
 
 def assert_no_new_process(before: set[int], pid: int) -> None:
@@ -222,48 +257,25 @@ def test_dump_refuses_a_terminal_without_shell_job(tmp_path):
 
 
 def test_shell_job_dump_and_restore_on_a_new_pty(tmp_path):
-    a, b = Pty(), None
-    pid = None
-    try:
-        proc = start_echo(a)
-        pid = proc.pid
-        try:
-            assert ask(a, "one") == "echo 1: one"
-            assert ask(a, "err") == "err 2"                 # fd 2 is the terminal too
-            assert ask(a, "three") == "echo 3: three"
-            assert fd_paths(pid) == [a.path] * 3
-            run = coldsnap("dump", "-t", pid, "-D", tmp_path / "img", "--shell-job").check()
-            assert "killed" in run.stdout
-            assert proc.wait(timeout=5) == -signal.SIGKILL
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        wait_gone(pid)
-        assert a.drain(0.05) == []
+    def dump(pid: int, images: Path) -> None:
+        assert fd_paths(pid) == [t.a.path] * 3
+        assert "killed" in coldsnap("dump", "-t", pid, "-D", images, "--shell-job").check().stdout
 
-        b = Pty()
-        assert b.path != a.path
-        rc, out = restore_on(b, tmp_path / "img", "--shell-job")
-        assert rc == 0, out
+    with Terminals() as t:
+        t.pid = pid = dumped_echo(t.a, tmp_path / "img", ("one", "err", "three"), dump)  # err: fd 2 too
+        assert t.a.drain(0.05) == []
+        assert t.b.path != t.a.path
+        out = t.restore_on_b(tmp_path / "img")
         assert len(out) == 1 and out[0].startswith(f"restored {pid} "), out  # coldsnap's own line, on B
-        adopt(pid)
-        assert fd_paths(pid) == [b.path] * 3, "fds 0-2 are not the restoring coldsnap's terminal"
-        assert os.stat(f"/proc/{pid}/fd/0").st_rdev == b.rdev()
+        assert os.stat(f"/proc/{pid}/fd/0").st_rdev == t.b.rdev()
 
-        assert ask(b, "four") == "echo 4: four"             # the counter carries on
-        assert ask(b, "err") == "err 5"
-        a.type("to the old terminal")                       # nobody reads pty A any more
-        assert a.drain(0.2) == []
-        assert ask(b, "six") == "echo 6: six"               # ...and that line was not counted
+        assert ask(t.b, "four") == "echo 4: four"           # the counter carries on
+        assert ask(t.b, "err") == "err 5"
+        t.a.type("to the old terminal")                     # nobody reads pty A any more
+        assert t.a.drain(0.2) == []
+        assert ask(t.b, "six") == "echo 6: six"             # ...and that line was not counted
         assert stat_fields(pid)["tty_nr"] == 0              # coldsnap had no controlling tty
         wait_sleeping(pid)                                  # back in read(), nothing else
-    finally:
-        if pid is not None:
-            kill_and_reap(pid)
-        a.close()
-        if b is not None:
-            b.close()
 
 
 def test_restore_without_shell_job_is_refused(tmp_path):
