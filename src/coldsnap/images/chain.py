@@ -16,12 +16,11 @@ from ..errors import ImageError
 from ..kernel.libc import libc
 from .directory import ImageDir
 from ..kernel.page import PAGE_SHIFT
-from ..memory.ranges import Ranges
+from ..memory.ranges import Joined, Ranges
 from .pages import PE_LAZY, PE_PARENT, PE_PRESENT, PagemapReader, pagemap_name, pages_name
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
-
 
 
 def _fallocate(fd: int, mode: int, offset: int, length: int) -> int:
@@ -165,12 +164,10 @@ class PageChain:
 def _punch(d: ImageDir, name: str, offsets: list[int], lengths: list[int]) -> int:
     """One fallocate(PUNCH_HOLE|KEEP_SIZE) per contiguous run of image NAME of D; sizes (and
     offsets) stay."""
-    runs: list[list[int]] = []
+    joined = Joined()
     for off, n in zip(offsets, lengths):
-        if runs and runs[-1][1] == off:
-            runs[-1][1] = off + n
-        else:
-            runs.append([off, off + n])
+        joined.add(off, off + n)
+    runs = joined.ranges().pairs()
     if not runs:
         return 0
     path = d.path(name)

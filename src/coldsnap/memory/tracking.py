@@ -237,7 +237,6 @@ def drop_wp_markers(pagemap_fd: int, pages: Ranges, scanner: pm.PagemapScanner |
     return pages.subtract(drop).split_at(sorted({*pages.starts, *pages.ends})) if len(drop) else pages
 
 
-
 @dataclass
 class ArmStats:
     """What arming uffd write tracking left behind."""
