@@ -36,3 +36,22 @@ def test_write_all_at_an_offset(tmp_path):
         assert os.lseek(fd, 0, os.SEEK_CUR) == 10        # pwrite leaves the file offset alone
     finally:
         os.close(fd)
+
+
+def test_write_all_of_several_buffers_back_to_back(tmp_path):
+    """More buffers than one writev takes (IOV_MAX), empty ones among them, at an offset."""
+    from coldsnap.kernel.fdio import IOV_MAX
+    bufs = [bytes([i % 251]) * (i % 3) for i in range(IOV_MAX * 2 + 5)]
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        write_all(fd, bufs, 7)
+        assert os.pread(fd, 1 << 20, 7) == b"".join(bufs)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            write_all(w, [b"ab", memoryview(b"cd"), b"", bytearray(b"e")])
+            assert os.read(r, 100) == b"abcde"
+        finally:
+            os.close(r)
+            os.close(w)
+    finally:
+        os.close(fd)

@@ -14,6 +14,7 @@ from itertools import accumulate
 from typing import Optional, Sequence, Union
 
 from ..errors import ImageError
+from ..kernel.fdio import write_all
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..memory.ranges import Ranges
 from .framing import _U32, check_header, entry_size, kind_for, open_image, parse_entries, read_image_bytes
@@ -34,19 +35,6 @@ def pagemap_name(pid: int, shmem: bool = False) -> str:
 
 def pages_name(pages_id: int) -> str:
     return f"pages-{pages_id}.img"
-
-
-def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> None:
-    """pwritev at offset until every byte is out (the kernel may write less than asked)."""
-    i = 0
-    while i < len(views):
-        n = os.pwritev(fd, views[i:i + 1024], offset)  # at most IOV_MAX buffers per call
-        offset += n
-        while i < len(views) and n >= views[i].nbytes:
-            n -= views[i].nbytes
-            i += 1
-        if n:
-            views[i] = views[i][n:]
 
 
 class FileArea:
@@ -233,7 +221,7 @@ class PagemapWriter:
             raise ValueError(f"data at {vaddr:#x} is {size} bytes, not whole pages")
         nr = size >> PAGE_SHIFT
         self._advance(vaddr, nr)
-        _pwrite_all(self._pages_fd(), views, self._data)
+        write_all(self._pages_fd(), views, self._data)
         self._data += size
         self._add(vaddr, nr, PE_PRESENT | (PE_LAZY if lazy else 0))
         self.nr_present += nr
@@ -246,7 +234,7 @@ class PagemapWriter:
         if view.nbytes % PAGE_SIZE or total != view.nbytes:
             raise ValueError(f"{view.nbytes} bytes of data for runs of {total} bytes")
         self._add_runs(vaddrs, lengths, PE_PRESENT)
-        _pwrite_all(self._pages_fd(), [view], self._data)
+        write_all(self._pages_fd(), view, self._data)
         self._data += view.nbytes
         self.nr_present += view.nbytes >> PAGE_SHIFT
 
