@@ -79,6 +79,29 @@ def test_c_workload_checks_all_its_memory_with_fork_and_munmap(workload_bin, tmp
         assert alive(w.pid)
 
 
+def test_fork_advice_holds_for_a_child_made_before_the_pages_are_in(workload_bin, tmp_path):
+    """A fork at once after the restore: the child reads zeros in the WIPEONFORK area and has
+    no DONTFORK area (both written eagerly: the server cannot tell a child's areas apart),
+    while the big area still comes in; the parent has all three."""
+    go = tmp_path / "go"
+    w = LogWorkload([workload_bin("lazy_fork_advice"), 64, go], tmp_path / "log")
+    res = None
+    try:
+        w.wait_ready()
+        dumped(w, tmp_path / "img")
+        res = lazy_restore(tmp_path / "img")
+        w.adopt_restored()
+        assert 64 << 8 <= res["lazy_pages"] < (64 << 8) + 256     # not the two advised areas
+        go.touch()
+        w.wait_for("ok line", lambda: any(ln.startswith(("ok", "FAIL")) for ln in w.lines()), timeout=60)
+        assert not w.failures(), w.tail()
+        assert wait_served(res) == 0
+    finally:
+        w.stop()
+        if res:
+            _reap_quietly(res["lazy_guardian"])
+
+
 def test_server_killed_midway_kills_the_process(workload_bin, tmp_path):
     """SIGKILL of the server while the workload reads its memory: the guardian kills the
     workload (and its child) before the uffds close; it never saw a wrong word."""

@@ -85,7 +85,7 @@ def writev_pairs(pid: int, local, remote, count: int) -> int:
 # -- this process's own memory (the migration's restore worker builds areas in itself) ------
 
 MAP_FIXED_NOREPLACE = 0x100000
-MADV_DONTNEED, MADV_DONTFORK, MADV_DOFORK = 4, 10, 11
+MADV_DONTNEED, MADV_DONTFORK, MADV_DOFORK, MADV_WIPEONFORK = 4, 10, 11, 18
 MADV_POPULATE_READ = 22        # Linux 5.14: fill the page tables of a range, reading
 
 

@@ -7,7 +7,8 @@ will bring them.
 
 Lazy areas are the private anonymous, readable and writable VMAs (heap, malloc arenas,
 anonymous mmaps) holding at least LAZY_MIN bytes of saved data. The stack, file pages,
-shared memory and small areas are written eagerly: they are few pages, touched at once.
+shared memory and small areas are written eagerly: they are few pages, touched at once;
+areas advised DONTFORK or WIPEONFORK too (FORK_ADVICE).
 The pages under each thread's rseq area are eager too: the kernel writes there on every
 return to user space, even between two injected calls, and a page it filled with zeros
 before registration would be a hole.
@@ -30,6 +31,7 @@ from ..kernel import uffd
 from ..kernel.libc import SYS
 from ..kernel.page import PAGE_SIZE as PAGE
 from ..kernel.pidfd import take_fd
+from ..kernel.vm import MADV_DONTFORK, MADV_WIPEONFORK
 from ..memory.source import PageSource
 from ..memory.vma import PROT_READ, PROT_WRITE
 
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
     import numpy as np
 
 LAZY_MIN = 256 << 10          # smaller areas are written eagerly: one fault would cost more
+# vma_entry.madv bits of the areas written eagerly whatever their size: a fork's child has
+# no DONTFORK area and zeros in a WIPEONFORK one, but the server cannot tell which of the
+# child's areas those are (the fork event says nothing of them), and would fill them
+FORK_ADVICE = 1 << MADV_DONTFORK | 1 << MADV_WIPEONFORK
 O_NONBLOCK = 0o4000
 O_CLOEXEC = 0o2000000
 FEATURES = (uffd.UFFD_FEATURE_EVENT_FORK | uffd.UFFD_FEATURE_EVENT_REMAP | uffd.UFFD_FEATURE_EVENT_REMOVE
@@ -66,6 +72,8 @@ def lazy_layout(images) -> LazyLayout:
             continue
         if v.prot & (PROT_READ | PROT_WRITE) != PROT_READ | PROT_WRITE:
             continue
+        if (v.madv if v.HasField("madv") else 0) & FORK_ADVICE:
+            continue    # a fork before its pages are in would give the child what it must not see
         lo, hi = bisect_right(ends, v.start), bisect_left(starts, v.end)
         held = sum(min(ends[i], v.end) - max(starts[i], v.start) for i in range(lo, hi))
         if held >= LAZY_MIN:

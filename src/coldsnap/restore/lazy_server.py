@@ -410,7 +410,7 @@ class Server:
         # ENOENT/EINVAL: the run crosses the end of a mapping (an mprotect split the area, or
         # part of it is gone): page by page, so that only what has no mapping is given up
         self.count.split_runs += 1
-        copied = 0
+        copied, lost, why = 0, 0, 0
         for at in range(done, nbytes, PAGE):
             e, d = uffd.copy(space.fd, dst + at, src + at, PAGE)
             if e == -errno.EAGAIN:
@@ -421,8 +421,10 @@ class Server:
             space.pages.done(dst + at, 1)
             copied += d >> PAGE_SHIFT
             if e and e != -errno.EEXIST:
-                print(f"coldsnap lazy server: cannot fill {dst + at:#x} of {space.pid}: {os.strerror(-e)}",
-                      file=sys.stderr)
+                lost, why = lost + 1, e
+        if lost:        # one line per piece (a child's DONTFORK area may be thousands of pages)
+            print(f"coldsnap lazy server: {lost} pages of {dst + done:#x}+{nbytes - done:#x} of {space.pid} "
+                  f"have no mapping any more: {os.strerror(-why)}", file=sys.stderr)
         return 0, copied
 
 
