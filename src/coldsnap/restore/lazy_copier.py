@@ -53,8 +53,19 @@ class Copier:
         self._job: _Job | None = None
         self._busy = False          # the helper holds a piece
         self.helped = 0             # pieces the helper copied
-        if helper:
-            threading.Thread(target=self._helper, name="coldsnap-copier", daemon=True).start()
+        self._closing = False
+        self._thread = threading.Thread(target=self._helper, name="coldsnap-copier", daemon=True) if helper else None
+        if self._thread is not None:
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the helper (the server just exits; a test process must not keep a thread)."""
+        if self._thread is not None:
+            with self._lock:
+                self._closing = True
+                self._work.notify()
+            self._thread.join()
+            self._thread = None
 
     def copy(self, fd: int, dst: int, src: int, nbytes: int) -> list[tuple[tuple[int, int, int], tuple[int, int]]]:
         """UFFDIO_COPY [src, src + nbytes) of ours to dst of fd's mm: ((dst, src, nbytes), (0 or
@@ -80,8 +91,10 @@ class Copier:
         background()
         while True:
             with self._lock:
-                while self._job is None or (i := self._job.take()) is None:
+                while not self._closing and (self._job is None or (i := self._job.take()) is None):
                     self._work.wait()
+                if self._closing:
+                    return
                 job, self._busy = self._job, True
             try:
                 job.results[i] = uffd.copy(job.fd, *job.pieces[i])
