@@ -1,5 +1,6 @@
-"""The lazy-restore server and its guardian: two detached processes that bring the pages in.
-Started by restore/lazy_start.py (the part coldsnap imports); this module runs in them.
+"""The lazy-restore server: the detached process that brings the pages in (its guardian:
+restore/lazy_guardian.py). Started by restore/lazy_start.py (the part coldsnap imports);
+this module runs in the server only.
 
     server = start_server(images, root, log)  # in coldsnap, once the blank processes exist
     server.hand(pid, uffd)                    # per process, from the transplant
@@ -49,13 +50,11 @@ import numpy as np
 
 from ..kernel import uffd, vm
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE as PAGE
-from ..kernel.pidfd import pidfd_open, pidfd_send_signal
-from ..kernel.procfs import child_pids
 from ..memory.source import PageSource
 from .lazy import lazy_layout
 from .lazy_copier import Copier, background
 from .lazy_pages import LazyPages, Run
-from .lazy_start import status_name
+from .lazy_start import recv_fds, status_name
 
 AHEAD, BEHIND = 64, 16          # pages copied around a fault: sequential readers run ahead
 STREAM_MAX = 1024               # ...and a fault just past the last window doubles it, up to 4 MiB
@@ -63,78 +62,6 @@ FIRST = 16                      # a fault's own pages go in alone first: the fau
 PUSH_PAGES = 512                # one background step (2 MiB, two threads: lazy_copier.py): the longest a fault waits
 ABORTED = 3                     # server exit status: coldsnap never said go
 _ZERO = np.zeros(PAGE, np.uint8)
-
-
-def _recv_fds(sock: socket.socket) -> tuple[bytes, list[int]] | None:
-    """One message and its fds; None at EOF."""
-    msg, fds, _, _ = socket.recv_fds(sock, 64, 16)
-    if not msg and not fds:
-        return None
-    return msg, fds
-
-
-# -- the guardian ----------------------------------------------------------------------------
-
-class Guardian:
-    """Holds a copy of every uffd until the server has exited: 0 means every page is in;
-    anything else kills every restored process (and their descendants) first."""
-
-    def __init__(self, server: int, pidfds: dict[int, int], from_coldsnap: socket.socket,
-                 from_server: socket.socket):
-        self.server = server
-        self.pidfds = pidfds
-        self.socks = {s.fileno(): s for s in (from_coldsnap, from_server)}
-        self.held: list[int] = []
-
-    def run(self) -> int:
-        watch = pidfd_open(self.server)
-        poller = select.poll()
-        poller.register(watch, select.POLLIN)
-        for fd in self.socks:
-            poller.register(fd, select.POLLIN)
-        while True:
-            for fd, _ in poller.poll():
-                if fd == watch:
-                    return self._server_ended()
-                got = _recv_fds(self.socks[fd])
-                if got is None:
-                    poller.unregister(fd)
-                else:
-                    self.held.extend(got[1])
-
-    def _server_ended(self) -> int:
-        status = os.waitpid(self.server, 0)[1]
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-            return 0
-        why = f"exit {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else f"signal {os.WTERMSIG(status)}"
-        self._kill_all()
-        print(f"coldsnap lazy guardian: the server ended ({why}) before every page was in: "
-              f"killed the restored processes", file=sys.stderr)
-        return 1
-
-    def _kill_all(self) -> None:
-        """SIGKILL the restored processes and their descendants, then wait until they are gone:
-        only then may the uffds close."""
-        fds = dict(self.pidfds)
-        todo = list(fds)
-        while todo:          # descendants made while the pages came in (forks) die too
-            kids = [k for ks in child_pids(todo).values() for k in ks if k not in fds]
-            todo = []
-            for k in kids:
-                try:
-                    fds[k] = pidfd_open(k)
-                    todo.append(k)
-                except OSError:
-                    pass
-        for fd in fds.values():
-            try:
-                pidfd_send_signal(fd, signal.SIGKILL)
-            except OSError:
-                pass
-        deadline = time.monotonic() + 5
-        for fd in fds.values():
-            left = max(0.0, deadline - time.monotonic())
-            select.select([fd], [], [], left)
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -164,8 +91,10 @@ class Counters:
 
 
 class Server:
-    def __init__(self, images, root: int, ctl: socket.socket, guardian: socket.socket):
+    def __init__(self, images, root: int, ctl: socket.socket, guardian: socket.socket,
+                 listener: socket.socket | None):
         self.images = images
+        self.listener = listener        # the status socket (lazy_start.py status_listener)
         self.root = root
         self.ctl = ctl
         self.guardian = guardian
@@ -182,7 +111,7 @@ class Server:
 
     def run(self) -> int:
         self.images.origin.start()      # a page server: connected before any fault
-        listener = self._status_socket()
+        listener = self.listener
         self.poller.register(self.ctl.fileno(), select.POLLIN)
         if listener is not None:
             self.poller.register(listener.fileno(), select.POLLIN)
@@ -233,22 +162,11 @@ class Server:
         for proc in self.images.procs.values():
             proc.private.warm()
 
-    def _status_socket(self) -> socket.socket | None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-        try:
-            s.bind(status_name(self.root))
-            s.listen(8)
-            return s
-        except OSError as e:       # the name taken (by anybody): serve the pages all the same
-            print(f"coldsnap lazy server: no status socket: {e.strerror}", file=sys.stderr)
-            s.close()
-            return None
-
     def _pending(self) -> int:
         return sum(s.pages.pending for s in self.spaces.values())
 
     def _control(self) -> bool:
-        got = _recv_fds(self.ctl)
+        got = recv_fds(self.ctl)
         if got is None:
             if self.go:
                 self.poller.unregister(self.ctl.fileno())
@@ -284,6 +202,10 @@ class Server:
             conn, _ = listener.accept()
         except BlockingIOError:
             return
+        # what coldsnap sent before its restore returned counts (the server may answer before
+        # it read every process's uffd: it is bound as soon as it exists)
+        while not self.go and select.select([self.ctl], [], [], 0)[0] and self._control():
+            pass
         with conn:
             c = self.count
             body = {"server": os.getpid(), "root": self.root, "ready": self.go,

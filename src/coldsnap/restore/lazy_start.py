@@ -22,6 +22,21 @@ def status_name(root: int) -> bytes:
     return f"\0coldsnap-lazy-{root}".encode()
 
 
+def status_listener(root: int) -> socket.socket | None:
+    """The lazy server's status socket, bound before coldsnap learns the server's pid (so a
+    status asked once the restore returned waits for the answer), or None if the name is
+    taken (by anybody: the pages are served all the same)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        s.bind(status_name(root))
+        s.listen(8)
+        return s
+    except OSError as e:
+        print(f"coldsnap lazy server: no status socket: {e.strerror}", file=sys.stderr)
+        s.close()
+        return None
+
+
 def lazy_server_listening(root: int) -> bool:
     """Whether a lazy restore of ROOT still has its server (its status name is bound)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -50,6 +65,14 @@ def lazy_status(root: int, timeout: float = 2.0) -> dict:
         s.close()
     import json         # here only: every dump asks lazy_server_listening first (cli.py)
     return json.loads(data)
+
+
+def recv_fds(sock: socket.socket) -> tuple[bytes, list[int]] | None:
+    """One message and its fds; None at EOF."""
+    msg, fds, _, _ = socket.recv_fds(sock, 64, 16)
+    if not msg and not fds:
+        return None
+    return msg, fds
 
 
 # -- coldsnap's handle on the server ----------------------------------------------------------
@@ -160,7 +183,7 @@ def _middle(images, root, out, pidfds, info_w, coldsnaps, server_ends, guardian_
 def _guardian_main(images, root, pidfds, info_w, server_ends, guardian_ends) -> None:
     code = 1
     try:
-        from .lazy_server import Guardian, Server
+        listener = status_listener(root)
         server = os.fork()
         if server == 0:
             code = 1
@@ -171,15 +194,17 @@ def _guardian_main(images, root, pidfds, info_w, server_ends, guardian_ends) -> 
                     os.close(fd)
                 for s in guardian_ends:
                     s.close()
-                code = Server(images, root, *server_ends).run()
+                from .lazy_server import Server     # numpy and all: coldsnap does not wait for it
+                code = Server(images, root, *server_ends, listener).run()
             except BaseException as e:      # noqa: BLE001 - the log says why; the guardian acts
                 print(f"coldsnap lazy server: {e!r}", file=sys.stderr)
             finally:
                 os._exit(code)
-        for s in server_ends:
+        for s in (*server_ends, *([listener] if listener is not None else [])):
             s.close()
-        os.write(info_w, f"{os.getpid()} {server}".encode())
+        os.write(info_w, f"{os.getpid()} {server}".encode())    # what coldsnap's go() waits for
         os.close(info_w)
+        from .lazy_guardian import Guardian
         code = Guardian(server, pidfds, *guardian_ends).run()
     except BaseException as e:              # noqa: BLE001
         print(f"coldsnap lazy guardian: {e!r}", file=sys.stderr)
