@@ -143,6 +143,20 @@ def test_plain_and_vectorised_encodings_match_protobuf(rows):
     assert encode_pagemap_entries(array("Q", v.tolist()), array("Q", n.tolist()), array("I", f.tolist())) == want
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**52 - 1), st.integers(0, 3), st.sampled_from([1, 2, 4, 6])),
+                max_size=40))
+def test_page_aligned_entries_encode_as_protobuf(rows):
+    # page numbers close together: the encoder reuses what entries of one 2 MiB area share
+    rows = [(a << 12, b, c) for a, b, c in rows] + [((a << 12) | 0x1000, b, c) for a, b, c in rows]
+    want = b""
+    for a, b, c in rows:
+        m = pagemap_pb2.pagemap_entry(vaddr=a, compat_nr_pages=b, flags=c, nr_pages=b).SerializeToString()
+        want += struct.pack("<I", len(m)) + m
+    v, n, f = (array("Q", [r[i] for r in rows]) for i in range(3))
+    assert encode_pagemap_entries(v, n, f) == want
+
+
 def test_header_constants():
     assert struct.pack("<I", IMG_COMMON) == bytes.fromhex("19435654")
     assert struct.pack("<I", MAGICS["PAGEMAP"]) == bytes.fromhex("25400856")

@@ -9,10 +9,12 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from coldsnap.errors import TargetError
 from coldsnap.images.pages import FileArea
-from coldsnap.memory.frozen_copy import copy_frozen, pieces
+from coldsnap.kernel.vm import IOV_MAX
+from coldsnap.memory.frozen_copy import batches, copy_frozen, pieces
 from coldsnap.memory.ranges import Ranges
 
 PG = 4096
@@ -120,3 +122,20 @@ def test_a_page_nothing_can_read_is_a_one_line_error_naming_it(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 4), max_size=3000), st.sampled_from([1, 2, 3, 4]))
+def test_batches_start_at_each_window_and_every_iov_max_pieces(pages, chunk_pages):
+    """The calls of a copy, against a walk over every piece: a call starts where a piece's
+    offset enters a new CHUNK window, and after IOV_MAX pieces."""
+    chunk = chunk_pages * PG
+    lens = [min(p, chunk_pages) * PG for p in pages]
+    edges, off, window = [0] if lens else [], 0, 0
+    for k, ln in enumerate(lens):
+        if k and (off // chunk != window or k % IOV_MAX == 0):
+            edges.append(k)
+        window = off // chunk
+        off += ln
+    want = list(zip(edges, edges[1:] + [len(lens)]))
+    assert batches(lens, chunk) == want

@@ -69,18 +69,43 @@ def _varint(v: int) -> bytes:
     return bytes(out)
 
 
+# The first three varint bytes of a page-aligned address of 2 MiB or more, by its bits 12-20
+# (bits 0-11 are zero; more bytes follow, so each has its continuation bit)
+_LOW_VARINT = [bytes((0x80, (x & 3) << 5 | 0x80, x >> 2 | 0x80)) for x in range(512)]
+
+
 def encode_pagemap_entries(vaddr: Sequence[int], nr: Sequence[int], flags: Sequence[int]) -> bytes:
-    """Size-prefixed pagemap_entry messages, byte-identical to protobuf's own encoding."""
+    """Size-prefixed pagemap_entry messages, byte-identical to protobuf's own encoding.
+
+    Entries of one 2 MiB area with the same size and flags differ only in three bytes of the
+    address: the rest of each (size prefix, upper address bytes, the other fields) is encoded
+    once per area and reused (8192 one-page entries: about a tenth of the time)."""
     if len(vaddr) >= BIG_PAGEMAP:
         from .pages_np import encode_pagemap_entries as vectorised
         import numpy as np
         return vectorised(np.asarray(vaddr, np.uint64), np.asarray(nr, np.uint64), np.asarray(flags, np.uint32))
-    out, pack = bytearray(), _U32.pack
+    if hasattr(vaddr, "tolist"):
+        vaddr, nr, flags = vaddr.tolist(), nr.tolist(), flags.tolist()
+    out, pack, low = bytearray(), _U32.pack, _LOW_VARINT
+    parts: dict[tuple[int, int, int], tuple[bytes, bytes]] = {}
     for v, n, f in zip(vaddr, nr, flags):
-        body = b"\x08" + _varint(int(v)) + b"\x10" + _varint(int(n) if n <= _U32_MAX else 0) \
-            + b"\x20" + _varint(int(f)) + b"\x28" + _varint(int(n))   # field 2 is u32; huge runs rely on field 5
-        out += pack(len(body))
-        out += body
+        # field 2 is u32; huge runs rely on field 5
+        rest = b"\x10" + _varint(n if n <= _U32_MAX else 0) + b"\x20" + _varint(f) + b"\x28" + _varint(n) \
+            if (v & 0xFFF or v < 0x200000) else None
+        if rest is not None:
+            body = b"\x08" + _varint(v) + rest
+            out += pack(len(body))
+            out += body
+            continue
+        key = (v >> 21, n, f)
+        head_tail = parts.get(key)
+        if head_tail is None:
+            tail = _varint(v >> 21) + b"\x10" + _varint(n if n <= _U32_MAX else 0) + b"\x20" + _varint(f) \
+                + b"\x28" + _varint(n)
+            head_tail = parts[key] = (pack(4 + len(tail)) + b"\x08", tail)
+        out += head_tail[0]
+        out += low[(v >> 12) & 0x1FF]
+        out += head_tail[1]
     return bytes(out)
 
 

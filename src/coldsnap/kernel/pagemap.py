@@ -97,11 +97,15 @@ class PagemapScanner:
             n = check(_ioctl(self.fd, PAGEMAP_SCAN, ctypes.byref(arg)), "PAGEMAP_SCAN")
             if n:
                 out.extend(vec[:3 * n] if n < self._vec_len else vec)
-            if arg.walk_end <= start:  # defensive: the kernel always makes progress
+            if n < self._vec_len or q.max_pages:
+                break                   # the walk ended: it stops early only on a full vector
+            # full: go on past the last region. Not from walk_end alone: 6.18 may report it
+            # megabytes short of regions it returned (a walk of 8192 regions over 64 MiB,
+            # done, said 4 MiB before its end), and those would come twice
+            nxt = max(arg.walk_end, out[-2])
+            if nxt <= start:           # defensive: the kernel always makes progress
                 break
-            start = arg.walk_end
-            if q.max_pages:
-                break
+            start = nxt
         return out
 
     def scan(self, start: int, end: int, q: ScanQuery) -> np.ndarray:

@@ -19,6 +19,7 @@ import mmap
 import os
 import threading
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -49,23 +50,26 @@ class CopyStats:
 
 def pieces(ranges: Ranges, chunk: int = CHUNK) -> tuple[array, array, list[int]]:
     """(addresses, lengths, file offsets) of RANGES cut into pieces of at most CHUNK bytes."""
-    cut = ranges.chunked(chunk)
-    lens = cut.lengths
-    return cut.starts, lens, list(accumulate(lens, initial=0))[:-1]
+    lens = ranges.lengths
+    if lens and max(lens) > chunk:
+        ranges = ranges.chunked(chunk)
+        lens = ranges.lengths
+    return ranges.starts, lens, list(accumulate(lens, initial=0))[:-1]
 
 
 def batches(lens, chunk: int = CHUNK) -> list[tuple[int, int]]:
     """[i, j) index ranges of pieces that one call reads: at most IOV_MAX pieces whose file
-    offsets start within one CHUNK-sized window (so at most 2 * CHUNK bytes)."""
+    offsets start within one CHUNK-sized window (so at most 2 * CHUNK bytes). Found per
+    window boundary (bisect over the offsets), not per piece: a fragmented plan has many."""
     n = len(lens)
     if not n:
         return []
-    edges, off, window = [0], 0, 0
-    for k, ln in enumerate(lens):
-        if k and (off // chunk != window or k % vm.IOV_MAX == 0):
-            edges.append(k)
-        window = off // chunk
-        off += ln
+    offs = list(accumulate(lens, initial=0))
+    edges = set(range(0, n, vm.IOV_MAX))
+    # the first piece starting at or past each window boundary begins a call
+    edges.update(bisect_left(offs, b, 0, n) for b in range(chunk, offs[n - 1] + 1, chunk))
+    edges.discard(n)
+    edges = sorted(edges)
     edges.append(n)
     return list(zip(edges[:-1], edges[1:]))
 
