@@ -73,7 +73,7 @@ def test_restore_needs_no_dump_nor_tracking():
 
 def test_dump_restore_and_pre_dump_modules_load_no_numpy():
     """Page plans, pagemaps and page writes use plain ints and array('Q') (issue 13: numpy
-    alone cost ~60 ms of every command); numpy stays for the write tracking's collect, the
+    alone cost ~60 ms of every command); numpy stays for the soft-dirty tracking's collect, the
     lazy-restore server (not the restore command that starts it) and very long range lists,
     imported there."""
     mods = modules_after("import coldsnap.dump.dump, coldsnap.dump.predump, coldsnap.restore.restore, "
@@ -95,14 +95,16 @@ SOCKET_KINDS = ("coldsnap.files.inet", "coldsnap.files.unix", "coldsnap.files.so
                 "coldsnap.kernel.unixdiag")
 
 
-def test_a_dump_and_a_restore_of_a_process_load_no_numpy(spawn, workload_bin, tmp_path):
+@pytest.mark.parametrize("track", ["none", "uffd"])
+def test_a_dump_and_a_restore_of_a_process_load_no_numpy(spawn, workload_bin, tmp_path, track):
     """The real commands, not only their imports: nothing on the way loads numpy late, nor
-    the operations of file kinds the process does not have."""
+    the operations of file kinds the process does not have. With uffd, the pre-dump parks its
+    tracking and the dump adopts and collects it."""
     import signal
     import time
     w = spawn([str(workload_bin("rst_still"))], stderr=subprocess.DEVNULL)
     d, pre = tmp_path / "d", tmp_path / "pre"
-    assert loaded(_command_modules(["pre-dump", "-t", str(w.pid), "-D", str(pre), "--track-mem", "none"]),
+    assert loaded(_command_modules(["pre-dump", "-t", str(w.pid), "-D", str(pre), "--track-mem", track]),
                   "numpy", *SOCKET_KINDS) == []
     assert loaded(_command_modules(["dump", "-t", str(w.pid), "-D", str(d), "--prev-images-dir", str(pre)]),
                   "numpy", *SOCKET_KINDS) == []

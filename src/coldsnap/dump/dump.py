@@ -403,7 +403,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
         with pages.session(images_dir, prev) as session, \
                 ImageDir.create(images_dir, parent=prev_images_dir) as imgdir, session.sink(imgdir) as sink:
             parents = _parents(prev, session)
-            warm_up(numpy=any(p.uffd_fd is not None for p in parents.values()))   # an adopted tracking collects with numpy
+            warm_up()
             prepare = getattr(sink, "prepare", None)
             with _Background() as allocating:
                 if pid not in parents:

@@ -99,9 +99,9 @@ class PreDumpSeries:
         if self.n == 0 and path is None:
             self.base.mkdir(parents=True, exist_ok=True)
         planners = self._current(times)
-        # a tracking's collect uses numpy, imported before the freeze; a first step (every
-        # planner fresh) collects nothing and goes without it
-        warm_up(numpy=any(not p.fresh and p.track != "none" for p in planners.values()))
+        # soft-dirty's collect decodes the pagemap with numpy, imported before the freeze; a
+        # first step (every planner fresh) collects nothing and goes without it
+        warm_up(numpy=any(not p.fresh and p.track == "soft-dirty" for p in planners.values()))
         path = path or self.base / str(self.n + 1)
         with self.pages.session(path, self.prev) as pages:
             # what the parent chain holds, read before any freeze (only a tracked plan needs it)

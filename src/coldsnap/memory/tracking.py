@@ -35,6 +35,8 @@ import mmap
 import os
 from dataclasses import dataclass, field
 from array import array
+from itertools import islice
+from operator import le
 from typing import Callable, ContextManager, Protocol
 
 from ..errors import CsError, NoSuchProcess, TargetError
@@ -201,18 +203,6 @@ def wp_marker_entry() -> int:
     return _marker
 
 
-def _found(parts: list) -> Ranges:
-    """The written regions that PAGEMAP_SCAN calls found (arrays of pm.REGION_DTYPE),
-    sorted and merged; numpy (loaded before any freeze: scan.warm_up(numpy=True)) only when
-    there are any: a first collect of a fresh tracking scans nothing."""
-    if not parts:
-        return Ranges.empty()
-    import numpy as np
-    found = np.concatenate(parts)
-    order = np.argsort(found["start"], kind="stable")
-    return Ranges(found["start"][order].copy(), found["end"][order].copy()).merged()
-
-
 def drop_wp_markers(pagemap_fd: int, pages: Ranges, scanner: pm.PagemapScanner | None = None) -> Ranges:
     """PAGES without the uffd-wp markers among them (only swapped-looking pages are read)."""
     marker = wp_marker_entry()
@@ -235,6 +225,16 @@ def drop_wp_markers(pagemap_fd: int, pages: Ranges, scanner: pm.PagemapScanner |
                     markers.add(page, page + PAGE_SIZE)
     drop = markers.ranges()
     return pages.subtract(drop).split_at(sorted({*pages.starts, *pages.ends})) if len(drop) else pages
+
+
+def _dirty(found: array, whole: list[tuple[int, int]]) -> Ranges:
+    """The written regions (flat triplets) joined, with the areas that count whole. VMAs
+    walked in address order give them sorted already; anything else is sorted here."""
+    starts, ends = found[0::3], found[1::3]
+    if not all(map(le, ends, islice(starts, 1, None))):
+        return Ranges.covering([*zip(starts, ends), *whole])
+    dirty = Ranges(starts, ends).merged()
+    return dirty.union(Ranges.covering(whole)) if whole else dirty
 
 
 @dataclass
@@ -344,7 +344,7 @@ class UffdTracker:
     def _probe(self, v: Vma) -> bool:
         """True when [v.start, v.end) is registered with WP_ASYNC (ours, in practice)."""
         try:
-            self._scanner.scan_flat(v.start, v.end, PROBE_QUERY)     # only its error matters: no numpy
+            self._scanner.scan_flat(v.start, v.end, PROBE_QUERY)
             return True
         except OSError as e:
             if e.errno == errno.EPERM:
@@ -415,7 +415,7 @@ class UffdTracker:
         self._fresh = []
         whole: list[tuple[int, int]] = []
         untracked: list[tuple[int, int]] = []
-        parts: list = []
+        found = array("Q")
         for v in vmas:
             if not v.saves_pages or v.kind is Kind.ANON_SHARED:
                 continue
@@ -432,21 +432,11 @@ class UffdTracker:
                 # writes since then are reported next time (a few pages too many, never too few)
                 whole.append(key)
                 continue
-            try:
-                parts.append(self._scanner.scan(v.start, v.end, WRITTEN_RESET_QUERY))
-            except OSError as e:
-                if e.errno != errno.EPERM:
-                    if not alive(self.pid):
-                        raise NoSuchProcess(self.pid, during="write tracking") from None
-                    raise
-                # replaced or moved since register_new: whole, registered next time
-                whole.append(key)
+            if not self._scan_written(v, WRITTEN_RESET_QUERY, found):
+                whole.append(key)   # replaced or moved since register_new: registered next time
         # fresh registrations whose VMA changed shape meanwhile: still dirty
         whole.extend(k for k in fresh if k not in {(v.start, v.end) for v in vmas})
-        dirty = _found(parts)
-        if whole:
-            dirty = dirty.union(Ranges.covering(whole))
-        return dirty, Ranges.covering(untracked)
+        return _dirty(found, whole), Ranges.covering(untracked)
 
     def collect_final(self, vmas: list[Vma]) -> tuple[Ranges, Ranges]:
         """collect() for the last look of a final dump, the task frozen and the tracking
@@ -455,25 +445,26 @@ class UffdTracker:
         or reshaped) counts whole. untracked: always empty (nothing was refused now)."""
         self._need_armed()
         whole: list[tuple[int, int]] = []
-        parts: list = []
+        found = array("Q")
         for v in vmas:
             if not v.saves_pages or v.kind is Kind.ANON_SHARED:
                 continue
-            if not tracked_vma(v):
+            if not tracked_vma(v) or not self._scan_written(v, WRITTEN_QUERY, found):
                 whole.append((v.start, v.end))
-                continue
-            try:
-                parts.append(self._scanner.scan(v.start, v.end, WRITTEN_QUERY))
-            except OSError as e:
-                if e.errno != errno.EPERM:
-                    if not alive(self.pid):
-                        raise NoSuchProcess(self.pid, during="write tracking") from None
-                    raise
-                whole.append((v.start, v.end))      # not registered (EPERM): not tracked
-        dirty = _found(parts)
-        if whole:
-            dirty = dirty.union(Ranges.covering(whole))
-        return dirty, Ranges.empty()
+        return _dirty(found, whole), Ranges.empty()
+
+    def _scan_written(self, v: Vma, query: pm.ScanQuery, found: array) -> bool:
+        """Append the written regions of V (flat triplets) to FOUND; False when V is not
+        registered (EPERM: what the walk found is lost, the caller counts V whole)."""
+        try:
+            found.extend(self._scanner.scan_flat(v.start, v.end, query))
+            return True
+        except OSError as e:
+            if e.errno != errno.EPERM:
+                if not alive(self.pid):
+                    raise NoSuchProcess(self.pid, during="write tracking") from None
+                raise
+            return False
 
     def drop_markers(self, pages: Ranges) -> Ranges:
         """PAGES (from a saved-pages scan) without the unpopulated pages our resets marked."""
