@@ -27,6 +27,9 @@ def test_a_writer_migrates_post_copy_and_its_memory_is_whole(hosts, workload_bin
         print(r.stdout)
         assert res["destination_pid"] == w.pid and res["post_copy"] and res["downtime_ms"] > 0
         assert res["post_copy_pages"] > 0 and res["post_copy_ms"] >= 0
+        # the memory built ahead over there is kept: only the final delta is left to fetch
+        assert res["prebuilt_bytes"] >= 64 << 20, res
+        assert res["post_copy_pages"] < (128 << 20) // PG // 2, res
         w.reap_dumped()
         there = _pid_in_root_ns(w.pid, _netns_inode(hosts))
         assert there is not None, "the migrated process is not in the destination's namespaces"

@@ -92,9 +92,15 @@ class ChainSource:
         self._maps: dict[int, memoryview] = {}
         self._held: list = []                    # lazy runs fetched for mapped(), until close()
 
-    def drop(self, areas: list[tuple[int, int]]) -> None:
-        """Forget the pages inside AREAS ([start, end) pairs): runs are cut around them."""
-        self._runs = cut_runs(self._runs, areas)
+    def drop(self, areas: list[tuple[int, int]], keep_lazy: bool = False) -> None:
+        """Forget the pages inside AREAS ([start, end) pairs): runs are cut around them.
+        keep_lazy: but not those of the lazy source (a post-copy restore keeps the areas
+        built ahead, and their final delta is still to come)."""
+        if keep_lazy and self._shift:
+            lazy = [r for r in self._runs if r[0] == 0]
+            self._runs = sorted(lazy + cut_runs([r for r in self._runs if r[0] != 0], areas), key=lambda r: r[1])
+        else:
+            self._runs = cut_runs(self._runs, areas)
         self._starts = [vaddr for _, vaddr, _, _ in self._runs]
 
     def runs(self) -> list[tuple[int, int]]:

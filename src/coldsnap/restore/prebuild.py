@@ -24,6 +24,11 @@ them MADV_DONTFORK in it at once: its own children do not get them). `release()`
 unmaps our copy, so that the restored process owns its pages outright, and the transplant
 keeps those areas (restore/transplant.py `kept`): no unmap, no mmap, no page written.
 
+A post-copy's final session (restore/receive_worker.py) is applied too: its PE_LAZY runs,
+the final delta whose bytes stay at the source, are zeroed (MADV_DONTNEED) in the areas
+rather than written; the lazy restore then keeps the areas and registers them with its
+userfaultfd, so that only those pages are fetched after the process runs.
+
 Anything going wrong here only costs speed: the areas are dropped and the restore does all.
 """
 from __future__ import annotations
@@ -49,6 +54,19 @@ from ..memory.ranges import Ranges
 from ..memory.vma import MAP_ANONYMOUS, MAP_PRIVATE
 
 MAP_NORESERVE = 0x4000
+LAZY, OWN = 0, 1        # chain levels of ChainSource(..., lazy=_ELSEWHERE): PE_LAZY runs, the session's own
+
+
+class _Elsewhere:
+    """Where a post-copy's final session keeps its PE_LAZY runs: at the source, fetched by
+    the lazy restore. Here they are pages to leave missing (MADV_DONTNEED: the restored
+    process faults on them, its lazy server brings them)."""
+
+    def expect(self, runs) -> None:
+        pass
+
+
+_ELSEWHERE = _Elsewhere()
 _NOT_PLAIN = (VMA_FILE_PRIVATE | VMA_FILE_SHARED | VMA_ANON_SHARED | VMA_AREA_SYSVIPC | VMA_AREA_MEMFD
               | VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_STACK)
 TASK_SIZE = 0x7FFFFFFFF000
@@ -123,10 +141,11 @@ class Prebuilt:
         want = {(v.start, v.end): v for v in d.read_single(f"mm-{pid}.img").vmas if prebuildable(v)}
         for key in [k for k in self.areas if k not in want]:
             self._unmap(self.areas.pop(key))
-        with ChainSource(d, pid) as src:
+        with ChainSource(d, pid, lazy=_ELSEWHERE) as src:
             runs = src.located()
             starts = [r[1] for r in runs]
             covered = Ranges.covering([(r[1], r[1] + r[2]) for r in runs])
+            coming = Ranges.covering([(r[1], r[1] + r[2]) for r in runs if r[0] == LAZY])
             fds: dict[int, int] = {}
             try:
                 for (start, end), v in sorted(want.items()):
@@ -139,12 +158,12 @@ class Prebuilt:
                         a = self.areas[(start, end)] = Area(start, end, "")
                         stats.new_areas += 1
                     whole = Ranges.of([(start, end)])
-                    now = covered.intersect(whole)
+                    now = covered.intersect(whole).subtract(coming)     # what we hold once done
                     fresh = a.session != parent      # a.session is a name ("": new), parent may be None
                     if len(a.held):
                         stats.bytes_zeroed += self._zero(a.held if fresh else a.held.subtract(now))
                     stats.bytes_written += self._write(src, runs, starts, start, end, fds,
-                                                       levels=None if fresh else 0)
+                                                       levels=None if fresh else OWN)
                     a.held, a.session = now, d.root.name
                     stats.areas += 1
             finally:
@@ -180,7 +199,7 @@ class Prebuilt:
             if vaddr >= hi:
                 break
             s, e = max(vaddr, lo), min(vaddr + nbytes, hi)
-            if s >= e or (levels is not None and level != levels):
+            if s >= e or level == LAZY or (levels is not None and level != levels):
                 continue
             off = offset + s - vaddr
             if n and (level != level0 or off != at or n == vm.IOV_MAX):
@@ -209,6 +228,13 @@ class Prebuilt:
                 pass
         self.areas.clear()
         self.last = None
+
+    def hide_from_forks(self) -> None:
+        """MADV_DONTFORK on our copy of every area: a process forked from us from now on (a
+        lazy restore's server) does not share the restored root's memory (its writes would
+        all be copies, and the memory held twice as long as that process lives)."""
+        for a in self.areas.values():
+            vm.madvise(a.start, a.end - a.start, vm.MADV_DONTFORK)
 
     def kept_for(self, session: str, pid: int, mm) -> list[tuple[int, int]]:
         """The areas a restore of SESSION's process PID with mm image MM keeps (brought up to

@@ -45,9 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             request = json.loads(line)
             lazy = _post_copy(request)
-            if lazy:
-                built.drop()            # a post-copy restore writes nothing itself: no fork of them either
-            r = restore(request["images"], detach=True, prebuilt=built if prebuild and not lazy else None, **lazy)
+            # post-copy too: what was built stays, only the final delta is fetched lazily
+            r = restore(request["images"], detach=True, prebuilt=built if prebuild else None, **lazy)
             answer = {"pid": r.pid, "total_ms": round(r.total_ns / 1e6, 2), "lazy_pages": r.stats.lazy_pages,
                       "prebuilt_bytes": r.prebuilt_bytes, "prebuilt_areas": [[s, e] for s, e in r.prebuilt],
                       "wall_ms": round((time.perf_counter() - t0) * 1000, 2)}

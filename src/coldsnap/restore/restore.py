@@ -103,8 +103,9 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts:
              prebuilt: Prebuilt | None = None) -> RestoreResult:
     """The blank tree, each process transplanted, all let go (restore's docstring)."""
     root = images.tree.root
-    kept = (prebuilt.kept_for(images.dir.root.name, root, images.root.mm)
-            if prebuilt is not None and not lazy_pages else [])
+    kept = prebuilt.kept_for(images.dir.root.name, root, images.root.mm) if prebuilt is not None else []
+    if kept:    # their pages are in already, but a post-copy's final delta (before the lazy server forks)
+        images.procs[root].private.drop(kept, keep_lazy=True)
     if prebuilt is not None and not kept:
         prebuilt.release()
     try:
@@ -118,6 +119,8 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts:
     try:
         if lazy_pages:
             from .lazy_start import start_server
+            if kept:        # the lazy server (forked from us) must not share the root's memory
+                prebuilt.hide_from_forks()
             server = start_server(images, pid, lazy_log)
         for proc in images.procs.values():
             _set_rlimits(proc.pid, proc)

@@ -315,8 +315,6 @@ class Transplant:
 
     def _write_pages(self) -> None:
         areas = [(v.start, v.end, v.prot) for v in self.img.vmas()]
-        if self.kept:
-            self.img.private.drop(self.kept)     # their pages are in already
         layout = copy = None
         if self.lazy:
             from . import lazy as lazy_pages     # userfaultfd bindings: only for --lazy-pages
