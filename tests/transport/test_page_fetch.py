@@ -93,7 +93,7 @@ def test_a_fault_does_not_wait_behind_the_pages_asked_ahead(served):
     stall["lazy-ahead"] = 0.4
     origin, src = _source(ep)
     try:
-        for k in range(3):          # a stream: the window grows to 8 MiB asked ahead
+        for k in range(4):          # a stream: the window grows to 8 MiB asked ahead
             at = RUNS[0][0] + k * MIB
             assert np.array_equal(src.saved(0, at, MIB), _pattern(at, MIB))
         assert origin.pipe.outstanding >= 4 * MIB

@@ -1,7 +1,7 @@
 """Pipelined page fetches for a lazy restore's server reading from a page server
 (transport/source.py RemoteSource).
 
-The lazy server asks its page source for one run at a time: a fault's window, or 1 MiB of
+The lazy server asks its page source for one run at a time: a fault's window, or 2 MiB of
 the background push (restore/lazy_server.py). With one request and its answer per run, the
 link idles for a round trip each time, and on a loaded machine for the wake-ups of both ends.
 Here the pages are asked ahead, on a connection of their own:
@@ -36,9 +36,9 @@ from ..errors import TransportError
 from ..memory.sink import PagemapKey
 from .client import PageServerClient
 
-CHUNK = 1 << 20             # one request (the push's own step)
+CHUNK = 2 << 20             # one request: the push's own step (restore/lazy_server.py PUSH_PAGES), one piece each
 WINDOW = 8 << 20            # bytes asked and not received yet, at most
-RAMP = 2 << 20              # asked after a read that found nothing asked (module docstring)
+RAMP = CHUNK                # asked after a read that found nothing asked (module docstring)
 FAULT_WAIT = 2 << 20        # a read waits for an answer with at most this much before it
 HOLD_MAX = 32 << 20         # answers received and not read yet, at most (the oldest go)
 
