@@ -99,15 +99,38 @@ class _Parser(argparse.ArgumentParser):
     _argv: list[str] = []
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of the `coldsnap` command line, for every command (None) or, as a run
+    needs, for COMMAND alone (the whole costs ~6 ms of each start). A name that is no
+    command gets every command by name, for argparse's answer."""
     p = _Parser(prog="coldsnap", description="Checkpoint/restore of Linux processes.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    js = argparse.ArgumentParser(add_help=False)
-    js.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    for name in [command] if command in _COMMANDS else _COMMANDS:
+        words, declare = _COMMANDS[name]
+        cmd = sub.add_parser(name, help=words)
+        if command is None or command == name:
+            declare(cmd)
+    return p
 
-    pd = sub.add_parser("pre-dump", parents=[js],
-                        help="save a running process's memory, keeping it frozen only to plan")
+
+def _command_in(argv: list[str]) -> str | None:
+    """The command an argument list names (its first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+
+
+def _freeze_cgroup_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--freeze-cgroup", metavar="PATH",
+                   help="freeze the tree through this cgroup's freezer (v1 freezer.state or v2 "
+                        "cgroup.freeze) before seizing it; every process below the root must be in it")
+
+
+def _pre_dump_args(pd: argparse.ArgumentParser) -> None:
+    _json_arg(pd)
     pd.add_argument("-t", "--tree", type=_pid, required=True, metavar="PID", help="process to pre-dump")
     pd.add_argument("-D", "--images-dir", metavar="DIR", help="new or empty directory for the images")
     cli_stream.add_args(pd)
@@ -133,8 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",
                     help="pause between the iterations of a series")
     cli_transport.add_client_args(pd)
+    _freeze_cgroup_arg(pd)
 
-    du = sub.add_parser("dump", parents=[js], help="checkpoint a process for good: all its state, then kill it")
+
+def _dump_args(du: argparse.ArgumentParser) -> None:
+    _json_arg(du)
     du.add_argument("-t", "--tree", type=_pid, required=True, metavar="PID", help="process to dump")
     du.add_argument("-D", "--images-dir", metavar="DIR", help="new or empty directory for the images")
     cli_stream.add_args(du)
@@ -148,10 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "restore connects it to that name again")
     du.add_argument("--ghost-limit", type=_size, default="1M", metavar="SIZE",
                     help="largest deleted file held open or mapped whose contents are saved (default 1M)")
-    for cmd in (pd, du):
-        cmd.add_argument("--freeze-cgroup", metavar="PATH",
-                       help="freeze the tree through this cgroup's freezer (v1 freezer.state or v2 "
-                            "cgroup.freeze) before seizing it; every process below the root must be in it")
+    _freeze_cgroup_arg(du)
     cli_transport.add_client_args(du)
     du.add_argument("--tcp-established", action="store_true",
                     help="save established TCP connections (the default; CRIU's spelling, accepted)")
@@ -163,11 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "nftables table of their own (default), or not at all (skip: the kernel may "
                          "answer the peer with a reset meanwhile)")
 
-    ut = sub.add_parser("untrack", parents=[js],
-                        help="remove coldsnap's write tracking from a process and every process below it")
+
+def _untrack_args(ut: argparse.ArgumentParser) -> None:
+    _json_arg(ut)
     ut.add_argument("pid", type=_pid, metavar="PID")
 
-    rs = sub.add_parser("restore", parents=[js], help="bring a dumped process back to life (same PID and TIDs)")
+
+def _restore_args(rs: argparse.ArgumentParser) -> None:
+    _json_arg(rs)
     rs.add_argument("-D", "--images-dir", metavar="DIR", help="images of `coldsnap dump`")
     cli_stream.add_args(rs, restore=True)
     rs.add_argument("-d", "--restore-detached", action="store_true",
@@ -190,31 +216,44 @@ def build_parser() -> argparse.ArgumentParser:
                     help="hold the connections' packets back while they are rebuilt (default), or not "
                          "(skip); a lock the dump left is lifted either way")
 
-    ls = sub.add_parser("lazy-status", parents=[js], help="pages still to come of a --lazy-pages restore")
+
+def _lazy_status_args(ls: argparse.ArgumentParser) -> None:
+    _json_arg(ls)
     ls.add_argument("pid", type=_pid, metavar="PID", help="the restored root process")
 
-    nu = sub.add_parser("network-unlock", parents=[js],
-                        help="lift the network lock a dump left for its TCP connections (restore lifts it itself)")
+
+def _network_unlock_args(nu: argparse.ArgumentParser) -> None:
+    _json_arg(nu)
     nu.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="images of `coldsnap dump`")
 
-    sh = sub.add_parser("show", parents=[js], help="summarise an images directory")
-    sh.add_argument("dir", metavar="DIR")
 
-    gcp = sub.add_parser("gc", parents=[js],
-                         help="remove the staging directories that killed coldsnap runs left beside "
-                              "images directory DIR (and inside DIR); a live run's are kept")
-    gcp.add_argument("dir", metavar="DIR")
+def _dir_args(p: argparse.ArgumentParser) -> None:
+    _json_arg(p)
+    p.add_argument("dir", metavar="DIR")
 
-    sub.add_parser("check", parents=[js], help="report which kernel features coldsnap can use here, "
-                                              "and which CRIU versions its images are tested with")
 
-    cli_transport.add_commands(sub)
-    cli_transport.add_migrate_commands(sub)
-
-    dm = sub.add_parser("demo", help="start a sample workload, pre-dump it, print the stats")
+def _demo_args(dm: argparse.ArgumentParser) -> None:
     dm.add_argument("--size", type=_size, default="256M", metavar="SIZE", help="workload memory (default 256M)")
     dm.add_argument("-D", "--images-dir", metavar="DIR", help="keep the images here (default: a temporary dir)")
-    return p
+
+
+# command -> (its line in --help, what declares its options)
+_COMMANDS = {
+    "pre-dump": ("save a running process's memory, keeping it frozen only to plan", _pre_dump_args),
+    "dump": ("checkpoint a process for good: all its state, then kill it", _dump_args),
+    "untrack": ("remove coldsnap's write tracking from a process and every process below it", _untrack_args),
+    "restore": ("bring a dumped process back to life (same PID and TIDs)", _restore_args),
+    "lazy-status": ("pages still to come of a --lazy-pages restore", _lazy_status_args),
+    "network-unlock": ("lift the network lock a dump left for its TCP connections (restore lifts it itself)",
+                       _network_unlock_args),
+    "show": ("summarise an images directory", _dir_args),
+    "gc": ("remove the staging directories that killed coldsnap runs left beside images directory DIR "
+           "(and inside DIR); a live run's are kept", _dir_args),
+    "check": ("report which kernel features coldsnap can use here, and which CRIU versions its images are "
+              "tested with", _json_arg),
+    **cli_transport.COMMANDS,
+    "demo": ("start a sample workload, pre-dump it, print the stats", _demo_args),
+}
 
 
 def _json(obj, **how) -> str:
@@ -476,7 +515,7 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     # (40-50 ms of a dump's or restore's wall time on 2 CPUs)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     _Parser._argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(_command_in(_Parser._argv)).parse_args(argv)
     if own_process and one_shot(args):
         gc.disable()
     # SIGTERM unwinds like Ctrl-C (targets resumed, temporary images removed) and exits 143;

@@ -69,23 +69,23 @@ def server_options(args: argparse.Namespace):
                          tls=tls_files(args.tls_cacert, args.tls_cert, args.tls_key))
 
 
-def add_commands(sub) -> None:
-    ps = sub.add_parser("page-server", help="receive pre-dumps and dumps sent with --page-server")
+def _page_server_args(ps: argparse.ArgumentParser) -> None:
     ps.add_argument("-D", "--images-dir", required=True, metavar="DIR",
                     help="each session becomes a directory in DIR (named by a coldsnap client, "
                          "session-N for a CRIU client)")
     add_server_args(ps)
 
 
-def add_migrate_commands(sub) -> None:
-    mr = sub.add_parser("migrate-receive", help="the destination of `coldsnap migrate`: receive, restore, exit")
+def _migrate_receive_args(mr: argparse.ArgumentParser) -> None:
     mr.add_argument("-D", "--images-dir", metavar="DIR", help="keep the received images here (default: a "
                     "temporary directory, removed at the end)")
     mr.add_argument("--keep-serving", action="store_true", help="serve more migrations after the first")
     mr.add_argument("--no-prebuild", action="store_true", help="do not build the process's memory ahead as "
                     "pre-copies arrive: restore all of it at switchover")
     add_server_args(mr)
-    mg = sub.add_parser("migrate", help="move a running process tree to a `coldsnap migrate-receive`")
+
+
+def _migrate_args(mg: argparse.ArgumentParser) -> None:
     mg.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="process to move")
     mg.add_argument("--to", required=True, metavar="HOST:PORT", help="where migrate-receive listens")
     mg.add_argument("--max-downtime", type=float, default=100.0, metavar="MS",
@@ -107,6 +107,14 @@ def add_migrate_commands(sub) -> None:
                          "killed, before the source's network lock is lifted: move the service address "
                          "(env COLDSNAP_SOURCE_PID, COLDSNAP_DESTINATION_PID; its output goes to stderr)")
     add_tls_args(mg)
+
+
+# cli.py's table of commands: command -> (its line in --help, what declares its options)
+COMMANDS = {
+    "page-server": ("receive pre-dumps and dumps sent with --page-server", _page_server_args),
+    "migrate-receive": ("the destination of `coldsnap migrate`: receive, restore, exit", _migrate_receive_args),
+    "migrate": ("move a running process tree to a `coldsnap migrate-receive`", _migrate_args),
+}
 
 
 def run_migrate_receive(args: argparse.Namespace) -> int:
