@@ -26,8 +26,8 @@ INVENTORY = "inventory.img"
 PARENT_LINK = "parent"
 IMG_VERSION = 2  # "v1.1": images carry IMG_COMMON
 PRE_DUMP_SPLICE, PRE_DUMP_READ = 1, 2
-_PAGEMAP = re.compile(r"pagemap-(\d+)\.img")
-_SHMEM_PAGEMAP = re.compile(r"pagemap-shmem-(\d+)\.img")
+_PAGEMAP = r"pagemap-(\d+)\.img"              # patterns compiled on first use (re caches them)
+_SHMEM_PAGEMAP = r"pagemap-shmem-(\d+)\.img"
 
 PathLike = Union[str, os.PathLike]
 
@@ -47,7 +47,7 @@ def new_inventory(*, pre_dump_mode: Optional[int] = None, dump_uptime: Optional[
 # A staging directory's name says who made it: `.NAME.PID-START.XXXXXXXX.staging`, the
 # pid and start time (clock ticks since boot) of the coldsnap process writing NAME. A process
 # with that pid and start time still there is a live run; anything else left it behind.
-_STAGING = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-(?P<start>\d+)\.[A-Za-z0-9_]+\.staging")
+_STAGING = r"\.(?P<name>.+)\.(?P<pid>\d+)-(?P<start>\d+)\.[A-Za-z0-9_]+\.staging"
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def stagings(where: PathLike, name: Optional[str] = None) -> list[Staging]:
     except OSError as e:
         raise ImageError(f"{where}: cannot list: {e.strerror}") from None
     for e in entries:
-        m = _STAGING.fullmatch(e.name)
+        m = re.fullmatch(_STAGING, e.name)
         if m is None or (name is not None and m["name"] != name) or not e.is_dir(follow_symlinks=False):
             continue
         pid = int(m["pid"])
@@ -297,8 +297,8 @@ class ImageDir:
     def exists(self, name: str) -> bool:
         return self.path(name).exists()
 
-    def _ids(self, pattern: re.Pattern) -> list[int]:
-        return sorted(int(m.group(1)) for m in map(pattern.fullmatch, os.listdir(self.root)) if m)
+    def _ids(self, pattern: str) -> list[int]:
+        return sorted(int(m.group(1)) for m in (re.fullmatch(pattern, n) for n in os.listdir(self.root)) if m)
 
     def pagemap_ids(self) -> list[int]:
         """Ids (pids) of the process pagemaps here."""
