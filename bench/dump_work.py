@@ -11,6 +11,8 @@ anonymous memory, every byte non-zero, idle; images on tmpfs):
 
     own      cli.main from its call to its return: argument parsing, the work before the
              freeze, the freeze, what follows it (the command's start-up and imports excluded)
+    cpu      user + system CPU time of the command's process (all its threads) over the same
+             span: the work itself, less sensitive than the walls to a loaded machine
     before   from the call to the freeze's start (freeze_tree entered)
     frozen   frozen_time of the dump's stats (seize done to the last thread's death)
     after    from the tree's release (freeze_tree left) to the return
@@ -40,10 +42,10 @@ from common import (BENCH, SHM, become_subreaper, build_restore_target, kill_rea
 
 SECTION = "## Final dump's own work after the imports (issue 13)"
 ROOT = BENCH.parent
-COLS = ("own", "before", "frozen", "after")
+COLS = ("own", "cpu", "before", "frozen", "after")
 
 CHILD = r"""
-import contextlib, io, json, sys, time
+import contextlib, io, json, resource, sys, time
 import coldsnap.cli as cli
 import coldsnap.dump.dump as D
 marks = {}
@@ -55,14 +57,17 @@ def marked(*a, **k):
         yield held
     marks["thawed"] = time.perf_counter_ns()
 D.freeze_tree = marked
+def cpu():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 out = io.StringIO()
-t0 = time.perf_counter_ns()
+c0, t0 = cpu(), time.perf_counter_ns()
 with contextlib.redirect_stdout(out):
     rc = cli.main(sys.argv[1:] + ["--json"])
-t1 = time.perf_counter_ns()
+t1, c1 = time.perf_counter_ns(), cpu()
 assert rc == 0, out.getvalue()
 st = json.loads(out.getvalue())["stats"]
-print(json.dumps({"own": (t1 - t0) / 1e6, "before": (marks["freeze"] - t0) / 1e6,
+print(json.dumps({"own": (t1 - t0) / 1e6, "cpu": (c1 - c0) * 1e3, "before": (marks["freeze"] - t0) / 1e6,
                   "frozen": st["frozen_time"] / 1e3, "after": (t1 - marks["thawed"]) / 1e6}))
 """
 
@@ -78,6 +83,14 @@ def export(rev: str) -> tuple[str, Path]:
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(dest / "src")], check=True)
     return sha, dest / "src"
+
+
+def tree_revision() -> str:
+    """HEAD of this tree (the new side), and whether its src/ differs from it."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout
+    return head + (" + uncommitted changes in src/" if dirty.strip() else "")
 
 
 def one(src: Path, size: int, tracked: bool) -> dict:
@@ -127,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{size_name(size)}{' tracked' if tracked else ''} done")
     load1 = os.getloadavg()
     meta = run_meta("dump_work.py", argv)
-    L = [SECTION, "", f"Command: `{meta['cmd']}`  ", f"base {base_sha}, new: {meta['rev']}  ",
+    L = [SECTION, "", f"Command: `{meta['cmd']}`  ", f"base {base_sha}, new: {tree_revision()}  ",
          f"Date: {meta['date']}; kernel `{meta['uname']}`; {meta['cpus']} CPUs; images on tmpfs; "
          f"load average {load0[0]:.1f} before, {load1[0]:.1f} after.", "",
          "| size | dump | n | " + " | ".join(f"{c} ms base / new" for c in COLS) + " |",
@@ -138,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"**{median([x[c] for x in n]):.1f}** ({min(x[c] for x in n):.1f})" for c in COLS]
         L.append(f"| {size_name(size)} | {'after a tracked pre-dump' if tracked else 'plain'} | {len(n)} | "
                  + " | ".join(cells) + " |")
-    L += ["", "Median (min) over the rounds. own = cli.main of `coldsnap dump` after its imports; "
+    L += ["", "Median (min) over the rounds. own = cli.main of `coldsnap dump` after its imports; cpu = its "
+          "CPU time (every thread of the command; the target's own exit is not in it); "
           "before / after = the parts of it before the freeze and after the tree's release; "
           "frozen = stats-dump frozen_time (see the script's docstring)."]
     text = "\n".join(L) + "\n"
