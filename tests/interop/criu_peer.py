@@ -85,3 +85,26 @@ def criu_restore(images: Path, *extra) -> int:
     pidfile = images / "restored.pid"
     criu("restore", "-d", "--pidfile", pidfile, *extra, images=images, log="restore.log")
     return int(pidfile.read_text())
+
+
+# -- both ways ------------------------------------------------------------------------------
+
+DIRECTIONS = ("coldsnap-to-criu", "criu-to-coldsnap")     # which tool dumps, which restores
+
+
+def dump_with(direction: str, pid: int, images: Path, coldsnap_args=(), criu_args=()) -> None:
+    """The dumping tool of DIRECTION on PID into IMAGES (the target is killed)."""
+    from procs import coldsnap
+    if direction == "coldsnap-to-criu":
+        coldsnap("dump", "-t", pid, "-D", images, *coldsnap_args).check()
+    else:
+        criu_dump(pid, images, *criu_args)
+
+
+def restore_with(direction: str, images: Path, criu_args=()) -> int | None:
+    """The restoring tool of DIRECTION, detached: CRIU's restored root pid, None for coldsnap."""
+    from procs import coldsnap
+    if direction == "coldsnap-to-criu":
+        return criu_restore(images, *criu_args)
+    coldsnap("restore", "-D", images, "-d").check()
+    return None

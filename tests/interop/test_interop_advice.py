@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from criu_peer import need_criu
+from criu_peer import DIRECTIONS, dump_with, need_criu, restore_with
 from test_corners import ADVICE_CODES, _vm_flags, check_round, start_corner
-from test_interop_trees import DIRECTIONS, dump_with, restore_with
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from criu_peer import need_criu
-from test_interop_trees import DIRECTIONS, dump_with, restore_with
+from criu_peer import DIRECTIONS, dump_with, need_criu, restore_with
 from test_unix_sockets import _children, _wait_for
 from tree_helpers import reap_orphans
 

@@ -11,10 +11,9 @@ import pytest
 
 from coldsnap.connections.lock import our_tables
 
-from criu_peer import criu_dump, criu_restore, need_criu
-from restore_helpers import LogWorkload, coldsnap
+from criu_peer import DIRECTIONS, dump_with, need_criu, restore_with
+from restore_helpers import LogWorkload
 from tcp_helpers import EchoPeer, dump_lock, echo_server_argv, lift_left_locks  # noqa: F401  (the fixture)
-from test_interop_trees import DIRECTIONS
 
 pytestmark = pytest.mark.usefixtures("lift_left_locks")
 CRIU_TCP = ("--tcp-established", "--network-lock", "nftables")
@@ -32,18 +31,12 @@ def test_a_connection_goes_on_across_tools(direction, family, tmp_path, monkeypa
     images = tmp_path / "img"
     try:
         peer.wait_until_sent(200_000)
-        if direction == "coldsnap-to-criu":
-            coldsnap("dump", "-t", w.pid, "-D", images, "--tcp-established").check()
-        else:
-            criu_dump(w.pid, images, *CRIU_TCP)
+        dump_with(direction, w.pid, images, ("--tcp-established",), CRIU_TCP)
         w.reap_dumped()
         lock = dump_lock(images)
         assert lock and lock in our_tables(), "the dump's lock holds the connection until the restore"
         sent_at_dump = len(peer.sent)
-        if direction == "coldsnap-to-criu":
-            criu_restore(images, *CRIU_TCP)
-        else:
-            coldsnap("restore", "-D", images, "-d").check()
+        restore_with(direction, images, CRIU_TCP)
         w.adopt_restored()
         assert lock not in our_tables(), f"{lock} left behind by the restore"
         peer.start_reading()

@@ -24,29 +24,12 @@ import time
 
 import pytest
 
-from criu_peer import criu_dump, criu_restore, need_criu
+from criu_peer import DIRECTIONS, criu_restore, dump_with, need_criu, restore_with
 from procs import build_workload
 from restore_helpers import coldsnap, start_workload
 from tree_helpers import wait_for_log as _wait_for
 from test_zombies import READY as ZREADY, REAPED as ZREAPED, TICK as ZTICK, _stat as _state, _until
 from tree_helpers import ROLES, ids_now, kill_tree, reap_orphans, start_counter_tree, tids_now
-
-DIRECTIONS = ("coldsnap-to-criu", "criu-to-coldsnap")
-
-
-def dump_with(direction: str, pid: int, images) -> None:
-    if direction == "coldsnap-to-criu":
-        coldsnap("dump", "-t", pid, "-D", images).check()
-    else:
-        criu_dump(pid, images)
-
-
-def restore_with(direction: str, images) -> None:
-    if direction == "coldsnap-to-criu":
-        criu_restore(images)
-    else:
-        coldsnap("restore", "-D", images, "-d").check()
-
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_a_tree_of_four_across_tools(direction, tmp_path):
