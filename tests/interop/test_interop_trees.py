@@ -102,8 +102,7 @@ def test_a_pipe_between_parent_and_child_across_tools(direction, tmp_path):
 def test_criu_restores_a_coldsnap_pre_dump_chain(workload_bin, python_exe, tmp_path):
     """nofreeze pre-dump, tracked pre-dump, dump on top: CRIU restores from the top."""
     need_criu()
-    w = start_workload("rst_memory", workload_bin, python_exe, tmp_path)
-    try:
+    with start_workload("rst_memory", workload_bin, python_exe, tmp_path) as w:
         coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "1", "--pre-dump-mode", "nofreeze").check()
         w.wait_ticks(2)
         coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "2", "--prev-images-dir", tmp_path / "1").check()
@@ -118,8 +117,6 @@ def test_criu_restores_a_coldsnap_pre_dump_chain(workload_bin, python_exe, tmp_p
         w.wait_ticks(5)
         w.assert_healthy()
         assert w.ticks()[at_dump] == at_dump + 1
-    finally:
-        w.stop()
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)

@@ -47,24 +47,18 @@ def round_trip(w: LogWorkload, images: Path) -> None:
 
 @pytest.mark.parametrize("name", ALL_WORKLOADS)
 def test_dump_restore_round_trip(name, workload_bin, python_exe, tmp_path):
-    w = start_workload(name, workload_bin, python_exe, tmp_path)
-    try:
+    with start_workload(name, workload_bin, python_exe, tmp_path) as w:
         poke(name, w, 1)
         round_trip(w, tmp_path / "img")
         poke(name, w, 2)        # handlers, pipe data, listening socket still work
         w.wait_ticks(2)
         w.assert_healthy()
-    finally:
-        w.stop()
 
 
 def test_three_round_trips_in_a_row(workload_bin, python_exe, tmp_path):
-    w = start_workload("rst_memory", workload_bin, python_exe, tmp_path)
-    try:
+    with start_workload("rst_memory", workload_bin, python_exe, tmp_path) as w:
         for i in range(3):
             round_trip(w, tmp_path / f"img{i}")
-    finally:
-        w.stop()
 
 
 def test_restore_from_a_pre_dump_chain(workload_bin, python_exe, tmp_path):
@@ -110,11 +104,8 @@ def restore_refused(images: Path, pid: int | None) -> None:
 
 def dumped(name, workload_bin, python_exe, tmp_path) -> tuple[Path, int]:
     """A finished dump of a workload (the task killed and reaped): (images, pid)."""
-    w = start_workload(name, workload_bin, python_exe, tmp_path)
-    try:
+    with start_workload(name, workload_bin, python_exe, tmp_path) as w:
         dump_and_reap(w, tmp_path / "img")
-    finally:
-        w.stop()
     return tmp_path / "img", w.pid
 
 
@@ -129,11 +120,8 @@ def test_restore_refuses_an_empty_dir(tmp_path):
 
 def test_restore_refuses_a_pre_dump(workload_bin, python_exe, tmp_path):
     """A pre-dump's images have memory but no core images."""
-    w = start_workload("rst_memory", workload_bin, python_exe, tmp_path)
-    try:
+    with start_workload("rst_memory", workload_bin, python_exe, tmp_path) as w:
         coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "img").check()
-    finally:
-        w.stop()
     wait_gone(w.pid)
     assert not list((tmp_path / "img").glob("core-*.img"))
     restore_refused(tmp_path / "img", w.pid)
@@ -188,8 +176,7 @@ def test_restore_refuses_a_deleted_file(workload_bin, python_exe, tmp_path):
 
 def test_restore_refuses_a_pid_in_use(workload_bin, python_exe, tmp_path):
     """dump --leave-running, then restore while the original still runs."""
-    w = start_workload("rst_memory", workload_bin, python_exe, tmp_path)
-    try:
+    with start_workload("rst_memory", workload_bin, python_exe, tmp_path) as w:
         started = start_time_of(w.pid)
         coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img", "--leave-running").check()
         w.wait_ticks(2)
@@ -198,8 +185,6 @@ def test_restore_refuses_a_pid_in_use(workload_bin, python_exe, tmp_path):
         assert w.original is not None and w.original.poll() is None
         w.wait_ticks(3)
         w.assert_healthy()
-    finally:
-        w.stop()
 
 
 def _rewrite(images: Path, name: str, change) -> None:

@@ -3,7 +3,6 @@ into session directories, restored from there; token, TLS, zstd + checksums; the
 API lazy restore uses."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from coldsnap.images.chain import PageChain
@@ -32,8 +31,7 @@ def server(tmp_path):
 
 def test_chain_through_the_page_server_restores(server, workload_bin, python_exe, tmp_path):
     ps = server()
-    w = start_workload("rst_memory", workload_bin, python_exe, tmp_path)
-    try:
+    with start_workload("rst_memory", workload_bin, python_exe, tmp_path) as w:
         to = ["--page-server", ps.address]
         coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "1", *to).check()
         w.wait_ticks(3)
@@ -52,8 +50,6 @@ def test_chain_through_the_page_server_restores(server, workload_bin, python_exe
         w.adopt_restored()
         w.wait_ticks(4)
         w.assert_healthy()
-    finally:
-        w.stop()
 
 
 def test_token_refuses_a_client_without_it_and_writes_nothing(server, spawn, workload_bin, tmp_path):
