@@ -1,6 +1,7 @@
 """Image framing: round trips of every kind, exact bytes, and the errors readers raise."""
 from __future__ import annotations
 
+import re
 import struct
 
 import pytest
@@ -167,3 +168,16 @@ def test_a_missing_image_is_missing_unless_asked_otherwise(tmp_path):
     with pytest.raises(ImageError, match="core-1.img: no such image"):
         read_entries(tmp_path / "core-1.img")
     assert read_entries(tmp_path / "core-1.img", missing_ok=True) == []
+
+
+def test_file_names_match_as_their_regex_says():
+    """kind_for matches names by string operations (no regex compiled per kind): the same
+    answers as the kind's pattern."""
+    names = ["core-12.img", "core-.img", "core-1a.img", "core-5.imgx", "xcore-5.img", "pagemap-3.img",
+             "pagemap-shmem-3.img", "pagemap-shmem-.img", "tcp-stream-1af.img", "tcp-stream-1AF.img",
+             "ghost-file-0.img", "stats-dump", "stats-dumpx", "inventory.img", "inventoryXimg", "files.img",
+             "pages-1.img", "ipcns-sem-2.img", "mm-5.img", "fdinfo-٣.img", "seccomp.img", "memfd.img"]
+    for kind in KINDS:
+        for name in names:
+            assert kind.matches(name) == (re.fullmatch(kind.pattern, name) is not None and name.isascii()), \
+                (kind.pattern, name)
