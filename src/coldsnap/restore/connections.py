@@ -30,9 +30,10 @@ if TYPE_CHECKING:
     from ..files.inet import InetSocket
 
 
-def recorded_lock(images_dir: str | os.PathLike) -> NetworkLock | None:
+def recorded_lock(images_dir: str | os.PathLike | ImageDir) -> NetworkLock | None:
     """The lock a dump left in place, as its inventory names it (None: it left none)."""
-    inv = ImageDir.open(images_dir).inventory
+    d = images_dir if isinstance(images_dir, ImageDir) else ImageDir.open(images_dir)
+    inv = d.inventory
     if not inv.dump_criu_run_id:
         return None
     from ..connections.lock import NFTABLES_METHOD, NetworkLock
@@ -46,7 +47,7 @@ class RestoreNetwork:
     conns: list[tuple[int, int, InetSocket]] = field(default_factory=list)
 
     @classmethod
-    def of(cls, images_dir: str | os.PathLike) -> RestoreNetwork:
+    def of(cls, images_dir: str | os.PathLike | ImageDir) -> RestoreNetwork:
         return cls(recorded_lock(images_dir))
 
     def lock(self, conns: list[tuple[int, int, InetSocket]], *, take: bool = True) -> None:

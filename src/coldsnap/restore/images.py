@@ -100,10 +100,12 @@ def load(path: str | os.PathLike, *, shell_job: bool = False) -> DumpImages:
     return images.root
 
 
-def load_tree(path: str | os.PathLike, *, shell_job: bool = False, pages: PageOrigin | None = None) -> TreeImages:
+def load_tree(path: str | os.PathLike | ImageDir, *, shell_job: bool = False,
+              pages: PageOrigin | None = None) -> TreeImages:
     """Every process of a dump, checked (module docstring). pages: where the pages are
-    read (default: the directory's chain; transport/source.py RemotePages: a page server)."""
-    d = ImageDir.open(path)
+    read (default: the directory's chain; transport/source.py RemotePages: a page server).
+    path: the directory, or it opened already."""
+    d = path if isinstance(path, ImageDir) else ImageDir.open(path)
     origin = pages or LocalPages()
     inv = d.inventory
     if inv.HasField("pre_dump_mode"):
@@ -353,6 +355,11 @@ def own_vdso_areas() -> tuple[tuple[int, int], ...]:
     once: a process's vDSO stays where the kernel put it, and a child forked from it (the
     blank child) has its vDSO at the same addresses."""
     return tuple((m.start, m.end) for m in _own_vdso_maps())
+
+
+def own_vdso() -> tuple[int, int]:
+    """(start, end) of coldsnap's own [vdso] (a blank child has it there too)."""
+    return next((m.start, m.end) for m in _own_vdso_maps() if m.path == "[vdso]")
 
 
 @functools.cache

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CsError, TargetError
 from ..files.ghost import GhostFiles
+from ..images.directory import ImageDir
 from ..images.task import TASK_STOPPED
 from ..memory.source import PageOrigin
 from ..seize.freezer import freeze_tree
@@ -86,8 +87,9 @@ def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bo
 def _load_and_restore(images_dir, t0: int, shell_job: bool, lazy_pages: bool, lazy_log: str | None,
                       tcp_close: bool, network_lock: bool, pages: PageOrigin | None,
                       prebuilt: Prebuilt | None = None) -> RestoreResult:
-    with RestoreNetwork.of(images_dir) as net:
-        images = load_tree(images_dir, shell_job=shell_job, pages=pages)
+    d = ImageDir.open(images_dir)       # once, for the network lock and the images
+    with RestoreNetwork.of(d) as net:
+        images = load_tree(d, shell_job=shell_job, pages=pages)
         if tcp_close:
             drop_streams(images.files)
         net.lock(tcp_connections(images.files), take=network_lock)
