@@ -30,6 +30,7 @@ needed once the vDSO has moved):
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import struct
 import time
@@ -42,7 +43,7 @@ from ..images.xsave import build_area
 from ..kernel import ptrace
 from ..kernel.clone import CLONE_ARGS, THREAD_FLAGS, clone_args
 from ..kernel.cpuid import cpuid, xstate_layout
-from ..kernel.libc import SYS, syscall
+from ..kernel.libc import SYS, check, libc, syscall
 from ..kernel.page import PAGE_SIZE as PAGE
 from ..kernel.pidfd import take_fd
 from ..kernel.procfs import cap_last_cap, read_path_link, read_status
@@ -50,7 +51,7 @@ from ..kernel.sysv import SHM_EXEC, SHM_RDONLY
 from ..memory.vma import MAP_ANONYMOUS, PROT_EXEC, PROT_READ, PROT_WRITE
 from ..seize.freezer import SEIZE_OPTIONS, FrozenTask
 from ..seize.remote import RemoteCalls
-from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, own_vdso_areas, vdso_layout
+from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, own_vdso, own_vdso_areas, vdso_layout
 from ..creds import Creds
 from .memory import PageWriter, WriteStats
 from .shmem import SharedMemory
@@ -66,6 +67,7 @@ PR_SET_NAME, PR_SET_DUMPABLE, PR_SET_PDEATHSIG = 15, 4, 1
 PR_SET_MM, PR_SET_MM_MAP = 35, 14
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_TIMERSLACK, PR_SET_THP_DISABLE = 29, 41
+PR_GET_DUMPABLE, PR_GET_TIMERSLACK = 3, 30
 MADV_GUARD_INSTALL = 102
 MADV_DONTFORK, MADV_DOFORK = 10, 11
 SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC = 1, 1
@@ -105,8 +107,13 @@ def default_signal_actions() -> None:
     raw system call (libc and Python add flags and a restorer): the blank child does it to
     itself, so that the transplant injects only the dumped actions that differ."""
     zero = ctypes.create_string_buffer(DEFAULT_SIGACTION)
+    # one bare ctypes call each (it runs in the freshly forked blank child, where every
+    # object Python makes costs copy-on-write faults): a third of syscall()'s time
+    raw, nr, act, size, none = libc.syscall, ctypes.c_long(SYS.rt_sigaction), ctypes.c_ulong(ctypes.addressof(zero)), \
+        ctypes.c_ulong(8), ctypes.c_ulong(0)
     for sig in SIGNALS:
-        syscall(SYS.rt_sigaction, sig, ctypes.addressof(zero), 0, 8, what=f"rt_sigaction({sig})")
+        if raw(nr, ctypes.c_ulong(sig), act, none, size) != 0:
+            check(-1, f"rt_sigaction({sig})")
 
 
 def user_regs(core) -> ptrace.UserRegs:
@@ -141,8 +148,13 @@ class Transplant:
         self.img = images
         self.shm = shm
         self.pid = task.pid
-        self.rc = RemoteCalls(task, tid=self.pid, scratch_size=SCRATCH)
+        # the blank child reset every signal action, SIGTRAP's too: single-step mode, no
+        # look at its status; its [vdso] is ours (a fork of coldsnap): no read of its maps
+        self.rc = RemoteCalls(task, tid=self.pid, scratch_size=SCRATCH, mode="step")
+        task.vdso_gadget(own_vdso())
         self.stats = TransplantStats()
+        self._exe_fd = -1               # the exe, opened read-only in the target by _map_vmas
+        self._creds_set = False         # a thread's credentials were changed (resets dumpable)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -184,8 +196,10 @@ class Transplant:
         self._posix_timers()            # after the threads: a timer may signal one of them
         core = self.img.leader
         self._thread_state(rc, core)
-        if self.img.mm.HasField("dumpable"):   # after the creds: a change of uid resets it
-            rc.call(SYS.prctl, PR_SET_DUMPABLE, self.img.mm.dumpable, 0, 0, 0)
+        mm = self.img.mm
+        # after the creds: a change of them resets it; else the blank child has coldsnap's
+        if mm.HasField("dumpable") and (self._creds_set or mm.dumpable != inherited().dumpable):
+            rc.call(SYS.prctl, PR_SET_DUMPABLE, mm.dumpable, 0, 0, 0)
         self._pending(rc)
         self._sigactions()
         self._seccomp()                 # last: the filters may forbid what restore calls
@@ -292,8 +306,12 @@ class Transplant:
                 rc.checked(SYS.mmap, v.start, v.end - v.start, v.prot, flags | MAP_FIXED, fd,
                            v.pgoff if fd >= 0 else 0, what=f"mmap {v.start:#x}")
         finally:
-            for fd in fds.values():
-                rc.call(SYS.close, fd)
+            exe = (self.img.mm.exe_file_id, os.O_RDONLY) if self.img.mm.exe_file_id else None
+            for key, fd in fds.items():
+                if key == exe:
+                    self._exe_fd = fd       # PR_SET_MM_MAP takes it: no second open
+                else:
+                    rc.call(SYS.close, fd)
 
     def _attach_sysv(self, v) -> None:
         """shmat of SysV segment v.shmid (made by restore/sysv.py) so that v shows it: at the
@@ -371,10 +389,14 @@ class Transplant:
         mm, rc = self.img.mm, self.rc
         auxv = struct.pack(f"<{len(mm.mm_saved_auxv)}Q", *mm.mm_saved_auxv)
         auxv_addr = self._put(auxv, _OFF_AUXV)
-        exe_fd = -1
-        if mm.exe_file_id and not _same_exe(self.img.mapped[mm.exe_file_id].path, self.pid):
+        exe_fd, self._exe_fd = self._exe_fd, -1
+        if mm.exe_file_id and _same_exe(self.img.mapped[mm.exe_file_id].path, self.pid):
             # replacing the exe fails (EBUSY) while the old one is mapped: when the blank child
             # already runs the same binary (a Python target), keep it
+            if exe_fd >= 0:
+                rc.call(SYS.close, exe_fd)
+            exe_fd = -1
+        elif mm.exe_file_id and exe_fd < 0:
             exe_fd = self._open(self.img.mapped[mm.exe_file_id].path, 0)
         try:
             arg = PRCTL_MM_MAP.pack(mm.mm_start_code, mm.mm_end_code, mm.mm_start_data, mm.mm_end_data,
@@ -399,10 +421,12 @@ class Transplant:
             if vsec or vusec:
                 addr = self._put(struct.pack("<4Q", t.isec, t.iusec, vsec, vusec))
                 rc.checked(SYS.setitimer, which, addr, 0, what="setitimer")
-        rc.checked(SYS.personality, tc.personality, what="personality")
+        if tc.personality != inherited().personality:
+            rc.checked(SYS.personality, tc.personality, what="personality")
         if self.img.mm.thp_disabled:
             rc.checked(SYS.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0, what="PR_SET_THP_DISABLE")
-        rc.call(SYS.prctl, PR_SET_CHILD_SUBREAPER, int(tc.child_subreaper), 0, 0, 0)
+        if tc.child_subreaper:          # a fork is no subreaper
+            rc.call(SYS.prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         # the blank child asked for SIGKILL; then the dumped leader's own (0: none), below the
         # root only: the root's parent is coldsnap now, whose exit must not signal it
         below_root = self.pid != self.img.tree.root
@@ -488,7 +512,7 @@ class Transplant:
         self.task.adopt_thread(tid)
         regs = user_regs(core)
         ptrace.set_regs(tid, regs)                # drop the leader's copy (trap flag included)
-        trc = RemoteCalls(self.task, tid=tid)
+        trc = RemoteCalls(self.task, tid=tid, mode="step")
         trc.open()
         try:
             self._thread_state(trc, core)
@@ -518,7 +542,7 @@ class Transplant:
             # after the creds (a change of ids clears it); never in the root, whose parent is
             # coldsnap, which is about to exit
             rc.checked(SYS.prctl, PR_SET_PDEATHSIG, th.pdeath_sig, 0, 0, 0, what="PR_SET_PDEATHSIG")
-        if th.cs_timer_slack_ns:
+        if th.cs_timer_slack_ns and th.cs_timer_slack_ns != inherited().timer_slack:
             rc.checked(SYS.prctl, PR_SET_TIMERSLACK, th.cs_timer_slack_ns, 0, 0, 0, what="PR_SET_TIMERSLACK")
 
     def _creds(self, rc: RemoteCalls, cr) -> None:
@@ -530,6 +554,7 @@ class Transplant:
         want, have = Creds.of_entry(cr), Creds.of_status(read_status(self.pid, rc.tid))
         if want == have:
             return
+        self._creds_set = True
         for cap in range(cap_last_cap() + 1):
             if have.bounding >> cap & 1 and not want.bounding >> cap & 1:
                 rc.checked(SYS.prctl, PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop capability {cap}")
@@ -633,6 +658,22 @@ def _open_mode(v) -> int:
     if v.HasField("fdflags"):
         return v.fdflags & os.O_ACCMODE
     return os.O_RDWR if v.status & VMA_FILE_SHARED and v.prot & PROT_WRITE else os.O_RDONLY
+
+
+@dataclass(frozen=True)
+class Inherited:
+    """What a blank child (a fork of coldsnap) has of coldsnap's: the transplant sets it only
+    where the images differ."""
+    personality: int
+    timer_slack: int
+    dumpable: int
+
+
+@functools.cache
+def inherited() -> Inherited:
+    return Inherited(syscall(SYS.personality, 0xFFFFFFFF, what="personality"),
+                     syscall(SYS.prctl, PR_GET_TIMERSLACK, 0, 0, 0, 0, what="PR_GET_TIMERSLACK"),
+                     syscall(SYS.prctl, PR_GET_DUMPABLE, 0, 0, 0, 0, what="PR_GET_DUMPABLE"))
 
 
 def _same_exe(path: str, pid: int) -> bool:

@@ -497,17 +497,21 @@ class FrozenTask:
             self._mem_fd = open_mem(self.pid, os.O_RDWR)
         return self._mem_fd
 
-    def vdso_gadget(self) -> int:
-        """Address of a `syscall` instruction (0f 05) inside the target's [vdso]."""
+    def vdso_gadget(self, vdso: tuple[int, int] | None = None) -> int:
+        """Address of a `syscall` instruction (0f 05) inside the target's [vdso]. vdso:
+        its (start, end) when the caller knows it (restore's blank child, a fork of
+        coldsnap, has coldsnap's): no read of its maps."""
         if self._gadget is None:
-            vdso = find_mapping(self.pid, "[vdso]")
             if vdso is None:
-                raise Unsupported(f"process {self.pid} has no [vdso]")
-            text = os.pread(self.mem_fd(), vdso.end - vdso.start, vdso.start)
+                m = find_mapping(self.pid, "[vdso]")
+                if m is None:
+                    raise Unsupported(f"process {self.pid} has no [vdso]")
+                vdso = (m.start, m.end)
+            text = os.pread(self.mem_fd(), vdso[1] - vdso[0], vdso[0])
             at = text.find(b"\x0f\x05")
             if at < 0:
                 raise Unsupported(f"no syscall instruction in the [vdso] of {self.pid}")
-            self._gadget = vdso.start + at
+            self._gadget = vdso[0] + at
         return self._gadget
 
     def group_stopped(self) -> int:
