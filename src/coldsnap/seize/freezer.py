@@ -209,7 +209,13 @@ class FrozenTree:
                 if not alive(pid):
                     self.zombies.append(pid)
                     continue    # a zombie (or exiting): nothing to seize
-                _refuse(pid)
+                try:
+                    _refuse(pid)
+                except TargetError as e:
+                    if isinstance(e, NoSuchProcess) or alive(pid):
+                        raise
+                    self.zombies.append(pid)    # it exited since alive() (not held yet: it runs)
+                    continue
                 self.tasks[pid] = FrozenTask(pid, self)
                 self._settle(pid)
 
