@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from coldsnap.dump.metadata import write_inventory
-from coldsnap.dump.task_state import dump_task_state, write_tree_images
+from coldsnap.dump.metadata import write_tree_images
+from coldsnap.dump.task_state import dump_task_state
 from coldsnap.errors import AccessDenied, ImageError
 from coldsnap.images.directory import ImageDir
 from coldsnap.kernel import kcmp

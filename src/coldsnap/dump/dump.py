@@ -60,15 +60,14 @@ from ..memory.tracking import PARK_FD_MIN, parked_uffd_fds
 from ..memory.vma import PROT_WRITE, Kind, Vma, classify, classify_all
 from ..seize.freezer import FrozenTask, freeze_tree
 from ..seize.tree import with_zombies
-from .metadata import write_inventory, write_mm, write_stats
+from .metadata import kobj_ids, write_inventory, write_mm, write_stats, write_tree_images
 from .plan import Planned, Planner, chain_parked_fds
 from .sink import LOCAL, PageSession, PageTarget
 from .shmem import memfd_mappings, save_memfds, save_shmem
 from .sysv import save_sysv
 from .stats import DumpStats, Times
 from .step import list_tree
-from .task_state import (SeccompFilters, collect_task_state, kobj_ids, write_core_images, write_tree_images,
-                         write_zombie_core)
+from .task_state import SeccompFilters, collect_task_state, write_core_images, write_zombie_core
 from .tree import refuse_tree
 
 

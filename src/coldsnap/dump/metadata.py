@@ -1,4 +1,5 @@
-"""Small images every (pre-)dump writes: inventory, mm (VMAs and mm fields), stats."""
+"""Small images every (pre-)dump writes: inventory, mm (VMAs and mm fields), stats, pstree
+and ids (a pre-dump needs nothing of task_state.py, which a dump uses for the cores)."""
 from __future__ import annotations
 
 from ..images.directory import INVENTORY, ImageDir, new_inventory
@@ -8,6 +9,7 @@ from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_
 from ..images.pb import mm_pb2, stats_pb2
 from ..kernel.procfs import Stat, uptime_us
 from ..memory.vma import MAP_GROWSDOWN, Kind, Vma
+from ..seize.tree import NS_KINDS, Task, Tree
 from .stats import DumpStats
 
 PRE_DUMP_MODE_READ = 2   # inventory.pre_dump_mode: pages were read with process_vm_readv
@@ -155,3 +157,25 @@ def write_stats(imgdir: ImageDir, s: DumpStats, *, tree_uffd_fds: list[tuple[int
     for pid, fd in tree_uffd_fds:
         d.cs_tree_uffd_fds.extend((pid, fd))
     imgdir.write("stats-dump", [stats_pb2.stats_entry(dump=d)])
+
+
+def write_tree_images(tree: Tree, imgdir) -> list[str]:
+    """pstree.img (every process, parents first; ppid 0 for the root) and ids-<pid>.img for
+    each living process (a zombie has none, as with CRIU, whose restore would take a zombie's
+    empty ids for new namespaces), from the tree model; returns the names."""
+    from coldsnap.images.pb import pstree_pb2
+    imgdir.write("pstree.img", [pstree_pb2.pstree_entry(pid=t.pid, ppid=tree.image_ppid(t), pgid=t.pgid,
+                                                        sid=t.sid, threads=t.tids) for t in tree])
+    names = ["pstree.img"]
+    for t in tree.living:
+        imgdir.write(f"ids-{t.pid}.img", [kobj_ids(t)])
+        names.append(f"ids-{t.pid}.img")
+    return names
+
+
+def kobj_ids(t: Task):
+    """The task_kobj_ids_entry of a task of the model (ids-PID.img, inventory.root_ids)."""
+    from coldsnap.images.pb import ids_pb2
+    ns = {f"{kind}_ns_id": t.ns_ids[kind] for kind in NS_KINDS if kind in t.ns_ids}
+    return ids_pb2.task_kobj_ids_entry(vm_id=t.vm_id, files_id=t.files_id, fs_id=t.fs_id,
+                                       sighand_id=t.sighand_id, **ns)

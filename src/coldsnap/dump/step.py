@@ -14,11 +14,10 @@ from ..memory.ranges import Ranges
 from ..memory.sink import PageSink, PagemapKey, PlanFeed, SinkCounts
 from ..seize.freezer import freeze_tree
 from ..seize.tree import Tree, read_tree
-from .metadata import write_inventory, write_mm, write_stats
+from .metadata import write_inventory, write_mm, write_stats, write_tree_images
 from .plan import Planned, Planner
 from .sink import LocalSession, PageSession
 from .stats import DumpStats, Times
-from .task_state import write_tree_images
 
 
 def list_tree(root: int) -> list[int]:

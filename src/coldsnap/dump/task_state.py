@@ -58,7 +58,9 @@ from coldsnap.kernel.procfs import (PosixTimerInfo, read_auxv, read_limits, read
                                     read_stat, read_status)
 from coldsnap.seize.freezer import FrozenTask, freeze
 from coldsnap.seize.remote import RemoteCalls
-from coldsnap.seize.tree import NS_KINDS, Task, Tree
+from coldsnap.seize.tree import Tree
+
+from .metadata import write_tree_images
 
 NR_getitimer = 36
 NR_timer_gettime = 224
@@ -571,28 +573,6 @@ def _core_entry(state: TaskState, th: ThreadState, seccomp: SeccompFilters | Non
         if state.pdeath_sig:
             core.thread_core.pdeath_sig = state.pdeath_sig
     return core
-
-
-def write_tree_images(tree: Tree, imgdir) -> list[str]:
-    """pstree.img (every process, parents first; ppid 0 for the root) and ids-<pid>.img for
-    each living process (a zombie has none, as with CRIU, whose restore would take a zombie's
-    empty ids for new namespaces), from the tree model; returns the names."""
-    from coldsnap.images.pb import pstree_pb2
-    imgdir.write("pstree.img", [pstree_pb2.pstree_entry(pid=t.pid, ppid=tree.image_ppid(t), pgid=t.pgid,
-                                                        sid=t.sid, threads=t.tids) for t in tree])
-    names = ["pstree.img"]
-    for t in tree.living:
-        imgdir.write(f"ids-{t.pid}.img", [kobj_ids(t)])
-        names.append(f"ids-{t.pid}.img")
-    return names
-
-
-def kobj_ids(t: Task):
-    """The task_kobj_ids_entry of a task of the model (ids-PID.img, inventory.root_ids)."""
-    from coldsnap.images.pb import ids_pb2
-    ns = {f"{kind}_ns_id": t.ns_ids[kind] for kind in NS_KINDS if kind in t.ns_ids}
-    return ids_pb2.task_kobj_ids_entry(vm_id=t.vm_id, files_id=t.files_id, fs_id=t.fs_id,
-                                       sighand_id=t.sighand_id, **ns)
 
 
 def write_core_images(state: TaskState, imgdir, seccomp: SeccompFilters | None = None) -> list[str]:
