@@ -125,6 +125,16 @@ def assert_one_line_error(run: Run) -> None:
 
 # ---------------------------------------------------------------- workloads
 
+def wait_adopted(pid: int, timeout: float = 3.0) -> None:
+    """After `restore -d`: process PID exists again and is reparented to us (a subreaper)."""
+    deadline = time.monotonic() + timeout
+    while ppid_of(pid) != os.getpid():
+        assert exists(pid), f"restored process {pid} does not exist"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"restored {pid} has parent {ppid_of(pid)}, not the test ({os.getpid()})")
+        time.sleep(0.005)
+
+
 class LogWorkload:
     """A workload writing "ready", "tick N ok ..." and "FAIL ..." lines into a log file.
 
@@ -223,13 +233,7 @@ class LogWorkload:
 
     def adopt_restored(self, timeout: float = 3.0) -> None:
         """After `restore -d`: the process is back under its PID and reparented to us."""
-        deadline = time.monotonic() + timeout
-        while ppid_of(self.pid) != os.getpid():
-            assert exists(self.pid), f"restored process {self.pid} does not exist"
-            if time.monotonic() > deadline:
-                raise AssertionError(f"restored {self.pid} has parent {ppid_of(self.pid)}, "
-                                     f"not the test ({os.getpid()})")
-            time.sleep(0.005)
+        wait_adopted(self.pid, timeout)
         self.restored = True
 
     def __enter__(self) -> "LogWorkload":

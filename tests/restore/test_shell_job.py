@@ -51,8 +51,8 @@ import pytest
 
 from procs import build_workload, proc_state
 from procs import coldsnap_argv
-from restore_helpers import (assert_one_line_error, coldsnap, exists, kill_and_reap, our_children,
-                             ppid_of, reap, state_of, wait_gone)
+from restore_helpers import (assert_one_line_error, coldsnap, exists, kill_and_reap, our_children, reap,
+                             state_of, wait_adopted, wait_gone)
 
 
 # ---------------------------------------------------------------- ptys
@@ -147,15 +147,6 @@ def restore_on(pty: Pty | None, images: Path, *extra: str, timeout: float = 30.0
     return proc.returncode, pty.drain()
 
 
-def adopt(pid: int, timeout: float = 3.0) -> None:
-    """After `restore -d`: the process is back under its PID, reparented to us (subreaper)."""
-    deadline = time.monotonic() + timeout
-    while ppid_of(pid) != os.getpid():
-        assert exists(pid), f"restored process {pid} does not exist"
-        assert time.monotonic() < deadline, f"restored {pid} has parent {ppid_of(pid)}"
-        time.sleep(0.005)
-
-
 def wait_sleeping(pid: int, timeout: float = 2.0) -> None:
     """The process settles in interruptible sleep (its read of the terminal)."""
     deadline = time.monotonic() + timeout
@@ -215,7 +206,7 @@ class Terminals:
             assert rc == 0, out
         else:
             out = restore(self.b)
-        adopt(self.pid)
+        wait_adopted(self.pid)
         assert fd_paths(self.pid) == [self.b.path] * 3, "fds 0-2 are not the restorer's terminal"
         return out
 
@@ -384,7 +375,7 @@ def test_shell_job_under_a_job_control_shell(tmp_path):
         job = int(sh_b.report().split()[1])
         assert sh_b.report() == "exit 0", b.drain()
         assert b.read_line().startswith(f"restored {pid} ")
-        adopt(pid)      # coldsnap exited: reparented past shell B to us, the subreaper
+        wait_adopted(pid)      # coldsnap exited: reparented past shell B to us, the subreaper
         st = stat_fields(pid)
         assert st["session"] == sh_b.proc.pid and st["tty_nr"] == b.rdev(), st
         assert st["pgrp"] == job and st["tpgid"] == job, st                    # still the foreground job
@@ -481,7 +472,7 @@ def test_shell_job_replaces_a_serial_terminal_with_coldsnaps(tmp_path):
     try:
         rc, out = restore_on(b, tmp_path / "img", "--shell-job")
         assert rc == 0, out
-        adopt(pid)
+        wait_adopted(pid)
         assert os.readlink(f"/proc/{pid}/fd/{tfd}") == b.path, f"fd {tfd} was reopened, not given pty B"
     finally:
         kill_and_reap(pid)
