@@ -5,16 +5,17 @@
 
 The run is cut into pieces of PIECE bytes that the calling thread and one helper thread
 take in turn: the ioctl releases the GIL, so the kernel copies on both CPUs (4 KiB pages
-from a mapped pages file: ~2.5 GiB/s for one thread on this machine, ~4 for two). The
-helper runs at nice 19: it copies with the CPU the restored process leaves idle (a program
-waiting in a fault), never against it, and the caller never waits for more than the one
-piece the helper holds: what the helper does not take, the caller copies itself. Only the
-ioctls run on the helper; the caller reads every result and keeps the state, so a uffd
-event is never read while one of its copies is in flight.
+from a mapped pages file: ~3.5 GiB/s for one thread on a quiet machine, ~5.5 for two;
+bench/uffd_copy.py). What the helper does not take, the caller copies itself, and the
+caller waits for no more than the one piece the helper holds. The helper runs at the
+server's priority: at nice 19 it was starved under load while it held a piece (and the
+read lock of the target's area, against the process's own munmap or mprotect there), the
+caller waiting for it: two threads then copied slower than one. Only the ioctls run on the
+helper; the caller reads every result and keeps the state, so a uffd event is never read
+while one of its copies is in flight.
 """
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 
@@ -35,14 +36,6 @@ class _Job:
             return None
         self.next += 1
         return self.next - 1
-
-
-def background(nice: int = 19) -> None:
-    """The calling thread gives way to everything else (Linux: nice is per thread)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except OSError:
-        pass
 
 
 class Copier:
@@ -88,7 +81,6 @@ class Copier:
         return list(zip(job.pieces, job.results))
 
     def _helper(self) -> None:
-        background()
         while True:
             with self._lock:
                 while not self._closing and (self._job is None or (i := self._job.take()) is None):

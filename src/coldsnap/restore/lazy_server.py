@@ -15,9 +15,9 @@ first: memory/source.py; the fault's neighbourhood first), follows
 the events (fork: the child's own uffd, cloned state; mremap moves pending pages; munmap
 and madvise(DONTNEED) drop them: a later fault there gets zeros, as it would have), and
 between two polls pushes the rest in background order (lazy_pages.py), 2 MiB a step. Each
-copy is cut in pieces that a helper thread at nice 19 shares (lazy_copier.py: two CPUs copy
-when the process leaves one idle), and once the process runs a thread at nice 19 fills the
-server's page tables of the pages files ahead of the copies (PageSource.warm). It exits 0
+copy is cut in pieces that a helper thread shares (lazy_copier.py: two CPUs copy when the
+process leaves one idle), and once the process runs another thread fills the server's page
+tables of the pages files ahead of the copies (PageSource.warm). It exits 0
 once every page is in, closing the uffds: every registration vanishes with them.
 
 Why a guardian: when the last holder of a userfaultfd closes it the kernel unregisters its
@@ -52,7 +52,7 @@ from ..kernel import uffd, vm
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE as PAGE
 from ..memory.source import PageSource
 from .lazy import lazy_layout
-from .lazy_copier import Copier, background
+from .lazy_copier import Copier
 from .lazy_pages import LazyPages, Run
 from .lazy_start import recv_fds, status_name
 
@@ -158,7 +158,6 @@ class Server:
 
     def _warm(self) -> None:
         """The sources made quick to read (PageSource.warm), ahead of the copies."""
-        background()
         for proc in self.images.procs.values():
             proc.private.warm()
 
