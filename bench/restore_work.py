@@ -154,7 +154,7 @@ def cell(xs: list[float]) -> str:
 
 def report(res: dict, sides: list, meta: dict, load0, load1) -> str:
     L = [SECTION, "", f"Command: `{meta['cmd']}`  ",
-         f"Revisions: base {sides[0][0]}, new {sides[1][0]} ({meta['rev']})  ",
+         f"Revisions: base {sides[0][0]}, new {meta['rev']}  ",
          f"Date: {meta['date']}; kernel `{meta['uname']}`; {meta['cpus']} CPUs; THP `{meta['thp']}`; "
          f"images on tmpfs ({SHM}); load average before / after: "
          f"{load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f} / {load1[0]:.1f} {load1[1]:.1f} {load1[2]:.1f}.",
