@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 from array import array
 
@@ -125,3 +126,14 @@ def preadv_pairs(fd: int, iov, count: int, offset: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"preadv: {os.strerror(err)}")
     return res
+
+
+@functools.cache
+def thp_always() -> bool:
+    """Transparent huge pages for every anonymous area (THP `enabled` is `always`): a write
+    fault of an aligned 2 MiB range then brings a huge page."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[always]" in f.read()
+    except OSError:
+        return False

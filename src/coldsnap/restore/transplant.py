@@ -40,7 +40,7 @@ from ..errors import CsError, TargetError
 from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC, VMA_FILE_PRIVATE,
                           VMA_FILE_SHARED)
 from ..images.xsave import build_area
-from ..kernel import ptrace
+from ..kernel import ptrace, vm
 from ..kernel.clone import CLONE_ARGS, THREAD_FLAGS, clone_args
 from ..kernel.cpuid import cpuid, xstate_layout
 from ..kernel.libc import SYS, check, libc, syscall
@@ -337,7 +337,7 @@ class Transplant:
         if self.lazy:
             from . import lazy as lazy_pages     # userfaultfd bindings: only for --lazy-pages
             layout = lazy_pages.lazy_layout(self.img)
-        else:
+        elif not vm.thp_always():           # there the faults of process_vm_writev bring huge pages
             copy = self._copy_uffd()
         writer = PageWriter(self.pid, self.task.mem_fd(), uffd=copy)
         try:
@@ -379,7 +379,9 @@ class Transplant:
 
     def _copyable(self) -> list[tuple[int, int]]:
         """The areas PageWriter may fill with UFFDIO_COPY: writable private anonymous ones
-        mapped empty (not MAP_LOCKED, which comes populated; not kept, whose pages are in)."""
+        mapped empty (not MAP_LOCKED, which comes populated; not kept, whose pages are in).
+        Not used where THP is `always`: UFFDIO_COPY fills 4 KiB pages, where the faults of
+        process_vm_writev bring huge pages, as the process had them."""
         kept = set(self.kept)
         return [(v.start, v.end) for v in self.img.vmas()
                 if v.status & VMA_ANON_PRIVATE and not v.status & (VMA_AREA_MEMFD | VMA_AREA_SYSVIPC)
