@@ -66,9 +66,11 @@ def test_show_needs_no_numpy():
 
 def test_restore_needs_no_dump_nor_tracking():
     """Arrows point down: restore imports nothing of dump/, nor the write-tracking modules,
-    nor a thread pool it only starts for more than one batch of pages."""
+    nor a thread pool it only starts for more than one batch of pages, nor what only images
+    with SysV IPC or memfds, a dump's fdinfo or a migration's prebuilt memory need."""
     mods = modules_after("import coldsnap.restore.restore")
-    assert loaded(mods, "coldsnap.dump", *TRACKING, "concurrent.futures", "coldsnap.transport") == []
+    assert loaded(mods, "coldsnap.dump", *TRACKING, "concurrent.futures", "coldsnap.transport", *SYSV_MEMFD,
+                  "coldsnap.restore.prebuild") == []
 
 
 def test_dump_restore_and_pre_dump_modules_load_no_numpy():
@@ -95,6 +97,8 @@ SOCKET_KINDS = ("coldsnap.files.inet", "coldsnap.files.unix", "coldsnap.files.so
                 "coldsnap.kernel.unixdiag")
 # what a pre-dump (memory, pstree and ids only) never needs
 MEMORY_ONLY = ("coldsnap.files", "coldsnap.dump.task_state", "coldsnap.creds")
+# what a restore of images without SysV IPC nor memfds never needs, nor its fdinfo parsers
+SYSV_MEMFD = ("coldsnap.restore.sysv", "coldsnap.kernel.sysv", "coldsnap.files.memfd", "coldsnap.kernel.fdstate")
 
 
 @pytest.mark.parametrize("track", ["none", "uffd"])
@@ -110,13 +114,13 @@ def test_a_dump_and_a_restore_of_a_process_load_no_numpy(spawn, workload_bin, tm
     assert loaded(_command_modules(["pre-dump", "-t", str(w.pid), "-D", str(pre), "--track-mem", track]),
                   "numpy", *SOCKET_KINDS, *MEMORY_ONLY) == []
     assert loaded(_command_modules(["dump", "-t", str(w.pid), "-D", str(d), "--prev-images-dir", str(pre)]),
-                  "numpy", *SOCKET_KINDS) == []
+                  "numpy", *SOCKET_KINDS, "coldsnap.memory.drain") == []
     w.proc.wait(timeout=10)
     deadline = time.monotonic() + 5
     while os.path.exists(f"/proc/{w.pid}") and time.monotonic() < deadline:
         time.sleep(0.005)
     try:
-        assert loaded(_command_modules(["restore", "-D", str(d), "-d"]), "numpy", *SOCKET_KINDS) == []
+        assert loaded(_command_modules(["restore", "-D", str(d), "-d"]), "numpy", *SOCKET_KINDS, *SYSV_MEMFD) == []
     finally:
         try:
             os.kill(w.pid, signal.SIGKILL)

@@ -5,6 +5,7 @@ import os
 import socket
 
 from coldsnap.kernel import fdinfo as K
+from coldsnap.kernel import fdstate as S
 from coldsnap.kernel import kcmp
 from coldsnap.kernel.procfs import read_umask
 
@@ -15,13 +16,13 @@ EPOLL = ("pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\n"
 
 
 def test_parse_fdinfo_eventfd_and_epoll():
-    e = K.parse_fdinfo(EVENTFD)
+    e = S.parse_fdinfo(EVENTFD)
     assert (e.flags, e.mnt_id, e.ino, e.eventfd_count, e.eventfd_semaphore) == (0o4002, 17, 1038, 31, True)
     assert e.other["eventfd-id"] == "3"
-    p = K.parse_fdinfo(EPOLL)
+    p = S.parse_fdinfo(EPOLL)
     assert p.flags & os.O_CLOEXEC
-    assert p.tfds == [K.EpollTfd(5, 0x80000019, 0xDEADBEEFCAFE, 0, 0x1FA4, 0xF),
-                      K.EpollTfd(12, 0x1C, 3, 0, 0x40E, 0x10)]
+    assert p.tfds == [S.EpollTfd(5, 0x80000019, 0xDEADBEEFCAFE, 0, 0x1FA4, 0xF),
+                      S.EpollTfd(12, 0x1C, 3, 0, 0x40E, 0x10)]
 
 
 def test_parse_fd_links():
@@ -39,10 +40,10 @@ def test_net_tables_and_backlog_of_live_sockets():
         s.bind(("::1", 0))
         s.listen(42)
         ino = K.read_fd_link(os.getpid(), s.fileno()).inode
-        seen = K.find_net_socket(os.getpid(), ino)
-        assert seen is not None and seen.table == "tcp6" and seen.state == K.TCP_LISTEN
+        seen = S.find_net_socket(os.getpid(), ino)
+        assert seen is not None and seen.table == "tcp6" and seen.state == S.TCP_LISTEN
         assert seen.local == ("::1", s.getsockname()[1])
-        assert K.listen_backlog(socket.AF_INET6, ino) == 42
+        assert S.listen_backlog(socket.AF_INET6, ino) == 42
     old = os.umask(0o027)
     try:
         assert read_umask(os.getpid()) == 0o027

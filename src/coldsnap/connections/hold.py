@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Held:
+    """One held TCP socket: our duplicate of it, its connection and how to give it back."""
     key: int
     sock: socket.socket           # our own duplicate of the task's socket
     conn: Conn

@@ -47,6 +47,7 @@ from ..files.kinds import prepare as prepare_file_kinds
 from ..files.ghost import DEFAULT_GHOST_LIMIT, GhostTable
 from ..files.registry import FileRegistry
 from ..images.directory import ImageDir
+from ..kernel import fdstate  # noqa: F401  (its fdinfo patterns compiled now, not in the frozen window)
 from ..kernel import ptrace
 from ..kernel.libc import SYS
 from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, ns_inode, open_map_file,
@@ -59,14 +60,13 @@ from ..memory.sink import PageSink, PagemapKey, SinkCounts
 from ..memory.tracking import PARK_FD_MIN, parked_uffd_fds
 from ..memory.vma import PROT_WRITE, Kind, Vma, classify, classify_all
 from ..seize.freezer import FrozenTask, freeze_tree
-from ..seize.tree import with_zombies
+from ..seize.tree import list_tree, with_zombies
 from .metadata import kobj_ids, write_inventory, write_mm, write_stats, write_tree_images
 from .plan import Planned, Planner, chain_parked_fds
 from .sink import LOCAL, PageSession, PageTarget
 from .shmem import memfd_mappings, save_memfds, save_shmem
 from .sysv import save_sysv
 from .stats import DumpStats, Times
-from .step import list_tree
 from .task_state import SeccompFilters, collect_task_state, write_core_images, write_zombie_core
 from .tree import refuse_tree
 

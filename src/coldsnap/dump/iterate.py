@@ -27,7 +27,8 @@ from ..memory.scan import warm_up
 from .plan import Planner, chain_parked_fds, check_track, default_track
 from .stats import DumpStats, Times
 from .sink import LOCAL, PageTarget
-from .step import list_tree, save_step
+from ..seize.tree import list_tree
+from .step import save_step
 
 
 class PreDumpSeries:

@@ -10,7 +10,8 @@ from .iterate import pre_dump_tracked
 from .plan import Planner, choose_pre_dump
 from .sink import LOCAL, PageTarget
 from .stats import DumpStats
-from .step import list_tree, save_step
+from ..seize.tree import list_tree
+from .step import save_step
 
 
 def pre_dump(pid: int, images_dir: str | Path, *, mode: str = "live", track: str = "none",

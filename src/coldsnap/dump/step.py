@@ -7,7 +7,7 @@ import time
 
 from ..errors import TargetError
 from ..images.directory import ImageDir
-from ..kernel.procfs import alive, child_pids, list_tids
+from ..kernel.procfs import alive, list_tids
 from ..memory.drain import DEFAULT_BUFFER, Drain, DrainStats
 from ..memory.plan import PagePlan
 from ..memory.ranges import Ranges
@@ -18,16 +18,6 @@ from .metadata import write_inventory, write_mm, write_stats, write_tree_images
 from .plan import Planned, Planner
 from .sink import LocalSession, PageSession
 from .stats import DumpStats, Times
-
-
-def list_tree(root: int) -> list[int]:
-    """ROOT and every living process below it, parents first, read without holding any
-    (zombies left out: nothing to save)."""
-    out, level = [root], [root]
-    while level:
-        level = [c for kids in child_pids(level).values() for c in sorted(kids) if alive(c)]
-        out += level
-    return out
 
 
 def read_running_tree(root: int, pids: list[int]) -> Tree:

@@ -32,6 +32,7 @@ from ..memory.vma import Kind, Vma
 
 @dataclass
 class SysvSaved:
+    """What save_sysv wrote: how many segments and semaphore sets, and the segments' pages."""
     segments: int = 0
     sets: int = 0
     counts: SinkCounts | None = None

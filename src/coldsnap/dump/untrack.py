@@ -11,7 +11,7 @@ from ..errors import NoSuchProcess
 from ..memory.tracking import parked_uffd_fds
 from ..memory.tracking import untrack as _untrack
 from ..seize.remote import frozen_calls
-from .step import list_tree
+from ..seize.tree import list_tree
 
 
 def untrack(pid: int) -> dict[int, list[int]]:

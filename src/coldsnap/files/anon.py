@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from coldsnap.errors import ImageError, TargetError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2, fh_pb2, fsnotify_pb2, signalfd_pb2, timerfd_pb2
 from coldsnap.kernel import anonfd as A
-from coldsnap.kernel.fdinfo import InotifyMark, read_fd_link
+from coldsnap.kernel.fdinfo import read_fd_link
+from coldsnap.kernel.fdstate import InotifyMark
 from coldsnap.kernel.procfs import mount_points
 
 from .model import FdType, Fown

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import eventpoll_pb2, fdinfo_pb2
-from coldsnap.kernel.fdinfo import EpollTfd, fd_inode
+from coldsnap.kernel.fdinfo import fd_inode
+from coldsnap.kernel.fdstate import EpollTfd
 from coldsnap.kernel.kcmp import same_epoll_target
 from coldsnap.kernel.libc import check, libc
 

@@ -17,7 +17,7 @@ from coldsnap.connections.lock import Conn
 from coldsnap.connections.tcp import SUPPORTED_STATES, StreamError, TcpStream, restore_stream
 from coldsnap.errors import ImageError, Unsupported
 from coldsnap.images.pb import fdinfo_pb2, sk_inet_pb2, sk_opts_pb2, tcp_stream_pb2
-from coldsnap.kernel import fdinfo as K
+from coldsnap.kernel import fdstate as K
 from coldsnap.kernel import tcp_repair as R
 
 from .model import FdType, Fown

@@ -22,6 +22,7 @@ from .model import Fown, PipeData
 
 if TYPE_CHECKING:
     from coldsnap.connections.hold import TcpHold
+    from coldsnap.kernel.fdstate import FdInfo
 
     from .model import FileObj
 
@@ -37,7 +38,7 @@ class Probe:
     pid: int
     fd: int
     link: K.FdLink
-    info: K.FdInfo
+    info: FdInfo
     dup: int                      # pidfd_getfd duplicate, closed by the caller
     open_fds: set[int]            # every fd number of the table (epoll checks its targets)
     shell_job: bool

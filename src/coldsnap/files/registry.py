@@ -77,6 +77,8 @@ class FileRegistry:
         return self.task(pid)
 
     def _collect_table(self, pid: int, shell_job: bool) -> list[FdEntry]:
+        # Dump only (a restore never reads fdinfo); dump/dump.py imported it before any freeze.
+        from coldsnap.kernel.fdstate import read_fdinfo
         try:
             pidfd = K.pidfd_open(pid)
         except (NoSuchProcess, AccessDenied):
@@ -90,7 +92,7 @@ class FileRegistry:
             for fd in fd_numbers:
                 try:
                     link = K.read_fd_link(pid, fd)
-                    info = K.read_fdinfo(pid, fd)
+                    info = read_fdinfo(pid, fd)
                 except FileNotFoundError:
                     continue    # closed since the listing: only a running target does that
                 cloexec = bool(info.flags & os.O_CLOEXEC)

@@ -21,6 +21,7 @@ from coldsnap.errors import CsError, TargetError
 
 @dataclass
 class CgroupFreezer:
+    """A freezer cgroup directory and its version (1: freezer.state, 2: cgroup.freeze)."""
     path: Path
     version: int                  # 1 or 2
 

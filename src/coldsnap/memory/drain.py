@@ -35,6 +35,7 @@ DEFAULT_BUFFER = 4 << 20
 
 @dataclass
 class DrainStats:
+    """Counters of a live drain: pages read and skipped, syscalls, faults, time in each part."""
     pages_read: int = 0
     pages_skipped: int = 0
     syscalls: int = 0

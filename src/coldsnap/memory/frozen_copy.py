@@ -43,6 +43,7 @@ PARALLEL_FROM = 16 << 20
 
 @dataclass
 class CopyStats:
+    """Counters of the frozen copy: bytes copied, those forced through /proc/PID/mem, syscalls."""
     bytes: int = 0
     forced_bytes: int = 0            # read through /proc/PID/mem
     syscalls: int = 0

@@ -37,6 +37,7 @@ from .ranges import Ranges
 
 @dataclass(frozen=True)
 class PagemapKey:
+    """Which pagemap pages belong to: a process (by pid) or a shared memory object (by shmid)."""
     id: int                 # a process's pid, or a shared memory object's id (shmid)
     shmem: bool = False
 

@@ -44,7 +44,8 @@ from ..kernel import pagemap as pm
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..kernel import uffd
 from ..kernel.libc import SYS, syscall
-from ..kernel.fdinfo import raw_fd_links, read_fdinfo
+from ..kernel.fdinfo import raw_fd_links
+from ..kernel.fdstate import read_fdinfo
 from ..kernel.pidfd import take_fd
 from ..kernel.procfs import alive, read_status
 from .ranges import Joined, Ranges

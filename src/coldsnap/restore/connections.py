@@ -42,6 +42,7 @@ def recorded_lock(images_dir: str | os.PathLike | ImageDir) -> NetworkLock | Non
 
 @dataclass
 class RestoreNetwork:
+    """The network lock of a restore: the one the dump recorded, the one taken, the connections."""
     recorded: NetworkLock | None
     lock_: NetworkLock | None = None
     conns: list[tuple[int, int, InetSocket]] = field(default_factory=list)

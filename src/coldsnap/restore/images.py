@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import ImageError, NoSuchProcess, TargetError
 from ..files.images import read_images as read_files_images
@@ -29,7 +30,9 @@ from ..seize.tree import NS_KINDS, Task, Tree
 from .fdtable import validate_files
 from .sessions import plan_sessions
 from .shmem import MemfdImage, ShmemImage
-from .sysv import SysvImages, read_sysv
+
+if TYPE_CHECKING:
+    from .sysv import SysvImages
 
 TASK_SIZE = 0x7FFFFFFFF000
 MMAP_MIN_ADDR = 0x10000
@@ -81,7 +84,7 @@ class TreeImages:
     procs: dict[int, DumpImages]     # the living processes (a zombie has none: tree.task(pid).exit_code)
     sessions: dict[int, str]          # pid -> what its blank process does (restore/sessions.py)
     shmem: dict[int, ShmemImage] = field(default_factory=dict)   # shared anonymous objects by shmid
-    sysv: SysvImages = field(default_factory=SysvImages)         # SysV segments and semaphore sets
+    sysv: SysvImages | None = None   # SysV segments and semaphore sets (None: the images hold none)
     memfds: dict[int, MemfdImage] = field(default_factory=dict)  # memfd inodes by inode id
     memfd_files: dict[int, int] = field(default_factory=dict)    # MEMFD file id -> inode id
     origin: PageOrigin = field(default_factory=LocalPages)       # where the pages are read
@@ -211,12 +214,17 @@ def _memfds(d: ImageDir, mms: dict, origin: PageOrigin) -> tuple[dict[int, Memfd
     return inodes, files
 
 
-def _sysv(d: ImageDir, tree: Tree, mms: dict, origin: PageOrigin) -> SysvImages:
-    """The dump's SysV objects; every attached segment must be one of them."""
+def _sysv(d: ImageDir, tree: Tree, mms: dict, origin: PageOrigin) -> SysvImages | None:
+    """The dump's SysV objects (None: it has none, and restore/sysv.py is not imported);
+    every attached segment must be one of them."""
     def pages(shmid: int):
         return origin.source(d, shmid, shmem=True)
-    sysv = read_sysv(d, tree.root_task.ns_ids.get("ipc", 0), pages)
-    ids = {s.desc.id for s in sysv.segments}
+    ns = tree.root_task.ns_ids.get("ipc", 0)
+    sysv = None
+    if d.exists(f"ipcns-shm-{ns}.img") or d.exists(f"ipcns-sem-{ns}.img"):
+        from .sysv import read_sysv
+        sysv = read_sysv(d, ns, pages)
+    ids = {s.desc.id for s in sysv.segments} if sysv is not None else set()
     for pid, mm in mms.items():
         for v in mm.vmas:
             if v.status & VMA_AREA_SYSVIPC and v.shmid not in ids:

@@ -82,6 +82,7 @@ def prebuildable(v) -> bool:
 
 @dataclass
 class Area:
+    """A memory area prebuilt for a restore and the pages written in it."""
     start: int
     end: int
     session: str                    # the last session applied to it
@@ -90,6 +91,7 @@ class Area:
 
 @dataclass
 class ApplyStats:
+    """What applying one session of pages to the prebuilt memory did."""
     session: str = ""
     areas: int = 0
     new_areas: int = 0

@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import CsError, TargetError
 from ..files.ghost import GhostFiles
@@ -35,10 +36,12 @@ from ..files.images import drop_streams, tcp_connections
 from .blank import kill_blank, make_blank_tree
 from .connections import RestoreNetwork
 from .ghosts import make_ghosts
-from .prebuild import Prebuilt
 from .images import DumpImages, TreeImages, load_tree
 from .shmem import SharedMemory
 from .transplant import TransplantStats, transplant
+
+if TYPE_CHECKING:
+    from .prebuild import Prebuilt    # a migration's (restore/receive_worker.py), not a plain restore's
 
 
 @dataclass

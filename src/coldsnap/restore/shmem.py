@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import ImageError
-from ..files.memfd import MemfdFile
 from ..files.registry import FileRegistry
-from ..images.pb import memfd_pb2
 from ..kernel.fdio import write_all
 from ..kernel.page import PAGE_SIZE
 from ..kernel.procfs import fd_path
 from ..kernel.shm import anon_shmem
 from ..memory.source import PageSource
-from .sysv import SysvImages, SysvMade, make_sysv
+
+if TYPE_CHECKING:
+    from ..images.pb import memfd_pb2
+    from .sysv import SysvImages, SysvMade
 
 F_SEAL_SEAL, F_SEAL_FUTURE_WRITE = 0x1, 0x10
 LATE_SEALS = F_SEAL_SEAL | F_SEAL_FUTURE_WRITE   # added once every process mapped its memfds
@@ -60,15 +63,15 @@ class SharedMemory:
     """The shared memory objects coldsnap made for a restore: its fds on the shared
     anonymous ones, the SysV objects (restore/sysv.py). Leaving the `with` closes the fds;
     with an exception it also removes the SysV objects made; finish() after a success."""
-    sysv: SysvImages = field(default_factory=SysvImages)
+    sysv: SysvImages | None = None     # None: the images hold no SysV object (restore/sysv.py not imported)
     fds: dict[int, int] = field(default_factory=dict)     # shmid -> fd
-    made: SysvMade = field(default_factory=SysvMade)
+    made: SysvMade | None = None
     memfds: dict[int, int] = field(default_factory=dict)  # memfd inode -> fd
     seals: dict[int, int] = field(default_factory=dict)   # memfd inode -> seals to add at the end
     memfd_files: dict[int, int] = field(default_factory=dict)   # MEMFD file id -> inode
 
     @classmethod
-    def make(cls, objects: dict[int, ShmemImage], sysv: SysvImages,
+    def make(cls, objects: dict[int, ShmemImage], sysv: SysvImages | None,
              memfds: dict[int, MemfdImage] | None = None) -> "SharedMemory":
         shm = cls(sysv)
         try:
@@ -83,7 +86,9 @@ class SharedMemory:
                     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals & ~LATE_SEALS)   # unable to turn writable
                 if seals & LATE_SEALS:
                     shm.seals[inode] = seals & LATE_SEALS
-            shm.made = make_sysv(sysv)
+            if sysv is not None:
+                from .sysv import make_sysv
+                shm.made = make_sysv(sysv)
         except BaseException:
             shm.close()
             raise
@@ -101,8 +106,11 @@ class SharedMemory:
         """Tell each memfd file of the registry where its inode is, for the blank
         processes (files/memfd.py); memfd_files: MEMFD file id -> inode, for the mappings."""
         self.memfd_files = memfd_files
+        memfd = sys.modules.get("coldsnap.files.memfd")   # files/kinds.py imports it for the first memfd file
+        if memfd is None:
+            return
         for f in files.files.values():
-            if isinstance(f, MemfdFile):
+            if isinstance(f, memfd.MemfdFile):
                 if f.inode not in self.memfds:
                     raise ImageError(f"files.img: memfd file {f.id}: inode {f.inode} is not in memfd.img")
                 f.source = self.memfd_path(f.inode)
@@ -113,7 +121,8 @@ class SharedMemory:
         SysV segments SHM_DEST."""
         for inode, seals in self.seals.items():
             fcntl.fcntl(self.memfds[inode], fcntl.F_ADD_SEALS, seals)
-        self.made.finish()
+        if self.made is not None:
+            self.made.finish()
 
     def close(self) -> None:
         for fd in [*self.fds.values(), *self.memfds.values()]:
@@ -126,7 +135,7 @@ class SharedMemory:
 
     def __exit__(self, exc_type, *exc: object) -> None:
         self.close()
-        if exc_type is not None:
+        if exc_type is not None and self.made is not None:
             self.made.remove()
 
 

@@ -47,7 +47,6 @@ from ..kernel.libc import SYS, check, libc, syscall
 from ..kernel.page import PAGE_SIZE as PAGE
 from ..kernel.pidfd import take_fd
 from ..kernel.procfs import cap_last_cap, read_path_link, read_status
-from ..kernel.sysv import SHM_EXEC, SHM_RDONLY
 from ..memory.vma import MAP_ANONYMOUS, PROT_EXEC, PROT_READ, PROT_WRITE
 from ..seize.freezer import SEIZE_OPTIONS, FrozenTask
 from ..seize.remote import RemoteCalls
@@ -317,6 +316,7 @@ class Transplant:
         """shmat of SysV segment v.shmid (made by restore/sysv.py) so that v shows it: at the
         address itself when v is the whole attach, else at a free spot, v's part moved in
         place (mremap) and the rest detached."""
+        from ..kernel.sysv import SHM_EXEC, SHM_RDONLY   # only for a tree with SysV segments
         rc = self.rc
         size = (self.shm.sysv.size(v.shmid) + PAGE - 1) & ~(PAGE - 1)
         flags = (0 if v.prot & PROT_WRITE else SHM_RDONLY) | (SHM_EXEC if v.prot & PROT_EXEC else 0)

@@ -26,7 +26,7 @@ from typing import Iterator
 
 from coldsnap.kernel import kcmp as K
 from coldsnap.errors import NoSuchProcess, TargetError
-from coldsnap.kernel.procfs import ns_inode, read_stat
+from coldsnap.kernel.procfs import alive, child_pids, ns_inode, read_stat
 
 KCMP_KINDS = (("vm_id", K.KCMP_VM), ("files_id", K.KCMP_FILES), ("fs_id", K.KCMP_FS),
               ("sighand_id", K.KCMP_SIGHAND))
@@ -167,6 +167,16 @@ def tree_order(root: int, parents: dict[int, int]) -> list[int]:
         out.append(pid)
         todo.extend(sorted(kids.get(pid, [])))
     return out + sorted(set(parents) - set(out))     # not below the root: last
+
+
+def list_tree(root: int) -> list[int]:
+    """ROOT and every living process below it, parents first, read without holding any
+    (zombies left out: nothing to save)."""
+    out, level = [root], [root]
+    while level:
+        level = [c for kids in child_pids(level).values() for c in sorted(kids) if alive(c)]
+        out += level
+    return out
 
 
 def read_tree(root: int, threads: dict[int, list[int]]) -> Tree:
