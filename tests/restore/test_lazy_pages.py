@@ -50,3 +50,24 @@ def test_clear_move_and_clone():
         seen += run.npages
         lp.done(run.vaddr, run.npages)
     assert seen == 40 and lp.pending == 0 and lp.pending_newest == 0
+
+
+def test_quick_pages_answer_as_the_full_state_and_hand_over_what_they_served():
+    # the plain-Python state the server faults with while numpy imports (lazy_quick.py)
+    from coldsnap.restore.lazy_quick import QuickPages
+    located = [(0, A, 32 * P, 0), (1, A + 32 * P, 16 * P, 8 * P)]
+    plan = ([(A, A + 64 * P)], located, [(A, 48 * P)])
+    quick, full = QuickPages.build(*plan), LazyPages.build(*plan)
+    assert quick.pending == full.pending == 48 and quick.pending_newest == full.pending_newest == 32
+    assert quick.window(A + 30 * P, ahead=8, behind=2) == full.window(A + 30 * P, ahead=8, behind=2)
+    assert QuickPages.build([(A, A + 64 * P)], located, [(A + 4 * P, 4 * P)]).pending == 4
+    quick.done(A + 30 * P, 4)
+    quick.clear(A, A + 8 * P)
+    quick.follow(A + 34 * P)
+    assert quick.pending == 36 and quick.pending_newest == 22
+    assert not quick.is_pending(A + 31 * P) and quick.is_pending(A + 34 * P) and not quick.is_pending(A + 50 * P)
+    assert quick.window(A + 29 * P, ahead=4, behind=0) == [Run(A + 29 * P, 0, 29 * P, 1)]
+    after = LazyPages.after(quick, *plan)        # numpy is in: the full state goes on from there
+    assert after.pending == 36 and after.pending_newest == 22
+    assert after.next_run(64) == Run(A + 34 * P, 1, 10 * P, 14)
+    assert QuickPages.build([(A, A + 64 * P)], located + [(2, A, P, 0)], [(A, 48 * P)]) is None   # overlapping runs

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE as PAGE
+from .lazy_quick import QuickPages, Run
 
 NONE = -1
 SCAN = 1 << 14                  # pages looked at per step of the background's search
@@ -32,15 +33,6 @@ class Seg:
     @property
     def end(self) -> int:
         return self.start + (len(self.level) << PAGE_SHIFT)
-
-
-@dataclass(frozen=True)
-class Run:
-    """Pages to copy: npages from `off` of level `level`'s pages file to `vaddr`."""
-    vaddr: int
-    level: int
-    off: int
-    npages: int
 
 
 class LazyPages:
@@ -190,6 +182,18 @@ class LazyPages:
     def recount(self) -> None:
         self.pending = sum(int((s.level >= 0).sum()) for s in self.segs)
         self.pending_newest = sum(int((s.level == 0).sum()) for s in self.segs)
+
+    @classmethod
+    def after(cls, quick: QuickPages, areas, located, keep) -> "LazyPages":
+        """The full state of what QUICK (lazy_quick.py, built from the same arguments) served
+        so far: every range it cleared is cleared here too, the background goes on from its
+        last fault."""
+        full = cls.build(areas, located, keep)
+        for start, end in quick.cleared:
+            full.clear(start, end)
+        if quick.cursor is not None:
+            full.follow(quick.cursor)
+        return full
 
     def clone(self) -> "LazyPages":
         """The state of a child made by fork: its missing pages are the parent's."""
