@@ -71,3 +71,15 @@ def test_quick_pages_answer_as_the_full_state_and_hand_over_what_they_served():
     assert after.pending == 36 and after.pending_newest == 22
     assert after.next_run(64) == Run(A + 34 * P, 1, 10 * P, 14)
     assert QuickPages.build([(A, A + 64 * P)], located + [(2, A, P, 0)], [(A, 48 * P)]) is None   # overlapping runs
+
+
+def test_quick_pages_push_in_the_background_order():
+    from coldsnap.restore.lazy_quick import QuickPages
+    located = [(0, A, 32 * P, 0), (1, A + 32 * P, 16 * P, 8 * P)]
+    quick = QuickPages.build([(A, A + 64 * P)], located, [(A, 48 * P)])
+    got = []
+    while (run := quick.next_run(20)) is not None:
+        got.append(run)
+        quick.done(run.vaddr, run.npages)
+    assert got == [Run(A, 0, 0, 20), Run(A + 20 * P, 0, 20 * P, 12), Run(A + 32 * P, 1, 8 * P, 16)]
+    assert quick.pending == 0 and quick.pending_newest == 0

@@ -7,8 +7,8 @@ fault), the server builds lazy_pages.py's LazyPages and replays what happened he
     quick.is_pending(addr) / window(addr, ahead, behind) / done(vaddr, n) / clear(start, end)
     quick.cleared                                    # every range cleared, in order
 
-A sorted list of pending runs (each one level, contiguous in its file): no background
-order, no move, no clone (the server upgrades before those).
+A sorted list of pending runs (each one level, contiguous in its file), pushed in the same
+background order as LazyPages; no move, no clone (the server upgrades before those).
 """
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ class QuickPages:
         self.pending = sum(r.npages for r in runs)
         self.pending_newest = sum(r.npages for r in runs if r.level == 0)
         self.cleared: list[tuple[int, int]] = []
-        self.cursor: int | None = None  # the last follow()
+        self.cursor: int | None = None  # the last follow() or push
+        self._pass = 0
+        self.levels = 1 + max((r.level for r in runs), default=-1)
 
     @classmethod
     def build(cls, areas: list[tuple[int, int]], located: list[tuple[int, int, int, int]],
@@ -95,6 +97,29 @@ class QuickPages:
 
     def follow(self, addr: int) -> None:
         self.cursor = addr
+
+    def next_run(self, max_pages: int) -> Run | None:
+        """As LazyPages.next_run: level 0 first from the cursor, then each parent, one more sweep."""
+        for _ in range(2):
+            while self._pass < self.levels:
+                at = self.cursor or 0
+                for run in self.runs[max(0, bisect.bisect_right(self._starts, at) - 1):]:
+                    if run.level != self._pass or run.end <= at:
+                        continue
+                    part = _clip(run, max(run.vaddr, at), run.end)
+                    part = Run(part.vaddr, part.level, part.off, min(part.npages, max_pages))
+                    self.cursor = part.end
+                    return part
+                self._pass += 1
+                self.cursor = 0
+            if not self.pending:
+                return None
+            self._pass, self.cursor = 0, 0
+        return None
+
+    def recount(self) -> None:
+        self.pending = sum(r.npages for r in self.runs)
+        self.pending_newest = sum(r.npages for r in self.runs if r.level == 0)
 
     def done(self, vaddr: int, npages: int) -> None:
         self.clear(vaddr, vaddr + (npages << PAGE_SHIFT))

@@ -22,8 +22,8 @@ once every page is in, closing the uffds: every registration vanishes with them.
 
 numpy (the page state of lazy_pages.py) is imported on a thread as the server starts
 (60-130 ms): until it is in, a plain-Python state (lazy_quick.py) answers the faults, so the
-process's first steps never wait for the import; the background push starts once it is in,
-and a fork or mremap waits for it.
+process's first steps never wait for the import (the push goes on meanwhile); a fork or
+mremap waits for it.
 
 Why a guardian: when the last holder of a userfaultfd closes it the kernel unregisters its
 areas, and a missing page then faults in as zeros: a process whose server died would run
@@ -170,8 +170,7 @@ class Server:
         try:
             while not self.go or self._pending():
                 busy = self.go and self._pending()
-                quick = self.numpy is not None      # no background push before numpy is in
-                for fd, _ in self.poller.poll(0 if busy and not quick else None):
+                for fd, _ in self.poller.poll(0 if busy else None):
                     if fd == self._numpy_in:
                         self._upgrade()
                     elif fd == self.ctl.fileno():
@@ -187,7 +186,7 @@ class Server:
                         todo, space.deferred = space.deferred, []
                         for addr in todo:
                             self._fault(space, addr, False)
-                if busy and self.numpy is None:
+                if busy:
                     live = [s for s in self.spaces.values() if s.pages.pending]
                     if live:
                         turn = (turn + 1) % len(live)
