@@ -68,9 +68,11 @@ def _writer(workload_bin, tmp_path: Path, mib: int, rate: int) -> LogWorkload:
     return w
 
 
-def _migrate_in_background(w: LogWorkload, to: str, *args: str) -> subprocess.Popen:
+def _migrate_in_background(w: LogWorkload, to: str, *args: str, tmp: Path) -> subprocess.Popen:
+    """TMPDIR=tmp: a migrate the test kills leaves its work directory there, not in /tmp."""
     return subprocess.Popen(coldsnap_argv("migrate", "-t", w.pid, "--to", to, *args), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, TMPDIR=str(tmp)))
 
 
 def _receiver_exit(hosts: TwoHosts, timeout: float = 10.0) -> str | None:
@@ -145,7 +147,7 @@ def test_link_cut_during_the_final_dump_the_source_runs_on(hosts, workload_bin, 
     to = _receiver(hosts, tmp_path)
     w = _writer(workload_bin, tmp_path, 128, 50)
     try:
-        p = _migrate_in_background(w, to, "--max-iterations", "1", "--timeout", "3")
+        p = _migrate_in_background(w, to, "--max-iterations", "1", "--timeout", "3", tmp=tmp_path)
         hosts.wait_log("-1 from", timeout=120)            # the only pre-copy is stored: the final dump begins
         hosts.link(False)
         out, err = p.communicate(timeout=120)
@@ -161,7 +163,7 @@ def test_destination_killed_mid_iteration_the_source_runs_on(hosts, workload_bin
     to = _receiver(hosts, tmp_path)
     w = _writer(workload_bin, tmp_path, 128, 50)
     try:
-        p = _migrate_in_background(w, to, "--max-downtime", "0.001", "--max-iterations", "50")
+        p = _migrate_in_background(w, to, "--max-downtime", "0.001", "--max-iterations", "50", tmp=tmp_path)
         hosts.wait_log("session m", timeout=60)          # an iteration arrived
         hosts.dest.kill()                                # the whole destination host goes
         hosts.dest.wait()

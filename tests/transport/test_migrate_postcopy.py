@@ -61,7 +61,7 @@ def test_source_killed_during_post_copy_kills_the_destination_process(hosts, wor
     w = _writer(workload_bin, tmp_path, 128, 2000)
     p = None
     try:
-        p = _migrate_in_background(w, to, "--post-copy")
+        p = _migrate_in_background(w, to, "--post-copy", tmp=tmp_path)
         _stderr_line(p, "final dump")
         _tc("qdisc", "add", "dev", hosts.veth_src, "root", "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "2s")
         _stderr_line(p, "serving its last pages")

@@ -42,7 +42,8 @@ class TwoHosts:
 
     def start_destination(self, *coldsnap_args, log: Path) -> None:
         """`coldsnap ARGS` as the destination's receiver, below ns_init (PID 1 there)."""
-        env = dict(os.environ, PYTHONPATH=str(SRC))
+        # TMPDIR: a receiver killed with its namespaces leaves its session directories in the test's tmp
+        env = dict(os.environ, PYTHONPATH=str(SRC), TMPDIR=str(self.tmp))
         self.status = self.tmp / "dest.status"
         with open(log, "wb") as out:
             self.dest = subprocess.Popen(
