@@ -1,11 +1,14 @@
-"""Shared fixtures: real workloads, reaped children, and a guard against stopped or traced leftovers."""
+"""Shared fixtures: real workloads, reaped children, and guards against stopped or traced
+leftovers and stray coldsnap temporary directories."""
 from __future__ import annotations
 
 import ctypes
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,6 +74,26 @@ def reap_zombies() -> None:
 
 def _alive_descendants() -> list[int]:
     return [p for p in _our_descendants() if proc_state(p)[0] not in ("", "Z")]
+
+
+def _coldsnap_temp_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("coldsnap-*"))
+
+
+@pytest.fixture(autouse=True)
+def no_stray_temp_dirs():
+    """Fail any test after which a coldsnap-* directory it made stays in the temporary
+    directory (a killed migrate's work directory once filled the disk this way)."""
+    before = _coldsnap_temp_dirs()
+    yield
+    deadline = time.monotonic() + 2
+    stray = _coldsnap_temp_dirs() - before
+    while stray and time.monotonic() < deadline:   # a process on its way out removes its own
+        time.sleep(0.05)
+        stray = _coldsnap_temp_dirs() - before
+    for d in stray:  # clean up, but still fail
+        shutil.rmtree(d, ignore_errors=True)
+    assert not stray, f"left in {tempfile.gettempdir()}: {sorted(map(str, stray))}"
 
 
 @pytest.fixture(autouse=True)
