@@ -135,6 +135,33 @@ def start_restore_target(size: int, mode: str = "0") -> tuple[int, int]:
     return p.pid, int(line.split()[1], 16)
 
 
+def wait_exit(pid: int, timeout: float = 300) -> None:
+    """Reap PID (a child of ours) once it exits."""
+    import select
+    fd = os.pidfd_open(pid)
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    reap(pid)
+
+
+def export_revision(rev: str) -> tuple[str, Path]:
+    """(short sha, its src/ directory): REV's src/ extracted with `git archive` into
+    bench/out/rev-SHA/ (once) and byte-compiled, to run beside the working tree's."""
+    root = BENCH.parent
+    sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", rev], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    dest = OUT_DIR / f"rev-{sha}"
+    if not (dest / "src" / "coldsnap").is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(root), "archive", sha, "src"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(dest / "src")], check=True)
+    return sha, dest / "src"
+
+
 def reap(pid: int) -> None:
     """waitpid, then wait until /proc/PID is gone (restore reuses the PID)."""
     try:

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BENCH, SHM, become_subreaper, build_restore_target, kill_reap, log,  # noqa: E402
+from common import (export_revision, revision, BENCH, SHM, become_subreaper, build_restore_target, kill_reap, log,  # noqa: E402
                     median, parse_size, reap, run_meta, size_name, start_restore_target,
                     unwind_on_signals, write_section)
 
@@ -72,25 +72,8 @@ print(json.dumps({"own": (t1 - t0) / 1e6, "cpu": (c1 - c0) * 1e3, "before": (mar
 """
 
 
-def export(rev: str) -> tuple[str, Path]:
-    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    dest = BENCH / "out" / f"rev-{sha}"
-    if not (dest / "src" / "coldsnap").is_dir():
-        dest.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha, "src"], check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(dest / "src")], check=True)
-    return sha, dest / "src"
 
 
-def tree_revision() -> str:
-    """HEAD of this tree (the new side), and whether its src/ differs from it."""
-    git = ["git", "-C", str(ROOT)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout
-    return head + (" + uncommitted changes in src/" if dirty.strip() else "")
 
 
 def one(src: Path, size: int, tracked: bool) -> dict:
@@ -123,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     unwind_on_signals()
     become_subreaper()
     build_restore_target()
-    base_sha, base_src = export(args.base)
+    base_sha, base_src = export_revision(args.base)
     new_src = ROOT / "src"
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(new_src)], check=True)
     sides = [("base", base_src), ("new", new_src)]
@@ -140,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{size_name(size)}{' tracked' if tracked else ''} done")
     load1 = os.getloadavg()
     meta = run_meta("dump_work.py", argv)
-    L = [SECTION, "", f"Command: `{meta['cmd']}`  ", f"base {base_sha}, new: {tree_revision()}  ",
+    L = [SECTION, "", f"Command: `{meta['cmd']}`  ", f"base {base_sha}, new: {revision()}  ",
          f"Date: {meta['date']}; kernel `{meta['uname']}`; {meta['cpus']} CPUs; images on tmpfs; "
          f"load average {load0[0]:.1f} before, {load1[0]:.1f} after.", "",
          "| size | dump | n | " + " | ".join(f"{c} ms base / new" for c in COLS) + " |",

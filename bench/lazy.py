@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -42,7 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BENCH, LIVE, MIB, become_subreaper, kill_reap, log, median, parse_size,  # noqa: E402
+from common import (wait_exit, BENCH, LIVE, MIB, become_subreaper, kill_reap, log, median, parse_size,  # noqa: E402
                     reap, run_meta, size_name, spread, unwind_on_signals, write_section)
 
 SECTION = "## Warm start and lazy restore (issue 12)"
@@ -73,14 +72,6 @@ def run(argv, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in argv], stdin=subprocess.DEVNULL, capture_output=True, text=True, **kw)
 
 
-def wait_exit(pid: int, timeout: float = 300) -> None:
-    """Reap PID (a child of ours) once it exits."""
-    fd = os.pidfd_open(pid)
-    try:
-        select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
-    reap(pid)
 
 
 class App:

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BENCH, LIVE, SHM, become_subreaper, build_restore_target, kill_reap,  # noqa: E402
+from common import (export_revision, BENCH, LIVE, SHM, become_subreaper, build_restore_target, kill_reap,  # noqa: E402
                     log, median, parse_size, run_meta, size_name, start_restore_target,
                     unwind_on_signals, write_section)
 
@@ -75,17 +75,6 @@ print(json.dumps({"own": (t1 - t0) / 1e6, **{k: v / 1e6 for k, v in spent.items(
 """
 
 
-def export(rev: str) -> tuple[str, Path]:
-    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    dest = BENCH / "out" / f"rev-{sha}"
-    if not (dest / "src" / "coldsnap").is_dir():
-        dest.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha, "src"], check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(dest / "src")], check=True)
-    return sha, dest / "src"
 
 
 def dump(size: int, images: Path) -> tuple[int, int]:
@@ -186,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     unwind_on_signals()
     become_subreaper()
     build_restore_target()
-    base_sha, base_src = export(args.base)
+    base_sha, base_src = export_revision(args.base)
     new_src = ROOT / "src"
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(new_src)], check=True)
     sides = [(base_sha, base_src), ("new", new_src)]

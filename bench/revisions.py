@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import (BENCH, OUT_DIR, become_subreaper, build_restore_target, log, parse_size,
+from common import (export_revision, BENCH, become_subreaper, build_restore_target, log, parse_size,
                     scratch_dir, start_restore_target, write_section)
 
 ROOT = BENCH.parent
@@ -43,16 +43,6 @@ sys.path.insert(0, str(ROOT / "src"))
 from coldsnap.images.directory import ImageDir  # noqa: E402  (reads stats of either side)
 
 
-def export(rev: str) -> tuple[str, Path]:
-    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    dest = OUT_DIR / f"rev-{sha}"
-    if not (dest / "src" / "coldsnap").is_dir():
-        dest.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha, "src"], check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return sha, dest / "src"
 
 
 def kill_reap(pid: int) -> None:
@@ -152,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))
     become_subreaper()
     build_restore_target()
-    sides = [export(args.base), ("working tree", ROOT / "src")]
+    sides = [export_revision(args.base), ("working tree", ROOT / "src")]
     results: dict[str, dict[str, list]] = {}
     for text in args.sizes.split(","):
         size = parse_size(text)

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import select
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (LIVE, MIB, become_subreaper, build_restore_target, kill_reap, log,  # noqa: E402
+from common import (wait_exit, LIVE, MIB, become_subreaper, build_restore_target, kill_reap, log,  # noqa: E402
                     median, parse_size, reap, scratch_dir, spread, start_restore_target,
                     unwind_on_signals)
 
@@ -57,13 +56,6 @@ def timed(argv: list[str], env: dict) -> tuple[float, float, str, str]:
     return wall, (ru.ru_utime + ru.ru_stime) * 1e3, o, e
 
 
-def wait_exit(pid: int, timeout: float = 60) -> None:
-    fd = os.pidfd_open(pid)
-    try:
-        select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
-    reap(pid)
 
 
 def one_round(prefix: list[str], env: dict, size: int, res: dict) -> None:
