@@ -27,6 +27,10 @@ def _become_subreaper() -> None:
 
 _become_subreaper()
 
+# no test hands its commands to a `coldsnap service` by accident (one running on the default
+# address, say): those of tests/service start their own and set COLDSNAP_SERVICE themselves
+os.environ["COLDSNAP_SERVICE"] = ""
+
 
 def _our_descendants() -> list[int]:
     me = os.getpid()

@@ -33,7 +33,8 @@ def test_the_check_sees_proc_paths():
 IMAGE_WRITERS = {"images/directory.py", "images/framing.py"}
 NOT_IMAGES = {"demo.py",                         # the demo workload's own log file
               "restore/lazy_start.py",            # the lazy-pages server's --lazy-log
-              "files/ghost.py"}                   # restore makes deleted files again (ghosts)
+              "files/ghost.py",                   # restore makes deleted files again (ghosts)
+              "service/server.py"}                # the service's --pidfile
 _WRITE_CALLS = {"write_image", "ImageWriter", "create_image_file", "write_bytes", "write_text"}
 
 

@@ -1,3 +1,3 @@
-from .cli import command
+from .service.client import command
 
 command()

@@ -237,6 +237,14 @@ def _demo_args(dm: argparse.ArgumentParser) -> None:
     dm.add_argument("-D", "--images-dir", metavar="DIR", help="keep the images here (default: a temporary dir)")
 
 
+def _service_args(sv: argparse.ArgumentParser) -> None:
+    sv.add_argument("--address", metavar="PATH",
+                    help="the socket to serve on (default /run/coldsnap/service.sock)")
+    sv.add_argument("-d", "--daemon", action="store_true", help="go to the background once listening")
+    sv.add_argument("--pidfile", metavar="FILE", help="with --daemon: write the service's pid here")
+    sv.add_argument("-o", "--log-file", metavar="FILE", help="with --daemon: append the service's log here")
+
+
 # command -> (its line in --help, what declares its options)
 _COMMANDS = {
     "pre-dump": ("save a running process's memory, keeping it frozen only to plan", _pre_dump_args),
@@ -252,6 +260,8 @@ _COMMANDS = {
     "check": ("report which kernel features coldsnap can use here, and which CRIU versions its images are "
               "tested with", _json_arg),
     **cli_transport.COMMANDS,
+    "service": ("serve commands from a resident process with every module loaded: `coldsnap` "
+                "hands them over (COLDSNAP_SERVICE names the socket)", _service_args),
     "demo": ("start a sample workload, pre-dump it, print the stats", _demo_args),
 }
 
@@ -374,6 +384,9 @@ def run_command(args: argparse.Namespace, out: Callable[..., None] = _out) -> in
               for name, ok in feats.items()),
             f"{'criu':16} images tested both ways with CRIU {', '.join(CRIU_TESTED)}")
         return 0
+    if args.command == "service":
+        from .service.server import run_service
+        return run_service(args.address, daemon=args.daemon, pidfile=args.pidfile, log_file=args.log_file)
     if args.command == "demo":
         from .demo import demo
         return demo(args.size, args.images_dir)
@@ -521,7 +534,8 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     # SIGTERM unwinds like Ctrl-C (targets resumed, temporary images removed) and exits 143;
     # the freezer defers both signals around its critical sections
     signal.signal(signal.SIGTERM, _raise_interrupted)
-    _open_display()
+    if args.command != "service":       # its workers open their own
+        _open_display()
     try:
         try:
             return run(args)

@@ -11,8 +11,8 @@ import time
 
 from . import progress
 
-# seconds: a step that ends sooner leaves the terminal as it was (tests set 0)
-SHOW_AFTER = float(os.environ.get("COLDSNAP_PROGRESS_AFTER", "0.5"))
+SHOW_AFTER = "COLDSNAP_PROGRESS_AFTER"   # seconds: a step that ends sooner leaves the terminal as
+                                        # it was (default 0.5; tests set 0)
 LATE = 1.0           # seconds after a step ended in which its workers' reports are stale
 
 
@@ -21,6 +21,8 @@ class TerminalProgress:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # read here, not at import: a worker of `coldsnap service` takes on its caller's environment
+        self._show_after = float(os.environ.get(SHOW_AFTER, "0.5"))
         self._display = None                                            # a rich Progress
         self._steps: dict[str, tuple[float, int, int | None]] = {}      # step -> (start, done, task)
         self._ended: dict[str, tuple[int, float]] = {}                  # step -> (total, when)
@@ -36,7 +38,7 @@ class TerminalProgress:
                 self._finish(step)
                 start, seen, task = now, 0, None
             done = max(done, seen)                      # workers may report out of order
-            if task is None and now - start >= SHOW_AFTER:
+            if task is None and now - start >= self._show_after:
                 task = self._show().add_task(step, total=total or None)
             if task is not None:
                 self._display.update(task, completed=done, total=total or None)

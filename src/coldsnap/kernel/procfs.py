@@ -203,6 +203,46 @@ def ns_inode(pid: int, kind: str) -> int | None:
         return None
 
 
+NAMESPACE_KINDS = ("mnt", "pid", "net", "ipc", "uts", "user", "cgroup")
+
+
+@dataclass(frozen=True, slots=True)
+class Surroundings:
+    """What a process lives in, as far as work done on its behalf by another process
+    depends on it: its namespaces, root directory, cgroup and effective capabilities."""
+    namespaces: tuple[tuple[str, int, int], ...]    # (kind, st_dev, st_ino) per NAMESPACE_KINDS
+    root: tuple[int, int]                           # (st_dev, st_ino) of /proc/PID/root
+    cgroup: str                                     # /proc/PID/cgroup as it reads
+    cap_eff: int                                    # CapEff of /proc/PID/status
+
+    def difference(self, other: "Surroundings") -> str:
+        """'' when both are the same, else the first thing that differs, in words."""
+        for (kind, *a), (_, *b) in zip(self.namespaces, other.namespaces):
+            if a != b:
+                return f"{kind} namespace"
+        for name in ("root", "cgroup", "cap_eff"):
+            if getattr(self, name) != getattr(other, name):
+                return {"root": "root directory", "cgroup": "cgroup", "cap_eff": "capabilities"}[name]
+        return ""
+
+
+@on_process
+def read_surroundings(pid: int) -> Surroundings:
+    def ident(path: str) -> tuple[int, int]:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    namespaces = []
+    for kind in NAMESPACE_KINDS:
+        try:
+            namespaces.append((kind, *ident(f"/proc/{pid}/ns/{kind}")))
+        except FileNotFoundError:                   # a kernel without that namespace
+            namespaces.append((kind, 0, 0))
+    with open(f"/proc/{pid}/cgroup") as f:
+        cgroup = f.read()
+    return Surroundings(tuple(namespaces), ident(f"/proc/{pid}/root"), cgroup,
+                        int(read_status(pid).get("CapEff", "0"), 16))
+
+
 def alive(pid: int, tid: int | None = None) -> bool:
     """The one liveness check: the process (or thread) exists and is neither a zombie, dead
     nor exiting."""

@@ -1,0 +1,128 @@
+"""The `coldsnap` command as installed: hand the command line to a running `coldsnap service`
+when there is one, else run it in this process (cli.command), with no visible difference.
+
+This module is what every command starts with, so it imports only built-in modules (no
+`socket`, whose enums cost more than the whole request). The service to use: the address in
+COLDSNAP_SERVICE ("" for none), else DEFAULT_ADDRESS when that file exists. The command runs
+here when nobody answers there, when the service says so (another user, namespace, root,
+cgroup, coldsnap; `restore --shell-job`), or when the request cannot be sent.
+
+Through the service, this process sends its stdio and cwd (as fds), environment, umask and
+arguments, then waits: SIGINT, SIGTERM and SIGHUP are passed on to the worker, and its end
+is this process's end (the same exit code, or the same signal)."""
+from __future__ import annotations
+
+import os
+import sys
+
+from . import protocol as P
+
+DEFAULT_ADDRESS = "/run/coldsnap/service.sock"      # = server.DEFAULT_ADDRESS (not imported: heavy)
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the service resolves links
+
+
+def command() -> None:
+    """Entry point of the `coldsnap` script and of `python3 -m coldsnap`."""
+    code = through_service(sys.argv[1:])
+    if code is None:
+        from ..cli import command as in_process
+        in_process()            # exits
+    _exit(code)
+
+
+def service_address() -> str | None:
+    address = os.environ.get("COLDSNAP_SERVICE")
+    if address is None:
+        return DEFAULT_ADDRESS if os.path.exists(DEFAULT_ADDRESS) else None
+    return address or None
+
+
+class _Forwarder:
+    """Signal handlers that pass SIGINT/SIGTERM/SIGHUP on through the connection."""
+
+    def __init__(self, sock) -> None:
+        import _signal
+        self.sock, self.caught, self._signal = sock, [], _signal
+        self.old = {n: _signal.signal(n, self) for n in P.FORWARDED}
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.caught.append(signum)
+        try:
+            self.sock.send(P.encode_signal(signum))
+        except OSError:
+            pass
+
+    def restore(self) -> None:
+        for n, handler in self.old.items():
+            self._signal.signal(n, handler)
+
+
+def through_service(argv: list[str]) -> int | None:
+    """The command's exit code (negative: killed by that signal) when the service ran it,
+    None when it is to run here."""
+    address = service_address()
+    if address is None or not P.runs_in_service(argv):
+        return None
+    import _socket
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+    forward = None
+    try:
+        sock.connect(address)
+        request = P.encode_request(argv, [b"%s=%s" % kv for kv in os.environb.items()], _umask(), PACKAGE)
+        if len(request) > P.MAX_REQUEST:
+            return None
+        cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd))
+            forward = _Forwarder(sock)      # a signal from here on reaches the worker, or us below
+            sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        finally:
+            os.close(cwd)
+        kind, rest = P.decode_reply(sock.recv(P.MAX_REPLY))
+        if kind != "started":
+            return _caught(forward)         # local, or an error: nothing ran
+        worker = rest
+        while True:
+            data = sock.recv(P.MAX_REPLY)
+            if not data:
+                print(f"coldsnap: lost the service while its worker {worker} ran the command",
+                      file=sys.stderr)
+                return 1
+            kind, rest = P.decode_reply(data)
+            if kind == "exit":
+                how, _, n = rest.partition(" ")
+                return -int(n) if how == "signal" else int(n)
+    except (OSError, P.ProtocolError, ValueError):
+        return _caught(forward)
+    finally:
+        if forward is not None:
+            forward.restore()
+        sock.close()
+
+
+def _caught(forward: _Forwarder | None) -> int | None:
+    """Nothing ran: run here, unless a signal came meanwhile (it was meant for the command)."""
+    if forward is not None and forward.caught:
+        return -forward.caught[0]
+    return None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _exit(code: int) -> None:
+    """End as the worker did: its exit code, or its signal (then 128+N if that one is caught)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        pass
+    if code < 0:
+        import _signal
+        _signal.signal(-code, _signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        code = 128 - code
+    os._exit(code)

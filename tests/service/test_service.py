@@ -1,0 +1,193 @@
+"""`coldsnap service`: commands handed to a resident process run as they would in the caller
+(output, exit codes, signals, cleanup); callers it must not serve run the command themselves."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "restore"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "dump"))
+
+from predump_helpers import wait_quiet  # noqa: E402
+from procs import coldsnap_argv, proc_state  # noqa: E402
+from restore_helpers import LogWorkload, assert_one_line_error, coldsnap, reap, wait_gone  # noqa: E402
+from service_helpers import start_service  # noqa: E402
+
+
+@pytest.fixture
+def service(tmp_path, monkeypatch):
+    svc = start_service(tmp_path)
+    monkeypatch.setenv("COLDSNAP_SERVICE", str(svc.address))
+    try:
+        yield svc
+    finally:
+        assert svc.stop() == 0
+        assert not svc.address.exists()
+
+
+def test_dump_and_restore_of_a_c_workload_through_the_service(service, workload_bin, tmp_path):
+    """dump, then restore -d: the workload checks all its memory every tick afterwards."""
+    with LogWorkload([workload_bin("rst_memory")], tmp_path / "log") as w:
+        w.wait_ready()
+        w.wait_ticks(2)
+        coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img").check()
+        w.reap_dumped()
+        run = coldsnap("restore", "-D", tmp_path / "img", "-d").check()
+        assert run.stderr.startswith(f"restored {w.pid} ")
+        w.adopt_restored()          # the worker's orphan, reparented to the test (a subreaper)
+        w.wait_ticks(5)
+        w.assert_healthy()
+    assert [ln.endswith("exited 0") for ln in service.workers("dump") + service.workers("restore")] == [True, True]
+
+
+def test_pre_dump_then_lazy_restore_through_the_service(service, workload_bin, tmp_path):
+    """A tracked pre-dump, the dump on top of it, a lazy restore: every page comes right."""
+    go = tmp_path / "go"
+    w = LogWorkload([workload_bin("lazy_check"), 16, go], tmp_path / "log")
+    res = None
+    try:
+        w.wait_ready()
+        coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "pre").check()
+        coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img", "--prev-images-dir", tmp_path / "pre").check()
+        w.reap_dumped()
+        res = json.loads(coldsnap("restore", "-D", tmp_path / "img", "-d", "--lazy-pages", "--json").check().stdout)
+        w.adopt_restored()
+        go.touch()
+        w.wait_for("ok line", lambda: any(ln.startswith("ok") for ln in w.lines()), timeout=60)
+        assert not w.failures(), w.tail()
+        assert os.WEXITSTATUS(reap(res["lazy_guardian"], 60)) == 0
+        wait_gone(res["lazy_server"])
+    finally:
+        w.stop()
+    assert [len(service.workers(c)) for c in ("pre-dump", "dump", "restore")] == [1, 1, 1]
+
+
+def test_a_failing_command_relays_its_error_and_exit_code(service, tmp_path):
+    run = coldsnap("dump", "-t", 999999999, "-D", tmp_path / "img")
+    assert run.returncode == 3
+    assert_one_line_error(run)
+    run = coldsnap("show", tmp_path / "nothing", "--json")
+    assert run.returncode == 6 and json.loads(run.stdout)["error"]["exit_code"] == 6
+    assert_one_line_error(run)
+    run = coldsnap("dump", "--no-such-option")
+    assert run.returncode == 2 and "usage:" in run.stderr
+    assert [ln.rsplit(" ", 1)[1] for ln in service.workers("dump") + service.workers("show")] == ["3", "2", "6"]
+    assert not (tmp_path / "img").exists()
+
+
+def test_output_and_cwd_are_the_callers(service, tmp_path):
+    """Relative paths are the caller's cwd; stdout the caller's; the same text as in-process."""
+    with LogWorkload([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+                     tmp_path / "log") as w:
+        w.wait_ready()
+        run = subprocess.run(coldsnap_argv("dump", "-t", w.pid, "-D", "img", "--leave-running", "--json"),
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["images_dir"] == "img" and (tmp_path / "img" / "inventory.img").exists()
+    here = subprocess.run(coldsnap_argv("show", "img"), cwd=tmp_path, capture_output=True, text=True)
+    local = subprocess.run(coldsnap_argv("show", "img"), cwd=tmp_path, capture_output=True, text=True,
+                           env={**os.environ, "COLDSNAP_SERVICE": ""})
+    assert (here.returncode, here.stdout, here.stderr) == (local.returncode, local.stdout, local.stderr)
+    assert len(service.workers("show")) == 1
+
+
+def _slow_pre_dump(spawn, workload_bin, images: Path) -> tuple[int, subprocess.Popen]:
+    """A live pre-dump of 256 MiB through a 4 KiB buffer, once it drains (target running)."""
+    w = spawn([workload_bin("mem_pattern"), 65536, 8], stderr=subprocess.DEVNULL)
+    wait_quiet(w.pid)
+    p = subprocess.Popen(coldsnap_argv("pre-dump", "-t", w.pid, "-D", images, "--pre-dump-mode", "live",
+                                       "--buffer-size", "4k"), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        staging = [d for d in images.parent.iterdir() if d.name.startswith(".")]
+        if any(f.name.startswith("pages-") and f.stat().st_size for d in staging for f in d.iterdir()):
+            break
+        time.sleep(0.002)
+    return w.pid, p
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_client_interrupts_the_worker(sig, service, spawn, workload_bin, tmp_path):
+    (tmp_path / "d").mkdir()
+    pid, p = _slow_pre_dump(spawn, workload_bin, tmp_path / "d" / "img")
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 128 + sig and err.strip() == f"coldsnap: interrupted by {sig.name}", err
+    assert proc_state(pid) == ("S", 0)
+    assert list((tmp_path / "d").iterdir()) == []
+    assert service.workers("pre-dump")[0].endswith(f"exited {128 + sig}")
+
+
+def test_a_killed_client_ends_its_worker_cleanly(service, spawn, workload_bin, tmp_path):
+    """SIGKILL the client: the service passes SIGTERM on; the target runs on, nothing stays."""
+    (tmp_path / "d").mkdir()
+    pid, p = _slow_pre_dump(spawn, workload_bin, tmp_path / "d" / "img")
+    p.kill()
+    p.communicate(timeout=10)
+    line = service.wait_log(lambda ln: "(pre-dump)" in ln, "worker's end")
+    assert line.endswith("exited 143 (its client had left)")
+    assert proc_state(pid) == ("S", 0)
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_a_caller_in_another_network_namespace_runs_the_command_itself(service):
+    through = subprocess.run(["unshare", "--net", *coldsnap_argv("check")], capture_output=True, text=True)
+    local = subprocess.run(coldsnap_argv("check"), capture_output=True, text=True,
+                           env={**os.environ, "COLDSNAP_SERVICE": ""})
+    assert through.returncode == local.returncode == 0
+    assert through.stdout == local.stdout and through.stderr == local.stderr == ""
+    assert "the caller's net namespace is not the service's" in service.lines()[-1]
+    assert service.workers("check") == []
+
+
+def test_restore_shell_job_runs_in_the_caller(service, tmp_path):
+    run = coldsnap("restore", "-D", tmp_path / "none", "--shell-job")
+    assert run.returncode == 6
+    assert_one_line_error(run)
+    assert service.workers("restore") == [] and len(service.lines()) == 1    # never asked
+
+
+def test_without_a_service_the_command_runs_in_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLDSNAP_SERVICE", str(tmp_path / "nobody.sock"))
+    run = coldsnap("show", tmp_path / "none")
+    assert run.returncode == 6
+    assert_one_line_error(run)
+
+
+def test_a_second_service_on_the_same_address_is_refused_and_a_stale_socket_replaced(tmp_path, monkeypatch):
+    first = start_service(tmp_path)
+    try:
+        run = subprocess.run(coldsnap_argv("service", "--address", first.address), capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 1 and run.stderr == f"coldsnap: a service already answers on {first.address}\n"
+        assert first.proc.poll() is None
+    finally:
+        first.proc.kill()           # leaves its socket file behind
+        first.proc.wait()
+    assert first.address.exists()
+    again = start_service(tmp_path)
+    try:
+        assert again.address == first.address
+        monkeypatch.setenv("COLDSNAP_SERVICE", str(again.address))
+        assert subprocess.run(coldsnap_argv("check"), capture_output=True).returncode == 0
+        assert len(again.workers("check")) == 1
+    finally:
+        assert again.stop() == 0
+
+
+def test_stopping_the_service_ends_running_workers_cleanly(service, spawn, workload_bin, tmp_path):
+    (tmp_path / "d").mkdir()
+    pid, p = _slow_pre_dump(spawn, workload_bin, tmp_path / "d" / "img")
+    assert service.stop() == 0
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 143 and err.strip() == "coldsnap: interrupted by SIGTERM", err
+    assert proc_state(pid) == ("S", 0)
+    assert list((tmp_path / "d").iterdir()) == []
+    assert not service.address.exists()

@@ -1,0 +1,164 @@
+"""A broken or hostile client of `coldsnap service` gets an error or a closed connection, its
+fds are closed, and the service keeps serving everyone else."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from coldsnap.service import protocol as P
+from procs import coldsnap_argv
+from service_helpers import start_service
+
+
+@pytest.fixture
+def service(tmp_path):
+    svc = start_service(tmp_path)
+    try:
+        yield svc
+    finally:
+        assert svc.stop() == 0
+
+
+def _fds_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _connect(svc) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(10)
+    s.connect(str(svc.address))
+    return s
+
+
+def _request(argv=("check",)) -> bytes:
+    return P.encode_request(list(argv), [b"%s=%s" % kv for kv in os.environb.items()], 0o022,
+                            str(os.path.dirname(P.__file__).rsplit("/", 1)[0]))
+
+
+def _answer(s: socket.socket) -> bytes:
+    """The service's reply, then nothing: the connection is closed."""
+    reply = s.recv(P.MAX_REPLY)
+    assert s.recv(P.MAX_REPLY) == b""
+    s.close()
+    return reply
+
+
+def _still_serves(svc, fds_before: int) -> None:
+    n = len(svc.workers("check"))
+    run = subprocess.run(coldsnap_argv("check"), capture_output=True, env={**os.environ, "COLDSNAP_SERVICE": str(svc.address)})
+    assert run.returncode == 0
+    svc.wait_log(lambda ln: len(svc.workers("check")) > n, "a worker for check")
+    deadline = time.monotonic() + 5
+    while _fds_of(svc.proc.pid) != fds_before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _fds_of(svc.proc.pid) == fds_before, os.listdir(f"/proc/{svc.proc.pid}/fd")
+
+
+def _with_fds(s: socket.socket, data: bytes, n: int) -> None:
+    fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(n)]
+    try:
+        s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"".join(f.to_bytes(4, sys.byteorder) for f in fds))]
+                  if fds else [])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+CASES = ["garbage", "no fds", "too many fds", "too few fds", "huge", "bad umask", "argc too large",
+         "signal first", "empty"]
+
+
+def _send_broken(s: socket.socket, case: str) -> None:
+    if case == "garbage":
+        _with_fds(s, os.urandom(512), 4)
+    elif case == "no fds":
+        _with_fds(s, _request(), 0)
+    elif case == "too many fds":
+        _with_fds(s, _request(), 7)
+    elif case == "too few fds":
+        _with_fds(s, _request(), 3)
+    elif case == "huge":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        _with_fds(s, _request() + b"\0X=" + b"y" * P.MAX_REQUEST, 4)
+    elif case == "bad umask":
+        _with_fds(s, _request().replace(b"\x0022\0", b"\x009999\0", 1), 4)
+    elif case == "argc too large":
+        _with_fds(s, b"\0".join([P.MAGIC, b"22", b"/x", b"99", b"check"]), 4)
+    elif case == "signal first":
+        _with_fds(s, P.encode_signal(2), 0)
+    elif case == "empty":
+        _with_fds(s, b"", 4)
+
+
+def test_a_broken_request_gets_an_error_and_the_service_serves_on(service):
+    """One service for every case (each starts ~1 s of imports)."""
+    before = _fds_of(service.proc.pid)
+    for case in CASES:
+        s = _connect(service)
+        _send_broken(s, case)
+        reply = _answer(s)
+        # an empty record reads as the end of the connection: closed without a word
+        assert reply.startswith(b"error ") if case != "empty" else reply == b"", case
+        _still_serves(service, before)
+    assert len([ln for ln in service.lines() if "refused a request" in ln]) == len(CASES) - 1
+
+
+def test_a_client_that_connects_and_leaves_or_stays_silent(service):
+    before = _fds_of(service.proc.pid)
+    _connect(service).close()
+    silent = _connect(service)          # holds its connection while others are served
+    _still_serves(service, before + 1)
+    silent.close()
+    _still_serves(service, before)
+
+
+def test_a_client_leaving_right_after_its_request(service):
+    """Its worker is told to stop (or has ended already); nothing stays."""
+    before = _fds_of(service.proc.pid)
+    n = len(service.workers("check"))
+    s = _connect(service)
+    _with_fds(s, _request(), 4)
+    s.close()
+    service.wait_log(lambda ln: len(service.workers("check")) > n, "the worker's end")
+    _still_serves(service, before)
+
+
+def test_another_user_is_told_to_run_it_itself(service):
+    """The socket is 0600; opened to all, a caller of another uid gets `local`, nothing runs."""
+    before = _fds_of(service.proc.pid)
+    request = _request()
+    os.chmod(service.address.parent, 0o711)
+    os.chmod(service.address, 0o666)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:            # connects as nobody, from the socket's directory (its parents are 0700)
+        try:
+            os.close(r)
+            os.chdir(service.address.parent)
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            s.settimeout(10)
+            s.connect(service.address.name)
+            s.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                   b"".join(f.to_bytes(4, sys.byteorder) for f in (0, 1, 2, 0)))])
+            os.write(w, s.recv(4096))
+        except BaseException as e:
+            os.write(w, repr(e).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            reply = f.read()
+    finally:
+        os.waitpid(pid, 0)
+        os.chmod(service.address, 0o600)
+        os.chmod(service.address.parent, 0o700)
+    assert reply == b"local the service runs requests of its own user only"
+    _still_serves(service, before)
