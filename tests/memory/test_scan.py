@@ -65,7 +65,7 @@ def test_a_fragmented_scan_returns_each_region_once_in_order(spawn, python_exe):
         try:
             for v in classify_all(read_maps(py.pid)):
                 if v.kind is Kind.ANON_PRIVATE and v.size >= 64 << 20:
-                    for vec_len in (1 << 15, 1000):         # the walk done in one call, and in 9
+                    for vec_len in (1 << 15, 1000):     # the vector growing from 256 regions; at most 1000
                         flat = pm.PagemapScanner(fd, vec_len).scan_flat(v.start, v.end, ANON_QUERY)
                         starts, ends = flat[0::3], flat[1::3]
                         assert all(e <= s for e, s in zip(ends, starts[1:])), "regions overlap"
