@@ -14,8 +14,11 @@ CRIU's), wait until the PID is free, `restore -D DIR -d` (command wall time), ch
 and last page of the restored memory, SIGKILL and reap it. Per round and size, coldsnap and
 CRIU alternate who goes first (ABBA: drift of the shared machine hits both alike).
 
-coldsnap runs as `python3 -m coldsnap` with this interpreter (not through a PATH shim);
-CRIU as `criu dump --shell-job` / `criu restore -d --shell-job` (the target is not a session
+coldsnap runs as `python3 -m coldsnap` with this interpreter (not through a PATH shim), in
+its own process (COLDSNAP_SERVICE=""); "coldsnap via service" runs the command as a user
+does once `coldsnap service` runs (one started for the whole run on a temporary address,
+stopped at the end): a script as pip installs it for the `coldsnap` entry point (this
+interpreter, the client as its entry), COLDSNAP_SERVICE naming the address; CRIU as `criu dump --shell-job` / `criu restore -d --shell-job` (the target is not a session
 leader), log in the images directory (-o). Without a working CRIU binary (`criu check`
 fails or the file is missing) its columns say why they are empty.
 
@@ -54,11 +57,11 @@ COLDSNAP = [PY, "-m", "coldsnap"]
 
 # ----------------------------------------------------------------------------- helpers
 
-def timed(argv: list[str]) -> tuple[int, float, str, str, float]:
+def timed(argv: list[str], env: dict | None = None) -> tuple[int, float, str, str, float]:
     """(exit code, wall ms, stdout, stderr, CPU ms: user + system time of that child alone)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter_ns()
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True)
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True, env=env)
         try:
             _, status, ru = os.wait4(p.pid, 0)
         except BaseException:           # interrupted: do not leave it running
@@ -141,11 +144,58 @@ class Tool:
     name: str
     dump: callable          # (pid, images dir) -> argv
     restore: callable       # images dir -> argv
+    env: dict | None = None
 
 
-def coldsnap_tool(prefix: list[str] = COLDSNAP) -> Tool:
-    return Tool("coldsnap", lambda pid, d: prefix + ["dump", "-t", str(pid), "-D", str(d)],
-                lambda d: prefix + ["restore", "-D", str(d), "-d"])
+def coldsnap_tool(prefix: list[str] = COLDSNAP, name: str = "coldsnap", env: dict | None = None) -> Tool:
+    return Tool(name, lambda pid, d: prefix + ["dump", "-t", str(pid), "-D", str(d)],
+                lambda d: prefix + ["restore", "-D", str(d), "-d"], env)
+
+
+VIA = "coldsnap via service"
+PIP_SCRIPT = """#!{python}
+# -*- coding: utf-8 -*-
+import re
+import sys
+from coldsnap.service.client import command
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(command())
+"""
+
+
+class Service:
+    """`coldsnap service` on a temporary address for the run, and the `coldsnap` script a
+    pip install makes (what a user runs), in WHERE."""
+
+    def __init__(self, where: Path) -> None:
+        import coldsnap
+        self.address = where / "service.sock"
+        self.script = where / "coldsnap"
+        self.script.write_text(PIP_SCRIPT.format(python=PY))
+        self.script.chmod(0o755)
+        src = str(Path(coldsnap.__file__).parent.parent)
+        self.env = {**os.environ, "COLDSNAP_SERVICE": str(self.address),
+                    "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+        log_file = where / "service.log"
+        with open(log_file, "w") as f:      # a file: its log is a line per command
+            self.proc = subprocess.Popen(COLDSNAP + ["service", "--address", str(self.address)],
+                                         stdin=subprocess.DEVNULL, stdout=f, stderr=f,
+                                         env={**self.env, "COLDSNAP_SERVICE": ""})
+        deadline = time.monotonic() + 60
+        while "listening" not in log_file.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"coldsnap service did not start: {log_file.read_text().strip()}")
+            time.sleep(0.02)
+
+    def tool(self) -> Tool:
+        return coldsnap_tool([str(self.script)], VIA, self.env)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait()
 
 
 def criu_tool(criu: Path) -> Tool:
@@ -163,14 +213,14 @@ def cycle(tool: Tool, size: int, keep: Path | None = None) -> dict:
         with scratch_dir() as d:
             images = d / "images"
             images.mkdir()
-            rc, dump_wall, out, err, dump_cpu = timed(tool.dump(pid, images))
+            rc, dump_wall, out, err, dump_cpu = timed(tool.dump(pid, images), tool.env)
             if rc:
                 return {"error": f"{tool.name} dump exit {rc}: {(err or out).strip()[-200:]}"}
             reap(pid)                           # the dump killed it; its PID must be free
             frozen = frozen_ms(images)
             if keep is not None:
                 shutil.copytree(images, keep)
-            rc, restore_wall, out2, err2, restore_cpu = timed(tool.restore(images))
+            rc, restore_wall, out2, err2, restore_cpu = timed(tool.restore(images), tool.env)
             if rc:
                 return {"error": f"{tool.name} restore exit {rc}: {(err2 or out2).strip()[-200:]}"}
             LIVE.add(pid)                       # detached: now our child (subreaper)
@@ -185,7 +235,7 @@ def cycle(tool: Tool, size: int, keep: Path | None = None) -> dict:
 
 # ----------------------------------------------------------------------------- start-up
 
-def startup_round(show_dir: Path, res: dict) -> None:
+def startup_round(show_dir: Path, res: dict, service: Service | None) -> None:
     """One round of the start-up figures: wall time, then the same command under importtime."""
     cmds = {"python3 -c pass": [PY, "-c", "pass"],
             "python3 -S -c pass": [PY, "-S", "-c", "pass"],
@@ -195,15 +245,24 @@ def startup_round(show_dir: Path, res: dict) -> None:
     on_path = shutil.which("coldsnap")
     if on_path:     # what a user types: the installed script (and any shim in front of it)
         cmds[f"{on_path} --help"] = [on_path, "--help"]
+    envs = {}
+    if service:
+        for what in (["check"], ["show", str(show_dir)]):
+            name = f"coldsnap {' '.join(what).replace(str(show_dir), 'DIR')} via service"
+            cmds[name] = [PY, str(service.script), *what]
+            envs[name] = service.env
+        # what the client would cost without `site` (pip cannot install a script that runs so)
+        cmds["coldsnap check via service, python3 -S"] = [PY, "-S", str(service.script), "check"]
+        envs["coldsnap check via service, python3 -S"] = service.env
     for name, argv in cmds.items():
-        rc, wall, out, err, cpu = timed(argv)
+        rc, wall, out, err, cpu = timed(argv, envs.get(name))
         if rc:
             raise RuntimeError(f"{name} failed ({rc}): {(err or out).strip()[-200:]}")
         r = res.setdefault(name, {"wall": [], "cpu": [], "imports": [], "heavy": "-"})
         r["wall"].append(wall)
         r["cpu"].append(cpu)
-        if argv[:1] == [PY] and "coldsnap" in argv:
-            _, _, _, err, _ = timed(argv[:1] + ["-X", "importtime"] + argv[1:])
+        if argv[:1] == [PY] and any(a.endswith("coldsnap") for a in argv):
+            _, _, _, err, _ = timed(argv[:1] + ["-X", "importtime"] + argv[1:], envs.get(name))
             ms, names = import_ms(err)
             r["imports"].append(ms)
             r["heavy"] = heavy(names)
@@ -258,6 +317,26 @@ def report(results: list[SizeResult], startup: dict, criu_skip: str, meta: dict)
             right = spread(a, _f) if a else "failed"
             row += [f"{left} / {right}", f"{median(a) / median(b):.2f}x" if a and b else "-"]
         L.append("| " + " | ".join(row) + " |")
+    if any(r.by_tool.get(VIA) or r.errors.get(VIA) for r in results):
+        L += ["", f"### {VIA}", "",
+              "| size | n | dump wall ms: CRIU / coldsnap / via service | via service / CRIU "
+              "| restore -d wall ms: CRIU / coldsnap / via service | via service / CRIU "
+              "| dump frozen ms via service | CPU ms of the command via service: dump / restore -d |",
+              "|---|---|---|---|---|---|---|---|"]
+        for r in results:
+            cs, cr, via = (r.by_tool.get(t, []) for t in ("coldsnap", "CRIU", VIA))
+            row = [size_name(r.size), str(len(via))]
+            for key in ("dump_wall", "restore_wall"):
+                cols = [spread([x[key] for x in xs], _f) if xs else "-" for xs in (cr, cs, via)]
+                ratio = (f"{median([x[key] for x in via]) / median([x[key] for x in cr]):.2f}x"
+                         if via and cr else "-")
+                row += [" / ".join(cols), ratio]
+            row += [spread([x["frozen"] for x in via], _f) if via else "-",
+                    " / ".join(spread([x[k] for x in via], _f) if via else "-" for k in ("dump_cpu", "restore_cpu"))]
+            L.append("| " + " | ".join(row) + " |")
+        L += ["", "Via service: the wall time of the `coldsnap` script as pip installs it (interpreter "
+              "start-up with site, the client's imports, the request, the worker's fork and run, the "
+              "exit status back); CPU is the client's alone (the worker is the service's child)."]
     L += ["", "| size | dump CPU ms: CRIU / coldsnap | restore -d CPU ms: CRIU / coldsnap |", "|---|---|---|"]
     for r in results:
         cs, cr = r.by_tool.get("coldsnap", []), r.by_tool.get("CRIU", [])
@@ -299,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--criu", default=str(CRIU_DEFAULT), help="CRIU 4.2 binary")
     ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
+    ap.add_argument("--no-service", action="store_true", help="leave out the column via coldsnap service")
     args = ap.parse_args(argv)
+    os.environ["COLDSNAP_SERVICE"] = ""     # the coldsnap column runs in its own process
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
 
     unwind_on_signals()
@@ -314,14 +395,18 @@ def main(argv: list[str] | None = None) -> int:
     results = [SizeResult(s) for s in sizes]
     startup: dict = {}
     t0 = time.monotonic()
+    service = None
     try:
         with scratch_dir() as keep:
+            if not args.no_service:
+                service = Service(keep)
+                tools.insert(1, service.tool())
             show_dir = keep / "show"
             c = cycle(coldsnap_tool(), 8 * MIB, keep=show_dir)
             if "error" in c:
                 raise RuntimeError(f"the 8 MiB dump for `show` failed: {c['error']}")
             for rnd in range(args.runs):
-                startup_round(show_dir, startup)
+                startup_round(show_dir, startup, service)
                 import_round(sizes[0], startup)
                 for r in results:
                     for tool in (tools if rnd % 2 == 0 else tools[::-1]):
@@ -332,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                             r.by_tool.setdefault(tool.name, []).append(c)
                 log(f"round {rnd + 1}/{args.runs} done ({time.monotonic() - t0:.0f} s)")
     finally:
+        if service:
+            service.stop()
         for pid in list(LIVE):
             kill_reap(pid)
     meta = run_meta("small.py", argv, criu=str(criu))

@@ -191,3 +191,33 @@ def test_stopping_the_service_ends_running_workers_cleanly(service, spawn, workl
     assert proc_state(pid) == ("S", 0)
     assert list((tmp_path / "d").iterdir()) == []
     assert not service.address.exists()
+
+
+def test_a_daemon_service_serves_and_stops_on_sigterm(tmp_path, monkeypatch):
+    address, pidfile, log = tmp_path / "d" / "s.sock", tmp_path / "pid", tmp_path / "log"
+    run = subprocess.run(coldsnap_argv("service", "--address", address, "-d", "--pidfile", pidfile, "-o", log),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+    pid = int(pidfile.read_text())
+    try:
+        assert address.exists() and oct(address.stat().st_mode & 0o777) == "0o600"
+        assert oct(address.parent.stat().st_mode & 0o777) == "0o700"
+        assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2", "3", "4", "5", "6"]
+        monkeypatch.setenv("COLDSNAP_SERVICE", str(address))
+        assert subprocess.run(coldsnap_argv("check"), capture_output=True).returncode == 0
+        assert log.read_text().splitlines()[-1].endswith("(check) exited 0")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        status = reap(pid, 20)          # a daemon, reparented to the test (a subreaper)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert not address.exists() and not pidfile.exists()
+
+
+def test_the_client_imports_only_built_in_modules():
+    """What the `coldsnap` command loads before it knows whether the service runs it."""
+    code = ("import os, sys; before = set(sys.modules); import coldsnap.service.client; "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    new = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}).stdout.split()
+    # __future__: a few lines of Python, which `site` imports anyway
+    assert [m for m in new if not m.startswith("coldsnap") and m not in sys.builtin_module_names] == ["__future__"]

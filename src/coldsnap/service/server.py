@@ -434,10 +434,11 @@ def log(line: str) -> None:
     print(f"coldsnap service: {line}", file=sys.stderr, flush=True)
 
 
-def daemonize(pidfile: str | None, log_file: str | None) -> None:
+def daemonize(pidfile: str | None, log_file: str | None, keep: int) -> None:
     """Go to the background: the parent exits 0 once the child is set up (the socket already
     listens), the child leads a session of its own with stdio on /dev/null (stderr on
-    LOG_FILE when given)."""
+    LOG_FILE when given) and no other fd than KEEP (the listening socket): whatever its
+    starter left open would otherwise stay open for as long as the service runs."""
     r, w = os.pipe()
     pid = os.fork()
     if pid:
@@ -446,6 +447,8 @@ def daemonize(pidfile: str | None, log_file: str | None) -> None:
         os._exit(0)
     os.close(r)
     os.setsid()
+    for low, high in ((3, min(keep, w)), (min(keep, w) + 1, max(keep, w)), (max(keep, w) + 1, os.sysconf("SC_OPEN_MAX"))):
+        os.closerange(low, high)
     if pidfile:
         with open(pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
@@ -473,7 +476,8 @@ def run_service(address: str | None, daemon: bool = False, pidfile: str | None =
         gc.collect()
         gc.freeze()             # what the imports made stays out of every later collection
         if daemon:
-            daemonize(pidfile and os.path.abspath(pidfile), log_file and os.path.abspath(log_file))
+            daemonize(pidfile and os.path.abspath(pidfile), log_file and os.path.abspath(log_file),
+                      listener.fileno())
         service = Service(listener, address, ident)
         log(f"listening on {address}")
         return service.serve()
