@@ -137,6 +137,12 @@ def test_a_first_tracked_pre_dump_loads_no_numpy(spawn, workload_bin, tmp_path):
                   "numpy", *SOCKET_KINDS, *MEMORY_ONLY) == []
 
 
+def test_the_lazy_server_imports_no_numpy():
+    # forked before the transplant, it must have its imports done by the process's first fault
+    mods = modules_after("import coldsnap.restore.lazy_server, coldsnap.restore.lazy_guardian")
+    assert loaded(mods, "numpy") == []
+
+
 def test_the_probe_sees_imports():
     assert loaded(modules_after("pass"), "json", "numpy") == []
     assert loaded(modules_after("import json.scanner"), "json", "numpy") == ["json", "json.decoder",

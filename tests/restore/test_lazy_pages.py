@@ -52,34 +52,28 @@ def test_clear_move_and_clone():
     assert seen == 40 and lp.pending == 0 and lp.pending_newest == 0
 
 
-def test_quick_pages_answer_as_the_full_state_and_hand_over_what_they_served():
-    # the plain-Python state the server faults with while numpy imports (lazy_quick.py)
-    from coldsnap.restore.lazy_quick import QuickPages
-    located = [(0, A, 32 * P, 0), (1, A + 32 * P, 16 * P, 8 * P)]
-    plan = ([(A, A + 64 * P)], located, [(A, 48 * P)])
-    quick, full = QuickPages.build(*plan), LazyPages.build(*plan)
-    assert quick.pending == full.pending == 48 and quick.pending_newest == full.pending_newest == 32
-    assert quick.window(A + 30 * P, ahead=8, behind=2) == full.window(A + 30 * P, ahead=8, behind=2)
-    assert QuickPages.build([(A, A + 64 * P)], located, [(A + 4 * P, 4 * P)]).pending == 4
-    quick.done(A + 30 * P, 4)
-    quick.clear(A, A + 8 * P)
-    quick.follow(A + 34 * P)
-    assert quick.pending == 36 and quick.pending_newest == 22
-    assert not quick.is_pending(A + 31 * P) and quick.is_pending(A + 34 * P) and not quick.is_pending(A + 50 * P)
-    assert quick.window(A + 29 * P, ahead=4, behind=0) == [Run(A + 29 * P, 0, 29 * P, 1)]
-    after = LazyPages.after(quick, *plan)        # numpy is in: the full state goes on from there
-    assert after.pending == 36 and after.pending_newest == 22
-    assert after.next_run(64) == Run(A + 34 * P, 1, 10 * P, 14)
-    assert QuickPages.build([(A, A + 64 * P)], located + [(2, A, P, 0)], [(A, 48 * P)]) is None   # overlapping runs
+def test_a_later_located_run_holds_the_pages_it_overlaps():
+    located = [(1, A, 64 * P, 0), (0, A + 8 * P, 4 * P, 100 * P)]
+    lp = LazyPages.build([(A, A + 64 * P)], located, [(A, 64 * P)])
+    assert lp.pending == 64 and lp.pending_newest == 4
+    assert lp.window(A + 6 * P, ahead=8, behind=0) == [Run(A + 6 * P, 1, 6 * P, 2), Run(A + 8 * P, 0, 100 * P, 4),
+                                                       Run(A + 12 * P, 1, 12 * P, 2)]
 
 
-def test_quick_pages_push_in_the_background_order():
-    from coldsnap.restore.lazy_quick import QuickPages
-    located = [(0, A, 32 * P, 0), (1, A + 32 * P, 16 * P, 8 * P)]
-    quick = QuickPages.build([(A, A + 64 * P)], located, [(A, 48 * P)])
+def test_the_background_goes_on_from_a_fault_and_sweeps_what_it_skipped():
+    lp = pages()
+    lp.done(A + 10 * P, 2)                       # a fault's window
+    lp.follow(A + 12 * P)
     got = []
-    while (run := quick.next_run(20)) is not None:
+    while (run := lp.next_run(64)) is not None:
         got.append(run)
-        quick.done(run.vaddr, run.npages)
-    assert got == [Run(A, 0, 0, 20), Run(A + 20 * P, 0, 20 * P, 12), Run(A + 32 * P, 1, 8 * P, 16)]
-    assert quick.pending == 0 and quick.pending_newest == 0
+        lp.done(run.vaddr, run.npages)
+    assert got == [Run(A + 12 * P, 0, 12 * P, 20), Run(A + 32 * P, 1, 8 * P, 16), Run(A, 0, 0, 10)]
+
+
+def test_a_fork_child_keeps_its_state_when_the_parent_moves_on():
+    lp = pages()
+    twin = lp.clone()
+    lp.clear(A, A + 64 * P)
+    assert lp.pending == 0 and twin.pending == 48 and twin.next_run(8) == Run(A, 0, 0, 8)
+

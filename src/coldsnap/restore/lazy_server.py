@@ -20,10 +20,9 @@ process leaves one idle), and once the process runs another thread fills the ser
 tables of the pages files ahead of the copies (PageSource.warm). It exits 0
 once every page is in, closing the uffds: every registration vanishes with them.
 
-numpy (the page state of lazy_pages.py) is imported on a thread as the server starts
-(60-130 ms): until it is in, a plain-Python state (lazy_quick.py) answers the faults, so the
-process's first steps never wait for the import (the push goes on meanwhile); a fork or
-mremap waits for it.
+The server imports no numpy (its page state, lazy_pages.py, is a list of runs): forked
+before the transplant, it has its few imports done by the time the process runs, and the
+first fault is answered at once.
 
 Why a guardian: when the last holder of a userfaultfd closes it the kernel unregisters its
 areas, and a missing page then faults in as zeros: a process whose server died would run
@@ -44,24 +43,19 @@ import json
 import os
 import resource
 import select
-import signal
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..kernel import uffd, vm
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE as PAGE
 from ..memory.source import PageSource
 from .lazy import lazy_layout
 from .lazy_copier import Copier
-from .lazy_quick import QuickPages, Run
-from .lazy_start import recv_fds, status_name
-
-if TYPE_CHECKING:
-    from .lazy_pages import LazyPages
+from .lazy_pages import LazyPages, Run
+from .lazy_start import recv_fds
 
 AHEAD, BEHIND = 64, 16          # pages copied around a fault: sequential readers run ahead
 STREAM_MAX = 1024               # ...and a fault just past the last window doubles it, up to 4 MiB
@@ -70,7 +64,6 @@ PUSH_PAGES = 512                # one background step (2 MiB, two threads: lazy_
 ABORTED = 3                     # server exit status: coldsnap never said go
 _ZERO = bytes(PAGE)
 _ZERO_AT = vm.address(_ZERO)            # immutable and kept: its address stays valid
-QUICK_SWITCH = 0.0005           # the GIL's switch interval while numpy imports: a fault waits no longer
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -80,9 +73,8 @@ class Space:
     """One address space being filled: its uffd and what it still lacks."""
     fd: int
     pid: int | None
-    pages: LazyPages | QuickPages       # QuickPages until numpy is in (lazy_quick.py)
+    pages: LazyPages
     source: PageSource                  # where its pages are read (images, or a page server)
-    plan: tuple = ()                    # LazyPages.build's arguments, for the upgrade
     deferred: list[int] = field(default_factory=list)    # faults to retry (EAGAIN)
     window_end: int = 0                 # where the last fault's window ended
     ahead: int = AHEAD
@@ -116,51 +108,11 @@ class Server:
         self.t0 = time.monotonic()
         self.poller = select.poll()
         self.copier = Copier()
-        self.numpy: threading.Thread | None = None     # importing it while faults are answered
-        self._numpy_in = -1                             # its end is written here
-
-    def _import_numpy(self) -> None:
-        """Start importing numpy on a thread: until it is in, QuickPages answer the faults
-        (the GIL is handed over often, so that a fault never waits for the whole import)."""
-        if "numpy" in sys.modules:      # a page server's source has it already
-            return
-        r, w = os.pipe2(os.O_CLOEXEC)
-        self._numpy_in = r
-        self.poller.register(r, select.POLLIN)
-        self._switch = sys.getswitchinterval()
-        sys.setswitchinterval(QUICK_SWITCH)
-
-        def run() -> None:
-            try:
-                import numpy  # noqa: F401
-                from . import lazy_pages  # noqa: F401
-            finally:
-                os.write(w, b"x")
-                os.close(w)
-        self.numpy = threading.Thread(target=run, name="coldsnap-numpy", daemon=True)
-        self.numpy.start()
-
-    def _upgrade(self) -> None:
-        """numpy is in (or must be: an event QuickPages cannot follow): every address space
-        gets its full state (LazyPages), with what was served meanwhile."""
-        if self.numpy is None:
-            return
-        self.numpy.join()
-        self.numpy = None
-        sys.setswitchinterval(self._switch)
-        self.poller.unregister(self._numpy_in)
-        os.close(self._numpy_in)
-        self._numpy_in = -1
-        from .lazy_pages import LazyPages
-        for space in self.spaces.values():
-            if isinstance(space.pages, QuickPages):
-                space.pages = LazyPages.after(space.pages, *space.plan)
 
     # -- main loop -------------------------------------------------------------------
 
     def run(self) -> int:
         self.images.origin.start()      # a page server: connected before any fault
-        self._import_numpy()
         listener = self.listener
         self.poller.register(self.ctl.fileno(), select.POLLIN)
         if listener is not None:
@@ -171,9 +123,7 @@ class Server:
             while not self.go or self._pending():
                 busy = self.go and self._pending()
                 for fd, _ in self.poller.poll(0 if busy else None):
-                    if fd == self._numpy_in:
-                        self._upgrade()
-                    elif fd == self.ctl.fileno():
+                    if fd == self.ctl.fileno():
                         if not self._control():
                             print("coldsnap lazy server: the restore was abandoned", file=sys.stderr)
                             return ABORTED
@@ -199,8 +149,6 @@ class Server:
         finally:
             if listener is not None:
                 listener.close()
-            if self.numpy is not None:      # every page came in by faults: no need to wait for it
-                sys.setswitchinterval(self._switch)
         c = self.count
         cpu = resource.getrusage(resource.RUSAGE_SELF)
         print(f"coldsnap lazy server: every page is in after {(time.monotonic() - self.t0) * 1e3:.0f} ms "
@@ -235,14 +183,9 @@ class Server:
             pid = int(msg.split()[1])
             proc = self.images.procs[pid]
             layout = lazy_layout(proc)
-            plan = (layout.areas, proc.private.located(), layout.runs)
-            pages = QuickPages.build(*plan) if self.numpy is not None else None
-            if pages is None:
-                self._upgrade()
-                from .lazy_pages import LazyPages
-                pages = LazyPages.build(*plan)
+            pages = LazyPages.build(layout.areas, proc.private.located(), layout.runs)
             self.total += pages.pending
-            self._add(Space(fds[0], pid, pages, proc.private, plan=plan))
+            self._add(Space(fds[0], pid, pages, proc.private))
         return True
 
     def _add(self, space: Space) -> None:
@@ -302,7 +245,6 @@ class Server:
             self.count.faults += 1
             self._fault(space, msg.a & ~(PAGE - 1), bool(msg.b & uffd.UFFD_PAGEFAULT_FLAG_WRITE))
         elif msg.event == uffd.UFFD_EVENT_FORK:
-            self._upgrade()             # clone and move: LazyPages only
             self.count.forks += 1
             child = Space(msg.a, None, space.pages.clone(), space.source)
             self.total += child.pages.pending
@@ -313,7 +255,6 @@ class Server:
                       file=sys.stderr)
             self._add(child)
         elif msg.event == uffd.UFFD_EVENT_REMAP:
-            self._upgrade()
             self.count.remaps += 1
             space.pages.move(msg.a, msg.b, msg.c)
         elif msg.event in (uffd.UFFD_EVENT_REMOVE, uffd.UFFD_EVENT_UNMAP):
