@@ -23,9 +23,9 @@ MAX_FIELDS = 8192                # argv + environment entries
 SIGINT, SIGTERM, SIGHUP = 2, 15, 1
 FORWARDED = (SIGINT, SIGTERM, SIGHUP)    # what the client passes on to the worker
 
-# `restore --shell-job` gives the restored process the caller's terminal, which a worker in
-# a session of its own cannot: such a command runs in the caller's process, and so does
-# `service` itself.
+# `restore --shell-job` gives the restored process the caller's terminal and session, which
+# a worker in the service's session cannot: such a command runs in the caller's process, and
+# so does `service` itself.
 LOCAL_COMMANDS = ("service",)
 
 

@@ -350,7 +350,10 @@ class Service:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.setsid()         # no terminal, and no signal meant for the service's group
+            # no signal meant for the service's group; not a session of its own: with autogroup
+            # scheduling each session is a group of its own, and a new one ran a dump's frozen
+            # copy at half speed on a loaded machine (memdump 13.4 against 5.2 ms, 8 MiB)
+            os.setpgid(0, 0)
             self.sel.close()
             for s in (self.listener, self.wake_r, self.wake_w, *(c.sock for c in self.conns.values())):
                 s.close()
