@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+
+import pytest
 
 from ps_helpers import PageServerProc  # noqa: F401  (test helper paths)
 from restore_helpers import coldsnap
@@ -93,3 +96,64 @@ def _stderr_line(p: subprocess.Popen, what: str, timeout: float = 120.0) -> str:
         if not line and p.poll() is not None:
             break
     raise AssertionError(f"migrate said no {what!r} (exit {p.poll()})")
+
+
+@pytest.mark.parametrize("how", ["stopped", "dropped"])
+def test_a_silent_destination_ends_the_source_within_seconds(hosts, workload_bin, tmp_path, how):
+    """The destination goes silent while it still owes itself pages: its lazy server
+    SIGSTOPped (its kernel still acknowledges), or every packet of the source's page server
+    dropped over there (nftables). Within the silence bound (5 s, once the answers on their
+    way are in) migrate exits non-zero in one line, its work directory gone; the process over
+    there is killed by its guardian (once its lazy server runs again, or notices by itself)."""
+    to = _receiver(hosts, tmp_path)
+    w = _writer(workload_bin, tmp_path, 128, 2000)      # the final delta is all of its memory
+    p, lazy, table = None, None, f"cspost{os.getpid()}"
+    try:
+        p = _migrate_in_background(w, to, "--post-copy", tmp=tmp_path)
+        _stderr_line(p, "final dump")
+        # 128 MiB at 16 Mbit/s: a minute of pages still owed; a stopped receiver's buffer fills in seconds
+        _tc("qdisc", "add", "dev", hosts.veth_src, "root", "tbf", "rate", "16mbit", "burst", "32kbit", "latency", "1s")
+        port = _stderr_line(p, "serving its last pages").strip().rsplit(":", 1)[1]
+        lazy = _pid_in_root_ns(int(re.search(r"lazy server (\d+)", hosts.wait_log("lazy server ")).group(1)),
+                               _netns_inode(hosts))
+        assert lazy is not None
+        time.sleep(0.5)
+        if how == "stopped":
+            os.kill(lazy, signal.SIGSTOP)
+        else:
+            subprocess.run(["ip", "netns", "exec", hosts.netns, "nft",
+                            f"add table inet {table}; "
+                            f"add chain inet {table} i {{ type filter hook input priority 0; }}; "
+                            f"add chain inet {table} o {{ type filter hook output priority 0; }}; "
+                            f"add rule inet {table} i tcp sport {port} drop; add rule inet {table} o tcp dport {port} drop"],
+                           check=True, capture_output=True)
+        t0 = time.monotonic()
+        _, err = p.communicate(timeout=60)
+        took = time.monotonic() - t0
+        said = [ln for ln in err.splitlines() if ln.startswith("coldsnap:")]
+        assert p.returncode != 0 and len(said) == 1, err
+        assert f"post-copy migration of {w.pid}" in said[0], said
+        assert took < 20, f"noticed after {took:.1f} s: {said[0]}"
+        print(f"{how}: noticed after {took:.1f} s: {said[0]}")
+        assert not list(tmp_path.glob("coldsnap-*")), "migrate left its work directory"
+        w.reap_dumped()
+        if how == "stopped":
+            os.kill(lazy, signal.SIGCONT)           # it finds its connections gone
+            lazy = None
+        deadline = time.monotonic() + 30
+        while _pid_in_root_ns(w.pid, _netns_inode(hosts)) is not None:
+            assert time.monotonic() < deadline, "the migrated process runs on without its source"
+            time.sleep(0.05)
+        assert not any(ln.startswith("FAIL") for ln in w.lines()), w.tail()
+    finally:
+        if lazy is not None and how == "stopped":
+            os.kill(lazy, signal.SIGCONT)
+        if how == "dropped":
+            subprocess.run(["ip", "netns", "exec", hosts.netns, "nft", "delete", "table", "inet", table],
+                           capture_output=True)
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+        if w.original is not None:
+            w.original.kill()
+            w.original.wait()

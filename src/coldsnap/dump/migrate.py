@@ -203,6 +203,8 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
         if source is not None:          # whatever the hook did: the process over there needs its pages
             try:
                 source.wait_done(options.timeout)
+            except CsError as e:
+                raise CsError(f"post-copy migration of {pid} to {to}: {e}") from None
             finally:
                 source.stop()
             result.post_copy_ms = round((source.t_end - timing["running"]) * 1000, 1)

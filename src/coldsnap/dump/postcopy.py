@@ -18,6 +18,19 @@ The server answers reading sessions only (ServerOptions.read_only), with the mig
 token and TLS files. When the destination's lazy server closes
 its session (role "lazy", protocol.py: it does once no page of ours is left to fetch) we
 are done; if it drops the connection instead, the migrated process has been killed there.
+
+A silent destination is noticed within SILENCE seconds, as the destination notices a silent
+source (transport/source.py): its host or the path gone, by TCP (data of ours unacknowledged,
+keepalive probes unanswered: wire.py tcp_liveness); its lazy server stopped (its kernel
+still acknowledges), by the session: while pages are owed it asks as fast as our answers
+reach it (the push asks ahead of its reads), so SILENCE seconds with no request on any of
+its connections and no byte of ours newly acknowledged is silence (PageServer.quiet; a
+stopped peer's kernel acknowledges until its receive buffer is full, and no more). No connection has an idle
+bound of its own: the fault connection idles while the push goes on. On silence we shut
+the session's connections down and migrate fails in one line: the destination's lazy server
+sees them gone (or, if it was stopped, as soon as it runs again) and its guardian kills the
+process, which cannot run with holes; nothing of ours is kept (the final images hold pages
+no restore could use without the destination's chain).
 """
 from __future__ import annotations
 
@@ -129,12 +142,18 @@ def address_towards(to: Endpoint) -> str:
         raise TransportError(f"no route to {to}: {e.strerror or e}") from None
 
 
+SILENCE = 5.0       # seconds: as the destination's bound on us (transport/source.py SILENCE)
+POLL = 0.25         # seconds between two looks at the session's silence
+
+
 class SourcePageServer:
     """Our page server for the destination's lazy restore: serves the sessions of BASE (the
     final images directory), on this host's address towards the destination, with the
     migration's token and TLS files."""
 
-    def __init__(self, base: Path, to: Endpoint, options: ClientOptions, log=lambda line: None):
+    def __init__(self, base: Path, to: Endpoint, options: ClientOptions, log=lambda line: None,
+                 silence: float = SILENCE):
+        self.silence = silence
         self.session: str | None = None
         self.opened = threading.Event()
         self.ended = threading.Event()
@@ -142,7 +161,7 @@ class SourcePageServer:
         self.t_open = self.t_end = 0.0
         address = address_towards(to)
         self.server = PageServer(base, address, 0, ServerOptions(
-            token=options.token, tls=options.tls, idle_timeout=options.timeout, log=log,
+            token=options.token, tls=options.tls, idle_timeout=None, silence=silence, log=log,
             reader_event=self._event, read_only=True)).start()
         self.endpoint = Endpoint(address, self.server.port)
 
@@ -167,10 +186,17 @@ class SourcePageServer:
         CsError if it never came (within start_timeout) or dropped the connection."""
         if not self.opened.wait(start_timeout):
             raise CsError(f"the destination's lazy-pages server never asked {self.endpoint} for pages")
-        self.ended.wait()
+        while not self.ended.wait(POLL):
+            quiet = self.server.quiet(self.session)
+            if quiet is not None and quiet >= self.silence:
+                self.server.cut(self.session)
+                raise CsError(f"the destination's lazy-pages server went silent with pages still to come "
+                              f"(nothing asked for {quiet:.0f} s): stopped serving them; the migrated "
+                              f"process is killed there once its lazy server notices")
         if not self.clean:
             raise CsError("the destination's lazy-pages server lost its connection before every page "
                           "was in: the migrated process was killed there")
 
     def stop(self) -> None:
         self.server.stop()
+        self.server.cut()       # no thread of ours waits on a connection any more

@@ -86,6 +86,15 @@ def tcp_info(s: socket.socket) -> TcpInfo:
     return TcpInfo(state, options, wscale & 0xF, wscale >> 4)
 
 
+_BYTES_ACKED = struct.Struct("=120xQ")     # struct tcp_info up to tcpi_bytes_acked
+
+
+def bytes_acked(s: socket.socket) -> int:
+    """TCP_INFO's tcpi_bytes_acked: bytes of ours the peer's kernel acknowledged so far (its
+    answers to keepalive or window probes do not count)."""
+    return _BYTES_ACKED.unpack(s.getsockopt(SOL_TCP, TCP_INFO, _BYTES_ACKED.size))[0]
+
+
 def queue_sizes(s: socket.socket) -> tuple[int, int, int]:
     """(bytes in the receive queue, bytes in the send queue, of which never sent)."""
     return tuple(_ioctl_int(s, req) for req in (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD))  # type: ignore[return-value]

@@ -148,4 +148,5 @@ def migrate_receive(address: str, port: int, *, images_dir: str | None = None, k
 def _timing(answer: dict) -> str:
     return (f"restore {answer.get('total_ms')} ms, worker {answer.get('wall_ms')} ms, asked {answer.get('asked_ms')} ms; "
             f"final session applied in {answer.get('last_apply_ms', '-')} ms, "
-            f"{answer.get('prebuilt_bytes', 0) / 2**20:.1f} MiB built ahead")
+            f"{answer.get('prebuilt_bytes', 0) / 2**20:.1f} MiB built ahead"
+            + (f"; lazy server {answer['lazy_server']}" if answer.get("lazy_server") else ""))

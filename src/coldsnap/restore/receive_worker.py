@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             r = restore(request["images"], detach=True, prebuilt=built if prebuild else None, **lazy)
             answer = {"pid": r.pid, "total_ms": round(r.total_ns / 1e6, 2), "lazy_pages": r.stats.lazy_pages,
                       "prebuilt_bytes": r.prebuilt_bytes, "prebuilt_areas": [[s, e] for s, e in r.prebuilt],
-                      "wall_ms": round((time.perf_counter() - t0) * 1000, 2)}
+                      "wall_ms": round((time.perf_counter() - t0) * 1000, 2), "lazy_server": r.lazy_server}
             if built.stats:
                 answer["last_apply_ms"] = built.stats[-1].ms
         except (CsError, OSError, ValueError, KeyError) as e:

@@ -22,6 +22,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,10 @@ from ..images.directory import INVENTORY, ImageDir, new_inventory
 from ..images.pages import PE_LAZY, PE_PARENT, PE_PRESENT, PagemapWriter, pagemap_name, pages_name
 from ..kernel.fdio import write_all
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
+from ..kernel.tcp_repair import bytes_acked
 from ..memory.ranges import Ranges
 from . import protocol as P
-from .wire import TlsFiles, recv_exact, recv_into_exact, send_file_range
+from .wire import TlsFiles, recv_exact, recv_into_exact, send_file_range, tcp_liveness
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 _FILE = re.compile(r"[a-z][a-z0-9_-]{0,100}(\.img)?")
@@ -52,7 +54,7 @@ class Refused(Exception):
 class ServerOptions:
     token: bytes | None = None
     tls: TlsFiles | None = None
-    idle_timeout: float = 60.0
+    idle_timeout: float | None = 60.0      # None: a connection may idle (silence bounds the peer)
     max_clients: int = 16
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
     # migrate-receive: restores a stored session on this host as the request asks (post-copy:
@@ -64,6 +66,9 @@ class ServerOptions:
     # migrate-receive: told of each session stored (before its client hears so)
     stored: Callable[[Path], None] | None = None
     read_only: bool = False         # reading sessions only (a post-copy source's server)
+    # seconds: each connection's host or path gone is an error after about that long
+    # (wire.py tcp_liveness); a stopped peer is its owner's to see (PageServer.quiet)
+    silence: float = 0.0
 
 
 def check_name(name: object, what: str) -> str:
@@ -113,6 +118,8 @@ class Session:
         self.pagemap: _Pagemap | None = None
         self.buf = bytearray(_CHUNK)
         self._dctx = None
+        self.heard = time.monotonic()           # the last command came, or bytes of ours were acknowledged
+        self.acked = 0                          # bytes of ours acknowledged, as PageServer.quiet saw it last
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -130,7 +137,10 @@ class Session:
                     if self.imgdir is not None:
                         raise Refused("connection closed before the session was closed")
                     return
-                if self.command(P.Header.unpack(raw)):
+                self.heard = time.monotonic()
+                done = self.command(P.Header.unpack(raw))
+                self.heard = time.monotonic()
+                if done:
                     return
         except (Refused, TransportError, ImageError, ValueError) as e:
             self.opts.log(f"page-server: client {self.peer}: {e}; connection closed")
@@ -493,6 +503,7 @@ class PageServer:
         self._slots = threading.Semaphore(self.options.max_clients)
         self._stopping = False
         self.sessions_done = 0
+        self._sessions: set[Session] = set()     # being served
 
     def claim(self, name: str) -> bool:
         """Reserve a session name: False if it is being received or already stored."""
@@ -518,6 +529,8 @@ class PageServer:
             conn.settimeout(self.options.idle_timeout)
             # answers are a small trailer and the pages: no Nagle wait for the delayed ack
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.options.silence:
+                tcp_liveness(conn, self.options.silence)
             if self._tls is not None:
                 try:
                     conn = self._tls.wrap_socket(conn, server_side=True)
@@ -525,7 +538,14 @@ class PageServer:
                     self.options.log(f"page-server: client {peer}: TLS handshake failed: {e}; connection closed")
                     conn.close()
                     return
-            Session(self, conn, peer).run()
+            session = Session(self, conn, peer)
+            with self._lock:
+                self._sessions.add(session)
+            try:
+                session.run()
+            finally:
+                with self._lock:
+                    self._sessions.discard(session)
         finally:
             self.sessions_done += 1
             self._slots.release()
@@ -545,6 +565,39 @@ class PageServer:
                 continue
             threading.Thread(target=self.serve_one, args=(conn, peer), daemon=True,
                              name=f"page-server {peer}").start()
+
+    def _readers(self, name: str) -> list[Session]:
+        with self._lock:
+            return [s for s in self._sessions if s.reading is not None and s.reading.root.name == name]
+
+    def quiet(self, name: str) -> float | None:
+        """Seconds since any reading connection of session NAME asked something or had more
+        bytes of ours acknowledged (answers crossing a slow link are no silence); None if
+        none is open. Asked every fraction of a second by its owner."""
+        readers = self._readers(name)
+        if not readers:
+            return None
+        now = time.monotonic()
+        for s in readers:
+            try:
+                acked = bytes_acked(s.sock)
+            except OSError:
+                continue            # closed meanwhile: its thread says so
+            if acked != s.acked:
+                s.acked, s.heard = acked, now
+        return now - max(s.heard for s in readers)
+
+    def cut(self, name: str | None = None) -> None:
+        """Shut down the connections of session NAME (every connection: None): their threads
+        end as if the peer had gone, and a peer that wakes up finds them gone."""
+        with self._lock:
+            victims = [s for s in self._sessions
+                       if name is None or (s.reading is not None and s.reading.root.name == name)]
+        for s in victims:
+            try:
+                s.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def drain(self, timeout: float) -> None:
         """Wait (up to timeout) until no client is being served."""

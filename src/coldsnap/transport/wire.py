@@ -66,6 +66,14 @@ def liveness(sock: socket.socket, silence: float) -> None:
     connection is idle meanwhile (keepalive probes from SILENCE/2 on, one a second, given up
     within the same user timeout)."""
     sock.settimeout(silence)
+    tcp_liveness(sock, silence)
+
+
+def tcp_liveness(sock: socket.socket, silence: float) -> None:
+    """liveness()'s TCP part alone: a peer whose host or path goes is an error after about
+    SILENCE seconds, but an idle connection may stay idle (a post-copy source's server:
+    the destination's fault connection idles while its push goes on; dump/postcopy.py
+    judges the silence of the whole session)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(silence * 1000))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(silence / 2)))
