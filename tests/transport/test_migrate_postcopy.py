@@ -72,11 +72,7 @@ def test_source_killed_during_post_copy_kills_the_destination_process(hosts, wor
         p.communicate(timeout=30)
         w.reap_dumped()
         hosts.wait_log("runs here")
-        deadline = time.monotonic() + 30
-        while _pid_in_root_ns(w.pid, _netns_inode(hosts)) is not None:
-            assert time.monotonic() < deadline, "the migrated process runs on without its source"
-            time.sleep(0.05)
-        assert not any(ln.startswith("FAIL") for ln in w.lines()), w.tail()
+        _killed_over_there(hosts, w)
     finally:
         if p is not None and p.poll() is None:
             p.kill()
@@ -84,6 +80,15 @@ def test_source_killed_during_post_copy_kills_the_destination_process(hosts, wor
         if w.original is not None:
             w.original.kill()
             w.original.wait()
+
+
+def _killed_over_there(hosts, w, timeout: float = 30.0) -> None:
+    """The migrated process is gone from the destination, never having seen a wrong word."""
+    deadline = time.monotonic() + timeout
+    while _pid_in_root_ns(w.pid, _netns_inode(hosts)) is not None:
+        assert time.monotonic() < deadline, "the migrated process runs on without its source"
+        time.sleep(0.05)
+    assert not any(ln.startswith("FAIL") for ln in w.lines()), w.tail()
 
 
 def _stderr_line(p: subprocess.Popen, what: str, timeout: float = 120.0) -> str:
@@ -140,11 +145,7 @@ def test_a_silent_destination_ends_the_source_within_seconds(hosts, workload_bin
         if how == "stopped":
             os.kill(lazy, signal.SIGCONT)           # it finds its connections gone
             lazy = None
-        deadline = time.monotonic() + 30
-        while _pid_in_root_ns(w.pid, _netns_inode(hosts)) is not None:
-            assert time.monotonic() < deadline, "the migrated process runs on without its source"
-            time.sleep(0.05)
-        assert not any(ln.startswith("FAIL") for ln in w.lines()), w.tail()
+        _killed_over_there(hosts, w)
     finally:
         if lazy is not None and how == "stopped":
             os.kill(lazy, signal.SIGCONT)
