@@ -195,14 +195,19 @@ def test_stopping_the_service_ends_running_workers_cleanly(service, spawn, workl
 
 def test_a_daemon_service_serves_and_stops_on_sigterm(tmp_path, monkeypatch):
     address, pidfile, log = tmp_path / "d" / "s.sock", tmp_path / "pid", tmp_path / "log"
-    run = subprocess.run(coldsnap_argv("service", "--address", address, "-d", "--pidfile", pidfile, "-o", log),
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    marker = os.open(tmp_path / "marker", os.O_RDWR | os.O_CREAT, 0o600)     # left open for it
+    try:
+        run = subprocess.run(coldsnap_argv("service", "--address", address, "-d", "--pidfile", pidfile, "-o", log),
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, pass_fds=(marker,))
+    finally:
+        os.close(marker)
     assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
     pid = int(pidfile.read_text())
     try:
         assert address.exists() and oct(address.stat().st_mode & 0o777) == "0o600"
         assert oct(address.parent.stat().st_mode & 0o777) == "0o700"
-        assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2", "3", "4", "5", "6"]
+        held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        assert str(tmp_path / "marker") not in held and held.count(os.devnull) == 2, held
         monkeypatch.setenv("COLDSNAP_SERVICE", str(address))
         assert subprocess.run(coldsnap_argv("check"), capture_output=True).returncode == 0
         assert log.read_text().splitlines()[-1].endswith("(check) exited 0")
@@ -221,3 +226,18 @@ def test_the_client_imports_only_built_in_modules():
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}).stdout.split()
     # __future__: a few lines of Python, which `site` imports anyway
     assert [m for m in new if not m.startswith("coldsnap") and m not in sys.builtin_module_names] == ["__future__"]
+
+
+def test_requests_run_side_by_side(service, spawn, workload_bin, tmp_path):
+    """The worker forked ahead takes the first; the second, meanwhile, gets one of its own."""
+    (tmp_path / "d").mkdir()
+    pid, p = _slow_pre_dump(spawn, workload_bin, tmp_path / "d" / "img")
+    try:
+        check = subprocess.run(coldsnap_argv("check"), capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0 and "pagemap_scan" in check.stdout
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=20)
+    assert p.returncode == 130
+    assert service.stop() == 0
+    assert service.lines()[-1] == "coldsnap service: stopped after 2 requests, 1 of them run by a worker forked ahead"

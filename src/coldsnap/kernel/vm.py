@@ -88,6 +88,7 @@ def writev_pairs(pid: int, local, remote, count: int) -> int:
 MAP_FIXED_NOREPLACE = 0x100000
 MADV_DONTNEED, MADV_DONTFORK, MADV_DOFORK, MADV_WIPEONFORK = 4, 10, 11, 18
 MADV_POPULATE_READ = 22        # Linux 5.14: fill the page tables of a range, reading
+MADV_POPULATE_WRITE = 23       # Linux 5.14: the same, writing (a private page shared since fork is copied)
 
 
 def map_anon_at(addr: int, size: int, flags: int) -> bool:

@@ -1,7 +1,8 @@
 """`coldsnap service`: a resident process with every module of the commands imported, which
-forks one worker per request; the worker takes on the caller's stdio, cwd, environment and
-umask and runs the command as `coldsnap` itself would (cli.main), so that a short command
-costs a fork instead of the interpreter's start-up and ~70 ms of imports.
+runs each request in a worker of its own (worker.py: forked ahead of it when it can); the
+worker takes on the caller's stdio, cwd, environment and umask and runs the command as
+`coldsnap` itself would (cli.main), so that a short command costs no interpreter start-up
+and no imports (~70 ms).
 
 The loop is single-threaded (a worker is forked from it, and restore clones the worker raw):
 one selector over the listening socket, the connections, each worker's pidfd and a wake-up
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import io
 import os
 import pkgutil
 import selectors
@@ -28,18 +28,17 @@ import socket
 import stat
 import struct
 import sys
-import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import import_module
-from typing import NoReturn
 
 from .. import cli
 from ..errors import CsError
 from ..kernel.pidfd import pidfd_open, pidfd_send_signal
 from ..kernel.procfs import read_surroundings
 from . import protocol as P
+from . import worker as W
 
 DEFAULT_ADDRESS = "/run/coldsnap/service.sock"
 PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
@@ -67,6 +66,16 @@ class Conn:
     pidfd: int = -1
     command: str = ""           # its command's name, for the log
     gone: bool = False          # the client closed its end
+
+
+@dataclass
+class Spare:
+    """A worker forked ahead of its request (worker.run_spare), and its end of their channel."""
+    pid: int
+    pidfd: int
+    channel: socket.socket
+    heard: bool = False         # its channel said something: b"r" (ready) or its end
+    ready: bool = False         # it said so: its shared pages are copied
 
 
 def import_everything() -> None:
@@ -130,6 +139,8 @@ class Service:
         self.workers: dict[int, Conn] = {}          # pidfd -> connection
         self.stopping = 0                           # the signal that asked us to stop
         self.stop_by = 0.0
+        self.spare: Spare | None = None
+        self.served = self.served_by_spare = 0
         self.wake_r, self.wake_w = socket.socketpair()
         for s in (self.wake_r, self.wake_w):
             s.setblocking(False)
@@ -143,26 +154,43 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop_signal)
         try:
+            self._fork_spare()
             while not (self.stopping and (not self.workers or time.monotonic() > self.stop_by)):
                 for key, _ in self.sel.select(self._timeout()):
                     try:
                         self._dispatch(key.data)
-                    except Exception:           # a bug: say it, drop that client, serve on
+                    except Exception:           # a bug: say it, drop what it was about, serve on
                         log(f"dropped a connection after an error:\n{traceback.format_exc().rstrip()}")
-                        if isinstance(key.data, Conn) and not key.data.worker:
-                            self._close(key.data)
+                        self._forget(key)
                 self._expire()
                 if self.stopping and self.listener.fileno() >= 0:
                     self._stop_accepting()
         finally:
             self._stop_accepting()
+        log(f"stopped after {self.served} requests, {self.served_by_spare} of them run by a worker forked ahead")
         return 0
+
+    def _forget(self, key: selectors.SelectorKey) -> None:
+        """After a bug while handling KEY: stop watching it (a level-triggered fd left
+        registered would spin the loop) and close the client it concerns."""
+        try:
+            self.sel.unregister(key.fileobj)
+        except (KeyError, ValueError):
+            pass
+        conn = key.data[1] if isinstance(key.data, tuple) else key.data
+        if isinstance(conn, Conn):
+            self.workers.pop(conn.pidfd, None)
+            conn.gone = True
+            self.conns.pop(conn.sock.fileno(), None)
+            conn.sock.close()
 
     def _dispatch(self, what) -> None:
         if what == "listen":
             self._accept()
         elif what == "wake":
             self._drain_wake()
+        elif isinstance(what, Spare):
+            self._spare_event(what)
         elif isinstance(what, tuple):
             self._reap(what[1])
         else:
@@ -197,6 +225,7 @@ class Service:
                 os.unlink(self.address)
         except OSError:
             pass
+        self._drop_spare()
         for conn in list(self.conns.values()):
             if conn.worker:
                 self._signal(conn, signal.SIGTERM)
@@ -233,7 +262,7 @@ class Service:
             return
         fds: list[int] = []
         try:
-            data, fds = _receive(conn.sock)
+            data, fds = W.receive(conn.sock)
             if not data:
                 self._close(conn)
                 return
@@ -246,7 +275,7 @@ class Service:
                 _send(conn.sock, b"local " + reason.encode())
                 self._close(conn)
                 return
-            self._start(conn, request, fds)
+            self._start(conn, request, data, fds)
         except (BlockingIOError, InterruptedError):
             pass
         except P.ProtocolError as e:
@@ -281,21 +310,106 @@ class Service:
             return "the caller is gone or cannot be inspected"
         return f"the caller's {differs} is not the service's" if differs else ""
 
-    def _start(self, conn: Conn, request: P.Request, fds: list[int]) -> None:
+    def _start(self, conn: Conn, request: P.Request, data: bytes, fds: list[int]) -> None:
+        """Hand the request to the spare when it is ready, else fork a worker for it."""
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.ready and self._hand_over(spare, data, fds):
+            conn.worker, conn.pidfd = spare.pid, spare.pidfd
+            self.sel.modify(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
+            self.served_by_spare += 1
+        else:
+            if spare is not None:
+                self.spare = spare          # still copying: it serves the next one
+            conn.worker = self._fork(lambda: W.run_forked(request, fds))
+            conn.pidfd = pidfd_open(conn.worker)
+            self.sel.register(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
+        conn.command = next((a for a in request.argv if not a.startswith("-")), "")
+        self.workers[conn.pidfd] = conn
+        self.served += 1
+        _send(conn.sock, b"started %d" % conn.worker)
+
+    def _hand_over(self, spare: Spare, data: bytes, fds: list[int]) -> bool:
+        try:
+            spare.channel.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                            b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
+        except OSError as e:                # it died meanwhile: its pidfd says so later
+            log(f"the spare worker {spare.pid} took no request: {e.strerror}")
+            self._end_spare(spare)
+            return False
+        spare.channel.close()
+        return True
+
+    def _fork(self, child) -> int:
+        """fork(); the child leaves the service and runs CHILD (which never returns)."""
         for f in (sys.stdout, sys.stderr):
-            f.flush()           # nothing of ours may reach the client through the worker
+            f.flush()           # nothing of ours may reach a client through a worker
         pid = os.fork()
         if pid == 0:
-            self._become_worker(request, fds)
-        conn.worker, conn.command = pid, next((a for a in request.argv if not a.startswith("-")), "")
-        conn.pidfd = pidfd_open(pid)
-        self.workers[conn.pidfd] = conn
-        self.sel.register(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
-        _send(conn.sock, b"started %d" % pid)
+            try:
+                W.leave_service([self.listener, self.wake_r, self.wake_w,
+                                 *(c.sock for c in self.conns.values()),
+                                 *([self.spare.channel] if self.spare else [])],
+                                [*self.workers, *([self.spare.pidfd] if self.spare else [])], [self.sel])
+                child()
+            finally:
+                os._exit(1)     # child() exits by itself; never back into the service's loop
+        return pid
+
+    # ------------------------------------------------------------------ the spare worker
+
+    def _fork_spare(self) -> None:
+        """A worker ahead of the next request, unless there is one or we are stopping."""
+        if self.spare is not None or self.stopping:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = self._fork(lambda: (ours.close(), W.run_spare(theirs)))
+        theirs.close()
+        ours.setblocking(False)
+        self.spare = Spare(pid, pidfd_open(pid), ours)
+        self.sel.register(self.spare.pidfd, selectors.EVENT_READ, self.spare)
+        self.sel.register(ours, selectors.EVENT_READ, self.spare)
+
+    def _spare_event(self, spare: Spare) -> None:
+        """The spare is ready (b"r" on its channel), or ended before any request."""
+        if not spare.heard:
+            try:
+                said = spare.channel.recv(16)
+            except BlockingIOError:
+                return
+            except OSError:
+                said = b""
+            spare.heard, spare.ready = True, said == b"r"
+            self.sel.unregister(spare.channel)
+            if spare.ready:
+                return
+        if os.waitid(os.P_PIDFD, spare.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            log(f"the spare worker {spare.pid} ended before any request")
+            self._end_spare(spare)
+
+    def _end_spare(self, spare: Spare) -> None:
+        """Kill (if need be), reap and forget a spare that took no request."""
+        if self.spare is spare:
+            self.spare = None
+        try:
+            pidfd_send_signal(spare.pidfd, signal.SIGKILL)
+        except (CsError, OSError):
+            pass
+        os.waitid(os.P_PIDFD, spare.pidfd, os.WEXITED)
+        for obj in (spare.pidfd, spare.channel):
+            try:
+                self.sel.unregister(obj)
+            except (KeyError, ValueError):
+                pass
+        os.close(spare.pidfd)
+        spare.channel.close()
+
+    def _drop_spare(self) -> None:
+        if self.spare is not None:
+            self._end_spare(self.spare)
 
     def _from_running_client(self, conn: Conn) -> None:
         try:
-            data, fds = _receive(conn.sock)
+            data, fds = W.receive(conn.sock)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -334,82 +448,12 @@ class Service:
         del self.workers[conn.pidfd]
         os.close(conn.pidfd)
         self._close(conn)
+        self._fork_spare()          # now, while no command of ours runs
 
     def _close(self, conn: Conn) -> None:
         if self.conns.pop(conn.sock.fileno(), None) is not None and not conn.gone:
             self.sel.unregister(conn.sock)
         conn.sock.close()
-
-    # ------------------------------------------------------------------ the worker
-
-    def _become_worker(self, request: P.Request, fds: list[int]) -> NoReturn:
-        """In the forked child: drop everything of the service, take on the caller's
-        context, run the command as `coldsnap` would and exit with its code."""
-        code = 1
-        try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            # no signal meant for the service's group; not a session of its own: with autogroup
-            # scheduling each session is a group of its own, and a new one ran a dump's frozen
-            # copy at half speed on a loaded machine (memdump 13.4 against 5.2 ms, 8 MiB)
-            os.setpgid(0, 0)
-            self.sel.close()
-            for s in (self.listener, self.wake_r, self.wake_w, *(c.sock for c in self.conns.values())):
-                s.close()
-            for fd in self.workers:
-                os.close(fd)
-            for target, fd in enumerate(fds[:3]):
-                os.dup2(fd, target)
-            os.fchdir(fds[3])
-            for fd in fds:
-                os.close(fd)
-            os.umask(request.umask)
-            os.environ.clear()
-            os.environ.update(request.environ)
-            tempfile.tempdir = None             # TMPDIR as the caller has it
-            _new_stdio()
-            code = cli.main(request.argv, own_process=True)
-        except SystemExit as e:                 # argparse: usage errors, --help
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            if isinstance(e.code, str):
-                print(e.code, file=sys.stderr)
-        except BaseException:                   # a bug: as the interpreter would show it
-            traceback.print_exc()
-            code = 1
-        finally:
-            _exit_worker(code)
-
-
-def _exit_worker(code: int) -> NoReturn:
-    """As `coldsnap` ends (cli.command), but never through SystemExit: that would unwind into
-    the service's loop, in this forked child."""
-    try:
-        threading = sys.modules["threading"]
-        for t in threading.enumerate():     # as the interpreter would: join what still runs
-            if t is not threading.main_thread() and not t.daemon:
-                t.join()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BaseException:
-        pass
-    os._exit(code)
-
-
-def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """One record and the fds that came with it (all of them, to be closed by the caller);
-    a record cut short (too large, or too many fds) is a ProtocolError."""
-    fds: list[int] = []
-    data, ancdata, flags, _ = sock.recvmsg(P.MAX_REQUEST + 1, socket.CMSG_SPACE(4 * (P.REQUEST_FDS + 1)),
-                                           socket.MSG_CMSG_CLOEXEC)
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds += [int.from_bytes(payload[i:i + 4], sys.byteorder) for i in range(0, len(payload) - 3, 4)]
-    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > P.MAX_REQUEST:
-        for fd in fds:
-            os.close(fd)
-        raise P.ProtocolError("request too large or with too many fds")
-    return data, fds
 
 
 def _send(sock: socket.socket, record: bytes) -> None:
@@ -417,20 +461,6 @@ def _send(sock: socket.socket, record: bytes) -> None:
         sock.send(record[:P.MAX_REPLY])
     except OSError:             # the client is gone: nothing to tell
         pass
-
-
-def _new_stdio() -> None:
-    """sys.stdin/stdout/stderr on fds 0-2 again, buffered as the interpreter would have set
-    them up for these files (stdout line-buffered only on a terminal)."""
-    def stream(fd: int, old, writing: bool):
-        raw = io.FileIO(fd, "w" if writing else "r", closefd=False)
-        tty = raw.isatty()
-        buf = io.BufferedWriter(raw) if writing else io.BufferedReader(raw)
-        return io.TextIOWrapper(buf, encoding=old.encoding, errors=old.errors,
-                                line_buffering=writing and (tty or fd == 2))
-    sys.stdin = sys.__stdin__ = stream(0, sys.__stdin__ or sys.stdin, False)
-    sys.stdout = sys.__stdout__ = stream(1, sys.__stdout__ or sys.stdout, True)
-    sys.stderr = sys.__stderr__ = stream(2, sys.__stderr__ or sys.stderr, True)
 
 
 def log(line: str) -> None:
