@@ -241,3 +241,19 @@ def test_requests_run_side_by_side(service, spawn, workload_bin, tmp_path):
     assert p.returncode == 130
     assert service.stop() == 0
     assert service.lines()[-1] == "coldsnap service: stopped after 2 requests, 1 of them run by a worker forked ahead"
+
+
+def test_after_coldsnap_changed_the_caller_runs_it_itself(service):
+    """A coldsnap edited (or upgraded) in place after the service started: its requests run
+    in their callers, with the new code, until it is restarted."""
+    import coldsnap.show
+    path = Path(coldsnap.show.__file__)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        run = subprocess.run(coldsnap_argv("check"), capture_output=True, text=True)
+    finally:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert run.returncode == 0 and "pagemap_scan" in run.stdout
+    assert service.lines()[-1].endswith("coldsnap's code changed since the service started (restart it)")
+    assert service.workers("check") == []

@@ -92,6 +92,30 @@ def import_everything() -> None:
             pass
 
 
+def code_snapshot() -> dict[str, tuple[int, int]]:
+    """(mtime_ns, size) of the source file of every coldsnap module imported: a request is
+    run here only while they are unchanged (a coldsnap upgraded or edited in place since the
+    service started would otherwise run as it was)."""
+    out = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and (name == "coldsnap" or name.startswith("coldsnap.")):
+            st = os.stat(path)
+            out[path] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+def code_changed(snapshot: dict[str, tuple[int, int]]) -> bool:
+    for path, was in snapshot.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return True
+        if (st.st_mtime_ns, st.st_size) != was:
+            return True
+    return False
+
+
 def bind(address: str) -> tuple[socket.socket, tuple[int, int]]:
     """A listening socket on ADDRESS (0600; its directory made 0700 when missing), replacing a
     stale socket file; ServiceError when something answers there already. Also returns the
@@ -132,8 +156,10 @@ def bind(address: str) -> tuple[socket.socket, tuple[int, int]]:
 
 
 class Service:
-    def __init__(self, listener: socket.socket, address: str, ident: tuple[int, int]) -> None:
+    def __init__(self, listener: socket.socket, address: str, ident: tuple[int, int],
+                 code: dict[str, tuple[int, int]] | None = None) -> None:
         self.listener, self.address, self.ident = listener, address, ident
+        self.code = code or {}
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, Conn] = {}            # socket fd -> connection
         self.workers: dict[int, Conn] = {}          # pidfd -> connection
@@ -308,7 +334,11 @@ class Service:
             differs = read_surroundings(pid).difference(read_surroundings(os.getpid()))
         except (CsError, OSError):
             return "the caller is gone or cannot be inspected"
-        return f"the caller's {differs} is not the service's" if differs else ""
+        if differs:
+            return f"the caller's {differs} is not the service's"
+        if code_changed(self.code):
+            return "coldsnap's code changed since the service started (restart it)"
+        return ""
 
     def _start(self, conn: Conn, request: P.Request, data: bytes, fds: list[int]) -> None:
         """Hand the request to the spare when it is ready, else fork a worker for it."""
@@ -511,7 +541,7 @@ def run_service(address: str | None, daemon: bool = False, pidfile: str | None =
         if daemon:
             daemonize(pidfile and os.path.abspath(pidfile), log_file and os.path.abspath(log_file),
                       listener.fileno())
-        service = Service(listener, address, ident)
+        service = Service(listener, address, ident, code_snapshot())
         log(f"listening on {address}")
         return service.serve()
     finally:
