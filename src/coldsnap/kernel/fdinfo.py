@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from .libc import on_process
 
@@ -25,8 +25,7 @@ class LinkKind(Enum):
     OTHER = "other"          # e.g. "net:[4026531840]", "mnt:[...]" (nsfs)
 
 
-@dataclass(frozen=True, slots=True)
-class FdLink:
+class FdLink(NamedTuple):
     """One parsed /proc/PID/fd/N link."""
     fd: int
     raw: str

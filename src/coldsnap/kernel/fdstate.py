@@ -10,10 +10,10 @@ import re
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class EpollTfd:
+class EpollTfd(NamedTuple):
     """One `tfd:` line of an epoll fdinfo: a registration of target fd `tfd`."""
     tfd: int
     events: int
@@ -23,8 +23,7 @@ class EpollTfd:
     sdev: int
 
 
-@dataclass(frozen=True, slots=True)
-class InotifyMark:
+class InotifyMark(NamedTuple):
     """One `inotify wd:` line: a watch, the inode it is on and that inode's file handle."""
     wd: int
     ino: int
@@ -35,8 +34,7 @@ class InotifyMark:
     handle: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class TimerfdState:
+class TimerfdState(NamedTuple):
     """The timerfd lines of an fdinfo: it_value is the time left (relative)."""
     clockid: int
     ticks: int
@@ -136,8 +134,7 @@ TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5:
 TCP_LISTEN = 10
 
 
-@dataclass(frozen=True, slots=True)
-class NetSock:
+class NetSock(NamedTuple):
     """One line of /proc/net/{tcp,udp}[6]."""
     table: str               # "tcp", "tcp6", "udp", "udp6"
     local: tuple[str, int]

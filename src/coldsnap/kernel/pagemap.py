@@ -10,8 +10,7 @@ import functools
 import mmap
 import os
 from array import array
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .libc import check, libc, on_process
 
@@ -61,8 +60,7 @@ _ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _ioctl.restype = ctypes.c_int
 
 
-@dataclass(frozen=True, slots=True)
-class ScanQuery:
+class ScanQuery(NamedTuple):
     """Which pages PAGEMAP_SCAN should report (see the kernel's pagemap documentation)."""
     category_mask: int = 0
     category_inverted: int = 0

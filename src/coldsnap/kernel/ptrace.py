@@ -9,7 +9,7 @@ import ctypes
 import errno
 import os
 import signal
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from coldsnap.kernel.libc import check, libc
 
@@ -207,8 +207,7 @@ def get_rseq_configuration(tid: int) -> RseqConfiguration:
     return conf
 
 
-@dataclass(frozen=True, slots=True)
-class Stop:
+class Stop(NamedTuple):
     """A decoded waitpid status of one tracee."""
     tid: int
     status: int

@@ -1,8 +1,8 @@
 """The VMA model and the dump policy: which areas exist, and which of their pages we save."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from ..kernel.procfs import MapsLine
 
@@ -20,8 +20,7 @@ class Kind(Enum):
     VSYSCALL = "vsyscall"
 
 
-@dataclass(frozen=True, slots=True)
-class Vma:
+class Vma(NamedTuple):
     """One mapping of the target, as the dump policy sees it."""
     start: int
     end: int
