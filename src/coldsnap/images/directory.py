@@ -11,9 +11,8 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, NamedTuple, Optional, Union
 
 from google.protobuf.message import Message
 
@@ -50,8 +49,7 @@ def new_inventory(*, pre_dump_mode: Optional[int] = None, dump_uptime: Optional[
 _STAGING = r"\.(?P<name>.+)\.(?P<pid>\d+)-(?P<start>\d+)\.[A-Za-z0-9_]+\.staging"
 
 
-@dataclass(frozen=True)
-class Staging:
+class Staging(NamedTuple):
     """A staging directory found beside images directories."""
     path: Path
     name: str        # the images directory it was written for

@@ -18,9 +18,8 @@ import os
 import re
 import stat
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Union
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -90,8 +89,7 @@ class Frame(enum.Enum):
     RAW = "raw"              # no magic, no entries
 
 
-@dataclass(frozen=True)
-class ImageKind:
+class ImageKind(NamedTuple):
     """What a file name means: its magic, entry type and how many entries it holds."""
     name: str                       # magic name (crit's spelling) or "PAGES"
     pattern: str                    # file-name regex; one group holds the key if keyed

@@ -9,9 +9,8 @@ import os
 import stat
 from array import array
 from bisect import bisect_right
-from dataclasses import dataclass
 from itertools import accumulate
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 from ..errors import ImageError
 from ..kernel.fdio import write_all
@@ -356,8 +355,7 @@ def _pick(has_nr: bool, nr: int, compat: int) -> int:
     return nr if has_nr else compat
 
 
-@dataclass(frozen=True)
-class PageRun:
+class PageRun(NamedTuple):
     """One pagemap entry; `offset` is its byte offset in pages-N.img (PE_PRESENT only)."""
     vaddr: int
     nr_pages: int

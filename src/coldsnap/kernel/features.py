@@ -5,7 +5,7 @@ import ctypes
 import errno
 import mmap
 import os
-from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from . import pagemap, uffd
 from .libc import SYS, _syscall
@@ -14,8 +14,7 @@ from .page import PAGE_SIZE
 CLONE_ARGS_SIZE_VER1 = 80
 
 
-@dataclass(frozen=True)
-class Features:
+class Features(NamedTuple):
     """Which optional kernel features this machine offers."""
     pagemap_scan: bool
     uffd_wp_async: bool
@@ -24,7 +23,7 @@ class Features:
     clone3_set_tid: bool
 
     def as_dict(self) -> dict[str, bool]:
-        return asdict(self)
+        return self._asdict()
 
 
 def _raw(nr: int, *args: int) -> tuple[int, int]:

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 from ..kernel.page import PAGE_SHIFT
 from .ranges import Ranges
 
 
-@dataclass(frozen=True)
-class PagemapKey:
+class PagemapKey(NamedTuple):
     """Which pagemap pages belong to: a process (by pid) or a shared memory object (by shmid)."""
     id: int                 # a process's pid, or a shared memory object's id (shmid)
     shmem: bool = False

@@ -19,7 +19,7 @@ exists.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import ImageError
 from ..seize.tree import Tree
@@ -30,8 +30,7 @@ JOIN = "join"
 INHERIT = ""
 
 
-@dataclass(frozen=True)
-class SessionStep:
+class SessionStep(NamedTuple):
     """What one blank process does before it makes its children."""
     action: str = INHERIT      # SETSID, OWN_GROUP, JOIN or INHERIT
     pgid: int = 0              # the group to join (JOIN)

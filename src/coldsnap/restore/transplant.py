@@ -35,6 +35,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import CsError, TargetError
 from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC, VMA_FILE_PRIVATE,
@@ -662,8 +663,7 @@ def _open_mode(v) -> int:
     return os.O_RDWR if v.status & VMA_FILE_SHARED and v.prot & PROT_WRITE else os.O_RDONLY
 
 
-@dataclass(frozen=True)
-class Inherited:
+class Inherited(NamedTuple):
     """What a blank child (a fork of coldsnap) has of coldsnap's: the transplant sets it only
     where the images differ."""
     personality: int
