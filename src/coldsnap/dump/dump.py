@@ -172,7 +172,7 @@ def mapped_files(pid: int, vmas: list[Vma], ghosts: GhostTable
 
 # -- pages -----------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(eq=False)
 class _Parent:
     """What the parent chain offers, read before the freeze (the images do not change)."""
     uffd_fd: int | None             # the userfaultfd its pre-dump parked in the target
@@ -296,7 +296,7 @@ def kill_held(task: FrozenTask) -> None:
 
 # -- the dump --------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(eq=False)
 class _Saved:
     """What dumping one process of the tree left for the stats and for after the freeze."""
     planner: Planner

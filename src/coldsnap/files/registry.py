@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_LARGEFILE
 
 
-@dataclass
+@dataclass(eq=False)
 class FileRegistry:
     """Every open file of a tree, once, with the fd tables and fs state that use them."""
     files: dict[int, FileObj] = field(default_factory=dict)      # id -> object, in id order
@@ -203,7 +203,7 @@ class FileRegistry:
         return sorted(out)
 
 
-@dataclass
+@dataclass(eq=False)
 class TaskFiles:
     """One task's view of a registry: its fd table, cwd, root and umask."""
     registry: FileRegistry

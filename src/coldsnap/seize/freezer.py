@@ -100,7 +100,7 @@ class _SignalGuard:
             raise Interrupted(sig)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Thread:
     """A thread of the frozen task and how we hold it."""
     tid: int
