@@ -26,12 +26,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import CsError, TargetError
+from ..errors import CsError
 from ..files.ghost import GhostFiles
 from ..images.directory import ImageDir
 from ..images.task import TASK_STOPPED
 from ..memory.source import PageOrigin
-from ..seize.freezer import freeze_tree
+from ..seize.freezer import freeze_known
 from ..files.images import drop_streams, tcp_connections
 from .blank import kill_blank, make_blank_tree
 from .connections import RestoreNetwork
@@ -129,10 +129,8 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts:
             server = start_server(images, pid, lazy_log)
         for proc in images.procs.values():
             _set_rlimits(proc.pid, proc)
-        with freeze_tree(pid) as held:
+        with freeze_known(list(images.procs)) as held:
             try:
-                if sorted(held.tasks) != sorted(images.procs):
-                    raise TargetError(f"the blank processes under {pid} are not the dumped tree")
                 stats = {p: transplant(held.task(p), proc, shm, server, kept=kept if p == root else ())
                          for p, proc in images.procs.items()}
                 ghosts.remove()         # every open is done: they hold deleted files again

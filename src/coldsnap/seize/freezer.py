@@ -10,6 +10,8 @@
         held.task(pid)              # the FrozenTask of one process
         held.resume()               # every process (each FrozenTask may also resume alone)
 
+    with freeze_known([root, child]) as held:   # exactly these (a restore's blank processes)
+
 A FrozenTree holds the processes; a FrozenTask is one process of it. `freeze(pid)` is a
 tree of one whose root task is handed out: one code path. The tree ends (signal handlers
 back, frozen_ns set) when its last task is resumed.
@@ -112,8 +114,9 @@ class FrozenTree:
     """Processes (the root, and with `descendants` all below it) held by the calling OS thread."""
 
     def __init__(self, root: int, timeout: float = 10.0, descendants: bool = False,
-                 cgroup: str | os.PathLike | None = None):
+                 cgroup: str | os.PathLike | None = None, known: list[int] | None = None):
         self.root = root
+        self.known = known                # freeze_known's processes: exactly these
         self.cgroup = cgroup
         self.timeout = timeout
         self.descendants = descendants
@@ -129,9 +132,10 @@ class FrozenTree:
         self._refreeze: CgroupFreezer | None = None    # a cgroup frozen before we came
 
     def __enter__(self) -> "FrozenTree":
-        _refuse(self.root)
-        if self.descendants:
-            own_ns_inodes(os.getpid())      # the tree model needs them: read before freezing
+        if self.known is None:
+            _refuse(self.root)
+            if self.descendants:
+                own_ns_inodes(os.getpid())      # the tree model needs them: read before freezing
         self._owner = threading.get_ident()
         self._guard.install()
         self._t0 = time.monotonic_ns()
@@ -141,7 +145,11 @@ class FrozenTree:
             self.tasks[self.root]._seize_all()
             for pid in list(self.tasks)[1:]:
                 self._settle(pid)           # seized in the frozen cgroup: collect their stops
-            if self.descendants:
+            if self.known is not None:
+                for pid in self.known[1:]:
+                    self.tasks[pid] = FrozenTask(pid, self)
+                    self.tasks[pid]._seize_all()
+            elif self.descendants:
                 self._seize_descendants()
             self.seize_ns = time.monotonic_ns() - self._t0
         except BaseException:
@@ -558,6 +566,14 @@ def freeze_tree(pid: int, timeout: float = 10.0, cgroup: str | os.PathLike | Non
     """Context manager that stops PID and every process below it, every thread of each;
     with CGROUP, through that cgroup's freezer first (module docstring)."""
     return FrozenTree(pid, timeout, descendants=True, cgroup=cgroup)
+
+
+def freeze_known(pids: list[int], timeout: float = 10.0) -> FrozenTree:
+    """Context manager that stops exactly PIDS (the root first, parents before children),
+    every thread of each: processes the caller made itself and knows to sit idle (a restore's
+    blank processes), so neither checked as a target nor searched for descendants (a status,
+    a stat and a walk of /proc less: half a millisecond of a restore)."""
+    return FrozenTree(pids[0], timeout, descendants=True, known=list(pids))
 
 
 # -- checks -------------------------------------------------------------------------------
