@@ -149,8 +149,9 @@ class Transplant:
         self.shm = shm
         self.pid = task.pid
         # the blank child reset every signal action, SIGTRAP's too: single-step mode, no
-        # look at its status; its [vdso] is ours (a fork of coldsnap): no read of its maps
-        self.rc = RemoteCalls(task, tid=self.pid, scratch_size=SCRATCH, mode="step")
+        # look at its status; it waits in pause(), its mask its own: no first call through
+        # syscall stops; its [vdso] is ours (a fork of coldsnap): no read of its maps
+        self.rc = RemoteCalls(task, tid=self.pid, scratch_size=SCRATCH, mode="step", plain_stop=True)
         task.vdso_gadget(own_vdso())
         self.stats = TransplantStats()
         self._exe_fd = -1               # the exe, opened read-only in the target by _map_vmas
@@ -515,7 +516,7 @@ class Transplant:
         self.task.adopt_thread(tid)
         regs = user_regs(core)
         ptrace.set_regs(tid, regs)                # drop the leader's copy (trap flag included)
-        trc = RemoteCalls(self.task, tid=tid, mode="step")
+        trc = RemoteCalls(self.task, tid=tid, mode="step", plain_stop=True)
         trc.open()
         try:
             self._thread_state(trc, core)
