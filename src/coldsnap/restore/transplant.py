@@ -555,7 +555,7 @@ class Transplant:
         Order matters: the bounding set and securebits need CAP_SETPCAP (still ours, as the
         blank child runs as coldsnap); keep-caps lets the permitted set survive a change
         away from uid 0; capset then sets the sets, and keep-caps goes back as dumped."""
-        want, have = Creds.of_entry(cr), Creds.of_status(read_status(self.pid, rc.tid))
+        want, have = Creds.of_entry(cr), own_creds(os.getpid())
         if want == have:
             return
         self._creds_set = True
@@ -677,6 +677,14 @@ def inherited() -> Inherited:
     return Inherited(syscall(SYS.personality, 0xFFFFFFFF, what="personality"),
                      syscall(SYS.prctl, PR_GET_TIMERSLACK, 0, 0, 0, 0, what="PR_GET_TIMERSLACK"),
                      syscall(SYS.prctl, PR_GET_DUMPABLE, 0, 0, 0, 0, what="PR_GET_DUMPABLE"))
+
+
+@functools.cache
+def own_creds(pid: int) -> Creds:
+    """The credentials of coldsnap (PID: ours, so that a process forked from us reads its own),
+    read once: a blank process has them, and so has each thread the transplant clones in it
+    before the thread's own are set (the leader's come last)."""
+    return Creds.of_status(read_status(pid))
 
 
 def _same_exe(path: str, pid: int) -> bool:
