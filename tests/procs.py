@@ -116,12 +116,13 @@ class Run:
         return self
 
 
-def coldsnap(*args, check: bool = False, timeout: float = 60.0) -> Run:
+def coldsnap(*args, check: bool = False, timeout: float = 60.0, env: dict | None = None) -> Run:
     """Run `python -m coldsnap ARGS` to the end. stdin is /dev/null and stdout/stderr go to
-    files, never pipes, so that a restored process that kept one cannot hang the test."""
+    files, never pipes, so that a restored process that kept one cannot hang the test.
+    env: the environment (default: this one)."""
     argv = coldsnap_argv(*args)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout)
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout, env=env)
         out.seek(0)
         err.seek(0)
         run = Run(argv, proc.returncode, out.read().decode(errors="replace"),

@@ -232,6 +232,12 @@ def _dir_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR")
 
 
+def _gc_args(p: argparse.ArgumentParser) -> None:
+    _json_arg(p)
+    p.add_argument("dir", metavar="DIR", nargs="?",
+                   help="images directory (default: the work directories in the temporary directory)")
+
+
 def _demo_args(dm: argparse.ArgumentParser) -> None:
     dm.add_argument("--size", type=_size, default="256M", metavar="SIZE", help="workload memory (default 256M)")
     dm.add_argument("-D", "--images-dir", metavar="DIR", help="keep the images here (default: a temporary dir)")
@@ -256,7 +262,8 @@ _COMMANDS = {
                        _network_unlock_args),
     "show": ("summarise an images directory", _dir_args),
     "gc": ("remove the staging directories that killed coldsnap runs left beside images directory DIR "
-           "(and inside DIR); a live run's are kept", _dir_args),
+           "(and inside DIR), without DIR the work directories of killed migrate and migrate-receive runs "
+           "in the temporary directory; a live run's are kept", _gc_args),
     "check": ("report which kernel features coldsnap can use here, and which CRIU versions its images are "
               "tested with", _json_arg),
     **cli_transport.COMMANDS,

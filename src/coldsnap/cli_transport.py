@@ -130,14 +130,14 @@ def run_migrate_receive(args: argparse.Namespace) -> int:
 def run_migrate(args: argparse.Namespace) -> int:
     import json
     import shutil
-    import tempfile
 
     from .dump.migrate import Policy, migrate
+    from .images.directory import make_work_dir
     from .transport.client import ClientOptions
     from .transport.wire import Endpoint, tls_files
     opts = ClientOptions(token=read_token(args.token_file), compress=args.compress, timeout=args.timeout,
                          tls=tls_files(args.tls_cacert, args.tls_cert, args.tls_key))
-    work = args.images_dir or tempfile.mkdtemp(prefix="coldsnap-migrate-")
+    work = args.images_dir or make_work_dir("migrate")
     show = sys.stderr.isatty() or not args.json
     try:
         r = migrate(args.tree, Endpoint.parse(args.to), opts,

@@ -1,16 +1,19 @@
 """What a SIGKILLed coldsnap leaves: its hidden staging directory beside -D
 (`.NAME.PID-START.XXXXXXXX.staging`). The next run writing NAME removes it, `coldsnap gc DIR`
-does explicitly; a staging directory whose creator still runs is never touched."""
+does explicitly; a staging directory whose creator still runs is never touched. A killed
+migrate or migrate-receive leaves its work directory in the temporary directory
+(`coldsnap-KIND-PID-START.XXXXXXXX`): `coldsnap gc` without DIR removes those the same way."""
 from __future__ import annotations
 
 import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
-from coldsnap.images.directory import ImageDir, stagings
+from coldsnap.images.directory import ImageDir, make_work_dir, stagings
 
 from procs import coldsnap, coldsnap_argv
 
@@ -77,3 +80,33 @@ def test_a_live_runs_staging_is_kept(spawn, python_exe, tmp_path):
 def test_gc_of_a_directory_that_cannot_hold_images(tmp_path):
     run = coldsnap("gc", tmp_path / "no" / "img")
     assert run.returncode == 6 and run.stderr.strip() == f"coldsnap: {tmp_path / 'no'}: no such directory"
+
+
+def test_gc_removes_the_work_directories_of_killed_runs_only(python_exe, tmp_path, monkeypatch):
+    """TMPDIR=tmp_path: a process SIGKILLed after making a migrate and a receive work
+    directory leaves both; gc removes them, keeps this (live) process's own and one of a run
+    in another PID namespace (its pid means nothing here), and leaves alone what it cannot
+    tell the creator of (an older unnamed one, a stream's spool)."""
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    maker = subprocess.Popen([python_exe, "-c", "import sys, time\nfrom coldsnap.images.directory import make_work_dir\n"
+                              "for kind in ('migrate', 'receive'): (make_work_dir(kind) / 'pages-1.img').touch()\n"
+                              "print('ready', flush=True)\ntime.sleep(60)"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert maker.stdout.readline() == "ready\n"
+    finally:
+        maker.kill()
+        maker.wait()
+    dead = sorted(str(p) for p in tmp_path.glob("coldsnap-*"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)      # gettempdir() reads TMPDIR again
+    mine = make_work_dir("migrate")
+    elsewhere = tmp_path / "coldsnap-receive-7-1-1.abcdefgh"     # pid 7 of PID namespace inode 1
+    elsewhere.mkdir()
+    others = [tmp_path / "coldsnap-migrate-a1b2c3", tmp_path / "coldsnap-stream.x1y2"]
+    for d in others:
+        d.mkdir()
+    out = json.loads(coldsnap("gc", "--json", env=env, check=True).stdout)
+    assert out == {"removed": [{"path": p, "pid": maker.pid} for p in dead],
+                   "kept": [{"path": str(mine), "pid": os.getpid()}, {"path": str(elsewhere), "pid": 7}]}
+    assert sorted(tmp_path.glob("coldsnap-*")) == sorted([mine, elsewhere, *others])

@@ -70,6 +70,12 @@ def test_source_killed_during_post_copy_kills_the_destination_process(hosts, wor
         _stderr_line(p, "serving its last pages")
         p.kill()
         p.communicate(timeout=30)
+        # its work directory stays; `coldsnap gc` removes it (the receiver's, of a live
+        # process in another PID namespace, is kept)
+        (work,) = tmp_path.glob("coldsnap-migrate-*")
+        gc = json.loads(coldsnap("gc", "--json", env=dict(os.environ, TMPDIR=str(tmp_path)), check=True).stdout)
+        assert gc["removed"] == [{"path": str(work), "pid": p.pid}] and not work.exists()
+        assert [k["path"] for k in gc["kept"]] == [str(d) for d in tmp_path.glob("coldsnap-receive-*")]
         w.reap_dumped()
         hosts.wait_log("runs here")
         _killed_over_there(hosts, w)

@@ -30,7 +30,6 @@ a reset), and the lock is lifted after it, whatever it did.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Callable
 
 from ..connections.lock import NetworkLock
 from ..errors import CsError, TransportError
-from ..images.directory import ImageDir
+from ..images.directory import ImageDir, make_work_dir
 from ..kernel.page import PAGE_SHIFT
 from ..transport.client import ClientOptions, PageServerClient
 from ..transport.sink import ServerPages
@@ -114,7 +113,7 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
     """post_copy: the final dump sends no private page; the destination restores lazily at
     once and fetches them from a page server run here until it has them all (dump/postcopy.py)."""
     t_start = time.perf_counter()
-    base = Path(workdir or tempfile.mkdtemp(prefix="coldsnap-migrate-"))
+    base = Path(workdir or make_work_dir("migrate"))
     base.mkdir(parents=True, exist_ok=True)
     tag = f"m{os.getpid()}-{int(time.time() * 1000) % 10**9}"      # session names unique on the destination
     # the pre-dumps' images go too (mm, pstree: the destination builds the memory ahead from them)

@@ -17,7 +17,7 @@ from typing import Iterable, NamedTuple, Optional, Union
 from google.protobuf.message import Message
 
 from ..errors import ImageError, NoSuchProcess
-from ..kernel.procfs import read_stat
+from ..kernel.procfs import ns_inode, read_stat
 from .framing import EntryLike, ImageWriter, create_image_file, read_image, read_single, write_image
 from .pb import inventory_pb2
 
@@ -43,26 +43,42 @@ def new_inventory(*, pre_dump_mode: Optional[int] = None, dump_uptime: Optional[
     return inv
 
 
-# A staging directory's name says who made it: `.NAME.PID-START.XXXXXXXX.staging`, the
-# pid and start time (clock ticks since boot) of the coldsnap process writing NAME. A process
-# with that pid and start time still there is a live run; anything else left it behind.
-_STAGING = r"\.(?P<name>.+)\.(?P<pid>\d+)-(?P<start>\d+)\.[A-Za-z0-9_]+\.staging"
+# A staging directory's name says who made it: `.NAME.PID-START-NS.XXXXXXXX.staging`, the
+# pid, start time (clock ticks since boot) and PID namespace (its inode) of the coldsnap
+# process writing NAME. A process with that pid and start time still there is a live run;
+# anything else left it behind. A pid of another PID namespace (a receiver in a container
+# sharing the directory) cannot be checked from here: kept. (Names without NS: older runs.)
+_CREATOR = r"(?P<pid>\d+)-(?P<start>\d+)(?:-(?P<ns>\d+))?"
+_STAGING = rf"\.(?P<name>.+)\.{_CREATOR}\.[A-Za-z0-9_]+\.staging"
+
+
+# A work directory in the temporary directory (`coldsnap migrate`'s images, `migrate-receive`'s
+# sessions): `coldsnap-KIND-PID-START-NS.XXXXXXXX`, named after its creator in the same way.
+WORK_KINDS = ("migrate", "receive")
+_WORKDIR = rf"coldsnap-(?P<name>[a-z]+)-{_CREATOR}\.[A-Za-z0-9_]+"
 
 
 class Staging(NamedTuple):
-    """A staging directory found beside images directories."""
+    """A staging or work directory a coldsnap run made."""
     path: Path
-    name: str        # the images directory it was written for
+    name: str        # the images directory it was written for (a work directory: its kind)
     pid: int         # the coldsnap process that made it
     live: bool       # that process still runs: never touched
 
 
 @functools.cache
 def _creator_tag(pid: int) -> str:
-    return f"{pid}-{read_stat(pid).starttime}"
+    return f"{pid}-{read_stat(pid).starttime}-{_pid_ns()}"
 
 
-def _alive(pid: int, start: int) -> bool:
+@functools.cache
+def _pid_ns() -> int:
+    return ns_inode(os.getpid(), "pid") or 0
+
+
+def _alive(pid: int, start: int, ns: Optional[str]) -> bool:
+    if ns is not None and int(ns) != _pid_ns():
+        return True                     # another namespace's pid: cannot tell
     try:
         return read_stat(pid).starttime == start
     except NoSuchProcess:
@@ -71,44 +87,66 @@ def _alive(pid: int, start: int) -> bool:
         return True
 
 
-def stagings(where: PathLike, name: Optional[str] = None) -> list[Staging]:
-    """The staging directories in WHERE (those made for images directory NAME only, if
-    given), each with whether its creator still runs."""
+def _made_by_runs(where: PathLike, pattern: str, name: Optional[str] = None) -> list[Staging]:
+    """The directories in WHERE whose name matches PATTERN (and names NAME, if given), each
+    with whether its creator still runs."""
     out = []
     try:
         entries = list(os.scandir(where))
     except OSError as e:
         raise ImageError(f"{where}: cannot list: {e.strerror}") from None
     for e in entries:
-        m = re.fullmatch(_STAGING, e.name)
+        m = re.fullmatch(pattern, e.name)
         if m is None or (name is not None and m["name"] != name) or not e.is_dir(follow_symlinks=False):
             continue
         pid = int(m["pid"])
-        out.append(Staging(Path(e.path), m["name"], pid, _alive(pid, int(m["start"]))))
+        out.append(Staging(Path(e.path), m["name"], pid, _alive(pid, int(m["start"]), m["ns"])))
     return sorted(out, key=lambda s: s.path)
+
+
+def stagings(where: PathLike, name: Optional[str] = None) -> list[Staging]:
+    """The staging directories in WHERE (those made for images directory NAME only, if
+    given), each with whether its creator still runs."""
+    return _made_by_runs(where, _STAGING, name)
+
+
+def make_work_dir(kind: str) -> Path:
+    """A new work directory of this process in the temporary directory (KIND: WORK_KINDS)."""
+    assert kind in WORK_KINDS, kind
+    return Path(tempfile.mkdtemp(prefix=f"coldsnap-{kind}-{_creator_tag(os.getpid())}."))
+
+
+def work_dirs() -> list[Staging]:
+    """The work directories in the temporary directory, each with whether its creator runs."""
+    return [s for s in _made_by_runs(tempfile.gettempdir(), _WORKDIR) if s.name in WORK_KINDS]
+
+
+def _remove_dead(found: list[Staging]) -> tuple[list[Staging], list[Staging]]:
+    """Remove those of FOUND whose creator is gone: (removed, kept)."""
+    for s in found:
+        if not s.live:
+            shutil.rmtree(s.path, ignore_errors=True)
+    return [s for s in found if not s.live], [s for s in found if s.live]
 
 
 def remove_stale_stagings(where: PathLike, name: Optional[str] = None) -> list[Staging]:
     """Remove what killed coldsnap runs left in WHERE (for NAME only, if given); returns them."""
-    gone = [s for s in stagings(where, name) if not s.live]
-    for s in gone:
-        shutil.rmtree(s.path, ignore_errors=True)
-    return gone
+    return _remove_dead(stagings(where, name))[0]
 
 
-def collect_garbage(path: PathLike) -> tuple[list[Staging], list[Staging]]:
+def collect_garbage(path: Optional[PathLike] = None) -> tuple[list[Staging], list[Staging]]:
     """`coldsnap gc PATH`: (removed, kept) staging directories of images directory PATH
-    (beside it) and, when PATH is a directory, of those inside it."""
+    (beside it) and, when PATH is a directory, of those inside it. `coldsnap gc` (no PATH):
+    the work directories in the temporary directory."""
+    if path is None:
+        return _remove_dead(work_dirs())
     target = Path(os.path.abspath(path))
     if not target.parent.is_dir():
         raise ImageError(f"{target.parent}: no such directory")
     found = stagings(target.parent, target.name)
     if target.is_dir() and not target.is_symlink():
         found += stagings(target)
-    for s in found:
-        if not s.live:
-            shutil.rmtree(s.path, ignore_errors=True)
-    return [s for s in found if not s.live], [s for s in found if s.live]
+    return _remove_dead(found)
 
 
 def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:

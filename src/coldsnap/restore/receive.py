@@ -25,13 +25,13 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 from ..errors import CsError, Interrupted
+from ..images.directory import make_work_dir
 from ..transport.server import PageServer, ServerOptions
 
 
@@ -100,7 +100,7 @@ def migrate_receive(address: str, port: int, *, images_dir: str | None = None, k
     """Serve until one migration is restored here (or forever with keep_serving); returns the
     last restore's answer. Raises CsError when that restore failed."""
     own_dir = images_dir is None
-    root = Path(tempfile.mkdtemp(prefix="coldsnap-receive-") if own_dir else images_dir)
+    root = make_work_dir("receive") if own_dir else Path(images_dir)
     root.mkdir(parents=True, exist_ok=True)
     done = threading.Event()
     last: dict = {}
