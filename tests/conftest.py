@@ -31,6 +31,20 @@ _become_subreaper()
 # address, say): those of tests/service start their own and set COLDSNAP_SERVICE themselves
 os.environ["COLDSNAP_SERVICE"] = ""
 
+# The temporary directory of this run alone (TMPDIR, inherited by every coldsnap a test
+# starts): the stray-directory check below looks there, so that suites running at the same
+# time (several people on one machine) never take each other's live work directories for
+# strays and remove them. pytest's own tmp_path stays where it was.
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+_RUN_TMP = tempfile.mkdtemp(prefix="cs-tests.")
+os.chmod(_RUN_TMP, 0o1777)      # as /tmp: services the tests start as their own users (postgres, nginx) write there
+os.environ["TMPDIR"] = _RUN_TMP
+tempfile.tempdir = None
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(_RUN_TMP, ignore_errors=True)
+
 
 def _our_descendants() -> list[int]:
     me = os.getpid()
