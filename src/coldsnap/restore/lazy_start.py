@@ -94,9 +94,12 @@ class LazyServer:
         socket.send_fds(self._to_server, [msg], [fd])
 
     def go(self) -> None:
-        """Every process is built: the server may push. Raises CsError if it never started."""
+        """Every process is built: the server may push. Raises CsError if it never started.
+        Waits for the guardian's word alone (it has forked the server), not for the middle
+        process's exit nor the server's first steps: a loaded machine may schedule those
+        late, and the processes would wait for them (settle() reaps the middle afterwards)."""
         try:
-            got = self._started()
+            got = self._pids()
             if len(got) != 2:
                 raise CsError("cannot start the lazy-pages server")
             self.guardian, self.server = int(got[0]), int(got[1])
@@ -104,18 +107,28 @@ class LazyServer:
         finally:
             self._close()
 
+    def settle(self) -> None:
+        """Reap the middle process (it exits as soon as it has forked the guardian)."""
+        if self._middle:
+            os.waitpid(self._middle, 0)
+            self._middle = 0
+
     def abort(self) -> None:
         """The restore failed: the server exits without pushing, the guardian kills what is left."""
         self._close()
-        if self._info >= 0:
-            self._started()
+        self._pids()
+        self.settle()
 
-    def _started(self) -> list[bytes]:
-        """Reap the middle process and read the guardian's and server's pids."""
-        os.waitpid(self._middle, 0)
-        with os.fdopen(self._info, "rb") as f:
+    def _pids(self) -> list[bytes]:
+        """The guardian's and the server's pids (the guardian's one write: a pipe never splits
+        it), or fewer if the guardian ended first."""
+        if self._info < 0:
+            return []
+        try:
+            return os.read(self._info, 64).split()
+        finally:
+            os.close(self._info)
             self._info = -1
-            return f.read().split()
 
     def _close(self) -> None:
         for s in (self._to_server, self._to_guardian):

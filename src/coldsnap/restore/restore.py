@@ -152,6 +152,8 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts:
             server.abort()
         kill_blank(pid)
         raise
+    if server is not None:
+        server.settle()
     if kept:
         # the root has its own copy now; ours goes once the tree runs, not waited for (before,
         # its munmap would hold our mmap lock against the transplant; a page the restored
