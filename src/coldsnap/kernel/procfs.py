@@ -245,10 +245,15 @@ def read_surroundings(pid: int) -> Surroundings:
             namespaces.append((kind, *ident(f"/proc/{pid}/ns/{kind}")))
         except FileNotFoundError:                   # a kernel without that namespace
             namespaces.append((kind, 0, 0))
-    with open(f"/proc/{pid}/cgroup") as f:
-        cgroup = f.read()
-    return Surroundings(tuple(namespaces), ident(f"/proc/{pid}/root"), cgroup,
+    return Surroundings(tuple(namespaces), ident(f"/proc/{pid}/root"), read_cgroup(pid),
                         int(read_status(pid).get("CapEff", "0"), 16))
+
+
+@on_process
+def read_cgroup(pid: int) -> str:
+    """/proc/PID/cgroup as it reads (every hierarchy's line)."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        return f.read()
 
 
 def alive(pid: int, tid: int | None = None) -> bool:

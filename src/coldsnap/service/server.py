@@ -35,8 +35,9 @@ from importlib import import_module
 
 from .. import cli
 from ..errors import CsError
+from ..kernel.anonfd import inotify_add_watch, inotify_init1
 from ..kernel.pidfd import pidfd_open, pidfd_send_signal
-from ..kernel.procfs import read_surroundings
+from ..kernel.procfs import read_cgroup, read_surroundings
 from . import protocol as P
 from . import worker as W
 
@@ -116,6 +117,47 @@ def code_changed(snapshot: dict[str, tuple[int, int]]) -> bool:
     return False
 
 
+IN_MODIFY, IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x2, 0x4, 0x40, 0x80, 0x100, 0x200
+_EVENT = struct.Struct("iIII")          # struct inotify_event: wd, mask, cookie, len; then the name
+
+
+class CodeWatch:
+    """Whether a source file of the coldsnap imported here changed since: inotify on its
+    package directories, so that a request costs one read instead of ~175 stats (0.4-0.9
+    ms). Where inotify fails (its limits), the stats of code_changed."""
+
+    def __init__(self, snapshot: dict[str, tuple[int, int]]) -> None:
+        self.snapshot, self.changed, self.fd = snapshot, False, -1
+        try:
+            self.fd = inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            for d in sorted({os.path.dirname(p) for p in snapshot}):
+                inotify_add_watch(self.fd, d, IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO
+                                  | IN_CREATE | IN_DELETE)
+        except OSError:
+            self.close()
+        self.changed = code_changed(snapshot)   # what happened before the watches
+
+    def __call__(self) -> bool:
+        if self.changed or self.fd < 0:
+            return self.changed or code_changed(self.snapshot)
+        while True:
+            try:
+                data = os.read(self.fd, 64 << 10)
+            except BlockingIOError:
+                return self.changed
+            at = 0
+            while at + _EVENT.size <= len(data):
+                _, _, _, n = _EVENT.unpack_from(data, at)
+                name = data[at + _EVENT.size:at + _EVENT.size + n].rstrip(b"\0")
+                self.changed |= name.endswith((b".py", b".so"))     # not __pycache__ and the like
+                at += _EVENT.size + n
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def bind(address: str) -> tuple[socket.socket, tuple[int, int]]:
     """A listening socket on ADDRESS (0600; its directory made 0700 when missing), replacing a
     stale socket file; ServiceError when something answers there already. Also returns the
@@ -159,7 +201,9 @@ class Service:
     def __init__(self, listener: socket.socket, address: str, ident: tuple[int, int],
                  code: dict[str, tuple[int, int]] | None = None) -> None:
         self.listener, self.address, self.ident = listener, address, ident
-        self.code = code or {}
+        self.code_changed = CodeWatch(code or {})
+        # what cannot change for us without our own doing; our cgroup can (it is read again)
+        self.surroundings = read_surroundings(os.getpid())
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, Conn] = {}            # socket fd -> connection
         self.workers: dict[int, Conn] = {}          # pidfd -> connection
@@ -331,12 +375,13 @@ class Service:
         if len(self.workers) >= MAX_WORKERS:
             return "the service is busy"
         try:
-            differs = read_surroundings(pid).difference(read_surroundings(os.getpid()))
+            ours = self.surroundings._replace(cgroup=read_cgroup(os.getpid()))
+            differs = read_surroundings(pid).difference(ours)
         except (CsError, OSError):
             return "the caller is gone or cannot be inspected"
         if differs:
             return f"the caller's {differs} is not the service's"
-        if code_changed(self.code):
+        if self.code_changed():
             return "coldsnap's code changed since the service started (restart it)"
         return ""
 
@@ -379,7 +424,8 @@ class Service:
                 W.leave_service([self.listener, self.wake_r, self.wake_w,
                                  *(c.sock for c in self.conns.values()),
                                  *([self.spare.channel] if self.spare else [])],
-                                [*self.workers, *([self.spare.pidfd] if self.spare else [])], [self.sel])
+                                [*self.workers, *([self.spare.pidfd] if self.spare else [])],
+                                [self.sel, self.code_changed])
                 child()
             finally:
                 os._exit(1)     # child() exits by itself; never back into the service's loop
