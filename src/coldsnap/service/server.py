@@ -225,6 +225,7 @@ class Service:
             signal.signal(sig, self._on_stop_signal)
         try:
             self._fork_spare()
+            log(f"listening on {self.address}")     # once set up: tests count our fds from here
             while not (self.stopping and (not self.workers or time.monotonic() > self.stop_by)):
                 for key, _ in self.sel.select(self._timeout()):
                     try:
@@ -587,9 +588,7 @@ def run_service(address: str | None, daemon: bool = False, pidfile: str | None =
         if daemon:
             daemonize(pidfile and os.path.abspath(pidfile), log_file and os.path.abspath(log_file),
                       listener.fileno())
-        service = Service(listener, address, ident, code_snapshot())
-        log(f"listening on {address}")
-        return service.serve()
+        return Service(listener, address, ident, code_snapshot()).serve()
     finally:
         try:
             st = os.stat(address)
