@@ -257,3 +257,28 @@ def test_after_coldsnap_changed_the_caller_runs_it_itself(service):
     assert run.returncode == 0 and "pagemap_scan" in run.stdout
     assert service.lines()[-1].endswith("coldsnap's code changed since the service started (restart it)")
     assert service.workers("check") == []
+
+
+def test_restore_without_d_relays_the_restored_process_exit_status(service, spawn, python_exe, tmp_path):
+    """The worker waits for the process it restored; the process's exit code is the client's."""
+    from test_restore_wait import WORKLOAD
+    flag = tmp_path / "exit-now"
+    w = spawn([python_exe, "-c", WORKLOAD, str(flag)], stderr=subprocess.DEVNULL)
+    coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img").check()
+    w.proc.wait(timeout=10)
+    restorer = subprocess.Popen(coldsnap_argv("restore", "-D", tmp_path / "img", "--json"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(f"/proc/{w.pid}/task"):
+            assert restorer.poll() is None and time.monotonic() < deadline, restorer.stderr.read()
+            time.sleep(0.02)
+        flag.touch()
+        assert restorer.wait(timeout=20) == 7, restorer.stderr.read()
+        assert json.loads(restorer.stdout.read())["exit_code"] == 7
+    finally:
+        if restorer.poll() is None:
+            restorer.kill()
+            restorer.wait()
+    wait_gone(w.pid)
+    assert service.wait_log(lambda ln: "(restore)" in ln, "the restore's worker").endswith("exited 7")
