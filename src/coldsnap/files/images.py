@@ -81,12 +81,13 @@ def write_images(reg: FileRegistry, imgdir: ImageDir, *, ext_unix_sk: bool = Fal
 
 
 def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
-                mapped_ids: Collection[int] = ()) -> FileRegistry:
+                mapped_ids: Collection[int] = (), entries: list | None = None) -> FileRegistry:
     """The registry of `tasks` (pid -> files_id) back from images: their fd tables, cwd,
     root and umask, the files these use, and the REG files of `mapped_ids` that exist.
-    files.img may hold other files: only these are decoded."""
+    files.img may hold other files: only these are decoded. entries: files.img's, when the
+    caller read it already."""
     d = Path(imgdir)
-    entries = {e.id: e for e in framing.read_image(d / "files.img")}
+    entries = {e.id: e for e in (framing.read_image(d / "files.img") if entries is None else entries)}
     regs = {i: e.reg for i, e in entries.items() if e.type == fdinfo_pb2.REG}
     reg = FileRegistry(next_id=max(entries, default=0) + 1)
     wanted: list[int] = []

@@ -116,13 +116,15 @@ def load_tree(path: str | os.PathLike | ImageDir, *, shell_job: bool = False,
     tree = read_tree(d)
     sessions = plan_sessions(tree, shell_job=shell_job)
     living = tree.living
-    anon_memfds = criu_anon_memfds(d)
+    file_entries = d.read("files.img")      # once: for the memfd checks and the registry
+    anon_memfds = criu_anon_memfds(d, file_entries)
     mms = {t.pid: _mm(d, t.pid, anon_memfds) for t in living}
     shmem = _shmem_objects(d, mms, origin)
     sysv = _sysv(d, tree, mms, origin)
-    memfds, memfd_files = _memfds(d, mms, origin)
+    memfds, memfd_files = _memfds(d, mms, origin, file_entries)
     registry = read_files_images(d.root, {t.pid: t.files_id for t in living},
-                                 mapped_ids=set().union(*(_mapped_ids(mm) for mm in mms.values())))
+                                 mapped_ids=set().union(*(_mapped_ids(mm) for mm in mms.values())),
+                                 entries=file_entries)
     _check_shared_files(tree, registry)
     procs = {t.pid: _load_process(d, tree, t, mms[t.pid], registry, shell_job, origin) for t in living}
     _check_ids_free([tid for t in tree for tid in t.tids])
@@ -139,15 +141,16 @@ def _mm(d: ImageDir, pid: int, anon_memfds: dict[int, int]):
     return mm
 
 
-def criu_anon_memfds(d: ImageDir) -> dict[int, int]:
+def criu_anon_memfds(d: ImageDir, file_entries: list) -> dict[int, int]:
     """files.img id -> shmid of every memfd that CRIU (4.2) made of shared anonymous memory:
     it dumps MAP_SHARED|MAP_ANONYMOUS areas as memfds named "/dev/zero" (memfd.img), their
-    pages in pagemap-shmem-<shmid>.img as coldsnap saves them."""
+    pages in pagemap-shmem-<shmid>.img as coldsnap saves them. file_entries: files.img's,
+    read already."""
     if not d.exists("memfd.img"):
         return {}
     inodes = {e.inode_id: e for e in d.read("memfd.img")}
     out = {}
-    for f in d.read("files.img", missing_ok=True) or ():
+    for f in file_entries:
         ino = inodes.get(f.memfd.inode_id) if f.HasField("memfd") else None
         if ino is not None and ino.name == "/dev/zero":
             out[f.id] = ino.shmid
@@ -187,7 +190,7 @@ def _shmem_objects(d: ImageDir, mms: dict, origin: PageOrigin) -> dict[int, Shme
     return objects
 
 
-def _memfds(d: ImageDir, mms: dict, origin: PageOrigin) -> tuple[dict[int, MemfdImage], dict[int, int]]:
+def _memfds(d: ImageDir, mms: dict, origin: PageOrigin, file_entries: list) -> tuple[dict[int, MemfdImage], dict[int, int]]:
     """memfd.img (each inode with its pages) and the MEMFD file -> inode map of files.img;
     every memfd VMA must name one of those files, and each file an inode of memfd.img."""
     inodes, anon = {}, set()
@@ -201,7 +204,7 @@ def _memfds(d: ImageDir, mms: dict, origin: PageOrigin) -> tuple[dict[int, Memfd
                 raise ImageError(f"{d.root}: {pagemap_name(e.shmid, shmem=True)}: pages at {offset:#x} "
                                  f"beyond memfd {e.name}'s {e.size} bytes")
         inodes[e.inode_id] = MemfdImage(e, pages)
-    files = {e.id: e.memfd.inode_id for e in d.read("files.img", missing_ok=True)
+    files = {e.id: e.memfd.inode_id for e in file_entries
              if e.type == fdinfo_pb2.MEMFD and e.memfd.inode_id not in anon}
     for fid, inode in files.items():
         if inode not in inodes:
