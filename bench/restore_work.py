@@ -13,6 +13,8 @@ followed by a check of the first and last page of the restored memory, SIGKILL a
     then times `cli.main(["restore", "-D", DIR, "-d", "--json"])`:
         own        cli.main from its call to its return (argument parsing included; the
                    interpreter's start-up, the imports and its exit excluded)
+        own CPU    coldsnap's CPU time (user + system, every thread) over the same span: the
+                   steadier figure on a loaded machine (the blank child's is not in it)
         load       load_tree (the images read and checked)
         blank      make_blank_tree (the blank child forked, set up, ready)
         transplant every transplant (the reshaping by injected calls, memory included)
@@ -45,10 +47,10 @@ from common import (export_revision, BENCH, LIVE, SHM, become_subreaper, build_r
 SECTION = "## Restore's own work after the imports (issue 13)"
 ROOT = BENCH.parent
 PAGE = 4096
-OWN = ("own", "load", "blank", "transplant", "memory")
+OWN = ("own", "own_cpu", "load", "blank", "transplant", "memory")
 
 CHILD = r"""
-import contextlib, io, json, sys, time
+import contextlib, io, json, resource, sys, time
 import coldsnap.cli as cli
 import coldsnap.restore.restore as R
 spent = {"load": 0, "blank": 0, "transplant": 0}
@@ -63,14 +65,17 @@ def timed(name, fn):
 R.load_tree = timed("load", R.load_tree)
 R.make_blank_tree = timed("blank", R.make_blank_tree)
 R.transplant = timed("transplant", R.transplant)
+def cpu():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 out = io.StringIO()
-t0 = time.perf_counter_ns()
+c0, t0 = cpu(), time.perf_counter_ns()
 with contextlib.redirect_stdout(out):
     rc = cli.main(sys.argv[1:] + ["--json"])
-t1 = time.perf_counter_ns()
+t1, c1 = time.perf_counter_ns(), cpu()
 assert rc == 0, out.getvalue()
 res = json.loads(out.getvalue())
-print(json.dumps({"own": (t1 - t0) / 1e6, **{k: v / 1e6 for k, v in spent.items()},
+print(json.dumps({"own": (t1 - t0) / 1e6, "own_cpu": (c1 - c0) * 1e3, **{k: v / 1e6 for k, v in spent.items()},
                   "memory": res["memory_ms"], "calls": res["injected_calls"], "pid": res["pid"]}))
 """
 
@@ -147,8 +152,8 @@ def report(res: dict, sides: list, meta: dict, load0, load1) -> str:
          f"Date: {meta['date']}; kernel `{meta['uname']}`; {meta['cpus']} CPUs; THP `{meta['thp']}`; "
          f"images on tmpfs ({SHM}); load average before / after: "
          f"{load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f} / {load1[0]:.1f} {load1[1]:.1f} {load1[2]:.1f}.",
-         "", "| size | side | n | own ms | load ms | blank ms | transplant ms | memory ms | injected calls "
-         "| command wall ms | command CPU ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+         "", "| size | side | n | own ms | own CPU ms | load ms | blank ms | transplant ms | memory ms | injected calls "
+         "| command wall ms | command CPU ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size, by_side in res.items():
         for name, rows in by_side.items():
             if not rows:
@@ -160,7 +165,8 @@ def report(res: dict, sides: list, meta: dict, load0, load1) -> str:
                      + " | ".join(cell([r[k] for r in rows]) for k in ("wall", "cpu")) + " |")
     L += ["", "Median (min) over the rounds. own = `cli.main` of the restore in an interpreter that "
           "imported its modules first (parsing, loading, blank child, seize, transplant, release; "
-          "start-up, imports and exit excluded); load, blank, transplant and memory are parts of it. "
+          "start-up, imports and exit excluded), own CPU its CPU time (coldsnap's threads, not the "
+          "blank child's); load, blank, transplant and memory are parts of it. "
           "command = `python3 -m coldsnap restore -D DIR -d` from exec to exit, in separate runs."]
     return "\n".join(L) + "\n"
 
