@@ -65,7 +65,7 @@ def through_service(argv: list[str]) -> int | None:
         return None
     import _socket
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
-    forward = None
+    forward, kind, rest = None, "", ""
     try:
         sock.connect(address)
         request = P.encode_request(argv, [b"%s=%s" % kv for kv in os.environb.items()], _umask(), PACKAGE)
@@ -81,23 +81,34 @@ def through_service(argv: list[str]) -> int | None:
         kind, rest = P.decode_reply(sock.recv(P.MAX_REPLY))
         if kind != "started":
             return _caught(forward)         # local, or an error: nothing ran
-        worker = rest
-        while True:
-            data = sock.recv(P.MAX_REPLY)
-            if not data:
-                print(f"coldsnap: lost the service while its worker {worker} ran the command",
-                      file=sys.stderr)
-                return 1
+    except (OSError, P.ProtocolError, ValueError):
+        return _caught(forward)
+    finally:
+        if kind != "started":
+            if forward is not None:
+                forward.restore()
+            sock.close()
+    try:
+        return _wait_for_worker(sock, rest)
+    finally:
+        forward.restore()
+        sock.close()
+
+
+def _wait_for_worker(sock, worker: str) -> int:
+    """The worker's end as the service reports it. The command runs over there from now on:
+    whatever goes wrong here, it must not run here a second time."""
+    why = ""
+    try:
+        while data := sock.recv(P.MAX_REPLY):
             kind, rest = P.decode_reply(data)
             if kind == "exit":
                 how, _, n = rest.partition(" ")
                 return -int(n) if how == "signal" else int(n)
-    except (OSError, P.ProtocolError, ValueError):
-        return _caught(forward)
-    finally:
-        if forward is not None:
-            forward.restore()
-        sock.close()
+    except (OSError, P.ProtocolError, ValueError) as e:
+        why = f" ({e})"
+    print(f"coldsnap: lost the service while its worker {worker} ran the command{why}", file=sys.stderr)
+    return 1
 
 
 def _caught(forward: _Forwarder | None) -> int | None:
