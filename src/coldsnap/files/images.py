@@ -3,7 +3,6 @@ ghost files. The socket kinds' modules are imported only for a registry holding 
 from __future__ import annotations
 
 import os
-import socket
 import struct
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -160,7 +159,10 @@ def _read_streams(d: Path, reg: FileRegistry) -> None:
     """Each connected TCP socket's stream, from tcp-stream-INODE.img; a socket without one
     was dropped at dump (--tcp-close) and comes back closed."""
     for f in reg.files.values():
-        if f.kind is FdType.INETSK and f.peer_port and f.type == socket.SOCK_STREAM:
+        if f.kind is FdType.INETSK and f.peer_port:
+            import socket       # images with sockets only (~9 M instructions to import)
+            if f.type != socket.SOCK_STREAM:
+                continue
             from .inet import stream_image_name, stream_of
             path = d / stream_image_name(f.inode)
             for m, payload in framing.read_entries(path, missing_ok=True):

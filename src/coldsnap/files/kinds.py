@@ -8,7 +8,6 @@ only for the kinds its process has (most have regular files and pipes, no socket
 from __future__ import annotations
 
 import os
-import socket
 import stat
 from collections.abc import Iterable, Mapping
 from importlib import import_module
@@ -65,8 +64,6 @@ OPS: Mapping[FdType, FileOps] = _Table()
 _NAMES = {FdType.TTY: "tty"}
 _ANON = {"eventfd": FdType.EVENTFD, "eventpoll": FdType.EVENTPOLL, "signalfd": FdType.SIGNALFD,
          "timerfd": FdType.TIMERFD, "inotify": FdType.INOTIFY}
-_SOCKETS = {socket.AF_INET: FdType.INETSK, socket.AF_INET6: FdType.INETSK, socket.AF_UNIX: FdType.UNIXSK}
-_OTHER_FAMILIES = {socket.AF_NETLINK: "netlink", socket.AF_PACKET: "packet"}
 
 
 def prepare(pids: Iterable[int]) -> None:
@@ -108,16 +105,24 @@ def classify(p: Probe) -> FdType:
     if link.kind is K.LinkKind.PIPE:
         return FdType.PIPE
     if link.kind is K.LinkKind.SOCKET:
-        s = socket.socket(fileno=p.dup)     # reads the family itself; the fd stays the caller's
-        family = int(s.family)
-        s.detach()
-        if family not in _SOCKETS:
-            raise Unsupported(f"fd {fd}: {_OTHER_FAMILIES.get(family, f'family {family}')} socket is not supported")
-        return _SOCKETS[family]
+        return _socket_kind(p.dup, fd)
     if link.kind is K.LinkKind.ANON and link.anon in _ANON:
         return _ANON[link.anon]
     what = link.anon if link.kind is K.LinkKind.ANON else link.raw
     raise Unsupported(f"fd {fd}: {what} is not supported")
+
+
+def _socket_kind(dup: int, fd: int) -> FdType:
+    import socket   # for processes with sockets only: the module costs ~9 M instructions to import
+    s = socket.socket(fileno=dup)     # reads the family itself; the fd stays the caller's
+    family = int(s.family)
+    s.detach()
+    if family in (socket.AF_INET, socket.AF_INET6):
+        return FdType.INETSK
+    if family == socket.AF_UNIX:
+        return FdType.UNIXSK
+    other = {socket.AF_NETLINK: "netlink", socket.AF_PACKET: "packet"}.get(family, f"family {family}")
+    raise Unsupported(f"fd {fd}: {other} socket is not supported")
 
 
 def ops_to_collect(kind: FdType, fd: int) -> FileOps:

@@ -17,7 +17,6 @@ restore cannot leave the peers waiting on dropped packets for ever), or `network
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -66,6 +65,7 @@ class RestoreNetwork:
         """Repair mode off on every rebuilt connection (its processes held, not running)."""
         if not self.conns:
             return
+        import socket
         from ..connections.tcp import finish
         from ..files.inet import conn_of
         for pid, fd, f in self.conns:
