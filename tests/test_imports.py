@@ -96,10 +96,13 @@ SOCKET_KINDS = ("coldsnap.files.inet", "coldsnap.files.unix", "coldsnap.files.so
                 "coldsnap.files.eventfd", "coldsnap.files.anon", "coldsnap.connections.lock",
                 "coldsnap.connections.tcp", "coldsnap.kernel.tcp_repair", "coldsnap.kernel.nftables",
                 "coldsnap.kernel.unixdiag")
-# what a pre-dump (memory, pstree and ids only) never needs
-MEMORY_ONLY = ("coldsnap.files", "coldsnap.dump.task_state", "coldsnap.creds")
+# what a pre-dump (memory, pstree and ids only) never needs: nor the message modules of the
+# images it does not write (framing imports an image kind's module on its first entry)
+MEMORY_ONLY = ("coldsnap.files", "coldsnap.dump.task_state", "coldsnap.creds", "coldsnap.images.pb.core_pb2",
+               "coldsnap.images.pb.fdinfo_pb2")
 # what a restore of images without SysV IPC nor memfds never needs, nor its fdinfo parsers
-SYSV_MEMFD = ("coldsnap.restore.sysv", "coldsnap.kernel.sysv", "coldsnap.files.memfd", "coldsnap.kernel.fdstate")
+SYSV_MEMFD = ("coldsnap.restore.sysv", "coldsnap.kernel.sysv", "coldsnap.files.memfd", "coldsnap.kernel.fdstate",
+              "coldsnap.images.pb.ipc_shm_pb2", "coldsnap.images.pb.ipc_sem_pb2")
 
 
 @pytest.mark.parametrize("track", ["none", "uffd"])

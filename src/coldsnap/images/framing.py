@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import struct
+from importlib import import_module
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Union
 
@@ -25,9 +26,6 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from ..errors import ImageError
-from .pb import (core_pb2, fdinfo_pb2, fs_pb2, ghost_file_pb2, ids_pb2, inventory_pb2, ipc_sem_pb2,
-                 ipc_shm_pb2, memfd_pb2, mm_pb2, pagemap_pb2, pipe_pb2, pstree_pb2, remap_file_path_pb2,
-                 seccomp_pb2, sk_packet_pb2, stats_pb2, tcp_stream_pb2, tty_info_pb2)
 
 # Every magic CRIU defines (name without the _MAGIC suffix, as crit spells them).
 MAGICS: dict[str, int] = {
@@ -94,10 +92,10 @@ class ImageKind(NamedTuple):
     name: str                       # magic name (crit's spelling) or "PAGES"
     pattern: str                    # file-name regex; one group holds the key if keyed
     magic: int
-    message: Optional[type]         # protobuf class of the entries (None for raw)
+    message: Optional[str]          # protobuf class of the entries, "module.class" of images/pb (None: raw)
     array: bool                     # False: exactly one entry
     frame: Frame = Frame.COMMON
-    head: Optional[type] = None     # class of the first entry when it differs (pagemap_head)
+    head: Optional[str] = None      # class of the first entry when it differs (pagemap_head)
     # the size of raw bytes after each entry (but the head entry, when there is one): the
     # field giving it, or how to compute it
     payload: Union[str, Callable[[Message], int], None] = None
@@ -124,51 +122,59 @@ class ImageKind(NamedTuple):
         return fixed.format(key) if key is not None else fixed
 
     def entry_class(self, index: int) -> type:
-        return self.head if (index == 0 and self.head is not None) else self.message
+        return _message_class(self.head if (index == 0 and self.head is not None) else self.message)
+
+
+@functools.cache
+def _message_class(ref: str) -> type:
+    """A generated message class by its "module.class" name, its module imported on first use:
+    a command builds the descriptors of the images it reads or writes only (issue 13)."""
+    module, _, name = ref.partition(".")
+    return getattr(import_module(f"{__package__}.pb.{module}"), name)
 
 
 KINDS: tuple[ImageKind, ...] = (
-    ImageKind("INVENTORY", r"inventory\.img", MAGICS["INVENTORY"], inventory_pb2.inventory_entry,
+    ImageKind("INVENTORY", r"inventory\.img", MAGICS["INVENTORY"], "inventory_pb2.inventory_entry",
               False, Frame.INVENTORY),
-    ImageKind("PSTREE", r"pstree\.img", MAGICS["PSTREE"], pstree_pb2.pstree_entry, True),
-    ImageKind("CORE", r"core-(\d+)\.img", MAGICS["CORE"], core_pb2.core_entry, False),
-    ImageKind("IDS", r"ids-(\d+)\.img", MAGICS["IDS"], ids_pb2.task_kobj_ids_entry, False),
-    ImageKind("MM", r"mm-(\d+)\.img", MAGICS["MM"], mm_pb2.mm_entry, False),
-    ImageKind("PAGEMAP", r"pagemap-(\d+)\.img", MAGICS["PAGEMAP"], pagemap_pb2.pagemap_entry,
-              True, head=pagemap_pb2.pagemap_head),
+    ImageKind("PSTREE", r"pstree\.img", MAGICS["PSTREE"], "pstree_pb2.pstree_entry", True),
+    ImageKind("CORE", r"core-(\d+)\.img", MAGICS["CORE"], "core_pb2.core_entry", False),
+    ImageKind("IDS", r"ids-(\d+)\.img", MAGICS["IDS"], "ids_pb2.task_kobj_ids_entry", False),
+    ImageKind("MM", r"mm-(\d+)\.img", MAGICS["MM"], "mm_pb2.mm_entry", False),
+    ImageKind("PAGEMAP", r"pagemap-(\d+)\.img", MAGICS["PAGEMAP"], "pagemap_pb2.pagemap_entry",
+              True, head="pagemap_pb2.pagemap_head"),
     # Shared-anonymous pagemaps reuse the PAGEMAP magic (crit shows them as PAGEMAP).
-    ImageKind("PAGEMAP", r"pagemap-shmem-(\d+)\.img", MAGICS["PAGEMAP"], pagemap_pb2.pagemap_entry,
-              True, head=pagemap_pb2.pagemap_head),
+    ImageKind("PAGEMAP", r"pagemap-shmem-(\d+)\.img", MAGICS["PAGEMAP"], "pagemap_pb2.pagemap_entry",
+              True, head="pagemap_pb2.pagemap_head"),
     ImageKind("PAGES", r"pages-(\d+)\.img", RAW_MAGIC, None, True, Frame.RAW),
-    ImageKind("FS", r"fs-(\d+)\.img", MAGICS["FS"], fs_pb2.fs_entry, False),
-    ImageKind("FDINFO", r"fdinfo-(\d+)\.img", MAGICS["FDINFO"], fdinfo_pb2.fdinfo_entry, True),
-    ImageKind("FILES", r"files\.img", MAGICS["FILES"], fdinfo_pb2.file_entry, True),
-    ImageKind("PIPES_DATA", r"pipes-data\.img", MAGICS["PIPES_DATA"], pipe_pb2.pipe_data_entry,
+    ImageKind("FS", r"fs-(\d+)\.img", MAGICS["FS"], "fs_pb2.fs_entry", False),
+    ImageKind("FDINFO", r"fdinfo-(\d+)\.img", MAGICS["FDINFO"], "fdinfo_pb2.fdinfo_entry", True),
+    ImageKind("FILES", r"files\.img", MAGICS["FILES"], "fdinfo_pb2.file_entry", True),
+    ImageKind("PIPES_DATA", r"pipes-data\.img", MAGICS["PIPES_DATA"], "pipe_pb2.pipe_data_entry",
               True, payload="bytes"),
-    ImageKind("FIFO_DATA", r"fifo-data\.img", MAGICS["FIFO_DATA"], pipe_pb2.pipe_data_entry,
+    ImageKind("FIFO_DATA", r"fifo-data\.img", MAGICS["FIFO_DATA"], "pipe_pb2.pipe_data_entry",
               True, payload="bytes"),
-    ImageKind("SK_QUEUES", r"sk-queues\.img", MAGICS["SK_QUEUES"], sk_packet_pb2.sk_packet_entry,
+    ImageKind("SK_QUEUES", r"sk-queues\.img", MAGICS["SK_QUEUES"], "sk_packet_pb2.sk_packet_entry",
               True, payload="length"),
-    ImageKind("MEMFD_INODE", r"memfd\.img", MAGICS["MEMFD_INODE"], memfd_pb2.memfd_inode_entry, True),
+    ImageKind("MEMFD_INODE", r"memfd\.img", MAGICS["MEMFD_INODE"], "memfd_pb2.memfd_inode_entry", True),
     # SysV IPC objects: a semaphore set's u16 values follow its entry, padded to 8 bytes
-    ImageKind("IPCNS_SHM", r"ipcns-shm-(\d+)\.img", MAGICS["IPCNS_SHM"], ipc_shm_pb2.ipc_shm_entry, True),
-    ImageKind("IPCNS_SEM", r"ipcns-sem-(\d+)\.img", MAGICS["IPCNS_SEM"], ipc_sem_pb2.ipc_sem_entry, True,
+    ImageKind("IPCNS_SHM", r"ipcns-shm-(\d+)\.img", MAGICS["IPCNS_SHM"], "ipc_shm_pb2.ipc_shm_entry", True),
+    ImageKind("IPCNS_SEM", r"ipcns-sem-(\d+)\.img", MAGICS["IPCNS_SEM"], "ipc_sem_pb2.ipc_sem_entry", True,
               payload=lambda m: (2 * m.nsems + 7) & ~7),
     # an established TCP stream: its receive queue, then its send queue
     ImageKind("TCP_STREAM", r"tcp-stream-([0-9a-f]+)\.img", MAGICS["TCP_STREAM"],
-              tcp_stream_pb2.tcp_stream_entry, False, payload=lambda m: m.inq_len + m.outq_len),
-    ImageKind("TTY_INFO", r"tty-info\.img", MAGICS["TTY_INFO"], tty_info_pb2.tty_info_entry, True),
+              "tcp_stream_pb2.tcp_stream_entry", False, payload=lambda m: m.inq_len + m.outq_len),
+    ImageKind("TTY_INFO", r"tty-info\.img", MAGICS["TTY_INFO"], "tty_info_pb2.tty_info_entry", True),
     # memfd inodes: CRIU 4.2 dumps shared anonymous memory as memfds (read, never written)
-    ImageKind("MEMFD_INODE", r"memfd\.img", MAGICS["MEMFD_INODE"], memfd_pb2.memfd_inode_entry, True),
-    ImageKind("SECCOMP", r"seccomp\.img", MAGICS["SECCOMP"], seccomp_pb2.seccomp_entry, False),
+    ImageKind("MEMFD_INODE", r"memfd\.img", MAGICS["MEMFD_INODE"], "memfd_pb2.memfd_inode_entry", True),
+    ImageKind("SECCOMP", r"seccomp\.img", MAGICS["SECCOMP"], "seccomp_pb2.seccomp_entry", False),
     ImageKind("REMAP_FPATH", r"remap-fpath\.img", MAGICS["REMAP_FPATH"],
-              remap_file_path_pb2.remap_file_path_entry, True),
+              "remap_file_path_pb2.remap_file_path_entry", True),
     # The chunked form (files/ghost.py reads the other, raw to the end, itself); hex ids.
     ImageKind("GHOST_FILE", r"ghost-file-([0-9a-f]+)\.img", MAGICS["GHOST_FILE"],
-              ghost_file_pb2.ghost_chunk_entry, True, head=ghost_file_pb2.ghost_file_entry, payload="len"),
+              "ghost_file_pb2.ghost_chunk_entry", True, head="ghost_file_pb2.ghost_file_entry", payload="len"),
     # Service files: no .img suffix, IMG_SERVICE in front.
-    ImageKind("STATS", r"stats-dump", MAGICS["STATS"], stats_pb2.stats_entry, False, Frame.SERVICE),
-    ImageKind("STATS", r"stats-restore", MAGICS["STATS"], stats_pb2.stats_entry, False,
+    ImageKind("STATS", r"stats-dump", MAGICS["STATS"], "stats_pb2.stats_entry", False, Frame.SERVICE),
+    ImageKind("STATS", r"stats-restore", MAGICS["STATS"], "stats_pb2.stats_entry", False,
               Frame.SERVICE),
 )
 
