@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .kernel.libc import libc
 
@@ -24,8 +24,7 @@ def _split(value: int) -> list[int]:
     return [value & 0xFFFFFFFF, value >> 32]
 
 
-@dataclass(frozen=True)
-class Creds:
+class Creds(NamedTuple):
     """A task's credentials: ids, groups, capability sets and securebits."""
     uids: tuple[int, ...]            # real, effective, saved, fs
     gids: tuple[int, ...]

@@ -43,8 +43,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import struct
-from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple, Sequence
 
 from coldsnap.creds import Creds
 from coldsnap.errors import TargetError, Unsupported
@@ -96,8 +96,7 @@ _SLOT = 56
 PR_GET_TIMERSLACK = 30
 
 
-@dataclass
-class FpRegs:
+class FpRegs(NamedTuple):
     """The FXSAVE part of a thread's FPU state."""
     cwd: int
     swd: int
@@ -119,8 +118,7 @@ class FpRegs:
                    list(struct.unpack_from("<32I", raw, 32)), list(struct.unpack_from("<64I", raw, 160)))
 
 
-@dataclass
-class TlsSlot:
+class TlsSlot(NamedTuple):
     """One GDT TLS entry of a thread (PTRACE_GET_THREAD_AREA)."""
     entry_number: int
     base_addr: int
@@ -133,7 +131,7 @@ class TlsSlot:
     usable: bool
 
 
-@dataclass
+@dataclass(eq=False)
 class ThreadState:
     """Registers, masks and per-thread settings of one thread."""
     tid: int
@@ -157,8 +155,7 @@ class ThreadState:
     timer_slack: int = 0             # ns; 0 when unknown
 
 
-@dataclass
-class SigAction:
+class SigAction(NamedTuple):
     """The kernel's action for one signal."""
     signo: int
     handler: int
@@ -167,8 +164,7 @@ class SigAction:
     mask: int
 
 
-@dataclass
-class PosixTimer:
+class PosixTimer(NamedTuple):
     """A timer_create timer: what /proc says, its overrun count, time left and interval."""
     info: PosixTimerInfo
     overrun: int
@@ -176,7 +172,7 @@ class PosixTimer:
     interval: tuple[int, int]
 
 
-@dataclass
+@dataclass(eq=False)
 class TaskState:
     """Everything but memory and files that a dump records of a process."""
     pid: int
@@ -415,7 +411,7 @@ def collect_task_state(task: FrozenTask, close_fds: Sequence[int] = ()) -> TaskS
         rl_head, rl_len = robust[tid] or (rl_head, rl_len)
         d = per_thread[tid]
         d["sigmask"] = masks.get(tid, d["sigmask"])
-        d["creds"] = replace(d["creds"], secbits=secbits)
+        d["creds"] = d["creds"]._replace(secbits=secbits)
         has_tid_addr |= tid_addr != 0
         threads.append(ThreadState(clear_tid_addr=tid_addr, robust_list=(rl_head, rl_len),
                                    sigaltstack=(ss_sp, ss_size, ss_flags), pdeath_sig=pdeath,
@@ -434,7 +430,7 @@ def collect_task_state(task: FrozenTask, close_fds: Sequence[int] = ()) -> TaskS
 
 # -- images -------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(eq=False)
 class SeccompFilters:
     """seccomp.img of a dump: every filter once, each chained to the one installed before
     it (`prev`), so that threads with the same filters share entries."""

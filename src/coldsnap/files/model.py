@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from .anon import InotifyFile, SignalfdFile, TimerfdFile
@@ -44,8 +44,7 @@ EFD_SEMAPHORE = 1
 MEMFD_PREFIX = "/memfd:"    # how /proc/PID/fd names a memfd
 
 
-@dataclass(slots=True)
-class Fown:
+class Fown(NamedTuple):
     """F_SETOWN state of a file description (all zero: no owner)."""
     uid: int = 0
     euid: int = 0
@@ -88,8 +87,7 @@ class PipeFile:
         return FdType.FIFO if self.fifo_path else FdType.PIPE
 
 
-@dataclass(slots=True)
-class FdEntry:
+class FdEntry(NamedTuple):
     """One fd of a table: which file it points at, close-on-exec or not."""
     fd: int
     file_id: int
@@ -122,8 +120,7 @@ class Ghost:
     mtime_ns: int = 0
 
 
-@dataclass(slots=True)
-class FsState:
+class FsState(NamedTuple):
     """cwd, root (REG file ids) and umask of one task: its fs-PID.img."""
     cwd_id: int
     root_id: int
