@@ -99,7 +99,7 @@ SOCKET_KINDS = ("coldsnap.files.inet", "coldsnap.files.unix", "coldsnap.files.so
 # what a pre-dump (memory, pstree and ids only) never needs: nor the message modules of the
 # images it does not write (framing imports an image kind's module on its first entry)
 MEMORY_ONLY = ("coldsnap.files", "coldsnap.dump.task_state", "coldsnap.creds", "coldsnap.images.pb.core_pb2",
-               "coldsnap.images.pb.fdinfo_pb2")
+               "coldsnap.images.pb.fdinfo_pb2", "coldsnap.kernel.fdstate")
 # what a restore of images without SysV IPC nor memfds never needs, nor its fdinfo parsers
 SYSV_MEMFD = ("coldsnap.restore.sysv", "coldsnap.kernel.sysv", "coldsnap.files.memfd", "coldsnap.kernel.fdstate",
               "coldsnap.images.pb.ipc_shm_pb2", "coldsnap.images.pb.ipc_sem_pb2")

@@ -98,4 +98,15 @@ def raw_fd_links(pid: int) -> dict[int, str]:
     return out
 
 
+def fdinfo_value(pid: int, fd: int, key: str) -> str | None:
+    """The value of one `KEY: value` line of /proc/PID/fdinfo/FD (None without such a line),
+    for a caller that needs no more than that of kernel/fdstate.py's parse (nor its import)."""
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        for line in f:
+            name, sep, value = line.partition(":")
+            if sep and name == key:
+                return value.strip()
+    return None
+
+
 from coldsnap.kernel.pidfd import pidfd_getfd, pidfd_open  # noqa: E402,F401  (re-exported)

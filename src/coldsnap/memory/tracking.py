@@ -44,8 +44,7 @@ from ..kernel import pagemap as pm
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ..kernel import uffd
 from ..kernel.libc import SYS, syscall
-from ..kernel.fdinfo import raw_fd_links
-from ..kernel.fdstate import read_fdinfo
+from ..kernel.fdinfo import fdinfo_value, raw_fd_links
 from ..kernel.pidfd import take_fd
 from ..kernel.procfs import alive, read_status
 from .ranges import Joined, Ranges
@@ -125,7 +124,7 @@ def uffd_fds(pid: int) -> list[int]:
 def _coldsnap_uffd(pid: int, fd: int) -> bool:
     """Whether the target's userfaultfd FD carries coldsnap's feature set."""
     try:
-        api = read_fdinfo(pid, fd).other["API"].split()[0]
+        api = (fdinfo_value(pid, fd, "API") or "").split()[0]
         features = int(api.split(":")[1], 16)
     except (OSError, ValueError, KeyError, IndexError):
         return False
