@@ -83,7 +83,10 @@ class Postgres:
         """Background process title -> pid, of the postmaster's children."""
         out = {}
         for p in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split():
-            title = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].decode()
+            try:
+                title = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].decode()
+            except (FileNotFoundError, ProcessLookupError):
+                continue        # a backend (the last psql's) or autovacuum worker gone meanwhile
             out[title.removeprefix("postgres: ").strip()] = int(p)
         return out
 

@@ -2,7 +2,8 @@
 may fork up to two grandchildren (which may fork too, 2 levels deep), waits for them and
 exits with status 7; the root reaps them (WNOHANG) and logs `reaped N` every few ms, or
 `bad STATUS` for a child that ended otherwise. Every process waits for its own children,
-so nothing is ever orphaned out of the tree."""
+so nothing is ever orphaned out of the tree. The root never reaps its last child before it
+has forked others: a dump always finds at least one (living or a zombie) below it."""
 import os
 import random
 import sys
@@ -35,7 +36,7 @@ while True:
         if pid == 0:
             child(0)
         live.add(pid)
-    while live:
+    while len(live) > 1:     # else, all reaped, the sleep below would leave the root alone
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid == 0:
             break
