@@ -74,3 +74,25 @@ def test_the_check_sees_file_writes():
             'open(p)\nos.open(p, os.O_RDONLY)\nwrite_image(p, None, [])\nd.write("x.img", [])\n')
     assert [what for _, what in _file_writes(ast.parse(code))] == [
         "os.open O_CREAT", "open 'ab'", "open 'w'", "write_image"]
+
+
+# Foreign calls (the shared libc handle of kernel/libc.py) are kernel bindings: they live in
+# kernel/. These still call it from above, each for a reason of its own (a blank child right
+# after clone, an epoll or prctl made for the restored process); no new one.
+LIBC_CALLERS = {"creds.py", "files/epoll.py", "restore/blank.py", "restore/transplant.py"}
+
+
+def _libc_uses(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, name) of every attribute taken of a name `libc` (libc.fallocate, libc.syscall)."""
+    return [(node.lineno, node.attr) for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "libc"]
+
+
+def test_libc_called_only_in_kernel():
+    found = [(rel, line, name)
+             for p in sorted(SRC.rglob("*.py"))
+             if (rel := str(p.relative_to(SRC))) not in LIBC_CALLERS and p.relative_to(SRC).parts[0] != "kernel"
+             for line, name in _libc_uses(ast.parse(p.read_text()))]
+    assert found == []
+    still = {rel for rel in LIBC_CALLERS if _libc_uses(ast.parse((SRC / rel).read_text()))}
+    assert still == LIBC_CALLERS, f"moved into kernel/: drop {sorted(LIBC_CALLERS - still)} from LIBC_CALLERS"

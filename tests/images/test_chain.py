@@ -97,8 +97,8 @@ def test_dedup_punches_and_chain_still_reads(tmp_path, monkeypatch):
     used1, used2 = disk_usage(tmp_path / "1"), disk_usage(tmp_path / "2")
     size1 = (tmp_path / "1" / "pages-1.img").stat().st_size
     calls = []
-    real = chain_mod._fallocate
-    monkeypatch.setattr(chain_mod, "_fallocate", lambda *a: calls.append(a) or real(*a))
+    real = chain_mod.punch_hole
+    monkeypatch.setattr(chain_mod, "punch_hole", lambda *a: calls.append(a) or real(*a))
     # Level 3 rewrote pages 8..56, given as two touching ranges.
     punched = punch_superseded(d3.parent, PID, [(B + 8 * PAGE, B + 30 * PAGE),
                                                 (B + 30 * PAGE, B + 56 * PAGE)])

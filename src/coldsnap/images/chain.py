@@ -5,7 +5,6 @@ shorter, never per page.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 from bisect import bisect_right
@@ -13,21 +12,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import ImageError
-from ..kernel.libc import libc
+from ..kernel.falloc import punch_hole
 from .directory import ImageDir
 from ..kernel.page import PAGE_SHIFT
 from ..memory.ranges import Joined, Ranges
 from .pages import PE_LAZY, PE_PARENT, PE_PRESENT, PagemapReader, pagemap_name, pages_name
-
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-
-
-def _fallocate(fd: int, mode: int, offset: int, length: int) -> int:
-    # Typed at the call: the shared libc handle's attributes are not ours to configure.
-    return libc.fallocate(ctypes.c_int(fd), ctypes.c_int(mode), ctypes.c_long(offset),
-                          ctypes.c_long(length))
-
 
 def _as_dir(d: Union[ImageDir, str, os.PathLike]) -> ImageDir:
     return d if isinstance(d, ImageDir) else ImageDir.open(d)
@@ -174,11 +163,12 @@ def _punch(d: ImageDir, name: str, offsets: list[int], lengths: list[int]) -> in
     fd = d.open_committed(name, os.O_WRONLY)
     try:
         for s, e in runs:
-            if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, s, e - s) != 0:
-                err = ctypes.get_errno()
-                if err in (errno.EOPNOTSUPP, errno.ENOSYS):
-                    raise ImageError(f"{path}: file system cannot punch holes (auto-dedup)")
-                raise ImageError(f"{path}: fallocate punch failed: {os.strerror(err)}")
+            try:
+                punch_hole(fd, s, e - s)
+            except OSError as err:
+                if err.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise ImageError(f"{path}: file system cannot punch holes (auto-dedup)") from None
+                raise ImageError(f"{path}: fallocate punch failed: {os.strerror(err.errno)}") from None
     finally:
         os.close(fd)
     return sum(e - s for s, e in runs)
