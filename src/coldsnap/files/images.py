@@ -30,7 +30,7 @@ def file_entries(reg: FileRegistry) -> list[fdinfo_pb2.file_entry]:
     out = []
     for f in reg.files.values():
         out += OPS[f.kind].to_image(f, lambda f=f: reg.extra_id(f.id))
-    if _holds(reg.files, FdType.UNIXSK):
+    if bool(reg.of_kind(FdType.UNIXSK)):
         from .unix import extern_entries
         out += extern_entries(reg.files, reg.new_id)
     return out
@@ -47,7 +47,7 @@ def write_images(reg: FileRegistry, imgdir: ImageDir, *, ext_unix_sk: bool = Fal
     per established TCP connection whose stream was saved. Refuses first what
     only the whole tree shows: a unix socket connected outside it (ext_unix_sk: a datagram one
     to a named socket is let go, files/unix.py)."""
-    unix = _holds(reg.files, FdType.UNIXSK)
+    unix = bool(reg.of_kind(FdType.UNIXSK))
     if unix:
         from .unix import link_peers
         link_peers(reg.files, reg.where, ext_unix_sk=ext_unix_sk)
@@ -125,7 +125,7 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
         f = reg.files.get(m.id_for)
         if f is not None and f.kind is FdType.UNIXSK:
             f.queue.append(payload or b"")
-    if _holds(reg.files, FdType.UNIXSK):
+    if bool(reg.of_kind(FdType.UNIXSK)):
         from .unix import USK_EXTERN, link_peers
         link_peers(reg.files, externs={e.usk.ino: e.usk.name for e in entries.values()
                                        if e.type == fdinfo_pb2.UNIXSK and e.usk.uflags & USK_EXTERN})
@@ -134,10 +134,6 @@ def read_images(imgdir: str | os.PathLike, tasks: Mapping[int, int], *,
         if isinstance(f, PipeFile) and f.pipe_id not in reg.pipe_data:
             reg.pipe_data[f.pipe_id] = PipeData(f.pipe_id, b"")
     return reg
-
-
-def _holds(files: Mapping, kind: FdType) -> bool:
-    return any(f.kind is kind for f in files.values())
 
 
 def _from_image(e: fdinfo_pb2.file_entry, regs, ops=None):

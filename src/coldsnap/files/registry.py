@@ -63,6 +63,10 @@ class FileRegistry:
         self.files[obj.id] = obj
         return obj.id
 
+    def of_kind(self, kind: FdType) -> list[FileObj]:
+        """The files of KIND (asked by their kind: no kind's module needs importing)."""
+        return [f for f in self.files.values() if f.kind is kind]
+
     # --- dump side ---------------------------------------------------------------------------
 
     def collect(self, pid: int, files_id: int, *, shell_job: bool = False) -> TaskFiles:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import ImageError
+from ..files.model import FdType
 from ..files.registry import FileRegistry
 from ..kernel.fdio import write_all
 from ..kernel.page import PAGE_SIZE
@@ -106,14 +106,10 @@ class SharedMemory:
         """Tell each memfd file of the registry where its inode is, for the blank
         processes (files/memfd.py); memfd_files: MEMFD file id -> inode, for the mappings."""
         self.memfd_files = memfd_files
-        memfd = sys.modules.get("coldsnap.files.memfd")   # files/kinds.py imports it for the first memfd file
-        if memfd is None:
-            return
-        for f in files.files.values():
-            if isinstance(f, memfd.MemfdFile):
-                if f.inode not in self.memfds:
-                    raise ImageError(f"files.img: memfd file {f.id}: inode {f.inode} is not in memfd.img")
-                f.source = self.memfd_path(f.inode)
+        for f in files.of_kind(FdType.MEMFD):
+            if f.inode not in self.memfds:
+                raise ImageError(f"files.img: memfd file {f.id}: inode {f.inode} is not in memfd.img")
+            f.source = self.memfd_path(f.inode)
 
     def finish(self) -> None:
         """Every process has mapped what it had: the memfds get their last seals
