@@ -17,7 +17,6 @@ Medians are printed as Markdown and written to --out, section "First tracked pre
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -339,7 +338,7 @@ def report(meta: dict, sizes: dict, redis: dict | None, criu_note: str) -> str:
                 f"{f1(median(o['lazy_ps_inside']))} | {f1(median(o['lazy_last']))} / {f1(median(o['lazy_ps_last']))} | "
                 f"{f1(median(o['lazy_all_inside']))} / {f1(median(o['lazy_ps_all_inside']))} |")
     if redis:
-        lines += ["", f"### Redis: a GET right after the restore", ""]
+        lines += ["", "### Redis: a GET right after the restore", ""]
         if "error" in redis:
             lines.append(f"skipped: {redis['error']}")
         else:

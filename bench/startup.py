@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (wait_exit, LIVE, MIB, become_subreaper, build_restore_target, kill_reap, log,  # noqa: E402
-                    median, parse_size, reap, scratch_dir, spread, start_restore_target,
+from common import (wait_exit, LIVE, MIB, become_subreaper, build_restore_target, kill_reap,  # noqa: E402
+                    parse_size, reap, scratch_dir, spread, start_restore_target,
                     unwind_on_signals)
 
 PY = sys.executable

@@ -2,11 +2,9 @@
 end of every process, and the refusals of what a tree restore cannot do yet."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 
 from procs import coldsnap, crit_decode_each, need_crit
 from tree_helpers import ROLES, ids_now, reap_orphans, start_counter_tree, tids_now

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from coldsnap.files.inet import InetSocket
-from coldsnap.kernel.fdinfo import pidfd_getfd, pidfd_open
+from coldsnap.kernel.pidfd import pidfd_getfd, pidfd_open
 from coldsnap.restore.fdtable import validate_files
 
 from helpers import assert_same_table, collect_files, strip_unstored, through_images

@@ -11,7 +11,7 @@ import pytest
 from coldsnap.files.epoll import EpollFile
 from coldsnap.files.eventfd import EventfdFile
 from coldsnap.files.model import PipeFile, RegFile
-from coldsnap.kernel.fdinfo import pidfd_getfd, pidfd_open
+from coldsnap.kernel.pidfd import pidfd_getfd, pidfd_open
 from coldsnap.restore.fdtable import validate_files
 
 from helpers import assert_same_table, collect_files, sockets, strip_unstored, through_images

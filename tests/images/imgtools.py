@@ -142,8 +142,6 @@ def sample_images() -> dict[str, list]:
         "fifo-data.img": [(pipe_pb2.pipe_data_entry(pipe_id=778, bytes=2), b"ok")],
         "sk-queues.img": [(sk_packet_pb2.sk_packet_entry(id_for=12, length=5), b"hello"),
                           (sk_packet_pb2.sk_packet_entry(id_for=12, length=0), b"")],
-        "memfd.img": [memfd_pb2.memfd_inode_entry(name="cs", uid=0, gid=0, size=16, shmid=8500,
-                                                  seals=0x1f, inode_id=8500, mode=0o100777)],
         "ipcns-shm-3.img": [ipc_shm_pb2.ipc_shm_entry(desc=ipc_desc(32768), size=56, in_pagemaps=True)],
         "ipcns-sem-3.img": [(ipc_sem_pb2.ipc_sem_entry(desc=ipc_desc(5), nsems=3),
                              b"\x01\x00\x07\x00\xff\xff\x00\x00")],
@@ -151,7 +149,10 @@ def sample_images() -> dict[str, list]:
             inq_len=3, inq_seq=100, outq_len=4, outq_seq=7, opt_mask=7, snd_wscale=7, mss_clamp=65483,
             rcv_wscale=7, timestamp=12345, unsq_len=1, snd_wl1=97, snd_wnd=65536, max_window=65536,
             rcv_wnd=65536, rcv_wup=100), b"in!" + b"out!")],
-        "memfd.img": [memfd_pb2.memfd_inode_entry(name="/dev/zero", uid=0, gid=0, size=PAGE, shmid=77,
+        # a memfd of coldsnap's, sealed; CRIU's shared anonymous memory (a memfd named /dev/zero)
+        "memfd.img": [memfd_pb2.memfd_inode_entry(name="cs", uid=0, gid=0, size=16, shmid=8500,
+                                                  seals=0x1f, inode_id=8500, mode=0o100777),
+                      memfd_pb2.memfd_inode_entry(name="/dev/zero", uid=0, gid=0, size=PAGE, shmid=77,
                                                   seals=1, inode_id=1, mode=0o100777)],
         "seccomp.img": [seccomp_pb2.seccomp_entry(seccomp_filters=[
             seccomp_pb2.seccomp_filter(filter=bytes(range(16))),

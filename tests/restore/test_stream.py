@@ -22,7 +22,7 @@ import pytest
 from coldsnap.images.stream import read_stream
 
 from procs import Run, build_workload, coldsnap_argv
-from restore_helpers import LogWorkload, alive, assert_one_line_error, exists, start_workload, wait_gone
+from restore_helpers import LogWorkload, alive, assert_one_line_error, start_workload, wait_gone
 
 EXIT_BAD_IMAGE = 6
 

@@ -7,8 +7,6 @@ import socket
 import subprocess
 import time
 
-import pytest
-
 from coldsnap.connections.lock import TABLE_PREFIX, NetworkLock, our_tables
 
 from ps_helpers import PageServerProc  # noqa: F401  (test helper paths)

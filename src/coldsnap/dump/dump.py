@@ -49,7 +49,6 @@ from ..files.registry import FileRegistry
 from ..images.directory import ImageDir
 from ..kernel import fdstate  # noqa: F401  (its fdinfo patterns compiled now, not in the frozen window)
 from ..kernel import ptrace
-from ..kernel.libc import SYS
 from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, ns_inode, open_map_file,
                              open_path_link, read_maps, read_path_link, read_stat, read_vm_flags, read_status, stat_map_file)
 from ..memory.frozen_copy import CopyStats, prepare_copy, save_frozen

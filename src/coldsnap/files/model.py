@@ -19,9 +19,6 @@ if TYPE_CHECKING:
     from .inet import InetSocket
     from .unix import UnixSocket
 
-    FileObj = (RegFile | PipeFile | EventfdFile | EpollFile | InetSocket | UnixSocket | SignalfdFile
-               | TimerfdFile | InotifyFile)
-
 
 class FdType(IntEnum):
     """fd_types of the image format (fdinfo_entry.type / file_entry.type)."""
@@ -85,6 +82,11 @@ class PipeFile:
     @property
     def kind(self) -> FdType:
         return FdType.FIFO if self.fifo_path else FdType.PIPE
+
+
+if TYPE_CHECKING:
+    FileObj = (RegFile | PipeFile | EventfdFile | EpollFile | InetSocket | UnixSocket | SignalfdFile
+               | TimerfdFile | InotifyFile)
 
 
 class FdEntry(NamedTuple):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from coldsnap.errors import AccessDenied, NoSuchProcess, TargetError, Unsupported
 from coldsnap.kernel import fdinfo as K
 from coldsnap.kernel import kcmp
+from coldsnap.kernel.pidfd import pidfd_getfd, pidfd_open
 from coldsnap.kernel.procfs import read_path_link, read_umask
 
 from .ghost import GhostTable
@@ -84,7 +85,7 @@ class FileRegistry:
         # Dump only (a restore never reads fdinfo); dump/dump.py imported it before any freeze.
         from coldsnap.kernel.fdstate import read_fdinfo
         try:
-            pidfd = K.pidfd_open(pid)
+            pidfd = pidfd_open(pid)
         except (NoSuchProcess, AccessDenied):
             raise
         except OSError as e:
@@ -104,7 +105,7 @@ class FileRegistry:
                 same = next((fid for opid, ofd, fid in group if _same_file(pid, fd, opid, ofd)), None)
                 if same is None:
                     try:
-                        dup = K.pidfd_getfd(pidfd, fd)
+                        dup = pidfd_getfd(pidfd, fd)
                     except OSError as e:
                         if e.errno == errno.EBADF:
                             continue    # closed since the listing, as above

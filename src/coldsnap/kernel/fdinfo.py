@@ -107,6 +107,3 @@ def fdinfo_value(pid: int, fd: int, key: str) -> str | None:
             if sep and name == key:
                 return value.strip()
     return None
-
-
-from coldsnap.kernel.pidfd import pidfd_getfd, pidfd_open  # noqa: E402,F401  (re-exported)
