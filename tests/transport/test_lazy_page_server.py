@@ -95,7 +95,8 @@ def test_page_server_killed_midway_kills_the_process(hosts, workload_bin, tmp_pa
         wait_gone(w.pid)
         assert not w.failures(), w.tail()
         assert not any(ln.startswith("ok") for ln in w.lines()), "finished before the kill: make it bigger"
-        assert "connection" in (tmp_path / "lazy.log").read_text()
+        # lost mid-way, or (on a loaded machine) gone before the server's first connect: "Connection refused"
+        assert "connection" in (tmp_path / "lazy.log").read_text().lower()
     finally:
         if w is not None:
             w.stop()
