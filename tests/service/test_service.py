@@ -19,6 +19,7 @@ from predump_helpers import wait_quiet  # noqa: E402
 from procs import coldsnap_argv, proc_state  # noqa: E402
 from restore_helpers import LogWorkload, assert_one_line_error, coldsnap, reap, wait_gone  # noqa: E402
 from service_helpers import start_service  # noqa: E402
+from tree_helpers import reap_orphans  # noqa: E402
 
 
 @pytest.fixture
@@ -135,6 +136,29 @@ def test_a_killed_client_ends_its_worker_cleanly(service, spawn, workload_bin, t
     assert line.endswith("exited 143 (its client had left)")
     assert proc_state(pid) == ("S", 0)
     assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_a_killed_service_ends_its_workers_cleanly(spawn, workload_bin, tmp_path, monkeypatch):
+    """SIGKILL the service: its workers get SIGTERM (parent-death signal) and unwind, the
+    client says it lost the service (exit 1) and does not run the command again."""
+    service = start_service(tmp_path)
+    monkeypatch.setenv("COLDSNAP_SERVICE", str(service.address))
+    (tmp_path / "d").mkdir()
+    pid, p = _slow_pre_dump(spawn, workload_bin, tmp_path / "d" / "img")
+    workers = [int(c) for t in Path(f"/proc/{service.proc.pid}/task").iterdir()
+               for c in (t / "children").read_text().split()]
+    service.proc.kill()
+    service.proc.wait()
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 1, err
+    interrupted, lost = sorted(err.strip().splitlines())        # the worker's line, the client's
+    assert lost.startswith("coldsnap: lost the service while its worker"), err
+    assert interrupted == "coldsnap: interrupted by SIGTERM", err
+    reap_orphans(timeout=20, pids=workers)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()]
+    assert proc_state(pid) == ("S", 0)
+    assert list((tmp_path / "d").iterdir()) == []
+    service.address.unlink()        # a killed service leaves its socket file (the next replaces it)
 
 
 def test_a_caller_in_another_network_namespace_runs_the_command_itself(service):

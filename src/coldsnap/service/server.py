@@ -419,9 +419,11 @@ class Service:
         """fork(); the child leaves the service and runs CHILD (which never returns)."""
         for f in (sys.stdout, sys.stderr):
             f.flush()           # nothing of ours may reach a client through a worker
+        service = os.getpid()
         pid = os.fork()
         if pid == 0:
             try:
+                W.die_with(service)
                 W.leave_service([self.listener, self.wake_r, self.wake_w,
                                  *(c.sock for c in self.conns.values()),
                                  *([self.spare.channel] if self.spare else [])],
