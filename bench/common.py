@@ -27,6 +27,10 @@ PR_SET_CHILD_SUBREAPER = 36
 
 libc = ctypes.CDLL(None, use_errno=True)
 
+# Every coldsnap a bench starts runs in its own process, even where a `coldsnap service`
+# listens at the default address; small.py's service column names its own service.
+os.environ["COLDSNAP_SERVICE"] = ""
+
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
