@@ -5,17 +5,19 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
+from array import array
 from typing import Iterator, Union
 
 from ..errors import ImageError
-from ..kernel.vm import MADV_POPULATE_READ, address, madvise
+from ..kernel.vm import address, new_iov_array, readv
 from ..memory.source import PageSource
 from .chain import PageChain
 from .directory import ImageDir
 from .framing import open_image
 from .pages import pagemap_name
 
-WARM_STEP = 32 << 20            # bytes of a pages file mapped in per madvise
+WARM_STEP = 32 << 20            # bytes of a pages file touched per system call
+TOUCH = 64 << 10                # one byte read per this many: the kernel's fault-around maps 16 pages around it
 
 
 def cut_runs(runs: list[tuple[int, int, int, int]], areas: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
@@ -147,15 +149,26 @@ class ChainSource:
     def warm(self) -> None:
         """Fill our page tables for the mapped pages files now, newest level first (a lazy
         restore's server, on a thread of its own while the process runs): a UFFDIO_COPY
-        from them then takes no page fault per 64 KiB, a third of its time."""
+        from them then takes no page fault per 64 KiB, a third of its time. One byte read
+        per 64 KiB, by process_vm_readv from ourselves (a system call: the GIL is let go,
+        and a pages file on a disk is read meanwhile), each read fault mapping the 16 pages
+        around it (fault-around): ~70 ms of CPU per GiB against ~90-135 for
+        MADV_POPULATE_READ, which walks every page and marks it accessed (a kernel with a
+        smaller fault-around leaves the copies more faults, nothing worse)."""
+        n = WARM_STEP // TOUCH
+        iov, sink = new_iov_array(n), bytearray(n)
+        iov[1::2] = array("Q", [1]) * n
+        me = os.getpid()
         for level in sorted(self._maps):
             view = self._maps[level]
             base = address(view)
             for at in range(0, len(view), WARM_STEP):
+                k = min(n, (len(view) - at + TOUCH - 1) // TOUCH)
+                iov[0:2 * k:2] = array("Q", range(base + at, base + at + k * TOUCH, TOUCH))
                 try:
-                    madvise(base + at, min(WARM_STEP, len(view) - at), MADV_POPULATE_READ)
+                    readv(me, address(sink), k, iov, k)
                 except OSError:
-                    return          # an old kernel (EINVAL): the copies fault them in
+                    return          # the copies fault them in
 
     def saved(self, level: int, offset: int, nbytes: int):
         """The bytes at OFFSET of chain level LEVEL's pages file (a view of its mapping), or
