@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .tcp import TcpStream
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class _Held:
     """One held TCP socket: our duplicate of it, its connection and how to give it back."""
     key: int

@@ -171,7 +171,7 @@ def mapped_files(pid: int, vmas: list[Vma], ghosts: GhostTable
 
 # -- pages -----------------------------------------------------------------------------------
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class _Parent:
     """What the parent chain offers, read before the freeze (the images do not change)."""
     uffd_fd: int | None             # the userfaultfd its pre-dump parked in the target
@@ -295,7 +295,7 @@ def kill_held(task: FrozenTask) -> None:
 
 # -- the dump --------------------------------------------------------------------------------
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class _Saved:
     """What dumping one process of the tree left for the stats and for after the freeze."""
     planner: Planner

@@ -123,7 +123,7 @@ def parked_uffd_fd(prev: ImageDir, pid: int) -> int | None:
     return chain_parked_fds(prev).get(pid)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Planned:
     """A plan and what was read with it for the other images."""
     plan: PagePlan

@@ -15,7 +15,7 @@ def us(ns: int) -> int:
     return ns // 1000
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Times:
     """Nanoseconds (time.perf_counter_ns) spent in the phases of one (pre-)dump."""
     freezing: int = 0             # seizing every thread
@@ -25,7 +25,7 @@ class Times:
     sink: int = 0                 # of which inside the sink
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class DumpStats:
     """What a (pre-)dump did and how long it held the task (stats-dump)."""
     mode: str                     # "live", "frozen", "nofreeze", "dump"

@@ -30,7 +30,7 @@ from ..memory.sink import PageSink, PagemapKey, PlanFeed, SinkCounts
 from ..memory.vma import Kind, Vma
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class SysvSaved:
     """What save_sysv wrote: how many segments and semaphore sets, and the segments' pages."""
     segments: int = 0

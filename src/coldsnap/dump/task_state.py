@@ -131,7 +131,7 @@ class TlsSlot(NamedTuple):
     usable: bool
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class ThreadState:
     """Registers, masks and per-thread settings of one thread."""
     tid: int
@@ -172,7 +172,7 @@ class PosixTimer(NamedTuple):
     interval: tuple[int, int]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class TaskState:
     """Everything but memory and files that a dump records of a process."""
     pid: int
@@ -430,7 +430,7 @@ def collect_task_state(task: FrozenTask, close_fds: Sequence[int] = ()) -> TaskS
 
 # -- images -------------------------------------------------------------------------------
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class SeccompFilters:
     """seccomp.img of a dump: every filter once, each chained to the one installed before
     it (`prev`), so that threads with the same filters share entries."""

@@ -33,7 +33,7 @@ def ghost_image_name(gid: int) -> str:
     return f"ghost-file-{gid:x}.img"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class GhostTable:
     """The ghosts of one dump: one per deleted inode, however many fds and mappings hold it."""
     limit: int = DEFAULT_GHOST_LIMIT

@@ -32,7 +32,7 @@ F_SETOWN_EX, F_GETOWN_EX = 15, 16
 SETFL_MASK = os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME | 0o20000  # O_ASYNC
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Probe:
     """One fd of a target being collected: what /proc says and our duplicate of it."""
     pid: int
@@ -52,7 +52,7 @@ class Probe:
         return self.info.flags & ~os.O_CLOEXEC
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class OpenCtx:
     """What `open`/`post_open` need inside the restoring process."""
     base: int                     # temporary fds go at or above this number

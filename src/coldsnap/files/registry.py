@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_LARGEFILE
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class FileRegistry:
     """Every open file of a tree, once, with the fd tables and fs state that use them."""
     files: dict[int, FileObj] = field(default_factory=dict)      # id -> object, in id order
@@ -208,7 +208,7 @@ class FileRegistry:
         return sorted(out)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class TaskFiles:
     """One task's view of a registry: its fd table, cwd, root and umask."""
     registry: FileRegistry

@@ -19,7 +19,7 @@ from pathlib import Path
 from coldsnap.errors import CsError, TargetError
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class CgroupFreezer:
     """A freezer cgroup directory and its version (1: freezer.state, 2: cgroup.freeze)."""
     path: Path

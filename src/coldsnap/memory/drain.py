@@ -33,7 +33,7 @@ from .sink import PageSink
 DEFAULT_BUFFER = 4 << 20
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class DrainStats:
     """Counters of a live drain: pages read and skipped, syscalls, faults, time in each part."""
     pages_read: int = 0

@@ -41,7 +41,7 @@ CHUNK = 1 << 20
 PARALLEL_FROM = 16 << 20
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class CopyStats:
     """Counters of the frozen copy: bytes copied, those forced through /proc/PID/mem, syscalls."""
     bytes: int = 0

@@ -10,7 +10,7 @@ from .ranges import Ranges
 from .vma import PROT_READ, Kind, Vma
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class PagePlan:
     """Which pages of a process a (pre-)dump records, reads and leaves to the parent."""
     vmas: list[Vma]

@@ -78,7 +78,7 @@ class PageSink(Protocol):
         """The current pagemap is complete."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class SinkCounts:
     """Pages handed to a sink, by kind."""
     present: int = 0

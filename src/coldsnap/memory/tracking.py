@@ -237,13 +237,13 @@ def _dirty(found: array, whole: list[tuple[int, int]]) -> Ranges:
     return dirty.union(Ranges.covering(whole)) if whole else dirty
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class ArmStats:
     """What arming uffd write tracking left behind."""
     target_fd: int = -1      # the fd number the uffd had in the target (closed again)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class UffdTracker:
     """Write tracking of one process through a userfaultfd held by coldsnap only."""
     pid: int = 0

@@ -39,7 +39,7 @@ def recorded_lock(images_dir: str | os.PathLike | ImageDir) -> NetworkLock | Non
     return NetworkLock(inv.dump_criu_run_id) if inv.network_lock_method == NFTABLES_METHOD else None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class RestoreNetwork:
     """The network lock of a restore: the one the dump recorded, the one taken, the connections."""
     recorded: NetworkLock | None

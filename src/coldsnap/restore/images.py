@@ -42,7 +42,7 @@ XFEATURE_FLAGS = {2: "avx", 3: "mpx", 4: "mpx", 5: "avx512f", 6: "avx512f", 7: "
                   17: "amx_tile", 18: "amx_tile"}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class MappedFile:
     """A file that a dumped VMA or the exe link maps."""
     path: str
@@ -51,7 +51,7 @@ class MappedFile:
     ghost: int = 0      # a deleted file: made again for the restore (restore/ghosts.py)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class DumpImages:
     """A dump's images, loaded and checked for restore."""
     dir: ImageDir
@@ -74,7 +74,7 @@ class DumpImages:
         return [v for v in self.mm.vmas if not v.status & SPECIAL]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class TreeImages:
     """The images of a whole dump: the tree model, one file registry for every process, and
     each process's images (parents first, the root first)."""

@@ -44,7 +44,7 @@ COPY_CHUNK, COPY_TWO = 4 << 20, 8 << 20
 _MEM, _VM, _COPY = 0, 1, 2          # how a piece goes in: /proc/PID/mem, process_vm_writev, UFFDIO_COPY
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class WriteStats:
     """Bytes written into the restored process, and how."""
     bytes_vm: int = 0                # through process_vm_writev
@@ -53,7 +53,7 @@ class WriteStats:
     syscalls: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class PageWriter:
     """Writes pages into the restored process (module docstring: UFFDIO_COPY where it can,
     process_vm_writev, /proc/PID/mem where read-only)."""

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .prebuild import Prebuilt    # a migration's (restore/receive_worker.py), not a plain restore's
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class RestoreResult:
     """The restored process and how long its restore took."""
     pid: int

@@ -42,7 +42,7 @@ F_SEAL_SEAL, F_SEAL_FUTURE_WRITE = 0x1, 0x10
 LATE_SEALS = F_SEAL_SEAL | F_SEAL_FUTURE_WRITE   # added once every process mapped its memfds
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class ShmemImage:
     """A shared anonymous object of the dump: its size and its saved pages (None: no page
     held data)."""
@@ -51,14 +51,14 @@ class ShmemImage:
     pages: PageSource | None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class MemfdImage:
     """A memfd inode of the dump (memfd.img) and its saved pages (None: no page held data)."""
     entry: memfd_pb2.memfd_inode_entry
     pages: PageSource | None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class SharedMemory:
     """The shared memory objects coldsnap made for a restore: its fds on the shared
     anonymous ones, the SysV objects (restore/sysv.py). Leaving the `with` closes the fds;

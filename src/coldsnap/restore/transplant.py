@@ -92,7 +92,7 @@ _IMAGE_REG = {"rbp": "bp", "rbx": "bx", "rax": "ax", "rcx": "cx", "rdx": "dx", "
               "orig_rax": "orig_ax", "rip": "ip", "eflags": "flags", "rsp": "sp"}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class TransplantStats:
     """Injected calls and times of one transplant."""
     calls: int = 0

@@ -102,7 +102,7 @@ class _SignalGuard:
             raise Interrupted(sig)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class _Thread:
     """A thread of the frozen task and how we hold it."""
     tid: int
@@ -292,7 +292,7 @@ class FrozenTree:
         self._guard.restore()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class FrozenTask:
     """One process of a FrozenTree: its threads are all held in ptrace stops."""
     pid: int

@@ -65,7 +65,7 @@ def to_signed(value: int) -> int:
     return value - (1 << 64) if value & (1 << 63) else value
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class CallStats:
     """How many calls a remote-call session injected, and their time."""
     calls: int = 0

@@ -33,7 +33,7 @@ KCMP_KINDS = (("vm_id", K.KCMP_VM), ("files_id", K.KCMP_FILES), ("fs_id", K.KCMP
 NS_KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Task:
     """One process of the tree (its threads included)."""
     pid: int
@@ -53,7 +53,7 @@ class Task:
         return self.exit_code is not None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Tree:
     """Processes keyed by pid, parents before children; `root` is the pid of the root.
     `dumper`: the same ids of the process that read the tree (inventory.root_ids: CRIU's

@@ -43,7 +43,7 @@ FAULT_WAIT = 2 << 20        # a read waits for an answer with at most this much 
 HOLD_MAX = 32 << 20         # answers received and not read yet, at most (the oldest go)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Ask:
     key: PagemapKey
     vaddr: int
