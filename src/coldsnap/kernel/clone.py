@@ -1,4 +1,5 @@
-"""clone3(2) with set_tid: create a process (or, injected, a thread) with a chosen PID/TID."""
+"""clone3(2) with set_tid: create a process (or, injected, a thread) with a chosen PID/TID;
+and the signal a child asks for when its parent dies."""
 from __future__ import annotations
 
 import ctypes
@@ -7,8 +8,9 @@ import struct
 import threading
 
 from ..errors import CsError
-from .libc import SYS, syscall
+from .libc import SYS, check, libc, syscall
 
+PR_SET_PDEATHSIG = 1
 CLONE_VM = 0x100
 CLONE_FS = 0x200
 CLONE_FILES = 0x400
@@ -43,3 +45,9 @@ def fork_with_pid(pid: int | None, flags: int = 0) -> int:
                                                   set_tid_ptr=ctypes.addressof(tid) if pid else 0,
                                                   set_tid_size=1 if pid else 0))
     return syscall(SYS.clone3, ctypes.addressof(args), CLONE_ARGS.size, what="clone3")
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """prctl(PR_SET_PDEATHSIG): SIG when the thread that created us ends (0: none). Not
+    inherited across fork; a caller whose parent may have died already checks getppid()."""
+    check(libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "PR_SET_PDEATHSIG")

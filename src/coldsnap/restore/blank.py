@@ -48,7 +48,7 @@ import signal
 import struct
 
 from ..errors import AccessDenied, CsError, ImageError, TargetError
-from ..kernel.clone import fork_with_pid
+from ..kernel.clone import fork_with_pid, set_parent_death_signal
 from ..kernel import vm
 from ..kernel.libc import libc
 from .fdtable import open_shared, rebuild_fds
@@ -57,7 +57,6 @@ from .images import TreeImages
 from .sessions import JOIN, OWN_GROUP, SETSID, SessionStep
 from .transplant import default_signal_actions
 
-PR_SET_PDEATHSIG = 1
 CLONE_FS, CLONE_FILES = 0x200, 0x400
 PR_SET_DUMPABLE = 4
 _LEN = struct.Struct("<I")
@@ -217,7 +216,7 @@ def _clone(pid: int, flags: int = 0) -> int:
             raise AccessDenied(pid, what, e.strerror.lower(), e.errno) from None
         raise TargetError(f"{what}: {e.strerror}") from None
     if got == 0:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(1)              # the parent died before we asked
     return got

@@ -19,20 +19,18 @@ import traceback
 from typing import Iterable, NoReturn
 
 from .. import cli
-from ..kernel.libc import libc
+from ..kernel.clone import set_parent_death_signal
 from ..kernel.pagemap import PAGE_IS_PRESENT, PagemapScanner, ScanQuery, has_pagemap_scan, open_pagemap
 from ..kernel.procfs import read_maps
 from ..kernel.vm import MADV_POPULATE_WRITE, madvise
 from . import protocol as P
-
-PR_SET_PDEATHSIG = 1
 
 
 def die_with(service: int) -> None:
     """SIGTERM when the service ends, even SIGKILLed: the command then unwinds as an
     interrupted one (targets resumed, no half image directory) instead of going on unseen,
     its client told it lost the service. Gone already: leave at once."""
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != service:
         os._exit(1)
 
