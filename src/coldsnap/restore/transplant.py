@@ -70,6 +70,7 @@ PR_SET_TIMERSLACK, PR_SET_THP_DISABLE = 29, 41
 PR_GET_DUMPABLE, PR_GET_TIMERSLACK = 3, 30
 MADV_GUARD_INSTALL = 102
 MADV_DONTFORK, MADV_DOFORK = 10, 11
+MADV_HUGEPAGE = 14
 SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC = 1, 1
 NR_seccomp = 317
 PR_TIMER_CREATE_RESTORE_IDS = 77      # timer_create takes the id to use from *created_timer_id
@@ -185,6 +186,7 @@ class Transplant:
         self._scratch()
         t_mem = time.perf_counter_ns()
         self._map_vmas()
+        self._huge_advice()
         self._write_pages()
         self._advice()
         self._guards()
@@ -382,12 +384,14 @@ class Transplant:
     def _copyable(self) -> list[tuple[int, int]]:
         """The areas PageWriter may fill with UFFDIO_COPY: writable private anonymous ones
         mapped empty (not MAP_LOCKED, which comes populated; not kept, whose pages are in).
-        Not used where THP is `always`: UFFDIO_COPY fills 4 KiB pages, where the faults of
-        process_vm_writev bring huge pages, as the process had them."""
+        Not used where THP is `always`, nor in areas advised MADV_HUGEPAGE: UFFDIO_COPY
+        fills 4 KiB pages, where the faults of process_vm_writev bring huge pages, as the
+        process had them."""
         kept = set(self.kept)
         return [(v.start, v.end) for v in self.img.vmas()
                 if v.status & VMA_ANON_PRIVATE and not v.status & (VMA_AREA_MEMFD | VMA_AREA_SYSVIPC)
-                and v.prot & PROT_WRITE and not v.flags & MAP_LOCKED and (v.start, v.end) not in kept]
+                and v.prot & PROT_WRITE and not v.flags & MAP_LOCKED and (v.start, v.end) not in kept
+                and not (v.madv if v.HasField("madv") else 0) & 1 << MADV_HUGEPAGE]
 
     def _set_mm(self) -> None:
         mm, rc = self.img.mm, self.rc
@@ -436,6 +440,14 @@ class Transplant:
         below_root = self.pid != self.img.tree.root
         pdeath = self.img.leader.thread_core.pdeath_sig if below_root else 0
         rc.call(SYS.prctl, PR_SET_PDEATHSIG, pdeath, 0, 0, 0)
+
+    def _huge_advice(self) -> None:
+        """MADV_HUGEPAGE before the pages (the other advice comes after them): the faults of
+        process_vm_writev then bring huge pages, as the process had them (_copyable leaves
+        these areas to it)."""
+        for advice, start, end in advice_runs(self.img.vmas()):
+            if advice == MADV_HUGEPAGE:
+                self.rc.checked(SYS.madvise, start, end - start, advice, what=f"MADV_HUGEPAGE {start:#x}-{end:#x}")
 
     def _advice(self) -> None:
         """madvise each advice of vma_entry.madv (bit 1 << MADV_x) again, once the pages are
