@@ -61,38 +61,29 @@ def _full_check(w: LogWorkload, line: str) -> None:
 
 
 def test_a_writer_comes_back_whole_from_memory_built_ahead(workload_bin, tmp_path):
-    w = LogWorkload([workload_bin("mig_writer"), 32, 20], tmp_path / "w.log")
-    try:
+    with LogWorkload([workload_bin("mig_writer"), 32, 20], tmp_path / "w.log") as w:
         w.wait_ready()
         w.wait_ticks(3)
         answer = _migrate_locally(w, tmp_path / "img", iterations=3)
         assert answer["pid"] == w.pid
         assert answer["prebuilt_bytes"] >= 32 << 20      # the big area at least was built ahead
         _full_check(w, f"full check ok {(32 << 20) // 4096}")
-    finally:
-        w.stop()
 
 
 def test_without_prebuild_the_restore_writes_everything(workload_bin, tmp_path):
-    w = LogWorkload([workload_bin("mig_writer"), 16, 20], tmp_path / "w.log")
-    try:
+    with LogWorkload([workload_bin("mig_writer"), 16, 20], tmp_path / "w.log") as w:
         w.wait_ready()
         answer = _migrate_locally(w, tmp_path / "img", prebuild=False)
         assert answer["prebuilt_bytes"] == 0
         _full_check(w, f"full check ok {(16 << 20) // 4096}")
-    finally:
-        w.stop()
 
 
 def test_areas_not_brought_up_to_date_by_the_session_restored_are_not_kept(workload_bin, tmp_path):
-    w = LogWorkload([workload_bin("mig_writer"), 16, 20], tmp_path / "w.log")
-    try:
+    with LogWorkload([workload_bin("mig_writer"), 16, 20], tmp_path / "w.log") as w:
         w.wait_ready()
         answer = _migrate_locally(w, tmp_path / "img", apply_final=False)   # the final delta never applied
         assert answer["prebuilt_bytes"] == 0
         _full_check(w, f"full check ok {(16 << 20) // 4096}")
-    finally:
-        w.stop()
 
 
 def _area_bytes(answer: dict, lo: int, hi: int) -> int:
@@ -100,8 +91,7 @@ def _area_bytes(answer: dict, lo: int, hi: int) -> int:
 
 
 def test_areas_mprotected_moved_unmapped_split_or_zapped_between_iterations(workload_bin, tmp_path):
-    w = LogWorkload([workload_bin("prebuild_layout")], tmp_path / "w.log")
-    try:
+    with LogWorkload([workload_bin("prebuild_layout")], tmp_path / "w.log") as w:
         w.wait_ready()
         w.wait_ticks(2)
 
@@ -114,8 +104,6 @@ def test_areas_mprotected_moved_unmapped_split_or_zapped_between_iterations(work
         _full_check(w, "full check ok")
         maps = {(m.start, m.end): m for m in read_maps(w.pid)}
         assert any(m.perms.startswith("r--p") and m.end - m.start == NP for m in maps.values())   # B
-    finally:
-        w.stop()
 
 
 def _library_spot(pid: int) -> int:

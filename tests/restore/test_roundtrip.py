@@ -62,10 +62,9 @@ def test_three_round_trips_in_a_row(workload_bin, python_exe, tmp_path):
 
 
 def test_restore_from_a_pre_dump_chain(workload_bin, python_exe, tmp_path):
-    w = start_workload("rst_memory", workload_bin, python_exe, tmp_path)
-    base = tmp_path / "base"
-    base.mkdir()
-    try:
+    with start_workload("rst_memory", workload_bin, python_exe, tmp_path) as w:
+        base = tmp_path / "base"
+        base.mkdir()
         coldsnap("pre-dump", "-t", w.pid, "-D", base / "1", "--track-mem", "uffd").check()
         w.wait_ticks(3)
         coldsnap("pre-dump", "-t", w.pid, "-D", base / "2", "--prev-images-dir", base / "1",
@@ -80,8 +79,6 @@ def test_restore_from_a_pre_dump_chain(workload_bin, python_exe, tmp_path):
         w.wait_ticks(5)
         w.assert_healthy()
         assert w.ticks()[ticks_at_dump] == ticks_at_dump + 1
-    finally:
-        w.stop()
 
 
 # ---------------------------------------------------------------- refusals

@@ -71,8 +71,7 @@ def pipe_dump_to_restore(w: LogWorkload, tmp: Path, *dump_args) -> tuple[Run, Ru
 
 
 def test_dump_stream_through_a_pipe_restores(workload_bin, python_exe, tmp_path):
-    w = start_workload("rst_memory", workload_bin, python_exe, tmp_path)
-    try:
+    with start_workload("rst_memory", workload_bin, python_exe, tmp_path) as w:
         d, r = pipe_dump_to_restore(w, tmp_path)
         d.check()
         r.check()
@@ -81,13 +80,10 @@ def test_dump_stream_through_a_pipe_restores(workload_bin, python_exe, tmp_path)
         w.wait_ticks(5)
         w.assert_healthy()
         assert spools_left(tmp_path) == []
-    finally:
-        w.stop()
 
 
 def test_dump_stream_carries_the_parent_chain(workload_bin, python_exe, tmp_path):
-    w = start_workload("rst_memory", workload_bin, python_exe, tmp_path)
-    try:
+    with start_workload("rst_memory", workload_bin, python_exe, tmp_path) as w:
         run_with(tmp_path, "pre-dump", "-t", w.pid, "-D", tmp_path / "1", "--track-mem", "uffd").check()
         w.wait_ticks(2)
         d, r = pipe_dump_to_restore(w, tmp_path, "--prev-images-dir", tmp_path / "1", "--json")
@@ -100,13 +96,10 @@ def test_dump_stream_carries_the_parent_chain(workload_bin, python_exe, tmp_path
         w.wait_ticks(5)
         w.assert_healthy()
         assert spools_left(tmp_path) == []
-    finally:
-        w.stop()
 
 
 def test_pre_dump_stream_is_a_pre_dump(workload_bin, python_exe, tmp_path):
-    w = start_workload("rst_memory", workload_bin, python_exe, tmp_path)
-    try:
+    with start_workload("rst_memory", workload_bin, python_exe, tmp_path) as w:
         with open(tmp_path / "s", "wb") as out:
             r = run_with(tmp_path, "pre-dump", "-t", w.pid, "--stream", stdout=out)
         r.check()
@@ -124,8 +117,6 @@ def test_pre_dump_stream_is_a_pre_dump(workload_bin, python_exe, tmp_path):
         w.wait_ticks(2)
         w.assert_healthy()
         assert spools_left(tmp_path) == []
-    finally:
-        w.stop()
 
 
 def test_stream_refusals(tmp_path):
@@ -179,13 +170,10 @@ class StreamBuilder:
 def real_stream(tmp_path_factory) -> bytes:
     """A whole valid stream of a small dump (its process is gone since)."""
     tmp = tmp_path_factory.mktemp("stream")
-    w = start_workload("rst_memory", build_workload, sys.executable, tmp)
-    try:
+    with start_workload("rst_memory", build_workload, sys.executable, tmp) as w:
         with open(tmp / "s", "wb") as out:
             run_with(tmp, "dump", "-t", w.pid, "--stream", stdout=out).check()
         w.reap_dumped()
-    finally:
-        w.stop()
     return (tmp / "s").read_bytes()
 
 
@@ -260,8 +248,7 @@ def test_the_valid_stream_restores(real_stream, tmp_path):
 def test_target_dying_mid_stream_changes_nothing(workload_bin, python_exe, tmp_path):
     """--leave-running: the stream comes from the committed spool, not from the target; the
     target killed while the stream is read still restores whole."""
-    w = start_workload("rst_memory", workload_bin, python_exe, tmp_path)
-    try:
+    with start_workload("rst_memory", workload_bin, python_exe, tmp_path) as w:
         dump = subprocess.Popen(coldsnap_argv("dump", "-t", w.pid, "--stream", "--leave-running"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(tmp_path))
         head = dump.stdout.read(4096)           # the stream has begun
@@ -275,15 +262,12 @@ def test_target_dying_mid_stream_changes_nothing(workload_bin, python_exe, tmp_p
         w.wait_ticks(3)
         assert not w.failures()
         assert spools_left(tmp_path) == []
-    finally:
-        w.stop()
 
 
 def test_reader_dying_mid_stream_keeps_the_images(workload_bin, python_exe, tmp_path):
     """The target is gone once the dump committed: if the stream breaks, its spool is all
     that is left of it, kept and named in the one-line error; it restores with -D."""
-    w = start_workload("rst_memory", workload_bin, python_exe, tmp_path)
-    try:
+    with start_workload("rst_memory", workload_bin, python_exe, tmp_path) as w:
         dump = subprocess.Popen(coldsnap_argv("dump", "-t", w.pid, "--stream"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(tmp_path))
         dump.stdout.read(4096)
@@ -298,8 +282,6 @@ def test_reader_dying_mid_stream_keeps_the_images(workload_bin, python_exe, tmp_
         w.adopt_restored()
         w.wait_ticks(3)
         assert not w.failures()
-    finally:
-        w.stop()
 
 
 def test_a_dump_that_fails_streams_nothing_and_the_restore_says_so(tmp_path):
@@ -349,8 +331,7 @@ def test_restore_stream_without_detach_removes_its_spool_while_the_process_runs(
 
 
 def test_a_dump_interrupted_mid_stream_keeps_the_images(workload_bin, python_exe, tmp_path):
-    w = start_workload("rst_memory", workload_bin, python_exe, tmp_path)
-    try:
+    with start_workload("rst_memory", workload_bin, python_exe, tmp_path) as w:
         dump = subprocess.Popen(coldsnap_argv("dump", "-t", w.pid, "--stream"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(tmp_path))
         dump.stdout.read(4096)                  # streaming: the target is gone already
@@ -361,8 +342,6 @@ def test_a_dump_interrupted_mid_stream_keeps_the_images(workload_bin, python_exe
         assert len(err.strip().splitlines()) == 1 and "interrupted by SIGTERM; the images are kept in" in err
         assert Path(err.strip().rsplit(" ", 1)[1]).is_dir()
         w.reap_dumped()
-    finally:
-        w.stop()
 
 
 def test_a_stream_filling_the_spool_fails_cleanly(tmp_path):
