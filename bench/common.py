@@ -236,3 +236,47 @@ def thp() -> str:
         return text[text.index("[") + 1:text.index("]")]
     except (OSError, ValueError):
         return "?"
+
+
+# -- coldsnap service ----------------------------------------------------------------------
+
+PIP_SCRIPT = """#!{python}
+# -*- coding: utf-8 -*-
+import re
+import sys
+from coldsnap.service.client import command
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(command())
+"""
+
+
+class Service:
+    """`coldsnap service` on a temporary address for the run, and the `coldsnap` script a
+    pip install makes (what a user runs), in WHERE: run SCRIPT with ENV to go through it."""
+
+    def __init__(self, where: Path) -> None:
+        import coldsnap
+        self.address = where / "service.sock"
+        self.script = where / "coldsnap"
+        self.script.write_text(PIP_SCRIPT.format(python=sys.executable))
+        self.script.chmod(0o755)
+        src = str(Path(coldsnap.__file__).parent.parent)
+        self.env = {**os.environ, "COLDSNAP_SERVICE": str(self.address),
+                    "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+        log_file = where / "service.log"
+        with open(log_file, "w") as f:      # a file: its log is a line per command
+            self.proc = subprocess.Popen([sys.executable, "-m", "coldsnap", "service", "--address", str(self.address)],
+                                         stdin=subprocess.DEVNULL, stdout=f, stderr=f,
+                                         env={**self.env, "COLDSNAP_SERVICE": ""})
+        deadline = time.monotonic() + 60
+        while "listening" not in log_file.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"coldsnap service did not start: {log_file.read_text().strip()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait()

@@ -14,6 +14,9 @@ turn (the order rotates each round):
 - lazy:  the same with `--lazy-pages`; also when the last page is in (the server's guardian
          exits) and the time a request that reads every page takes right after the first
          answer, inside the program, against the same request after an eager restore
+- lazy-svc: the lazy restore command run as a user runs it through a `coldsnap service`
+         started for the run (the script pip installs, the service's address in
+         COLDSNAP_SERVICE): the interpreter's start-up without the imports
 - lazy-ps: the same, dumped with --page-server to a coldsnap page server on loopback and
          restored with --lazy-pages --page-server (every lazy page fetched over TCP)
 - criu:  CRIU 4.2 `criu lazy-pages -D DIR` daemon + `criu restore --lazy-pages -d` of CRIU's
@@ -40,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (wait_exit, BENCH, LIVE, MIB, become_subreaper, kill_reap, log, median, parse_size,  # noqa: E402
+from common import (wait_exit, BENCH, LIVE, MIB, Service, become_subreaper, kill_reap, log, median, parse_size,  # noqa: E402
                     reap, run_meta, size_name, spread, unwind_on_signals, write_section)
 
 SECTION = "## Warm start and lazy restore (issue 12)"
@@ -105,11 +108,14 @@ def coldsnap_dump(app: App, images: Path, server: str | None = None) -> None:
     reap(app.pid)
 
 
-def coldsnap_restore(images: Path, lazy: bool, server: str | None = None) -> tuple[float, float, dict]:
-    """(command ms, ms to the first answer, --json result); server: pages from that page server."""
+def coldsnap_restore(images: Path, lazy: bool, server: str | None = None,
+                     via: Service | None = None) -> tuple[float, float, dict]:
+    """(command ms, ms to the first answer, --json result); server: pages from that page server;
+    via: the command through that service."""
+    prefix, env = ([str(via.script)], via.env) if via else (COLDSNAP, None)
     t0 = time.perf_counter_ns()
-    r = run([*COLDSNAP, "restore", "-D", images, "-d", "--json", *(["--lazy-pages"] if lazy else []),
-             *(["--page-server", server] if server else [])])
+    r = run([*prefix, "restore", "-D", images, "-d", "--json", *(["--lazy-pages"] if lazy else []),
+             *(["--page-server", server] if server else [])], env=env)
     t_cmd = ms(t0)
     if r.returncode:
         raise RuntimeError(f"coldsnap restore: {r.stderr.strip()}")
@@ -118,11 +124,12 @@ def coldsnap_restore(images: Path, lazy: bool, server: str | None = None) -> tup
     return t_cmd, t0, res
 
 
-def one_coldsnap(app: App, images: Path, lazy: bool, out: dict, server: str | None = None) -> None:
-    t_cmd, t0, res = coldsnap_restore(images, lazy, server)
+def one_coldsnap(app: App, images: Path, lazy: bool, out: dict, server: str | None = None,
+                 via: Service | None = None) -> None:
+    t_cmd, t0, res = coldsnap_restore(images, lazy, server, via)
     ask(app.port, "first")
     t_first = ms(t0)
-    key = ("lazy" if lazy else "eager") + ("_ps" if server else "")
+    key = ("lazy" if lazy else "eager") + ("_ps" if server else "") + ("_svc" if via else "")
     out.setdefault(f"{key}_cmd", []).append(t_cmd)
     out.setdefault(f"{key}_first", []).append(t_first)
     out.setdefault(f"{key}_inside", []).append(res["total_ms"])   # restore() itself, start-up excluded
@@ -187,14 +194,16 @@ def start_page_server(store: Path) -> tuple[subprocess.Popen, str]:
     return p, line.split("listening on ")[1].split(",")[0]
 
 
-def bench_size(size: int, runs: int, criu: str | None, work: Path, server: str | None = None) -> dict:
+def bench_size(size: int, runs: int, criu: str | None, work: Path, server: str | None = None,
+               service: Service | None = None) -> dict:
     import numpy as np
     data = work / "data.npy"
     np.save(data, np.arange(size // 8, dtype=np.int64) * 7 + 3)
     out: dict = {}
     app = App(work, data)
     images = work / "img"
-    variants = ["cold", "eager", "lazy"] + (["lazy-ps"] if server else []) + (["criu"] if criu else [])
+    variants = (["cold", "eager", "lazy"] + (["lazy-svc"] if service else []) + (["lazy-ps"] if server else [])
+                + (["criu"] if criu else []))
     for rnd in range(runs):
         order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
         for v in order:
@@ -215,7 +224,7 @@ def bench_size(size: int, runs: int, criu: str | None, work: Path, server: str |
             if remote:
                 shutil.rmtree(work / "store" / images.name, ignore_errors=True)
             coldsnap_dump(app, images, remote)
-            one_coldsnap(app, images, v != "eager", out, remote)
+            one_coldsnap(app, images, v != "eager", out, remote, service if v == "lazy-svc" else None)
         log(f"{size_name(size)} round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in out.items()
                                                                  if isinstance(v, list)))
     data.unlink()
@@ -320,6 +329,24 @@ def report(meta: dict, sizes: dict, redis: dict | None, criu_note: str) -> str:
               "answer (so, after a lazy restore, while the pages still arrive), timed inside the program. "
               "\"last page in\": from the restore command's start until the lazy server's guardian (or CRIU's "
               "lazy-pages daemon) exits."]
+    if any(o.get("lazy_svc_first") for o in sizes.values()):
+        lines += ["", "### Lazy restore through `coldsnap service`", "",
+                  "The lazy restore command as a user runs it (the script pip installs) with a `coldsnap service` "
+                  "running: the command's interpreter starts, hands the command to the service's worker (its "
+                  "modules imported) and waits for its end. ms, medians (min–max); from the command's start.", "",
+                  "| size | n | command: in-process / via service / CRIU | first answer: in-process / via service / CRIU "
+                  "| last page in: in-process / via service |",
+                  "|---|---|---|---|---|"]
+        for size, o in sizes.items():
+            if not o.get("lazy_svc_first"):
+                continue
+            criu_cmd = f1(median(o["criu_cmd"])) if o.get("criu_cmd") else "—"
+            criu_first = f1(median(o["criu_first"])) if o.get("criu_first") else "—"
+            lines.append(
+                f"| {size_name(size)} | {len(o['lazy_svc_first'])} | {f1(median(o['lazy_cmd']))} / "
+                f"**{spread(o['lazy_svc_cmd'], f1)}** / {criu_cmd} | {f1(median(o['lazy_first']))} / "
+                f"**{spread(o['lazy_svc_first'], f1)}** / {criu_first} | {f1(median(o['lazy_last']))} / "
+                f"{f1(median(o['lazy_svc_last']))} |")
     if any(o.get("lazy_ps_first") for o in sizes.values()):
         lines += ["", "### Lazy restore from a page server", "",
                   "The same service dumped with `--page-server` to a coldsnap page server on loopback (its "
@@ -360,6 +387,7 @@ def main() -> int:
     ap.add_argument("--redis-runs", type=int, default=2)
     ap.add_argument("--criu", default=str(CRIU_DEFAULT))
     ap.add_argument("--no-page-server", action="store_true", help="skip the lazy restore from a page server")
+    ap.add_argument("--no-service", action="store_true", help="skip the lazy restore through a coldsnap service")
     ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     args = ap.parse_args()
     unwind_on_signals()
@@ -374,22 +402,27 @@ def main() -> int:
     work.mkdir()
     sizes: dict = {}
     redis = None
-    page_server = None
+    page_server = service = None
     try:
         if criu and int(old_pipe_max) < 4 * MIB:
             PIPE_MAX.write_text(str(4 * MIB))
         server = None
         if not args.no_page_server:
             page_server, server = start_page_server(work / "store")
+        if not args.no_service:
+            (work / "svc").mkdir()
+            service = Service(work / "svc")
         for text in args.sizes.split(","):
             size = parse_size(text)
-            sizes[size] = bench_size(size, args.runs, criu, work, server)
+            sizes[size] = bench_size(size, args.runs, criu, work, server, service)
         if parse_size(args.redis):
             redis = bench_redis(parse_size(args.redis), args.redis_runs, work)
     finally:
         if page_server is not None:
             page_server.terminate()
             page_server.wait()
+        if service is not None:
+            service.stop()
         PIPE_MAX.write_text(old_pipe_max)
         for pid in list(LIVE):
             kill_reap(pid)

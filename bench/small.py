@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BENCH, LIVE, MIB, become_subreaper, build_restore_target,  # noqa: E402
+from common import (BENCH, LIVE, MIB, Service, become_subreaper, build_restore_target,  # noqa: E402
                     kill_reap, log, median, parse_size, reap, run_meta, scratch_dir, size_name,
                     spread, start_restore_target, unwind_on_signals, write_section)
 
@@ -153,49 +153,11 @@ def coldsnap_tool(prefix: list[str] = COLDSNAP, name: str = "coldsnap", env: dic
 
 
 VIA = "coldsnap via service"
-PIP_SCRIPT = """#!{python}
-# -*- coding: utf-8 -*-
-import re
-import sys
-from coldsnap.service.client import command
-if __name__ == '__main__':
-    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
-    sys.exit(command())
-"""
 
 
-class Service:
-    """`coldsnap service` on a temporary address for the run, and the `coldsnap` script a
-    pip install makes (what a user runs), in WHERE."""
-
-    def __init__(self, where: Path) -> None:
-        import coldsnap
-        self.address = where / "service.sock"
-        self.script = where / "coldsnap"
-        self.script.write_text(PIP_SCRIPT.format(python=PY))
-        self.script.chmod(0o755)
-        src = str(Path(coldsnap.__file__).parent.parent)
-        self.env = {**os.environ, "COLDSNAP_SERVICE": str(self.address),
-                    "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-        log_file = where / "service.log"
-        with open(log_file, "w") as f:      # a file: its log is a line per command
-            self.proc = subprocess.Popen(COLDSNAP + ["service", "--address", str(self.address)],
-                                         stdin=subprocess.DEVNULL, stdout=f, stderr=f,
-                                         env={**self.env, "COLDSNAP_SERVICE": ""})
-        deadline = time.monotonic() + 60
-        while "listening" not in log_file.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"coldsnap service did not start: {log_file.read_text().strip()}")
-            time.sleep(0.02)
-
-    def tool(self) -> Tool:
-        return coldsnap_tool([str(self.script)], VIA, self.env)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait()
+def service_tool(service: Service) -> Tool:
+    """The dump and restore commands as a user runs them through SERVICE."""
+    return coldsnap_tool([str(service.script)], VIA, service.env)
 
 
 def criu_tool(criu: Path) -> Tool:
@@ -400,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         with scratch_dir() as keep:
             if not args.no_service:
                 service = Service(keep)
-                tools.insert(1, service.tool())
+                tools.insert(1, service_tool(service))
             show_dir = keep / "show"
             c = cycle(coldsnap_tool(), 8 * MIB, keep=show_dir)
             if "error" in c:
