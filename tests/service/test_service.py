@@ -253,7 +253,9 @@ def test_the_client_imports_only_built_in_modules():
 
 
 def test_requests_run_side_by_side(service, spawn, workload_bin, tmp_path):
-    """The worker forked ahead takes the first; the second, meanwhile, gets one of its own."""
+    """A second request while a first one runs gets a worker of its own at once (the check
+    returns while the pre-dump still runs). Which one the worker forked ahead takes depends
+    on whether it had finished copying its pages (at nice 19: not always, on a loaded machine)."""
     (tmp_path / "d").mkdir()
     pid, p = _slow_pre_dump(spawn, workload_bin, tmp_path / "d" / "img")
     try:
@@ -264,7 +266,9 @@ def test_requests_run_side_by_side(service, spawn, workload_bin, tmp_path):
         p.communicate(timeout=20)
     assert p.returncode == 130
     assert service.stop() == 0
-    assert service.lines()[-1] == "coldsnap service: stopped after 2 requests, 1 of them run by a worker forked ahead"
+    assert service.lines()[-1].startswith("coldsnap service: stopped after 2 requests, ")
+    (pre_dump,), (check_worker,) = service.workers("pre-dump"), service.workers("check")
+    assert pre_dump.split()[3] != check_worker.split()[3]      # "coldsnap service: worker PID (...)"
 
 
 def test_after_coldsnap_changed_the_caller_runs_it_itself(service):
