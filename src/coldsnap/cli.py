@@ -168,7 +168,7 @@ def _dump_args(du: argparse.ArgumentParser) -> None:
                     help="previous (pre-)dump to link as parent; with its parked tracking, "
                          "pages not written since are left to it")
     du.add_argument("--leave-running", action="store_true", help="resume the process instead of killing it")
-    du.add_argument("--shell-job", action="store_true", help="allow a process attached to a terminal")
+    du.add_argument("-j", "--shell-job", action="store_true", help="allow a process attached to a terminal")
     du.add_argument("--ext-unix-sk", action="store_true",
                     help="dump a datagram unix socket connected to a named socket outside the tree; "
                          "restore connects it to that name again")
@@ -201,7 +201,7 @@ def _restore_args(rs: argparse.ArgumentParser) -> None:
     rs.add_argument("--ext-unix-sk", action="store_true",
                     help="accepted for CRIU's command lines: what the dump let go (dump --ext-unix-sk) is "
                          "reconnected anyway")
-    rs.add_argument("--shell-job", action="store_true",
+    rs.add_argument("-j", "--shell-job", action="store_true",
                     help="give the process coldsnap's terminal where it had one")
     rs.add_argument("--lazy-pages", action="store_true",
                     help="let the process run before its private memory is in: a detached server "

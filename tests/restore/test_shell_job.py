@@ -250,7 +250,7 @@ def test_dump_refuses_a_terminal_without_shell_job(tmp_path):
 def test_shell_job_dump_and_restore_on_a_new_pty(tmp_path):
     def dump(pid: int, images: Path) -> None:
         assert fd_paths(pid) == [t.a.path] * 3
-        assert "killed" in coldsnap("dump", "-t", pid, "-D", images, "--shell-job").check().stdout
+        assert "killed" in coldsnap("dump", "-t", pid, "-D", images, "-j").check().stdout
 
     with Terminals() as t:
         t.pid = pid = dumped_echo(t.a, tmp_path / "img", ("one", "err", "three"), dump)  # err: fd 2 too
@@ -470,7 +470,7 @@ def test_shell_job_replaces_a_serial_terminal_with_coldsnaps(tmp_path):
     pid, serial, tfd = _dumped_with_serial(tmp_path)
     b = Pty()
     try:
-        rc, out = restore_on(b, tmp_path / "img", "--shell-job")
+        rc, out = restore_on(b, tmp_path / "img", "-j")
         assert rc == 0, out
         wait_adopted(pid)
         assert os.readlink(f"/proc/{pid}/fd/{tfd}") == b.path, f"fd {tfd} was reopened, not given pty B"

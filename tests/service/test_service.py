@@ -310,3 +310,20 @@ def test_restore_without_d_relays_the_restored_process_exit_status(service, spaw
             restorer.wait()
     wait_gone(w.pid)
     assert service.wait_log(lambda ln: "(restore)" in ln, "the restore's worker").endswith("exited 7")
+
+
+@pytest.mark.parametrize("argv, through_service", [
+    (["dump", "-t", "1", "-D", "d"], True),
+    (["restore", "-D", "d", "-d"], True),
+    (["restore", "-D", "d", "-j"], False),
+    (["restore", "-dj", "-D", "d"], False),          # a cluster of short options
+    (["restore", "-D", "d", "--shell-job"], False),
+    (["restore", "-D", "d", "--shell"], False),       # argparse takes an unambiguous prefix
+    (["restore", "--", "-j"], True),
+    (["dump", "-t", "1", "-D", "d", "-j"], True),     # dump's -j needs no terminal of ours
+    (["service", "--address", "a"], False),
+    ([], False),
+])
+def test_which_command_lines_the_service_runs(argv, through_service):
+    from coldsnap.service.protocol import runs_in_service
+    assert runs_in_service(argv) is through_service

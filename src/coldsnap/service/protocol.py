@@ -87,7 +87,10 @@ def runs_in_service(argv: list[str]) -> bool:
         if a == "--":
             break
         opt = a.partition("=")[0]
-        if opt == "-j" or (len(opt) >= 4 and "--shell-job".startswith(opt)):
+        if opt.startswith("--"):
+            if len(opt) >= 4 and "--shell-job".startswith(opt):
+                return False
+        elif opt.startswith("-") and "j" in opt:      # -j, or in a cluster (-dj); -Dproj too: harmless
             return False
     return True
 
