@@ -387,15 +387,16 @@ class Service:
         return ""
 
     def _start(self, conn: Conn, request: P.Request, data: bytes, fds: list[int]) -> None:
-        """Hand the request to the spare when it is ready, else fork a worker for it."""
+        """Hand the request to the spare, even one still copying its pages (it stops the copy
+        for it: a worker forked now would have none copied); fork a worker when there is none."""
         spare, self.spare = self.spare, None
-        if spare is not None and spare.ready and self._hand_over(spare, data, fds):
+        if spare is not None and (spare.ready or not spare.heard) and self._hand_over(spare, data, fds):
             conn.worker, conn.pidfd = spare.pid, spare.pidfd
             self.sel.modify(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
             self.served_by_spare += 1
         else:
-            if spare is not None:
-                self.spare = spare          # still copying: it serves the next one
+            if spare is not None and spare.heard:
+                self.spare = spare          # it ended before any request: its pidfd's event forgets it
             conn.worker = self._fork(lambda: W.run_forked(request, fds))
             conn.pidfd = pidfd_open(conn.worker)
             self.sel.register(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
@@ -412,6 +413,8 @@ class Service:
             log(f"the spare worker {spare.pid} took no request: {e.strerror}")
             self._end_spare(spare)
             return False
+        if not spare.heard:
+            self.sel.unregister(spare.channel)     # its b"r" is of no use any more
         spare.channel.close()
         return True
 

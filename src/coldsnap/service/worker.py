@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
 import socket
 import sys
 import tempfile
 import traceback
-from typing import Iterable, NoReturn
+from typing import Callable, Iterable, NoReturn
 
 from .. import cli
 from ..kernel.clone import set_parent_death_signal
@@ -54,10 +55,14 @@ def leave_service(sockets: Iterable[socket.socket], fds: Iterable[int], closers:
         os.close(fd)
 
 
-def copy_shared_pages() -> int:
+COPY_PIECE = 2 << 20            # between two looks at whether a request came (~0.5 ms of copying)
+
+
+def copy_shared_pages(stop: Callable[[], bool] = lambda: False) -> int:
     """Copy now every present page of our private writable mappings (still shared with the
-    service since the fork): bytes copied. Nothing where the kernel lacks PAGEMAP_SCAN or
-    MADV_POPULATE_WRITE: the command then takes those faults itself."""
+    service since the fork), piece by piece until STOP says to: bytes copied. Nothing where
+    the kernel lacks PAGEMAP_SCAN or MADV_POPULATE_WRITE: the command then takes those
+    faults itself, as it does for what is left when STOP cut the copy short."""
     if not has_pagemap_scan():
         return 0
     pid, done = os.getpid(), 0
@@ -70,11 +75,15 @@ def copy_shared_pages() -> int:
                 continue
             flat = scanner.scan_flat(m.start, m.end, present)
             for i in range(0, len(flat), 3):
-                try:
-                    madvise(flat[i], flat[i + 1] - flat[i], MADV_POPULATE_WRITE)
-                except OSError:
-                    return done
-                done += flat[i + 1] - flat[i]
+                for start in range(flat[i], flat[i + 1], COPY_PIECE):
+                    if stop():
+                        return done
+                    length = min(COPY_PIECE, flat[i + 1] - start)
+                    try:
+                        madvise(start, length, MADV_POPULATE_WRITE)
+                    except OSError:
+                        return done
+                    done += length
     finally:
         os.close(fd)
     return done
@@ -82,8 +91,10 @@ def copy_shared_pages() -> int:
 
 def run_spare(channel: socket.socket) -> NoReturn:
     """A spare's life (after leave_service): copy the shared pages, say b"r" on CHANNEL,
-    wait for the request (its record and fds, as the client sent them), run it. The
-    service gone first (CHANNEL at its end): exit 0."""
+    wait for the request (its record and fds, as the client sent them), run it. A request
+    that comes before the copy is done cuts it short (the command takes the rest of the
+    faults, still far fewer than a worker forked for it). The service gone first (CHANNEL
+    at its end): exit 0."""
     code = 1
     try:
         # the copy at the lowest priority: it must not slow down a command that runs meanwhile
@@ -91,8 +102,13 @@ def run_spare(channel: socket.socket) -> NoReturn:
         nice = os.getpriority(os.PRIO_PROCESS, 0) if os.geteuid() == 0 else None
         if nice is not None:
             os.setpriority(os.PRIO_PROCESS, 0, 19)
-        copy_shared_pages()
-        channel.send(b"r")
+        poll = select.poll()
+        poll.register(channel, select.POLLIN)
+        copy_shared_pages(stop=lambda: bool(poll.poll(0)))     # a request (or the service's end) came
+        try:
+            channel.send(b"r")
+        except OSError:         # the service handed a request over already and closed its end
+            pass
         data, fds = receive(channel)
         channel.close()
         if not data:
