@@ -47,13 +47,15 @@ class RunningService:
             raise AssertionError("the service did not stop within 20 s of SIGTERM")
 
 
-def start_service(where: Path, *more: str) -> RunningService:
-    """`coldsnap service --address WHERE/svc/service.sock`, once it listens."""
+def start_service(where: Path, *more: str, ignoring: tuple[int, ...] = ()) -> RunningService:
+    """`coldsnap service --address WHERE/svc/service.sock`, once it listens (started with
+    the signals IGNORING ignored, as nohup does)."""
     address = where / "svc" / "service.sock"
     log = where / "service.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(coldsnap_argv("service", "--address", address, *more), stdin=subprocess.DEVNULL,
-                                stdout=f, stderr=f, env={**os.environ, "COLDSNAP_SERVICE": ""})
+                                stdout=f, stderr=f, env={**os.environ, "COLDSNAP_SERVICE": ""},
+                                preexec_fn=lambda: [signal.signal(s, signal.SIG_IGN) for s in ignoring])
     svc = RunningService(proc, address, log)
     try:
         svc.wait_log(lambda ln: "listening on" in ln, "listening line", timeout=60)

@@ -327,3 +327,52 @@ def test_restore_without_d_relays_the_restored_process_exit_status(service, spaw
 def test_which_command_lines_the_service_runs(argv, through_service):
     from coldsnap.service.protocol import runs_in_service
     assert runs_in_service(argv) is through_service
+
+
+def _catches(pid: int, sig: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigCgt:"))
+    return bool(caught >> (sig - 1) & 1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT])
+def test_a_signal_the_caller_ignores_stays_ignored(sig, service):
+    """nohup (SIGHUP), a script's background job (SIGINT): a signal the caller ignores is not
+    passed on to the worker, as the command run in-process would not see it either."""
+    def run(env: dict) -> tuple[int, str]:
+        p = subprocess.Popen(coldsnap_argv("restore", "--stream"), stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env, preexec_fn=lambda: signal.signal(sig, signal.SIG_IGN))
+        deadline = time.monotonic() + 30
+        while not _catches(p.pid, signal.SIGTERM) and time.monotonic() < deadline:   # set up
+            time.sleep(0.01)
+        p.send_signal(sig)
+        time.sleep(0.3)
+        assert p.poll() is None
+        _, err = p.communicate(timeout=30)      # stdin closed: an empty stream
+        return p.returncode, err
+    here = run(dict(os.environ))
+    assert run({**os.environ, "COLDSNAP_SERVICE": ""}) == here
+    assert len(service.workers("restore")) == 1
+
+
+def test_a_service_started_under_nohup_passes_sighup_on(tmp_path, monkeypatch):
+    """Its workers start with SIGHUP's default action, as a command run in-process does."""
+    svc = start_service(tmp_path, ignoring=(signal.SIGHUP,))
+    monkeypatch.setenv("COLDSNAP_SERVICE", str(svc.address))
+    try:
+        # SIGHUP ends the command outright, as in-process: its stream spool stays (in tmp_path)
+        p = subprocess.Popen(coldsnap_argv("restore", "--stream"), stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**os.environ, "TMPDIR": str(tmp_path)})
+        deadline = time.monotonic() + 30
+        while not _catches(p.pid, signal.SIGTERM) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        p.send_signal(signal.SIGHUP)
+        try:
+            _, err = p.communicate(timeout=20)
+        finally:
+            p.kill()
+            p.wait()
+        assert p.returncode == -signal.SIGHUP, err
+        assert svc.wait_log(lambda ln: "(restore)" in ln, "the worker's end").endswith("killed by signal 1")
+    finally:
+        assert svc.stop() == 0

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import signal
 import time
 
 import pytest
@@ -162,3 +163,82 @@ def test_another_user_is_told_to_run_it_itself(service):
         os.chmod(service.address.parent, 0o700)
     assert reply == b"local the service runs requests of its own user only"
     _still_serves(service, before)
+
+
+@pytest.mark.parametrize("case", ["huge", "too many fds"])
+def test_a_running_client_breaking_the_protocol_ends_its_worker(service, case):
+    """A record that does not fit (cut short by the kernel) from a client whose command runs:
+    its worker is told to stop, as when it leaves; no fd of it stays in the service."""
+    before = _fds_of(service.proc.pid)
+    stdin_r, stdin_w = os.pipe()            # `restore --stream` waits on it: a command that runs
+    null = os.open("/dev/null", os.O_RDWR)
+    cwd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        s = _connect(service)
+        request = P.encode_request(["restore", "--stream"], [b"%s=%s" % kv for kv in os.environb.items()],
+                                   0o022, os.path.dirname(os.path.dirname(P.__file__)))
+        s.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                               b"".join(f.to_bytes(4, sys.byteorder) for f in (stdin_r, null, null, cwd)))])
+        assert s.recv(P.MAX_REPLY).startswith(b"started ")
+        if case == "huge":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            s.send(b"signal 2" + b" " * P.MAX_REQUEST)
+        else:
+            _with_fds(s, P.encode_signal(2), 7)
+        line = service.wait_log(lambda ln: "(restore)" in ln, "the worker's end")
+        # SIGTERM before the command set its handler (a fast client) ends it outright
+        assert line.endswith(("exited 143 (its client had left)", "killed by signal 15 (its client had left)")), line
+        s.close()
+    finally:
+        for fd in (stdin_r, stdin_w, null, cwd):
+            os.close(fd)
+    assert not [ln for ln in service.lines() if "after an error" in ln]
+    _still_serves(service, before)
+
+
+def test_a_package_path_that_is_not_utf8_is_told_to_run_itself(service):
+    """The refusal names the caller's package path, whatever bytes it holds."""
+    before = _fds_of(service.proc.pid)
+    s = _connect(service)
+    request = P.encode_request(["check"], [], 0o022, os.fsdecode(b"/tmp/no-coldsnap-\xff"))
+    _with_fds(s, request, 4)
+    reply = _answer(s)
+    assert reply.startswith(b"local the service runs the coldsnap of ") and reply.endswith(b"-\xff"), reply
+    assert not [ln for ln in service.lines() if "after an error" in ln]
+    _still_serves(service, before)
+
+
+def _start_restore_stream(svc, stdin: int, null: int, cwd: int) -> socket.socket:
+    """A raw client whose `restore --stream` runs (waiting on STDIN)."""
+    s = _connect(svc)
+    request = P.encode_request(["restore", "--stream"], [b"%s=%s" % kv for kv in os.environb.items()],
+                               0o022, os.path.dirname(os.path.dirname(P.__file__)))
+    s.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                           b"".join(f.to_bytes(4, sys.byteorder) for f in (stdin, null, null, cwd)))])
+    assert s.recv(P.MAX_REPLY).startswith(b"started ")
+    return s
+
+
+def test_a_signal_right_after_started_reaches_a_forked_worker(service):
+    """The worker forked for a request (the spare is busy) gets a signal sent as soon as the
+    client hears `started`: none is lost while it still has the service's handlers."""
+    stdin_r, stdin_w = os.pipe()
+    null = os.open("/dev/null", os.O_RDWR)
+    cwd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    busy = _start_restore_stream(service, stdin_r, null, cwd)      # takes the spare
+    try:
+        for _ in range(10):
+            s = _start_restore_stream(service, stdin_r, null, cwd)
+            s.send(P.encode_signal(signal.SIGINT))
+            try:
+                reply = s.recv(P.MAX_REPLY)
+            except TimeoutError:
+                reply = b"(no end within 10 s)"
+            s.close()
+            assert reply in (b"exit code 130", b"exit signal 2"), reply
+    finally:
+        busy.send(P.encode_signal(signal.SIGINT))
+        assert busy.recv(P.MAX_REPLY) in (b"exit code 130", b"exit signal 2")
+        busy.close()
+        for fd in (stdin_r, stdin_w, null, cwd):
+            os.close(fd)

@@ -43,7 +43,10 @@ class _Forwarder:
     def __init__(self, sock) -> None:
         import _signal
         self.sock, self.caught, self._signal = sock, [], _signal
-        self.old = {n: _signal.signal(n, self) for n in P.FORWARDED}
+        # a signal the caller ignores (nohup, a script's background job) the command ignores
+        # in-process too; but SIGTERM, which cli.main catches whatever it was
+        self.old = {n: _signal.signal(n, self) for n in P.FORWARDED
+                    if n == P.SIGTERM or _signal.getsignal(n) != _signal.SIG_IGN}
 
     def __call__(self, signum: int, frame: object) -> None:
         self.caught.append(signum)

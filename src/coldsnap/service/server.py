@@ -343,7 +343,7 @@ class Service:
             reason = self._refusal(conn, request)
             if reason:
                 log(f"runs in the caller: {reason}")
-                _send(conn.sock, b"local " + reason.encode())
+                _send(conn.sock, b"local " + reason.encode(errors="surrogateescape"))
                 self._close(conn)
                 return
             self._start(conn, request, data, fds)
@@ -423,18 +423,24 @@ class Service:
         for f in (sys.stdout, sys.stderr):
             f.flush()           # nothing of ours may reach a client through a worker
         service = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                W.die_with(service)
-                W.leave_service([self.listener, self.wake_r, self.wake_w,
-                                 *(c.sock for c in self.conns.values()),
-                                 *([self.spare.channel] if self.spare else [])],
-                                [*self.workers, *([self.spare.pidfd] if self.spare else [])],
-                                [self.sel, self.code_changed])
-                child()
-            finally:
-                os._exit(1)     # child() exits by itself; never back into the service's loop
+        # a signal passed on to the child before it drops our handlers would be ours (lost):
+        # it waits, blocked, until the child runs the command (W.unblock_forwarded)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, P.FORWARDED)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    W.die_with(service)
+                    W.leave_service([self.listener, self.wake_r, self.wake_w,
+                                     *(c.sock for c in self.conns.values()),
+                                     *([self.spare.channel] if self.spare else [])],
+                                    [*self.workers, *([self.spare.pidfd] if self.spare else [])],
+                                    [self.sel, self.code_changed])
+                    child()
+                finally:
+                    os._exit(1)     # child() exits by itself; never back into the service's loop
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return pid
 
     # ------------------------------------------------------------------ the spare worker
@@ -494,7 +500,7 @@ class Service:
             data, fds = W.receive(conn.sock)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
+        except (OSError, P.ProtocolError):     # a record cut short: receive closed its fds
             data, fds = b"", []
         for fd in fds:          # a signal record carries none
             os.close(fd)

@@ -46,6 +46,7 @@ def leave_service(sockets: Iterable[socket.socket], fds: Iterable[int], closers:
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)    # as a command starts, whatever the service's (nohup)
     os.setpgid(0, 0)
     for c in closers:
         c.close()
@@ -53,6 +54,12 @@ def leave_service(sockets: Iterable[socket.socket], fds: Iterable[int], closers:
         s.close()
     for fd in fds:
         os.close(fd)
+
+
+def unblock_forwarded() -> None:
+    """The signals a client passes on, blocked by the service around the fork: one sent
+    meanwhile is delivered now, to the command's handlers, inside the worker's try."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, P.FORWARDED)
 
 
 COPY_PIECE = 2 << 20            # between two looks at whether a request came (~0.5 ms of copying)
@@ -97,6 +104,7 @@ def run_spare(channel: socket.socket) -> NoReturn:
     at its end): exit 0."""
     code = 1
     try:
+        unblock_forwarded()
         # the copy at the lowest priority: it must not slow down a command that runs meanwhile
         # (in the service's session, so in its scheduling autogroup); root may raise it back
         nice = os.getpriority(os.PRIO_PROCESS, 0) if os.geteuid() == 0 else None
@@ -118,9 +126,8 @@ def run_spare(channel: socket.socket) -> NoReturn:
         code = run_request(P.decode_request(data), fds)
     except SystemExit as e:
         code = exit_code_of(e)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
+    except BaseException as e:
+        code = uncaught(e)
     finally:
         exit_worker(code)
 
@@ -129,12 +136,12 @@ def run_forked(request: P.Request, fds: list[int]) -> NoReturn:
     """A worker forked for REQUEST (after leave_service)."""
     code = 1
     try:
+        unblock_forwarded()
         code = run_request(request, fds)
     except SystemExit as e:
         code = exit_code_of(e)
-    except BaseException:                   # a bug: as the interpreter would show it
-        traceback.print_exc()
-        code = 1
+    except BaseException as e:
+        code = uncaught(e)
     finally:
         exit_worker(code)
 
@@ -162,9 +169,16 @@ def exit_code_of(e: SystemExit) -> int:
     return 0 if e.code is None else e.code
 
 
+def uncaught(e: BaseException) -> int:
+    """As the interpreter ends on an exception the command let out (a bug, or Ctrl-C before
+    the command catches it): the traceback, then exit 1, or death by SIGINT."""
+    traceback.print_exception(e)
+    return -signal.SIGINT if isinstance(e, KeyboardInterrupt) else 1
+
+
 def exit_worker(code: int) -> NoReturn:
     """As `coldsnap` ends (cli.command), but never through SystemExit: that would unwind into
-    the service's loop, in this forked child."""
+    the service's loop, in this forked child. A negative CODE: death by that signal."""
     try:
         threading = sys.modules["threading"]
         for t in threading.enumerate():     # as the interpreter would: join what still runs
@@ -174,6 +188,11 @@ def exit_worker(code: int) -> NoReturn:
         sys.stderr.flush()
     except BaseException:
         pass
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [-code])
+        os.kill(os.getpid(), -code)
+        code = 128 - code
     os._exit(code)
 
 
