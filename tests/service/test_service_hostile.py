@@ -242,3 +242,53 @@ def test_a_signal_right_after_started_reaches_a_forked_worker(service):
         busy.close()
         for fd in (stdin_r, stdin_w, null, cwd):
             os.close(fd)
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _ready_spare(svc) -> int:
+    """The service's spare worker, once it waits for its request (its shared pages copied)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:      # ready: waiting for its request in recvmsg(2)
+        children = _children(svc.proc.pid)
+        if len(children) == 1:
+            with open(f"/proc/{children[0]}/syscall") as f:
+                if f.read().split()[0] == "47":
+                    time.sleep(0.3)         # the service has read its b"r"
+                    return children[0]
+        time.sleep(0.01)
+    raise AssertionError("no spare worker ready within 30 s")
+
+
+def test_a_spare_that_died_ready_is_replaced(service):
+    """The spare dies after saying it is ready, and a request comes before the service saw its
+    end: the request gets a worker forked for it, the dead spare is forgotten (not kept as the
+    next one: its fds closed, numbers another worker may reuse) and a new one forked later."""
+    spare = _ready_spare(service)
+    before = _fds_of(service.proc.pid)
+    s = _connect(service)
+    time.sleep(0.3)                         # accepted
+    os.kill(service.proc.pid, signal.SIGSTOP)
+    null, cwd = os.open("/dev/null", os.O_RDWR), os.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        s.sendmsg([_request()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,     # before the spare's end
+                                  b"".join(f.to_bytes(4, sys.byteorder) for f in (null, null, null, cwd)))])
+        os.kill(spare, signal.SIGKILL)
+        while not open(f"/proc/{spare}/stat").read().split(") ")[1].startswith("Z"):
+            time.sleep(0.01)
+    finally:
+        os.close(null)
+        os.close(cwd)
+        os.kill(service.proc.pid, signal.SIGCONT)
+    assert s.recv(P.MAX_REPLY).startswith(b"started ")
+    assert s.recv(P.MAX_REPLY) == b"exit code 0"
+    s.close()
+    service.wait_log(lambda ln: "(check)" in ln, "the worker's end")
+    _ready_spare(service)
+    _still_serves(service, before)          # by the new spare
+    assert service.stop() == 0
+    assert not [ln for ln in service.lines() if "after an error" in ln], service.lines()
+    assert service.lines()[-1].endswith("stopped after 2 requests, 1 of them run by a worker forked ahead")

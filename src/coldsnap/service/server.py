@@ -395,8 +395,9 @@ class Service:
             self.sel.modify(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
             self.served_by_spare += 1
         else:
-            if spare is not None and spare.heard:
+            if spare is not None and spare.pidfd >= 0:
                 self.spare = spare          # it ended before any request: its pidfd's event forgets it
+                                            # (not one _hand_over found dead: that one is gone)
             conn.worker = self._fork(lambda: W.run_forked(request, fds))
             conn.pidfd = pidfd_open(conn.worker)
             self.sel.register(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
@@ -459,6 +460,8 @@ class Service:
 
     def _spare_event(self, spare: Spare) -> None:
         """The spare is ready (b"r" on its channel), or ended before any request."""
+        if spare.pidfd < 0:                 # ended already, earlier in this round of events
+            return
         if not spare.heard:
             try:
                 said = spare.channel.recv(16)
@@ -489,6 +492,7 @@ class Service:
             except (KeyError, ValueError):
                 pass
         os.close(spare.pidfd)
+        spare.pidfd = -1                    # its number may be a new worker's pidfd soon
         spare.channel.close()
 
     def _drop_spare(self) -> None:
