@@ -171,6 +171,15 @@ def test_a_caller_in_another_network_namespace_runs_the_command_itself(service):
     assert service.workers("check") == []
 
 
+def test_a_confined_caller_runs_the_command_itself(service):
+    """no_new_privs (so too a seccomp filter or an LSM profile): the service's worker would
+    run free of it."""
+    run = subprocess.run(["setpriv", "--no-new-privs", *coldsnap_argv("check")], capture_output=True, text=True)
+    assert run.returncode == 0 and "pagemap_scan" in run.stdout, run.stderr
+    assert "the caller's confinement (no_new_privs, seccomp or LSM label) is not the service's" in service.lines()[-1]
+    assert service.workers("check") == []
+
+
 def test_restore_shell_job_runs_in_the_caller(service, tmp_path):
     run = coldsnap("restore", "-D", tmp_path / "none", "--shell-job")
     assert run.returncode == 6

@@ -217,20 +217,23 @@ NAMESPACE_KINDS = ("mnt", "pid", "net", "ipc", "uts", "user", "cgroup")
 
 class Surroundings(NamedTuple):
     """What a process lives in, as far as work done on its behalf by another process
-    depends on it: its namespaces, root directory, cgroup and effective capabilities."""
+    depends on it: its namespaces, root directory, cgroup, effective capabilities and what
+    confines it besides (no_new_privs, seccomp, its LSM label)."""
     namespaces: tuple[tuple[str, int, int], ...]    # (kind, st_dev, st_ino) per NAMESPACE_KINDS
     root: tuple[int, int]                           # (st_dev, st_ino) of /proc/PID/root
     cgroup: str                                     # /proc/PID/cgroup as it reads
     cap_eff: int                                    # CapEff of /proc/PID/status
+    confinement: tuple[str, str, str]               # NoNewPrivs, Seccomp, /proc/PID/attr/current
 
     def difference(self, other: "Surroundings") -> str:
         """'' when both are the same, else the first thing that differs, in words."""
         for (kind, *a), (_, *b) in zip(self.namespaces, other.namespaces):
             if a != b:
                 return f"{kind} namespace"
-        for name in ("root", "cgroup", "cap_eff"):
+        for name, words in (("root", "root directory"), ("cgroup", "cgroup"), ("cap_eff", "capabilities"),
+                            ("confinement", "confinement (no_new_privs, seccomp or LSM label)")):
             if getattr(self, name) != getattr(other, name):
-                return {"root": "root directory", "cgroup": "cgroup", "cap_eff": "capabilities"}[name]
+                return words
         return ""
 
 
@@ -245,8 +248,15 @@ def read_surroundings(pid: int) -> Surroundings:
             namespaces.append((kind, *ident(f"/proc/{pid}/ns/{kind}")))
         except FileNotFoundError:                   # a kernel without that namespace
             namespaces.append((kind, 0, 0))
+    status = read_status(pid)
+    try:
+        with open(f"/proc/{pid}/attr/current") as f:
+            label = f.read()
+    except OSError:                                 # EINVAL: no LSM keeps a label
+        label = ""
     return Surroundings(tuple(namespaces), ident(f"/proc/{pid}/root"), read_cgroup(pid),
-                        int(read_status(pid).get("CapEff", "0"), 16))
+                        int(status.get("CapEff", "0"), 16),
+                        (status.get("NoNewPrivs", "0"), status.get("Seccomp", "0"), label))
 
 
 @on_process
