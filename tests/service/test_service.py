@@ -296,6 +296,30 @@ def test_after_coldsnap_changed_the_caller_runs_it_itself(service):
     assert service.workers("check") == []
 
 
+def test_a_change_lost_in_an_inotify_overflow_counts_as_one(service):
+    """More events than the inotify queue holds (16384 by default) before a source file
+    changes: that change's event is dropped, the overflow says so, and the service must take
+    it as a change."""
+    import coldsnap.show
+    path = Path(coldsnap.show.__file__)
+    scratch = path.parent / f"review-overflow-{os.getpid()}.txt"
+    with open("/proc/sys/fs/inotify/max_queued_events") as f:
+        queued = int(f.read())
+    st = path.stat()
+    try:
+        for _ in range(queued // 2 + 1):            # IN_CREATE, IN_DELETE: no .py among them
+            scratch.touch()
+            scratch.unlink()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        run = subprocess.run(coldsnap_argv("check"), capture_output=True, text=True)
+    finally:
+        scratch.unlink(missing_ok=True)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert run.returncode == 0 and "pagemap_scan" in run.stdout
+    assert service.lines()[-1].endswith("coldsnap's code changed since the service started (restart it)")
+    assert service.workers("check") == []
+
+
 def test_restore_without_d_relays_the_restored_process_exit_status(service, spawn, python_exe, tmp_path):
     """The worker waits for the process it restored; the process's exit code is the client's."""
     from test_restore_wait import WORKLOAD
