@@ -2,6 +2,7 @@
 fds are closed, and the service keeps serving everyone else."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from coldsnap.service import protocol as P
-from procs import coldsnap_argv
+from procs import coldsnap_argv, proc_state
 from service_helpers import start_service
 
 
@@ -36,8 +37,9 @@ def _connect(svc) -> socket.socket:
     return s
 
 
-def _request(argv=("check",)) -> bytes:
-    return P.encode_request(list(argv), [b"%s=%s" % kv for kv in os.environb.items()], 0o022,
+def _request(argv=("check",), **env: str) -> bytes:
+    environ = {**os.environb, **{k.encode(): v.encode() for k, v in env.items()}}
+    return P.encode_request(list(argv), [b"%s=%s" % kv for kv in environ.items()], 0o022,
                             str(os.path.dirname(P.__file__).rsplit("/", 1)[0]))
 
 
@@ -60,11 +62,15 @@ def _still_serves(svc, fds_before: int) -> None:
     assert _fds_of(svc.proc.pid) == fds_before, os.listdir(f"/proc/{svc.proc.pid}/fd")
 
 
+def _send_with(s: socket.socket, data: bytes, fds) -> None:
+    s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"".join(f.to_bytes(4, sys.byteorder) for f in fds))]
+              if fds else [])
+
+
 def _with_fds(s: socket.socket, data: bytes, n: int) -> None:
     fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(n)]
     try:
-        s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"".join(f.to_bytes(4, sys.byteorder) for f in fds))]
-                  if fds else [])
+        _send_with(s, data, fds)
     finally:
         for fd in fds:
             os.close(fd)
@@ -165,21 +171,36 @@ def test_another_user_is_told_to_run_it_itself(service):
     _still_serves(service, before)
 
 
+def _start_restore_stream(svc, stdin: int, null: int, cwd: int) -> socket.socket:
+    """A raw client whose `restore --stream` runs (waiting on STDIN). Its stream spool goes
+    beside the service's log: a signal between its mkdtemp and its `with` leaves it."""
+    s = _connect(svc)
+    _send_with(s, _request(["restore", "--stream"], TMPDIR=str(svc.log.parent)), (stdin, null, null, cwd))
+    assert s.recv(P.MAX_REPLY).startswith(b"started ")
+    return s
+
+
+@contextlib.contextmanager
+def _command_fds():
+    """(stdin, stdout/stderr, cwd) for a raw client's command: a pipe nobody writes to (a
+    `restore --stream` waits on it), /dev/null and /."""
+    stdin_r, stdin_w = os.pipe()
+    null = os.open("/dev/null", os.O_RDWR)
+    cwd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield stdin_r, null, cwd
+    finally:
+        for fd in (stdin_r, stdin_w, null, cwd):
+            os.close(fd)
+
+
 @pytest.mark.parametrize("case", ["huge", "too many fds"])
 def test_a_running_client_breaking_the_protocol_ends_its_worker(service, case):
     """A record that does not fit (cut short by the kernel) from a client whose command runs:
     its worker is told to stop, as when it leaves; no fd of it stays in the service."""
     before = _fds_of(service.proc.pid)
-    stdin_r, stdin_w = os.pipe()            # `restore --stream` waits on it: a command that runs
-    null = os.open("/dev/null", os.O_RDWR)
-    cwd = os.open("/", os.O_PATH | os.O_DIRECTORY)
-    try:
-        s = _connect(service)
-        request = P.encode_request(["restore", "--stream"], [b"%s=%s" % kv for kv in os.environb.items()],
-                                   0o022, os.path.dirname(os.path.dirname(P.__file__)))
-        s.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                               b"".join(f.to_bytes(4, sys.byteorder) for f in (stdin_r, null, null, cwd)))])
-        assert s.recv(P.MAX_REPLY).startswith(b"started ")
+    with _command_fds() as fds:
+        s = _start_restore_stream(service, *fds)
         if case == "huge":
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
             s.send(b"signal 2" + b" " * P.MAX_REQUEST)
@@ -189,9 +210,6 @@ def test_a_running_client_breaking_the_protocol_ends_its_worker(service, case):
         # SIGTERM before the command set its handler (a fast client) ends it outright
         assert line.endswith(("exited 143 (its client had left)", "killed by signal 15 (its client had left)")), line
         s.close()
-    finally:
-        for fd in (stdin_r, stdin_w, null, cwd):
-            os.close(fd)
     assert not [ln for ln in service.lines() if "after an error" in ln]
     _still_serves(service, before)
 
@@ -208,40 +226,25 @@ def test_a_package_path_that_is_not_utf8_is_told_to_run_itself(service):
     _still_serves(service, before)
 
 
-def _start_restore_stream(svc, stdin: int, null: int, cwd: int) -> socket.socket:
-    """A raw client whose `restore --stream` runs (waiting on STDIN)."""
-    s = _connect(svc)
-    request = P.encode_request(["restore", "--stream"], [b"%s=%s" % kv for kv in os.environb.items()],
-                               0o022, os.path.dirname(os.path.dirname(P.__file__)))
-    s.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                           b"".join(f.to_bytes(4, sys.byteorder) for f in (stdin, null, null, cwd)))])
-    assert s.recv(P.MAX_REPLY).startswith(b"started ")
-    return s
-
-
 def test_a_signal_right_after_started_reaches_a_forked_worker(service):
     """The worker forked for a request (the spare is busy) gets a signal sent as soon as the
     client hears `started`: none is lost while it still has the service's handlers."""
-    stdin_r, stdin_w = os.pipe()
-    null = os.open("/dev/null", os.O_RDWR)
-    cwd = os.open("/", os.O_PATH | os.O_DIRECTORY)
-    busy = _start_restore_stream(service, stdin_r, null, cwd)      # takes the spare
-    try:
-        for _ in range(10):
-            s = _start_restore_stream(service, stdin_r, null, cwd)
-            s.send(P.encode_signal(signal.SIGINT))
-            try:
-                reply = s.recv(P.MAX_REPLY)
-            except TimeoutError:
-                reply = b"(no end within 10 s)"
-            s.close()
-            assert reply in (b"exit code 130", b"exit signal 2"), reply
-    finally:
-        busy.send(P.encode_signal(signal.SIGINT))
-        assert busy.recv(P.MAX_REPLY) in (b"exit code 130", b"exit signal 2")
-        busy.close()
-        for fd in (stdin_r, stdin_w, null, cwd):
-            os.close(fd)
+    with _command_fds() as fds:
+        busy = _start_restore_stream(service, *fds)      # takes the spare
+        try:
+            for _ in range(10):
+                s = _start_restore_stream(service, *fds)
+                s.send(P.encode_signal(signal.SIGINT))
+                try:
+                    reply = s.recv(P.MAX_REPLY)
+                except TimeoutError:
+                    reply = b"(no end within 10 s)"
+                s.close()
+                assert reply in (b"exit code 130", b"exit signal 2"), reply
+        finally:
+            busy.send(P.encode_signal(signal.SIGINT))
+            assert busy.recv(P.MAX_REPLY) in (b"exit code 130", b"exit signal 2")
+            busy.close()
 
 
 def _children(pid: int) -> list[int]:
@@ -272,16 +275,13 @@ def test_a_spare_that_died_ready_is_replaced(service):
     s = _connect(service)
     time.sleep(0.3)                         # accepted
     os.kill(service.proc.pid, signal.SIGSTOP)
-    null, cwd = os.open("/dev/null", os.O_RDWR), os.open("/", os.O_PATH | os.O_DIRECTORY)
     try:
-        s.sendmsg([_request()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,     # before the spare's end
-                                  b"".join(f.to_bytes(4, sys.byteorder) for f in (null, null, null, cwd)))])
+        with _command_fds() as (_, null, cwd):
+            _send_with(s, _request(), (null, null, null, cwd))     # before the spare's end
         os.kill(spare, signal.SIGKILL)
-        while not open(f"/proc/{spare}/stat").read().split(") ")[1].startswith("Z"):
+        while proc_state(spare)[0] != "Z":
             time.sleep(0.01)
     finally:
-        os.close(null)
-        os.close(cwd)
         os.kill(service.proc.pid, signal.SIGCONT)
     assert s.recv(P.MAX_REPLY).startswith(b"started ")
     assert s.recv(P.MAX_REPLY) == b"exit code 0"

@@ -5,7 +5,7 @@ This module is what every command starts with, so it imports only built-in modul
 `socket`, whose enums cost more than the whole request). The service to use: the address in
 COLDSNAP_SERVICE ("" for none), else DEFAULT_ADDRESS when that file exists. The command runs
 here when nobody answers there, when the service says so (another user, namespace, root,
-cgroup, coldsnap; `restore --shell-job`), or when the request cannot be sent.
+cgroup, confinement, coldsnap; `restore --shell-job`), or when the request cannot be sent.
 
 Through the service, this process sends its stdio and cwd (as fds), environment, umask and
 arguments, then waits: SIGINT, SIGTERM and SIGHUP are passed on to the worker, and its end

@@ -8,7 +8,7 @@ The loop is single-threaded (a worker is forked from it, and restore clones the 
 one selector over the listening socket, the connections, each worker's pidfd and a wake-up
 socket for SIGTERM/SIGINT. Who may ask: only a process of the service's own uid (the socket
 is 0600, and SO_PEERCRED is checked), and only one that lives where the service does (same
-namespaces, root, cgroup and capabilities): anyone else is told to run the command itself,
+namespaces, root, cgroup, capabilities and confinement: no_new_privs, seccomp, LSM label): anyone else is told to run the command itself,
 which the client then does. A broken or hostile request gets an error or a closed
 connection, never the service's end.
 

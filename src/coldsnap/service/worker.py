@@ -102,9 +102,7 @@ def run_spare(channel: socket.socket) -> NoReturn:
     that comes before the copy is done cuts it short (the command takes the rest of the
     faults, still far fewer than a worker forked for it). The service gone first (CHANNEL
     at its end): exit 0."""
-    code = 1
-    try:
-        unblock_forwarded()
+    def life() -> int:
         # the copy at the lowest priority: it must not slow down a command that runs meanwhile
         # (in the service's session, so in its scheduling autogroup); root may raise it back
         nice = os.getpriority(os.PRIO_PROCESS, 0) if os.geteuid() == 0 else None
@@ -123,21 +121,22 @@ def run_spare(channel: socket.socket) -> NoReturn:
             os._exit(0)
         if nice is not None:
             os.setpriority(os.PRIO_PROCESS, 0, nice)
-        code = run_request(P.decode_request(data), fds)
-    except SystemExit as e:
-        code = exit_code_of(e)
-    except BaseException as e:
-        code = uncaught(e)
-    finally:
-        exit_worker(code)
+        return run_request(P.decode_request(data), fds)
+    _run_then_exit(life)
 
 
 def run_forked(request: P.Request, fds: list[int]) -> NoReturn:
     """A worker forked for REQUEST (after leave_service)."""
+    _run_then_exit(lambda: run_request(request, fds))
+
+
+def _run_then_exit(body: Callable[[], int]) -> NoReturn:
+    """A worker's end: BODY's exit code, or what its exception makes of it; never a return
+    into the service's loop."""
     code = 1
     try:
         unblock_forwarded()
-        code = run_request(request, fds)
+        code = body()
     except SystemExit as e:
         code = exit_code_of(e)
     except BaseException as e:
