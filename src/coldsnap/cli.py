@@ -33,7 +33,7 @@ EPILOG = """exit status:
   4    access denied (permissions, or the process is traced by someone else)
   5    the process uses something coldsnap does not support
   6    bad, missing or refused images
-  130  interrupted by SIGINT (Ctrl-C), 143 by SIGTERM: the target was resumed first
+  130  interrupted by SIGINT (Ctrl-C), 143 by SIGTERM, 129 by SIGHUP: the target was resumed first
 
 --json: the command's result as one JSON object on stdout; on an error the object is
 {"error": {"type", "message", "exit_code"[, "pid"]}} and stderr says it as without --json.
@@ -538,9 +538,12 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     args = build_parser(_command_in(_Parser._argv)).parse_args(argv)
     if own_process and one_shot(args):
         gc.disable()
-    # SIGTERM unwinds like Ctrl-C (targets resumed, temporary images removed) and exits 143;
-    # the freezer defers both signals around its critical sections
+    # SIGTERM and a hangup unwind like Ctrl-C (targets resumed, temporary images removed) and
+    # exit 143 and 129 (a hangup ignored, as under nohup, stays ignored); the freezer defers
+    # them around its critical sections
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _raise_interrupted)
     if args.command != "service":       # its workers open their own
         _open_display()
     try:

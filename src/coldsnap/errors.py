@@ -7,7 +7,7 @@
     │   └── Unsupported           it uses something coldsnap cannot save or restore
     ├── ImageError (= BadImage)   an image file or directory is missing, malformed or refused
     ├── TransportError            a page server or its client refused, broke or lost a session
-    └── Interrupted               SIGINT/SIGTERM of coldsnap; the target was resumed first
+    └── Interrupted               SIGINT/SIGTERM/SIGHUP of coldsnap; the target was resumed first
 
 Each class words itself here, once; the CLI prints `coldsnap: <str(e)>` and maps the class
 to an exit code (`cli.exit_code`). Kernel bindings raise NoSuchProcess and AccessDenied from
@@ -77,7 +77,7 @@ class TransportError(CsError):
 
 
 class Interrupted(CsError):
-    """coldsnap got SIGINT/SIGTERM while holding a task; the task was resumed first."""
+    """coldsnap got SIGINT/SIGTERM/SIGHUP while holding a task; the task was resumed first."""
 
     def __init__(self, signum: int):
         import signal

@@ -96,7 +96,7 @@ def _draining(where) -> bool:
         return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_after_the_freeze_exits_128_plus_its_number(sig, spawn, workload_bin, tmp_path):
     """Ctrl-C (or SIGTERM) while a live pre-dump drains, the target already running again:
     one line, exit 130 (143), no images left behind."""

@@ -136,7 +136,7 @@ def test_sigkill_of_coldsnap_leaves_the_target_running(pattern, tmp_path):
     assert not (tmp_path / "img").exists()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_sigint_or_sigterm_of_coldsnap_resumes_the_target(sig, pattern, tmp_path):
     w = pattern(filler_pages=65536)
     cmd = coldsnap_argv("pre-dump", "-t", w.pid, "-D", tmp_path / "img", "--pre-dump-mode", "frozen",

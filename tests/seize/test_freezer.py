@@ -85,7 +85,7 @@ def test_sigint_in_freeze_body_raises_interrupted(spawn, workload_bin):
     assert_running_untraced(w.pid)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 @pytest.mark.parametrize("calls", [False, True])
 def test_holder_signalled_resumes(spawn, workload_bin, holder, sig, calls):
     w = spawn([workload_bin("seize_reader")])

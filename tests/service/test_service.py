@@ -389,11 +389,11 @@ def test_a_signal_the_caller_ignores_stays_ignored(sig, service):
 
 
 def test_a_service_started_under_nohup_passes_sighup_on(tmp_path, monkeypatch):
-    """Its workers start with SIGHUP's default action, as a command run in-process does."""
+    """Its workers do not inherit the ignored SIGHUP: a hangup unwinds the command (exit 129)
+    as it does in-process."""
     svc = start_service(tmp_path, ignoring=(signal.SIGHUP,))
     monkeypatch.setenv("COLDSNAP_SERVICE", str(svc.address))
     try:
-        # SIGHUP ends the command outright, as in-process: its stream spool stays (in tmp_path)
         p = subprocess.Popen(coldsnap_argv("restore", "--stream"), stdin=subprocess.PIPE, stderr=subprocess.PIPE,
                              env={**os.environ, "TMPDIR": str(tmp_path)})
         deadline = time.monotonic() + 30
@@ -401,11 +401,14 @@ def test_a_service_started_under_nohup_passes_sighup_on(tmp_path, monkeypatch):
             time.sleep(0.01)
         p.send_signal(signal.SIGHUP)
         try:
-            _, err = p.communicate(timeout=20)
+            p.wait(timeout=20)      # stdin kept open: its end would end the stream as well
+            err = p.stderr.read()
         finally:
             p.kill()
             p.wait()
-        assert p.returncode == -signal.SIGHUP, err
-        assert svc.wait_log(lambda ln: "(restore)" in ln, "the worker's end").endswith("killed by signal 1")
+            p.stdin.close()
+            p.stderr.close()
+        assert p.returncode == 128 + signal.SIGHUP and err.decode().strip() == "coldsnap: interrupted by SIGHUP", err
+        assert svc.wait_log(lambda ln: "(restore)" in ln, "the worker's end").endswith("exited 129")
     finally:
         assert svc.stop() == 0

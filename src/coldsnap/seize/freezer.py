@@ -66,9 +66,10 @@ SEIZE_OPTIONS = ptrace.PTRACE_O_TRACESYSGOOD   # never EXITKILL: our death must 
 
 
 class _SignalGuard:
-    """Turns SIGINT/SIGTERM into Interrupted, deferred while inside critical sections."""
+    """Turns SIGINT/SIGTERM/SIGHUP into Interrupted, deferred while inside critical sections.
+    A signal the caller ignores (nohup's SIGHUP) stays ignored."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self) -> None:
         self.depth = 0
@@ -79,7 +80,8 @@ class _SignalGuard:
         if threading.current_thread() is not threading.main_thread():
             return  # Python only runs handlers in the main thread
         for sig in self.SIGNALS:
-            self._old[sig] = signal.signal(sig, self._handler)
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                self._old[sig] = signal.signal(sig, self._handler)
 
     def restore(self) -> None:
         for sig, old in self._old.items():
