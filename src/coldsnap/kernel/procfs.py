@@ -54,19 +54,15 @@ def parse_maps(text: str) -> list[MapsLine]:
 
 
 @on_process
-def read_maps(pid: int) -> list[MapsLine]:
-    """The task's mappings; 0.2 ms for a small process, unlike smaps (≈9 ms)."""
-    with open(f"/proc/{pid}/maps", "rb") as f:
-        return parse_maps(f.read().decode("utf-8", "surrogateescape"))
-
-
-@on_process
-def read_maps_named(pid: int, names: tuple[str, ...]) -> list[MapsLine]:
-    """The task's mappings whose path ends with one of NAMES ("[vdso]"...), the other lines
-    left unparsed: a Python process has a couple of hundred (a third of a millisecond)."""
+def read_maps(pid: int, ending: tuple[str, ...] = ()) -> list[MapsLine]:
+    """The task's mappings; 0.2 ms for a small process, unlike smaps (≈9 ms). ENDING: only
+    those whose path ends with one of these ("[vdso]"...), the other lines left unparsed (a
+    Python process has a couple of hundred: a third of a millisecond)."""
     with open(f"/proc/{pid}/maps", "rb") as f:
         text = f.read().decode("utf-8", "surrogateescape")
-    return parse_maps("\n".join(line for line in text.splitlines() if line.endswith(names)))
+    if ending:
+        text = "\n".join(line for line in text.splitlines() if line.endswith(ending))
+    return parse_maps(text)
 
 
 @on_process

@@ -23,7 +23,7 @@ from ..images.task import TASK_DEAD
 from ..images.vma import (VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_REGULAR, VMA_AREA_SYSVIPC, VMA_AREA_VDSO,
                           VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED)
 from ..kernel.page import PAGE_SIZE
-from ..kernel.procfs import cpu_flags, read_maps_named, read_stat
+from ..kernel.procfs import cpu_flags, read_maps, read_stat
 from ..memory.source import PageOrigin, PageSource
 from ..memory.vma import MAP_ANONYMOUS
 from ..seize.tree import NS_KINDS, Task, Tree
@@ -376,7 +376,7 @@ def own_vdso() -> tuple[int, int]:
 @functools.cache
 def _own_vdso_maps() -> tuple:
     names = ("[vdso]", "[vvar]", "[vvar_vclock]")
-    return tuple(m for m in read_maps_named(os.getpid(), names) if m.path in names)
+    return tuple(m for m in read_maps(os.getpid(), ending=names) if m.path in names)
 
 
 def _shape(block: list[tuple[int, int]], vdso: list[tuple[int, int]]) -> tuple[int, list[tuple[int, int]]]:
