@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+from coldsnap.kernel import ptrace
 from coldsnap.service import protocol as P
 from procs import coldsnap_argv, proc_state
 from service_helpers import start_service
@@ -292,3 +294,53 @@ def test_a_spare_that_died_ready_is_replaced(service):
     assert service.stop() == 0
     assert not [ln for ln in service.lines() if "after an error" in ln], service.lines()
     assert service.lines()[-1].endswith("stopped after 2 requests, 1 of them run by a worker forked ahead")
+
+
+
+@contextlib.contextmanager
+def _out_of_fds_at_its_next_fork(pid: int):
+    """Process PID (a child of ours) runs out of fds right after its next fork: stopped there
+    (ptrace's fork event), its RLIMIT_NOFILE is lowered to its lowest free fd, until the end
+    of the block. Yields a function that waits for that fork (the caller makes it happen)."""
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+
+    def at_fork() -> None:
+        while (stop := ptrace.wait_stop(pid)).event != ptrace.PTRACE_EVENT_FORK:
+            ptrace.cont(pid, stop.sig if stop.is_signal_stop else 0)     # SIGCHLD and the like
+        child = ptrace.get_event_msg(pid)
+        opened = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (min(set(range(len(opened) + 1)) - opened), hard))
+        ptrace.wait_stop(child)
+        ptrace.detach(child)
+        ptrace.detach(pid)
+
+    ptrace.seize(pid, ptrace.PTRACE_O_TRACEFORK)
+    try:
+        yield at_fork
+    finally:
+        try:
+            ptrace.detach(pid)
+        except OSError:         # detached at the fork already
+            pass
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_worker_forked_without_a_pidfd_never_runs_the_command_twice(service):
+    """The service runs out of fds between a worker's fork and its pidfd: the command runs
+    once (in the caller, as the service could not watch its worker), not in both."""
+    before = _fds_of(service.proc.pid)
+    with _command_fds() as fds:
+        busy = _start_restore_stream(service, *fds)      # takes the spare: a worker is forked
+        try:
+            with _out_of_fds_at_its_next_fork(service.proc.pid) as at_fork:
+                client = subprocess.Popen(coldsnap_argv("check"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, env={**os.environ, "COLDSNAP_SERVICE": str(service.address)})
+                at_fork()
+                out, err = client.communicate(timeout=60)
+        finally:
+            busy.send(P.encode_signal(signal.SIGINT))
+            assert busy.recv(P.MAX_REPLY) in (b"exit code 130", b"exit signal 2")
+            busy.close()
+    assert client.returncode == 0 and out.count("pagemap_scan") == 1, (out, err)
+    assert not [ln for ln in service.lines() if "after an error" in ln], service.lines()
+    _still_serves(service, before)

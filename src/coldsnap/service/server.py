@@ -360,6 +360,8 @@ class Service:
             self._close(conn)
         except OSError as e:
             log(f"request: {e.strerror or e}")
+            if not conn.worker:     # nothing runs it: the caller does
+                _send(conn.sock, b"local the service cannot run it: " + (e.strerror or str(e)).encode())
             self._close(conn)
         finally:
             for fd in fds:
@@ -403,13 +405,34 @@ class Service:
             if spare is not None and spare.pidfd >= 0:
                 self.spare = spare          # it ended before any request: its pidfd's event forgets it
                                             # (not one _hand_over found dead: that one is gone)
-            conn.worker = self._fork(lambda: W.run_forked(request, fds))
-            conn.pidfd = pidfd_open(conn.worker)
+            conn.worker, conn.pidfd = self._fork_worker(request, fds)
             self.sel.register(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
         conn.command = next((a for a in request.argv if not a.startswith("-")), "")
         self.workers[conn.pidfd] = conn
         self.served += 1
         _send(conn.sock, b"started %d" % conn.worker)
+
+    def _fork_worker(self, request: P.Request, fds: list[int]) -> tuple[int, int]:
+        """A worker forked for REQUEST, and its pidfd. It waits for our word before it runs
+        the command: without its pidfd (out of fds) we could not watch it, and its client, told
+        to run the command itself, would run it a second time."""
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = self._fork(lambda: (os.close(go_w), W.run_forked(request, fds, go_r)))
+        finally:
+            os.close(go_r)
+        try:
+            pidfd = pidfd_open(pid)
+        except OSError:
+            os.close(go_w)          # it reads the end of the pipe: leaves without running anything
+            os.waitpid(pid, 0)
+            raise
+        try:
+            os.write(go_w, b"g")
+        except OSError:             # killed meanwhile: its pidfd says so
+            pass
+        os.close(go_w)
+        return pid, pidfd
 
     def _hand_over(self, spare: Spare, data: bytes, fds: list[int]) -> bool:
         try:

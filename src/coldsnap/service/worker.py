@@ -125,8 +125,13 @@ def run_spare(channel: socket.socket) -> NoReturn:
     _run_then_exit(life)
 
 
-def run_forked(request: P.Request, fds: list[int]) -> NoReturn:
-    """A worker forked for REQUEST (after leave_service)."""
+def run_forked(request: P.Request, fds: list[int], go: int) -> NoReturn:
+    """A worker forked for REQUEST (after leave_service), once the service says b"g" on GO
+    (it holds our pidfd); the pipe's end instead: leave, running nothing."""
+    said = os.read(go, 1)
+    os.close(go)
+    if said != b"g":
+        os._exit(0)
     _run_then_exit(lambda: run_request(request, fds))
 
 
