@@ -9,8 +9,9 @@ side (PYTHONPATH = one side's src/; the base revision exported with `git archive
 bench/out/rev-SHA/, byte-compiled as the new side is) two runs of `restore -D DIR -d`, each
 followed by a check of the first and last page of the restored memory, SIGKILL and reap:
 
- 1. a fresh interpreter that imports coldsnap.cli and coldsnap.restore.restore untimed,
-    then times `cli.main(["restore", "-D", DIR, "-d", "--json"])`:
+ 1. a fresh interpreter that imports coldsnap.cli and coldsnap.restore.restore untimed
+    (with --service: every module and the service's warm-up, as a service's worker has
+    them), then times `cli.main(["restore", "-D", DIR, "-d", "--json"])`:
         own        cli.main from its call to its return (argument parsing included; the
                    interpreter's start-up, the imports and its exit excluded)
         own CPU    coldsnap's CPU time (user + system, every thread) over the same span: the
@@ -50,7 +51,11 @@ PAGE = 4096
 OWN = ("own", "own_cpu", "load", "blank", "transplant", "memory")
 
 CHILD = r"""
-import contextlib, io, json, resource, sys, time
+import contextlib, io, json, os, resource, sys, time
+if os.environ.get("BENCH_LIKE_SERVICE"):        # --service: as a service's worker has it
+    import coldsnap.service.server as S
+    S.import_everything()
+    getattr(S, "warm_up", lambda: None)()
 import coldsnap.cli as cli
 import coldsnap.restore.restore as R
 spent = {"load": 0, "blank": 0, "transplant": 0}
@@ -109,8 +114,10 @@ def restored(pid: int, addr: int, size: int) -> None:
         kill_reap(pid)
 
 
-def own(src: Path, images: Path, addr: int, size: int) -> dict:
+def own(src: Path, images: Path, addr: int, size: int, like_service: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src)}
+    if like_service:
+        env["BENCH_LIKE_SERVICE"] = "1"
     p = subprocess.run([sys.executable, "-c", CHILD, "restore", "-D", str(images), "-d"], env=env,
                        capture_output=True, text=True)
     if p.returncode:
@@ -177,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="8M,64M,256M")
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
+    ap.add_argument("--service", action="store_true",
+                    help="own work as a service's worker does it: every module imported and the "
+                         "service's warm-up done first (server.import_everything, warm_up)")
     args = ap.parse_args(argv)
     unwind_on_signals()
     become_subreaper()
@@ -196,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 order = [("base", base_src), ("new", new_src)]
                 for name, src in order if i % 2 == 0 else order[::-1]:
                     try:
-                        row = own(src, images, addr, size) | command(src, images, addr, size)
+                        row = own(src, images, addr, size, args.service) | command(src, images, addr, size)
                     except RuntimeError as e:
                         log(f"{size_name(size)} {name}: {e}")
                         continue

@@ -7,6 +7,7 @@ import struct
 import pytest
 
 from coldsnap.errors import CsError, ImageError
+from coldsnap.images import framing
 from coldsnap.images.framing import (IMG_COMMON, IMG_SERVICE, KINDS, MAGICS, ImageWriter,
                                      kind_for, read_entries, read_image, read_single, write_image)
 from coldsnap.images.pb import pagemap_pb2, pipe_pb2, pstree_pb2
@@ -23,6 +24,19 @@ def test_round_trip_every_kind(tmp_path):
         got = read_entries(tmp_path / name)
         want = [e if isinstance(e, tuple) else (e, None) for e in entries]
         assert got == want, name
+
+
+def test_warm_up_fills_every_kind_and_reading_stays_the_same(tmp_path):
+    """A service's warm-up (every kind's caches, one parse of each type) changes no result."""
+    framing.warm_up()
+    assert framing._name_shape.cache_info().currsize == len({k.pattern for k in KINDS})
+    refs = {r for k in KINDS for r in (k.message, k.head) if r}
+    assert framing._message_class.cache_info().currsize >= len(refs)
+    test_round_trip_every_kind(tmp_path)
+    full = framing._filled(pstree_pb2.pstree_entry())
+    assert not full.ListFields()                    # no message fields: nothing set
+    head = framing._filled(pagemap_pb2.pagemap_head())
+    assert len(head.cs_skipped) == 1                # a repeated message field: one element
 
 
 def test_headers(tmp_path):

@@ -3,6 +3,7 @@
 Readers of /proc/PID/... raise NoSuchProcess when the process is gone (see libc.on_process)."""
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from typing import Iterable, Literal, NamedTuple
@@ -424,13 +425,15 @@ def clear_soft_dirty(pid: int) -> None:
         f.write(b"4")
 
 
-def cpu_flags() -> set[str]:
-    """The `flags` of the first CPU in /proc/cpuinfo."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The `flags` of the first CPU in /proc/cpuinfo, read once (they do not change while
+    coldsnap runs; a resident service reads them before it forks its workers)."""
     with open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
 def cap_last_cap() -> int:

@@ -75,6 +75,9 @@ def make_blank_tree(images: TreeImages, shell_job: bool, dontfork: list[tuple[in
     finally:
         os.close(w0)
     root = images.tree.root
+    # worked out here, not in the child: its Python runs over memory it shares with us (each
+    # object it touches is a copy-on-write fault)
+    shared_ids, root_files = images.files.shared_ids(), images.root.files
     try:
         pid = _clone(root)
     except BaseException:
@@ -87,7 +90,7 @@ def make_blank_tree(images: TreeImages, shell_job: bool, dontfork: list[tuple[in
         try:
             for start, end in dontfork:
                 vm.madvise(start, end - start, vm.MADV_DONTFORK)
-            shared = open_shared(images.root.files, images.files.shared_ids(), w + 1, shell_job=shell_job)
+            shared = open_shared(root_files, shared_ids, w + 1, shell_job=shell_job)
         except BaseException as e:   # noqa: BLE001 - report anything to coldsnap
             _fail(w, e)
         _become(images, root, w, shell_job, shared, done=None)

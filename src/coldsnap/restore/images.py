@@ -15,6 +15,7 @@ from ..errors import ImageError, NoSuchProcess, TargetError
 from ..files.images import read_images as read_files_images
 from ..files.model import FdType, RegFile
 from ..files.registry import FileRegistry, TaskFiles
+from ..images import framing
 from ..images.directory import ImageDir
 from ..images.pages import pagemap_name
 from ..images.pb import core_pb2, fdinfo_pb2
@@ -358,6 +359,15 @@ def _check_vmas(d: ImageDir, mm) -> None:
 def vdso_layout(vmas) -> list[tuple[int, int]]:
     """[(start, end)] of the vvar/vvar_vclock/vdso areas, in address order."""
     return [(v.start, v.end) for v in vmas if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR)]
+
+
+def warm_up() -> None:
+    """What the first restore of a process works out that a fork of it inherits as it is (a
+    resident service calls this before it forks its workers): the image readers' per-kind
+    set-up, our vDSO's place, the CPU's flags. About 0.9 ms of an 8 MiB restore's loading."""
+    framing.warm_up()
+    _own_vdso_maps()
+    cpu_flags()
 
 
 @functools.cache

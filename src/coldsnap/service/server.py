@@ -93,6 +93,13 @@ def import_everything() -> None:
             pass
 
 
+def warm_up() -> None:
+    """What each worker's command would work out again on its first use, and a fork inherits
+    as it is, worked out once here (restore/images.py warm_up)."""
+    from ..restore.images import warm_up as warm_restore
+    warm_restore()
+
+
 def code_snapshot() -> dict[str, tuple[int, int]]:
     """(mtime_ns, size) of the source file of every coldsnap module imported: a request is
     run here only while they are unchanged (a coldsnap upgraded or edited in place since the
@@ -626,6 +633,7 @@ def run_service(address: str | None, daemon: bool = False, pidfile: str | None =
     listener, ident = bind(address)
     try:
         import_everything()
+        warm_up()
         gc.collect()
         gc.freeze()             # what the imports made stays out of every later collection
         if daemon:
