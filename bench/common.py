@@ -240,27 +240,18 @@ def thp() -> str:
 
 # -- coldsnap service ----------------------------------------------------------------------
 
-PIP_SCRIPT = """#!{python}
-# -*- coding: utf-8 -*-
-import re
-import sys
-from coldsnap.service.client import command
-if __name__ == '__main__':
-    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
-    sys.exit(command())
-"""
-
-
 class Service:
-    """`coldsnap service` on a temporary address for the run, and the `coldsnap` script a
-    pip install makes (what a user runs), in WHERE: run SCRIPT with ENV to go through it."""
+    """`coldsnap service` on a temporary address for the run, and the `coldsnap` command as
+    an install leaves it (bin/coldsnap beside a python3: what a user runs), in WHERE: run
+    SCRIPT with ENV to go through it."""
 
     def __init__(self, where: Path) -> None:
         import coldsnap
         self.address = where / "service.sock"
-        self.script = where / "coldsnap"
-        self.script.write_text(PIP_SCRIPT.format(python=sys.executable))
-        self.script.chmod(0o755)
+        (where / "bin").mkdir()
+        (where / "bin" / "python3").symlink_to(sys.executable)
+        self.script = where / "bin" / "coldsnap"
+        shutil.copy(Path(__file__).parents[1] / "bin" / "coldsnap", self.script)
         src = str(Path(coldsnap.__file__).parent.parent)
         self.env = {**os.environ, "COLDSNAP_SERVICE": str(self.address),
                     "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}

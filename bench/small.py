@@ -17,8 +17,8 @@ CRIU alternate who goes first (ABBA: drift of the shared machine hits both alike
 coldsnap runs as `python3 -m coldsnap` with this interpreter (not through a PATH shim), in
 its own process (COLDSNAP_SERVICE=""); "coldsnap via service" runs the command as a user
 does once `coldsnap service` runs (one started for the whole run on a temporary address,
-stopped at the end): a script as pip installs it for the `coldsnap` entry point (this
-interpreter, the client as its entry), COLDSNAP_SERVICE naming the address; CRIU as `criu dump --shell-job` / `criu restore -d --shell-job` (the target is not a session
+stopped at the end): bin/coldsnap installed beside this interpreter's python3, as pip
+installs it (it starts the client under python3 -S), COLDSNAP_SERVICE naming the address; CRIU as `criu dump --shell-job` / `criu restore -d --shell-job` (the target is not a session
 leader), log in the images directory (-o). Without a working CRIU binary (`criu check`
 fails or the file is missing) its columns say why they are empty.
 
@@ -77,14 +77,19 @@ def timed(argv: list[str], env: dict | None = None) -> tuple[int, float, str, st
 
 def import_ms(stderr: str) -> tuple[float, set[str]]:
     """Sum of the top-level `-X importtime` entries after the interpreter's start-up (site and
-    what it imports excluded), in ms, and the names of every module imported after site."""
+    what it imports excluded; under -S from the first coldsnap module on), in ms, and the names
+    of every module imported after it."""
     total, names, after_site = 0, set(), False
     for line in stderr.splitlines():
         if not line.startswith("import time:") or "|" not in line:
             continue
         _, cum, name = line.split("|")
         if not after_site:
-            after_site = name.strip() == "site" and name.lstrip() == name[1:]
+            top = name.lstrip() == name[1:]
+            after_site = top and name.strip() in ("site", "coldsnap.service.client")
+            if name.strip() == "site":
+                continue
+        if not after_site:
             continue
         names.add(name.strip())
         if name[1:] == name.strip():           # top level: one space after the bar only
@@ -211,11 +216,8 @@ def startup_round(show_dir: Path, res: dict, service: Service | None) -> None:
     if service:
         for what in (["check"], ["show", str(show_dir)]):
             name = f"coldsnap {' '.join(what).replace(str(show_dir), 'DIR')} via service"
-            cmds[name] = [PY, str(service.script), *what]
+            cmds[name] = [str(service.script), *what]       # it runs python3 -S itself
             envs[name] = service.env
-        # what the client would cost without `site` (pip cannot install a script that runs so)
-        cmds["coldsnap check via service, python3 -S"] = [PY, "-S", str(service.script), "check"]
-        envs["coldsnap check via service, python3 -S"] = service.env
     for name, argv in cmds.items():
         rc, wall, out, err, cpu = timed(argv, envs.get(name))
         if rc:
@@ -223,8 +225,11 @@ def startup_round(show_dir: Path, res: dict, service: Service | None) -> None:
         r = res.setdefault(name, {"wall": [], "cpu": [], "imports": [], "heavy": "-"})
         r["wall"].append(wall)
         r["cpu"].append(cpu)
-        if argv[:1] == [PY] and any(a.endswith("coldsnap") for a in argv):
-            _, _, _, err, _ = timed(argv[:1] + ["-X", "importtime"] + argv[1:], envs.get(name))
+        importtime = ([PY, "-X", "importtime", *argv[1:]] if argv[:1] == [PY]
+                      else [PY, "-S", "-X", "importtime", *argv] if service and argv[0] == str(service.script)
+                      else None)
+        if importtime and any(a.endswith("coldsnap") for a in argv):
+            _, _, _, err, _ = timed(importtime, envs.get(name))
             ms, names = import_ms(err)
             r["imports"].append(ms)
             r["heavy"] = heavy(names)
@@ -296,9 +301,10 @@ def report(results: list[SizeResult], startup: dict, criu_skip: str, meta: dict)
             row += [spread([x["frozen"] for x in via], _f) if via else "-",
                     " / ".join(spread([x[k] for x in via], _f) if via else "-" for k in ("dump_cpu", "restore_cpu"))]
             L.append("| " + " | ".join(row) + " |")
-        L += ["", "Via service: the wall time of the `coldsnap` script as pip installs it (interpreter "
-              "start-up with site, the client's imports, the request, the worker's fork and run, the "
-              "exit status back); CPU is the client's alone (the worker is the service's child)."]
+        L += ["", "Via service: the wall time of the `coldsnap` command as pip installs it (bin/coldsnap: "
+              "a shell line that starts python3 -S, the client's imports, the request, the worker's "
+              "fork and run, the exit status back); CPU is the client's alone (the worker is the "
+              "service's child)."]
     L += ["", "| size | dump CPU ms: CRIU / coldsnap | restore -d CPU ms: CRIU / coldsnap |", "|---|---|---|"]
     for r in results:
         cs, cr = r.by_tool.get("coldsnap", []), r.by_tool.get("CRIU", [])

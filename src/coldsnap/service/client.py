@@ -2,7 +2,8 @@
 when there is one, else run it in this process (cli.command), with no visible difference.
 
 This module is what every command starts with, so it imports only built-in modules (no
-`socket`, whose enums cost more than the whole request). The service to use: the address in
+`socket`, whose enums cost more than the whole request); the installed script (bin/coldsnap)
+even starts it without `site`, which a command run here then sets up first. The service to use: the address in
 COLDSNAP_SERVICE ("" for none), else DEFAULT_ADDRESS when that file exists. The command runs
 here when nobody answers there, when the service says so (another user, namespace, root,
 cgroup, confinement, coldsnap; `restore --shell-job`), or when the request cannot be sent.
@@ -25,6 +26,9 @@ def command() -> None:
     """Entry point of the `coldsnap` script and of `python3 -m coldsnap`."""
     code = through_service(sys.argv[1:])
     if code is None:
+        if sys.flags.no_site:       # the installed script skipped it: the command needs its packages
+            import site
+            site.main()
         from ..cli import command as in_process
         in_process()            # exits
     _exit(code)

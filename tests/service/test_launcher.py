@@ -1,0 +1,90 @@
+"""bin/coldsnap, the `coldsnap` command as installed: Python without `site`, coldsnap found
+where an install put it, through the service or in the caller with the whole set-up."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service_helpers import start_service
+
+REPO = Path(__file__).parents[2]
+LAUNCHER = REPO / "bin" / "coldsnap"
+
+
+def make_env(where: Path, *, system_site: bool, coldsnap: str | None) -> Path:
+    """A virtual environment in WHERE with the launcher installed in its bin; coldsnap in
+    its site directory as an editable install leaves it ("editable": a .pth naming the
+    sources) or as a package ("package"), or not at all (None). Its bin directory."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip",
+                    *(["--system-site-packages"] if system_site else []), str(where)], check=True)
+    site_dir = next((where / "lib").glob("python3*/site-packages"))
+    if coldsnap == "editable":
+        (site_dir / "__editable__.coldsnap-0.1.0.pth").write_text(f"{REPO / 'src'}\n")
+    elif coldsnap == "package":
+        (site_dir / "coldsnap").symlink_to(REPO / "src" / "coldsnap")
+    shutil.copy(LAUNCHER, where / "bin" / "coldsnap")
+    return where / "bin"
+
+
+def run(argv: list, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(list(map(str, argv)), capture_output=True, text=True, timeout=60,
+                          env={**environ, **env})
+
+
+@pytest.fixture
+def service(tmp_path):
+    svc = start_service(tmp_path)
+    try:
+        yield svc
+    finally:
+        assert svc.stop() == 0
+
+
+@pytest.mark.parametrize("layout", ["editable", "package"])
+def test_the_installed_command_goes_through_the_service_without_site(layout, service, tmp_path):
+    # an environment without the system's packages: no protobuf, so the command cannot have
+    # run in the client, and `site` found nothing for it
+    # run and a .pth whose code marks that `site` ran
+    bin_dir = make_env(tmp_path / "env", system_site=False, coldsnap=layout)
+    marker = tmp_path / "site-ran"
+    site_dir = next((tmp_path / "env" / "lib").glob("python3*/site-packages"))
+    (site_dir / "marker.pth").write_text(f"import pathlib; pathlib.Path({str(marker)!r}).touch()\n")
+    done = run([bin_dir / "coldsnap", "check"], COLDSNAP_SERVICE=str(service.address))
+    assert done.returncode == 0, done.stderr
+    assert "pagemap_scan" in done.stdout
+    service.wait_log(lambda ln: "(check) exited 0" in ln, "worker line of the check")
+    assert not marker.exists()
+
+
+def test_a_command_run_in_the_caller_gets_the_whole_set_up(tmp_path):
+    # no service: the client runs `show` itself, which needs protobuf from the system's
+    # site directory, reached only through the set-up the launcher skipped
+    bin_dir = make_env(tmp_path / "env", system_site=True, coldsnap="editable")
+    missing = tmp_path / "a dir with * and spaces"
+    done = run([bin_dir / "coldsnap", "show", missing], COLDSNAP_SERVICE="")
+    assert done.returncode == 6
+    assert done.stderr.splitlines() == [f"coldsnap: {missing}: cannot open images directory: No such file or directory"]
+
+
+def test_without_a_python_beside_it_the_command_takes_python3_from_path(tmp_path):
+    bin_dir = make_env(tmp_path / "env", system_site=True, coldsnap="editable")
+    alone = tmp_path / "elsewhere"
+    alone.mkdir()
+    shutil.copy(LAUNCHER, alone / "coldsnap")
+    done = run([alone / "coldsnap", "show", tmp_path / "none"], COLDSNAP_SERVICE="",
+               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert done.returncode == 6, done.stderr
+    assert "cannot open images directory" in done.stderr
+
+
+def test_a_python_without_coldsnap_says_so_in_one_line(tmp_path):
+    bin_dir = make_env(tmp_path / "env", system_site=False, coldsnap=None)
+    done = run([bin_dir / "coldsnap", "check"], COLDSNAP_SERVICE="")
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"coldsnap: the coldsnap package is not installed for {bin_dir / 'python3'}"]
