@@ -527,10 +527,12 @@ def one_shot(args: argparse.Namespace) -> bool:
             or (args.command == "restore" and not args.lazy_pages))
 
 
-def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
+def main(argv: list[str] | None = None, *, own_process: bool = False, held: tuple[int, ...] = ()) -> int:
     """Run one command. own_process: the process is the command's alone (`coldsnap`), so a
     one-shot command may run without the cyclic garbage collector: its imports alone set it
-    off about 50 times (a tenth of their CPU), and it ends before any garbage could matter."""
+    off about 50 times (a tenth of their CPU), and it ends before any garbage could matter.
+    held: signals the caller keeps blocked until the command's handlers are in place (a
+    service's worker, whose client may pass one on at any moment), unblocked then."""
     # coldsnap never calls BLAS: without this, importing numpy starts OpenBLAS's thread pool
     # (40-50 ms of a dump's or restore's wall time on 2 CPUs)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -548,6 +550,8 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
         _open_display()
     try:
         try:
+            if held:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
             return run(args)
         finally:
             _close_display()

@@ -460,7 +460,7 @@ class Service:
             f.flush()           # nothing of ours may reach a client through a worker
         service = os.getpid()
         # a signal passed on to the child before it drops our handlers would be ours (lost):
-        # it waits, blocked, until the child runs the command (W.unblock_forwarded)
+        # it waits, blocked, until the command's handlers are in place (cli.main held=...)
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, P.FORWARDED)
         try:
             pid = os.fork()

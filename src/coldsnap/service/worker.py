@@ -56,12 +56,6 @@ def leave_service(sockets: Iterable[socket.socket], fds: Iterable[int], closers:
         os.close(fd)
 
 
-def unblock_forwarded() -> None:
-    """The signals a client passes on, blocked by the service around the fork: one sent
-    meanwhile is delivered now, to the command's handlers, inside the worker's try."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, P.FORWARDED)
-
-
 COPY_PIECE = 2 << 20            # between two looks at whether a request came (~0.5 ms of copying)
 
 
@@ -140,7 +134,6 @@ def _run_then_exit(body: Callable[[], int]) -> NoReturn:
     into the service's loop."""
     code = 1
     try:
-        unblock_forwarded()
         code = body()
     except SystemExit as e:
         code = exit_code_of(e)
@@ -162,7 +155,9 @@ def run_request(request: P.Request, fds: list[int]) -> int:
     os.environ.update(request.environ)
     tempfile.tempdir = None             # TMPDIR as the caller has it
     _new_stdio()
-    return cli.main(request.argv, own_process=True)
+    # the signals a client passes on stay blocked (by the service around the fork) until the
+    # command's handlers are in place: one sent before is delivered to them, not to SIG_DFL
+    return cli.main(request.argv, own_process=True, held=P.FORWARDED)
 
 
 def exit_code_of(e: SystemExit) -> int:
