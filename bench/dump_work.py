@@ -5,7 +5,8 @@
 
 What `coldsnap dump -t PID -D DIR` does once its modules are imported: each run is a fresh
 interpreter (PYTHONPATH = one side's src/; the base revision's exported with `git archive`
-into bench/out/rev-SHA/) that imports coldsnap.cli and coldsnap.dump.dump untimed, then
+into bench/out/rev-SHA/) that imports coldsnap.cli and coldsnap.dump.dump untimed (with
+--service: every module, the service's warm-up and the spare's copy buffers first), then
 times `cli.main(["dump", ...])` on a fresh bench/restore_target.c (SIZE of private
 anonymous memory, every byte non-zero, idle; images on tmpfs):
 
@@ -44,7 +45,12 @@ ROOT = BENCH.parent
 COLS = ("own", "cpu", "before", "frozen", "after")
 
 CHILD = r"""
-import contextlib, io, json, resource, sys, time
+import contextlib, io, json, os, resource, sys, time
+if os.environ.get("BENCH_LIKE_SERVICE"):        # --service: as a service's spare worker has it
+    import coldsnap.service.server as S, coldsnap.memory.frozen_copy as F
+    S.import_everything()
+    getattr(S, "warm_up", lambda: None)()
+    getattr(F, "make_buffers_ahead", lambda: None)()
 import coldsnap.cli as cli
 import coldsnap.dump.dump as D
 marks = {}
@@ -75,8 +81,10 @@ print(json.dumps({"own": (t1 - t0) / 1e6, "cpu": (c1 - c0) * 1e3, "before": (mar
 
 
 
-def one(src: Path, size: int, tracked: bool) -> dict:
+def one(src: Path, size: int, tracked: bool, like_service: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src)}
+    if like_service:
+        env["BENCH_LIKE_SERVICE"] = "1"
     pid, _ = start_restore_target(size)
     try:
         with tempfile.TemporaryDirectory(prefix="coldsnap-bench-", dir=SHM) as d:
@@ -101,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracked", default="8M", help="sizes also run after a tracked pre-dump ('' for none)")
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
+    ap.add_argument("--service", action="store_true",
+                    help="as a service's spare worker runs it: every module imported, the service's "
+                         "warm-up and the spare's copy buffers made first")
     args = ap.parse_args(argv)
     unwind_on_signals()
     become_subreaper()
@@ -116,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     for size, tracked in kinds:
         for r in range(args.runs + 1):          # the first round warms up, unrecorded
             for name, src in (sides if r % 2 else sides[::-1]):
-                got = one(src, size, tracked)
+                got = one(src, size, tracked, args.service)
                 if r:
                     res.setdefault((size, tracked, name), []).append(got)
         log(f"{size_name(size)}{' tracked' if tracked else ''} done")

@@ -6,6 +6,7 @@ each, since this test process has imported everything already."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,23 @@ def test_a_run_declares_the_options_of_its_own_command_alone(capsys):
         build_parser("restre").parse_args(["restre"])
     assert "'pre-dump', 'dump'" in capsys.readouterr().err
     assert build_parser().parse_args(["dump", "-t", "1"]).tree == 1
+
+
+def test_parsers_built_ahead_parse_as_built_on_demand(monkeypatch):
+    """A service builds every command's parser before it forks its workers: main() then
+    takes its command's, with the same result as one built for the run."""
+    from coldsnap import cli
+    monkeypatch.setattr(cli, "_BUILT", {})
+    cli.prebuild_parsers()
+    assert set(cli._BUILT) == set(cli._COMMANDS)
+    argv = ["restore", "-D", "d", "-d", "--json"]
+    assert cli._BUILT["restore"].parse_args(argv) == cli.build_parser("restore").parse_args(argv)
+    used = []
+    monkeypatch.setattr(cli, "build_parser", lambda *a: used.append(a))
+    monkeypatch.setattr(cli, "run", lambda args: 0 if args.restore_detached else 1)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        assert cli.main(argv) == 0 and not used
+    finally:
+        for sig, handler in handlers.items():       # main() installs its own
+            signal.signal(sig, handler)

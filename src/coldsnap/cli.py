@@ -114,6 +114,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+_BUILT: dict[str, argparse.ArgumentParser] = {}     # a resident service's, one per command
+
+
+def prebuild_parsers() -> None:
+    """Every command's parser built now, once (a resident service, before it forks its
+    workers: each would otherwise build its command's, ~1 ms of every command). Parsing does
+    not change a parser, and a worker runs one command."""
+    for name in _COMMANDS:
+        _BUILT[name] = build_parser(name)
+
+
 def _command_in(argv: list[str]) -> str | None:
     """The command an argument list names (its first word that is not an option), if any."""
     return next((a for a in argv if not a.startswith("-")), None)
@@ -537,7 +548,8 @@ def main(argv: list[str] | None = None, *, own_process: bool = False, held: tupl
     # (40-50 ms of a dump's or restore's wall time on 2 CPUs)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     _Parser._argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(_command_in(_Parser._argv)).parse_args(argv)
+    command = _command_in(_Parser._argv)
+    args = (_BUILT.get(command) or build_parser(command)).parse_args(argv)
     if own_process and one_shot(args):
         gc.disable()
     # SIGTERM and a hangup unwind like Ctrl-C (targets resumed, temporary images removed) and

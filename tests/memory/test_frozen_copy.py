@@ -139,3 +139,35 @@ def test_batches_start_at_each_window_and_every_iov_max_pieces(pages, chunk_page
         off += ln
     want = list(zip(edges, edges[1:] + [len(lens)]))
     assert batches(lens, chunk) == want
+
+
+def test_buffers_made_ahead_serve_any_copy_and_stay_out_of_children():
+    """A service's spare makes the largest buffers ahead: prepare_copy takes them for any
+    size instead of making its own; no child inherits them (MADV_DONTFORK)."""
+    from coldsnap.memory import frozen_copy as F
+    try:
+        F.make_buffers_ahead(threads=2)
+        ahead = list(F._spare)
+        F.prepare_copy(64 << 20)
+        assert F._spare == ahead                    # both taken as they are
+        F.make_buffers_ahead(threads=2)
+        ahead = list(F._spare)
+        F.prepare_copy(8 << 20)                     # one thread's: one of them
+        assert len(F._spare) == 1 and F._spare[0] in ahead
+        F.prepare_copy(0)
+        assert F._spare == []
+        F.make_buffers_ahead(threads=1)
+        addr = F._spare[0].addr
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                # the child: the buffer's address unmapped
+            os.close(r)
+            mapped = any(int(line.split("-")[0], 16) == addr for line in open("/proc/self/maps"))
+            os.write(w, b"1" if mapped else b"0")
+            os._exit(0)
+        os.close(w)
+        assert os.read(r, 1) == b"0"
+        os.close(r)
+        os.waitpid(pid, 0)
+    finally:
+        F._spare.clear()

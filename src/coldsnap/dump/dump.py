@@ -401,14 +401,14 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
         with pages.session(images_dir, prev) as session, \
                 ImageDir.create(images_dir, parent=prev_images_dir) as imgdir, session.sink(imgdir) as sink:
             parents = _parents(prev, session)
-            warm_up()
             prepare = getattr(sink, "prepare", None)
             with _Background() as allocating:
-                if pid not in parents:
+                if pid not in parents:      # the allocation first: it is the long pole
                     resident = resident_private_bytes(pid)
                     if prepare is not None and resident:
                         allocating.start(prepare, PagemapKey(pid), min(resident, PREPARE_MAX))
                     prepare_copy(resident)
+                warm_up()
                 vm_flags = vm_flags_before_freeze(pid)
                 prepare_file_kinds(vm_flags.keys())     # the same processes: no import while frozen
             t0 = stats.frozen_at_ns = time.perf_counter_ns()

@@ -83,6 +83,8 @@ class _Buffers:
     def __init__(self, size: int):
         self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
         self.addr = vm.address(self.buf)
+        # no child of ours needs them (a restore's blank child would copy their page tables)
+        vm.madvise(self.addr, size, vm.MADV_DONTFORK)
         self.iov = vm.new_iov_array()
 
 
@@ -93,10 +95,17 @@ def prepare_copy(nbytes: int, chunk: int = CHUNK, parallel_from: int = PARALLEL_
                  threads: int = 2) -> None:
     """Before a freeze: the read buffers of a copy of about NBYTES (one, or one per thread
     from PARALLEL_FROM on), mapped and faulted in now rather than inside the frozen window."""
-    _spare.clear()
-    if nbytes > 0:
-        n = 1 if nbytes < parallel_from or threads <= 1 else threads
-        _spare.extend(_Buffers(min(nbytes + PAGE_SIZE, 2 * chunk)) for _ in range(n))
+    n = 0 if nbytes <= 0 else 1 if nbytes < parallel_from or threads <= 1 else threads
+    size = min(nbytes + PAGE_SIZE, 2 * chunk)
+    ready = [b for b in _spare if len(b.buf) >= size][:n]      # made ahead (make_buffers_ahead)
+    _spare[:] = ready + [_Buffers(size) for _ in range(n - len(ready))]
+
+
+def make_buffers_ahead(threads: int = 2, chunk: int = CHUNK) -> None:
+    """The read buffers of the largest copy prepare_copy prepares, made now: a resident
+    service's worker waiting for its request (a dump then finds them ready, 0.7-2 ms less
+    before its freeze, and another command leaves them alone)."""
+    _spare[:] = [_Buffers(2 * chunk) for _ in range(threads)]
 
 
 def _take_spare(size: int) -> _Buffers | None:

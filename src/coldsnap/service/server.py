@@ -95,8 +95,10 @@ def import_everything() -> None:
 
 def warm_up() -> None:
     """What each worker's command would work out again on its first use, and a fork inherits
-    as it is, worked out once here (restore/images.py warm_up)."""
+    as it is, worked out once here: the commands' parsers, the restore's (restore/images.py
+    warm_up)."""
     from ..restore.images import warm_up as warm_restore
+    cli.prebuild_parsers()
     warm_restore()
 
 

@@ -24,6 +24,7 @@ from ..kernel.clone import set_parent_death_signal
 from ..kernel.pagemap import PAGE_IS_PRESENT, PagemapScanner, ScanQuery, has_pagemap_scan, open_pagemap
 from ..kernel.procfs import read_maps
 from ..kernel.vm import MADV_POPULATE_WRITE, madvise
+from ..memory.frozen_copy import make_buffers_ahead
 from . import protocol as P
 
 
@@ -105,6 +106,8 @@ def run_spare(channel: socket.socket) -> NoReturn:
         poll = select.poll()
         poll.register(channel, select.POLLIN)
         copy_shared_pages(stop=lambda: bool(poll.poll(0)))     # a request (or the service's end) came
+        if not poll.poll(0):
+            make_buffers_ahead()            # a dump's copy buffers
         try:
             channel.send(b"r")
         except OSError:         # the service handed a request over already and closed its end
