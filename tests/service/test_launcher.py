@@ -83,6 +83,16 @@ def test_without_a_python_beside_it_the_command_takes_python3_from_path(tmp_path
     assert "cannot open images directory" in done.stderr
 
 
+def test_a_link_to_the_command_takes_the_python3_beside_the_command_itself(tmp_path):
+    bin_dir = make_env(tmp_path / "env", system_site=True, coldsnap="editable")
+    links = make_env(tmp_path / "other", system_site=False, coldsnap=None)     # a python3 without it
+    (links / "coldsnap").unlink()
+    (links / "coldsnap").symlink_to(bin_dir / "coldsnap")
+    done = run([links / "coldsnap", "show", tmp_path / "none"], COLDSNAP_SERVICE="")
+    assert done.returncode == 6, done.stderr
+    assert "cannot open images directory" in done.stderr
+
+
 def test_a_python_without_coldsnap_says_so_in_one_line(tmp_path):
     bin_dir = make_env(tmp_path / "env", system_site=False, coldsnap=None)
     done = run([bin_dir / "coldsnap", "check"], COLDSNAP_SERVICE="")
