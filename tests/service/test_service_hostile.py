@@ -301,10 +301,11 @@ def test_a_spare_that_died_ready_is_replaced(service):
 def _out_of_fds_at_its_next_fork(pid: int):
     """Process PID (a child of ours) runs out of fds right after its next fork: stopped there
     (ptrace's fork event), its RLIMIT_NOFILE is lowered to its lowest free fd, until the end
-    of the block. Yields a function that waits for that fork (the caller makes it happen)."""
+    of the block. Yields a function that waits for that fork (the caller makes it happen) and
+    returns the child's pid."""
     soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
 
-    def at_fork() -> None:
+    def at_fork() -> int:
         while (stop := ptrace.wait_stop(pid)).event != ptrace.PTRACE_EVENT_FORK:
             ptrace.cont(pid, stop.sig if stop.is_signal_stop else 0)     # SIGCHLD and the like
         child = ptrace.get_event_msg(pid)
@@ -313,6 +314,7 @@ def _out_of_fds_at_its_next_fork(pid: int):
         ptrace.wait_stop(child)
         ptrace.detach(child)
         ptrace.detach(pid)
+        return child
 
     ptrace.seize(pid, ptrace.PTRACE_O_TRACEFORK)
     try:
@@ -333,8 +335,7 @@ def test_a_worker_forked_without_a_pidfd_never_runs_the_command_twice(service):
         busy = _start_restore_stream(service, *fds)      # takes the spare: a worker is forked
         try:
             with _out_of_fds_at_its_next_fork(service.proc.pid) as at_fork:
-                client = subprocess.Popen(coldsnap_argv("check"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, env={**os.environ, "COLDSNAP_SERVICE": str(service.address)})
+                client = _check_client(service)
                 at_fork()
                 out, err = client.communicate(timeout=60)
         finally:
@@ -344,3 +345,27 @@ def test_a_worker_forked_without_a_pidfd_never_runs_the_command_twice(service):
     assert client.returncode == 0 and out.count("pagemap_scan") == 1, (out, err)
     assert not [ln for ln in service.lines() if "after an error" in ln], service.lines()
     _still_serves(service, before)
+
+
+def test_a_spare_forked_without_a_pidfd_leaves_and_is_reaped(service):
+    """The service runs out of fds between a spare's fork and its pidfd: the spare leaves
+    without a request, reaped at once; the next request gets a worker forked for it."""
+    _ready_spare(service)
+    before = _fds_of(service.proc.pid)
+    with _out_of_fds_at_its_next_fork(service.proc.pid) as at_fork:
+        client = _check_client(service)        # the spare runs it; the next is forked at its end
+        spare = at_fork()
+        out, err = client.communicate(timeout=60)
+        # the limit stays until the service tried (the client has its answer before)
+        line = service.wait_log(lambda ln: "no spare worker" in ln or "after an error" in ln, "the spare's failure")
+    assert client.returncode == 0 and out.count("pagemap_scan") == 1, (out, err)
+    assert line.endswith("no spare worker: pidfd_open(%d): Too many open files" % spare), line
+    assert _children(service.proc.pid) == []
+    _still_serves(service, before)              # by a worker forked for it, then a new spare
+    assert not [ln for ln in service.lines() if "after an error" in ln], service.lines()
+
+
+def _check_client(svc) -> subprocess.Popen:
+    """`coldsnap check` through SVC, running."""
+    return subprocess.Popen(coldsnap_argv("check"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLDSNAP_SERVICE": str(svc.address)})

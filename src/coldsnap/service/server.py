@@ -487,11 +487,25 @@ class Service:
         """A worker ahead of the next request, unless there is one or we are stopping."""
         if self.spare is not None or self.stopping:
             return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = self._fork(lambda: (ours.close(), W.run_spare(theirs)))
-        theirs.close()
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as e:                # out of fds: the next request gets a worker forked for it
+            log(f"no spare worker: {e.strerror}")
+            return
+        pid = 0
+        try:
+            pid = self._fork(lambda: (ours.close(), W.run_spare(theirs)))
+            pidfd = pidfd_open(pid)
+        except OSError as e:
+            ours.close()                    # it reads the end of its channel: leaves, running nothing
+            if pid:
+                os.waitpid(pid, 0)
+            log(f"no spare worker: {e.strerror}")
+            return
+        finally:
+            theirs.close()
         ours.setblocking(False)
-        self.spare = Spare(pid, pidfd_open(pid), ours)
+        self.spare = Spare(pid, pidfd, ours)
         self.sel.register(self.spare.pidfd, selectors.EVENT_READ, self.spare)
         self.sel.register(ours, selectors.EVENT_READ, self.spare)
 
