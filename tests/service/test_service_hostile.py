@@ -369,3 +369,23 @@ def _check_client(svc) -> subprocess.Popen:
     """`coldsnap check` through SVC, running."""
     return subprocess.Popen(coldsnap_argv("check"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "COLDSNAP_SERVICE": str(svc.address)})
+
+
+def test_after_an_internal_error_nothing_of_the_request_stays(tmp_path):
+    """Started with SIGCHLD ignored, the service cannot wait for its workers (the kernel reaps
+    them): each request ends in an error of its own loop. The worker's pidfd and the client's
+    socket are closed all the same (the fd count does not grow) and it serves on."""
+    svc = start_service(tmp_path, ignoring=(signal.SIGCHLD,))
+    try:
+        _ready_spare(svc)
+        before = _fds_of(svc.proc.pid)
+        for n in range(4):              # by the spare, then by workers forked for them
+            out, err = _check_client(svc).communicate(timeout=60)
+            assert out.count("pagemap_scan") == 1, (out, err)
+            svc.wait_log(lambda ln: len([x for x in svc.lines() if "after an error" in x]) > n, "the error")
+        deadline = time.monotonic() + 5
+        while _fds_of(svc.proc.pid) > before - 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _fds_of(svc.proc.pid) == before - 2, os.listdir(f"/proc/{svc.proc.pid}/fd")   # no spare any more
+    finally:
+        assert svc.stop() == 0

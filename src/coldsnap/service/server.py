@@ -257,17 +257,44 @@ class Service:
 
     def _forget(self, key: selectors.SelectorKey) -> None:
         """After a bug while handling KEY: stop watching it (a level-triggered fd left
-        registered would spin the loop) and close the client it concerns."""
+        registered would spin the loop), close the client it concerns and let go of its
+        worker (or of the spare). Nothing of them stays watched: a closed fd left in the
+        selector would refuse the next fd of that number."""
+        self._unwatch(key.fileobj)
+        what = key.data[1] if isinstance(key.data, tuple) else key.data
+        if isinstance(what, Spare) and what.pidfd >= 0:
+            if self.spare is what:
+                self.spare = None
+            self._unwatch(what.channel)
+            what.channel.close()
+            self._let_go(what.pidfd, signal.SIGKILL)
+            what.pidfd = -1
+        elif isinstance(what, Conn):
+            if what.pidfd >= 0:
+                self.workers.pop(what.pidfd, None)
+                self._let_go(what.pidfd, signal.SIGTERM)    # it unwinds as an interrupted command
+                what.pidfd = -1
+            what.gone = True
+            self.conns.pop(what.sock.fileno(), None)
+            self._unwatch(what.sock)
+            what.sock.close()
+
+    def _let_go(self, pidfd: int, signum: int) -> None:
+        """Stop watching a worker after a bug: SIGNUM, reaped if it has ended already (else a
+        zombie until we end), its pidfd closed."""
+        self._unwatch(pidfd)
         try:
-            self.sel.unregister(key.fileobj)
+            pidfd_send_signal(pidfd, signum)
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        except (CsError, OSError):
+            pass
+        os.close(pidfd)
+
+    def _unwatch(self, fileobj) -> None:
+        try:
+            self.sel.unregister(fileobj)
         except (KeyError, ValueError):
             pass
-        conn = key.data[1] if isinstance(key.data, tuple) else key.data
-        if isinstance(conn, Conn):
-            self.workers.pop(conn.pidfd, None)
-            conn.gone = True
-            self.conns.pop(conn.sock.fileno(), None)
-            conn.sock.close()
 
     def _dispatch(self, what) -> None:
         if what == "listen":
@@ -590,6 +617,7 @@ class Service:
         self.sel.unregister(conn.pidfd)
         del self.workers[conn.pidfd]
         os.close(conn.pidfd)
+        conn.pidfd = -1
         self._close(conn)
         self._fork_spare()          # now, while no command of ours runs
 
