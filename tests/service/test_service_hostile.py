@@ -389,3 +389,14 @@ def test_after_an_internal_error_nothing_of_the_request_stays(tmp_path):
         assert _fds_of(svc.proc.pid) == before - 2, os.listdir(f"/proc/{svc.proc.pid}/fd")   # no spare any more
     finally:
         assert svc.stop() == 0
+
+
+def test_a_caller_whose_pid_is_taken_after_it_connected_is_not_served(tmp_path):
+    """The pid the kernel gives for the caller (SO_PEERCRED) is the one it had when it
+    connected: once it ended, another process may hold that pid. The service must not
+    inspect that one instead (a confined caller would get its command run unconfined)."""
+    run = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
+                          os.path.join(os.path.dirname(__file__), "pid_reuse_probe.py"), tmp_path],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "local the caller is gone or cannot be inspected\n", (run.stdout, run.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 from coldsnap.kernel.libc import SYS, syscall
@@ -12,6 +13,21 @@ PIDFD_THREAD = 0o200      # O_EXCL: a pidfd for a thread (6.9+)
 
 def pidfd_open(pid: int, flags: int = 0) -> int:
     return syscall(SYS.pidfd_open, pid, flags, what=f"pidfd_open({pid})", pid=pid)
+
+
+SOL_SOCKET, SO_PEERPIDFD = 1, 77
+
+
+def peer_pidfd(sock) -> int | None:
+    """A pidfd (O_CLOEXEC) of the process that connected the unix socket SOCK at its other
+    end, even one that has ended since (then signalling it fails: ESRCH); None on kernels
+    without SO_PEERPIDFD (before 6.5)."""
+    try:
+        return sock.getsockopt(SOL_SOCKET, SO_PEERPIDFD)
+    except OSError as e:
+        if e.errno == errno.ENOPROTOOPT:
+            return None
+        raise
 
 
 def pidfd_getfd(pidfd: int, target_fd: int, flags: int = 0) -> int:

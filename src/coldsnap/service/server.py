@@ -8,8 +8,9 @@ The loop is single-threaded (a worker is forked from it, and restore clones the 
 one selector over the listening socket, the connections, each worker's pidfd and a wake-up
 socket for SIGTERM/SIGINT. Who may ask: only a process of the service's own uid (the socket
 is 0600, and SO_PEERCRED is checked), and only one that lives where the service does (same
-namespaces, root, cgroup, capabilities and confinement: no_new_privs, seccomp, LSM label): anyone else is told to run the command itself,
-which the client then does. A broken or hostile request gets an error or a closed
+namespaces, root, cgroup, capabilities and confinement: no_new_privs, seccomp, LSM label;
+read in /proc while a pidfd pins the caller, SO_PEERPIDFD's): anyone else is told to run the
+command itself, which the client then does. A broken or hostile request gets an error or a closed
 connection, never the service's end.
 
 On SIGTERM/SIGINT the service stops accepting, removes its socket, passes SIGTERM to every
@@ -36,7 +37,7 @@ from importlib import import_module
 from .. import cli
 from ..errors import CsError
 from ..kernel.anonfd import inotify_add_watch, inotify_init1
-from ..kernel.pidfd import pidfd_open, pidfd_send_signal
+from ..kernel.pidfd import peer_pidfd, pidfd_open, pidfd_send_signal
 from ..kernel.procfs import read_cgroup, read_surroundings
 from . import protocol as P
 from . import worker as W
@@ -420,7 +421,7 @@ class Service:
             return "the service is busy"
         try:
             ours = self.surroundings._replace(cgroup=read_cgroup(os.getpid()))
-            differs = read_surroundings(pid).difference(ours)
+            differs = self._surroundings_of(conn.sock, pid).difference(ours)
         except (CsError, OSError):
             return "the caller is gone or cannot be inspected"
         if differs:
@@ -428,6 +429,23 @@ class Service:
         if self.code_changed():
             return "coldsnap's code changed since the service started (restart it)"
         return ""
+
+    @staticmethod
+    def _surroundings_of(sock: socket.socket, pid: int):
+        """The surroundings of the caller at SOCK's other end, PID (SO_PEERCRED's: its pid when
+        it connected). Read from /proc/PID while a pidfd pins the caller, and only if it still
+        lives after: its pid was not taken by another process meanwhile. The pidfd is the
+        very caller's (SO_PEERPIDFD); on kernels without it, that of PID once we look (which
+        leaves open the time between its connect and now)."""
+        pidfd = peer_pidfd(sock)
+        if pidfd is None:
+            pidfd = pidfd_open(pid)
+        try:
+            theirs = read_surroundings(pid)
+            pidfd_send_signal(pidfd, 0)     # ESRCH: it ended; PID may be another's
+        finally:
+            os.close(pidfd)
+        return theirs
 
     def _start(self, conn: Conn, request: P.Request, data: bytes, fds: list[int]) -> None:
         """Hand the request to the spare, even one still copying its pages (it stops the copy
