@@ -22,7 +22,7 @@ PR_SET_NO_NEW_PRIVS = 38
 
 def send_request(s: socket.socket) -> None:
     request = P.encode_request(["check"], [b"%s=%s" % kv for kv in os.environb.items()], 0o022,
-                               os.path.dirname(os.path.dirname(P.__file__)))
+                               os.path.dirname(os.path.dirname(os.path.realpath(P.__file__))))
     null = os.open(os.devnull, os.O_RDWR)
     s.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                            b"".join(fd.to_bytes(4, sys.byteorder) for fd in (null, null, null, null)))])

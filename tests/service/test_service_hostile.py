@@ -42,7 +42,7 @@ def _connect(svc) -> socket.socket:
 def _request(argv=("check",), **env: str) -> bytes:
     environ = {**os.environb, **{k.encode(): v.encode() for k, v in env.items()}}
     return P.encode_request(list(argv), [b"%s=%s" % kv for kv in environ.items()], 0o022,
-                            str(os.path.dirname(P.__file__).rsplit("/", 1)[0]))
+                            os.path.dirname(os.path.dirname(os.path.realpath(P.__file__))))
 
 
 def _answer(s: socket.socket) -> bytes:
@@ -400,3 +400,26 @@ def test_a_caller_whose_pid_is_taken_after_it_connected_is_not_served(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout == "local the caller is gone or cannot be inspected\n", (run.stdout, run.stderr)
+
+
+def test_a_package_path_on_a_hung_mount_stalls_nobody(tmp_path):
+    """A request naming a package directory on a mount that hangs (a FUSE server that never
+    answers): the service compares the path as it is, touching nothing there, and serves
+    everyone else meanwhile."""
+    run = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
+                          os.path.join(os.path.dirname(__file__), "hung_mount_probe.py"), tmp_path],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "check: exit 0", f"request: local the service runs the coldsnap of {os.path.realpath(P.__file__).rsplit('/', 2)[0]}, "
+        f"not of {tmp_path}/hung/coldsnap"], (run.stdout, run.stderr)
+
+
+def test_a_caller_importing_coldsnap_through_a_link_is_served(service, tmp_path):
+    """The client resolves the links of its package path (the service compares it as is)."""
+    (tmp_path / "src").symlink_to(os.path.realpath(P.__file__).rsplit("/", 3)[0])
+    n = len(service.workers("check"))
+    run = subprocess.run(coldsnap_argv("check"), capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLDSNAP_SERVICE": str(service.address), "PYTHONPATH": str(tmp_path / "src")})
+    assert run.returncode == 0 and run.stdout.count("pagemap_scan") == 1, (run.stdout, run.stderr)
+    service.wait_log(lambda ln: len(service.workers("check")) > n, "a worker for check")

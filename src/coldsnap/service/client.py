@@ -19,7 +19,8 @@ import sys
 from . import protocol as P
 
 DEFAULT_ADDRESS = "/run/coldsnap/service.sock"      # = server.DEFAULT_ADDRESS (not imported: heavy)
-PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the service resolves links
+# links resolved here: the service compares it as it comes (a lookup there could hang it for all)
+PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 
 def command() -> None:

@@ -3,7 +3,7 @@ boundaries, so a record needs no length prefix), parsed strictly with every size
 
 Imported by the client before anything else: it uses only built-in modules.
 
-    client -> service   REQUEST   b"coldsnap-request-1\\0" umask \\0 package-dir \\0 argc \\0
+    client -> service   REQUEST   b"coldsnap-request-1\\0" umask \\0 package-dir (links resolved) \\0 argc \\0
                                   argv... \\0 env... (NUL-separated: neither argv nor the
                                   environment can hold a NUL), with exactly REQUEST_FDS fds
                                   (SCM_RIGHTS): the caller's stdin, stdout, stderr and cwd
