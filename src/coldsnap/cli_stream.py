@@ -15,6 +15,7 @@ hostile stream makes no process. Results and errors go to stderr, stdout carries
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -75,7 +76,23 @@ def take_stdout() -> int:
     return fd
 
 
+UNWINDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)     # what ends a command (cli.main)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """The signals that end a command wait (blocked) until the end of the block: one that
+    came meanwhile raises there, once what the block made is in the hands of its remover."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, UNWINDING)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def new_spool() -> Path:
+    """A new spool directory; call it with signals_held, the result kept where its remover
+    finds it inside the block (else a signal right after the mkdir would leave it)."""
     try:
         return Path(tempfile.mkdtemp(prefix=SPOOL_PREFIX))
     except OSError as e:
@@ -91,13 +108,16 @@ def run_dump(args: argparse.Namespace, inner: Callable[[argparse.Namespace, Outp
     from .images.stream import write_stream
     said: list[tuple[dict, tuple[str, ...]]] = []
     stream_fd = take_stdout()
-    spool = new_spool()
-    images = spool / "images"
-    args.images_dir = str(images)
+    spool: Path | None = None
     try:
+        with signals_held():
+            spool = new_spool()
+        images = spool / "images"
+        args.images_dir = str(images)
         code = inner(args, lambda _args, obj, *lines: said.append((obj, lines)))
     except BaseException:
-        shutil.rmtree(spool, ignore_errors=True)
+        if spool is not None:
+            shutil.rmtree(spool, ignore_errors=True)
         raise
     target_gone = args.command == "dump" and not args.leave_running
     try:
@@ -128,18 +148,23 @@ def _kept(e: BaseException, images: Path) -> BaseException:
 
 
 class StreamSpool:
-    """restore --stream: the stream read from stdin into a spool, removed on every exit."""
+    """restore --stream: the stream read from stdin into a spool, removed on every exit. The
+    spool is made inside the `with` (by read): one made before it would stay if a signal came
+    between the two."""
 
     def __init__(self) -> None:
-        self.spool = new_spool()
+        self.spool: Path | None = None
 
     def read(self) -> Path:
         from .images.stream import read_stream
+        with signals_held():
+            self.spool = new_spool()
         top, _ = read_stream(0, self.spool)
         return top
 
     def remove(self) -> None:
-        shutil.rmtree(self.spool, ignore_errors=True)
+        if self.spool is not None:
+            shutil.rmtree(self.spool, ignore_errors=True)
 
     def __enter__(self) -> "StreamSpool":
         return self

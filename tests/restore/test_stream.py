@@ -7,6 +7,7 @@ is checked without looking at other tests' files.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from coldsnap.images.stream import read_stream
+from coldsnap.kernel import ptrace
 
 from procs import Run, build_workload, coldsnap_argv
 from restore_helpers import LogWorkload, alive, assert_one_line_error, start_workload, wait_gone
@@ -385,3 +387,61 @@ def test_restore_interrupted_mid_stream_removes_its_spool(real_stream, tmp_path)
         if restore.poll() is None:
             restore.kill()
             restore.wait()
+
+
+SYS_MKDIR, SYS_MKDIRAT = 83, 258
+
+
+def _signal_at_its_first_mkdir(argv: list[str], sig: int, **popen) -> subprocess.Popen:
+    """Start ARGV traced from its exec (ptrace), follow its system calls to the return of its
+    first mkdir, send it SIG there and let it go: its Python handler runs at once, right
+    after the directory was made (between a mkdtemp and what is to remove it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    proc = subprocess.Popen(argv, preexec_fn=lambda: libc.ptrace(0, 0, 0, 0), **popen)   # PTRACE_TRACEME
+    try:
+        stop = ptrace.wait_stop(proc.pid)          # SIGTRAP at the exec
+        ptrace.set_options(proc.pid, ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_EXITKILL)
+        entering, pending = True, 0
+        while True:
+            ptrace.syscall_step(proc.pid, pending)
+            stop = ptrace.wait_stop(proc.pid)
+            assert not stop.exited, stop
+            if not stop.is_syscall_stop:
+                pending = stop.sig                 # a signal of its own: delivered
+                continue
+            pending = 0
+            if ptrace.get_regs(proc.pid).orig_rax in (SYS_MKDIR, SYS_MKDIRAT) and not entering:
+                os.kill(proc.pid, sig)
+                ptrace.detach(proc.pid)
+                return proc
+            entering = not entering
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_restore_stream_signalled_right_after_making_its_spool_removes_it(sig, tmp_path):
+    restore = _signal_at_its_first_mkdir(coldsnap_argv("restore", "--stream", "-d"), sig, stdin=subprocess.PIPE,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(tmp_path))
+    _, err = restore.communicate(timeout=60)
+    assert restore.returncode == 128 + sig, err
+    assert err.decode().strip() == f"coldsnap: interrupted by {sig.name}", err
+    assert spools_left(tmp_path) == []
+
+
+def test_dump_stream_signalled_right_after_making_its_spool_removes_it(tmp_path):
+    target = subprocess.Popen(["sleep", "60"])
+    try:
+        dump = _signal_at_its_first_mkdir(coldsnap_argv("dump", "-t", target.pid, "--stream", "--leave-running"),
+                                          signal.SIGTERM, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          env=_env(tmp_path))
+        out, err = dump.communicate(timeout=60)
+        assert dump.returncode == 128 + signal.SIGTERM and out == b"", err
+        assert err.decode().strip() == "coldsnap: interrupted by SIGTERM", err
+        assert spools_left(tmp_path) == []
+        assert alive(target.pid)
+    finally:
+        target.kill()
+        target.wait()

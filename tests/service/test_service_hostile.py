@@ -175,7 +175,7 @@ def test_another_user_is_told_to_run_it_itself(service):
 
 def _start_restore_stream(svc, stdin: int, null: int, cwd: int) -> socket.socket:
     """A raw client whose `restore --stream` runs (waiting on STDIN). Its stream spool goes
-    beside the service's log: a signal between its mkdtemp and its `with` leaves it."""
+    beside the service's log."""
     s = _connect(svc)
     _send_with(s, _request(["restore", "--stream"], TMPDIR=str(svc.log.parent)), (stdin, null, null, cwd))
     assert s.recv(P.MAX_REPLY).startswith(b"started ")
