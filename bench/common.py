@@ -32,6 +32,22 @@ libc = ctypes.CDLL(None, use_errno=True)
 os.environ["COLDSNAP_SERVICE"] = ""
 
 
+# The heart of a probe's child program (its CHILD, after it imported contextlib, io, resource,
+# sys, time and coldsnap.cli as cli): `cli.main(ARGV + ["--json"])` under redirect_stdout, its
+# output in `out`, wall marks t0/t1 (ns) and CPU marks c0/c1 (s) around it, rc 0 asserted.
+CLI_MAIN_MARKED = r"""
+def cpu():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+out = io.StringIO()
+c0, t0 = cpu(), time.perf_counter_ns()
+with contextlib.redirect_stdout(out):
+    rc = cli.main(sys.argv[1:] + ["--json"])
+t1, c1 = time.perf_counter_ns(), cpu()
+assert rc == 0, out.getvalue()
+"""
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

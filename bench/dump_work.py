@@ -36,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CLI_MAIN_MARKED  # noqa: E402
 from common import (export_revision, revision, BENCH, SHM, become_subreaper, build_restore_target, kill_reap, log,  # noqa: E402
                     median, parse_size, reap, run_meta, size_name, start_restore_target,
                     unwind_on_signals, write_section)
@@ -62,15 +63,7 @@ def marked(*a, **k):
         yield held
     marks["thawed"] = time.perf_counter_ns()
 D.freeze_tree = marked
-def cpu():
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-out = io.StringIO()
-c0, t0 = cpu(), time.perf_counter_ns()
-with contextlib.redirect_stdout(out):
-    rc = cli.main(sys.argv[1:] + ["--json"])
-t1, c1 = time.perf_counter_ns(), cpu()
-assert rc == 0, out.getvalue()
+""" + CLI_MAIN_MARKED + r"""
 st = json.loads(out.getvalue())["stats"]
 print(json.dumps({"own": (t1 - t0) / 1e6, "cpu": (c1 - c0) * 1e3, "before": (marks["freeze"] - t0) / 1e6,
                   "frozen": st["frozen_time"] / 1e3, "after": (t1 - marks["thawed"]) / 1e6}))

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CLI_MAIN_MARKED  # noqa: E402
 from common import (export_revision, BENCH, LIVE, SHM, become_subreaper, build_restore_target, kill_reap,  # noqa: E402
                     log, median, parse_size, run_meta, size_name, start_restore_target,
                     unwind_on_signals, write_section)
@@ -70,15 +71,7 @@ def timed(name, fn):
 R.load_tree = timed("load", R.load_tree)
 R.make_blank_tree = timed("blank", R.make_blank_tree)
 R.transplant = timed("transplant", R.transplant)
-def cpu():
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-out = io.StringIO()
-c0, t0 = cpu(), time.perf_counter_ns()
-with contextlib.redirect_stdout(out):
-    rc = cli.main(sys.argv[1:] + ["--json"])
-t1, c1 = time.perf_counter_ns(), cpu()
-assert rc == 0, out.getvalue()
+""" + CLI_MAIN_MARKED + r"""
 res = json.loads(out.getvalue())
 print(json.dumps({"own": (t1 - t0) / 1e6, "own_cpu": (c1 - c0) * 1e3, **{k: v / 1e6 for k, v in spent.items()},
                   "memory": res["memory_ms"], "calls": res["injected_calls"], "pid": res["pid"]}))
