@@ -252,6 +252,38 @@ class LogWorkload:
         kill_and_reap(self.pid)
 
 
+def reap_quietly(pid: int) -> None:
+    """SIGKILL and reap PID if it is still there (a lazy restore's guardian, ours as a subreaper)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def end_lazy_restore(w: "LogWorkload | None", res: dict | None) -> None:
+    """The finally of a lazy restore's test: the workload (every incarnation) killed and
+    reaped, then the restore's guardian (RES: its --json result, if it came that far)."""
+    if w is not None:
+        w.stop()
+    if res:
+        reap_quietly(res["lazy_guardian"])
+
+
+def end_migration(w: "LogWorkload", migrate: "subprocess.Popen | None" = None) -> None:
+    """The finally of a migration's test: a `coldsnap migrate` still running killed and
+    reaped, then the source process if it was not dumped (the one over there is its host's)."""
+    if migrate is not None and migrate.poll() is None:
+        migrate.kill()
+        migrate.wait()
+    if w.original is not None:
+        w.original.kill()
+        w.original.wait()
+
+
 def workload_argv(name: str, build: Callable[[str], Path], python_exe: str, tmp: Path) -> list:
     if name == "rst_python":
         return [python_exe, WORKLOADS_DIR / "rst_python.py"]

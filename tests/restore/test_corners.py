@@ -234,7 +234,8 @@ def test_vma_advice_and_flags_come_back_and_act_across_a_fork(tmp_path):
 def test_locked_and_advised_areas_come_back_under_lazy_pages(tmp_path):
     """64-page areas (lazy ones): MAP_LOCKED would fill a locked area with zeros before the
     userfaultfd; restore mlocks it once the server answers, and every page holds its data."""
-    from test_lazy_restore import _reap_quietly, dumped, lazy_restore, wait_served
+    from restore_helpers import end_lazy_restore
+    from test_lazy_restore import dumped, lazy_restore, wait_served
     w = start_corner("corner_advice", tmp_path, 64)
     res = None
     try:
@@ -248,6 +249,4 @@ def test_locked_and_advised_areas_come_back_under_lazy_pages(tmp_path):
         check_round(w)
         assert wait_served(res) == 0
     finally:
-        w.stop()
-        if res:
-            _reap_quietly(res["lazy_guardian"])
+        end_lazy_restore(w, res)

@@ -18,7 +18,8 @@ from coldsnap.images.directory import ImageDir
 from coldsnap.kernel.procfs import child_pids
 from coldsnap.restore.lazy_start import lazy_status
 
-from restore_helpers import LogWorkload, alive, assert_one_line_error, coldsnap, kill_and_reap, reap, wait_gone
+from restore_helpers import (LogWorkload, alive, assert_one_line_error, coldsnap, end_lazy_restore, kill_and_reap,
+                             reap, reap_quietly, wait_gone)
 from rseq_mask import masked, rseq_areas
 
 SIZE_MB = 256
@@ -57,9 +58,7 @@ def lazy_check_restored(workload_bin, tmp_path):
         w.adopt_restored()
         yield w, res, go
     finally:
-        w.stop()
-        if res:
-            _reap_quietly(res["lazy_guardian"])
+        end_lazy_restore(w, res)
 
 
 def test_c_workload_checks_all_its_memory_with_fork_and_munmap(workload_bin, tmp_path):
@@ -97,9 +96,7 @@ def test_fork_advice_holds_for_a_child_made_before_the_pages_are_in(workload_bin
         assert not w.failures(), w.tail()
         assert wait_served(res) == 0
     finally:
-        w.stop()
-        if res:
-            _reap_quietly(res["lazy_guardian"])
+        end_lazy_restore(w, res)
 
 
 def test_server_killed_midway_kills_the_process(workload_bin, tmp_path):
@@ -158,17 +155,6 @@ def test_dump_after_lazy_restore_equals_dump_after_eager_restore(spawn, workload
         kill_and_reap(pid)
 
 
-def _reap_quietly(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-
-
 REDIS_KEYS, REDIS_VALUE = 160_000, 1000      # ~200 MiB of heap (the bench holds 1 GiB)
 
 
@@ -204,7 +190,7 @@ def test_redis_answers_at_once_then_every_key_is_right(tmp_path):
             proc.wait(timeout=10)
         kill_and_reap(pid)
         if res:
-            _reap_quietly(res["lazy_guardian"])
+            reap_quietly(res["lazy_guardian"])
 
 
 def test_tree_one_server_for_every_process(workload_bin, tmp_path):
@@ -237,7 +223,7 @@ def test_tree_one_server_for_every_process(workload_bin, tmp_path):
         kill_tree(w.original, pids, restored=True)
         w.original = None
         if res:
-            _reap_quietly(res["lazy_guardian"])
+            reap_quietly(res["lazy_guardian"])
 
 
 def test_pages_come_from_a_pre_dump_chain(workload_bin, tmp_path):
@@ -259,9 +245,7 @@ def test_pages_come_from_a_pre_dump_chain(workload_bin, tmp_path):
         assert not w.failures(), w.tail()
         assert wait_served(res) == 0
     finally:
-        w.stop()
-        if res:
-            _reap_quietly(res["lazy_guardian"])
+        end_lazy_restore(w, res)
 
 
 def test_guardian_killed_the_server_serves_on(workload_bin, tmp_path):

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "dump"))
 
 from predump_helpers import wait_quiet  # noqa: E402
 from procs import coldsnap_argv, proc_state  # noqa: E402
-from restore_helpers import LogWorkload, assert_one_line_error, coldsnap, reap, wait_gone  # noqa: E402
+from restore_helpers import LogWorkload, assert_one_line_error, coldsnap, end_lazy_restore, reap, wait_gone  # noqa: E402
 from service_helpers import start_service  # noqa: E402
 from tree_helpers import reap_orphans  # noqa: E402
 
@@ -65,8 +65,9 @@ def test_pre_dump_then_lazy_restore_through_the_service(service, workload_bin, t
         assert not w.failures(), w.tail()
         assert os.WEXITSTATUS(reap(res["lazy_guardian"], 60)) == 0
         wait_gone(res["lazy_server"])
+        res = None                  # its guardian reaped: nothing left for the finally
     finally:
-        w.stop()
+        end_lazy_restore(w, res)
     assert [len(service.workers(c)) for c in ("pre-dump", "dump", "restore")] == [1, 1, 1]
 
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from ps_helpers import PageServerProc  # noqa: F401  (test helper paths)
-from restore_helpers import LogWorkload, alive, assert_one_line_error, coldsnap, reap, wait_gone
+from restore_helpers import LogWorkload, alive, assert_one_line_error, coldsnap, end_lazy_restore, reap, wait_gone
 from twohosts import TwoHosts
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "restore"))
-from test_lazy_restore import _reap_quietly, wait_served  # noqa: E402
+from test_lazy_restore import wait_served  # noqa: E402
 
 SIZE_MB = 128
 
@@ -73,10 +73,7 @@ def test_workload_checks_all_its_memory_from_a_remote_page_server(hosts, workloa
         assert alive(w.pid)
         assert "every page is in" in (tmp_path / "lazy.log").read_text()
     finally:
-        if w is not None:
-            w.stop()
-        if res:
-            _reap_quietly(res["lazy_guardian"])
+        end_lazy_restore(w, res)
 
 
 def test_page_server_killed_midway_kills_the_process(hosts, workload_bin, tmp_path):
@@ -98,10 +95,7 @@ def test_page_server_killed_midway_kills_the_process(hosts, workload_bin, tmp_pa
         # lost mid-way, or (on a loaded machine) gone before the server's first connect: "Connection refused"
         assert "connection" in (tmp_path / "lazy.log").read_text().lower()
     finally:
-        if w is not None:
-            w.stop()
-        if res:
-            _reap_quietly(res["lazy_guardian"])
+        end_lazy_restore(w, res)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -170,10 +164,7 @@ def test_a_silent_page_server_kills_the_process_within_seconds(hosts, workload_b
         if how == "dropped":
             subprocess.run(["ip", "netns", "exec", hosts.netns, "nft", "delete", "table", "inet", table],
                            capture_output=True)
-        if w is not None:
-            w.stop()
-        if res:
-            _reap_quietly(res["lazy_guardian"])
+        end_lazy_restore(w, res)
 
 
 def test_eager_restore_reads_every_page_from_the_page_server(workload_bin, tmp_path):

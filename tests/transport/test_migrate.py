@@ -14,7 +14,7 @@ import pytest
 
 from ps_helpers import PageServerProc  # noqa: F401  (test helper paths)
 from procs import coldsnap_argv
-from restore_helpers import LogWorkload, coldsnap
+from restore_helpers import LogWorkload, coldsnap, end_migration
 from twohosts import TwoHosts
 
 PG = 4096
@@ -108,9 +108,7 @@ def test_a_writer_migrates_and_its_memory_is_whole(hosts, workload_bin, tmp_path
         hosts.wait_log("runs here")
         assert _receiver_exit(hosts) == "exit 0"          # one migration served, the process lives on
     finally:
-        if w.original is not None:
-            w.original.kill()
-            w.original.wait()
+        end_migration(w)
 
 
 def _take_pid_there(hosts: TwoHosts, pid: int) -> subprocess.Popen:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ps_helpers import PageServerProc  # noqa: F401  (test helper paths)
-from restore_helpers import coldsnap
+from restore_helpers import coldsnap, end_migration
 from test_migrate import _migrate_in_background, _netns_inode, _pid_in_root_ns, _receiver, _wait_log, _writer, hosts  # noqa: F401
 
 PG = 4096
@@ -44,9 +44,7 @@ def test_a_writer_migrates_post_copy_and_its_memory_is_whole(hosts, workload_bin
         hosts.wait_log("runs here")
         assert hosts.receiver_status() == "exit 0"
     finally:
-        if w.original is not None:
-            w.original.kill()
-            w.original.wait()
+        end_migration(w)
 
 
 
@@ -80,12 +78,7 @@ def test_source_killed_during_post_copy_kills_the_destination_process(hosts, wor
         hosts.wait_log("runs here")
         _killed_over_there(hosts, w)
     finally:
-        if p is not None and p.poll() is None:
-            p.kill()
-            p.wait()
-        if w.original is not None:
-            w.original.kill()
-            w.original.wait()
+        end_migration(w, p)
 
 
 def _killed_over_there(hosts, w, timeout: float = 30.0) -> None:
@@ -158,9 +151,4 @@ def test_a_silent_destination_ends_the_source_within_seconds(hosts, workload_bin
         if how == "dropped":
             subprocess.run(["ip", "netns", "exec", hosts.netns, "nft", "delete", "table", "inet", table],
                            capture_output=True)
-        if p is not None and p.poll() is None:
-            p.kill()
-            p.wait()
-        if w.original is not None:
-            w.original.kill()
-            w.original.wait()
+        end_migration(w, p)

@@ -17,6 +17,7 @@ import pytest
 
 from ps_helpers import PageServerProc  # noqa: F401  (test helper paths)
 from procs import coldsnap_argv
+from restore_helpers import end_migration
 from redis_service import REDIS, kill_all, start_client, start_redis, stop_client
 from service_address import MovingService
 from test_migrate import _netns_inode, _pid_in_root_ns, _receiver, hosts  # noqa: F401  (the fixture)
@@ -81,6 +82,4 @@ def test_a_failing_switchover_command_is_said_and_the_lock_lifted(hosts, workloa
         hosts.wait_log("runs here")
         assert not [t for t in our_tables() if t.startswith(f"{TABLE_PREFIX}{p.pid}-")]
     finally:
-        if w.original is not None:
-            w.original.kill()
-            w.original.wait()
+        end_migration(w)

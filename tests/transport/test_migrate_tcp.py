@@ -11,7 +11,7 @@ from coldsnap.connections.lock import TABLE_PREFIX, NetworkLock, our_tables
 
 from ps_helpers import PageServerProc  # noqa: F401  (test helper paths)
 from procs import coldsnap_argv
-from restore_helpers import LogWorkload
+from restore_helpers import LogWorkload, end_migration
 from tcp_helpers import EchoPeer, echo_server_argv
 from test_migrate import _receiver, _take_pid_there, hosts  # noqa: F401  (the fixture)
 
@@ -76,9 +76,7 @@ def test_migrated_connection_leaves_no_lock_and_the_stay_behind_peer_is_reset(ho
     finally:
         _lift_left(mpid)
         peer.close()
-        if w.original is not None:
-            w.original.kill()
-            w.original.wait()
+        end_migration(w)
 
 
 def test_failed_migration_keeps_the_connection_and_leaves_no_lock(hosts, tmp_path):
