@@ -369,6 +369,19 @@ def _catches(pid: int, sig: int) -> bool:
     return bool(caught >> (sig - 1) & 1)
 
 
+def _worker_catches(svc, sig: int) -> bool:
+    """Whether a worker of SVC catches SIG (its command set its handler: a SIGHUP before
+    that ends it outright, as it would the command in-process)."""
+    with open(f"/proc/{svc.proc.pid}/task/{svc.proc.pid}/children") as f:
+        children = [int(c) for c in f.read().split()]
+    def catches(pid: int) -> bool:
+        try:
+            return _catches(pid, sig)
+        except OSError:         # ended meanwhile
+            return False
+    return any(catches(c) for c in children)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT])
 def test_a_signal_the_caller_ignores_stays_ignored(sig, service):
     """nohup (SIGHUP), a script's background job (SIGINT): a signal the caller ignores is not
@@ -398,7 +411,8 @@ def test_a_service_started_under_nohup_passes_sighup_on(tmp_path, monkeypatch):
         p = subprocess.Popen(coldsnap_argv("restore", "--stream"), stdin=subprocess.PIPE, stderr=subprocess.PIPE,
                              env={**os.environ, "TMPDIR": str(tmp_path)})
         deadline = time.monotonic() + 30
-        while not _catches(p.pid, signal.SIGTERM) and time.monotonic() < deadline:
+        while not (_catches(p.pid, signal.SIGHUP) and _worker_catches(svc, signal.SIGHUP)):
+            assert time.monotonic() < deadline, "the command never set its SIGHUP handler"
             time.sleep(0.01)
         p.send_signal(signal.SIGHUP)
         try:
