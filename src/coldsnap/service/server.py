@@ -32,6 +32,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from typing import Literal
 from importlib import import_module
 
 from .. import cli
@@ -76,8 +77,9 @@ class Spare:
     pid: int
     pidfd: int
     channel: socket.socket
-    heard: bool = False         # its channel said something: b"r" (ready) or its end
-    ready: bool = False         # it said so: its shared pages are copied
+    # "copying" its shared pages (its channel said nothing yet), "ready" (it said b"r": copied)
+    # or "ended" (its channel's end came first: it is leaving, or gone)
+    state: Literal["copying", "ready", "ended"] = "copying"
 
 
 def import_everything() -> None:
@@ -451,7 +453,7 @@ class Service:
         """Hand the request to the spare, even one still copying its pages (it stops the copy
         for it: a worker forked now would have none copied); fork a worker when there is none."""
         spare, self.spare = self.spare, None
-        if spare is not None and (spare.ready or not spare.heard) and self._hand_over(spare, data, fds):
+        if spare is not None and spare.state != "ended" and self._hand_over(spare, data, fds):
             conn.worker, conn.pidfd = spare.pid, spare.pidfd
             self.sel.modify(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
             self.served_by_spare += 1
@@ -496,7 +498,7 @@ class Service:
             log(f"the spare worker {spare.pid} took no request: {e.strerror}")
             self._end_spare(spare)
             return False
-        if not spare.heard:
+        if spare.state == "copying":
             self.sel.unregister(spare.channel)     # its b"r" is of no use any more
         spare.channel.close()
         return True
@@ -558,16 +560,16 @@ class Service:
         """The spare is ready (b"r" on its channel), or ended before any request."""
         if spare.pidfd < 0:                 # ended already, earlier in this round of events
             return
-        if not spare.heard:
+        if spare.state == "copying":
             try:
                 said = spare.channel.recv(16)
             except BlockingIOError:
                 return
             except OSError:
                 said = b""
-            spare.heard, spare.ready = True, said == b"r"
+            spare.state = "ready" if said == b"r" else "ended"
             self.sel.unregister(spare.channel)
-            if spare.ready:
+            if spare.state == "ready":
                 return
         if os.waitid(os.P_PIDFD, spare.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
             log(f"the spare worker {spare.pid} ended before any request")
