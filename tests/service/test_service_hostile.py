@@ -423,3 +423,43 @@ def test_a_caller_importing_coldsnap_through_a_link_is_served(service, tmp_path)
                          env={**os.environ, "COLDSNAP_SERVICE": str(service.address), "PYTHONPATH": str(tmp_path / "src")})
     assert run.returncode == 0 and run.stdout.count("pagemap_scan") == 1, (run.stdout, run.stderr)
     service.wait_log(lambda ln: len(service.workers("check")) > n, "a worker for check")
+
+
+def test_a_socket_of_another_user_at_the_address_gets_nothing(tmp_path):
+    """Someone else listens at the address (a user who could write its directory first): the
+    client runs the command itself and sends nothing there (no stdio, cwd or environment)."""
+    squat = tmp_path / "squat"
+    squat.mkdir()
+    os.chmod(squat, 0o777)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:            # listens as nobody, and says what it received
+        try:
+            os.close(r)
+            os.chdir(squat)
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            s.bind("cs.sock")
+            s.listen()
+            os.write(w, b"listening\n")
+            s.settimeout(30)
+            conn, _ = s.accept()
+            conn.settimeout(30)
+            data, anc, _, _ = conn.recvmsg(1 << 20, socket.CMSG_SPACE(64))
+            os.write(w, b"got %d bytes, %d fds\n" % (len(data), len(anc)))
+        except BaseException as e:
+            os.write(w, repr(e).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        try:
+            assert f.readline() == b"listening\n"
+            run = subprocess.run(coldsnap_argv("check"), capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "COLDSNAP_SERVICE": str(squat / "cs.sock")})
+            said = f.read()
+        finally:
+            os.waitpid(pid, 0)
+    assert run.returncode == 0 and run.stdout.count("pagemap_scan") == 1, (run.stdout, run.stderr)
+    assert said == b"got 0 bytes, 0 fds\n", said

@@ -5,7 +5,7 @@ This module is what every command starts with, so it imports only built-in modul
 `socket`, whose enums cost more than the whole request); the installed script (bin/coldsnap)
 even starts it without `site`, which a command run here then sets up first. The service to use: the address in
 COLDSNAP_SERVICE ("" for none), else DEFAULT_ADDRESS when that file exists. The command runs
-here when nobody answers there, when the service says so (another user, namespace, root,
+here when nobody answers there (or a listener of another user: it gets nothing), when the service says so (another user, namespace, root,
 cgroup, confinement, coldsnap; `restore --shell-job`), or when the request cannot be sent.
 
 Through the service, this process sends its stdio and cwd (as fds), environment, umask and
@@ -76,6 +76,8 @@ def through_service(argv: list[str]) -> int | None:
     forward, kind, rest = None, "", ""
     try:
         sock.connect(address)
+        if not _ours(sock):
+            return None
         request = P.encode_request(argv, [b"%s=%s" % kv for kv in os.environb.items()], _umask(), PACKAGE)
         if len(request) > P.MAX_REQUEST:
             return None
@@ -101,6 +103,15 @@ def through_service(argv: list[str]) -> int | None:
     finally:
         forward.restore()
         sock.close()
+
+
+def _ours(sock) -> bool:
+    """Whether the listener at the other end runs as our user (SO_PEERCRED): whoever else
+    listens there (someone who could write in its directory first) gets nothing of ours, no
+    stdio, cwd or environment. The service serves its own user only anyway."""
+    import _socket
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return int.from_bytes(creds[4:8], sys.byteorder) == os.geteuid()
 
 
 def _wait_for_worker(sock, worker: str) -> int:
