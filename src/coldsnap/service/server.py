@@ -240,6 +240,10 @@ class Service:
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop_signal)
+        # as whoever started us may have left them: SIGCHLD ignored would have the kernel reap
+        # our workers before we learn how they ended; a blocked SIGTERM would never stop us
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD))
         try:
             self._fork_spare()
             log(f"listening on {self.address}")     # once set up: tests count our fds from here
