@@ -471,3 +471,36 @@ def test_a_socket_of_another_user_at_the_address_gets_nothing(tmp_path):
             os.waitpid(pid, 0)
     assert run.returncode == 0 and run.stdout.count("pagemap_scan") == 1, (run.stdout, run.stderr)
     assert said == b"got 0 bytes, 0 fds\n", said
+
+
+@contextlib.contextmanager
+def _no_fd_left(pid: int):
+    """Process PID can open no more fd (RLIMIT_NOFILE at its lowest free one) in the block."""
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    opened = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (min(set(range(len(opened) + 1)) - opened), hard))
+    try:
+        yield
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_service_out_of_fds_tells_its_callers_to_run_it_themselves(service):
+    """It cannot accept a connection: it takes it all the same (on an fd kept in reserve for
+    that) to say so, and each caller runs its command itself, at once; the service neither
+    spins on the connection it cannot take nor fills its log."""
+    _ready_spare(service)
+    before = _fds_of(service.proc.pid)
+    with _no_fd_left(service.proc.pid):
+        for _ in range(3):
+            run = subprocess.run(coldsnap_argv("check"), capture_output=True, text=True, timeout=30,
+                                 env={**os.environ, "COLDSNAP_SERVICE": str(service.address)})
+            assert run.returncode == 0 and run.stdout.count("pagemap_scan") == 1, (run.stdout, run.stderr)
+        cpu = sum(map(int, open(f"/proc/{service.proc.pid}/stat").read().rsplit(")", 1)[1].split()[11:13]))
+        time.sleep(0.5)
+        idle = sum(map(int, open(f"/proc/{service.proc.pid}/stat").read().rsplit(")", 1)[1].split()[11:13])) - cpu
+    assert idle <= 5, f"the service spun: {idle} ticks in 0.5 s"
+    assert [ln for ln in service.lines() if "out of file descriptors" in ln] == \
+        ["coldsnap service: runs in the caller: the service is out of file descriptors"] * 3, service.lines()[-5:]
+    assert service.workers("check") == []
+    _still_serves(service, before)

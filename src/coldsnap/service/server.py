@@ -228,6 +228,7 @@ class Service:
         self.stop_by = 0.0
         self.spare: Spare | None = None
         self.served = self.served_by_spare = 0
+        self.reserve = _reserve_fd()                # to refuse a client when out of fds
         self.wake_r, self.wake_w = socket.socketpair()
         for s in (self.wake_r, self.wake_w):
             s.setblocking(False)
@@ -364,7 +365,11 @@ class Service:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:            # EMFILE and the like: refuse this one, keep serving
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE) and self._refuse_one_out_of_fds():
+                    continue
+                if e.errno == errno.ECONNABORTED:
+                    continue
                 log(f"accept: {e.strerror}")
                 return
             if sum(1 for c in self.conns.values() if not c.worker) >= MAX_PENDING:
@@ -374,6 +379,25 @@ class Service:
             conn = Conn(sock, time.monotonic() + REQUEST_TIMEOUT)
             self.conns[sock.fileno()] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _refuse_one_out_of_fds(self) -> bool:
+        """Out of fds, take the next connection on the fd kept in reserve for this, tell it
+        to run its command itself and close it (left queued, it would wait for ever and its
+        listener's readiness spin our loop): whether there was one."""
+        if self.reserve < 0:
+            return False
+        os.close(self.reserve)
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return False
+        else:
+            log("runs in the caller: the service is out of file descriptors")
+            _send(sock, b"local the service is out of file descriptors")
+            sock.close()
+            return True
+        finally:
+            self.reserve = _reserve_fd()
 
     def _readable(self, conn: Conn) -> None:
         if conn.worker:
@@ -523,7 +547,8 @@ class Service:
                     W.leave_service([self.listener, self.wake_r, self.wake_w,
                                      *(c.sock for c in self.conns.values()),
                                      *([self.spare.channel] if self.spare else [])],
-                                    [*self.workers, *([self.spare.pidfd] if self.spare else [])],
+                                    [*self.workers, *([self.spare.pidfd] if self.spare else []),
+                                     *([self.reserve] if self.reserve >= 0 else [])],
                                     [self.sel, self.code_changed])
                     child()
                 finally:
@@ -649,6 +674,13 @@ class Service:
         if self.conns.pop(conn.sock.fileno(), None) is not None and not conn.gone:
             self.sel.unregister(conn.sock)
         conn.sock.close()
+
+
+def _reserve_fd() -> int:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 def _send(sock: socket.socket, record: bytes) -> None:
