@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,34 @@ def test_socketpairs_with_queues_across_tools(direction, tmp_path):
         if not restored:
             proc.wait(timeout=10)
         reap_orphans(pids=pids)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_a_socket_whose_peer_was_closed_across_tools(direction, tmp_path):
+    """A socketpair end whose other end was closed (a peerless connected entry, both ways shut
+    down, its queue kept): what one tool dumps, the other restores, data then EOF then EPIPE."""
+    from test_unix_sockets import _CLOSED_PEER
+    need_criu()
+    log = tmp_path / "log"
+    proc = subprocess.Popen([sys.executable, "-c", _CLOSED_PEER, log], start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    restored = False
+    try:
+        _wait_for(log, "ready")
+        dump_with(direction, proc.pid, tmp_path / "img")
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        reap_orphans(pids=[proc.pid])
+        restore_with(direction, tmp_path / "img")
+        restored = True
+        os.kill(proc.pid, signal.SIGUSR1)
+        lines = _wait_for(log, "checked").splitlines()
+        assert lines[-3:-1] == [f"{int(k)} b'left by {int(k)}' b'' EPIPE"
+                                for k in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET)], lines
+    finally:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if not restored:
+            proc.wait(timeout=10)
+        reap_orphans(pids=[proc.pid])

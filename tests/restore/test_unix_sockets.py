@@ -225,6 +225,65 @@ def test_listener_with_a_connection_not_accepted_is_refused(tmp_path):
         p.wait(timeout=10)
 
 
+_CLOSED_PEER = """
+import errno, signal, socket, sys, time
+log = open(sys.argv[1], "a", buffering=1)
+ends = []
+for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
+    a, b = socket.socketpair(socket.AF_UNIX, kind)
+    b.send(b"left by " + str(kind).encode())
+    b.close()                       # as the JVM does with its dup2 marker pair
+    ends.append(a)
+def check(*_):
+    for a in ends:
+        got, eof = a.recv(64), a.recv(64)
+        try:
+            a.send(b"x")
+            sent = "sent"
+        except OSError as e:
+            sent = errno.errorcode[e.errno]
+        log.write(f"{a.type} {got!r} {eof!r} {sent}\\n")
+    log.write("checked\\n")
+signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+signal.signal(signal.SIGUSR1, check)
+log.write("ready\\n")
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_socket_whose_peer_was_closed_comes_back_with_its_data_then_eof(tmp_path):
+    """A socketpair end whose other end was closed (the JVM keeps one): dumped as a connected
+    entry without a peer, both directions shut down, its queue kept (as CRIU writes it);
+    restored, it reads what the peer sent, then EOF, and sending fails with EPIPE."""
+    from coldsnap.images.directory import ImageDir
+    log = tmp_path / "log"
+    p = subprocess.Popen([sys.executable, "-c", _CLOSED_PEER, log], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    restored = False
+    try:
+        _wait_for(log, "ready")
+        img = tmp_path / "img"
+        coldsnap("dump", "-t", p.pid, "-D", img, check=True)
+        assert p.wait(timeout=10) == -signal.SIGKILL
+        reap_orphans(pids=[p.pid])
+        usk = [e.usk for e in ImageDir.open(img).read("files.img") if e.HasField("usk")]
+        assert sorted((u.type, u.state, u.peer, u.shutdown) for u in usk) == \
+            [(socket.SOCK_STREAM, 1, 0, 3), (socket.SOCK_SEQPACKET, 1, 0, 3)]
+        coldsnap("restore", "-D", img, "-d", check=True)
+        restored = True
+        os.kill(p.pid, signal.SIGUSR1)
+        _wait_for(log, "checked")
+        lines = log.read_text().splitlines()
+        assert lines[-3:-1] == [f"{int(socket.SOCK_STREAM)} b'left by {int(socket.SOCK_STREAM)}' b'' EPIPE",
+                                f"{int(socket.SOCK_SEQPACKET)} b'left by {int(socket.SOCK_SEQPACKET)}' b'' EPIPE"]
+    finally:
+        _kill([p.pid])
+        if not restored:
+            p.wait(timeout=10)
+        reap_orphans(pids=[p.pid])
+
+
 _FULL = """
 import hashlib, os, socket, sys, time
 d = sys.argv[1]

@@ -46,6 +46,7 @@ _SHUT = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
 _MAX_DGRAM = 1 << 26
 _FILL_SNDBUF = 1 << 26       # while queues are written back; the dumped size is set after
 USK_EXTERN = 1               # unix_sk_entry.uflags: a peer outside the dump (CRIU's flag)
+SHUT_BOTH = 3                # sk_shutdown RCV | SEND: what a connected socket's peer leaves on it when closed
 
 
 @dataclass(slots=True)
@@ -72,6 +73,14 @@ class UnixSocket:
     external: bool = False        # connect_to names a socket outside the tree (--ext-unix-sk)
 
     kind = FdType.UNIXSK
+
+    @property
+    def closed_peer(self) -> bool:
+        """A stream/seqpacket socket still connected to a peer that was closed (a socketpair
+        with one end closed: the JVM keeps one to dup2 over fds it closes): sock_diag shows
+        no peer inode and both directions shut down. Restored as a socketpair whose other end
+        sends the queue and is closed, as CRIU does (a peerless ESTABLISHED entry)."""
+        return self.state == ESTABLISHED and not self.peer and self.type != socket.SOCK_DGRAM
 
 
 def show_name(name: bytes) -> str:
@@ -182,10 +191,10 @@ class UnixOps(FileOps):
                     raise Unsupported(f"{fd}: listening unix socket {show_name(name)} has {len(d.pending)} "
                                       "connection(s) not accepted yet; not supported")
                 backlog = d.wqueue
-            elif state == ESTABLISHED and not d.peer:
+            elif state == ESTABLISHED and not d.peer and d.shutdown != SHUT_BOTH:
                 raise Unsupported(f"{fd}: unix socket connected to a connection its listener has "
                                   "not accepted yet; not supported")
-            else:
+            else:       # a peer gone (closed_peer) leaves what it sent readable: kept too
                 queue = _peek_queue(s, fd, d.type, d.rqueue)
                 if queue and state != ESTABLISHED and not name:
                     raise Unsupported(f"{fd}: unconnected unnamed unix socket with queued data is not supported")
@@ -243,6 +252,8 @@ class UnixOps(FileOps):
                 raise ImageError(f"{name}: cannot bind unix socket {show_name(f.name)}: {e.strerror}") from None
 
     def open(self, f: UnixSocket, ctx: OpenCtx) -> int:
+        if f.closed_peer:
+            return _open_closed_peer(f, ctx)
         if f.state == ESTABLISHED and not f.connect_to:
             return _open_pair_end(f, ctx)
         s = socket.socket(socket.AF_UNIX, f.type)
@@ -363,6 +374,18 @@ def _open_pair_end(f: UnixSocket, ctx: OpenCtx) -> int:
     return theirs
 
 
+def _open_closed_peer(f: UnixSocket, ctx: OpenCtx) -> int:
+    """A socket whose peer was closed: a socketpair, its queue sent from the other end, which
+    is closed then (the kernel shuts both directions of ours down, as they were)."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, f.type)
+    try:
+        theirs.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, _FILL_SNDBUF)
+        _send_queue(theirs, f.queue, ctx.name(f.id))
+    finally:
+        theirs.close()
+    return ctx.high(mine.detach())
+
+
 def _send_from(fd: int, queue: list[bytes], name: str) -> None:
     s = socket.socket(fileno=fd)
     try:
@@ -388,7 +411,7 @@ def link_peers(files: dict[int, FileObj], where=None, *, ext_unix_sk: bool = Fal
     `externs` (peer inode -> name: the USK_EXTERN entries of the images) holds the peer."""
     socks = {f.inode: f for f in files.values() if isinstance(f, UnixSocket)}
     for f in socks.values():
-        if f.state != ESTABLISHED:
+        if f.state != ESTABLISHED or f.closed_peer:
             continue
         if where is None and externs and f.peer in externs and f.peer not in socks:
             f.connect_to, f.external = externs[f.peer], True
