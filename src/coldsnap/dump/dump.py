@@ -66,7 +66,7 @@ from .sink import LOCAL, PageSession, PageTarget
 from .shmem import memfd_mappings, save_memfds, save_shmem
 from .sysv import save_sysv
 from .stats import DumpStats, Times
-from .task_state import SeccompFilters, collect_task_state, write_core_images, write_zombie_core
+from .task_state import SeccompFilters, collect_task_state, prepare_images, write_core_images, write_zombie_core
 from .tree import refuse_tree
 
 
@@ -409,6 +409,7 @@ def dump(pid: int, images_dir: str | Path, *, prev_images_dir: str | Path | None
                         allocating.start(prepare, PagemapKey(pid), min(resident, PREPARE_MAX))
                     prepare_copy(resident)
                 warm_up()
+                prepare_images()
                 vm_flags = vm_flags_before_freeze(pid)
                 prepare_file_kinds(vm_flags.keys())     # the same processes: no import while frozen
             t0 = stats.frozen_at_ns = time.perf_counter_ns()
