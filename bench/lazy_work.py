@@ -10,7 +10,8 @@ when --base is given) a `coldsnap service` runs for the whole bench, started by 
 that times parts of the command in its workers (functions wrapped before the service
 forks them; CLOCK_MONOTONIC stamps written to a file). Per round and side (ABBA), the
 command as a user runs it, through the service (bench/common.py PIP_SCRIPT, this tree's
-client for both sides): `coldsnap restore -D DIR -d --lazy-pages`, then a request to the
+client of the side: the service serves only its own coldsnap): `coldsnap restore -D DIR -d
+--lazy-pages`, then a request to the
 restored program, SIGKILL, and a wait for the lazy server's guardian.
 
 Columns (medians in ms): command = exec to exit of the client; worker = the request in the
@@ -115,7 +116,7 @@ class ProfiledService:
         self.script = where / "coldsnap"
         self.script.write_text(PIP_SCRIPT.format(python=sys.executable))
         self.script.chmod(0o755)
-        self.env = {**os.environ, "COLDSNAP_SERVICE": str(self.address), "PYTHONPATH": str(ROOT / "src")}
+        self.env = {**os.environ, "COLDSNAP_SERVICE": str(self.address), "PYTHONPATH": str(src)}
         out = where / "service.log"
         with open(out, "w") as f:
             parts = ",".join([f"{k}={v}" for k, v in PARTS.items()] + list(more))
@@ -159,7 +160,10 @@ def one(svc: ProfiledService, app: App, images: Path, lazy: bool = True) -> dict
     if "lazy_guardian" in res:
         wait_exit(res["lazy_guardian"])
     stamps = svc.stamps()
-    worker = [s for s in stamps if s[1] == "exit"][0][0]
+    exits = [s for s in stamps if s[1] == "exit"]
+    if not exits:
+        raise RuntimeError(f"no exit stamp: {stamps}")
+    worker = exits[0][0]
     mine = [s for s in stamps if s[0] == worker]
     at = {n: a for _, n, a, _, _ in mine if n in ("got", "request", "exit")}
     flt = {n: f for _, n, _, _, f in mine if n in ("got", "request", "exit")}

@@ -20,6 +20,7 @@ from procs import coldsnap_argv, proc_state  # noqa: E402
 from restore_helpers import LogWorkload, assert_one_line_error, coldsnap, end_lazy_restore, reap, wait_gone  # noqa: E402
 from service_helpers import start_service  # noqa: E402
 from tree_helpers import reap_orphans  # noqa: E402
+from coldsnap.kernel.procfs import child_pids  # noqa: E402
 
 
 @pytest.fixture
@@ -58,7 +59,8 @@ def test_pre_dump_then_lazy_restore_through_the_service(service, workload_bin, t
         coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "pre").check()
         coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img", "--prev-images-dir", tmp_path / "pre").check()
         w.reap_dumped()
-        res = json.loads(coldsnap("restore", "-D", tmp_path / "img", "-d", "--lazy-pages", "--json").check().stdout)
+        res = json.loads(coldsnap("restore", "-D", tmp_path / "img", "-d", "--lazy-pages", "--json",
+                                  "--lazy-log", tmp_path / "lazy.log").check().stdout)
         w.adopt_restored()
         go.touch()
         w.wait_for("ok line", lambda: any(ln.startswith("ok") for ln in w.lines()), timeout=60)
@@ -69,6 +71,25 @@ def test_pre_dump_then_lazy_restore_through_the_service(service, workload_bin, t
     finally:
         end_lazy_restore(w, res)
     assert [len(service.workers(c)) for c in ("pre-dump", "dump", "restore")] == [1, 1, 1]
+    # the spare's lazy middle process, forked ahead (restore/lazy_seed.py), started the server
+    assert "started ahead (seed)" in (tmp_path / "lazy.log").read_text()
+
+
+def test_a_spare_s_lazy_seed_ends_with_its_worker(service, tmp_path):
+    """Each spare forks a lazy restore's middle process ahead (restore/lazy_seed.py): a
+    command that does not take it leaves nothing of it: the service keeps its spare and the
+    spare's seed, no more."""
+    for _ in range(3):
+        assert coldsnap("show", tmp_path / "nothing").returncode == 6
+    deadline = time.monotonic() + 10
+    while True:
+        spares = child_pids([service.proc.pid])[service.proc.pid]
+        seeds = [k for ks in child_pids(spares).values() for k in ks]
+        if (len(spares), len(seeds)) == (1, 1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert (len(spares), len(seeds)) == (1, 1)
+    reap_orphans()      # the workers' seeds, killed as their workers ended and reparented to us
 
 
 def test_a_failing_command_relays_its_error_and_exit_code(service, tmp_path):

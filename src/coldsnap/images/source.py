@@ -66,6 +66,13 @@ class LocalPages:
             self.lazy.close()
 
 
+def _map_pages(fd: int) -> memoryview:
+    """A pages file mapped read-only; the view holds the mapping (dropping the last view of
+    it unmaps the file)."""
+    size = os.fstat(fd).st_size
+    return memoryview(mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)) if size else memoryview(b"")
+
+
 class ChainSource:
     """The pages of pagemap KEY (a pid, or a shmid with shmem=True) as the chain holds them.
 
@@ -108,20 +115,40 @@ class ChainSource:
     def runs(self) -> list[tuple[int, int]]:
         return [(vaddr, nbytes) for _, vaddr, nbytes, _ in self._runs]
 
+    @classmethod
+    def from_files(cls, runs: list[tuple[int, int, int, int]], files: dict[int, int], where: str) -> "ChainSource":
+        """The source another process read (a lazy restore's server started ahead:
+        restore/lazy_seed.py): its runs (level, vaddr, nbytes, offset) and its pages files,
+        level -> fd (taken over: mapped now, then closed)."""
+        self = cls.__new__(cls)
+        self.lazy, self._shift, self.where = None, 0, where
+        self._runs = list(runs)
+        self._starts = [vaddr for _, vaddr, _, _ in self._runs]
+        self.files = [None] * (max(files, default=-1) + 1)
+        self._maps, self._held = {}, []
+        try:
+            for level, fd in files.items():
+                self._maps[level] = _map_pages(fd)
+        finally:
+            for fd in files.values():
+                os.close(fd)
+        return self
+
+    def open_level(self, level: int) -> int:
+        """An fd on chain level LEVEL's pages file (for another process: from_files)."""
+        path = self.files[level]
+        if path is None:
+            raise ImageError(f"{self.where}: chain level {level} has no pages file")
+        return open_image(path)
+
     def _level(self, level: int) -> memoryview:
         view = self._maps.get(level)
         if view is None:
-            path = self.files[level]
-            if path is None:
-                raise ImageError(f"{self.where}: chain level {level} has no pages file")
-            fd = open_image(path)
+            fd = self.open_level(level)
             try:
-                size = os.fstat(fd).st_size
-                m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None
+                view = _map_pages(fd)
             finally:
                 os.close(fd)
-            # the view holds the mapping: dropping the last view of it unmaps the file
-            view = memoryview(m) if m is not None else memoryview(b"")
             self._maps[level] = view
         return view
 

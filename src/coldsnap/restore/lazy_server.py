@@ -8,7 +8,9 @@ this module runs in the server only.
     ... coldsnap detaches the tree and exits; the server goes on ...
 
 coldsnap forks a short-lived middle process that calls setsid() and forks the **guardian**,
-which forks the **server**; both have their own session, no terminal, stdio on /dev/null
+which forks the **server** (through `coldsnap service` the middle process is forked ahead, by
+the spare worker before its request: restore/lazy_seed.py; its server learns each process,
+layout, runs and pages files, with its uffd instead of inheriting coldsnap's images); both have their own session, no terminal, stdio on /dev/null
 (or the log file). The server answers faults (UFFDIO_COPY from the images' pages files,
 mapped read-only: one copy from the page cache; or from a page server's session, fetched
 first: memory/source.py; the fault's neighbourhood first), follows
@@ -55,12 +57,14 @@ from ..memory.source import PageSource
 from .lazy import lazy_layout
 from .lazy_copier import Copier
 from .lazy_pages import LazyPages, Run
+from .lazy_seed import SentImages, decode_process
 from .lazy_start import recv_fds
 
 AHEAD, BEHIND = 64, 16          # pages copied around a fault: sequential readers run ahead
 STREAM_MAX = 1024               # ...and a fault just past the last window doubles it, up to 4 MiB
 FIRST = 16                      # a fault's own pages go in alone first: the faulting thread runs on
 PUSH_PAGES = 512                # one background step (2 MiB, two threads: lazy_copier.py): the longest a fault waits
+CONTROL_MAX = 1 << 18           # a control message: "fd PID", a seed's with the process's numbers
 ABORTED = 3                     # server exit status: coldsnap never said go
 _ZERO = bytes(PAGE)
 _ZERO_AT = vm.address(_ZERO)            # immutable and kept: its address stays valid
@@ -108,6 +112,7 @@ class Server:
         self.t0 = time.monotonic()
         self.poller = select.poll()
         self.copier = Copier()
+        self.seeded = isinstance(images, SentImages)     # its processes come with their uffds
 
     # -- main loop -------------------------------------------------------------------
 
@@ -154,7 +159,8 @@ class Server:
         print(f"coldsnap lazy server: every page is in after {(time.monotonic() - self.t0) * 1e3:.0f} ms "
               f"({(time.monotonic() - self.t_go) * 1e3:.0f} ms after go, CPU {(cpu.ru_utime + cpu.ru_stime) * 1e3:.0f} ms): "
               f"{c.pushed_pages} pushed, {c.fault_pages} on {c.faults} faults, {c.zero_pages} zero, {c.forks} forks, "
-              f"{c.remaps} remaps, {c.removes} removes/unmaps, {c.split_runs} runs split", file=sys.stderr)
+              f"{c.remaps} remaps, {c.removes} removes/unmaps, {c.split_runs} runs split"
+              f"{'; started ahead (seed)' if self.seeded else ''}", file=sys.stderr)
         self.images.origin.close()      # a page server learns that every page is in
         return 0
 
@@ -167,7 +173,7 @@ class Server:
         return sum(s.pages.pending for s in self.spaces.values())
 
     def _control(self) -> bool:
-        got = recv_fds(self.ctl)
+        got = recv_fds(self.ctl, CONTROL_MAX, 64)
         if got is None:
             if self.go:
                 self.poller.unregister(self.ctl.fileno())
@@ -180,9 +186,14 @@ class Server:
             # not before: the restore needs the CPUs until it says go
             threading.Thread(target=self._warm, name="coldsnap-warm", daemon=True).start()
         elif msg.startswith(b"fd "):
-            pid = int(msg.split()[1])
-            proc = self.images.procs[pid]
-            layout = lazy_layout(proc)
+            head, _, parts = msg.partition(b"\n")
+            pid = int(head.split()[1])
+            if parts:               # from a seed (restore/lazy_seed.py): the process comes with it
+                proc = self.images.procs[pid] = decode_process(parts, fds[1:])
+                layout = proc.layout
+            else:
+                proc = self.images.procs[pid]
+                layout = lazy_layout(proc)
             pages = LazyPages.build(layout.areas, proc.private.located(), layout.runs)
             self.total += pages.pending
             self._add(Space(fds[0], pid, pages, proc.private))

@@ -2,8 +2,8 @@
 part of restore/lazy_server.py that coldsnap itself imports (the server's own code is
 imported in the forked server and guardian, so the restore command does not pay for it).
 
-    server = start_server(images, root, log=None)
-    server.hand(pid, uffd); ...; server.go()      # or server.abort()
+    server = start_server(images, root, log=None)     # a seed's (lazy_seed.py), else forked
+    server.hand(pid, uffd, layout); ...; server.go()    # or server.abort()
     lazy_status(root) -> dict
 """
 from __future__ import annotations
@@ -67,12 +67,17 @@ def lazy_status(root: int, timeout: float = 2.0) -> dict:
     return json.loads(data)
 
 
-def recv_fds(sock: socket.socket) -> tuple[bytes, list[int]] | None:
-    """One message and its fds; None at EOF."""
-    msg, fds, _, _ = socket.recv_fds(sock, 64, 16)
+def recv_fds(sock: socket.socket, size: int = 64, most: int = 16) -> tuple[bytes, list[int]] | None:
+    """One message (at most SIZE bytes) and its fds (at most MOST); None at EOF."""
+    msg, fds, _, _ = socket.recv_fds(sock, size, most)
     if not msg and not fds:
         return None
     return msg, fds
+
+
+# a middle process forked ahead by coldsnap service's spare worker (restore/lazy_seed.py
+# Seed), taken by the next start_server
+SEED = None
 
 
 # -- coldsnap's handle on the server ----------------------------------------------------------
@@ -81,17 +86,29 @@ class LazyServer:
     """coldsnap's end: where to send each process's userfaultfd. The server and guardian
     start while the processes are transplanted; go() is where coldsnap waits for them."""
 
-    def __init__(self, middle: int, info: int, to_server: socket.socket, to_guardian: socket.socket):
+    def __init__(self, middle: int, info: int, to_server: socket.socket, to_guardian: socket.socket,
+                 images=None):
         self._middle, self._info = middle, info
         self._to_server, self._to_guardian = to_server, to_guardian
+        self._images = images           # a seed's server learns each process from hand()
         self.server = self.guardian = 0
 
-    def hand(self, pid: int, fd: int) -> None:
+    def hand(self, pid: int, fd: int, layout=None) -> None:
         """Give the server and the guardian each a copy of PID's uffd (held in flight until
-        they read it: never a moment with no holder)."""
+        they read it: never a moment with no holder); a seed's server the process's LAYOUT
+        (restore/lazy.py), saved runs and pages files with it."""
         msg = f"fd {pid}".encode()
         socket.send_fds(self._to_guardian, [msg], [fd])
-        socket.send_fds(self._to_server, [msg], [fd])
+        if self._images is None:
+            socket.send_fds(self._to_server, [msg], [fd])
+            return
+        from .lazy_seed import encode_process
+        parts, files = encode_process(self._images.procs[pid], layout)
+        try:
+            socket.send_fds(self._to_server, [msg + b"\n" + parts], [fd, *files])
+        finally:
+            for f in files:
+                os.close(f)
 
     def go(self) -> None:
         """Every process is built: the server may push. Raises CsError if it never started.
@@ -136,21 +153,36 @@ class LazyServer:
 
 
 def start_server(images, root: int, log: str | None = None) -> LazyServer:
-    """Fork the detached guardian and server (module docstring) for the processes of IMAGES
-    (restore/images.py TreeImages), whose blank processes exist already."""
+    """Start the detached guardian and server (module docstring) for the processes of IMAGES
+    (restore/images.py TreeImages), whose blank processes exist already: through the seed
+    forked ahead when there is one that can serve them (restore/lazy_seed.py), else by a
+    fork of ours."""
+    global SEED
+    seed, SEED = SEED, None
+    if seed is not None and not seed.serves(images):
+        seed.discard()
+        seed = None
     pidfds = {p: pidfd_open(p) for p in images.procs}
-    for proc in images.procs.values():
-        proc.private.pin()          # mapped before the fork: the directory may go once we return
     c2s, s_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     c2g, g_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     g_srv, s_grd = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     info_r, info_w = os.pipe()
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600) if log else \
-        os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    out = -1
     try:
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600) if log else \
+            os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        if seed is not None:
+            try:
+                middle = seed.start(root, out, info_w, (s_ctl, s_grd), (g_ctl, g_srv), pidfds)
+                return LazyServer(middle, info_r, c2s, c2g, images)
+            except OSError:         # the seed is gone: fork one
+                pass
+        for proc in images.procs.values():
+            proc.private.pin()          # mapped before the fork: the directory may go once we return
         middle = os.fork()
         if middle == 0:
-            _middle(images, root, out, pidfds, info_w, (c2s, c2g, info_r), (s_ctl, s_grd), (g_ctl, g_srv))
+            images.origin.forked()      # a page server's connection stays the restore's alone
+            middle_process(images, root, out, pidfds, info_w, (c2s, c2g, info_r), (s_ctl, s_grd), (g_ctl, g_srv))
     except BaseException:
         os.close(info_r)
         c2s.close()
@@ -158,19 +190,20 @@ def start_server(images, root: int, log: str | None = None) -> LazyServer:
         raise
     finally:
         for fd in (out, info_w, *pidfds.values()):
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         for s in (s_ctl, g_ctl, g_srv, s_grd):
             s.close()
     return LazyServer(middle, info_r, c2s, c2g)
 
 
-def _middle(images, root, out, pidfds, info_w, coldsnaps, server_ends, guardian_ends) -> None:
-    """The middle process: a session of its own, then the guardian, which forks the server."""
+def middle_process(images, root, out, pidfds, info_w, coldsnaps, server_ends, guardian_ends) -> None:
+    """The middle process (forked, or a seed): a session of its own, then the guardian,
+    which forks the server. Never returns."""
     code = 1
     try:
         for s in coldsnaps:
             s.close() if isinstance(s, socket.socket) else os.close(s)
-        images.origin.forked()      # a page server's connection stays the restore's alone
         os.setsid()
         # every fork of a restored process while pages are outstanding costs the server and
         # the guardian an fd each (its child's uffd)

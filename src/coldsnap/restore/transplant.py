@@ -357,7 +357,7 @@ class Transplant:
             # registered before any later injected call can touch a lazy page
             fd = lazy_pages.arm(self.rc, self.pid, layout)
             try:
-                self.lazy.hand(self.pid, fd)
+                self.lazy.hand(self.pid, fd, layout)
             finally:
                 os.close(fd)
             self.stats.lazy_pages = layout.pages

@@ -6,7 +6,8 @@ A worker is forked either for its request, or ahead of it as the service's *spar
 copies, while it waits, the pages it still shares with the service (MADV_POPULATE_WRITE on
 the present ones), so that the command itself takes no copy-on-write fault. Those were 1400
 faults of an 8 MiB dump (half of its worker's time, inside the frozen window too) and 1000 of
-its restore."""
+its restore. It also forks, before that copy, the middle process of a lazy restore
+(restore/lazy_seed.py), which a lazy restore takes instead of forking one."""
 from __future__ import annotations
 
 import io
@@ -25,6 +26,7 @@ from ..kernel.pagemap import PAGE_IS_PRESENT, PagemapScanner, ScanQuery, has_pag
 from ..kernel.procfs import read_maps
 from ..kernel.vm import MADV_POPULATE_WRITE, madvise
 from ..memory.frozen_copy import make_buffers_ahead
+from ..restore import lazy_seed
 from . import protocol as P
 
 
@@ -119,6 +121,10 @@ def run_spare(channel: socket.socket) -> NoReturn:
         if nice is not None:
             os.setpriority(os.PRIO_PROCESS, 0, nice)
         return run_request(P.decode_request(data), fds)
+    try:        # a lazy restore's middle process, ahead: before the copy and its nice, and while
+        lazy_seed.prepare()     # the forwarded signals are still blocked (none lost in the fork)
+    except Exception:           # noqa: BLE001 - no seed: a lazy restore forks its own
+        pass
     _run_then_exit(life)
 
 
