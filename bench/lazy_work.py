@@ -9,10 +9,10 @@ with this tree's coldsnap. Per side (this tree, and REV's src/ exported with `gi
 when --base is given) a `coldsnap service` runs for the whole bench, started by a wrapper
 that times parts of the command in its workers (functions wrapped before the service
 forks them; CLOCK_MONOTONIC stamps written to a file). Per round and side (ABBA), the
-command as a user runs it, through the service (bench/common.py PIP_SCRIPT, this tree's
-client of the side: the service serves only its own coldsnap): `coldsnap restore -D DIR -d
---lazy-pages`, then a request to the
-restored program, SIGKILL, and a wait for the lazy server's guardian.
+command as a user runs it, through the service (this tree's bin/coldsnap, as installed,
+with the client of the side: the service serves only its own coldsnap): `coldsnap restore
+-D DIR -d --lazy-pages`, then a request to the restored program, SIGKILL, and a wait for the
+lazy server's guardian.
 
 Columns (medians in ms): command = exec to exit of the client; worker = the request in the
 worker's hands (after the spare's receive, or the forked worker's start) to its _exit;
@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BENCH, LIVE, PIP_SCRIPT, SHM, become_subreaper, export_revision, kill_reap, log,  # noqa: E402
+from common import (BENCH, LIVE, SHM, become_subreaper, export_revision, kill_reap, log,  # noqa: E402
                     median, parse_size, run_meta, size_name, unwind_on_signals, wait_exit)
 from lazy import App, ask, coldsnap_dump  # noqa: E402
 
@@ -113,9 +113,10 @@ class ProfiledService:
         where.mkdir()
         self.address, self.log = where / "service.sock", where / "stamps"
         self.log.write_text("")
-        self.script = where / "coldsnap"
-        self.script.write_text(PIP_SCRIPT.format(python=sys.executable))
-        self.script.chmod(0o755)
+        (where / "bin").mkdir()
+        (where / "bin" / "python3").symlink_to(sys.executable)
+        self.script = where / "bin" / "coldsnap"      # as an install leaves it (common.Service)
+        shutil.copy(ROOT / "bin" / "coldsnap", self.script)
         self.env = {**os.environ, "COLDSNAP_SERVICE": str(self.address), "PYTHONPATH": str(src)}
         out = where / "service.log"
         with open(out, "w") as f:
