@@ -22,7 +22,8 @@ parts of the worker's: load (load_tree), blank (make_blank_tree), server (start_
 lazy server's fork), transplant (all processes; its parts map (_map_vmas: an injected
 mmap per area, open/close per file), write (the pages written before the process runs) and
 arm (the userfaultfd)), go (waiting for the guardian's word), other (the rest: parsing,
-images dir, seize, rlimits, the JSON answer, the worker's exit); faults = the worker's
+images dir, seize, rlimits, the JSON answer, the worker's exit); cpu = the worker's CPU
+time over its part (user + system: the steadier figure on a loaded machine); faults = its
 minor page faults (copy-on-write of what it shares with the service and its forks, the
 pages files read). --fresh: a new dump before each restore (as bench/lazy.py does).
 """
@@ -62,6 +63,9 @@ import coldsnap.service.worker as W
 now = time.monotonic_ns
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def cpu_us():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return int((ru.ru_utime + ru.ru_stime) * 1e6)
 def stamp(name, t0, t1, flt=0):
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
     os.write(fd, f"{os.getpid()} {name} {t0} {t1} {flt}\n".encode())
@@ -89,17 +93,17 @@ timed("coldsnap.service.worker:copy_shared_pages", "spare_copy")
 receive = W.receive
 def received(*a, **k):
     got = receive(*a, **k)
-    stamp("got", now(), 0, faults())
+    stamp("got", now(), cpu_us(), faults())
     return got
 W.receive = received
 run_request = W.run_request
 def request(*a, **k):
-    stamp("request", now(), 0, faults())
+    stamp("request", now(), cpu_us(), faults())
     return run_request(*a, **k)
 W.run_request = request
 exit_worker = W.exit_worker
 def leave(code):
-    stamp("exit", now(), 0, faults())
+    stamp("exit", now(), cpu_us(), faults())
     exit_worker(code)
 W.exit_worker = leave
 sys.exit(cli.main(["service", *sys.argv[1:]]))
@@ -133,7 +137,8 @@ class ProfiledService:
 
     def stamps(self) -> list[tuple[int, str, int, int, int]]:
         """The stamps written since the last call (one command runs at a time): pid, name,
-        start, end, minor faults (over the span; at the point for got, request, exit)."""
+        start, end (CPU µs at the points got, request, exit), minor faults (over the span; at
+        those points: the count so far)."""
         text = self.log.read_text()
         self.log.write_text("")
         return [(int(p), n, int(a), int(b), int(f)) for p, n, a, b, f in (line.split() for line in text.splitlines())]
@@ -168,6 +173,7 @@ def one(svc: ProfiledService, app: App, images: Path, lazy: bool = True) -> dict
     mine = [s for s in stamps if s[0] == worker]
     at = {n: a for _, n, a, _, _ in mine if n in ("got", "request", "exit")}
     flt = {n: f for _, n, _, _, f in mine if n in ("got", "request", "exit")}
+    cpu = {n: b for _, n, _, b, _ in mine if n in ("got", "request", "exit")}
     start = at.get("got", at.get("request"))
     row = {"command": (t1 - t0) / 1e6, "before": (start - t0) / 1e6, "worker": (at["exit"] - start) / 1e6,
            "after": (t1 - at["exit"]) / 1e6, "spare": 1.0 if "got" in at else 0.0}
@@ -175,6 +181,7 @@ def one(svc: ProfiledService, app: App, images: Path, lazy: bool = True) -> dict
         row[name] = sum(b - a for _, n, a, b, _ in mine if n == name) / 1e6
         row[name + "_faults"] = sum(f for _, n, _, _, f in mine if n == name)
     row["faults"] = flt["exit"] - flt.get("got", flt.get("request"))
+    row["cpu"] = (cpu["exit"] - cpu.get("got", cpu.get("request"))) / 1e3
     row["other"] = row["worker"] - sum(row[k] for k in SERIAL)
     row["more"] = {}
     for _, n, a, b, _ in mine:
@@ -186,7 +193,7 @@ def one(svc: ProfiledService, app: App, images: Path, lazy: bool = True) -> dict
 
 
 COLUMNS = ("command", "before", "worker", "after", "load", "blank", "server", "transplant", "map", "write", "arm",
-           "go", "other", "faults")
+           "go", "other", "cpu", "faults")
 
 
 def report(res: dict, meta: dict, load0, load1, base: str | None) -> str:
