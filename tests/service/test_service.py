@@ -49,6 +49,49 @@ def test_dump_and_restore_of_a_c_workload_through_the_service(service, workload_
     assert [ln.endswith("exited 0") for ln in service.workers("dump") + service.workers("restore")] == [True, True]
 
 
+@pytest.fixture
+def own_cgroups():
+    """A cgroup of the test's own in the v2 hierarchy and in the v1 freezer one (those that
+    are mounted), removed at the end: (directory, /proc/PID/cgroup line) pairs."""
+    from coldsnap.kernel.procfs import cgroup_mounts
+    name = f"coldsnap-test-{os.getpid()}-{time.monotonic_ns()}"
+    made = []
+    for m in cgroup_mounts(os.getpid()):
+        if (m.version == 2 or "freezer" in m.options) and m.root == "/":
+            d = Path(m.point, name)
+            d.mkdir()
+            made.append((d, f"{'0::' if m.version == 2 else ':freezer:'}/{name}"))
+    if not made:
+        pytest.skip("no cgroup v2 nor v1 freezer hierarchy mounted")
+    try:
+        yield made
+    finally:
+        for d, _ in made:
+            d.rmdir()
+
+
+def test_a_caller_in_other_cgroups_gets_its_command_run_there(service, own_cgroups, workload_bin, tmp_path):
+    """The worker joins the caller's cgroups: what it restores lands there, as in-process."""
+    def join() -> None:
+        for d, _ in own_cgroups:
+            (d / "cgroup.procs").write_text(str(os.getpid()))
+    with LogWorkload([workload_bin("rst_memory")], tmp_path / "log") as w:
+        w.wait_ready()
+        coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img").check()
+        w.reap_dumped()
+        run = subprocess.run(coldsnap_argv("restore", "-D", tmp_path / "img", "-d"), capture_output=True,
+                             text=True, preexec_fn=join)
+        assert run.returncode == 0, run.stderr
+        w.adopt_restored()
+        lines = Path(f"/proc/{w.pid}/cgroup").read_text().splitlines()
+        for _, line in own_cgroups:
+            assert any(ln.endswith(line) for ln in lines), (line, lines)
+        w.wait_ticks(2)
+        w.assert_healthy()
+    assert [ln.endswith("exited 0") for ln in service.workers("restore")] == [True]
+    assert not [ln for d, _ in own_cgroups for ln in (d / "cgroup.procs").read_text().split()]
+
+
 def test_pre_dump_then_lazy_restore_through_the_service(service, workload_bin, tmp_path):
     """A tracked pre-dump, the dump on top of it, a lazy restore: every page comes right."""
     go = tmp_path / "go"

@@ -74,3 +74,32 @@ class CgroupFreezer:
             if "cgroup.procs" in files:
                 out.update(int(x) for x in Path(d, "cgroup.procs").read_text().split())
         return sorted(out)
+
+
+def directories(cgroups: str, mounts: list, skip: str = "") -> list[Path]:
+    """The directory of each cgroup that CGROUPS (a /proc/PID/cgroup text) names, through
+    MOUNTS (procfs.cgroup_mounts); hierarchies whose line is also in SKIP (another process's
+    text: where that one is already) are left out. CsError for one not mounted where a
+    directory for it can be found."""
+    out = []
+    same = set(skip.splitlines())
+    for line in cgroups.splitlines():
+        if not line or line in same:
+            continue
+        hid, controllers, path = line.split(":", 2)
+        names = set(filter(None, controllers.split(",")))
+        where = next((m for m in mounts if (m.version == 2 if hid == "0" else m.version == 1 and names <= m.options)
+                      and (path + "/").startswith(m.root.rstrip("/") + "/")), None)
+        if where is None:
+            raise CsError(f"cgroup {line}: its hierarchy is not mounted here")
+        out.append(Path(where.point, path[len(where.root.rstrip("/")):].lstrip("/")))
+    return out
+
+
+def move_into(pid: int, directory: Path) -> None:
+    """Move process PID, every thread of it, into the cgroup DIRECTORY (v1 or v2)."""
+    fd = os.open(directory / "cgroup.procs", os.O_WRONLY)
+    try:
+        os.write(fd, b"%d" % pid)
+    finally:
+        os.close(fd)

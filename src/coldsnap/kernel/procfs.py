@@ -350,6 +350,29 @@ def mount_points(pid: int) -> list[tuple[int, int, str]]:
     return out
 
 
+class CgroupMount(NamedTuple):
+    """A cgroup file system as a process sees it mounted: v1 (its controllers, or name=X,
+    among the options) or v2, and which cgroup of the hierarchy is at the mount point."""
+    version: int                # 1 or 2
+    options: frozenset[str]     # the super options (v1: "cpu", "name=systemd", "rw", ...)
+    root: str                   # the cgroup at the mount point ("/" for the hierarchy's root)
+    point: str
+
+
+@on_process
+def cgroup_mounts(pid: int) -> list[CgroupMount]:
+    out = []
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            kind, _, opts = (right.split() + ["", "", ""])[:3]
+            if kind in ("cgroup", "cgroup2"):
+                fields = left.split()
+                out.append(CgroupMount(2 if kind == "cgroup2" else 1, frozenset(opts.split(",")),
+                                       fields[3].replace("\\040", " "), fields[4].replace("\\040", " ")))
+    return out
+
+
 class PosixTimerInfo(NamedTuple):
     """One timer of /proc/PID/timers: id, signal and value sent, sigev_notify (with
     SIGEV_THREAD_ID, 4, set when it notifies one thread: notify_id is then that tid), clock."""

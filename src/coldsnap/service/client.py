@@ -6,7 +6,7 @@ This module is what every command starts with, so it imports only built-in modul
 even starts it without `site`, which a command run here then sets up first. The service to use: the address in
 COLDSNAP_SERVICE ("" for none), else DEFAULT_ADDRESS when that file exists. The command runs
 here when nobody answers there (or a listener of another user: it gets nothing), when the service says so (another user, namespace, root,
-cgroup, confinement, coldsnap; `restore --shell-job`), or when the request cannot be sent.
+confinement, coldsnap, a cgroup it cannot join; `restore --shell-job`), or when the request cannot be sent.
 
 Through the service, this process sends its stdio and cwd (as fds), environment, umask and
 arguments, then waits: SIGINT, SIGTERM and SIGHUP are passed on to the worker, and its end

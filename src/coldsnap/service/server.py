@@ -8,9 +8,10 @@ The loop is single-threaded (a worker is forked from it, and restore clones the 
 one selector over the listening socket, the connections, each worker's pidfd and a wake-up
 socket for SIGTERM/SIGINT. Who may ask: only a process of the service's own uid (the socket
 is 0600, and SO_PEERCRED is checked), and only one that lives where the service does (same
-namespaces, root, cgroup, capabilities and confinement: no_new_privs, seccomp, LSM label;
+namespaces, root, capabilities and confinement: no_new_privs, seccomp, LSM label;
 read in /proc while a pidfd pins the caller, SO_PEERPIDFD's): anyone else is told to run the
-command itself, which the client then does. A broken or hostile request gets an error or a closed
+command itself, which the client then does. A worker is moved into its caller's cgroups before
+it runs the command (what it restores lands there, as with the command in-process). A broken or hostile request gets an error or a closed
 connection, never the service's end.
 
 On SIGTERM/SIGINT the service stops accepting, removes its socket, passes SIGTERM to every
@@ -31,15 +32,17 @@ import struct
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from importlib import import_module
+from pathlib import Path
 
 from .. import cli
 from ..errors import CsError
 from ..kernel.anonfd import inotify_add_watch, inotify_init1
+from ..kernel.cgroup import directories as cgroup_directories, move_into
 from ..kernel.pidfd import peer_pidfd, pidfd_open, pidfd_send_signal
-from ..kernel.procfs import read_cgroup, read_surroundings
+from ..kernel.procfs import cgroup_mounts, read_cgroup, read_surroundings
 from . import protocol as P
 from . import worker as W
 
@@ -68,6 +71,7 @@ class Conn:
     worker: int = 0
     pidfd: int = -1
     command: str = ""           # its command's name, for the log
+    cgroups: list[Path] = field(default_factory=list)     # the caller's, where they are not ours
     gone: bool = False          # the client closed its end
 
 
@@ -450,9 +454,14 @@ class Service:
         if len(self.workers) >= MAX_WORKERS:
             return "the service is busy"
         try:
-            ours = self.surroundings._replace(cgroup=read_cgroup(os.getpid()))
-            differs = self._surroundings_of(conn.sock, pid).difference(ours)
-        except (CsError, OSError):
+            theirs = self._surroundings_of(conn.sock, pid)
+            differs = theirs._replace(cgroup="").difference(self.surroundings._replace(cgroup=""))
+            # the worker joins the caller's cgroups (a restored process lands in them too)
+            conn.cgroups = cgroup_directories(theirs.cgroup, cgroup_mounts(os.getpid()),
+                                              skip=read_cgroup(os.getpid()))
+        except CsError as e:
+            return f"the caller's cgroup cannot be joined ({e})"
+        except OSError:
             return "the caller is gone or cannot be inspected"
         if differs:
             return f"the caller's {differs} is not the service's"
@@ -481,6 +490,14 @@ class Service:
         """Hand the request to the spare, even one still copying its pages (it stops the copy
         for it: a worker forked now would have none copied); fork a worker when there is none."""
         spare, self.spare = self.spare, None
+        if spare is not None and spare.state != "ended":
+            try:
+                _join(spare.pid, conn.cgroups)
+            except OSError as e:
+                self._end_spare(spare)
+                if e.errno != errno.ESRCH:      # not just a spare that died: none can join
+                    raise
+                spare = None
         if spare is not None and spare.state != "ended" and self._hand_over(spare, data, fds):
             conn.worker, conn.pidfd = spare.pid, spare.pidfd
             self.sel.modify(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
@@ -489,17 +506,18 @@ class Service:
             if spare is not None and spare.pidfd >= 0:
                 self.spare = spare          # it ended before any request: its pidfd's event forgets it
                                             # (not one _hand_over found dead: that one is gone)
-            conn.worker, conn.pidfd = self._fork_worker(request, fds)
+            conn.worker, conn.pidfd = self._fork_worker(request, fds, conn.cgroups)
             self.sel.register(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
         conn.command = next((a for a in request.argv if not a.startswith("-")), "")
         self.workers[conn.pidfd] = conn
         self.served += 1
         _send(conn.sock, b"started %d" % conn.worker)
 
-    def _fork_worker(self, request: P.Request, fds: list[int]) -> tuple[int, int]:
-        """A worker forked for REQUEST, and its pidfd. It waits for our word before it runs
-        the command: without its pidfd (out of fds) we could not watch it, and its client, told
-        to run the command itself, would run it a second time."""
+    def _fork_worker(self, request: P.Request, fds: list[int], cgroups: list[Path]) -> tuple[int, int]:
+        """A worker forked for REQUEST, moved into CGROUPS, and its pidfd. It waits for our
+        word before it runs the command: without its pidfd (out of fds) we could not watch it,
+        and its client, told to run the command itself, would run it a second time; nor may
+        it run outside the caller's cgroups."""
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         try:
             pid = self._fork(lambda: (os.close(go_w), W.run_forked(request, fds, go_r)))
@@ -510,6 +528,13 @@ class Service:
         except OSError:
             os.close(go_w)          # it reads the end of the pipe: leaves without running anything
             os.waitpid(pid, 0)
+            raise
+        try:
+            _join(pid, cgroups)
+        except OSError:
+            os.close(go_w)
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            os.close(pidfd)
             raise
         try:
             os.write(go_w, b"g")
@@ -681,6 +706,15 @@ def _reserve_fd() -> int:
         return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return -1
+
+
+def _join(pid: int, cgroups: list[Path]) -> None:
+    """Move a worker into its caller's cgroups (OSError: it cannot be, and must not run)."""
+    for d in cgroups:
+        try:
+            move_into(pid, d)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot join the caller's cgroup {d}: {e.strerror}") from None
 
 
 def _send(sock: socket.socket, record: bytes) -> None:
