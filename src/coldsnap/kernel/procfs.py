@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import struct
 from typing import Iterable, Literal, NamedTuple
 
@@ -66,21 +67,26 @@ def read_maps(pid: int, ending: tuple[str, ...] = ()) -> list[MapsLine]:
     return parse_maps(text)
 
 
+# a mapping's header line or its VmFlags line, each just after a newline (a path's own newlines
+# are escaped as \012): the search jumps from newline to newline
+_SMAPS_LINE = re.compile(rb"\n(?:([0-9a-f]+)-([0-9a-f]+) |VmFlags:([^\n]*))")
+
+
 @on_process
 def read_vm_flags(pid: int) -> dict[tuple[int, int], frozenset[str]]:
     """(start, end) of each mapping -> its VmFlags codes of /proc/PID/smaps ("dc", "lo"...).
-    smaps walks the page tables (≈9 ms for a small process): read it outside a freeze."""
+    smaps walks the page tables (≈9 ms for a small process): read it outside a freeze. Only
+    its header and VmFlags lines are looked at, found by one regular expression over the
+    bytes (a Python process with numpy, 189 mappings in 4725 lines: 0.3 instead of 0.9 ms)."""
     with open(f"/proc/{pid}/smaps", "rb") as f:
-        text = f.read().decode("utf-8", "surrogateescape")
+        text = b"\n" + f.read()
     out: dict[tuple[int, int], frozenset[str]] = {}
     span = None
-    for line in text.splitlines():
-        if line.startswith("VmFlags:"):
-            if span is not None:
-                out[span] = frozenset(line.split()[1:])
-        elif line and line[0] in "0123456789abcdef" and "-" in line.split(None, 1)[0]:
-            lo, hi = line.split(None, 1)[0].split("-")
+    for lo, hi, flags in _SMAPS_LINE.findall(text):
+        if lo:
             span = (int(lo, 16), int(hi, 16))
+        elif span is not None:
+            out[span] = frozenset(flags.decode().split())
     return out
 
 
