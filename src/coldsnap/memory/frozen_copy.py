@@ -39,6 +39,7 @@ CHUNK = 1 << 20
 # (fresh pages to fault in) cost more than the parallel page allocation saves (8 MiB: about
 # 8.9 ms of CPU on two threads against 7.4 on one)
 PARALLEL_FROM = 16 << 20
+PREPARE_SLACK = 64 * PAGE_SIZE
 
 
 @dataclass(eq=False, repr=False)
@@ -96,7 +97,9 @@ def prepare_copy(nbytes: int, chunk: int = CHUNK, parallel_from: int = PARALLEL_
     """Before a freeze: the read buffers of a copy of about NBYTES (one, or one per thread
     from PARALLEL_FROM on), mapped and faulted in now rather than inside the frozen window."""
     n = 0 if nbytes <= 0 else 1 if nbytes < parallel_from or threads <= 1 else threads
-    size = min(nbytes + PAGE_SIZE, 2 * chunk)
+    # NBYTES (RssAnon + VmSwap) leaves out pages the copy reads too ([vdso]'s): without the
+    # slack a small process's buffer came one page short and was made again in the window
+    size = min(nbytes + PREPARE_SLACK, 2 * chunk)
     ready = [b for b in _spare if len(b.buf) >= size][:n]      # made ahead (make_buffers_ahead)
     _spare[:] = ready + [_Buffers(size) for _ in range(n - len(ready))]
 
