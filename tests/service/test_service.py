@@ -304,8 +304,12 @@ def test_a_daemon_service_serves_and_stops_on_sigterm(tmp_path, monkeypatch):
     try:
         assert address.exists() and oct(address.stat().st_mode & 0o777) == "0o600"
         assert oct(address.parent.stat().st_mode & 0o777) == "0o700"
+        deadline = time.monotonic() + 30        # set up: its fds are all open (an fd in reserve too)
+        while "listening on" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
         held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-        assert str(tmp_path / "marker") not in held and held.count(os.devnull) == 2, held
+        assert str(tmp_path / "marker") not in held and held.count(os.devnull) == 3, held   # 0, 1, reserve
         monkeypatch.setenv("COLDSNAP_SERVICE", str(address))
         assert subprocess.run(coldsnap_argv("check"), capture_output=True).returncode == 0
         assert log.read_text().splitlines()[-1].endswith("(check) exited 0")
