@@ -127,13 +127,14 @@ def test_a_client_that_connects_and_leaves_or_stays_silent(service):
 
 
 def test_a_client_leaving_right_after_its_request(service):
-    """Its worker is told to stop (or has ended already); nothing stays."""
+    """Gone before the service read its request, nothing starts (most often); else its
+    worker is told to stop (or has ended already). Nothing stays."""
     before = _fds_of(service.proc.pid)
     n = len(service.workers("check"))
     s = _connect(service)
     _with_fds(s, _request(), 4)
     s.close()
-    service.wait_log(lambda ln: len(service.workers("check")) > n, "the worker's end")
+    service.wait_log(lambda ln: len(service.workers("check")) > n or "gave it up" in ln, "the request's end")
     _still_serves(service, before)
 
 
@@ -504,3 +505,23 @@ def test_a_service_out_of_fds_tells_its_callers_to_run_it_themselves(service):
         ["coldsnap service: runs in the caller: the service is out of file descriptors"] * 3, service.lines()[-5:]
     assert service.workers("check") == []
     _still_serves(service, before)
+
+
+def test_a_stopped_service_is_waited_for_with_a_word_and_ctrl_c_gives_up(service):
+    """The service stopped (Ctrl-Z in its terminal): the client says after 5 s that it waits;
+    a Ctrl-C ends it, and the service, once it runs again, runs nothing of that request."""
+    _ready_spare(service)
+    os.kill(service.proc.pid, signal.SIGSTOP)
+    try:
+        client = _check_client(service)
+        line = client.stderr.readline()
+        assert line == (f"coldsnap: the service at {service.address} (pid {service.proc.pid}) has not answered "
+                        "for 5 s; waiting for it (Ctrl-C gives up)\n"), line
+        client.send_signal(signal.SIGINT)
+        client.wait(timeout=10)
+    finally:
+        os.kill(service.proc.pid, signal.SIGCONT)       # it holds the client's stdio, in flight
+    out, err = client.communicate(timeout=10)
+    assert client.returncode == -signal.SIGINT and out == "" and err == "", (client.returncode, out, err)
+    service.wait_log(lambda ln: "gave it up" in ln, "the request given up")
+    assert service.workers("check") == []

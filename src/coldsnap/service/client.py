@@ -88,7 +88,7 @@ def through_service(argv: list[str]) -> int | None:
             sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         finally:
             os.close(cwd)
-        kind, rest = P.decode_reply(sock.recv(P.MAX_REPLY))
+        kind, rest = P.decode_reply(_first_reply(sock, forward, address))
         if kind != "started":
             return _caught(forward)         # local, or an error: nothing ran
     except (OSError, P.ProtocolError, ValueError):
@@ -103,6 +103,35 @@ def through_service(argv: list[str]) -> int | None:
     finally:
         forward.restore()
         sock.close()
+
+
+NOTICE_AFTER = 5.0          # seconds of a silent service before the client says it waits
+WAKE_EVERY = 0.25           # seconds: how soon a signal ends that wait
+
+
+def _first_reply(sock, forward: _Forwarder, address: str) -> bytes:
+    """The service's answer to the request: at once from a service that runs. A silent one
+    (stopped by Ctrl-Z, say) is waited for, with a word on stderr after NOTICE_AFTER: the
+    command must not run here while the service may still run it. A signal ends the wait
+    (b"": _caught then ends us by it; the service, finding the request followed by a signal
+    or by our end, runs nothing)."""
+    import _socket
+    sock.settimeout(WAKE_EVERY)
+    silent = 0
+    try:
+        while True:
+            try:
+                return sock.recv(P.MAX_REPLY)
+            except _socket.timeout:
+                if forward.caught:
+                    return b""
+                silent += 1
+                if silent == round(NOTICE_AFTER / WAKE_EVERY):
+                    pid = int.from_bytes(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)[:4], sys.byteorder)
+                    print(f"coldsnap: the service at {address} (pid {pid}) has not answered for "
+                          f"{NOTICE_AFTER:g} s; waiting for it (Ctrl-C gives up)", file=sys.stderr, flush=True)
+    finally:
+        sock.settimeout(None)
 
 
 def _ours(sock) -> bool:

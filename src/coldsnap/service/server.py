@@ -416,6 +416,11 @@ class Service:
             request = P.decode_request(data)
             if len(fds) != P.REQUEST_FDS:
                 raise P.ProtocolError(f"a request comes with {P.REQUEST_FDS} fds, not {len(fds)}")
+            if self._withdrawn(conn):
+                log("runs nowhere: its caller gave it up before it started")
+                _send(conn.sock, b"local given up")
+                self._close(conn)
+                return
             reason = self._refusal(conn, request)
             if reason:
                 log(f"runs in the caller: {reason}")
@@ -437,6 +442,16 @@ class Service:
         finally:
             for fd in fds:
                 os.close(fd)
+
+    @staticmethod
+    def _withdrawn(conn: Conn) -> bool:
+        """Whether the caller gave its request up before we could start it (we were stopped,
+        say): a signal record (its client waits no longer) or its end queued behind it."""
+        try:
+            conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        return True
 
     def _refusal(self, conn: Conn, request: P.Request) -> str:
         """Why this caller should run its command itself ('' when the service may run it)."""
