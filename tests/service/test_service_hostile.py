@@ -298,6 +298,12 @@ def test_a_spare_that_died_ready_is_replaced(service):
 
 
 
+def _lowest_free_fd(pid: int) -> int:
+    """The fd number process PID would get next: as its RLIMIT_NOFILE, it can open no more."""
+    opened = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return min(set(range(len(opened) + 1)) - opened)
+
+
 @contextlib.contextmanager
 def _out_of_fds_at_its_next_fork(pid: int):
     """Process PID (a child of ours) runs out of fds right after its next fork: stopped there
@@ -310,8 +316,7 @@ def _out_of_fds_at_its_next_fork(pid: int):
         while (stop := ptrace.wait_stop(pid)).event != ptrace.PTRACE_EVENT_FORK:
             ptrace.cont(pid, stop.sig if stop.is_signal_stop else 0)     # SIGCHLD and the like
         child = ptrace.get_event_msg(pid)
-        opened = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (min(set(range(len(opened) + 1)) - opened), hard))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (_lowest_free_fd(pid), hard))
         ptrace.wait_stop(child)
         ptrace.detach(child)
         ptrace.detach(pid)
@@ -390,8 +395,9 @@ def test_a_service_started_with_sigchld_ignored_or_signals_blocked_serves_and_st
         _ready_spare(svc)
         before = _fds_of(svc.proc.pid)
         for n in range(3):              # by the spare, each time a new one
-            out, err = _check_client(svc).communicate(timeout=60)
-            assert out.count("pagemap_scan") == 1 and err == "", (out, err)
+            client = _check_client(svc)
+            out, err = client.communicate(timeout=60)
+            assert out.count("pagemap_scan") == 1 and err == "", (client.returncode, out, err)
             svc.wait_log(lambda ln: len(svc.workers("check")) > n, "the worker's end")
         _still_serves(svc, before)
         assert [ln.endswith("exited 0") for ln in svc.workers("check")] == [True] * 4
@@ -478,8 +484,7 @@ def test_a_socket_of_another_user_at_the_address_gets_nothing(tmp_path):
 def _no_fd_left(pid: int):
     """Process PID can open no more fd (RLIMIT_NOFILE at its lowest free one) in the block."""
     soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-    opened = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (min(set(range(len(opened) + 1)) - opened), hard))
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (_lowest_free_fd(pid), hard))
     try:
         yield
     finally:
