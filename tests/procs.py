@@ -170,3 +170,34 @@ def crit_decode_each(paths) -> dict:
 def crit_decode(path) -> dict:
     """The decoded JSON of one image, asserting crit took it."""
     return crit_decode_each([path])[path]
+
+
+def stopped_after_syscall(argv: list, numbers: tuple[int, ...], then, **popen) -> subprocess.Popen:
+    """Start ARGV traced from its exec (ptrace), follow its system calls to the return of the
+    first one of NUMBERS, call THEN(the Popen) while it stands there, and let it go: what
+    THEN does happens right after that call (a signal, a file swapped), as it could by chance."""
+    import ctypes
+    from coldsnap.kernel import ptrace
+    libc = ctypes.CDLL(None, use_errno=True)
+    proc = subprocess.Popen(argv, preexec_fn=lambda: libc.ptrace(0, 0, 0, 0), **popen)   # PTRACE_TRACEME
+    try:
+        ptrace.wait_stop(proc.pid)                 # SIGTRAP at the exec
+        ptrace.set_options(proc.pid, ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_EXITKILL)
+        entering, pending = True, 0
+        while True:
+            ptrace.syscall_step(proc.pid, pending)
+            stop = ptrace.wait_stop(proc.pid)
+            assert not stop.exited, stop
+            if not stop.is_syscall_stop:
+                pending = stop.sig                 # a signal of its own: delivered
+                continue
+            pending = 0
+            if ptrace.get_regs(proc.pid).orig_rax in numbers and not entering:
+                then(proc)
+                ptrace.detach(proc.pid)
+                return proc
+            entering = not entering
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise

@@ -7,7 +7,6 @@ is checked without looking at other tests' files.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -21,9 +20,8 @@ from pathlib import Path
 import pytest
 
 from coldsnap.images.stream import read_stream
-from coldsnap.kernel import ptrace
 
-from procs import Run, build_workload, coldsnap_argv
+from procs import Run, build_workload, coldsnap_argv, stopped_after_syscall
 from restore_helpers import LogWorkload, alive, assert_one_line_error, start_workload, wait_gone
 
 EXIT_BAD_IMAGE = 6
@@ -393,32 +391,9 @@ SYS_MKDIR, SYS_MKDIRAT = 83, 258
 
 
 def _signal_at_its_first_mkdir(argv: list[str], sig: int, **popen) -> subprocess.Popen:
-    """Start ARGV traced from its exec (ptrace), follow its system calls to the return of its
-    first mkdir, send it SIG there and let it go: its Python handler runs at once, right
-    after the directory was made (between a mkdtemp and what is to remove it)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    proc = subprocess.Popen(argv, preexec_fn=lambda: libc.ptrace(0, 0, 0, 0), **popen)   # PTRACE_TRACEME
-    try:
-        stop = ptrace.wait_stop(proc.pid)          # SIGTRAP at the exec
-        ptrace.set_options(proc.pid, ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_EXITKILL)
-        entering, pending = True, 0
-        while True:
-            ptrace.syscall_step(proc.pid, pending)
-            stop = ptrace.wait_stop(proc.pid)
-            assert not stop.exited, stop
-            if not stop.is_syscall_stop:
-                pending = stop.sig                 # a signal of its own: delivered
-                continue
-            pending = 0
-            if ptrace.get_regs(proc.pid).orig_rax in (SYS_MKDIR, SYS_MKDIRAT) and not entering:
-                os.kill(proc.pid, sig)
-                ptrace.detach(proc.pid)
-                return proc
-            entering = not entering
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    """ARGV signalled SIG right after its first mkdir (its Python handler runs at once: between
+    a mkdtemp and what is to remove it)."""
+    return stopped_after_syscall(argv, (SYS_MKDIR, SYS_MKDIRAT), lambda p: os.kill(p.pid, sig), **popen)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
