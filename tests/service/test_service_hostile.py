@@ -15,7 +15,7 @@ import pytest
 
 from coldsnap.kernel import ptrace
 from coldsnap.service import protocol as P
-from procs import coldsnap_argv, proc_state
+from procs import coldsnap_argv, proc_state, stopped_after_syscall
 from service_helpers import start_service
 
 
@@ -77,6 +77,8 @@ def _with_fds(s: socket.socket, data: bytes, n: int) -> None:
         for fd in fds:
             os.close(fd)
 
+
+SYS_BIND = 49
 
 CASES = ["garbage", "no fds", "too many fds", "too few fds", "huge", "bad umask", "argc too large",
          "signal first", "empty"]
@@ -530,3 +532,32 @@ def test_a_stopped_service_is_waited_for_with_a_word_and_ctrl_c_gives_up(service
     assert client.returncode == -signal.SIGINT and out == "" and err == "", (client.returncode, out, err)
     service.wait_log(lambda ln: "gave it up" in ln, "the request given up")
     assert service.workers("check") == []
+
+
+def test_a_socket_file_swapped_for_a_link_right_after_bind_changes_nothing_there(tmp_path):
+    """Someone who can write in the socket's directory swaps the socket file for a symbolic
+    link right after the service made it: the service sets no mode through that link (it
+    made the file 0600 to begin with)."""
+    where = tmp_path / "svc"
+    where.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("someone's\n")
+    victim.chmod(0o644)
+
+    def swap(_proc) -> None:
+        (where / "s.sock").unlink()
+        (where / "s.sock").symlink_to(victim)
+
+    with open(tmp_path / "log", "w") as log:
+        svc = stopped_after_syscall(coldsnap_argv("service", "--address", where / "s.sock"), (SYS_BIND,), swap,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    env={**os.environ, "COLDSNAP_SERVICE": ""})
+    try:
+        deadline = time.monotonic() + 60
+        while "listening on" not in (tmp_path / "log").read_text():
+            assert svc.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()
+            time.sleep(0.01)
+    finally:
+        svc.send_signal(signal.SIGTERM)
+        assert svc.wait(timeout=30) == 0
+    assert oct(victim.stat().st_mode & 0o777) == "0o644" and victim.read_text() == "someone's\n"

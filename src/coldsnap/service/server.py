@@ -203,7 +203,7 @@ def bind(address: str) -> tuple[socket.socket, tuple[int, int]]:
             probe.close()
         os.unlink(address)              # stale: nobody listens
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    old = os.umask(0o077)
+    old = os.umask(0o177)               # 0600 as it is made: no chmod after (through what name?)
     try:
         sock.bind(address)
     except OSError as e:
@@ -211,10 +211,9 @@ def bind(address: str) -> tuple[socket.socket, tuple[int, int]]:
         raise ServiceError(f"cannot listen on {address}: {e.strerror}") from None
     finally:
         os.umask(old)
-    os.chmod(address, 0o600)
     sock.listen(64)
     sock.setblocking(False)
-    st = os.stat(address)
+    st = os.lstat(address)
     return sock, (st.st_dev, st.st_ino)
 
 
@@ -344,7 +343,7 @@ class Service:
         self.listener.close()
         self.stop_by = time.monotonic() + STOP_WAIT
         try:
-            st = os.stat(self.address)
+            st = os.lstat(self.address)
             if (st.st_dev, st.st_ino) == self.ident:
                 os.unlink(self.address)
         except OSError:
@@ -791,7 +790,7 @@ def run_service(address: str | None, daemon: bool = False, pidfile: str | None =
         return Service(listener, address, ident, code_snapshot()).serve()
     finally:
         try:
-            st = os.stat(address)
+            st = os.lstat(address)
             if (st.st_dev, st.st_ino) == ident:
                 os.unlink(address)
         except OSError:
