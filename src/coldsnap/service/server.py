@@ -626,8 +626,8 @@ class Service:
 
     def _spare_event(self, spare: Spare) -> None:
         """The spare is ready (b"r" on its channel), or ended before any request."""
-        if spare.pidfd < 0:                 # ended already, earlier in this round of events
-            return
+        if spare.pidfd < 0 or spare is not self.spare:     # ended, or handed a request, earlier
+            return                                          # in this round of events
         if spare.state == "copying":
             try:
                 said = spare.channel.recv(16)

@@ -114,7 +114,12 @@ def run_spare(channel: socket.socket) -> NoReturn:
             channel.send(b"r")
         except OSError:         # the service handed a request over already and closed its end
             pass
-        data, fds = receive(channel)
+        try:
+            data, fds = receive(channel)
+        except ConnectionResetError:
+            # the service closed its end with our b"r" unread (it handed the request over in
+            # the round that brought the b"r"): the kernel says so once, the request is there
+            data, fds = receive(channel)
         channel.close()
         if not data:
             os._exit(0)
