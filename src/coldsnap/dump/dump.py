@@ -57,7 +57,7 @@ from ..memory.ranges import Ranges
 from ..memory.scan import warm_up
 from ..memory.sink import PageSink, PagemapKey, SinkCounts
 from ..memory.tracking import PARK_FD_MIN, parked_uffd_fds
-from ..memory.vma import PROT_WRITE, Kind, Vma, classify, classify_all
+from ..memory.vma import PROT_WRITE, Kind, Vma, classify_all
 from ..seize.freezer import FrozenTask, freeze_tree
 from ..seize.tree import list_tree, with_zombies
 from .metadata import kobj_ids, write_inventory, write_mm, write_stats, write_tree_images
@@ -92,11 +92,11 @@ def _hugetlbfs_devs(pid: int) -> set[str]:
     return devs
 
 
-def refuse_mappings(pid: int, lines: list[MapsLine]) -> None:
-    """Unsupported (one line, naming the process and the area) for a mapping the dump cannot save."""
+def refuse_mappings(pid: int, lines: list[MapsLine], vmas: list[Vma] | None = None) -> None:
+    """Unsupported (one line, naming the process and the area) for a mapping the dump cannot
+    save. vmas: the lines classified already (classify_all), not classified again."""
     huge = None
-    for m in lines:
-        v = classify(m)
+    for m, v in zip(lines, vmas if vmas is not None else classify_all(lines)):
         where = f"process {pid}: mapping {m.start:#x}-{m.end:#x}"
         path = m.path
         if path.startswith("anon_inode:"):
@@ -142,11 +142,17 @@ def mapped_files(pid: int, vmas: list[Vma], ghosts: GhostTable
     files: dict[str, tuple[int, os.stat_result]] = {exe.path: (os.O_RDONLY, exe.stat)}
     paths: dict[tuple[int, int], str] = {}
     flags: dict[tuple[int, int], int] = {}
+    # the VMAs of one file (a library has four or five) show the same device and inode in
+    # the maps: one stat of its map_files link serves them all (in the frozen window)
+    stats: dict[tuple[str, int, str], os.stat_result] = {}
     for v in vmas:
         if v.kind not in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
             continue
         try:
-            st = stat_map_file(pid, v.start, v.end)
+            key = (v.dev, v.inode, v.path)
+            st = stats.get(key) if v.inode else None
+            if st is None:
+                st = stats[key] = stat_map_file(pid, v.start, v.end)
             writable = (v.kind is Kind.FILE_SHARED
                         and bool(map_file_link_mode(pid, v.start, v.end) & st_.S_IWUSR))
         except OSError as e:
@@ -339,8 +345,8 @@ def dump_process(task: FrozenTask, imgdir: ImageDir, sink: PageSink, files: File
     freeze (vm_flags_before_freeze)."""
     pid = task.pid
     maps = read_maps(pid)
-    refuse_mappings(pid, maps)
     vmas = classify_all(maps)
+    refuse_mappings(pid, maps, vmas)
     vm_flags = frozen_vm_flags(pid, vmas, vm_flags)
     planner, planned, parked = plan_pages(task, vmas, parent, times)
     try:
