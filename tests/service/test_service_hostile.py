@@ -600,3 +600,13 @@ def test_a_spare_ready_in_the_round_its_request_is_read_serves_it(service):
     assert s.recv(P.MAX_REPLY) == b"exit code 0"
     s.close()
     assert not [ln for ln in service.lines() if "after an error" in ln], service.lines()
+
+
+def test_an_address_too_long_for_a_socket_is_refused_in_one_line_making_nothing(tmp_path):
+    address = tmp_path / ("d" * 120) / "s.sock"
+    run = subprocess.run(coldsnap_argv("service", "--address", address), capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "COLDSNAP_SERVICE": ""})
+    n = len(os.fsencode(str(address)))
+    assert (run.returncode, run.stdout, run.stderr) == (
+        1, "", f"coldsnap: {address} is too long for a socket's address ({n} bytes, at most 107)\n"), run
+    assert list(tmp_path.iterdir()) == []

@@ -51,6 +51,7 @@ PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 REQUEST_TIMEOUT = 5.0       # seconds from connect to a complete request
 MAX_PENDING = 32            # connections still owing their request
 MAX_WORKERS = 64            # requests running at once; more are told to run themselves
+SUN_PATH_MAX = 107          # bytes of a unix socket's path (sun_path holds 108 with its NUL)
 STOP_WAIT = 10.0            # seconds the service waits for its workers once told to stop
 # modules a command imports inside functions (the package's own are all imported by a walk)
 EXTRA_MODULES = ("numpy", "json", "subprocess", "shutil", "threading", "concurrent.futures",
@@ -183,6 +184,9 @@ def bind(address: str) -> tuple[socket.socket, tuple[int, int]]:
     """A listening socket on ADDRESS (0600; its directory made 0700 when missing), replacing a
     stale socket file; ServiceError when something answers there already. Also returns the
     socket file's identity, so that only our own is removed at the end."""
+    if len(os.fsencode(address)) > SUN_PATH_MAX:   # checked first: nothing made for an address that cannot be
+        raise ServiceError(f"{address} is too long for a socket's address "
+                           f"({len(os.fsencode(address))} bytes, at most {SUN_PATH_MAX})")
     parent = os.path.dirname(address) or "."
     os.makedirs(parent, mode=0o700, exist_ok=True)
     try:
@@ -208,7 +212,7 @@ def bind(address: str) -> tuple[socket.socket, tuple[int, int]]:
         sock.bind(address)
     except OSError as e:
         sock.close()
-        raise ServiceError(f"cannot listen on {address}: {e.strerror}") from None
+        raise ServiceError(f"cannot listen on {address}: {e.strerror or e}") from None
     finally:
         os.umask(old)
     sock.listen(64)
