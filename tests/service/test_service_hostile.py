@@ -610,3 +610,14 @@ def test_an_address_too_long_for_a_socket_is_refused_in_one_line_making_nothing(
     assert (run.returncode, run.stdout, run.stderr) == (
         1, "", f"coldsnap: {address} is too long for a socket's address ({n} bytes, at most 107)\n"), run
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("which", ["--pidfile", "--log-file"])
+def test_a_daemon_whose_pidfile_or_log_cannot_be_made_fails_in_one_line(tmp_path, which):
+    """Before the daemon's parent exits: its exit code and its one line say it (before: exit 0,
+    the error printed later by a child that then ended, no service)."""
+    address, bad = tmp_path / "d" / "s.sock", tmp_path / "none" / "file"
+    run = subprocess.run(coldsnap_argv("service", "--address", address, "-d", which, bad), capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "COLDSNAP_SERVICE": ""})
+    assert (run.returncode, run.stdout, run.stderr) == (1, "", f"coldsnap: {bad}: No such file or directory\n"), run
+    assert list((tmp_path / "d").iterdir()) == []

@@ -750,30 +750,50 @@ def daemonize(pidfile: str | None, log_file: str | None, keep: int) -> None:
     """Go to the background: the parent exits 0 once the child is set up (the socket already
     listens), the child leads a session of its own with stdio on /dev/null (stderr on
     LOG_FILE when given) and no other fd than KEEP (the listening socket): whatever its
-    starter left open would otherwise stay open for as long as the service runs."""
+    starter left open would otherwise stay open for as long as the service runs. PIDFILE and
+    LOG_FILE are opened first, here: a path that cannot be is the command's one-line error,
+    not a child's end after its parent said all was well."""
+    pid_fd = log_fd = -1
+    try:
+        if pidfile:
+            pid_fd = os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        if log_file:
+            log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if pid_fd >= 0:
+            os.close(pid_fd)
+            os.unlink(pidfile)
+        raise ServiceError(f"{e.filename}: {e.strerror}") from None
     r, w = os.pipe()
     pid = os.fork()
     if pid:
         os.close(w)
-        os.read(r, 1)           # the child is ready (or gone)
-        os._exit(0)
+        ready = os.read(r, 1)   # the child is ready (or gone: it said why on our stderr)
+        os._exit(0 if ready == b"1" else 1)
     os.close(r)
     os.setsid()
-    for low, high in ((3, min(keep, w)), (min(keep, w) + 1, max(keep, w)), (max(keep, w) + 1, os.sysconf("SC_OPEN_MAX"))):
-        os.closerange(low, high)
-    if pidfile:
-        with open(pidfile, "w") as f:
-            f.write(f"{os.getpid()}\n")
+    _close_all_but({keep, w, pid_fd, log_fd})
+    if pid_fd >= 0:
+        os.write(pid_fd, b"%d\n" % os.getpid())
+        os.close(pid_fd)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    if log_file:
-        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.dup2(fd, 2)
-        os.close(fd)
+    if log_fd >= 0:
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
     os.write(w, b"1")
     os.close(w)
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every fd from 3 up but those of KEEP."""
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def run_service(address: str | None, daemon: bool = False, pidfile: str | None = None,
