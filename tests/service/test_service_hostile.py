@@ -621,3 +621,55 @@ def test_a_daemon_whose_pidfile_or_log_cannot_be_made_fails_in_one_line(tmp_path
                          text=True, timeout=60, env={**os.environ, "COLDSNAP_SERVICE": ""})
     assert (run.returncode, run.stdout, run.stderr) == (1, "", f"coldsnap: {bad}: No such file or directory\n"), run
     assert list((tmp_path / "d").iterdir()) == []
+
+
+SYS_CONNECT, SYS_FLOCK = 42, 73
+
+
+def test_two_services_started_at_once_on_a_stale_socket_leave_one(tmp_path):
+    """Both find the stale socket file; the second stands still right after its look (its
+    connect refused) while the first replaces it and would listen: one service is left (the
+    other says one answers there), never one listening on a socket file the other unlinked."""
+    address = tmp_path / "svc" / "service.sock"
+    address.parent.mkdir(mode=0o700)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stale.bind(str(address))
+    stale.close()
+    env = {**os.environ, "COLDSNAP_SERVICE": ""}
+    logs = [open(tmp_path / f"log{i}", "w+") for i in (0, 1)]
+    first = None
+
+    def start_the_first(_second) -> None:
+        nonlocal first
+        first = subprocess.Popen(coldsnap_argv("service", "--address", address), stdin=subprocess.DEVNULL,
+                                 stdout=logs[0], stderr=logs[0], env=env)
+        deadline = time.monotonic() + 30       # listening, or waiting for the second's lock
+        while "listening on" not in (tmp_path / "log0").read_text():
+            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "log0").read_text()
+            if open(f"/proc/{first.pid}/syscall").read().split()[0] == str(SYS_FLOCK):
+                break
+            time.sleep(0.01)
+
+    second = stopped_after_syscall(coldsnap_argv("service", "--address", address), (SYS_CONNECT,), start_the_first,
+                                   stdin=subprocess.DEVNULL, stdout=logs[1], stderr=logs[1], env=env)
+    try:
+        procs = [first, second]
+        deadline = time.monotonic() + 60
+        while not any(p.poll() is not None for p in procs):
+            assert time.monotonic() < deadline, [(tmp_path / f"log{i}").read_text() for i in (0, 1)]
+            time.sleep(0.05)
+        running = [p for p in procs if p.poll() is None]
+        refused = [i for i, p in enumerate(procs) if p.poll() is not None]
+        assert len(running) == 1 and [procs[i].returncode for i in refused] == [1], \
+            [(tmp_path / f"log{i}").read_text() for i in (0, 1)]
+        assert (tmp_path / f"log{refused[0]}").read_text() == f"coldsnap: a service already answers on {address}\n"
+        check = subprocess.run(coldsnap_argv("check"), capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "COLDSNAP_SERVICE": str(address)})
+        assert check.returncode == 0 and "(check) exited 0" in (tmp_path / f"log{procs.index(running[0])}").read_text()
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=30)
+        for f in logs:
+            f.close()

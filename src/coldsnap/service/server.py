@@ -21,6 +21,7 @@ directory, exit 143 relayed to its client), waits for them (STOP_WAIT at most) a
 from __future__ import annotations
 
 import errno
+import fcntl
 import gc
 import os
 import pkgutil
@@ -189,6 +190,17 @@ def bind(address: str) -> tuple[socket.socket, tuple[int, int]]:
                            f"({len(os.fsencode(address))} bytes, at most {SUN_PATH_MAX})")
     parent = os.path.dirname(address) or "."
     os.makedirs(parent, mode=0o700, exist_ok=True)
+    # two services started at once: one replaces a stale socket and listens, the other then
+    # finds it answering (unlocked, the second's unlink could take the first's new socket)
+    lock = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _replace_and_listen(address)
+    finally:
+        os.close(lock)
+
+
+def _replace_and_listen(address: str) -> tuple[socket.socket, tuple[int, int]]:
     try:
         st = os.lstat(address)
     except FileNotFoundError:
