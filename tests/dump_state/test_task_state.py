@@ -215,3 +215,58 @@ def test_target_runs_on_untraced(spawn, workload_bin, tmp_path):
     assert second.brk == first.brk and second.itimers["real"][:2] == (1000, 250000)
     assert len(second.shared_pending) == 1 and len(second.thread(w.pid).pending) == 1
     assert w.send("ping") == "pong"
+
+
+_PPOLL = r"""
+import ctypes, os, signal, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+real = {signal.SIGUSR1, signal.SIGUSR2}
+def wait_in(syscall_mask):
+    # the thread's own mask blocks SIGUSR1 and SIGUSR2; ppoll waits on stdin with only SIGUSR2
+    # blocked (or, for the futex thread, no ppoll at all)
+    signal.pthread_sigmask(signal.SIG_SETMASK, real)
+    if syscall_mask is None:
+        threading.Event().wait()
+    tmp = (ctypes.c_uint64 * 16)()
+    for s in syscall_mask:
+        tmp[0] |= 1 << (s - 1)
+    r, _ = os.pipe()
+    fds = (ctypes.c_int * 2)(r, 0x1)            # POLLIN on a pipe nobody writes to
+    while True:
+        libc.ppoll(fds, 1, None, tmp, 8)
+signal.signal(signal.SIGUSR1, lambda *a: None)
+signal.signal(signal.SIGUSR2, lambda *a: None)
+tids = []
+for m in ({signal.SIGUSR2}, None):
+    t = threading.Thread(target=lambda m=m: (tids.append(threading.get_native_id()), wait_in(m)), daemon=True)
+    t.start()
+while len(tids) < 2:
+    pass
+print(*tids, flush=True)
+wait_in({signal.SIGUSR2})
+"""
+
+
+def test_threads_in_ppoll_keep_their_own_masks(spawn, python_exe):
+    """Threads stopped in ppoll wait under ppoll's temporary mask: the dump records each
+    thread's own mask, and the wait goes on under ppoll's afterwards. A thread in a futex
+    wait (its own mask at the stop, read at once: task_state._own_mask_at_stop) too."""
+    import time
+    w = spawn([python_exe, "-c", _PPOLL])
+    in_ppoll, in_futex = map(int, w.ready.split())
+    own = (1 << (SIGUSR1 - 1)) | (1 << (SIGUSR2 - 1))
+    tmp = 1 << (SIGUSR2 - 1)
+
+    def blocked(tid: int) -> int:
+        with open(f"/proc/{w.pid}/task/{tid}/status") as f:
+            return int(next(ln for ln in f if ln.startswith("SigBlk:")).split()[1], 16)
+    def back_in_ppoll() -> None:           # ppoll's mask in force again (restarted once running)
+        deadline = time.monotonic() + 10
+        while [blocked(t) for t in (w.pid, in_ppoll, in_futex)] != [tmp, tmp, own]:
+            assert time.monotonic() < deadline, [blocked(t) for t in (w.pid, in_ppoll, in_futex)]
+            time.sleep(0.01)
+    back_in_ppoll()
+    with freeze(w.pid) as task:
+        state = collect_task_state(task)
+    assert [state.thread(t).sigmask for t in (w.pid, in_ppoll, in_futex)] == [own] * 3
+    back_in_ppoll()

@@ -309,6 +309,23 @@ def _thread_injected(rc: RemoteCalls, base: int, off: int) -> int:
     return max(rc.call(SYS.prctl, PR_GET_TIMERSLACK, 0, 0, 0, 0), 0)
 
 
+# x86-64 system calls that wait under a temporary signal mask, the thread's own kept aside
+# until they return (rt_sigsuspend, pselect6, ppoll, epoll_pwait, io_pgetevents, io_uring_enter,
+# epoll_pwait2; rt_sigtimedwait puts its own back before it returns, listed all the same)
+_TEMP_MASK_SYSCALLS = frozenset({128, 130, 270, 271, 281, 333, 426, 441})
+_USER64_CS = 0x33
+
+
+def _own_mask_at_stop(regs: dict[str, int]) -> bool:
+    """Whether a thread's blocked mask at its interrupt stop is its own: it was stopped in
+    none of _TEMP_MASK_SYSCALLS (orig_rax holds the interrupted call's number, -1 outside
+    one), a 64-bit thread. Its remote-call session then reads the mask at once and single-
+    steps its first call too (plain_stop), one stop less than learning it at a syscall stop.
+    (Since Linux 5.2 PTRACE_GETSIGMASK reports the mask kept aside in those calls too; the
+    syscall stop stays for them, right on any kernel.)"""
+    return regs["cs"] == _USER64_CS and regs["orig_rax"] not in _TEMP_MASK_SYSCALLS
+
+
 def signals_to_ask(status: dict[str, str]) -> set[int]:
     """The signals whose action is worth an injected rt_sigaction: caught or ignored ones
     (status SigCgt/SigIgn), and SIGCHLD, whose SA_NOCLDSTOP/SA_NOCLDWAIT matter even at
@@ -349,7 +366,7 @@ def collect_task_state(task: FrozenTask, close_fds: Sequence[int] = ()) -> TaskS
     # SigIgn is process-wide: no status read per session (RemoteCalls would read it)
     mode = "syscall" if int(status.get("SigIgn", "0"), 16) >> (SIGTRAP - 1) & 1 else "step"
 
-    with RemoteCalls(task, tid=pid, mode=mode) as rc:
+    with RemoteCalls(task, tid=pid, mode=mode, plain_stop=_own_mask_at_stop(per_thread[pid]["regs"])) as rc:
         base = rc.write_scratch(zero)             # zeroed: a failing call leaves 0 behind
         for i, sig in enumerate(SIGACTION_SIGNALS):
             if sig in asked:
@@ -376,7 +393,7 @@ def collect_task_state(task: FrozenTask, close_fds: Sequence[int] = ()) -> TaskS
         for i, tid in enumerate(tids):
             if tid == pid:
                 continue
-            with RemoteCalls(task, tid=tid, mode=mode) as trc:
+            with RemoteCalls(task, tid=tid, mode=mode, plain_stop=_own_mask_at_stop(per_thread[tid]["regs"])) as trc:
                 slack[tid] = _thread_injected(trc, base, _OFF_THREAD + _SLOT * i)
                 calls += trc.stats.calls
                 if trc.real_mask is not None:
