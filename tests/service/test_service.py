@@ -320,6 +320,21 @@ def test_a_daemon_service_serves_and_stops_on_sigterm(tmp_path, monkeypatch):
     assert not address.exists() and not pidfile.exists()
 
 
+def test_the_worker_s_end_reaches_a_client_whose_last_signal_went_unread():
+    """A second signal passed on as the worker ended: the service sends the worker's end and
+    closes the connection with that record unread, which the kernel reports to the client as
+    a reset on its next read: the client takes the end all the same (it said it lost the
+    service and exited 1)."""
+    import socket
+    from coldsnap.service import client, protocol as P
+    ours, service_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours:
+        ours.send(P.encode_signal(signal.SIGINT))
+        service_end.send(P.encode_exit(130, False))
+        service_end.close()
+        assert client._wait_for_worker(ours, "1") == 130
+
+
 def test_the_client_imports_only_built_in_modules():
     """What the `coldsnap` command loads before it knows whether the service runs it."""
     code = ("import os, sys; before = set(sys.modules); import coldsnap.service.client; "

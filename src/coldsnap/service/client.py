@@ -148,7 +148,7 @@ def _wait_for_worker(sock, worker: str) -> int:
     whatever goes wrong here, it must not run here a second time."""
     why = ""
     try:
-        while data := sock.recv(P.MAX_REPLY):
+        while data := _recv(sock):
             kind, rest = P.decode_reply(data)
             if kind == "exit":
                 how, _, n = rest.partition(" ")
@@ -157,6 +157,16 @@ def _wait_for_worker(sock, worker: str) -> int:
         why = f" ({e})"
     print(f"coldsnap: lost the service while its worker {worker} ran the command{why}", file=sys.stderr)
     return 1
+
+
+def _recv(sock) -> bytes:
+    """The service's next record. It closes the connection once it sent the worker's end,
+    unread what we sent meanwhile (a second signal passed on as the worker ended): the kernel
+    then reports ECONNRESET, once, to our next read, ahead of that end still queued."""
+    try:
+        return sock.recv(P.MAX_REPLY)
+    except ConnectionResetError:
+        return sock.recv(P.MAX_REPLY)
 
 
 def _caught(forward: _Forwarder | None) -> int | None:
