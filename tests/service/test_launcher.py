@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from service_helpers import start_service
 
 REPO = Path(__file__).parents[2]
 LAUNCHER = REPO / "bin" / "coldsnap"
@@ -35,15 +34,6 @@ def run(argv: list, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run(list(map(str, argv)), capture_output=True, text=True, timeout=60,
                           env={**environ, **env})
-
-
-@pytest.fixture
-def service(tmp_path):
-    svc = start_service(tmp_path)
-    try:
-        yield svc
-    finally:
-        assert svc.stop() == 0
 
 
 @pytest.mark.parametrize("layout", ["editable", "package"])

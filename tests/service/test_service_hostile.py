@@ -19,15 +19,6 @@ from procs import coldsnap_argv, proc_state, stopped_after_syscall
 from service_helpers import start_service
 
 
-@pytest.fixture
-def service(tmp_path):
-    svc = start_service(tmp_path)
-    try:
-        yield svc
-    finally:
-        assert svc.stop() == 0
-
-
 def _fds_of(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
