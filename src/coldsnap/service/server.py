@@ -485,16 +485,18 @@ class Service:
             return "the service is busy"
         try:
             theirs = self._surroundings_of(conn.sock, pid)
-            differs = theirs._replace(cgroup="").difference(self.surroundings._replace(cgroup=""))
-            # the worker joins the caller's cgroups (a restored process lands in them too)
-            conn.cgroups = cgroup_directories(theirs.cgroup, cgroup_mounts(os.getpid()),
-                                              skip=read_cgroup(os.getpid()))
-        except CsError as e:
-            return f"the caller's cgroup cannot be joined ({e})"
-        except OSError:
+            our_cgroup = read_cgroup(os.getpid())
+        except (CsError, OSError):
             return "the caller is gone or cannot be inspected"
+        differs = theirs._replace(cgroup="").difference(self.surroundings._replace(cgroup=""))
         if differs:
             return f"the caller's {differs} is not the service's"
+        if theirs.cgroup != our_cgroup:
+            # the worker joins the caller's cgroups (a restored process lands in them too)
+            try:
+                conn.cgroups = cgroup_directories(theirs.cgroup, cgroup_mounts(os.getpid()), skip=our_cgroup)
+            except (CsError, OSError) as e:
+                return f"the caller's cgroup cannot be joined ({e})"
         if self.code_changed():
             return "coldsnap's code changed since the service started (restart it)"
         return ""
@@ -520,15 +522,16 @@ class Service:
         """Hand the request to the spare, even one still copying its pages (it stops the copy
         for it: a worker forked now would have none copied); fork a worker when there is none."""
         spare, self.spare = self.spare, None
-        if spare is not None and spare.state != "ended":
+        usable = spare is not None and spare.state != "ended"
+        if usable:
             try:
                 _join(spare.pid, conn.cgroups)
             except OSError as e:
                 self._end_spare(spare)
                 if e.errno != errno.ESRCH:      # not just a spare that died: none can join
                     raise
-                spare = None
-        if spare is not None and spare.state != "ended" and self._hand_over(spare, data, fds):
+                spare, usable = None, False
+        if usable and self._hand_over(spare, data, fds):
             conn.worker, conn.pidfd = spare.pid, spare.pidfd
             self.sel.modify(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
             self.served_by_spare += 1
