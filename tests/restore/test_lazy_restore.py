@@ -103,8 +103,12 @@ def test_server_killed_midway_kills_the_process(workload_bin, tmp_path):
     """SIGKILL of the server while the workload reads its memory: the guardian kills the
     workload (and its child) before the uffds close; it never saw a wrong word."""
     with lazy_check_restored(workload_bin, tmp_path) as (w, res, go):
+        # held at once, so that its background push cannot bring every page in before the
+        # kill (on a loaded machine the test's own steps can take longer than that push)
+        os.kill(res["lazy_server"], signal.SIGSTOP)
+        assert _state(res["lazy_server"]) in "tT", "the server was done before the test could stop it"
         go.touch()
-        time.sleep(0.02)
+        time.sleep(0.05)                # the workload now waits for a page that cannot come
         os.kill(res["lazy_server"], signal.SIGKILL)
         status = wait_served(res, timeout=10)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
@@ -115,6 +119,17 @@ def test_server_killed_midway_kills_the_process(workload_bin, tmp_path):
         assert not any(ln.startswith("ok") for ln in w.lines()), "finished before the kill: make it bigger"
         with pytest.raises(CsError):
             lazy_status(w.pid)
+
+
+def _state(pid: int) -> str:
+    """The one-letter state of PID (its stop is reported asynchronously: wait for it)."""
+    deadline = time.monotonic() + 5
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state in "tTZX" or time.monotonic() > deadline:
+            return state
+        time.sleep(0.001)
 
 
 def test_dump_after_lazy_restore_equals_dump_after_eager_restore(spawn, workload_bin, tmp_path):
