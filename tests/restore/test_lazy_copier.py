@@ -53,3 +53,24 @@ def test_a_page_in_already_stops_its_piece_only():
     finally:
         os.close(fd)
         area.close()
+
+
+def test_a_stop_ends_the_copy_after_the_pieces_begun():
+    src = np.full(SIZE, 9, np.uint8)
+    fd, area = _registered()
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) >= 2          # the caller's second check: stop there
+    copier = Copier(helper=False)
+    try:
+        got = copier.copy(fd, address(area), address(src), SIZE, stop)
+        assert [r for _, r in got] == [(0, PIECE), (0, PIECE)]      # a prefix, each piece whole
+        assert copier.calls == 2
+        assert np.all(np.frombuffer(area, np.uint8, 2 * PIECE) == 9)
+        # the rest is still missing: a copy there goes in (EEXIST would say it was filled)
+        assert uffd.copy(fd, address(area) + 2 * PIECE, address(src), 4096) == (0, 4096)
+    finally:
+        os.close(fd)
+        area.close()

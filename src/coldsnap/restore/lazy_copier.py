@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..kernel import uffd
 
@@ -46,6 +47,7 @@ class Copier:
         self._job: _Job | None = None
         self._busy = False          # the helper holds a piece
         self.helped = 0             # pieces the helper copied
+        self.calls = 0              # pieces copied in all (UFFDIO_COPY calls)
         self._closing = False
         self._thread = threading.Thread(target=self._helper, name="coldsnap-copier", daemon=True) if helper else None
         if self._thread is not None:
@@ -60,9 +62,12 @@ class Copier:
             self._thread.join()
             self._thread = None
 
-    def copy(self, fd: int, dst: int, src: int, nbytes: int) -> list[tuple[tuple[int, int, int], tuple[int, int]]]:
+    def copy(self, fd: int, dst: int, src: int, nbytes: int,
+             stop: Callable[[], bool] | None = None) -> list[tuple[tuple[int, int, int], tuple[int, int]]]:
         """UFFDIO_COPY [src, src + nbytes) of ours to dst of fd's mm: ((dst, src, nbytes), (0 or
-        -errno, bytes copied)) of each piece, in address order (uffd.copy)."""
+        -errno, bytes copied)) of each piece, in address order (uffd.copy). STOP, asked before
+        each piece the caller takes: when true, no further piece is begun, and only the pieces
+        copied (a prefix) are returned."""
         job = _Job(fd, [(dst + at, src + at, min(PIECE, nbytes - at)) for at in range(0, nbytes, PIECE)])
         job.results = [None] * len(job.pieces)
         with self._lock:
@@ -70,7 +75,10 @@ class Copier:
                 self._job = job
                 self._work.notify()
         while True:
+            cut = stop is not None and job.next and stop()
             with self._lock:
+                if cut:
+                    job.next = len(job.pieces)          # the helper takes none either
                 i = job.take()
                 if i is None:
                     self._job = None
@@ -78,7 +86,9 @@ class Copier:
                         self._done.wait()
                     break
             job.results[i] = uffd.copy(fd, *job.pieces[i])
-        return list(zip(job.pieces, job.results))
+        done = [(p, r) for p, r in zip(job.pieces, job.results) if r is not None]
+        self.calls += len(done)
+        return done
 
     def _helper(self) -> None:
         while True:

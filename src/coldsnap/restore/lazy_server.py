@@ -16,8 +16,10 @@ mapped read-only: one copy from the page cache; or from a page server's session,
 first: memory/source.py; the fault's neighbourhood first), follows
 the events (fork: the child's own uffd, cloned state; mremap moves pending pages; munmap
 and madvise(DONTNEED) drop them: a later fault there gets zeros, as it would have), and
-between two polls pushes the rest in background order (lazy_pages.py), 2 MiB a step. Each
-copy is cut in pieces that a helper thread shares (lazy_copier.py: two CPUs copy when the
+between two polls pushes the rest in background order (lazy_pages.py), up to 32 MiB a step
+(2 MiB from a page server), each step cut short as soon as a fault or an event waits, and
+continuing a sequential reader's window (its next fault there still counts as sequential,
+so its window keeps growing). Each copy is cut in pieces that a helper thread shares (lazy_copier.py: two CPUs copy when the
 process leaves one idle), and once the process runs another thread fills the server's page
 tables of the pages files ahead of the copies (PageSource.warm). It exits 0
 once every page is in, closing the uffds: every registration vanishes with them.
@@ -51,6 +53,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..images.source import LocalPages
 from ..kernel import uffd, vm
 from ..kernel.page import PAGE_SHIFT, PAGE_SIZE as PAGE
 from ..memory.source import PageSource
@@ -63,7 +66,8 @@ from .lazy_start import recv_fds
 AHEAD, BEHIND = 64, 16          # pages copied around a fault: sequential readers run ahead
 STREAM_MAX = 1024               # ...and a fault just past the last window doubles it, up to 4 MiB
 FIRST = 16                      # a fault's own pages go in alone first: the faulting thread runs on
-PUSH_PAGES = 512                # one background step (2 MiB, two threads: lazy_copier.py): the longest a fault waits
+PUSH_PAGES = 8192               # one background step (32 MiB, two threads: lazy_copier.py), cut short by a fault
+FETCH_PAGES = 512               # ...2 MiB where pages come from a page server (fetched whole before the copy)
 CONTROL_MAX = 1 << 18           # a control message: "fd PID", a seed's with the process's numbers
 ABORTED = 3                     # server exit status: coldsnap never said go
 _ZERO = bytes(PAGE)
@@ -94,6 +98,10 @@ class Counters:
     remaps: int = 0
     removes: int = 0                    # madvise(DONTNEED/REMOVE) and munmap events
     split_runs: int = 0                 # runs copied page by page (across a mapping's end)
+    stale: int = 0                      # faults on a page in already (its copy woke the thread)
+    warm_cpu: float = 0.0               # seconds of CPU of the thread filling our page tables
+    fault_ns: int = 0                   # time in the copies answering faults
+    push_ns: int = 0                    # time in the background copies
 
 
 class Server:
@@ -113,6 +121,8 @@ class Server:
         self.poller = select.poll()
         self.copier = Copier()
         self.seeded = isinstance(images, SentImages)     # its processes come with their uffds
+        local = type(images.origin) is LocalPages and images.origin.lazy is None
+        self.push_pages = PUSH_PAGES if local else FETCH_PAGES
 
     # -- main loop -------------------------------------------------------------------
 
@@ -156,10 +166,15 @@ class Server:
                 listener.close()
         c = self.count
         cpu = resource.getrusage(resource.RUSAGE_SELF)
+        main = resource.getrusage(resource.RUSAGE_THREAD)
+        main_ms, cpu_ms = (main.ru_utime + main.ru_stime) * 1e3, (cpu.ru_utime + cpu.ru_stime) * 1e3
         print(f"coldsnap lazy server: every page is in after {(time.monotonic() - self.t0) * 1e3:.0f} ms "
-              f"({(time.monotonic() - self.t_go) * 1e3:.0f} ms after go, CPU {(cpu.ru_utime + cpu.ru_stime) * 1e3:.0f} ms): "
+              f"({(time.monotonic() - self.t_go) * 1e3:.0f} ms after go, CPU {cpu_ms:.0f} ms: "
+              f"main thread {main_ms:.0f}, page tables {c.warm_cpu * 1e3:.0f}, copy helper {cpu_ms - main_ms - c.warm_cpu * 1e3:.0f}): "
               f"{c.pushed_pages} pushed, {c.fault_pages} on {c.faults} faults, {c.zero_pages} zero, {c.forks} forks, "
-              f"{c.remaps} remaps, {c.removes} removes/unmaps, {c.split_runs} runs split"
+              f"{c.remaps} remaps, {c.removes} removes/unmaps, {c.split_runs} runs split; "
+              f"{self.copier.calls} copies, {c.fault_ns / 1e6:.0f} ms answering faults, {c.push_ns / 1e6:.0f} ms pushing, "
+              f"{c.stale} faults on a page in already"
               f"{'; started ahead (seed)' if self.seeded else ''}", file=sys.stderr)
         self.images.origin.close()      # a page server learns that every page is in
         return 0
@@ -168,6 +183,7 @@ class Server:
         """The sources made quick to read (PageSource.warm), ahead of the copies."""
         for proc in self.images.procs.values():
             proc.private.warm()
+        self.count.warm_cpu = time.thread_time()
 
     def _pending(self) -> int:
         return sum(s.pages.pending for s in self.spaces.values())
@@ -225,7 +241,8 @@ class Server:
                     "address_spaces": len(self.spaces), "pages_total": self.total,
                     "pages_left": self._pending(), "faults": c.faults, "fault_pages": c.fault_pages,
                     "pushed_pages": c.pushed_pages, "zero_pages": c.zero_pages, "forks": c.forks,
-                    "remaps": c.remaps, "removes": c.removes,
+                    "remaps": c.remaps, "removes": c.removes, "stale_faults": c.stale, "copies": self.copier.calls,
+                    "fault_copy_ms": round(c.fault_ns / 1e6, 1), "push_copy_ms": round(c.push_ns / 1e6, 1),
                     "elapsed_ms": round((time.monotonic() - self.t0) * 1e3, 1)}
             try:           # whoever asked may be gone already: never a reason to stop serving
                 conn.settimeout(0.5)
@@ -281,14 +298,18 @@ class Server:
             runs = space.pages.window(addr, space.ahead, BEHIND)
             if runs and runs[0].npages > FIRST:
                 runs[:1] = _cut(runs[0], FIRST)
+            got, t = 0, time.perf_counter_ns()
             for run in runs:
                 got, copied = self._copy(space, run)
                 self.count.fault_pages += copied
                 if got == -errno.EAGAIN:
                     space.deferred.append(addr)
-                    return
+                    break
                 if got == -errno.ESRCH:
-                    return
+                    break
+            self.count.fault_ns += time.perf_counter_ns() - t
+            if got in (-errno.EAGAIN, -errno.ESRCH):
+                return
             if space.pages.is_pending(addr):      # an EEXIST stopped the run short of it
                 space.deferred.append(addr)
             return
@@ -303,22 +324,34 @@ class Server:
             self._drop(space)
         elif err:
             uffd.wake(space.fd, addr, PAGE)      # present already (EEXIST) or gone: retry it
+            self.count.stale += err == -errno.EEXIST
         else:
             self.count.zero_pages += 1
 
     def _push(self, space: Space) -> None:
-        run = space.pages.next_run(PUSH_PAGES)
+        run = space.pages.next_run(self.push_pages)
         if run is None:
             space.pages.recount()       # never spin on a count that went wrong
-        else:
-            self.count.pushed_pages += self._copy(space, run)[1]
+            return
+        t = time.perf_counter_ns()
+        copied = self._copy(space, run, self._wanted)[1]
+        self.count.push_ns += time.perf_counter_ns() - t
+        self.count.pushed_pages += copied
+        if copied < run.npages:
+            space.pages.follow(run.vaddr)       # cut short: what is left there comes next
+        if run.vaddr == space.window_end:
+            space.window_end = run.vaddr + (copied << PAGE_SHIFT)     # a reader there goes on streaming
 
-    def _copy(self, space: Space, run: Run) -> tuple[int, int]:
+    def _wanted(self) -> bool:
+        """Something waits for the server (a fault, an event, a status request): a push stops."""
+        return bool(self.poller.poll(0))
+
+    def _copy(self, space: Space, run: Run, stop=None) -> tuple[int, int]:
         """UFFDIO_COPY one run (in pieces, at once); the state follows what really went in.
         (0 or the first -errno of a piece, pages copied)."""
         saved = space.source.saved(run.level, run.off, run.npages << PAGE_SHIFT)   # held until we return
         worst, copied = 0, 0
-        for piece, (err, done) in self.copier.copy(space.fd, run.vaddr, vm.address(saved), run.npages << PAGE_SHIFT):
+        for piece, (err, done) in self.copier.copy(space.fd, run.vaddr, vm.address(saved), run.npages << PAGE_SHIFT, stop):
             if done:
                 space.pages.done(piece[0], done >> PAGE_SHIFT)
                 copied += done >> PAGE_SHIFT
