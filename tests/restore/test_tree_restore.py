@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 from procs import coldsnap
 from restore_helpers import assert_one_line_error
 from tree_helpers import ROLES, ids_now, kill_tree, reap_orphans, start_counter_tree, tids_now
@@ -96,10 +98,12 @@ def test_pipe_between_parent_and_child_and_wait(tmp_path):
         kill_tree(proc, pids[::-1], restored)     # children first
 
 
-def test_failed_tree_restore_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("role", ["b", "a"])
+def test_failed_tree_restore_leaves_nothing(tmp_path, role):
     """A file missing at restore: refused in one line before any process exists; gone after
-    the checks (the last blank process fails on it), every blank process made is killed."""
-    import pytest
+    the checks (the blank process of ROLE fails on it), every blank process made is killed.
+    b is made last; a says "done" to m once a1 exists and fails on its own table while m
+    goes on (makes b, rebuilds its own)."""
     from coldsnap.errors import CsError
     from coldsnap.restore.blank import make_blank_tree
     from coldsnap.restore.images import load_tree
@@ -110,11 +114,11 @@ def test_failed_tree_restore_leaves_nothing(tmp_path):
         assert tree.proc.wait(timeout=10) == -signal.SIGKILL
         reap_orphans(pids=tree.pids)
         images = load_tree(tmp_path / "img")
-        (tmp_path / "logs" / "b.log").unlink()       # b's fd 1 (b is made last)
+        (tmp_path / "logs" / f"{role}.log").unlink()       # its fd 1
         run = coldsnap("restore", "-D", tmp_path / "img", "-d")
         assert_one_line_error(run)
-        assert "b.log" in run.stderr, run.stderr
-        with pytest.raises(CsError, match="b.log"):
+        assert f"{role}.log" in run.stderr, run.stderr
+        with pytest.raises(CsError, match=f"{role}.log"):
             make_blank_tree(images, shell_job=False)     # m, a and a1 exist by then
         reap_orphans(pids=tree.pids)
         assert not [p for p in tree.pids if ids_now(p)], "a process of a failed restore is left"

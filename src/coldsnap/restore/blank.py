@@ -14,6 +14,9 @@ order (restore/sessions.py says why this order):
  4. rebuilds its fd table, cwd, root and umask (restore/fdtable.py), resets its signal
     actions, tells coldsnap "ok" and waits for the seize.
 
+A child that shares neither fd table nor fs with its parent says "done" between 3 and 4:
+its table is its own, so parent and child rebuild theirs side by side.
+
 A process that shared its parent's fd table (CLONE_FILES) or fs (CLONE_FS) without being a
 thread of it is cloned with the same flags: the parent rebuilds the shared table after its
 children are made, so such a child leaves the table alone (it only sets cwd, root and umask)
@@ -108,9 +111,11 @@ def make_blank_tree(images: TreeImages, shell_job: bool, dontfork: list[tuple[in
 
 
 def _become(images: TreeImages, pid: int, w: int, shell_job: bool, shared: dict[int, int],
-            done: int | None, table: bool = True) -> None:
+            done: int | None, table: bool = True, alone: bool = False) -> None:
     """The life of the blank process PID (we are it): never returns. table False: the fd
-    table is our parent's (CLONE_FILES): rebuilt by it, no fd of it closed here."""
+    table is our parent's (CLONE_FILES): rebuilt by it, no fd of it closed here. alone: we
+    share neither fd table nor fs with our parent, so it may go on as soon as our subtree
+    exists ("done" then, before our fd table: the two are rebuilt side by side)."""
     try:
         _session(pid, images.sessions[pid])
         for kid in images.tree.children(pid):
@@ -126,7 +131,8 @@ def _become(images: TreeImages, pid: int, w: int, shell_job: bool, shared: dict[
             if kpid == 0:
                 if not flags & CLONE_FILES:
                     os.close(sr)
-                _become(images, kid.pid, w, shell_job, shared, done=sw, table=not flags & CLONE_FILES)
+                _become(images, kid.pid, w, shell_job, shared, done=sw, table=not flags & CLONE_FILES,
+                        alone=not flags)
             if flags & CLONE_FILES:
                 ok = _done_or_dead(sr, kpid)     # sw is ours too: no EOF when it dies
                 os.close(sw)
@@ -136,6 +142,10 @@ def _become(images: TreeImages, pid: int, w: int, shell_job: bool, shared: dict[
             os.close(sr)
             if ok != b"1":
                 os._exit(1)          # the child told coldsnap why
+        if alone and done is not None:
+            os.write(done, b"1")
+            os.close(done)
+            done = None
         keep = (w,) if done is None else (w, done)
         rebuild_fds(images.procs[pid].files, shell_job=shell_job, keep_fds=keep, inherited=shared,
                     table=table)

@@ -17,7 +17,8 @@ from ..errors import ImageError
 from ..files.kinds import OPS
 from ..files.ops import OpenCtx
 from ..files.registry import TaskFiles
-from ..kernel.fdinfo import own_fds
+
+_FD_MAX = 0x7FFFFFFF        # close_range's "every fd from here up"
 
 
 def _names(task: TaskFiles) -> dict[int, str]:
@@ -91,12 +92,17 @@ def _rebuild_table(task: TaskFiles, shell_job: bool, keep_fds: Collection[int],
         os.dup2(temps[e.file_id], e.fd, inheritable=not e.cloexec)
     for fid, fd in first.items():    # at the final numbers: epoll registrations name them
         OPS[files[fid].kind].post_open(files[fid], fd, ctx)
-    for fd in own_fds():
-        if fd not in targets and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass        # the listdir's own fd, already closed
+    close_all_but(targets | keep)
+
+
+def close_all_but(keep: Collection[int]) -> None:
+    """Close every fd of ours but KEEP: close_range over the gaps (no listing of /proc/self/fd)."""
+    lo = 0
+    for fd in sorted(keep):
+        if fd > lo:
+            os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, _FD_MAX)
 
 
 def _in_open_order(files, ids) -> list[int]:
