@@ -16,8 +16,11 @@ bench stamps those two from here), the program checked to answer, killed. Sides 
     client     exec of bin/coldsnap to the worker taking the request (python3 -S, the
                client, the service's hand-over to its spare)
     start      request taken to restore() called (stdio, environment, cli.main's parse)
-    load       the images read and checked (load_tree; SharedMemory, ghosts, network lock)
-    blank      make_blank_tree: the whole blank tree, cloned, set up, every "ok" read
+    load       restore() called to the blank tree begun: the images read and checked (load_tree;
+               SharedMemory, ghosts, network lock)
+    blank      make_blank_tree: the whole blank tree, cloned, set up, every "ok" read (and
+               from session 9 on, the rest of the images read meanwhile)
+    load+blank the two
       clone    . coldsnap's clone of the root (fork of the worker) returned in the parent
       fds      . the children's own set-up: their fd tables (rebuild_fds, open_shared), summed
     seize      rlimits and freeze_known
@@ -46,8 +49,8 @@ from programs import PROGRAMS, kill_tree, running, start  # noqa: E402
 
 SECTION = "## Ordinary programs: where the restore through the service goes (issue 13, session 9)"
 TIMELINE = bool(os.environ.get("BENCH_TIMELINE"))
-COLS = ["wall", "client", "start", "load", "blank", "clone", "fds", "seize", "transplant", "release",
-        "finish", "exit"]
+COLS = ["wall", "client", "start", "load", "blank", "load+blank", "clone", "fds", "seize", "transplant",
+        "release", "finish", "exit"]
 
 # The service, with the restore's functions stamped. argv: src, log path, address.
 SERVICE = r"""
@@ -185,6 +188,7 @@ def phases(stamps: list[tuple[str, int, int]], t0: int, t1: int) -> dict:
            "start": (first["restore<"] - first["run_request<"]) / 1e6,
            "load": (first["make_blank_tree<"] - first["restore<"]) / 1e6,
            "blank": summed("make_blank_tree"),
+           "load+blank": (last["make_blank_tree>"] - first["restore<"]) / 1e6,
            "clone": (min(t for n, p, t in stamps if n == "clone>") - first["clone<"]) / 1e6,
            "fds": summed("rebuild_fds") + summed("open_shared"),
            "seize": summed("rlimits") + (freeze[0] - first["freeze_known<"]) / 1e6,

@@ -114,7 +114,8 @@ def load_tree(path: str | os.PathLike | ImageDir, *, shell_job: bool = False,
     inv = d.inventory
     if inv.HasField("pre_dump_mode"):
         raise ImageError(f"{d.root}: a pre-dump, not a dump: restore needs the images of `coldsnap dump`")
-    tree = read_tree(d)
+    leader_cores: dict[int, core_pb2.core_entry] = {}
+    tree = read_tree(d, leader_cores)
     sessions = plan_sessions(tree, shell_job=shell_job)
     living = tree.living
     file_entries = d.read("files.img")      # once: for the memfd checks and the registry
@@ -127,7 +128,8 @@ def load_tree(path: str | os.PathLike | ImageDir, *, shell_job: bool = False,
                                  mapped_ids=set().union(*(_mapped_ids(mm) for mm in mms.values())),
                                  entries=file_entries)
     _check_shared_files(tree, registry)
-    procs = {t.pid: _load_process(d, tree, t, mms[t.pid], registry, shell_job, origin) for t in living}
+    procs = {t.pid: _load_process(d, tree, t, mms[t.pid], registry, shell_job, origin, leader_cores)
+             for t in living}
     _check_ids_free([tid for t in tree for tid in t.tids])
     return TreeImages(d, tree, registry, procs, sessions, shmem, sysv, memfds, memfd_files, origin)
 
@@ -249,9 +251,9 @@ def _check_shared_files(tree: Tree, registry: FileRegistry) -> None:
 
 
 def _load_process(d: ImageDir, tree: Tree, task: Task, mm, registry: FileRegistry,
-                  shell_job: bool, origin: PageOrigin) -> DumpImages:
+                  shell_job: bool, origin: PageOrigin, leader_cores: dict) -> DumpImages:
     pid, tids = task.pid, task.tids
-    cores = {tid: _core(d, tid) for tid in tids}
+    cores = {tid: _core(d, tid, leader_cores.get(tid)) for tid in tids}
     _check_xstate(cores)
     files = registry.task(pid)
     validate_files(files, shell_job=shell_job)
@@ -291,16 +293,17 @@ def _seccomp_chain(d: ImageDir, pid: int, cores: dict) -> list[bytes]:
     return chain[::-1]
 
 
-def read_tree(d: ImageDir) -> Tree:
+def read_tree(d: ImageDir, cores: dict | None = None) -> Tree:
     """The tree model of a dump: pstree.img (parents first, root first) and every living
     process's ids-PID.img. The root's ppid is 0, as the image records it. A zombie needs no
-    ids, and its thread list is not read (CRIU 4.2 writes garbage there)."""
+    ids, and its thread list is not read (CRIU 4.2 writes garbage there). CORES: filled with
+    each leader's core image, parsed here for its task state (load_tree reuses them)."""
     entries = d.read("pstree.img", missing_ok=True)
     if not entries:
         raise ImageError(f"{d.root}: no pstree.img: not a dump directory")
     tasks: dict[int, Task] = {}
     for e in entries:
-        exit_code = _zombie_status(d, e.pid)
+        exit_code = _zombie_status(d, e.pid, cores)
         tids = (list(e.threads) or [e.pid]) if exit_code is None else [e.pid]
         if e.pid not in tids:
             raise ImageError(f"{d.root}/pstree.img: leader {e.pid} missing from its thread list")
@@ -323,21 +326,28 @@ def read_tree(d: ImageDir) -> Tree:
     return Tree(entries[0].pid, tasks)
 
 
-def _zombie_status(d: ImageDir, pid: int) -> int | None:
+def _zombie_status(d: ImageDir, pid: int, cores: dict | None = None) -> int | None:
     """The exit status of a zombie (its core's task_state is TASK_DEAD), None for a living
-    process (or no core: _core says so when the process is loaded)."""
+    process (or no core: _core says so when the process is loaded). CORES: the parsed core
+    is kept there."""
     name = f"core-{pid}.img"
     if not d.exists(name):
         return None
-    tc = d.read_single(name).tc
-    return tc.exit_code if tc.task_state == TASK_DEAD else None
-
-
-def _core(d: ImageDir, tid: int) -> core_pb2.core_entry:
-    name = f"core-{tid}.img"
-    if not d.exists(name):
-        raise ImageError(f"{d.root}: {name} is missing")
     core = d.read_single(name)
+    if cores is not None:
+        cores[pid] = core
+    return core.tc.exit_code if core.tc.task_state == TASK_DEAD else None
+
+
+def _core(d: ImageDir, tid: int, parsed: core_pb2.core_entry | None = None) -> core_pb2.core_entry:
+    """Thread TID's core image, checked (PARSED: read already by read_tree)."""
+    name = f"core-{tid}.img"
+    if parsed is not None:
+        core = parsed
+    elif not d.exists(name):
+        raise ImageError(f"{d.root}: {name} is missing")
+    else:
+        core = d.read_single(name)
     if core.mtype != core_pb2.X86_64:
         arch = core.DESCRIPTOR.fields_by_name["mtype"].enum_type.values_by_number.get(core.mtype)
         raise ImageError(f"{d.path(name)}: images are for architecture "
