@@ -12,8 +12,14 @@ page allocation):
 - process_vm_writev: 16 MiB a call, from the file's mapping (to ourselves)
 - uffd 1 thread: UFFDIO_COPY 2 MiB a call, the file mapped (its page faults included)
 - uffd 1 thread, warmed: the same after MADV_POPULATE_READ of the file's mapping (counted)
-- uffd copier, warmed: restore/lazy_copier.py's Copier (the calling thread and its helper
-  at nice 19, 512 KiB pieces), as the lazy server copies
+- uffd copier, warmed: restore/lazy_copier.py's Copier (the calling thread and its helper,
+  512 KiB pieces), as the lazy server copies
+- uffd 1 thread, hot source: UFFDIO_COPY of the same 2 MiB buffer again and again: the
+  destination's own cost (a 4 KiB page allocated, charged, mapped and written per page)
+- huge pages, hot source: the same 2 MiB buffer copied into an area advised MADV_HUGEPAGE
+  (one 2 MiB page per step): what the destination costs in huge pages
+- process_vm_writev, huge pages: from the file's mapping into an area advised MADV_HUGEPAGE,
+  as an eager restore writes such areas (UFFDIO_COPY can only make 4 KiB pages)
 
 The best of --runs (min) and the median, per case. Section "Lazy restore: the copy path
 (issue 12)" of --out.
@@ -21,6 +27,7 @@ The best of --runs (min) and the median, per case. Section "Lazy restore: the co
 from __future__ import annotations
 
 import argparse
+import ctypes
 import mmap
 import os
 import statistics
@@ -34,6 +41,8 @@ from common import BENCH, MIB, log, parse_size, run_meta, size_name, write_secti
 
 SECTION = "## Lazy restore: the copy path (issue 12)"
 STEP = 2 << 20
+HUGE = 2 << 20                  # a PMD's worth
+MADV_HUGEPAGE = 14
 
 
 def main() -> int:
@@ -79,6 +88,35 @@ def main() -> int:
         for at in range(0, size, 16 * MIB):
             vm.writev(os.getpid(), a + at, 16 * MIB, array("Q", [b + at, 16 * MIB]), 1)
 
+    def huge_area() -> tuple[mmap.mmap, int]:
+        d = mmap.mmap(-1, size + HUGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        at = (vm.address(d) + HUGE - 1) & ~(HUGE - 1)
+        vm.madvise(at, size, MADV_HUGEPAGE)
+        return d, at
+
+    def hot() -> np.ndarray:
+        return np.random.default_rng(2).integers(0, 256, STEP, np.uint8)
+
+    def uffd_hot() -> None:
+        buf = hot()
+        fd, d = registered()
+        try:
+            for at in range(0, size, STEP):
+                assert uffd.copy(fd, vm.address(d) + at, vm.address(buf), STEP) == (0, STEP)
+        finally:
+            os.close(fd)
+
+    def huge_hot() -> None:
+        buf, (d, base) = hot(), huge_area()
+        for at in range(0, size, STEP):
+            ctypes.memmove(base + at, vm.address(buf), STEP)
+
+    def writev_huge() -> None:
+        s, (d, base) = source(False), huge_area()
+        a = vm.address(s)
+        for at in range(0, size, 16 * MIB):
+            vm.writev(os.getpid(), a + at, 16 * MIB, array("Q", [base + at, 16 * MIB]), 1)
+
     def one_thread(warm: bool):
         def run() -> None:
             s = source(warm)
@@ -100,7 +138,9 @@ def main() -> int:
             os.close(fd)
 
     cases = {"memcpy": memcpy, "process_vm_writev": writev, "uffd 1 thread": one_thread(False),
-             "uffd 1 thread, warmed": one_thread(True), "uffd copier (2 threads), warmed": two_threads}
+             "uffd 1 thread, warmed": one_thread(True), "uffd copier (2 threads), warmed": two_threads,
+             "uffd 1 thread, hot source": uffd_hot, "huge pages, hot source": huge_hot,
+             "process_vm_writev, huge pages": writev_huge}
     times: dict[str, list[float]] = {k: [] for k in cases}
     try:
         for rnd in range(args.runs):
