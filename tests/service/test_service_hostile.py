@@ -19,10 +19,6 @@ from procs import coldsnap_argv, proc_state, stopped_after_syscall
 from service_helpers import start_service
 
 
-def _fds_of(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def _connect(svc) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     s.settimeout(10)
@@ -44,15 +40,14 @@ def _answer(s: socket.socket) -> bytes:
     return reply
 
 
-def _still_serves(svc, fds_before: int) -> None:
+def _still_serves(svc, fds_before: list[str]) -> None:
+    """A `coldsnap check` runs through SVC, which then holds the fds FDS_BEFORE (idle_fds):
+    nothing of what came before stays."""
     n = len(svc.workers("check"))
     run = subprocess.run(coldsnap_argv("check"), capture_output=True, env={**os.environ, "COLDSNAP_SERVICE": str(svc.address)})
     assert run.returncode == 0
     svc.wait_log(lambda ln: len(svc.workers("check")) > n, "a worker for check")
-    deadline = time.monotonic() + 5
-    while _fds_of(svc.proc.pid) != fds_before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _fds_of(svc.proc.pid) == fds_before, os.listdir(f"/proc/{svc.proc.pid}/fd")
+    assert svc.idle_fds() == fds_before
 
 
 def _send_with(s: socket.socket, data: bytes, fds) -> None:
@@ -99,7 +94,7 @@ def _send_broken(s: socket.socket, case: str) -> None:
 
 def test_a_broken_request_gets_an_error_and_the_service_serves_on(service):
     """One service for every case (each starts ~1 s of imports)."""
-    before = _fds_of(service.proc.pid)
+    before = service.idle_fds()
     for case in CASES:
         s = _connect(service)
         _send_broken(s, case)
@@ -111,10 +106,10 @@ def test_a_broken_request_gets_an_error_and_the_service_serves_on(service):
 
 
 def test_a_client_that_connects_and_leaves_or_stays_silent(service):
-    before = _fds_of(service.proc.pid)
+    before = service.idle_fds()
     _connect(service).close()
     silent = _connect(service)          # holds its connection while others are served
-    _still_serves(service, before + 1)
+    _still_serves(service, sorted(before + ["socket:[]"]))
     silent.close()
     _still_serves(service, before)
 
@@ -122,7 +117,7 @@ def test_a_client_that_connects_and_leaves_or_stays_silent(service):
 def test_a_client_leaving_right_after_its_request(service):
     """Gone before the service read its request, nothing starts (most often); else its
     worker is told to stop (or has ended already). Nothing stays."""
-    before = _fds_of(service.proc.pid)
+    before = service.idle_fds()
     n = len(service.workers("check"))
     s = _connect(service)
     _with_fds(s, _request(), 4)
@@ -133,7 +128,7 @@ def test_a_client_leaving_right_after_its_request(service):
 
 def test_another_user_is_told_to_run_it_itself(service):
     """The socket is 0600; opened to all, a caller of another uid gets `local`, nothing runs."""
-    before = _fds_of(service.proc.pid)
+    before = service.idle_fds()
     request = _request()
     os.chmod(service.address.parent, 0o711)
     os.chmod(service.address, 0o666)
@@ -194,7 +189,7 @@ def _command_fds():
 def test_a_running_client_breaking_the_protocol_ends_its_worker(service, case):
     """A record that does not fit (cut short by the kernel) from a client whose command runs:
     its worker is told to stop, as when it leaves; no fd of it stays in the service."""
-    before = _fds_of(service.proc.pid)
+    before = service.idle_fds()
     with _command_fds() as fds:
         s = _start_restore_stream(service, *fds)
         if case == "huge":
@@ -212,7 +207,7 @@ def test_a_running_client_breaking_the_protocol_ends_its_worker(service, case):
 
 def test_a_package_path_that_is_not_utf8_is_told_to_run_itself(service):
     """The refusal names the caller's package path, whatever bytes it holds."""
-    before = _fds_of(service.proc.pid)
+    before = service.idle_fds()
     s = _connect(service)
     request = P.encode_request(["check"], [], 0o022, os.fsdecode(b"/tmp/no-coldsnap-\xff"))
     _with_fds(s, request, 4)
@@ -243,23 +238,10 @@ def test_a_signal_right_after_started_reaches_a_forked_worker(service):
             busy.close()
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(c) for c in f.read().split()]
-
-
 def _ready_spare(svc) -> int:
-    """The service's spare worker, once it waits for its request (its shared pages copied)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:      # ready: waiting for its request in recvmsg(2)
-        children = _children(svc.proc.pid)
-        if len(children) == 1:
-            with open(f"/proc/{children[0]}/syscall") as f:
-                if f.read().split()[0] == "47":
-                    time.sleep(0.3)         # the service has read its b"r"
-                    return children[0]
-        time.sleep(0.01)
-    raise AssertionError("no spare worker ready within 30 s")
+    """The service's spare worker, once it waits for its request (its shared pages copied)
+    and the service read its b"r"."""
+    return svc.wait_idle()
 
 
 def test_a_spare_that_died_ready_is_replaced(service):
@@ -267,7 +249,7 @@ def test_a_spare_that_died_ready_is_replaced(service):
     end: the request gets a worker forked for it, the dead spare is forgotten (not kept as the
     next one: its fds closed, numbers another worker may reuse) and a new one forked later."""
     spare = _ready_spare(service)
-    before = _fds_of(service.proc.pid)
+    before = service.idle_fds()
     s = _connect(service)
     time.sleep(0.3)                         # accepted
     os.kill(service.proc.pid, signal.SIGSTOP)
@@ -329,7 +311,7 @@ def _out_of_fds_at_its_next_fork(pid: int):
 def test_a_worker_forked_without_a_pidfd_never_runs_the_command_twice(service):
     """The service runs out of fds between a worker's fork and its pidfd: the command runs
     once (in the caller, as the service could not watch its worker), not in both."""
-    before = _fds_of(service.proc.pid)
+    before = service.idle_fds()
     with _command_fds() as fds:
         busy = _start_restore_stream(service, *fds)      # takes the spare: a worker is forked
         try:
@@ -350,7 +332,7 @@ def test_a_spare_forked_without_a_pidfd_leaves_and_is_reaped(service):
     """The service runs out of fds between a spare's fork and its pidfd: the spare leaves
     without a request, reaped at once; the next request gets a worker forked for it."""
     _ready_spare(service)
-    before = _fds_of(service.proc.pid)
+    before = service.idle_fds()
     with _out_of_fds_at_its_next_fork(service.proc.pid) as at_fork:
         client = _check_client(service)        # the spare runs it; the next is forked at its end
         spare = at_fork()
@@ -359,7 +341,7 @@ def test_a_spare_forked_without_a_pidfd_leaves_and_is_reaped(service):
         line = service.wait_log(lambda ln: "no spare worker" in ln or "after an error" in ln, "the spare's failure")
     assert client.returncode == 0 and out.count("pagemap_scan") == 1, (out, err)
     assert line.endswith("no spare worker: pidfd_open(%d): Too many open files" % spare), line
-    assert _children(service.proc.pid) == []
+    assert service.children() == []
     _still_serves(service, before)              # by a worker forked for it, then a new spare
     assert not [ln for ln in service.lines() if "after an error" in ln], service.lines()
 
@@ -386,7 +368,7 @@ def test_a_service_started_with_sigchld_ignored_or_signals_blocked_serves_and_st
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
     try:
         _ready_spare(svc)
-        before = _fds_of(svc.proc.pid)
+        before = svc.idle_fds()
         for n in range(3):              # by the spare, each time a new one
             client = _check_client(svc)
             out, err = client.communicate(timeout=60)
@@ -489,7 +471,7 @@ def test_a_service_out_of_fds_tells_its_callers_to_run_it_themselves(service):
     that) to say so, and each caller runs its command itself, at once; the service neither
     spins on the connection it cannot take nor fills its log."""
     _ready_spare(service)
-    before = _fds_of(service.proc.pid)
+    before = service.idle_fds()
     with _no_fd_left(service.proc.pid):
         for _ in range(3):
             run = subprocess.run(coldsnap_argv("check"), capture_output=True, text=True, timeout=30,
