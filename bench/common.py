@@ -183,11 +183,17 @@ def export_revision(rev: str) -> tuple[str, Path]:
 
 
 def reap(pid: int) -> None:
-    """waitpid, then wait until /proc/PID is gone (restore reuses the PID)."""
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
+    """waitpid, then wait until /proc/PID is gone (restore reuses the PID). A process that is
+    not our child yet may become one (we are a subreaper): one restored -d through a service
+    whose worker is still ending (its client ends first)."""
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                break
+        except ChildProcessError:
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+        time.sleep(0.001)
     LIVE.discard(pid)
     while os.path.exists(f"/proc/{pid}"):
         time.sleep(0.001)

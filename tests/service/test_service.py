@@ -335,6 +335,50 @@ def test_the_worker_s_end_reaches_a_client_whose_last_signal_went_unread():
         assert client._wait_for_worker(ours, "1") == 130
 
 
+@pytest.mark.parametrize("then", ["exits", "is killed"])
+def test_the_client_has_the_end_before_the_worker_tears_down(then, service, tmp_path):
+    """The worker says its command's end (its output flushed, the caller's stdio closed)
+    before it exits, and the service relays it at once: held by ptrace at its exit_group(2),
+    before any of its teardown, the worker has told its client everything: the client ends
+    with the command's code and its output complete. SIGKILLed there instead, the worker
+    ends otherwise, after the client had its end: that end stands (the service logs both)."""
+    from coldsnap.kernel import ptrace
+    from coldsnap.kernel.libc import SYS
+    spare = service.wait_idle()
+    ptrace.seize(spare, ptrace.PTRACE_O_TRACESYSGOOD)
+    client = None
+    try:
+        ptrace.interrupt(spare)
+        client = subprocess.Popen(coldsnap_argv("show", tmp_path / "nothing"), stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while True:                 # system call by system call, up to its exit_group
+            stop = ptrace.wait_stop(spare)
+            assert not stop.exited, stop
+            if stop.is_syscall_stop and ptrace.get_regs(spare).orig_rax == SYS.exit_group:
+                break
+            ptrace.syscall_step(spare, stop.sig if stop.is_signal_stop else 0)
+        out, err = client.communicate(timeout=10)
+        assert proc_state(spare) == ("t", os.getpid())        # still held, before its exit
+        assert client.returncode == 6 and out == "" and err.startswith("coldsnap: "), (client.returncode, out, err)
+        assert service.workers("show") == [f"coldsnap service: worker {spare} (show) exited 6"]
+        if then == "exits":
+            ptrace.detach(spare)
+        else:
+            os.kill(spare, signal.SIGKILL)
+            assert ptrace.wait_stop(spare).term_signal == signal.SIGKILL     # then its parent's
+    finally:
+        if proc_state(spare)[1] == os.getpid():      # first: it may hold the client's stdio
+            os.kill(spare, signal.SIGKILL)
+            ptrace.wait_stop(spare)
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.communicate()
+    service.wait_idle()             # reaped, a new spare ready
+    assert service.workers("show") == [f"coldsnap service: worker {spare} (show) exited 6"] + (
+        [f"coldsnap service: worker {spare} (show) then killed by signal 9, after its end was told"]
+        if then == "is killed" else [])
+
+
 def test_the_client_imports_only_built_in_modules():
     """What the `coldsnap` command loads before it knows whether the service runs it."""
     code = ("import os, sys; before = set(sys.modules); import coldsnap.service.client; "

@@ -12,6 +12,10 @@ Imported by the client before anything else: it uses only built-in modules.
                         STARTED   b"started PID": the worker PID runs the command
                         EXIT      b"exit code N" / b"exit signal N": how the worker ended
                         ERROR     b"error REASON": a broken request; the connection closes
+    worker -> service   EXIT      on the channel of each worker (a socket pair): its command's end,
+                                  said once its output is flushed and the caller's stdio closed,
+                                  before its teardown (the service relays it at once); a spare
+                                  first says b"r" there once its pages are copied
 """
 from __future__ import annotations
 
@@ -108,6 +112,18 @@ def decode_signal(data: bytes) -> int:
 
 def encode_exit(status: int, by_signal: bool) -> bytes:
     return (b"exit signal %d" if by_signal else b"exit code %d") % status
+
+
+def decode_exit(data: bytes) -> tuple[int, bool]:
+    """(status, by_signal) of an EXIT record (a worker's word on its channel)."""
+    kind, _, rest = data.partition(b" ")
+    how, _, n = rest.partition(b" ")
+    if kind != b"exit" or how not in (b"code", b"signal") or not n.isdigit() or len(n) > 3:
+        raise ProtocolError("not an exit record")
+    status, by_signal = int(n), how == b"signal"
+    if status > (64 if by_signal else 255) or (by_signal and status == 0):
+        raise ProtocolError("an exit status out of range")
+    return status, by_signal
 
 
 def decode_reply(data: bytes) -> tuple[str, str]:

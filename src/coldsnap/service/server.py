@@ -5,8 +5,11 @@ worker takes on the caller's stdio, cwd, environment and umask and runs the comm
 and no imports (~70 ms).
 
 The loop is single-threaded (a worker is forked from it, and restore clones the worker raw):
-one selector over the listening socket, the connections, each worker's pidfd and a wake-up
-socket for SIGTERM/SIGINT. Who may ask: only a process of the service's own uid (the socket
+one selector over the listening socket, the connections, each worker's pidfd and channel
+and a wake-up socket for SIGTERM/SIGINT. A worker says its command's end on its channel as
+soon as the command is done (worker.exit_worker), and the client has it at once, not after
+the worker's teardown; the worker's pidfd then only tells when it is gone (and its end, to
+a client whose worker died before its word). Who may ask: only a process of the service's own uid (the socket
 is 0600, and SO_PEERCRED is checked), and only one that lives where the service does (same
 namespaces, root, capabilities and confinement: no_new_privs, seccomp, LSM label;
 read in /proc while a pidfd pins the caller, SO_PEERPIDFD's): anyone else is told to run the
@@ -72,9 +75,11 @@ class Conn:
     deadline: float
     worker: int = 0
     pidfd: int = -1
+    channel: socket.socket | None = None    # where its worker says its end (worker.exit_worker)
     command: str = ""           # its command's name, for the log
     cgroups: list[Path] = field(default_factory=list)     # the caller's, where they are not ours
     gone: bool = False          # the client closed its end
+    said: tuple[int, bool] | None = None    # the end its worker said (status, by signal), relayed
 
 
 @dataclass
@@ -301,6 +306,7 @@ class Service:
                 self.workers.pop(what.pidfd, None)
                 self._let_go(what.pidfd, signal.SIGTERM)    # it unwinds as an interrupted command
                 what.pidfd = -1
+            self._drop_channel(what)
             what.gone = True
             self.conns.pop(what.sock.fileno(), None)
             self._unwatch(what.sock)
@@ -331,7 +337,11 @@ class Service:
         elif isinstance(what, Spare):
             self._spare_event(what)
         elif isinstance(what, tuple):
-            self._reap(what[1])
+            kind, conn = what
+            if kind == "said":
+                self._worker_said(conn)
+            else:
+                self._reap(conn)
         else:
             self._readable(what)
 
@@ -419,6 +429,8 @@ class Service:
             self.reserve = _reserve_fd()
 
     def _readable(self, conn: Conn) -> None:
+        if conn.sock.fileno() < 0:      # closed earlier in this round of events (_ended)
+            return
         if conn.worker:
             self._from_running_client(conn)
             return
@@ -532,49 +544,55 @@ class Service:
                     raise
                 spare, usable = None, False
         if usable and self._hand_over(spare, data, fds):
-            conn.worker, conn.pidfd = spare.pid, spare.pidfd
+            conn.worker, conn.pidfd, conn.channel = spare.pid, spare.pidfd, spare.channel
             self.sel.modify(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
+            if spare.state == "copying":        # its b"r" still to come: read and skipped there
+                self.sel.modify(conn.channel, selectors.EVENT_READ, ("said", conn))
+            else:
+                self.sel.register(conn.channel, selectors.EVENT_READ, ("said", conn))
             self.served_by_spare += 1
         else:
             if spare is not None and spare.pidfd >= 0:
                 self.spare = spare          # it ended before any request: its pidfd's event forgets it
                                             # (not one _hand_over found dead: that one is gone)
-            conn.worker, conn.pidfd = self._fork_worker(request, fds, conn.cgroups)
+            conn.worker, conn.pidfd, conn.channel = self._fork_worker(request, fds, conn.cgroups)
             self.sel.register(conn.pidfd, selectors.EVENT_READ, ("worker", conn))
+            self.sel.register(conn.channel, selectors.EVENT_READ, ("said", conn))
         conn.command = next((a for a in request.argv if not a.startswith("-")), "")
         self.workers[conn.pidfd] = conn
         self.served += 1
         _send(conn.sock, b"started %d" % conn.worker)
 
-    def _fork_worker(self, request: P.Request, fds: list[int], cgroups: list[Path]) -> tuple[int, int]:
-        """A worker forked for REQUEST, moved into CGROUPS, and its pidfd. It waits for our
-        word before it runs the command: without its pidfd (out of fds) we could not watch it,
-        and its client, told to run the command itself, would run it a second time; nor may
-        it run outside the caller's cgroups."""
-        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    def _fork_worker(self, request: P.Request, fds: list[int],
+                     cgroups: list[Path]) -> tuple[int, int, socket.socket]:
+        """A worker forked for REQUEST, moved into CGROUPS, its pidfd and our end of its
+        channel. It waits for our b"g" there before it runs the command: without its pidfd
+        (out of fds) we could not watch it, and its client, told to run the command itself,
+        would run it a second time; nor may it run outside the caller's cgroups."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            pid = self._fork(lambda: (os.close(go_w), W.run_forked(request, fds, go_r)))
+            pid = self._fork(lambda: (ours.close(), W.run_forked(request, fds, theirs)))
         finally:
-            os.close(go_r)
+            theirs.close()
         try:
             pidfd = pidfd_open(pid)
         except OSError:
-            os.close(go_w)          # it reads the end of the pipe: leaves without running anything
+            ours.close()            # it reads the end of its channel: leaves without running anything
             os.waitpid(pid, 0)
             raise
         try:
             _join(pid, cgroups)
         except OSError:
-            os.close(go_w)
+            ours.close()
             os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
             os.close(pidfd)
             raise
         try:
-            os.write(go_w, b"g")
+            ours.send(b"g")
         except OSError:             # killed meanwhile: its pidfd says so
             pass
-        os.close(go_w)
-        return pid, pidfd
+        ours.setblocking(False)
+        return pid, pidfd, ours
 
     def _hand_over(self, spare: Spare, data: bytes, fds: list[int]) -> bool:
         try:
@@ -584,9 +602,6 @@ class Service:
             log(f"the spare worker {spare.pid} took no request: {e.strerror}")
             self._end_spare(spare)
             return False
-        if spare.state == "copying":
-            self.sel.unregister(spare.channel)     # its b"r" is of no use any more
-        spare.channel.close()
         return True
 
     def _fork(self, child) -> int:
@@ -604,6 +619,7 @@ class Service:
                     W.die_with(service)
                     W.leave_service([self.listener, self.wake_r, self.wake_w,
                                      *(c.sock for c in self.conns.values()),
+                                     *(c.channel for c in self.workers.values() if c.channel),
                                      *([self.spare.channel] if self.spare else [])],
                                     [*self.workers, *([self.spare.pidfd] if self.spare else []),
                                      *([self.reserve] if self.reserve >= 0 else [])],
@@ -711,27 +727,77 @@ class Service:
         except (CsError, OSError):       # it has exited meanwhile: its pidfd will say so
             pass
 
+    def _worker_said(self, conn: Conn) -> None:
+        """The worker's word on its channel: its command's end (worker.exit_worker), relayed
+        now, ahead of its teardown; a spare's b"r" (it was still copying when it took the
+        request) is skipped. The channel's end without a word (the worker killed, or gone
+        before its command): its pidfd tells the end instead."""
+        if conn.channel is None:        # read earlier in this round of events (by _reap)
+            return
+        while True:
+            try:
+                data = conn.channel.recv(P.MAX_REPLY)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data != b"r":
+                break
+        self._drop_channel(conn)
+        try:
+            end = P.decode_exit(data) if data else None
+        except P.ProtocolError:
+            log(f"worker {conn.worker} ({conn.command}) said no end: {data[:40]!r}")
+            end = None
+        if end is not None:
+            self._ended(conn, *end)
+
+    def _ended(self, conn: Conn, status: int, by_signal: bool) -> None:
+        """The command's end, logged and told its client, whose connection then closes: what
+        the worker does after (its teardown) is no business of the client's."""
+        conn.said = (status, by_signal)
+        log(f"worker {conn.worker} ({conn.command}) {_end_words(status, by_signal)}"
+            + (" (its client had left)" if conn.gone else ""))
+        if not conn.gone:
+            _send(conn.sock, P.encode_exit(status, by_signal))
+        self._close(conn)
+        self._fork_spare()      # now, while no command of ours runs: the caller's next may come at once
+
+    def _drop_channel(self, conn: Conn) -> None:
+        if conn.channel is not None:
+            self._unwatch(conn.channel)
+            conn.channel.close()
+            conn.channel = None
+
     def _reap(self, conn: Conn) -> None:
+        """The worker ended: its end is the one it said, if it did (read first here: a word
+        sent before its end wins whichever event we see first); else the kernel's, told its
+        client now."""
         info = os.waitid(os.P_PIDFD, conn.pidfd, os.WEXITED | os.WNOHANG)
         if info is None:
             return
-        by_signal = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
-        log(f"worker {conn.worker} ({conn.command}) " + (f"killed by signal {info.si_status}" if by_signal
-                                                          else f"exited {info.si_status}")
-            + (" (its client had left)" if conn.gone else ""))
-        if not conn.gone:
-            _send(conn.sock, P.encode_exit(info.si_status, by_signal))
+        if conn.channel is not None:
+            self._worker_said(conn)
+        end = (info.si_status, info.si_code in (os.CLD_KILLED, os.CLD_DUMPED))
+        if conn.said is None:
+            self._ended(conn, *end)
+        elif conn.said != end:      # SIGKILLed in its teardown, say: the client has the word
+            log(f"worker {conn.worker} ({conn.command}) then {_end_words(*end)}, after its end was told")
+        self._drop_channel(conn)
         self.sel.unregister(conn.pidfd)
         del self.workers[conn.pidfd]
         os.close(conn.pidfd)
         conn.pidfd = -1
-        self._close(conn)
-        self._fork_spare()          # now, while no command of ours runs
+        self._fork_spare()          # if _ended's fork failed (out of fds, say)
 
     def _close(self, conn: Conn) -> None:
         if self.conns.pop(conn.sock.fileno(), None) is not None and not conn.gone:
             self.sel.unregister(conn.sock)
         conn.sock.close()
+
+
+def _end_words(status: int, by_signal: bool) -> str:
+    return f"killed by signal {status}" if by_signal else f"exited {status}"
 
 
 def _reserve_fd() -> int:
