@@ -17,7 +17,7 @@ first: memory/source.py; the fault's neighbourhood first), follows
 the events (fork: the child's own uffd, cloned state; mremap moves pending pages; munmap
 and madvise(DONTNEED) drop them: a later fault there gets zeros, as it would have), and
 between two polls pushes the rest in background order (lazy_pages.py), up to 32 MiB a step
-(2 MiB from a page server), each step cut short as soon as a fault or an event waits, and
+(2 MiB, never cut, from a page server: fetched whole first), each step cut short as soon as a fault or an event waits, and
 continuing a sequential reader's window (its next fault there still counts as sequential,
 so its window keeps growing). Each copy is cut in pieces that a helper thread shares (lazy_copier.py: two CPUs copy when the
 process leaves one idle), and once the process runs another thread fills the server's page
@@ -67,7 +67,7 @@ AHEAD, BEHIND = 64, 16          # pages copied around a fault: sequential reader
 STREAM_MAX = 1024               # ...and a fault just past the last window doubles it, up to 4 MiB
 FIRST = 16                      # a fault's own pages go in alone first: the faulting thread runs on
 PUSH_PAGES = 8192               # one background step (32 MiB, two threads: lazy_copier.py), cut short by a fault
-FETCH_PAGES = 512               # ...2 MiB where pages come from a page server (fetched whole before the copy)
+FETCH_PAGES = 512               # ...2 MiB, not cut, where pages come from a page server (fetched before the copy)
 CONTROL_MAX = 1 << 18           # a control message: "fd PID", a seed's with the process's numbers
 ABORTED = 3                     # server exit status: coldsnap never said go
 _ZERO = bytes(PAGE)
@@ -123,6 +123,9 @@ class Server:
         self.seeded = isinstance(images, SentImages)     # its processes come with their uffds
         local = type(images.origin) is LocalPages and images.origin.lazy is None
         self.push_pages = PUSH_PAGES if local else FETCH_PAGES
+        # a step from a page server is fetched whole before its copy: cut short, the rest
+        # would be fetched again, so it goes in whole (2 MiB)
+        self.cut_short = self._wanted if local else None
 
     # -- main loop -------------------------------------------------------------------
 
@@ -334,7 +337,7 @@ class Server:
             space.pages.recount()       # never spin on a count that went wrong
             return
         t = time.perf_counter_ns()
-        copied = self._copy(space, run, self._wanted)[1]
+        copied = self._copy(space, run, self.cut_short)[1]
         self.count.push_ns += time.perf_counter_ns() - t
         self.count.pushed_pages += copied
         if copied < run.npages:
