@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -52,6 +53,7 @@ PY = sys.executable
 COLDSNAP = [PY, "-m", "coldsnap"]
 APP = BENCH / "warm_app.py"
 PIPE_MAX = Path("/proc/sys/fs/pipe-max-size")
+SERVER_CPU = re.compile(r"\((\d+) ms after go, CPU (\d+) ms")     # the lazy server's last log line
 
 
 def ms(t0: int) -> float:
@@ -109,13 +111,13 @@ def coldsnap_dump(app: App, images: Path, server: str | None = None) -> None:
 
 
 def coldsnap_restore(images: Path, lazy: bool, server: str | None = None,
-                     via: Service | None = None) -> tuple[float, float, dict]:
+                     via: Service | None = None, lazy_log: Path | None = None) -> tuple[float, float, dict]:
     """(command ms, ms to the first answer, --json result); server: pages from that page server;
-    via: the command through that service."""
+    via: the command through that service; lazy_log: the lazy server's log there."""
     prefix, env = ([str(via.script)], via.env) if via else (COLDSNAP, None)
     t0 = time.perf_counter_ns()
     r = run([*prefix, "restore", "-D", images, "-d", "--json", *(["--lazy-pages"] if lazy else []),
-             *(["--page-server", server] if server else [])], env=env)
+             *(["--lazy-log", lazy_log] if lazy_log else []), *(["--page-server", server] if server else [])], env=env)
     t_cmd = ms(t0)
     if r.returncode:
         raise RuntimeError(f"coldsnap restore: {r.stderr.strip()}")
@@ -126,7 +128,10 @@ def coldsnap_restore(images: Path, lazy: bool, server: str | None = None,
 
 def one_coldsnap(app: App, images: Path, lazy: bool, out: dict, server: str | None = None,
                  via: Service | None = None) -> None:
-    t_cmd, t0, res = coldsnap_restore(images, lazy, server, via)
+    log = images.parent / "lazy.log" if lazy and not server and not via else None    # the in-process lazy one's
+    if log:
+        log.unlink(missing_ok=True)
+    t_cmd, t0, res = coldsnap_restore(images, lazy, server, via, log)
     ask(app.port, "first")
     t_first = ms(t0)
     key = ("lazy" if lazy else "eager") + ("_ps" if server else "") + ("_svc" if via else "")
@@ -142,6 +147,9 @@ def one_coldsnap(app: App, images: Path, lazy: bool, out: dict, server: str | No
         LIVE.add(res["lazy_guardian"])
         wait_exit(res["lazy_guardian"])
         out.setdefault(f"{key}_last", []).append(ms(t0))
+    if log and (found := SERVER_CPU.search(log.read_text() if log.exists() else "")):
+        out.setdefault("lazy_server_after_go", []).append(float(found[1]))
+        out.setdefault("lazy_server_cpu", []).append(float(found[2]))
     kill_reap(res["pid"])
 
 
@@ -329,6 +337,12 @@ def report(meta: dict, sizes: dict, redis: dict | None, criu_note: str) -> str:
               "answer (so, after a lazy restore, while the pages still arrive), timed inside the program. "
               "\"last page in\": from the restore command's start until the lazy server's guardian (or CRIU's "
               "lazy-pages daemon) exits."]
+    if any(o.get("lazy_server_cpu") for o in sizes.values()):
+        lines += ["", "The lazy server of the in-process lazy restore, medians: " + ", ".join(
+            f"{size_name(size)} {f1(median(o['lazy_server_after_go']))} ms after go, CPU {f1(median(o['lazy_server_cpu']))} ms"
+            for size, o in sizes.items() if o.get("lazy_server_cpu")) + " (~0.4 s of CPU per GiB when the memory "
+            "it fills is warm; several times more when this VM's host must fault it in first: bench/RESULTS.md "
+            "\"Session 9 (lazy4g)\")."]
     if any(o.get("lazy_svc_first") for o in sizes.values()):
         lines += ["", "### Lazy restore through `coldsnap service`", "",
                   "The lazy restore command as a user runs it (the script pip installs) with a `coldsnap service` "
