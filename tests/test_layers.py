@@ -79,7 +79,7 @@ def test_the_check_sees_file_writes():
 # Foreign calls (the shared libc handle of kernel/libc.py) are kernel bindings: they live in
 # kernel/. These still call it from above, each for a reason of its own (a blank child right
 # after clone, an epoll or prctl made for the restored process); no new one.
-LIBC_CALLERS = {"creds.py", "files/epoll.py", "restore/blank.py", "restore/transplant.py"}
+LIBC_CALLERS = {"creds.py", "files/epoll.py", "restore/blank.py"}
 
 
 def _libc_uses(tree: ast.AST) -> list[tuple[int, str]]:

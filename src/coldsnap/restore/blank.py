@@ -31,7 +31,7 @@ Open file descriptions shared by several processes (stdio inherited by a child, 
 between parent and child or between siblings, a file with one shared offset): the root's
 blank process creates each of them ONCE, before step 2, at fds above every dumped number
 (fdtable.open_shared). Every blank process inherits them through its clone and takes its
-own fds from them (fdtable.rebuild_fds `inherited`), closing the ones it does not hold
+own fds from them (fdtable.apply_fds `inherited`), closing the ones it does not hold
 after it has made its children; so every process ends holding the very same descriptions,
 and a pipe's buffered data is written back once. Nothing crosses processes but inheritance:
 no pidfd_getfd, no SCM_RIGHTS.
@@ -42,6 +42,7 @@ one of ours). A blank process whose child failed exits quietly (the child said w
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -49,16 +50,17 @@ import pickle
 import select
 import signal
 import struct
+from typing import NamedTuple
 
 from ..errors import AccessDenied, CsError, ImageError, TargetError
 from ..kernel.clone import fork_with_pid, set_parent_death_signal
 from ..kernel import vm
-from ..kernel.libc import libc
-from .fdtable import open_shared, rebuild_fds
+from ..kernel.libc import SYS, check, libc
+from .fdtable import FdPlan, apply_fds, open_shared, plan_fds
 from ..seize.tree import Task
 from .images import TreeImages
 from .sessions import JOIN, OWN_GROUP, SETSID, SessionStep
-from .transplant import default_signal_actions
+from .transplant import DEFAULT_SIGACTION, SIGNALS
 
 CLONE_FS, CLONE_FILES = 0x200, 0x400
 PR_SET_DUMPABLE = 4
@@ -81,6 +83,8 @@ def make_blank_tree(images: TreeImages, shell_job: bool, dontfork: list[tuple[in
     # worked out here, not in the child: its Python runs over memory it shares with us (each
     # object it touches is a copy-on-write fault)
     shared_ids, root_files = images.files.shared_ids(), images.root.files
+    plan = Plan({pid: plan_fds(proc.files, shared_ids) for pid, proc in images.procs.items()},
+                {pid: images.tree.children(pid) for pid in images.procs}, _changed_signal_actions())
     try:
         pid = _clone(root)
     except BaseException:
@@ -96,7 +100,7 @@ def make_blank_tree(images: TreeImages, shell_job: bool, dontfork: list[tuple[in
             shared = open_shared(root_files, shared_ids, w + 1, shell_job=shell_job)
         except BaseException as e:   # noqa: BLE001 - report anything to coldsnap
             _fail(w, e)
-        _become(images, root, w, shell_job, shared, done=None)
+        _become(images, plan, root, w, shell_job, shared, done=None)
     os.close(w)
     with os.fdopen(r, "rb") as f:
         data = f.read()
@@ -110,7 +114,14 @@ def make_blank_tree(images: TreeImages, shell_job: bool, dontfork: list[tuple[in
     raise _reported(bad)
 
 
-def _become(images: TreeImages, pid: int, w: int, shell_job: bool, shared: dict[int, int],
+class Plan(NamedTuple):
+    """What every blank process does, worked out before the first fork."""
+    fds: dict[int, FdPlan]          # pid -> its fd table
+    children: dict[int, list[Task]]
+    signals: list[int]              # the signals whose action is not the default (ours, inherited)
+
+
+def _become(images: TreeImages, plan: Plan, pid: int, w: int, shell_job: bool, shared: dict[int, int],
             done: int | None, table: bool = True, alone: bool = False) -> None:
     """The life of the blank process PID (we are it): never returns. table False: the fd
     table is our parent's (CLONE_FILES): rebuilt by it, no fd of it closed here. alone: we
@@ -118,7 +129,7 @@ def _become(images: TreeImages, pid: int, w: int, shell_job: bool, shared: dict[
     exists ("done" then, before our fd table: the two are rebuilt side by side)."""
     try:
         _session(pid, images.sessions[pid])
-        for kid in images.tree.children(pid):
+        for kid in plan.children[pid]:
             if kid.zombie:
                 if _clone(kid.pid) == 0:
                     _exit_as_zombie(images, kid, w)
@@ -131,7 +142,7 @@ def _become(images: TreeImages, pid: int, w: int, shell_job: bool, shared: dict[
             if kpid == 0:
                 if not flags & CLONE_FILES:
                     os.close(sr)
-                _become(images, kid.pid, w, shell_job, shared, done=sw, table=not flags & CLONE_FILES,
+                _become(images, plan, kid.pid, w, shell_job, shared, done=sw, table=not flags & CLONE_FILES,
                         alone=not flags)
             if flags & CLONE_FILES:
                 ok = _done_or_dead(sr, kpid)     # sw is ours too: no EOF when it dies
@@ -147,9 +158,8 @@ def _become(images: TreeImages, pid: int, w: int, shell_job: bool, shared: dict[
             os.close(done)
             done = None
         keep = (w,) if done is None else (w, done)
-        rebuild_fds(images.procs[pid].files, shell_job=shell_job, keep_fds=keep, inherited=shared,
-                    table=table)
-        default_signal_actions()
+        apply_fds(plan.fds[pid], shell_job=shell_job, keep_fds=keep, inherited=shared, table=table)
+        _default_signal_actions(plan.signals)
         _send(w, OK)
     except BaseException as e:   # noqa: BLE001 - report anything to coldsnap
         _fail(w, e)
@@ -164,6 +174,33 @@ def _become(images: TreeImages, pid: int, w: int, shell_job: bool, shared: dict[
             signal.pause()       # until coldsnap seizes and reshapes this process
     finally:
         os._exit(1)              # never unwind into coldsnap's own code (e.g. on SIGINT)
+
+
+def _changed_signal_actions() -> list[int]:
+    """The signals whose action in this process is not DEFAULT_SIGACTION: the blank processes
+    inherit our actions, so only these need a reset (the transplant injects the dumped
+    actions that differ from the default)."""
+    old = ctypes.create_string_buffer(len(DEFAULT_SIGACTION))
+    raw, nr, none, out, size = libc.syscall, ctypes.c_long(SYS.rt_sigaction), ctypes.c_ulong(0), \
+        ctypes.c_ulong(ctypes.addressof(old)), ctypes.c_ulong(8)
+    changed = []
+    for sig in SIGNALS:
+        if raw(nr, ctypes.c_ulong(sig), none, out, size) != 0:
+            check(-1, f"rt_sigaction({sig})")
+        if old.raw != DEFAULT_SIGACTION:
+            changed.append(sig)
+    return changed
+
+
+def _default_signal_actions(signals: list[int]) -> None:
+    """SIGNALS' actions set to DEFAULT_SIGACTION (transplant.default_signal_actions, for a
+    few): one bare ctypes call each, as objects cost copy-on-write faults here."""
+    zero = ctypes.create_string_buffer(DEFAULT_SIGACTION)
+    raw, nr, act, size, none = libc.syscall, ctypes.c_long(SYS.rt_sigaction), ctypes.c_ulong(ctypes.addressof(zero)), \
+        ctypes.c_ulong(8), ctypes.c_ulong(0)
+    for sig in signals:
+        if raw(nr, ctypes.c_ulong(sig), act, none, size) != 0:
+            check(-1, f"rt_sigaction({sig})")
 
 
 def _exit_as_zombie(images: TreeImages, task: Task, w: int) -> None:

@@ -12,11 +12,16 @@ import fcntl
 import os
 import resource
 from collections.abc import Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ImageError
 from ..files.kinds import OPS
-from ..files.ops import OpenCtx
+from ..files.ops import FileOps, OpenCtx
 from ..files.registry import TaskFiles
+
+if TYPE_CHECKING:
+    from ..files.model import FileObj
 
 _FD_MAX = 0x7FFFFFFF        # close_range's "every fd from here up"
 
@@ -51,6 +56,39 @@ def open_shared(task: TaskFiles, ids: Collection[int], base: int, *, shell_job: 
     return {fid: OPS[reg.files[fid].kind].open(reg.files[fid], ctx) for fid in _in_open_order(reg.files, ids)}
 
 
+@dataclass(eq=False)
+class FdPlan:
+    """A task's fd table, cwd, root and umask worked out ahead (plan_fds), to be made by
+    apply_fds in a freshly forked blank process: there every object its Python touches costs
+    a copy-on-write fault, so it gets the lists it walks ready-made."""
+    pid: int
+    table: list[tuple[int, int, bool]]         # (fd, file id, close-on-exec) of every dumped fd
+    targets: frozenset[int]                    # the dumped fd numbers
+    opens: list[tuple[int, FileObj, FileOps]]  # each file of the table, in open order
+    posts: list[tuple[FileObj, int, FileOps]]  # (file, its lowest fd, ops) for post_open
+    names: dict[int, str]                      # file id -> "fd N" (messages)
+    terminal: str | None                       # an fd that was a terminal (not inherited) or None
+    room: int                                  # fds needed above the base
+    pipe_data: dict
+    umask: int
+    cwd: str
+    root: str
+
+
+def plan_fds(task: TaskFiles, inherited_ids: Collection[int] = ()) -> FdPlan:
+    """TASK's plan; INHERITED_IDS: files its blank process will hold already (open_shared)."""
+    files = task.files
+    first = task.first_fds()
+    ops = {fid: OPS[f.kind] for fid, f in files.items()}
+    order = sorted(first, key=lambda fid: ops[fid].open_order(files[fid]))
+    terminal = next((f"fd {e.fd}" for e in task.fds
+                     if getattr(files[e.file_id], "terminal", False) and e.file_id not in inherited_ids), None)
+    return FdPlan(task.pid, [(e.fd, e.file_id, e.cloexec) for e in task.fds], frozenset(e.fd for e in task.fds),
+                  [(fid, files[fid], ops[fid]) for fid in order],
+                  [(files[fid], fd, ops[fid]) for fid, fd in first.items()],
+                  _names(task), terminal, len(files) + 8, task.pipe_data, task.umask, task.cwd, task.root)
+
+
 def rebuild_fds(task: TaskFiles, *, shell_job: bool = False, keep_fds: Collection[int] = (),
                 inherited: dict[int, int] | None = None, table: bool = True) -> None:
     """Make this process's fd table, cwd, root and umask those of the task (table False:
@@ -62,37 +100,35 @@ def rebuild_fds(task: TaskFiles, *, shell_job: bool = False, keep_fds: Collectio
     `inherited`: file id -> an fd this process already holds for it (open_shared), used
     instead of opening the file again; the ones it does not use are closed.
     """
+    apply_fds(plan_fds(task, inherited or ()), shell_job=shell_job, keep_fds=keep_fds, inherited=inherited,
+              table=table)
+
+
+def apply_fds(plan: FdPlan, *, shell_job: bool = False, keep_fds: Collection[int] = (),
+              inherited: dict[int, int] | None = None, table: bool = True) -> None:
+    """rebuild_fds from a plan made ahead (plan_fds, with the same inherited files)."""
     if table:
-        _rebuild_table(task, shell_job, keep_fds, inherited)
-    os.umask(task.umask)
-    os.chdir(task.cwd)      # the cwd path is as seen from our root, so before chroot
-    if task.root != "/":
-        os.chroot(task.root)
+        _make_table(plan, shell_job, keep_fds, inherited or {})
+    os.umask(plan.umask)
+    os.chdir(plan.cwd)      # the cwd path is as seen from our root, so before chroot
+    if plan.root != "/":
+        os.chroot(plan.root)
 
 
-def _rebuild_table(task: TaskFiles, shell_job: bool, keep_fds: Collection[int],
-                   inherited: dict[int, int] | None) -> None:
-    targets = {e.fd for e in task.fds}
+def _make_table(plan: FdPlan, shell_job: bool, keep_fds: Collection[int], inherited: dict[int, int]) -> None:
     keep = set(keep_fds)
-    if keep & targets:
-        raise ImageError(f"fd {min(keep & targets)}: needed by the restored task and by coldsnap")
-    inherited = inherited or {}
-    files = task.files
-    base = max(targets | keep | set(inherited.values()) | {2}) + 1
-    _enough_fds(base + len(files) + 8)
-    tty = None
-    own_terminals = [fd for fd in task.terminal_fds if task.file_of(fd).id not in inherited]
-    if own_terminals:
-        tty = _tty(base, shell_job, f"fd {own_terminals[0]}")
-    ctx = OpenCtx(base, tty, _names(task), task.pipe_data, task.pid)
-    first = task.first_fds()
-    temps = {fid: inherited[fid] if fid in inherited else OPS[files[fid].kind].open(files[fid], ctx)
-             for fid in _in_open_order(files, first)}
-    for e in task.fds:
-        os.dup2(temps[e.file_id], e.fd, inheritable=not e.cloexec)
-    for fid, fd in first.items():    # at the final numbers: epoll registrations name them
-        OPS[files[fid].kind].post_open(files[fid], fd, ctx)
-    close_all_but(targets | keep)
+    if keep & plan.targets:
+        raise ImageError(f"fd {min(keep & plan.targets)}: needed by the restored task and by coldsnap")
+    base = max(max(plan.targets, default=2), max(keep, default=2), max(inherited.values(), default=2), 2) + 1
+    _enough_fds(base + plan.room)
+    tty = _tty(base, shell_job, plan.terminal) if plan.terminal else None
+    ctx = OpenCtx(base, tty, plan.names, plan.pipe_data, plan.pid)
+    temps = {fid: inherited[fid] if fid in inherited else ops.open(f, ctx) for fid, f, ops in plan.opens}
+    for fd, fid, cloexec in plan.table:
+        os.dup2(temps[fid], fd, inheritable=not cloexec)
+    for f, fd, ops in plan.posts:    # at the final numbers: epoll registrations name them
+        ops.post_open(f, fd, ctx)
+    close_all_but(plan.targets | keep)
 
 
 def close_all_but(keep: Collection[int]) -> None:

@@ -29,7 +29,6 @@ needed once the vDSO has moved):
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import struct
@@ -44,7 +43,7 @@ from ..images.xsave import build_area
 from ..kernel import ptrace, vm
 from ..kernel.clone import CLONE_ARGS, THREAD_FLAGS, clone_args
 from ..kernel.cpuid import cpuid, xstate_layout
-from ..kernel.libc import SYS, check, libc, syscall
+from ..kernel.libc import SYS, syscall
 from ..kernel.page import PAGE_SIZE as PAGE
 from ..kernel.pidfd import take_fd
 from ..kernel.procfs import cap_last_cap, read_path_link, read_status
@@ -101,20 +100,6 @@ class TransplantStats:
     memory_ns: int = 0
     total_ns: int = 0
     lazy_pages: int = 0             # left to the lazy-pages server
-
-
-def default_signal_actions() -> None:
-    """Set every catchable signal of the calling process to DEFAULT_SIGACTION, through the
-    raw system call (libc and Python add flags and a restorer): the blank child does it to
-    itself, so that the transplant injects only the dumped actions that differ."""
-    zero = ctypes.create_string_buffer(DEFAULT_SIGACTION)
-    # one bare ctypes call each (it runs in the freshly forked blank child, where every
-    # object Python makes costs copy-on-write faults): a third of syscall()'s time
-    raw, nr, act, size, none = libc.syscall, ctypes.c_long(SYS.rt_sigaction), ctypes.c_ulong(ctypes.addressof(zero)), \
-        ctypes.c_ulong(8), ctypes.c_ulong(0)
-    for sig in SIGNALS:
-        if raw(nr, ctypes.c_ulong(sig), act, none, size) != 0:
-            check(-1, f"rt_sigaction({sig})")
 
 
 def user_regs(core) -> ptrace.UserRegs:
