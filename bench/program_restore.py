@@ -29,11 +29,13 @@ bench stamps those two from here), the program checked to answer, killed. Sides 
     finish     restore() returned to the worker's exit (JSON/printing, exit_worker)
     exit       the worker's exit to the client's exit (the service reports the end)
     wall       the whole command
+    worker CPU the worker's CPU time from the request taken to its exit (schedstat)
+    tree CPU   the restored processes' CPU time right after the command: their blank
+               processes' set-up and the calls injected into them by the transplant
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -45,12 +47,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BENCH, LIVE, become_subreaper, export_revision, log, median, reap, run_meta,  # noqa: E402
                     scratch_dir, unwind_on_signals, write_section)
-from programs import PROGRAMS, kill_tree, running, start  # noqa: E402
+from programs import PROGRAMS, kill_tree, running, start, tree_of  # noqa: E402
 
 SECTION = "## Ordinary programs: where the restore through the service goes (issue 13, session 9)"
 TIMELINE = bool(os.environ.get("BENCH_TIMELINE"))
 COLS = ["wall", "client", "start", "load", "blank", "load+blank", "clone", "fds", "seize", "transplant",
-        "release", "finish", "exit"]
+        "release", "finish", "exit", "worker CPU", "tree CPU"]
 
 # The service, with the restore's functions stamped. argv: src, log path, address.
 SERVICE = r"""
@@ -61,6 +63,9 @@ now = time.perf_counter_ns
 recs = []
 def stamp(name):
     recs.append((name, os.getpid(), now()))
+def cpu_stamp(name):     # this thread's CPU time so far, ns (schedstat), as a stamp
+    with open("/proc/thread-self/schedstat") as f:
+        recs.append((name, os.getpid(), int(f.read().split()[0])))
 def flush():
     global recs
     if recs:
@@ -81,6 +86,11 @@ def wrap(mod, name, label=None, end=True):
     setattr(mod, name, run)
 import coldsnap.service.server as S, coldsnap.service.worker as W, coldsnap.cli as cli
 import coldsnap.restore.restore as R, coldsnap.restore.blank as B
+run_request = W.run_request
+def _run_request(*a, **k):
+    cpu_stamp("cpu<")
+    return run_request(*a, **k)
+W.run_request = _run_request
 wrap(W, "run_request")
 wrap(R, "restore")
 wrap(R, "load_tree")
@@ -107,6 +117,7 @@ B._send = _send
 exit_worker = W.exit_worker
 def _exit_worker(code):
     stamp("exit")
+    cpu_stamp("cpu>")
     flush()
     exit_worker(code)
 W.exit_worker = _exit_worker
@@ -154,7 +165,8 @@ class TracedService:
         except FileNotFoundError:
             return []
         self.stamps.unlink()
-        return [(n, int(p), int(t)) for n, p, t in (ln.split() for ln in text.splitlines())]
+        # a blank process flushes what it inherited of the worker's stamps too: once each
+        return list(dict.fromkeys((n, int(p), int(t)) for n, p, t in (ln.split() for ln in text.splitlines())))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -195,7 +207,8 @@ def phases(stamps: list[tuple[str, int, int]], t0: int, t1: int) -> dict:
            "transplant": summed("transplant"),
            "release": (last["restore>"] - tp_end) / 1e6,
            "finish": (ends[0] - last["restore>"]) / 1e6,
-           "exit": (t1 - ends[0]) / 1e6}
+           "exit": (t1 - ends[0]) / 1e6,
+           "worker CPU": (last["cpu>"] - first["cpu<"]) / 1e6}
     return out
 
 
@@ -215,15 +228,28 @@ def one(prog, service: TracedService) -> dict:
             if rc:
                 return {"error": f"restore: {out.strip()[-160:]}"}
             LIVE.add(pid)
+            tree_cpu = sum(tree_cpu_ns(p) for p in tree_of(pid)) / 1e6     # before it answers anything
             if not (running(pid) and prog.back(d, pid)):
                 return {"error": "restored program does not answer"}
             stamps = service.take_stamps()
             if TIMELINE:
                 log(f"{prog.name}: " + " ".join(f"{n}@{p % 1000}:{(t - t0) / 1e6:.2f}" for n, p, t in stamps)
                     + f" end:{(t1 - t0) / 1e6:.2f}")
-            return phases(stamps, t0, t1)
+            return {**phases(stamps, t0, t1), "tree CPU": tree_cpu}
         finally:
             kill_tree(pid)
+
+
+def tree_cpu_ns(pid: int) -> int:
+    """CPU time of every thread of PID so far (schedstat), ns; 0 if it is gone."""
+    total = 0
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except OSError:
+        pass
+    return total
 
 
 def cell(xs: list[float]) -> str:
