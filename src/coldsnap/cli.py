@@ -482,7 +482,8 @@ def run_restore(args: argparse.Namespace) -> int:
         from .restore.restore import restore
         res = restore(args.images_dir, detach=args.restore_detached, pages=cli_transport.restore_pages(args), **how)
     result = {"pid": res.pid, "processes": res.processes, "threads": res.threads, "total_ms": round(res.total_ns / 1e6, 3),
-              "memory_ms": round(res.stats.memory_ns / 1e6, 3), "injected_calls": res.stats.calls}
+              "memory_ms": round(res.stats.memory_ns / 1e6, 3), "injected_calls": res.stats.calls,
+              "round_trips": res.stats.trips}
     if res.lazy_server is not None:
         result.update(lazy_server=res.lazy_server, lazy_guardian=res.lazy_guardian, lazy_pages=res.stats.lazy_pages)
     if res.exit_status is None:
@@ -493,7 +494,7 @@ def run_restore(args: argparse.Namespace) -> int:
             s = res.stats
             tree = f"{res.processes} processes, " if res.processes > 1 else ""
             print(f"restored {res.pid} ({tree}{res.threads} thread{'s' if res.threads > 1 else ''}) in "
-                  f"{res.total_ns / 1e6:.1f} ms, memory {s.memory_ns / 1e6:.1f} ms, {s.calls} injected calls"
+                  f"{res.total_ns / 1e6:.1f} ms, memory {s.memory_ns / 1e6:.1f} ms, {s.calls} injected calls in {s.trips} round trips"
                   + (f", {s.lazy_pages} pages to come from server {res.lazy_server}" if res.lazy_server else ""),
                   file=sys.stderr)
         return 0

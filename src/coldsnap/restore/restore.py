@@ -171,7 +171,7 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts:
 def _tree_stats(root: TransplantStats, every) -> TransplantStats:
     """The root's stats with the calls and times of every process summed in."""
     every = list(every)
-    return TransplantStats(calls=sum(s.calls for s in every), write=root.write,
+    return TransplantStats(calls=sum(s.calls for s in every), trips=sum(s.trips for s in every), write=root.write,
                            memory_ns=sum(s.memory_ns for s in every), total_ns=sum(s.total_ns for s in every),
                            lazy_pages=sum(s.lazy_pages for s in every))
 

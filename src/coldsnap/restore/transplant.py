@@ -6,24 +6,29 @@
 
 The child is a clone of coldsnap with the dumped PID whose fd table, cwd and limits are
 already the target's (restore.py `_blank_child` with fdtable.py, then `_set_rlimits`).
-Everything else happens here, in this order, in one remote-call session on the leader
-(every call runs at a `syscall` of the [vdso], so nothing of the child's own memory is
-needed once the vDSO has moved):
+Everything else happens here, in this order, in one remote-call session on the leader.
+Single calls run at a `syscall` of the [vdso]; independent calls go in batches (one round
+trip each, seize/remote.py `batch`) run by a loop in a code page beside the scratch area:
+both are mapped first, at a spot clear of every dumped area and of the child's vDSO, over
+whatever of the child's memory was there, and survive the unmapping:
 
  1. unregister the child's inherited rseq area (the kernel would fault on it once unmapped)
- 2. mremap [vvar] [vvar_vclock] [vdso] to where the images had them (same kernel layout)
- 3. munmap everything else, in two calls around the vDSO block (and around the kept areas:
+    and mremap [vvar] [vvar_vclock] [vdso] to where the images had them (same kernel
+    layout): one batch
+ 2. munmap everything else (around the vDSO block, the scratch area and the kept areas:
     private areas the blank child inherited with their pages, built ahead by a migration's
-    restore worker, restore/prebuild.py)
- 4. map every VMA at its address with its protection, file and flags (a shared anonymous
-    object: the one coldsnap made, restore/shmem.py); write the private pages (a kept area
-    is only mprotected and madvised as the images say; its pages are in)
+    restore worker, restore/prebuild.py) and open every mapped file: one batch
+ 3. map every VMA at its address with its protection, file and flags (a shared anonymous
+    object: the one coldsnap made, restore/shmem.py), close the files, MADV_HUGEPAGE: one
+    batch; write the private pages (a kept area is only mprotected and madvised as the
+    images say; its pages are in)
+ 4. the other advice, guards, mlock: one batch
  5. PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv, exe file
- 6. itimers, personality, dumpable, subreaper; create each other thread with clone3 set_tid
-    (PTRACE_O_TRACECLONE hands it to us stopped) and set its per-thread state
+ 6. itimers, personality, dumpable, subreaper (one batch); create each other thread with
+    clone3 set_tid (PTRACE_O_TRACECLONE hands it to us stopped) and set its per-thread state
  7. per-thread state of the leader, pending signals, signal handlers (late: a forced
     single-step SIGTRAP would reset an ignored SIGTRAP handler); only those that differ
-    from the all-zero default the blank child set itself
+    from the all-zero default the blank child set itself: one batch for the signals
  8. registers, xstate and blocked masks are set at each thread's final ptrace stop; the
     kernel then restarts interrupted system calls (-ERESTART*) as it would have.
 """
@@ -49,13 +54,13 @@ from ..kernel.pidfd import take_fd
 from ..kernel.procfs import cap_last_cap, read_path_link, read_status
 from ..memory.vma import MAP_ANONYMOUS, PROT_EXEC, PROT_READ, PROT_WRITE
 from ..seize.freezer import SEIZE_OPTIONS, FrozenTask
-from ..seize.remote import RemoteCalls
+from ..seize.remote import CODE_SIZE, Call, RemoteCalls, is_error, sys_call
 from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, own_vdso, own_vdso_areas, vdso_layout
 from ..creds import Creds
 from .memory import PageWriter, WriteStats
 from .shmem import SharedMemory
 
-SCRATCH = 4 * PAGE
+SCRATCH = 16 * PAGE
 MAP_FIXED = 0x10
 MAP_LOCKED = 0x2000
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
@@ -85,8 +90,9 @@ DEFAULT_SIGACTION = bytes(32)   # kernel struct sigaction: SIG_DFL, no flags, re
 PRCTL_MM_MAP = struct.Struct("<11QQII")     # struct prctl_mm_map (104 bytes)
 # Scratch layout. Each call's argument is written just before the call, at _OFF_ARGS, except
 # what must sit beside it: clone3's TID array (_OFF_TID) and PR_SET_MM_MAP's auxv (_OFF_AUXV).
-# Paths and the groups list get the last two pages.
-_OFF_ARGS, _OFF_TID, _OFF_AUXV, _OFF_PATH = 0, PAGE - 8, PAGE, 2 * PAGE
+# Paths and the groups list get two pages; a batch's data (paths, siginfos...) four, its
+# table of calls the last eight (512 calls a round trip).
+_OFF_ARGS, _OFF_TID, _OFF_AUXV, _OFF_PATH, _OFF_DATA, _OFF_TABLE = 0, PAGE - 8, PAGE, 2 * PAGE, 4 * PAGE, 8 * PAGE
 # user_regs_struct names whose user_x86_regs_entry field is named differently
 _IMAGE_REG = {"rbp": "bp", "rbx": "bx", "rax": "ax", "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di",
               "orig_rax": "orig_ax", "rip": "ip", "eflags": "flags", "rsp": "sp"}
@@ -95,7 +101,8 @@ _IMAGE_REG = {"rbp": "bp", "rbx": "bx", "rax": "ax", "rcx": "cx", "rdx": "dx", "
 @dataclass(eq=False, repr=False)
 class TransplantStats:
     """Injected calls and times of one transplant."""
-    calls: int = 0
+    calls: int = 0                  # system calls run in the process
+    trips: int = 0                  # tracer round trips that ran them (a batch: one)
     write: WriteStats | None = None
     memory_ns: int = 0
     total_ns: int = 0
@@ -125,6 +132,44 @@ def fxsave(core) -> bytes:
     return (head + struct.pack("<32I", *f.st_space) + struct.pack("<64I", *f.xmm_space)).ljust(512, b"\0")
 
 
+class Stage:
+    """Calls for one batch, with the data they point to laid out in the scratch's data
+    area; when that is full, the calls staged so far run first (their order kept)."""
+
+    def __init__(self, rc: RemoteCalls):
+        self.rc = rc
+        self.calls: list[Call] = []
+        self.results: list[int] = []
+        self._data = bytearray()
+        self._ran = 0
+
+    def add(self, nr: int, *args: int, what: str = "", may_fail: bool = False) -> None:
+        self.calls.append(Call(nr, args, what, may_fail))
+
+    def put(self, data: bytes) -> int:
+        """Target address of DATA, in the data area, written when the batch runs."""
+        if len(data) > _OFF_TABLE - _OFF_DATA:
+            raise CsError(f"{len(data)} bytes: more than a restore batch can pass")
+        if len(self._data) + len(data) > _OFF_TABLE - _OFF_DATA:
+            self.run()
+        addr = self.rc.scratch() + _OFF_DATA + len(self._data)
+        self._data += data + bytes(-len(data) % 8)
+        return addr
+
+    def run(self) -> list[int]:
+        """Run what is staged (OSError naming the call that failed); the results of every
+        call staged since the start (those that ran, when one failed)."""
+        if self._data:
+            self.rc.write_scratch(bytes(self._data), _OFF_DATA)
+            self._data.clear()
+        todo, self._ran = self.calls[self._ran:], len(self.calls)
+        if todo:
+            got = self.rc.batch(todo, _OFF_TABLE)
+            self.results += got
+            self.rc.raise_failure(todo, got)
+        return self.results
+
+
 class Transplant:
     def __init__(self, task: FrozenTask, images: DumpImages, shm: SharedMemory, lazy=None,
                  kept: list[tuple[int, int]] = ()):
@@ -141,6 +186,8 @@ class Transplant:
         task.vdso_gadget(own_vdso())
         self.stats = TransplantStats()
         self._exe_fd = -1               # the exe, opened read-only in the target by _map_vmas
+        self._vdso_moved_at: int | None = None  # staged calls up to the vDSO's last mremap
+        self._uffd_copy = -1            # the target's userfaultfd of PageWriter, closed in the next batch
         self._creds_set = False         # a thread's credentials were changed (resets dumpable)
 
     # -- helpers --------------------------------------------------------------------------
@@ -150,6 +197,9 @@ class Transplant:
 
     def _put(self, data: bytes, off: int = _OFF_ARGS) -> int:
         return self.rc.write_scratch(data, off)
+
+    def _stage(self, rc: RemoteCalls | None = None) -> Stage:
+        return Stage(rc or self.rc)
 
     def _open(self, path: str, flags: int) -> int:
         raw = path.encode() + b"\0"
@@ -164,54 +214,64 @@ class Transplant:
         t0 = time.perf_counter_ns()
         rc = self.rc
         rc.open()
-        self._drop_rseq(self.pid)
-        self._move_vdso()
-        self._unmap_all()
-        rc.scratch_at = self._free_gap(SCRATCH)
-        self._scratch()
+        moves = self._vdso_moves()
+        # over whatever the child has there (it all goes): clear of the vDSO, now and moved
+        rc.scratch_at = self._free_gap(SCRATCH + CODE_SIZE, [(to, to + n) for _, n, to in moves]
+                                       + list(own_vdso_areas()))
+        rc.scratch_replace = True
+        rc.code_page()                  # mapped now: the unmapping must spare it
         t_mem = time.perf_counter_ns()
-        self._map_vmas()
-        self._huge_advice()
+        first = self._stage()           # rseq, vDSO, unmapping, opens: one batch
+        self._drop_rseq(first)
+        self._move_vdso(first, moves)
+        self._unmap_all(first)
+        self._map_vmas(first)
         self._write_pages()
-        self._advice()
-        self._guards()
+        late = self._stage()            # advice, mm, process state: one batch
+        self._advice(late)
+        self._set_mm(late)
+        self._process_state(late)
+        late.run()
         self.stats.memory_ns = time.perf_counter_ns() - t_mem
-        self._set_mm()
-        self._process_state()
         for tid in self.img.tids:
             if tid != self.pid:
                 self._new_thread(tid)
         self._posix_timers()            # after the threads: a timer may signal one of them
         core = self.img.leader
-        self._thread_state(rc, core)
+        signals = self._stage()         # the leader's own state and the signals: one batch
+        self._thread_state(rc, core, signals)
         mm = self.img.mm
         # after the creds: a change of them resets it; else the blank child has coldsnap's
         if mm.HasField("dumpable") and (self._creds_set or mm.dumpable != inherited().dumpable):
-            rc.call(SYS.prctl, PR_SET_DUMPABLE, mm.dumpable, 0, 0, 0)
-        self._pending(rc)
-        self._sigactions()
+            signals.add(SYS.prctl, PR_SET_DUMPABLE, mm.dumpable, 0, 0, 0, may_fail=True)
+        self._pending(signals)
+        self._sigactions(signals)
+        signals.run()
         self._seccomp()                 # last: the filters may forbid what restore calls
         rc.leave_as(user_regs(core), blocked_mask(core))
         self.stats.calls += rc.stats.calls
+        self.stats.trips += rc.stats.trips
         rc.close()                      # unmaps the scratch, then sets the dumped registers
         self._set_fpu(self.pid, core)
         self.stats.total_ns = time.perf_counter_ns() - t0
         return self.stats
 
-    def _drop_rseq(self, tid: int) -> None:
+    def _drop_rseq(self, stage: Stage) -> None:
         try:
-            conf = ptrace.get_rseq_configuration(tid)
+            conf = ptrace.get_rseq_configuration(self.pid)
         except OSError:
             return
         if conf.rseq_abi_pointer:
-            self.rc.checked(SYS.rseq, conf.rseq_abi_pointer, conf.rseq_abi_size, RSEQ_FLAG_UNREGISTER,
-                            conf.signature, what="rseq unregister")
+            stage.add(SYS.rseq, conf.rseq_abi_pointer, conf.rseq_abi_size, RSEQ_FLAG_UNREGISTER,
+                      conf.signature, what="rseq unregister")
 
-    def _move_vdso(self) -> None:
+    def _vdso_moves(self) -> list[tuple[int, int, int]]:
+        """(start, size, to) of each mremap that puts the vDSO block where the images had it."""
         have = own_vdso_areas()         # the blank child is our fork: its vDSO is where ours is
         want = vdso_layout(self.img.mm.vmas)
         if not want or have[0][0] == want[0][0]:
-            return
+            return []
+        moves = []
         block = have[-1][1] - have[0][0]
         lo, hi = min(have[0][0], want[0][0]), max(have[-1][1], want[-1][1])
         if hi - lo < 2 * block:      # overlapping: go through a spot clear of both (and of kept areas)
@@ -219,38 +279,41 @@ class Transplant:
             for start, end in reversed(self.kept):
                 if start < tmp + block + PAGE and tmp - PAGE < end:
                     tmp = start - block - PAGE
-            self._mremap_block(have, tmp)
-            have = [(s - have[0][0] + tmp, e - have[0][0] + tmp) for s, e in have]
-        self._mremap_block(have, want[0][0])
+            moves += [(s, e - s, s - have[0][0] + tmp) for s, e in have]
+            have = tuple((s - have[0][0] + tmp, e - have[0][0] + tmp) for s, e in have)
+        return moves + [(s, e - s, s - have[0][0] + want[0][0]) for s, e in have]
 
-    def _mremap_block(self, areas: list[tuple[int, int]], to: int) -> None:
-        base = areas[0][0]
-        for start, end in areas:
-            self.rc.checked(SYS.mremap, start, end - start, end - start, MREMAP_MAYMOVE | MREMAP_FIXED,
-                            to + start - base, what="mremap vdso")
-        self.rc.vdso_moved(to - base)
+    def _move_vdso(self, stage: Stage, moves: list[tuple[int, int, int]]) -> None:
+        """Stage the mremaps of MOVES; once they ran, the `syscall` gadget has moved (_moved)."""
+        for start, size, to in moves:
+            stage.add(SYS.mremap, start, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, to, what="mremap vdso")
+        self._vdso_moved_at = len(stage.calls) if moves else None
 
-    def _unmap_all(self) -> None:
-        """Everything but the vDSO block and the kept areas: one munmap per gap."""
+    def _moved(self, stage: Stage) -> None:
+        """STAGE ran (or some of it): if the vDSO moved, so did the gadget of single calls."""
+        if self._vdso_moved_at is not None and len(stage.results) >= self._vdso_moved_at:
+            self._vdso_moved_at = None
+            self.rc.vdso_moved(vdso_layout(self.img.mm.vmas)[0][0] - own_vdso_areas()[0][0])
+
+    def _unmap_all(self, stage: Stage) -> None:
+        """Everything but the vDSO block, the scratch area and the kept areas: one munmap per gap."""
         areas = vdso_layout(self.img.mm.vmas)
         at = 0
-        for lo, hi in sorted([(areas[0][0], areas[-1][1])] + self.kept):
+        for lo, hi in sorted([(areas[0][0], areas[-1][1])] + self.kept + self.rc.spans):
             if at < lo:
-                self.rc.checked(SYS.munmap, at, lo - at, what=f"munmap {at:#x}-{lo:#x}")
+                stage.add(SYS.munmap, at, lo - at, what=f"munmap {at:#x}-{lo:#x}")
             at = max(at, hi)
         if at < TASK_SIZE:
-            self.rc.checked(SYS.munmap, at, TASK_SIZE - at, what=f"munmap above {at:#x}")
+            stage.add(SYS.munmap, at, TASK_SIZE - at, what=f"munmap above {at:#x}")
 
     def _occupied(self) -> list[tuple[int, int]]:
         spans = [(v.start, v.end) for v in self.img.mm.vmas if v.end <= TASK_SIZE]
-        if self.rc.scratch_span is not None:
-            spans.append(self.rc.scratch_span)
-        return sorted(spans)
+        return sorted(spans + self.rc.spans)
 
-    def _free_gap(self, size: int) -> int:
-        """The highest free range of `size` bytes, clear of every dumped area."""
+    def _free_gap(self, size: int, avoid: list[tuple[int, int]] = ()) -> int:
+        """The highest free range of `size` bytes, clear of every dumped area (and of AVOID)."""
         top = TASK_SIZE - PAGE
-        for start, end in reversed(self._occupied()):
+        for start, end in reversed(sorted(self._occupied() + list(avoid))):
             if end <= top and top - end >= size:
                 return top - size
             top = min(top, start)
@@ -258,48 +321,83 @@ class Transplant:
             return top - size
         raise CsError("no free address range for restore's scratch area")
 
-    def _map_vmas(self) -> None:
+    def _map_vmas(self, opens: Stage) -> None:
         """mmap every VMA: files opened inside the target, shared anonymous objects and
         memfds opened from coldsnap's fd on them (restore/shmem.py made and filled each
-        once), SysV segments attached."""
-        rc, fds = self.rc, {}
+        once), SysV segments attached. OPENS (the unmapping) runs with the opens; then one
+        batch maps, closes and gives MADV_HUGEPAGE."""
         kept = set(self.kept)
+        paths: dict[tuple, tuple[str, int]] = {}        # key -> (path, flags), in order
+        for v in self.img.vmas():
+            if (v.start, v.end) in kept or v.status & VMA_AREA_SYSVIPC:
+                continue
+            if v.status & VMA_AREA_MEMFD:
+                key = ("memfd", v.shmid, _open_mode(v))
+                paths.setdefault(key, (self.shm.memfd_path(self.shm.memfd_files[v.shmid]), key[2]))
+            elif v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
+                key = (v.shmid, _open_mode(v))
+                paths.setdefault(key, (self.img.mapped[v.shmid].path, key[1]))
+            elif v.status & VMA_ANON_SHARED:
+                paths.setdefault(("shmem", v.shmid), (self.shm.path(v.shmid), os.O_RDWR))
+        first = len(opens.calls)
+        for path, flags in paths.values():
+            raw = path.encode() + b"\0"
+            if len(raw) > _OFF_TABLE - _OFF_DATA:
+                raise CsError(f"path too long to open in the restored process: {path}")
+            opens.add(SYS.openat, AT_FDCWD, opens.put(raw), flags | O_CLOEXEC, 0, what=f"open {path}")
+        try:
+            opens.run()
+        finally:
+            self._moved(opens)
+            got = opens.results[first:]
+            fds = {key: fd for key, fd in zip(paths, got) if not is_error(fd)}
+            if len(fds) < len(paths):
+                self._close_all(fds.values())
+        maps = self._stage()
+        exe = (self.img.mm.exe_file_id, os.O_RDONLY) if self.img.mm.exe_file_id else None
+        sysv = []
         try:
             for v in self.img.vmas():
                 if (v.start, v.end) in kept:        # mapped and filled already: its protection only
                     if v.prot != PROT_READ | PROT_WRITE:
-                        rc.checked(SYS.mprotect, v.start, v.end - v.start, v.prot, what=f"mprotect {v.start:#x}")
+                        maps.add(SYS.mprotect, v.start, v.end - v.start, v.prot, what=f"mprotect {v.start:#x}")
                     continue
                 fd, flags = -1, v.flags
                 if v.status & VMA_AREA_MEMFD:
-                    key = ("memfd", v.shmid, _open_mode(v))
-                    if key not in fds:
-                        fds[key] = self._open(self.shm.memfd_path(self.shm.memfd_files[v.shmid]), key[2])
-                    fd = fds[key]
+                    fd = fds[("memfd", v.shmid, _open_mode(v))]
                 elif v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
-                    key = (v.shmid, _open_mode(v))
-                    if key not in fds:
-                        fds[key] = self._open(self.img.mapped[v.shmid].path, key[1])
-                    fd = fds[key]
+                    fd = fds[(v.shmid, _open_mode(v))]
                 elif v.status & VMA_AREA_SYSVIPC:
-                    self._attach_sysv(v)
+                    sysv.append(v)
                     continue
                 elif v.status & VMA_ANON_SHARED:
-                    key = ("shmem", v.shmid)
-                    if key not in fds:
-                        fds[key] = self._open(self.shm.path(v.shmid), os.O_RDWR)
-                    fd, flags = fds[key], v.flags & ~MAP_ANONYMOUS
+                    fd, flags = fds[("shmem", v.shmid)], v.flags & ~MAP_ANONYMOUS
                 if self.lazy:       # MAP_LOCKED would fill the area before the userfaultfd: mlock later
                     flags &= ~MAP_LOCKED
-                rc.checked(SYS.mmap, v.start, v.end - v.start, v.prot, flags | MAP_FIXED, fd,
-                           v.pgoff if fd >= 0 else 0, what=f"mmap {v.start:#x}")
-        finally:
-            exe = (self.img.mm.exe_file_id, os.O_RDONLY) if self.img.mm.exe_file_id else None
+                maps.add(SYS.mmap, v.start, v.end - v.start, v.prot, flags | MAP_FIXED, fd,
+                         v.pgoff if fd >= 0 else 0, what=f"mmap {v.start:#x}")
             for key, fd in fds.items():
-                if key == exe:
-                    self._exe_fd = fd       # PR_SET_MM_MAP takes it: no second open
-                else:
-                    rc.call(SYS.close, fd)
+                if key != exe:
+                    maps.add(SYS.close, fd, may_fail=True)
+            self._huge_advice(maps)
+            maps.run()
+        except BaseException:
+            self._close_all(fds.values())
+            raise
+        if exe in fds:
+            self._exe_fd = fds[exe]          # PR_SET_MM_MAP takes it: no second open
+        for v in sysv:
+            self._attach_sysv(v)
+
+    def _close_all(self, fds) -> None:
+        """Close FDS in the target, as far as it goes (a restore that failed)."""
+        stage = self._stage()
+        for fd in fds:
+            stage.add(SYS.close, fd, may_fail=True)
+        try:
+            stage.run()
+        except Exception:       # the process is gone, or worse: the first error is what counts
+            pass
 
     def _attach_sysv(self, v) -> None:
         """shmat of SysV segment v.shmid (made by restore/sysv.py) so that v shows it: at the
@@ -355,10 +453,8 @@ class Transplant:
         tfd = self.rc.call(SYS.userfaultfd, O_CLOEXEC | os.O_NONBLOCK)
         if tfd < 0:
             return None
-        try:
-            ours = take_fd(self.pid, tfd)
-        finally:
-            self.rc.call(SYS.close, tfd)
+        self._uffd_copy = tfd           # closed in the next batch
+        ours = take_fd(self.pid, tfd)
         try:
             uffd.api(ours, 0)
         except OSError:
@@ -378,32 +474,29 @@ class Transplant:
                 and v.prot & PROT_WRITE and not v.flags & MAP_LOCKED and (v.start, v.end) not in kept
                 and not (v.madv if v.HasField("madv") else 0) & 1 << MADV_HUGEPAGE]
 
-    def _set_mm(self) -> None:
-        mm, rc = self.img.mm, self.rc
+    def _set_mm(self, stage: Stage) -> None:
+        """Stage PR_SET_MM_MAP, then the close of the exe's fd."""
+        mm = self.img.mm
         auxv = struct.pack(f"<{len(mm.mm_saved_auxv)}Q", *mm.mm_saved_auxv)
-        auxv_addr = self._put(auxv, _OFF_AUXV)
         exe_fd, self._exe_fd = self._exe_fd, -1
         if mm.exe_file_id and _same_exe(self.img.mapped[mm.exe_file_id].path, self.pid):
             # replacing the exe fails (EBUSY) while the old one is mapped: when the blank child
             # already runs the same binary (a Python target), keep it
             if exe_fd >= 0:
-                rc.call(SYS.close, exe_fd)
+                stage.add(SYS.close, exe_fd, may_fail=True)
             exe_fd = -1
         elif mm.exe_file_id and exe_fd < 0:
             exe_fd = self._open(self.img.mapped[mm.exe_file_id].path, 0)
-        try:
-            arg = PRCTL_MM_MAP.pack(mm.mm_start_code, mm.mm_end_code, mm.mm_start_data, mm.mm_end_data,
-                                    mm.mm_start_brk, mm.mm_brk, mm.mm_start_stack, mm.mm_arg_start,
-                                    mm.mm_arg_end, mm.mm_env_start, mm.mm_env_end, auxv_addr,
-                                    len(auxv), exe_fd & 0xFFFFFFFF)
-            rc.checked(SYS.prctl, PR_SET_MM, PR_SET_MM_MAP, self._put(arg), PRCTL_MM_MAP.size, 0,
-                       what="PR_SET_MM_MAP")
-        finally:
-            if exe_fd >= 0:
-                rc.call(SYS.close, exe_fd)
+        arg = PRCTL_MM_MAP.pack(mm.mm_start_code, mm.mm_end_code, mm.mm_start_data, mm.mm_end_data,
+                                mm.mm_start_brk, mm.mm_brk, mm.mm_start_stack, mm.mm_arg_start,
+                                mm.mm_arg_end, mm.mm_env_start, mm.mm_env_end, stage.put(auxv),
+                                len(auxv), exe_fd & 0xFFFFFFFF)
+        stage.add(SYS.prctl, PR_SET_MM, PR_SET_MM_MAP, stage.put(arg), PRCTL_MM_MAP.size, 0, what="PR_SET_MM_MAP")
+        if exe_fd >= 0:
+            stage.add(SYS.close, exe_fd, may_fail=True)
 
-    def _process_state(self) -> None:
-        rc, tc = self.rc, self.img.leader.tc
+    def _process_state(self, rc: Stage) -> None:
+        tc = self.img.leader.tc
         for which, name in enumerate(("real", "virt", "prof")):
             t = getattr(tc.timers, name)
             vsec, vusec = t.vsec, t.vusec
@@ -412,51 +505,51 @@ class Transplant:
                 # re-arms it only when that SIGALRM is dequeued; arm it for one interval
                 vsec, vusec = t.isec, t.iusec
             if vsec or vusec:
-                addr = self._put(struct.pack("<4Q", t.isec, t.iusec, vsec, vusec))
-                rc.checked(SYS.setitimer, which, addr, 0, what="setitimer")
+                addr = rc.put(struct.pack("<4Q", t.isec, t.iusec, vsec, vusec))
+                rc.add(SYS.setitimer, which, addr, 0, what="setitimer")
         if tc.personality != inherited().personality:
-            rc.checked(SYS.personality, tc.personality, what="personality")
+            rc.add(SYS.personality, tc.personality, what="personality")
         if self.img.mm.thp_disabled:
-            rc.checked(SYS.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0, what="PR_SET_THP_DISABLE")
+            rc.add(SYS.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0, what="PR_SET_THP_DISABLE")
         if tc.child_subreaper:          # a fork is no subreaper
-            rc.call(SYS.prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            rc.add(SYS.prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, may_fail=True)
         # the blank child asked for SIGKILL; then the dumped leader's own (0: none), below the
         # root only: the root's parent is coldsnap now, whose exit must not signal it
         below_root = self.pid != self.img.tree.root
         pdeath = self.img.leader.thread_core.pdeath_sig if below_root else 0
-        rc.call(SYS.prctl, PR_SET_PDEATHSIG, pdeath, 0, 0, 0)
+        rc.add(SYS.prctl, PR_SET_PDEATHSIG, pdeath, 0, 0, 0, may_fail=True)
 
-    def _huge_advice(self) -> None:
+    def _huge_advice(self, stage: Stage) -> None:
         """MADV_HUGEPAGE before the pages (the other advice comes after them): the faults of
         process_vm_writev then bring huge pages, as the process had them (_copyable leaves
         these areas to it)."""
         for advice, start, end in advice_runs(self.img.vmas()):
             if advice == MADV_HUGEPAGE:
-                self.rc.checked(SYS.madvise, start, end - start, advice, what=f"MADV_HUGEPAGE {start:#x}-{end:#x}")
+                stage.add(SYS.madvise, start, end - start, advice, what=f"MADV_HUGEPAGE {start:#x}-{end:#x}")
 
-    def _advice(self) -> None:
+    def _advice(self, stage: Stage) -> None:
         """madvise each advice of vma_entry.madv (bit 1 << MADV_x) again, once the pages are
         in; one call per run of adjacent areas with the same advice. MAP_LOCKED and
         MAP_GROWSDOWN came back with the mmap flags (MAP_LOCKED lazily: mlock now, the
-        lazy pages' server answers the faults it makes)."""
+        lazy pages' server answers the faults it makes). Then the guard regions
+        (MADV_GUARD_INSTALL)."""
+        if self._uffd_copy >= 0:
+            stage.add(SYS.close, self._uffd_copy, may_fail=True)
+            self._uffd_copy = -1
         for advice, start, end in advice_runs(self.img.vmas()):
-            self.rc.checked(SYS.madvise, start, end - start, advice,
-                            what=f"madvise({advice}) {start:#x}-{end:#x}")
+            stage.add(SYS.madvise, start, end - start, advice, what=f"madvise({advice}) {start:#x}-{end:#x}")
         kept = set(self.kept)
         for v in self.img.vmas():
             # blank.py made kept areas MADV_DONTFORK; the process had them so only when it said so
             if (v.start, v.end) in kept and not (v.madv if v.HasField("madv") else 0) & 1 << MADV_DONTFORK:
-                self.rc.checked(SYS.madvise, v.start, v.end - v.start, MADV_DOFORK, what=f"MADV_DOFORK {v.start:#x}")
+                stage.add(SYS.madvise, v.start, v.end - v.start, MADV_DOFORK, what=f"MADV_DOFORK {v.start:#x}")
         for v in self.img.vmas() if self.lazy else ():
             if v.flags & MAP_LOCKED:
-                self.rc.checked(SYS.mlock, v.start, v.end - v.start, what=f"mlock {v.start:#x}")
-
-    def _guards(self) -> None:
-        """Guard regions again (MADV_GUARD_INSTALL), once the pages are in."""
+                stage.add(SYS.mlock, v.start, v.end - v.start, what=f"mlock {v.start:#x}")
         g = self.img.mm.cs_guards
         for start, end in zip(g[0::2], g[1::2]):
-            self.rc.checked(SYS.madvise, start, end - start, MADV_GUARD_INSTALL,
-                            what=f"MADV_GUARD_INSTALL {start:#x}-{end:#x}")
+            stage.add(SYS.madvise, start, end - start, MADV_GUARD_INSTALL,
+                      what=f"MADV_GUARD_INSTALL {start:#x}-{end:#x}")
 
     def _posix_timers(self) -> None:
         """timer_create each POSIX timer with its dumped id (PR_TIMER_CREATE_RESTORE_IDS),
@@ -516,35 +609,43 @@ class Transplant:
         trc = RemoteCalls(self.task, tid=tid, mode="step", plain_stop=True)
         trc.open()
         try:
-            self._thread_state(trc, core)
+            trc.borrow_area(rc)         # the same mm: the leader's scratch area and code page
+            stage = self._stage(trc)
+            self._thread_state(trc, core, stage)
+            stage.run()
             trc.leave_as(regs, blocked_mask(core))
         finally:
             self.stats.calls += trc.stats.calls
+            self.stats.trips += trc.stats.trips
             trc.close()
         self._set_fpu(tid, core)
 
-    def _thread_state(self, rc: RemoteCalls, core) -> None:
-        """State a thread can only set for itself: tid address, robust list, altstack, rseq, name."""
+    def _thread_state(self, rc: RemoteCalls, core, stage: Stage) -> None:
+        """State a thread can only set for itself: tid address, robust list, altstack, rseq,
+        name, credentials... Staged in STAGE (of RC's thread; the caller runs it), but for
+        the credentials, which go one by one, after what was staged before them."""
         th, ti = core.thread_core, core.thread_info
-        rc.call(SYS.set_tid_address, ti.clear_tid_addr)
+        stage.add(SYS.set_tid_address, ti.clear_tid_addr, may_fail=True)
         if th.futex_rla:
-            rc.checked(SYS.set_robust_list, th.futex_rla, th.futex_rla_len, what="set_robust_list")
+            stage.add(SYS.set_robust_list, th.futex_rla, th.futex_rla_len, what="set_robust_list")
         sas = th.sas
         if th.HasField("sas") and not sas.ss_flags & SS_DISABLE:
-            addr = self._put(struct.pack("<Qi4xQ", sas.ss_sp, sas.ss_flags & ~SS_ONSTACK, sas.ss_size))
-            rc.checked(SYS.sigaltstack, addr, 0, what="sigaltstack")
+            addr = stage.put(struct.pack("<Qi4xQ", sas.ss_sp, sas.ss_flags & ~SS_ONSTACK, sas.ss_size))
+            stage.add(SYS.sigaltstack, addr, 0, what="sigaltstack")
         r = th.rseq_entry
         if th.HasField("rseq_entry") and r.rseq_abi_pointer:
-            rc.checked(SYS.rseq, r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature, what="rseq")
+            stage.add(SYS.rseq, r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature, what="rseq")
         if th.comm:
-            rc.call(SYS.prctl, PR_SET_NAME, self._put(th.comm.encode()[:15] + b"\0"), 0, 0, 0)
-        self._creds(rc, th.creds)
+            stage.add(SYS.prctl, PR_SET_NAME, stage.put(th.comm.encode()[:15] + b"\0"), 0, 0, 0, may_fail=True)
+        if Creds.of_entry(th.creds) != own_creds(os.getpid()):
+            stage.run()
+            self._creds(rc, th.creds)
         if self.pid != self.img.tree.root:
             # after the creds (a change of ids clears it); never in the root, whose parent is
             # coldsnap, which is about to exit
-            rc.checked(SYS.prctl, PR_SET_PDEATHSIG, th.pdeath_sig, 0, 0, 0, what="PR_SET_PDEATHSIG")
+            stage.add(SYS.prctl, PR_SET_PDEATHSIG, th.pdeath_sig, 0, 0, 0, what="PR_SET_PDEATHSIG")
         if th.cs_timer_slack_ns and th.cs_timer_slack_ns != inherited().timer_slack:
-            rc.checked(SYS.prctl, PR_SET_TIMERSLACK, th.cs_timer_slack_ns, 0, 0, 0, what="PR_SET_TIMERSLACK")
+            stage.add(SYS.prctl, PR_SET_TIMERSLACK, th.cs_timer_slack_ns, 0, 0, 0, what="PR_SET_TIMERSLACK")
 
     def _creds(self, rc: RemoteCalls, cr) -> None:
         """ids, groups, capability sets, bounding set, ambient set, securebits, no_new_privs.
@@ -580,23 +681,22 @@ class Transplant:
         if want.no_new_privs:
             rc.checked(SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, what="PR_SET_NO_NEW_PRIVS")
 
-    def _pending(self, rc: RemoteCalls) -> None:
+    def _pending(self, stage: Stage) -> None:
         """Queue the saved pending signals again, from inside (si_code is kept as it was)."""
         for tid, core in self.img.cores.items():
             th = core.thread_core
             if th.HasField("signals_p"):
                 for s in th.signals_p.signals:
                     signo = struct.unpack_from("<i", s.siginfo)[0]
-                    rc.checked(SYS.rt_tgsigqueueinfo, self.pid, tid, signo,
-                               self._put(s.siginfo[:128]), what="rt_tgsigqueueinfo")
+                    stage.add(SYS.rt_tgsigqueueinfo, self.pid, tid, signo, stage.put(s.siginfo[:128]),
+                              what="rt_tgsigqueueinfo")
         tc = self.img.leader.tc
         if tc.HasField("signals_s"):
             for s in tc.signals_s.signals:
                 signo = struct.unpack_from("<i", s.siginfo)[0]
-                rc.checked(SYS.rt_sigqueueinfo, self.pid, signo, self._put(s.siginfo[:128]),
-                           what="rt_sigqueueinfo")
+                stage.add(SYS.rt_sigqueueinfo, self.pid, signo, stage.put(s.siginfo[:128]), what="rt_sigqueueinfo")
 
-    def _sigactions(self) -> None:
+    def _sigactions(self, stage: Stage) -> None:
         """Every action that is not all zero: the blank child gave itself all-zero defaults
         (restore.py `_blank_child`), so most processes need a handful of calls, not 62."""
         acts = self.img.leader.tc.sigactions
@@ -610,8 +710,8 @@ class Transplant:
             if blob[32 * i:32 * i + 32] == DEFAULT_SIGACTION:
                 continue
             if base is None:
-                base = self._put(blob)
-            self.rc.checked(SYS.rt_sigaction, sig, base + 32 * i, 0, 8, what=f"rt_sigaction({sig})")
+                base = stage.put(blob)
+            stage.add(SYS.rt_sigaction, sig, base + 32 * i, 0, 8, what=f"rt_sigaction({sig})")
 
     def _set_fpu(self, tid: int, core) -> None:
         """coldsnap's raw xstate as it was read; else (CRIU's images, or another CPU's xstate

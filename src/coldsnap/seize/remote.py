@@ -35,16 +35,30 @@ arrives before the block is requeued by the kernel with its siginfo when we resu
 while it is blocked; SIGSTOP cannot be blocked and is re-sent at resume instead.
 
 Injected calls must not block: SIGINT/SIGTERM of coldsnap are deferred for each call.
+
+Batches: `batch(calls)` runs a list of independent system calls in ONE round trip. A code
+page of our own (mmap PROT_READ|PROT_EXEC, the loop written through /proc/PID/mem, which
+ignores protection: never writable and executable at once, as MDWE and systemd's
+MemoryDenyWriteExecute filters demand) holds a 63-byte loop (_LOOP below) that walks a
+table of 64-byte entries in the scratch area (number, six arguments, result), runs each
+`syscall`, stores each result and ends with an int3: its SIGTRAP stop at the loop's end is
+ours (any other stop is handled as call() handles it: foreign signals kept, group-stop
+re-traps resumed). The thread runs to that trap with PTRACE_CONT; one read of the table
+then gives every result. The loop stops at the first -errno (-4095..-1) unless the entry
+allows it to fail. Only in step mode (SIGTRAP unblocked, so the int3 is delivered as it
+is, not forced); a syscall-mode session runs a batch one call at a time.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
+import struct
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from coldsnap.errors import NoSuchProcess, TargetError
 from coldsnap.kernel import ptrace
@@ -54,8 +68,8 @@ from coldsnap.kernel.procfs import read_status
 from coldsnap.seize.freezer import FrozenTask, freeze
 
 U64 = (1 << 64) - 1
-PROT_READ, PROT_WRITE = 1, 2
-MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x10, 0x20, 0x100000
 BLOCK_ALL_BUT_TRAP = U64 & ~(1 << (signal.SIGTRAP - 1))
 REGS_SIZE = ctypes.sizeof(ptrace.UserRegs)
 _ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
@@ -65,11 +79,59 @@ def to_signed(value: int) -> int:
     return value - (1 << 64) if value & (1 << 63) else value
 
 
+def is_error(result: int) -> bool:
+    """A raw system call result that is -errno."""
+    return -4095 <= result < 0
+
+
+# The batch loop. On entry rbx = first table entry, r12 = end of the table; an entry is
+# 8 qwords: number (bit 63 set: a -errno does not end the batch), 6 arguments, result.
+# At the int3's stop rbx points past the last entry that ran. rcx and r11 are clobbered
+# by `syscall`; registers are restored at close anyway.
+_LOOP = bytes.fromhex(
+    "4c39e3"            # 00 top:  cmp rbx, r12          past the last entry?
+    "7339"              # 03       jae done
+    "488b03"            # 05       mov rax, [rbx]        number
+    "480fbaf03f"        # 08       btr rax, 63           without the may-fail flag
+    "488b7b08"          # 0d       mov rdi, [rbx+8]      arguments 1..6
+    "488b7310"          # 11       mov rsi, [rbx+16]
+    "488b5318"          # 15       mov rdx, [rbx+24]
+    "4c8b5320"          # 19       mov r10, [rbx+32]
+    "4c8b4328"          # 1d       mov r8,  [rbx+40]
+    "4c8b4b30"          # 21       mov r9,  [rbx+48]
+    "0f05"              # 25       syscall               (a restart re-runs it: rax = number again)
+    "48894338"          # 27       mov [rbx+56], rax     result
+    "4883c340"          # 2b       add rbx, 64           next entry
+    "483d01f0ffff"      # 2f       cmp rax, -4095        unsigned: below is success
+    "72c9"              # 35       jb top
+    "48837bc000"        # 37       cmp qword [rbx-64], 0 may fail (bit 63: negative)?
+    "7cc2"              # 3c       jl top
+    "cc")               # 3e done: int3                  SIGTRAP stop with rip = 0x3f
+_ENTRY = struct.Struct("<8Q")
+MAY_FAIL = 1 << 63
+CODE_SIZE = PAGE
+
+
+@dataclass(frozen=True)
+class Call:
+    """One system call of a batch: NR(*ARGS). WHAT names it in errors; MAY_FAIL: its
+    -errno is a result like any other and the batch goes on."""
+    nr: int
+    args: tuple[int, ...] = ()
+    what: str = ""
+    may_fail: bool = False
+
+
+def sys_call(nr: int, *args: int, what: str = "", may_fail: bool = False) -> Call:
+    return Call(nr, args, what, may_fail)
+
+
 @dataclass(eq=False, repr=False)
 class CallStats:
-    """How many calls a remote-call session injected, and their time."""
-    calls: int = 0
-    ns: int = 0          # wall time spent inside call(), tracer side
+    """How many calls a remote-call session injected, in how many round trips, and their time."""
+    calls: int = 0       # system calls run in the thread
+    trips: int = 0       # tracer round trips that ran them (a batch: one for many calls)
+    ns: int = 0          # wall time spent inside call() and batch(), tracer side
 
 
 class RemoteCalls:
@@ -92,6 +154,9 @@ class RemoteCalls:
         self._in_trap = False                       # thread sits in our SIGTRAP stop
         self._scratch: int | None = None
         self.scratch_at: int | None = None          # fixed address for the scratch page, if set
+        self.scratch_replace = False                # map it there with MAP_FIXED (else NOREPLACE)
+        self._code: int | None = None               # the batch loop's page (0: unavailable)
+        self._borrowed = False                      # scratch and code page are another session's
         self._gadget = 0
         self._block = BLOCK_ALL_BUT_TRAP
         self._group_traps = 0                       # group-stop re-traps seen in this call
@@ -147,9 +212,9 @@ class RemoteCalls:
         task = self.task
         with task.critical():
             try:
-                if self._scratch is not None:
-                    addr, self._scratch = self._scratch, None
-                    self.checked(SYS.munmap, addr, self.scratch_size)
+                for addr, end in () if self._borrowed else self._own_spans():
+                    self.checked(SYS.munmap, addr, end - addr, what="munmap scratch")
+                self._scratch = self._code = None
             finally:
                 try:
                     if self._in_trap:
@@ -196,22 +261,147 @@ class RemoteCalls:
             self._in_trap = True
             if self.mode == "step" and self._saved_mask is not None:
                 ptrace.singlestep(self.tid, 0)
-                rax = self._wait_trap().rax
+                rax = self._wait_trap(self._gadget + 2, ptrace.singlestep).rax
             else:  # syscall mode, and the first call of a step session (see module doc)
                 ptrace.syscall_step(self.tid, 0)
                 self._wait_syscall_stop()                  # entry
                 ptrace.syscall_step(self.tid, 0)
                 rax = self._wait_syscall_stop().rax        # exit
         self.stats.calls += 1
+        self.stats.trips += 1
         self.stats.ns += time.perf_counter_ns() - t0
         return to_signed(rax)
 
     def checked(self, nr: int, *args: int, what: str = "") -> int:
         """call() that raises OSError for a -errno result."""
         result = self.call(nr, *args)
-        if -4095 <= result < 0:
-            raise OSError(-result, f"remote {what or f'syscall {nr}'} in {self.tid}: {os.strerror(-result)}")
+        if is_error(result):
+            raise self._error(nr, result, what)
         return result
+
+    def _error(self, nr: int, result: int, what: str) -> OSError:
+        return OSError(-result, f"remote {what or f'syscall {nr}'} in {self.tid}: {os.strerror(-result)}")
+
+    def batch(self, calls: Sequence[Call], table_off: int = 0) -> list[int]:
+        """Run CALLS in order, in one round trip per table's worth (the table: the scratch
+        area from TABLE_OFF on, 64 bytes a call). Returns the raw results of the calls that
+        ran: all of them, or up to and including the first -errno of a call that may not
+        fail (the later ones did not run)."""
+        if self.saved is None:
+            raise TargetError("remote-call session is not open")
+        results: list[int] = []
+        todo = list(calls)
+        if todo and self.mode == "step" and self._saved_mask is None:
+            first = todo.pop(0)     # the first call of a session learns the mask (module doc)
+            results.append(self.call(first.nr, *first.args))
+            if is_error(results[0]) and not first.may_fail:
+                return results
+        if len(todo) == 1 and self.mode == "step":      # a stepped call is the cheaper round trip
+            return results + [self.call(todo[0].nr, *todo[0].args)]
+        if not todo:
+            return results
+        if table_off % 8 or table_off < 0:
+            raise ValueError("the batch table must be 8-byte aligned in the scratch area")
+        room = (self.scratch_size - table_off) // _ENTRY.size
+        if room < 1:
+            raise ValueError("no room for a batch table in the scratch area")
+        if self.mode != "step" or not self.code_page():
+            for c in todo:
+                results.append(self.call(c.nr, *c.args))
+                if is_error(results[-1]) and not c.may_fail:
+                    break
+            return results
+        for i in range(0, len(todo), room):
+            chunk = todo[i:i + room]
+            ran = self._run_table(chunk, table_off)
+            results += ran
+            if len(ran) < len(chunk) or is_error(ran[-1]) and not chunk[-1].may_fail:
+                break
+        return results
+
+    def batch_checked(self, calls: Sequence[Call], table_off: int = 0) -> list[int]:
+        """batch() that raises OSError naming the call that failed (the later ones did not run)."""
+        calls = list(calls)
+        results = self.batch(calls, table_off)
+        self.raise_failure(calls, results)
+        return results
+
+    def raise_failure(self, calls: Sequence[Call], results: Sequence[int]) -> None:
+        """The OSError of batch(CALLS)'s RESULTS if one call failed that may not."""
+        if results and is_error(results[-1]) and not calls[len(results) - 1].may_fail:
+            c = calls[len(results) - 1]
+            raise self._error(c.nr, results[-1], c.what)
+
+    def _run_table(self, chunk: list[Call], table_off: int) -> list[int]:
+        t0 = time.perf_counter_ns()
+        n = len(chunk)
+        table = bytearray(n * _ENTRY.size)
+        for k, c in enumerate(chunk):
+            if len(c.args) > 6:
+                raise ValueError("at most 6 syscall arguments")
+            args = [a & U64 for a in c.args] + [0] * (6 - len(c.args))
+            _ENTRY.pack_into(table, k * _ENTRY.size, c.nr | (MAY_FAIL if c.may_fail else 0), *args, 0)
+        base = self.scratch() + table_off
+        mem = self.task.mem_fd()
+        if os.pwrite(mem, table, base) != len(table):
+            raise TargetError(f"short write of a call table into {self.task.pid}")
+        regs = self._work
+        ctypes.memmove(ctypes.addressof(regs), ctypes.addressof(self.saved), REGS_SIZE)
+        regs.orig_rax = U64
+        regs.rip, regs.rbx, regs.r12 = self._code, base, base + len(table)
+        self._group_traps = 0
+        with self.task.critical():
+            ptrace.set_regs(self.tid, regs)
+            self._in_trap = True
+            ptrace.cont(self.tid, 0)
+            done, rest = divmod(self._wait_trap(self._code + len(_LOOP), ptrace.cont).rbx - base, _ENTRY.size)
+        if rest or not 0 <= done <= n:
+            raise TargetError(f"thread {self.tid}: the call table ended at a wrong place")
+        slots = memoryview(os.pread(mem, done * _ENTRY.size, base)).cast("Q")[7::8]
+        self.stats.calls += done
+        self.stats.trips += 1
+        self.stats.ns += time.perf_counter_ns() - t0
+        return [to_signed(r) for r in slots]
+
+    def code_page(self) -> int:
+        """Address of the batch loop's page, mapped and written on first use (0: cannot be had)."""
+        if self._code is None:
+            scratch = self.scratch()
+            # beside a fixed scratch area; else where the kernel likes: just below the
+            # scratch area, top-down, mostly (then one munmap takes both)
+            addr = -errno.EEXIST
+            if self.scratch_at is not None:
+                fixed = MAP_FIXED if self.scratch_replace else MAP_FIXED_NOREPLACE
+                addr = self.call(SYS.mmap, scratch + self.scratch_size, CODE_SIZE, PROT_READ | PROT_EXEC,
+                                 MAP_PRIVATE | MAP_ANONYMOUS | fixed, -1, 0)
+            if addr == -errno.EEXIST:
+                addr = self.call(SYS.mmap, 0, CODE_SIZE, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+            if is_error(addr):
+                self._code = 0
+                return 0
+            self._code = addr
+            try:            # /proc/PID/mem writes through the missing PROT_WRITE (FOLL_FORCE)
+                written = os.pwrite(self.task.mem_fd(), _LOOP, addr)
+            except OSError:
+                written = 0
+            if written != len(_LOOP):
+                self._code = 0
+                self.call(SYS.munmap, addr, CODE_SIZE)
+        return self._code
+
+    def borrow_area(self, other: "RemoteCalls") -> None:
+        """Use OTHER's scratch area and code page (a session in another thread of the same
+        process, open longer than this one): nothing mapped again, nothing unmapped at close."""
+        self._scratch, self.scratch_size = other.scratch(), other.scratch_size
+        self._code = other._code or 0       # none yet: this session batches call by call
+        self._borrowed = True
+
+    def _own_spans(self) -> list[tuple[int, int]]:
+        """The scratch area and the code page, as one span where they touch."""
+        spans = [(a, a + n) for a, n in ((self._scratch, self.scratch_size), (self._code, CODE_SIZE)) if a]
+        if len(spans) == 2 and (spans[0][1] == spans[1][0] or spans[1][1] == spans[0][0]):
+            spans = [(min(spans[0][0], spans[1][0]), max(spans[0][1], spans[1][1]))]
+        return spans
 
     def _wait(self) -> ptrace.Stop:
         st = ptrace.wait_stop(self.tid)
@@ -223,18 +413,20 @@ class RemoteCalls:
             raise NoSuchProcess(self.task.pid, during=f"a remote call in thread {self.tid} ({st!r})")
         return st
 
-    def _wait_trap(self) -> ptrace.UserRegs:
+    def _wait_trap(self, rip: int, resume) -> ptrace.UserRegs:  # type: ignore[no-untyped-def]
+        """Wait for our SIGTRAP stop at RIP (after the stepped `syscall`, or the batch's
+        int3), going on with RESUME after any other stop."""
         while True:
             st = self._wait()
             if st.is_signal_stop and st.sig == signal.SIGTRAP:
                 regs = ptrace.get_regs(self.tid)
-                if regs.rip == self._gadget + 2:
+                if regs.rip == rip:
                     self._block_signals()
                     return regs
             if st.is_event_stop:
-                self._group_stop(st, ptrace.singlestep)
+                self._group_stop(st, resume)
                 continue
-            self._other_signal(st, ptrace.singlestep)
+            self._other_signal(st, resume)
 
     def _wait_syscall_stop(self) -> ptrace.UserRegs:
         while True:
@@ -275,7 +467,7 @@ class RemoteCalls:
     def scratch(self) -> int:
         """Address of a private RW page in the target, mapped on first use, unmapped at close."""
         if self._scratch is None:
-            fixed = MAP_FIXED_NOREPLACE if self.scratch_at is not None else 0
+            fixed = 0 if self.scratch_at is None else MAP_FIXED if self.scratch_replace else MAP_FIXED_NOREPLACE
             self._scratch = self.checked(SYS.mmap, self.scratch_at or 0, self.scratch_size,
                                          PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | fixed,
                                          -1, 0, what="mmap scratch")
@@ -285,6 +477,11 @@ class RemoteCalls:
     def scratch_span(self) -> tuple[int, int] | None:
         """[start, end) of the scratch area once mapped."""
         return None if self._scratch is None else (self._scratch, self._scratch + self.scratch_size)
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """What the session mapped in the target: the scratch area and the batch's code page."""
+        return self._own_spans()
 
     def vdso_moved(self, delta: int) -> None:
         """An injected mremap moved the whole [vdso] by delta bytes: so did the `syscall`
