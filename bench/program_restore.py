@@ -22,7 +22,7 @@ bench stamps those two from here), the program checked to answer, killed. Sides 
                from session 9 on, the rest of the images read meanwhile)
     load+blank the two
       clone    . coldsnap's clone of the root (fork of the worker) returned in the parent
-      fds      . the children's own set-up: their fd tables (rebuild_fds, open_shared), summed
+      fds      . the blank processes' fd tables (rebuild_fds or apply_fds, open_shared), summed
     seize      rlimits and freeze_known
     transplant every transplant, summed
     release    the end of the with-block (detach) to restore() returning
@@ -98,7 +98,7 @@ wrap(R, "make_blank_tree")
 wrap(R, "_set_rlimits", "rlimits")
 wrap(R, "freeze_known")
 wrap(R, "transplant")
-for name in ("rebuild_fds", "open_shared", "default_signal_actions"):
+for name in ("rebuild_fds", "apply_fds", "open_shared", "default_signal_actions"):
     if hasattr(B, name):
         wrap(B, name)
 clone = B._clone
@@ -202,7 +202,7 @@ def phases(stamps: list[tuple[str, int, int]], t0: int, t1: int) -> dict:
            "blank": summed("make_blank_tree"),
            "load+blank": (last["make_blank_tree>"] - first["restore<"]) / 1e6,
            "clone": (min(t for n, p, t in stamps if n == "clone>") - first["clone<"]) / 1e6,
-           "fds": summed("rebuild_fds") + summed("open_shared"),
+           "fds": summed("rebuild_fds") + summed("apply_fds") + summed("open_shared"),
            "seize": summed("rlimits") + (freeze[0] - first["freeze_known<"]) / 1e6,
            "transplant": summed("transplant"),
            "release": (last["restore>"] - tp_end) / 1e6,
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(res, list(sides), meta, tuple(loads))
     print(text)
     if args.out:
-        write_section(Path(args.out), SECTION, text)
+        write_section(Path(args.out), text, SECTION)
     return 0
 
 
