@@ -267,20 +267,23 @@ class Service:
     an install leaves it (bin/coldsnap beside a python3: what a user runs), in WHERE: run
     SCRIPT with ENV to go through it."""
 
-    def __init__(self, where: Path) -> None:
-        import coldsnap
+    def __init__(self, where: Path, src: Path | None = None, command=None) -> None:
+        """SRC: the sources of coldsnap to run (default: those imported here); COMMAND(address):
+        the service's command line (default: `python3 -m coldsnap service --address ADDRESS`)."""
+        if src is None:
+            import coldsnap
+            src = Path(coldsnap.__file__).parent.parent
         self.address = where / "service.sock"
         (where / "bin").mkdir()
         (where / "bin" / "python3").symlink_to(sys.executable)
         self.script = where / "bin" / "coldsnap"
         shutil.copy(Path(__file__).parents[1] / "bin" / "coldsnap", self.script)
-        src = str(Path(coldsnap.__file__).parent.parent)
         self.env = {**os.environ, "COLDSNAP_SERVICE": str(self.address),
-                    "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
+        argv = (command or (lambda a: [sys.executable, "-m", "coldsnap", "service", "--address", str(a)]))(self.address)
         log_file = where / "service.log"
         with open(log_file, "w") as f:      # a file: its log is a line per command
-            self.proc = subprocess.Popen([sys.executable, "-m", "coldsnap", "service", "--address", str(self.address)],
-                                         stdin=subprocess.DEVNULL, stdout=f, stderr=f,
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=f,
                                          env={**self.env, "COLDSNAP_SERVICE": ""})
         deadline = time.monotonic() + 60
         while "listening" not in log_file.read_text():

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,8 +44,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BENCH, LIVE, become_subreaper, export_revision, log, median, reap, run_meta,  # noqa: E402
-                    scratch_dir, unwind_on_signals, write_section)
+from common import (BENCH, LIVE, Service, become_subreaper, export_revision, log, median, reap,  # noqa: E402
+                    run_meta, scratch_dir, unwind_on_signals, write_section)
 from programs import PROGRAMS, kill_tree, running, start, tree_of  # noqa: E402
 
 SECTION = "## Ordinary programs: where the restore through the service goes (issue 13, session 9)"
@@ -125,27 +124,13 @@ sys.exit(S.run_service(address))
 """
 
 
-class TracedService:
+class TracedService(Service):
     """`coldsnap service` of SRC on a temporary address, its stamps in WHERE/stamps.log."""
 
     def __init__(self, src: Path, where: Path) -> None:
-        self.address, self.stamps = where / "service.sock", where / "stamps.log"
-        (where / "bin").mkdir()
-        (where / "bin" / "python3").symlink_to(sys.executable)
-        self.script = where / "bin" / "coldsnap"
-        shutil.copy(BENCH.parent / "bin" / "coldsnap", self.script)
-        self.env = {**os.environ, "COLDSNAP_SERVICE": str(self.address), "PYTHONPATH": str(src)}
-        log_file = where / "service.log"
-        with open(log_file, "w") as f:
-            self.proc = subprocess.Popen([sys.executable, "-c", SERVICE, str(src), str(self.stamps),
-                                          str(self.address)], stdin=subprocess.DEVNULL, stdout=f, stderr=f,
-                                         env={**self.env, "COLDSNAP_SERVICE": ""})
-        deadline = time.monotonic() + 60
-        while "listening" not in log_file.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"service did not start: {log_file.read_text().strip()}")
-            time.sleep(0.02)
+        self.stamps = where / "stamps.log"
+        super().__init__(where, src, lambda address: [sys.executable, "-c", SERVICE, str(src), str(self.stamps),
+                                                      str(address)])
 
     def run(self, argv: list[str]) -> tuple[int, int, int, str]:
         """(exit code, exec ns, exit ns, output) of bin/coldsnap ARGV."""
@@ -167,11 +152,6 @@ class TracedService:
         self.stamps.unlink()
         # a blank process flushes what it inherited of the worker's stamps too: once each
         return list(dict.fromkeys((n, int(p), int(t)) for n, p, t in (ln.split() for ln in text.splitlines())))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait()
 
 
 def phases(stamps: list[tuple[str, int, int]], t0: int, t1: int) -> dict:
