@@ -270,3 +270,28 @@ def test_threads_in_ppoll_keep_their_own_masks(spawn, python_exe):
         state = collect_task_state(task)
     assert [state.thread(t).sigmask for t in (w.pid, in_ppoll, in_futex)] == [own] * 3
     back_in_ppoll()
+
+
+_MDWE = ("import ctypes, signal, threading, time\n"
+         "libc = ctypes.CDLL(None, use_errno=True)\n"
+         "assert libc.prctl(65, 1, 0, 0, 0) == 0, ctypes.get_errno()      # PR_SET_MDWE, REFUSE_EXEC_GAIN\n"
+         "for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP): signal.signal(s, lambda *a: None)\n"
+         "for _ in range(2): threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+         "print('ready', flush=True)\n"
+         "time.sleep(60)\n")
+
+
+def test_batched_in_an_mdwe_process(spawn, python_exe):
+    """Each thread's calls run as one batch, by a code page that is never writable and
+    executable: a process under PR_SET_MDWE is dumped all the same, in a few round trips."""
+    w = spawn([python_exe, "-c", _MDWE])
+    with freeze(w.pid) as task:
+        state = collect_task_state(task)
+    assert len(state.threads) == 3
+    assert state.remote_calls >= 3 * 4 + 3 + 4         # per thread 4; getitimer x3; brk, prctls...
+    # leader: scratch, code page, its batch, munmap; other threads: the first call learns the
+    # mask at a syscall stop when stopped in one, then a batch
+    assert state.remote_trips <= 4 + 2 * 2
+    handled = {s.signo for s in state.sigactions if s.handler > 1}
+    assert {SIGUSR1, SIGUSR2, SIGHUP} <= handled
+    assert proc_state(w.pid)[0] not in ("t", "T")

@@ -27,8 +27,10 @@ Where each value comes from
                            of its own; results go to the leader's scratch page (same mm), so
                            no extra mmap/munmap is needed.
 
-One RemoteCalls session on the leader carries every process-wide injection; it stays open
-while the per-thread sessions run (they write into its scratch page) and closes last.
+One RemoteCalls session on the leader carries every process-wide injection, in one batch
+(seize/remote.py: one round trip for them all, instead of ~20 for a Python process); it stays
+open while the per-thread sessions run (they write into its scratch page and run their calls
+as a batch by its code page) and closes last.
 
 The blocked mask of a thread is the one its session learned at the first call (the real one,
 even in ppoll/sigsuspend); without a session it is PTRACE_GETSIGMASK at the interrupt stop.
@@ -57,7 +59,7 @@ from coldsnap.kernel.page import PAGE_SIZE
 from coldsnap.kernel.procfs import (PosixTimerInfo, read_auxv, read_limits, read_personality, read_posix_timers,
                                     read_stat, read_status)
 from coldsnap.seize.freezer import FrozenTask, freeze
-from coldsnap.seize.remote import RemoteCalls
+from coldsnap.seize.remote import Call, RemoteCalls
 from coldsnap.seize.tree import Tree
 
 from .metadata import write_tree_images
@@ -198,6 +200,7 @@ class TaskState:
     posix_timers: list[PosixTimer] = field(default_factory=list)
     thp_disabled: bool = False
     remote_calls: int = 0
+    remote_trips: int = 0           # the tracer round trips that ran them
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -299,14 +302,15 @@ def _robust_list(tid: int) -> tuple[int, int] | None:
     return head.value, size.value
 
 
-def _thread_injected(rc: RemoteCalls, base: int, off: int) -> int:
-    """sigaltstack(NULL, base+off), PR_GET_TID_ADDRESS into base+off+24 and PR_GET_PDEATHSIG
-    into base+off+48, in rc's thread; returns its timer slack (PR_GET_TIMERSLACK)."""
-    rc.checked(SYS.sigaltstack, 0, base + off, what="sigaltstack")
-    # fails without CONFIG_CHECKPOINT_RESTORE: the slot then stays 0 (noted in TaskState.notes)
-    rc.call(SYS.prctl, PR_GET_TID_ADDRESS, base + off + 24, 0, 0, 0)
-    rc.checked(SYS.prctl, PR_GET_PDEATHSIG, base + off + 48, 0, 0, 0, what="PR_GET_PDEATHSIG")
-    return max(rc.call(SYS.prctl, PR_GET_TIMERSLACK, 0, 0, 0, 0), 0)
+def _thread_calls(base: int, off: int) -> list[Call]:
+    """sigaltstack(NULL, base+off), PR_GET_TID_ADDRESS into base+off+24, PR_GET_PDEATHSIG
+    into base+off+48 and PR_GET_TIMERSLACK (its result: the last of the batch), for one
+    thread."""
+    return [Call(SYS.sigaltstack, (0, base + off), "sigaltstack"),
+            # fails without CONFIG_CHECKPOINT_RESTORE: the slot then stays 0 (noted in TaskState.notes)
+            Call(SYS.prctl, (PR_GET_TID_ADDRESS, base + off + 24, 0, 0, 0), may_fail=True),
+            Call(SYS.prctl, (PR_GET_PDEATHSIG, base + off + 48, 0, 0, 0), "PR_GET_PDEATHSIG"),
+            Call(SYS.prctl, (PR_GET_TIMERSLACK, 0, 0, 0, 0), may_fail=True)]
 
 
 # x86-64 system calls that wait under a temporary signal mask, the thread's own kept aside
@@ -366,44 +370,53 @@ def collect_task_state(task: FrozenTask, close_fds: Sequence[int] = ()) -> TaskS
     # SigIgn is process-wide: no status read per session (RemoteCalls would read it)
     mode = "syscall" if int(status.get("SigIgn", "0"), 16) >> (SIGTRAP - 1) & 1 else "step"
 
-    with RemoteCalls(task, tid=pid, mode=mode, plain_stop=_own_mask_at_stop(per_thread[pid]["regs"])) as rc:
+    # every injected call of a thread in one batch (seize/remote.py): a round trip each
+    # instead of one per call; the table after the results' page
+    with RemoteCalls(task, tid=pid, mode=mode, plain_stop=_own_mask_at_stop(per_thread[pid]["regs"]),
+                     scratch_size=2 * PAGE_SIZE) as rc:
         base = rc.write_scratch(zero)             # zeroed: a failing call leaves 0 behind
-        for i, sig in enumerate(SIGACTION_SIGNALS):
-            if sig in asked:
-                rc.checked(SYS.rt_sigaction, sig, 0, base + _OFF_SA + 32 * i, 8, what=f"rt_sigaction({sig})")
-        for which in range(3):
-            rc.checked(NR_getitimer, which, base + _OFF_ITIMER + 32 * which, what="getitimer")
-        brk = rc.checked(SYS.brk, 0, what="brk")
-        dumpable = rc.checked(SYS.prctl, PR_GET_DUMPABLE, 0, 0, 0, 0, what="PR_GET_DUMPABLE")
-        rc.checked(SYS.prctl, PR_GET_CHILD_SUBREAPER, base + _OFF_MISC, 0, 0, 0, what="PR_GET_CHILD_SUBREAPER")
-        secbits = rc.call(SYS.prctl, PR_GET_SECUREBITS, 0, 0, 0, 0)
-        if secbits < 0:
-            notes.append(f"PR_GET_SECUREBITS failed ({-secbits}): secbits 0")
-            secbits = 0
+        batch = [Call(SYS.rt_sigaction, (sig, 0, base + _OFF_SA + 32 * i, 8), f"rt_sigaction({sig})")
+                 for i, sig in enumerate(SIGACTION_SIGNALS) if sig in asked]
+        batch += [Call(NR_getitimer, (which, base + _OFF_ITIMER + 32 * which), "getitimer") for which in range(3)]
+        head = len(batch)
+        batch += [Call(SYS.brk, (0,), "brk"), Call(SYS.prctl, (PR_GET_DUMPABLE, 0, 0, 0, 0), "PR_GET_DUMPABLE"),
+                  Call(SYS.prctl, (PR_GET_CHILD_SUBREAPER, base + _OFF_MISC, 0, 0, 0), "PR_GET_CHILD_SUBREAPER"),
+                  Call(SYS.prctl, (PR_GET_SECUREBITS, 0, 0, 0, 0), may_fail=True)]
         for i, tid in enumerate(tids):
             if robust[tid] is None:
                 off = _OFF_THREAD + _SLOT * i
-                rc.checked(SYS.get_robust_list, tid, base + off + 32, base + off + 40, what="get_robust_list")
-        overruns = []
+                batch.append(Call(SYS.get_robust_list, (tid, base + off + 32, base + off + 40), "get_robust_list"))
+        first_timer = len(batch)
         for i, t in enumerate(timers):
-            rc.checked(NR_timer_gettime, t.id, base + off_timers + 32 * i, what=f"timer_gettime({t.id})")
-            overruns.append(rc.checked(NR_timer_getoverrun, t.id, what=f"timer_getoverrun({t.id})"))
-        slack = {pid: _thread_injected(rc, base, _OFF_THREAD + _SLOT * tids.index(pid))}
-        calls = rc.stats.calls
+            batch += [Call(NR_timer_gettime, (t.id, base + off_timers + 32 * i), f"timer_gettime({t.id})"),
+                      Call(NR_timer_getoverrun, (t.id,), f"timer_getoverrun({t.id})")]
+        batch += _thread_calls(base, _OFF_THREAD + _SLOT * tids.index(pid))
+        got = rc.batch_checked(batch, PAGE_SIZE)
+        brk, dumpable, secbits = got[head], got[head + 1], got[head + 3]
+        if secbits < 0:
+            notes.append(f"PR_GET_SECUREBITS failed ({-secbits}): secbits 0")
+            secbits = 0
+        overruns = got[first_timer + 1:first_timer + 2 * len(timers):2]
+        slack = {pid: max(got[-1], 0)}
+        calls, trips = rc.stats.calls, rc.stats.trips
         for i, tid in enumerate(tids):
             if tid == pid:
                 continue
             with RemoteCalls(task, tid=tid, mode=mode, plain_stop=_own_mask_at_stop(per_thread[tid]["regs"])) as trc:
-                slack[tid] = _thread_injected(trc, base, _OFF_THREAD + _SLOT * i)
+                trc.borrow_area(rc)     # the same mm: the leader's scratch area and code page
+                slack[tid] = max(trc.batch_checked(_thread_calls(base, _OFF_THREAD + _SLOT * i), PAGE_SIZE)[-1], 0)
                 calls += trc.stats.calls
+                trips += trc.stats.trips
                 if trc.real_mask is not None:
                     masks[tid] = trc.real_mask
         if rc.real_mask is not None:
             masks[pid] = rc.real_mask
         blob = rc.read_scratch(len(zero))
-        for fd in close_fds:
-            rc.checked(SYS.close, fd, what=f"close({fd}) of coldsnap's parked userfaultfd")
-            calls += 1
+        if close_fds:
+            rc.batch_checked([Call(SYS.close, (fd,), f"close({fd}) of coldsnap's parked userfaultfd")
+                              for fd in close_fds], PAGE_SIZE)
+            calls += len(close_fds)
+            trips += 1
 
     sigactions = [SigAction(sig, *KSIGACTION.unpack_from(blob, _OFF_SA + 32 * i))
                   for i, sig in enumerate(SIGACTION_SIGNALS)]
@@ -442,7 +455,7 @@ def collect_task_state(task: FrozenTask, close_fds: Sequence[int] = ()) -> TaskS
                      rlimits=rlimits, itimers=itimers, brk=brk, auxv=auxv, dumpable=dumpable,
                      child_subreaper=bool(subreaper), pdeath_sig=pdeath_sig, secbits=secbits, stop_signal=task.group_stopped(),
                      posix_timers=posix, thp_disabled=status.get("THP_enabled", "1") == "0",
-                     remote_calls=calls, notes=notes)
+                     remote_calls=calls, remote_trips=trips + 1, notes=notes)   # + the scratch's munmap
 
 
 # -- images -------------------------------------------------------------------------------
