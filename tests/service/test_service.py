@@ -34,6 +34,16 @@ def service(tmp_path, monkeypatch):
         assert not svc.address.exists()
 
 
+def _piped(*args) -> subprocess.CompletedProcess:
+    """`coldsnap ARGS` through the service with its stdout and stderr on pipes, read to their
+    end: nothing the command leaves running (a process restored -d, a lazy restore's server
+    and guardian) may hold them (else the end of the timeout, not a hang: run() waits only
+    for the client then)."""
+    run = subprocess.run(coldsnap_argv(*args), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    return run
+
+
 def test_dump_and_restore_of_a_c_workload_through_the_service(service, workload_bin, tmp_path):
     """dump, then restore -d: the workload checks all its memory every tick afterwards."""
     with LogWorkload([workload_bin("rst_memory")], tmp_path / "log") as w:
@@ -41,7 +51,7 @@ def test_dump_and_restore_of_a_c_workload_through_the_service(service, workload_
         w.wait_ticks(2)
         coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img").check()
         w.reap_dumped()
-        run = coldsnap("restore", "-D", tmp_path / "img", "-d").check()
+        run = _piped("restore", "-D", tmp_path / "img", "-d")
         assert run.stderr.startswith(f"restored {w.pid} ")
         w.adopt_restored()          # the worker's orphan, reparented to the test (a subreaper)
         w.wait_ticks(5)
@@ -102,8 +112,8 @@ def test_pre_dump_then_lazy_restore_through_the_service(service, workload_bin, t
         coldsnap("pre-dump", "-t", w.pid, "-D", tmp_path / "pre").check()
         coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img", "--prev-images-dir", tmp_path / "pre").check()
         w.reap_dumped()
-        res = json.loads(coldsnap("restore", "-D", tmp_path / "img", "-d", "--lazy-pages", "--json",
-                                  "--lazy-log", tmp_path / "lazy.log").check().stdout)
+        res = json.loads(_piped("restore", "-D", tmp_path / "img", "-d", "--lazy-pages", "--json",
+                                "--lazy-log", tmp_path / "lazy.log").stdout)
         w.adopt_restored()
         go.touch()
         w.wait_for("ok line", lambda: any(ln.startswith("ok") for ln in w.lines()), timeout=60)

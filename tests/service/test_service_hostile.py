@@ -329,9 +329,8 @@ def test_a_worker_forked_without_a_pidfd_never_runs_the_command_twice(service):
 
 
 def test_a_spare_forked_without_a_pidfd_leaves_and_is_reaped(service):
-    """The service runs out of fds between a spare's fork and its pidfd (the one forked as
-    the worker said its end): the spare leaves without a request, reaped at once; another is
-    forked as that worker is reaped (or a worker for the next request)."""
+    """The service runs out of fds between a spare's fork and its pidfd: the spare leaves
+    without a request, reaped at once; the next request gets a worker forked for it."""
     _ready_spare(service)
     before = service.idle_fds()
     with _out_of_fds_at_its_next_fork(service.proc.pid) as at_fork:
@@ -343,7 +342,7 @@ def test_a_spare_forked_without_a_pidfd_leaves_and_is_reaped(service):
     assert client.returncode == 0 and out.count("pagemap_scan") == 1, (out, err)
     assert line.endswith("no spare worker: pidfd_open(%d): Too many open files" % spare), line
     assert spare not in service.children() and proc_state(spare) == ("", 0)     # reaped
-    _still_serves(service, before)              # by a spare forked at the worker's reap, or a worker forked for it
+    _still_serves(service, before)              # by a worker forked for it, then a new spare
     assert not [ln for ln in service.lines() if "after an error" in ln], service.lines()
 
 

@@ -761,7 +761,6 @@ class Service:
         if not conn.gone:
             _send(conn.sock, P.encode_exit(status, by_signal))
         self._close(conn)
-        self._fork_spare()      # now, while no command of ours runs: the caller's next may come at once
 
     def _drop_channel(self, conn: Conn) -> None:
         if conn.channel is not None:
@@ -788,7 +787,10 @@ class Service:
         del self.workers[conn.pidfd]
         os.close(conn.pidfd)
         conn.pidfd = -1
-        self._fork_spare()          # if _ended's fork failed (out of fds, say)
+        # now, while no command of ours runs and its client has ended: forked at the word, it
+        # delayed the client's end (on two CPUs, with the worker's teardown on one) by about
+        # as much as the word gains, and a spare made once the client has gone gained nothing
+        self._fork_spare()
 
     def _close(self, conn: Conn) -> None:
         if self.conns.pop(conn.sock.fileno(), None) is not None and not conn.gone:
