@@ -391,12 +391,27 @@ def test_the_client_has_the_end_before_the_worker_tears_down(then, service, tmp_
 
 def test_the_client_imports_only_built_in_modules():
     """What the `coldsnap` command loads before it knows whether the service runs it."""
-    code = ("import os, sys; before = set(sys.modules); import coldsnap.service.client; "
+    code = ("import sys; before = set(sys.modules); import coldsnap.service.client; "
             "print(' '.join(sorted(set(sys.modules) - before)))")
     new = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}).stdout.split()
-    # __future__: a few lines of Python, which `site` imports anyway
-    assert [m for m in new if not m.startswith("coldsnap") and m not in sys.builtin_module_names] == ["__future__"]
+    # not even `os` (1 ms without `site`), nor coldsnap's other modules (errors)
+    assert [m for m in new if m not in sys.builtin_module_names] == ["coldsnap", "coldsnap.service",
+                                                                     "coldsnap.service.client",
+                                                                     "coldsnap.service.protocol"]
+
+
+def test_the_client_resolves_its_package_as_realpath_does(tmp_path):
+    """The client resolves its package directory without `os` (the service compares it with
+    its own, resolved by os.path.realpath): links relative and absolute, . and .."""
+    from coldsnap.service import client
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "l").symlink_to("a/b")
+    (tmp_path / "a" / "b" / "up").symlink_to("../b")
+    (tmp_path / "abs").symlink_to(tmp_path / "l")
+    for path in ["l", "abs/up", "l/../b", "abs/./up/..", "a/b/up/up/../..", "."]:
+        assert client._resolved(f"{tmp_path}/{path}") == os.path.realpath(tmp_path / path), path
+    assert client.PACKAGE == os.path.dirname(os.path.dirname(os.path.realpath(client.__file__)))
 
 
 def test_requests_run_side_by_side(service, spawn, workload_bin, tmp_path):

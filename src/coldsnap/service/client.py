@@ -2,8 +2,9 @@
 when there is one, else run it in this process (cli.command), with no visible difference.
 
 This module is what every command starts with, so it imports only built-in modules (no
-`socket`, whose enums cost more than the whole request); the installed script (bin/coldsnap)
-even starts it without `site`, which a command run here then sets up first. The service to use: the address in
+`socket`, whose enums cost more than the whole request; not even `os`, 1 ms to import
+without `site`: `posix` is its system calls); the installed script (bin/coldsnap) even
+starts it without `site`, which a command run here then sets up first. The service to use: the address in
 COLDSNAP_SERVICE ("" for none), else DEFAULT_ADDRESS when that file exists. The command runs
 here when nobody answers there (or a listener of another user: it gets nothing), when the service says so (another user, namespace, root,
 confinement, coldsnap, a cgroup it cannot join; `restore --shell-job`), or when the request cannot be sent.
@@ -11,16 +12,51 @@ confinement, coldsnap, a cgroup it cannot join; `restore --shell-job`), or when 
 Through the service, this process sends its stdio and cwd (as fds), environment, umask and
 arguments, then waits: SIGINT, SIGTERM and SIGHUP are passed on to the worker, and its end
 is this process's end (the same exit code, or the same signal)."""
-from __future__ import annotations
-
-import os
+import posix
 import sys
 
 from . import protocol as P
 
 DEFAULT_ADDRESS = "/run/coldsnap/service.sock"      # = server.DEFAULT_ADDRESS (not imported: heavy)
-# links resolved here: the service compares it as it comes (a lookup there could hang it for all)
-PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+
+
+def package_dir() -> str:
+    """This coldsnap's package directory, links resolved (the service compares it as it
+    comes: a lookup there could hang it for all): os.path.realpath's result, from `posix`'s
+    lstat and readlink."""
+    here = __file__.rpartition("/")[0].rpartition("/")[0]     # .../coldsnap/service/client.py
+    try:
+        return _resolved(here if here.startswith("/") else f"{posix.getcwd()}/{here}")
+    except OSError:             # a loop of links, say: as os.path.realpath makes it out
+        import os.path
+        return os.path.realpath(here)
+
+
+def _resolved(path: str) -> str:
+    """The absolute PATH of an existing file with every link followed, and . and .. gone."""
+    done, todo, links = "", path.split("/")[::-1], 0
+    while todo:
+        name = todo.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            done = done.rpartition("/")[0]
+            continue
+        step = f"{done}/{name}"
+        if posix.lstat(step).st_mode & 0o170000 != 0o120000:      # not a symbolic link
+            done = step
+            continue
+        links += 1
+        if links > 40:
+            raise OSError("too many levels of symbolic links")
+        target = posix.readlink(step)
+        if target.startswith("/"):
+            done = ""
+        todo += target.split("/")[::-1]
+    return done or "/"
+
+
+PACKAGE = package_dir()
 
 
 def command() -> None:
@@ -36,10 +72,21 @@ def command() -> None:
 
 
 def service_address() -> str | None:
-    address = os.environ.get("COLDSNAP_SERVICE")
+    address = environ().get(b"COLDSNAP_SERVICE")
     if address is None:
-        return DEFAULT_ADDRESS if os.path.exists(DEFAULT_ADDRESS) else None
-    return address or None
+        try:
+            posix.stat(DEFAULT_ADDRESS)
+        except (OSError, ValueError):
+            return None
+        return DEFAULT_ADDRESS
+    return address.decode(sys.getfilesystemencoding(), "surrogateescape") or None
+
+
+def environ() -> dict[bytes, bytes]:
+    """The environment as it is now: os.environb where `os` is loaded (it may have changed
+    it), else the one this process started with."""
+    os = sys.modules.get("os")
+    return posix.environ if os is None else os.environb
 
 
 class _Forwarder:
@@ -78,16 +125,16 @@ def through_service(argv: list[str]) -> int | None:
         sock.connect(address)
         if not _ours(sock):
             return None
-        request = P.encode_request(argv, [b"%s=%s" % kv for kv in os.environb.items()], _umask(), PACKAGE)
+        request = P.encode_request(argv, [b"%s=%s" % kv for kv in environ().items()], _umask(), PACKAGE)
         if len(request) > P.MAX_REQUEST:
             return None
-        cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        cwd = posix.open(".", posix.O_PATH | posix.O_DIRECTORY | posix.O_CLOEXEC)
         try:
             fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd))
             forward = _Forwarder(sock)      # a signal from here on reaches the worker, or us below
             sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         finally:
-            os.close(cwd)
+            posix.close(cwd)
         kind, rest = P.decode_reply(_first_reply(sock, forward, address))
         if kind != "started":
             return _caught(forward)         # local, or an error: nothing ran
@@ -140,7 +187,7 @@ def _ours(sock) -> bool:
     stdio, cwd or environment. The service serves its own user only anyway."""
     import _socket
     creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
-    return int.from_bytes(creds[4:8], sys.byteorder) == os.geteuid()
+    return int.from_bytes(creds[4:8], sys.byteorder) == posix.geteuid()
 
 
 def _wait_for_worker(sock, worker: str) -> int:
@@ -177,8 +224,8 @@ def _caught(forward: _Forwarder | None) -> int | None:
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
+    mask = posix.umask(0o022)
+    posix.umask(mask)
     return mask
 
 
@@ -192,6 +239,6 @@ def _exit(code: int) -> None:
     if code < 0:
         import _signal
         _signal.signal(-code, _signal.SIG_DFL)
-        os.kill(os.getpid(), -code)
+        posix.kill(posix.getpid(), -code)
         code = 128 - code
-    os._exit(code)
+    posix._exit(code)

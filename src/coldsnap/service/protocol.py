@@ -17,8 +17,6 @@ Imported by the client before anything else: it uses only built-in modules.
                                   before its teardown (the service relays it at once); a spare
                                   first says b"r" there once its pages are copied
 """
-from __future__ import annotations
-
 MAGIC = b"coldsnap-request-1"
 REQUEST_FDS = 4                  # stdin, stdout, stderr, cwd
 MAX_REQUEST = 128 << 10          # bytes; a seqpacket message must fit the socket's send buffer
