@@ -3,6 +3,9 @@ a handful of tracer round trips, not one per call (seize/remote.py `batch`)."""
 from __future__ import annotations
 
 import json
+import os
+
+import pytest
 
 from coldsnap.kernel.procfs import read_maps
 
@@ -22,3 +25,27 @@ def test_many_areas_few_round_trips(workload_bin, python_exe, tmp_path):
     assert areas > 50
     assert res["injected_calls"] > areas            # an mmap each, and more
     assert res["round_trips"] <= 16                 # per call, it would be more than `areas`
+
+
+def test_a_thread_failing_its_state_leaves_nothing(workload_bin, python_exe, tmp_path, monkeypatch):
+    """A failure in a new thread's state (its session open, the leader's batches run): the
+    restore raises it at once, the half-built process is killed and reaped, no thread of it
+    left traced (its leader's reaping would wait for ever)."""
+    from coldsnap.restore import transplant
+    from coldsnap.restore.restore import restore
+
+    with start_workload("rst_python", workload_bin, python_exe, tmp_path) as w:
+        coldsnap("dump", "-t", w.pid, "-D", tmp_path / "img").check()
+        w.reap_dumped()
+        pid = w.pid
+    real = transplant.Transplant._thread_state
+
+    def failing(self, rc, core, stage):
+        if rc.tid != self.pid:
+            raise RuntimeError("a thread's state failed")
+        return real(self, rc, core, stage)
+
+    monkeypatch.setattr(transplant.Transplant, "_thread_state", failing)
+    with pytest.raises(RuntimeError, match="a thread's state failed"):
+        restore(tmp_path / "img", detach=True)
+    assert not os.path.exists(f"/proc/{pid}")

@@ -46,6 +46,7 @@ cut in half. If coldsnap is SIGKILLed, the kernel detaches every tracee and it r
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -461,10 +462,26 @@ class FrozenTask:
         try:
             ptrace.detach(th.tid, 0)
         except ProcessLookupError:
-            try:  # killed while held: reap the traced thread's exit
-                ptrace.wait_stop(th.tid, nohang=True)
+            self._reap_killed(th.tid)
+
+    def _reap_killed(self, tid: int) -> None:
+        """A thread killed while held leaves its stop but is still ours: reap its exit, or a
+        wait for its leader (the caller's, say) would wait for ever. It may take a moment to
+        die: wait for it, briefly."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                st = ptrace.wait_stop(tid, nohang=True)
             except ChildProcessError:
-                pass
+                return              # reaped, or never ours
+            if st is not None:
+                if not st.exited:   # a stop after all: let it go
+                    with contextlib.suppress(ProcessLookupError):
+                        ptrace.detach(tid, 0)
+                return
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.0005)
 
     # -- services for the users of a freeze (remote calls, ...) --------------------------
 
