@@ -380,7 +380,12 @@ class Transplant:
                 if key != exe:
                     maps.add(SYS.close, fd, may_fail=True)
             self._huge_advice(maps)
+            want_uffd = not self.lazy and not vm.thp_always()
+            if want_uffd:       # PageWriter's userfaultfd (_copy_uffd): made in this batch
+                maps.add(SYS.userfaultfd, O_CLOEXEC | os.O_NONBLOCK, may_fail=True)
             maps.run()
+            if want_uffd:
+                self._uffd_copy = maps.results[-1]
         except BaseException:
             self._close_all(fds.values())
             raise
@@ -446,14 +451,14 @@ class Transplant:
             self.stats.lazy_pages = layout.pages
 
     def _copy_uffd(self) -> int | None:
-        """A userfaultfd of the target's mm for PageWriter's UFFDIO_COPY (made inside it,
-        taken, its copy closed), or None where userfaultfd is unavailable: the pages then go
-        by process_vm_writev."""
+        """A userfaultfd of the target's mm for PageWriter's UFFDIO_COPY (made inside it by
+        the batch of the mmaps, taken, its copy closed by the next batch), or None where
+        userfaultfd is unavailable: the pages then go by process_vm_writev."""
         from ..kernel import uffd          # not at import (tests/test_imports.py)
-        tfd = self.rc.call(SYS.userfaultfd, O_CLOEXEC | os.O_NONBLOCK)
+        tfd = self._uffd_copy
         if tfd < 0:
+            self._uffd_copy = -1
             return None
-        self._uffd_copy = tfd           # closed in the next batch
         ours = take_fd(self.pid, tfd)
         try:
             uffd.api(ours, 0)
