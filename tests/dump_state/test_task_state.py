@@ -295,3 +295,22 @@ def test_batched_in_an_mdwe_process(spawn, python_exe):
     handled = {s.signo for s in state.sigactions if s.handler > 1}
     assert {SIGUSR1, SIGUSR2, SIGHUP} <= handled
     assert proc_state(w.pid)[0] not in ("t", "T")
+
+
+def test_sigtrap_ignored_goes_call_by_call(spawn, python_exe):
+    """A process that ignores SIGTRAP gets syscall-stop sessions (an int3's trap would be
+    forced and reset the disposition): its calls go one by one, the disposition stays."""
+    code = ("import signal, threading, time\n"
+            "signal.signal(signal.SIGTRAP, signal.SIG_IGN)\n"
+            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+    w = spawn([python_exe, "-c", code])
+    with freeze(w.pid) as task:
+        state = collect_task_state(task)
+    assert len(state.threads) == 2
+    assert state.remote_trips > state.remote_calls       # one each, and the scratch's munmap
+    with open(f"/proc/{w.pid}/status") as f:
+        ignored = int(next(ln for ln in f if ln.startswith("SigIgn:")).split()[1], 16)
+    assert ignored >> (signal.SIGTRAP - 1) & 1
+    assert proc_state(w.pid)[0] not in ("t", "T")

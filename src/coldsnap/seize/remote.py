@@ -1,17 +1,20 @@
-"""System calls run inside a seized thread, without writing code into the target.
+"""System calls run inside a seized thread: one at a time at the target's own `syscall`
+instruction (no code of ours in it), or many at once by a loop of ours (batch, below).
 
     with freeze(pid) as task, RemoteCalls(task) as rc:
         rc.call(SYS.getpid)                        # raw result, -errno on failure
         addr = rc.checked(SYS.mmap, 0, 4096, 3, 0x22, -1, 0)   # OSError on failure
         rc.write_scratch(b"...")                   # a private page mapped on demand
+        rc.batch_checked([sys_call(SYS.getpid), sys_call(SYS.close, 5, may_fail=True)])
+                                                   # one round trip; OSError at the first error
 
     with frozen_calls(pid) as rc:                  # the same, resumed as the block ends
         ...
 
-How one call runs: point rip at a `syscall` instruction of the target's [vdso] (never
-write code into the target), orig_rax = -1 (so the kernel applies no syscall restart when
-the thread leaves its stop), arguments in rax/rdi/rsi/rdx/r10/r8/r9, PTRACE_SINGLESTEP,
-then wait for the single-step SIGTRAP at gadget+2 and read rax.
+How one call runs: point rip at a `syscall` instruction of the target's [vdso], orig_rax =
+-1 (so the kernel applies no syscall restart when the thread leaves its stop), arguments in
+rax/rdi/rsi/rdx/r10/r8/r9, PTRACE_SINGLESTEP, then wait for the single-step SIGTRAP at
+gadget+2 and read rax.
 
 Why single-step and not PTRACE_SYSCALL entry/exit stops: one stop per call instead of two;
 in interleaved runs on this VM the median getpid() took 19 µs versus 28 µs (59 vs 107 µs in
