@@ -389,6 +389,29 @@ def test_the_client_has_the_end_before_the_worker_tears_down(then, service, tmp_
         if then == "is killed" else [])
 
 
+def test_a_worker_killed_before_its_word_ends_its_client_by_that_signal(service, tmp_path):
+    """No word on its channel (SIGKILLed while its command runs): the service tells the
+    client the kernel's end, and the client ends by the same signal."""
+    spare = service.wait_idle()
+    r, w = os.pipe()
+    try:
+        client = subprocess.Popen(coldsnap_argv("restore", "--stream", "-d"), stdin=r, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+        deadline = time.monotonic() + 30        # the worker waits for the stream on stdin
+        while not any(p.name.startswith("coldsnap-stream.") for p in tmp_path.iterdir()):
+            assert time.monotonic() < deadline and client.poll() is None, client.stderr.read()
+            time.sleep(0.01)
+        os.kill(spare, signal.SIGKILL)
+        _, err = client.communicate(timeout=30)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert client.returncode == -signal.SIGKILL and err == "", (client.returncode, err)
+    assert service.workers("restore") == [f"coldsnap service: worker {spare} (restore) killed by signal 9"]
+    for spool in tmp_path.glob("coldsnap-stream.*"):        # what a killed command leaves
+        spool.rmdir()
+
+
 def test_the_client_imports_only_built_in_modules():
     """What the `coldsnap` command loads before it knows whether the service runs it."""
     code = ("import sys; before = set(sys.modules); import coldsnap.service.client; "

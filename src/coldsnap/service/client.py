@@ -238,7 +238,8 @@ def _exit(code: int) -> None:
         pass
     if code < 0:
         import _signal
-        _signal.signal(-code, _signal.SIG_DFL)
+        if -code not in (_signal.SIGKILL, _signal.SIGSTOP):      # neither can have a handler
+            _signal.signal(-code, _signal.SIG_DFL)
         posix.kill(posix.getpid(), -code)
         code = 128 - code
     posix._exit(code)
