@@ -110,24 +110,26 @@ def run_dump(args: argparse.Namespace, inner: Callable[[argparse.Namespace, Outp
     stream_fd = take_stdout()
     spool: Path | None = None
     try:
-        with signals_held():
-            spool = new_spool()
-        images = spool / "images"
-        args.images_dir = str(images)
-        code = inner(args, lambda _args, obj, *lines: said.append((obj, lines)))
-    except BaseException:
-        if spool is not None:
-            shutil.rmtree(spool, ignore_errors=True)
-        raise
-    target_gone = args.command == "dump" and not args.leave_running
-    try:
-        counts = write_stream(images, stream_fd)
-        os.close(stream_fd)
-    except BaseException as e:
-        if not target_gone:
-            shutil.rmtree(spool, ignore_errors=True)
+        try:
+            with signals_held():
+                spool = new_spool()
+            images = spool / "images"
+            args.images_dir = str(images)
+            code = inner(args, lambda _args, obj, *lines: said.append((obj, lines)))
+        except BaseException:
+            if spool is not None:
+                shutil.rmtree(spool, ignore_errors=True)
             raise
-        raise _kept(e, images) from None
+        target_gone = args.command == "dump" and not args.leave_running
+        try:
+            counts = write_stream(images, stream_fd)
+        except BaseException as e:
+            if not target_gone:
+                shutil.rmtree(spool, ignore_errors=True)
+                raise
+            raise _kept(e, images) from None
+    finally:
+        os.close(stream_fd)     # the reader sees the stream end now, whatever comes after
     shutil.rmtree(spool, ignore_errors=True)
     obj, lines = said[-1]
     obj = {**obj, "images_dir": None, "stream": {"levels": counts.levels, "entries": counts.entries,
