@@ -627,8 +627,7 @@ class Transplant:
 
     def _thread_state(self, rc: RemoteCalls, core, stage: Stage) -> None:
         """State a thread can only set for itself: tid address, robust list, altstack, rseq,
-        name, credentials... Staged in STAGE (of RC's thread; the caller runs it), but for
-        the credentials, which go one by one, after what was staged before them."""
+        name, credentials... Staged in STAGE (of RC's thread; the caller runs it)."""
         th, ti = core.thread_core, core.thread_info
         stage.add(SYS.set_tid_address, ti.clear_tid_addr, may_fail=True)
         if th.futex_rla:
@@ -642,9 +641,7 @@ class Transplant:
             stage.add(SYS.rseq, r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature, what="rseq")
         if th.comm:
             stage.add(SYS.prctl, PR_SET_NAME, stage.put(th.comm.encode()[:15] + b"\0"), 0, 0, 0, may_fail=True)
-        if Creds.of_entry(th.creds) != own_creds(os.getpid()):
-            stage.run()
-            self._creds(rc, th.creds)
+        self._creds(stage, th.creds)
         if self.pid != self.img.tree.root:
             # after the creds (a change of ids clears it); never in the root, whose parent is
             # coldsnap, which is about to exit
@@ -652,7 +649,7 @@ class Transplant:
         if th.cs_timer_slack_ns and th.cs_timer_slack_ns != inherited().timer_slack:
             stage.add(SYS.prctl, PR_SET_TIMERSLACK, th.cs_timer_slack_ns, 0, 0, 0, what="PR_SET_TIMERSLACK")
 
-    def _creds(self, rc: RemoteCalls, cr) -> None:
+    def _creds(self, stage: Stage, cr) -> None:
         """ids, groups, capability sets, bounding set, ambient set, securebits, no_new_privs.
 
         Order matters: the bounding set and securebits need CAP_SETPCAP (still ours, as the
@@ -664,27 +661,26 @@ class Transplant:
         self._creds_set = True
         for cap in range(cap_last_cap() + 1):
             if have.bounding >> cap & 1 and not want.bounding >> cap & 1:
-                rc.checked(SYS.prctl, PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop capability {cap}")
+                stage.add(SYS.prctl, PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop capability {cap}")
         if (want.secbits | SECBIT_KEEP_CAPS) != have.secbits:
-            rc.checked(SYS.prctl, PR_SET_SECUREBITS, want.secbits | SECBIT_KEEP_CAPS, 0, 0, 0,
-                       what="PR_SET_SECUREBITS")
+            stage.add(SYS.prctl, PR_SET_SECUREBITS, want.secbits | SECBIT_KEEP_CAPS, 0, 0, 0,
+                      what="PR_SET_SECUREBITS")
         if want.ids != have.ids:
             groups = struct.pack(f"<{len(want.groups)}I", *want.groups)
-            if len(groups) > SCRATCH - _OFF_PATH:
+            if len(groups) > _OFF_TABLE - _OFF_DATA:
                 raise CsError(f"{len(want.groups)} supplementary groups: more than restore can set")
-            rc.checked(SYS.setgroups, len(want.groups), self._put(groups, _OFF_PATH) if groups else 0,
-                       what="setgroups")
-            rc.checked(SYS.setresgid, *want.gids[:3], what="setresgid")
-            rc.checked(SYS.setresuid, *want.uids[:3], what="setresuid")
-        arg = self._put(want.capset_arg())
-        rc.checked(SYS.capset, arg, arg + 8, what="capset")
+            stage.add(SYS.setgroups, len(want.groups), stage.put(groups) if groups else 0, what="setgroups")
+            stage.add(SYS.setresgid, *want.gids[:3], what="setresgid")
+            stage.add(SYS.setresuid, *want.uids[:3], what="setresuid")
+        arg = stage.put(want.capset_arg())
+        stage.add(SYS.capset, arg, arg + 8, what="capset")
         for cap in range(cap_last_cap() + 1):
             if want.ambient >> cap & 1:
-                rc.checked(SYS.prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, what=f"ambient {cap}")
+                stage.add(SYS.prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, what=f"ambient {cap}")
         if not want.secbits & SECBIT_KEEP_CAPS:
-            rc.checked(SYS.prctl, PR_SET_KEEPCAPS, 0, 0, 0, 0, what="PR_SET_KEEPCAPS")
+            stage.add(SYS.prctl, PR_SET_KEEPCAPS, 0, 0, 0, 0, what="PR_SET_KEEPCAPS")
         if want.no_new_privs:
-            rc.checked(SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, what="PR_SET_NO_NEW_PRIVS")
+            stage.add(SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, what="PR_SET_NO_NEW_PRIVS")
 
     def _pending(self, stage: Stage) -> None:
         """Queue the saved pending signals again, from inside (si_code is kept as it was)."""
