@@ -390,6 +390,7 @@ def collect_task_state(task: FrozenTask, close_fds: Sequence[int] = ()) -> TaskS
         for i, t in enumerate(timers):
             batch += [Call(NR_timer_gettime, (t.id, base + off_timers + 32 * i), f"timer_gettime({t.id})"),
                       Call(NR_timer_getoverrun, (t.id,), f"timer_getoverrun({t.id})")]
+        batch += [Call(SYS.close, (fd,), f"close({fd}) of coldsnap's parked userfaultfd") for fd in close_fds]
         batch += _thread_calls(base, _OFF_THREAD + _SLOT * tids.index(pid))
         got = rc.batch_checked(batch, PAGE_SIZE)
         brk, dumpable, secbits = got[head], got[head + 1], got[head + 3]
@@ -412,11 +413,6 @@ def collect_task_state(task: FrozenTask, close_fds: Sequence[int] = ()) -> TaskS
         if rc.real_mask is not None:
             masks[pid] = rc.real_mask
         blob = rc.read_scratch(len(zero))
-        if close_fds:
-            rc.batch_checked([Call(SYS.close, (fd,), f"close({fd}) of coldsnap's parked userfaultfd")
-                              for fd in close_fds], PAGE_SIZE)
-            calls += len(close_fds)
-            trips += 1
 
     sigactions = [SigAction(sig, *KSIGACTION.unpack_from(blob, _OFF_SA + 32 * i))
                   for i, sig in enumerate(SIGACTION_SIGNALS)]
