@@ -3,7 +3,7 @@
 `coldsnap` to the command running in the worker, split into its steps (issue 13, session 9):
 two revisions side by side.
 
-    python3 bench/client_path.py [--base REV] [--runs 40] [--restores 5] [--size 8M]
+    python3 bench/client_path.py [--base REV] [--runs 40] [--gap 0.2] [--restores 5] [--size 8M]
 
 Per side: a `coldsnap service` of that side's src/ (its accept, receive, checks, hand-over
 and the worker's receive, set-up and argument parsing stamped into a log file, CLOCK_MONOTONIC)
@@ -11,8 +11,9 @@ and that side's bin/coldsnap installed as pip installs it in a virtual environme
 this interpreter (its python3 a link to this one, an editable install's .pth naming the
 side's src/, no PYTHONPATH: the client finds the package as a user's does), with a few
 lines added to stamp it too: its first Python line, the client imported, connect,
-sendmsg, the first reply, its exit. The command: `coldsnap check --json` (near-zero work).
-Sides alternate (ABBA); then RESTORES rounds of an 8 MiB bench/restore_target dumped and
+sendmsg, the first reply, its exit. The command: `coldsnap check --json` (near-zero work), GAP
+seconds after the previous one (a user's pace: the service's spare worker is ready, its
+pages copied; 0: back to back, the spare mostly still copying). Sides alternate (ABBA); then RESTORES rounds of an 8 MiB bench/restore_target dumped and
 `restore -d` through each side's service (command wall time, from the exec of the script to
 its exit). Steps, ms, medians (min):
 
@@ -239,7 +240,8 @@ def report(res: dict, walls: dict, sides: dict, meta: dict, loads: list[float], 
          f"Date: {meta['date']}; kernel `{meta['uname']}`; {meta['cpus']} CPUs; load before / after: "
          f"{loads[0]:.1f} / {loads[1]:.1f}.", "",
          "`coldsnap check --json` through the service, ms, median (min) of "
-         f"{len(res[names[0]])} runs per side (steps: bench/client_path.py's docstring):", "",
+         f"{len(res[names[0]])} runs per side, {meta['gap']:g} s apart (steps: bench/client_path.py's "
+         "docstring):", "",
          "| step | " + " | ".join(names) + (" | ratio |" if len(names) == 2 else " |"),
          "|---|" + "---|" * (len(names) + (len(names) == 2))]
     for step in STEPS:
@@ -262,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="", help="revision to compare with (default: this tree alone)")
     ap.add_argument("--runs", type=int, default=40, help="trivial commands per side")
+    ap.add_argument("--gap", type=float, default=0.2, help="seconds between two commands")
     ap.add_argument("--restores", type=int, default=5, help="restores per side")
     ap.add_argument("--size", default="8M")
     ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
@@ -289,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 trivial(services[side])
             for r in range(args.runs):
                 for side in (order if r % 2 == 0 else order[::-1]):
+                    time.sleep(args.gap)
                     res[side].append(trivial(services[side]))
             for r in range(args.restores):
                 for side in (order if r % 2 == 0 else order[::-1]):
@@ -298,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in services.values():
                 s.stop()
     loads.append(os.getloadavg()[0])
-    meta = run_meta("client_path.py", argv)
+    meta = run_meta("client_path.py", argv, gap=args.gap)
     meta["revs"] = " / ".join(f"{s} {src}" for s, (src, _) in sides.items())
     text = report(res, walls, sides, meta, loads, size)
     print(text)

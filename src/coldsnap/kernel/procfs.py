@@ -242,24 +242,54 @@ class Surroundings(NamedTuple):
 
 @on_process
 def read_surroundings(pid: int) -> Surroundings:
-    def ident(path: str) -> tuple[int, int]:
-        st = os.stat(path)
-        return st.st_dev, st.st_ino
-    namespaces = []
-    for kind in NAMESPACE_KINDS:
-        try:
-            namespaces.append((kind, *ident(f"/proc/{pid}/ns/{kind}")))
-        except FileNotFoundError:                   # a kernel without that namespace
-            namespaces.append((kind, 0, 0))
-    status = read_status(pid)
+    """Every file read through one fd on /proc/PID: no lookup of PID per file, and none of
+    another process that took PID meanwhile (its entries then say ENOENT or ESRCH)."""
+    proc = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with open(f"/proc/{pid}/attr/current") as f:
-            label = f.read()
-    except OSError:                                 # EINVAL: no LSM keeps a label
-        label = ""
-    return Surroundings(tuple(namespaces), ident(f"/proc/{pid}/root"), read_cgroup(pid),
-                        int(status.get("CapEff", "0"), 16),
-                        (status.get("NoNewPrivs", "0"), status.get("Seccomp", "0"), label))
+        def ident(path: str) -> tuple[int, int]:
+            st = os.stat(path, dir_fd=proc)
+            return st.st_dev, st.st_ino
+        namespaces = []
+        for kind in NAMESPACE_KINDS:
+            try:
+                namespaces.append((kind, *ident(f"ns/{kind}")))
+            except FileNotFoundError:               # a kernel without that namespace
+                if kind == NAMESPACE_KINDS[0]:      # or a process gone
+                    raise
+                namespaces.append((kind, 0, 0))
+        status = _read_at(proc, "status")
+        try:
+            label = _read_at(proc, "attr/current")
+        except OSError:                             # EINVAL: no LSM keeps a label
+            label = ""
+        return Surroundings(tuple(namespaces), ident("root"), _read_at(proc, "cgroup"),
+                            int(_status_field(status, "CapEff") or "0", 16),
+                            (_status_field(status, "NoNewPrivs") or "0", _status_field(status, "Seccomp") or "0",
+                             label))
+    finally:
+        os.close(proc)
+
+
+def _read_at(dir_fd: int, name: str) -> str:
+    """The whole of file NAME below DIR_FD, as text."""
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 16384):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="surrogateescape")
+
+
+def _status_field(status: str, key: str) -> str | None:
+    """The value of KEY in the text of a status file (stripped), None without one."""
+    at = status.find(f"\n{key}:")
+    if at < 0:
+        return None
+    at += len(key) + 2
+    end = status.find("\n", at)
+    return status[at:end if end >= 0 else None].strip()
 
 
 @on_process

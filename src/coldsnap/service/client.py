@@ -118,15 +118,17 @@ def through_service(argv: list[str]) -> int | None:
     address = service_address()
     if address is None or not P.runs_in_service(argv):
         return None
+    request = P.encode_request(argv, [b"%s=%s" % kv for kv in environ().items()], _umask(), PACKAGE)
+    if len(request) > P.MAX_REQUEST:
+        return None
     import _socket
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     forward, kind, rest = None, "", ""
     try:
+        # the request follows the connection at once: the service, woken by the connection,
+        # reads it in the same round of its loop
         sock.connect(address)
         if not _ours(sock):
-            return None
-        request = P.encode_request(argv, [b"%s=%s" % kv for kv in environ().items()], _umask(), PACKAGE)
-        if len(request) > P.MAX_REQUEST:
             return None
         cwd = posix.open(".", posix.O_PATH | posix.O_DIRECTORY | posix.O_CLOEXEC)
         try:

@@ -408,6 +408,18 @@ class Service:
             conn = Conn(sock, time.monotonic() + REQUEST_TIMEOUT)
             self.conns[sock.fileno()] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
+            self._first_read(conn)
+
+    def _first_read(self, conn: Conn) -> None:
+        """The request, read as soon as its connection is accepted: the client sends it right
+        after connecting, so it is there, mostly, and waits for no other round of our loop.
+        A bug in it drops this connection alone (the loop's own handler would drop the
+        listener's key)."""
+        try:
+            self._readable(conn)
+        except Exception:
+            log(f"dropped a connection after an error:\n{traceback.format_exc().rstrip()}")
+            self._forget(selectors.SelectorKey(conn.sock, conn.sock.fileno(), selectors.EVENT_READ, conn))
 
     def _refuse_one_out_of_fds(self) -> bool:
         """Out of fds, take the next connection on the fd kept in reserve for this, tell it
@@ -595,6 +607,13 @@ class Service:
         return pid, pidfd, ours
 
     def _hand_over(self, spare: Spare, data: bytes, fds: list[int]) -> bool:
+        if spare.state == "copying" and os.geteuid() == 0:
+            # it copies at nice 19 (worker.run_spare), where a loaded machine would wake it
+            # ms late: back to our own priority first (it is our unreaped child: its pid is its)
+            try:
+                os.setpriority(os.PRIO_PROCESS, spare.pid, os.getpriority(os.PRIO_PROCESS, 0))
+            except OSError:
+                pass
         try:
             spare.channel.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                             b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])

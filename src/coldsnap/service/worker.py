@@ -111,6 +111,8 @@ def run_spare(channel: socket.socket) -> NoReturn:
         copy_shared_pages(stop=lambda: bool(poll.poll(0)))     # a request (or the service's end) came
         if not poll.poll(0):
             make_buffers_ahead()            # a dump's copy buffers
+        if nice is not None:    # before the wait: woken at nice 19, a loaded machine runs us ms later
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
         try:
             channel.send(b"r")
         except OSError:         # the service handed a request over already and closed its end
@@ -124,8 +126,6 @@ def run_spare(channel: socket.socket) -> NoReturn:
         if not data:
             os._exit(0)
         _tell_end_on(channel)
-        if nice is not None:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
         return run_request(P.decode_request(data), fds)
     try:        # a lazy restore's middle process, ahead: before the copy and its nice, and while
         lazy_seed.prepare()     # the forwarded signals are still blocked (none lost in the fork)
