@@ -147,3 +147,23 @@ def test_batch_in_an_mdwe_process(spawn, python_exe):
         assert rc.batch_checked([sys_call(SYS.getpid)] * 10) == [w.pid] * 10
         assert rc.stats.trips - trips <= 3          # scratch, code page, the batch
     assert_running_untraced(w.pid)
+
+
+def test_target_killed_during_a_batch(spawn, workload_bin):
+    """SIGKILL in the middle of a batch: NoSuchProcess, and the freeze lets go cleanly."""
+    from coldsnap.errors import NoSuchProcess
+
+    w = spawn([workload_bin("seize_reader")])
+    with freeze(w.pid) as task:
+        with pytest.raises(NoSuchProcess):
+            with RemoteCalls(task) as rc:
+                rc.code_page()
+                ts = rc.write_scratch(struct.pack("<qq", 0, 5_000_000))
+                killer = threading.Timer(0.05, os.kill, (w.pid, signal.SIGKILL))
+                killer.start()
+                try:
+                    rc.batch([sys_call(NR_nanosleep, ts, 0)] * 100, table_off=64)
+                finally:
+                    killer.cancel()
+    w.proc.wait(timeout=5)          # reaped already by the session's wait: status unknown here
+    assert not os.path.exists(f"/proc/{w.pid}")
