@@ -338,6 +338,37 @@ def test_parking_in_a_threaded_target_leaves_its_fd_table_as_it_was(spawn, workl
     assert uffd_in_fdinfo(w.pid) == []      # the dump recognised it as coldsnap's and closed it
 
 
+def test_a_failed_tracked_pre_dump_leaves_no_tracking_a_later_run_would_trust(pattern, tmp_path, monkeypatch):
+    """A pre-dump that fails after its collect re-protected the written pages (a full disk,
+    Ctrl-C) committed no image of them: the parked tracking is closed, so the next run on
+    the same parent saves them instead of calling them unchanged."""
+    import coldsnap.dump.iterate as iterate
+    from coldsnap.dump.untrack import untrack
+    from coldsnap.errors import ImageError
+    w = pattern()
+    pre_dump_tracked(w.pid, tmp_path / "1")
+    assert ask(w, "write 16 40") == "wrote 16"
+    real = iterate.save_step
+
+    def then_fail(*a, **kw):
+        real(*a, **kw)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(iterate, "save_step", then_fail)
+    with pytest.raises(OSError):
+        pre_dump_tracked(w.pid, tmp_path / "2", prev_images_dir=tmp_path / "1")
+    monkeypatch.undo()
+    assert uffd_fds(w.pid) == [] and not (tmp_path / "2").exists()
+    pre_dump_tracked(w.pid, tmp_path / "3", prev_images_dir=tmp_path / "1")
+    untrack(w.pid)          # its markers gone, the scan below sees only populated pages
+    assert_chain_equals_memory(tmp_path / "3", w.pid)
+    # a -D refused before anything is saved arms nothing in the target
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").touch()
+    with pytest.raises(ImageError):
+        pre_dump_tracked(w.pid, tmp_path / "full")
+    assert uffd_fds(w.pid) == []
+
+
 def test_memory_never_imports_seize():
     import ast
     src = Path(__file__).parents[2] / "src" / "coldsnap" / "memory"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import CsError, TargetError
+from ..kernel.libc import SYS
 from ..kernel.procfs import alive
 from ..images.directory import ImageDir
 from ..kernel.features import probe
@@ -27,6 +28,7 @@ from ..memory.scan import warm_up
 from .plan import Planner, chain_parked_fds, check_track, default_track
 from .stats import DumpStats, Times
 from .sink import LOCAL, PageTarget
+from ..seize.remote import frozen_calls
 from ..seize.tree import list_tree
 from .step import save_step
 
@@ -71,6 +73,22 @@ class PreDumpSeries:
         for planner in self.planners.values():
             planner.close()
 
+    def unpark(self) -> None:
+        """After a run that failed: close the userfaultfd each planner parks in its process.
+        Its collect may have re-protected pages that no committed image holds, so a later
+        run adopting it would skip them (silently stale pages in its chain); a run after this
+        one finds nothing parked and saves every page. A process that is gone, or cannot be
+        frozen now, is left as it is (the original error matters more)."""
+        for pid, planner in self.planners.items():
+            fd = planner.parked_fd
+            if fd < 0:
+                continue
+            try:
+                with frozen_calls(pid) as rc:
+                    rc.call(SYS.close, fd)
+            except (CsError, OSError):
+                pass
+
     def __enter__(self) -> "PreDumpSeries":
         return self
 
@@ -99,20 +117,27 @@ class PreDumpSeries:
         times = Times()
         if self.n == 0 and path is None:
             self.base.mkdir(parents=True, exist_ok=True)
-        planners = self._current(times)
-        # soft-dirty's collect decodes the pagemap with numpy, imported before the freeze; a
-        # first step (every planner fresh) collects nothing and goes without it
-        warm_up(numpy=any(not p.fresh and p.track == "soft-dirty" for p in planners.values()))
         path = path or self.base / str(self.n + 1)
-        with self.pages.session(path, self.prev) as pages:
-            # what the parent chain holds, read before any freeze (only a tracked plan needs it)
-            covered = {pid: pages.covered(pid) for pid, p in planners.items()
-                       if not p.fresh and p.track != "none"}
-            with ImageDir.create(path, parent=self.prev) as imgdir:
+        made = False
+        try:
+            # the images' place first: a refused -D (not empty, a file...) arms nothing in the tree
+            with self.pages.session(path, self.prev) as pages, ImageDir.create(path, parent=self.prev) as imgdir:
+                made = True
+                planners = self._current(times)
+                # soft-dirty's collect decodes the pagemap with numpy, imported before the
+                # freeze; a first step (every planner fresh) collects nothing and goes without it
+                warm_up(numpy=any(not p.fresh and p.track == "soft-dirty" for p in planners.values()))
+                # what the parent chain holds, read before any freeze (only a tracked plan needs it)
+                covered = {pid: pages.covered(pid) for pid, p in planners.items()
+                           if not p.fresh and p.track != "none"}
                 stats = save_step(planners, imgdir, self.mode, covered=covered,
                                   buffer_size=self.buffer_size, times=times,
                                   freeze_cgroup=self.freeze_cgroup, pages=pages)
                 pages.finish()          # a target sending images too (migrate) sends them now
+        except BaseException:
+            if made:
+                self.unpark()       # no committed image names it: nothing of this run stays
+            raise
         self.plan = self.planner.last
         self.n += 1
         self.prev = path
