@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -146,3 +148,42 @@ def test_opening_a_file_says_it_is_not_a_directory(tmp_path):
     (tmp_path / "f").write_bytes(b"")
     with pytest.raises(ImageError, match=r"f: not a directory$"):
         ImageDir.open(tmp_path / "f")
+
+
+MOUNTED = r"""
+import os, sys
+from coldsnap.images.directory import ImageDir, new_inventory
+target = sys.argv[1]
+with ImageDir.create(target) as d:
+    d.write("inventory.img", [new_inventory()])
+    os.close(d.create_file("pages-1.img"))
+    print(d.root.parent == d.target, flush=True)    # staged inside: the same file system
+print(sorted(os.listdir(target)), ImageDir.open(target).inventory.img_version)
+try:
+    with ImageDir.create(target) as d:
+        pass
+except Exception as e:
+    print(type(e).__name__)
+os.unlink(os.path.join(target, "inventory.img"))
+os.unlink(os.path.join(target, "pages-1.img"))
+try:
+    with ImageDir.create(target) as d:
+        d.write("inventory.img", [new_inventory()])
+        raise RuntimeError
+except RuntimeError:
+    print(os.listdir(target))
+"""
+
+
+def test_an_empty_mount_point_takes_the_images(tmp_path):
+    """-D on a file system mounted for the images (a tmpfs, as with CRIU): nothing can be
+    renamed onto a mount point (EBUSY, found once the whole dump was done) and a sibling is
+    on another file system; the images are staged inside it and moved in, the inventory
+    last. Here in a mount namespace of its own."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = f'mount -t tmpfs -o size=1m none {mnt} && exec "$0" -c "$1" {mnt}'
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                        sys.executable, MOUNTED], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["True", "['inventory.img', 'pages-1.img'] 2", "ImageError", "[]"]

@@ -17,7 +17,7 @@ from typing import Iterable, NamedTuple, Optional, Union
 from google.protobuf.message import Message
 
 from ..errors import ImageError, NoSuchProcess
-from ..kernel.procfs import ns_inode, read_stat
+from ..kernel.procfs import mount_points, ns_inode, read_stat
 from .framing import EntryLike, ImageWriter, create_image_file, read_image, read_single, write_image
 from .pb import inventory_pb2
 
@@ -157,14 +157,40 @@ def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
         os.close(fd)
 
 
-def _check_target(target: Path) -> None:
-    """Refuse a target that exists and is not an empty directory."""
+def _check_target(target: Path, own: Optional[Path] = None) -> None:
+    """Refuse a target that exists and is not an empty directory (but for OWN: the staging
+    directory of this run, inside a target that is a mount point)."""
     if not os.path.lexists(target):
         return
     if not os.path.isdir(target) or os.path.islink(target):
         raise ImageError(f"{target}: exists and is not a directory")
-    if any(os.scandir(target)):
+    if any(e.name != getattr(own, "name", None) for e in os.scandir(target)):
         raise ImageError(f"{target}: exists and is not empty; refusing to overwrite images")
+
+
+def _mounted_on(target: Path) -> bool:
+    """Whether the directory TARGET is a mount point (a bind mount included): nothing can
+    be renamed onto it (EBUSY), and a sibling would lie on another file system."""
+    if not os.path.isdir(target):
+        return False
+    real = os.path.realpath(target)
+    return any(point == real for _, _, point in mount_points(os.getpid()))
+
+
+def _move_into(staging: Path, target: Path) -> None:
+    """The commit into a target that is a mount point: every file moved from the staging
+    directory inside it into it, the inventory last (until it is there the directory is no
+    images directory to a reader), then the staging directory removed."""
+    moved = []
+    try:
+        for entry in sorted(os.scandir(staging), key=lambda e: e.name == INVENTORY):
+            os.rename(entry.path, target / entry.name)
+            moved.append(entry.name)
+        os.rmdir(staging)
+    except BaseException:
+        for name in moved:          # back where abort() removes them: the target stays empty
+            os.rename(target / name, staging / name)
+        raise
 
 
 class ImageDir:
@@ -191,14 +217,19 @@ class ImageDir:
         where = target.parent
         if not where.is_dir():
             raise ImageError(f"{where}: no such directory to create images in")
+        # an empty mount point (a tmpfs mounted for the images) is staged inside, on its own
+        # file system, and committed by moving the files in (_move_into)
+        inside = _mounted_on(target)
+        if inside:
+            remove_stale_stagings(target, target.name)
         _check_target(target)
         parent_dir = cls.open(parent) if parent is not None else None
         remove_stale_stagings(where, target.name)
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_creator_tag(os.getpid())}.",
-                                            suffix=".staging", dir=where))
+                                            suffix=".staging", dir=target if inside else where))
         except OSError as e:
-            raise ImageError(f"{where}: cannot create images here: {e.strerror}") from e
+            raise ImageError(f"{target if inside else where}: cannot create images here: {e.strerror}") from e
         d = cls(staging, target=target, parent=parent_dir)
         if parent_dir is not None:
             # Relative to the real location of the target, so ".." means what the kernel means.
@@ -242,7 +273,8 @@ class ImageDir:
             raise ImageError(f"{self.path(name)}: cannot open image: {e.strerror}") from e
 
     def commit(self, durable: bool = True) -> Path:
-        """fsync everything, then rename the staging directory onto the target. durable=False
+        """fsync everything, then rename the staging directory onto the target (move its files
+        into a target that is a mount point). durable=False
         skips the fsyncs (images read back at once and thrown away: a migration's destination)."""
         if not self.writing:
             raise ImageError(f"{self.root}: nothing to commit")
@@ -253,10 +285,16 @@ class ImageDir:
                     if entry.is_file(follow_symlinks=False):
                         _fsync_path(Path(entry.path))
                 _fsync_path(staging, os.O_DIRECTORY)
-            _check_target(target)
-            os.rename(staging, target)
+            if staging.parent == target:        # a mount point: the files moved in
+                _check_target(target, own=staging)
+                _move_into(staging, target)
+                changed = target
+            else:
+                _check_target(target)
+                os.rename(staging, target)
+                changed = target.parent
             if durable:
-                _fsync_path(target.parent, os.O_DIRECTORY)
+                _fsync_path(changed, os.O_DIRECTORY)
         except OSError as e:
             self.abort()
             raise ImageError(f"{target}: cannot commit images: {e.strerror}") from e
