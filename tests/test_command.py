@@ -37,3 +37,21 @@ def test_numpy_starts_no_thread_pool_in_the_command(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["1"]
+
+
+def test_a_reader_gone_from_stdout_ends_the_command_quietly(tmp_path):
+    """`coldsnap check | true`, `coldsnap show DIR | head`: the reader went away; as a filter
+    that SIGPIPE kills, exit 141 and nothing on stderr (before: 'coldsnap: Broken pipe', and
+    with --json a traceback from the error object's own print)."""
+    import os
+    for argv in (["check"], ["check", "--json"], ["show", tmp_path / "none", "--json"]):
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            p = subprocess.run(coldsnap_argv(*argv), stdout=w, stderr=subprocess.PIPE, text=True, timeout=60)
+        finally:
+            os.close(w)
+        if argv[0] == "show":       # the error object is lost with stdout, its line is not
+            assert p.returncode == 6 and p.stderr.count("\n") == 1 and p.stderr.startswith("coldsnap: "), p.stderr
+        else:
+            assert (p.returncode, p.stderr) == (141, ""), argv

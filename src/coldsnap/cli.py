@@ -21,6 +21,7 @@ EXIT_NO_SUCH_PROCESS = 3
 EXIT_ACCESS_DENIED = 4
 EXIT_UNSUPPORTED = 5
 EXIT_BAD_IMAGE = 6
+EXIT_STDOUT_GONE = 128 + signal.SIGPIPE     # as a filter SIGPIPE kills: `coldsnap show DIR | head`
 EXIT_CODES = [(NoSuchProcess, EXIT_NO_SUCH_PROCESS), (AccessDenied, EXIT_ACCESS_DENIED),
               (Unsupported, EXIT_UNSUPPORTED), (ImageError, EXIT_BAD_IMAGE)]
 
@@ -34,6 +35,7 @@ EPILOG = """exit status:
   5    the process uses something coldsnap does not support
   6    bad, missing or refused images
   130  interrupted by SIGINT (Ctrl-C), 143 by SIGTERM, 129 by SIGHUP: the target was resumed first
+  141  stdout's reader went away (`coldsnap show DIR | head`): nothing more is said
 
 --json: the command's result as one JSON object on stdout; on an error the object is
 {"error": {"type", "message", "exit_code"[, "pid"]}} and stderr says it as without --json.
@@ -506,6 +508,25 @@ def run_restore(args: argparse.Namespace) -> int:
     return code
 
 
+def _reader_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reader has gone (poll says POLLERR/POLLHUP)."""
+    import select
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poll.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _quiet_stdout() -> None:
+    """stdout onto /dev/null: what is still buffered for a reader that went away is dropped
+    instead of failing again at every flush up to the interpreter's exit."""
+    fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    os.dup2(fd, sys.stdout.fileno())
+    os.close(fd)
+
+
 def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
@@ -565,16 +586,24 @@ def main(argv: list[str] | None = None, *, own_process: bool = False, held: tupl
         try:
             if held:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
-            return run(args)
+            code = run(args)
+            sys.stdout.flush()      # a reader gone shows here, not in the exit's flush
+            return code
         finally:
             _close_display()
     except (CsError, OSError, KeyboardInterrupt) as e:
+        if isinstance(e, BrokenPipeError) and _reader_gone():
+            _quiet_stdout()         # `| head` took what it wanted: no error, as for any filter
+            return EXIT_STDOUT_GONE
         code = exit_code(e)
         if getattr(args, "json", False):
             err = {"type": type(e).__name__, "message": error_words(e), "exit_code": code}
             if getattr(e, "pid", None) is not None:
                 err["pid"] = e.pid
-            print(_json({"error": err}))
+            try:
+                print(_json({"error": err}), flush=True)
+            except BrokenPipeError:
+                _quiet_stdout()     # stderr still says it
         print(f"coldsnap: {error_words(e)}", file=sys.stderr)
         return code
 
