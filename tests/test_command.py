@@ -55,3 +55,22 @@ def test_a_reader_gone_from_stdout_ends_the_command_quietly(tmp_path):
             assert p.returncode == 6 and p.stderr.count("\n") == 1 and p.stderr.startswith("coldsnap: "), p.stderr
         else:
             assert (p.returncode, p.stderr) == (141, ""), argv
+
+
+def test_criu_log_options_are_understood(tmp_path):
+    """A CRIU command line runs: -v, -v4, -vvvv are accepted (coldsnap says the same at every
+    level) and -o/--log-file FILE keeps the result or error line; a log file that cannot be
+    opened fails first, in one line."""
+    from coldsnap.cli import build_parser
+    for spelling, level in (("-v", 3), ("-vv", 4), ("-v4", 4), ("-vvvv", 4), ("-v0", 0)):
+        args = build_parser("dump").parse_args(["dump", "-t", "1", "-D", "x", spelling, "-o", "d.log"])
+        assert (args.verbosity, args.log_file) == (level, "d.log")
+    log = tmp_path / "cs.log"
+    p = subprocess.run(coldsnap_argv("check", "-v4", "-o", log), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and log.read_text() == p.stdout, p.stderr
+    p = subprocess.run(coldsnap_argv("show", tmp_path / "none", "-vvv", "--log-file", log), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 6 and log.read_text().endswith(p.stderr) and p.stderr.startswith("coldsnap: ")
+    p = subprocess.run(coldsnap_argv("show", tmp_path / "none", "-o", tmp_path / "no" / "x.log"),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "cannot open the log file" in p.stderr

@@ -34,7 +34,8 @@ IMAGE_WRITERS = {"images/directory.py", "images/framing.py"}
 NOT_IMAGES = {"demo.py",                         # the demo workload's own log file
               "restore/lazy_start.py",            # the lazy-pages server's --lazy-log
               "files/ghost.py",                   # restore makes deleted files again (ghosts)
-              "service/server.py"}                # the service's --pidfile
+              "service/server.py",                # the service's --pidfile
+              "cli.py"}                           # -o FILE, CRIU's log option: the result line
 _WRITE_CALLS = {"write_image", "ImageWriter", "create_image_file", "write_bytes", "write_text"}
 
 

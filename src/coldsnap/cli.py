@@ -101,6 +101,29 @@ class _Parser(argparse.ArgumentParser):
     _argv: list[str] = []
 
 
+def _verbosity(text: str) -> int:
+    """CRIU's -vN, and -vvv (as argparse gives it: "vv"): each v one level above its
+    default 2, up to 4."""
+    if text.isdigit():
+        return int(text)
+    if set(text) <= {"v"}:
+        return min(4, 3 + len(text))
+    raise argparse.ArgumentTypeError(f"not a verbosity: {text!r}")
+
+
+def _criu_log_args(p: argparse.ArgumentParser) -> None:
+    """CRIU's logging options, so that its command lines run: coldsnap says one line (its
+    result or its error) at any verbosity, and -o keeps those lines."""
+    p.add_argument("-v", dest="verbosity", nargs="?", const=3, type=_verbosity, metavar="N",
+                   help="accepted as CRIU's -v, -vN, -vvv: coldsnap says the same at every level")
+    p.add_argument("-o", "--log-file", metavar="FILE",
+                   help="also append the command's result or error line to FILE (CRIU's log file; "
+                        "a relative FILE is in the working directory, not in -D)")
+
+
+_NO_CRIU_LOG = ("service", "demo")      # the service has its own -o; the demo is no CRIU command
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of the `coldsnap` command line, for every command (None) or, as a run
     needs, for COMMAND alone (the whole costs ~6 ms of each start). A name that is no
@@ -113,6 +136,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=words)
         if command is None or command == name:
             declare(cmd)
+            if name not in _NO_CRIU_LOG:
+                _criu_log_args(cmd)
     return p
 
 
@@ -297,9 +322,44 @@ def _out(args: argparse.Namespace, obj: dict, *lines: str) -> None:
     _close_display()
     if getattr(args, "json", False):
         print(_json(obj))
+        _log(_json(obj))
     else:
         for line in lines:
             print(line)
+        _log(*lines)
+
+
+_log_file = None        # -o FILE: opened before the command runs, so that a bad path fails first
+
+
+def _open_log(args: argparse.Namespace) -> None:
+    global _log_file
+    path = getattr(args, "log_file", None)
+    if path is not None and args.command not in _NO_CRIU_LOG:
+        try:
+            _log_file = open(path, "a", encoding="utf-8")
+        except OSError as e:
+            raise CsError(f"{path}: cannot open the log file: {e.strerror}") from None
+
+
+def _log(*lines: str) -> None:
+    """LINES appended to the -o log file, if there is one."""
+    if _log_file is not None:
+        try:
+            _log_file.write("".join(f"{line}\n" for line in lines))
+            _log_file.flush()
+        except OSError:
+            pass            # the command's own output said it already
+
+
+def _close_log() -> None:
+    global _log_file
+    if _log_file is not None:
+        try:
+            _log_file.close()
+        except OSError:
+            pass
+        _log_file = None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -495,10 +555,11 @@ def run_restore(args: argparse.Namespace) -> int:
         else:
             s = res.stats
             tree = f"{res.processes} processes, " if res.processes > 1 else ""
-            print(f"restored {res.pid} ({tree}{res.threads} thread{'s' if res.threads > 1 else ''}) in "
-                  f"{res.total_ns / 1e6:.1f} ms, memory {s.memory_ns / 1e6:.1f} ms, {s.calls} injected calls in {s.trips} round trips"
-                  + (f", {s.lazy_pages} pages to come from server {res.lazy_server}" if res.lazy_server else ""),
-                  file=sys.stderr)
+            line = (f"restored {res.pid} ({tree}{res.threads} thread{'s' if res.threads > 1 else ''}) in "
+                    f"{res.total_ns / 1e6:.1f} ms, memory {s.memory_ns / 1e6:.1f} ms, {s.calls} injected calls in {s.trips} round trips"
+                    + (f", {s.lazy_pages} pages to come from server {res.lazy_server}" if res.lazy_server else ""))
+            print(line, file=sys.stderr)
+            _log(line)
         return 0
     status = res.exit_status
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
@@ -586,6 +647,7 @@ def main(argv: list[str] | None = None, *, own_process: bool = False, held: tupl
         try:
             if held:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+            _open_log(args)
             code = run(args)
             sys.stdout.flush()      # a reader gone shows here, not in the exit's flush
             return code
@@ -605,7 +667,10 @@ def main(argv: list[str] | None = None, *, own_process: bool = False, held: tupl
             except BrokenPipeError:
                 _quiet_stdout()     # stderr still says it
         print(f"coldsnap: {error_words(e)}", file=sys.stderr)
+        _log(f"coldsnap: {error_words(e)}")
         return code
+    finally:
+        _close_log()
 
 
 def command() -> None:
