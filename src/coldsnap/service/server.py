@@ -46,7 +46,7 @@ from ..errors import CsError
 from ..kernel.anonfd import inotify_add_watch, inotify_init1
 from ..kernel.cgroup import directories as cgroup_directories, move_into
 from ..kernel.pidfd import peer_pidfd, pidfd_open, pidfd_send_signal
-from ..kernel.procfs import cgroup_mounts, read_cgroup, read_surroundings
+from ..kernel.procfs import CgroupFile, cgroup_mounts, read_surroundings
 from . import protocol as P
 from . import worker as W
 
@@ -253,6 +253,7 @@ class Service:
         self.spare: Spare | None = None
         self.served = self.served_by_spare = 0
         self.reserve = _reserve_fd()                # to refuse a client when out of fds
+        self.own_cgroup = CgroupFile(os.getpid())   # read at each request: it can change
         self.wake_r, self.wake_w = socket.socketpair()
         for s in (self.wake_r, self.wake_w):
             s.setblocking(False)
@@ -509,7 +510,7 @@ class Service:
             return "the service is busy"
         try:
             theirs = self._surroundings_of(conn.sock, pid)
-            our_cgroup = read_cgroup(os.getpid())
+            our_cgroup = self.own_cgroup.read()
         except (CsError, OSError):
             return "the caller is gone or cannot be inspected"
         differs = theirs._replace(cgroup="").difference(self.surroundings._replace(cgroup=""))
@@ -642,7 +643,7 @@ class Service:
                                      *([self.spare.channel] if self.spare else [])],
                                     [*self.workers, *([self.spare.pidfd] if self.spare else []),
                                      *([self.reserve] if self.reserve >= 0 else [])],
-                                    [self.sel, self.code_changed])
+                                    [self.sel, self.code_changed, self.own_cgroup])
                     child()
                 finally:
                     os._exit(1)     # child() exits by itself; never back into the service's loop
