@@ -437,6 +437,25 @@ def test_the_client_resolves_its_package_as_realpath_does(tmp_path):
     assert client.PACKAGE == os.path.dirname(os.path.dirname(os.path.realpath(client.__file__)))
 
 
+def test_the_worker_takes_the_caller_s_environment_exactly():
+    """Only what differs is set or unset, and what the worker's C library sees (what its
+    children and exec get) is the caller's environment, no more, no less."""
+    code = """
+import ctypes, os
+from coldsnap.service.worker import _take_environ
+os.environ.update(SAME="1", CHANGED="old", GONE="x")
+caller = {**os.environ, "CHANGED": "new", "ADDED": "é"}
+del caller["GONE"]
+_take_environ(caller)
+assert dict(os.environ) == caller
+getenv = ctypes.CDLL(None).getenv
+getenv.restype = ctypes.c_char_p
+assert [getenv(n) for n in (b"SAME", b"CHANGED", b"ADDED", b"GONE")] == [b"1", b"new", "é".encode(), None]
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")})
+
+
 def test_requests_run_side_by_side(service, spawn, workload_bin, tmp_path):
     """A second request while a first one runs gets a worker of its own at once (the check
     returns while the pre-dump still runs). Which one the worker forked ahead takes depends

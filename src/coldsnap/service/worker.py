@@ -180,13 +180,24 @@ def run_request(request: P.Request, fds: list[int]) -> int:
     for fd in fds:
         os.close(fd)
     os.umask(request.umask)
-    os.environ.clear()
-    os.environ.update(request.environ)
+    _take_environ(request.environ)
     tempfile.tempdir = None             # TMPDIR as the caller has it
     _new_stdio()
     # the signals a client passes on stay blocked (by the service around the fork) until the
     # command's handlers are in place: one sent before is delivered to them, not to SIG_DFL
     return cli.main(request.argv, own_process=True, held=P.FORWARDED)
+
+
+def _take_environ(environ: dict[str, str]) -> None:
+    """os.environ made ENVIRON, by setting and removing only what differs: each is a putenv
+    or unsetenv, and the caller's environment and the service's share most of theirs (a
+    clear and a whole update: 67 us for 35 variables, 16 here)."""
+    current = os.environ
+    for name in [n for n in current if n not in environ]:
+        del current[name]
+    for name, value in environ.items():
+        if current.get(name) != value:
+            current[name] = value
 
 
 def exit_code_of(e: SystemExit) -> int:
