@@ -52,6 +52,25 @@ def test_the_installed_command_goes_through_the_service_without_site(layout, ser
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("site_dir", ["lib/python3/dist-packages", "lib/python{v}/dist-packages"])
+def test_a_prefix_s_own_site_directory_is_found_from_a_relative_path(site_dir, service, tmp_path):
+    # a prefix as Debian lays it out (the interpreter's own site directory elsewhere), the
+    # command started by a relative path: the launcher makes it absolute and finds the
+    # package in the site directory of the prefix whose bin holds it
+    prefix = tmp_path / "prefix"
+    where = prefix / site_dir.format(v="%d.%d" % sys.version_info[:2])
+    where.mkdir(parents=True)
+    (where / "__editable__.coldsnap-0.1.0.pth").write_text(f"{REPO / 'src'}\n")
+    (prefix / "bin").mkdir()
+    (prefix / "bin" / "python3").symlink_to(sys.executable)
+    shutil.copy(LAUNCHER, prefix / "bin" / "coldsnap")
+    done = subprocess.run(["bin/coldsnap", "check"], capture_output=True, text=True, timeout=60, cwd=prefix,
+                          env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                               "COLDSNAP_SERVICE": str(service.address)})
+    assert done.returncode == 0, done.stderr
+    service.wait_log(lambda ln: "(check) exited 0" in ln, "worker line of the check")
+
+
 def test_a_command_run_in_the_caller_gets_the_whole_set_up(tmp_path):
     # no service: the client runs `show` itself, which needs protobuf from the system's
     # site directory, reached only through the set-up the launcher skipped
