@@ -369,6 +369,24 @@ def test_a_failed_tracked_pre_dump_leaves_no_tracking_a_later_run_would_trust(pa
     assert uffd_fds(w.pid) == []
 
 
+def test_a_chain_never_adopts_another_tracking_parked_at_its_fd_since(pattern, tmp_path):
+    """Chain A parks its userfaultfd at fd N; a fresh pre-dump B closes it and parks its own
+    at N. Continuing A must not adopt B's (reset after A's images: the pages written
+    between would be called unchanged); the recorded inode tells them apart."""
+    from coldsnap.dump.untrack import untrack
+    w = pattern()
+    a = pre_dump_tracked(w.pid, tmp_path / "A")
+    assert ask(w, "write 16 41") == "wrote 16"
+    b = pre_dump_tracked(w.pid, tmp_path / "B")
+    assert a.uffd_fd == b.uffd_fd >= PARK_FD_MIN
+    c = pre_dump_tracked(w.pid, tmp_path / "C", prev_images_dir=tmp_path / "A")
+    assert c.pages_skipped_parent == 0      # started afresh, as with no tracking to adopt
+    d = pre_dump_tracked(w.pid, tmp_path / "D", prev_images_dir=tmp_path / "C")
+    assert d.pages_skipped_parent > 0       # C's own tracking is adopted
+    untrack(w.pid)
+    assert_chain_equals_memory(tmp_path / "D", w.pid)
+
+
 def test_memory_never_imports_seize():
     import ast
     src = Path(__file__).parents[2] / "src" / "coldsnap" / "memory"

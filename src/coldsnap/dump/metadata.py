@@ -143,8 +143,10 @@ def write_mm(imgdir: ImageDir, pid: int, vmas: list[Vma], stat: Stat, *, brk: in
     imgdir.write(f"mm-{pid}.img", [mm])
 
 
-def write_stats(imgdir: ImageDir, s: DumpStats, *, tree_uffd_fds: list[tuple[int, int]] = ()) -> None:
-    """stats-dump; tree_uffd_fds: (pid, fd) of every userfaultfd a tree's pre-dump parked."""
+def write_stats(imgdir: ImageDir, s: DumpStats, *, tree_uffd_fds: list[tuple[int, int]] = (),
+                uffd_inos: list[tuple[int, int]] = ()) -> None:
+    """stats-dump; tree_uffd_fds: (pid, fd) of every userfaultfd a tree's pre-dump parked;
+    uffd_inos: (pid, inode) of every parked userfaultfd (a tree's or the one process's)."""
     d = stats_pb2.dump_stats_entry(
         freezing_time=min(s.freezing_time, U32), frozen_time=min(s.frozen_time, U32),
         memdump_time=min(s.memdump_time, U32), memwrite_time=min(s.memwrite_time, U32),
@@ -156,6 +158,8 @@ def write_stats(imgdir: ImageDir, s: DumpStats, *, tree_uffd_fds: list[tuple[int
         d.cs_uffd_fd = s.uffd_fd
     for pid, fd in tree_uffd_fds:
         d.cs_tree_uffd_fds.extend((pid, fd))
+    for pid, ino in uffd_inos:
+        d.cs_uffd_inos.extend((pid, ino))
     imgdir.write("stats-dump", [stats_pb2.stats_entry(dump=d)])
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from ..errors import CsError
 from ..images.chain import PageChain
 from ..images.directory import ImageDir
+from ..kernel.fdinfo import fdinfo_value
 from ..kernel.features import Features, probe
 from ..kernel.libc import SYS
 from ..kernel.pagemap import open_pagemap
@@ -112,10 +113,28 @@ def chain_parked_fds(prev: ImageDir) -> dict[int, int]:
     d = s[0].dump
     pairs = list(d.cs_tree_uffd_fds)
     if pairs:
-        return dict(zip(pairs[::2], pairs[1::2]))
-    # the one process: its pagemap's, or the pstree root's when the pages went to a page server
-    ids = prev.pagemap_ids() or [e.pid for e in prev.read("pstree.img", missing_ok=True)[:1]]
-    return {ids[0]: d.cs_uffd_fd} if d.HasField("cs_uffd_fd") and len(ids) == 1 else {}
+        fds = dict(zip(pairs[::2], pairs[1::2]))
+    else:
+        # the one process: its pagemap's, or the pstree root's when the pages went to a page server
+        ids = prev.pagemap_ids() or [e.pid for e in prev.read("pstree.img", missing_ok=True)[:1]]
+        fds = {ids[0]: d.cs_uffd_fd} if d.HasField("cs_uffd_fd") and len(ids) == 1 else {}
+    inos = list(d.cs_uffd_inos)
+    if not inos:
+        return fds              # images of an older coldsnap: the number alone
+    # the same number may hold another tracking since (an untrack, a dump with --leave-running
+    # or a fresh pre-dump closed this one and parked its own there): its pages were reset
+    # after this chain's images were made, adopting it would skip pages written meanwhile
+    want = dict(zip(inos[::2], inos[1::2]))
+    return {pid: fd for pid, fd in fds.items() if want.get(pid) and _fd_inode(pid, fd) == want[pid]}
+
+
+def _fd_inode(pid: int, fd: int) -> int | None:
+    """The inode of PID's file at FD, as its fdinfo says (None: no such fd or process)."""
+    try:
+        ino = fdinfo_value(pid, fd, "ino")
+    except OSError:
+        return None
+    return int(ino) if ino and ino.isdigit() else None
 
 
 def parked_uffd_fd(prev: ImageDir, pid: int) -> int | None:
@@ -200,6 +219,11 @@ class Planner:
     def parked_fd(self) -> int:
         """The fd number of the tracking this planner leaves parked in the target (-1: none)."""
         return self.uffd.arm_stats.target_fd if self.park and self.uffd is not None else -1
+
+    @property
+    def parked_ino(self) -> int:
+        """The inode of that userfaultfd (each instance has its own; 0: none parked)."""
+        return os.fstat(self.uffd.fd).st_ino if self.parked_fd >= 0 else 0
 
     def _fall_back(self, why: TrackingRefused) -> None:
         self.close()

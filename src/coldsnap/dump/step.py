@@ -114,5 +114,8 @@ def save_step(planners: dict[int, Planner], imgdir: ImageDir, mode: str, *,
     write_inventory(imgdir, pre_dump=True)
     tree_fds = [(pid, planners[pid].parked_fd) for pid in planned
                 if planners[pid].parked_fd >= 0] if len(planners) > 1 else []
-    write_stats(imgdir, stats, tree_uffd_fds=tree_fds)
+    # which userfaultfd each is (its inode, one per instance): a later run adopts the fd only
+    # if it is still this one, not another tracking parked at the same number since
+    inos = [(pid, planners[pid].parked_ino) for pid in planned if planners[pid].parked_fd >= 0]
+    write_stats(imgdir, stats, tree_uffd_fds=tree_fds, uffd_inos=inos)
     return stats

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class dump_stats_entry(_message.Message):
-    __slots__ = ("freezing_time", "frozen_time", "memdump_time", "memwrite_time", "pages_scanned", "pages_skipped_parent", "pages_written", "irmap_resolve", "pages_lazy", "page_pipes", "page_pipe_bufs", "shpages_scanned", "shpages_skipped_parent", "shpages_written", "cs_pages_skipped", "cs_track_backend", "cs_mode", "cs_scan_time", "cs_uffd_fd", "cs_tree_uffd_fds")
+    __slots__ = ("freezing_time", "frozen_time", "memdump_time", "memwrite_time", "pages_scanned", "pages_skipped_parent", "pages_written", "irmap_resolve", "pages_lazy", "page_pipes", "page_pipe_bufs", "shpages_scanned", "shpages_skipped_parent", "shpages_written", "cs_pages_skipped", "cs_track_backend", "cs_mode", "cs_scan_time", "cs_uffd_fd", "cs_tree_uffd_fds", "cs_uffd_inos")
     FREEZING_TIME_FIELD_NUMBER: _ClassVar[int]
     FROZEN_TIME_FIELD_NUMBER: _ClassVar[int]
     MEMDUMP_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class dump_stats_entry(_message.Message):
     CS_SCAN_TIME_FIELD_NUMBER: _ClassVar[int]
     CS_UFFD_FD_FIELD_NUMBER: _ClassVar[int]
     CS_TREE_UFFD_FDS_FIELD_NUMBER: _ClassVar[int]
+    CS_UFFD_INOS_FIELD_NUMBER: _ClassVar[int]
     freezing_time: int
     frozen_time: int
     memdump_time: int
@@ -48,7 +49,8 @@ class dump_stats_entry(_message.Message):
     cs_scan_time: int
     cs_uffd_fd: int
     cs_tree_uffd_fds: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, freezing_time: _Optional[int] = ..., frozen_time: _Optional[int] = ..., memdump_time: _Optional[int] = ..., memwrite_time: _Optional[int] = ..., pages_scanned: _Optional[int] = ..., pages_skipped_parent: _Optional[int] = ..., pages_written: _Optional[int] = ..., irmap_resolve: _Optional[int] = ..., pages_lazy: _Optional[int] = ..., page_pipes: _Optional[int] = ..., page_pipe_bufs: _Optional[int] = ..., shpages_scanned: _Optional[int] = ..., shpages_skipped_parent: _Optional[int] = ..., shpages_written: _Optional[int] = ..., cs_pages_skipped: _Optional[int] = ..., cs_track_backend: _Optional[str] = ..., cs_mode: _Optional[str] = ..., cs_scan_time: _Optional[int] = ..., cs_uffd_fd: _Optional[int] = ..., cs_tree_uffd_fds: _Optional[_Iterable[int]] = ...) -> None: ...
+    cs_uffd_inos: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, freezing_time: _Optional[int] = ..., frozen_time: _Optional[int] = ..., memdump_time: _Optional[int] = ..., memwrite_time: _Optional[int] = ..., pages_scanned: _Optional[int] = ..., pages_skipped_parent: _Optional[int] = ..., pages_written: _Optional[int] = ..., irmap_resolve: _Optional[int] = ..., pages_lazy: _Optional[int] = ..., page_pipes: _Optional[int] = ..., page_pipe_bufs: _Optional[int] = ..., shpages_scanned: _Optional[int] = ..., shpages_skipped_parent: _Optional[int] = ..., shpages_written: _Optional[int] = ..., cs_pages_skipped: _Optional[int] = ..., cs_track_backend: _Optional[str] = ..., cs_mode: _Optional[str] = ..., cs_scan_time: _Optional[int] = ..., cs_uffd_fd: _Optional[int] = ..., cs_tree_uffd_fds: _Optional[_Iterable[int]] = ..., cs_uffd_inos: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class restore_stats_entry(_message.Message):
     __slots__ = ("pages_compared", "pages_skipped_cow", "forking_time", "restore_time", "pages_restored")
