@@ -187,3 +187,19 @@ def test_an_empty_mount_point_takes_the_images(tmp_path):
                         sys.executable, MOUNTED], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["True", "['inventory.img', 'pages-1.img'] 2", "ImageError", "[]"]
+
+
+def test_a_full_disk_names_the_images_directory(tmp_path):
+    """A write of the images failing (ENOSPC from a pages file, say) was 'coldsnap: No space
+    left on device' alone: the error names the images directory; nothing is left."""
+    import errno
+    target = tmp_path / "1"
+    with pytest.raises(ImageError, match=f"^{target}: cannot write images: No space left on device$"):
+        with ImageDir.create(target) as d:
+            _inv(d)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(OSError) as e:       # one that names its file keeps its words
+        with ImageDir.create(target):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/x")
+    assert not isinstance(e.value, ImageError)

@@ -354,7 +354,7 @@ def test_a_failed_tracked_pre_dump_leaves_no_tracking_a_later_run_would_trust(pa
         real(*a, **kw)
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(iterate, "save_step", then_fail)
-    with pytest.raises(OSError):
+    with pytest.raises(ImageError, match="No space left on device"):
         pre_dump_tracked(w.pid, tmp_path / "2", prev_images_dir=tmp_path / "1")
     monkeypatch.undo()
     assert uffd_fds(w.pid) == [] and not (tmp_path / "2").exists()

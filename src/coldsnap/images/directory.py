@@ -6,6 +6,7 @@ the staging directory, mode 0600, and the fsync of the commit are decided in one
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
@@ -29,6 +30,8 @@ _PAGEMAP = r"pagemap-(\d+)\.img"              # patterns compiled on first use (
 _SHMEM_PAGEMAP = r"pagemap-shmem-(\d+)\.img"
 
 PathLike = Union[str, os.PathLike]
+# what a write of the images can meet from their file system, not from the target
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def new_inventory(*, pre_dump_mode: Optional[int] = None, dump_uptime: Optional[int] = None,
@@ -319,6 +322,9 @@ class ImageDir:
             self.commit()
         else:
             self.abort()
+            if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS and exc.filename is None:
+                # a write of the images failed (a full disk): say where, not only why
+                raise ImageError(f"{self.target}: cannot write images: {exc.strerror}") from exc
 
     # ---- reading --------------------------------------------------------------------
 
