@@ -203,3 +203,17 @@ def test_a_full_disk_names_the_images_directory(tmp_path):
         with ImageDir.create(target):
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/x")
     assert not isinstance(e.value, ImageError)
+
+
+def test_a_signal_during_the_commit_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C while the commit fsyncs the pages (seconds for a large dump) left the staging
+    directory behind."""
+    import coldsnap.images.directory as directory
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        with ImageDir.create(tmp_path / "1") as d:
+            _inv(d)
+            monkeypatch.setattr(directory, "_fsync_path", interrupted)
+    assert os.listdir(tmp_path) == []

@@ -301,7 +301,7 @@ class ImageDir:
         except OSError as e:
             self.abort()
             raise ImageError(f"{target}: cannot commit images: {e.strerror}") from e
-        except ImageError:
+        except BaseException:       # ImageError, or a signal (Ctrl-C) in the long fsyncs
             self.abort()
             raise
         self.root, self.target = target, None
