@@ -74,3 +74,25 @@ def test_criu_log_options_are_understood(tmp_path):
     p = subprocess.run(coldsnap_argv("show", tmp_path / "none", "-o", tmp_path / "no" / "x.log"),
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and "cannot open the log file" in p.stderr
+
+
+def test_numbers_out_of_range_are_usage_errors():
+    """Values that parsed but failed later, after the target was frozen or with a traceback:
+    a buffer under a page, no or negative iterations, a negative interval or size, a port
+    past 65535; each is now argparse's usage error (exit 2) before anything runs."""
+    import pytest
+    from coldsnap.cli import build_parser
+    bad = [["pre-dump", "-t", "1", "-D", "x", "--buffer-size", "1"],
+           ["pre-dump", "-t", "1", "-D", "x", "--iterations", "0"],
+           ["pre-dump", "-t", "1", "-D", "x", "--iterations", "2", "--interval", "-1"],
+           ["pre-dump", "-t", "1", "-D", "x", "--interval", "nan"],
+           ["dump", "-t", "1", "-D", "x", "--ghost-limit", "-1"],
+           ["page-server", "-D", "x", "--port", "99999"],
+           ["page-server", "-D", "x", "--port", "0", "--idle-timeout", "-1"]]
+    for argv in bad:
+        with pytest.raises(SystemExit) as e:
+            build_parser(argv[0]).parse_args(argv)
+        assert e.value.code == 2, argv
+    ok = build_parser("pre-dump").parse_args(["pre-dump", "-t", "1", "-D", "x", "--buffer-size", "4k",
+                                              "--iterations", "3", "--interval", "0"])
+    assert (ok.buffer_size, ok.iterations, ok.interval) == (4096, 3, 0.0)

@@ -75,9 +75,40 @@ def _size(text: str) -> int:
     t = text.strip().lower().rstrip("b").rstrip("i")
     mult = units.get(t[-1:], 1)
     try:
-        return int(t[:-1] if t[-1:] in units else t) * mult
+        size = int(t[:-1] if t[-1:] in units else t) * mult
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return size
+
+
+def _buffer_size(text: str) -> int:
+    """A copy buffer's size: a page at least (found wrong only after the freeze, otherwise)."""
+    size = _size(text)
+    if size < 4096:
+        raise argparse.ArgumentTypeError(f"{text!r}: a buffer holds one page (4K) at least")
+    return size
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
+    return n
+
+
+def _seconds(text: str) -> float:
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= t < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds from 0 on")
+    return t
 
 
 def _pid(text: str) -> int:
@@ -178,10 +209,10 @@ def _pre_dump_args(pd: argparse.ArgumentParser) -> None:
                          "with a userfaultfd parked in the target, never freeze it after the one "
                          "injected call; live: freeze only to scan, leave nothing behind; frozen: "
                          "copy pages before resuming (the baseline)")
-    pd.add_argument("--buffer-size", type=_size, default="4M", metavar="SIZE", help="drain buffer (default 4M)")
+    pd.add_argument("--buffer-size", type=_buffer_size, default="4M", metavar="SIZE", help="drain buffer (default 4M)")
     pd.add_argument("--scan", choices=("auto", "ioctl", "read"), default="auto",
                     help="page scan: PAGEMAP_SCAN ioctl or /proc/PID/pagemap read")
-    pd.add_argument("--iterations", type=int, default=1, metavar="N",
+    pd.add_argument("--iterations", type=_count, default=1, metavar="N",
                     help="run N pre-dumps into DIR/1..DIR/N, each saving only pages written since the last")
     pd.add_argument("--track-mem", choices=("uffd", "soft-dirty", "none"),
                     help="dirty tracking: userfaultfd write-protect (chosen where it works), "
@@ -191,7 +222,7 @@ def _pre_dump_args(pd: argparse.ArgumentParser) -> None:
                          "the next run, see `untrack`) and none is live")
     pd.add_argument("--auto-dedup", action="store_true",
                     help="free the parent images' copies of pages this pre-dump wrote again")
-    pd.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",
+    pd.add_argument("--interval", type=_seconds, default=0.0, metavar="SECONDS",
                     help="pause between the iterations of a series")
     cli_transport.add_client_args(pd)
     _freeze_cgroup_arg(pd)

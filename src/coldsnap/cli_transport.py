@@ -51,13 +51,33 @@ def restore_pages(args: argparse.Namespace):
     return RemotePages(Endpoint.parse(args.page_server), _client_options(args), session)
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r} (0 to 65535)")
+    return port
+
+
+def _timeout(text: str) -> float:
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < t < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds above 0")
+    return t
+
+
 def add_server_args(p: argparse.ArgumentParser) -> None:
     """Where a server listens and whom it lets in (page-server, migrate-receive)."""
-    p.add_argument("--port", type=int, required=True, metavar="N", help="TCP port (0: any free one)")
+    p.add_argument("--port", type=_port, required=True, metavar="N", help="TCP port (0: any free one)")
     p.add_argument("--address", default="127.0.0.1", metavar="A", help="address to listen on (default loopback)")
     p.add_argument("--token-file", metavar="FILE",
                    help="refuse every client that does not present the token in FILE first")
-    p.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--idle-timeout", type=_timeout, default=60.0, metavar="SECONDS",
                    help="close a connection silent this long (default 60)")
     add_tls_args(p)
 
