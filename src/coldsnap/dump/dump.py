@@ -43,7 +43,7 @@ from typing import Callable
 from ..connections.hold import TcpHold
 from ..errors import CsError, TargetError, Unsupported
 from ..files.images import write_images as write_files_images
-from ..files.kinds import prepare as prepare_file_kinds
+from ..files.kinds import SECRETMEM, prepare as prepare_file_kinds
 from ..files.ghost import DEFAULT_GHOST_LIMIT, GhostTable
 from ..files.registry import FileRegistry
 from ..images.directory import ImageDir
@@ -104,6 +104,8 @@ def refuse_mappings(pid: int, lines: list[MapsLine], vmas: list[Vma] | None = No
             raise Unsupported(f"{where}: {what} is not supported")
         if path.startswith("/[aio]"):
             raise Unsupported(f"{where}: AIO ring is not supported")
+        if path == f"{SECRETMEM} (deleted)":      # unreadable to anyone but its process
+            raise Unsupported(f"{where}: memfd_secret() memory is not supported")
         if path.startswith("/memfd:") and not v.kind is Kind.ANON_SHARED:
             raise Unsupported(f"{where}: a private mapping of memfd {path.removesuffix(' (deleted)')} "
                               "is not supported")

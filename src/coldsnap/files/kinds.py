@@ -62,6 +62,7 @@ class _Table(Mapping):
 OPS: Mapping[FdType, FileOps] = _Table()
 # kinds the format knows that may have no operations yet: how a refusal names them
 _NAMES = {FdType.TTY: "tty"}
+SECRETMEM = "/secretmem"        # how a memfd_secret() file shows in /proc (on a kernel-internal mount)
 _ANON = {"eventfd": FdType.EVENTFD, "eventpoll": FdType.EVENTPOLL, "signalfd": FdType.SIGNALFD,
          "timerfd": FdType.TIMERFD, "inotify": FdType.INOTIFY}
 
@@ -97,6 +98,9 @@ def classify(p: Probe) -> FdType:
     if link.kind is K.LinkKind.PATH:
         if link.path.startswith(MEMFD_PREFIX) and link.deleted:
             return FdType.MEMFD
+        if link.path == SECRETMEM and link.deleted:
+            # its pages cannot be read, its file cannot be opened again: found only at restore
+            raise Unsupported(f"fd {fd}: memfd_secret() memory is not supported")
         p.st = os.fstat(p.dup)
         if link.deleted and p.st.st_nlink == 0 and not stat.S_ISREG(p.st.st_mode):
             raise Unsupported(f"fd {fd}: {stat.filemode(p.st.st_mode)[0]}-type file {link.path} was deleted; "
