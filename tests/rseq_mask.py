@@ -14,6 +14,16 @@ def rseq_areas(images) -> list[tuple[int, int]]:
             for c in (d.read_single(n) for n in sorted(os.listdir(images)) if n.startswith("core-"))]
 
 
+def live_rseq_areas(pid: int) -> list[tuple[int, int]]:
+    """(address, size) of the rseq area of every thread of running process PID (held a moment)."""
+    from coldsnap.kernel import ptrace
+    from coldsnap.seize.freezer import freeze
+    with freeze(pid) as task:
+        confs = [ptrace.get_rseq_configuration(tid) for tid in task.tids]
+        task.resume()
+    return [(c.rseq_abi_pointer, c.rseq_abi_size) for c in confs if c.rseq_abi_pointer]
+
+
 def masked(addr: int, data: bytes, holes: list[tuple[int, int]]) -> bytes:
     """DATA (memory at ADDR) with the bytes of HOLES zeroed."""
     buf = bytearray(data)

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "dump"))
 from predump_helpers import PG, image_pages, wait_quiet  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "seize"))
+from rseq_mask import live_rseq_areas, masked  # noqa: E402
 from seize_helpers import thread_states  # noqa: E402
 
 FILLER = 0x100000000000
@@ -85,15 +86,17 @@ def uffd_in_fdinfo(pid: int) -> list[int]:
 
 
 def assert_chain_equals_memory(images: Path, pid: int) -> None:
-    """Every page the task would have saved now reads back from the chain unchanged."""
+    """Every page the task would have saved now reads back from the chain unchanged (but
+    the bytes of its threads' rseq areas, which the kernel rewrites as a thread changes CPU)."""
+    rseq = live_rseq_areas(pid)
     present, _ = scan_saved_pages(pid, classify_all(read_maps(pid)))
     with PageChain(images, pid) as chain, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         covered = chain.covered_ranges()
         assert present.subtract(covered).nr_pages == 0, present.subtract(covered).pairs()[:4]
         for lo, hi in present.merged().pairs():
             mem.seek(lo)
-            want = mem.read(hi - lo)
-            got = chain.lookup(lo, (hi - lo) // PG)
+            want = masked(lo, mem.read(hi - lo), rseq)
+            got = masked(lo, chain.lookup(lo, (hi - lo) // PG), rseq)
             if got != want:
                 bad = [lo + i * PG for i in range((hi - lo) // PG)
                        if got[i * PG:(i + 1) * PG] != want[i * PG:(i + 1) * PG]]
