@@ -105,11 +105,14 @@ def start_counter_tree(logdir: Path) -> CounterTree:
 
 
 def wait_for_log(path: Path, pattern: str, timeout: float = 15.0) -> str:
-    """The log's whole text once one of its lines matches PATTERN (a regular expression;
-    ^ and $ match at each line); an assertion naming the pattern after TIMEOUT seconds."""
+    """The log's whole text once one of its complete lines matches PATTERN (a regular
+    expression; ^ and $ match at each line); an assertion naming the pattern after TIMEOUT
+    seconds. A line still being written is not looked at: `^ready ` could match it, and its
+    numbers be cut short."""
     deadline = time.monotonic() + timeout
     while True:
         text = path.read_text() if path.exists() else ""
+        text = text[:text.rfind("\n") + 1]
         if re.search(pattern, text, re.M):
             return text
         assert time.monotonic() < deadline, f"no {pattern!r} in {text[-600:]!r}"

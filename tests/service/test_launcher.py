@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,30 @@ def test_a_prefix_s_own_site_directory_is_found_from_a_relative_path(site_dir, s
                                "COLDSNAP_SERVICE": str(service.address)})
     assert done.returncode == 0, done.stderr
     service.wait_log(lambda ln: "(check) exited 0" in ln, "worker line of the check")
+
+
+def test_ctrl_c_while_a_command_run_in_the_caller_starts_ends_it_by_sigint_quietly(tmp_path):
+    # a .pth that takes its time: SIGINT lands in the set-up, before the command's own handlers
+    bin_dir = make_env(tmp_path / "env", system_site=True, coldsnap="editable")
+    ready = tmp_path / "in-site"
+    site_dir = next((tmp_path / "env" / "lib").glob("python3*/site-packages"))
+    (site_dir / "slow.pth").write_text(f"import pathlib, time; pathlib.Path({str(ready)!r}).touch(); time.sleep(30)\n")
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.Popen([bin_dir / "coldsnap", "check"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env={**environ, "COLDSNAP_SERVICE": ""},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline and p.poll() is None, "the set-up never ran"
+            time.sleep(0.01)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode == -signal.SIGINT, (p.returncode, err)
+    assert "Traceback" not in err and out == ""
 
 
 def test_a_command_run_in_the_caller_gets_the_whole_set_up(tmp_path):

@@ -63,10 +63,14 @@ def command() -> None:
     """Entry point of the `coldsnap` script and of `python3 -m coldsnap`."""
     code = through_service(sys.argv[1:])
     if code is None:
-        if sys.flags.no_site:       # the installed script skipped it: the command needs its packages
-            import site
-            site.main()
-        from ..cli import command as in_process
+        try:
+            if sys.flags.no_site:   # the installed script skipped it: the command needs its packages
+                import site
+                site.main()
+            from ..cli import command as in_process
+        except KeyboardInterrupt:   # Ctrl-C before the command can catch it: nothing began
+            import _signal
+            _exit(-_signal.SIGINT)
         in_process()            # exits
     _exit(code)
 
