@@ -168,18 +168,6 @@ class StampedService(Service):
         self.env = {k: v for k, v in self.env.items() if k != "PYTHONPATH"}
         self.env["CS_STAMPS"] = str(self.stamps)
 
-    def run(self, argv: list[str]) -> tuple[int, int, int, str]:
-        """(exit code, exec ns, exit ns, output) of the script with ARGV."""
-        with tempfile.TemporaryFile("w+") as out:
-            t0 = time.monotonic_ns()
-            p = subprocess.Popen([str(self.script), *argv], stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, env=self.env)
-            _, status, _ = os.wait4(p.pid, 0)
-            t1 = time.monotonic_ns()
-            p.returncode = os.waitstatus_to_exitcode(status)
-            out.seek(0)
-            return p.returncode, t0, t1, out.read()
-
     def take_stamps(self) -> dict[str, int]:
         try:
             text = self.stamps.read_text()

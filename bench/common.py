@@ -292,6 +292,17 @@ class Service:
                 raise RuntimeError(f"coldsnap service did not start: {log_file.read_text().strip()}")
             time.sleep(0.02)
 
+    def run(self, argv: list[str]) -> tuple[int, int, int, str]:
+        """(exit code, exec ns, exit ns on CLOCK_MONOTONIC, output) of the script with ARGV."""
+        with tempfile.TemporaryFile("w+") as out:
+            t0 = time.monotonic_ns()
+            p = subprocess.Popen([str(self.script), *argv], stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, env=self.env)
+            _, status, _ = os.wait4(p.pid, 0)
+            t1 = time.monotonic_ns()
+            out.seek(0)
+            return os.waitstatus_to_exitcode(status), t0, t1, out.read()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

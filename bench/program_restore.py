@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -131,18 +129,6 @@ class TracedService(Service):
         self.stamps = where / "stamps.log"
         super().__init__(where, src, lambda address: [sys.executable, "-c", SERVICE, str(src), str(self.stamps),
                                                       str(address)])
-
-    def run(self, argv: list[str]) -> tuple[int, int, int, str]:
-        """(exit code, exec ns, exit ns, output) of bin/coldsnap ARGV."""
-        with tempfile.TemporaryFile("w+") as out:
-            t0 = time.perf_counter_ns()
-            p = subprocess.Popen([str(self.script), *argv], stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, env=self.env)
-            _, status, _ = os.wait4(p.pid, 0)
-            t1 = time.perf_counter_ns()
-            p.returncode = os.waitstatus_to_exitcode(status)
-            out.seek(0)
-            return p.returncode, t0, t1, out.read()
 
     def take_stamps(self) -> list[tuple[str, int, int]]:
         try:
