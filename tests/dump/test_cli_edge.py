@@ -74,6 +74,13 @@ def test_json_results(spawn, workload_bin, tmp_path):
     coldsnap("untrack", w.pid, check=True)
 
 
+def test_untrack_refuses_init():
+    # init's tree is every process: the tracking of every other chain would be closed
+    r = coldsnap("untrack", 1)
+    assert r.returncode == 1
+    assert _one_line(r) == "coldsnap: cannot untrack 1: it is init (PID 1); name the process whose tracking to close"
+
+
 def test_json_error_object_and_the_line_on_stderr(tmp_path):
     pid = _gone_pid()
     r = coldsnap("dump", "-t", pid, "-D", tmp_path / "x", "--json")

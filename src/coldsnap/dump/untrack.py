@@ -7,7 +7,7 @@ the images never knew is cleaned as well. Each process is frozen on its own, bri
 when it holds one of coldsnap's userfaultfds."""
 from __future__ import annotations
 
-from ..errors import NoSuchProcess
+from ..errors import NoSuchProcess, TargetError
 from ..memory.tracking import parked_uffd_fds
 from ..memory.tracking import untrack as _untrack
 from ..seize.remote import frozen_calls
@@ -17,6 +17,8 @@ from ..seize.tree import list_tree
 def untrack(pid: int) -> dict[int, list[int]]:
     """Close every userfaultfd coldsnap parked in PID and in every process below it;
     pid -> the fd numbers closed there (processes without any left out)."""
+    if pid == 1:    # its tree is every process: other users' and other chains' tracking too
+        raise TargetError("cannot untrack 1: it is init (PID 1); name the process whose tracking to close")
     closed: dict[int, list[int]] = {}
     for p in list_tree(pid):
         try:
