@@ -91,34 +91,10 @@ def _buffer_size(text: str) -> int:
     return size
 
 
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
-    return n
-
-
-def _seconds(text: str) -> float:
-    try:
-        t = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= t < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: seconds from 0 on")
-    return t
-
-
-def _pid(text: str) -> int:
-    try:
-        pid = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
-    if pid <= 0:
-        raise argparse.ArgumentTypeError(f"not a process id: {text!r}")
-    return pid
+_count = cli_transport.bounded(int, lambda n: n >= 1, "not a number: {0}", "{0}: at least 1")
+_seconds = cli_transport.bounded(float, lambda t: 0 <= t < float("inf"), "not a number of seconds: {0}",
+                                 "{0}: seconds from 0 on")
+_pid = cli_transport.bounded(int, lambda pid: pid > 0, "not a process id: {0}")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any, Callable
 
 from .errors import CsError
 
@@ -51,24 +52,22 @@ def restore_pages(args: argparse.Namespace):
     return RemotePages(Endpoint.parse(args.page_server), _client_options(args), session)
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port: {text!r} (0 to 65535)")
-    return port
+def bounded(convert: Callable[[str], Any], ok: Callable[[Any], bool], bad: str, out: str = "") -> Callable[[str], Any]:
+    """An argparse type: CONVERT(text), taken when OK says so. BAD (the text unreadable) and
+    OUT (out of range; default BAD) say why not, "{0}" standing for the text quoted."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(bad.format(repr(text))) from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError((out or bad).format(repr(text)))
+        return value
+    return parse
 
 
-def _timeout(text: str) -> float:
-    try:
-        t = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < t < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: seconds above 0")
-    return t
+_port = bounded(int, lambda p: 0 <= p <= 65535, "not a port: {0}", "not a port: {0} (0 to 65535)")
+_timeout = bounded(float, lambda t: 0 < t < float("inf"), "not a number of seconds: {0}", "{0}: seconds above 0")
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
