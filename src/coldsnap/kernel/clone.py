@@ -15,6 +15,7 @@ CLONE_VM = 0x100
 CLONE_FS = 0x200
 CLONE_FILES = 0x400
 CLONE_SIGHAND = 0x800
+CLONE_PTRACE = 0x2000       # the child is traced by our tracer too, born in a stop (seized: an event stop)
 CLONE_THREAD = 0x10000
 CLONE_SYSVSEM = 0x40000
 # what pthread_create asks for, minus the tid/tls bookkeeping we restore by hand

@@ -25,7 +25,8 @@ whatever of the child's memory was there, and survive the unmapping:
  4. the other advice, guards, mlock: one batch
  5. PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv, exe file
  6. itimers, personality, dumpable, subreaper (one batch); create each other thread with
-    clone3 set_tid (PTRACE_O_TRACECLONE hands it to us stopped) and set its per-thread state
+    clone3 set_tid and CLONE_PTRACE (born traced, stopped), all in one batch, then set each
+    one's per-thread state
  7. per-thread state of the leader, pending signals, signal handlers (late: a forced
     single-step SIGTRAP would reset an ignored SIGTRAP handler); only those that differ
     from the all-zero default the blank child set itself: one batch for the signals
@@ -46,14 +47,14 @@ from ..images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA
                           VMA_FILE_SHARED)
 from ..images.xsave import build_area
 from ..kernel import ptrace, vm
-from ..kernel.clone import CLONE_ARGS, THREAD_FLAGS, clone_args
+from ..kernel.clone import CLONE_ARGS, CLONE_PTRACE, THREAD_FLAGS, clone_args
 from ..kernel.cpuid import cpuid, xstate_layout
 from ..kernel.libc import SYS, syscall
 from ..kernel.page import PAGE_SIZE as PAGE
 from ..kernel.pidfd import take_fd
 from ..kernel.procfs import cap_last_cap, read_path_link, read_status
 from ..memory.vma import MAP_ANONYMOUS, PROT_EXEC, PROT_READ, PROT_WRITE
-from ..seize.freezer import SEIZE_OPTIONS, FrozenTask
+from ..seize.freezer import FrozenTask
 from ..seize.remote import CODE_SIZE, Call, RemoteCalls, is_error, sys_call
 from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, own_vdso, own_vdso_areas, vdso_layout
 from ..creds import Creds
@@ -88,11 +89,11 @@ SIGKILL, SIGSTOP = 9, 19
 SIGNALS = tuple(s for s in range(1, 65) if s not in (SIGKILL, SIGSTOP))
 DEFAULT_SIGACTION = bytes(32)   # kernel struct sigaction: SIG_DFL, no flags, restorer or mask
 PRCTL_MM_MAP = struct.Struct("<11QQII")     # struct prctl_mm_map (104 bytes)
-# Scratch layout. Each call's argument is written just before the call, at _OFF_ARGS, except
-# what must sit beside it: clone3's TID array (_OFF_TID) and PR_SET_MM_MAP's auxv (_OFF_AUXV).
+# Scratch layout. Each single call's argument is written just before the call, at _OFF_ARGS.
 # Paths and the groups list get two pages; a batch's data (paths, siginfos...) four, its
 # table of calls the last eight (512 calls a round trip).
-_OFF_ARGS, _OFF_TID, _OFF_AUXV, _OFF_PATH, _OFF_DATA, _OFF_TABLE = 0, PAGE - 8, PAGE, 2 * PAGE, 4 * PAGE, 8 * PAGE
+_OFF_ARGS, _OFF_PATH, _OFF_DATA, _OFF_TABLE = 0, 2 * PAGE, 4 * PAGE, 8 * PAGE
+_THREADS_A_BATCH = 128      # clone3s of one batch: their TIDs and clone_args (96 bytes) fill the data area
 # user_regs_struct names whose user_x86_regs_entry field is named differently
 _IMAGE_REG = {"rbp": "bp", "rbx": "bx", "rax": "ax", "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di",
               "orig_rax": "orig_ax", "rip": "ip", "eflags": "flags", "rsp": "sp"}
@@ -156,9 +157,10 @@ class Stage:
         self._data += data + bytes(-len(data) % 8)
         return addr
 
-    def run(self) -> list[int]:
-        """Run what is staged (OSError naming the call that failed); the results of every
-        call staged since the start (those that ran, when one failed)."""
+    def run(self, check: bool = True) -> list[int]:
+        """Run what is staged (OSError naming the call that failed; CHECK False: the caller
+        looks at the results itself); the results of every call staged since the start
+        (those that ran, when one failed)."""
         if self._data:
             self.rc.write_scratch(bytes(self._data), _OFF_DATA)
             self._data.clear()
@@ -166,7 +168,8 @@ class Stage:
         if todo:
             got = self.rc.batch(todo, _OFF_TABLE)
             self.results += got
-            self.rc.raise_failure(todo, got)
+            if check:
+                self.rc.raise_failure(todo, got)
         return self.results
 
 
@@ -233,9 +236,7 @@ class Transplant:
         self._process_state(late)
         late.run()
         self.stats.memory_ns = time.perf_counter_ns() - t_mem
-        for tid in self.img.tids:
-            if tid != self.pid:
-                self._new_thread(tid)
+        self._new_threads()
         self._posix_timers()            # after the threads: a timer may signal one of them
         core = self.img.leader
         signals = self._stage()         # the leader's own state and the signals: one batch
@@ -593,22 +594,38 @@ class Transplant:
             rc.checked(NR_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, struct_at,
                        what="seccomp(SECCOMP_SET_MODE_FILTER)")
 
-    def _new_thread(self, tid: int) -> None:
+    def _new_threads(self) -> None:
+        """Every other thread, made in one batch (clone3 with its TID, CLONE_PTRACE: born
+        traced by us in an event stop, the leader going on without a stop of its own; their
+        births overlap, where one clone at a time waited ~0.4 ms for each new thread's first
+        stop), then each one's own state set (_thread_state, from inside it)."""
+        tids = [tid for tid in self.img.tids if tid != self.pid]
+        for i in range(0, len(tids), _THREADS_A_BATCH):
+            self._clone_threads(tids[i:i + _THREADS_A_BATCH])
+        for tid in tids:
+            self._set_thread(tid)
+
+    def _clone_threads(self, tids: list[int]) -> None:
+        stage = self._stage()
+        for tid in tids:
+            at = stage.put(struct.pack("<i", tid))
+            stage.add(SYS.clone3, stage.put(clone_args(THREAD_FLAGS | CLONE_PTRACE, set_tid_ptr=at, set_tid_size=1)),
+                      CLONE_ARGS.size, what=f"clone3 (thread {tid})")
+        got = stage.run(check=False)
+        for tid, res in zip(tids, got):
+            if res == tid:
+                self.task.adopt_thread(tid)     # each one held, even when a later one failed
+        for tid, res in zip(tids, got):
+            if res < 0:
+                why = "it is in use" if res == -17 else os.strerror(-res)
+                raise TargetError(f"cannot create thread {tid}: {why}")
+            if res != tid:
+                raise TargetError(f"thread {tid} was created as {res}")
+
+    def _set_thread(self, tid: int) -> None:
+        """A new thread's registers, its own state (from inside it), blocked mask and FPU."""
         rc = self.rc
         core = self.img.cores[tid]
-        tid_addr = self._put(struct.pack("<i", tid), _OFF_TID)
-        args = self._put(clone_args(THREAD_FLAGS, set_tid_ptr=tid_addr, set_tid_size=1))
-        ptrace.set_options(self.pid, SEIZE_OPTIONS | ptrace.PTRACE_O_TRACECLONE)
-        try:
-            got = rc.call(SYS.clone3, args, CLONE_ARGS.size)
-        finally:
-            ptrace.set_options(self.pid, SEIZE_OPTIONS)
-        if got < 0:
-            why = "it is in use" if got == -17 else os.strerror(-got)
-            raise TargetError(f"cannot create thread {tid}: {why}")
-        if got != tid:
-            raise TargetError(f"thread {tid} was created as {got}")
-        self.task.adopt_thread(tid)
         regs = user_regs(core)
         ptrace.set_regs(tid, regs)                # drop the leader's copy (trap flag included)
         trc = RemoteCalls(self.task, tid=tid, mode="step", plain_stop=True)

@@ -559,7 +559,8 @@ class FrozenTask:
             self._gadget += delta
 
     def adopt_thread(self, tid: int) -> None:
-        """Hold a thread that an injected clone created under PTRACE_O_TRACECLONE.
+        """Hold a thread that an injected clone created traced (CLONE_PTRACE, or under
+        PTRACE_O_TRACECLONE).
 
         The kernel attached it to us; its first stop is a PTRACE_EVENT_STOP."""
         with self._guard:
