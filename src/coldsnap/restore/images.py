@@ -478,12 +478,28 @@ def _check_inside(d: ImageDir, pid: int, sources, vmas) -> None:
             raise ImageError(f"{d.path(pagemap_name(pid))}: page {vaddr:#x} lies outside every VMA")
 
 
+# A dumped process leaves a zombie until its parent reaps it; reparented to an init that
+# reaps slowly (1-2 s on some machines), that zombie holds the PID a restore right after the
+# dump needs: waited for this long before the PID counts as in use.
+ZOMBIE_WAIT_S = 5.0
+
+
 def _check_ids_free(tids: list[int]) -> None:
+    import time
+    deadline = None
     for tid in tids:
-        try:
-            comm = read_stat(tid).comm
-        except NoSuchProcess:
-            continue
-        except (OSError, ValueError):       # AccessDenied, or a stat cut short by an exit
-            comm = "?"
-        raise TargetError(f"PID {tid} is in use (by {comm!r}): cannot restore with the same IDs")
+        while True:
+            try:
+                st = read_stat(tid)
+            except NoSuchProcess:
+                break
+            except (OSError, ValueError):       # AccessDenied, or a stat cut short by an exit
+                raise TargetError(f"PID {tid} is in use (by '?'): cannot restore with the same IDs") from None
+            if st.state not in ("Z", "X") or st.num_threads > 1:     # a leader gone, its threads on
+                raise TargetError(f"PID {tid} is in use (by {st.comm!r}): cannot restore with the same IDs")
+            deadline = deadline or time.monotonic() + ZOMBIE_WAIT_S
+            if time.monotonic() > deadline:
+                raise TargetError(f"PID {tid} is held by {st.comm!r}, which exited but is not reaped yet "
+                                  f"(a zombie: its parent {st.ppid} did not wait for it within "
+                                  f"{ZOMBIE_WAIT_S:g} s): cannot restore with the same IDs")
+            time.sleep(0.005)
