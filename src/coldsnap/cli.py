@@ -91,10 +91,10 @@ def _buffer_size(text: str) -> int:
     return size
 
 
-_count = cli_transport.bounded(int, lambda n: n >= 1, "not a number: {0}", "{0}: at least 1")
+_count = cli_transport._count
 _seconds = cli_transport.bounded(float, lambda t: 0 <= t < float("inf"), "not a number of seconds: {0}",
                                  "{0}: seconds from 0 on")
-_pid = cli_transport.bounded(int, lambda pid: pid > 0, "not a process id: {0}")
+_pid = cli_transport._pid
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,7 +18,7 @@ def add_tls_args(p: argparse.ArgumentParser) -> None:
 
 def add_client_args(p: argparse.ArgumentParser) -> None:
     """--page-server and its options, for pre-dump and dump."""
-    p.add_argument("--page-server", metavar="HOST:PORT",
+    p.add_argument("--page-server", type=host_port, metavar="HOST:PORT",
                    help="send the pages to a page server (coldsnap's or `criu page-server`); the "
                         "other images are written in -D as CRIU does")
     p.add_argument("--token-file", metavar="FILE",
@@ -30,7 +30,7 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
 
 def add_restore_args(p: argparse.ArgumentParser) -> None:
     """--page-server and its options, for restore: the pages of a session stored there."""
-    p.add_argument("--page-server", metavar="HOST:PORT",
+    p.add_argument("--page-server", type=host_port, metavar="HOST:PORT",
                    help="read the pages from a coldsnap page server's session (the other images "
                         "from -D); with --lazy-pages they are fetched as the process needs them")
     p.add_argument("--page-session", metavar="NAME",
@@ -68,6 +68,21 @@ def bounded(convert: Callable[[str], Any], ok: Callable[[Any], bool], bad: str, 
 
 _port = bounded(int, lambda p: 0 <= p <= 65535, "not a port: {0}", "not a port: {0} (0 to 65535)")
 _timeout = bounded(float, lambda t: 0 < t < float("inf"), "not a number of seconds: {0}", "{0}: seconds above 0")
+_milliseconds = bounded(float, lambda t: 0 <= t < float("inf"), "not a number of milliseconds: {0}",
+                        "{0}: milliseconds from 0 on")
+_count = bounded(int, lambda n: n >= 1, "not a number: {0}", "{0}: at least 1")
+_pid = bounded(int, lambda pid: pid > 0, "not a process id: {0}")
+
+
+def host_port(text: str) -> str:
+    """An argparse type: HOST:PORT as Endpoint.parse takes it (a usage error, exit 2, else);
+    the text itself is kept, the callers parse it where they connect."""
+    from .transport.wire import Endpoint
+    try:
+        Endpoint.parse(text)
+    except CsError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
@@ -105,16 +120,16 @@ def _migrate_receive_args(mr: argparse.ArgumentParser) -> None:
 
 
 def _migrate_args(mg: argparse.ArgumentParser) -> None:
-    mg.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="process to move")
-    mg.add_argument("--to", required=True, metavar="HOST:PORT", help="where migrate-receive listens")
-    mg.add_argument("--max-downtime", type=float, default=100.0, metavar="MS",
+    mg.add_argument("-t", "--tree", type=_pid, required=True, metavar="PID", help="process to move")
+    mg.add_argument("--to", type=host_port, required=True, metavar="HOST:PORT", help="where migrate-receive listens")
+    mg.add_argument("--max-downtime", type=_milliseconds, default=100.0, metavar="MS",
                     help="stop pre-copying once the predicted final delta fits in MS (default 100)")
-    mg.add_argument("--max-iterations", type=int, default=8, metavar="N", help="pre-copy iterations at most")
+    mg.add_argument("--max-iterations", type=_count, default=8, metavar="N", help="pre-copy iterations at most")
     mg.add_argument("-D", "--images-dir", metavar="DIR", help="keep the source's images here (default: a "
                     "temporary directory, removed at the end)")
     mg.add_argument("--token-file", metavar="FILE", help="present this token to the destination")
     mg.add_argument("--compress", action="store_true", help="zstd-compress pages on the wire")
-    mg.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+    mg.add_argument("--timeout", type=_timeout, default=60.0, metavar="SECONDS",
                     help="give up (the source runs on) when the destination is silent this long (default 60)")
     mg.add_argument("--post-copy", action="store_true",
                     help="after the pre-copy iterations, send no private page: the destination runs the "

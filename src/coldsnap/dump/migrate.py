@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..connections.lock import NetworkLock
-from ..errors import CsError, TransportError
+from ..errors import CsError, Interrupted, NoSuchProcess, TransportError
 from ..images.directory import ImageDir, make_work_dir
 from ..kernel.page import PAGE_SHIFT
 from ..transport.client import ClientOptions, PageServerClient
@@ -191,6 +191,8 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
                 untrack(pid)            # the source runs on, without coldsnap's tracking
             except CsError:
                 pass
+        if isinstance(e, (NoSuchProcess, Interrupted)) and not dumped:
+            raise                       # gone (it runs nowhere), or stopped by a signal: their own exit codes
         raise MigrationFailed(f"migration of {pid} to {to} failed, {pid} runs on here: {e}") from None
     if source is not None:
         report(f"{pid} runs at {to}; serving its last pages from {source.endpoint}")

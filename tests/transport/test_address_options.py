@@ -1,0 +1,37 @@
+"""Bad HOST:PORT values and numbers given to migrate and to the --page-server options are
+usage errors (exit 2, argparse's usage line and message), found before any process is
+touched; a migrate of a process that does not exist is exit 3 without claiming it "runs
+on here"."""
+from __future__ import annotations
+
+import pytest
+
+from procs import coldsnap
+
+
+@pytest.mark.parametrize("argv", [
+    ["migrate", "-t", "{pid}", "--to", "nothing"],
+    ["migrate", "-t", "{pid}", "--to", "127.0.0.1:65536"],
+    ["migrate", "-t", "{pid}", "--to", ":80"],
+    ["migrate", "-t", "{pid}", "--to", "127.0.0.1:0"],
+    ["migrate", "-t", "0", "--to", "127.0.0.1:1"],
+    ["migrate", "-t", "{pid}", "--to", "127.0.0.1:1", "--max-downtime", "-1"],
+    ["migrate", "-t", "{pid}", "--to", "127.0.0.1:1", "--max-downtime", "nan"],
+    ["migrate", "-t", "{pid}", "--to", "127.0.0.1:1", "--max-iterations", "0"],
+    ["migrate", "-t", "{pid}", "--to", "127.0.0.1:1", "--timeout", "0"],
+    ["dump", "-t", "{pid}", "-D", "{tmp}/d", "--page-server", "bad"],
+    ["pre-dump", "-t", "{pid}", "-D", "{tmp}/d", "--page-server", "host:port"],
+    ["restore", "-D", "{tmp}/d", "--page-server", "127.0.0.1"],
+])
+def test_bad_values_are_usage_errors(argv, tmp_path, spawn, workload_bin):
+    target = spawn([workload_bin("mem_pattern"), 64, 8])
+    run = coldsnap(*[a.format(pid=target.pid, tmp=tmp_path) for a in argv])
+    assert run.returncode == 2, (run.returncode, run.stderr)
+    assert "usage:" in run.stderr and "error: argument" in run.stderr, run.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_migrate_of_no_process_is_exit_3():
+    run = coldsnap("migrate", "-t", "99999999", "--to", "127.0.0.1:1")
+    assert run.returncode == 3, run.stderr
+    assert run.stderr.strip().splitlines() == ["coldsnap: process 99999999: no such process"], run.stderr
