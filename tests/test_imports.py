@@ -230,3 +230,22 @@ def test_parsers_built_ahead_parse_as_built_on_demand(monkeypatch):
     finally:
         for sig, handler in handlers.items():       # main() installs its own
             signal.signal(sig, handler)
+
+
+def test_a_command_run_here_sets_up_the_site_directories_without_other_packages_code():
+    """bin/coldsnap starts Python without `site`; a command it runs in this process puts the
+    site directories (and the paths their .pth files name) on sys.path as site.main() would,
+    but runs no installed package's .pth code: nothing is imported beyond `os` and `site`."""
+    code = ("import sys, os\nsys.path.insert(0, sys.argv[1])\nbefore = list(sys.path)\n"
+            "from coldsnap.service.client import add_site_dirs\nadd_site_dirs()\n"
+            "ours = list(dict.fromkeys(os.path.abspath(p) for p in sys.path))\nloaded = set(sys.modules)\n"
+            "sys.path[:] = before\nimport site\nsite.main()\n"
+            "print('SAME', ours == list(dict.fromkeys(os.path.abspath(p) for p in sys.path)))\n"
+            "print('EXTRA', *sorted(m for m in loaded if m != 'site' and not m.startswith('coldsnap')"
+            " and m not in BASE))")
+    base = subprocess.run([sys.executable, "-S", "-c", "import sys, os\nprint(*sys.modules)"], capture_output=True,
+                          text=True, check=True, timeout=60).stdout.split()
+    p = subprocess.run([sys.executable, "-S", "-c", f"BASE = {set(base)!r}\n{code}", str(SRC)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "SAME True" in p.stdout and set(p.stdout.split("EXTRA")[1].split()) <= {"_sitebuiltins"}, p.stdout

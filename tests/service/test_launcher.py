@@ -1,5 +1,5 @@
 """bin/coldsnap, the `coldsnap` command as installed: Python without `site`, coldsnap found
-where an install put it, through the service or in the caller with the whole set-up."""
+where an install put it, through the service or in the caller with the site directories."""
 from __future__ import annotations
 
 import os
@@ -74,11 +74,20 @@ def test_a_prefix_s_own_site_directory_is_found_from_a_relative_path(site_dir, s
 
 
 def test_ctrl_c_while_a_command_run_in_the_caller_starts_ends_it_by_sigint_quietly(tmp_path):
-    # a .pth that takes its time: SIGINT lands in the set-up, before the command's own handlers
-    bin_dir = make_env(tmp_path / "env", system_site=True, coldsnap="editable")
-    ready = tmp_path / "in-site"
+    # a coldsnap whose cli module takes its time to import: SIGINT lands in the command's
+    # start, before its own handlers
+    bin_dir = make_env(tmp_path / "env", system_site=True, coldsnap=None)
+    ready = tmp_path / "in-start"
+    package = tmp_path / "src" / "coldsnap"
+    package.mkdir(parents=True)
+    for f in (REPO / "src" / "coldsnap").iterdir():
+        if f.name != "cli.py":
+            (package / f.name).symlink_to(f)
+    future = "from __future__ import annotations\n"
+    (package / "cli.py").write_text((REPO / "src" / "coldsnap" / "cli.py").read_text().replace(
+        future, f"{future}import pathlib, time\npathlib.Path({str(ready)!r}).touch()\ntime.sleep(30)\n", 1))
     site_dir = next((tmp_path / "env" / "lib").glob("python3*/site-packages"))
-    (site_dir / "slow.pth").write_text(f"import pathlib, time; pathlib.Path({str(ready)!r}).touch(); time.sleep(30)\n")
+    (site_dir / "__editable__.coldsnap-0.1.0.pth").write_text(f"{package.parent}\n")
     environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     p = subprocess.Popen([bin_dir / "coldsnap", "check"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env={**environ, "COLDSNAP_SERVICE": ""},
@@ -86,7 +95,7 @@ def test_ctrl_c_while_a_command_run_in_the_caller_starts_ends_it_by_sigint_quiet
     try:
         deadline = time.monotonic() + 30
         while not ready.exists():
-            assert time.monotonic() < deadline and p.poll() is None, "the set-up never ran"
+            assert time.monotonic() < deadline and p.poll() is None, "the command never started"
             time.sleep(0.01)
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=30)
@@ -97,14 +106,19 @@ def test_ctrl_c_while_a_command_run_in_the_caller_starts_ends_it_by_sigint_quiet
     assert "Traceback" not in err and out == ""
 
 
-def test_a_command_run_in_the_caller_gets_the_whole_set_up(tmp_path):
+def test_a_command_run_in_the_caller_gets_the_site_directories_but_runs_no_pth_code(tmp_path):
     # no service: the client runs `show` itself, which needs protobuf from the system's
-    # site directory, reached only through the set-up the launcher skipped
+    # site directory, reached only through the site directories the launcher skipped; the
+    # code of other packages' .pth files is their start-up, not the command's
     bin_dir = make_env(tmp_path / "env", system_site=True, coldsnap="editable")
+    marker = tmp_path / "site-ran"
+    site_dir = next((tmp_path / "env" / "lib").glob("python3*/site-packages"))
+    (site_dir / "marker.pth").write_text(f"import pathlib; pathlib.Path({str(marker)!r}).touch()\n")
     missing = tmp_path / "a dir with * and spaces"
     done = run([bin_dir / "coldsnap", "show", missing], COLDSNAP_SERVICE="")
     assert done.returncode == 6
     assert done.stderr.splitlines() == [f"coldsnap: {missing}: cannot open images directory: No such file or directory"]
+    assert not marker.exists()
 
 
 def test_without_a_python_beside_it_the_command_takes_python3_from_path(tmp_path):
