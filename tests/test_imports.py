@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,62 @@ def test_a_dump_and_a_restore_of_a_process_load_no_numpy(spawn, workload_bin, tm
             os.waitpid(w.pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+
+
+# The standard library a dump or a restore run in the caller may load, with what these modules
+# import themselves (worked out in the interpreter that runs the test) and what protobuf's
+# runtime imports: a module beyond these, an import that came back, fails the test below.
+COMMAND_STDLIB = ("argparse", "dataclasses", "pathlib", "ctypes", "signal", "gc", "errno", "resource", "fcntl",
+                  "mmap", "array", "select", "bisect", "heapq", "__future__", "site")
+PROTOBUF = ("google.protobuf.descriptor_pool", "google.protobuf.internal.builder", "google.protobuf.symbol_database",
+            "google.protobuf.runtime_version")
+
+
+def _as_installed(argv: list[str]) -> set[str]:
+    """sys.modules after ARGV ran the way the installed script runs a command in the caller:
+    Python without `site`, the site directories added (client.add_site_dirs), cli.main."""
+    probe = (f"import sys\nsys.path.insert(0, {str(SRC)!r})\nfrom coldsnap.service.client import add_site_dirs\n"
+             f"add_site_dirs()\nfrom coldsnap.cli import main\nassert main({argv!r}) == 0\n"
+             "print('MODULES', *sorted(sys.modules))")
+    p = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return set(next(x for x in p.stdout.splitlines() if x.startswith("MODULES ")).split()[1:])
+
+
+def _stdlib_allowed(*more: str) -> set[str]:
+    code = ("import sys\nfrom coldsnap.service.client import add_site_dirs\nadd_site_dirs()\n"
+            f"for m in {COMMAND_STDLIB + PROTOBUF + more!r}:\n    __import__(m)\nprint('MODULES', *sorted(sys.modules))")
+    p = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert p.returncode == 0, p.stderr
+    return set(next(x for x in p.stdout.splitlines() if x.startswith("MODULES ")).split()[1:])
+
+
+def test_a_dump_and_a_restore_run_in_the_caller_load_only_the_standard_library_they_need(spawn, workload_bin,
+                                                                                           tmp_path):
+    """The start of a command run without the service is most of its wall time at 8 MiB
+    (issue 13): no module of the standard library beyond COMMAND_STDLIB (and theirs), so
+    that an import cut (shutil and tempfile for a staging directory or argparse's terminal
+    width, socket for a restore, other packages' .pth code) does not come back unnoticed."""
+    w = spawn([str(workload_bin("rst_still"))], stderr=subprocess.DEVNULL)
+    d = tmp_path / "d"
+    dumped = _as_installed(["dump", "-t", str(w.pid), "-D", str(d)])
+    w.proc.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{w.pid}") and time.monotonic() < deadline:
+        time.sleep(0.005)
+    try:
+        restored = _as_installed(["restore", "-D", str(d), "-d"])
+    finally:
+        try:
+            os.kill(w.pid, signal.SIGKILL)
+            os.waitpid(w.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    beyond = lambda mods, allowed: sorted(m for m in mods - allowed if not m.startswith(("coldsnap.", "google.")))  # noqa: E731
+    assert beyond(restored, _stdlib_allowed()) == []
+    # and socket: cli._refuse_lazy asks for a lazy restore's status socket
+    assert beyond(dumped, _stdlib_allowed("socket")) == []
 
 
 def test_a_first_tracked_pre_dump_loads_no_numpy(spawn, workload_bin, tmp_path):

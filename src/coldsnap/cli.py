@@ -128,6 +128,28 @@ def _criu_log_args(p: argparse.ArgumentParser) -> None:
                         "a relative FILE is in the working directory, not in -D)")
 
 
+def _sized(formatter: type[argparse.HelpFormatter]) -> Callable[..., argparse.HelpFormatter]:
+    """FORMATTER given the width it would otherwise ask shutil.get_terminal_size for, found
+    the same way (COLUMNS, else stdout's terminal, else 80; minus argparse's margin of 2):
+    argparse makes a formatter at every add_argument, and shutil imports zlib, bz2 and lzma."""
+    def make(prog: str) -> argparse.HelpFormatter:
+        return formatter(prog, width=_columns() - 2)
+    return make
+
+
+def _columns() -> int:
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
 _NO_CRIU_LOG = ("service", "demo")      # the service has its own -o; the demo is no CRIU command
 
 
@@ -136,11 +158,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     needs, for COMMAND alone (the whole costs ~6 ms of each start). A name that is no
     command gets every command by name, for argparse's answer."""
     p = _Parser(prog="coldsnap", description="Checkpoint/restore of Linux processes.",
-                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                epilog=EPILOG, formatter_class=_sized(argparse.RawDescriptionHelpFormatter))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in [command] if command in _COMMANDS else _COMMANDS:
         words, declare = _COMMANDS[name]
-        cmd = sub.add_parser(name, help=words)
+        cmd = sub.add_parser(name, help=words, formatter_class=_sized(argparse.HelpFormatter))
         if command is None or command == name:
             declare(cmd)
             if name not in _NO_CRIU_LOG:

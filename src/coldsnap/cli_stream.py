@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -93,6 +91,7 @@ def signals_held():
 def new_spool() -> Path:
     """A new spool directory; call it with signals_held, the result kept where its remover
     finds it inside the block (else a signal right after the mkdir would leave it)."""
+    import tempfile         # here only: with shutil, random and the compressors, ~3 ms of every start
     try:
         return Path(tempfile.mkdtemp(prefix=SPOOL_PREFIX))
     except OSError as e:
@@ -105,6 +104,7 @@ Output = Callable[..., None]            # cli._out: (args, result object, *lines
 def run_dump(args: argparse.Namespace, inner: Callable[[argparse.Namespace, Output], int], out: Output) -> int:
     """dump/pre-dump --stream: inner (the command as with -D) into a spool, then the stream;
     inner's result is said through OUT once the stream is written."""
+    import shutil
     from .images.stream import write_stream
     said: list[tuple[dict, tuple[str, ...]]] = []
     stream_fd = take_stdout()
@@ -166,6 +166,7 @@ class StreamSpool:
 
     def remove(self) -> None:
         if self.spool is not None:
+            import shutil
             shutil.rmtree(self.spool, ignore_errors=True)
 
     def __enter__(self) -> "StreamSpool":
