@@ -571,7 +571,9 @@ def run_restore(args: argparse.Namespace) -> int:
             res.exit_status = os.waitpid(res.pid, 0)[1]
     else:
         from .restore.restore import restore
-        res = restore(args.images_dir, detach=args.restore_detached, pages=cli_transport.restore_pages(args), **how)
+        # detached, the command ends as the process runs: the lazy server's push waits for that
+        res = restore(args.images_dir, detach=args.restore_detached, pages=cli_transport.restore_pages(args),
+                      lazy_hold=args.restore_detached, **how)
     result = {"pid": res.pid, "processes": res.processes, "threads": res.threads, "total_ms": round(res.total_ns / 1e6, 3),
               "memory_ms": round(res.stats.memory_ns / 1e6, 3), "injected_calls": res.stats.calls,
               "round_trips": res.stats.trips}

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -301,3 +302,57 @@ def test_dump_is_refused_while_pages_are_outstanding(workload_bin, tmp_path):
             os.kill(res["lazy_server"], signal.SIGCONT)
         assert wait_served(res) == 0
         coldsnap("dump", "-t", w.pid, "-D", tmp_path / "after", "--leave-running").check()
+
+
+HOLDING_COMMAND = """
+import json, sys
+from coldsnap.restore import lazy_server
+from coldsnap.restore.restore import restore
+lazy_server.HOLD_MAX = float(sys.argv[2])       # the server is forked from us: it has ours
+r = restore(sys.argv[1], lazy_pages=True, lazy_hold=True)
+print(json.dumps({"pid": r.pid, "lazy_server": r.lazy_server, "lazy_guardian": r.lazy_guardian}), flush=True)
+sys.stdin.read()                                # the command's end: when the test says
+"""
+
+
+@contextlib.contextmanager
+def held_restore(workload_bin, tmp_path, hold_max: float):
+    """lazy_check dumped, then restored lazily by a command (HOLDING_COMMAND) that goes on
+    until its stdin ends: (workload, its result, the command)."""
+    w = LogWorkload([workload_bin("lazy_check"), 32, tmp_path / "go"], tmp_path / "log")
+    res = cmd = None
+    try:
+        w.wait_ready()
+        dumped(w, tmp_path / "img")
+        cmd = subprocess.Popen([sys.executable, "-c", HOLDING_COMMAND, tmp_path / "img", str(hold_max)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        res = json.loads(cmd.stdout.readline())
+        yield w, res, cmd
+    finally:
+        if cmd is not None:
+            cmd.stdin.close()
+            cmd.wait()
+            w.adopt_restored()
+        end_lazy_restore(w, res)
+
+
+def test_the_push_waits_for_the_end_of_the_command(workload_bin, tmp_path):
+    """restore(lazy_hold=True), as `restore -d` runs it: the server answers faults at once but
+    pushes nothing until the command that restored has ended (it needs the CPUs until then);
+    then every page comes in."""
+    with held_restore(workload_bin, tmp_path, hold_max=60) as (w, res, cmd):
+        time.sleep(0.3)
+        st = lazy_status(w.pid)
+        assert st["ready"] and st["pushed_pages"] == 0 and st["pages_left"] > 0, st
+        cmd.stdin.close()
+        assert cmd.wait() == 0
+        assert wait_served(res) == 0
+        assert alive(w.pid)
+
+
+def test_a_command_that_goes_on_holds_the_push_for_a_moment_only(workload_bin, tmp_path):
+    """The command lives on (a restore without -d would, or a library's caller): the push
+    begins after lazy_server.HOLD_MAX all the same."""
+    with held_restore(workload_bin, tmp_path, hold_max=0.2) as (w, res, cmd):
+        assert wait_served(res) == 0
+        assert cmd.poll() is None and alive(w.pid)

@@ -21,8 +21,11 @@ between two polls pushes the rest in background order (lazy_pages.py), up to 32 
 continuing a sequential reader's window (its next fault there still counts as sequential,
 so its window keeps growing). Each copy is cut in pieces that a helper thread shares (lazy_copier.py: two CPUs copy when the
 process leaves one idle), and once the process runs another thread fills the server's page
-tables of the pages files ahead of the copies (PageSource.warm). It exits 0
-once every page is in, closing the uffds: every registration vanishes with them.
+tables of the pages files ahead of the copies (PageSource.warm). The push and that
+thread begin when coldsnap says go, or, for a command that exits as soon as the processes
+run (`restore -d`), once that command has ended (a pidfd with go: the CPUs are the
+command's until then; the faults are answered from the start), at most HOLD_MAX after go.
+It exits 0 once every page is in, closing the uffds: every registration vanishes with them.
 
 The server imports no numpy (its page state, lazy_pages.py, is a list of runs): forked
 before the transplant, it has its few imports done by the time the process runs, and the
@@ -69,6 +72,7 @@ FIRST = 16                      # a fault's own pages go in alone first: the fau
 PUSH_PAGES = 8192               # one background step (32 MiB, two threads: lazy_copier.py), cut short by a fault
 FETCH_PAGES = 512               # ...2 MiB, not cut, where pages come from a page server (fetched before the copy)
 CONTROL_MAX = 1 << 18           # a control message: "fd PID", a seed's with the process's numbers
+HOLD_MAX = 0.5                  # s: the longest a push waits for the command's end after go
 ABORTED = 3                     # server exit status: coldsnap never said go
 _ZERO = bytes(PAGE)
 _ZERO_AT = vm.address(_ZERO)            # immutable and kept: its address stays valid
@@ -115,6 +119,8 @@ class Server:
         self.spaces: dict[int, Space] = {}        # uffd -> space
         self.go = False
         self.t_go = 0.0
+        self.held = -1                  # a pidfd whose exit lets the push begin (LazyServer.go)
+        self.hold_until = 0.0
         self.total = 0
         self.count = Counters()
         self.t0 = time.monotonic()
@@ -139,9 +145,15 @@ class Server:
         released = False
         try:
             while not self.go or self._pending():
-                busy = self.go and self._pending()
-                for fd, _ in self.poller.poll(0 if busy else None):
-                    if fd == self.ctl.fileno():
+                if self.held >= 0 and time.monotonic() >= self.hold_until:
+                    self._release()
+                busy = self.go and self.held < 0 and self._pending()
+                wait = 0 if busy else max(1, int((self.hold_until - time.monotonic()) * 1e3) + 1) \
+                    if self.held >= 0 else None
+                for fd, _ in self.poller.poll(wait):
+                    if fd == self.held:
+                        self._release()
+                    elif fd == self.ctl.fileno():
                         if not self._control():
                             print("coldsnap lazy server: the restore was abandoned", file=sys.stderr)
                             return ABORTED
@@ -188,6 +200,15 @@ class Server:
             proc.private.warm()
         self.count.warm_cpu = time.thread_time()
 
+    def _release(self) -> None:
+        """The push may begin, and the thread filling our page tables: not before, the restore
+        and the command that made it need the CPUs until they are done."""
+        if self.held >= 0:
+            self.poller.unregister(self.held)
+            os.close(self.held)
+            self.held = -1
+        threading.Thread(target=self._warm, name="coldsnap-warm", daemon=True).start()
+
     def _pending(self) -> int:
         return sum(s.pages.pending for s in self.spaces.values())
 
@@ -202,8 +223,11 @@ class Server:
         if msg == b"go":
             self.go = True
             self.t_go = time.monotonic()
-            # not before: the restore needs the CPUs until it says go
-            threading.Thread(target=self._warm, name="coldsnap-warm", daemon=True).start()
+            if fds:         # the push waits for the end of the command that restored (LazyServer.go)
+                self.held, self.hold_until = fds[0], self.t_go + HOLD_MAX
+                self.poller.register(self.held, select.POLLIN)
+            else:
+                self._release()
         elif msg.startswith(b"fd "):
             head, _, parts = msg.partition(b"\n")
             pid = int(head.split()[1])

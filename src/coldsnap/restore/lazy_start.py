@@ -3,7 +3,7 @@ part of restore/lazy_server.py that coldsnap itself imports (the server's own co
 imported in the forked server and guardian, so the restore command does not pay for it).
 
     server = start_server(images, root, log=None)     # a seed's (lazy_seed.py), else forked
-    server.hand(pid, uffd, layout); ...; server.go()    # or server.abort()
+    server.hand(pid, uffd, layout); ...; server.go(hold)    # or server.abort()
     lazy_status(root) -> dict
 """
 from __future__ import annotations
@@ -110,17 +110,28 @@ class LazyServer:
             for f in files:
                 os.close(f)
 
-    def go(self) -> None:
+    def go(self, hold: bool = False) -> None:
         """Every process is built: the server may push. Raises CsError if it never started.
         Waits for the guardian's word alone (it has forked the server), not for the middle
         process's exit nor the server's first steps: a loaded machine may schedule those
-        late, and the processes would wait for them (settle() reaps the middle afterwards)."""
+        late, and the processes would wait for them (settle() reaps the middle afterwards).
+        HOLD: the server answers faults at once but begins its push (and the filling of its
+        page tables) only once this process has exited (a command that returns as soon as
+        the processes run: until its end it needs the CPUs the push would take), or after
+        lazy_server.HOLD_MAX."""
         try:
             got = self._pids()
             if len(got) != 2:
                 raise CsError("cannot start the lazy-pages server")
             self.guardian, self.server = int(got[0]), int(got[1])
-            self._to_server.send(b"go")
+            if not hold:
+                self._to_server.send(b"go")
+                return
+            me = pidfd_open(os.getpid())
+            try:
+                socket.send_fds(self._to_server, [b"go"], [me])
+            finally:
+                os.close(me)
         finally:
             self._close()
 

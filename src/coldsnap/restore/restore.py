@@ -64,11 +64,14 @@ class RestoreResult:
 
 
 def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bool = False,
-            lazy_pages: bool = False, lazy_log: str | None = None, tcp_close: bool = False,
-            network_lock: bool = True, pages: PageOrigin | None = None,
+            lazy_pages: bool = False, lazy_log: str | None = None, lazy_hold: bool = False,
+            tcp_close: bool = False, network_lock: bool = True, pages: PageOrigin | None = None,
             prebuilt: Prebuilt | None = None) -> RestoreResult:
     """lazy_pages: private anonymous memory comes after the process runs, from a detached
-    server (restore/lazy_server.py); lazy_log: where that server writes (else /dev/null).
+    server (restore/lazy_server.py); lazy_log: where that server writes (else /dev/null);
+    lazy_hold: with detach, the server's background push waits for the end of this process
+    (a command that exits once the processes run: lazy_start.py LazyServer.go), faults are
+    answered at once all the same.
     pages: where the pages are read (default: the images directory; transport/source.py
     RemotePages: a page server's session, closed here when the restore is done).
     tcp_close: saved TCP connections come back closed (the dump's lock is lifted all the same).
@@ -78,7 +81,7 @@ def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bo
     t0 = time.perf_counter_ns()
     try:
         result = _load_and_restore(images_dir, t0, shell_job, lazy_pages, lazy_log, tcp_close, network_lock, pages,
-                                   prebuilt)
+                                   prebuilt, lazy_hold=lazy_hold and detach)
     finally:
         if pages is not None:
             pages.close()
@@ -89,7 +92,7 @@ def restore(images_dir: str | os.PathLike, *, detach: bool = True, shell_job: bo
 
 def _load_and_restore(images_dir, t0: int, shell_job: bool, lazy_pages: bool, lazy_log: str | None,
                       tcp_close: bool, network_lock: bool, pages: PageOrigin | None,
-                      prebuilt: Prebuilt | None = None) -> RestoreResult:
+                      prebuilt: Prebuilt | None = None, lazy_hold: bool = False) -> RestoreResult:
     d = ImageDir.open(images_dir)       # once, for the network lock and the images
     with RestoreNetwork.of(d) as net:
         images = load_tree(d, shell_job=shell_job, pages=pages)
@@ -99,12 +102,12 @@ def _load_and_restore(images_dir, t0: int, shell_job: bool, lazy_pages: bool, la
         with SharedMemory.make(images.shmem, images.sysv, images.memfds) as shm, make_ghosts(images) as ghosts:
             shm.give_sources(images.files, images.memfd_files)
             return _restore(images, shm, net, ghosts, t0, shell_job=shell_job, lazy_pages=lazy_pages,
-                            lazy_log=lazy_log, prebuilt=prebuilt)
+                            lazy_log=lazy_log, lazy_hold=lazy_hold, prebuilt=prebuilt)
 
 
 def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts: GhostFiles,
              t0: int, *, shell_job: bool,
-             lazy_pages: bool = False, lazy_log: str | None = None,
+             lazy_pages: bool = False, lazy_log: str | None = None, lazy_hold: bool = False,
              prebuilt: Prebuilt | None = None) -> RestoreResult:
     """The blank tree, each process transplanted, all let go (restore's docstring)."""
     root = images.tree.root
@@ -137,7 +140,7 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts:
                 net.finish()        # repair off: the streams go on when the tree runs
                 shm.finish()        # last seals, SHM_DEST: before any restored process runs
                 if server is not None:
-                    server.go()         # before the detach: the first fault is answered at once
+                    server.go(lazy_hold)    # before the detach: the first fault is answered at once
                 for p, proc in images.procs.items():
                     tc = proc.leader.tc
                     if tc.task_state == TASK_STOPPED:
