@@ -356,3 +356,23 @@ def test_a_command_that_goes_on_holds_the_push_for_a_moment_only(workload_bin, t
     with held_restore(workload_bin, tmp_path, hold_max=0.2) as (w, res, cmd):
         assert wait_served(res) == 0
         assert cmd.poll() is None and alive(w.pid)
+
+
+def test_no_more_round_trips_than_an_eager_restore(workload_bin, tmp_path):
+    """The lazy pages' userfaultfd is made in the batch of the mmaps and its copy in the
+    process closed by the next batch, as the eager restore's own: arming it costs no round
+    trip of its own (two, before)."""
+    w = LogWorkload([workload_bin("lazy_check"), 32, tmp_path / "go"], tmp_path / "log")
+    res = None
+    try:
+        w.wait_ready()
+        dumped(w, tmp_path / "img")
+        eager = json.loads(coldsnap("restore", "-D", tmp_path / "img", "-d", "--json").check().stdout)
+        w.adopt_restored()
+        kill_and_reap(w.pid)
+        res = lazy_restore(tmp_path / "img")
+        w.adopt_restored()
+        assert res["lazy_pages"] > 0
+        assert res["round_trips"] <= eager["round_trips"], (res, eager)
+    finally:
+        end_lazy_restore(w, res)

@@ -136,13 +136,17 @@ class EagerPart:
 
     def __init__(self, src: PageSource, layout: LazyLayout):
         self.src = src
-        self.cut = layout.areas
+        self.cut = layout.areas         # sorted, apart
         self.keep = layout.eager
+        self._cut_ends = [e for _, e in self.cut]
+        self._located: list[tuple[int, int, int, int]] | None = None
         self._held: list[np.ndarray] = []       # the buffers given out, until close()
 
     def located(self) -> list[tuple[int, int, int, int]]:
-        return [(level, a, b - a, offset + a - vaddr) for level, vaddr, nbytes, offset in self.src.located()
-                for a, b in self._spans(vaddr, vaddr + nbytes)]
+        if self._located is None:
+            self._located = [(level, a, b - a, offset + a - vaddr) for level, vaddr, nbytes, offset in self.src.located()
+                             for a, b in self._spans(vaddr, vaddr + nbytes)]
+        return self._located
 
     def runs(self) -> list[tuple[int, int]]:
         return [(v, n) for _, v, n, _ in self.located()]
@@ -157,9 +161,19 @@ class EagerPart:
         return self.src.saved(level, offset, nbytes)
 
     def _spans(self, vaddr: int, end: int) -> list[tuple[int, int]]:
-        spans = [(vaddr, end)]
-        for s, e in self.cut:
-            spans = [p for a, b in spans for p in ((a, min(b, s)), (max(a, e), b)) if p[0] < p[1]]
+        spans = []
+        at = vaddr
+        i = bisect_right(self._cut_ends, vaddr)     # the first lazy area ending after vaddr
+        while i < len(self.cut) and self.cut[i][0] < end:
+            s, e = self.cut[i]
+            if at < s:
+                spans.append((at, s))
+            at = max(at, e)
+            i += 1
+        if at < end:
+            spans.append((at, end))
+        if not self.keep:
+            return spans
         for s, e in self.keep:
             lo, hi = max(vaddr, s), min(end, e)
             if lo < hi:
@@ -174,14 +188,19 @@ class EagerPart:
         self.src.close()
 
 
-def arm(rc, pid: int, layout: LazyLayout) -> int:
-    """Make a userfaultfd inside the target (rc: its remote calls), take it, close the
-    target's copy, register the lazy areas in MISSING mode; returns coldsnap's fd."""
-    tfd = rc.checked(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK, what="userfaultfd for the lazy pages")
-    try:
+def arm(rc, pid: int, layout: LazyLayout, tfd: int = -1) -> int:
+    """Take the userfaultfd TFD the target made (the transplant's batch of mmaps made it;
+    its copy is closed by the next batch) or, if it could not (-errno), make one inside the
+    target (rc: its remote calls), take it and close the target's copy; register the lazy
+    areas in MISSING mode; returns coldsnap's fd."""
+    if tfd < 0:
+        tfd = rc.checked(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK, what="userfaultfd for the lazy pages")
+        try:
+            ours = take_fd(pid, tfd)
+        finally:
+            rc.call(SYS.close, tfd)
+    else:
         ours = take_fd(pid, tfd)
-    finally:
-        rc.call(SYS.close, tfd)
     try:
         uffd.api(ours, FEATURES)
         for start, end in layout.areas:

@@ -190,7 +190,7 @@ class Transplant:
         self.stats = TransplantStats()
         self._exe_fd = -1               # the exe, opened read-only in the target by _map_vmas
         self._vdso_moved_at: int | None = None  # staged calls up to the vDSO's last mremap
-        self._uffd_copy = -1            # the target's userfaultfd of PageWriter, closed in the next batch
+        self._uffd_copy = -1            # the target's userfaultfd (PageWriter's, or the lazy pages'), closed in the next batch
         self._creds_set = False         # a thread's credentials were changed (resets dumpable)
 
     # -- helpers --------------------------------------------------------------------------
@@ -381,8 +381,8 @@ class Transplant:
                 if key != exe:
                     maps.add(SYS.close, fd, may_fail=True)
             self._huge_advice(maps)
-            want_uffd = not self.lazy and not vm.thp_always()
-            if want_uffd:       # PageWriter's userfaultfd (_copy_uffd): made in this batch
+            want_uffd = self.lazy or not vm.thp_always()
+            if want_uffd:       # PageWriter's userfaultfd (_copy_uffd) or the lazy pages' (lazy.arm): made in this batch
                 maps.add(SYS.userfaultfd, O_CLOEXEC | os.O_NONBLOCK, may_fail=True)
             maps.run()
             if want_uffd:
@@ -444,7 +444,7 @@ class Transplant:
         self.stats.write = writer.stats
         if layout is not None:
             # registered before any later injected call can touch a lazy page
-            fd = lazy_pages.arm(self.rc, self.pid, layout)
+            fd = lazy_pages.arm(self.rc, self.pid, layout, self._uffd_copy)
             try:
                 self.lazy.hand(self.pid, fd, layout)
             finally:
