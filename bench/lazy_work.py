@@ -25,7 +25,9 @@ arm (the userfaultfd)), go (waiting for the guardian's word), other (the rest: p
 images dir, seize, rlimits, the JSON answer, the worker's exit); cpu = the worker's CPU
 time over its part (user + system: the steadier figure on a loaded machine); faults = its
 minor page faults (copy-on-write of what it shares with the service and its forks, the
-pages files read). --fresh: a new dump before each restore (as bench/lazy.py does).
+pages files read); steal = CPU time the host took from this VM during the command (/proc/stat,
+10 ms ticks, both CPUs: a run with steal was slowed by the host, not by coldsnap). --fresh: a
+new dump before each restore (as bench/lazy.py does).
 """
 from __future__ import annotations
 
@@ -152,10 +154,12 @@ class ProfiledService:
 def one(svc: ProfiledService, app: App, images: Path, lazy: bool = True) -> dict:
     """One restore (lazy: --lazy-pages) through SVC: its split (ms)."""
     svc.stamps()
+    stolen = steal_ms()
     t0 = time.monotonic_ns()
     r = subprocess.run([str(svc.script), "restore", "-D", str(images), "-d", "--json", *(["--lazy-pages"] if lazy else [])],
                        env=svc.env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     t1 = time.monotonic_ns()
+    stolen = steal_ms() - stolen
     if r.returncode:
         raise RuntimeError(f"coldsnap restore: {r.stderr.strip()[-400:]}")
     res = json.loads(r.stdout)
@@ -176,7 +180,7 @@ def one(svc: ProfiledService, app: App, images: Path, lazy: bool = True) -> dict
     cpu = {n: b for _, n, _, b, _ in mine if n in ("got", "request", "exit")}
     start = at.get("got", at.get("request"))
     row = {"command": (t1 - t0) / 1e6, "before": (start - t0) / 1e6, "worker": (at["exit"] - start) / 1e6,
-           "after": (t1 - at["exit"]) / 1e6, "spare": 1.0 if "got" in at else 0.0}
+           "after": (t1 - at["exit"]) / 1e6, "spare": 1.0 if "got" in at else 0.0, "steal": stolen}
     for name in PARTS:
         row[name] = sum(b - a for _, n, a, b, _ in mine if n == name) / 1e6
         row[name + "_faults"] = sum(f for _, n, _, _, f in mine if n == name)
@@ -195,7 +199,15 @@ def one(svc: ProfiledService, app: App, images: Path, lazy: bool = True) -> dict
 
 
 COLUMNS = ("command", "before", "worker", "after", "load", "blank", "server", "transplant", "map", "write", "arm",
-           "go", "other", "cpu", "faults")
+           "go", "other", "cpu", "faults", "steal")
+
+
+def steal_ms() -> float:
+    """Time the host took from every CPU of this VM so far (/proc/stat steal, 10 ms ticks):
+    this VM hands freed memory back to its host, and a few seconds after a large free the
+    host's work shows as steal, slowing whatever runs then."""
+    with open("/proc/stat") as f:
+        return int(f.readline().split()[8]) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def report(res: dict, meta: dict, load0, load1, base: str | None) -> str:
@@ -212,7 +224,8 @@ def report(res: dict, meta: dict, load0, load1, base: str | None) -> str:
                 L.append(f"| {size_name(size)} | {name} | 0 | failed |")
                 continue
             L.append(f"| {size_name(size)} | {name} | {len(rows)} | "
-                     + " | ".join(f"{median([r[k] for r in rows]):.{0 if k == 'faults' else 1}f}" for k in COLUMNS)
+                     + " | ".join(f"{median([r[k] for r in rows]):.{0 if k in ('faults', 'steal') else 1}f}"
+                                  for k in COLUMNS)
                      + f" | {sum(r['copy_late'] for r in rows):.0f}/{len(rows)} |")
     L += ["", "Medians in ms (bench/lazy_work.py docstring: the columns). worker = the request in the "
           "worker's hands to its exit; load ... other are parts of it (map, write and arm: of transplant); "
