@@ -25,6 +25,8 @@ bench stamps those two from here), the program checked to answer, killed. Sides 
       fds      . the blank processes' fd tables (rebuild_fds or apply_fds, open_shared), summed
     seize      rlimits and freeze_known
     transplant every transplant, summed
+      threads  . the making of every other thread and its state (from session 10 on one
+               batch of clone3s, then each thread's own calls), summed
     release    the end of the with-block (detach) to restore() returning
     finish     restore() returned to the worker's exit (JSON/printing, exit_worker)
     exit       the worker's exit to the client's exit (the service reports the end)
@@ -48,7 +50,7 @@ from programs import PROGRAMS, kill_tree, running, start, tree_of  # noqa: E402
 
 SECTION = "## Ordinary programs: where the restore through the service goes (issue 13, session 9)"
 TIMELINE = bool(os.environ.get("BENCH_TIMELINE"))
-COLS = ["wall", "client", "start", "load", "blank", "load+blank", "clone", "fds", "seize", "transplant",
+COLS = ["wall", "client", "start", "load", "blank", "load+blank", "clone", "fds", "seize", "transplant", "threads",
         "release", "finish", "exit", "worker CPU", "tree CPU"]
 
 # The service, with the restore's functions stamped. argv: src, log path, address.
@@ -95,6 +97,8 @@ wrap(R, "make_blank_tree")
 wrap(R, "_set_rlimits", "rlimits")
 wrap(R, "freeze_known")
 wrap(R, "transplant")
+import coldsnap.restore.transplant as T
+wrap(T.Transplant, "_new_threads" if hasattr(T.Transplant, "_new_threads") else "_new_thread", "threads")
 for name in ("rebuild_fds", "apply_fds", "open_shared", "default_signal_actions"):
     if hasattr(B, name):
         wrap(B, name)
@@ -171,6 +175,7 @@ def phases(stamps: list[tuple[str, int, int]], t0: int, t1: int) -> dict:
            "fds": summed("rebuild_fds") + summed("apply_fds") + summed("open_shared"),
            "seize": summed("rlimits") + (freeze[0] - first["freeze_known<"]) / 1e6,
            "transplant": summed("transplant"),
+           "threads": summed("threads"),
            "release": (last["restore>"] - tp_end) / 1e6,
            "finish": (ends[0] - last["restore>"]) / 1e6,
            "exit": (t1 - ends[0]) / 1e6,
