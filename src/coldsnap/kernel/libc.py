@@ -118,3 +118,21 @@ class SYS:
     pidfd_open = 434
     clone3 = 435
     pidfd_getfd = 438
+
+
+ARCH_GET_FS = 0x1003
+
+
+def own_rseq_area() -> tuple[int, int] | None:
+    """(address, size) of the rseq area glibc registered for the calling thread, (0, 0) when
+    it registered none; None when this libc does not say (before glibc 2.35)."""
+    try:
+        offset = ctypes.c_ssize_t.in_dll(libc, "__rseq_offset").value
+        size = ctypes.c_uint.in_dll(libc, "__rseq_size").value
+    except ValueError:
+        return None
+    if not size:
+        return 0, 0
+    fs = ctypes.c_ulong()
+    check(_syscall(ctypes.c_long(SYS.arch_prctl), ctypes.c_ulong(ARCH_GET_FS), ctypes.byref(fs)), "arch_prctl")
+    return fs.value + offset, size

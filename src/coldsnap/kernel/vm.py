@@ -138,3 +138,37 @@ def thp_always() -> bool:
             return "[always]" in f.read()
     except OSError:
         return False
+
+
+PROT_READ, PROT_EXEC = 1, 4
+MAP_PRIVATE_ANONYMOUS = 0x22
+
+
+def map_code(code: bytes) -> int:
+    """A private page (or more) of ours holding CODE, readable and executable and never
+    writable (written through /proc/self/mem, which goes past the protection: no W+X, as
+    MDWE and MemoryDenyWriteExecute filters demand); its address. unmap() it when done."""
+    size = (len(code) + 4095) & ~4095
+    addr = _syscall(ctypes.c_long(SYS.mmap), ctypes.c_ulong(0), ctypes.c_ulong(size),
+                    ctypes.c_ulong(PROT_READ | PROT_EXEC), ctypes.c_ulong(MAP_PRIVATE_ANONYMOUS), ctypes.c_long(-1),
+                    ctypes.c_ulong(0))
+    if addr == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap of a code page: {os.strerror(err)}")
+    try:
+        write_code(addr, code)
+    except BaseException:
+        unmap(addr, size)
+        raise
+    return addr
+
+
+def write_code(addr: int, code: bytes) -> None:
+    """Write CODE at ADDR in our own memory (a page of map_code's) through /proc/self/mem."""
+    from .procfs import open_mem
+    fd = open_mem(os.getpid(), os.O_RDWR)
+    try:
+        if os.pwrite(fd, code, addr) != len(code):
+            raise OSError(errno.EIO, "short write of a code page")
+    finally:
+        os.close(fd)

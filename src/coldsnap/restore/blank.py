@@ -12,7 +12,8 @@ order (restore/sessions.py says why this order):
  3. makes its children one by one (clone3 set_tid), waiting for each child's whole subtree
     to be in place before the next (a one-byte "done" on a pipe of their own);
  4. rebuilds its fd table, cwd, root and umask (restore/fdtable.py), resets its signal
-    actions, tells coldsnap "ok" and waits for the seize.
+    actions, tells coldsnap "ok" and waits for the seize (Idle: in a page of code of ours,
+    having unmapped the rest of its memory).
 
 A child that shares neither fd table nor fs with its parent says "done" between 3 and 4:
 its table is its own, so parent and child rebuild theirs side by side.
@@ -50,15 +51,16 @@ import pickle
 import select
 import signal
 import struct
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from ..errors import AccessDenied, CsError, ImageError, TargetError
 from ..kernel.clone import fork_with_pid, set_parent_death_signal
 from ..kernel import vm
-from ..kernel.libc import SYS, check, libc
+from ..kernel.libc import SYS, check, libc, own_rseq_area
+from ..kernel.page import PAGE_SIZE as PAGE
 from .fdtable import FdPlan, apply_fds, open_shared, plan_fds
 from ..seize.tree import Task
-from .images import TreeImages
+from .images import TASK_SIZE, TreeImages, own_vdso_areas
 from .sessions import JOIN, OWN_GROUP, SETSID, SessionStep
 from .transplant import DEFAULT_SIGACTION, SIGNALS
 
@@ -83,13 +85,17 @@ def make_blank_tree(images: TreeImages, shell_job: bool, dontfork: list[tuple[in
     # worked out here, not in the child: its Python runs over memory it shares with us (each
     # object it touches is a copy-on-write fault)
     shared_ids, root_files = images.files.shared_ids(), images.root.files
+    idle = Idle.make(dontfork)
     plan = Plan({pid: plan_fds(proc.files, shared_ids) for pid, proc in images.procs.items()},
-                {pid: images.tree.children(pid) for pid in images.procs}, _changed_signal_actions())
+                {pid: images.tree.children(pid) for pid in images.procs}, _changed_signal_actions(),
+                idle.enter if idle is not None else None)
     try:
         pid = _clone(root)
     except BaseException:
         os.close(r)
         os.close(w)
+        if idle is not None:
+            idle.drop()
         raise
     if pid == 0:
         os.close(r)
@@ -101,6 +107,8 @@ def make_blank_tree(images: TreeImages, shell_job: bool, dontfork: list[tuple[in
         except BaseException as e:   # noqa: BLE001 - report anything to coldsnap
             _fail(w, e)
         _become(images, plan, root, w, shell_job, shared, done=None)
+    if idle is not None:
+        idle.drop()             # the blank processes have it: ours is of no use
     os.close(w)
     with os.fdopen(r, "rb") as f:
         data = f.read()
@@ -119,6 +127,76 @@ class Plan(NamedTuple):
     fds: dict[int, FdPlan]          # pid -> its fd table
     children: dict[int, list[Task]]
     signals: list[int]              # the signals whose action is not the default (ours, inherited)
+    idle: Callable[[], None] | None = None     # where a blank process ends (Idle), else a pause() loop
+
+
+# The blank processes' last code (Idle): munmap each (start, length) of the table at 0x40
+# until a length of 0, then pause() for ever. No stack, no memory but its own page.
+_IDLE_CODE = bytes.fromhex(
+    "488d1d39000000"    # 00       lea rbx, [rip+0x39]   the table, at 0x40
+    "488b7308"          # 07 next: mov rsi, [rbx+8]      length
+    "4885f6"            # 0b       test rsi, rsi
+    "7410"              # 0e       jz wait
+    "488b3b"            # 10       mov rdi, [rbx]        start
+    "b80b000000"        # 13       mov eax, 11           munmap
+    "0f05"              # 18       syscall
+    "4883c310"          # 1a       add rbx, 16
+    "ebe7"              # 1e       jmp next
+    "b822000000"        # 20 wait: mov eax, 34           pause
+    "0f05"              # 25       syscall
+    "ebf7")             # 27       jmp wait
+_IDLE_TABLE = 0x40
+_IDLE_ROOM = (PAGE - _IDLE_TABLE) // 16 - 1
+
+
+class Idle(NamedTuple):
+    """Where a blank process waits for the seize once set up: a page of code of ours (made
+    by coldsnap before the first fork, so every blank process has it) that first unmaps all
+    the process's memory but the page itself, the vDSO block, the rseq area glibc registered
+    (the kernel writes to it) and the areas it keeps (restore/prebuild.py), then waits in
+    pause(). The unmapping of the inherited interpreter (~35 MB of a fork of the service)
+    then happens in the blank process, beside coldsnap's own work (the seize, the
+    transplant's start, the other processes' transplants), not in the transplant's first
+    batch; and coldsnap's own pages are no longer shared with it (a write is no copy). A
+    process seized before it got there (or half-way) is unmapped by the transplant, as
+    before."""
+    page: int
+    enter: Callable[[], None]       # jumps there (never returns)
+
+    @staticmethod
+    def make(keep: list[tuple[int, int]]) -> "Idle | None":
+        """None where it cannot be had (a libc that does not say where its rseq area is,
+        no code page): the blank processes then wait in a pause() loop of Python's."""
+        rseq = own_rseq_area()
+        if rseq is None:
+            return None
+        spans = [*own_vdso_areas(), *keep]
+        if rseq[1]:
+            lo = rseq[0] & ~(PAGE - 1)
+            spans.append((lo, (rseq[0] + rseq[1] + PAGE - 1) & ~(PAGE - 1)))
+        try:
+            page = vm.map_code(bytes(PAGE))        # its place first: the table leaves it out
+        except OSError:
+            return None
+        try:
+            gaps, at = [], 0
+            for lo, hi in sorted([*spans, (page, page + PAGE)]):
+                if at < lo:
+                    gaps.append((at, lo - at))
+                at = max(at, hi)
+            if at < TASK_SIZE:
+                gaps.append((at, TASK_SIZE - at))
+            if len(gaps) > _IDLE_ROOM:
+                raise OSError(errno.E2BIG, "too many areas to keep")
+            table = b"".join(struct.pack("<QQ", start, size) for start, size in gaps) + bytes(16)
+            vm.write_code(page, _IDLE_CODE.ljust(_IDLE_TABLE, b"\xcc") + table)
+        except OSError:
+            vm.unmap(page, PAGE)
+            return None
+        return Idle(page, ctypes.CFUNCTYPE(None)(page))
+
+    def drop(self) -> None:
+        vm.unmap(self.page, PAGE)
 
 
 def _become(images: TreeImages, plan: Plan, pid: int, w: int, shell_job: bool, shared: dict[int, int],
@@ -170,6 +248,8 @@ def _become(images: TreeImages, plan: Plan, pid: int, w: int, shell_job: bool, s
         if table:
             os.close(done)
     try:
+        if plan.idle is not None:
+            plan.idle()          # never returns (Idle)
         while True:
             signal.pause()       # until coldsnap seizes and reshapes this process
     finally:
