@@ -23,7 +23,9 @@ bench stamps those two from here), the program checked to answer, killed. Sides 
     load+blank the two
       clone    . coldsnap's clone of the root (fork of the worker) returned in the parent
       fds      . the blank processes' fd tables (rebuild_fds or apply_fds, open_shared), summed
-    seize      rlimits and freeze_known
+    seize      rlimits and freeze_known, its seize included (until session 10 the column
+               stopped where the with-block begins: the seize itself, e.g. its wait for a
+               blank process still unmapping its memory, was in no column)
     transplant every transplant, summed
       threads  . the making of every other thread and its state (from session 10 on one
                batch of clone3s, then each thread's own calls), summed
@@ -96,6 +98,14 @@ wrap(R, "load_tree")
 wrap(R, "make_blank_tree")
 wrap(R, "_set_rlimits", "rlimits")
 wrap(R, "freeze_known")
+import coldsnap.seize.freezer as F
+enter = F.FrozenTree.__enter__
+def _enter(self):
+    try:
+        return enter(self)
+    finally:
+        stamp("seized")
+F.FrozenTree.__enter__ = _enter
 wrap(R, "transplant")
 import coldsnap.restore.transplant as T
 wrap(T.Transplant, "_new_threads" if hasattr(T.Transplant, "_new_threads") else "_new_thread", "threads")
@@ -163,7 +173,7 @@ def phases(stamps: list[tuple[str, int, int]], t0: int, t1: int) -> dict:
 
     worker = next(p for n, p, _ in stamps if n == "run_request<")
     ends = [t for n, p, t in stamps if n == "exit" and p == worker]
-    freeze = [t for n, p, t in stamps if n == "freeze_known>" and p == worker]
+    freeze = [t for n, p, t in stamps if n == "seized" and p == worker]
     tp_end = max(t for n, p, t in stamps if n == "transplant>" and p == worker)
     out = {"wall": (t1 - t0) / 1e6,
            "client": (first["run_request<"] - t0) / 1e6,
