@@ -69,6 +69,30 @@ def test_target_rules(tmp_path):
     assert stat.S_IMODE(empty.stat().st_mode) == 0o700
 
 
+def test_a_symlink_to_a_directory_takes_the_images_and_stays(tmp_path):
+    """-D a symlink to an empty directory, as CRIU users have (/var/lib/ckpt -> /big/ckpt):
+    the images go into that directory and the link stays (it was refused as 'not a
+    directory'); a dangling link, or one to a file, is refused naming what it points to."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to("real")
+    with ImageDir.create(tmp_path / "link") as d:
+        _inv(d)
+    assert os.readlink(tmp_path / "link") == "real"
+    assert os.listdir(real) == ["inventory.img"]
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"]
+    assert ImageDir.open(tmp_path / "link").inventory.img_version == 2
+    with pytest.raises(ImageError, match="not empty"):      # the rules of the directory it names
+        ImageDir.create(tmp_path / "link")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    (tmp_path / "file").write_bytes(b"")
+    (tmp_path / "tofile").symlink_to("file")
+    for name, to in (("dangling", "nowhere"), ("tofile", "file")):
+        with pytest.raises(ImageError, match=f"{name}: a symbolic link to '{to}', which is no directory"):
+            ImageDir.create(tmp_path / name)
+    assert sorted(os.listdir(tmp_path)) == ["dangling", "file", "link", "real", "tofile"]
+
+
 def test_target_filled_during_dump_is_not_clobbered(tmp_path):
     target = tmp_path / "t"
     target.mkdir()

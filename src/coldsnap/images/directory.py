@@ -179,7 +179,9 @@ def _check_target(target: Path, own: Optional[Path] = None) -> None:
     directory of this run, inside a target that is a mount point)."""
     if not os.path.lexists(target):
         return
-    if not os.path.isdir(target) or os.path.islink(target):
+    if os.path.islink(target):
+        raise ImageError(f"{target}: a symbolic link to {os.readlink(target)!r}, which is no directory")
+    if not os.path.isdir(target):
         raise ImageError(f"{target}: exists and is not a directory")
     if any(e.name != getattr(own, "name", None) for e in os.scandir(target)):
         raise ImageError(f"{target}: exists and is not empty; refusing to overwrite images")
@@ -231,6 +233,10 @@ class ImageDir:
         named `parent`, resolved against the images directory as CRIU does.
         """
         target = Path(os.path.abspath(path))
+        if os.path.islink(target) and os.path.isdir(target):
+            # -D a symlink to a directory (as CRIU takes it): the images go into that directory,
+            # the link is kept (renaming the staging directory onto it would replace the link)
+            target = Path(os.path.realpath(target))
         where = target.parent
         if not where.is_dir():
             raise ImageError(f"{where}: no such directory to create images in")
