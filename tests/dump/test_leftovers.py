@@ -21,11 +21,12 @@ WORKLOAD = ("import sys, time\nb = bytearray(96 << 20)\nfor i in range(0, len(b)
             "print('ready', flush=True)\nwhile True: time.sleep(1)\n")
 
 
-def killed_mid_dump(pid: int, images: Path) -> Path:
-    """Start `coldsnap dump -t PID -D IMAGES`, SIGKILL it once its staging directory holds a
-    pages file; returns that staging directory (left behind)."""
+def killed_mid_dump(pid: int, images: Path, d_option: Path | None = None) -> Path:
+    """Start `coldsnap dump -t PID -D IMAGES` (-D D_OPTION, a symlink to IMAGES, if given),
+    SIGKILL it once its staging directory holds a pages file; returns that staging directory
+    (left behind)."""
     where = images.parent
-    cmd = subprocess.Popen(coldsnap_argv("dump", "-t", pid, "-D", images, "--leave-running"),
+    cmd = subprocess.Popen(coldsnap_argv("dump", "-t", pid, "-D", d_option or images, "--leave-running"),
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     try:
@@ -39,7 +40,7 @@ def killed_mid_dump(pid: int, images: Path) -> Path:
     finally:
         cmd.send_signal(signal.SIGKILL)
         cmd.wait(timeout=10)
-    assert not images.exists()
+    assert not images.exists() or os.listdir(images) == []
     (left,) = stagings(where, images.name)
     assert left.pid == cmd.pid and not left.live
     return left.path
@@ -60,6 +61,18 @@ def test_sigkilled_dump_leaves_staging_that_gc_and_the_next_run_remove(spawn, py
     coldsnap("dump", "-t", w.pid, "-D", images, "--leave-running", check=True)
     assert not left.exists() and (images / "inventory.img").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_gc_through_a_symlinked_images_dir(spawn, python_exe, tmp_path):
+    """-D LINK, a symlink to an empty directory: the staging directory lies beside the
+    directory it names, and `gc LINK` finds it there."""
+    w = spawn([python_exe, "-c", WORKLOAD])
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    left = killed_mid_dump(w.pid, tmp_path / "real", d_option=tmp_path / "link")
+    run = coldsnap("gc", tmp_path / "link", check=True)
+    assert run.stdout.startswith(f"removed {left} "), run.stdout
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"]
 
 
 def test_a_live_runs_staging_is_kept(spawn, python_exe, tmp_path):

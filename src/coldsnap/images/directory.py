@@ -158,6 +158,8 @@ def collect_garbage(path: Optional[PathLike] = None) -> tuple[list[Staging], lis
     if path is None:
         return _remove_dead(work_dirs())
     target = Path(os.path.abspath(path))
+    if os.path.islink(target) and os.path.isdir(target):
+        target = Path(os.path.realpath(target))     # where create() staged (beside the real directory)
     if not target.parent.is_dir():
         raise ImageError(f"{target.parent}: no such directory")
     found = stagings(target.parent, target.name)
