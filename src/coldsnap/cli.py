@@ -391,9 +391,23 @@ def _close_log() -> None:
         _log_file = None
 
 
+# Opening /proc/PID/map_files (every dump) and choosing a PID (clone3 set_tid, every
+# restore) take one of these; without either a command failed half-way with a raw EPERM.
+CAP_SYS_ADMIN, CAP_CHECKPOINT_RESTORE = 21, 40
+
+
+def _need_checkpoint_caps(command: str) -> None:
+    from .kernel.procfs import effective_caps
+    if not effective_caps() & (1 << CAP_SYS_ADMIN | 1 << CAP_CHECKPOINT_RESTORE):
+        raise AccessDenied(None, command,       # type: ignore[arg-type]  (no process is concerned)
+                           "needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN (run it as root)")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.command in ("pre-dump", "dump", "restore"):
         cli_stream.check(args, UsageError)
+    if args.command in ("dump", "restore", "migrate", "migrate-receive"):
+        _need_checkpoint_caps(args.command)
     if args.command in ("pre-dump", "dump"):
         _refuse_lazy(args.tree)
         if args.stream:

@@ -508,6 +508,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def effective_caps() -> int:
+    """This process's effective capability set (CapEff), one bit per capability."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
 def cap_last_cap() -> int:
     """The highest capability number this kernel knows."""
     with open("/proc/sys/kernel/cap_last_cap") as f:
