@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from coldsnap.images.directory import ImageDir, make_work_dir, stagings
 
 from procs import coldsnap, coldsnap_argv
@@ -73,6 +75,30 @@ def test_gc_through_a_symlinked_images_dir(spawn, python_exe, tmp_path):
     run = coldsnap("gc", tmp_path / "link", check=True)
     assert run.stdout.startswith(f"removed {left} "), run.stdout
     assert sorted(os.listdir(tmp_path)) == ["link", "real"]
+
+
+def test_gc_says_so_when_it_cannot_remove(spawn, python_exe, tmp_path):
+    """A staging directory holding an immutable file: gc said "removed" and left it there;
+    now one line naming it, exit 6, and it goes once it can."""
+    import shutil
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr (e2fsprogs) is not installed")
+    w = spawn([python_exe, "-c", WORKLOAD])
+    images = tmp_path / "img"
+    left = killed_mid_dump(w.pid, images)
+    stuck = next(left.iterdir())
+    if subprocess.run(["chattr", "+i", stuck], capture_output=True).returncode:
+        pytest.skip("this file system has no immutable flag")
+    try:
+        run = coldsnap("gc", images)
+        assert run.returncode == 6, run.stderr
+        assert run.stderr == f"coldsnap: {left}: cannot remove what coldsnap {left.name.split('.')[2].split('-')[0]} " \
+                             "left: Operation not permitted\n"
+        assert run.stdout == "" and left.exists()
+    finally:
+        subprocess.run(["chattr", "-i", stuck], check=True)
+    assert coldsnap("gc", images, check=True).stdout.startswith(f"removed {left} ")
+    assert not left.exists()
 
 
 def test_a_live_runs_staging_is_kept(spawn, python_exe, tmp_path):

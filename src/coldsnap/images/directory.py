@@ -137,13 +137,25 @@ def work_dirs() -> list[Staging]:
     return [s for s in _made_by_runs(tempfile.gettempdir(), _WORKDIR) if s.name in WORK_KINDS]
 
 
-def _remove_dead(found: list[Staging]) -> tuple[list[Staging], list[Staging]]:
-    """Remove those of FOUND whose creator is gone: (removed, kept)."""
+def _remove_dead(found: list[Staging], strict: bool = False) -> tuple[list[Staging], list[Staging]]:
+    """Remove those of FOUND whose creator is gone: (removed, kept). STRICT (gc): one that
+    cannot be removed (an immutable file, a read-only mount) is an ImageError, after the
+    others were removed; else it is left for gc to report."""
+    failed: list[tuple[Staging, OSError]] = []
     for s in found:
         if not s.live:
-            import shutil
-            shutil.rmtree(s.path, ignore_errors=True)
-    return [s for s in found if not s.live], [s for s in found if s.live]
+            import shutil               # here only: every dump looks for stale stagings (test_imports)
+            errors: list[OSError] = []
+            shutil.rmtree(s.path, onerror=lambda _f, _p, info: errors.append(info[1]))
+            if errors and os.path.lexists(s.path):
+                failed.append((s, errors[0]))
+    removed = [s for s in found if not s.live and all(s is not f for f, _ in failed)]
+    if strict and failed:
+        (s, e), more = failed[0], len(failed) - 1
+        raise ImageError(f"{s.path}: cannot remove what coldsnap {s.pid} left: {e.strerror or e}"
+                         + (f" (and {more} more)" if more else "")
+                         + (f"; {len(removed)} others removed" if removed else ""))
+    return removed, [s for s in found if s.live]
 
 
 def remove_stale_stagings(where: PathLike, name: Optional[str] = None) -> list[Staging]:
@@ -156,7 +168,7 @@ def collect_garbage(path: Optional[PathLike] = None) -> tuple[list[Staging], lis
     (beside it) and, when PATH is a directory, of those inside it. `coldsnap gc` (no PATH):
     the work directories in the temporary directory."""
     if path is None:
-        return _remove_dead(work_dirs())
+        return _remove_dead(work_dirs(), strict=True)
     target = Path(os.path.abspath(path))
     if os.path.islink(target) and os.path.isdir(target):
         target = Path(os.path.realpath(target))     # where create() staged (beside the real directory)
@@ -165,7 +177,7 @@ def collect_garbage(path: Optional[PathLike] = None) -> tuple[list[Staging], lis
     found = stagings(target.parent, target.name)
     if target.is_dir() and not target.is_symlink():
         found += stagings(target)
-    return _remove_dead(found)
+    return _remove_dead(found, strict=True)
 
 
 def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
