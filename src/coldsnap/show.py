@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .images.directory import ImageDir
 from .images.pb import fdinfo_pb2
+from .images.task import TASK_DEAD
 from .kernel.page import PAGE_SIZE
 from .images.vma import (VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VVAR,
                          VMA_FILE_PRIVATE, VMA_FILE_SHARED)
@@ -62,8 +63,12 @@ def describe_one(d: ImageDir) -> dict:
             "pages_skipped": s.cs_pages_skipped}
     entries = {e.pid: e for e in d.read("pstree.img", missing_ok=True) or []}
     pids = d.pagemap_ids()
-    for pid in [p for p in entries if p in pids] + [p for p in pids if p not in entries]:   # tree order
-        proc = _pagemap_summary(d, pid)
+    # tree order; a zombie has a core image but no memory (no pagemap)
+    zombies = {p for p in entries if p not in pids and d.exists(f"core-{p}.img")}
+    for pid in [p for p in entries if p in pids or p in zombies] + [p for p in pids if p not in entries]:
+        proc = (_pagemap_summary(d, pid) if pid in pids else
+                {"pages_id": 0, "entries": 0, "pages_present": 0, "pages_in_parent": 0, "pages_skipped": 0,
+                 "skipped_runs": []})
         if d.exists(f"mm-{pid}.img"):
             mm = d.read_single(f"mm-{pid}.img")
             proc["vmas"] = [{"start": hex(v.start), "end": hex(v.end), "kind": _kind(v.status),
@@ -85,7 +90,8 @@ def _tree_summary(entries: list, procs: dict) -> list[dict]:
     for e in entries:
         p = procs.get(str(e.pid), {})
         out.append({"pid": e.pid, "ppid": e.ppid, "pgid": e.pgid, "sid": e.sid, "threads": len(e.threads),
-                    "comm": p.get("task", {}).get("comm", ""), "pages_present": p.get("pages_present", 0),
+                    "comm": p.get("task", {}).get("comm", ""), "state": p.get("task", {}).get("state", ""),
+                    "pages_present": p.get("pages_present", 0),
                     "pages_in_parent": p.get("pages_in_parent", 0),
                     "children": [c.pid for c in entries if c.ppid == e.pid and c.pid != e.pid]})
     return out
@@ -103,8 +109,8 @@ def render_tree(tree: list[dict]) -> list[str]:
             ids.insert(0, f"ppid {p['ppid']}")
         n = p["threads"]
         comm = f" {p['comm']!r}" if p["comm"] else ""
-        lines.append(f"{lead}{branch}{p['pid']}{comm}, {n} thread{'s' if n != 1 else ''}, "
-                     f"{p['pages_present']} pages" + (f", {p['pages_in_parent']} in parent" if p["pages_in_parent"] else "")
+        what = "zombie" if p.get("state") == "zombie" else f"{n} thread{'s' if n != 1 else ''}, {p['pages_present']} pages"
+        lines.append(f"{lead}{branch}{p['pid']}{comm}, {what}" + (f", {p['pages_in_parent']} in parent" if p["pages_in_parent"] else "")
                      + (f" ({', '.join(ids)})" if ids else ""))
         kids = [by_pid[c] for c in p["children"] if c in by_pid]
         below = lead + ("" if parent is None else "   " if branch.startswith("└") else "│  ")
@@ -129,8 +135,16 @@ def _task_summary(d: ImageDir, pid: int, tree) -> dict:
         for fi in d.read(f"fdinfo-{ids.files_id}.img", missing_ok=True):
             kind = kinds.get(fi.id, "?")
             fds[kind] = fds.get(kind, 0) + 1
-    return {"comm": tc.comm, "threads": list(tree.threads), "ppid": tree.ppid, "pgid": tree.pgid, "sid": tree.sid,
-            "state": {1: "running", 2: "zombie", 3: "stopped"}.get(tc.task_state, str(tc.task_state)), "fds": fds}
+    out = {"comm": tc.comm, "threads": list(tree.threads), "ppid": tree.ppid, "pgid": tree.pgid, "sid": tree.sid,
+           "state": {1: "running", 2: "zombie", 3: "stopped"}.get(tc.task_state, str(tc.task_state)), "fds": fds}
+    if tc.task_state == TASK_DEAD:
+        out["exit_code"] = tc.exit_code         # the wait status its parent will get
+    return out
+
+
+def _zombie_words(status: int) -> str:
+    """A zombie's wait status as its parent's waitpid will tell it."""
+    return f"killed by signal {status & 0x7F}" if status & 0x7F else f"exit {(status >> 8) & 0xFF}"
 
 
 def describe(path: str) -> dict:
@@ -163,8 +177,9 @@ def render(info: dict) -> str:
             if task:
                 fds = ", ".join(f"{n} {k}" for k, n in sorted(task["fds"].items())) or "none"
                 parent = f"child of {task['ppid']}, " if task.get("ppid") else ""
+                state = task["state"] + (f" ({_zombie_words(task['exit_code'])})" if "exit_code" in task else "")
                 out.append(f"    {task['comm']!r}, {len(task['threads'])} thread"
-                           f"{'s' if len(task['threads']) > 1 else ''}, {task['state']}; fds: {fds}; "
+                           f"{'s' if len(task['threads']) > 1 else ''}, {state}; fds: {fds}; "
                            f"{parent}group {task.get('pgid')}, session {task.get('sid')}")
             if depth == 0 and "vmas" in p:
                 out.append(f"    {'start':>14} {'end':>14} {'prot':4} {'kind':12} size")

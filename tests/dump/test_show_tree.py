@@ -42,3 +42,48 @@ def test_show_draws_the_tree(tmp_path):
     # a grandchild is drawn below its parent, one level deeper
     a, a1 = (next(i for i, ln in enumerate(drawn) if f" {tree.ids[r].pid} " in ln) for r in ("a", "a1"))
     assert a1 > a and drawn[a1].index(str(tree.ids["a1"].pid)) > drawn[a].index(str(tree.ids["a"].pid))
+
+
+ZOMBIES = """
+import os, signal, sys, time
+kids = []
+for how in ("exit", "kill"):
+    kid = os.fork()
+    if kid == 0:
+        if how == "exit":
+            os._exit(7)
+        time.sleep(1000)
+    kids.append(kid)
+os.kill(kids[1], signal.SIGTERM)
+print(*kids, flush=True)
+time.sleep(1000)
+"""
+
+
+def test_show_names_the_zombies_of_a_tree(tmp_path, python_exe):
+    """A dumped tree's zombies (no memory, no pagemap) were drawn without a name and left
+    out of the per-process lines: now each is a zombie with the status its parent will get."""
+    import subprocess
+    import time
+    from procs import proc_state
+    parent = subprocess.Popen([python_exe, "-c", ZOMBIES], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    try:
+        z7, zterm = map(int, parent.stdout.readline().split())
+        deadline = time.monotonic() + 10
+        while not all(proc_state(z)[0] == "Z" for z in (z7, zterm)):
+            assert time.monotonic() < deadline, "no zombies"
+            time.sleep(0.01)
+        d = tmp_path / "img"
+        coldsnap("dump", "-t", parent.pid, "-D", d, "--leave-running", check=True)
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+        reap_orphans(pids=[z7, zterm])
+    lines = coldsnap("show", d, check=True).stdout.splitlines()
+    assert f"    ├─ {z7} 'python3', zombie" in lines and f"    └─ {zterm} 'python3', zombie" in lines, lines
+    for pid, words in ((z7, "zombie (exit 7)"), (zterm, "zombie (killed by signal 15)")):
+        at = lines.index(f"  pid {pid}: 0 pages written (0.0 MiB), 0 in parent, 0 skipped")
+        assert f"'python3', 1 thread, {words}; fds: none; child of {parent.pid}" in lines[at + 1], lines[at + 1]
+    info = json.loads(coldsnap("show", d, "--json", check=True).stdout)["chain"][0]
+    assert info["processes"][str(z7)]["task"]["exit_code"] == 7 << 8
+    assert {p["pid"]: p["state"] for p in info["tree"]}[zterm] == "zombie"
