@@ -96,3 +96,10 @@ def test_numbers_out_of_range_are_usage_errors():
     ok = build_parser("pre-dump").parse_args(["pre-dump", "-t", "1", "-D", "x", "--buffer-size", "4k",
                                               "--iterations", "3", "--interval", "0"])
     assert (ok.buffer_size, ok.iterations, ok.interval) == (4096, 3, 0.0)
+
+
+def test_lazy_status_of_no_process_is_exit_3():
+    """It said "no lazy restore ... in progress (every page is in)", exit 1, of a pid that
+    names no process at all."""
+    p = subprocess.run(coldsnap_argv("lazy-status", "99999999"), capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stderr) == (3, "coldsnap: process 99999999: no such process\n")

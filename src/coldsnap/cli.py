@@ -475,7 +475,12 @@ def run_command(args: argparse.Namespace, out: Callable[..., None] = _out) -> in
         return run_restore(args)
     if args.command == "lazy-status":
         from .restore.lazy_start import lazy_status
-        st = lazy_status(args.pid)
+        try:
+            st = lazy_status(args.pid)
+        except CsError:
+            from .kernel.procfs import read_stat
+            read_stat(args.pid)     # no such process at all: NoSuchProcess, exit 3
+            raise
         out(args, st, f"lazy restore of {args.pid}: {st['pages_left']} of {st['pages_total']} pages still to "
                       f"come ({st['faults']} faults, {st['pushed_pages']} pages pushed, server {st['server']})")
         return 0
