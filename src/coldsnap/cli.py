@@ -310,8 +310,16 @@ def _demo_args(dm: argparse.ArgumentParser) -> None:
     dm.add_argument("-D", "--images-dir", metavar="DIR", help="keep the images here (default: a temporary dir)")
 
 
+def _socket_path(text: str) -> str:
+    """--address of the service: an empty one served on the default socket, the very one
+    COLDSNAP_SERVICE="" keeps every command away from."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path (leave --address out for the default socket)")
+    return text
+
+
 def _service_args(sv: argparse.ArgumentParser) -> None:
-    sv.add_argument("--address", metavar="PATH",
+    sv.add_argument("--address", type=_socket_path, metavar="PATH",
                     help="the socket to serve on (default /run/coldsnap/service.sock)")
     sv.add_argument("-d", "--daemon", action="store_true", help="go to the background once listening")
     sv.add_argument("--pidfile", metavar="FILE", help="with --daemon: write the service's pid here")

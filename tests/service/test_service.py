@@ -290,6 +290,14 @@ def test_a_second_service_on_the_same_address_is_refused_and_a_stale_socket_repl
         assert again.stop() == 0
 
 
+def test_an_empty_address_is_a_usage_error():
+    """`coldsnap service --address ""` (COLDSNAP_SERVICE="" meaning "no service" to every
+    command) served on the default socket; now a usage error, nothing started."""
+    run = subprocess.run(coldsnap_argv("service", "--address", ""), capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, COLDSNAP_SERVICE=""))
+    assert run.returncode == 2 and "argument --address: an empty path" in run.stderr, run.stderr
+
+
 def test_stopping_the_service_ends_running_workers_cleanly(service, spawn, workload_bin, tmp_path):
     (tmp_path / "d").mkdir()
     pid, p = _slow_pre_dump(spawn, workload_bin, tmp_path / "d" / "img")
