@@ -35,3 +35,12 @@ def test_migrate_of_no_process_is_exit_3():
     run = coldsnap("migrate", "-t", "99999999", "--to", "127.0.0.1:1")
     assert run.returncode == 3, run.stderr
     assert run.stderr.strip().splitlines() == ["coldsnap: process 99999999: no such process"], run.stderr
+
+
+def test_migrate_receive_into_a_file_is_one_line(tmp_path):
+    """-D naming a file: it was "coldsnap: File exists: PATH", exit 1."""
+    (tmp_path / "file").write_bytes(b"")
+    for d, words in ((tmp_path / "file", "exists and is not a directory"),
+                     (tmp_path / "file" / "x", "cannot create the images directory: Not a directory")):
+        run = coldsnap("migrate-receive", "--port", "0", "-D", d, timeout=30)
+        assert (run.returncode, run.stderr) == (6, f"coldsnap: {d}: {words}\n")

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..errors import CsError, Interrupted
+from ..errors import CsError, ImageError, Interrupted
 from ..images.directory import make_work_dir
 from ..transport.server import PageServer, ServerOptions
 
@@ -101,7 +101,12 @@ def migrate_receive(address: str, port: int, *, images_dir: str | None = None, k
     last restore's answer. Raises CsError when that restore failed."""
     own_dir = images_dir is None
     root = make_work_dir("receive") if own_dir else Path(images_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ImageError(f"{root}: exists and is not a directory") from None
+    except OSError as e:
+        raise ImageError(f"{root}: cannot create the images directory: {e.strerror}") from None
     done = threading.Event()
     last: dict = {}
     opts = options or ServerOptions()
