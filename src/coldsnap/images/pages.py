@@ -138,17 +138,28 @@ def decode_pagemap_entries(data: bytes, starts: Sequence[int], sizes: Sequence[i
         return None
     cols = [[0] * n for _ in range(6)]          # fields 1..5 by number; [0] unused
     has = [[False] * n for _ in range(6)]
+    read = _read_varint
     for k, (pos, size) in enumerate(zip(starts, sizes)):
         end = pos + size
         if size == 0:
             return None
         while pos < end:
-            tag, pos = _read_varint(data, pos, end)
-            if tag is None or tag & 7:
+            tag = data[pos]             # one byte for fields 1..15: read here, not called for
+            if tag < 0x80:
+                pos += 1
+            else:
+                tag, pos = read(data, pos, end)
+                if tag is None:
+                    return None
+            if tag & 7:
                 return None
-            value, pos = _read_varint(data, pos, end)
-            if value is None:
-                return None
+            if pos < end and data[pos] < 0x80:      # a one-byte value (counts, flags)
+                value = data[pos]
+                pos += 1
+            else:
+                value, pos = read(data, pos, end)
+                if value is None:
+                    return None
             f = tag >> 3
             if 1 <= f <= 5:
                 cols[f][k], has[f][k] = value, True
