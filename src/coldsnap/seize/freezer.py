@@ -390,8 +390,10 @@ class FrozenTask:
                 raise TargetError(f"cannot seize {self.pid}: thread {th.tid} did not stop "
                                   f"within {self._tree.timeout:g}s (state {state or '?'})")
             naps += 1
-            # stops normally arrive within tens of microseconds: spin briefly, then nap
-            time.sleep(0 if naps < 50 else 0.0005)
+            # stops normally arrive within tens of microseconds: spin briefly, then nap; short
+            # naps: a restore's blank process stops only once its munmap of the interpreter
+            # is done (restore/blank.py Idle), a millisecond or two, and the seize waits for it
+            time.sleep(0 if naps < 50 else 0.0001)
 
     def _poll_one(self, th: _Thread) -> bool:
         """One non-blocking wait; True when the thread is settled (stopped or gone)."""
