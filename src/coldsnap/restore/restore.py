@@ -125,15 +125,17 @@ def _restore(images: TreeImages, shm: SharedMemory, net: RestoreNetwork, ghosts:
     t_blank = time.perf_counter_ns()
     server = None
     try:
-        if lazy_pages:
-            from .lazy_start import start_server
-            if kept:        # the lazy server (forked from us) must not share the root's memory
-                prebuilt.hide_from_forks()
-            server = start_server(images, pid, lazy_log)
         for proc in images.procs.values():
             _set_rlimits(proc.pid, proc)
         with freeze_known(list(images.procs)) as held:
             try:
+                if lazy_pages:
+                    # after the seize: the start of the server's processes (a seed's, or forked)
+                    # takes a CPU, which the blank processes need to enter their stops
+                    from .lazy_start import start_server
+                    if kept:        # the lazy server (forked from us) must not share the root's memory
+                        prebuilt.hide_from_forks()
+                    server = start_server(images, pid, lazy_log)
                 stats = {p: transplant(held.task(p), proc, shm, server, kept=kept if p == root else ())
                          for p, proc in images.procs.items()}
                 ghosts.remove()         # every open is done: they hold deleted files again
