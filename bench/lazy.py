@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (wait_exit, BENCH, LIVE, MIB, Service, become_subreaper, kill_reap, log, median, parse_size,  # noqa: E402
-                    reap, run_meta, size_name, spread, unwind_on_signals, write_section)
+                    reap, run_meta, size_name, spread, steal_ms, unwind_on_signals, write_section)
 
 SECTION = "## Warm start and lazy restore (issue 12)"
 CRIU_DEFAULT = BENCH.parent.parent / "shared" / "peers" / "criu-4.2" / "criu"
@@ -103,6 +103,9 @@ class App:
         return ms(t0)
 
 
+STOLEN: list[float] = []       # ms the host took from this VM during each restore command (common.steal_ms)
+
+
 def coldsnap_dump(app: App, images: Path, server: str | None = None) -> None:
     r = run([*COLDSNAP, "dump", "-t", app.pid, "-D", images, *(["--page-server", server] if server else [])])
     if r.returncode:
@@ -115,10 +118,12 @@ def coldsnap_restore(images: Path, lazy: bool, server: str | None = None,
     """(command ms, ms to the first answer, --json result); server: pages from that page server;
     via: the command through that service; lazy_log: the lazy server's log there."""
     prefix, env = ([str(via.script)], via.env) if via else (COLDSNAP, None)
+    stolen = steal_ms()
     t0 = time.perf_counter_ns()
     r = run([*prefix, "restore", "-D", images, "-d", "--json", *(["--lazy-pages"] if lazy else []),
              *(["--lazy-log", lazy_log] if lazy_log else []), *(["--page-server", server] if server else [])], env=env)
     t_cmd = ms(t0)
+    STOLEN.append(steal_ms() - stolen)
     if r.returncode:
         raise RuntimeError(f"coldsnap restore: {r.stderr.strip()}")
     res = json.loads(r.stdout)
@@ -135,6 +140,7 @@ def one_coldsnap(app: App, images: Path, lazy: bool, out: dict, server: str | No
     ask(app.port, "first")
     t_first = ms(t0)
     key = ("lazy" if lazy else "eager") + ("_ps" if server else "") + ("_svc" if via else "")
+    out.setdefault(f"{key}_steal", []).append(STOLEN[-1])     # in the per-round log line: a slow round's why
     out.setdefault(f"{key}_cmd", []).append(t_cmd)
     out.setdefault(f"{key}_first", []).append(t_first)
     out.setdefault(f"{key}_inside", []).append(res["total_ms"])   # restore() itself, start-up excluded

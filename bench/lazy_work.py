@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BENCH, LIVE, SHM, become_subreaper, export_revision, kill_reap, log,  # noqa: E402
-                    median, parse_size, run_meta, size_name, unwind_on_signals, wait_exit)
+                    median, parse_size, run_meta, size_name, steal_ms, unwind_on_signals, wait_exit)
 from lazy import App, ask, coldsnap_dump  # noqa: E402
 
 SECTION = "### Lazy restore through the service: the worker's own work"
@@ -201,13 +201,6 @@ def one(svc: ProfiledService, app: App, images: Path, lazy: bool = True) -> dict
 COLUMNS = ("command", "before", "worker", "after", "load", "blank", "server", "transplant", "map", "write", "arm",
            "go", "other", "cpu", "faults", "steal")
 
-
-def steal_ms() -> float:
-    """Time the host took from every CPU of this VM so far (/proc/stat steal, 10 ms ticks):
-    this VM hands freed memory back to its host, and a few seconds after a large free the
-    host's work shows as steal, slowing whatever runs then."""
-    with open("/proc/stat") as f:
-        return int(f.readline().split()[8]) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def report(res: dict, meta: dict, load0, load1, base: str | None) -> str:
