@@ -5,8 +5,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
-from procs import coldsnap, crit_decode_each, need_crit
+import pytest
+
+from procs import coldsnap, crit_decode_each, need_crit, proc_state
 from tree_helpers import ROLES, ids_now, reap_orphans, start_counter_tree, tids_now
 
 
@@ -110,3 +114,34 @@ def test_dump_refuses_a_thread_with_its_own_fd_table(tmp_path, spawn, workload_b
     assert f"thread {tid} of process {w.pid} has its own fd table" in lines[0], lines
     assert not (tmp_path / "img").exists()
     assert ids_now(w.pid) is not None
+
+
+def test_a_process_in_namespaces_of_its_own_is_refused(tmp_path):
+    """`unshare --pid --fork --mount-proc sleep`: its child is PID 1 of a new PID namespace
+    with mounts of its own. Restore makes every process in coldsnap's namespaces, so the
+    dump took it and it came back as a plain pid with none of its mounts; now refused in one
+    line naming the process and the namespaces (exit 5), both processes running on."""
+    import shutil
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    top = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sleep", "1000"],
+                           stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (kids := Path(f"/proc/{top.pid}/task/{top.pid}/children").read_text().split()):
+            assert time.monotonic() < deadline, "unshare made no child"
+            time.sleep(0.01)
+        inner = int(kids[0])
+        # unshare itself moved to the new mount namespace; the PID namespace is its child's
+        for target, words in ((top.pid, f"process {top.pid} is in mnt namespace"),
+                              (inner, f"process {inner} is in pid, mnt namespaces")):
+            run = coldsnap("dump", "-t", target, "-D", tmp_path / f"d{target}")
+            assert run.returncode == 5, run.stderr
+            assert run.stderr == f"coldsnap: {words} of its own, not coldsnap's; not supported\n", run.stderr
+            assert not (tmp_path / f"d{target}").exists()
+        for pid in (top.pid, inner):
+            assert proc_state(pid) == ("S", 0)
+    finally:
+        top.kill()
+        top.wait(timeout=10)
+        reap_orphans(pids=[inner])

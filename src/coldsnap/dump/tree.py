@@ -10,12 +10,16 @@ refused: it is saved as one, seize/tree.with_zombies):
     the kernel only allows with CLONE_VM)
   - two processes sharing an fd table (CLONE_FILES) or an fs (CLONE_FS) unless one is the
     other's parent in the tree: restore clones the child with the same flags (restore/blank.py)
+  - a process in a namespace that is not coldsnap's (unshare, a container's processes seen
+    from the host): restore makes every process in its own namespaces, so such a process
+    came back silently in others (PID 1 of a new PID namespace as a plain pid, its mounts gone)
 """
 from __future__ import annotations
 
 from ..errors import Unsupported
 from ..kernel import kcmp as K
 from ..seize.freezer import FrozenTree
+from ..seize.tree import NS_KINDS
 
 _SHARED = (("vm_id", "memory (CLONE_VM)"), ("files_id", "fd table (CLONE_FILES)"),
            ("fs_id", "fs (CLONE_FS)"), ("sighand_id", "signal handlers (CLONE_SIGHAND)"))
@@ -25,7 +29,12 @@ _WITH_PARENT = ("files_id", "fs_id")     # restored shared when the sharer is th
 def refuse_tree(held: FrozenTree) -> None:
     """Unsupported (one line) for what a tree dump cannot restore (module docstring)."""
     owner: dict[tuple[str, int], int] = {}
+    own = held.tree.dumper.ns_ids if held.tree.dumper is not None else None
     for task in held.tree:
+        if own is not None and task.ns_ids != own:
+            kinds = [k for k in NS_KINDS if task.ns_ids.get(k) != own.get(k)]
+            raise Unsupported(f"process {task.pid} is in {', '.join(kinds)} namespace"
+                              f"{'s' if len(kinds) > 1 else ''} of its own, not coldsnap's; not supported")
         for tid in task.tids:
             if tid == task.pid:
                 continue
