@@ -103,3 +103,11 @@ def test_lazy_status_of_no_process_is_exit_3():
     names no process at all."""
     p = subprocess.run(coldsnap_argv("lazy-status", "99999999"), capture_output=True, text=True, timeout=60)
     assert (p.returncode, p.stderr) == (3, "coldsnap: process 99999999: no such process\n")
+
+
+def test_demo_sizes_the_workload_cannot_take_are_usage_errors():
+    """`demo --size 0` (and any size that is no whole number of pages) crashed the workload:
+    'cannot seize N: it is a zombie', exit 1."""
+    for size in ("0", "5000", "512K"):
+        p = subprocess.run(coldsnap_argv("demo", "--size", size), capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and "the demo workload needs 1M at least" in p.stderr, (size, p.stderr)

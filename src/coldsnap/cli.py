@@ -305,8 +305,17 @@ def _gc_args(p: argparse.ArgumentParser) -> None:
                    help="images directory (default: the work directories in the temporary directory)")
 
 
+def _demo_size(text: str) -> int:
+    """The demo workload's memory: 1M at least (--size 0 crashed it, a size that is no
+    whole number of pages made it write past its end: 'cannot seize N: it is a zombie')."""
+    size = _size(text)
+    if size < 1 << 20:
+        raise argparse.ArgumentTypeError(f"{text!r}: the demo workload needs 1M at least")
+    return size & ~4095
+
+
 def _demo_args(dm: argparse.ArgumentParser) -> None:
-    dm.add_argument("--size", type=_size, default="256M", metavar="SIZE", help="workload memory (default 256M)")
+    dm.add_argument("--size", type=_demo_size, default="256M", metavar="SIZE", help="workload memory (default 256M)")
     dm.add_argument("-D", "--images-dir", metavar="DIR", help="keep the images here (default: a temporary dir)")
 
 
