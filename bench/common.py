@@ -270,6 +270,22 @@ def thp() -> str:
 
 # -- coldsnap service ----------------------------------------------------------------------
 
+def install_script(where: Path, src: Path | None = None) -> tuple[Path, dict]:
+    """The `coldsnap` command as an install leaves it, in WHERE/bin: bin/coldsnap beside a
+    python3 (a link to this interpreter; the script starts it with -S). Its path, and the
+    environment that runs it with the coldsnap of SRC (default: the one imported here) in its
+    own process (COLDSNAP_SERVICE="": no service)."""
+    if src is None:
+        import coldsnap
+        src = Path(coldsnap.__file__).parent.parent
+    (where / "bin").mkdir(parents=True)
+    (where / "bin" / "python3").symlink_to(sys.executable)
+    script = where / "bin" / "coldsnap"
+    shutil.copy(Path(__file__).parents[1] / "bin" / "coldsnap", script)
+    return script, {**os.environ, "COLDSNAP_SERVICE": "",
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
+
+
 class Service:
     """`coldsnap service` on a temporary address for the run, and the `coldsnap` command as
     an install leaves it (bin/coldsnap beside a python3: what a user runs), in WHERE: run
@@ -278,16 +294,9 @@ class Service:
     def __init__(self, where: Path, src: Path | None = None, command=None) -> None:
         """SRC: the sources of coldsnap to run (default: those imported here); COMMAND(address):
         the service's command line (default: `python3 -m coldsnap service --address ADDRESS`)."""
-        if src is None:
-            import coldsnap
-            src = Path(coldsnap.__file__).parent.parent
         self.address = where / "service.sock"
-        (where / "bin").mkdir()
-        (where / "bin" / "python3").symlink_to(sys.executable)
-        self.script = where / "bin" / "coldsnap"
-        shutil.copy(Path(__file__).parents[1] / "bin" / "coldsnap", self.script)
-        self.env = {**os.environ, "COLDSNAP_SERVICE": str(self.address),
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
+        self.script, env = install_script(where, src)
+        self.env = {**env, "COLDSNAP_SERVICE": str(self.address)}
         argv = (command or (lambda a: [sys.executable, "-m", "coldsnap", "service", "--address", str(a)]))(self.address)
         log_file = where / "service.log"
         with open(log_file, "w") as f:      # a file: its log is a line per command

@@ -14,11 +14,13 @@ CRIU's), wait until the PID is free, `restore -D DIR -d` (command wall time), ch
 and last page of the restored memory, SIGKILL and reap it. Per round and size, coldsnap and
 CRIU alternate who goes first (ABBA: drift of the shared machine hits both alike).
 
-coldsnap runs as `python3 -m coldsnap` with this interpreter (not through a PATH shim), in
-its own process (COLDSNAP_SERVICE=""); "coldsnap via service" runs the command as a user
-does once `coldsnap service` runs (one started for the whole run on a temporary address,
-stopped at the end): bin/coldsnap installed beside this interpreter's python3, as pip
-installs it (it starts the client under python3 -S), COLDSNAP_SERVICE naming the address; CRIU as `criu dump --shell-job` / `criu restore -d --shell-job` (the target is not a session
+coldsnap runs as a user runs it without a service: bin/coldsnap installed beside this
+interpreter's python3, as pip installs it (it starts python3 -S; a command run in the caller
+then adds the site directories, without other packages' .pth code), in its own process
+(COLDSNAP_SERVICE=""); until session 10 this column ran `python3 -m coldsnap` (the whole
+`site` set-up first). "coldsnap via service" runs the same script once `coldsnap service`
+runs (one started for the whole run on a temporary address, stopped at the end),
+COLDSNAP_SERVICE naming the address; CRIU as `criu dump --shell-job` / `criu restore -d --shell-job` (the target is not a session
 leader), log in the images directory (-o). Without a working CRIU binary (`criu check`
 fails or the file is missing) its columns say why they are empty.
 
@@ -45,8 +47,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BENCH, LIVE, MIB, Service, become_subreaper, build_restore_target,  # noqa: E402
-                    kill_reap, log, median, parse_size, reap, run_meta, scratch_dir, size_name,
-                    spread, start_restore_target, unwind_on_signals, write_section)
+                    install_script, kill_reap, log, median, parse_size, reap, run_meta, scratch_dir,
+                    size_name, spread, start_restore_target, unwind_on_signals, write_section)
 
 SECTION = "## Small processes: coldsnap vs CRIU 4.2 from the command line (issue 13)"
 CRIU_DEFAULT = BENCH.parent.parent / "shared" / "peers" / "criu-4.2" / "criu"
@@ -150,11 +152,12 @@ class Tool:
     dump: callable          # (pid, images dir) -> argv
     restore: callable       # images dir -> argv
     env: dict | None = None
+    prefix: list[str] = field(default_factory=list)     # coldsnap's: the command before its arguments
 
 
 def coldsnap_tool(prefix: list[str] = COLDSNAP, name: str = "coldsnap", env: dict | None = None) -> Tool:
     return Tool(name, lambda pid, d: prefix + ["dump", "-t", str(pid), "-D", str(d)],
-                lambda d: prefix + ["restore", "-D", str(d), "-d"], env)
+                lambda d: prefix + ["restore", "-D", str(d), "-d"], env, prefix)
 
 
 VIA = "coldsnap via service"
@@ -235,9 +238,10 @@ def startup_round(show_dir: Path, res: dict, service: Service | None) -> None:
             r["heavy"] = heavy(names)
 
 
-def import_round(size: int, res: dict) -> None:
-    """An untimed coldsnap cycle under -X importtime: the import cost of dump and restore."""
-    c = cycle(coldsnap_tool([PY, "-X", "importtime", "-m", "coldsnap"]), size)
+def import_round(size: int, res: dict, installed: Tool) -> None:
+    """An untimed cycle of INSTALLED (the script as installed) under -X importtime: the import
+    cost of dump and restore."""
+    c = cycle(coldsnap_tool([PY, "-S", "-X", "importtime", *installed.prefix], env=installed.env), size)
     if "error" in c:
         log(f"importtime cycle: {c['error']}")
         return
@@ -331,8 +335,9 @@ def report(results: list[SizeResult], startup: dict, criu_skip: str, meta: dict)
     L += ["",
           "Import ms = the sum of the top-level `python3 -X importtime` entries after the "
           "interpreter's own start-up (`site` and what it imports are the floor, not ours), in a "
-          "separate run of the same command (for dump and restore: an untimed coldsnap cycle at "
-          f"{size_name(results[0].size) if results else 'the smallest size'}); importtime "
+          "separate run of the same command (for dump and restore: an untimed cycle of the installed "
+          f"script under python3 -S at {size_name(results[0].size) if results else 'the smallest size'}, "
+          "so the standard library that `site` no longer loads first counts as theirs); importtime "
           "itself inflates it somewhat. `show DIR` shows an 8 MiB coldsnap dump. coldsnap's "
           f"sources were byte-compiled first ({BYTECODE}), as an installed package is.", ""]
     return "\n".join(L)
@@ -359,23 +364,25 @@ def main(argv: list[str] | None = None) -> int:
     criu_skip = criu_usable(criu)
     if criu_skip:
         log(f"CRIU columns skipped: {criu_skip}")
-    tools = [coldsnap_tool()] + ([] if criu_skip else [criu_tool(criu)])
     results = [SizeResult(s) for s in sizes]
     startup: dict = {}
     t0 = time.monotonic()
     service = None
     try:
         with scratch_dir() as keep:
+            script, env = install_script(keep / "installed")
+            installed = coldsnap_tool([str(script)], env=env)
+            tools = [installed] + ([] if criu_skip else [criu_tool(criu)])
             if not args.no_service:
                 service = Service(keep)
                 tools.insert(1, service_tool(service))
             show_dir = keep / "show"
-            c = cycle(coldsnap_tool(), 8 * MIB, keep=show_dir)
+            c = cycle(installed, 8 * MIB, keep=show_dir)
             if "error" in c:
                 raise RuntimeError(f"the 8 MiB dump for `show` failed: {c['error']}")
             for rnd in range(args.runs):
                 startup_round(show_dir, startup, service)
-                import_round(sizes[0], startup)
+                import_round(sizes[0], startup, installed)
                 for r in results:
                     for tool in (tools if rnd % 2 == 0 else tools[::-1]):
                         c = cycle(tool, r.size)
