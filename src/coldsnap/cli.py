@@ -583,7 +583,7 @@ def run_series(args: argparse.Namespace) -> int:
 def _refuse_lazy(pid: int) -> None:
     """A process whose pages still come from a lazy restore's server has holes that its
     pagemap shows as never written: a dump now would save zeros for them."""
-    from .restore.lazy_start import lazy_server_listening
+    from .restore.lazy_name import lazy_server_listening
     if lazy_server_listening(pid):
         err = Unsupported(f"{pid} is being restored lazily: pages are still to come from its server; "
                           f"dump it once `coldsnap lazy-status {pid}` says none are left")

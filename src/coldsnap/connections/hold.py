@@ -19,13 +19,14 @@ files/kinds.py prepare).
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from coldsnap.errors import TargetError
 
 if TYPE_CHECKING:
+    import socket
+
     from .lock import Conn, NetworkLock
     from .tcp import TcpStream
 
@@ -55,6 +56,7 @@ class TcpHold:
         it in messages ("pid P fd N")."""
         if self.close:
             return
+        import socket       # loaded already with the socket kinds (files/kinds.py, before the freeze)
         s = socket.socket(fileno=os.dup(fd))
         self._held.append(_Held(key, s, conn, reuseaddr, what))
 

@@ -2,12 +2,14 @@
 the sock_diag backlog (dump only; fd links are kernel/fdinfo.py's).
 
 Typed facts only: deciding what is supported is the dumper's business. The patterns are
-compiled at import, which the dump does before its freeze (they are used inside it).
+compiled at import, which the dump does before its freeze (they are used inside it). The
+socket module is imported where a socket's facts are read: by then the dump has imported the
+socket kinds (files/kinds.py, before the freeze), which import it; a dump of a process
+without sockets does not pay for its enums.
 """
 from __future__ import annotations
 
 import re
-import socket
 import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -146,6 +148,7 @@ class NetSock(NamedTuple):
 
 
 def _addr(hexaddr: str, v6: bool) -> tuple[str, int]:
+    import socket
     host, port = hexaddr.split(":")
     raw = bytes.fromhex(host)
     # The kernel prints each 32-bit word in host order (little endian here).
@@ -197,6 +200,7 @@ _MSG_TAIL = struct.Struct("=IIIII")           # expires, rqueue, wqueue, uid, in
 
 def listen_backlog(family: int, inode: int) -> int | None:
     """sk_max_ack_backlog of the listening TCP socket `inode` (in our net namespace)."""
+    import socket
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as nl:
         body = _REQ.pack(family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN) + \
             _SOCKID.pack(0, 0, b"", b"", 0, b"\xff" * 8)

@@ -16,10 +16,7 @@ import sys
 
 from ..errors import CsError
 from ..kernel.pidfd import pidfd_open
-
-
-def status_name(root: int) -> bytes:
-    return f"\0coldsnap-lazy-{root}".encode()
+from .lazy_name import status_name
 
 
 def status_listener(root: int) -> socket.socket | None:
@@ -37,18 +34,6 @@ def status_listener(root: int) -> socket.socket | None:
         return None
 
 
-def lazy_server_listening(root: int) -> bool:
-    """Whether a lazy restore of ROOT still has its server (its status name is bound)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        s.connect(status_name(root))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 def lazy_status(root: int, timeout: float = 2.0) -> dict:
     """What the server of the lazy restore of ROOT says about itself."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -63,7 +48,7 @@ def lazy_status(root: int, timeout: float = 2.0) -> dict:
             data += chunk
     finally:
         s.close()
-    import json         # here only: every dump asks lazy_server_listening first (cli.py)
+    import json         # here only: lazy-status alone needs it
     return json.loads(data)
 
 
