@@ -244,6 +244,27 @@ def test_the_garbage_collector_stays_on_for_callers_of_main():
     assert "GC True" in p.stdout, p.stderr
 
 
+@pytest.mark.parametrize("argv, collector", [(["restore", "-D", "d", "-d"], False),
+                                             (["restore", "-D", "d", "--lazy-pages"], True)])
+def test_the_collector_the_client_turned_off_comes_back_for_commands_that_are_not_one_shot(monkeypatch, argv,
+                                                                                          collector):
+    """The in-process client imports and parses without the collector (client.command);
+    main(own_process=True) keeps it off for a one-shot command and turns it back on for one
+    that lasts (a lazy restore's, a series, the service)."""
+    import gc
+    from coldsnap import cli
+    monkeypatch.setattr(cli, "run", lambda args: 0)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    gc.disable()
+    try:
+        assert cli.main(argv, own_process=True) == 0
+        assert gc.isenabled() is collector
+    finally:
+        gc.enable()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
 def test_a_dump_imports_the_kinds_of_its_process_before_the_freeze():
     """files.kinds.prepare (before the freeze) loads what the process's fd links call for,
     so that collecting its fds inside the freeze imports nothing; a socket may be inet or
@@ -306,4 +327,4 @@ def test_a_command_run_here_sets_up_the_site_directories_without_other_packages_
     p = subprocess.run([sys.executable, "-S", "-c", f"BASE = {set(base)!r}\n{code}", str(SRC)], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert "SAME True" in p.stdout and set(p.stdout.split("EXTRA")[1].split()) <= {"_sitebuiltins"}, p.stdout
+    assert "SAME True" in p.stdout and set(p.stdout.split("EXTRA")[1].split()) <= {"_sitebuiltins", "gc"}, p.stdout

@@ -702,6 +702,8 @@ def main(argv: list[str] | None = None, *, own_process: bool = False, held: tupl
     args = (_BUILT.get(command) or build_parser(command)).parse_args(argv)
     if own_process and one_shot(args):
         gc.disable()
+    elif own_process:       # the in-process client turned it off for the imports up to here
+        gc.enable()
     # SIGTERM and a hangup unwind like Ctrl-C (targets resumed, temporary images removed) and
     # exit 143 and 129 (a hangup ignored, as under nohup, stays ignored); the freezer defers
     # them around its critical sections
