@@ -47,6 +47,7 @@ from ..files.kinds import SECRETMEM, prepare as prepare_file_kinds
 from ..files.ghost import DEFAULT_GHOST_LIMIT, GhostTable
 from ..files.registry import FileRegistry
 from ..images.directory import ImageDir
+from ..images.pb import ghost_file_pb2, remap_file_path_pb2  # noqa: F401  (a ghost's images are written frozen)
 from ..kernel import fdstate  # noqa: F401  (its fdinfo patterns compiled now, not in the frozen window)
 from ..kernel import ptrace
 from ..kernel.procfs import (MapsLine, map_file_link_mode, mount_devices, ns_inode, open_map_file,

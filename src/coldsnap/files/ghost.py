@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coldsnap.errors import CsError, ImageError, Unsupported
-from coldsnap.images import framing
-from coldsnap.images.pb import ghost_file_pb2, remap_file_path_pb2, time_pb2
+from coldsnap.images import framing, pb      # its messages: only for images with ghosts
 from coldsnap.kernel.fdinfo import reopen_fd
 from coldsnap.kernel.fdio import write_all
 
@@ -87,20 +86,20 @@ def _read_data(fd: int, size: int) -> list[tuple[int, bytes]]:
 
 # --- images -----------------------------------------------------------------------------------
 
-def _timeval(ns: int) -> time_pb2.timeval:
-    return time_pb2.timeval(tv_sec=ns // 10**9, tv_usec=ns % 10**9 // 1000)
+def _timeval(ns: int) -> pb.time_pb2.timeval:
+    return pb.time_pb2.timeval(tv_sec=ns // 10**9, tv_usec=ns % 10**9 // 1000)
 
 
 def write_ghosts(table: GhostTable, remaps: list[tuple[int, int]], imgdir) -> None:
     """ghost-file-<id>.img per ghost (always chunked) and remap-fpath.img: (REG id, ghost id)."""
     for g in table.ghosts.values():
-        head = ghost_file_pb2.ghost_file_entry(uid=g.uid, gid=g.gid, mode=g.mode, dev=g.dev, ino=g.ino,
+        head = pb.ghost_file_pb2.ghost_file_entry(uid=g.uid, gid=g.gid, mode=g.mode, dev=g.dev, ino=g.ino,
                                                atim=_timeval(g.atime_ns), mtim=_timeval(g.mtime_ns),
                                                chunks=True, size=g.size)
         imgdir.write(ghost_image_name(g.id), [head] + [
-            (ghost_file_pb2.ghost_chunk_entry(len=len(data), off=off), data) for off, data in g.chunks])
+            (pb.ghost_file_pb2.ghost_chunk_entry(len=len(data), off=off), data) for off, data in g.chunks])
     imgdir.write("remap-fpath.img", [
-        remap_file_path_pb2.remap_file_path_entry(orig_id=fid, remap_id=gid, remap_type=remap_file_path_pb2.GHOST)
+        pb.remap_file_path_pb2.remap_file_path_entry(orig_id=fid, remap_id=gid, remap_type=pb.remap_file_path_pb2.GHOST)
         for fid, gid in remaps])
 
 
@@ -109,9 +108,9 @@ def read_remaps(d: Path) -> dict[int, int]:
     out = {}
     for m in framing.read_image(d / "remap-fpath.img", missing_ok=True):
         kind = m.remap_type if m.HasField("remap_type") else (
-            remap_file_path_pb2.GHOST if m.remap_id >> 31 else remap_file_path_pb2.LINKED)
-        if kind != remap_file_path_pb2.GHOST:
-            name = {remap_file_path_pb2.LINKED: "LINKED", remap_file_path_pb2.PROCFS: "PROCFS"}.get(kind, kind)
+            pb.remap_file_path_pb2.GHOST if m.remap_id >> 31 else pb.remap_file_path_pb2.LINKED)
+        if kind != pb.remap_file_path_pb2.GHOST:
+            name = {pb.remap_file_path_pb2.LINKED: "LINKED", pb.remap_file_path_pb2.PROCFS: "PROCFS"}.get(kind, kind)
             raise ImageError(f"remap-fpath.img: file {m.orig_id} is remapped as {name}, "
                              "which coldsnap cannot restore")
         out[m.orig_id] = m.remap_id & 0x7FFFFFFF
@@ -129,7 +128,7 @@ def read_ghost(d: Path, gid: int) -> Ghost:
     view = memoryview(data)
     pos = framing.check_header(view, kind, str(path))
     n = framing.entry_size(view, pos, 0, str(path))
-    head = ghost_file_pb2.ghost_file_entry()
+    head = pb.ghost_file_pb2.ghost_file_entry()
     try:
         head.ParseFromString(view[pos + 4:pos + 4 + n])
     except Exception as e:  # noqa: BLE001 - any decode failure is a bad image

@@ -4,11 +4,12 @@ when there is one, else run it in this process (cli.command), with no visible di
 This module is what every command starts with, so it imports only built-in modules (no
 `socket`, whose enums cost more than the whole request; not even `os`, 1 ms to import
 without `site`: `posix` is its system calls); the installed script (bin/coldsnap) even
-starts it without `site`, which a command run here then sets up first. The service to use: the address in
-COLDSNAP_SERVICE ("" for none), else DEFAULT_ADDRESS when that file exists. The command runs
-here when nobody answers there (or a listener of another user: it gets nothing), when the service says so (another user, namespace, root,
-confinement, coldsnap, a cgroup it cannot join; `restore --shell-job`), or when the request cannot be sent;
-started without `site` (bin/coldsnap), it then puts the site directories on sys.path first.
+starts it without `site`, and a command run here then adds the site directories alone
+(add_site_dirs). The service to use: the address in COLDSNAP_SERVICE ("" for none), else
+DEFAULT_ADDRESS when that file exists. The command runs here when nobody answers there (or a
+listener of another user: it gets nothing), when the service says so (another user,
+namespace, root, confinement, coldsnap, a cgroup it cannot join; `restore --shell-job`), or
+when the request cannot be sent.
 
 Through the service, this process sends its stdio and cwd (as fds), environment, umask and
 arguments, then waits: SIGINT, SIGTERM and SIGHUP are passed on to the worker, and its end
