@@ -118,7 +118,7 @@ def add_site_dirs() -> None:
             for line in lines:
                 if not line.strip() or line.startswith(("#", "import ", "import\t")):
                     continue
-                path = os.path.join(d, line.rstrip())
+                path = os.path.abspath(os.path.join(d, line.rstrip()))
                 if path not in sys.path and os.path.exists(path):
                     sys.path.append(path)
     if not any(os.path.isdir(f"{p}/google/protobuf") for p in sys.path):
