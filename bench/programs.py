@@ -8,9 +8,10 @@ checks that it is back (a server answers: an HTTP GET, a Redis PING; the others 
 not stopped), then kills what was restored. Images on tmpfs. A program whose binary is missing
 is left out and said so; a tool that fails on a program gets the error in its cell.
 
-Wall = the whole command from exec to exit (interpreter start-up and imports included for
-coldsnap in-process; for "via service", bin/coldsnap as installed: python3 -S, the client,
-the worker); frozen = `frozen_time` of the dump's stats-dump.
+Wall = the whole command from exec to exit; coldsnap runs as bin/coldsnap installed beside
+python3 (python3 -S, the client): in-process with no service (interpreter start-up and imports
+included; until session 10 this column ran `python3 -m coldsnap`, the whole `site` set-up
+first), "via service" handed to the worker; frozen = `frozen_time` of the dump's stats-dump.
 
     python3 bench/programs.py [--runs 5] [--only NAME,...] [--out bench/RESULTS.md]
 """
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BENCH, LIVE, Service, become_subreaper, log, median, reap, run_meta,  # noqa: E402
+from common import (BENCH, LIVE, Service, become_subreaper, install_script, log, median, reap, run_meta,  # noqa: E402
                     scratch_dir, spread, unwind_on_signals, write_section)
 from small import (CRIU_DEFAULT, VIA, Tool, compile_sources, coldsnap_tool, criu_tool, criu_usable,  # noqa: E402
                    frozen_ms, service_tool, timed)
@@ -298,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="coldsnap-programs-") as keep:
         service = Service(Path(keep))
+        script, env = install_script(Path(keep) / "installed")
         try:
-            tools = [coldsnap_tool(), service_tool(service)] + ([] if criu_skip else [criu_tool(criu)])
+            tools = ([coldsnap_tool([str(script)], env=env), service_tool(service)]
+                     + ([] if criu_skip else [criu_tool(criu)]))
             for r in range(args.runs):
                 for prog in progs:
                     for tool in tools:
