@@ -30,8 +30,10 @@ whatever of the child's memory was there, and survive the unmapping:
  7. per-thread state of the leader, pending signals, signal handlers (late: a forced
     single-step SIGTRAP would reset an ignored SIGTRAP handler); only those that differ
     from the all-zero default the blank child set itself: one batch for the signals
- 8. registers, xstate and blocked masks are set at each thread's final ptrace stop; the
-    kernel then restarts interrupted system calls (-ERESTART*) as it would have.
+ 8. registers, xstate and blocked masks are set at each thread's final ptrace stop (the
+    SIGTRAP stop of its last injected call: no re-park, seize/remote.py; the detach
+    discards that SIGTRAP); the kernel then restarts interrupted system calls
+    (-ERESTART*) as it would have.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ from ..kernel.pidfd import take_fd
 from ..kernel.procfs import cap_last_cap, read_path_link, read_status
 from ..memory.vma import MAP_ANONYMOUS, PROT_EXEC, PROT_READ, PROT_WRITE
 from ..seize.freezer import FrozenTask
-from ..seize.remote import CODE_SIZE, Call, RemoteCalls, is_error, sys_call
+from ..seize.remote import BLOCK_ALL_BUT_TRAP, CODE_SIZE, Call, RemoteCalls, is_error, sys_call
 from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, own_vdso, own_vdso_areas, vdso_layout
 from ..creds import Creds
 from .memory import PageWriter, WriteStats
@@ -186,6 +188,7 @@ class Transplant:
         # look at its status; it waits in pause(), its mask its own: no first call through
         # syscall stops; its [vdso] is ours (a fork of coldsnap): no read of its maps
         self.rc = RemoteCalls(task, tid=self.pid, scratch_size=SCRATCH, mode="step", plain_stop=True)
+        self.rc.repark = False          # held in its last trap stop until the tree is let go
         task.vdso_gadget(own_vdso())
         self.stats = TransplantStats()
         self._exe_fd = -1               # the exe, opened read-only in the target by _map_vmas
@@ -627,9 +630,11 @@ class Transplant:
         rc = self.rc
         core = self.img.cores[tid]
         regs = user_regs(core)
-        ptrace.set_regs(tid, regs)                # drop the leader's copy (trap flag included)
         trc = RemoteCalls(self.task, tid=tid, mode="step", plain_stop=True)
-        trc.open()
+        trc.repark = False              # held as it is until the tree is let go
+        # the template of its calls (not the leader's registers it was born with); its mask
+        # is the leader's at the clone: all blocked but SIGTRAP
+        trc.open(regs, BLOCK_ALL_BUT_TRAP)
         try:
             trc.borrow_area(rc)         # the same mm: the leader's scratch area and code page
             stage = self._stage(trc)

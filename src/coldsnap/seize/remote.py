@@ -21,7 +21,8 @@ in interleaved runs on this VM the median getpid() took 19 µs versus 28 µs (59
 a slow run): single-step is 1.5-1.9x cheaper (`python3 tests/seize/measure_remote.py`).
 The entry/exit-stop mode is kept as a fallback ("syscall") for targets that ignore SIGTRAP.
 The price is that between calls the thread sits in a SIGTRAP signal-delivery-stop, where a
-dying tracer would let the SIGTRAP kill it. So close() ends every session by re-parking the
+dying tracer would let the SIGTRAP kill it. So close() ends every session (but where
+`repark` is off: a restore's, whose half-built process had better die) by re-parking the
 thread in a plain interrupt stop (PTRACE_INTERRUPT + PTRACE_CONT discarding the SIGTRAP),
 where a tracer's death is harmless, and restores registers there: the kernel then applies
 the normal restart of an interrupted syscall (-512/-513/-514/-516) when the task resumes.
@@ -163,6 +164,7 @@ class RemoteCalls:
         self._gadget = 0
         self._block = BLOCK_ALL_BUT_TRAP
         self._group_traps = 0                       # group-stop re-traps seen in this call
+        self.repark = True                          # close() re-parks the thread (close's doc)
 
     # -- session --------------------------------------------------------------------------
 
@@ -177,7 +179,10 @@ class RemoteCalls:
     def _key(self) -> tuple[str, int]:
         return ("remote-calls", self.tid)
 
-    def open(self) -> None:
+    def open(self, regs: ptrace.UserRegs | None = None, mask: int | None = None) -> None:
+        """Begin the session. REGS and MASK: the thread's registers and blocked mask when the
+        caller knows them (a thread just made by an injected clone of this tracer's: its
+        creator's mask, BLOCK_ALL_BUT_TRAP), so neither is read nor set again."""
         task = self.task
         task.check_usable(self.tid)
         with task.critical():
@@ -188,13 +193,16 @@ class RemoteCalls:
                 raise ValueError(f"unknown remote-call mode {self.mode!r}")
             # the step trap is a forced SIGTRAP: were SIGTRAP blocked the kernel would reset its handler
             self._block = BLOCK_ALL_BUT_TRAP if self.mode == "step" else U64
-            regs = ptrace.get_regs(self.tid)
+            if regs is None:
+                regs = ptrace.get_regs(self.tid)
             try:
                 task.at_resume(self._key, self.close)   # a session left open is closed by resume
             except ValueError:
                 raise TargetError(f"thread {self.tid} already has a remote-call session") from None
-            self.saved, self._work = regs, regs.copy()
-            if self.plain_stop and self.mode == "step":
+            self.saved, self._work = regs.copy(), regs.copy()
+            if mask is not None and self.mode == "step" and mask == self._block:
+                self._saved_mask = mask
+            elif self.plain_stop and self.mode == "step":
                 self._block_signals()
 
     @property
@@ -209,7 +217,10 @@ class RemoteCalls:
         self._saved_mask = sigmask
 
     def close(self) -> None:
-        """munmap the scratch page, re-park the thread, restore registers and mask."""
+        """munmap the scratch page, re-park the thread, restore registers and mask. With
+        `repark` False the thread stays in our SIGTRAP stop (a restore's new thread, held
+        until the whole tree is let go: the detach discards that SIGTRAP; should coldsnap die
+        first, the SIGTRAP ends the half-built process instead of letting it run)."""
         if self.saved is None:
             return
         task = self.task
@@ -220,7 +231,7 @@ class RemoteCalls:
                 self._scratch = self._code = None
             finally:
                 try:
-                    if self._in_trap:
+                    if self._in_trap and self.repark:
                         self._repark()
                     ptrace.set_regs(self.tid, self.saved)
                     if self._saved_mask is not None:
