@@ -93,51 +93,76 @@ class PageChain:
         return out
 
     def _locate(self, level: int, start: int, end: int, out: list) -> None:
-        r = self.reader(level)
-        if r is None:
-            raise self._uncovered(level, start, end)
-        i = bisect_right(r.ends, start)
-        pos = start
-        while pos < end:
-            if i >= len(r) or r.vaddr[i] > pos:
-                raise self._uncovered(level, pos, min(end, r.vaddr[i] if i < len(r) else end))
-            stop = min(end, r.ends[i])
-            flags = r.flags[i]
-            if flags & PE_PRESENT:
-                out.append((level, pos, stop - pos, r.offset[i] + pos - r.vaddr[i]))
-            elif flags & PE_PARENT:
-                self._locate(level + 1, pos, stop, out)
-            elif flags & PE_LAZY and self.lazy_level is not None:
-                out.append((self.lazy_level, pos, stop - pos, pos))     # kept elsewhere, by address
-            else:
-                raise ImageError(f"{r.path}: pages {pos:#x}-{stop:#x} are lazy, not in the image")
-            pos, i = stop, i + 1
+        # a stack, not recursion: a PE_PARENT run may go down as many levels as the chain has
+        todo = [(level, start, end)]
+        while todo:
+            level, start, end = todo.pop()
+            r = self.reader(level)
+            if r is None:
+                raise self._uncovered(level, start, end)
+            i = bisect_right(r.ends, start)
+            pos = start
+            while pos < end:
+                if i >= len(r) or r.vaddr[i] > pos:
+                    raise self._uncovered(level, pos, min(end, r.vaddr[i] if i < len(r) else end))
+                stop = min(end, r.ends[i])
+                flags = r.flags[i]
+                if flags & PE_PRESENT:
+                    out.append((level, pos, stop - pos, r.offset[i] + pos - r.vaddr[i]))
+                elif flags & PE_PARENT:         # that piece below first, then the rest of this level
+                    if stop < end:
+                        todo.append((level, stop, end))
+                    todo.append((level + 1, pos, stop))
+                    break
+                elif flags & PE_LAZY and self.lazy_level is not None:
+                    out.append((self.lazy_level, pos, stop - pos, pos))     # kept elsewhere, by address
+                else:
+                    raise ImageError(f"{r.path}: pages {pos:#x}-{stop:#x} are lazy, not in the image")
+                pos, i = stop, i + 1
 
     # ---- coverage ---------------------------------------------------------------------
 
+    def _levels(self, level: int) -> list[tuple[Ranges, Ranges]]:
+        """(present, PE_PARENT) byte ranges of LEVEL and the levels below it, down to the first
+        without PE_PARENT runs (what lies deeper cannot matter) or without a pagemap."""
+        out = []
+        while (r := self.reader(level)) is not None:
+            holes = r.spans(PE_PARENT)
+            out.append((r.spans(PE_PRESENT), holes))
+            if not len(holes):
+                break
+            level += 1
+        return out
+
+    @staticmethod
+    def _cover(present: Ranges, holes: Ranges, below: Ranges) -> Ranges:
+        return present.union(holes.intersect(below)) if len(holes) else present.merged()
+
     def covered_ranges(self, level: int = 0) -> Ranges:
-        """Byte ranges [start, end) this directory can supply: data here or resolvable below."""
-        r = self.reader(level)
-        if r is None:
-            return Ranges.empty()
-        present = r.spans(PE_PRESENT)
-        holes = r.spans(PE_PARENT)
-        if len(holes):
-            return present.union(holes.intersect(self.covered_ranges(level + 1)))
-        return present.merged()
+        """Byte ranges [start, end) this directory can supply: data here or resolvable below
+        (worked out from the bottom up: a chain may be deeper than Python's recursion)."""
+        below = Ranges.empty()
+        for present, holes in reversed(self._levels(level)):
+            below = self._cover(present, holes, below)
+        return below
 
     def check(self) -> None:
-        """Raise ImageError unless every PE_PARENT run resolves to data somewhere below."""
-        for level in range(len(self.dirs)):
-            r = self.reader(level)
-            if r is None:
-                break
-            holes = r.spans(PE_PARENT)
-            if not len(holes):
-                continue
-            missing = holes.subtract(self.covered_ranges(level + 1))
+        """Raise ImageError unless every PE_PARENT run resolves to data somewhere below (the
+        topmost level with a hole named)."""
+        levels, level = [], 0
+        while (r := self.reader(level)) is not None:      # every level: a deeper one may be bad too
+            levels.append((r.spans(PE_PRESENT), r.spans(PE_PARENT)))
+            level += 1
+        below, missing_at = Ranges.empty(), None
+        for level in reversed(range(len(levels))):
+            present, holes = levels[level]
+            missing = holes.subtract(below) if len(holes) else holes
             if len(missing):
-                raise self._uncovered(level + 1, missing.starts[0], missing.ends[0])
+                missing_at = (level, missing)
+            below = self._cover(present, holes, below)
+        if missing_at is not None:
+            level, missing = missing_at
+            raise self._uncovered(level + 1, missing.starts[0], missing.ends[0])
 
     def close(self) -> None:
         for r in self._readers.values():

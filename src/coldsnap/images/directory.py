@@ -364,9 +364,19 @@ class ImageDir:
     # ---- reading --------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: PathLike, *, follow_parent: bool = True,
-             _seen: Optional[dict] = None) -> "ImageDir":
-        """Open an existing images directory and (by default) its whole parent chain."""
+    def open(cls, path: PathLike, *, follow_parent: bool = True) -> "ImageDir":
+        """Open an existing images directory and (by default) its whole parent chain, one
+        level after the other (a chain of any depth: a series of pre-dumps grows one a run)."""
+        seen: dict = {}
+        top = d = cls._open_one(path, seen)
+        while follow_parent and (parent := d._parent_path()) is not None:
+            d.parent = cls._open_one(parent, seen)
+            d = d.parent
+        return top
+
+    @classmethod
+    def _open_one(cls, path: PathLike, seen: dict) -> "ImageDir":
+        """One directory of a chain; SEEN (dev, ino) -> path of those opened before it."""
         root = Path(os.path.abspath(path))
         try:
             st = os.stat(root)
@@ -374,7 +384,6 @@ class ImageDir:
             raise ImageError(f"{root}: cannot open images directory: {e.strerror}") from e
         if not os.path.isdir(root):
             raise ImageError(f"{root}: not a directory")
-        seen = {} if _seen is None else _seen
         key = (st.st_dev, st.st_ino)
         if key in seen:
             raise ImageError(f"{root}: parent chain loops back to {seen[key]}")
@@ -383,14 +392,17 @@ class ImageDir:
         if not (root / INVENTORY).exists():
             raise ImageError(f"{root}: not an images directory (no {INVENTORY})")
         d._inventory = read_single(root / INVENTORY)
-        if follow_parent:
-            link = root / PARENT_LINK
-            if os.path.lexists(link):
-                resolved = root / os.readlink(link) if link.is_symlink() else link
-                if not os.path.exists(resolved):
-                    raise ImageError(f"{link}: broken parent link -> {os.readlink(link)}")
-                d.parent = cls.open(resolved, _seen=seen)
         return d
+
+    def _parent_path(self) -> Optional[Path]:
+        """Where this directory's `parent` link leads, None without one."""
+        link = self.root / PARENT_LINK
+        if not os.path.lexists(link):
+            return None
+        resolved = self.root / os.readlink(link) if link.is_symlink() else link
+        if not os.path.exists(resolved):
+            raise ImageError(f"{link}: broken parent link -> {os.readlink(link)}")
+        return resolved
 
     def path(self, name: str) -> Path:
         if "/" in name or name in ("", ".", ".."):
