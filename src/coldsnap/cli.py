@@ -54,6 +54,9 @@ def exit_code(e: BaseException) -> int:
         return 128 + e.signum
     if isinstance(e, UsageError):
         return EXIT_USAGE
+    cause = getattr(e, "cause", None)       # an error that words another (a failed migration)
+    if isinstance(e, CsError) and isinstance(cause, CsError):
+        return exit_code(cause)
     return next((code for cls, code in EXIT_CODES if isinstance(e, cls)), EXIT_ERROR)
 
 

@@ -44,3 +44,27 @@ def test_migrate_receive_into_a_file_is_one_line(tmp_path):
                      (tmp_path / "file" / "x", "cannot create the images directory: Not a directory")):
         run = coldsnap("migrate-receive", "--port", "0", "-D", d, timeout=30)
         assert (run.returncode, run.stderr) == (6, f"coldsnap: {d}: {words}\n")
+
+
+def test_migrate_keeps_the_exit_code_of_what_stopped_it(tmp_path):
+    """A process traced by someone else: the migration fails before anything moves and the
+    source runs on, as said; the exit code is the seize's (4, access denied), not 1."""
+    import ctypes
+    import os
+    import subprocess
+    import sys
+    from procs import coldsnap_argv, end_child
+    libc = ctypes.CDLL(None, use_errno=True)
+    traced = subprocess.Popen(["sleep", "1000"], preexec_fn=lambda: libc.ptrace(0, 0, 0, 0))   # PTRACE_TRACEME
+    receiver = subprocess.Popen(coldsnap_argv("migrate-receive", "--port", "0"), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = receiver.stdout.readline().rsplit(":", 1)[1].strip()
+        run = coldsnap("migrate", "-t", traced.pid, "--to", f"127.0.0.1:{port}", timeout=60)
+        assert run.returncode == 4, run.stderr
+        assert run.stderr == (f"coldsnap: migration of {traced.pid} to 127.0.0.1:{port} failed, {traced.pid} runs "
+                              f"on here: cannot seize {traced.pid}: already traced by {os.getpid()}\n"), run.stderr
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=30)
+        end_child(traced.pid)

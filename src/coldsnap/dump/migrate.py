@@ -50,7 +50,13 @@ SHRINK = 0.9            # an iteration that saves more than this share of the pr
 
 
 class MigrationFailed(CsError):
-    """The migration stopped before the destination ran the process; the source runs on."""
+    """The migration stopped before the destination ran the process; the source runs on.
+    `cause`: what stopped it, whose exit code the command keeps (4 for a process traced by
+    someone else, 5 for one the final dump refuses)."""
+
+    def __init__(self, words: str, cause: BaseException | None = None):
+        super().__init__(words)
+        self.cause = cause
 
 
 @dataclass
@@ -193,7 +199,7 @@ def migrate(pid: int, to: Endpoint, options: ClientOptions = ClientOptions(), *,
                 pass
         if isinstance(e, (NoSuchProcess, Interrupted)) and not dumped:
             raise                       # gone (it runs nowhere), or stopped by a signal: their own exit codes
-        raise MigrationFailed(f"migration of {pid} to {to} failed, {pid} runs on here: {e}") from None
+        raise MigrationFailed(f"migration of {pid} to {to} failed, {pid} runs on here: {e}", e) from None
     if source is not None:
         report(f"{pid} runs at {to}; serving its last pages from {source.endpoint}")
     try:
