@@ -105,7 +105,9 @@ def run_dump(args: argparse.Namespace, inner: Callable[[argparse.Namespace, Outp
     """dump/pre-dump --stream: inner (the command as with -D) into a spool, then the stream;
     inner's result is said through OUT once the stream is written."""
     import shutil
-    from .images.stream import write_stream
+    from .images.stream import check_parent_depth, write_stream
+    if args.prev_images_dir:
+        check_parent_depth(args.prev_images_dir)
     said: list[tuple[dict, tuple[str, ...]]] = []
     stream_fd = take_stdout()
     spool: Path | None = None

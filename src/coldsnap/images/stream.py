@@ -114,6 +114,16 @@ def _level_files(root: Path) -> list[tuple[str, int]]:
     return sorted(files, key=lambda f: (f[0] != "inventory.img", f[0]))
 
 
+def check_parent_depth(prev_images_dir: str | os.PathLike) -> None:
+    """Before a (pre-)dump --stream on top of PREV_IMAGES_DIR: ImageError if the chain with
+    the new level would be too deep to stream (found only after the dump, it killed the
+    target and left the images in a spool)."""
+    n = len(ImageDir.open(prev_images_dir).chain()) + 1
+    if n > MAX_LEVELS:
+        raise ImageError(f"{prev_images_dir}: a dump on top of it makes a parent chain of {n} levels, "
+                         f"at most {MAX_LEVELS} stream")
+
+
 def write_stream(images_dir: str | os.PathLike, fd: int) -> StreamCounts:
     """Write images_dir and its whole parent chain to fd as one stream."""
     chain = [d.root for d in ImageDir.open(images_dir).chain()]
