@@ -28,12 +28,20 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
     add_tls_args(p)
 
 
+def _session_name(text: str) -> str:
+    """--page-session: a session is a directory of the page server's -D (an empty name read
+    the session of -D's name instead; a path was sent, for the server to refuse)."""
+    if text in ("", ".", "..") or "/" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a session name (a directory name, no path)")
+    return text
+
+
 def add_restore_args(p: argparse.ArgumentParser) -> None:
     """--page-server and its options, for restore: the pages of a session stored there."""
     p.add_argument("--page-server", type=host_port, metavar="HOST:PORT",
                    help="read the pages from a coldsnap page server's session (the other images "
                         "from -D); with --lazy-pages they are fetched as the process needs them")
-    p.add_argument("--page-session", metavar="NAME",
+    p.add_argument("--page-session", type=_session_name, metavar="NAME",
                    help="with --page-server: the session to read (default: the name of -D, which "
                         "is the session a dump -D DIR --page-server made)")
     p.add_argument("--token-file", metavar="FILE", help="present the shared token in FILE to the page server")

@@ -22,6 +22,8 @@ from procs import coldsnap
     ["dump", "-t", "{pid}", "-D", "{tmp}/d", "--page-server", "bad"],
     ["pre-dump", "-t", "{pid}", "-D", "{tmp}/d", "--page-server", "host:port"],
     ["restore", "-D", "{tmp}/d", "--page-server", "127.0.0.1"],
+    ["restore", "-D", "{tmp}/d", "--page-server", "127.0.0.1:1", "--page-session", ""],
+    ["restore", "-D", "{tmp}/d", "--page-server", "127.0.0.1:1", "--page-session", "../x"],
 ])
 def test_bad_values_are_usage_errors(argv, tmp_path, spawn, workload_bin):
     target = spawn([workload_bin("mem_pattern"), 64, 8])
