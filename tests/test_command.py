@@ -111,3 +111,16 @@ def test_demo_sizes_the_workload_cannot_take_are_usage_errors():
     for size in ("0", "5000", "512K"):
         p = subprocess.run(coldsnap_argv("demo", "--size", size), capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and "the demo workload needs 1M at least" in p.stderr, (size, p.stderr)
+
+
+def test_a_tree_holding_coldsnap_is_refused_saying_why(tmp_path):
+    """`coldsnap dump -t $$` from a shell: the shell's tree holds coldsnap itself; the error
+    named coldsnap's own pid ("cannot seize N: it is coldsnap itself") without saying that
+    the tree asked for contains it. The shell runs on, nothing written."""
+    script = (f"{' '.join(map(str, coldsnap_argv('dump', '-t', '$$', '-D', tmp_path / 'd')))}; "
+              "echo rc=$?; grep State /proc/$$/status")
+    p = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert p.stderr.startswith("coldsnap: cannot seize ") and p.stderr.endswith(
+        ": it is coldsnap itself (a tree holding coldsnap cannot be dumped by it)\n"), p.stderr
+    assert "rc=1" in p.stdout and "State:\tt" not in p.stdout and "State:\tT" not in p.stdout, p.stdout
+    assert not (tmp_path / "d").exists()

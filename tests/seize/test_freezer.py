@@ -138,7 +138,7 @@ def test_refuse_kernel_thread():
 
 
 def test_refuse_self_and_own_thread():
-    _refused(os.getpid(), "it is coldsnap itself")
+    _refused(os.getpid(), "it is coldsnap itself (a tree holding coldsnap cannot be dumped by it)")
     ready, done = threading.Event(), threading.Event()
     tid: list[int] = []
 
@@ -151,7 +151,7 @@ def test_refuse_self_and_own_thread():
     t.start()
     try:
         ready.wait()
-        _refused(tid[0], "it is coldsnap itself")
+        _refused(tid[0], "it is coldsnap itself (a tree holding coldsnap cannot be dumped by it)")
     finally:
         done.set()
         t.join()

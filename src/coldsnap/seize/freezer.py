@@ -614,7 +614,7 @@ def _refuse(pid: int) -> None:
         raise NoSuchProcess(pid, what=what) from None
     tgid = int(status.get("Tgid", pid))
     if tgid == os.getpid():
-        raise TargetError(f"{what}: it is coldsnap itself")
+        raise TargetError(f"{what}: it is coldsnap itself (a tree holding coldsnap cannot be dumped by it)")
     if status.get("Kthread") == "1" or flags & PF_KTHREAD:
         raise TargetError(f"{what}: it is a kernel thread")
     if tgid != pid:
