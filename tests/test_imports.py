@@ -5,6 +5,7 @@ load numpy; no command loads what only another command needs. Run in a fresh int
 each, since this test process has imported everything already."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -121,13 +122,21 @@ def test_a_dump_and_a_restore_of_a_process_load_no_numpy(spawn, workload_bin, tm
                   "numpy", *SOCKET_KINDS, *MEMORY_ONLY) == []
     assert loaded(_command_modules(["dump", "-t", str(w.pid), "-D", str(d), "--prev-images-dir", str(pre)]),
                   "numpy", *SOCKET_KINDS, "coldsnap.memory.drain") == []
+    with _pid_freed_then_restored_killed(w):
+        assert loaded(_command_modules(["restore", "-D", str(d), "-d"]), "numpy", "socket", *SOCKET_KINDS,
+                      *SYSV_MEMFD) == []
+
+
+@contextlib.contextmanager
+def _pid_freed_then_restored_killed(w):
+    """W was dumped (and killed): wait until its PID is free for a restore, and kill what the
+    restore brought back under that PID when the block ends."""
     w.proc.wait(timeout=10)
     deadline = time.monotonic() + 5
     while os.path.exists(f"/proc/{w.pid}") and time.monotonic() < deadline:
         time.sleep(0.005)
     try:
-        assert loaded(_command_modules(["restore", "-D", str(d), "-d"]), "numpy", "socket", *SOCKET_KINDS,
-                      *SYSV_MEMFD) == []
+        yield
     finally:
         try:
             os.kill(w.pid, signal.SIGKILL)
@@ -176,18 +185,8 @@ def test_a_dump_and_a_restore_run_in_the_caller_load_only_the_standard_library_t
     w = spawn([str(workload_bin("rst_still"))], stderr=subprocess.DEVNULL)
     d = tmp_path / "d"
     dumped = _as_installed(["dump", "-t", str(w.pid), "-D", str(d)])
-    w.proc.wait(timeout=10)
-    deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/{w.pid}") and time.monotonic() < deadline:
-        time.sleep(0.005)
-    try:
+    with _pid_freed_then_restored_killed(w):
         restored = _as_installed(["restore", "-D", str(d), "-d"])
-    finally:
-        try:
-            os.kill(w.pid, signal.SIGKILL)
-            os.waitpid(w.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
     allowed = _stdlib_allowed()
     for mods in (dumped, restored):
         assert sorted(m for m in mods - allowed if not m.startswith(("coldsnap.", "google."))) == []
