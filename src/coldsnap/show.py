@@ -144,7 +144,7 @@ def _task_summary(d: ImageDir, pid: int, tree) -> dict:
 
 def _zombie_words(status: int) -> str:
     """A zombie's wait status as its parent's waitpid will tell it."""
-    return f"killed by signal {status & 0x7F}" if status & 0x7F else f"exit {(status >> 8) & 0xFF}"
+    return f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
 
 
 def describe(path: str) -> dict:

@@ -122,14 +122,15 @@ class PageChain:
 
     # ---- coverage ---------------------------------------------------------------------
 
-    def _levels(self, level: int) -> list[tuple[Ranges, Ranges]]:
+    def _levels(self, level: int, to_the_end: bool = False) -> list[tuple[Ranges, Ranges]]:
         """(present, PE_PARENT) byte ranges of LEVEL and the levels below it, down to the first
-        without PE_PARENT runs (what lies deeper cannot matter) or without a pagemap."""
+        without PE_PARENT runs (what lies deeper cannot matter; TO_THE_END: on all the same)
+        or without a pagemap."""
         out = []
         while (r := self.reader(level)) is not None:
             holes = r.spans(PE_PARENT)
             out.append((r.spans(PE_PRESENT), holes))
-            if not len(holes):
+            if not len(holes) and not to_the_end:
                 break
             level += 1
         return out
@@ -149,10 +150,7 @@ class PageChain:
     def check(self) -> None:
         """Raise ImageError unless every PE_PARENT run resolves to data somewhere below (the
         topmost level with a hole named)."""
-        levels, level = [], 0
-        while (r := self.reader(level)) is not None:      # every level: a deeper one may be bad too
-            levels.append((r.spans(PE_PRESENT), r.spans(PE_PARENT)))
-            level += 1
+        levels = self._levels(0, to_the_end=True)     # every level: a deeper one may be bad too
         below, missing_at = Ranges.empty(), None
         for level in reversed(range(len(levels))):
             present, holes = levels[level]

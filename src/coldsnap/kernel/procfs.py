@@ -510,11 +510,7 @@ def cpu_flags() -> frozenset[str]:
 
 def effective_caps() -> int:
     """This process's effective capability set (CapEff), one bit per capability."""
-    with open("/proc/self/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
+    return int(read_status(os.getpid()).get("CapEff", "0"), 16)
 
 
 def cap_last_cap() -> int:

@@ -60,7 +60,7 @@ from ..kernel.libc import SYS, check, libc, own_rseq_area
 from ..kernel.page import PAGE_SIZE as PAGE
 from .fdtable import FdPlan, apply_fds, open_shared, plan_fds
 from ..seize.tree import Task
-from .images import TASK_SIZE, TreeImages, own_vdso_areas
+from .images import TreeImages, gaps_between, own_vdso_areas
 from .sessions import JOIN, OWN_GROUP, SETSID, SessionStep
 from .transplant import DEFAULT_SIGACTION, SIGNALS
 
@@ -179,16 +179,10 @@ class Idle(NamedTuple):
         except OSError:
             return None
         try:
-            gaps, at = [], 0
-            for lo, hi in sorted([*spans, (page, page + PAGE)]):
-                if at < lo:
-                    gaps.append((at, lo - at))
-                at = max(at, hi)
-            if at < TASK_SIZE:
-                gaps.append((at, TASK_SIZE - at))
+            gaps = gaps_between([*spans, (page, page + PAGE)])
             if len(gaps) > _IDLE_ROOM:
                 raise OSError(errno.E2BIG, "too many areas to keep")
-            table = b"".join(struct.pack("<QQ", start, size) for start, size in gaps) + bytes(16)
+            table = b"".join(struct.pack("<QQ", lo, hi - lo) for lo, hi in gaps) + bytes(16)
             vm.write_code(page, _IDLE_CODE.ljust(_IDLE_TABLE, b"\xcc") + table)
         except OSError:
             vm.unmap(page, PAGE)

@@ -388,6 +388,20 @@ def own_vdso_areas() -> tuple[tuple[int, int], ...]:
     return tuple((m.start, m.end) for m in _own_vdso_maps())
 
 
+def gaps_between(keep: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, end) of every range of the user address space [0, TASK_SIZE) outside the
+    (start, end) areas of KEEP (in any order, overlapping or not): what an "unmap everything
+    but KEEP" unmaps."""
+    gaps, at = [], 0
+    for lo, hi in sorted(keep):
+        if at < lo:
+            gaps.append((at, lo))
+        at = max(at, hi)
+    if at < TASK_SIZE:
+        gaps.append((at, TASK_SIZE))
+    return gaps
+
+
 def own_vdso() -> tuple[int, int]:
     """(start, end) of coldsnap's own [vdso] (a blank child has it there too)."""
     return next((m.start, m.end) for m in _own_vdso_maps() if m.path == "[vdso]")

@@ -193,14 +193,14 @@ def arm(rc, pid: int, layout: LazyLayout, tfd: int = -1) -> int:
     its copy is closed by the next batch) or, if it could not (-errno), make one inside the
     target (rc: its remote calls), take it and close the target's copy; register the lazy
     areas in MISSING mode; returns coldsnap's fd."""
-    if tfd < 0:
+    made_here = tfd < 0
+    if made_here:
         tfd = rc.checked(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK, what="userfaultfd for the lazy pages")
-        try:
-            ours = take_fd(pid, tfd)
-        finally:
-            rc.call(SYS.close, tfd)
-    else:
+    try:
         ours = take_fd(pid, tfd)
+    finally:
+        if made_here:
+            rc.call(SYS.close, tfd)
     try:
         uffd.api(ours, FEATURES)
         for start, end in layout.areas:

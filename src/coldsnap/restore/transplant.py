@@ -58,7 +58,7 @@ from ..kernel.procfs import cap_last_cap, read_path_link, read_status
 from ..memory.vma import MAP_ANONYMOUS, PROT_EXEC, PROT_READ, PROT_WRITE
 from ..seize.freezer import FrozenTask
 from ..seize.remote import BLOCK_ALL_BUT_TRAP, CODE_SIZE, Call, RemoteCalls, is_error, sys_call
-from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, own_vdso, own_vdso_areas, vdso_layout
+from .images import MMAP_MIN_ADDR, TASK_SIZE, DumpImages, gaps_between, own_vdso, own_vdso_areas, vdso_layout
 from ..creds import Creds
 from .memory import PageWriter, WriteStats
 from .shmem import SharedMemory
@@ -302,13 +302,8 @@ class Transplant:
     def _unmap_all(self, stage: Stage) -> None:
         """Everything but the vDSO block, the scratch area and the kept areas: one munmap per gap."""
         areas = vdso_layout(self.img.mm.vmas)
-        at = 0
-        for lo, hi in sorted([(areas[0][0], areas[-1][1])] + self.kept + self.rc.spans):
-            if at < lo:
-                stage.add(SYS.munmap, at, lo - at, what=f"munmap {at:#x}-{lo:#x}")
-            at = max(at, hi)
-        if at < TASK_SIZE:
-            stage.add(SYS.munmap, at, TASK_SIZE - at, what=f"munmap above {at:#x}")
+        for lo, hi in gaps_between([(areas[0][0], areas[-1][1])] + self.kept + self.rc.spans):
+            stage.add(SYS.munmap, lo, hi - lo, what=f"munmap {lo:#x}-{hi:#x}")
 
     def _occupied(self) -> list[tuple[int, int]]:
         spans = [(v.start, v.end) for v in self.img.mm.vmas if v.end <= TASK_SIZE]
